@@ -1,0 +1,158 @@
+//! Every limit and policy of a node, with the defaults a fresh install runs on.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// When a publish counts as durable and gets its `puback`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// puback after the batch holding it is fsynced; batches form while an fsync runs (group commit).
+    Always,
+    /// fsync at most every `batch_interval_ms` or once `batch_bytes` are pending; puback after that fsync.
+    Batch,
+    /// puback after write(2): survives a process crash, not a power loss.
+    Never,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupOverrides {
+    pub ack_timeout_ms: Option<u64>,
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for GroupOverrides {
+    fn default() -> Self {
+        GroupOverrides { ack_timeout_ms: None, max_attempts: None }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Name sent in `welcome`.
+    pub node_name: String,
+    /// Identity in a mesh; unique per node.
+    pub node_id: u64,
+    pub fsync: FsyncPolicy,
+    pub batch_interval_ms: u64,
+    pub batch_bytes: u64,
+    /// Largest accepted text frame; larger ones get `too_large` and the connection closes (1009).
+    pub frame_bytes_max: usize,
+    pub window_default: u32,
+    pub window_max: u32,
+    pub ack_timeout_ms: u64,
+    pub max_attempts: u32,
+    pub nack_delay_ms_max: u64,
+    /// Per-group settings by group name.
+    pub groups: BTreeMap<String, GroupOverrides>,
+    /// Unacked messages a group holds above its position before it stops taking new ones.
+    pub group_outstanding_max: u32,
+    pub groups_per_topic_max: u32,
+    pub topics_max: u32,
+    pub segment_bytes_max: u64,
+    pub retention_bytes: u64,
+    pub retention_age_ms: u64,
+    /// Recently published messages kept in memory per topic for delivery without a disk read.
+    pub topic_cache_bytes: u64,
+    /// Messages read back from disk kept in memory (node-wide count).
+    pub read_cache_messages: u32,
+    pub fetch_messages_max: u32,
+    pub pull_max: u32,
+    pub pull_wait_ms_max: u64,
+    pub producers_max: u32,
+    /// Sequence numbers remembered per producer for idempotence.
+    pub producer_seqs_max: u32,
+    /// Publishes waiting for durability node-wide; past it publishes get `overloaded`.
+    pub pending_publishes_max: u32,
+    /// Open connections; more are refused by the shell.
+    pub connections_max: u32,
+    /// Bytes queued to one slow connection before it is closed.
+    pub connection_outbox_bytes_max: usize,
+    /// When set, every op before a `hello` with one of these tokens gets `unauthorized`.
+    pub tokens: Vec<String>,
+    /// How long a full disk is left alone before a publish tries it again.
+    pub disk_full_retry_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_name: "ferry-1".into(),
+            node_id: 1,
+            fsync: FsyncPolicy::Always,
+            batch_interval_ms: 2,
+            batch_bytes: 1 << 20,
+            frame_bytes_max: 1 << 20,
+            window_default: 64,
+            window_max: 65_536,
+            ack_timeout_ms: 30_000,
+            max_attempts: 16,
+            nack_delay_ms_max: 24 * 3600 * 1000,
+            groups: BTreeMap::new(),
+            group_outstanding_max: 100_000,
+            groups_per_topic_max: 1_000,
+            topics_max: 10_000,
+            segment_bytes_max: 64 << 20,
+            retention_bytes: 10 << 30,
+            retention_age_ms: 7 * 24 * 3600 * 1000,
+            topic_cache_bytes: 16 << 20,
+            read_cache_messages: 8_192,
+            fetch_messages_max: 1_000,
+            pull_max: 10_000,
+            pull_wait_ms_max: 300_000,
+            producers_max: 100_000,
+            producer_seqs_max: 1_024,
+            pending_publishes_max: 200_000,
+            connections_max: 100_000,
+            connection_outbox_bytes_max: 16 << 20,
+            tokens: Vec::new(),
+            disk_full_retry_ms: 1_000,
+        }
+    }
+}
+
+impl Config {
+    /// Checks relations between settings; the message names the setting at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("batch_interval_ms", self.batch_interval_ms),
+            ("frame_bytes_max", self.frame_bytes_max as u64),
+            ("window_default", self.window_default as u64),
+            ("ack_timeout_ms", self.ack_timeout_ms),
+            ("max_attempts", self.max_attempts as u64),
+            ("group_outstanding_max", self.group_outstanding_max as u64),
+            ("segment_bytes_max", self.segment_bytes_max),
+            ("fetch_messages_max", self.fetch_messages_max as u64),
+            ("producer_seqs_max", self.producer_seqs_max as u64),
+            ("pending_publishes_max", self.pending_publishes_max as u64),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("{name} must be greater than 0"));
+            }
+        }
+        if self.window_default > self.window_max {
+            return Err(format!("window_default ({}) exceeds window_max ({})", self.window_default, self.window_max));
+        }
+        if (self.segment_bytes_max as u128) < 2 * self.frame_bytes_max as u128 {
+            return Err("segment_bytes_max must be at least twice frame_bytes_max".into());
+        }
+        if self.segment_bytes_max > u32::MAX as u64 {
+            return Err("segment_bytes_max must fit in 32 bits".into());
+        }
+        if self.retention_bytes < self.segment_bytes_max {
+            return Err("retention_bytes must be at least segment_bytes_max".into());
+        }
+        Ok(())
+    }
+
+    pub fn ack_timeout_ms_for(&self, group: &str) -> u64 {
+        self.groups.get(group).and_then(|g| g.ack_timeout_ms).unwrap_or(self.ack_timeout_ms)
+    }
+
+    pub fn max_attempts_for(&self, group: &str) -> u32 {
+        self.groups.get(group).and_then(|g| g.max_attempts).unwrap_or(self.max_attempts)
+    }
+}

@@ -1,0 +1,424 @@
+//! One consumer group on one topic: which messages are outstanding, to whom, and in what order.
+//!
+//! The group walks the topic with a `cursor`. Every filter-passing id it has passed and that is
+//! not yet acked has an entry in `outstanding`. The group's persisted position (`floor`) is
+//! derived: everything filter-passing at or below it is acked. Entries hold the `prev` of their
+//! message so redeliveries carry the same `prev` as the first delivery.
+//!
+//! Per-key order: at most one entry per key hash is deliverable (ready, delayed, in flight);
+//! later ones of that key wait as `Blocked` until it is acked.
+
+use crate::protocol::Filter;
+use crate::record::GroupRecord;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+pub type ConnId = u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryState {
+    Blocked,
+    Ready { attempts: u32 },
+    Delayed { attempts: u32, until: u64 },
+    InFlight { conn: ConnId, attempts: u32, deadline: u64 },
+    DeadLettering { attempts: u32 },
+    Acked,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    prev: u64,
+    key_hash: Option<u64>,
+    state: EntryState,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Candidate {
+    /// A redelivery (or a message unblocked by its key), with its delivery count so far.
+    Ready { id: u64, attempts: u32 },
+    Fresh { id: u64 },
+    Nothing,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admit {
+    Filtered,
+    Blocked,
+    Deliverable,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum AckOutcome {
+    Acked { released: Option<(ConnId, u64)>, delay_until: Option<u64> },
+    /// Already acked, filtered out, or never deliverable: nothing to do.
+    Ignored,
+    /// The id was never handed out by this group.
+    Unknown,
+}
+
+/// Acked ids above the floor written per group record; past it the extra acks are dropped
+/// (at-least-once: those messages may be redelivered after a restart).
+pub const PERSISTED_ACKS_MAX: usize = 4096;
+
+pub fn key_hash(key: &str) -> u64 {
+    // FNV-1a: fixed, so a replayed seed hashes the same; collisions only add ordering.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.as_bytes() {
+        hash ^= *byte as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+#[derive(Debug)]
+pub struct Group {
+    pub name: String,
+    pub filter: Option<Filter>,
+    pub start_id: u64,
+    pub ack_timeout_ns: u64,
+    pub max_attempts: u32,
+    cursor: u64,
+    last_passed: u64,
+    outstanding: BTreeMap<u64, Entry>,
+    ready: BTreeSet<u64>,
+    keys_busy: BTreeMap<u64, u32>,
+    blocked: BTreeMap<u64, VecDeque<u64>>,
+    /// Connections that may receive: subscribed, or with a pull open. Order is join order.
+    pub members: Vec<ConnId>,
+    pub next_member: usize,
+}
+
+impl Group {
+    pub fn new(name: String, filter: Option<Filter>, start_id: u64, ack_timeout_ns: u64, max_attempts: u32) -> Group {
+        assert!(start_id >= 1, "ids start at 1");
+        Group {
+            name,
+            filter,
+            start_id,
+            ack_timeout_ns,
+            max_attempts,
+            cursor: start_id,
+            last_passed: 0,
+            outstanding: BTreeMap::new(),
+            ready: BTreeSet::new(),
+            keys_busy: BTreeMap::new(),
+            blocked: BTreeMap::new(),
+            members: Vec::new(),
+            next_member: 0,
+        }
+    }
+
+    /// Restores the persisted position; the caller then replays ids up to the highest acked one.
+    pub fn restore(record: &GroupRecord, ack_timeout_ns: u64, max_attempts: u32) -> Group {
+        let filter = record.filter.clone().and_then(Filter::from_json);
+        let mut group = Group::new(record.group.clone(), filter, record.start_id.max(1), ack_timeout_ns, max_attempts);
+        group.cursor = (record.floor + 1).max(group.start_id);
+        group.last_passed = record.floor_prev;
+        group
+    }
+
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    pub fn outstanding_len(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// (floor, prev at floor): everything filter-passing at or below `floor` is acked.
+    pub fn floor(&self) -> (u64, u64) {
+        match self.outstanding.first_key_value() {
+            Some((id, entry)) => (id - 1, entry.prev),
+            None => (self.cursor - 1, self.last_passed),
+        }
+    }
+
+    pub fn to_record(&self, topic: &str) -> GroupRecord {
+        let (floor, floor_prev) = self.floor();
+        let acked = self
+            .outstanding
+            .iter()
+            .filter(|(_, e)| e.state == EntryState::Acked)
+            .map(|(id, _)| *id)
+            .take(PERSISTED_ACKS_MAX)
+            .collect();
+        GroupRecord {
+            topic: topic.to_string(),
+            group: self.name.clone(),
+            filter: self.filter.as_ref().map(Filter::to_json),
+            start_id: self.start_id,
+            floor,
+            floor_prev,
+            acked,
+        }
+    }
+
+    pub fn state_of(&self, id: u64) -> Option<EntryState> {
+        self.outstanding.get(&id).map(|e| e.state)
+    }
+
+    pub fn passes(&self, key: Option<&str>, body: &str) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.matches(key, body))
+    }
+
+    /// What to deliver next. Fresh ids stop at `durable_next_id` and when the group holds
+    /// `outstanding_max` unacked entries.
+    pub fn next_candidate(&self, durable_next_id: u64, outstanding_max: usize) -> Candidate {
+        if let Some(&id) = self.ready.first() {
+            if let Some(Entry { state: EntryState::Ready { attempts }, .. }) = self.outstanding.get(&id) {
+                return Candidate::Ready { id, attempts: *attempts };
+            }
+            unreachable!("ready set holds only Ready entries");
+        }
+        if self.cursor < durable_next_id && self.outstanding.len() < outstanding_max {
+            return Candidate::Fresh { id: self.cursor };
+        }
+        Candidate::Nothing
+    }
+
+    /// The cursor's message no longer exists (retention): move past it.
+    pub fn skip_missing(&mut self, first_existing_id: u64) {
+        self.cursor = self.cursor.max(first_existing_id).max(self.cursor + 1);
+    }
+
+    /// Takes the cursor's message into the group. `Deliverable` leaves it Ready for `dispatch`.
+    pub fn admit_fresh(&mut self, id: u64, passes: bool, key_hash: Option<u64>) -> Admit {
+        assert_eq!(id, self.cursor, "fresh ids are admitted in order");
+        self.cursor += 1;
+        if !passes {
+            return Admit::Filtered;
+        }
+        let prev = self.last_passed;
+        self.last_passed = id;
+        let busy = match key_hash {
+            Some(k) => {
+                let count = self.keys_busy.entry(k).or_insert(0);
+                *count += 1;
+                *count > 1
+            }
+            None => false,
+        };
+        if busy {
+            let k = key_hash.unwrap_or_default();
+            self.outstanding.insert(id, Entry { prev, key_hash, state: EntryState::Blocked });
+            self.blocked.entry(k).or_default().push_back(id);
+            Admit::Blocked
+        } else {
+            self.outstanding.insert(id, Entry { prev, key_hash, state: EntryState::Ready { attempts: 0 } });
+            self.ready.insert(id);
+            Admit::Deliverable
+        }
+    }
+
+    /// Hands a Ready entry to `conn`; returns (attempt number of this delivery, prev).
+    pub fn dispatch(&mut self, id: u64, conn: ConnId, deadline: u64) -> (u32, u64) {
+        let entry = self.outstanding.get_mut(&id).expect("dispatch of an outstanding id");
+        let EntryState::Ready { attempts } = entry.state else { panic!("dispatch of a non-ready entry {:?}", entry.state) };
+        entry.state = EntryState::InFlight { conn, attempts: attempts + 1, deadline };
+        self.ready.remove(&id);
+        (attempts + 1, entry.prev)
+    }
+
+    pub fn ack(&mut self, id: u64) -> AckOutcome {
+        let Some(entry) = self.outstanding.get_mut(&id) else {
+            return if id < self.cursor { AckOutcome::Ignored } else { AckOutcome::Unknown };
+        };
+        let (released, delay_until) = match entry.state {
+            EntryState::Acked | EntryState::Blocked => return AckOutcome::Ignored,
+            EntryState::InFlight { conn, deadline, .. } => (Some((conn, deadline)), None),
+            EntryState::Ready { .. } => {
+                self.ready.remove(&id);
+                (None, None)
+            }
+            EntryState::Delayed { until, .. } => (None, Some(until)),
+            EntryState::DeadLettering { .. } => (None, None),
+        };
+        entry.state = EntryState::Acked;
+        let key_hash = entry.key_hash;
+        self.release_key(key_hash);
+        self.advance_floor();
+        AckOutcome::Acked { released, delay_until }
+    }
+
+    /// Gives an in-flight message back: Ready now, or Delayed until `until`.
+    /// Returns the connection and deadline it was released from.
+    pub fn nack(&mut self, id: u64, until: Option<u64>) -> Option<(ConnId, u64)> {
+        let entry = self.outstanding.get_mut(&id)?;
+        let EntryState::InFlight { conn, attempts, deadline } = entry.state else { return None };
+        match until {
+            Some(until) => entry.state = EntryState::Delayed { attempts, until },
+            None => {
+                entry.state = EntryState::Ready { attempts };
+                self.ready.insert(id);
+            }
+        }
+        Some((conn, deadline))
+    }
+
+    /// The ack deadline `deadline` of `id` passed: it becomes ready for redelivery.
+    pub fn expire(&mut self, id: u64, deadline: u64) -> Option<ConnId> {
+        let entry = self.outstanding.get_mut(&id)?;
+        match entry.state {
+            EntryState::InFlight { conn, attempts, deadline: d } if d == deadline => {
+                entry.state = EntryState::Ready { attempts };
+                self.ready.insert(id);
+                Some(conn)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn delay_over(&mut self, id: u64, until: u64) -> bool {
+        let Some(entry) = self.outstanding.get_mut(&id) else { return false };
+        match entry.state {
+            EntryState::Delayed { attempts, until: u } if u == until => {
+                entry.state = EntryState::Ready { attempts };
+                self.ready.insert(id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Everything in flight to `conn` becomes ready for other members; returns their deadlines.
+    pub fn release_conn(&mut self, conn: ConnId) -> Vec<(u64, u64)> {
+        let mut released = Vec::new();
+        for (id, entry) in self.outstanding.iter_mut() {
+            if let EntryState::InFlight { conn: c, attempts, deadline } = entry.state {
+                if c == conn {
+                    entry.state = EntryState::Ready { attempts };
+                    self.ready.insert(*id);
+                    released.push((*id, deadline));
+                }
+            }
+        }
+        released
+    }
+
+    pub fn start_dead_letter(&mut self, id: u64) {
+        let entry = self.outstanding.get_mut(&id).expect("dead-letter of an outstanding id");
+        let EntryState::Ready { attempts } = entry.state else { panic!("dead-letter of a non-ready entry") };
+        entry.state = EntryState::DeadLettering { attempts };
+        self.ready.remove(&id);
+    }
+
+    /// The dead-letter copy is durable (`stored`), or its write failed and the entry goes back.
+    pub fn finish_dead_letter(&mut self, id: u64, stored: bool) {
+        let Some(entry) = self.outstanding.get_mut(&id) else { return };
+        let EntryState::DeadLettering { attempts } = entry.state else { return };
+        if stored {
+            self.ack(id);
+        } else {
+            entry.state = EntryState::Ready { attempts };
+            self.ready.insert(id);
+        }
+    }
+
+    fn release_key(&mut self, key_hash: Option<u64>) {
+        let Some(k) = key_hash else { return };
+        let count = self.keys_busy.get_mut(&k).expect("key of an unacked entry is busy");
+        *count -= 1;
+        if *count == 0 {
+            self.keys_busy.remove(&k);
+        }
+        let Some(queue) = self.blocked.get_mut(&k) else { return };
+        let next = queue.pop_front().expect("blocked queues are never empty");
+        if queue.is_empty() {
+            self.blocked.remove(&k);
+        }
+        let entry = self.outstanding.get_mut(&next).expect("blocked id is outstanding");
+        debug_assert_eq!(entry.state, EntryState::Blocked);
+        entry.state = EntryState::Ready { attempts: 0 };
+        self.ready.insert(next);
+    }
+
+    fn advance_floor(&mut self) {
+        while let Some(entry) = self.outstanding.first_entry() {
+            if entry.get().state != EntryState::Acked {
+                break;
+            }
+            entry.remove();
+        }
+    }
+
+    /// Number of entries in flight to `conn` (for checks; O(outstanding)).
+    pub fn in_flight_to(&self, conn: ConnId) -> usize {
+        self.outstanding.values().filter(|e| matches!(e.state, EntryState::InFlight { conn: c, .. } if c == conn)).count()
+    }
+
+    /// Debug check of the structural invariants.
+    pub fn check_invariants(&self) {
+        let mut deliverable_keys = BTreeSet::new();
+        for (id, entry) in &self.outstanding {
+            assert!(*id < self.cursor, "outstanding id {id} at or past cursor {}", self.cursor);
+            assert!(entry.prev < *id);
+            let is_ready = matches!(entry.state, EntryState::Ready { .. });
+            assert_eq!(is_ready, self.ready.contains(id), "ready set out of step for {id}");
+            if let (Some(k), EntryState::Ready { .. } | EntryState::Delayed { .. } | EntryState::InFlight { .. }) = (entry.key_hash, entry.state) {
+                assert!(deliverable_keys.insert(k), "two deliverable entries share a key (id {id})");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group() -> Group {
+        Group::new("g".into(), None, 1, 1_000, 3)
+    }
+
+    fn admit_and_dispatch(g: &mut Group, id: u64, key: Option<&str>, conn: ConnId) -> Admit {
+        let admit = g.admit_fresh(id, true, key.map(key_hash));
+        if admit == Admit::Deliverable {
+            g.dispatch(id, conn, 100);
+        }
+        admit
+    }
+
+    #[test]
+    fn floor_follows_contiguous_acks() {
+        let mut g = group();
+        for id in 1..=4 {
+            admit_and_dispatch(&mut g, id, None, 7);
+        }
+        assert_eq!(g.floor(), (0, 0));
+        assert!(matches!(g.ack(2), AckOutcome::Acked { released: Some((7, 100)), .. }));
+        assert_eq!(g.floor(), (0, 0));
+        g.ack(1);
+        assert_eq!(g.floor(), (2, 2));
+        assert_eq!(g.to_record("t").acked, Vec::<u64>::new());
+        g.ack(4);
+        assert_eq!(g.to_record("t").acked, vec![4]);
+        assert_eq!(g.ack(4), AckOutcome::Ignored);
+        assert_eq!(g.ack(9), AckOutcome::Unknown);
+        g.check_invariants();
+    }
+
+    #[test]
+    fn same_key_waits_for_ack() {
+        let mut g = group();
+        assert_eq!(admit_and_dispatch(&mut g, 1, Some("a"), 1), Admit::Deliverable);
+        assert_eq!(admit_and_dispatch(&mut g, 2, Some("a"), 1), Admit::Blocked);
+        assert_eq!(admit_and_dispatch(&mut g, 3, Some("b"), 1), Admit::Deliverable);
+        assert_eq!(g.next_candidate(4, 100), Candidate::Nothing);
+        g.ack(1);
+        assert_eq!(g.next_candidate(4, 100), Candidate::Ready { id: 2, attempts: 0 });
+        g.check_invariants();
+    }
+
+    #[test]
+    fn expire_and_nack_make_ready_with_attempts_kept() {
+        let mut g = group();
+        admit_and_dispatch(&mut g, 1, None, 1);
+        assert_eq!(g.expire(1, 99), None, "stale deadline ignored");
+        assert_eq!(g.expire(1, 100), Some(1));
+        assert_eq!(g.next_candidate(2, 100), Candidate::Ready { id: 1, attempts: 1 });
+        assert_eq!(g.dispatch(1, 2, 200), (2, 0));
+        assert_eq!(g.nack(1, Some(500)), Some((2, 200)));
+        assert_eq!(g.next_candidate(2, 100), Candidate::Nothing);
+        assert!(g.delay_over(1, 500));
+        assert_eq!(g.next_candidate(2, 100), Candidate::Ready { id: 1, attempts: 2 });
+        g.check_invariants();
+    }
+}

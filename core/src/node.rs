@@ -1,0 +1,1366 @@
+//! The node state machine: one door in (`handle_input`, `handle_timeout`), one door out
+//! (`poll_output`, `poll_timeout`). It never reads a clock, a socket or a file: time is an
+//! argument (nanoseconds since the Unix epoch, never going backwards), disk work is requested
+//! as outputs and its completion comes back as inputs.
+
+use crate::config::{Config, FsyncPolicy};
+use crate::group::{key_hash, AckOutcome, Admit, Candidate, ConnId, Group};
+use crate::pipeline::{self, check_name, Publish, PublishContext, Stage, GROUP_BYTES_MAX};
+use crate::protocol::{self, ClientOp, ErrorCode, Filter, MsgFrame, StartFrom};
+use crate::record::{self, GroupRecord, MessageRef, ProducerRecord, RecordRef, ScanStop, TopicRecord};
+use crate::topic::{Loc, Lookup, StoredMessage, Topic};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::rc::Rc;
+
+const NS_PER_MS: u64 = 1_000_000;
+/// Messages one pump call may look at before it yields to other work.
+const PUMP_STEPS_MAX: u32 = 4_096;
+const RETENTION_CHECK_NS: u64 = 1_000 * NS_PER_MS;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskError {
+    /// ENOSPC: publishes get `overloaded` until space returns.
+    NoSpace,
+    /// Anything else (EIO…): the unsynced data is gone; never retried on the same data.
+    Io(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    BinaryFrame,
+    TooLarge,
+}
+
+#[derive(Debug)]
+pub enum Input<'a> {
+    Connected { conn: ConnId },
+    Frame { conn: ConnId, text: &'a str },
+    /// The shell refused a frame before decoding it.
+    Rejected { conn: ConnId, why: Rejection },
+    Disconnected { conn: ConnId },
+    WriteDone { token: u64, result: Result<(), DiskError> },
+    ReadDone { token: u64, result: Result<&'a [u8], DiskError> },
+    /// A message from another node of the mesh (the mesh protocol comes with replication).
+    PeerMessage { from_node: u64, payload: &'a [u8] },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskOp {
+    /// Append `data` at `offset` of `segment` (creating the file and syncing its directory
+    /// first when `create`), then fsync it when `sync`. Exactly one is in flight at a time.
+    Write { token: u64, segment: u64, offset: u64, data: Vec<u8>, create: bool, sync: bool },
+    Truncate { segment: u64, len: u64 },
+    Delete { segment: u64 },
+    Read { token: u64, segment: u64, offset: u64, len: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trace {
+    DeadLettered { topic: String, group: String, id: u64 },
+    DeadLetterDropped { topic: String, group: String, id: u64, why: &'static str },
+    StoreFailed { error: DiskError, publishes_failed: u32 },
+    SegmentRolled { segment: u64 },
+    SegmentDeleted { segment: u64 },
+    UnreadableRecord { topic: String, id: u64, why: String },
+    PeerMessageIgnored { from_node: u64, bytes: usize },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output {
+    Send { conn: ConnId, frame: String },
+    Close { conn: ConnId, code: u16, reason: String },
+    Disk(DiskOp),
+    Trace(Trace),
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub published: u64,
+    pub deduplicated: u64,
+    pub delivered: u64,
+    pub redelivered: u64,
+    pub acked: u64,
+    pub dead_lettered: u64,
+    pub flushes: u64,
+    pub flushed_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    pub messages: u64,
+    /// The newest segment ended in a torn or corrupt record: cut it here.
+    pub truncate: Option<(u64, ScanStop)>,
+    /// Older segments with a corrupt region: records past it are unreadable.
+    pub corrupt: Vec<(u64, ScanStop)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    AckDeadline { topic: usize, group: usize, id: u64 },
+    NackDelay { topic: usize, group: usize, id: u64 },
+    PullEnd { conn: ConnId, topic: usize, group: usize },
+    Pump { topic: usize, group: usize },
+    BatchFlush,
+    DiskRetry,
+    Retention,
+}
+
+struct Pull {
+    req: Option<String>,
+    remaining: u32,
+    count: u32,
+    deadline: u64,
+}
+
+#[derive(Default)]
+struct Sub {
+    subscribed: bool,
+    window: u32,
+    in_flight: u32,
+    pull: Option<Pull>,
+}
+
+impl Sub {
+    fn capacity(&self) -> u32 {
+        match &self.pull {
+            Some(pull) => pull.remaining,
+            None if self.subscribed => self.window.saturating_sub(self.in_flight),
+            None => 0,
+        }
+    }
+}
+
+struct Conn {
+    authenticated: bool,
+    subs: BTreeMap<(usize, usize), Sub>,
+}
+
+enum Waiter {
+    Puback { conn: ConnId, req: Option<String>, topic: usize, id: u64, producer: Option<(String, u64)> },
+    Join { conn: ConnId, req: Option<String>, topic: usize, group: usize, window: u32, pull: Option<(u32, u64)> },
+    DeadLetter { topic: usize, group: usize, id: u64 },
+}
+
+struct Batch {
+    segment: u64,
+    offset: u64,
+    data: Vec<u8>,
+    len: u64,
+    create: bool,
+    waiters: Vec<Waiter>,
+    /// Per topic, the next id once this batch is durable.
+    marks: BTreeMap<usize, u64>,
+    started_at: u64,
+    token: u64,
+}
+
+impl Batch {
+    fn new(segment: u64, offset: u64, create: bool) -> Batch {
+        Batch { segment, offset, data: Vec::new(), len: 0, create, waiters: Vec::new(), marks: BTreeMap::new(), started_at: 0, token: 0 }
+    }
+}
+
+struct SegmentInfo {
+    id: u64,
+    bytes: u64,
+    last_write_ms: u64,
+}
+
+struct Log {
+    segment: u64,
+    segment_len: u64,
+    open: Batch,
+    queued: VecDeque<Batch>,
+    flushing: Option<Batch>,
+    segments: VecDeque<SegmentInfo>,
+}
+
+struct SeenSeq {
+    topic: usize,
+    id: u64,
+    durable: bool,
+}
+
+struct Producer {
+    seqs: BTreeMap<u64, SeenSeq>,
+    last_use: u64,
+}
+
+struct PendingFetch {
+    conn: ConnId,
+    req: Option<String>,
+    topic: usize,
+    from: u64,
+    to: u64,
+}
+
+pub struct Node {
+    config: Config,
+    stages: Vec<Box<dyn Stage>>,
+    topics: Vec<Topic>,
+    topic_index: BTreeMap<String, usize>,
+    conns: BTreeMap<ConnId, Conn>,
+    producers: BTreeMap<String, Producer>,
+    producers_by_use: BTreeSet<(u64, String)>,
+    use_counter: u64,
+    log: Log,
+    read_cache: BTreeMap<(usize, u64), Rc<StoredMessage>>,
+    read_cache_order: VecDeque<(usize, u64)>,
+    reads: BTreeMap<u64, (usize, u64)>,
+    reading: BTreeSet<(usize, u64)>,
+    fetches: Vec<PendingFetch>,
+    timers: BTreeSet<(u64, Timer)>,
+    dirty_groups: BTreeSet<(usize, usize)>,
+    out: VecDeque<Output>,
+    next_token: u64,
+    pending_publishes: u32,
+    disk_full_until: Option<u64>,
+    now: u64,
+    pub stats: Stats,
+}
+
+impl Node {
+    /// A node over an empty data directory.
+    pub fn new(config: Config, now: u64) -> Node {
+        Node::recover(config, &[], now).0
+    }
+
+    /// Rebuilds the node from its segments (ascending id, each the file's full bytes).
+    /// The caller must apply `report.truncate` to the newest file before writing.
+    pub fn recover(config: Config, segments: &[(u64, &[u8])], now: u64) -> (Node, RecoveryReport) {
+        config.validate().unwrap_or_else(|e| panic!("invalid config reached the core: {e}"));
+        let mut node = Node {
+            stages: pipeline::default_stages(!config.tokens.is_empty()),
+            config,
+            topics: Vec::new(),
+            topic_index: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            producers: BTreeMap::new(),
+            producers_by_use: BTreeSet::new(),
+            use_counter: 0,
+            log: Log { segment: 0, segment_len: 0, open: Batch::new(0, 0, true), queued: VecDeque::new(), flushing: None, segments: VecDeque::new() },
+            read_cache: BTreeMap::new(),
+            read_cache_order: VecDeque::new(),
+            reads: BTreeMap::new(),
+            reading: BTreeSet::new(),
+            fetches: Vec::new(),
+            timers: BTreeSet::new(),
+            dirty_groups: BTreeSet::new(),
+            out: VecDeque::new(),
+            next_token: 1,
+            pending_publishes: 0,
+            disk_full_until: None,
+            now,
+            stats: Stats::default(),
+        };
+        let report = node.load_segments(segments);
+        let next_segment = segments.last().map_or(1, |(id, _)| id + 1);
+        node.start_segment(next_segment);
+        node.timers.insert((now + RETENTION_CHECK_NS, Timer::Retention));
+        node.maybe_flush();
+        (node, report)
+    }
+
+    // ---- getters
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Next id a topic will assign, if the topic exists.
+    pub fn topic_next_id(&self, topic: &str) -> Option<u64> {
+        self.topic_index.get(topic).map(|t| self.topics[*t].next_id)
+    }
+
+    /// Messages of `group` handed out or held and not yet acked.
+    pub fn group_outstanding(&self, topic: &str, group: &str) -> Option<usize> {
+        let t = *self.topic_index.get(topic)?;
+        let g = *self.topics[t].group_index.get(group)?;
+        Some(self.topics[t].groups[g].outstanding_len())
+    }
+
+    /// Messages in flight to `conn` for (topic, group), counted from the group's own entries.
+    pub fn in_flight_to(&self, conn: ConnId, topic: &str, group: &str) -> Option<usize> {
+        let t = *self.topic_index.get(topic)?;
+        let g = *self.topics[t].group_index.get(group)?;
+        Some(self.topics[t].groups[g].in_flight_to(conn))
+    }
+
+    /// Asserts the cross-structure invariants (tests and the simulator call it).
+    pub fn check_invariants(&self) {
+        for (t, topic) in self.topics.iter().enumerate() {
+            assert!(topic.durable_next_id <= topic.next_id);
+            for (g, group) in topic.groups.iter().enumerate() {
+                group.check_invariants();
+                for (conn_id, conn) in &self.conns {
+                    if let Some(sub) = conn.subs.get(&(t, g)) {
+                        assert_eq!(sub.in_flight as usize, group.in_flight_to(*conn_id), "in-flight count of conn {conn_id}");
+                        if sub.subscribed && sub.pull.is_none() {
+                            assert!(sub.in_flight <= sub.window, "window exceeded on conn {conn_id}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- the two doors
+
+    pub fn handle_input(&mut self, now: u64, input: Input<'_>) {
+        self.advance_clock(now);
+        match input {
+            Input::Connected { conn } => self.on_connected(conn),
+            Input::Frame { conn, text } => self.on_frame(conn, text),
+            Input::Rejected { conn, why } => self.on_rejected(conn, why),
+            Input::Disconnected { conn } => self.on_disconnected(conn),
+            Input::WriteDone { token, result } => self.on_write_done(token, result),
+            Input::ReadDone { token, result } => self.on_read_done(token, result),
+            Input::PeerMessage { from_node, payload } => {
+                self.out.push_back(Output::Trace(Trace::PeerMessageIgnored { from_node, bytes: payload.len() }));
+            }
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: u64) {
+        self.advance_clock(now);
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            self.on_timer(at, timer);
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    fn advance_clock(&mut self, now: u64) {
+        debug_assert!(now >= self.now, "time went backwards: {} -> {now}", self.now);
+        self.now = self.now.max(now);
+    }
+
+    // ---- connections and frames
+
+    fn send(&mut self, conn: ConnId, frame: String) {
+        self.out.push_back(Output::Send { conn, frame });
+    }
+
+    fn send_error(&mut self, conn: ConnId, req: Option<&str>, code: ErrorCode, message: &str) {
+        let mut frame = String::with_capacity(64 + message.len());
+        protocol::encode_error(&mut frame, req, code, message);
+        self.send(conn, frame);
+    }
+
+    fn on_connected(&mut self, conn: ConnId) {
+        let authenticated = self.config.tokens.is_empty();
+        let previous = self.conns.insert(conn, Conn { authenticated, subs: BTreeMap::new() });
+        assert!(previous.is_none(), "connection id {conn} reused while open");
+        let mut frame = String::new();
+        protocol::encode_welcome(&mut frame, &self.config.node_name);
+        self.send(conn, frame);
+    }
+
+    fn on_rejected(&mut self, conn: ConnId, why: Rejection) {
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        let (code, reason) = match why {
+            Rejection::BinaryFrame => (1003, "ferry speaks JSON text frames only".to_string()),
+            Rejection::TooLarge => {
+                let message = format!("frame exceeds frame_bytes_max ({} bytes)", self.config.frame_bytes_max);
+                self.send_error(conn, None, ErrorCode::TooLarge, &message);
+                (1009, message)
+            }
+        };
+        self.out.push_back(Output::Close { conn, code, reason });
+        self.on_disconnected(conn);
+    }
+
+    fn on_frame(&mut self, conn: ConnId, text: &str) {
+        let Some(state) = self.conns.get(&conn) else { return };
+        let authenticated = state.authenticated;
+        let op = match protocol::decode(text) {
+            Ok(op) => op,
+            Err(e) => return self.send_error(conn, e.req.as_deref(), e.code, &e.message),
+        };
+        let req_of = |req: &protocol::Req| req.as_ref().map(|r| r.get().to_string());
+        if !authenticated && !matches!(op, ClientOp::Hello { .. } | ClientOp::Pub { .. }) {
+            let req = match &op {
+                ClientOp::Sub { req, .. } | ClientOp::Pull { req, .. } | ClientOp::Fetch { req, .. } | ClientOp::Unsub { req, .. } | ClientOp::Ping { req } => req_of(req),
+                _ => None,
+            };
+            return self.send_error(conn, req.as_deref(), ErrorCode::Unauthorized, "send hello with a valid token first");
+        }
+        match op {
+            ClientOp::Hello { token } => self.on_hello(conn, token),
+            ClientOp::Pub { req, topic, body, key, producer, seq } => {
+                let req = req_of(&req);
+                let publish = Publish { topic, key, producer, seq, body_bytes: body.get().len() };
+                self.on_publish(conn, req, publish, body.get(), authenticated);
+            }
+            ClientOp::Sub { req, topic, group, from, window, filter } => self.on_sub(conn, req_of(&req), &topic, &group, from, window, filter),
+            ClientOp::Ack { topic, group, ids } => self.on_ack(conn, &topic, &group, &ids, None),
+            ClientOp::Nack { topic, group, ids, delay_ms } => self.on_ack(conn, &topic, &group, &ids, Some(delay_ms)),
+            ClientOp::Pull { req, topic, group, max, wait_ms } => self.on_pull(conn, req_of(&req), &topic, &group, max, wait_ms),
+            ClientOp::Fetch { req, topic, from, to } => self.on_fetch(conn, req_of(&req), &topic, from, to),
+            ClientOp::Unsub { req, topic, group } => self.on_unsub(conn, req_of(&req), &topic, &group),
+            ClientOp::Ping { req } => {
+                let mut frame = String::new();
+                protocol::encode_pong(&mut frame, req_of(&req).as_deref());
+                self.send(conn, frame);
+            }
+        }
+    }
+
+    fn on_hello(&mut self, conn: ConnId, token: Option<String>) {
+        if self.config.tokens.is_empty() {
+            return;
+        }
+        let valid = token.is_some_and(|t| self.config.tokens.contains(&t));
+        if valid {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.authenticated = true;
+            }
+        } else {
+            self.send_error(conn, None, ErrorCode::Unauthorized, "unknown token");
+        }
+    }
+
+    fn on_disconnected(&mut self, conn: ConnId) {
+        let Some(state) = self.conns.remove(&conn) else { return };
+        for (t, g) in state.subs.keys().copied() {
+            self.release_member(conn, t, g);
+        }
+        self.fetches.retain(|f| f.conn != conn);
+    }
+
+    /// Takes `conn` out of the group; what it had in flight goes to the other members.
+    fn release_member(&mut self, conn: ConnId, t: usize, g: usize) {
+        let group = &mut self.topics[t].groups[g];
+        group.members.retain(|m| *m != conn);
+        for (id, deadline) in group.release_conn(conn) {
+            self.timers.remove(&(deadline, Timer::AckDeadline { topic: t, group: g, id }));
+        }
+        self.pump(t, g);
+    }
+
+    // ---- publish
+
+    fn on_publish(&mut self, conn: ConnId, req: Option<String>, mut publish: Publish, body: &str, authenticated: bool) {
+        let context = PublishContext { authenticated };
+        if let Err((code, message)) = pipeline::run(&self.stages, &mut publish, &context) {
+            return self.send_error(conn, req.as_deref(), code, &message);
+        }
+        if let Some(until) = self.disk_full_until {
+            if self.now < until {
+                return self.send_error(conn, req.as_deref(), ErrorCode::Overloaded, "disk full: publishes resume when space returns");
+            }
+        }
+        if self.pending_publishes >= self.config.pending_publishes_max {
+            let message = format!("{} publishes wait for the disk (pending_publishes_max)", self.pending_publishes);
+            return self.send_error(conn, req.as_deref(), ErrorCode::Overloaded, &message);
+        }
+        if let (Some(producer), Some(seq)) = (&publish.producer, publish.seq) {
+            if self.answer_duplicate(conn, &req, producer, seq) {
+                return;
+            }
+        }
+        let t = match self.topic_for(&publish.topic) {
+            Ok(t) => t,
+            Err(message) => return self.send_error(conn, req.as_deref(), ErrorCode::Overloaded, &message),
+        };
+        let id = self.append_message(t, publish.key.as_deref(), body, publish.producer.as_deref(), publish.seq.unwrap_or(0));
+        let producer = publish.producer.zip(publish.seq);
+        if let Some((name, seq)) = &producer {
+            self.remember_seq(name, *seq, SeenSeq { topic: t, id, durable: false });
+        }
+        self.stats.published += 1;
+        self.pending_publishes += 1;
+        self.log.open.waiters.push(Waiter::Puback { conn, req, topic: t, id, producer });
+        self.maybe_flush();
+    }
+
+    /// Answers a repeated (producer, seq); false when it is new.
+    fn answer_duplicate(&mut self, conn: ConnId, req: &Option<String>, producer: &str, seq: u64) -> bool {
+        let Some(seen) = self.producers.get(producer).and_then(|p| p.seqs.get(&seq)) else { return false };
+        let (t, id, durable) = (seen.topic, seen.id, seen.durable);
+        self.stats.deduplicated += 1;
+        if durable {
+            let mut frame = String::new();
+            protocol::encode_puback(&mut frame, req.as_deref(), &self.topics[t].name, id);
+            self.send(conn, frame);
+        } else {
+            // The original is still on its way to disk; answer when everything before is durable.
+            self.pending_publishes += 1;
+            self.log.open.waiters.push(Waiter::Puback { conn, req: req.clone(), topic: t, id, producer: None });
+            self.maybe_flush();
+        }
+        true
+    }
+
+    fn remember_seq(&mut self, producer: &str, seq: u64, seen: SeenSeq) {
+        self.use_counter += 1;
+        let use_now = self.use_counter;
+        let entry = self.producers.entry(producer.to_string()).or_insert_with(|| Producer { seqs: BTreeMap::new(), last_use: 0 });
+        self.producers_by_use.remove(&(entry.last_use, producer.to_string()));
+        entry.last_use = use_now;
+        entry.seqs.insert(seq, seen);
+        while entry.seqs.len() > self.config.producer_seqs_max as usize {
+            entry.seqs.pop_first();
+        }
+        self.producers_by_use.insert((use_now, producer.to_string()));
+        while self.producers.len() > self.config.producers_max as usize {
+            let Some((_, oldest)) = self.producers_by_use.pop_first() else { break };
+            self.producers.remove(&oldest);
+        }
+    }
+
+    fn topic_for(&mut self, name: &str) -> Result<usize, String> {
+        if let Some(t) = self.topic_index.get(name) {
+            return Ok(*t);
+        }
+        if self.topics.len() >= self.config.topics_max as usize {
+            return Err(format!("topic limit reached (topics_max = {})", self.config.topics_max));
+        }
+        let t = self.topics.len();
+        self.topics.push(Topic::new(name.to_string()));
+        self.topic_index.insert(name.to_string(), t);
+        Ok(t)
+    }
+
+    /// Assigns the next id of topic `t` and appends the message to the open batch.
+    fn append_message(&mut self, t: usize, key: Option<&str>, body: &str, producer: Option<&str>, seq: u64) -> u64 {
+        let ts_ms = self.now / NS_PER_MS;
+        let topic = &self.topics[t];
+        let id = topic.next_id;
+        let message = MessageRef { id, ts_ms, topic: &topic.name, key, producer, seq, body };
+        let size = record::message_record_bytes(&message) as u64;
+        if self.log.segment_len > 0 && self.log.segment_len + size > self.config.segment_bytes_max {
+            self.roll_segment();
+        }
+        let topic = &mut self.topics[t];
+        let message = MessageRef { id, ts_ms, topic: &topic.name, key, producer, seq, body };
+        let offset = self.log.segment_len;
+        if self.log.open.data.is_empty() {
+            self.log.open.started_at = self.now;
+        }
+        let written = record::encode_message(&mut self.log.open.data, &message) as u64;
+        debug_assert_eq!(written, size);
+        self.log.segment_len += written;
+        topic.next_id += 1;
+        topic.index_push(id, Loc { segment: self.log.segment, offset, len: written as u32 });
+        let stored = StoredMessage { id, ts_ms, key: key.map(Into::into), body: body.into() };
+        topic.cache_push(Rc::new(stored), self.config.topic_cache_bytes);
+        self.log.open.marks.insert(t, id + 1);
+        id
+    }
+
+    // ---- groups: sub, pull, ack, unsub
+
+    fn group_of(&self, topic: &str, group: &str) -> Result<(usize, usize), (ErrorCode, String)> {
+        let Some(&t) = self.topic_index.get(topic) else { return Err((ErrorCode::NoSuchTopic, format!("no topic '{topic}'"))) };
+        let Some(&g) = self.topics[t].group_index.get(group) else {
+            return Err((ErrorCode::NotSubscribed, format!("no group '{group}' on topic '{topic}'")));
+        };
+        Ok((t, g))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_sub(&mut self, conn: ConnId, req: Option<String>, topic: &str, group: &str, from: StartFrom, window: Option<u32>, filter: Option<Filter>) {
+        let window = window.unwrap_or(self.config.window_default);
+        if window == 0 || window > self.config.window_max {
+            let message = format!("window must be 1..={} (window_max)", self.config.window_max);
+            return self.send_error(conn, req.as_deref(), ErrorCode::BadFrame, &message);
+        }
+        match self.join_group(topic, group, from, filter) {
+            Ok((t, g)) => {
+                self.log.open.waiters.push(Waiter::Join { conn, req, topic: t, group: g, window, pull: None });
+                self.maybe_flush();
+            }
+            Err((code, message)) => self.send_error(conn, req.as_deref(), code, &message),
+        }
+    }
+
+    /// Finds or creates the group. A new group's record joins the open batch, so members are
+    /// admitted only once the group is durable (a restart must not move it to "latest").
+    fn join_group(&mut self, topic: &str, group: &str, from: StartFrom, filter: Option<Filter>) -> Result<(usize, usize), (ErrorCode, String)> {
+        check_name("topic", topic, pipeline::TOPIC_BYTES_MAX + 4).map_err(|m| (ErrorCode::BadFrame, m))?;
+        check_name("group", group, GROUP_BYTES_MAX).map_err(|m| (ErrorCode::BadFrame, m))?;
+        let t = self.topic_for(topic).map_err(|m| (ErrorCode::Overloaded, m))?;
+        if let Some(&g) = self.topics[t].group_index.get(group) {
+            if self.topics[t].groups[g].filter != filter {
+                return Err((ErrorCode::Conflict, format!("group '{group}' exists with a different filter")));
+            }
+            return Ok((t, g));
+        }
+        let topic_state = &mut self.topics[t];
+        if topic_state.groups.len() >= self.config.groups_per_topic_max as usize {
+            return Err((ErrorCode::Overloaded, format!("group limit reached (groups_per_topic_max = {})", self.config.groups_per_topic_max)));
+        }
+        let start_id = match from {
+            StartFrom::Latest => topic_state.next_id,
+            StartFrom::Earliest => topic_state.first_id(),
+            StartFrom::Id(id) => id.max(topic_state.first_id()).max(1),
+        };
+        let ack_timeout_ns = self.config.ack_timeout_ms_for(group) * NS_PER_MS;
+        let g = topic_state.groups.len();
+        topic_state.groups.push(Group::new(group.to_string(), filter, start_id, ack_timeout_ns, self.config.max_attempts_for(group)));
+        topic_state.group_index.insert(group.to_string(), g);
+        self.dirty_groups.insert((t, g));
+        Ok((t, g))
+    }
+
+    fn admit_member(&mut self, conn: ConnId, req: Option<String>, t: usize, g: usize, window: u32, pull: Option<(u32, u64)>) {
+        let Some(state) = self.conns.get_mut(&conn) else { return };
+        let sub = state.subs.entry((t, g)).or_default();
+        let mut frame = String::new();
+        match pull {
+            None => {
+                sub.subscribed = true;
+                sub.window = window;
+                let topic = &self.topics[t];
+                protocol::encode_suback(&mut frame, req.as_deref(), &topic.name, &topic.groups[g].name);
+            }
+            Some((max, wait_ns)) => {
+                if let Some(old) = sub.pull.take() {
+                    self.timers.remove(&(old.deadline, Timer::PullEnd { conn, topic: t, group: g }));
+                    protocol::encode_pulled(&mut frame, old.req.as_deref(), old.count);
+                }
+                let deadline = self.now + wait_ns;
+                sub.pull = Some(Pull { req, remaining: max, count: 0, deadline });
+                self.timers.insert((deadline, Timer::PullEnd { conn, topic: t, group: g }));
+            }
+        }
+        let group = &mut self.topics[t].groups[g];
+        if !group.members.contains(&conn) {
+            group.members.push(conn);
+        }
+        if !frame.is_empty() {
+            self.send(conn, frame);
+        }
+        self.pump(t, g);
+    }
+
+    fn on_pull(&mut self, conn: ConnId, req: Option<String>, topic: &str, group: &str, max: u32, wait_ms: u64) {
+        if max == 0 || max > self.config.pull_max || wait_ms > self.config.pull_wait_ms_max {
+            let message = format!("pull needs 1 <= max <= {} and wait_ms <= {}", self.config.pull_max, self.config.pull_wait_ms_max);
+            return self.send_error(conn, req.as_deref(), ErrorCode::BadFrame, &message);
+        }
+        let existing = self.group_of(topic, group).ok();
+        let joined = match existing {
+            Some(tg) => Ok(tg),
+            None => self.join_group(topic, group, StartFrom::Latest, None),
+        };
+        match joined {
+            Ok((t, g)) => {
+                let pull = Some((max, wait_ms * NS_PER_MS));
+                let window = self.config.window_default;
+                if existing.is_some() {
+                    self.admit_member(conn, req, t, g, window, pull);
+                } else {
+                    self.log.open.waiters.push(Waiter::Join { conn, req, topic: t, group: g, window, pull });
+                    self.maybe_flush();
+                }
+            }
+            Err((code, message)) => self.send_error(conn, req.as_deref(), code, &message),
+        }
+    }
+
+    fn finish_pull(&mut self, conn: ConnId, t: usize, g: usize) {
+        let Some(sub) = self.conns.get_mut(&conn).and_then(|c| c.subs.get_mut(&(t, g))) else { return };
+        let Some(pull) = sub.pull.take() else { return };
+        self.timers.remove(&(pull.deadline, Timer::PullEnd { conn, topic: t, group: g }));
+        if !sub.subscribed {
+            self.topics[t].groups[g].members.retain(|m| *m != conn);
+        }
+        let mut frame = String::new();
+        protocol::encode_pulled(&mut frame, pull.req.as_deref(), pull.count);
+        self.send(conn, frame);
+    }
+
+    fn on_unsub(&mut self, conn: ConnId, req: Option<String>, topic: &str, group: &str) {
+        let (t, g) = match self.group_of(topic, group) {
+            Ok(tg) => tg,
+            Err((code, message)) => return self.send_error(conn, req.as_deref(), code, &message),
+        };
+        let Some(sub) = self.conns.get_mut(&conn).and_then(|c| c.subs.remove(&(t, g))) else {
+            return self.send_error(conn, req.as_deref(), ErrorCode::NotSubscribed, "this connection is not in that group");
+        };
+        if let Some(pull) = sub.pull {
+            self.timers.remove(&(pull.deadline, Timer::PullEnd { conn, topic: t, group: g }));
+        }
+        self.release_member(conn, t, g);
+    }
+
+    /// ack (`nack_delay_ms` None) or nack.
+    fn on_ack(&mut self, conn: ConnId, topic: &str, group: &str, ids: &[u64], nack_delay_ms: Option<u64>) {
+        let (t, g) = match self.group_of(topic, group) {
+            Ok(tg) => tg,
+            Err((code, message)) => return self.send_error(conn, None, code, &message),
+        };
+        let mut unknown = Vec::new();
+        for &id in ids {
+            let known = match nack_delay_ms {
+                None => self.ack_one(t, g, id),
+                Some(delay_ms) => self.nack_one(t, g, id, delay_ms.min(self.config.nack_delay_ms_max)),
+            };
+            if !known {
+                unknown.push(id);
+            }
+        }
+        if !unknown.is_empty() {
+            unknown.truncate(16);
+            let message = format!("ids never delivered to group '{group}': {unknown:?}");
+            self.send_error(conn, None, ErrorCode::BadFrame, &message);
+        }
+        self.pump(t, g);
+    }
+
+    fn ack_one(&mut self, t: usize, g: usize, id: u64) -> bool {
+        match self.topics[t].groups[g].ack(id) {
+            AckOutcome::Acked { released, delay_until } => {
+                if let Some((conn, deadline)) = released {
+                    self.timers.remove(&(deadline, Timer::AckDeadline { topic: t, group: g, id }));
+                    self.release_in_flight(conn, t, g);
+                }
+                if let Some(until) = delay_until {
+                    self.timers.remove(&(until, Timer::NackDelay { topic: t, group: g, id }));
+                }
+                self.stats.acked += 1;
+                self.dirty_groups.insert((t, g));
+                self.maybe_flush();
+                true
+            }
+            AckOutcome::Ignored => true,
+            AckOutcome::Unknown => false,
+        }
+    }
+
+    fn nack_one(&mut self, t: usize, g: usize, id: u64, delay_ms: u64) -> bool {
+        let until = (delay_ms > 0).then(|| self.now + delay_ms * NS_PER_MS);
+        let group = &mut self.topics[t].groups[g];
+        if id >= group.cursor() {
+            return false;
+        }
+        if let Some((conn, deadline)) = group.nack(id, until) {
+            self.timers.remove(&(deadline, Timer::AckDeadline { topic: t, group: g, id }));
+            self.release_in_flight(conn, t, g);
+            if let Some(until) = until {
+                self.timers.insert((until, Timer::NackDelay { topic: t, group: g, id }));
+            }
+        }
+        true
+    }
+
+    /// One message in flight to `conn` is no longer: its window has room again.
+    fn release_in_flight(&mut self, conn: ConnId, t: usize, g: usize) {
+        let Some(state) = self.conns.get_mut(&conn) else { return };
+        let Some(sub) = state.subs.get_mut(&(t, g)) else { return };
+        sub.in_flight -= 1;
+        if !sub.subscribed && sub.pull.is_none() && sub.in_flight == 0 {
+            state.subs.remove(&(t, g));
+        }
+    }
+
+    // ---- delivery
+
+    fn pick_member(&mut self, t: usize, g: usize) -> Option<ConnId> {
+        let group = &mut self.topics[t].groups[g];
+        let count = group.members.len();
+        for step in 0..count {
+            let at = (group.next_member + step) % count;
+            let conn = group.members[at];
+            let capacity = self.conns.get(&conn).and_then(|c| c.subs.get(&(t, g))).map_or(0, Sub::capacity);
+            if capacity > 0 {
+                group.next_member = (at + 1) % count;
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Delivers what group `g` of topic `t` can deliver now.
+    fn pump(&mut self, t: usize, g: usize) {
+        for _ in 0..PUMP_STEPS_MAX {
+            if self.topics[t].groups[g].members.is_empty() {
+                return;
+            }
+            let topic = &self.topics[t];
+            let group = &topic.groups[g];
+            let candidate = group.next_candidate(topic.durable_next_id, self.config.group_outstanding_max as usize);
+            let id = match candidate {
+                Candidate::Nothing => return,
+                Candidate::Ready { id, .. } | Candidate::Fresh { id } => id,
+            };
+            let Some(conn) = self.pick_member(t, g) else { return };
+            let message = match self.topics[t].lookup(id, &self.read_cache, t) {
+                Lookup::Found(message) => message,
+                Lookup::OnDisk(loc) => return self.request_read(t, id, loc),
+                Lookup::Gone => {
+                    let first_id = self.topics[t].first_id();
+                    match candidate {
+                        Candidate::Fresh { .. } => self.topics[t].groups[g].skip_missing(first_id),
+                        _ => {
+                            self.ack_one(t, g, id);
+                        }
+                    }
+                    continue;
+                }
+            };
+            let group = &mut self.topics[t].groups[g];
+            match candidate {
+                Candidate::Fresh { id } => {
+                    let passes = group.passes(message.key.as_deref(), &message.body);
+                    if group.admit_fresh(id, passes, message.key.as_deref().map(key_hash)) != Admit::Deliverable {
+                        continue;
+                    }
+                }
+                Candidate::Ready { attempts, .. } if attempts >= group.max_attempts => {
+                    self.dead_letter(t, g, id, &message);
+                    continue;
+                }
+                _ => {}
+            }
+            self.dispatch(t, g, id, conn, &message);
+        }
+        self.timers.insert((self.now, Timer::Pump { topic: t, group: g }));
+    }
+
+    fn dispatch(&mut self, t: usize, g: usize, id: u64, conn: ConnId, message: &StoredMessage) {
+        let topic = &mut self.topics[t];
+        let group = &mut topic.groups[g];
+        let deadline = self.now + group.ack_timeout_ns;
+        let (attempt, prev) = group.dispatch(id, conn, deadline);
+        self.timers.insert((deadline, Timer::AckDeadline { topic: t, group: g, id }));
+        let mut frame = String::with_capacity(96 + message.body.len());
+        let msg = MsgFrame { topic: &topic.name, group: &group.name, id, prev, key: message.key.as_deref(), body: &message.body, attempt, ts_ms: message.ts_ms };
+        protocol::encode_msg(&mut frame, &msg);
+        self.send(conn, frame);
+        self.stats.delivered += 1;
+        if attempt > 1 {
+            self.stats.redelivered += 1;
+        }
+        let sub = self.conns.get_mut(&conn).and_then(|c| c.subs.get_mut(&(t, g))).expect("picked member has a sub");
+        sub.in_flight += 1;
+        let pull_done = match &mut sub.pull {
+            Some(pull) => {
+                pull.remaining -= 1;
+                pull.count += 1;
+                pull.remaining == 0
+            }
+            None => false,
+        };
+        if pull_done {
+            self.finish_pull(conn, t, g);
+        }
+    }
+
+    fn dead_letter(&mut self, t: usize, g: usize, id: u64, message: &StoredMessage) {
+        self.topics[t].groups[g].start_dead_letter(id);
+        let topic = &self.topics[t];
+        let (topic_name, group_name) = (topic.name.clone(), topic.groups[g].name.clone());
+        let drop_why = if topic.is_dead_letter() {
+            Some("dead-letter topics have no dead-letter topic")
+        } else {
+            None
+        };
+        let dlq = match drop_why {
+            Some(_) => Err(()),
+            None => self.topic_for(&format!("{topic_name}.dlq")).map_err(|_| ()),
+        };
+        let Ok(dlq) = dlq else {
+            let why = drop_why.unwrap_or("topic limit reached");
+            self.out.push_back(Output::Trace(Trace::DeadLetterDropped { topic: topic_name, group: group_name, id, why }));
+            self.topics[t].groups[g].finish_dead_letter(id, true);
+            self.dirty_groups.insert((t, g));
+            return;
+        };
+        self.append_message(dlq, message.key.as_deref(), &message.body, None, 0);
+        self.log.open.waiters.push(Waiter::DeadLetter { topic: t, group: g, id });
+        self.out.push_back(Output::Trace(Trace::DeadLettered { topic: topic_name, group: group_name, id }));
+        self.stats.dead_lettered += 1;
+        self.maybe_flush();
+    }
+
+    fn pump_topic(&mut self, t: usize) {
+        for g in 0..self.topics[t].groups.len() {
+            self.pump(t, g);
+        }
+    }
+
+    // ---- reads and fetch
+
+    fn request_read(&mut self, t: usize, id: u64, loc: Loc) {
+        if !self.reading.insert((t, id)) {
+            return;
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        self.reads.insert(token, (t, id));
+        self.out.push_back(Output::Disk(DiskOp::Read { token, segment: loc.segment, offset: loc.offset, len: loc.len }));
+    }
+
+    fn on_read_done(&mut self, token: u64, result: Result<&[u8], DiskError>) {
+        let Some((t, id)) = self.reads.remove(&token) else { return };
+        self.reading.remove(&(t, id));
+        let name = &self.topics[t].name;
+        let decoded = match result {
+            Ok(bytes) => match record::decode_record(bytes) {
+                Ok((RecordRef::Message(m), _)) if m.id == id && m.topic == name.as_str() => {
+                    Ok(StoredMessage { id, ts_ms: m.ts_ms, key: m.key.map(Into::into), body: m.body.into() })
+                }
+                Ok(_) => Err("record at the indexed place is another record".to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(format!("{e:?}")),
+        };
+        match decoded {
+            Ok(message) => {
+                self.read_cache.insert((t, id), Rc::new(message));
+                self.read_cache_order.push_back((t, id));
+                while self.read_cache_order.len() > self.config.read_cache_messages as usize {
+                    let old = self.read_cache_order.pop_front().expect("non-empty");
+                    self.read_cache.remove(&old);
+                }
+            }
+            Err(why) => {
+                // Never serve a record that fails its checks; the id is gone for readers.
+                self.out.push_back(Output::Trace(Trace::UnreadableRecord { topic: name.clone(), id, why }));
+                self.topics[t].forget(id);
+            }
+        }
+        self.pump_topic(t);
+        self.retry_fetches(t);
+    }
+
+    fn on_fetch(&mut self, conn: ConnId, req: Option<String>, topic: &str, from: u64, to: u64) {
+        let Some(&t) = self.topic_index.get(topic) else {
+            return self.send_error(conn, req.as_deref(), ErrorCode::NoSuchTopic, &format!("no topic '{topic}'"));
+        };
+        let last_durable = self.topics[t].durable_next_id - 1;
+        let to = to.min(last_durable).min(from.saturating_add(self.config.fetch_messages_max as u64 - 1));
+        let fetch = PendingFetch { conn, req, topic: t, from, to };
+        if let Some(fetch) = self.try_fetch(fetch) {
+            self.fetches.push(fetch);
+        }
+    }
+
+    /// Answers the fetch if every message is at hand; otherwise requests reads and returns it.
+    fn try_fetch(&mut self, fetch: PendingFetch) -> Option<PendingFetch> {
+        let mut found = Vec::new();
+        let mut missing = false;
+        let mut id = fetch.from;
+        while id <= fetch.to {
+            match self.topics[fetch.topic].lookup(id, &self.read_cache, fetch.topic) {
+                Lookup::Found(m) => found.push(m),
+                Lookup::OnDisk(loc) => {
+                    missing = true;
+                    self.request_read(fetch.topic, id, loc);
+                }
+                Lookup::Gone => {}
+            }
+            id += 1;
+        }
+        if missing {
+            return Some(fetch);
+        }
+        let mut frame = String::new();
+        protocol::encode_fetched_start(&mut frame, fetch.req.as_deref(), &self.topics[fetch.topic].name);
+        for (i, m) in found.iter().enumerate() {
+            protocol::encode_fetched_message(&mut frame, i == 0, m.id, m.key.as_deref(), &m.body, m.ts_ms);
+        }
+        protocol::encode_fetched_end(&mut frame);
+        self.send(fetch.conn, frame);
+        None
+    }
+
+    fn retry_fetches(&mut self, t: usize) {
+        let (ready, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.fetches).into_iter().partition(|f| f.topic == t);
+        self.fetches = others;
+        for fetch in ready {
+            if let Some(fetch) = self.try_fetch(fetch) {
+                self.fetches.push(fetch);
+            }
+        }
+    }
+
+    // ---- timers
+
+    fn on_timer(&mut self, at: u64, timer: Timer) {
+        match timer {
+            Timer::AckDeadline { topic, group, id } => {
+                if let Some(conn) = self.topics[topic].groups[group].expire(id, at) {
+                    self.release_in_flight(conn, topic, group);
+                    self.pump(topic, group);
+                }
+            }
+            Timer::NackDelay { topic, group, id } => {
+                if self.topics[topic].groups[group].delay_over(id, at) {
+                    self.pump(topic, group);
+                }
+            }
+            Timer::PullEnd { conn, topic, group } => self.finish_pull(conn, topic, group),
+            Timer::Pump { topic, group } => self.pump(topic, group),
+            Timer::BatchFlush | Timer::DiskRetry => self.maybe_flush(),
+            Timer::Retention => {
+                self.enforce_retention();
+                self.timers.insert((self.now + RETENTION_CHECK_NS, Timer::Retention));
+            }
+        }
+    }
+
+    // ---- the log: batches, group commit, segments, failures
+
+    fn write_dirty_groups(&mut self) {
+        for (t, g) in std::mem::take(&mut self.dirty_groups) {
+            let topic = &self.topics[t];
+            let record = topic.groups[g].to_record(&topic.name);
+            self.log.segment_len += record::encode_control(&mut self.log.open.data, record::KIND_GROUP, &record) as u64;
+        }
+    }
+
+    /// Starts the next write if none is in flight and the fsync policy says it is time.
+    fn maybe_flush(&mut self) {
+        if self.log.flushing.is_some() {
+            return;
+        }
+        if let Some(until) = self.disk_full_until {
+            if self.now < until {
+                self.timers.insert((until, Timer::DiskRetry));
+                return;
+            }
+            self.disk_full_until = None;
+        }
+        let batch = match self.log.queued.pop_front() {
+            Some(batch) => batch,
+            None => {
+                if self.log.open.data.is_empty() && !self.dirty_groups.is_empty() {
+                    self.log.open.started_at = self.now;
+                }
+                self.write_dirty_groups();
+                let open = &self.log.open;
+                if open.data.is_empty() {
+                    if !open.waiters.is_empty() || !open.marks.is_empty() {
+                        // Nothing to write: everything before these waiters is already durable.
+                        let fresh = Batch::new(open.segment, open.offset, open.create);
+                        let batch = std::mem::replace(&mut self.log.open, fresh);
+                        self.complete_batch(batch);
+                    }
+                    return;
+                }
+                if self.config.fsync == FsyncPolicy::Batch {
+                    let due = open.started_at + self.config.batch_interval_ms * NS_PER_MS;
+                    if (open.data.len() as u64) < self.config.batch_bytes && self.now < due {
+                        self.timers.insert((due, Timer::BatchFlush));
+                        return;
+                    }
+                }
+                let next = Batch::new(self.log.segment, self.log.segment_len, false);
+                std::mem::replace(&mut self.log.open, next)
+            }
+        };
+        self.start_write(batch);
+    }
+
+    fn start_write(&mut self, mut batch: Batch) {
+        let token = self.next_token;
+        self.next_token += 1;
+        batch.token = token;
+        batch.len = batch.data.len() as u64;
+        let data = std::mem::take(&mut batch.data);
+        let op = DiskOp::Write { token, segment: batch.segment, offset: batch.offset, data, create: batch.create, sync: self.config.fsync != FsyncPolicy::Never };
+        self.out.push_back(Output::Disk(op));
+        self.log.flushing = Some(batch);
+    }
+
+    fn on_write_done(&mut self, token: u64, result: Result<(), DiskError>) {
+        let Some(batch) = self.log.flushing.take_if(|b| b.token == token) else {
+            panic!("write completion for token {token}, which is not the write in flight");
+        };
+        match result {
+            Ok(()) => {
+                self.stats.flushes += 1;
+                self.stats.flushed_bytes += batch.len;
+                if let Some(info) = self.log.segments.iter_mut().rev().find(|s| s.id == batch.segment) {
+                    info.bytes = info.bytes.max(batch.offset + batch.len);
+                    info.last_write_ms = self.now / NS_PER_MS;
+                }
+                self.complete_batch(batch);
+            }
+            Err(error) => self.fail_store(batch, error),
+        }
+        self.maybe_flush();
+    }
+
+    fn complete_batch(&mut self, batch: Batch) {
+        for (t, next_id) in &batch.marks {
+            let topic = &mut self.topics[*t];
+            topic.durable_next_id = topic.durable_next_id.max(*next_id);
+        }
+        for waiter in batch.waiters {
+            match waiter {
+                Waiter::Puback { conn, req, topic, id, producer } => {
+                    self.pending_publishes -= 1;
+                    if let Some((name, seq)) = producer {
+                        if let Some(seen) = self.producers.get_mut(&name).and_then(|p| p.seqs.get_mut(&seq)) {
+                            seen.durable = true;
+                        }
+                    }
+                    if self.conns.contains_key(&conn) {
+                        let mut frame = String::with_capacity(64);
+                        protocol::encode_puback(&mut frame, req.as_deref(), &self.topics[topic].name, id);
+                        self.send(conn, frame);
+                    }
+                }
+                Waiter::Join { conn, req, topic, group, window, pull } => self.admit_member(conn, req, topic, group, window, pull),
+                Waiter::DeadLetter { topic, group, id } => {
+                    self.topics[topic].groups[group].finish_dead_letter(id, true);
+                    self.dirty_groups.insert((topic, group));
+                    self.pump(topic, group);
+                }
+            }
+        }
+        for t in batch.marks.keys() {
+            self.pump_topic(*t);
+        }
+    }
+
+    /// A write or fsync failed. Its data and everything after it is treated as lost (never
+    /// retried on the same data): publishes get an error, ids are rolled back, the file is cut
+    /// back to its last durable length. EIO moves to a fresh segment; ENOSPC waits for space.
+    fn fail_store(&mut self, failed: Batch, error: DiskError) {
+        let code = if error == DiskError::NoSpace { ErrorCode::Overloaded } else { ErrorCode::Internal };
+        let message = match &error {
+            DiskError::NoSpace => "disk full: the publish was not stored; retry later".to_string(),
+            DiskError::Io(e) => format!("storage failed ({e}); the publish was not stored"),
+        };
+        let mut lost = vec![failed];
+        lost.extend(self.log.queued.drain(..));
+        let (segment, offset, create) = (lost[0].segment, lost[0].offset, lost[0].create);
+        lost.push(std::mem::replace(&mut self.log.open, Batch::new(segment, offset, create)));
+        let mut publishes_failed = 0;
+        let mut rejoin = Vec::new();
+        for waiter in lost.into_iter().flat_map(|b| b.waiters) {
+            match waiter {
+                Waiter::Puback { conn, req, producer, .. } => {
+                    self.pending_publishes -= 1;
+                    publishes_failed += 1;
+                    if let Some((name, seq)) = producer {
+                        if let Some(p) = self.producers.get_mut(&name) {
+                            p.seqs.remove(&seq);
+                        }
+                    }
+                    if self.conns.contains_key(&conn) {
+                        self.send_error(conn, req.as_deref(), code, &message);
+                    }
+                }
+                Waiter::Join { .. } => rejoin.push(waiter),
+                Waiter::DeadLetter { topic, group, id } => self.topics[topic].groups[group].finish_dead_letter(id, false),
+            }
+        }
+        for topic in &mut self.topics {
+            let durable = topic.durable_next_id;
+            topic.roll_back_to(durable);
+        }
+        let topics = &self.topics;
+        self.read_cache.retain(|(t, id), _| *id < topics[*t].next_id);
+        for p in self.producers.values_mut() {
+            p.seqs.retain(|_, seen| seen.durable);
+        }
+        self.out.push_back(Output::Disk(DiskOp::Truncate { segment, len: offset }));
+        self.out.push_back(Output::Trace(Trace::StoreFailed { error: error.clone(), publishes_failed }));
+        self.log.segment = segment;
+        self.log.segment_len = offset;
+        self.log.segments.retain(|s| s.id <= segment);
+        match error {
+            DiskError::NoSpace => {
+                self.disk_full_until = Some(self.now + self.config.disk_full_retry_ms * NS_PER_MS);
+                self.mark_all_groups_dirty();
+            }
+            DiskError::Io(_) => self.start_segment(segment + 1),
+        }
+        self.log.open.waiters.extend(rejoin);
+    }
+
+    fn mark_all_groups_dirty(&mut self) {
+        for (t, topic) in self.topics.iter().enumerate() {
+            for g in 0..topic.groups.len() {
+                self.dirty_groups.insert((t, g));
+            }
+        }
+    }
+
+    /// Seals the open batch and starts segment `segment + 1` with a snapshot of the state, so
+    /// that older segments can be deleted without losing topics, groups or producers.
+    fn roll_segment(&mut self) {
+        let next = self.log.segment + 1;
+        let sealed = std::mem::replace(&mut self.log.open, Batch::new(next, 0, true));
+        if !sealed.data.is_empty() || !sealed.waiters.is_empty() || !sealed.marks.is_empty() {
+            self.log.queued.push_back(sealed);
+        }
+        self.start_segment(next);
+        self.out.push_back(Output::Trace(Trace::SegmentRolled { segment: next }));
+    }
+
+    fn start_segment(&mut self, segment: u64) {
+        let waiters = std::mem::take(&mut self.log.open.waiters);
+        let marks = std::mem::take(&mut self.log.open.marks);
+        assert!(self.log.open.data.is_empty(), "open batch data would be written to the wrong segment");
+        self.log.segment = segment;
+        self.log.segment_len = 0;
+        self.log.open = Batch::new(segment, 0, true);
+        self.log.open.waiters = waiters;
+        self.log.open.marks = marks;
+        self.log.open.started_at = self.now;
+        self.log.segments.push_back(SegmentInfo { id: segment, bytes: 0, last_write_ms: self.now / NS_PER_MS });
+        let data = &mut self.log.open.data;
+        for topic in &self.topics {
+            record::encode_control(data, record::KIND_TOPIC, &TopicRecord { topic: topic.name.clone(), next_id: topic.next_id });
+        }
+        for topic in &self.topics {
+            for group in &topic.groups {
+                record::encode_control(data, record::KIND_GROUP, &group.to_record(&topic.name));
+            }
+        }
+        for (name, producer) in &self.producers {
+            let seqs = producer.seqs.iter().filter(|(_, s)| s.durable).map(|(seq, s)| (*seq, self.topics[s.topic].name.clone(), s.id)).collect();
+            record::encode_control(data, record::KIND_PRODUCER, &ProducerRecord { producer: name.clone(), seqs });
+        }
+        self.log.segment_len = data.len() as u64;
+        self.dirty_groups.clear();
+    }
+
+    fn enforce_retention(&mut self) {
+        let now_ms = self.now / NS_PER_MS;
+        let oldest_in_use = self.log.flushing.as_ref().map_or(self.log.segment, |b| b.segment);
+        loop {
+            let total: u64 = self.log.segments.iter().map(|s| s.bytes).sum();
+            let Some(oldest) = self.log.segments.front() else { return };
+            if oldest.id >= oldest_in_use || self.log.segments.len() <= 1 {
+                return;
+            }
+            let too_big = total > self.config.retention_bytes;
+            let too_old = oldest.last_write_ms + self.config.retention_age_ms < now_ms;
+            if !too_big && !too_old {
+                return;
+            }
+            let segment = oldest.id;
+            self.log.segments.pop_front();
+            for topic in &mut self.topics {
+                topic.forget_segments_through(segment);
+            }
+            self.out.push_back(Output::Disk(DiskOp::Delete { segment }));
+            self.out.push_back(Output::Trace(Trace::SegmentDeleted { segment }));
+        }
+    }
+
+    // ---- recovery
+
+    fn load_segments(&mut self, segments: &[(u64, &[u8])]) -> RecoveryReport {
+        let mut report = RecoveryReport { segments: segments.len(), ..RecoveryReport::default() };
+        let mut group_records: BTreeMap<(String, String), GroupRecord> = BTreeMap::new();
+        for (position, (segment, bytes)) in segments.iter().enumerate() {
+            assert!(position == 0 || segments[position - 1].0 < *segment, "segments must come in ascending order");
+            let mut last_write_ms = 0;
+            let (valid_len, stop) = record::scan_segment(bytes, |offset, size, rec| match rec {
+                RecordRef::Message(m) => {
+                    report.messages += 1;
+                    last_write_ms = last_write_ms.max(m.ts_ms);
+                    self.recover_message(*segment, offset, size, &m);
+                }
+                RecordRef::Topic(r) => {
+                    if let Ok(t) = self.topic_for(&r.topic) {
+                        let topic = &mut self.topics[t];
+                        topic.next_id = topic.next_id.max(r.next_id);
+                    }
+                }
+                RecordRef::Group(r) => {
+                    group_records.insert((r.topic.clone(), r.group.clone()), r);
+                }
+                RecordRef::Producer(r) => {
+                    for (seq, topic, id) in r.seqs {
+                        if let Ok(t) = self.topic_for(&topic) {
+                            self.remember_seq(&r.producer, seq, SeenSeq { topic: t, id, durable: true });
+                        }
+                    }
+                }
+            });
+            let last_write_ms = if last_write_ms == 0 { self.now / NS_PER_MS } else { last_write_ms };
+            self.log.segments.push_back(SegmentInfo { id: *segment, bytes: valid_len, last_write_ms });
+            if let Some(stop) = stop {
+                if position + 1 == segments.len() {
+                    report.truncate = Some((*segment, stop));
+                } else {
+                    report.corrupt.push((*segment, stop));
+                }
+            }
+        }
+        for topic in &mut self.topics {
+            topic.durable_next_id = topic.next_id;
+            topic.forget_segments_through(0);
+        }
+        for record in group_records.into_values() {
+            self.recover_group(&record, segments);
+        }
+        report
+    }
+
+    fn recover_message(&mut self, segment: u64, offset: u64, size: usize, m: &MessageRef<'_>) {
+        let Ok(t) = self.topic_for(m.topic) else { return };
+        let topic = &mut self.topics[t];
+        if m.id < topic.first_id() + topic.indexed_len() {
+            // Ids are appended in order; a repeat can only come from a corrupt region.
+            return;
+        }
+        topic.index_push(m.id, Loc { segment, offset, len: size as u32 });
+        topic.next_id = topic.next_id.max(m.id + 1);
+        if let Some(producer) = m.producer {
+            self.remember_seq(producer, m.seq, SeenSeq { topic: t, id: m.id, durable: true });
+        }
+    }
+
+    /// Rebuilds a group from its last record: ids above its floor up to the highest acked one
+    /// are walked again (filter, key order, prev), so only unacked ones are delivered again.
+    fn recover_group(&mut self, record: &GroupRecord, segments: &[(u64, &[u8])]) {
+        let Ok(t) = self.topic_for(&record.topic) else { return };
+        let ack_timeout_ns = self.config.ack_timeout_ms_for(&record.group) * NS_PER_MS;
+        let mut group = Group::restore(record, ack_timeout_ns, self.config.max_attempts_for(&record.group));
+        let acked: BTreeSet<u64> = record.acked.iter().copied().filter(|id| *id > record.floor).collect();
+        let last_acked = acked.last().copied().unwrap_or(0);
+        let topic = &self.topics[t];
+        while group.cursor() <= last_acked && group.cursor() < topic.next_id {
+            let id = group.cursor();
+            let message = topic.loc(id).and_then(|loc| {
+                let bytes = segments.iter().find(|(s, _)| *s == loc.segment)?.1;
+                let start = loc.offset as usize;
+                match record::decode_record(bytes.get(start..start + loc.len as usize)?) {
+                    Ok((RecordRef::Message(m), _)) if m.id == id => Some((m.key, m.body)),
+                    _ => None,
+                }
+            });
+            let Some((key, body)) = message else {
+                group.skip_missing(topic.first_id());
+                continue;
+            };
+            let passes = group.passes(key, body);
+            if group.admit_fresh(id, passes, key.map(key_hash)) == Admit::Deliverable && acked.contains(&id) {
+                group.ack(id);
+            }
+        }
+        let topic = &mut self.topics[t];
+        let g = topic.groups.len();
+        topic.group_index.insert(record.group.clone(), g);
+        topic.groups.push(group);
+    }
+}

@@ -1,0 +1,435 @@
+//! The PROTOCOL.md v1 JSON codec. The core owns it so the simulator and fuzzers exercise the
+//! very decoder production runs; the shell only hands over each text frame's payload.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use std::fmt::Write as _;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Error codes of PROTOCOL.md, spelled exactly as on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadFrame,
+    UnknownOp,
+    TooLarge,
+    Unauthorized,
+    Forbidden,
+    NoSuchTopic,
+    NotSubscribed,
+    Overloaded,
+    Conflict,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::UnknownOp => "unknown_op",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NoSuchTopic => "no_such_topic",
+            ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// A request's `req` echoed back verbatim; clients may use numbers or strings.
+pub type Req = Option<Box<RawValue>>;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Filter {
+    KeyPrefix(String),
+    FieldEquals { path: Vec<String>, equals: Value },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartFrom {
+    Latest,
+    Earliest,
+    Id(u64),
+}
+
+#[derive(Debug)]
+pub enum ClientOp {
+    Hello { token: Option<String> },
+    Pub { req: Req, topic: String, body: Box<RawValue>, key: Option<String>, producer: Option<String>, seq: Option<u64> },
+    Sub { req: Req, topic: String, group: String, from: StartFrom, window: Option<u32>, filter: Option<Filter> },
+    Ack { topic: String, group: String, ids: Vec<u64> },
+    Nack { topic: String, group: String, ids: Vec<u64>, delay_ms: u64 },
+    Pull { req: Req, topic: String, group: String, max: u32, wait_ms: u64 },
+    Fetch { req: Req, topic: String, from: u64, to: u64 },
+    Unsub { req: Req, topic: String, group: String },
+    Ping { req: Req },
+}
+
+#[derive(Debug, PartialEq)]
+pub struct DecodeError {
+    pub req: Option<String>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+struct WireFrame {
+    op: String,
+    #[serde(default)]
+    req: Option<Box<RawValue>>,
+    token: Option<String>,
+    topic: Option<String>,
+    group: Option<String>,
+    body: Option<Box<RawValue>>,
+    key: Option<String>,
+    producer: Option<String>,
+    seq: Option<u64>,
+    from: Option<Value>,
+    to: Option<u64>,
+    window: Option<u32>,
+    filter: Option<Value>,
+    ids: Option<Vec<u64>>,
+    delay_ms: Option<u64>,
+    max: Option<u32>,
+    wait_ms: Option<u64>,
+}
+
+/// Decodes one text frame. Every failure carries the frame's `req` when it had one.
+pub fn decode(text: &str) -> Result<ClientOp, DecodeError> {
+    let frame: WireFrame = match serde_json::from_str(text) {
+        Ok(frame) => frame,
+        Err(e) => return Err(bad_frame(req_of_unparsed(text), e.to_string())),
+    };
+    let req_text = frame.req.as_ref().map(|r| r.get().to_string());
+    decode_fields(frame).map_err(|(code, message)| DecodeError { req: req_text, code, message })
+}
+
+fn bad_frame(req: Option<String>, message: String) -> DecodeError {
+    DecodeError { req, code: ErrorCode::BadFrame, message }
+}
+
+/// A frame that failed typed decoding may still be a JSON object with a usable `req`.
+fn req_of_unparsed(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct OnlyReq {
+        req: Option<Box<RawValue>>,
+    }
+    serde_json::from_str::<OnlyReq>(text).ok().and_then(|o| o.req).map(|r| r.get().to_string())
+}
+
+type FieldResult<T> = Result<T, (ErrorCode, String)>;
+
+fn need<T>(value: Option<T>, op: &str, field: &str) -> FieldResult<T> {
+    value.ok_or_else(|| (ErrorCode::BadFrame, format!("op '{op}' needs field '{field}'")))
+}
+
+fn decode_fields(f: WireFrame) -> FieldResult<ClientOp> {
+    let op = f.op.as_str();
+    Ok(match op {
+        "hello" => ClientOp::Hello { token: f.token },
+        "pub" => ClientOp::Pub {
+            req: f.req,
+            topic: need(f.topic, op, "topic")?,
+            body: need(f.body, op, "body")?,
+            key: f.key,
+            producer: f.producer,
+            seq: f.seq,
+        },
+        "sub" => ClientOp::Sub {
+            req: f.req,
+            topic: need(f.topic, op, "topic")?,
+            group: need(f.group, op, "group")?,
+            from: decode_from(f.from)?,
+            window: f.window,
+            filter: f.filter.map(decode_filter).transpose()?,
+        },
+        "ack" => ClientOp::Ack { topic: need(f.topic, op, "topic")?, group: need(f.group, op, "group")?, ids: need(f.ids, op, "ids")? },
+        "nack" => ClientOp::Nack {
+            topic: need(f.topic, op, "topic")?,
+            group: need(f.group, op, "group")?,
+            ids: need(f.ids, op, "ids")?,
+            delay_ms: f.delay_ms.unwrap_or(0),
+        },
+        "pull" => ClientOp::Pull {
+            req: f.req,
+            topic: need(f.topic, op, "topic")?,
+            group: need(f.group, op, "group")?,
+            max: need(f.max, op, "max")?,
+            wait_ms: need(f.wait_ms, op, "wait_ms")?,
+        },
+        "fetch" => {
+            let from = match need(f.from, op, "from")? {
+                Value::Number(n) if n.as_u64().is_some() => n.as_u64().unwrap_or(0),
+                _ => return Err((ErrorCode::BadFrame, "fetch 'from' must be an id (u64)".into())),
+            };
+            ClientOp::Fetch { req: f.req, topic: need(f.topic, op, "topic")?, from, to: need(f.to, op, "to")? }
+        }
+        "unsub" => ClientOp::Unsub { req: f.req, topic: need(f.topic, op, "topic")?, group: need(f.group, op, "group")? },
+        "ping" => ClientOp::Ping { req: f.req },
+        other => return Err((ErrorCode::UnknownOp, format!("unknown op '{}'", truncate_for_message(other)))),
+    })
+}
+
+fn truncate_for_message(s: &str) -> &str {
+    let mut end = s.len().min(64);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn decode_from(from: Option<Value>) -> FieldResult<StartFrom> {
+    match from {
+        None => Ok(StartFrom::Latest),
+        Some(Value::String(s)) if s == "latest" => Ok(StartFrom::Latest),
+        Some(Value::String(s)) if s == "earliest" => Ok(StartFrom::Earliest),
+        Some(Value::Number(n)) if n.as_u64().is_some() => Ok(StartFrom::Id(n.as_u64().unwrap_or(0))),
+        Some(_) => Err((ErrorCode::BadFrame, "'from' must be \"latest\", \"earliest\" or an id".into())),
+    }
+}
+
+fn decode_filter(filter: Value) -> FieldResult<Filter> {
+    let bad = |m: &str| (ErrorCode::BadFrame, format!("bad filter: {m}"));
+    let Value::Object(map) = filter else { return Err(bad("must be an object")) };
+    if let Some(prefix) = map.get("key_prefix") {
+        let Value::String(prefix) = prefix else { return Err(bad("'key_prefix' must be a string")) };
+        return Ok(Filter::KeyPrefix(prefix.clone()));
+    }
+    if let Some(field) = map.get("field") {
+        let Value::String(path) = field else { return Err(bad("'field' must be a string")) };
+        let Some(equals) = map.get("equals") else { return Err(bad("'field' needs 'equals'")) };
+        if path.is_empty() || path.split('.').any(str::is_empty) {
+            return Err(bad("'field' must be a dot.separated.path of non-empty names"));
+        }
+        return Ok(Filter::FieldEquals { path: path.split('.').map(String::from).collect(), equals: equals.clone() });
+    }
+    Err(bad("v1 knows {\"key_prefix\"} and {\"field\",\"equals\"}"))
+}
+
+impl Filter {
+    /// `body` is the message's raw JSON; a body that does not parse never matches a field filter.
+    pub fn matches(&self, key: Option<&str>, body: &str) -> bool {
+        match self {
+            Filter::KeyPrefix(prefix) => key.is_some_and(|k| k.starts_with(prefix.as_str())),
+            Filter::FieldEquals { path, equals } => {
+                let Ok(value) = serde_json::from_str::<Value>(body) else { return false };
+                let mut at = &value;
+                for name in path {
+                    match at.get(name) {
+                        Some(next) => at = next,
+                        None => return false,
+                    }
+                }
+                at == equals
+            }
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        match self {
+            Filter::KeyPrefix(p) => serde_json::json!({ "key_prefix": p }),
+            Filter::FieldEquals { path, equals } => serde_json::json!({ "field": path.join("."), "equals": equals }),
+        }
+    }
+
+    pub fn from_json(value: Value) -> Option<Filter> {
+        decode_filter(value).ok()
+    }
+}
+
+// ---- Server → client frames. Written by hand into a reused String: this is the hot path.
+
+pub fn write_json_str(out: &mut String, s: &str) {
+    // serde_json's escaper is the reference; writing into a String cannot fail.
+    let escaped = serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+    out.push_str(&escaped);
+}
+
+fn write_req(out: &mut String, req: Option<&str>) {
+    if let Some(req) = req {
+        out.push_str("\"req\":");
+        out.push_str(req);
+        out.push(',');
+    }
+}
+
+pub fn encode_welcome(out: &mut String, server: &str) {
+    out.push_str("{\"op\":\"welcome\",\"server\":");
+    write_json_str(out, server);
+    let _ = write!(out, ",\"version\":{PROTOCOL_VERSION}}}");
+}
+
+pub fn encode_puback(out: &mut String, req: Option<&str>, topic: &str, id: u64) {
+    out.push_str("{\"op\":\"puback\",");
+    write_req(out, req);
+    out.push_str("\"topic\":");
+    write_json_str(out, topic);
+    let _ = write!(out, ",\"id\":{id}}}");
+}
+
+pub fn encode_suback(out: &mut String, req: Option<&str>, topic: &str, group: &str) {
+    out.push_str("{\"op\":\"suback\",");
+    write_req(out, req);
+    out.push_str("\"topic\":");
+    write_json_str(out, topic);
+    out.push_str(",\"group\":");
+    write_json_str(out, group);
+    out.push('}');
+}
+
+pub struct MsgFrame<'a> {
+    pub topic: &'a str,
+    pub group: &'a str,
+    pub id: u64,
+    pub prev: u64,
+    pub key: Option<&'a str>,
+    pub body: &'a str,
+    pub attempt: u32,
+    pub ts_ms: u64,
+}
+
+pub fn encode_msg(out: &mut String, m: &MsgFrame<'_>) {
+    out.push_str("{\"op\":\"msg\",\"topic\":");
+    write_json_str(out, m.topic);
+    out.push_str(",\"group\":");
+    write_json_str(out, m.group);
+    let _ = write!(out, ",\"id\":{},\"prev\":{}", m.id, m.prev);
+    if let Some(key) = m.key {
+        out.push_str(",\"key\":");
+        write_json_str(out, key);
+    }
+    out.push_str(",\"body\":");
+    out.push_str(m.body);
+    let _ = write!(out, ",\"attempt\":{},\"ts\":{}}}", m.attempt, m.ts_ms);
+}
+
+pub fn encode_pulled(out: &mut String, req: Option<&str>, count: u32) {
+    out.push_str("{\"op\":\"pulled\",");
+    write_req(out, req);
+    let _ = write!(out, "\"count\":{count}}}");
+}
+
+pub fn encode_fetched_start(out: &mut String, req: Option<&str>, topic: &str) {
+    out.push_str("{\"op\":\"fetched\",");
+    write_req(out, req);
+    out.push_str("\"topic\":");
+    write_json_str(out, topic);
+    out.push_str(",\"messages\":[");
+}
+
+pub fn encode_fetched_message(out: &mut String, first: bool, id: u64, key: Option<&str>, body: &str, ts_ms: u64) {
+    if !first {
+        out.push(',');
+    }
+    let _ = write!(out, "{{\"id\":{id}");
+    if let Some(key) = key {
+        out.push_str(",\"key\":");
+        write_json_str(out, key);
+    }
+    out.push_str(",\"body\":");
+    out.push_str(body);
+    let _ = write!(out, ",\"ts\":{ts_ms}}}");
+}
+
+pub fn encode_fetched_end(out: &mut String) {
+    out.push_str("]}");
+}
+
+pub fn encode_pong(out: &mut String, req: Option<&str>) {
+    out.push_str("{\"op\":\"pong\",");
+    write_req(out, req);
+    if out.ends_with(',') {
+        out.pop();
+    }
+    out.push('}');
+}
+
+pub fn encode_error(out: &mut String, req: Option<&str>, code: ErrorCode, message: &str) {
+    out.push_str("{\"op\":\"error\",");
+    write_req(out, req);
+    out.push_str("\"code\":\"");
+    out.push_str(code.as_str());
+    out.push_str("\",\"message\":");
+    write_json_str(out, message);
+    out.push('}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_pub_with_raw_body() {
+        let op = decode(r#"{"op":"pub","req":7,"topic":"orders","body":{"a":[1,2]},"key":"k1","producer":"p","seq":3}"#).unwrap();
+        match op {
+            ClientOp::Pub { req, topic, body, key, producer, seq } => {
+                assert_eq!(req.unwrap().get(), "7");
+                assert_eq!(topic, "orders");
+                assert_eq!(body.get(), r#"{"a":[1,2]}"#);
+                assert_eq!(key.as_deref(), Some("k1"));
+                assert_eq!(producer.as_deref(), Some("p"));
+                assert_eq!(seq, Some(3));
+            }
+            other => panic!("decoded {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_frames_keep_req_and_code() {
+        let e = decode(r#"{"op":"pub","req":"r1","topic":5,"body":1}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadFrame);
+        assert_eq!(e.req.as_deref(), Some("\"r1\""));
+        let e = decode(r#"{"op":"pub","req":2,"topic":"t"}"#).unwrap_err();
+        assert_eq!((e.code, e.req.as_deref()), (ErrorCode::BadFrame, Some("2")));
+        assert!(e.message.contains("body"), "{}", e.message);
+        let e = decode(r#"{"op":"launch","req":3}"#).unwrap_err();
+        assert_eq!((e.code, e.req.as_deref()), (ErrorCode::UnknownOp, Some("3")));
+        let e = decode("not json").unwrap_err();
+        assert_eq!((e.code, e.req), (ErrorCode::BadFrame, None));
+        let e = decode(r#"{"op":"sub","topic":"t","group":"g","filter":{"nope":1}}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadFrame);
+    }
+
+    #[test]
+    fn filters_match_as_protocol_says() {
+        let f = decode_filter(serde_json::json!({"key_prefix": "eu-"})).unwrap();
+        assert!(f.matches(Some("eu-1"), "{}"));
+        assert!(!f.matches(Some("us-1"), "{}"));
+        assert!(!f.matches(None, "{}"));
+        let f = decode_filter(serde_json::json!({"field": "a.b", "equals": 3})).unwrap();
+        assert!(f.matches(None, r#"{"a":{"b":3}}"#));
+        assert!(!f.matches(None, r#"{"a":{"b":4}}"#));
+        assert!(!f.matches(None, r#"{"a":1}"#));
+        assert_eq!(Filter::from_json(f.to_json()), Some(f));
+    }
+
+    #[test]
+    fn encoded_frames_are_valid_json() {
+        let mut out = String::new();
+        encode_msg(&mut out, &MsgFrame { topic: "t\"x", group: "g", id: 5, prev: 4, key: Some("k"), body: "[1]", attempt: 2, ts_ms: 9 });
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["topic"], "t\"x");
+        assert_eq!(v["prev"], 4);
+        assert_eq!(v["body"], serde_json::json!([1]));
+        for f in [
+            |o: &mut String| encode_pong(o, None),
+            |o: &mut String| encode_pong(o, Some("1")),
+            |o: &mut String| encode_error(o, Some("\"a\""), ErrorCode::Conflict, "m\n"),
+            |o: &mut String| encode_pulled(o, None, 3),
+            |o: &mut String| {
+                encode_fetched_start(o, Some("2"), "t");
+                encode_fetched_message(o, true, 1, None, "{}", 5);
+                encode_fetched_message(o, false, 2, Some("k"), "null", 6);
+                encode_fetched_end(o);
+            },
+        ] {
+            let mut out = String::new();
+            f(&mut out);
+            serde_json::from_str::<Value>(&out).unwrap_or_else(|e| panic!("{out}: {e}"));
+        }
+    }
+}

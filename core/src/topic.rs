@@ -1,0 +1,157 @@
+//! A topic: its id counter, its index id → place on disk, and a cache of recent messages.
+
+use crate::group::Group;
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+
+#[derive(Debug)]
+pub struct StoredMessage {
+    pub id: u64,
+    pub ts_ms: u64,
+    pub key: Option<Box<str>>,
+    pub body: Box<str>,
+}
+
+impl StoredMessage {
+    pub fn bytes(&self) -> u64 {
+        (self.body.len() + self.key.as_ref().map_or(0, |k| k.len()) + 64) as u64
+    }
+}
+
+/// Where a record lies; `len == 0` marks an id whose record is gone (a corrupt region).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Loc {
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u32,
+}
+
+pub enum Lookup {
+    Found(Rc<StoredMessage>),
+    OnDisk(Loc),
+    Gone,
+}
+
+pub struct Topic {
+    pub name: String,
+    /// Next id to assign; ids start at 1 so that `prev` 0 means "none".
+    pub next_id: u64,
+    /// Ids below it are durable per the fsync policy, and only those are delivered.
+    pub durable_next_id: u64,
+    first_id: u64,
+    index: VecDeque<Loc>,
+    recent: VecDeque<Rc<StoredMessage>>,
+    recent_bytes: u64,
+    pub groups: Vec<Group>,
+    pub group_index: BTreeMap<String, usize>,
+}
+
+impl Topic {
+    pub fn new(name: String) -> Topic {
+        Topic {
+            name,
+            next_id: 1,
+            durable_next_id: 1,
+            first_id: 1,
+            index: VecDeque::new(),
+            recent: VecDeque::new(),
+            recent_bytes: 0,
+            groups: Vec::new(),
+            group_index: BTreeMap::new(),
+        }
+    }
+
+    pub fn is_dead_letter(&self) -> bool {
+        self.name.ends_with(".dlq")
+    }
+
+    /// Lowest id still stored (== next_id when nothing is).
+    pub fn first_id(&self) -> u64 {
+        self.first_id
+    }
+
+    /// Records the place of id `id`, which must be the next one (gaps become empty places).
+    pub fn index_push(&mut self, id: u64, loc: Loc) {
+        if self.index.is_empty() && self.first_id < id {
+            self.first_id = id;
+        }
+        let next = self.first_id + self.index.len() as u64;
+        assert!(id >= next, "topic {}: id {id} indexed twice (next {next})", self.name);
+        for _ in next..id {
+            self.index.push_back(Loc { segment: 0, offset: 0, len: 0 });
+        }
+        self.index.push_back(loc);
+    }
+
+    pub fn indexed_len(&self) -> u64 {
+        self.index.len() as u64
+    }
+
+    /// The record of `id` failed its checks: readers must not see it again.
+    pub fn forget(&mut self, id: u64) {
+        if let Some(at) = id.checked_sub(self.first_id) {
+            if let Some(loc) = self.index.get_mut(at as usize) {
+                loc.len = 0;
+            }
+        }
+    }
+
+    pub fn loc(&self, id: u64) -> Option<Loc> {
+        let at = id.checked_sub(self.first_id)?;
+        self.index.get(at as usize).copied().filter(|l| l.len > 0)
+    }
+
+    pub fn cache_push(&mut self, message: Rc<StoredMessage>, cache_bytes_max: u64) {
+        if let Some(last) = self.recent.back() {
+            debug_assert_eq!(last.id + 1, message.id);
+        }
+        self.recent_bytes += message.bytes();
+        self.recent.push_back(message);
+        while self.recent_bytes > cache_bytes_max && self.recent.len() > 1 {
+            let old = self.recent.pop_front().expect("non-empty");
+            self.recent_bytes -= old.bytes();
+        }
+    }
+
+    pub fn cached(&self, id: u64) -> Option<&Rc<StoredMessage>> {
+        let first = self.recent.front()?.id;
+        self.recent.get(id.checked_sub(first)? as usize)
+    }
+
+    pub fn lookup(&self, id: u64, read_cache: &BTreeMap<(usize, u64), Rc<StoredMessage>>, topic_index: usize) -> Lookup {
+        if let Some(m) = self.cached(id) {
+            return Lookup::Found(m.clone());
+        }
+        if let Some(m) = read_cache.get(&(topic_index, id)) {
+            return Lookup::Found(m.clone());
+        }
+        match self.loc(id) {
+            Some(loc) => Lookup::OnDisk(loc),
+            None => Lookup::Gone,
+        }
+    }
+
+    /// Forgets ids at or above `next_id` (their write failed); they will be assigned again.
+    pub fn roll_back_to(&mut self, next_id: u64) {
+        assert!(next_id >= self.durable_next_id.min(self.next_id));
+        while self.first_id + (self.index.len() as u64) > next_id && !self.index.is_empty() {
+            self.index.pop_back();
+        }
+        while self.recent.back().is_some_and(|m| m.id >= next_id) {
+            let m = self.recent.pop_back().expect("non-empty");
+            self.recent_bytes -= m.bytes();
+        }
+        self.next_id = next_id;
+    }
+
+    /// Drops the places of every id stored in segments up to `segment` (retention).
+    pub fn forget_segments_through(&mut self, segment: u64) {
+        while self.index.front().is_some_and(|l| l.segment <= segment) {
+            self.index.pop_front();
+            self.first_id += 1;
+        }
+        if self.index.is_empty() {
+            self.first_id = self.first_id.max(self.durable_next_id.min(self.next_id));
+        }
+    }
+}
