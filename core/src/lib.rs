@@ -7,6 +7,7 @@ pub mod node;
 pub mod pipeline;
 pub mod protocol;
 pub mod record;
+pub mod testkit;
 pub mod topic;
 
 pub use config::{Config, FsyncPolicy};

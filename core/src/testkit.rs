@@ -1,0 +1,216 @@
+//! A manual clock and an in-memory disk that drive a `Node` without any I/O: the core's own
+//! tests use it, and the simulator builds its fault-injecting disk on the same model.
+
+use crate::config::Config;
+use crate::group::ConnId;
+use crate::node::{DiskError, DiskOp, Input, Node, Output, RecoveryReport, Trace};
+use serde_json::Value;
+use std::collections::{BTreeMap, VecDeque};
+
+pub const NS_PER_MS: u64 = 1_000_000;
+/// 2023-11-14T22:13:20Z: a plausible wall clock so `ts` looks like a real timestamp.
+pub const EPOCH_NS: u64 = 1_700_000_000_000 * NS_PER_MS;
+
+/// Files as the page cache sees them and as they would survive a crash.
+#[derive(Default, Clone)]
+pub struct MemDisk {
+    pub files: BTreeMap<u64, Vec<u8>>,
+    pub durable: BTreeMap<u64, Vec<u8>>,
+}
+
+pub enum Completion {
+    Write { token: u64, result: Result<(), DiskError> },
+    Read { token: u64, bytes: Option<Vec<u8>> },
+}
+
+impl MemDisk {
+    /// Applies one request as a healthy disk would.
+    pub fn apply(&mut self, op: &DiskOp) -> Option<Completion> {
+        match op {
+            DiskOp::Write { token, segment, offset, data, create: _, sync } => {
+                let file = self.files.entry(*segment).or_default();
+                file.truncate(*offset as usize);
+                file.resize(*offset as usize, 0);
+                file.extend_from_slice(data);
+                if *sync {
+                    self.durable.insert(*segment, file.clone());
+                }
+                Some(Completion::Write { token: *token, result: Ok(()) })
+            }
+            DiskOp::Truncate { segment, len } => {
+                for files in [&mut self.files, &mut self.durable] {
+                    if let Some(file) = files.get_mut(segment) {
+                        file.truncate(*len as usize);
+                    }
+                }
+                None
+            }
+            DiskOp::Delete { segment } => {
+                self.files.remove(segment);
+                self.durable.remove(segment);
+                None
+            }
+            DiskOp::Read { token, segment, offset, len } => {
+                let bytes = self.files.get(segment).and_then(|f| f.get(*offset as usize..(*offset + *len as u64) as usize)).map(<[u8]>::to_vec);
+                Some(Completion::Read { token: *token, bytes })
+            }
+        }
+    }
+
+    /// A process crash with power loss: everything not fsynced is gone.
+    pub fn crash(&mut self) {
+        self.files = self.durable.clone();
+    }
+
+    pub fn segments(&self) -> Vec<(u64, &[u8])> {
+        self.files.iter().map(|(id, bytes)| (*id, bytes.as_slice())).collect()
+    }
+}
+
+/// Drives one node: feeds inputs, applies its disk requests, collects what it sends.
+pub struct Harness {
+    pub config: Config,
+    pub node: Node,
+    pub disk: MemDisk,
+    pub now: u64,
+    pub sent: BTreeMap<ConnId, VecDeque<Value>>,
+    pub closed: Vec<(ConnId, u16)>,
+    pub traces: Vec<Trace>,
+    /// When set, writes wait in `held` until `complete_writes` (to test group commit and faults).
+    pub hold_writes: bool,
+    pub held: VecDeque<DiskOp>,
+    /// Fails the next write with this error instead of applying it.
+    pub fail_next_write: Option<DiskError>,
+    pub last_recovery: Option<RecoveryReport>,
+}
+
+impl Harness {
+    pub fn new(config: Config) -> Harness {
+        let node = Node::new(config.clone(), EPOCH_NS);
+        let mut h = Harness {
+            config,
+            node,
+            disk: MemDisk::default(),
+            now: EPOCH_NS,
+            sent: BTreeMap::new(),
+            closed: Vec::new(),
+            traces: Vec::new(),
+            hold_writes: false,
+            held: VecDeque::new(),
+            fail_next_write: None,
+            last_recovery: None,
+        };
+        h.drain();
+        h
+    }
+
+    pub fn drain(&mut self) {
+        while let Some(output) = self.node.poll_output() {
+            match output {
+                Output::Send { conn, frame } => {
+                    let value: Value = serde_json::from_str(&frame).unwrap_or_else(|e| panic!("node sent invalid JSON {frame}: {e}"));
+                    self.sent.entry(conn).or_default().push_back(value);
+                }
+                Output::Close { conn, code, .. } => self.closed.push((conn, code)),
+                Output::Trace(trace) => self.traces.push(trace),
+                Output::Disk(op) => {
+                    if matches!(op, DiskOp::Write { .. }) && self.hold_writes {
+                        self.held.push_back(op);
+                    } else {
+                        self.apply(op);
+                    }
+                }
+            }
+        }
+        if cfg!(debug_assertions) {
+            self.node.check_invariants();
+        }
+    }
+
+    fn apply(&mut self, op: DiskOp) {
+        if let (DiskOp::Write { token, .. }, Some(error)) = (&op, self.fail_next_write.take()) {
+            self.node.handle_input(self.now, Input::WriteDone { token: *token, result: Err(error) });
+            return;
+        }
+        match self.disk.apply(&op) {
+            Some(Completion::Write { token, result }) => self.node.handle_input(self.now, Input::WriteDone { token, result }),
+            Some(Completion::Read { token, bytes }) => {
+                let result = bytes.as_deref().ok_or(DiskError::Io("no such range".into()));
+                self.node.handle_input(self.now, Input::ReadDone { token, result });
+            }
+            None => {}
+        }
+    }
+
+    /// Completes the writes held so far (and any they lead to, while `hold_writes` is off).
+    pub fn complete_writes(&mut self) {
+        while let Some(op) = self.held.pop_front() {
+            self.apply(op);
+            self.drain();
+        }
+    }
+
+    pub fn connect(&mut self, conn: ConnId) -> Value {
+        self.node.handle_input(self.now, Input::Connected { conn });
+        self.drain();
+        self.take(conn).pop_front().expect("welcome")
+    }
+
+    pub fn send(&mut self, conn: ConnId, frame: &str) {
+        self.node.handle_input(self.now, Input::Frame { conn, text: frame });
+        self.drain();
+    }
+
+    pub fn send_json(&mut self, conn: ConnId, frame: Value) {
+        self.send(conn, &frame.to_string());
+    }
+
+    pub fn disconnect(&mut self, conn: ConnId) {
+        self.node.handle_input(self.now, Input::Disconnected { conn });
+        self.drain();
+    }
+
+    /// Moves the clock forward, firing every timer in order on the way.
+    pub fn advance_ms(&mut self, ms: u64) {
+        let target = self.now + ms * NS_PER_MS;
+        while let Some(at) = self.node.poll_timeout() {
+            if at > target {
+                break;
+            }
+            self.now = self.now.max(at);
+            self.node.handle_timeout(self.now);
+            self.drain();
+        }
+        self.now = target;
+    }
+
+    pub fn take(&mut self, conn: ConnId) -> VecDeque<Value> {
+        self.sent.remove(&conn).unwrap_or_default()
+    }
+
+    /// Frames of `op` sent to `conn` so far (others stay queued).
+    pub fn take_op(&mut self, conn: ConnId, op: &str) -> Vec<Value> {
+        let queue = self.sent.entry(conn).or_default();
+        let (matching, rest): (Vec<_>, Vec<_>) = queue.drain(..).partition(|v| v["op"] == op);
+        queue.extend(rest);
+        matching
+    }
+
+    /// Restarts the node from the disk; `power_loss` drops everything not fsynced first.
+    pub fn restart(&mut self, power_loss: bool) {
+        if power_loss {
+            self.disk.crash();
+        }
+        self.held.clear();
+        self.sent.clear();
+        let segments = self.disk.segments();
+        let (node, report) = Node::recover(self.config.clone(), &segments, self.now);
+        if let Some((segment, stop)) = &report.truncate {
+            let op = DiskOp::Truncate { segment: *segment, len: stop.offset };
+            self.disk.apply(&op);
+        }
+        self.node = node;
+        self.last_recovery = Some(report);
+        self.drain();
+    }
+}

@@ -1,0 +1,472 @@
+//! The node against a manual clock and an in-memory disk.
+
+use ferry_core::node::DiskError;
+use ferry_core::testkit::Harness;
+use ferry_core::{Config, FsyncPolicy};
+
+use serde_json::{json, Value};
+
+const P: u64 = 1; // publisher connection
+const S: u64 = 2; // subscriber connection
+
+fn harness(config: Config) -> Harness {
+    let mut h = Harness::new(config);
+    h.connect(P);
+    h.connect(S);
+    h
+}
+
+fn publish(h: &mut Harness, topic: &str, key: Option<&str>, body: Value) -> u64 {
+    let mut frame = json!({"op": "pub", "req": 1, "topic": topic, "body": body});
+    if let Some(key) = key {
+        frame["key"] = json!(key);
+    }
+    h.send_json(P, frame);
+    let acks = h.take_op(P, "puback");
+    assert_eq!(acks.len(), 1, "expected one puback, got {acks:?} (errors: {:?})", h.take_op(P, "error"));
+    acks[0]["id"].as_u64().unwrap()
+}
+
+fn subscribe(h: &mut Harness, conn: u64, topic: &str, group: &str, extra: Value) {
+    let mut frame = json!({"op": "sub", "req": "s", "topic": topic, "group": group, "from": "earliest"});
+    for (k, v) in extra.as_object().unwrap() {
+        frame[k] = v.clone();
+    }
+    h.send_json(conn, frame);
+    let acks = h.take_op(conn, "suback");
+    assert_eq!(acks.len(), 1, "no suback: {:?}", h.take(conn));
+}
+
+fn msgs(h: &mut Harness, conn: u64) -> Vec<Value> {
+    h.take_op(conn, "msg")
+}
+
+fn ids(frames: &[Value]) -> Vec<u64> {
+    frames.iter().map(|m| m["id"].as_u64().unwrap()).collect()
+}
+
+fn ack(h: &mut Harness, conn: u64, topic: &str, group: &str, ids: &[u64]) {
+    h.send_json(conn, json!({"op": "ack", "topic": topic, "group": group, "ids": ids}));
+}
+
+#[test]
+fn publish_then_deliver_with_prev_chain() {
+    let mut h = harness(Config::default());
+    let a = publish(&mut h, "orders", None, json!({"n": 1}));
+    let b = publish(&mut h, "orders", None, json!({"n": 2}));
+    assert!(a < b);
+    subscribe(&mut h, S, "orders", "billing", json!({}));
+    let got = msgs(&mut h, S);
+    assert_eq!(ids(&got), vec![a, b]);
+    assert_eq!(got[0]["prev"], 0);
+    assert_eq!(got[1]["prev"], a);
+    assert_eq!(got[0]["attempt"], 1);
+    assert_eq!(got[0]["body"], json!({"n": 1}));
+    assert!(got[0]["ts"].as_u64().unwrap() > 1_600_000_000_000);
+}
+
+#[test]
+fn puback_waits_for_the_write_and_batches_form_while_it_runs() {
+    let mut h = harness(Config::default());
+    h.hold_writes = true;
+    h.send_json(P, json!({"op": "pub", "req": 1, "topic": "t", "body": 1}));
+    h.send_json(P, json!({"op": "pub", "req": 2, "topic": "t", "body": 2}));
+    h.send_json(P, json!({"op": "pub", "req": 3, "topic": "t", "body": 3}));
+    assert!(h.take_op(P, "puback").is_empty(), "puback before durability");
+    // The boot snapshot is in flight; all three publishes wait in one batch behind it.
+    assert_eq!(h.held.len(), 1);
+    h.hold_writes = false;
+    h.complete_writes();
+    assert_eq!(h.take_op(P, "puback").len(), 3);
+    assert_eq!(h.node.stats.flushes, 2, "snapshot write + one group-commit batch");
+}
+
+#[test]
+fn ack_timeout_redelivers_with_next_attempt_and_same_prev() {
+    let mut config = Config::default();
+    config.ack_timeout_ms = 1_000;
+    let mut h = harness(config);
+    publish(&mut h, "t", None, json!(1));
+    let id = publish(&mut h, "t", None, json!(2));
+    subscribe(&mut h, S, "t", "g", json!({}));
+    let first = msgs(&mut h, S);
+    ack(&mut h, S, "t", "g", &[first[0]["id"].as_u64().unwrap()]);
+    h.advance_ms(999);
+    assert!(msgs(&mut h, S).is_empty());
+    h.advance_ms(2);
+    let again = msgs(&mut h, S);
+    assert_eq!(ids(&again), vec![id]);
+    assert_eq!(again[0]["attempt"], 2);
+    assert_eq!(again[0]["prev"], first[1]["prev"]);
+    ack(&mut h, S, "t", "g", &[id]);
+    h.advance_ms(5_000);
+    assert!(msgs(&mut h, S).is_empty(), "acked message redelivered");
+}
+
+#[test]
+fn max_attempts_moves_the_message_to_the_dead_letter_topic() {
+    let mut config = Config::default();
+    config.ack_timeout_ms = 100;
+    config.max_attempts = 3;
+    let mut h = harness(config);
+    let id = publish(&mut h, "pay", Some("k"), json!({"x": 1}));
+    subscribe(&mut h, S, "pay", "g", json!({}));
+    for attempt in 1..=3 {
+        let got = msgs(&mut h, S);
+        assert_eq!(ids(&got), vec![id]);
+        assert_eq!(got[0]["attempt"], attempt);
+        h.advance_ms(101);
+    }
+    assert!(msgs(&mut h, S).is_empty(), "delivered past max_attempts");
+    assert_eq!(h.node.stats.dead_lettered, 1);
+    assert_eq!(h.node.group_outstanding("pay", "g"), Some(0));
+    subscribe(&mut h, S, "pay.dlq", "ops", json!({}));
+    let dead = msgs(&mut h, S);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["body"], json!({"x": 1}));
+    assert_eq!(dead[0]["key"], "k");
+    h.send_json(P, json!({"op": "pub", "req": 9, "topic": "pay.dlq", "body": 1}));
+    assert_eq!(h.take_op(P, "error")[0]["code"], "forbidden");
+}
+
+#[test]
+fn window_bounds_in_flight_messages() {
+    let mut h = harness(Config::default());
+    for n in 0..10 {
+        publish(&mut h, "t", None, json!(n));
+    }
+    subscribe(&mut h, S, "t", "g", json!({"window": 3}));
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let got = msgs(&mut h, S);
+        assert!(got.len() <= 3, "window exceeded: {}", got.len());
+        assert_eq!(h.node.in_flight_to(S, "t", "g"), Some(got.len()));
+        if got.is_empty() {
+            break;
+        }
+        let batch = ids(&got);
+        ack(&mut h, S, "t", "g", &batch);
+        seen.extend(batch);
+    }
+    assert_eq!(seen, (1..=10).collect::<Vec<_>>());
+}
+
+#[test]
+fn same_key_is_not_delivered_while_an_earlier_one_is_unacked() {
+    let mut h = harness(Config::default());
+    let a1 = publish(&mut h, "t", Some("a"), json!(1));
+    let a2 = publish(&mut h, "t", Some("a"), json!(2));
+    let b1 = publish(&mut h, "t", Some("b"), json!(3));
+    let a3 = publish(&mut h, "t", Some("a"), json!(4));
+    subscribe(&mut h, S, "t", "g", json!({}));
+    assert_eq!(ids(&msgs(&mut h, S)), vec![a1, b1]);
+    ack(&mut h, S, "t", "g", &[b1]);
+    assert!(msgs(&mut h, S).is_empty());
+    ack(&mut h, S, "t", "g", &[a1]);
+    let next = msgs(&mut h, S);
+    assert_eq!(ids(&next), vec![a2]);
+    assert_eq!(next[0]["prev"], a1, "prev follows the group's sequence, not the key's");
+    ack(&mut h, S, "t", "g", &[a2]);
+    assert_eq!(ids(&msgs(&mut h, S)), vec![a3]);
+}
+
+#[test]
+fn idempotent_publish_stores_once() {
+    let mut h = harness(Config::default());
+    let frame = json!({"op": "pub", "req": 1, "topic": "t", "body": 1, "producer": "svc-a", "seq": 7});
+    h.send_json(P, frame.clone());
+    h.send_json(P, frame.clone());
+    let acks = h.take_op(P, "puback");
+    assert_eq!(acks.len(), 2);
+    assert_eq!(acks[0]["id"], acks[1]["id"]);
+    assert_eq!(h.node.topic_next_id("t"), Some(2), "stored once");
+    // Held writes: the repeat arrives while the original is not yet durable.
+    h.hold_writes = true;
+    let frame2 = json!({"op": "pub", "req": 2, "topic": "t", "body": 2, "producer": "svc-a", "seq": 8});
+    h.send_json(P, frame2.clone());
+    h.send_json(P, frame2.clone());
+    assert!(h.take_op(P, "puback").is_empty());
+    h.hold_writes = false;
+    h.complete_writes();
+    let acks = h.take_op(P, "puback");
+    assert_eq!(ids(&acks), vec![2, 2]);
+    // And after a restart the dedupe state is rebuilt from the log.
+    h.restart(true);
+    h.connect(P);
+    h.send_json(P, frame);
+    assert_eq!(ids(&h.take_op(P, "puback")), vec![1]);
+    assert_eq!(h.node.topic_next_id("t"), Some(3));
+}
+
+#[test]
+fn restart_resumes_groups_without_losing_or_replaying_acked() {
+    let mut h = harness(Config::default());
+    for n in 0..10 {
+        publish(&mut h, "t", Some(&format!("k{}", n % 3)), json!(n));
+    }
+    subscribe(&mut h, S, "t", "g", json!({}));
+    let first = msgs(&mut h, S);
+    // Acks of 1..=4 and 7: floor 4, 7 acked above it.
+    ack(&mut h, S, "t", "g", &[1, 2, 3, 4, 7]);
+    let delivered_before: Vec<_> = first.iter().map(|m| (m["id"].as_u64().unwrap(), m["prev"].as_u64().unwrap())).collect();
+    let more = msgs(&mut h, S);
+    let mut prevs: std::collections::BTreeMap<u64, u64> = delivered_before.into_iter().collect();
+    for m in &more {
+        prevs.insert(m["id"].as_u64().unwrap(), m["prev"].as_u64().unwrap());
+    }
+    h.restart(true);
+    h.connect(S);
+    subscribe(&mut h, S, "t", "g", json!({"from": "latest"}));
+    let mut redelivered = Vec::new();
+    loop {
+        let got = msgs(&mut h, S);
+        if got.is_empty() {
+            break;
+        }
+        for m in &got {
+            let id = m["id"].as_u64().unwrap();
+            assert_eq!(Some(&m["prev"].as_u64().unwrap()), prevs.get(&id).or(Some(&m["prev"].as_u64().unwrap())));
+            if let Some(p) = prevs.get(&id) {
+                assert_eq!(m["prev"].as_u64().unwrap(), *p, "prev of {id} changed across restart");
+            }
+        }
+        let batch = ids(&got);
+        ack(&mut h, S, "t", "g", &batch);
+        redelivered.extend(batch);
+    }
+    redelivered.sort();
+    assert_eq!(redelivered, vec![5, 6, 8, 9, 10]);
+    h.connect(P);
+    let next = publish(&mut h, "t", None, json!("after"));
+    assert_eq!(next, 11, "ids continue after restart");
+}
+
+#[test]
+fn unsynced_publishes_are_not_acked_and_their_ids_are_not_delivered_after_crash() {
+    let mut h = harness(Config::default());
+    publish(&mut h, "t", None, json!(1));
+    h.hold_writes = true;
+    h.send_json(P, json!({"op": "pub", "req": 2, "topic": "t", "body": 2}));
+    assert!(h.take_op(P, "puback").is_empty());
+    h.restart(true);
+    h.hold_writes = false;
+    h.complete_writes();
+    h.connect(P);
+    h.connect(S);
+    subscribe(&mut h, S, "t", "g", json!({}));
+    assert_eq!(ids(&msgs(&mut h, S)), vec![1]);
+    let id = publish(&mut h, "t", None, json!(3));
+    assert_eq!(id, 2, "an id never acked nor delivered may be assigned again");
+}
+
+#[test]
+fn torn_tail_is_cut_and_earlier_records_survive() {
+    let mut h = harness(Config::default());
+    for n in 0..5 {
+        publish(&mut h, "t", None, json!(n));
+    }
+    let newest = *h.disk.files.keys().last().unwrap();
+    let file = h.disk.files.get_mut(&newest).unwrap();
+    let len = file.len();
+    file[len - 2] ^= 0xff;
+    file.truncate(len - 1);
+    h.disk.durable = h.disk.files.clone();
+    h.restart(false);
+    let report = h.last_recovery.as_ref().unwrap();
+    let (segment, stop) = report.truncate.clone().expect("torn tail reported");
+    assert_eq!(segment, newest);
+    assert!(stop.bytes_dropped > 0);
+    assert_eq!(report.messages, 4);
+    h.connect(S);
+    subscribe(&mut h, S, "t", "g", json!({}));
+    assert_eq!(ids(&msgs(&mut h, S)), vec![1, 2, 3, 4]);
+}
+
+#[test]
+fn failed_fsync_answers_internal_and_the_store_goes_on_from_its_durable_point() {
+    let mut h = harness(Config::default());
+    publish(&mut h, "t", None, json!(1));
+    h.fail_next_write = Some(DiskError::Io("EIO".into()));
+    h.send_json(P, json!({"op": "pub", "req": 2, "topic": "t", "body": 2}));
+    let errors = h.take_op(P, "error");
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["code"], "internal");
+    assert_eq!(errors[0]["req"], 2);
+    let id = publish(&mut h, "t", None, json!(3));
+    assert_eq!(id, 2);
+    h.restart(true);
+    h.connect(S);
+    subscribe(&mut h, S, "t", "g", json!({}));
+    let got = msgs(&mut h, S);
+    assert_eq!(got.iter().map(|m| m["body"].clone()).collect::<Vec<_>>(), vec![json!(1), json!(3)]);
+}
+
+#[test]
+fn full_disk_answers_overloaded_then_resumes() {
+    let mut h = harness(Config::default());
+    publish(&mut h, "t", None, json!(1));
+    subscribe(&mut h, S, "t", "g", json!({}));
+    assert_eq!(msgs(&mut h, S).len(), 1);
+    h.fail_next_write = Some(DiskError::NoSpace);
+    h.send_json(P, json!({"op": "pub", "req": 2, "topic": "t", "body": 2}));
+    assert_eq!(h.take_op(P, "error")[0]["code"], "overloaded");
+    h.send_json(P, json!({"op": "pub", "req": 3, "topic": "t", "body": 3}));
+    assert_eq!(h.take_op(P, "error")[0]["code"], "overloaded");
+    ack(&mut h, S, "t", "g", &[1]);
+    assert!(h.take_op(S, "error").is_empty(), "acks go on while the disk is full");
+    h.advance_ms(1_001);
+    let id = publish(&mut h, "t", None, json!(4));
+    assert_eq!(ids(&msgs(&mut h, S)), vec![id]);
+}
+
+#[test]
+fn group_filters_apply_at_delivery_and_prev_follows_the_filtered_sequence() {
+    let mut h = harness(Config::default());
+    subscribe(&mut h, S, "t", "eu", json!({"filter": {"key_prefix": "eu-"}, "from": "latest"}));
+    h.connect(3);
+    subscribe(&mut h, 3, "t", "big", json!({"filter": {"field": "order.total", "equals": 100}}));
+    let e1 = publish(&mut h, "t", Some("eu-1"), json!({"order": {"total": 5}}));
+    publish(&mut h, "t", Some("us-1"), json!({"order": {"total": 100}}));
+    let e2 = publish(&mut h, "t", Some("eu-2"), json!({"order": {"total": 100}}));
+    let eu = msgs(&mut h, S);
+    assert_eq!(ids(&eu), vec![e1, e2]);
+    assert_eq!(eu[1]["prev"], e1);
+    let big = msgs(&mut h, 3);
+    assert_eq!(ids(&big), vec![2, 3]);
+    assert_eq!(big[0]["prev"], 0);
+    h.send_json(S, json!({"op": "sub", "req": 5, "topic": "t", "group": "eu", "filter": {"key_prefix": "us-"}}));
+    assert_eq!(h.take_op(S, "error")[0]["code"], "conflict");
+}
+
+#[test]
+fn bad_input_gets_error_frames_and_the_connection_stays() {
+    let mut h = harness(Config::default());
+    let cases = [
+        ("{nope", "bad_frame"),
+        (r#"{"op":"fly","req":1}"#, "unknown_op"),
+        (r#"{"op":"pub","req":1,"topic":"a b","body":1}"#, "bad_frame"),
+        (r#"{"op":"pub","req":1,"topic":"t"}"#, "bad_frame"),
+        (r#"{"op":"sub","req":1,"topic":"t","group":"g","window":0}"#, "bad_frame"),
+        (r#"{"op":"ack","topic":"none","group":"g","ids":[1]}"#, "no_such_topic"),
+        (r#"{"op":"fetch","req":1,"topic":"none","from":1,"to":2}"#, "no_such_topic"),
+    ];
+    for (frame, code) in cases {
+        h.send(P, frame);
+        let errors = h.take_op(P, "error");
+        assert_eq!(errors.len(), 1, "{frame}");
+        assert_eq!(errors[0]["code"], code, "{frame}");
+    }
+    publish(&mut h, "t", None, json!(1));
+    subscribe(&mut h, S, "t", "g", json!({}));
+    msgs(&mut h, S);
+    ack(&mut h, S, "t", "g", &[99]);
+    assert_eq!(h.take_op(S, "error")[0]["code"], "bad_frame");
+    h.send(P, r#"{"op":"ping","req":"x"}"#);
+    assert_eq!(h.take_op(P, "pong")[0]["req"], "x");
+    assert!(h.closed.is_empty());
+    h.node.handle_input(h.now, ferry_core::Input::Rejected { conn: P, why: ferry_core::Rejection::TooLarge });
+    h.drain();
+    assert_eq!(h.take_op(P, "error")[0]["code"], "too_large");
+    h.node.handle_input(h.now, ferry_core::Input::Rejected { conn: S, why: ferry_core::Rejection::BinaryFrame });
+    h.drain();
+    assert_eq!(h.closed, vec![(P, 1009), (S, 1003)]);
+    assert_eq!(h.node.connection_count(), 0);
+}
+
+#[test]
+fn tokens_are_required_when_configured() {
+    let mut config = Config::default();
+    config.tokens = vec!["s3cret".into()];
+    let mut h = harness(config);
+    h.send(P, r#"{"op":"ping","req":1}"#);
+    assert_eq!(h.take_op(P, "error")[0]["code"], "unauthorized");
+    h.send(P, r#"{"op":"pub","req":1,"topic":"t","body":1}"#);
+    assert_eq!(h.take_op(P, "error")[0]["code"], "unauthorized");
+    h.send(P, r#"{"op":"hello","token":"wrong"}"#);
+    assert_eq!(h.take_op(P, "error")[0]["code"], "unauthorized");
+    h.send(P, r#"{"op":"hello","token":"s3cret"}"#);
+    publish(&mut h, "t", None, json!(1));
+}
+
+#[test]
+fn pull_pushes_up_to_max_then_answers_pulled() {
+    let mut h = harness(Config::default());
+    h.send_json(S, json!({"op": "pull", "req": 1, "topic": "t", "group": "g", "max": 2, "wait_ms": 500}));
+    assert!(msgs(&mut h, S).is_empty());
+    for n in 0..3 {
+        publish(&mut h, "t", None, json!(n));
+    }
+    assert_eq!(ids(&msgs(&mut h, S)), vec![1, 2]);
+    assert_eq!(h.take_op(S, "pulled")[0]["count"], 2);
+    h.send_json(S, json!({"op": "pull", "req": 2, "topic": "t", "group": "g", "max": 5, "wait_ms": 100}));
+    assert_eq!(ids(&msgs(&mut h, S)), vec![3]);
+    assert!(h.take_op(S, "pulled").is_empty());
+    h.advance_ms(100);
+    let pulled = h.take_op(S, "pulled");
+    assert_eq!((pulled[0]["req"].clone(), pulled[0]["count"].clone()), (json!(2), json!(1)));
+    ack(&mut h, S, "t", "g", &[1, 2, 3]);
+    assert!(h.take_op(S, "error").is_empty());
+}
+
+#[test]
+fn fetch_reads_ranges_from_cache_and_disk() {
+    let mut config = Config::default();
+    config.topic_cache_bytes = 1; // force disk reads for all but the newest message
+    let mut h = harness(config);
+    for n in 0..5 {
+        publish(&mut h, "t", Some("k"), json!({"n": n}));
+    }
+    h.send_json(S, json!({"op": "fetch", "req": 4, "topic": "t", "from": 2, "to": 100}));
+    let fetched = h.take_op(S, "fetched");
+    assert_eq!(fetched.len(), 1);
+    let got: Vec<_> = fetched[0]["messages"].as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    assert_eq!(got, vec![2, 3, 4, 5]);
+    assert_eq!(fetched[0]["messages"][0]["body"], json!({"n": 1}));
+    assert_eq!(fetched[0]["messages"][0]["key"], "k");
+}
+
+#[test]
+fn segments_roll_retention_deletes_and_restart_reads_them_all() {
+    let mut config = Config::default();
+    config.frame_bytes_max = 1024;
+    config.segment_bytes_max = 4096;
+    config.retention_bytes = 4096 * 1000;
+    let mut h = harness(config);
+    let body = json!("x".repeat(200));
+    for _ in 0..100 {
+        publish(&mut h, "t", None, body.clone());
+    }
+    assert!(h.disk.files.len() > 3, "segments rolled: {}", h.disk.files.len());
+    subscribe(&mut h, S, "t", "g", json!({"window": 1000}));
+    let got = msgs(&mut h, S);
+    assert_eq!(got.len(), 100);
+    ack(&mut h, S, "t", "g", &ids(&got)[..50]);
+    h.restart(true);
+    h.connect(S);
+    subscribe(&mut h, S, "t", "g", json!({"window": 1000}));
+    assert_eq!(ids(&msgs(&mut h, S)), (51..=100).collect::<Vec<_>>());
+    // Retention by size: shrink the budget and let the check run.
+    h.config.retention_bytes = 4096 * 2;
+    h.restart(true);
+    h.advance_ms(1_100);
+    assert!(h.disk.files.len() <= 4, "retention left {} segments", h.disk.files.len());
+    assert_eq!(h.node.topic_next_id("t"), Some(101), "ids never reused after retention");
+}
+
+#[test]
+fn batch_policy_acks_after_the_interval_and_never_policy_writes_without_fsync() {
+    let mut config = Config::default();
+    config.fsync = FsyncPolicy::Batch;
+    config.batch_interval_ms = 5;
+    let mut h = harness(config);
+    h.send_json(P, json!({"op": "pub", "req": 1, "topic": "t", "body": 1}));
+    assert!(h.take_op(P, "puback").is_empty(), "batch policy acked before its fsync");
+    h.advance_ms(5);
+    assert_eq!(h.take_op(P, "puback").len(), 1);
+
+    let mut config = Config::default();
+    config.fsync = FsyncPolicy::Never;
+    let mut h = harness(config);
+    publish(&mut h, "t", None, json!(1));
+    assert!(h.disk.durable.values().all(|f| f.is_empty()), "never policy must not fsync");
+}
