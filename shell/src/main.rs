@@ -1,1 +1,158 @@
-fn main() {}
+//! `ferry`: the server (`serve`) and two protocol clients for demos and scripts.
+
+mod client;
+mod log;
+mod server;
+mod store;
+
+use clap::{Parser, Subcommand};
+use ferry_core::Config;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
+const DEFAULT_DATA_DIR: &str = "./ferry-data";
+const DEFAULT_URL: &str = "ws://127.0.0.1:7700/ws";
+
+#[derive(Parser)]
+#[command(name = "ferry", version, about = "A reliable push message service: durable topics pushed over WebSocket")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Publish messages: each BODY argument, or each stdin line, is one message body (JSON, or
+    /// else sent as a JSON string). Prints one puback per line.
+    Publish(client::PublishArgs),
+    /// Join a consumer group and print each message as one JSON line, acking it.
+    Subscribe(client::SubscribeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML config file; see README for every setting. Flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on (port 0 picks a free port; the log says which).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Data directory (created if missing).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// always | batch | never
+    #[arg(long)]
+    fsync: Option<String>,
+    /// error | warn | info | debug
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Override any setting: --set ack_timeout_ms=5000 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+struct ServeSettings {
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    log_level: String,
+    config: Config,
+}
+
+fn toml_value(text: &str) -> toml::Value {
+    // A bare word that is not valid TOML (e.g. `always`) is meant as a string.
+    match format!("v = {text}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(text.into())),
+        Err(_) => toml::Value::String(text.into()),
+    }
+}
+
+fn take_string(table: &mut toml::Table, key: &str, default: &str) -> Result<String, String> {
+    match table.remove(key) {
+        None => Ok(default.to_string()),
+        Some(toml::Value::String(s)) => Ok(s),
+        Some(other) => Err(format!("setting '{key}' must be a string, got {other}")),
+    }
+}
+
+fn load_settings(args: &ServeArgs) -> Result<ServeSettings, String> {
+    let mut table = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+            text.parse::<toml::Table>().map_err(|e| format!("config {}: {e}", path.display()))?
+        }
+        None => toml::Table::new(),
+    };
+    for item in &args.set {
+        let (key, value) = item.split_once('=').ok_or_else(|| format!("--set takes KEY=VALUE, got '{item}'"))?;
+        table.insert(key.trim().to_string(), toml_value(value.trim()));
+    }
+    let flags = [("listen", args.listen.clone()), ("data_dir", args.data_dir.as_ref().map(|p| p.display().to_string())), ("fsync", args.fsync.clone()), ("log_level", args.log_level.clone())];
+    for (key, value) in flags {
+        if let Some(value) = value {
+            table.insert(key.to_string(), toml::Value::String(value));
+        }
+    }
+    let listen_text = take_string(&mut table, "listen", DEFAULT_LISTEN)?;
+    let listen = listen_text.parse().map_err(|e| format!("listen '{listen_text}': {e} (want IP:PORT)"))?;
+    let data_dir = PathBuf::from(take_string(&mut table, "data_dir", DEFAULT_DATA_DIR)?);
+    let log_level = take_string(&mut table, "log_level", "info")?;
+    let config: Config = toml::Value::Table(table).try_into().map_err(|e| format!("config: {e}"))?;
+    config.validate().map_err(|e| format!("config: {e}"))?;
+    Ok(ServeSettings { listen, data_dir, log_level, config })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(&args),
+        Command::Publish(args) => client::publish(&args),
+        Command::Subscribe(args) => client::subscribe(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("ferry: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: &ServeArgs) -> Result<(), String> {
+    let settings = load_settings(args)?;
+    log::set_level(&settings.log_level)?;
+    let options = server::ServerOptions { listen: settings.listen, data_dir: settings.data_dir, config: settings.config };
+    server::run(options).map_err(|e| format!("server stopped: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(set: &[&str]) -> ServeArgs {
+        ServeArgs { config: None, listen: None, data_dir: None, fsync: Some("batch".into()), log_level: None, set: set.iter().map(|s| s.to_string()).collect() }
+    }
+
+    #[test]
+    fn flags_and_set_override_defaults() {
+        let s = load_settings(&args(&["ack_timeout_ms=5000", "node_name=edge-7", "listen=127.0.0.1:0"])).unwrap();
+        assert_eq!(s.config.ack_timeout_ms, 5000);
+        assert_eq!(s.config.node_name, "edge-7");
+        assert_eq!(s.config.fsync, ferry_core::FsyncPolicy::Batch);
+        assert_eq!(s.listen.port(), 0);
+        assert_eq!(s.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let e = load_settings(&args(&["ack_timeot_ms=1"])).err().unwrap();
+        assert!(e.contains("ack_timeot_ms"), "{e}");
+        let e = load_settings(&args(&["window_default=0"])).err().unwrap();
+        assert!(e.contains("window_default"), "{e}");
+        let e = load_settings(&args(&["listen=nowhere"])).err().unwrap();
+        assert!(e.contains("listen"), "{e}");
+    }
+}

@@ -1,0 +1,399 @@
+//! The event loop: one mio `Poll`, WebSockets by tungstenite over non-blocking sockets, the
+//! segment store, and the core `Node`. It turns socket, disk and timer events into core inputs
+//! and core outputs into I/O; every decision is the core's.
+
+use crate::log;
+use crate::store::{Completion, Store};
+use ferry_core::node::{Input, Output, Rejection, Trace};
+use ferry_core::{Config, ConnId, Node};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response, ServerHandshake};
+use tungstenite::handshake::{HandshakeError, MidHandshake};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tungstenite::{Message, WebSocket};
+
+const LISTENER: Token = Token(usize::MAX);
+/// Frames read from one connection per loop turn, so one busy client cannot starve the rest.
+const READS_PER_TURN_MAX: usize = 1_024;
+const EVENTS_CAPACITY: usize = 1_024;
+const STATS_INTERVAL: Duration = Duration::from_secs(60);
+
+pub struct ServerOptions {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub config: Config,
+}
+
+/// Time for the core: nanoseconds since the Unix epoch, but monotonic (wall clock read once).
+struct Clock {
+    start: Instant,
+    wall_start_ns: u64,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        Clock { start: Instant::now(), wall_start_ns: wall.as_nanos() as u64 }
+    }
+    fn now(&self) -> u64 {
+        self.wall_start_ns + self.start.elapsed().as_nanos() as u64
+    }
+}
+
+struct PathCheck;
+
+impl Callback for PathCheck {
+    fn on_request(self, request: &Request, response: Response) -> Result<Response, ErrorResponse> {
+        if request.uri().path() == "/ws" {
+            return Ok(response);
+        }
+        let mut refusal = ErrorResponse::new(Some("ferry serves WebSocket at /ws\n".into()));
+        *refusal.status_mut() = tungstenite::http::StatusCode::NOT_FOUND;
+        Err(refusal)
+    }
+}
+
+enum Socket {
+    Handshaking(MidHandshake<ServerHandshake<TcpStream, PathCheck>>),
+    Open(WebSocket<TcpStream>),
+    /// Transient, while a handshake step owns the socket.
+    Moving,
+}
+
+struct Connection {
+    id: ConnId,
+    socket: Socket,
+    /// The core has forgotten this connection; drop it once the close frame is out.
+    closing: bool,
+    wants_writable: bool,
+}
+
+struct Server {
+    poll: Poll,
+    listener: TcpListener,
+    node: Node,
+    store: Store,
+    clock: Clock,
+    conns: Slab<Connection>,
+    by_id: HashMap<ConnId, usize>,
+    next_conn_id: ConnId,
+    ws_config: WebSocketConfig,
+    connections_max: usize,
+    to_flush: Vec<usize>,
+    to_drop: Vec<usize>,
+    more_to_read: Vec<usize>,
+}
+
+pub fn run(options: ServerOptions) -> io::Result<()> {
+    let clock = Clock::new();
+    let config = options.config;
+    let started = Instant::now();
+    let (store, node, report) = Store::open(&options.data_dir, config.clone(), clock.now())?;
+    log::info(&format!(
+        "recovered {} segments, {} messages from {} in {} ms",
+        report.segments,
+        report.messages,
+        options.data_dir.display(),
+        started.elapsed().as_millis()
+    ));
+    let poll = Poll::new()?;
+    let mut listener = TcpListener::bind(options.listen)?;
+    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    log::info(&format!("listening on ws://{}/ws (fsync {:?})", listener.local_addr()?, config.fsync));
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(16 << 10)
+        .write_buffer_size(32 << 10)
+        .max_write_buffer_size(config.connection_outbox_bytes_max)
+        .max_message_size(Some(config.frame_bytes_max))
+        .max_frame_size(Some(config.frame_bytes_max));
+    let mut server = Server {
+        poll,
+        listener,
+        node,
+        store,
+        clock,
+        conns: Slab::new(),
+        by_id: HashMap::new(),
+        next_conn_id: 1,
+        ws_config,
+        connections_max: config.connections_max as usize,
+        to_flush: Vec::new(),
+        to_drop: Vec::new(),
+        more_to_read: Vec::new(),
+    };
+    server.serve()
+}
+
+impl Server {
+    fn serve(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        let mut last_stats = Instant::now();
+        let mut last_logged = self.node.stats;
+        self.drain_outputs();
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let mut readable = std::mem::take(&mut self.more_to_read);
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    Token(key) => {
+                        if event.is_writable() {
+                            self.to_flush.push(key);
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            readable.push(key);
+                        }
+                    }
+                }
+            }
+            readable.sort_unstable();
+            readable.dedup();
+            for key in readable {
+                self.read_from(key);
+                self.drain_outputs();
+            }
+            self.node.handle_timeout(self.clock.now());
+            self.drain_outputs();
+            self.flush_and_drop();
+            if last_stats.elapsed() >= STATS_INTERVAL && self.node.stats != last_logged {
+                last_logged = self.node.stats;
+                last_stats = Instant::now();
+                log::info(&format!("connections {} {:?}", self.conns.len(), last_logged));
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Duration {
+        if !self.more_to_read.is_empty() {
+            return Duration::ZERO;
+        }
+        let cap = Duration::from_secs(1);
+        match self.node.poll_timeout() {
+            Some(at) => Duration::from_nanos(at.saturating_sub(self.clock.now())).min(cap),
+            None => cap,
+        }
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => self.accept(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // EMFILE and friends: log and let the next readiness event retry.
+                    log::warn(&format!("accept failed: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, mut stream: TcpStream) {
+        if self.conns.len() >= self.connections_max {
+            log::warn(&format!("refusing a connection: connections_max ({}) reached", self.connections_max));
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE) {
+            log::warn(&format!("register failed: {e}"));
+            return;
+        }
+        let id = self.next_conn_id;
+        self.next_conn_id += 1;
+        let socket = match tungstenite::accept_hdr_with_config(stream, PathCheck, Some(self.ws_config)) {
+            Ok(ws) => Socket::Open(ws),
+            Err(HandshakeError::Interrupted(mid)) => Socket::Handshaking(mid),
+            Err(HandshakeError::Failure(e)) => {
+                log::debug(&format!("handshake failed: {e}"));
+                return;
+            }
+        };
+        let opened = matches!(socket, Socket::Open(_));
+        entry.insert(Connection { id, socket, closing: false, wants_writable: true });
+        self.by_id.insert(id, key);
+        if opened {
+            self.node.handle_input(self.clock.now(), Input::Connected { conn: id });
+        }
+    }
+
+    fn read_from(&mut self, key: usize) {
+        let now = self.clock.now();
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if let Socket::Handshaking(_) = conn.socket {
+            let Socket::Handshaking(mid) = std::mem::replace(&mut conn.socket, Socket::Moving) else { unreachable!() };
+            match mid.handshake() {
+                Ok(ws) => {
+                    conn.socket = Socket::Open(ws);
+                    self.node.handle_input(now, Input::Connected { conn: conn.id });
+                }
+                Err(HandshakeError::Interrupted(mid)) => {
+                    conn.socket = Socket::Handshaking(mid);
+                    return;
+                }
+                Err(HandshakeError::Failure(e)) => {
+                    log::debug(&format!("handshake failed: {e}"));
+                    self.to_drop.push(key);
+                    return;
+                }
+            }
+        }
+        let Socket::Open(ws) = &mut conn.socket else { return };
+        let id = conn.id;
+        for _ in 0..READS_PER_TURN_MAX {
+            match ws.read() {
+                Ok(Message::Text(text)) => self.node.handle_input(now, Input::Frame { conn: id, text: text.as_str() }),
+                Ok(Message::Binary(_)) => self.node.handle_input(now, Input::Rejected { conn: id, why: Rejection::BinaryFrame }),
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                Ok(Message::Close(_)) => {}
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.to_flush.push(key);
+                    return;
+                }
+                Err(tungstenite::Error::Capacity(_)) => {
+                    self.node.handle_input(now, Input::Rejected { conn: id, why: Rejection::TooLarge });
+                    self.to_flush.push(key);
+                    return;
+                }
+                Err(e) => {
+                    if !matches!(e, tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) {
+                        log::debug(&format!("connection {id}: {e}"));
+                    }
+                    self.to_drop.push(key);
+                    return;
+                }
+            }
+        }
+        self.more_to_read.push(key);
+    }
+
+    fn drain_outputs(&mut self) {
+        while let Some(output) = self.node.poll_output() {
+            match output {
+                Output::Send { conn, frame } => self.send(conn, Message::text(frame)),
+                Output::Close { conn, code, reason } => {
+                    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+                    self.send(conn, Message::Close(Some(frame)));
+                    if let Some(&key) = self.by_id.get(&conn) {
+                        self.conns[key].closing = true;
+                    }
+                }
+                Output::Disk(op) => match self.store.apply(op) {
+                    Some(Completion::Write { token, result }) => self.node.handle_input(self.clock.now(), Input::WriteDone { token, result }),
+                    Some(Completion::Read { token, result }) => {
+                        let result = result.as_deref().map_err(Clone::clone);
+                        self.node.handle_input(self.clock.now(), Input::ReadDone { token, result });
+                    }
+                    None => {}
+                },
+                Output::Trace(trace) => log_trace(&trace),
+            }
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, message: Message) {
+        let Some(&key) = self.by_id.get(&conn) else { return };
+        let Socket::Open(ws) = &mut self.conns[key].socket else { return };
+        match ws.write(message) {
+            Ok(()) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(tungstenite::Error::WriteBufferFull(_)) => {
+                log::warn(&format!("connection {conn}: outbox over connection_outbox_bytes_max; closing the slow client"));
+                self.to_drop.push(key);
+                return;
+            }
+            Err(e) => {
+                log::debug(&format!("connection {conn}: write failed: {e}"));
+                self.to_drop.push(key);
+                return;
+            }
+        }
+        self.to_flush.push(key);
+    }
+
+    /// Flushes written connections and drops dead ones; a drop can make the core redeliver
+    /// to other connections, so repeat until quiet (bounded: each round follows from the last).
+    fn flush_and_drop(&mut self) {
+        for _ in 0..16 {
+            self.flush_pending();
+            if !self.drop_pending() {
+                return;
+            }
+            self.drain_outputs();
+        }
+    }
+
+    fn flush_pending(&mut self) {
+        let mut keys = std::mem::take(&mut self.to_flush);
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            let Socket::Open(ws) = &mut conn.socket else { continue };
+            match ws.flush() {
+                Ok(()) => {
+                    if conn.closing {
+                        self.to_drop.push(key);
+                    } else if conn.wants_writable {
+                        conn.wants_writable = false;
+                        let _ = self.poll.registry().reregister(ws.get_mut(), Token(key), Interest::READABLE);
+                    }
+                }
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !conn.wants_writable {
+                        conn.wants_writable = true;
+                        let _ = self.poll.registry().reregister(ws.get_mut(), Token(key), Interest::READABLE | Interest::WRITABLE);
+                    }
+                }
+                Err(_) => self.to_drop.push(key),
+            }
+        }
+    }
+
+    fn drop_pending(&mut self) -> bool {
+        let mut drops = std::mem::take(&mut self.to_drop);
+        drops.sort_unstable();
+        drops.dedup();
+        let mut any = false;
+        for key in drops {
+            let Some(mut conn) = self.conns.try_remove(key) else { continue };
+            any = true;
+            self.by_id.remove(&conn.id);
+            self.more_to_read.retain(|k| *k != key);
+            match &mut conn.socket {
+                Socket::Open(ws) => {
+                    let _ = self.poll.registry().deregister(ws.get_mut());
+                }
+                Socket::Handshaking(mid) => {
+                    let _ = self.poll.registry().deregister(mid.get_mut().get_mut());
+                }
+                Socket::Moving => {}
+            }
+            self.node.handle_input(self.clock.now(), Input::Disconnected { conn: conn.id });
+        }
+        any
+    }
+}
+
+fn log_trace(trace: &Trace) {
+    match trace {
+        Trace::StoreFailed { .. } | Trace::UnreadableRecord { .. } => log::error(&format!("{trace:?}")),
+        Trace::DeadLettered { .. } | Trace::DeadLetterDropped { .. } | Trace::PeerMessageIgnored { .. } => log::warn(&format!("{trace:?}")),
+        Trace::SegmentRolled { .. } | Trace::SegmentDeleted { .. } => log::debug(&format!("{trace:?}")),
+    }
+}

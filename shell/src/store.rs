@@ -1,0 +1,187 @@
+//! Segment files on a real disk: carries out the core's `DiskOp`s and nothing else.
+//! Files are `<data_dir>/<segment:020>.seg`; sealed segments are read through mmap.
+
+use crate::log;
+use ferry_core::node::{DiskError, DiskOp, RecoveryReport};
+use ferry_core::{Config, Node};
+use memmap2::Mmap;
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+pub enum Completion {
+    Write { token: u64, result: Result<(), DiskError> },
+    Read { token: u64, result: Result<Vec<u8>, DiskError> },
+}
+
+pub struct Store {
+    dir: PathBuf,
+    /// Kept open for the process's life: holds the exclusive lock on the data directory.
+    _lock: File,
+    /// The segment the core is appending to, open for writing.
+    active: Option<(u64, File)>,
+    /// Sealed segments mapped for reading, opened on first read.
+    sealed: BTreeMap<u64, Option<Mmap>>,
+}
+
+fn disk_error(e: &io::Error) -> DiskError {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        DiskError::NoSpace
+    } else {
+        DiskError::Io(e.to_string())
+    }
+}
+
+fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:020}.seg"))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Store {
+    /// Opens (creating if needed) and locks the data directory, recovers the node from its
+    /// segments and cuts a torn tail. Fails if another process holds the directory.
+    pub fn open(dir: &Path, config: Config, now: u64) -> io::Result<(Store, Node, RecoveryReport)> {
+        std::fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("LOCK"))?;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(io::Error::other(format!("{} is in use by another ferry process", dir.display())));
+        }
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(id) = name.strip_suffix(".seg").and_then(|n| n.parse::<u64>().ok()) {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        let mut maps = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let file = File::open(segment_path(dir, *id))?;
+            let map = if file.metadata()?.len() == 0 {
+                None
+            } else {
+                // SAFETY: ferry alone writes its data directory (held by the lock above) and never
+                // changes a segment while it is mapped here.
+                Some(unsafe { Mmap::map(&file)? })
+            };
+            maps.push((*id, map));
+        }
+        let slices: Vec<(u64, &[u8])> = maps.iter().map(|(id, m)| (*id, m.as_deref().unwrap_or(&[]))).collect();
+        let (node, report) = Node::recover(config, &slices, now);
+        drop(slices);
+        drop(maps);
+        if let Some((segment, stop)) = &report.truncate {
+            log::warn(&format!(
+                "segment {segment}: dropping a torn tail of {} bytes at offset {} ({}); earlier records are intact",
+                stop.bytes_dropped, stop.offset, stop.error
+            ));
+            let file = OpenOptions::new().write(true).open(segment_path(dir, *segment))?;
+            file.set_len(stop.offset)?;
+            file.sync_all()?;
+        }
+        for (segment, stop) in &report.corrupt {
+            log::error(&format!(
+                "segment {segment}: corrupt record at offset {} ({}); {} bytes after it are unreadable",
+                stop.offset, stop.error, stop.bytes_dropped
+            ));
+        }
+        let sealed = ids.into_iter().map(|id| (id, None)).collect();
+        Ok((Store { dir: dir.to_path_buf(), _lock: lock, active: None, sealed }, node, report))
+    }
+
+    pub fn apply(&mut self, op: DiskOp) -> Option<Completion> {
+        match op {
+            DiskOp::Write { token, segment, offset, data, create, sync } => {
+                let result = self.write(segment, offset, &data, create, sync).map_err(|e| disk_error(&e));
+                Some(Completion::Write { token, result })
+            }
+            DiskOp::Truncate { segment, len } => {
+                if let Err(e) = self.truncate(segment, len) {
+                    log::error(&format!("segment {segment}: truncate to {len} failed: {e}"));
+                }
+                None
+            }
+            DiskOp::Delete { segment } => {
+                self.sealed.remove(&segment);
+                if self.active.as_ref().is_some_and(|(id, _)| *id == segment) {
+                    self.active = None;
+                }
+                match std::fs::remove_file(segment_path(&self.dir, segment)) {
+                    Ok(()) => log::info(&format!("segment {segment}: deleted by retention")),
+                    Err(e) => log::error(&format!("segment {segment}: delete failed: {e}")),
+                }
+                None
+            }
+            DiskOp::Read { token, segment, offset, len } => {
+                let result = self.read(segment, offset, len).map_err(|e| disk_error(&e));
+                Some(Completion::Read { token, result })
+            }
+        }
+    }
+
+    fn active_file(&mut self, segment: u64, create: bool) -> io::Result<&File> {
+        if self.active.as_ref().is_none_or(|(id, _)| *id != segment) {
+            let path = segment_path(&self.dir, segment);
+            let file = OpenOptions::new().read(true).write(true).create(create).truncate(false).open(&path)?;
+            if create {
+                sync_dir(&self.dir)?;
+            }
+            if let Some((old, _)) = self.active.take() {
+                self.sealed.insert(old, None);
+            }
+            self.sealed.remove(&segment);
+            self.active = Some((segment, file));
+        }
+        Ok(&self.active.as_ref().expect("just set").1)
+    }
+
+    fn write(&mut self, segment: u64, offset: u64, data: &[u8], create: bool, sync: bool) -> io::Result<()> {
+        let file = self.active_file(segment, create)?;
+        file.write_all_at(data, offset)?;
+        if sync {
+            file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    fn truncate(&mut self, segment: u64, len: u64) -> io::Result<()> {
+        self.sealed.insert(segment, None);
+        if self.active.as_ref().is_some_and(|(id, _)| *id == segment) {
+            self.active = None;
+        }
+        let file = match OpenOptions::new().write(true).open(segment_path(&self.dir, segment)) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        file.set_len(len)?;
+        file.sync_all()
+    }
+
+    fn read(&mut self, segment: u64, offset: u64, len: u32) -> io::Result<Vec<u8>> {
+        let range = offset as usize..offset as usize + len as usize;
+        if let Some((id, file)) = &self.active {
+            if *id == segment {
+                let mut buf = vec![0u8; len as usize];
+                file.read_exact_at(&mut buf, offset)?;
+                return Ok(buf);
+            }
+        }
+        let slot = self.sealed.entry(segment).or_insert(None);
+        if slot.is_none() {
+            let file = File::open(segment_path(&self.dir, segment))?;
+            // SAFETY: sealed segments are never written again while mapped; see `open`.
+            *slot = Some(unsafe { Mmap::map(&file)? });
+        }
+        let map = slot.as_ref().expect("just mapped");
+        map.get(range).map(<[u8]>::to_vec).ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of a segment"))
+    }
+}
