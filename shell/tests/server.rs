@@ -1,0 +1,79 @@
+//! The real binary: bad input over real WebSockets, and recovery of a torn segment tail.
+
+mod support;
+
+use serde_json::json;
+use std::time::Duration;
+use support::{pub_frame, Client, Server};
+use tungstenite::Message;
+
+#[test]
+fn bad_frames_get_errors_binary_and_oversized_frames_close() {
+    let dir = support::temp_dir("bad-input");
+    let server = Server::start(&dir, "127.0.0.1:0", &["--set", "frame_bytes_max=4096"]);
+    let mut c = Client::connect(&server.url()).unwrap();
+    for (frame, code) in [("{", "bad_frame"), (r#"{"op":"nope","req":3}"#, "unknown_op"), (r#"{"op":"pub","req":4,"topic":"x.dlq","body":1}"#, "forbidden")] {
+        c.send_raw(Message::text(frame)).unwrap();
+        let e = c.expect_op("error");
+        assert_eq!(e["code"], code, "{frame}");
+    }
+    c.send(&pub_frame(5, "t", json!({"ok": true}))).unwrap();
+    assert_eq!(c.expect_op("puback")["id"], 1, "connection still usable after bad frames");
+
+    c.send(&pub_frame(6, "t", json!("x".repeat(5000)))).unwrap();
+    assert_eq!(c.expect_op("error")["code"], "too_large");
+    let closed = (0..50).find_map(|_| match c.recv() {
+        Err(e) => Some(e),
+        Ok(_) => None,
+    });
+    assert!(closed.is_some_and(|e| e.contains("1009") || e.contains("Size") || e.contains("closed")), "oversized frame must close");
+
+    let mut c = Client::connect(&server.url()).unwrap();
+    c.send_raw(Message::binary(vec![1u8, 2, 3])).unwrap();
+    let closed = (0..50).find_map(|_| match c.recv() {
+        Err(e) => Some(e),
+        Ok(_) => None,
+    });
+    assert!(closed.is_some_and(|e| e.contains("Unsupported") || e.contains("1003")), "binary frame must close with 1003");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn torn_tail_is_cut_logged_and_earlier_records_survive() {
+    let dir = support::temp_dir("torn-tail");
+    let mut server = Server::start(&dir, "127.0.0.1:0", &[]);
+    let mut c = Client::connect(&server.url()).unwrap();
+    for n in 0..100u64 {
+        c.send(&pub_frame(n, "t", json!({"n": n}))).unwrap();
+    }
+    for _ in 0..100 {
+        c.expect_op("puback");
+    }
+    server.kill();
+
+    let newest = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .max()
+        .expect("a segment");
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let len = bytes.len();
+    bytes[len - 3] ^= 0x5a;
+    bytes.truncate(len - 2);
+    std::fs::write(&newest, &bytes).unwrap();
+
+    let server = Server::start(&dir, "127.0.0.1:0", &[]);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(server.log_text().contains("dropping a torn tail"), "recovery must log what it dropped:\n{}", server.log_text());
+    let mut c = Client::connect(&server.url()).unwrap();
+    c.send(&json!({"op": "fetch", "req": 1, "topic": "t", "from": 1, "to": 1000})).unwrap();
+    let fetched = c.expect_op("fetched");
+    let bodies: Vec<u64> = fetched["messages"].as_array().unwrap().iter().map(|m| m["body"]["n"].as_u64().unwrap()).collect();
+    assert_eq!(bodies, (0..99).collect::<Vec<_>>(), "every record before the torn one survives");
+    c.send(&pub_frame(7, "t", json!("next"))).unwrap();
+    assert_eq!(c.expect_op("puback")["id"], 100, "the lost record's id is assigned again (it was never delivered)");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
