@@ -28,9 +28,21 @@ impl Default for GroupOverrides {
     }
 }
 
+/// Deliberately wrong behaviours that prove the simulator's checkers can fail.
+/// Settable only from code (never from a config file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestBug {
+    /// Answer `puback` as soon as the message is appended, before its write is durable.
+    PubackBeforeDurable,
+    /// Treat an expired ack deadline as an ack instead of redelivering.
+    ExpiryCountsAsAck,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    #[serde(skip)]
+    pub test_bug: Option<TestBug>,
     /// Name sent in `welcome`.
     pub node_name: String,
     /// Identity in a mesh; unique per node.
@@ -79,6 +91,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            test_bug: None,
             node_name: "ferry-1".into(),
             node_id: 1,
             fsync: FsyncPolicy::Always,

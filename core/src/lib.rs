@@ -10,6 +10,6 @@ pub mod record;
 pub mod testkit;
 pub mod topic;
 
-pub use config::{Config, FsyncPolicy};
+pub use config::{Config, FsyncPolicy, TestBug};
 pub use group::ConnId;
 pub use node::{DiskError, DiskOp, Input, Node, Output, RecoveryReport, Rejection, Stats, Trace};

@@ -3,7 +3,7 @@
 //! argument (nanoseconds since the Unix epoch, never going backwards), disk work is requested
 //! as outputs and its completion comes back as inputs.
 
-use crate::config::{Config, FsyncPolicy};
+use crate::config::{Config, FsyncPolicy, TestBug};
 use crate::group::{key_hash, AckOutcome, Admit, Candidate, ConnId, Group};
 use crate::pipeline::{self, check_name, Publish, PublishContext, Stage, GROUP_BYTES_MAX};
 use crate::protocol::{self, ClientOp, ErrorCode, Filter, MsgFrame, StartFrom};
@@ -16,6 +16,8 @@ const NS_PER_MS: u64 = 1_000_000;
 /// Messages one pump call may look at before it yields to other work.
 const PUMP_STEPS_MAX: u32 = 4_096;
 const RETENTION_CHECK_NS: u64 = 1_000 * NS_PER_MS;
+/// A waiter addressed to nobody (its answer was already given).
+const NO_CONN: ConnId = ConnId::MAX;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiskError {
@@ -487,6 +489,14 @@ impl Node {
         }
         self.stats.published += 1;
         self.pending_publishes += 1;
+        let conn = if self.config.test_bug == Some(TestBug::PubackBeforeDurable) {
+            let mut frame = String::new();
+            protocol::encode_puback(&mut frame, req.as_deref(), &self.topics[t].name, id);
+            self.send(conn, frame);
+            NO_CONN
+        } else {
+            conn
+        };
         self.log.open.waiters.push(Waiter::Puback { conn, req, topic: t, id, producer });
         self.maybe_flush();
     }
@@ -1002,6 +1012,9 @@ impl Node {
             Timer::AckDeadline { topic, group, id } => {
                 if let Some(conn) = self.topics[topic].groups[group].expire(id, at) {
                     self.release_in_flight(conn, topic, group);
+                    if self.config.test_bug == Some(TestBug::ExpiryCountsAsAck) {
+                        self.ack_one(topic, group, id);
+                    }
                     self.pump(topic, group);
                 }
             }

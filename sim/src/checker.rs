@@ -1,0 +1,209 @@
+//! Invariants over everything the clients observed. One canonical history: which (producer,
+//! seq) each stored id carries; any observation that contradicts it is a violation.
+
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+
+pub const INV_LOST: &str = "no-acked-message-lost";
+pub const INV_IDS: &str = "ids-unique-never-reused";
+pub const INV_KEY_ORDER: &str = "per-key-order";
+pub const INV_ONCE: &str = "producer-seq-stored-once";
+pub const INV_BOUNDS: &str = "bounds";
+pub const INV_LIVENESS: &str = "liveness";
+pub const INV_PREV: &str = "prev-chain";
+pub const INV_CONTENT: &str = "content";
+
+fn checksum(producer: &str, seq: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in producer.as_bytes().iter().chain(seq.to_le_bytes().iter()) {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h >> 12
+}
+
+pub fn body_for(producer: &str, seq: u64) -> Value {
+    json!({"p": producer, "s": seq, "c": checksum(producer, seq)})
+}
+
+type TopicId = (String, u64);
+type ProducerSeq = (String, u64);
+
+#[derive(Default)]
+pub struct Checker {
+    pub violations: Vec<(&'static str, String)>,
+    first_sent: BTreeMap<ProducerSeq, u64>,
+    pubacked: BTreeMap<ProducerSeq, TopicId>,
+    owner: BTreeMap<TopicId, ProducerSeq>,
+    key_of: BTreeMap<TopicId, Option<String>>,
+    delivered: BTreeMap<(String, String), BTreeSet<u64>>,
+    prev_of: BTreeMap<(String, String), BTreeMap<u64, u64>>,
+    last_first_seen: BTreeMap<(String, String, String), u64>,
+    /// Ids whose records a bit flip destroyed: a single node cannot keep them.
+    sacrificed: BTreeSet<TopicId>,
+    pub latencies_ms: Vec<f64>,
+    pub deliveries: u64,
+    pub redeliveries: u64,
+}
+
+impl Checker {
+    pub fn violation(&mut self, invariant: &'static str, detail: String) {
+        if self.violations.len() < 20 {
+            self.violations.push((invariant, detail));
+        }
+    }
+
+    pub fn publish_sent(&mut self, producer: &str, seq: u64, now: u64) {
+        self.first_sent.entry((producer.to_string(), seq)).or_insert(now);
+    }
+
+    pub fn sacrifice(&mut self, ids: Vec<(String, u64)>) {
+        self.sacrificed.extend(ids);
+    }
+
+    fn claim(&mut self, topic: &str, id: u64, producer: &str, seq: u64) {
+        let key = (topic.to_string(), id);
+        let want = (producer.to_string(), seq);
+        match self.owner.get(&key) {
+            Some(have) if *have != want => {
+                if !self.sacrificed.contains(&key) {
+                    self.violation(INV_IDS, format!("{topic} id {id} carries {have:?} and {want:?}"));
+                }
+            }
+            Some(_) => {}
+            None => {
+                self.owner.insert(key, want);
+            }
+        }
+    }
+
+    pub fn pubacked(&mut self, producer: &str, seq: u64, topic: &str, id: u64, _now: u64) {
+        let ps = (producer.to_string(), seq);
+        let tid = (topic.to_string(), id);
+        if let Some(previous) = self.pubacked.get(&ps) {
+            if *previous != tid && !self.sacrificed.contains(previous) {
+                self.violation(INV_ONCE, format!("{ps:?} pubacked as {previous:?} and as {tid:?}"));
+            }
+        }
+        self.pubacked.insert(ps, tid);
+        self.claim(topic, id, producer, seq);
+    }
+
+    /// Checks a message body against what its publisher sent; returns (producer, seq).
+    fn parse_body(&mut self, topic: &str, id: u64, body: &Value) -> Option<(String, u64)> {
+        let producer = body["p"].as_str()?.to_string();
+        let seq = body["s"].as_u64()?;
+        if body["c"].as_u64() != Some(checksum(&producer, seq)) {
+            self.violation(INV_CONTENT, format!("{topic} id {id} served a damaged body {body}"));
+            return None;
+        }
+        Some((producer, seq))
+    }
+
+    fn observe(&mut self, topic: &str, id: u64, key: Option<&str>, body: &Value) -> Option<(String, u64)> {
+        let Some((producer, seq)) = self.parse_body(topic, id, body) else {
+            self.violation(INV_CONTENT, format!("{topic} id {id} has a body no publisher sent: {body}"));
+            return None;
+        };
+        self.claim(topic, id, &producer, seq);
+        let tid = (topic.to_string(), id);
+        let key = key.map(str::to_string);
+        match self.key_of.get(&tid) {
+            Some(k) if *k != key => self.violation(INV_CONTENT, format!("{topic} id {id} served with keys {k:?} and {key:?}")),
+            Some(_) => {}
+            None => {
+                self.key_of.insert(tid, key);
+            }
+        }
+        Some((producer, seq))
+    }
+
+    pub fn fetched(&mut self, topic: &str, m: &Value) {
+        let id = m["id"].as_u64().unwrap_or(0);
+        self.observe(topic, id, m["key"].as_str(), &m["body"]);
+    }
+
+    pub fn delivered(&mut self, group: &str, frame: &Value, now: u64) {
+        let topic = frame["topic"].as_str().unwrap_or_default().to_string();
+        let id = frame["id"].as_u64().unwrap_or(0);
+        let prev = frame["prev"].as_u64().unwrap_or(0);
+        let key = frame["key"].as_str();
+        let Some(ps) = self.observe(&topic, id, key, &frame["body"]) else { return };
+        self.deliveries += 1;
+        if frame["attempt"].as_u64().unwrap_or(1) > 1 {
+            self.redeliveries += 1;
+        }
+        let tg = (topic.clone(), group.to_string());
+        match self.prev_of.entry(tg.clone()).or_default().insert(id, prev) {
+            Some(old) if old != prev => self.violation(INV_PREV, format!("{topic}/{group} id {id} delivered with prev {old} and {prev}")),
+            _ => {}
+        }
+        if prev >= id {
+            self.violation(INV_PREV, format!("{topic}/{group} id {id} has prev {prev}"));
+        }
+        let first_time = self.delivered.entry(tg).or_default().insert(id);
+        if !first_time {
+            return;
+        }
+        if let Some(sent) = self.first_sent.get(&ps) {
+            self.latencies_ms.push((now.saturating_sub(*sent)) as f64 / 1e6);
+        }
+        if let Some(key) = key {
+            let slot = self.last_first_seen.entry((topic.clone(), group.to_string(), key.to_string())).or_insert(0);
+            let before = *slot;
+            *slot = before.max(id);
+            if before > id && !self.sacrificed.contains(&(topic.clone(), before)) {
+                self.violation(INV_KEY_ORDER, format!("{topic}/{group} key {key}: id {id} first delivered after id {before}"));
+            }
+        }
+    }
+
+    /// Pubacked messages of `topic` not yet delivered to `group` (bit-flip victims excepted).
+    pub fn missing(&self, topic: &str, group: &str) -> Vec<u64> {
+        let delivered = self.delivered.get(&(topic.to_string(), group.to_string()));
+        self.pubacked
+            .values()
+            .filter(|(t, id)| t == topic && !self.sacrificed.contains(&(t.clone(), *id)))
+            .filter(|(_, id)| !delivered.is_some_and(|d| d.contains(id)))
+            .map(|(_, id)| *id)
+            .collect()
+    }
+
+    /// The end-of-run checks; `groups` are the (topic, group) pairs that must have everything.
+    pub fn finish(&mut self, groups: &[(String, String)]) {
+        for (topic, group) in groups {
+            let missing = self.missing(topic, group);
+            if !missing.is_empty() {
+                let shown: Vec<_> = missing.iter().take(10).collect();
+                self.violation(INV_LOST, format!("{topic}/{group} never received {} pubacked ids, e.g. {shown:?}", missing.len()));
+            }
+            let Some(chain) = self.prev_of.get(&(topic.clone(), group.clone())) else { continue };
+            let mut expected = 0;
+            let mut broken = None;
+            for (id, prev) in chain {
+                let skipped_sacrificed = self.sacrificed.contains(&(topic.clone(), *prev));
+                if *prev != expected && !skipped_sacrificed && broken.is_none() {
+                    broken = Some(format!("{topic}/{group}: id {id} has prev {prev}, but the group's previous message is {expected}"));
+                }
+                expected = *id;
+            }
+            if let Some(detail) = broken {
+                self.violation(INV_PREV, detail);
+            }
+        }
+        let mut stored: BTreeMap<&ProducerSeq, BTreeSet<&TopicId>> = BTreeMap::new();
+        for (tid, ps) in &self.owner {
+            if !tid.0.ends_with(".dlq") && !self.sacrificed.contains(tid) {
+                stored.entry(ps).or_default().insert(tid);
+            }
+        }
+        let twice: Vec<String> = stored.iter().filter(|(_, ids)| ids.len() > 1).take(5).map(|(ps, ids)| format!("{ps:?} stored as {ids:?}")).collect();
+        for detail in twice {
+            self.violation(INV_ONCE, detail);
+        }
+    }
+
+    pub fn pubacked_count(&self) -> usize {
+        self.pubacked.len()
+    }
+}

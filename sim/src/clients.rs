@@ -1,0 +1,261 @@
+//! Simulated clients that follow PROTOCOL.md: publishers that retry with (`producer`, `seq`),
+//! subscribers that dedupe by id, repair `prev` gaps with `fetch`, ack late or never.
+
+use crate::checker::{body_for, Checker};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+
+pub const MS: u64 = 1_000_000;
+
+pub enum Action {
+    Connect,
+    Send(String),
+    WakeAt(u64),
+}
+
+pub struct Ctx<'a> {
+    pub now: u64,
+    pub rng: &'a mut ChaCha8Rng,
+    pub checker: &'a mut Checker,
+    pub actions: Vec<Action>,
+}
+
+impl Ctx<'_> {
+    fn send(&mut self, frame: Value) {
+        self.actions.push(Action::Send(frame.to_string()));
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Link {
+    Down,
+    Connecting,
+    Up,
+}
+
+pub struct Publisher {
+    pub producer: String,
+    pub topic: String,
+    keys: u64,
+    total: u64,
+    window: usize,
+    next_seq: u64,
+    in_flight: BTreeMap<u64, u64>,
+    retry: BTreeSet<u64>,
+    pub acked: u64,
+    link: Link,
+    puback_timeout: u64,
+}
+
+impl Publisher {
+    pub fn new(producer: String, topic: String, keys: u64, total: u64, window: usize) -> Publisher {
+        Publisher { producer, topic, keys, total, window, next_seq: 1, in_flight: BTreeMap::new(), retry: BTreeSet::new(), acked: 0, link: Link::Down, puback_timeout: 3_000 * MS }
+    }
+
+    pub fn done(&self) -> bool {
+        self.acked == self.total
+    }
+
+    pub fn on_wake(&mut self, ctx: &mut Ctx<'_>) {
+        match self.link {
+            Link::Down => {
+                self.link = Link::Connecting;
+                ctx.actions.push(Action::Connect);
+            }
+            Link::Connecting => {}
+            Link::Up => {
+                // A puback that never came: send the same (producer, seq) again.
+                let late: Vec<u64> = self.in_flight.iter().filter(|(_, at)| **at + self.puback_timeout <= ctx.now).map(|(s, _)| *s).collect();
+                for seq in late {
+                    self.in_flight.remove(&seq);
+                    self.retry.insert(seq);
+                }
+                self.pump(ctx);
+            }
+        }
+    }
+
+    fn pump(&mut self, ctx: &mut Ctx<'_>) {
+        while self.in_flight.len() < self.window {
+            let seq = match self.retry.pop_first() {
+                Some(seq) => seq,
+                None if self.next_seq <= self.total => {
+                    self.next_seq += 1;
+                    self.next_seq - 1
+                }
+                None => break,
+            };
+            let mut frame = json!({"op": "pub", "req": seq, "topic": self.topic, "producer": self.producer, "seq": seq, "body": body_for(&self.producer, seq)});
+            if self.keys > 0 {
+                frame["key"] = json!(format!("k{}", seq % self.keys));
+            }
+            ctx.checker.publish_sent(&self.producer, seq, ctx.now);
+            ctx.send(frame);
+            self.in_flight.insert(seq, ctx.now);
+        }
+        if let Some(oldest) = self.in_flight.values().min() {
+            ctx.actions.push(Action::WakeAt(oldest + self.puback_timeout));
+        }
+    }
+
+    pub fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
+        self.link = Link::Up;
+        self.pump(ctx);
+    }
+
+    pub fn on_disconnected(&mut self, ctx: &mut Ctx<'_>) {
+        self.link = Link::Down;
+        self.retry.extend(std::mem::take(&mut self.in_flight).into_keys());
+        let backoff = ctx.rng.gen_range(10..300) * MS;
+        ctx.actions.push(Action::WakeAt(ctx.now + backoff));
+    }
+
+    pub fn on_frame(&mut self, frame: &Value, ctx: &mut Ctx<'_>) {
+        let seq = frame["req"].as_u64();
+        match (frame["op"].as_str(), seq) {
+            (Some("welcome"), _) => {}
+            (Some("puback"), Some(seq)) => {
+                let id = frame["id"].as_u64().unwrap_or(0);
+                ctx.checker.pubacked(&self.producer, seq, &self.topic, id, ctx.now);
+                if self.in_flight.remove(&seq).is_some() || self.retry.remove(&seq) {
+                    self.acked += 1;
+                }
+                self.pump(ctx);
+            }
+            (Some("error"), Some(seq)) if matches!(frame["code"].as_str(), Some("overloaded" | "internal")) => {
+                if self.in_flight.remove(&seq).is_some() {
+                    self.retry.insert(seq);
+                }
+                ctx.actions.push(Action::WakeAt(ctx.now + ctx.rng.gen_range(50..300) * MS));
+            }
+            _ => ctx.checker.violation("protocol", format!("publisher {} got unexpected {frame}", self.producer)),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum AckStyle {
+    Prompt,
+    /// Ack after a random delay up to this many ms (may exceed the ack timeout).
+    Slow(u64),
+    /// Never ack ids divisible by this: they go to the dead-letter topic.
+    SkipEvery(u64),
+}
+
+pub struct Subscriber {
+    pub name: String,
+    pub topic: String,
+    pub group: String,
+    window: u32,
+    pub style: AckStyle,
+    /// The group has other members: `prev` gaps are expected, not repaired.
+    shared_group: bool,
+    link: Link,
+    last_id: u64,
+    processed: BTreeSet<u64>,
+    due_acks: Vec<(u64, u64)>,
+    fetches: u64,
+}
+
+impl Subscriber {
+    pub fn new(name: String, topic: String, group: String, window: u32, style: AckStyle, shared_group: bool) -> Subscriber {
+        Subscriber { name, topic, group, window, style, shared_group, link: Link::Down, last_id: 0, processed: BTreeSet::new(), due_acks: Vec::new(), fetches: 0 }
+    }
+
+    pub fn on_wake(&mut self, ctx: &mut Ctx<'_>) {
+        match self.link {
+            Link::Down => {
+                self.link = Link::Connecting;
+                ctx.actions.push(Action::Connect);
+            }
+            Link::Connecting => {}
+            Link::Up => {
+                let now = ctx.now;
+                let due: Vec<u64> = self.due_acks.iter().filter(|(at, _)| *at <= now).map(|(_, id)| *id).collect();
+                self.due_acks.retain(|(at, _)| *at > now);
+                if !due.is_empty() {
+                    ctx.send(json!({"op": "ack", "topic": self.topic, "group": self.group, "ids": due}));
+                }
+            }
+        }
+    }
+
+    pub fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
+        self.link = Link::Up;
+        ctx.send(json!({"op": "sub", "req": "s", "topic": self.topic, "group": self.group, "from": "earliest", "window": self.window}));
+    }
+
+    pub fn on_disconnected(&mut self, ctx: &mut Ctx<'_>) {
+        self.link = Link::Down;
+        self.due_acks.clear();
+        ctx.actions.push(Action::WakeAt(ctx.now + ctx.rng.gen_range(10..300) * MS));
+    }
+
+    pub fn on_frame(&mut self, frame: &Value, ctx: &mut Ctx<'_>) {
+        match frame["op"].as_str() {
+            Some("welcome" | "suback") => {}
+            Some("msg") => self.on_msg(frame, ctx),
+            Some("fetched") => {
+                for m in frame["messages"].as_array().into_iter().flatten() {
+                    ctx.checker.fetched(&self.topic, m);
+                }
+            }
+            _ => ctx.checker.violation("protocol", format!("subscriber {} got unexpected {frame}", self.name)),
+        }
+    }
+
+    fn on_msg(&mut self, frame: &Value, ctx: &mut Ctx<'_>) {
+        let id = frame["id"].as_u64().unwrap_or(0);
+        let prev = frame["prev"].as_u64().unwrap_or(0);
+        ctx.checker.delivered(&self.group, frame, ctx.now);
+        if !self.shared_group && prev > self.last_id && self.last_id > 0 {
+            self.fetches += 1;
+            ctx.send(json!({"op": "fetch", "req": self.fetches, "topic": self.topic, "from": self.last_id + 1, "to": prev}));
+        }
+        self.processed.insert(id);
+        self.last_id = self.last_id.max(id);
+        match self.style {
+            AckStyle::SkipEvery(n) if id % n == 0 => {}
+            AckStyle::Slow(max_ms) => {
+                let at = ctx.now + ctx.rng.gen_range(0..=max_ms) * MS;
+                self.due_acks.push((at, id));
+                ctx.actions.push(Action::WakeAt(at));
+            }
+            _ => ctx.send(json!({"op": "ack", "topic": self.topic, "group": self.group, "ids": [id]})),
+        }
+    }
+}
+
+pub enum Client {
+    Publisher(Publisher),
+    Subscriber(Subscriber),
+}
+
+impl Client {
+    pub fn on_wake(&mut self, ctx: &mut Ctx<'_>) {
+        match self {
+            Client::Publisher(p) => p.on_wake(ctx),
+            Client::Subscriber(s) => s.on_wake(ctx),
+        }
+    }
+    pub fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
+        match self {
+            Client::Publisher(p) => p.on_connected(ctx),
+            Client::Subscriber(s) => s.on_connected(ctx),
+        }
+    }
+    pub fn on_disconnected(&mut self, ctx: &mut Ctx<'_>) {
+        match self {
+            Client::Publisher(p) => p.on_disconnected(ctx),
+            Client::Subscriber(s) => s.on_disconnected(ctx),
+        }
+    }
+    pub fn on_frame(&mut self, frame: &Value, ctx: &mut Ctx<'_>) {
+        match self {
+            Client::Publisher(p) => p.on_frame(frame, ctx),
+            Client::Subscriber(s) => s.on_frame(frame, ctx),
+        }
+    }
+}

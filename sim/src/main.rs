@@ -1,0 +1,107 @@
+use clap::Parser;
+use ferry_core::TestBug;
+use ferry_sim::{replay_command, run_seed, FaultKind, Options};
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "ferry-sim", about = "Deterministic simulation of ferry under seeded faults")]
+struct Cli {
+    /// Run one seed and print its summary.
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// Run a swarm of seeds, e.g. 1..10000 (end exclusive).
+    #[arg(long)]
+    seeds: Option<String>,
+    /// Comma-separated fault kinds to allow (default: all): drop,delay,partition,crash,disk-full,eio,bit-flip
+    #[arg(long)]
+    faults: Option<String>,
+    /// Print the event log of the seed.
+    #[arg(long)]
+    trace: bool,
+    /// Switch on a deliberately wrong behaviour: PubackBeforeDurable or ExpiryCountsAsAck.
+    #[arg(long)]
+    bug: Option<String>,
+}
+
+fn parse_range(text: &str) -> Result<std::ops::Range<u64>, String> {
+    let (a, b) = text.split_once("..").ok_or("--seeds takes A..B")?;
+    let a = a.parse().map_err(|_| "bad range start")?;
+    let b = b.parse().map_err(|_| "bad range end")?;
+    if a >= b {
+        return Err("--seeds A..B needs A < B".into());
+    }
+    Ok(a..b)
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("ferry-sim: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<bool, String> {
+    let faults = match &cli.faults {
+        Some(list) => list.split(',').map(|f| FaultKind::parse(f.trim())).collect::<Result<Vec<_>, _>>()?,
+        None => FaultKind::ALL.to_vec(),
+    };
+    let bug = match cli.bug.as_deref() {
+        None => None,
+        Some("PubackBeforeDurable") => Some(TestBug::PubackBeforeDurable),
+        Some("ExpiryCountsAsAck") => Some(TestBug::ExpiryCountsAsAck),
+        Some(other) => return Err(format!("unknown bug '{other}'")),
+    };
+    let options = |seed| Options { seed, faults: faults.clone(), trace: cli.trace, bug };
+    if let Some(range) = &cli.seeds {
+        return Ok(swarm(parse_range(range)?, &options));
+    }
+    let seed = cli.seed.unwrap_or(1);
+    let started = Instant::now();
+    let report = run_seed(&options(seed));
+    let wall = started.elapsed();
+    println!("seed {seed}");
+    println!("  swarm            {}", report.swarm);
+    println!("  virtual time     {} ms ({} ms of it healing)", report.virtual_ms, report.heal_ms);
+    println!("  wall time        {:.1} ms ({:.0}x faster than real time)", wall.as_secs_f64() * 1e3, report.virtual_ms as f64 / 1e3 / wall.as_secs_f64());
+    println!("  pubacked         {}", report.pubacked);
+    println!("  deliveries       {} ({} redeliveries)", report.deliveries, report.redeliveries);
+    println!("  latency (virt.)  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms", report.latency_p50_ms, report.latency_p99_ms, report.latency_max_ms);
+    println!("  faults           {:?}", report.faults);
+    println!("  trace hash       {:016x}", report.trace_hash);
+    for (invariant, detail) in &report.violations {
+        println!("  VIOLATION {invariant}: {detail}");
+    }
+    if !report.passed() {
+        println!("replay: {}", replay_command(&options(seed)));
+    }
+    Ok(report.passed())
+}
+
+fn swarm(range: std::ops::Range<u64>, options: &dyn Fn(u64) -> Options) -> bool {
+    let started = Instant::now();
+    let total = range.end - range.start;
+    let (mut failed, mut virtual_ms) = (Vec::new(), 0u64);
+    for (done, seed) in range.enumerate() {
+        let mut opts = options(seed);
+        opts.trace = false;
+        let report = run_seed(&opts);
+        virtual_ms += report.virtual_ms;
+        if !report.passed() {
+            let (invariant, detail) = &report.violations[0];
+            eprintln!("\nseed {seed} FAILED {invariant}: {detail}\n  replay: {}", replay_command(&opts));
+            failed.push(seed);
+        }
+        if (done + 1) % 50 == 0 || done as u64 + 1 == total {
+            let secs = started.elapsed().as_secs_f64();
+            eprint!("\r{}/{total} seeds, {} failed, {:.0} seeds/min, {:.0}x real time   ", done + 1, failed.len(), (done + 1) as f64 / secs * 60.0, virtual_ms as f64 / 1e3 / secs);
+        }
+    }
+    eprintln!();
+    println!("{} seeds, {} failed{}", total, failed.len(), if failed.is_empty() { String::new() } else { format!(": {failed:?}") });
+    failed.is_empty()
+}

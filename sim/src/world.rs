@@ -1,0 +1,587 @@
+//! The simulated world: a virtual clock, one seeded rng, nodes running the real core, their
+//! disks, connections with delays, and the clients. Everything happens through one event queue
+//! ordered by (time, sequence number), so a seed replays bit for bit.
+
+use crate::checker::{self, Checker};
+use crate::clients::{Action, AckStyle, Client, Ctx, Publisher, Subscriber, MS};
+use crate::disk::{DiskReply, SimDisk};
+use crate::{FaultKind, Options, SeedReport};
+use ferry_core::node::{DiskError, DiskOp, Input, Output};
+use ferry_core::{Config, ConnId, FsyncPolicy, Node};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+const SEC: u64 = 1_000 * MS;
+/// 2023-11-14T22:13:20Z, so `ts` values look real.
+const EPOCH: u64 = 1_700_000_000 * SEC;
+const FAULT_TICK: u64 = 100 * MS;
+const HEAL_BUDGET: u64 = 120 * SEC;
+
+/// The fault mix of one seed, itself drawn from the seed (swarm testing).
+#[derive(Debug, Clone)]
+pub struct Swarm {
+    pub publishers: usize,
+    pub messages_per_publisher: u64,
+    pub topics: usize,
+    pub groups_per_topic: usize,
+    pub members_per_group: usize,
+    pub keys: u64,
+    pub latency_min_us: u64,
+    pub latency_max_us: u64,
+    pub drop_chance: f64,
+    pub crash_chance: f64,
+    pub partition_chance: f64,
+    pub disk_full_chance: f64,
+    pub eio_chance: f64,
+    pub bitflip_chance: f64,
+    pub safety_ms: u64,
+    pub fsync: FsyncPolicy,
+}
+
+impl Swarm {
+    fn draw(rng: &mut ChaCha8Rng, faults: &[FaultKind]) -> Swarm {
+        let on = |k: FaultKind| faults.contains(&k);
+        let quiet = rng.gen_bool(0.1);
+        let pick = |rng: &mut ChaCha8Rng, kind: FaultKind, max: f64| if on(kind) && !quiet && rng.gen_bool(0.7) { rng.gen_range(0.0..max) } else { 0.0 };
+        let drop_chance = pick(rng, FaultKind::Drop, 0.05);
+        let crash_chance = pick(rng, FaultKind::Crash, 0.03);
+        let partition_chance = pick(rng, FaultKind::Partition, 0.02);
+        let disk_full_chance = pick(rng, FaultKind::DiskFull, 0.02);
+        let eio_chance = pick(rng, FaultKind::Eio, 0.01);
+        let bitflip_chance = pick(rng, FaultKind::BitFlip, 0.01);
+        let (latency_min_us, latency_max_us) = if on(FaultKind::Delay) && rng.gen_bool(0.5) { (50, rng.gen_range(1_000..200_000)) } else { (20, 500) };
+        Swarm {
+            publishers: rng.gen_range(1..=3),
+            messages_per_publisher: rng.gen_range(10..=120),
+            topics: rng.gen_range(1..=2),
+            groups_per_topic: rng.gen_range(1..=2),
+            members_per_group: rng.gen_range(1..=3),
+            keys: if rng.gen_bool(0.7) { rng.gen_range(1..=6) } else { 0 },
+            latency_min_us,
+            latency_max_us,
+            drop_chance,
+            crash_chance,
+            partition_chance,
+            disk_full_chance,
+            eio_chance,
+            bitflip_chance,
+            safety_ms: rng.gen_range(3_000..15_000),
+            fsync: if rng.gen_bool(0.7) { FsyncPolicy::Always } else { FsyncPolicy::Batch },
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Event {
+    Wake { client: usize },
+    ConnOpen { client: usize, conn: ConnId, node_epoch: u64 },
+    ConnFail { client: usize },
+    ToNode { conn: ConnId, text: String },
+    ToClient { conn: ConnId, text: String },
+    ClientLost { client: usize, conn: ConnId },
+    DiskDone { epoch: u64, token: u64, result: Result<(), DiskError> },
+    ReadDone { epoch: u64, token: u64, bytes: Option<Vec<u8>> },
+    Restart,
+    FaultTick,
+    PartitionEnd { client: usize },
+    DiskFullEnd,
+}
+
+struct Conn {
+    client: usize,
+    to_node_at: u64,
+    to_client_at: u64,
+}
+
+/// FNV-1a over everything that happens: equal hashes mean equal runs.
+struct TraceHash(u64);
+
+impl TraceHash {
+    fn mix(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= *b as u64;
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn mix_u64(&mut self, v: u64) {
+        self.mix(&v.to_le_bytes());
+    }
+}
+
+pub struct World {
+    options: Options,
+    swarm: Swarm,
+    rng: ChaCha8Rng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    events: BTreeMap<usize, Event>,
+    next_event_key: usize,
+    config: Config,
+    node: Option<Node>,
+    node_epoch: u64,
+    disk: SimDisk,
+    conns: BTreeMap<ConnId, Conn>,
+    client_conn: Vec<Option<ConnId>>,
+    partitioned_until: Vec<u64>,
+    next_conn: ConnId,
+    clients: Vec<Client>,
+    checker: Checker,
+    groups: Vec<(String, String)>,
+    healing: bool,
+    hash: TraceHash,
+    faults: BTreeMap<&'static str, u64>,
+    steps: u64,
+    bitflipped: bool,
+}
+
+impl World {
+    pub fn new(options: Options) -> World {
+        let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
+        let swarm = Swarm::draw(&mut rng, &options.faults);
+        let mut config = Config::default();
+        config.fsync = swarm.fsync;
+        config.batch_interval_ms = rng.gen_range(1..10);
+        config.ack_timeout_ms = rng.gen_range(200..2_000);
+        config.max_attempts = rng.gen_range(3..8);
+        config.frame_bytes_max = 4096;
+        config.segment_bytes_max = rng.gen_range(8_192..65_536);
+        config.retention_bytes = u64::MAX / 2;
+        config.retention_age_ms = u64::MAX / 4;
+        config.topic_cache_bytes = rng.gen_range(256..32_768);
+        config.read_cache_messages = rng.gen_range(1..64);
+        config.disk_full_retry_ms = rng.gen_range(50..1_000);
+        config.test_bug = options.bug;
+        let mut clients = Vec::new();
+        let mut groups = Vec::new();
+        for t in 0..swarm.topics {
+            let topic = format!("t{t}");
+            for g in 0..swarm.groups_per_topic {
+                let group = format!("g{g}");
+                groups.push((topic.clone(), group.clone()));
+                for m in 0..swarm.members_per_group {
+                    let style = match rng.gen_range(0..10) {
+                        0..=5 => AckStyle::Prompt,
+                        6..=8 => AckStyle::Slow(rng.gen_range(10..3_000)),
+                        _ => AckStyle::SkipEvery(rng.gen_range(5..30)),
+                    };
+                    let window = rng.gen_range(1..=16);
+                    let name = format!("{topic}/{group}/m{m}");
+                    clients.push(Client::Subscriber(Subscriber::new(name, topic.clone(), group.clone(), window, style, swarm.members_per_group > 1)));
+                }
+            }
+        }
+        for p in 0..swarm.publishers {
+            let topic = format!("t{}", p % swarm.topics);
+            let window = rng.gen_range(1..=16);
+            clients.push(Client::Publisher(Publisher::new(format!("p{p}"), topic, swarm.keys, swarm.messages_per_publisher, window)));
+        }
+        let n = clients.len();
+        let node = Node::new(config.clone(), EPOCH);
+        let mut world = World {
+            options,
+            swarm,
+            rng,
+            now: EPOCH,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            next_event_key: 0,
+            config,
+            node: Some(node),
+            node_epoch: 1,
+            disk: SimDisk::default(),
+            conns: BTreeMap::new(),
+            client_conn: vec![None; n],
+            partitioned_until: vec![0; n],
+            next_conn: 1,
+            clients,
+            checker: Checker::default(),
+            groups,
+            healing: false,
+            hash: TraceHash(0xcbf2_9ce4_8422_2325),
+            faults: BTreeMap::new(),
+            steps: 0,
+            bitflipped: false,
+        };
+        world.disk.eio_chance = world.swarm.eio_chance;
+        world.drain_node();
+        for client in 0..n {
+            // Subscribers first, so groups exist from the start.
+            let at = EPOCH + if client < n - world.swarm.publishers { 0 } else { 50 * MS };
+            world.schedule(at, Event::Wake { client });
+        }
+        world.schedule(EPOCH + FAULT_TICK, Event::FaultTick);
+        world
+    }
+
+    fn schedule(&mut self, at: u64, event: Event) {
+        let key = self.next_event_key;
+        self.next_event_key += 1;
+        self.seq += 1;
+        self.events.insert(key, event);
+        self.queue.push(Reverse((at, self.seq, key)));
+    }
+
+    fn latency(&mut self) -> u64 {
+        let (lo, hi) = (self.swarm.latency_min_us, self.swarm.latency_max_us);
+        // Mostly near the minimum, with a tail up to the maximum.
+        let r: f64 = self.rng.gen::<f64>();
+        (lo + ((hi - lo) as f64 * r * r * r) as u64) * 1_000
+    }
+
+    fn trace(&mut self, what: impl FnOnce() -> String) {
+        if self.options.trace {
+            println!("{:>12.3} ms  {}", (self.now - EPOCH) as f64 / 1e6, what());
+        }
+    }
+
+    fn count_fault(&mut self, kind: &'static str) {
+        *self.faults.entry(kind).or_default() += 1;
+        self.hash.mix(kind.as_bytes());
+        self.trace(|| format!("FAULT {kind}"));
+    }
+
+    pub fn run(mut self) -> SeedReport {
+        let safety_end = EPOCH + self.swarm.safety_ms * MS;
+        let end = safety_end + HEAL_BUDGET;
+        let mut last_convergence_check = 0;
+        loop {
+            let node_at = self.node.as_ref().and_then(Node::poll_timeout);
+            let event_at = self.queue.peek().map(|Reverse((at, _, _))| *at);
+            let at = match (node_at, event_at) {
+                (Some(n), Some(e)) => n.min(e),
+                (Some(n), None) => n,
+                (None, Some(e)) => e,
+                (None, None) => break,
+            };
+            if at > end {
+                break;
+            }
+            self.now = self.now.max(at);
+            if !self.healing && self.now >= safety_end {
+                self.start_heal();
+            }
+            if node_at == Some(at) && event_at.is_none_or(|e| e >= at) {
+                self.hash.mix_u64(self.now);
+                if let Some(node) = self.node.as_mut() {
+                    node.handle_timeout(self.now);
+                }
+                self.drain_node();
+            } else {
+                let Some(Reverse((_, _, key))) = self.queue.pop() else { break };
+                let event = self.events.remove(&key).expect("queued event");
+                self.hash.mix_u64(self.now);
+                self.handle(event);
+            }
+            if self.healing && self.now >= last_convergence_check + 20 * MS {
+                last_convergence_check = self.now;
+                if self.converged() {
+                    break;
+                }
+            }
+            if false {
+                break;
+            }
+        }
+        self.finish(safety_end)
+    }
+
+    fn converged(&self) -> bool {
+        let publishers_done = self.clients.iter().all(|c| match c {
+            Client::Publisher(p) => p.done(),
+            Client::Subscriber(_) => true,
+        });
+        publishers_done && self.groups.iter().all(|(t, g)| self.checker.missing(t, g).is_empty())
+    }
+
+    fn start_heal(&mut self) {
+        self.healing = true;
+        self.trace(|| "HEAL: faults off".into());
+        self.disk.full = false;
+        self.disk.eio_chance = 0.0;
+        for until in &mut self.partitioned_until {
+            *until = 0;
+        }
+    }
+
+    fn finish(mut self, safety_end: u64) -> SeedReport {
+        if let Some(node) = &self.node {
+            node.check_invariants();
+        }
+        if !self.converged() {
+            let pending: Vec<String> = self
+                .clients
+                .iter()
+                .filter_map(|c| match c {
+                    Client::Publisher(p) if !p.done() => Some(format!("{} acked {}", p.producer, p.acked)),
+                    _ => None,
+                })
+                .collect();
+            self.checker.violation(checker::INV_LIVENESS, format!("not converged {} s after faults stopped; publishers pending: {pending:?}", HEAL_BUDGET / SEC));
+        }
+        let groups = self.groups.clone();
+        self.checker.finish(&groups);
+        let mut latencies = std::mem::take(&mut self.checker.latencies_ms);
+        latencies.sort_by(f64::total_cmp);
+        let pct = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0.0);
+        SeedReport {
+            seed: self.options.seed,
+            virtual_ms: (self.now - EPOCH) / MS,
+            heal_ms: self.now.saturating_sub(safety_end) / MS,
+            pubacked: self.checker.pubacked_count() as u64,
+            deliveries: self.checker.deliveries,
+            redeliveries: self.checker.redeliveries,
+            latency_p50_ms: pct(0.5),
+            latency_p99_ms: pct(0.99),
+            latency_max_ms: latencies.last().copied().unwrap_or(0.0),
+            faults: self.faults.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            violations: self.checker.violations.clone(),
+            trace_hash: self.hash.0,
+            swarm: format!("{:?}", self.swarm),
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Wake { client } => self.with_client(client, |c, ctx| c.on_wake(ctx)),
+            Event::ConnOpen { client, conn, node_epoch } => {
+                let alive = self.node.is_some() && node_epoch == self.node_epoch && self.partitioned_until[client] <= self.now;
+                if !alive {
+                    return self.with_client(client, |c, ctx| c.on_disconnected(ctx));
+                }
+                self.conns.insert(conn, Conn { client, to_node_at: 0, to_client_at: 0 });
+                self.client_conn[client] = Some(conn);
+                self.trace(|| format!("conn {conn} open for client {client}"));
+                self.node_input(Input::Connected { conn });
+                self.with_client(client, |c, ctx| c.on_connected(ctx));
+            }
+            Event::ConnFail { client } => self.with_client(client, |c, ctx| c.on_disconnected(ctx)),
+            Event::ToNode { conn, text } => {
+                if self.conns.contains_key(&conn) {
+                    self.hash.mix(text.as_bytes());
+                    self.trace(|| format!("conn {conn} -> node {text}"));
+                    self.node_input(Input::Frame { conn, text: &text });
+                }
+            }
+            Event::ToClient { conn, text } => {
+                let Some(client) = self.conns.get(&conn).map(|c| c.client) else { return };
+                self.hash.mix(text.as_bytes());
+                self.trace(|| format!("conn {conn} -> client {client} {text}"));
+                let frame: serde_json::Value = match serde_json::from_str(&text) {
+                    Ok(v) => v,
+                    Err(e) => return self.checker.violation("protocol", format!("node sent invalid JSON ({e}): {text}")),
+                };
+                self.with_client(client, |c, ctx| c.on_frame(&frame, ctx));
+            }
+            Event::ClientLost { client, conn } => {
+                if self.client_conn[client] == Some(conn) {
+                    self.client_conn[client] = None;
+                    self.with_client(client, |c, ctx| c.on_disconnected(ctx));
+                }
+            }
+            Event::DiskDone { epoch, token, result } => {
+                if epoch != self.node_epoch || self.node.is_none() {
+                    return;
+                }
+                if result.is_ok() {
+                    self.disk.complete(token);
+                }
+                self.node_input(Input::WriteDone { token, result });
+            }
+            Event::ReadDone { epoch, token, bytes } => {
+                if epoch != self.node_epoch || self.node.is_none() {
+                    return;
+                }
+                let result = bytes.as_deref().ok_or(DiskError::Io("read past the end".into()));
+                self.node_input(Input::ReadDone { token, result });
+            }
+            Event::Restart => self.restart_node(),
+            Event::FaultTick => self.fault_tick(),
+            Event::PartitionEnd { client } => {
+                self.partitioned_until[client] = 0;
+            }
+            Event::DiskFullEnd => self.disk.full = false,
+        }
+    }
+
+    fn with_client(&mut self, client: usize, f: impl FnOnce(&mut Client, &mut Ctx<'_>)) {
+        let mut ctx = Ctx { now: self.now, rng: &mut self.rng, checker: &mut self.checker, actions: Vec::new() };
+        f(&mut self.clients[client], &mut ctx);
+        for action in ctx.actions {
+            match action {
+                Action::WakeAt(at) => self.schedule(at.max(self.now), Event::Wake { client }),
+                Action::Connect => {
+                    let delay = self.latency();
+                    let conn = self.next_conn;
+                    self.next_conn += 1;
+                    let reachable = self.node.is_some() && self.partitioned_until[client] <= self.now;
+                    if reachable {
+                        let node_epoch = self.node_epoch;
+                        self.schedule(self.now + 2 * delay, Event::ConnOpen { client, conn, node_epoch });
+                    } else {
+                        self.schedule(self.now + 2 * delay + 50 * MS, Event::ConnFail { client });
+                    }
+                }
+                Action::Send(text) => {
+                    let Some(conn) = self.client_conn[client] else { continue };
+                    let delay = self.latency();
+                    let Some(state) = self.conns.get_mut(&conn) else { continue };
+                    // One TCP stream: frames arrive in order, each after its own delay.
+                    let at = (self.now + delay).max(state.to_node_at + 1);
+                    state.to_node_at = at;
+                    self.schedule(at, Event::ToNode { conn, text });
+                }
+            }
+        }
+    }
+
+    fn node_input(&mut self, input: Input<'_>) {
+        let Some(node) = self.node.as_mut() else { return };
+        node.handle_input(self.now, input);
+        self.drain_node();
+    }
+
+    fn drain_node(&mut self) {
+        loop {
+            let Some(output) = self.node.as_mut().and_then(Node::poll_output) else { break };
+            match output {
+                Output::Send { conn, frame } => {
+                    let delay = self.latency();
+                    let Some(state) = self.conns.get_mut(&conn) else { continue };
+                    let at = (self.now + delay).max(state.to_client_at + 1);
+                    state.to_client_at = at;
+                    self.schedule(at, Event::ToClient { conn, text: frame });
+                }
+                Output::Close { conn, code, .. } => {
+                    self.trace(|| format!("node closes conn {conn} with {code}"));
+                    self.drop_conn(conn, false);
+                }
+                Output::Disk(op) => self.disk_op(op),
+                Output::Trace(trace) => {
+                    self.hash.mix(format!("{trace:?}").as_bytes());
+                    self.trace(|| format!("node trace {trace:?}"));
+                }
+            }
+        }
+        self.steps += 1;
+        if cfg!(debug_assertions) || self.steps % 256 == 0 {
+            if let Some(node) = &self.node {
+                node.check_invariants();
+            }
+        }
+    }
+
+    fn disk_op(&mut self, op: DiskOp) {
+        let sync = matches!(op, DiskOp::Write { sync: true, .. });
+        self.trace(|| match &op {
+            DiskOp::Write { segment, offset, data, .. } => format!("disk write seg {segment} @{offset} {} bytes", data.len()),
+            other => format!("disk {other:?}"),
+        });
+        let reply = self.disk.issue(&op, &mut self.rng);
+        let epoch = self.node_epoch;
+        match reply {
+            Some(DiskReply::Write { token, result }) => {
+                let write_us = self.rng.gen_range(5..100);
+                let fsync_us = if sync { self.rng.gen_range(100..2_000) } else { 0 };
+                if matches!(result, Err(DiskError::Io(_))) {
+                    self.count_fault("eio");
+                }
+                self.schedule(self.now + (write_us + fsync_us) * 1_000, Event::DiskDone { epoch, token, result });
+            }
+            Some(DiskReply::Read { token, bytes }) => {
+                let read_us = self.rng.gen_range(5..200);
+                self.schedule(self.now + read_us * 1_000, Event::ReadDone { epoch, token, bytes });
+            }
+            None => {}
+        }
+    }
+
+    /// Ends a connection: the node learns now, the client after a delay.
+    fn drop_conn(&mut self, conn: ConnId, tell_node: bool) {
+        let Some(state) = self.conns.remove(&conn) else { return };
+        if tell_node {
+            self.node_input(Input::Disconnected { conn });
+        }
+        let delay = self.latency();
+        self.schedule(self.now + delay, Event::ClientLost { client: state.client, conn });
+    }
+
+    fn crash_node(&mut self) {
+        if self.node.is_none() {
+            return;
+        }
+        let power_loss = self.config.fsync != FsyncPolicy::Never && self.rng.gen_bool(0.5);
+        self.count_fault(if power_loss { "crash+power-loss" } else { "crash" });
+        self.node = None;
+        self.node_epoch += 1;
+        let lost = self.disk.crash(power_loss, &mut self.rng);
+        self.trace(|| format!("node crashed; {lost} unsynced bytes lost"));
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in conns {
+            self.drop_conn(conn, false);
+        }
+        let down = self.rng.gen_range(10..2_000) * MS;
+        self.schedule(self.now + down, Event::Restart);
+    }
+
+    fn restart_node(&mut self) {
+        let segments = self.disk.segments();
+        let (node, report) = Node::recover(self.config.clone(), &segments, self.now);
+        if let Some((segment, stop)) = &report.truncate {
+            let (segment, offset) = (*segment, stop.offset);
+            self.disk.issue(&DiskOp::Truncate { segment, len: offset }, &mut self.rng);
+            self.trace(|| format!("recovery cut segment {segment} at {offset}"));
+        }
+        self.node = Some(node);
+        self.node_epoch += 1;
+        self.trace(|| format!("node restarted: {} segments, {} messages", report.segments, report.messages));
+        self.drain_node();
+    }
+
+    fn fault_tick(&mut self) {
+        if self.healing {
+            if self.node.is_none() {
+                return;
+            }
+            return;
+        }
+        self.schedule(self.now + FAULT_TICK, Event::FaultTick);
+        let s = self.swarm.clone();
+        if s.drop_chance > 0.0 && self.rng.gen_bool(s.drop_chance.min(1.0)) && !self.conns.is_empty() {
+            let keys: Vec<ConnId> = self.conns.keys().copied().collect();
+            let conn = keys[self.rng.gen_range(0..keys.len())];
+            self.count_fault("connection-drop");
+            self.drop_conn(conn, true);
+        }
+        if s.crash_chance > 0.0 && self.rng.gen_bool(s.crash_chance) {
+            self.crash_node();
+        }
+        if s.partition_chance > 0.0 && self.rng.gen_bool(s.partition_chance) {
+            let client = self.rng.gen_range(0..self.clients.len());
+            let until = self.now + self.rng.gen_range(100..3_000) * MS;
+            self.partitioned_until[client] = until;
+            self.count_fault("partition");
+            if let Some(conn) = self.client_conn[client] {
+                self.drop_conn(conn, true);
+            }
+            self.schedule(until, Event::PartitionEnd { client });
+        }
+        if s.disk_full_chance > 0.0 && !self.disk.full && self.rng.gen_bool(s.disk_full_chance) {
+            self.disk.full = true;
+            self.count_fault("disk-full");
+            let until = self.now + self.rng.gen_range(100..3_000) * MS;
+            self.schedule(until, Event::DiskFullEnd);
+        }
+        if s.bitflip_chance > 0.0 && !self.bitflipped && self.rng.gen_bool(s.bitflip_chance) {
+            if let Some(victims) = self.disk.flip_bit(&mut self.rng) {
+                self.bitflipped = true;
+                self.count_fault("bit-flip");
+                self.trace(|| format!("bit flip destroys {victims:?}"));
+                self.checker.sacrifice(victims);
+            }
+        }
+    }
+}
