@@ -1164,6 +1164,7 @@ impl Node {
         lost.push(std::mem::replace(&mut self.log.open, Batch::new(segment, offset, create)));
         let mut publishes_failed = 0;
         let mut rejoin = Vec::new();
+        let mut to_pump = BTreeSet::new();
         for waiter in lost.into_iter().flat_map(|b| b.waiters) {
             match waiter {
                 Waiter::Puback { conn, req, producer, .. } => {
@@ -1179,7 +1180,10 @@ impl Node {
                     }
                 }
                 Waiter::Join { .. } => rejoin.push(waiter),
-                Waiter::DeadLetter { topic, group, id } => self.topics[topic].groups[group].finish_dead_letter(id, false),
+                Waiter::DeadLetter { topic, group, id } => {
+                    self.topics[topic].groups[group].finish_dead_letter(id, false);
+                    to_pump.insert((topic, group));
+                }
             }
         }
         for topic in &mut self.topics {
@@ -1204,6 +1208,9 @@ impl Node {
             DiskError::Io(_) => self.start_segment(segment + 1),
         }
         self.log.open.waiters.extend(rejoin);
+        for (t, g) in to_pump {
+            self.pump(t, g);
+        }
     }
 
     fn mark_all_groups_dirty(&mut self) {

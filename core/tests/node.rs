@@ -470,3 +470,22 @@ fn batch_policy_acks_after_the_interval_and_never_policy_writes_without_fsync() 
     publish(&mut h, "t", None, json!(1));
     assert!(h.disk.durable.values().all(|f| f.is_empty()), "never policy must not fsync");
 }
+
+/// Found by ferry-sim seed 1746: a dead-letter write that failed on a full disk put the message
+/// back to ready without pumping its group, so it (and its key) stayed stuck forever.
+#[test]
+fn regression_dead_letter_retried_after_its_write_fails() {
+    let mut config = Config::default();
+    config.ack_timeout_ms = 100;
+    config.max_attempts = 1;
+    let mut h = harness(config);
+    publish(&mut h, "t", Some("k"), json!(1));
+    subscribe(&mut h, S, "t", "g", json!({}));
+    assert_eq!(msgs(&mut h, S).len(), 1);
+    h.fail_next_write = Some(DiskError::NoSpace);
+    h.advance_ms(101);
+    assert_eq!(h.node.group_outstanding("t", "g"), Some(1), "dead-letter write failed: still outstanding");
+    h.advance_ms(2_000);
+    assert_eq!(h.node.group_outstanding("t", "g"), Some(0), "dead-letter retried once the disk had space");
+    assert_eq!(h.node.topic_next_id("t.dlq"), Some(2));
+}

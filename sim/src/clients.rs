@@ -182,6 +182,11 @@ impl Subscriber {
         }
     }
 
+    /// Faults are over: the client behaves from now on (acks promptly).
+    pub fn heal(&mut self) {
+        self.style = AckStyle::Prompt;
+    }
+
     pub fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
         self.link = Link::Up;
         ctx.send(json!({"op": "sub", "req": "s", "topic": self.topic, "group": self.group, "from": "earliest", "window": self.window}));

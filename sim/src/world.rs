@@ -6,7 +6,7 @@ use crate::checker::{self, Checker};
 use crate::clients::{Action, AckStyle, Client, Ctx, Publisher, Subscriber, MS};
 use crate::disk::{DiskReply, SimDisk};
 use crate::{FaultKind, Options, SeedReport};
-use ferry_core::node::{DiskError, DiskOp, Input, Output};
+use ferry_core::node::{DiskError, DiskOp, Input, Output, Trace};
 use ferry_core::{Config, ConnId, FsyncPolicy, Node};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -294,7 +294,7 @@ impl World {
             Client::Publisher(p) => p.done(),
             Client::Subscriber(_) => true,
         });
-        publishers_done && self.groups.iter().all(|(t, g)| self.checker.missing(t, g).is_empty())
+        publishers_done && self.groups.iter().all(|(t, g)| self.checker.missing(t, g).is_empty() && self.checker.not_completed(t, g).is_empty())
     }
 
     fn start_heal(&mut self) {
@@ -305,13 +305,21 @@ impl World {
         for until in &mut self.partitioned_until {
             *until = 0;
         }
+        for client in &mut self.clients {
+            if let Client::Subscriber(s) = client {
+                s.heal();
+            }
+        }
     }
 
     fn finish(mut self, safety_end: u64) -> SeedReport {
         if let Some(node) = &self.node {
             node.check_invariants();
         }
-        if !self.converged() {
+        let converged = self.converged();
+        let groups = self.groups.clone();
+        self.checker.finish(&groups);
+        if !converged {
             let pending: Vec<String> = self
                 .clients
                 .iter()
@@ -322,8 +330,6 @@ impl World {
                 .collect();
             self.checker.violation(checker::INV_LIVENESS, format!("not converged {} s after faults stopped; publishers pending: {pending:?}", HEAL_BUDGET / SEC));
         }
-        let groups = self.groups.clone();
-        self.checker.finish(&groups);
         let mut latencies = std::mem::take(&mut self.checker.latencies_ms);
         latencies.sort_by(f64::total_cmp);
         let pct = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0.0);
@@ -363,6 +369,7 @@ impl World {
                 if self.conns.contains_key(&conn) {
                     self.hash.mix(text.as_bytes());
                     self.trace(|| format!("conn {conn} -> node {text}"));
+                    self.observe_ack(&text);
                     self.node_input(Input::Frame { conn, text: &text });
                 }
             }
@@ -438,6 +445,21 @@ impl World {
         }
     }
 
+    /// Acks as the node receives them: what the group has really finished.
+    fn observe_ack(&mut self, text: &str) {
+        if !text.contains("\"ack\"") {
+            return;
+        }
+        let Ok(frame) = serde_json::from_str::<serde_json::Value>(text) else { return };
+        if frame["op"] != "ack" {
+            return;
+        }
+        let (topic, group) = (frame["topic"].as_str().unwrap_or_default(), frame["group"].as_str().unwrap_or_default());
+        for id in frame["ids"].as_array().into_iter().flatten().filter_map(|v| v.as_u64()) {
+            self.checker.completed(topic, group, id);
+        }
+    }
+
     fn node_input(&mut self, input: Input<'_>) {
         let Some(node) = self.node.as_mut() else { return };
         node.handle_input(self.now, input);
@@ -461,6 +483,9 @@ impl World {
                 }
                 Output::Disk(op) => self.disk_op(op),
                 Output::Trace(trace) => {
+                    if let Trace::DeadLettered { topic, group, id } = &trace {
+                        self.checker.completed(topic, group, *id);
+                    }
                     self.hash.mix(format!("{trace:?}").as_bytes());
                     self.trace(|| format!("node trace {trace:?}"));
                 }
