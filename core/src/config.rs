@@ -50,6 +50,8 @@ pub struct Config {
     pub fsync: FsyncPolicy,
     pub batch_interval_ms: u64,
     pub batch_bytes: u64,
+    /// Longest wait before acked group positions are written when no publish carries them.
+    pub ack_persist_interval_ms: u64,
     /// Largest accepted text frame; larger ones get `too_large` and the connection closes (1009).
     pub frame_bytes_max: usize,
     pub window_default: u32,
@@ -97,6 +99,7 @@ impl Default for Config {
             fsync: FsyncPolicy::Always,
             batch_interval_ms: 2,
             batch_bytes: 1 << 20,
+            ack_persist_interval_ms: 10,
             frame_bytes_max: 1 << 20,
             window_default: 64,
             window_max: 65_536,

@@ -214,6 +214,7 @@ pub struct Node {
     fetches: Vec<PendingFetch>,
     timers: BTreeSet<(u64, Timer)>,
     dirty_groups: BTreeSet<(usize, usize)>,
+    groups_dirty_since: u64,
     out: VecDeque<Output>,
     next_token: u64,
     pending_publishes: u32,
@@ -249,6 +250,7 @@ impl Node {
             fetches: Vec::new(),
             timers: BTreeSet::new(),
             dirty_groups: BTreeSet::new(),
+            groups_dirty_since: 0,
             out: VecDeque::new(),
             next_token: 1,
             pending_publishes: 0,
@@ -627,7 +629,7 @@ impl Node {
         let g = topic_state.groups.len();
         topic_state.groups.push(Group::new(group.to_string(), filter, start_id, ack_timeout_ns, self.config.max_attempts_for(group)));
         topic_state.group_index.insert(group.to_string(), g);
-        self.dirty_groups.insert((t, g));
+        self.mark_group_dirty(t, g);
         Ok((t, g))
     }
 
@@ -748,7 +750,7 @@ impl Node {
                     self.timers.remove(&(until, Timer::NackDelay { topic: t, group: g, id }));
                 }
                 self.stats.acked += 1;
-                self.dirty_groups.insert((t, g));
+                self.mark_group_dirty(t, g);
                 self.maybe_flush();
                 true
             }
@@ -893,7 +895,7 @@ impl Node {
             let why = drop_why.unwrap_or("topic limit reached");
             self.out.push_back(Output::Trace(Trace::DeadLetterDropped { topic: topic_name, group: group_name, id, why }));
             self.topics[t].groups[g].finish_dead_letter(id, true);
-            self.dirty_groups.insert((t, g));
+            self.mark_group_dirty(t, g);
             return;
         };
         self.append_message(dlq, message.key.as_deref(), &message.body, None, 0);
@@ -1035,6 +1037,13 @@ impl Node {
 
     // ---- the log: batches, group commit, segments, failures
 
+    fn mark_group_dirty(&mut self, t: usize, g: usize) {
+        if self.dirty_groups.is_empty() {
+            self.groups_dirty_since = self.now;
+        }
+        self.dirty_groups.insert((t, g));
+    }
+
     fn write_dirty_groups(&mut self) {
         for (t, g) in std::mem::take(&mut self.dirty_groups) {
             let topic = &self.topics[t];
@@ -1058,10 +1067,21 @@ impl Node {
         let batch = match self.log.queued.pop_front() {
             Some(batch) => batch,
             None => {
-                if self.log.open.data.is_empty() && !self.dirty_groups.is_empty() {
-                    self.log.open.started_at = self.now;
+                let open = &self.log.open;
+                let publishing = !open.data.is_empty() || !open.waiters.is_empty() || !open.marks.is_empty();
+                if !self.dirty_groups.is_empty() {
+                    // Group positions ride along with publishes; alone, they wait a little so
+                    // a stream of acks costs one small write, not one write per ack.
+                    let due = self.groups_dirty_since + self.config.ack_persist_interval_ms * NS_PER_MS;
+                    if publishing || self.now >= due {
+                        if !publishing {
+                            self.log.open.started_at = self.now;
+                        }
+                        self.write_dirty_groups();
+                    } else {
+                        self.timers.insert((due, Timer::BatchFlush));
+                    }
                 }
-                self.write_dirty_groups();
                 let open = &self.log.open;
                 if open.data.is_empty() {
                     if !open.waiters.is_empty() || !open.marks.is_empty() {
@@ -1092,7 +1112,11 @@ impl Node {
         batch.token = token;
         batch.len = batch.data.len() as u64;
         let data = std::mem::take(&mut batch.data);
-        let op = DiskOp::Write { token, segment: batch.segment, offset: batch.offset, data, create: batch.create, sync: self.config.fsync != FsyncPolicy::Never };
+        // Only what someone waits for needs an fsync; group positions alone may be lost to a
+        // power cut (their messages are then delivered again), and the next fsync covers them.
+        let promised = !batch.waiters.is_empty() || !batch.marks.is_empty() || batch.create;
+        let sync = self.config.fsync != FsyncPolicy::Never && promised;
+        let op = DiskOp::Write { token, segment: batch.segment, offset: batch.offset, data, create: batch.create, sync };
         self.out.push_back(Output::Disk(op));
         self.log.flushing = Some(batch);
     }
@@ -1139,7 +1163,7 @@ impl Node {
                 Waiter::Join { conn, req, topic, group, window, pull } => self.admit_member(conn, req, topic, group, window, pull),
                 Waiter::DeadLetter { topic, group, id } => {
                     self.topics[topic].groups[group].finish_dead_letter(id, true);
-                    self.dirty_groups.insert((topic, group));
+                    self.mark_group_dirty(topic, group);
                     self.pump(topic, group);
                 }
             }
@@ -1214,10 +1238,9 @@ impl Node {
     }
 
     fn mark_all_groups_dirty(&mut self) {
-        for (t, topic) in self.topics.iter().enumerate() {
-            for g in 0..topic.groups.len() {
-                self.dirty_groups.insert((t, g));
-            }
+        let all: Vec<(usize, usize)> = self.topics.iter().enumerate().flat_map(|(t, topic)| (0..topic.groups.len()).map(move |g| (t, g))).collect();
+        for (t, g) in all {
+            self.mark_group_dirty(t, g);
         }
     }
 

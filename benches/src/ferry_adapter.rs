@@ -1,0 +1,333 @@
+//! The load against ferry over its own protocol: blocking tungstenite connections, one thread
+//! each, pipelined publishes, batched acks. Parsing is by substring to keep the tool's own CPU
+//! use low: it shares the machine with the server.
+
+use crate::report::{self, percentiles, timed_body, Progress, Report};
+use crate::Args;
+use serde_json::json;
+use std::io::ErrorKind;
+use std::net::TcpStream;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
+
+/// Acks are sent in frames of up to this many ids, or when the socket goes quiet.
+const ACK_BATCH: usize = 64;
+
+fn tcp(ws: &Socket) -> &TcpStream {
+    match ws.get_ref() {
+        MaybeTlsStream::Plain(s) => s,
+        _ => unreachable!("ferry-bench speaks plain ws://"),
+    }
+}
+
+fn connect(url: &str) -> Result<Socket, String> {
+    let (mut ws, _) = tungstenite::connect(url).map_err(|e| format!("connect {url}: {e}"))?;
+    tcp(&ws).set_nodelay(true).map_err(|e| e.to_string())?;
+    let welcome = read_text(&mut ws)?;
+    if !welcome.contains("\"welcome\"") {
+        return Err(format!("expected welcome, got {welcome}"));
+    }
+    Ok(ws)
+}
+
+fn read_text(ws: &mut Socket) -> Result<String, String> {
+    loop {
+        match ws.read() {
+            Ok(Message::Text(t)) => return Ok(t.as_str().to_string()),
+            Ok(Message::Close(f)) => return Err(format!("server closed: {f:?}")),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+fn number_after(text: &str, field: &str) -> Option<u64> {
+    let start = text.find(field)? + field.len();
+    let digits = &text[start..];
+    let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+fn subscribe(url: &str, topic: &str, group: &str, window: u32) -> Result<Socket, String> {
+    let mut ws = connect(url)?;
+    let sub = json!({"op": "sub", "req": 1, "topic": topic, "group": group, "from": "latest", "window": window});
+    ws.send(Message::text(sub.to_string())).map_err(|e| e.to_string())?;
+    let reply = read_text(&mut ws)?;
+    if !reply.contains("\"suback\"") {
+        return Err(format!("sub refused: {reply}"));
+    }
+    Ok(ws)
+}
+
+struct SubscriberResult {
+    latencies_ns: Vec<u64>,
+    last_delivery: Instant,
+}
+
+fn run_subscriber(mut ws: Socket, topic: String, group: String, count: u64, epoch: Instant, deadline: Instant, progress: Arc<Progress>) -> Result<SubscriberResult, String> {
+    tcp(&ws).set_read_timeout(Some(Duration::from_millis(2))).map_err(|e| e.to_string())?;
+    let mut latencies_ns = Vec::with_capacity(count as usize);
+    let mut pending: Vec<u64> = Vec::with_capacity(ACK_BATCH);
+    let mut last_delivery = Instant::now();
+    let ack_prefix = format!("{{\"op\":\"ack\",\"topic\":\"{topic}\",\"group\":\"{group}\",\"ids\":[");
+    let send_acks = |ws: &mut Socket, pending: &mut Vec<u64>| -> Result<(), String> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut frame = ack_prefix.clone();
+        for (i, id) in pending.iter().enumerate() {
+            if i > 0 {
+                frame.push(',');
+            }
+            frame.push_str(&id.to_string());
+        }
+        frame.push_str("]}");
+        pending.clear();
+        ws.send(Message::text(frame)).map_err(|e| e.to_string())
+    };
+    while (latencies_ns.len() as u64) < count {
+        if Instant::now() > deadline {
+            return Err(format!("subscriber {group} timed out with {} of {count}", latencies_ns.len()));
+        }
+        match ws.read() {
+            Ok(Message::Text(text)) => {
+                let text = text.as_str();
+                if !text.starts_with("{\"op\":\"msg\"") {
+                    if text.contains("\"error\"") {
+                        return Err(format!("subscriber got {text}"));
+                    }
+                    continue;
+                }
+                let now = epoch.elapsed().as_nanos() as u64;
+                let body_at = text.find("\"body\":").unwrap_or(0);
+                if let (Some(id), Some(sent)) = (number_after(text, "\"id\":"), report::body_time(&text.as_bytes()[body_at..])) {
+                    latencies_ns.push(now.saturating_sub(sent));
+                    pending.push(id);
+                }
+                last_delivery = Instant::now();
+                progress.delivered.fetch_add(1, Ordering::Relaxed);
+                if pending.len() >= ACK_BATCH {
+                    send_acks(&mut ws, &mut pending)?;
+                }
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => send_acks(&mut ws, &mut pending)?,
+            Err(e) => return Err(format!("subscriber: {e}")),
+        }
+    }
+    send_acks(&mut ws, &mut pending)?;
+    let _ = ws.close(None);
+    Ok(SubscriberResult { latencies_ns, last_delivery })
+}
+
+fn run_publisher(mut ws: Socket, topic: String, count: u64, args: Args, epoch: Instant, deadline: Instant, progress: Arc<Progress>) -> Result<Instant, String> {
+    let window = args.publish_window.max(1) as u64;
+    let interval_ns = if args.rate > 0 { 1e9 / (args.rate as f64 / args.publishers as f64) } else { 0.0 };
+    let started = Instant::now();
+    let (mut sent, mut acked) = (0u64, 0u64);
+    let frame_for = |seq: u64| format!("{{\"op\":\"pub\",\"req\":{seq},\"topic\":\"{topic}\",\"body\":{}}}", timed_body(epoch, args.size));
+    while acked < count {
+        if Instant::now() > deadline {
+            return Err(format!("publisher timed out with {acked} of {count} acked"));
+        }
+        let mut wrote = false;
+        if interval_ns == 0.0 {
+            // Refill in bursts (half a window) so one flush carries many frames.
+            if sent - acked <= window / 2 {
+                while sent < count && sent - acked < window {
+                    let _ = ws.write(Message::text(frame_for(sent)));
+                    sent += 1;
+                    wrote = true;
+                }
+            }
+        } else {
+            let due = started + Duration::from_nanos((sent as f64 * interval_ns) as u64);
+            let now = Instant::now();
+            if sent < count && now >= due && sent - acked < window {
+                let _ = ws.write(Message::text(frame_for(sent)));
+                sent += 1;
+                wrote = true;
+            } else {
+                let wait = if sent < count { due.saturating_duration_since(now).max(Duration::from_micros(50)) } else { Duration::from_millis(5) };
+                tcp(&ws).set_read_timeout(Some(wait)).map_err(|e| e.to_string())?;
+            }
+        }
+        if wrote {
+            ws.flush().map_err(|e| format!("publisher flush: {e}"))?;
+            progress.published.store(sent, Ordering::Relaxed);
+            if interval_ns > 0.0 {
+                continue;
+            }
+        }
+        match ws.read() {
+            Ok(Message::Text(text)) => {
+                let text = text.as_str();
+                if text.starts_with("{\"op\":\"puback\"") {
+                    acked += 1;
+                    progress.acked.fetch_add(1, Ordering::Relaxed);
+                } else if text.contains("\"error\"") {
+                    return Err(format!("publish refused: {text}"));
+                }
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => return Err(format!("publisher: {e}")),
+        }
+    }
+    let _ = ws.close(None);
+    Ok(Instant::now())
+}
+
+pub fn run(args: &Args, progress: &Arc<Progress>) -> Result<Report, String> {
+    let topic = args.topic.clone().unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
+    let connecting = Instant::now();
+    let mut subscribers = Vec::new();
+    for i in 0..args.subscribers {
+        subscribers.push(subscribe(&args.url, &topic, &format!("g{i}"), args.window)?);
+    }
+    let mut publishers = Vec::new();
+    for _ in 0..args.publishers {
+        publishers.push(connect(&args.url)?);
+    }
+    let connections_per_s = (args.subscribers + args.publishers) as f64 / connecting.elapsed().as_secs_f64();
+    let printer = progress.spawn_printer(args.count * args.subscribers as u64);
+    let epoch = Instant::now();
+    let barrier = Arc::new(Barrier::new(args.publishers + 1));
+    let sub_threads: Vec<_> = subscribers
+        .into_iter()
+        .enumerate()
+        .map(|(i, ws)| {
+            let (topic, progress, count) = (topic.clone(), progress.clone(), args.count);
+            std::thread::spawn(move || run_subscriber(ws, topic, format!("g{i}"), count, epoch, deadline, progress))
+        })
+        .collect();
+    let per_publisher = args.count / args.publishers as u64;
+    let pub_threads: Vec<_> = publishers
+        .into_iter()
+        .enumerate()
+        .map(|(i, ws)| {
+            let extra = if i == 0 { args.count % args.publishers as u64 } else { 0 };
+            let (topic, progress, args, barrier) = (topic.clone(), progress.clone(), args.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                run_publisher(ws, topic, per_publisher + extra, args, epoch, deadline, progress)
+            })
+        })
+        .collect();
+    barrier.wait();
+    let started = Instant::now();
+    let mut last_ack = started;
+    let mut errors = Vec::new();
+    for t in pub_threads {
+        match t.join().map_err(|_| "publisher panicked".to_string()).and_then(|r| r) {
+            Ok(at) => last_ack = last_ack.max(at),
+            Err(e) => errors.push(e),
+        }
+    }
+    let mut latencies = Vec::new();
+    let mut last_delivery = started;
+    for t in sub_threads {
+        match t.join().map_err(|_| "subscriber panicked".to_string()).and_then(|r| r) {
+            Ok(r) => {
+                latencies.extend(r.latencies_ns.into_iter().map(|ns| ns / 1_000));
+                last_delivery = last_delivery.max(r.last_delivery);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    progress.done.store(true, Ordering::Relaxed);
+    let _ = printer.join();
+    if let Some(e) = errors.into_iter().next() {
+        return Err(e);
+    }
+    let deliveries = latencies.len() as f64;
+    Ok(Report {
+        system: "ferry".into(),
+        messages: args.count,
+        size: args.size,
+        publishers: args.publishers,
+        subscribers: args.subscribers,
+        acked_publishes_per_s: args.count as f64 / last_ack.duration_since(started).as_secs_f64(),
+        deliveries_per_s: deliveries / last_delivery.duration_since(started).as_secs_f64(),
+        latency_us: percentiles(latencies),
+        connections_per_s,
+        server_peak_rss_kib: None,
+        notes: if args.rate > 0 { format!("target rate {} msgs/s", args.rate) } else { "max rate".into() },
+    })
+}
+
+/// Holds `idle` subscriber connections (each its own group), publishes one message, and
+/// measures the time until every subscriber has it and the server's memory per connection.
+pub fn scale(args: &Args, idle: usize, _progress: &Arc<Progress>) -> Result<Report, String> {
+    raise_fd_limit();
+    let topic = args.topic.clone().unwrap_or_default();
+    let rss_before = args.pid.and_then(report::current_rss_kib);
+    let connecting = Instant::now();
+    let mut sockets = Vec::with_capacity(idle);
+    for i in 0..idle {
+        let mut ws = connect(&args.url)?;
+        let sub = json!({"op": "sub", "req": i, "topic": topic, "group": format!("s{i}"), "from": "latest", "window": 1});
+        ws.send(Message::text(sub.to_string())).map_err(|e| e.to_string())?;
+        sockets.push(ws);
+        if (i + 1) % 1000 == 0 {
+            eprint!("\r{} connections", i + 1);
+        }
+    }
+    for ws in &mut sockets {
+        let reply = read_text(ws)?;
+        if !reply.contains("\"suback\"") {
+            return Err(format!("sub refused: {reply}"));
+        }
+    }
+    let connections_per_s = idle as f64 / connecting.elapsed().as_secs_f64();
+    eprintln!("\r{idle} idle subscribers connected ({connections_per_s:.0}/s)");
+    let rss_after = args.pid.and_then(report::current_rss_kib);
+    let mut publisher = connect(&args.url)?;
+    let epoch = Instant::now();
+    publisher.send(Message::text(json!({"op": "pub", "req": 1, "topic": topic, "body": "fan-out"}).to_string())).map_err(|e| e.to_string())?;
+    let mut latest = Duration::ZERO;
+    let mut latencies = Vec::with_capacity(idle);
+    for ws in &mut sockets {
+        let text = read_text(ws)?;
+        if !text.contains("\"msg\"") {
+            return Err(format!("expected the message, got {text}"));
+        }
+        latest = epoch.elapsed();
+        latencies.push(latest.as_micros() as u64);
+    }
+    let per_connection = match (rss_before, rss_after) {
+        (Some(b), Some(a)) => format!("{:.1} KiB server RSS per connection", (a.saturating_sub(b)) as f64 / idle as f64),
+        _ => "pass --pid for RSS per connection".into(),
+    };
+    Ok(Report {
+        system: "ferry (scale)".into(),
+        messages: 1,
+        size: 7,
+        publishers: 1,
+        subscribers: idle,
+        acked_publishes_per_s: 0.0,
+        deliveries_per_s: idle as f64 / latest.as_secs_f64(),
+        latency_us: percentiles(latencies),
+        connections_per_s,
+        server_peak_rss_kib: None,
+        notes: format!("all {idle} subscribers had the message {:.1} ms after publish; {per_connection}", latest.as_secs_f64() * 1e3),
+    })
+}
+
+fn raise_fd_limit() {
+    // The scale run holds one descriptor per connection: raise the soft limit to the hard one.
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
