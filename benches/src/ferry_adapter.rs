@@ -130,6 +130,9 @@ fn run_publisher(mut ws: Socket, topic: String, count: u64, args: Args, epoch: I
     let interval_ns = if args.rate > 0 { 1e9 / (args.rate as f64 / args.publishers as f64) } else { 0.0 };
     let started = Instant::now();
     let (mut sent, mut acked) = (0u64, 0u64);
+    if interval_ns > 0.0 {
+        tcp(&ws).set_nonblocking(true).map_err(|e| e.to_string())?;
+    }
     let frame_for = |seq: u64| format!("{{\"op\":\"pub\",\"req\":{seq},\"topic\":\"{topic}\",\"body\":{}}}", timed_body(epoch, args.size));
     while acked < count {
         if Instant::now() > deadline {
@@ -146,23 +149,27 @@ fn run_publisher(mut ws: Socket, topic: String, count: u64, args: Args, epoch: I
                 }
             }
         } else {
+            // Paced: socket timeouts are too coarse (jiffies), so poll without blocking and
+            // sleep with the high-resolution timer until the next message is due.
             let due = started + Duration::from_nanos((sent as f64 * interval_ns) as u64);
             let now = Instant::now();
             if sent < count && now >= due && sent - acked < window {
                 let _ = ws.write(Message::text(frame_for(sent)));
                 sent += 1;
                 wrote = true;
+            } else if sent < count {
+                std::thread::sleep(due.saturating_duration_since(now).min(Duration::from_micros(100)));
             } else {
-                let wait = if sent < count { due.saturating_duration_since(now).max(Duration::from_micros(50)) } else { Duration::from_millis(5) };
-                tcp(&ws).set_read_timeout(Some(wait)).map_err(|e| e.to_string())?;
+                std::thread::sleep(Duration::from_micros(100));
             }
         }
         if wrote {
-            ws.flush().map_err(|e| format!("publisher flush: {e}"))?;
-            progress.published.store(sent, Ordering::Relaxed);
-            if interval_ns > 0.0 {
-                continue;
+            match ws.flush() {
+                Ok(()) => {}
+                Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Err(format!("publisher flush: {e}")),
             }
+            progress.published.store(sent, Ordering::Relaxed);
         }
         match ws.read() {
             Ok(Message::Text(text)) => {
@@ -245,6 +252,10 @@ pub fn run(args: &Args, progress: &Arc<Progress>) -> Result<Report, String> {
     let _ = printer.join();
     if let Some(e) = errors.into_iter().next() {
         return Err(e);
+    }
+    if let Some(path) = &args.dump_latencies {
+        let text: String = latencies.iter().map(|us| format!("{us}\n")).collect();
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     let deliveries = latencies.len() as f64;
     Ok(Report {

@@ -62,6 +62,9 @@ pub struct Args {
     pub source_addrs: Vec<String>,
     #[arg(long)]
     pub json: bool,
+    /// Write every delivery's latency (us, in arrival order per subscriber) to this file.
+    #[arg(long)]
+    pub dump_latencies: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {

@@ -95,6 +95,8 @@ pub struct RecoveryReport {
     pub truncate: Option<(u64, ScanStop)>,
     /// Older segments with a corrupt region: records past it are unreadable.
     pub corrupt: Vec<(u64, ScanStop)>,
+    /// Length of the valid records of each segment (files may be longer: zero-filled tails).
+    pub valid_lens: Vec<(u64, u64)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -1341,6 +1343,7 @@ impl Node {
             });
             let last_write_ms = if last_write_ms == 0 { self.now / NS_PER_MS } else { last_write_ms };
             self.log.segments.push_back(SegmentInfo { id: *segment, bytes: valid_len, last_write_ms });
+            report.valid_lens.push((*segment, valid_len));
             if let Some(stop) = stop {
                 if position + 1 == segments.len() {
                     report.truncate = Some((*segment, stop));

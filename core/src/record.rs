@@ -231,6 +231,7 @@ pub struct ScanStop {
 
 /// Visits every valid record in order with its offset; stops at the first invalid one.
 /// Returns the length of the valid prefix and, if the segment did not end cleanly, why.
+/// Zero bytes through the end are a clean end: segment files are pre-filled with zeros.
 pub fn scan_segment<'a>(bytes: &'a [u8], mut visit: impl FnMut(u64, usize, RecordRef<'a>)) -> (u64, Option<ScanStop>) {
     let mut at = 0usize;
     while at < bytes.len() {
@@ -239,6 +240,7 @@ pub fn scan_segment<'a>(bytes: &'a [u8], mut visit: impl FnMut(u64, usize, Recor
                 visit(at as u64, size, record);
                 at += size;
             }
+            Err(RecordError::Unwritten) if bytes[at..].iter().all(|b| *b == 0) => return (at as u64, None),
             Err(error) => {
                 let stop = ScanStop { offset: at as u64, bytes_dropped: (bytes.len() - at) as u64, error };
                 return (at as u64, Some(stop));
@@ -282,6 +284,13 @@ mod tests {
         assert_eq!((valid, stop), (full, None));
         assert_eq!(seen.len(), 4);
         assert_eq!(seen[3].1, RecordRef::Group(group));
+
+        let mut zero_tail = out.clone();
+        zero_tail.extend_from_slice(&[0u8; 100]);
+        assert_eq!(scan_segment(&zero_tail, |_, _, _| {}), (full, None), "a zero tail is a clean end");
+        let mut zero_then_junk = zero_tail.clone();
+        zero_then_junk.push(7);
+        assert_eq!(scan_segment(&zero_then_junk, |_, _, _| {}).1.unwrap().error, RecordError::Unwritten);
 
         let torn = &out[..out.len() - 3];
         let (valid, stop) = scan_segment(torn, |_, _, _| {});

@@ -5,7 +5,9 @@ use crate::log;
 use ferry_core::node::{DiskError, DiskOp, RecoveryReport};
 use ferry_core::{Config, Node};
 use memmap2::Mmap;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -25,6 +27,96 @@ pub struct Store {
     active: Option<(u64, File)>,
     /// Sealed segments mapped for reading, opened on first read.
     sealed: BTreeMap<u64, Option<Mmap>>,
+    preparer: Preparer,
+    segment_bytes: u64,
+    last_created: Option<Instant>,
+}
+
+/// Pre-fills the next segment file with zeros on a background thread. Overwriting allocated
+/// blocks lets fdatasync skip the journal commit an append needs: measured here, p99 of an
+/// fdatasync fell from about 800 us (append) to about 200 us (overwrite).
+struct Preparer {
+    requests: mpsc::Sender<(u64, Duration)>,
+    ready: mpsc::Receiver<(u64, io::Result<()>)>,
+    prepared: BTreeSet<u64>,
+    requested: BTreeSet<u64>,
+}
+
+fn prepared_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:020}.seg.prep"))
+}
+
+/// Size of each zero-filling step. Paced steps are flushed one by one with pauses between, so
+/// the fill holds the disk only briefly at a time (a 2 ms-paced fill of 256 KiB steps measured
+/// here delayed publishes' fdatasyncs to 2-3 ms while it ran; small spread-out steps do not).
+const FILL_CHUNK_BYTES: u64 = 64 << 10;
+const FILL_PAUSE_MAX: Duration = Duration::from_millis(50);
+/// Assumed lifetime of a segment until one has been seen.
+const SEGMENT_LIFETIME_GUESS: Duration = Duration::from_secs(60);
+
+fn fill_with_zeros(path: &Path, bytes: u64, pause: Duration) -> io::Result<()> {
+    let zeros = vec![0u8; FILL_CHUNK_BYTES as usize];
+    let mut file = File::create(path)?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(FILL_CHUNK_BYTES) as usize;
+        std::io::Write::write_all(&mut file, &zeros[..n])?;
+        left -= n as u64;
+        if !pause.is_zero() {
+            file.sync_data()?;
+            std::thread::sleep(pause);
+        }
+    }
+    file.sync_all()
+}
+
+/// Spreads a fill over half the expected lifetime of the segment being written now.
+fn fill_pause(bytes: u64, lifetime: Duration) -> Duration {
+    let steps = bytes.div_ceil(FILL_CHUNK_BYTES).max(1) as u32;
+    (lifetime / 2 / steps).min(FILL_PAUSE_MAX)
+}
+
+impl Preparer {
+    fn start(dir: PathBuf, bytes: u64) -> Preparer {
+        let (requests, jobs) = mpsc::channel::<(u64, Duration)>();
+        let (done, ready) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("segment-preparer".into())
+            .spawn(move || {
+                for (segment, pause) in jobs {
+                    if done.send((segment, fill_with_zeros(&prepared_path(&dir, segment), bytes, pause))).is_err() {
+                        return;
+                    }
+                }
+            })
+            .expect("spawn the segment preparer");
+        Preparer { requests, ready, prepared: BTreeSet::new(), requested: BTreeSet::new() }
+    }
+
+    fn request(&mut self, segment: u64, pause: Duration) {
+        if !self.requested.contains(&segment) && !self.prepared.contains(&segment) && self.requests.send((segment, pause)).is_ok() {
+            self.requested.insert(segment);
+        }
+    }
+
+    /// Takes the prepared file for `segment` if it is ready; drops files prepared too late.
+    fn take(&mut self, dir: &Path, segment: u64) -> bool {
+        while let Ok((done, result)) = self.ready.try_recv() {
+            self.requested.remove(&done);
+            match result {
+                Ok(()) => {
+                    self.prepared.insert(done);
+                }
+                Err(e) => log::warn(&format!("segment {done}: pre-filling failed ({e}); it will be appended to instead")),
+            }
+        }
+        let stale: Vec<u64> = self.prepared.range(..segment).copied().collect();
+        for old in stale {
+            self.prepared.remove(&old);
+            let _ = std::fs::remove_file(prepared_path(dir, old));
+        }
+        self.prepared.remove(&segment)
+    }
 }
 
 fn disk_error(e: &io::Error) -> DiskError {
@@ -47,6 +139,7 @@ impl Store {
     /// Opens (creating if needed) and locks the data directory, recovers the node from its
     /// segments and cuts a torn tail. Fails if another process holds the directory.
     pub fn open(dir: &Path, config: Config, now: u64) -> io::Result<(Store, Node, RecoveryReport)> {
+        let segment_bytes = config.segment_bytes_max;
         std::fs::create_dir_all(dir)?;
         let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("LOCK"))?;
         // SAFETY: flock on a file descriptor we own; no memory is involved.
@@ -59,6 +152,8 @@ impl Store {
             let name = name.to_string_lossy();
             if let Some(id) = name.strip_suffix(".seg").and_then(|n| n.parse::<u64>().ok()) {
                 ids.push(id);
+            } else if name.ends_with(".seg.prep") {
+                std::fs::remove_file(dir.join(name.as_ref()))?;
             }
         }
         ids.sort_unstable();
@@ -87,14 +182,27 @@ impl Store {
             file.set_len(stop.offset)?;
             file.sync_all()?;
         }
+        if let (Some(&(segment, valid_len)), None) = (report.valid_lens.last(), &report.truncate) {
+            // The newest segment's unused zero-filled tail: give the space back.
+            let file = OpenOptions::new().write(true).open(segment_path(dir, segment))?;
+            if file.metadata()?.len() > valid_len {
+                file.set_len(valid_len)?;
+                file.sync_all()?;
+            }
+        }
         for (segment, stop) in &report.corrupt {
             log::error(&format!(
                 "segment {segment}: corrupt record at offset {} ({}); {} bytes after it are unreadable",
                 stop.offset, stop.error, stop.bytes_dropped
             ));
         }
-        let sealed = ids.into_iter().map(|id| (id, None)).collect();
-        Ok((Store { dir: dir.to_path_buf(), _lock: lock, active: None, sealed }, node, report))
+        let sealed = ids.iter().map(|id| (*id, None)).collect();
+        let mut preparer = Preparer::start(dir.to_path_buf(), segment_bytes);
+        // The first segment this run writes is needed at once: fill it before serving.
+        let first = ids.last().map_or(1, |id| id + 1);
+        fill_with_zeros(&prepared_path(dir, first), segment_bytes, Duration::ZERO)?;
+        preparer.prepared.insert(first);
+        Ok((Store { dir: dir.to_path_buf(), _lock: lock, active: None, sealed, preparer, segment_bytes, last_created: None }, node, report))
     }
 
     pub fn apply(&mut self, op: DiskOp) -> Option<Completion> {
@@ -130,9 +238,16 @@ impl Store {
     fn active_file(&mut self, segment: u64, create: bool) -> io::Result<&File> {
         if self.active.as_ref().is_none_or(|(id, _)| *id != segment) {
             let path = segment_path(&self.dir, segment);
+            if create && self.preparer.take(&self.dir, segment) {
+                std::fs::rename(prepared_path(&self.dir, segment), &path)?;
+            }
             let file = OpenOptions::new().read(true).write(true).create(create).truncate(false).open(&path)?;
             if create {
                 sync_dir(&self.dir)?;
+                let now = Instant::now();
+                let lifetime = self.last_created.map_or(SEGMENT_LIFETIME_GUESS, |at| now - at);
+                self.last_created = Some(now);
+                self.preparer.request(segment + 1, fill_pause(self.segment_bytes, lifetime));
             }
             if let Some((old, _)) = self.active.take() {
                 self.sealed.insert(old, None);

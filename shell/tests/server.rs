@@ -59,9 +59,14 @@ fn torn_tail_is_cut_logged_and_earlier_records_survive() {
         .max()
         .expect("a segment");
     let mut bytes = std::fs::read(&newest).unwrap();
-    let len = bytes.len();
-    bytes[len - 3] ^= 0x5a;
-    bytes.truncate(len - 2);
+    let mut last = (0, 0);
+    let (valid, stop) = ferry_core::record::scan_segment(&bytes, |offset, size, _| last = (offset as usize, size));
+    assert_eq!(stop, None, "a clean segment before the damage");
+    assert!(valid as usize <= bytes.len(), "segment files may carry a zero-filled tail");
+    // A torn append: the last record is cut short and its tail is garbage.
+    let (offset, size) = last;
+    bytes[offset + size - 3] ^= 0x5a;
+    bytes.truncate(offset + size - 2);
     std::fs::write(&newest, &bytes).unwrap();
 
     let server = Server::start(&dir, "127.0.0.1:0", &[]);
