@@ -11,11 +11,12 @@ pub const NS_PER_MS: u64 = 1_000_000;
 /// 2023-11-14T22:13:20Z: a plausible wall clock so `ts` looks like a real timestamp.
 pub const EPOCH_NS: u64 = 1_700_000_000_000 * NS_PER_MS;
 
-/// Files as the page cache sees them and as they would survive a crash.
+/// Files as the page cache sees them, and how much of each would survive a crash. Segments
+/// are append-only, so the durable part of a file is a prefix: a length models fsync exactly.
 #[derive(Default, Clone)]
 pub struct MemDisk {
     pub files: BTreeMap<u64, Vec<u8>>,
-    pub durable: BTreeMap<u64, Vec<u8>>,
+    durable_len: BTreeMap<u64, usize>,
 }
 
 pub enum Completion {
@@ -33,21 +34,22 @@ impl MemDisk {
                 file.resize(*offset as usize, 0);
                 file.extend_from_slice(data);
                 if *sync {
-                    self.durable.insert(*segment, file.clone());
+                    self.durable_len.insert(*segment, file.len());
                 }
                 Some(Completion::Write { token: *token, result: Ok(()) })
             }
             DiskOp::Truncate { segment, len } => {
-                for files in [&mut self.files, &mut self.durable] {
-                    if let Some(file) = files.get_mut(segment) {
-                        file.truncate(*len as usize);
-                    }
+                if let Some(file) = self.files.get_mut(segment) {
+                    file.truncate(*len as usize);
+                }
+                if let Some(durable) = self.durable_len.get_mut(segment) {
+                    *durable = (*durable).min(*len as usize);
                 }
                 None
             }
             DiskOp::Delete { segment } => {
                 self.files.remove(segment);
-                self.durable.remove(segment);
+                self.durable_len.remove(segment);
                 None
             }
             DiskOp::Read { token, segment, offset, len } => {
@@ -59,7 +61,27 @@ impl MemDisk {
 
     /// A process crash with power loss: everything not fsynced is gone.
     pub fn crash(&mut self) {
-        self.files = self.durable.clone();
+        for (segment, file) in self.files.iter_mut() {
+            file.truncate(self.durable_len.get(segment).copied().unwrap_or(0));
+        }
+    }
+
+    /// Everything written so far becomes durable (as after a sync of every file).
+    pub fn sync_all(&mut self) {
+        for (segment, file) in &self.files {
+            self.durable_len.insert(*segment, file.len());
+        }
+    }
+
+    /// Bytes written but not yet fsynced, over all files.
+    pub fn unsynced_bytes(&self) -> usize {
+        self.files.iter().map(|(segment, file)| file.len() - self.durable_len.get(segment).copied().unwrap_or(0).min(file.len())).sum()
+    }
+
+    /// Forgets all files (benchmarks bound their memory with it).
+    pub fn clear(&mut self) {
+        self.files.clear();
+        self.durable_len.clear();
     }
 
     pub fn segments(&self) -> Vec<(u64, &[u8])> {
