@@ -92,7 +92,24 @@ struct Server {
     more_to_read: Vec<usize>,
 }
 
+/// Every connection holds a descriptor: raise the soft limit to the hard one and say if
+/// `connections_max` still does not fit.
+fn raise_fd_limit(connections_max: u32) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+        }
+    };
+    if !raised || limit.rlim_cur < connections_max as u64 + 64 {
+        log::warn(&format!("open-file limit {} is below connections_max ({connections_max}); accepts will fail past it", limit.rlim_cur));
+    }
+}
+
 pub fn run(options: ServerOptions) -> io::Result<()> {
+    raise_fd_limit(options.config.connections_max);
     let clock = Clock::new();
     let config = options.config;
     let started = Instant::now();

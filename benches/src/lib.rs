@@ -1,0 +1,65 @@
+//! The load tool's parts, as a library so tests can drive it against a real server.
+
+pub mod ferry_adapter;
+#[cfg(feature = "peers")]
+pub mod peers;
+pub mod report;
+
+use clap::ValueEnum;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum System {
+    Ferry,
+    Mosquitto,
+    Nats,
+}
+
+#[derive(clap::Parser, Clone, Debug)]
+#[command(name = "ferry-bench", about = "Load tool: publish, deliver, ack; report throughput, latency and server memory")]
+pub struct Args {
+    #[arg(long, value_enum, default_value = "ferry")]
+    pub system: System,
+    /// ferry: ws://HOST:PORT/ws; mosquitto: HOST:PORT; nats: nats://HOST:PORT
+    #[arg(long, default_value = "ws://127.0.0.1:7700/ws")]
+    pub url: String,
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    #[arg(long, default_value_t = 1)]
+    pub subscribers: usize,
+    /// Messages in all (split across publishers); every subscriber receives all of them.
+    #[arg(long, default_value_t = 100_000)]
+    pub count: u64,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    /// Target publish rate in msgs/s over all publishers; 0 = as fast as pubacks allow.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Publishes each publisher keeps unacknowledged.
+    #[arg(long, default_value_t = 1_000)]
+    pub publish_window: usize,
+    /// Subscription window (in-flight messages per subscriber).
+    #[arg(long, default_value_t = 1_024)]
+    pub window: u32,
+    /// Topic (a unique one per run by default, so runs do not see each other's messages).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// PID of the server, to report its peak RSS (VmHWM).
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout_s: u64,
+    /// Scale scenario: hold this many idle subscribers, then publish one message to all.
+    #[arg(long)]
+    pub idle_subscribers: Option<usize>,
+    /// Source addresses for the scale scenario's connections, e.g. 127.0.0.1,127.0.0.2.
+    #[arg(long, value_delimiter = ',')]
+    pub source_addrs: Vec<String>,
+    #[arg(long)]
+    pub json: bool,
+    /// Write every delivery's latency (us, in arrival order per subscriber) to this file.
+    #[arg(long)]
+    pub dump_latencies: Option<std::path::PathBuf>,
+}
+
