@@ -257,20 +257,8 @@ pub fn run(args: &Args, progress: &Arc<Progress>) -> Result<Report, String> {
         let text: String = latencies.iter().map(|us| format!("{us}\n")).collect();
         std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    let deliveries = latencies.len() as f64;
-    Ok(Report {
-        system: "ferry".into(),
-        messages: args.count,
-        size: args.size,
-        publishers: args.publishers,
-        subscribers: args.subscribers,
-        acked_publishes_per_s: args.count as f64 / last_ack.duration_since(started).as_secs_f64(),
-        deliveries_per_s: deliveries / last_delivery.duration_since(started).as_secs_f64(),
-        latency_us: percentiles(latencies),
-        connections_per_s,
-        server_peak_rss_kib: None,
-        notes: if args.rate > 0 { format!("target rate {} msgs/s", args.rate) } else { "max rate".into() },
-    })
+    let notes = if args.rate > 0 { format!("target rate {} msgs/s", args.rate) } else { "max rate".into() };
+    Ok(Report::from_run("ferry", args, started, last_ack, last_delivery, latencies, connections_per_s, notes))
 }
 
 /// Holds `idle` subscriber connections (each its own group), publishes one message, and

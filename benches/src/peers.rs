@@ -1,7 +1,7 @@
 //! The same workload against the peers: Mosquitto over MQTT (QoS 1 publish, QoS 1
 //! subscription) and NATS JetStream (file-storage stream, explicit-ack pull consumer).
 
-use crate::report::{body_time, percentiles, timed_body, Progress, Report};
+use crate::report::{body_time, timed_body, Progress, Report};
 use crate::Args;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};
@@ -14,23 +14,6 @@ fn pace(started: Instant, sent: u64, interval_ns: f64) {
         if due > now {
             std::thread::sleep(due - now);
         }
-    }
-}
-
-fn finish(system: &str, args: &Args, started: Instant, last_ack: Instant, last_delivery: Instant, latencies_us: Vec<u64>, connections_per_s: f64, notes: &str) -> Report {
-    let deliveries = latencies_us.len() as f64;
-    Report {
-        system: system.into(),
-        messages: args.count,
-        size: args.size,
-        publishers: args.publishers,
-        subscribers: args.subscribers,
-        acked_publishes_per_s: args.count as f64 / last_ack.duration_since(started).as_secs_f64(),
-        deliveries_per_s: deliveries / last_delivery.duration_since(started).as_secs_f64(),
-        latency_us: percentiles(latencies_us),
-        connections_per_s,
-        server_peak_rss_kib: None,
-        notes: notes.into(),
     }
 }
 
@@ -139,7 +122,7 @@ pub fn mqtt(args: &Args, progress: &Arc<Progress>) -> Result<Report, String> {
     }
     progress.done.store(true, Ordering::Relaxed);
     let _ = printer.join();
-    Ok(finish("mosquitto", args, started, last_ack, last_delivery, latencies, connections_per_s, "MQTT QoS 1 publish + QoS 1 subscription"))
+    Ok(Report::from_run("mosquitto", args, started, last_ack, last_delivery, latencies, connections_per_s, "MQTT QoS 1 publish + QoS 1 subscription".into()))
 }
 
 pub fn nats(args: &Args, progress: &Arc<Progress>) -> Result<Report, String> {
@@ -228,5 +211,5 @@ async fn nats_async(args: Args, progress: Arc<Progress>) -> Result<Report, Strin
     }
     progress.done.store(true, Ordering::Relaxed);
     let _ = printer.join();
-    Ok(finish("nats-jetstream", &args, started, last_ack, last_delivery, latencies, connections_per_s, "JetStream file storage, explicit-ack pull consumer"))
+    Ok(Report::from_run("nats-jetstream", &args, started, last_ack, last_delivery, latencies, connections_per_s, "JetStream file storage, explicit-ack pull consumer".into()))
 }

@@ -76,6 +76,26 @@ pub fn current_rss_kib(pid: u32) -> Option<u64> {
 }
 
 impl Report {
+    /// The figures of one load run: publishes counted from `started` to the last puback,
+    /// deliveries to the last delivery.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_run(system: &str, args: &crate::Args, started: Instant, last_ack: Instant, last_delivery: Instant, latencies_us: Vec<u64>, connections_per_s: f64, notes: String) -> Report {
+        let deliveries = latencies_us.len() as f64;
+        Report {
+            system: system.into(),
+            messages: args.count,
+            size: args.size,
+            publishers: args.publishers,
+            subscribers: args.subscribers,
+            acked_publishes_per_s: args.count as f64 / last_ack.duration_since(started).as_secs_f64(),
+            deliveries_per_s: deliveries / last_delivery.duration_since(started).as_secs_f64(),
+            latency_us: percentiles(latencies_us),
+            connections_per_s,
+            server_peak_rss_kib: None,
+            notes,
+        }
+    }
+
     pub fn table(&self) -> String {
         let [p50, p90, p99, p999, max] = self.latency_us;
         let rss = self.server_peak_rss_kib.map_or("-".to_string(), |k| format!("{:.1} MiB", k as f64 / 1024.0));

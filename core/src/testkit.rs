@@ -29,22 +29,14 @@ impl MemDisk {
     pub fn apply(&mut self, op: &DiskOp) -> Option<Completion> {
         match op {
             DiskOp::Write { token, segment, offset, data, create: _, sync } => {
-                let file = self.files.entry(*segment).or_default();
-                file.truncate(*offset as usize);
-                file.resize(*offset as usize, 0);
-                file.extend_from_slice(data);
+                self.write(*segment, *offset, data);
                 if *sync {
-                    self.durable_len.insert(*segment, file.len());
+                    self.mark_durable(*segment, (*offset as usize) + data.len());
                 }
                 Some(Completion::Write { token: *token, result: Ok(()) })
             }
             DiskOp::Truncate { segment, len } => {
-                if let Some(file) = self.files.get_mut(segment) {
-                    file.truncate(*len as usize);
-                }
-                if let Some(durable) = self.durable_len.get_mut(segment) {
-                    *durable = (*durable).min(*len as usize);
-                }
+                self.truncate_file(*segment, *len as usize);
                 None
             }
             DiskOp::Delete { segment } => {
@@ -56,6 +48,33 @@ impl MemDisk {
                 let bytes = self.files.get(segment).and_then(|f| f.get(*offset as usize..(*offset + *len as u64) as usize)).map(<[u8]>::to_vec);
                 Some(Completion::Read { token: *token, bytes })
             }
+        }
+    }
+
+    /// Puts `data` at `offset` in the page cache (not yet durable).
+    pub fn write(&mut self, segment: u64, offset: u64, data: &[u8]) {
+        let file = self.files.entry(segment).or_default();
+        file.truncate(offset as usize);
+        file.resize(offset as usize, 0);
+        file.extend_from_slice(data);
+    }
+
+    /// An fsync of `segment` that covered its first `len` bytes.
+    pub fn mark_durable(&mut self, segment: u64, len: usize) {
+        let durable = self.durable_len.entry(segment).or_default();
+        *durable = (*durable).max(len);
+    }
+
+    pub fn durable_len(&self, segment: u64) -> usize {
+        self.durable_len.get(&segment).copied().unwrap_or(0)
+    }
+
+    pub fn truncate_file(&mut self, segment: u64, len: usize) {
+        if let Some(file) = self.files.get_mut(&segment) {
+            file.truncate(len);
+        }
+        if let Some(durable) = self.durable_len.get_mut(&segment) {
+            *durable = (*durable).min(len);
         }
     }
 

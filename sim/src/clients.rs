@@ -35,6 +35,17 @@ enum Link {
     Up,
 }
 
+impl Link {
+    /// On a wake-up: a client without a connection asks for one; true when connected.
+    fn wake(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        if *self == Link::Down {
+            *self = Link::Connecting;
+            ctx.actions.push(Action::Connect);
+        }
+        *self == Link::Up
+    }
+}
+
 pub struct Publisher {
     pub producer: String,
     pub topic: String,
@@ -59,22 +70,16 @@ impl Publisher {
     }
 
     pub fn on_wake(&mut self, ctx: &mut Ctx<'_>) {
-        match self.link {
-            Link::Down => {
-                self.link = Link::Connecting;
-                ctx.actions.push(Action::Connect);
-            }
-            Link::Connecting => {}
-            Link::Up => {
-                // A puback that never came: send the same (producer, seq) again.
-                let late: Vec<u64> = self.in_flight.iter().filter(|(_, at)| **at + self.puback_timeout <= ctx.now).map(|(s, _)| *s).collect();
-                for seq in late {
-                    self.in_flight.remove(&seq);
-                    self.retry.insert(seq);
-                }
-                self.pump(ctx);
-            }
+        if !self.link.wake(ctx) {
+            return;
         }
+        // A puback that never came: send the same (producer, seq) again.
+        let late: Vec<u64> = self.in_flight.iter().filter(|(_, at)| **at + self.puback_timeout <= ctx.now).map(|(s, _)| *s).collect();
+        for seq in late {
+            self.in_flight.remove(&seq);
+            self.retry.insert(seq);
+        }
+        self.pump(ctx);
     }
 
     fn pump(&mut self, ctx: &mut Ctx<'_>) {
@@ -165,20 +170,14 @@ impl Subscriber {
     }
 
     pub fn on_wake(&mut self, ctx: &mut Ctx<'_>) {
-        match self.link {
-            Link::Down => {
-                self.link = Link::Connecting;
-                ctx.actions.push(Action::Connect);
-            }
-            Link::Connecting => {}
-            Link::Up => {
-                let now = ctx.now;
-                let due: Vec<u64> = self.due_acks.iter().filter(|(at, _)| *at <= now).map(|(_, id)| *id).collect();
-                self.due_acks.retain(|(at, _)| *at > now);
-                if !due.is_empty() {
-                    ctx.send(json!({"op": "ack", "topic": self.topic, "group": self.group, "ids": due}));
-                }
-            }
+        if !self.link.wake(ctx) {
+            return;
+        }
+        let now = ctx.now;
+        let due: Vec<u64> = self.due_acks.iter().filter(|(at, _)| *at <= now).map(|(_, id)| *id).collect();
+        self.due_acks.retain(|(at, _)| *at > now);
+        if !due.is_empty() {
+            ctx.send(json!({"op": "ack", "topic": self.topic, "group": self.group, "ids": due}));
         }
     }
 

@@ -4,7 +4,8 @@
 
 use crate::checker::{self, Checker};
 use crate::clients::{Action, AckStyle, Client, Ctx, Publisher, Subscriber, MS};
-use crate::disk::{DiskReply, SimDisk};
+use crate::disk::SimDisk;
+use ferry_core::testkit::Completion;
 use crate::{FaultKind, Options, SeedReport};
 use ferry_core::node::{DiskError, DiskOp, Input, Output, Trace};
 use ferry_core::{Config, ConnId, FsyncPolicy, Node};
@@ -508,7 +509,7 @@ impl World {
         let reply = self.disk.issue(&op, &mut self.rng);
         let epoch = self.node_epoch;
         match reply {
-            Some(DiskReply::Write { token, result }) => {
+            Some(Completion::Write { token, result }) => {
                 let write_us = self.rng.gen_range(5..100);
                 let fsync_us = if sync { self.rng.gen_range(100..2_000) } else { 0 };
                 if matches!(result, Err(DiskError::Io(_))) {
@@ -516,7 +517,7 @@ impl World {
                 }
                 self.schedule(self.now + (write_us + fsync_us) * 1_000, Event::DiskDone { epoch, token, result });
             }
-            Some(DiskReply::Read { token, bytes }) => {
+            Some(Completion::Read { token, bytes }) => {
                 let read_us = self.rng.gen_range(5..200);
                 self.schedule(self.now + read_us * 1_000, Event::ReadDone { epoch, token, bytes });
             }
