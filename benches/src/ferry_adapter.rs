@@ -35,6 +35,60 @@ fn connect(url: &str) -> Result<Socket, String> {
     Ok(ws)
 }
 
+/// A connection for the scale run: small buffers (it holds many), optionally from `source`.
+fn connect_idle(url: &str, source: Option<&str>) -> Result<Socket, String> {
+    let target = url.trim_start_matches("ws://").split('/').next().unwrap_or_default();
+    let target: std::net::SocketAddr = target.parse().map_err(|e| format!("{target}: {e}"))?;
+    let stream = match source {
+        None => TcpStream::connect(target).map_err(|e| format!("connect {target}: {e}"))?,
+        Some(source) => connect_from(source, target)?,
+    };
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    // A server out of descriptors leaves connections unanswered in its backlog: do not hang.
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let config = tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+    let (mut ws, _) = tungstenite::client::client_with_config(url, MaybeTlsStream::Plain(stream), Some(config)).map_err(|e| format!("handshake: {e}"))?;
+    let welcome = read_text(&mut ws)?;
+    if !welcome.contains("\"welcome\"") {
+        return Err(format!("expected welcome, got {welcome}"));
+    }
+    tcp(&ws).set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+    Ok(ws)
+}
+
+/// Binds the local end to `source` (any port) before connecting: each 127.0.0.x source address
+/// brings its own ~28 000 ephemeral ports, which is how one machine holds 100 000 connections.
+fn connect_from(source: &str, target: std::net::SocketAddr) -> Result<TcpStream, String> {
+    use std::os::fd::FromRawFd;
+    let source: std::net::Ipv4Addr = source.parse().map_err(|e| format!("source address {source}: {e}"))?;
+    let std::net::SocketAddr::V4(target) = target else { return Err("source addresses need an IPv4 target".into()) };
+    let v4 = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor this function owns until it is wrapped below;
+    // the sockaddr structs live on the stack for the duration of each call.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(format!("socket: {}", std::io::Error::last_os_error()));
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = v4(source, 0);
+        if libc::bind(fd, &local as *const libc::sockaddr_in as *const libc::sockaddr, len) != 0 {
+            return Err(format!("bind {source}: {}", std::io::Error::last_os_error()));
+        }
+        let remote = v4(*target.ip(), target.port());
+        if libc::connect(fd, &remote as *const libc::sockaddr_in as *const libc::sockaddr, len) != 0 {
+            return Err(format!("connect {target} from {source}: {}", std::io::Error::last_os_error()));
+        }
+        Ok(stream)
+    }
+}
+
 fn read_text(ws: &mut Socket) -> Result<String, String> {
     loop {
         match ws.read() {
@@ -264,13 +318,14 @@ pub fn run(args: &Args, progress: &Arc<Progress>) -> Result<Report, String> {
 /// Holds `idle` subscriber connections (each its own group), publishes one message, and
 /// measures the time until every subscriber has it and the server's memory per connection.
 pub fn scale(args: &Args, idle: usize, _progress: &Arc<Progress>) -> Result<Report, String> {
-    raise_fd_limit();
+    raise_fd_limit(idle as u64 + 1024);
     let topic = args.topic.clone().unwrap_or_default();
     let rss_before = args.pid.and_then(report::current_rss_kib);
     let connecting = Instant::now();
     let mut sockets = Vec::with_capacity(idle);
     for i in 0..idle {
-        let mut ws = connect(&args.url)?;
+        let source = (!args.source_addrs.is_empty()).then(|| args.source_addrs[i % args.source_addrs.len()].as_str());
+        let mut ws = connect_idle(&args.url, source)?;
         let sub = json!({"op": "sub", "req": i, "topic": topic, "group": format!("s{i}"), "from": "latest", "window": 1});
         ws.send(Message::text(sub.to_string())).map_err(|e| e.to_string())?;
         sockets.push(ws);
@@ -319,14 +374,17 @@ pub fn scale(args: &Args, idle: usize, _progress: &Arc<Progress>) -> Result<Repo
     })
 }
 
-fn raise_fd_limit() {
-    // The scale run holds one descriptor per connection: raise the soft limit to the hard one.
+fn raise_fd_limit(wanted: u64) {
+    // The scale run holds one descriptor per connection. Root may raise the hard limit too.
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            let raised = libc::rlimit { rlim_cur: wanted.max(limit.rlim_cur), rlim_max: wanted.max(limit.rlim_max) };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                limit.rlim_cur = limit.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
         }
     }
 }

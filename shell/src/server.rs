@@ -92,15 +92,23 @@ struct Server {
     more_to_read: Vec<usize>,
 }
 
-/// Every connection holds a descriptor: raise the soft limit to the hard one and say if
-/// `connections_max` still does not fit.
+/// Every connection holds a descriptor: raise the limit to fit `connections_max`, and say so
+/// when it cannot.
 fn raise_fd_limit(connections_max: u32) {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    let wanted = connections_max as u64 + 1024;
     let raised = unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+            // Root may raise the hard limit as well; others get the soft limit up to the hard one.
+            let both = libc::rlimit { rlim_cur: wanted.max(limit.rlim_cur), rlim_max: wanted.max(limit.rlim_max) };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &both) == 0 {
+                limit = both;
+                true
+            } else {
+                limit.rlim_cur = limit.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+            }
         }
     };
     if !raised || limit.rlim_cur < connections_max as u64 + 64 {
