@@ -82,6 +82,8 @@ pub struct Config {
     pub pending_publishes_max: u32,
     /// Open connections; more are refused by the shell.
     pub connections_max: u32,
+    /// A connection that has not completed its WebSocket handshake by then is dropped.
+    pub handshake_timeout_ms: u64,
     /// Bytes queued to one slow connection before it is closed.
     pub connection_outbox_bytes_max: usize,
     /// When set, every op before a `hello` with one of these tokens gets `unauthorized`.
@@ -122,6 +124,7 @@ impl Default for Config {
             producer_seqs_max: 1_024,
             pending_publishes_max: 200_000,
             connections_max: 100_000,
+            handshake_timeout_ms: 10_000,
             connection_outbox_bytes_max: 16 << 20,
             tokens: Vec::new(),
             disk_full_retry_ms: 1_000,

@@ -71,6 +71,7 @@ enum Socket {
 struct Connection {
     id: ConnId,
     socket: Socket,
+    accepted_at: Instant,
     /// The core has forgotten this connection; drop it once the close frame is out.
     closing: bool,
     wants_writable: bool,
@@ -87,10 +88,14 @@ struct Server {
     next_conn_id: ConnId,
     ws_config: WebSocketConfig,
     connections_max: usize,
+    handshake_timeout: Duration,
     to_flush: Vec<usize>,
     to_drop: Vec<usize>,
     more_to_read: Vec<usize>,
+    /// Held so that running out of descriptors still lets us accept (and refuse) connections.
+    spare_fd: Option<std::fs::File>,
 }
+
 
 /// Every connection holds a descriptor: raise the limit to fit `connections_max`, and say so
 /// when it cannot.
@@ -150,9 +155,11 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
         next_conn_id: 1,
         ws_config,
         connections_max: config.connections_max as usize,
+        handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
         to_flush: Vec::new(),
         to_drop: Vec::new(),
         more_to_read: Vec::new(),
+        spare_fd: std::fs::File::open("/dev/null").ok(),
     };
     server.serve()
 }
@@ -161,6 +168,7 @@ impl Server {
     fn serve(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         let mut last_stats = Instant::now();
+        let mut last_sweep = Instant::now();
         let mut last_logged = self.node.stats;
         self.drain_outputs();
         loop {
@@ -194,11 +202,29 @@ impl Server {
             self.node.handle_timeout(self.clock.now());
             self.drain_outputs();
             self.flush_and_drop();
+            if last_sweep.elapsed() >= (self.handshake_timeout / 4).min(Duration::from_secs(1)) {
+                last_sweep = Instant::now();
+                self.drop_stalled_handshakes();
+            }
             if last_stats.elapsed() >= STATS_INTERVAL && self.node.stats != last_logged {
                 last_logged = self.node.stats;
                 last_stats = Instant::now();
                 log::info(&format!("connections {} {:?}", self.conns.len(), last_logged));
             }
+        }
+    }
+
+    fn drop_stalled_handshakes(&mut self) {
+        let stalled: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.socket, Socket::Handshaking(_)) && c.accepted_at.elapsed() > self.handshake_timeout)
+            .map(|(key, _)| key)
+            .collect();
+        if !stalled.is_empty() {
+            log::debug(&format!("dropping {} connections that did not finish the handshake", stalled.len()));
+            self.to_drop.extend(stalled);
+            self.flush_and_drop();
         }
     }
 
@@ -218,8 +244,20 @@ impl Server {
             match self.listener.accept() {
                 Ok((stream, _)) => self.accept(stream),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.raw_os_error() == Some(libc::EMFILE) || e.raw_os_error() == Some(libc::ENFILE) => {
+                    // Out of descriptors: the listener is edge-triggered, so a connection left in
+                    // the backlog would never be reported again. Free the spare descriptor,
+                    // accept the connection and close it at once, then take the spare back.
+                    log::warn(&format!("accept failed: {e}; refusing queued connections until descriptors free up"));
+                    self.spare_fd = None;
+                    let refused = self.listener.accept();
+                    drop(refused);
+                    self.spare_fd = std::fs::File::open("/dev/null").ok();
+                    if self.spare_fd.is_none() {
+                        return;
+                    }
+                }
                 Err(e) => {
-                    // EMFILE and friends: log and let the next readiness event retry.
                     log::warn(&format!("accept failed: {e}"));
                     return;
                 }
@@ -250,7 +288,7 @@ impl Server {
             }
         };
         let opened = matches!(socket, Socket::Open(_));
-        entry.insert(Connection { id, socket, closing: false, wants_writable: true });
+        entry.insert(Connection { id, socket, accepted_at: Instant::now(), closing: false, wants_writable: true });
         self.by_id.insert(id, key);
         if opened {
             self.node.handle_input(self.clock.now(), Input::Connected { conn: id });

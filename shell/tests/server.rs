@@ -82,3 +82,21 @@ fn torn_tail_is_cut_logged_and_earlier_records_survive() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_stalled_handshake_is_dropped() {
+    use std::io::Read;
+    let dir = support::temp_dir("handshake");
+    let server = Server::start(&dir, "127.0.0.1:0", &["--set", "handshake_timeout_ms=200"]);
+    let mut raw = std::net::TcpStream::connect(&server.addr).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 16];
+    let started = std::time::Instant::now();
+    let n = raw.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the server closes a connection that never sends its handshake");
+    assert!(started.elapsed() < Duration::from_secs(4), "closed by the handshake timeout, not the read timeout");
+    // A proper client still gets in.
+    Client::connect(&server.url()).unwrap();
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
