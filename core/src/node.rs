@@ -191,12 +191,16 @@ struct Producer {
     last_use: u64,
 }
 
+/// A fetch waiting for disk reads. It keeps the messages it has gathered itself: a range
+/// larger than the read cache would otherwise evict its own earlier reads and never finish.
 struct PendingFetch {
     conn: ConnId,
     req: Option<String>,
     topic: usize,
     from: u64,
-    to: u64,
+    /// One slot per id from `from`: `None` while its read is outstanding.
+    slots: Vec<Option<Option<Rc<StoredMessage>>>>,
+    waiting: usize,
 }
 
 pub struct Node {
@@ -939,23 +943,26 @@ impl Node {
             },
             Err(e) => Err(format!("{e:?}")),
         };
-        match decoded {
+        let message = match decoded {
             Ok(message) => {
-                self.read_cache.insert((t, id), Rc::new(message));
+                let message = Rc::new(message);
+                self.read_cache.insert((t, id), message.clone());
                 self.read_cache_order.push_back((t, id));
                 while self.read_cache_order.len() > self.config.read_cache_messages as usize {
                     let old = self.read_cache_order.pop_front().expect("non-empty");
                     self.read_cache.remove(&old);
                 }
+                Some(message)
             }
             Err(why) => {
                 // Never serve a record that fails its checks; the id is gone for readers.
                 self.out.push_back(Output::Trace(Trace::UnreadableRecord { topic: name.clone(), id, why }));
                 self.topics[t].forget(id);
+                None
             }
-        }
+        };
+        self.feed_fetches(t, id, message.as_ref());
         self.pump_topic(t);
-        self.retry_fetches(t);
     }
 
     fn on_fetch(&mut self, conn: ConnId, req: Option<String>, topic: &str, from: u64, to: u64) {
@@ -964,47 +971,55 @@ impl Node {
         };
         let last_durable = self.topics[t].durable_next_id - 1;
         let to = to.min(last_durable).min(from.saturating_add(self.config.fetch_messages_max as u64 - 1));
-        let fetch = PendingFetch { conn, req, topic: t, from, to };
-        if let Some(fetch) = self.try_fetch(fetch) {
+        let count = if from <= to { (to - from + 1) as usize } else { 0 };
+        let mut fetch = PendingFetch { conn, req, topic: t, from, slots: Vec::with_capacity(count), waiting: 0 };
+        for id in (from..=to).take(count) {
+            let slot = match self.topics[t].lookup(id, &self.read_cache, t) {
+                Lookup::Found(m) => Some(Some(m)),
+                Lookup::Gone => Some(None),
+                Lookup::OnDisk(loc) => {
+                    self.request_read(t, id, loc);
+                    fetch.waiting += 1;
+                    None
+                }
+            };
+            fetch.slots.push(slot);
+        }
+        if fetch.waiting == 0 {
+            self.answer_fetch(fetch);
+        } else {
             self.fetches.push(fetch);
         }
     }
 
-    /// Answers the fetch if every message is at hand; otherwise requests reads and returns it.
-    fn try_fetch(&mut self, fetch: PendingFetch) -> Option<PendingFetch> {
-        let mut found = Vec::new();
-        let mut missing = false;
-        let mut id = fetch.from;
-        while id <= fetch.to {
-            match self.topics[fetch.topic].lookup(id, &self.read_cache, fetch.topic) {
-                Lookup::Found(m) => found.push(m),
-                Lookup::OnDisk(loc) => {
-                    missing = true;
-                    self.request_read(fetch.topic, id, loc);
-                }
-                Lookup::Gone => {}
-            }
-            id += 1;
-        }
-        if missing {
-            return Some(fetch);
-        }
+    fn answer_fetch(&mut self, fetch: PendingFetch) {
+        debug_assert_eq!(fetch.waiting, 0);
         let mut frame = String::new();
         protocol::encode_fetched_start(&mut frame, fetch.req.as_deref(), &self.topics[fetch.topic].name);
-        for (i, m) in found.iter().enumerate() {
+        for (i, m) in fetch.slots.iter().flatten().flatten().enumerate() {
             protocol::encode_fetched_message(&mut frame, i == 0, m.id, m.key.as_deref(), &m.body, m.ts_ms);
         }
         protocol::encode_fetched_end(&mut frame);
         self.send(fetch.conn, frame);
-        None
     }
 
-    fn retry_fetches(&mut self, t: usize) {
-        let (ready, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.fetches).into_iter().partition(|f| f.topic == t);
-        self.fetches = others;
-        for fetch in ready {
-            if let Some(fetch) = self.try_fetch(fetch) {
-                self.fetches.push(fetch);
+    /// A read for (t, id) finished with `message` (None: unreadable): fill the fetches waiting
+    /// for it and answer those that are complete.
+    fn feed_fetches(&mut self, t: usize, id: u64, message: Option<&Rc<StoredMessage>>) {
+        let mut index = 0;
+        while index < self.fetches.len() {
+            let fetch = &mut self.fetches[index];
+            if fetch.topic == t && id >= fetch.from {
+                if let Some(slot @ None) = fetch.slots.get_mut((id - fetch.from) as usize) {
+                    *slot = Some(message.cloned());
+                    fetch.waiting -= 1;
+                }
+            }
+            if fetch.waiting == 0 {
+                let done = self.fetches.swap_remove(index);
+                self.answer_fetch(done);
+            } else {
+                index += 1;
             }
         }
     }

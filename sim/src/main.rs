@@ -86,10 +86,18 @@ fn swarm(range: std::ops::Range<u64>, options: &dyn Fn(u64) -> Options) -> bool 
     let started = Instant::now();
     let total = range.end - range.start;
     let (mut failed, mut virtual_ms) = (Vec::new(), 0u64);
+    let mut slowest = (0u64, std::time::Duration::ZERO);
+    let mut walls = Vec::with_capacity(total as usize);
     for (done, seed) in range.enumerate() {
         let mut opts = options(seed);
         opts.trace = false;
+        let seed_started = Instant::now();
         let report = run_seed(&opts);
+        let wall = seed_started.elapsed();
+        walls.push(report.virtual_ms as f64 / 1e3 / wall.as_secs_f64().max(1e-9));
+        if wall > slowest.1 {
+            slowest = (seed, wall);
+        }
         virtual_ms += report.virtual_ms;
         if !report.passed() {
             let (invariant, detail) = &report.violations[0];
@@ -102,6 +110,9 @@ fn swarm(range: std::ops::Range<u64>, options: &dyn Fn(u64) -> Options) -> bool 
         }
     }
     eprintln!();
+    walls.sort_by(f64::total_cmp);
+    let median_ratio = walls.get(walls.len() / 2).copied().unwrap_or(0.0);
+    println!("median seed {median_ratio:.0}x real time; slowest seed {} took {:.0} ms", slowest.0, slowest.1.as_secs_f64() * 1e3);
     println!("{} seeds, {} failed{}", total, failed.len(), if failed.is_empty() { String::new() } else { format!(": {failed:?}") });
     failed.is_empty()
 }
