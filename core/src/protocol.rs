@@ -244,6 +244,13 @@ impl Filter {
 // ---- Server → client frames. Written by hand into a reused String: this is the hot path.
 
 pub fn write_json_str(out: &mut String, s: &str) {
+    // Names and keys rarely need escaping: copy them straight, without an allocation.
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     // serde_json's escaper is the reference; writing into a String cannot fail.
     let escaped = serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
     out.push_str(&escaped);
@@ -405,6 +412,15 @@ mod tests {
         assert!(!f.matches(None, r#"{"a":{"b":4}}"#));
         assert!(!f.matches(None, r#"{"a":1}"#));
         assert_eq!(Filter::from_json(f.to_json()), Some(f));
+    }
+
+    #[test]
+    fn strings_are_escaped_exactly_as_serde_json_does() {
+        for s in ["plain", "quote\"", "back\\slash", "tab\tnew\nline", "\u{1}", "ünïcode ✓", ""] {
+            let mut out = String::new();
+            write_json_str(&mut out, s);
+            assert_eq!(out, serde_json::to_string(s).unwrap(), "{s:?}");
+        }
     }
 
     #[test]
