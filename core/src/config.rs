@@ -15,17 +15,11 @@ pub enum FsyncPolicy {
     Never,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GroupOverrides {
     pub ack_timeout_ms: Option<u64>,
     pub max_attempts: Option<u32>,
-}
-
-impl Default for GroupOverrides {
-    fn default() -> Self {
-        GroupOverrides { ack_timeout_ms: None, max_attempts: None }
-    }
 }
 
 /// Deliberately wrong behaviours that prove the simulator's checkers can fail.

@@ -105,7 +105,7 @@ fn subscriber(url: String, group: &'static str, skip_first_ack_every: Option<u64
                 attempt: frame["attempt"].as_u64().unwrap(),
                 seq: frame["body"]["seq"].as_u64().unwrap(),
             };
-            let skip = skip_first_ack_every.is_some_and(|n| delivery.id % n == 0 && delivery.attempt == 1);
+            let skip = skip_first_ack_every.is_some_and(|n| delivery.id.is_multiple_of(n) && delivery.attempt == 1);
             let id = delivery.id;
             shared.deliveries.lock().unwrap().push(delivery);
             if !skip && client.send(&json!({"op": "ack", "topic": TOPIC, "group": group, "ids": [id]})).is_err() {

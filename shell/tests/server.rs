@@ -22,18 +22,12 @@ fn bad_frames_get_errors_binary_and_oversized_frames_close() {
 
     c.send(&pub_frame(6, "t", json!("x".repeat(5000)))).unwrap();
     assert_eq!(c.expect_op("error")["code"], "too_large");
-    let closed = (0..50).find_map(|_| match c.recv() {
-        Err(e) => Some(e),
-        Ok(_) => None,
-    });
+    let closed = (0..50).find_map(|_| c.recv().err());
     assert!(closed.is_some_and(|e| e.contains("1009") || e.contains("Size") || e.contains("closed")), "oversized frame must close");
 
     let mut c = Client::connect(&server.url()).unwrap();
     c.send_raw(Message::binary(vec![1u8, 2, 3])).unwrap();
-    let closed = (0..50).find_map(|_| match c.recv() {
-        Err(e) => Some(e),
-        Ok(_) => None,
-    });
+    let closed = (0..50).find_map(|_| c.recv().err());
     assert!(closed.is_some_and(|e| e.contains("Unsupported") || e.contains("1003")), "binary frame must close with 1003");
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);

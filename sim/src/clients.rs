@@ -221,7 +221,7 @@ impl Subscriber {
         self.processed.insert(id);
         self.last_id = self.last_id.max(id);
         match self.style {
-            AckStyle::SkipEvery(n) if id % n == 0 => {}
+            AckStyle::SkipEvery(n) if id.is_multiple_of(n) => {}
             AckStyle::Slow(max_ms) => {
                 let at = ctx.now + ctx.rng.gen_range(0..=max_ms) * MS;
                 self.due_acks.push((at, id));

@@ -493,7 +493,7 @@ impl World {
             }
         }
         self.steps += 1;
-        if cfg!(debug_assertions) || self.steps % 256 == 0 {
+        if cfg!(debug_assertions) || self.steps.is_multiple_of(256) {
             if let Some(node) = &self.node {
                 node.check_invariants();
             }
