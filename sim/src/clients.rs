@@ -147,6 +147,8 @@ pub enum AckStyle {
     Slow(u64),
     /// Never ack ids divisible by this: they go to the dead-letter topic.
     SkipEvery(u64),
+    /// Give every first delivery back with `nack` and this delay in ms; ack redeliveries.
+    NackFirst(u64),
 }
 
 pub struct Subscriber {
@@ -222,6 +224,9 @@ impl Subscriber {
         self.last_id = self.last_id.max(id);
         match self.style {
             AckStyle::SkipEvery(n) if id.is_multiple_of(n) => {}
+            AckStyle::NackFirst(delay_ms) if frame["attempt"].as_u64() == Some(1) => {
+                ctx.send(json!({"op": "nack", "topic": self.topic, "group": self.group, "ids": [id], "delay_ms": delay_ms}));
+            }
             AckStyle::Slow(max_ms) => {
                 let at = ctx.now + ctx.rng.gen_range(0..=max_ms) * MS;
                 self.due_acks.push((at, id));

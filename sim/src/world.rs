@@ -163,10 +163,11 @@ impl World {
                 let group = format!("g{g}");
                 groups.push((topic.clone(), group.clone()));
                 for m in 0..swarm.members_per_group {
-                    let style = match rng.gen_range(0..10) {
+                    let style = match rng.gen_range(0..12) {
                         0..=5 => AckStyle::Prompt,
                         6..=8 => AckStyle::Slow(rng.gen_range(10..3_000)),
-                        _ => AckStyle::SkipEvery(rng.gen_range(5..30)),
+                        9..=10 => AckStyle::SkipEvery(rng.gen_range(5..30)),
+                        _ => AckStyle::NackFirst(rng.gen_range(0..500)),
                     };
                     let window = rng.gen_range(1..=16);
                     let name = format!("{topic}/{group}/m{m}");
