@@ -42,6 +42,8 @@ pub struct Checker {
     completed: BTreeMap<(String, String), BTreeSet<u64>>,
     prev_of: BTreeMap<(String, String), BTreeMap<u64, u64>>,
     last_first_seen: BTreeMap<(String, String, String), u64>,
+    sent_key: BTreeMap<ProducerSeq, Option<String>>,
+    filters: BTreeMap<(String, String), String>,
     /// Ids whose records a bit flip destroyed: a single node cannot keep them.
     sacrificed: BTreeSet<TopicId>,
     pub latencies_ms: Vec<f64>,
@@ -56,8 +58,14 @@ impl Checker {
         }
     }
 
-    pub fn publish_sent(&mut self, producer: &str, seq: u64, now: u64) {
+    pub fn publish_sent(&mut self, producer: &str, seq: u64, key: Option<&str>, now: u64) {
         self.first_sent.entry((producer.to_string(), seq)).or_insert(now);
+        self.sent_key.insert((producer.to_string(), seq), key.map(str::to_string));
+    }
+
+    /// The group only wants messages whose key starts with `prefix`.
+    pub fn group_filter(&mut self, topic: &str, group: &str, prefix: &str) {
+        self.filters.insert((topic.to_string(), group.to_string()), prefix.to_string());
     }
 
     pub fn sacrifice(&mut self, ids: Vec<(String, u64)>) {
@@ -146,6 +154,11 @@ impl Checker {
         if prev >= id {
             self.violation(INV_PREV, format!("{topic}/{group} id {id} has prev {prev}"));
         }
+        if let Some(prefix) = self.filters.get(&tg) {
+            if !key.is_some_and(|k| k.starts_with(prefix.as_str())) {
+                self.violation(INV_CONTENT, format!("{topic}/{group} got id {id} with key {key:?}, outside its filter {prefix:?}"));
+            }
+        }
         let first_time = self.delivered.entry(tg).or_default().insert(id);
         if !first_time {
             return;
@@ -175,20 +188,25 @@ impl Checker {
 
     /// Pubacked messages of `topic` not yet delivered to `group` (bit-flip victims excepted).
     pub fn missing(&self, topic: &str, group: &str) -> Vec<u64> {
-        self.pubacked_not_in(topic, self.delivered.get(&(topic.to_string(), group.to_string())))
+        self.pubacked_not_in(topic, group, &self.delivered)
     }
 
     /// Pubacked messages of `topic` that `group` has not acked (nor dead-lettered) yet.
     pub fn not_completed(&self, topic: &str, group: &str) -> Vec<u64> {
-        self.pubacked_not_in(topic, self.completed.get(&(topic.to_string(), group.to_string())))
+        self.pubacked_not_in(topic, group, &self.completed)
     }
 
-    fn pubacked_not_in(&self, topic: &str, delivered: Option<&BTreeSet<u64>>) -> Vec<u64> {
+    /// Pubacked messages of `topic` that pass the group's filter and are not in `seen`.
+    fn pubacked_not_in(&self, topic: &str, group: &str, seen: &BTreeMap<(String, String), BTreeSet<u64>>) -> Vec<u64> {
+        let tg = (topic.to_string(), group.to_string());
+        let seen = seen.get(&tg);
+        let prefix = self.filters.get(&tg);
         self.pubacked
-            .values()
-            .filter(|(t, id)| t == topic && !self.sacrificed.contains(&(t.clone(), *id)))
-            .filter(|(_, id)| !delivered.is_some_and(|d| d.contains(id)))
-            .map(|(_, id)| *id)
+            .iter()
+            .filter(|(_, (t, id))| t == topic && !self.sacrificed.contains(&(t.clone(), *id)))
+            .filter(|(ps, _)| prefix.is_none_or(|p| self.sent_key.get(*ps).and_then(Option::as_deref).is_some_and(|k| k.starts_with(p.as_str()))))
+            .filter(|(_, (_, id))| !seen.is_some_and(|d| d.contains(id)))
+            .map(|(_, (_, id))| *id)
             .collect()
     }
 

@@ -93,10 +93,11 @@ impl Publisher {
                 None => break,
             };
             let mut frame = json!({"op": "pub", "req": seq, "topic": self.topic, "producer": self.producer, "seq": seq, "body": body_for(&self.producer, seq)});
-            if self.keys > 0 {
-                frame["key"] = json!(format!("k{}", seq % self.keys));
+            let key = (self.keys > 0).then(|| format!("k{}", seq % self.keys));
+            if let Some(key) = &key {
+                frame["key"] = json!(key);
             }
-            ctx.checker.publish_sent(&self.producer, seq, ctx.now);
+            ctx.checker.publish_sent(&self.producer, seq, key.as_deref(), ctx.now);
             ctx.send(frame);
             self.in_flight.insert(seq, ctx.now);
         }
@@ -159,6 +160,8 @@ pub struct Subscriber {
     pub style: AckStyle,
     /// The group has other members: `prev` gaps are expected, not repaired.
     shared_group: bool,
+    /// The group's `key_prefix` filter, if any.
+    pub filter: Option<String>,
     link: Link,
     last_id: u64,
     processed: BTreeSet<u64>,
@@ -168,7 +171,7 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn new(name: String, topic: String, group: String, window: u32, style: AckStyle, shared_group: bool) -> Subscriber {
-        Subscriber { name, topic, group, window, style, shared_group, link: Link::Down, last_id: 0, processed: BTreeSet::new(), due_acks: Vec::new(), fetches: 0 }
+        Subscriber { name, topic, group, window, style, shared_group, filter: None, link: Link::Down, last_id: 0, processed: BTreeSet::new(), due_acks: Vec::new(), fetches: 0 }
     }
 
     pub fn on_wake(&mut self, ctx: &mut Ctx<'_>) {
@@ -190,7 +193,11 @@ impl Subscriber {
 
     pub fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
         self.link = Link::Up;
-        ctx.send(json!({"op": "sub", "req": "s", "topic": self.topic, "group": self.group, "from": "earliest", "window": self.window}));
+        let mut sub = json!({"op": "sub", "req": "s", "topic": self.topic, "group": self.group, "from": "earliest", "window": self.window});
+        if let Some(prefix) = &self.filter {
+            sub["filter"] = json!({"key_prefix": prefix});
+        }
+        ctx.send(sub);
     }
 
     pub fn on_disconnected(&mut self, ctx: &mut Ctx<'_>) {

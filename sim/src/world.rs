@@ -162,6 +162,7 @@ impl World {
             for g in 0..swarm.groups_per_topic {
                 let group = format!("g{g}");
                 groups.push((topic.clone(), group.clone()));
+                let filter = (swarm.keys > 1 && rng.gen_bool(0.25)).then(|| format!("k{}", rng.gen_range(0..swarm.keys)));
                 for m in 0..swarm.members_per_group {
                     let style = match rng.gen_range(0..12) {
                         0..=5 => AckStyle::Prompt,
@@ -171,7 +172,9 @@ impl World {
                     };
                     let window = rng.gen_range(1..=16);
                     let name = format!("{topic}/{group}/m{m}");
-                    clients.push(Client::Subscriber(Subscriber::new(name, topic.clone(), group.clone(), window, style, swarm.members_per_group > 1)));
+                    let mut subscriber = Subscriber::new(name, topic.clone(), group.clone(), window, style, swarm.members_per_group > 1);
+                    subscriber.filter = filter.clone();
+                    clients.push(Client::Subscriber(subscriber));
                 }
             }
         }
@@ -181,6 +184,14 @@ impl World {
             clients.push(Client::Publisher(Publisher::new(format!("p{p}"), topic, swarm.keys, swarm.messages_per_publisher, window)));
         }
         let n = clients.len();
+        let mut checker = Checker::default();
+        for client in &clients {
+            if let Client::Subscriber(s) = client {
+                if let Some(prefix) = &s.filter {
+                    checker.group_filter(&s.topic, &s.group, prefix);
+                }
+            }
+        }
         let node = Node::new(config.clone(), EPOCH);
         let mut world = World {
             options,
@@ -200,7 +211,7 @@ impl World {
             partitioned_until: vec![0; n],
             next_conn: 1,
             clients,
-            checker: Checker::default(),
+            checker,
             groups,
             healing: false,
             hash: TraceHash(0xcbf2_9ce4_8422_2325),

@@ -31,7 +31,9 @@ fn fresh_seeds_hold_every_invariant() {
     assert!(failures.is_empty(), "{} fresh seeds failed, first: {:?}", failures.len(), failures.first());
 }
 
-/// Seeds that once found a bug, kept so the bug stays fixed.
+/// Seeds that once found a bug, kept so the bug stays fixed. A seed's scenario shifts when the
+/// simulator draws differently, so each bug also has a deterministic core test
+/// (`regression_dead_letter_retried_after_its_write_fails`, `fetch_reads_ranges_from_cache_and_disk`).
 #[test]
 fn regression_seeds() {
     // 1746: a dead-letter write failed on a full disk; the message went back to ready but its
