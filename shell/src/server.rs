@@ -139,7 +139,7 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     log::info(&format!("listening on ws://{}/ws (fsync {:?})", listener.local_addr()?, config.fsync));
     let ws_config = WebSocketConfig::default()
-        .read_buffer_size(16 << 10)
+        .read_buffer_size(4 << 10)
         .write_buffer_size(32 << 10)
         .max_write_buffer_size(config.connection_outbox_bytes_max)
         .max_message_size(Some(config.frame_bytes_max))
