@@ -294,6 +294,13 @@ impl Node {
         Some(self.topics[t].groups[g].outstanding_len())
     }
 
+    /// The first id a group considers (set when it was created).
+    pub fn group_start_id(&self, topic: &str, group: &str) -> Option<u64> {
+        let t = *self.topic_index.get(topic)?;
+        let g = *self.topics[t].group_index.get(group)?;
+        Some(self.topics[t].groups[g].start_id)
+    }
+
     /// Messages in flight to `conn` for (topic, group), counted from the group's own entries.
     pub fn in_flight_to(&self, conn: ConnId, topic: &str, group: &str) -> Option<usize> {
         let t = *self.topic_index.get(topic)?;

@@ -44,6 +44,7 @@ pub struct Checker {
     last_first_seen: BTreeMap<(String, String, String), u64>,
     sent_key: BTreeMap<ProducerSeq, Option<String>>,
     filters: BTreeMap<(String, String), String>,
+    starts: BTreeMap<(String, String), u64>,
     /// Ids whose records a bit flip destroyed: a single node cannot keep them.
     sacrificed: BTreeSet<TopicId>,
     pub latencies_ms: Vec<f64>,
@@ -61,6 +62,11 @@ impl Checker {
     pub fn publish_sent(&mut self, producer: &str, seq: u64, key: Option<&str>, now: u64) {
         self.first_sent.entry((producer.to_string(), seq)).or_insert(now);
         self.sent_key.insert((producer.to_string(), seq), key.map(str::to_string));
+    }
+
+    /// The group was created at `start_id` (a `pull` creates it at "latest").
+    pub fn group_start(&mut self, topic: &str, group: &str, start_id: u64) {
+        self.starts.insert((topic.to_string(), group.to_string()), start_id);
     }
 
     /// The group only wants messages whose key starts with `prefix`.
@@ -201,9 +207,10 @@ impl Checker {
         let tg = (topic.to_string(), group.to_string());
         let seen = seen.get(&tg);
         let prefix = self.filters.get(&tg);
+        let start = self.starts.get(&tg).copied().unwrap_or(1);
         self.pubacked
             .iter()
-            .filter(|(_, (t, id))| t == topic && !self.sacrificed.contains(&(t.clone(), *id)))
+            .filter(|(_, (t, id))| t == topic && *id >= start && !self.sacrificed.contains(&(t.clone(), *id)))
             .filter(|(ps, _)| prefix.is_none_or(|p| self.sent_key.get(*ps).and_then(Option::as_deref).is_some_and(|k| k.starts_with(p.as_str()))))
             .filter(|(_, (_, id))| !seen.is_some_and(|d| d.contains(id)))
             .map(|(_, (_, id))| *id)

@@ -162,6 +162,8 @@ pub struct Subscriber {
     shared_group: bool,
     /// The group's `key_prefix` filter, if any.
     pub filter: Option<String>,
+    /// Receive by `pull` (max = window, this wait in ms) instead of `sub`.
+    pub pull_wait_ms: Option<u64>,
     link: Link,
     last_id: u64,
     processed: BTreeSet<u64>,
@@ -171,7 +173,7 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn new(name: String, topic: String, group: String, window: u32, style: AckStyle, shared_group: bool) -> Subscriber {
-        Subscriber { name, topic, group, window, style, shared_group, filter: None, link: Link::Down, last_id: 0, processed: BTreeSet::new(), due_acks: Vec::new(), fetches: 0 }
+        Subscriber { name, topic, group, window, style, shared_group, filter: None, pull_wait_ms: None, link: Link::Down, last_id: 0, processed: BTreeSet::new(), due_acks: Vec::new(), fetches: 0 }
     }
 
     pub fn on_wake(&mut self, ctx: &mut Ctx<'_>) {
@@ -193,11 +195,19 @@ impl Subscriber {
 
     pub fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
         self.link = Link::Up;
+        if self.pull_wait_ms.is_some() {
+            return self.pull(ctx);
+        }
         let mut sub = json!({"op": "sub", "req": "s", "topic": self.topic, "group": self.group, "from": "earliest", "window": self.window});
         if let Some(prefix) = &self.filter {
             sub["filter"] = json!({"key_prefix": prefix});
         }
         ctx.send(sub);
+    }
+
+    fn pull(&mut self, ctx: &mut Ctx<'_>) {
+        let wait_ms = self.pull_wait_ms.unwrap_or(0);
+        ctx.send(json!({"op": "pull", "req": "p", "topic": self.topic, "group": self.group, "max": self.window, "wait_ms": wait_ms}));
     }
 
     pub fn on_disconnected(&mut self, ctx: &mut Ctx<'_>) {
@@ -209,6 +219,7 @@ impl Subscriber {
     pub fn on_frame(&mut self, frame: &Value, ctx: &mut Ctx<'_>) {
         match frame["op"].as_str() {
             Some("welcome" | "suback") => {}
+            Some("pulled") => self.pull(ctx),
             Some("msg") => self.on_msg(frame, ctx),
             Some("fetched") => {
                 for m in frame["messages"].as_array().into_iter().flatten() {

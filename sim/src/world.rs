@@ -173,6 +173,10 @@ impl World {
                     let window = rng.gen_range(1..=16);
                     let name = format!("{topic}/{group}/m{m}");
                     let mut subscriber = Subscriber::new(name, topic.clone(), group.clone(), window, style, swarm.members_per_group > 1);
+                    // Pull creates a group without a filter, so filtered groups subscribe.
+                    if filter.is_none() && rng.gen_bool(0.2) {
+                        subscriber.pull_wait_ms = Some(rng.gen_range(0..2_000));
+                    }
                     subscriber.filter = filter.clone();
                     clients.push(Client::Subscriber(subscriber));
                 }
@@ -291,6 +295,7 @@ impl World {
             }
             if self.healing && self.now >= last_convergence_check + 20 * MS {
                 last_convergence_check = self.now;
+                self.learn_group_starts();
                 if self.converged() {
                     break;
                 }
@@ -300,6 +305,22 @@ impl World {
             }
         }
         self.finish(safety_end)
+    }
+
+    /// Groups created by a pull start at "latest": tell the checker where each one starts.
+    fn learn_group_starts(&mut self) {
+        let Some(node) = &self.node else { return };
+        let pulled_groups = self.clients.iter().filter_map(|c| match c {
+            Client::Subscriber(s) if s.pull_wait_ms.is_some() => Some((s.topic.as_str(), s.group.as_str())),
+            _ => None,
+        });
+        // Only groups a pull may have created: for the rest the checker keeps expecting
+        // everything from id 1, so a wrong start would be caught rather than trusted.
+        for (topic, group) in pulled_groups {
+            if let Some(start) = node.group_start_id(topic, group) {
+                self.checker.group_start(topic, group, start);
+            }
+        }
     }
 
     fn converged(&self) -> bool {
@@ -329,6 +350,7 @@ impl World {
         if let Some(node) = &self.node {
             node.check_invariants();
         }
+        self.learn_group_starts();
         let converged = self.converged();
         let groups = self.groups.clone();
         self.checker.finish(&groups);
