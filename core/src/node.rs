@@ -682,21 +682,19 @@ impl Node {
             let message = format!("pull needs 1 <= max <= {} and wait_ms <= {}", self.config.pull_max, self.config.pull_wait_ms_max);
             return self.send_error(conn, req.as_deref(), ErrorCode::BadFrame, &message);
         }
-        let existing = self.group_of(topic, group).ok();
-        let joined = match existing {
-            Some(tg) => Ok(tg),
-            None => self.join_group(topic, group, StartFrom::Latest, None),
+        let joined = match self.group_of(topic, group) {
+            Ok(tg) => Ok(tg),
+            Err(_) => self.join_group(topic, group, StartFrom::Latest, None),
         };
         match joined {
             Ok((t, g)) => {
+                // Like `sub`, a pull is admitted only behind the open batch: a group that
+                // exists in memory may not be durable yet (its record may have hit a full
+                // disk), and a restart must not forget a group that has delivered.
                 let pull = Some((max, wait_ms * NS_PER_MS));
                 let window = self.config.window_default;
-                if existing.is_some() {
-                    self.admit_member(conn, req, t, g, window, pull);
-                } else {
-                    self.log.open.waiters.push(Waiter::Join { conn, req, topic: t, group: g, window, pull });
-                    self.maybe_flush();
-                }
+                self.log.open.waiters.push(Waiter::Join { conn, req, topic: t, group: g, window, pull });
+                self.maybe_flush();
             }
             Err((code, message)) => self.send_error(conn, req.as_deref(), code, &message),
         }

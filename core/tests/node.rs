@@ -516,3 +516,22 @@ fn acks_cost_no_fsync_of_their_own_and_ride_along_with_publishes() {
     subscribe(&mut h, S, "t", "g", json!({}));
     assert_eq!(ids(&msgs(&mut h, S)), vec![2], "acked message 1 not delivered again");
 }
+
+/// Found by ferry-sim seed 13125: a pull on a group that existed in memory but whose record
+/// had failed on a full disk was admitted at once; a crash then forgot the group, and its
+/// re-creation restarted the `prev` chain under messages already delivered.
+#[test]
+fn regression_pull_waits_until_its_group_is_durable() {
+    let mut h = harness(Config::default());
+    publish(&mut h, "t", None, json!(1));
+    h.fail_next_write = Some(DiskError::NoSpace);
+    h.send_json(S, json!({"op": "sub", "req": 1, "topic": "t", "group": "g", "from": "earliest"}));
+    assert!(h.take_op(S, "suback").is_empty(), "the group record did not reach the disk");
+    h.connect(3);
+    h.send_json(3, json!({"op": "pull", "req": 2, "topic": "t", "group": "g", "max": 5, "wait_ms": 60_000}));
+    assert!(msgs(&mut h, 3).is_empty(), "delivered from a group that is not durable");
+    h.advance_ms(1_001);
+    assert_eq!(h.take_op(S, "suback").len(), 1);
+    let delivered = msgs(&mut h, 3).len() + msgs(&mut h, S).len();
+    assert_eq!(delivered, 1, "once durable, the group delivers");
+}

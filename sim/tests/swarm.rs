@@ -33,14 +33,17 @@ fn fresh_seeds_hold_every_invariant() {
 
 /// Seeds that once found a bug, kept so the bug stays fixed. A seed's scenario shifts when the
 /// simulator draws differently, so each bug also has a deterministic core test
-/// (`regression_dead_letter_retried_after_its_write_fails`, `fetch_reads_ranges_from_cache_and_disk`).
+/// (`regression_dead_letter_retried_after_its_write_fails`, `fetch_reads_ranges_from_cache_and_disk`,
+/// `regression_pull_waits_until_its_group_is_durable`).
 #[test]
 fn regression_seeds() {
     // 1746: a dead-letter write failed on a full disk; the message went back to ready but its
     // group was never pumped again, so its key stayed blocked forever.
     // 107001: a fetch wider than the read cache evicted its own reads and retried forever
     // (the seed took two minutes of wall time instead of milliseconds).
-    let failures = run_swarm([1746, 107001].into_iter(), None);
+    // 13125: a pull was admitted to a group not yet durable (its record hit a full disk); a
+    // crash forgot the group and its re-creation restarted the prev chain.
+    let failures = run_swarm([1746, 107001, 13125].into_iter(), None);
     assert!(failures.is_empty(), "{failures:?}");
 }
 
