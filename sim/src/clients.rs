@@ -164,6 +164,9 @@ pub struct Subscriber {
     pub filter: Option<String>,
     /// Receive by `pull` (max = window, this wait in ms) instead of `sub`.
     pub pull_wait_ms: Option<u64>,
+    /// Leave the group with `unsub` after every this many messages, and join again later.
+    pub unsub_every: Option<u64>,
+    resub_at: Option<u64>,
     link: Link,
     last_id: u64,
     processed: BTreeSet<u64>,
@@ -173,7 +176,7 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn new(name: String, topic: String, group: String, window: u32, style: AckStyle, shared_group: bool) -> Subscriber {
-        Subscriber { name, topic, group, window, style, shared_group, filter: None, pull_wait_ms: None, link: Link::Down, last_id: 0, processed: BTreeSet::new(), due_acks: Vec::new(), fetches: 0 }
+        Subscriber { name, topic, group, window, style, shared_group, filter: None, pull_wait_ms: None, unsub_every: None, resub_at: None, link: Link::Down, last_id: 0, processed: BTreeSet::new(), due_acks: Vec::new(), fetches: 0 }
     }
 
     pub fn on_wake(&mut self, ctx: &mut Ctx<'_>) {
@@ -185,6 +188,10 @@ impl Subscriber {
         self.due_acks.retain(|(at, _)| *at > now);
         if !due.is_empty() {
             ctx.send(json!({"op": "ack", "topic": self.topic, "group": self.group, "ids": due}));
+        }
+        if self.resub_at.is_some_and(|at| at <= now) {
+            self.resub_at = None;
+            self.on_connected(ctx);
         }
     }
 
@@ -213,12 +220,15 @@ impl Subscriber {
     pub fn on_disconnected(&mut self, ctx: &mut Ctx<'_>) {
         self.link = Link::Down;
         self.due_acks.clear();
+        self.resub_at = None;
         ctx.actions.push(Action::WakeAt(ctx.now + ctx.rng.gen_range(10..300) * MS));
     }
 
     pub fn on_frame(&mut self, frame: &Value, ctx: &mut Ctx<'_>) {
         match frame["op"].as_str() {
             Some("welcome" | "suback") => {}
+            // An unsub can overtake the sub it follows (the sub waits for the disk): harmless.
+            Some("error") if frame["req"] == "u" && frame["code"] == "not_subscribed" => {}
             Some("pulled") => self.pull(ctx),
             Some("msg") => self.on_msg(frame, ctx),
             Some("fetched") => {
@@ -238,8 +248,17 @@ impl Subscriber {
             self.fetches += 1;
             ctx.send(json!({"op": "fetch", "req": self.fetches, "topic": self.topic, "from": self.last_id + 1, "to": prev}));
         }
-        self.processed.insert(id);
+        let first_time = self.processed.insert(id);
         self.last_id = self.last_id.max(id);
+        if let Some(every) = self.unsub_every {
+            if first_time && self.resub_at.is_none() && (self.processed.len() as u64).is_multiple_of(every) {
+                // Leave; what is still in flight goes to the other members. Acks may follow.
+                ctx.send(json!({"op": "unsub", "req": "u", "topic": self.topic, "group": self.group}));
+                let at = ctx.now + ctx.rng.gen_range(10..500) * MS;
+                self.resub_at = Some(at);
+                ctx.actions.push(Action::WakeAt(at));
+            }
+        }
         match self.style {
             AckStyle::SkipEvery(n) if id.is_multiple_of(n) => {}
             AckStyle::NackFirst(delay_ms) if frame["attempt"].as_u64() == Some(1) => {

@@ -176,6 +176,8 @@ impl World {
                     // Pull creates a group without a filter, so filtered groups subscribe.
                     if filter.is_none() && rng.gen_bool(0.2) {
                         subscriber.pull_wait_ms = Some(rng.gen_range(0..2_000));
+                    } else if rng.gen_bool(0.15) {
+                        subscriber.unsub_every = Some(rng.gen_range(5..40));
                     }
                     subscriber.filter = filter.clone();
                     clients.push(Client::Subscriber(subscriber));
