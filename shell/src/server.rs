@@ -187,7 +187,9 @@ impl Server {
                         if event.is_writable() {
                             self.to_flush.push(key);
                         }
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        // A handshake blocked on writing its response continues on writability.
+                        let handshaking = self.conns.get(key).is_some_and(|c| matches!(c.socket, Socket::Handshaking(_)));
+                        if event.is_readable() || event.is_read_closed() || event.is_error() || (handshaking && event.is_writable()) {
                             readable.push(key);
                         }
                     }
