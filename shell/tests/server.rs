@@ -94,3 +94,37 @@ fn a_stalled_handshake_is_dropped() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_subscriber_that_stops_reading_is_cut_off_and_publishers_go_on() {
+    let dir = support::temp_dir("slow-consumer");
+    let server = Server::start(&dir, "127.0.0.1:0", &["--set", "connection_outbox_bytes_max=262144"]);
+    let mut stuck = Client::connect(&server.url()).unwrap();
+    stuck.send(&json!({"op": "sub", "req": 1, "topic": "t", "group": "stuck", "from": "latest", "window": 60000})).unwrap();
+    assert_eq!(stuck.expect_op("suback")["group"], "stuck");
+    // From here on `stuck` never reads: its kernel buffers fill, then the server's outbox.
+    let mut publisher = Client::connect(&server.url()).unwrap();
+    let body = json!("x".repeat(2000));
+    let total = 6000u64;
+    let mut acked = 0;
+    for n in 0..total {
+        publisher.send(&pub_frame(n, "t", body.clone())).unwrap();
+        // Keep at most 200 publishes ahead of their pubacks.
+        while acked + 200 <= n {
+            assert_eq!(publisher.expect_op("puback")["op"], "puback");
+            acked += 1;
+        }
+    }
+    while acked < total {
+        assert_eq!(publisher.expect_op("puback")["op"], "puback");
+        acked += 1;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !server.log_text().contains("slow client") {
+        assert!(std::time::Instant::now() < deadline, "the stuck subscriber was never cut off:\n{}", server.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(stuck);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
