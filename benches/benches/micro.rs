@@ -40,7 +40,7 @@ fn pipeline_stages(c: &mut Criterion) {
     let context = PublishContext { authenticated: true };
     c.bench_function("pipeline/validate..transform per message", |b| {
         b.iter(|| {
-            let mut publish = Publish { topic: "orders".into(), key: Some("customer-42".into()), producer: None, seq: None, body_bytes: 256 };
+            let mut publish = Publish { topic: "orders".into(), key: Some("customer-42".into()), producer: None, seq: None };
             black_box(pipeline::run(&stages, &mut publish, &context).is_ok())
         })
     });

@@ -152,10 +152,6 @@ impl Group {
         }
     }
 
-    pub fn state_of(&self, id: u64) -> Option<EntryState> {
-        self.outstanding.get(&id).map(|e| e.state)
-    }
-
     pub fn passes(&self, key: Option<&str>, body: &str) -> bool {
         self.filter.as_ref().is_none_or(|f| f.matches(key, body))
     }

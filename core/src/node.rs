@@ -423,7 +423,7 @@ impl Node {
             ClientOp::Hello { token } => self.on_hello(conn, token),
             ClientOp::Pub { req, topic, body, key, producer, seq } => {
                 let req = req_of(&req);
-                let publish = Publish { topic, key, producer, seq, body_bytes: body.get().len() };
+                let publish = Publish { topic, key, producer, seq };
                 self.on_publish(conn, req, publish, body.get(), authenticated);
             }
             ClientOp::Sub { req, topic, group, from, window, filter } => self.on_sub(conn, req_of(&req), &topic, &group, from, window, filter),
@@ -893,21 +893,19 @@ impl Node {
         self.topics[t].groups[g].start_dead_letter(id);
         let topic = &self.topics[t];
         let (topic_name, group_name) = (topic.name.clone(), topic.groups[g].name.clone());
-        let drop_why = if topic.is_dead_letter() {
-            Some("dead-letter topics have no dead-letter topic")
+        let dlq = if topic.is_dead_letter() {
+            Err("dead-letter topics have no dead-letter topic")
         } else {
-            None
+            self.topic_for(&format!("{topic_name}.dlq")).map_err(|_| "topic limit reached")
         };
-        let dlq = match drop_why {
-            Some(_) => Err(()),
-            None => self.topic_for(&format!("{topic_name}.dlq")).map_err(|_| ()),
-        };
-        let Ok(dlq) = dlq else {
-            let why = drop_why.unwrap_or("topic limit reached");
-            self.out.push_back(Output::Trace(Trace::DeadLetterDropped { topic: topic_name, group: group_name, id, why }));
-            self.topics[t].groups[g].finish_dead_letter(id, true);
-            self.mark_group_dirty(t, g);
-            return;
+        let dlq = match dlq {
+            Ok(dlq) => dlq,
+            Err(why) => {
+                self.out.push_back(Output::Trace(Trace::DeadLetterDropped { topic: topic_name, group: group_name, id, why }));
+                self.topics[t].groups[g].finish_dead_letter(id, true);
+                self.mark_group_dirty(t, g);
+                return;
+            }
         };
         self.append_message(dlq, message.key.as_deref(), &message.body, None, 0);
         self.log.open.waiters.push(Waiter::DeadLetter { topic: t, group: g, id });

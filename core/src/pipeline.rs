@@ -23,7 +23,6 @@ pub struct Publish {
     pub key: Option<String>,
     pub producer: Option<String>,
     pub seq: Option<u64>,
-    pub body_bytes: usize,
 }
 
 pub struct PublishContext {
@@ -120,7 +119,7 @@ mod tests {
     use super::*;
 
     fn publish(topic: &str) -> Publish {
-        Publish { topic: topic.into(), key: Some(String::new()), producer: None, seq: None, body_bytes: 2 }
+        Publish { topic: topic.into(), key: Some(String::new()), producer: None, seq: None }
     }
 
     #[test]

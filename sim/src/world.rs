@@ -302,9 +302,6 @@ impl World {
                     break;
                 }
             }
-            if false {
-                break;
-            }
         }
         self.finish(safety_end)
     }
@@ -605,9 +602,6 @@ impl World {
 
     fn fault_tick(&mut self) {
         if self.healing {
-            if self.node.is_none() {
-                return;
-            }
             return;
         }
         self.schedule(self.now + FAULT_TICK, Event::FaultTick);

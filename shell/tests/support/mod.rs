@@ -96,10 +96,7 @@ impl Client {
         loop {
             match Client::connect(url) {
                 Ok(c) => return c,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(50));
-                }
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
                 Err(e) => panic!("cannot connect to {url}: {e}"),
             }
         }
