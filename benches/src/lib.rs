@@ -62,4 +62,3 @@ pub struct Args {
     #[arg(long)]
     pub dump_latencies: Option<std::path::PathBuf>,
 }
-

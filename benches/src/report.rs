@@ -79,7 +79,16 @@ impl Report {
     /// The figures of one load run: publishes counted from `started` to the last puback,
     /// deliveries to the last delivery.
     #[allow(clippy::too_many_arguments)]
-    pub fn from_run(system: &str, args: &crate::Args, started: Instant, last_ack: Instant, last_delivery: Instant, latencies_us: Vec<u64>, connections_per_s: f64, notes: String) -> Report {
+    pub fn from_run(
+        system: &str,
+        args: &crate::Args,
+        started: Instant,
+        last_ack: Instant,
+        last_delivery: Instant,
+        latencies_us: Vec<u64>,
+        connections_per_s: f64,
+        notes: String,
+    ) -> Report {
         let deliveries = latencies_us.len() as f64;
         Report {
             system: system.into(),

@@ -34,8 +34,13 @@ struct Entry {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Candidate {
     /// A redelivery (or a message unblocked by its key), with its delivery count so far.
-    Ready { id: u64, attempts: u32 },
-    Fresh { id: u64 },
+    Ready {
+        id: u64,
+        attempts: u32,
+    },
+    Fresh {
+        id: u64,
+    },
     Nothing,
 }
 
@@ -48,7 +53,10 @@ pub enum Admit {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum AckOutcome {
-    Acked { released: Option<(ConnId, u64)>, delay_until: Option<u64> },
+    Acked {
+        released: Option<(ConnId, u64)>,
+        delay_until: Option<u64>,
+    },
     /// Already acked, filtered out, or never deliverable: nothing to do.
     Ignored,
     /// The id was never handed out by this group.
@@ -134,22 +142,8 @@ impl Group {
 
     pub fn to_record(&self, topic: &str) -> GroupRecord {
         let (floor, floor_prev) = self.floor();
-        let acked = self
-            .outstanding
-            .iter()
-            .filter(|(_, e)| e.state == EntryState::Acked)
-            .map(|(id, _)| *id)
-            .take(PERSISTED_ACKS_MAX)
-            .collect();
-        GroupRecord {
-            topic: topic.to_string(),
-            group: self.name.clone(),
-            filter: self.filter.as_ref().map(Filter::to_json),
-            start_id: self.start_id,
-            floor,
-            floor_prev,
-            acked,
-        }
+        let acked = self.outstanding.iter().filter(|(_, e)| e.state == EntryState::Acked).map(|(id, _)| *id).take(PERSISTED_ACKS_MAX).collect();
+        GroupRecord { topic: topic.to_string(), group: self.name.clone(), filter: self.filter.as_ref().map(Filter::to_json), start_id: self.start_id, floor, floor_prev, acked }
     }
 
     pub fn passes(&self, key: Option<&str>, body: &str) -> bool {

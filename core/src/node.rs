@@ -35,25 +35,61 @@ pub enum Rejection {
 
 #[derive(Debug)]
 pub enum Input<'a> {
-    Connected { conn: ConnId },
-    Frame { conn: ConnId, text: &'a str },
+    Connected {
+        conn: ConnId,
+    },
+    Frame {
+        conn: ConnId,
+        text: &'a str,
+    },
     /// The shell refused a frame before decoding it.
-    Rejected { conn: ConnId, why: Rejection },
-    Disconnected { conn: ConnId },
-    WriteDone { token: u64, result: Result<(), DiskError> },
-    ReadDone { token: u64, result: Result<&'a [u8], DiskError> },
+    Rejected {
+        conn: ConnId,
+        why: Rejection,
+    },
+    Disconnected {
+        conn: ConnId,
+    },
+    WriteDone {
+        token: u64,
+        result: Result<(), DiskError>,
+    },
+    ReadDone {
+        token: u64,
+        result: Result<&'a [u8], DiskError>,
+    },
     /// A message from another node of the mesh (the mesh protocol comes with replication).
-    PeerMessage { from_node: u64, payload: &'a [u8] },
+    PeerMessage {
+        from_node: u64,
+        payload: &'a [u8],
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiskOp {
     /// Append `data` at `offset` of `segment` (creating the file and syncing its directory
     /// first when `create`), then fsync it when `sync`. Exactly one is in flight at a time.
-    Write { token: u64, segment: u64, offset: u64, data: Vec<u8>, create: bool, sync: bool },
-    Truncate { segment: u64, len: u64 },
-    Delete { segment: u64 },
-    Read { token: u64, segment: u64, offset: u64, len: u32 },
+    Write {
+        token: u64,
+        segment: u64,
+        offset: u64,
+        data: Vec<u8>,
+        create: bool,
+        sync: bool,
+    },
+    Truncate {
+        segment: u64,
+        len: u64,
+    },
+    Delete {
+        segment: u64,
+    },
+    Read {
+        token: u64,
+        segment: u64,
+        offset: u64,
+        len: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

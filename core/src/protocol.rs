@@ -131,14 +131,7 @@ fn decode_fields(f: WireFrame) -> FieldResult<ClientOp> {
     let op = f.op.as_str();
     Ok(match op {
         "hello" => ClientOp::Hello { token: f.token },
-        "pub" => ClientOp::Pub {
-            req: f.req,
-            topic: need(f.topic, op, "topic")?,
-            body: need(f.body, op, "body")?,
-            key: f.key,
-            producer: f.producer,
-            seq: f.seq,
-        },
+        "pub" => ClientOp::Pub { req: f.req, topic: need(f.topic, op, "topic")?, body: need(f.body, op, "body")?, key: f.key, producer: f.producer, seq: f.seq },
         "sub" => ClientOp::Sub {
             req: f.req,
             topic: need(f.topic, op, "topic")?,
@@ -148,12 +141,7 @@ fn decode_fields(f: WireFrame) -> FieldResult<ClientOp> {
             filter: f.filter.map(decode_filter).transpose()?,
         },
         "ack" => ClientOp::Ack { topic: need(f.topic, op, "topic")?, group: need(f.group, op, "group")?, ids: need(f.ids, op, "ids")? },
-        "nack" => ClientOp::Nack {
-            topic: need(f.topic, op, "topic")?,
-            group: need(f.group, op, "group")?,
-            ids: need(f.ids, op, "ids")?,
-            delay_ms: f.delay_ms.unwrap_or(0),
-        },
+        "nack" => ClientOp::Nack { topic: need(f.topic, op, "topic")?, group: need(f.group, op, "group")?, ids: need(f.ids, op, "ids")?, delay_ms: f.delay_ms.unwrap_or(0) },
         "pull" => ClientOp::Pull {
             req: f.req,
             topic: need(f.topic, op, "topic")?,

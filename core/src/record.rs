@@ -175,7 +175,10 @@ pub enum RecordError {
     /// Zero length: never written (preallocated or zero-filled tail).
     Unwritten,
     LengthOutOfRange(u32),
-    CrcMismatch { stored: u32, computed: u32 },
+    CrcMismatch {
+        stored: u32,
+        computed: u32,
+    },
     Malformed(&'static str),
 }
 

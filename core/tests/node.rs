@@ -414,8 +414,8 @@ fn pull_pushes_up_to_max_then_answers_pulled() {
 fn fetch_reads_ranges_from_cache_and_disk() {
     let mut config = Config::default();
     config.topic_cache_bytes = 1; // force disk reads for all but the newest message
-    // Found by ferry-sim seed 107001: a fetch wider than the read cache evicted its own reads
-    // and retried forever. A one-message cache must still answer a four-message fetch.
+                                  // Found by ferry-sim seed 107001: a fetch wider than the read cache evicted its own reads
+                                  // and retried forever. A one-message cache must still answer a four-message fetch.
     config.read_cache_messages = 1;
     let mut h = harness(config);
     for n in 0..5 {

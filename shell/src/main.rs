@@ -90,7 +90,12 @@ fn load_settings(args: &ServeArgs) -> Result<ServeSettings, String> {
         let (key, value) = item.split_once('=').ok_or_else(|| format!("--set takes KEY=VALUE, got '{item}'"))?;
         table.insert(key.trim().to_string(), toml_value(value.trim()));
     }
-    let flags = [("listen", args.listen.clone()), ("data_dir", args.data_dir.as_ref().map(|p| p.display().to_string())), ("fsync", args.fsync.clone()), ("log_level", args.log_level.clone())];
+    let flags = [
+        ("listen", args.listen.clone()),
+        ("data_dir", args.data_dir.as_ref().map(|p| p.display().to_string())),
+        ("fsync", args.fsync.clone()),
+        ("log_level", args.log_level.clone()),
+    ];
     for (key, value) in flags {
         if let Some(value) = value {
             table.insert(key.to_string(), toml::Value::String(value));

@@ -96,7 +96,6 @@ struct Server {
     spare_fd: Option<std::fs::File>,
 }
 
-
 /// Every connection holds a descriptor: raise the limit to fit `connections_max`, and say so
 /// when it cannot.
 fn raise_fd_limit(connections_max: u32) {
@@ -127,13 +126,7 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
     let config = options.config;
     let started = Instant::now();
     let (store, node, report) = Store::open(&options.data_dir, config.clone(), clock.now())?;
-    log::info(&format!(
-        "recovered {} segments, {} messages from {} in {} ms",
-        report.segments,
-        report.messages,
-        options.data_dir.display(),
-        started.elapsed().as_millis()
-    ));
+    log::info(&format!("recovered {} segments, {} messages from {} in {} ms", report.segments, report.messages, options.data_dir.display(), started.elapsed().as_millis()));
     let poll = Poll::new()?;
     let mut listener = TcpListener::bind(options.listen)?;
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -217,12 +210,8 @@ impl Server {
     }
 
     fn drop_stalled_handshakes(&mut self) {
-        let stalled: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| matches!(c.socket, Socket::Handshaking(_)) && c.accepted_at.elapsed() > self.handshake_timeout)
-            .map(|(key, _)| key)
-            .collect();
+        let stalled: Vec<usize> =
+            self.conns.iter().filter(|(_, c)| matches!(c.socket, Socket::Handshaking(_)) && c.accepted_at.elapsed() > self.handshake_timeout).map(|(key, _)| key).collect();
         if !stalled.is_empty() {
             log::debug(&format!("dropping {} connections that did not finish the handshake", stalled.len()));
             self.to_drop.extend(stalled);

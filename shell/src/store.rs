@@ -6,13 +6,13 @@ use ferry_core::node::{DiskError, DiskOp, RecoveryReport};
 use ferry_core::{Config, Node};
 use memmap2::Mmap;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 pub enum Completion {
     Write { token: u64, result: Result<(), DiskError> },
@@ -181,10 +181,7 @@ impl Store {
         drop(slices);
         drop(maps);
         if let Some((segment, stop)) = &report.truncate {
-            log::warn(&format!(
-                "segment {segment}: dropping a torn tail of {} bytes at offset {} ({}); earlier records are intact",
-                stop.bytes_dropped, stop.offset, stop.error
-            ));
+            log::warn(&format!("segment {segment}: dropping a torn tail of {} bytes at offset {} ({}); earlier records are intact", stop.bytes_dropped, stop.offset, stop.error));
             let file = OpenOptions::new().write(true).open(segment_path(dir, *segment))?;
             file.set_len(stop.offset)?;
             file.sync_all()?;
@@ -198,10 +195,7 @@ impl Store {
             }
         }
         for (segment, stop) in &report.corrupt {
-            log::error(&format!(
-                "segment {segment}: corrupt record at offset {} ({}); {} bytes after it are unreadable",
-                stop.offset, stop.error, stop.bytes_dropped
-            ));
+            log::error(&format!("segment {segment}: corrupt record at offset {} ({}); {} bytes after it are unreadable", stop.offset, stop.error, stop.bytes_dropped));
         }
         let sealed = ids.iter().map(|id| (*id, None)).collect();
         let mut preparer = Preparer::start(dir.to_path_buf(), segment_bytes);

@@ -188,10 +188,7 @@ fn sigkill_mid_stream_loses_no_pubacked_message() {
     }
     let billing_redeliveries = deliveries.iter().filter(|d| d.group == "billing" && d.attempt > 1).count();
     assert!(billing_redeliveries >= (TOTAL / 10) as usize / 2, "skipped acks were not redelivered ({billing_redeliveries})");
-    eprintln!(
-        "e2e: {TOTAL} pubacked ({acked_before_kill} before SIGKILL), {} deliveries, {billing_redeliveries} billing redeliveries",
-        deliveries.len()
-    );
+    eprintln!("e2e: {TOTAL} pubacked ({acked_before_kill} before SIGKILL), {} deliveries, {billing_redeliveries} billing redeliveries", deliveries.len());
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -46,12 +46,7 @@ fn torn_tail_is_cut_logged_and_earlier_records_survive() {
     }
     server.kill();
 
-    let newest = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .max()
-        .expect("a segment");
+    let newest = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "seg")).max().expect("a segment");
     let mut bytes = std::fs::read(&newest).unwrap();
     let mut last = (0, 0);
     let (valid, stop) = ferry_core::record::scan_segment(&bytes, |offset, size, _| last = (offset as usize, size));

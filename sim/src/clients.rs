@@ -176,7 +176,23 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn new(name: String, topic: String, group: String, window: u32, style: AckStyle, shared_group: bool) -> Subscriber {
-        Subscriber { name, topic, group, window, style, shared_group, filter: None, pull_wait_ms: None, unsub_every: None, resub_at: None, link: Link::Down, last_id: 0, processed: BTreeSet::new(), due_acks: Vec::new(), fetches: 0 }
+        Subscriber {
+            name,
+            topic,
+            group,
+            window,
+            style,
+            shared_group,
+            filter: None,
+            pull_wait_ms: None,
+            unsub_every: None,
+            resub_at: None,
+            link: Link::Down,
+            last_id: 0,
+            processed: BTreeSet::new(),
+            due_acks: Vec::new(),
+            fetches: 0,
+        }
     }
 
     pub fn on_wake(&mut self, ctx: &mut Ctx<'_>) {

@@ -3,11 +3,11 @@
 //! ordered by (time, sequence number), so a seed replays bit for bit.
 
 use crate::checker::{self, Checker};
-use crate::clients::{Action, AckStyle, Client, Ctx, Publisher, Subscriber, MS};
+use crate::clients::{AckStyle, Action, Client, Ctx, Publisher, Subscriber, MS};
 use crate::disk::SimDisk;
-use ferry_core::testkit::Completion;
 use crate::{FaultKind, Options, SeedReport};
 use ferry_core::node::{DiskError, DiskOp, Input, Output, Trace};
+use ferry_core::testkit::Completion;
 use ferry_core::{Config, ConnId, FsyncPolicy, Node};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
