@@ -84,6 +84,9 @@ pub struct Config {
     pub tokens: Vec<String>,
     /// How long a full disk is left alone before a publish tries it again.
     pub disk_full_retry_ms: u64,
+    /// Start even though the log is damaged where acknowledged data was written: serve every
+    /// intact record, skip (and log) the damaged ones. Off: such damage stops the start.
+    pub salvage: bool,
 }
 
 impl Default for Config {
@@ -122,6 +125,7 @@ impl Default for Config {
             connection_outbox_bytes_max: 16 << 20,
             tokens: Vec::new(),
             disk_full_retry_ms: 1_000,
+            salvage: false,
         }
     }
 }

@@ -93,6 +93,9 @@ pub struct Group {
     /// Connections that may receive: subscribed, or with a pull open. Order is join order.
     pub members: Vec<ConnId>,
     pub next_member: usize,
+    /// A record of the group has been written durably: members may join without waiting
+    /// for a write (a restart will not forget the group or move its start).
+    pub durable: bool,
 }
 
 impl Group {
@@ -112,6 +115,7 @@ impl Group {
             blocked: BTreeMap::new(),
             members: Vec::new(),
             next_member: 0,
+            durable: false,
         }
     }
 
@@ -121,6 +125,7 @@ impl Group {
         let mut group = Group::new(record.group.clone(), filter, record.start_id.max(1), ack_timeout_ns, max_attempts);
         group.cursor = (record.floor + 1).max(group.start_id);
         group.last_passed = record.floor_prev;
+        group.durable = true;
         group
     }
 

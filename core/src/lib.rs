@@ -1,12 +1,14 @@
 //! ferry's sans-IO core: everything that decides, nothing that waits. No sockets, files,
 //! clocks, threads or ambient randomness: the shell and the simulator drive the same code.
 
+pub mod batch;
 pub mod config;
 pub mod group;
 pub mod node;
 pub mod pipeline;
 pub mod protocol;
 pub mod record;
+pub mod recovery;
 pub mod testkit;
 pub mod topic;
 

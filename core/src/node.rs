@@ -3,14 +3,18 @@
 //! argument (nanoseconds since the Unix epoch, never going backwards), disk work is requested
 //! as outputs and its completion comes back as inputs.
 
+use crate::batch;
 use crate::config::{Config, FsyncPolicy, TestBug};
 use crate::group::{key_hash, AckOutcome, Admit, Candidate, ConnId, Group};
 use crate::pipeline::{self, check_name, Publish, PublishContext, Stage, GROUP_BYTES_MAX};
 use crate::protocol::{self, ClientOp, ErrorCode, Filter, MsgFrame, StartFrom};
-use crate::record::{self, GroupRecord, MessageRef, ProducerRecord, RecordRef, ScanStop, TopicRecord};
+use crate::record::{self, MessageRef, ProducerRecord, RecordRef, TopicRecord};
+use crate::recovery::{Damage, RecoveryError};
 use crate::topic::{Loc, Lookup, StoredMessage, Topic};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
+
+mod load;
 
 const NS_PER_MS: u64 = 1_000_000;
 /// Messages one pump call may look at before it yields to other work.
@@ -58,6 +62,10 @@ pub enum Input<'a> {
         token: u64,
         result: Result<&'a [u8], DiskError>,
     },
+    TruncateDone {
+        token: u64,
+        result: Result<(), DiskError>,
+    },
     /// A message from another node of the mesh (the mesh protocol comes with replication).
     PeerMessage {
         from_node: u64,
@@ -77,7 +85,10 @@ pub enum DiskOp {
         create: bool,
         sync: bool,
     },
+    /// Cut `segment` to `len` bytes and make that durable. Writes wait for it; if it fails,
+    /// stale bytes could win over newer copies at recovery, so the node stops (`Output::Stop`).
     Truncate {
+        token: u64,
         segment: u64,
         len: u64,
     },
@@ -105,10 +116,22 @@ pub enum Trace {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Output {
-    Send { conn: ConnId, frame: String },
-    Close { conn: ConnId, code: u16, reason: String },
+    Send {
+        conn: ConnId,
+        frame: String,
+    },
+    Close {
+        conn: ConnId,
+        code: u16,
+        reason: String,
+    },
     Disk(DiskOp),
     Trace(Trace),
+    /// A disk error the design cannot recover from: the process must stop now, loudly, and a
+    /// restart recovers from what is on disk. The node takes no more input after it.
+    Stop {
+        why: String,
+    },
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -127,12 +150,12 @@ pub struct Stats {
 pub struct RecoveryReport {
     pub segments: usize,
     pub messages: u64,
-    /// The newest segment ended in a torn or corrupt record: cut it here.
-    pub truncate: Option<(u64, ScanStop)>,
-    /// Older segments with a corrupt region: records past it are unreadable.
-    pub corrupt: Vec<(u64, ScanStop)>,
-    /// Length of the valid records of each segment (files may be longer: zero-filled tails).
-    pub valid_lens: Vec<(u64, u64)>,
+    /// The newest segment's torn final batch, cut; its ids are never given out again.
+    pub torn_tail: Option<Damage>,
+    /// Damaged regions skipped because salvage was asked for.
+    pub salvaged: Vec<Damage>,
+    /// Segments cut back to their intact batches (torn tail or unused zero-filled space).
+    pub truncated: Vec<(u64, u64)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -214,6 +237,8 @@ struct Log {
     queued: VecDeque<Batch>,
     flushing: Option<Batch>,
     segments: VecDeque<SegmentInfo>,
+    /// The current segment has bytes written without an fsync after them.
+    segment_unsynced: bool,
 }
 
 struct SeenSeq {
@@ -261,6 +286,12 @@ pub struct Node {
     next_token: u64,
     pending_publishes: u32,
     disk_full_until: Option<u64>,
+    /// Truncations not yet done: writes wait for them.
+    truncating: BTreeSet<u64>,
+    /// An unrecoverable disk error was reported: every input is ignored from then on.
+    stopped: bool,
+    /// First id of a topic created from now on: above any id a salvaged region may have held.
+    new_topic_first_id: u64,
     now: u64,
     pub stats: Stats,
 }
@@ -268,12 +299,13 @@ pub struct Node {
 impl Node {
     /// A node over an empty data directory.
     pub fn new(config: Config, now: u64) -> Node {
-        Node::recover(config, &[], now).0
+        Node::recover(config, &[], now).expect("an empty log has no damage").0
     }
 
     /// Rebuilds the node from its segments (ascending id, each the file's full bytes).
-    /// The caller must apply `report.truncate` to the newest file before writing.
-    pub fn recover(config: Config, segments: &[(u64, &[u8])], now: u64) -> (Node, RecoveryReport) {
+    /// Refuses damaged acknowledged data unless `config.salvage`. The first outputs cut the
+    /// newest segment back to its intact batches; no write starts before they are done.
+    pub fn recover(config: Config, segments: &[(u64, &[u8])], now: u64) -> Result<(Node, RecoveryReport), RecoveryError> {
         config.validate().unwrap_or_else(|e| panic!("invalid config reached the core: {e}"));
         let mut node = Node {
             stages: pipeline::default_stages(!config.tokens.is_empty()),
@@ -284,7 +316,7 @@ impl Node {
             producers: BTreeMap::new(),
             producers_by_use: BTreeSet::new(),
             use_counter: 0,
-            log: Log { segment: 0, segment_len: 0, open: Batch::new(0, 0, true), queued: VecDeque::new(), flushing: None, segments: VecDeque::new() },
+            log: Log { segment: 0, segment_len: 0, open: Batch::new(0, 0, true), queued: VecDeque::new(), flushing: None, segments: VecDeque::new(), segment_unsynced: false },
             read_cache: BTreeMap::new(),
             read_cache_order: VecDeque::new(),
             reads: BTreeMap::new(),
@@ -297,15 +329,21 @@ impl Node {
             next_token: 1,
             pending_publishes: 0,
             disk_full_until: None,
+            truncating: BTreeSet::new(),
+            stopped: false,
+            new_topic_first_id: 1,
             now,
             stats: Stats::default(),
         };
-        let report = node.load_segments(segments);
+        let report = node.load_segments(segments)?;
+        for &(segment, len) in &report.truncated {
+            node.truncate(segment, len);
+        }
         let next_segment = segments.last().map_or(1, |(id, _)| id + 1);
         node.start_segment(next_segment);
         node.timers.insert((now + RETENTION_CHECK_NS, Timer::Retention));
         node.maybe_flush();
-        (node, report)
+        Ok((node, report))
     }
 
     // ---- getters
@@ -366,6 +404,9 @@ impl Node {
 
     pub fn handle_input(&mut self, now: u64, input: Input<'_>) {
         self.advance_clock(now);
+        if self.stopped {
+            return;
+        }
         match input {
             Input::Connected { conn } => self.on_connected(conn),
             Input::Frame { conn, text } => self.on_frame(conn, text),
@@ -373,6 +414,7 @@ impl Node {
             Input::Disconnected { conn } => self.on_disconnected(conn),
             Input::WriteDone { token, result } => self.on_write_done(token, result),
             Input::ReadDone { token, result } => self.on_read_done(token, result),
+            Input::TruncateDone { token, result } => self.on_truncate_done(token, result),
             Input::PeerMessage { from_node, payload } => {
                 self.out.push_back(Output::Trace(Trace::PeerMessageIgnored { from_node, bytes: payload.len() }));
             }
@@ -381,6 +423,9 @@ impl Node {
 
     pub fn handle_timeout(&mut self, now: u64) {
         self.advance_clock(now);
+        if self.stopped {
+            return;
+        }
         while let Some(&(at, timer)) = self.timers.first() {
             if at > now {
                 break;
@@ -395,7 +440,15 @@ impl Node {
     }
 
     pub fn poll_timeout(&self) -> Option<u64> {
+        if self.stopped {
+            return None;
+        }
         self.timers.first().map(|(at, _)| *at)
+    }
+
+    /// True once the node has asked to stop (`Output::Stop`); it takes no more input.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
     }
 
     fn advance_clock(&mut self, now: u64) {
@@ -595,7 +648,7 @@ impl Node {
             return Err(format!("topic limit reached (topics_max = {})", self.config.topics_max));
         }
         let t = self.topics.len();
-        self.topics.push(Topic::new(name.to_string()));
+        self.topics.push(Topic::new(name.to_string(), self.new_topic_first_id));
         self.topic_index.insert(name.to_string(), t);
         Ok(t)
     }
@@ -607,15 +660,14 @@ impl Node {
         let id = topic.next_id;
         let message = MessageRef { id, ts_ms, topic: &topic.name, key, producer, seq, body };
         let size = record::message_record_bytes(&message) as u64;
-        if self.log.segment_len > 0 && self.log.segment_len + size > self.config.segment_bytes_max {
+        let framed = size + batch::OVERHEAD_BYTES as u64;
+        if self.log.segment_len > 0 && self.log.segment_len + framed > self.config.segment_bytes_max {
             self.roll_segment();
         }
+        self.open_batch_data();
         let topic = &mut self.topics[t];
         let message = MessageRef { id, ts_ms, topic: &topic.name, key, producer, seq, body };
         let offset = self.log.segment_len;
-        if self.log.open.data.is_empty() {
-            self.log.open.started_at = self.now;
-        }
         let written = record::encode_message(&mut self.log.open.data, &message) as u64;
         debug_assert_eq!(written, size);
         self.log.segment_len += written;
@@ -646,8 +698,7 @@ impl Node {
         }
         match self.join_group(topic, group, from, filter) {
             Ok((t, g)) => {
-                self.log.open.waiters.push(Waiter::Join { conn, req, topic: t, group: g, window, pull: None });
-                self.maybe_flush();
+                self.join_when_durable(Waiter::Join { conn, req, topic: t, group: g, window, pull: None });
             }
             Err((code, message)) => self.send_error(conn, req.as_deref(), code, &message),
         }
@@ -682,6 +733,18 @@ impl Node {
         Ok((t, g))
     }
 
+    /// Admits a member at once into a group already on disk; a new group's members wait
+    /// behind the open batch, which carries the group's first record.
+    fn join_when_durable(&mut self, join: Waiter) {
+        let Waiter::Join { conn, req, topic, group, window, pull } = join else { unreachable!("only joins wait for their group") };
+        if self.topics[topic].groups[group].durable {
+            return self.admit_member(conn, req, topic, group, window, pull);
+        }
+        self.log.open.waiters.push(Waiter::Join { conn, req, topic, group, window, pull });
+        self.maybe_flush();
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn admit_member(&mut self, conn: ConnId, req: Option<String>, t: usize, g: usize, window: u32, pull: Option<(u32, u64)>) {
         let Some(state) = self.conns.get_mut(&conn) else { return };
         let sub = state.subs.entry((t, g)).or_default();
@@ -729,8 +792,7 @@ impl Node {
                 // disk), and a restart must not forget a group that has delivered.
                 let pull = Some((max, wait_ms * NS_PER_MS));
                 let window = self.config.window_default;
-                self.log.open.waiters.push(Waiter::Join { conn, req, topic: t, group: g, window, pull });
-                self.maybe_flush();
+                self.join_when_durable(Waiter::Join { conn, req, topic: t, group: g, window, pull });
             }
             Err((code, message)) => self.send_error(conn, req.as_deref(), code, &message),
         }
@@ -1102,15 +1164,61 @@ impl Node {
 
     fn write_dirty_groups(&mut self) {
         for (t, g) in std::mem::take(&mut self.dirty_groups) {
+            self.open_batch_data();
             let topic = &self.topics[t];
             let record = topic.groups[g].to_record(&topic.name);
             self.log.segment_len += record::encode_control(&mut self.log.open.data, record::KIND_GROUP, &record) as u64;
         }
     }
 
+    /// The open batch's buffer, its header begun (and counted in the segment) on first use.
+    fn open_batch_data(&mut self) -> &mut Vec<u8> {
+        let open = &mut self.log.open;
+        if open.data.is_empty() {
+            batch::begin(&mut open.data);
+            open.started_at = self.now;
+            self.log.segment_len += batch::HEADER_BYTES as u64;
+        }
+        &mut self.log.open.data
+    }
+
+    /// Closes the open batch's frame (it is about to be taken out to be written).
+    fn seal_open_batch(&mut self) {
+        if !self.log.open.data.is_empty() {
+            batch::seal(&mut self.log.open.data);
+            self.log.segment_len += batch::TRAILER_BYTES as u64;
+        }
+    }
+
+    /// Asks for `segment` to be cut to `len` bytes; writes wait until it is done.
+    fn truncate(&mut self, segment: u64, len: u64) {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.truncating.insert(token);
+        self.out.push_back(Output::Disk(DiskOp::Truncate { token, segment, len }));
+    }
+
+    fn on_truncate_done(&mut self, token: u64, result: Result<(), DiskError>) {
+        assert!(self.truncating.remove(&token), "truncate completion for unknown token {token}");
+        match result {
+            Ok(()) => self.maybe_flush(),
+            Err(error) => {
+                let why = format!("cutting a segment back to its durable length failed ({error:?}); stale bytes could be read back as data");
+                self.stop(why);
+            }
+        }
+    }
+
+    /// An error the design cannot recover from: ask the process to stop, take nothing more.
+    fn stop(&mut self, why: String) {
+        self.stopped = true;
+        self.out.retain(|o| !matches!(o, Output::Disk(DiskOp::Write { .. } | DiskOp::Truncate { .. } | DiskOp::Delete { .. })));
+        self.out.push_back(Output::Stop { why });
+    }
+
     /// Starts the next write if none is in flight and the fsync policy says it is time.
     fn maybe_flush(&mut self) {
-        if self.log.flushing.is_some() {
+        if self.log.flushing.is_some() || !self.truncating.is_empty() || self.stopped {
             return;
         }
         if let Some(until) = self.disk_full_until {
@@ -1155,6 +1263,7 @@ impl Node {
                         return;
                     }
                 }
+                self.seal_open_batch();
                 let next = Batch::new(self.log.segment, self.log.segment_len, false);
                 std::mem::replace(&mut self.log.open, next)
             }
@@ -1171,7 +1280,13 @@ impl Node {
         // Only what someone waits for needs an fsync; group positions alone may be lost to a
         // power cut (their messages are then delivered again), and the next fsync covers them.
         let promised = !batch.waiters.is_empty() || !batch.marks.is_empty() || batch.create;
-        let sync = self.config.fsync != FsyncPolicy::Never && promised;
+        // A segment the node has moved on from must end durable, whatever the policy: then a
+        // power cut can tear only the newest segment, and damage anywhere else is real damage.
+        let last_of_segment = batch.segment != self.log.segment;
+        let sync = (self.config.fsync != FsyncPolicy::Never && promised) || last_of_segment;
+        if !last_of_segment {
+            self.log.segment_unsynced = !sync;
+        }
         let op = DiskOp::Write { token, segment: batch.segment, offset: batch.offset, data, create: batch.create, sync };
         self.out.push_back(Output::Disk(op));
         self.log.flushing = Some(batch);
@@ -1216,7 +1331,10 @@ impl Node {
                         self.send(conn, frame);
                     }
                 }
-                Waiter::Join { conn, req, topic, group, window, pull } => self.admit_member(conn, req, topic, group, window, pull),
+                Waiter::Join { conn, req, topic, group, window, pull } => {
+                    self.topics[topic].groups[group].durable = true;
+                    self.admit_member(conn, req, topic, group, window, pull);
+                }
                 Waiter::DeadLetter { topic, group, id } => {
                     self.topics[topic].groups[group].finish_dead_letter(id, true);
                     self.mark_group_dirty(topic, group);
@@ -1275,7 +1393,7 @@ impl Node {
         for p in self.producers.values_mut() {
             p.seqs.retain(|_, seen| seen.durable);
         }
-        self.out.push_back(Output::Disk(DiskOp::Truncate { segment, len: offset }));
+        self.truncate(segment, offset);
         self.out.push_back(Output::Trace(Trace::StoreFailed { error: error.clone(), publishes_failed }));
         self.log.segment = segment;
         self.log.segment_len = offset;
@@ -1304,8 +1422,10 @@ impl Node {
     /// that older segments can be deleted without losing topics, groups or producers.
     fn roll_segment(&mut self) {
         let next = self.log.segment + 1;
+        self.seal_open_batch();
         let sealed = std::mem::replace(&mut self.log.open, Batch::new(next, 0, true));
-        if !sealed.data.is_empty() || !sealed.waiters.is_empty() || !sealed.marks.is_empty() {
+        // Written even when empty if the segment has unsynced bytes: its write carries the fsync.
+        if !sealed.data.is_empty() || !sealed.waiters.is_empty() || !sealed.marks.is_empty() || self.log.segment_unsynced {
             self.log.queued.push_back(sealed);
         }
         self.start_segment(next);
@@ -1318,12 +1438,15 @@ impl Node {
         assert!(self.log.open.data.is_empty(), "open batch data would be written to the wrong segment");
         self.log.segment = segment;
         self.log.segment_len = 0;
+        self.log.segment_unsynced = false;
         self.log.open = Batch::new(segment, 0, true);
         self.log.open.waiters = waiters;
         self.log.open.marks = marks;
         self.log.open.started_at = self.now;
         self.log.segments.push_back(SegmentInfo { id: segment, bytes: 0, last_write_ms: self.now / NS_PER_MS });
-        let data = &mut self.log.open.data;
+        let mut snapshot = Vec::new();
+        batch::begin(&mut snapshot);
+        let data = &mut snapshot;
         for topic in &self.topics {
             record::encode_control(data, record::KIND_TOPIC, &TopicRecord { topic: topic.name.clone(), next_id: topic.next_id });
         }
@@ -1336,7 +1459,11 @@ impl Node {
             let seqs = producer.seqs.iter().filter(|(_, s)| s.durable).map(|(seq, s)| (*seq, self.topics[s.topic].name.clone(), s.id)).collect();
             record::encode_control(data, record::KIND_PRODUCER, &ProducerRecord { producer: name.clone(), seqs });
         }
-        self.log.segment_len = data.len() as u64;
+        if snapshot.len() == batch::HEADER_BYTES {
+            snapshot.clear();
+        }
+        self.log.segment_len = snapshot.len() as u64;
+        self.log.open.data = snapshot;
         self.dirty_groups.clear();
     }
 
@@ -1362,105 +1489,5 @@ impl Node {
             self.out.push_back(Output::Disk(DiskOp::Delete { segment }));
             self.out.push_back(Output::Trace(Trace::SegmentDeleted { segment }));
         }
-    }
-
-    // ---- recovery
-
-    fn load_segments(&mut self, segments: &[(u64, &[u8])]) -> RecoveryReport {
-        let mut report = RecoveryReport { segments: segments.len(), ..RecoveryReport::default() };
-        let mut group_records: BTreeMap<(String, String), GroupRecord> = BTreeMap::new();
-        for (position, (segment, bytes)) in segments.iter().enumerate() {
-            assert!(position == 0 || segments[position - 1].0 < *segment, "segments must come in ascending order");
-            let mut last_write_ms = 0;
-            let (valid_len, stop) = record::scan_segment(bytes, |offset, size, rec| match rec {
-                RecordRef::Message(m) => {
-                    report.messages += 1;
-                    last_write_ms = last_write_ms.max(m.ts_ms);
-                    self.recover_message(*segment, offset, size, &m);
-                }
-                RecordRef::Topic(r) => {
-                    if let Ok(t) = self.topic_for(&r.topic) {
-                        let topic = &mut self.topics[t];
-                        topic.next_id = topic.next_id.max(r.next_id);
-                    }
-                }
-                RecordRef::Group(r) => {
-                    group_records.insert((r.topic.clone(), r.group.clone()), r);
-                }
-                RecordRef::Producer(r) => {
-                    for (seq, topic, id) in r.seqs {
-                        if let Ok(t) = self.topic_for(&topic) {
-                            self.remember_seq(&r.producer, seq, SeenSeq { topic: t, id, durable: true });
-                        }
-                    }
-                }
-            });
-            let last_write_ms = if last_write_ms == 0 { self.now / NS_PER_MS } else { last_write_ms };
-            self.log.segments.push_back(SegmentInfo { id: *segment, bytes: valid_len, last_write_ms });
-            report.valid_lens.push((*segment, valid_len));
-            if let Some(stop) = stop {
-                if position + 1 == segments.len() {
-                    report.truncate = Some((*segment, stop));
-                } else {
-                    report.corrupt.push((*segment, stop));
-                }
-            }
-        }
-        for topic in &mut self.topics {
-            topic.durable_next_id = topic.next_id;
-            topic.forget_segments_through(0);
-        }
-        for record in group_records.into_values() {
-            self.recover_group(&record, segments);
-        }
-        report
-    }
-
-    fn recover_message(&mut self, segment: u64, offset: u64, size: usize, m: &MessageRef<'_>) {
-        let Ok(t) = self.topic_for(m.topic) else { return };
-        let topic = &mut self.topics[t];
-        if m.id < topic.first_id() + topic.indexed_len() {
-            // Ids are appended in order; a repeat can only come from a corrupt region.
-            return;
-        }
-        topic.index_push(m.id, Loc { segment, offset, len: size as u32 });
-        topic.next_id = topic.next_id.max(m.id + 1);
-        if let Some(producer) = m.producer {
-            self.remember_seq(producer, m.seq, SeenSeq { topic: t, id: m.id, durable: true });
-        }
-    }
-
-    /// Rebuilds a group from its last record: ids above its floor up to the highest acked one
-    /// are walked again (filter, key order, prev), so only unacked ones are delivered again.
-    fn recover_group(&mut self, record: &GroupRecord, segments: &[(u64, &[u8])]) {
-        let Ok(t) = self.topic_for(&record.topic) else { return };
-        let ack_timeout_ns = self.config.ack_timeout_ms_for(&record.group) * NS_PER_MS;
-        let mut group = Group::restore(record, ack_timeout_ns, self.config.max_attempts_for(&record.group));
-        let acked: BTreeSet<u64> = record.acked.iter().copied().filter(|id| *id > record.floor).collect();
-        let last_acked = acked.last().copied().unwrap_or(0);
-        let topic = &self.topics[t];
-        while group.cursor() <= last_acked && group.cursor() < topic.next_id {
-            let id = group.cursor();
-            let message = topic.loc(id).and_then(|loc| {
-                let bytes = segments.iter().find(|(s, _)| *s == loc.segment)?.1;
-                let start = loc.offset as usize;
-                match record::decode_record(bytes.get(start..start + loc.len as usize)?) {
-                    Ok((RecordRef::Message(m), _)) if m.id == id => Some((m.key, m.body)),
-                    _ => None,
-                }
-            });
-            let Some((key, body)) = message else {
-                group.skip_missing(topic.first_id());
-                continue;
-            };
-            let passes = group.passes(key, body);
-            if group.admit_fresh(id, passes, key.map(key_hash)) == Admit::Deliverable && acked.contains(&id) {
-                group.ack(id);
-            }
-        }
-        let topic = &mut self.topics[t];
-        let g = topic.groups.len();
-        topic.group_index.insert(record.group.clone(), g);
-        topic.groups.push(group);
     }
 }

@@ -88,7 +88,7 @@ fn begin(out: &mut Vec<u8>, kind: u8) -> usize {
     start
 }
 
-fn finish(out: &mut Vec<u8>, start: usize) -> usize {
+fn finish(out: &mut [u8], start: usize) -> usize {
     let len = out.len() - start - HEADER_BYTES;
     assert!(len <= RECORD_BYTES_MAX, "record of {len} bytes exceeds RECORD_BYTES_MAX");
     let crc = crc32fast::hash(&out[start + HEADER_BYTES..]);
@@ -224,35 +224,6 @@ pub fn decode_record(bytes: &[u8]) -> Result<(RecordRef<'_>, usize), RecordError
     Ok((record, end))
 }
 
-/// Where a segment scan stopped short of the end of its bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScanStop {
-    pub offset: u64,
-    pub bytes_dropped: u64,
-    pub error: RecordError,
-}
-
-/// Visits every valid record in order with its offset; stops at the first invalid one.
-/// Returns the length of the valid prefix and, if the segment did not end cleanly, why.
-/// Zero bytes through the end are a clean end: segment files are pre-filled with zeros.
-pub fn scan_segment<'a>(bytes: &'a [u8], mut visit: impl FnMut(u64, usize, RecordRef<'a>)) -> (u64, Option<ScanStop>) {
-    let mut at = 0usize;
-    while at < bytes.len() {
-        match decode_record(&bytes[at..]) {
-            Ok((record, size)) => {
-                visit(at as u64, size, record);
-                at += size;
-            }
-            Err(RecordError::Unwritten) if bytes[at..].iter().all(|b| *b == 0) => return (at as u64, None),
-            Err(error) => {
-                let stop = ScanStop { offset: at as u64, bytes_dropped: (bytes.len() - at) as u64, error };
-                return (at as u64, Some(stop));
-            }
-        }
-    }
-    (at as u64, None)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,43 +245,17 @@ mod tests {
     }
 
     #[test]
-    fn scan_stops_at_torn_tail_and_bit_flip() {
+    fn a_flipped_bit_or_a_cut_is_caught() {
         let mut out = Vec::new();
-        for id in 1..=3 {
-            encode_message(&mut out, &sample(id));
-        }
+        encode_message(&mut out, &sample(1));
         let group = GroupRecord { topic: "orders".into(), group: "g".into(), filter: None, start_id: 1, floor: 2, floor_prev: 2, acked: vec![] };
+        let control_at = out.len();
         encode_control(&mut out, KIND_GROUP, &group);
-        let full = out.len() as u64;
-        let mut seen = Vec::new();
-        let (valid, stop) = scan_segment(&out, |offset, _, r| seen.push((offset, r)));
-        assert_eq!((valid, stop), (full, None));
-        assert_eq!(seen.len(), 4);
-        assert_eq!(seen[3].1, RecordRef::Group(group));
-
-        let mut zero_tail = out.clone();
-        zero_tail.extend_from_slice(&[0u8; 100]);
-        assert_eq!(scan_segment(&zero_tail, |_, _, _| {}), (full, None), "a zero tail is a clean end");
-        let mut zero_then_junk = zero_tail.clone();
-        zero_then_junk.push(7);
-        assert_eq!(scan_segment(&zero_then_junk, |_, _, _| {}).1.unwrap().error, RecordError::Unwritten);
-
-        let torn = &out[..out.len() - 3];
-        let (valid, stop) = scan_segment(torn, |_, _, _| {});
-        assert_eq!(valid, seen[3].0);
-        assert_eq!(stop.unwrap().error, RecordError::Truncated);
-
+        assert_eq!(decode_record(&out[control_at..]).unwrap().0, RecordRef::Group(group));
+        assert_eq!(decode_record(&out[..control_at - 1]).unwrap_err(), RecordError::Truncated);
+        assert_eq!(decode_record(&[0u8; 16]).unwrap_err(), RecordError::Unwritten);
         let mut flipped = out.clone();
-        let second = seen[1].0 as usize;
-        flipped[second + 20] ^= 0x10;
-        let mut ids = Vec::new();
-        let (valid, stop) = scan_segment(&flipped, |_, _, r| {
-            if let RecordRef::Message(m) = r {
-                ids.push(m.id)
-            }
-        });
-        assert_eq!(ids, vec![1]);
-        assert_eq!(valid, second as u64);
-        assert!(matches!(stop.unwrap().error, RecordError::CrcMismatch { .. }));
+        flipped[20] ^= 0x10;
+        assert!(matches!(decode_record(&flipped), Err(RecordError::CrcMismatch { .. })));
     }
 }

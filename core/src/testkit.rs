@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::group::ConnId;
 use crate::node::{DiskError, DiskOp, Input, Node, Output, RecoveryReport, Trace};
+use crate::recovery::RecoveryError;
 use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -22,6 +23,7 @@ pub struct MemDisk {
 pub enum Completion {
     Write { token: u64, result: Result<(), DiskError> },
     Read { token: u64, bytes: Option<Vec<u8>> },
+    Truncate { token: u64, result: Result<(), DiskError> },
 }
 
 impl MemDisk {
@@ -35,9 +37,9 @@ impl MemDisk {
                 }
                 Some(Completion::Write { token: *token, result: Ok(()) })
             }
-            DiskOp::Truncate { segment, len } => {
+            DiskOp::Truncate { token, segment, len } => {
                 self.truncate_file(*segment, *len as usize);
-                None
+                Some(Completion::Truncate { token: *token, result: Ok(()) })
             }
             DiskOp::Delete { segment } => {
                 self.files.remove(segment);
@@ -122,6 +124,10 @@ pub struct Harness {
     pub held: VecDeque<DiskOp>,
     /// Fails the next write with this error instead of applying it.
     pub fail_next_write: Option<DiskError>,
+    /// Fails the next truncate with this error instead of applying it.
+    pub fail_next_truncate: Option<DiskError>,
+    /// Why the node asked to stop, once it has.
+    pub stopped: Option<String>,
     pub last_recovery: Option<RecoveryReport>,
 }
 
@@ -139,6 +145,8 @@ impl Harness {
             hold_writes: false,
             held: VecDeque::new(),
             fail_next_write: None,
+            fail_next_truncate: None,
+            stopped: None,
             last_recovery: None,
         };
         h.drain();
@@ -154,6 +162,7 @@ impl Harness {
                 }
                 Output::Close { conn, code, .. } => self.closed.push((conn, code)),
                 Output::Trace(trace) => self.traces.push(trace),
+                Output::Stop { why } => self.stopped = Some(why),
                 Output::Disk(op) => {
                     if matches!(op, DiskOp::Write { .. }) && self.hold_writes {
                         self.held.push_back(op);
@@ -173,12 +182,17 @@ impl Harness {
             self.node.handle_input(self.now, Input::WriteDone { token: *token, result: Err(error) });
             return;
         }
+        if let (DiskOp::Truncate { token, .. }, Some(error)) = (&op, self.fail_next_truncate.take()) {
+            self.node.handle_input(self.now, Input::TruncateDone { token: *token, result: Err(error) });
+            return;
+        }
         match self.disk.apply(&op) {
             Some(Completion::Write { token, result }) => self.node.handle_input(self.now, Input::WriteDone { token, result }),
             Some(Completion::Read { token, bytes }) => {
                 let result = bytes.as_deref().ok_or(DiskError::Io("no such range".into()));
                 self.node.handle_input(self.now, Input::ReadDone { token, result });
             }
+            Some(Completion::Truncate { token, result }) => self.node.handle_input(self.now, Input::TruncateDone { token, result }),
             None => {}
         }
     }
@@ -244,14 +258,17 @@ impl Harness {
         }
         self.held.clear();
         self.sent.clear();
+        self.try_restart_from_disk().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Restarts the node from the disk as it is; a refused recovery leaves the old node.
+    pub fn try_restart_from_disk(&mut self) -> Result<(), RecoveryError> {
         let segments = self.disk.segments();
-        let (node, report) = Node::recover(self.config.clone(), &segments, self.now);
-        if let Some((segment, stop)) = &report.truncate {
-            let op = DiskOp::Truncate { segment: *segment, len: stop.offset };
-            self.disk.apply(&op);
-        }
+        let (node, report) = Node::recover(self.config.clone(), &segments, self.now)?;
         self.node = node;
+        self.stopped = None;
         self.last_recovery = Some(report);
         self.drain();
+        Ok(())
     }
 }

@@ -47,12 +47,14 @@ pub struct Topic {
 }
 
 impl Topic {
-    pub fn new(name: String) -> Topic {
+    /// A topic whose first id is `first_id` (1, unless salvage skipped ids a damaged region
+    /// may have held).
+    pub fn new(name: String, first_id: u64) -> Topic {
         Topic {
             name,
-            next_id: 1,
-            durable_next_id: 1,
-            first_id: 1,
+            next_id: first_id,
+            durable_next_id: first_id,
+            first_id,
             index: VecDeque::new(),
             recent: VecDeque::new(),
             recent_bytes: 0,
@@ -81,6 +83,11 @@ impl Topic {
             self.index.push_back(Loc { segment: 0, offset: 0, len: 0 });
         }
         self.index.push_back(loc);
+    }
+
+    /// Every id that has a place, in order.
+    pub fn indexed(&self) -> impl Iterator<Item = (u64, Loc)> + '_ {
+        self.index.iter().enumerate().filter(|(_, loc)| loc.len > 0).map(|(at, loc)| (self.first_id + at as u64, *loc))
     }
 
     pub fn indexed_len(&self) -> u64 {

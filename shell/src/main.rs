@@ -50,6 +50,10 @@ struct ServeArgs {
     /// error | warn | info | debug
     #[arg(long)]
     log_level: Option<String>,
+    /// Start even though the log is damaged where acknowledged data was written: serve every
+    /// intact record and skip (and log) the damaged ones. Same as --set salvage=true.
+    #[arg(long)]
+    salvage: bool,
     /// Override any setting: --set ack_timeout_ms=5000 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -101,6 +105,9 @@ fn load_settings(args: &ServeArgs) -> Result<ServeSettings, String> {
             table.insert(key.to_string(), toml::Value::String(value));
         }
     }
+    if args.salvage {
+        table.insert("salvage".into(), toml::Value::Boolean(true));
+    }
     let listen_text = take_string(&mut table, "listen", DEFAULT_LISTEN)?;
     let listen = listen_text.parse().map_err(|e| format!("listen '{listen_text}': {e} (want IP:PORT)"))?;
     let data_dir = PathBuf::from(take_string(&mut table, "data_dir", DEFAULT_DATA_DIR)?);
@@ -130,7 +137,7 @@ fn serve(args: &ServeArgs) -> Result<(), String> {
     let settings = load_settings(args)?;
     log::set_level(&settings.log_level)?;
     let options = server::ServerOptions { listen: settings.listen, data_dir: settings.data_dir, config: settings.config };
-    server::run(options).map_err(|e| format!("server stopped: {e}"))
+    server::run(options).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -138,7 +145,7 @@ mod tests {
     use super::*;
 
     fn args(set: &[&str]) -> ServeArgs {
-        ServeArgs { config: None, listen: None, data_dir: None, fsync: Some("batch".into()), log_level: None, set: set.iter().map(|s| s.to_string()).collect() }
+        ServeArgs { config: None, listen: None, data_dir: None, fsync: Some("batch".into()), log_level: None, salvage: false, set: set.iter().map(|s| s.to_string()).collect() }
     }
 
     #[test]

@@ -25,6 +25,8 @@ const LISTENER: Token = Token(usize::MAX);
 const READS_PER_TURN_MAX: usize = 1_024;
 const EVENTS_CAPACITY: usize = 1_024;
 const STATS_INTERVAL: Duration = Duration::from_secs(60);
+/// Exit status after a disk error the server cannot recover from (see `Output::Stop`).
+const STOP_EXIT_CODE: i32 = 3;
 
 pub struct ServerOptions {
     pub listen: SocketAddr,
@@ -125,10 +127,10 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
     let clock = Clock::new();
     let config = options.config;
     let started = Instant::now();
-    let (store, node, report) = Store::open(&options.data_dir, config.clone(), clock.now())?;
+    let (store, node, report) = Store::open(&options.data_dir, config.clone(), clock.now()).map_err(|e| io::Error::other(format!("cannot start: {e}")))?;
     log::info(&format!("recovered {} segments, {} messages from {} in {} ms", report.segments, report.messages, options.data_dir.display(), started.elapsed().as_millis()));
     let poll = Poll::new()?;
-    let mut listener = TcpListener::bind(options.listen)?;
+    let mut listener = TcpListener::bind(options.listen).map_err(|e| io::Error::other(format!("cannot listen on {}: {e}", options.listen)))?;
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     log::info(&format!("listening on ws://{}/ws (fsync {:?})", listener.local_addr()?, config.fsync));
     let ws_config = WebSocketConfig::default()
@@ -353,9 +355,15 @@ impl Server {
                         let result = result.as_deref().map_err(Clone::clone);
                         self.node.handle_input(self.clock.now(), Input::ReadDone { token, result });
                     }
+                    Some(Completion::Truncate { token, result }) => self.node.handle_input(self.clock.now(), Input::TruncateDone { token, result }),
                     None => {}
                 },
                 Output::Trace(trace) => log_trace(&trace),
+                Output::Stop { why } => {
+                    // Fail-stop: nothing more may reach the disk; a restart recovers from it.
+                    log::error(&format!("stopping: {why}"));
+                    std::process::exit(STOP_EXIT_CODE);
+                }
             }
         }
     }

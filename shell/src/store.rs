@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 pub enum Completion {
     Write { token: u64, result: Result<(), DiskError> },
     Read { token: u64, result: Result<Vec<u8>, DiskError> },
+    Truncate { token: u64, result: Result<(), DiskError> },
 }
 
 pub struct Store {
@@ -54,7 +55,17 @@ const FILL_PAUSE_MAX: Duration = Duration::from_millis(50);
 /// Assumed lifetime of a segment until one has been seen.
 const SEGMENT_LIFETIME_GUESS: Duration = Duration::from_secs(60);
 
+/// Fills `path` with zeros; on failure (a full disk) removes the partial file, so a failed
+/// fill never holds on to the space it could not finish using.
 fn fill_with_zeros(path: &Path, bytes: u64, pause: Duration) -> io::Result<()> {
+    let result = try_fill_with_zeros(path, bytes, pause);
+    if result.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+fn try_fill_with_zeros(path: &Path, bytes: u64, pause: Duration) -> io::Result<()> {
     let zeros = vec![0u8; FILL_CHUNK_BYTES as usize];
     let mut file = File::create(path)?;
     let mut left = bytes;
@@ -177,32 +188,28 @@ impl Store {
             maps.push((*id, map));
         }
         let slices: Vec<(u64, &[u8])> = maps.iter().map(|(id, m)| (*id, m.as_deref().unwrap_or(&[]))).collect();
-        let (node, report) = Node::recover(config, &slices, now);
+        let recovered = Node::recover(config, &slices, now);
         drop(slices);
         drop(maps);
-        if let Some((segment, stop)) = &report.truncate {
-            log::warn(&format!("segment {segment}: dropping a torn tail of {} bytes at offset {} ({}); earlier records are intact", stop.bytes_dropped, stop.offset, stop.error));
-            let file = OpenOptions::new().write(true).open(segment_path(dir, *segment))?;
-            file.set_len(stop.offset)?;
-            file.sync_all()?;
+        let (node, report) = recovered.map_err(|refusal| io::Error::other(format!("in {}: {refusal}", dir.display())))?;
+        if let Some(torn) = &report.torn_tail {
+            log::warn(&format!("cutting the torn final batch of the log (never acknowledged; its ids will not be reused): {torn}"));
         }
-        if let (Some(&(segment, valid_len)), None) = (report.valid_lens.last(), &report.truncate) {
-            // The newest segment's unused zero-filled tail: give the space back.
-            let file = OpenOptions::new().write(true).open(segment_path(dir, segment))?;
-            if file.metadata()?.len() > valid_len {
-                file.set_len(valid_len)?;
-                file.sync_all()?;
-            }
-        }
-        for (segment, stop) in &report.corrupt {
-            log::error(&format!("segment {segment}: corrupt record at offset {} ({}); {} bytes after it are unreadable", stop.offset, stop.error, stop.bytes_dropped));
+        for damage in &report.salvaged {
+            log::error(&format!("salvage: skipping damaged data, serving every intact record around it: {damage}"));
         }
         let sealed = ids.iter().map(|id| (*id, None)).collect();
         let mut preparer = Preparer::start(dir.to_path_buf(), segment_bytes);
-        // The first segment this run writes is needed at once: fill it before serving.
+        // The first segment this run writes is needed at once: fill it before serving. With
+        // too little space for it, start anyway: publishes get `overloaded` until space
+        // returns, while reads, deliveries and acks go on.
         let first = ids.last().map_or(1, |id| id + 1);
-        fill_with_zeros(&prepared_path(dir, first), segment_bytes, Duration::ZERO)?;
-        preparer.prepared.insert(first);
+        match fill_with_zeros(&prepared_path(dir, first), segment_bytes, Duration::ZERO) {
+            Ok(()) => {
+                preparer.prepared.insert(first);
+            }
+            Err(e) => log::warn(&format!("cannot prepare segment {first} ({e}); it will be appended to instead")),
+        }
         Ok((Store { dir: dir.to_path_buf(), _lock: lock, active: None, sealed, preparer, segment_bytes, last_created: None }, node, report))
     }
 
@@ -212,11 +219,9 @@ impl Store {
                 let result = self.write(segment, offset, &data, create, sync).map_err(|e| disk_error(&e));
                 Some(Completion::Write { token, result })
             }
-            DiskOp::Truncate { segment, len } => {
-                if let Err(e) = self.truncate(segment, len) {
-                    log::error(&format!("segment {segment}: truncate to {len} failed: {e}"));
-                }
-                None
+            DiskOp::Truncate { token, segment, len } => {
+                let result = self.truncate(segment, len).map_err(|e| disk_error(&e));
+                Some(Completion::Truncate { token, result })
             }
             DiskOp::Delete { segment } => {
                 self.sealed.remove(&segment);

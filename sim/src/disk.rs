@@ -6,6 +6,7 @@
 
 use ferry_core::node::{DiskError, DiskOp};
 use ferry_core::record::{self, RecordRef};
+use ferry_core::recovery;
 use ferry_core::testkit::{Completion, MemDisk};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -22,6 +23,11 @@ pub struct SimDisk {
 impl SimDisk {
     /// Starts `op`; a write's data reaches the page cache now and is durable at completion.
     pub fn issue(&mut self, op: &DiskOp, rng: &mut ChaCha8Rng) -> Option<Completion> {
+        if let DiskOp::Truncate { token, .. } = op {
+            if self.eio_chance > 0.0 && rng.gen_bool(self.eio_chance) {
+                return Some(Completion::Truncate { token: *token, result: Err(DiskError::Io("simulated EIO on truncate".into())) });
+            }
+        }
         let DiskOp::Write { token, segment, offset, data, sync, .. } = op else { return self.disk.apply(op) };
         if self.full {
             return Some(Completion::Write { token: *token, result: Err(DiskError::NoSpace) });
@@ -68,8 +74,8 @@ impl SimDisk {
     }
 
     /// Flips one bit inside the body of a message record in a segment older than the newest.
-    /// Returns the ids of that record and of every message record after it in the segment
-    /// (recovery stops reading that segment at the flipped record), as (topic, id) pairs.
+    /// Returns that record's (topic, id): recovery refuses to start, and with salvage loses
+    /// only that record (the others of its batch pass their own checksums).
     pub fn flip_bit(&mut self, rng: &mut ChaCha8Rng) -> Option<Vec<(String, u64)>> {
         let files = &mut self.disk.files;
         if files.len() < 2 {
@@ -79,7 +85,7 @@ impl SimDisk {
         let segment = sealed[rng.gen_range(0..sealed.len())];
         let bytes = files.get(&segment)?;
         let mut messages = Vec::new();
-        record::scan_segment(bytes, |offset, size, rec| {
+        recovery::scan_segment(bytes, false, |offset, size, rec, _| {
             if let RecordRef::Message(m) = rec {
                 messages.push((offset as usize, size, m.topic.to_string(), m.id));
             }
@@ -92,7 +98,8 @@ impl SimDisk {
         let byte = offset + size - 1 - rng.gen_range(0..4.min(size - record::HEADER_BYTES));
         let file = files.get_mut(&segment)?;
         file[byte] ^= 1 << rng.gen_range(0..8);
-        Some(messages[at..].iter().map(|(_, _, topic, id)| (topic.clone(), *id)).collect())
+        let (_, _, topic, id) = &messages[at];
+        Some(vec![(topic.clone(), *id)])
     }
 
     pub fn segments(&self) -> Vec<(u64, &[u8])> {

@@ -84,6 +84,7 @@ enum Event {
     ClientLost { client: usize, conn: ConnId },
     DiskDone { epoch: u64, token: u64, result: Result<(), DiskError> },
     ReadDone { epoch: u64, token: u64, bytes: Option<Vec<u8>> },
+    TruncateDone { epoch: u64, token: u64, result: Result<(), DiskError> },
     Restart,
     FaultTick,
     PartitionEnd { client: usize },
@@ -142,19 +143,22 @@ impl World {
     pub fn new(options: Options) -> World {
         let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
         let swarm = Swarm::draw(&mut rng, &options.faults);
-        let mut config = Config::default();
-        config.fsync = swarm.fsync;
-        config.batch_interval_ms = rng.gen_range(1..10);
-        config.ack_timeout_ms = rng.gen_range(200..2_000);
-        config.max_attempts = rng.gen_range(3..8);
-        config.frame_bytes_max = 4096;
-        config.segment_bytes_max = rng.gen_range(8_192..65_536);
-        config.retention_bytes = u64::MAX / 2;
-        config.retention_age_ms = u64::MAX / 4;
-        config.topic_cache_bytes = rng.gen_range(256..32_768);
-        config.read_cache_messages = rng.gen_range(1..64);
-        config.disk_full_retry_ms = rng.gen_range(50..1_000);
-        config.test_bug = options.bug;
+        // Fields are evaluated in the order written, so the rng draws keep their order.
+        let config = Config {
+            fsync: swarm.fsync,
+            batch_interval_ms: rng.gen_range(1..10),
+            ack_timeout_ms: rng.gen_range(200..2_000),
+            max_attempts: rng.gen_range(3..8),
+            frame_bytes_max: 4096,
+            segment_bytes_max: rng.gen_range(8_192..65_536),
+            retention_bytes: u64::MAX / 2,
+            retention_age_ms: u64::MAX / 4,
+            topic_cache_bytes: rng.gen_range(256..32_768),
+            read_cache_messages: rng.gen_range(1..64),
+            disk_full_retry_ms: rng.gen_range(50..1_000),
+            test_bug: options.bug,
+            ..Config::default()
+        };
         let mut clients = Vec::new();
         let mut groups = Vec::new();
         for t in 0..swarm.topics {
@@ -439,6 +443,12 @@ impl World {
                 let result = bytes.as_deref().ok_or(DiskError::Io("read past the end".into()));
                 self.node_input(Input::ReadDone { token, result });
             }
+            Event::TruncateDone { epoch, token, result } => {
+                if epoch != self.node_epoch || self.node.is_none() {
+                    return;
+                }
+                self.node_input(Input::TruncateDone { token, result });
+            }
             Event::Restart => self.restart_node(),
             Event::FaultTick => self.fault_tick(),
             Event::PartitionEnd { client } => {
@@ -501,8 +511,7 @@ impl World {
     }
 
     fn drain_node(&mut self) {
-        loop {
-            let Some(output) = self.node.as_mut().and_then(Node::poll_output) else { break };
+        while let Some(output) = self.node.as_mut().and_then(Node::poll_output) {
             match output {
                 Output::Send { conn, frame } => {
                     let delay = self.latency();
@@ -516,6 +525,11 @@ impl World {
                     self.drop_conn(conn, false);
                 }
                 Output::Disk(op) => self.disk_op(op),
+                Output::Stop { why } => {
+                    self.trace(|| format!("node stops: {why}"));
+                    self.crash_node_as(false);
+                    return;
+                }
                 Output::Trace(trace) => {
                     if let Trace::DeadLettered { topic, group, id } = &trace {
                         self.checker.completed(topic, group, *id);
@@ -554,6 +568,13 @@ impl World {
                 let read_us = self.rng.gen_range(5..200);
                 self.schedule(self.now + read_us * 1_000, Event::ReadDone { epoch, token, bytes });
             }
+            Some(Completion::Truncate { token, result }) => {
+                if result.is_err() {
+                    self.count_fault("truncate-eio");
+                }
+                let truncate_us = self.rng.gen_range(50..1_000);
+                self.schedule(self.now + truncate_us * 1_000, Event::TruncateDone { epoch, token, result });
+            }
             None => {}
         }
     }
@@ -569,10 +590,16 @@ impl World {
     }
 
     fn crash_node(&mut self) {
+        let power_loss = self.config.fsync != FsyncPolicy::Never && self.rng.gen_bool(0.5);
+        self.crash_node_as(power_loss);
+    }
+
+    /// The node's process dies (a crash, or a stop it asked for); with `power_loss` the
+    /// machine loses what was not fsynced as well.
+    fn crash_node_as(&mut self, power_loss: bool) {
         if self.node.is_none() {
             return;
         }
-        let power_loss = self.config.fsync != FsyncPolicy::Never && self.rng.gen_bool(0.5);
         self.count_fault(if power_loss { "crash+power-loss" } else { "crash" });
         self.node = None;
         self.node_epoch += 1;
@@ -588,11 +615,21 @@ impl World {
 
     fn restart_node(&mut self) {
         let segments = self.disk.segments();
-        let (node, report) = Node::recover(self.config.clone(), &segments, self.now);
-        if let Some((segment, stop)) = &report.truncate {
-            let (segment, offset) = (*segment, stop.offset);
-            self.disk.issue(&DiskOp::Truncate { segment, len: offset }, &mut self.rng);
-            self.trace(|| format!("recovery cut segment {segment} at {offset}"));
+        let (recovered, refusal) = match Node::recover(self.config.clone(), &segments, self.now) {
+            Ok(recovered) => (recovered, None),
+            Err(refusal) => {
+                // What an operator does on a refused start: look, then start with salvage.
+                let config = ferry_core::Config { salvage: true, ..self.config.clone() };
+                (Node::recover(config, &segments, self.now).expect("salvage always starts"), Some(refusal))
+            }
+        };
+        if let Some(refusal) = refusal {
+            self.count_fault("salvage-restart");
+            self.trace(|| format!("recovery refused: {refusal}"));
+        }
+        let (node, report) = recovered;
+        if let Some(torn) = &report.torn_tail {
+            self.trace(|| format!("recovery cut a torn tail: {torn}"));
         }
         self.node = Some(node);
         self.node_epoch += 1;

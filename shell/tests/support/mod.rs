@@ -149,3 +149,86 @@ impl Client {
 pub fn pub_frame(req: u64, topic: &str, body: Value) -> Value {
     json!({"op": "pub", "req": req, "topic": topic, "body": body})
 }
+
+/// Runs `ferry serve` expecting it to refuse to start; returns its exit code and stderr.
+pub fn serve_expecting_exit(data_dir: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferry");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for ferry") {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            return (status.code(), stderr);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ferry kept running although it should have refused to start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Segment files of `dir`, oldest first.
+pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "seg")).collect();
+    files.sort();
+    files
+}
+
+/// Flips a bit in the body of the stored record of `topic`/`id`, as bit rot would; returns
+/// the file it was in.
+pub fn rot_record(dir: &Path, topic: &str, id: u64) -> PathBuf {
+    for path in segment_files(dir) {
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mut place = None;
+        ferry_core::recovery::scan_segment(&bytes, false, |offset, size, rec, _| {
+            if let ferry_core::record::RecordRef::Message(m) = rec {
+                if m.topic == topic && m.id == id {
+                    place = Some(offset as usize + size - 2);
+                }
+            }
+        });
+        if let Some(at) = place {
+            bytes[at] ^= 0x08;
+            std::fs::write(&path, &bytes).unwrap();
+            return path;
+        }
+    }
+    panic!("no record of {topic} {id} in {}", dir.display());
+}
+
+/// Publishes `count` bodies made by `body`, at most 200 ahead of their pubacks; returns the ids.
+pub fn publish_many(c: &mut Client, topic: &str, count: u64, body: impl Fn(u64) -> Value) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for n in 0..count {
+        c.send(&pub_frame(n, topic, body(n))).unwrap();
+        while ids.len() as u64 + 200 <= n {
+            ids.push(c.expect_op("puback")["id"].as_u64().unwrap());
+        }
+    }
+    while (ids.len() as u64) < count {
+        ids.push(c.expect_op("puback")["id"].as_u64().unwrap());
+    }
+    ids
+}
+
+/// Every id `fetch` returns for `topic`, asking again from the last id + 1 until a reply is empty.
+pub fn fetch_all_ids(c: &mut Client, topic: &str) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let mut from = 1;
+    loop {
+        c.send(&json!({"op": "fetch", "req": from, "topic": topic, "from": from, "to": u64::MAX})).unwrap();
+        let fetched = c.expect_op("fetched");
+        let batch: Vec<u64> = fetched["messages"].as_array().unwrap().iter().map(|m| m["id"].as_u64().unwrap()).collect();
+        let Some(&last) = batch.last() else { return ids };
+        ids.extend(batch);
+        from = last + 1;
+    }
+}

@@ -1,0 +1,216 @@
+//! Rebuilding a node from its segments: the batch scan of `recovery`, the node's state from
+//! the records, and the operator's view of any damage.
+
+use super::{Node, RecoveryReport, SeenSeq, SegmentInfo, NS_PER_MS};
+use crate::batch;
+use crate::group::{key_hash, Admit, Group};
+use crate::record::{self, GroupRecord, MessageRef, RecordRef};
+use crate::recovery::{self, BadRegion, Damage, Found, IdRange, RecoveryError, MESSAGE_RECORD_BYTES_MIN};
+use crate::topic::Loc;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A place in the log: (segment, offset).
+type Place = (u64, u64);
+
+impl Node {
+    pub(super) fn load_segments(&mut self, segments: &[(u64, &[u8])]) -> Result<RecoveryReport, RecoveryError> {
+        let mut report = RecoveryReport { segments: segments.len(), ..RecoveryReport::default() };
+        let mut group_records: BTreeMap<(String, String), GroupRecord> = BTreeMap::new();
+        let mut bad: Vec<(u64, BadRegion)> = Vec::new();
+        // Where each topic was last named by a snapshot, and the next id it gave.
+        let mut last_topic_record: BTreeMap<usize, (Place, u64)> = BTreeMap::new();
+        let mut torn_ids: Vec<(String, u64)> = Vec::new();
+        let mut torn_decoded_bytes = 0u64;
+        let mut torn_undecoded_bytes = 0u64;
+        for (position, (segment, bytes)) in segments.iter().enumerate() {
+            assert!(position == 0 || segments[position - 1].0 < *segment, "segments must come in ascending order");
+            let newest = position + 1 == segments.len();
+            let mut last_write_ms = 0;
+            let scan = recovery::scan_segment(bytes, newest, |offset, size, rec, found| {
+                if found == Found::TornTail {
+                    // Never fsynced, so never acknowledged in the promised modes; but a final
+                    // batch damaged after its fsync looks the same, so its ids are skipped.
+                    torn_decoded_bytes += size as u64;
+                    if let RecordRef::Message(m) = rec {
+                        torn_ids.push((m.topic.to_string(), m.id));
+                    }
+                    return;
+                }
+                match rec {
+                    RecordRef::Message(m) => {
+                        report.messages += 1;
+                        last_write_ms = last_write_ms.max(m.ts_ms);
+                        self.recover_message(*segment, offset, size, &m);
+                    }
+                    RecordRef::Topic(r) => {
+                        if let Ok(t) = self.topic_for(&r.topic) {
+                            let topic = &mut self.topics[t];
+                            topic.next_id = topic.next_id.max(r.next_id);
+                            last_topic_record.insert(t, ((*segment, offset), r.next_id));
+                        }
+                    }
+                    RecordRef::Group(r) => {
+                        group_records.insert((r.topic.clone(), r.group.clone()), r);
+                    }
+                    RecordRef::Producer(r) => {
+                        for (seq, topic, id) in r.seqs {
+                            if let Ok(t) = self.topic_for(&topic) {
+                                self.remember_seq(&r.producer, seq, SeenSeq { topic: t, id, durable: true });
+                            }
+                        }
+                    }
+                }
+            });
+            let last_write_ms = if last_write_ms == 0 { self.now / NS_PER_MS } else { last_write_ms };
+            self.log.segments.push_back(SegmentInfo { id: *segment, bytes: scan.valid_len, last_write_ms });
+            if newest && (bytes.len() as u64) > scan.valid_len {
+                report.truncated.push((*segment, scan.valid_len));
+            }
+            if let Some(torn) = scan.bad.last().filter(|r| r.torn_tail) {
+                let written = bytes[torn.offset as usize..].iter().rposition(|b| *b != 0).map_or(0, |at| at as u64 + 1);
+                torn_undecoded_bytes = written.saturating_sub(torn_decoded_bytes + batch::OVERHEAD_BYTES as u64);
+            }
+            bad.extend(scan.bad.into_iter().map(|region| (*segment, region)));
+        }
+        for (topic, id) in &torn_ids {
+            if let Ok(t) = self.topic_for(topic) {
+                self.topics[t].next_id = self.topics[t].next_id.max(id + 1);
+            }
+        }
+        if torn_undecoded_bytes > 0 {
+            // Records of the torn batch that no longer decode: their topics and ids are
+            // unknown, so every topic skips as many ids as those bytes could hold.
+            self.skip_ids(torn_undecoded_bytes / MESSAGE_RECORD_BYTES_MIN + 1, |_| true);
+        }
+        let mut damage = Vec::new();
+        for (segment, region) in bad {
+            let described = self.describe_damage(segment, region, &last_topic_record);
+            if described.region.torn_tail {
+                report.torn_tail = Some(described);
+            } else {
+                damage.push(described);
+            }
+        }
+        if !damage.is_empty() && !self.config.salvage {
+            return Err(RecoveryError { damage });
+        }
+        for d in &damage {
+            self.skip_ids_a_damaged_region_may_hold(d);
+        }
+        report.salvaged = damage;
+        for topic in &mut self.topics {
+            topic.durable_next_id = topic.next_id;
+            topic.forget_segments_through(0);
+        }
+        for record in group_records.into_values() {
+            self.recover_group(&record, segments);
+        }
+        Ok(report)
+    }
+
+    /// Which ids of which topics a bad region may have held: those missing between the last
+    /// intact record of the topic before it and the first after it (a later snapshot's next
+    /// id bounds it too), less the intact records found inside it.
+    fn describe_damage(&self, segment: u64, region: BadRegion, last_topic_record: &BTreeMap<usize, (Place, u64)>) -> Damage {
+        let (start, end) = ((segment, region.offset), (segment, region.end));
+        let mut intact_records = 0;
+        let mut ids = Vec::new();
+        for (t, topic) in self.topics.iter().enumerate() {
+            // The last id known to be outside the region's reach, then the ids found inside.
+            let mut known = 0;
+            let mut after = None;
+            for (id, loc) in topic.indexed() {
+                let place = (loc.segment, loc.offset);
+                if place < start {
+                    known = id;
+                    continue;
+                }
+                if place >= end {
+                    after = Some(id);
+                    break;
+                }
+                intact_records += 1;
+                if id > known + 1 {
+                    ids.push(IdRange { topic: topic.name.clone(), first: known + 1, last: Some(id - 1) });
+                }
+                known = id;
+            }
+            if after.is_none() {
+                after = last_topic_record.get(&t).filter(|(place, _)| *place >= end).map(|(_, next_id)| *next_id);
+            }
+            match after {
+                Some(after) if after > known + 1 => ids.push(IdRange { topic: topic.name.clone(), first: known + 1, last: Some(after - 1) }),
+                Some(_) => {}
+                None => ids.push(IdRange { topic: topic.name.clone(), first: known + 1, last: None }),
+            }
+        }
+        Damage { segment, region, intact_records, ids }
+    }
+
+    /// Salvage never hands out an id a damaged region may have held: a topic with no intact
+    /// record after the region skips as many ids as the region could hold, and so does any
+    /// topic created from now on (its name may have been in the region).
+    fn skip_ids_a_damaged_region_may_hold(&mut self, damage: &Damage) {
+        let bound = (damage.region.end - damage.region.offset) / MESSAGE_RECORD_BYTES_MIN + 1;
+        let unbounded: BTreeSet<&str> = damage.ids.iter().filter(|r| r.last.is_none()).map(|r| r.topic.as_str()).collect();
+        let unbounded: BTreeSet<String> = unbounded.into_iter().map(str::to_string).collect();
+        self.skip_ids(bound, |name| unbounded.contains(name));
+    }
+
+    /// Moves the next id of each topic `which` selects, and the first id of topics created
+    /// from now on, `count` ids further.
+    fn skip_ids(&mut self, count: u64, which: impl Fn(&str) -> bool) {
+        for topic in self.topics.iter_mut().filter(|t| which(&t.name)) {
+            topic.next_id += count;
+        }
+        self.new_topic_first_id = self.new_topic_first_id.max(count + 1);
+    }
+
+    fn recover_message(&mut self, segment: u64, offset: u64, size: usize, m: &MessageRef<'_>) {
+        let Ok(t) = self.topic_for(m.topic) else { return };
+        let topic = &mut self.topics[t];
+        if m.id < topic.first_id() + topic.indexed_len() {
+            // Ids are appended in order; a repeat can only come from a damaged region.
+            return;
+        }
+        topic.index_push(m.id, Loc { segment, offset, len: size as u32 });
+        topic.next_id = topic.next_id.max(m.id + 1);
+        if let Some(producer) = m.producer {
+            self.remember_seq(producer, m.seq, SeenSeq { topic: t, id: m.id, durable: true });
+        }
+    }
+
+    /// Rebuilds a group from its last record: ids above its floor up to the highest acked one
+    /// are walked again (filter, key order, prev), so only unacked ones are delivered again.
+    fn recover_group(&mut self, record: &GroupRecord, segments: &[(u64, &[u8])]) {
+        let Ok(t) = self.topic_for(&record.topic) else { return };
+        let ack_timeout_ns = self.config.ack_timeout_ms_for(&record.group) * NS_PER_MS;
+        let mut group = Group::restore(record, ack_timeout_ns, self.config.max_attempts_for(&record.group));
+        let acked: BTreeSet<u64> = record.acked.iter().copied().filter(|id| *id > record.floor).collect();
+        let last_acked = acked.last().copied().unwrap_or(0);
+        let topic = &self.topics[t];
+        while group.cursor() <= last_acked && group.cursor() < topic.next_id {
+            let id = group.cursor();
+            let message = topic.loc(id).and_then(|loc| {
+                let bytes = segments.iter().find(|(s, _)| *s == loc.segment)?.1;
+                let start = loc.offset as usize;
+                match record::decode_record(bytes.get(start..start + loc.len as usize)?) {
+                    Ok((RecordRef::Message(m), _)) if m.id == id => Some((m.key, m.body)),
+                    _ => None,
+                }
+            });
+            let Some((key, body)) = message else {
+                group.skip_missing(topic.first_id());
+                continue;
+            };
+            let passes = group.passes(key, body);
+            if group.admit_fresh(id, passes, key.map(key_hash)) == Admit::Deliverable && acked.contains(&id) {
+                group.ack(id);
+            }
+        }
+        let topic = &mut self.topics[t];
+        let g = topic.groups.len();
+        topic.group_index.insert(record.group.clone(), g);
+        topic.groups.push(group);
+    }
+}

@@ -1,0 +1,215 @@
+//! Recovery against damage: a torn final batch is cut and its ids never reused; damage to
+//! acknowledged data stops the start (naming where) unless salvage is asked for; salvage
+//! loses only the damaged records; a truncate that fails stops the node.
+
+mod common;
+
+use common::*;
+use ferry_core::node::DiskError;
+use ferry_core::record::RecordRef;
+use ferry_core::recovery::{scan_segment, segment_file_name};
+use ferry_core::testkit::Harness;
+use ferry_core::Config;
+use serde_json::json;
+
+/// (segment, offset, size) of the message record with `id` on `topic`.
+fn place_of(h: &Harness, topic: &str, id: u64) -> (u64, usize, usize) {
+    for (segment, bytes) in h.disk.segments() {
+        let mut found = None;
+        scan_segment(bytes, false, |offset, size, rec, _| {
+            if let RecordRef::Message(m) = rec {
+                if m.topic == topic && m.id == id {
+                    found = Some((segment, offset as usize, size));
+                }
+            }
+        });
+        if let Some(place) = found {
+            return place;
+        }
+    }
+    panic!("no record of {topic} {id}");
+}
+
+/// Flips a bit in the body of a record, as bit rot would.
+fn rot(h: &mut Harness, topic: &str, id: u64) -> u64 {
+    let (segment, offset, size) = place_of(h, topic, id);
+    h.disk.files.get_mut(&segment).unwrap()[offset + size - 2] ^= 0x08;
+    h.disk.sync_all();
+    segment
+}
+
+fn delivered_ids(h: &mut Harness, topic: &str) -> Vec<u64> {
+    subscribe(h, S, topic, "audit", json!({"window": 1000}));
+    ids(&msgs(h, S))
+}
+
+#[test]
+fn a_torn_final_batch_is_cut_and_its_ids_are_never_given_out_again() {
+    let mut h = harness(Config::default());
+    for n in 0..5 {
+        publish(&mut h, "t", None, json!(n));
+    }
+    let newest = *h.disk.files.keys().last().unwrap();
+    let file = h.disk.files.get_mut(&newest).unwrap();
+    let len = file.len();
+    file.truncate(len - 3);
+    h.disk.sync_all();
+    h.restart(false);
+    let report = h.last_recovery.as_ref().unwrap();
+    let torn = report.torn_tail.clone().expect("torn tail reported");
+    assert_eq!(torn.segment, newest);
+    assert_eq!(report.messages, 4);
+    assert_eq!(report.truncated, vec![(newest, torn.region.offset)]);
+    assert_eq!(h.disk.files[&newest].len() as u64, torn.region.offset, "the torn batch is cut from the file");
+    h.connect(P);
+    h.connect(S);
+    assert_eq!(delivered_ids(&mut h, "t"), vec![1, 2, 3, 4]);
+    assert_eq!(publish(&mut h, "t", None, json!("next")), 6, "id 5 was in the torn batch: it may have been seen, so it is never reused");
+}
+
+#[test]
+fn a_final_batch_torn_inside_a_record_skips_the_ids_it_may_have_held() {
+    let mut h = harness(Config::default());
+    for n in 0..5 {
+        publish(&mut h, "t", None, json!(n));
+    }
+    let newest = *h.disk.files.keys().last().unwrap();
+    let file = h.disk.files.get_mut(&newest).unwrap();
+    let len = file.len();
+    // The trailer and the end of record 5: its id can no longer be read back.
+    file.truncate(len - 12);
+    h.disk.sync_all();
+    h.restart(false);
+    h.connect(P);
+    let next = publish(&mut h, "t", None, json!("next"));
+    assert!(next > 5, "id {next} may be the id of the record that was torn");
+}
+
+#[test]
+fn damage_to_acknowledged_data_refuses_to_start_and_names_the_place() {
+    let mut h = harness(Config::default());
+    for n in 1..=20 {
+        publish(&mut h, "t", None, json!(n));
+    }
+    let segment = rot(&mut h, "t", 10);
+    let before = h.disk.files.clone();
+    let error = h.try_restart_from_disk().expect_err("damage in the middle of the newest segment is not a torn tail");
+    let text = error.to_string();
+    assert!(text.contains(&segment_file_name(segment)), "{text}");
+    assert!(text.contains("ids affected: t 10;") || text.contains("ids affected: t 10\n") || text.contains("ids affected: t 10"), "{text}");
+    assert!(text.contains("--salvage"), "the way out is named: {text}");
+    assert_eq!(h.disk.files, before, "a refused start changes nothing on disk");
+}
+
+#[test]
+fn salvage_loses_only_the_damaged_record_and_resynchronises_at_the_next_batch() {
+    let mut h = harness(Config::default());
+    for n in 1..=5 {
+        publish(&mut h, "t", None, json!(n));
+    }
+    // Id 6 is written alone (nothing was in flight); 7..=10 gather behind it in one batch.
+    h.hold_writes = true;
+    for n in 6..=10 {
+        h.send_json(P, json!({"op": "pub", "req": n, "topic": "t", "body": n}));
+    }
+    h.hold_writes = false;
+    h.complete_writes();
+    assert_eq!(h.take_op(P, "puback").len(), 5);
+    for n in 11..=15 {
+        publish(&mut h, "t", None, json!(n));
+    }
+    rot(&mut h, "t", 8);
+    assert!(h.try_restart_from_disk().is_err());
+    h.config.salvage = true;
+    h.restart(false);
+    let report = h.last_recovery.as_ref().unwrap();
+    assert_eq!(report.salvaged.len(), 1, "{report:?}");
+    assert_eq!(report.salvaged[0].intact_records, 3, "the other records of the damaged batch pass their own checksums");
+    h.connect(P);
+    h.connect(S);
+    let expected: Vec<u64> = (1..=15).filter(|id| *id != 8).collect();
+    assert_eq!(delivered_ids(&mut h, "t"), expected);
+    assert_eq!(publish(&mut h, "t", None, json!("next")), 16);
+}
+
+#[test]
+fn damage_in_an_older_segment_loses_only_the_damaged_batch() {
+    let config = Config { frame_bytes_max: 1024, segment_bytes_max: 4096, retention_bytes: 1 << 30, ..Config::default() };
+    let mut h = harness(config);
+    for n in 1..=60 {
+        publish(&mut h, "t", None, json!(format!("message {n:04} {}", "x".repeat(60))));
+    }
+    assert!(h.disk.files.len() >= 3, "the log rolled over several segments");
+    let segment = rot(&mut h, "t", 3);
+    assert_ne!(Some(&segment), h.disk.files.keys().last());
+    let error = h.try_restart_from_disk().expect_err("damage in an older segment");
+    assert!(error.to_string().contains("ids affected: t 3"), "{error}");
+    h.config.salvage = true;
+    h.restart(false);
+    h.connect(P);
+    h.connect(S);
+    let expected: Vec<u64> = (1..=60).filter(|id| *id != 3).collect();
+    assert_eq!(delivered_ids(&mut h, "t"), expected, "every record after the damaged one in its segment is still served");
+}
+
+#[test]
+fn salvage_never_reuses_an_id_the_damaged_region_may_have_held() {
+    let mut h = harness(Config::default());
+    for n in 1..=5 {
+        publish(&mut h, "t", None, json!(n));
+    }
+    publish(&mut h, "u", None, json!("after"));
+    // The last record of "t" is damaged, and no later record of "t" says how far it went.
+    rot(&mut h, "t", 5);
+    h.config.salvage = true;
+    h.restart(false);
+    h.connect(P);
+    h.connect(S);
+    assert_eq!(delivered_ids(&mut h, "t"), vec![1, 2, 3, 4]);
+    let next = publish(&mut h, "t", None, json!("new"));
+    assert!(next > 5, "id {next} may have been handed out before the damage");
+    let fresh = publish(&mut h, "brand-new", None, json!("new"));
+    assert!(fresh > 1, "a topic created after salvage may have lived inside the damaged region: first id {fresh}");
+}
+
+#[test]
+fn a_failed_truncate_stops_the_node() {
+    let mut h = harness(Config::default());
+    publish(&mut h, "t", None, json!(1));
+    h.fail_next_write = Some(DiskError::Io("EIO".into()));
+    h.fail_next_truncate = Some(DiskError::Io("EIO".into()));
+    h.send_json(P, json!({"op": "pub", "req": 2, "topic": "t", "body": 2}));
+    assert_eq!(h.take_op(P, "error")[0]["code"], "internal");
+    let why = h.stopped.clone().expect("the node asks to stop");
+    assert!(why.contains("cutting a segment"), "{why}");
+    assert!(h.node.is_stopped());
+    let files = h.disk.files.clone();
+    h.send_json(P, json!({"op": "pub", "req": 3, "topic": "t", "body": 3}));
+    assert!(h.take(P).is_empty(), "a stopped node answers nothing");
+    assert_eq!(h.disk.files, files, "a stopped node writes nothing");
+    h.restart(false);
+    h.connect(P);
+    h.connect(S);
+    assert_eq!(delivered_ids(&mut h, "t")[0], 1, "a restart recovers");
+}
+
+#[test]
+fn a_segment_ends_durable_before_the_next_one_starts() {
+    // Acks alone are written without an fsync; the segment they end must still be synced
+    // before the log moves on, or a power cut would leave a torn batch in an older segment.
+    let config = Config { frame_bytes_max: 1024, segment_bytes_max: 4096, retention_bytes: 1 << 30, ..Config::default() };
+    let mut h = harness(config);
+    subscribe(&mut h, S, "t", "g", json!({"window": 1000}));
+    for round in 0..60 {
+        publish(&mut h, "t", None, json!(format!("round {round:02} {}", "y".repeat(100))));
+        let got = ids(&msgs(&mut h, S));
+        ack(&mut h, S, "t", "g", &got);
+        h.advance_ms(20);
+    }
+    let segments: Vec<u64> = h.disk.files.keys().copied().collect();
+    assert!(segments.len() >= 3);
+    for segment in &segments[..segments.len() - 1] {
+        assert_eq!(h.disk.durable_len(*segment), h.disk.files[segment].len(), "segment {segment} was left with unsynced bytes");
+    }
+    h.restart(true);
+}
