@@ -1,5 +1,6 @@
 //! `ferry`: the server (`serve`) and two protocol clients for demos and scripts.
 
+mod accept;
 mod client;
 mod log;
 mod server;

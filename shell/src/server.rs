@@ -2,7 +2,8 @@
 //! segment store, and the core `Node`. It turns socket, disk and timer events into core inputs
 //! and core outputs into I/O; every decision is the core's.
 
-use crate::log;
+use crate::accept::{self, Acceptor};
+use crate::log::{self, Throttle};
 use crate::store::{Completion, Store};
 use ferry_core::node::{Input, Output, Rejection, Trace};
 use ferry_core::{Config, ConnId, Node};
@@ -79,7 +80,7 @@ struct Connection {
 
 struct Server {
     poll: Poll,
-    listener: TcpListener,
+    acceptor: Acceptor,
     node: Node,
     store: Store,
     clock: Clock,
@@ -92,8 +93,8 @@ struct Server {
     to_flush: Vec<usize>,
     to_drop: Vec<usize>,
     more_to_read: Vec<usize>,
-    /// Held so that running out of descriptors still lets us accept (and refuse) connections.
-    spare_fd: Option<std::fs::File>,
+    /// For the line about clients refused at `connections_max`, which can come at any rate.
+    full_log: Throttle,
 }
 
 /// Every connection holds a descriptor: raise the limit to fit `connections_max`, and say so
@@ -139,7 +140,7 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
         .max_frame_size(Some(config.frame_bytes_max));
     let mut server = Server {
         poll,
-        listener,
+        acceptor: Acceptor::new(listener),
         node,
         store,
         clock,
@@ -152,7 +153,7 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
         to_flush: Vec::new(),
         to_drop: Vec::new(),
         more_to_read: Vec::new(),
-        spare_fd: std::fs::File::open("/dev/null").ok(),
+        full_log: Throttle::new(Duration::from_secs(10)),
     };
     server.serve()
 }
@@ -187,6 +188,9 @@ impl Server {
                         }
                     }
                 }
+            }
+            if self.acceptor.resume_at().is_some_and(|at| at <= Instant::now()) {
+                self.accept_all();
             }
             readable.sort_unstable();
             readable.dedup();
@@ -223,42 +227,31 @@ impl Server {
         if !self.more_to_read.is_empty() {
             return Duration::ZERO;
         }
-        let cap = Duration::from_secs(1);
-        match self.node.poll_timeout() {
-            Some(at) => Duration::from_nanos(at.saturating_sub(self.clock.now())).min(cap),
-            None => cap,
+        let mut timeout = Duration::from_secs(1);
+        if let Some(at) = self.node.poll_timeout() {
+            timeout = timeout.min(Duration::from_nanos(at.saturating_sub(self.clock.now())));
         }
+        if let Some(at) = self.acceptor.resume_at() {
+            timeout = timeout.min(at.saturating_duration_since(Instant::now()));
+        }
+        timeout
     }
 
     fn accept_all(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => self.accept(stream),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.raw_os_error() == Some(libc::EMFILE) || e.raw_os_error() == Some(libc::ENFILE) => {
-                    // Out of descriptors: the listener is edge-triggered, so a connection left in
-                    // the backlog would never be reported again. Free the spare descriptor,
-                    // accept the connection and close it at once, then take the spare back.
-                    log::warn(&format!("accept failed: {e}; refusing queued connections until descriptors free up"));
-                    self.spare_fd = None;
-                    let refused = self.listener.accept();
-                    drop(refused);
-                    self.spare_fd = std::fs::File::open("/dev/null").ok();
-                    if self.spare_fd.is_none() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    log::warn(&format!("accept failed: {e}"));
-                    return;
-                }
-            }
+        let mut accepted = Vec::new();
+        self.acceptor.accept_queued(Instant::now(), self.conns.len(), |stream| accepted.push(stream));
+        for stream in accepted {
+            self.accept(stream);
         }
     }
 
     fn accept(&mut self, mut stream: TcpStream) {
         if self.conns.len() >= self.connections_max {
-            log::warn(&format!("refusing a connection: connections_max ({}) reached", self.connections_max));
+            accept::refuse_busy(&mut stream);
+            if let Some(held_back) = self.full_log.allow(Instant::now()) {
+                let also = if held_back > 0 { format!(" ({held_back} more refused since the last such line)") } else { String::new() };
+                log::warn(&format!("refusing a connection with 503: connections_max ({}) reached{also}", self.connections_max));
+            }
             return;
         }
         let _ = stream.set_nodelay(true);
@@ -439,6 +432,9 @@ impl Server {
                 Socket::Moving => {}
             }
             self.node.handle_input(self.clock.now(), Input::Disconnected { conn: conn.id });
+        }
+        if any {
+            self.acceptor.descriptor_freed(Instant::now());
         }
         any
     }
