@@ -26,6 +26,13 @@ const LISTENER: Token = Token(usize::MAX);
 const READS_PER_TURN_MAX: usize = 1_024;
 const EVENTS_CAPACITY: usize = 1_024;
 const STATS_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a closing connection gets to take its last bytes (a close frame) and close its
+/// side before it is dropped regardless.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Bytes read and thrown away per loop turn from a connection being drained.
+const DRAIN_BYTES_PER_TURN_MAX: usize = 64 << 10;
+/// A close frame's reason must fit in a control frame: 125 bytes less the 2-byte code.
+const CLOSE_REASON_BYTES_MAX: usize = 123;
 
 pub struct ServerOptions {
     pub listen: SocketAddr,
@@ -65,6 +72,10 @@ impl Callback for PathCheck {
 enum Socket {
     Handshaking(MidHandshake<ServerHandshake<TcpStream, PathCheck>>),
     Open(WebSocket<TcpStream>),
+    /// Our last bytes are out and our side is shut down; what the peer still sends is read and
+    /// thrown away until it closes too. Closing with unread bytes would send a reset, and a
+    /// reset can destroy our last bytes (the close frame) before the peer reads them.
+    Draining(TcpStream),
     /// Transient, while a handshake step owns the socket.
     Moving,
 }
@@ -73,9 +84,23 @@ struct Connection {
     id: ConnId,
     socket: Socket,
     accepted_at: Instant,
-    /// The core has forgotten this connection; drop it once the close frame is out.
-    closing: bool,
+    /// When closing began: the core has forgotten this connection; its queued bytes (ending
+    /// with a close frame) are flushed, then it drains, and by `CLOSE_LINGER` after this it
+    /// is dropped in any case.
+    closing_since: Option<Instant>,
     wants_writable: bool,
+}
+
+/// What reading a connection came to.
+enum ReadEnd {
+    /// Nothing more to read now.
+    Blocked,
+    /// The turn's share is used up; read again next turn.
+    MoreToRead,
+    /// The peer broke the protocol: answer with this close frame, then close.
+    Fail(CloseCode, String),
+    /// The connection is gone or finished: drop it.
+    Gone,
 }
 
 struct Server {
@@ -201,9 +226,9 @@ impl Server {
             self.node.handle_timeout(self.clock.now());
             self.drain_outputs();
             self.flush_and_drop();
-            if last_sweep.elapsed() >= (self.handshake_timeout / 4).min(Duration::from_secs(1)) {
+            if last_sweep.elapsed() >= (self.handshake_timeout.min(CLOSE_LINGER) / 4).min(Duration::from_secs(1)) {
                 last_sweep = Instant::now();
-                self.drop_stalled_handshakes();
+                self.drop_overdue();
             }
             if last_stats.elapsed() >= STATS_INTERVAL && self.node.stats != last_logged {
                 last_logged = self.node.stats;
@@ -213,12 +238,17 @@ impl Server {
         }
     }
 
-    fn drop_stalled_handshakes(&mut self) {
+    /// Drops connections that did not finish their handshake, or their closing, in time.
+    fn drop_overdue(&mut self) {
         let stalled: Vec<usize> =
             self.conns.iter().filter(|(_, c)| matches!(c.socket, Socket::Handshaking(_)) && c.accepted_at.elapsed() > self.handshake_timeout).map(|(key, _)| key).collect();
         if !stalled.is_empty() {
             log::debug(&format!("dropping {} connections that did not finish the handshake", stalled.len()));
             self.to_drop.extend(stalled);
+        }
+        let lingering = self.conns.iter().filter(|(_, c)| c.closing_since.is_some_and(|t| t.elapsed() > CLOSE_LINGER)).map(|(key, _)| key);
+        self.to_drop.extend(lingering);
+        if !self.to_drop.is_empty() {
             self.flush_and_drop();
         }
     }
@@ -272,7 +302,7 @@ impl Server {
             }
         };
         let opened = matches!(socket, Socket::Open(_));
-        entry.insert(Connection { id, socket, accepted_at: Instant::now(), closing: false, wants_writable: true });
+        entry.insert(Connection { id, socket, accepted_at: Instant::now(), closing_since: None, wants_writable: true });
         self.by_id.insert(id, key);
         if opened {
             self.node.handle_input(self.clock.now(), Input::Connected { conn: id });
@@ -300,8 +330,20 @@ impl Server {
                 }
             }
         }
+        if conn.closing_since.is_some() {
+            // Only our last bytes matter now; reading resumes (to drain) once they are out.
+            if let Socket::Draining(stream) = &mut conn.socket {
+                match drain(stream) {
+                    ReadEnd::MoreToRead => self.more_to_read.push(key),
+                    ReadEnd::Blocked => {}
+                    _ => self.to_drop.push(key),
+                }
+            }
+            return;
+        }
         let Socket::Open(ws) = &mut conn.socket else { return };
         let id = conn.id;
+        let mut end = ReadEnd::MoreToRead;
         for _ in 0..READS_PER_TURN_MAX {
             match ws.read() {
                 Ok(Message::Text(text)) => self.node.handle_input(now, Input::Frame { conn: id, text: text.as_str() }),
@@ -309,23 +351,63 @@ impl Server {
                 Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
                 Ok(Message::Close(_)) => {}
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.to_flush.push(key);
-                    return;
+                    end = ReadEnd::Blocked;
+                    break;
                 }
                 Err(tungstenite::Error::Capacity(_)) => {
                     self.node.handle_input(now, Input::Rejected { conn: id, why: Rejection::TooLarge });
-                    self.to_flush.push(key);
-                    return;
+                    end = ReadEnd::Blocked;
+                    break;
                 }
                 Err(e) => {
-                    if !matches!(e, tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) {
-                        log::debug(&format!("connection {id}: {e}"));
+                    end = read_failure(e);
+                    match &end {
+                        ReadEnd::Fail(code, reason) => log::debug(&format!("connection {id}: {reason}; closing with {}", u16::from(*code))),
+                        _ => log::debug(&format!("connection {id} closed")),
                     }
-                    self.to_drop.push(key);
-                    return;
+                    break;
                 }
             }
         }
+        match end {
+            ReadEnd::Blocked => self.to_flush.push(key),
+            ReadEnd::MoreToRead => self.more_to_read.push(key),
+            ReadEnd::Fail(code, reason) => self.close(key, CloseFrame { code, reason: reason.into() }),
+            ReadEnd::Gone => self.to_drop.push(key),
+        }
+    }
+
+    /// Starts closing `key`: queues `frame`, tells the core the connection is gone (so what
+    /// it had in flight goes to other members), and flushes; draining and dropping follow.
+    fn close(&mut self, key: usize, frame: CloseFrame) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if conn.closing_since.is_some() {
+            return;
+        }
+        conn.closing_since = Some(Instant::now());
+        let id = conn.id;
+        if let Socket::Open(ws) = &mut conn.socket {
+            match ws.close(Some(frame)) {
+                Ok(()) => {}
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => self.to_drop.push(key),
+            }
+        }
+        self.by_id.remove(&id);
+        self.node.handle_input(self.clock.now(), Input::Disconnected { conn: id });
+        self.to_flush.push(key);
+    }
+
+    /// The close frame is out: shut our side, and drain until the peer closes its own.
+    fn start_draining(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Socket::Open(ws) = std::mem::replace(&mut conn.socket, Socket::Moving) else { return };
+        let mut stream = ws.into_inner();
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let _ = self.poll.registry().reregister(&mut stream, Token(key), Interest::READABLE);
+        conn.wants_writable = false;
+        conn.socket = Socket::Draining(stream);
+        // Readable events were ignored while the close frame was flushed.
         self.more_to_read.push(key);
     }
 
@@ -334,10 +416,8 @@ impl Server {
             match output {
                 Output::Send { conn, frame } => self.send(conn, Message::text(frame)),
                 Output::Close { conn, code, reason } => {
-                    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
-                    self.send(conn, Message::Close(Some(frame)));
                     if let Some(&key) = self.by_id.get(&conn) {
-                        self.conns[key].closing = true;
+                        self.close(key, CloseFrame { code: CloseCode::from(code), reason: reason.into() });
                     }
                 }
                 Output::Disk(op) => match self.store.apply(op) {
@@ -394,8 +474,8 @@ impl Server {
             let Socket::Open(ws) = &mut conn.socket else { continue };
             match ws.flush() {
                 Ok(()) => {
-                    if conn.closing {
-                        self.to_drop.push(key);
+                    if conn.closing_since.is_some() {
+                        self.start_draining(key);
                     } else if conn.wants_writable {
                         conn.wants_writable = false;
                         let _ = self.poll.registry().reregister(ws.get_mut(), Token(key), Interest::READABLE);
@@ -429,6 +509,9 @@ impl Server {
                 Socket::Handshaking(mid) => {
                     let _ = self.poll.registry().deregister(mid.get_mut().get_mut());
                 }
+                Socket::Draining(stream) => {
+                    let _ = self.poll.registry().deregister(stream);
+                }
                 Socket::Moving => {}
             }
             self.node.handle_input(self.clock.now(), Input::Disconnected { conn: conn.id });
@@ -438,6 +521,44 @@ impl Server {
         }
         any
     }
+}
+
+/// Sorts a read error: the peer left, or broke the protocol and gets a close frame saying how.
+fn read_failure(error: tungstenite::Error) -> ReadEnd {
+    use tungstenite::error::ProtocolError;
+    match error {
+        // EOF without a close frame: nobody is left to tell.
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => ReadEnd::Gone,
+        tungstenite::Error::Protocol(e) => ReadEnd::Fail(CloseCode::Protocol, close_reason(&e.to_string())),
+        tungstenite::Error::Utf8(_) => ReadEnd::Fail(CloseCode::Invalid, "invalid UTF-8 in a text frame or close reason".into()),
+        _ => ReadEnd::Gone,
+    }
+}
+
+/// Cuts `text` to fit a close frame, on a character boundary.
+fn close_reason(text: &str) -> String {
+    let mut end = text.len().min(CLOSE_REASON_BYTES_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// Reads and throws away what a closing peer still sends.
+fn drain(stream: &mut TcpStream) -> ReadEnd {
+    use std::io::Read;
+    let mut scratch = [0u8; 4096];
+    let mut drained = 0;
+    while drained < DRAIN_BYTES_PER_TURN_MAX {
+        match stream.read(&mut scratch) {
+            Ok(0) => return ReadEnd::Gone,
+            Ok(n) => drained += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadEnd::Blocked,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return ReadEnd::Gone,
+        }
+    }
+    ReadEnd::MoreToRead
 }
 
 fn log_trace(trace: &Trace) {
