@@ -7,6 +7,7 @@
 //! listener alone for `ACCEPT_PAUSE` and tries again, sooner when a connection closes and gives
 //! a descriptor back.
 
+use crate::handshake;
 use crate::log::{self, Throttle};
 use mio::net::{TcpListener, TcpStream};
 use std::fs::File;
@@ -22,16 +23,13 @@ const ACCEPTS_PER_TURN_MAX: usize = 256;
 /// Queued connections refused per failed accept, for the same reason.
 const REFUSALS_PER_TURN_MAX: usize = 1_024;
 
-/// The whole answer to a client that cannot be served now.
-const BUSY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 52\r\n\r\nferry cannot take more connections now; retry later\n";
-
 /// Answers a connection that will not be served with 503 and closes it (when `stream` is
 /// dropped). What the client has sent is read first, so that closing sends a FIN and not a
 /// reset, which could destroy the answer before the client reads it.
 pub fn refuse_busy(stream: &mut TcpStream) {
     let mut scratch = [0u8; 4096];
     let _ = stream.read(&mut scratch);
-    let _ = stream.write(BUSY_RESPONSE);
+    let _ = stream.write(&handshake::refusal(503, &[("Retry-After", "1")], "ferry cannot take more connections now; retry later"));
 }
 
 pub struct Acceptor {

@@ -3,6 +3,7 @@
 //! and core outputs into I/O; every decision is the core's.
 
 use crate::accept::{self, Acceptor};
+use crate::handshake::{RequestReader, Verdict};
 use crate::log::{self, Throttle};
 use crate::store::{Completion, Store};
 use ferry_core::node::{Input, Output, Rejection, Trace};
@@ -15,10 +16,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response, ServerHandshake};
-use tungstenite::handshake::{HandshakeError, MidHandshake};
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
 const LISTENER: Token = Token(usize::MAX);
@@ -56,28 +55,37 @@ impl Clock {
     }
 }
 
-struct PathCheck;
-
-impl Callback for PathCheck {
-    fn on_request(self, request: &Request, response: Response) -> Result<Response, ErrorResponse> {
-        if request.uri().path() == "/ws" {
-            return Ok(response);
-        }
-        let mut refusal = ErrorResponse::new(Some("ferry serves WebSocket at /ws\n".into()));
-        *refusal.status_mut() = tungstenite::http::StatusCode::NOT_FOUND;
-        Err(refusal)
-    }
-}
-
 enum Socket {
-    Handshaking(MidHandshake<ServerHandshake<TcpStream, PathCheck>>),
+    /// Reading the upgrade request.
+    Handshaking {
+        stream: TcpStream,
+        request: RequestReader,
+    },
+    /// Writing the answer to the upgrade request; then WebSocket starts on `upgrade`, the bytes
+    /// the client sent after its request, or (a refusal, `None`) the connection closes.
+    Answering {
+        stream: TcpStream,
+        answer: Vec<u8>,
+        written: usize,
+        upgrade: Option<Vec<u8>>,
+    },
     Open(WebSocket<TcpStream>),
     /// Our last bytes are out and our side is shut down; what the peer still sends is read and
     /// thrown away until it closes too. Closing with unread bytes would send a reset, and a
     /// reset can destroy our last bytes (the close frame) before the peer reads them.
     Draining(TcpStream),
-    /// Transient, while a handshake step owns the socket.
+    /// Transient, while the socket changes state.
     Moving,
+}
+
+impl Socket {
+    fn stream(&mut self) -> Option<&mut TcpStream> {
+        match self {
+            Socket::Handshaking { stream, .. } | Socket::Answering { stream, .. } | Socket::Draining(stream) => Some(stream),
+            Socket::Open(ws) => Some(ws.get_mut()),
+            Socket::Moving => None,
+        }
+    }
 }
 
 struct Connection {
@@ -206,9 +214,7 @@ impl Server {
                         if event.is_writable() {
                             self.to_flush.push(key);
                         }
-                        // A handshake blocked on writing its response continues on writability.
-                        let handshaking = self.conns.get(key).is_some_and(|c| matches!(c.socket, Socket::Handshaking(_)));
-                        if event.is_readable() || event.is_read_closed() || event.is_error() || (handshaking && event.is_writable()) {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
                             readable.push(key);
                         }
                     }
@@ -240,8 +246,8 @@ impl Server {
 
     /// Drops connections that did not finish their handshake, or their closing, in time.
     fn drop_overdue(&mut self) {
-        let stalled: Vec<usize> =
-            self.conns.iter().filter(|(_, c)| matches!(c.socket, Socket::Handshaking(_)) && c.accepted_at.elapsed() > self.handshake_timeout).map(|(key, _)| key).collect();
+        let handshaking = |c: &Connection| matches!(c.socket, Socket::Handshaking { .. } | Socket::Answering { upgrade: Some(_), .. });
+        let stalled: Vec<usize> = self.conns.iter().filter(|(_, c)| handshaking(c) && c.accepted_at.elapsed() > self.handshake_timeout).map(|(key, _)| key).collect();
         if !stalled.is_empty() {
             log::debug(&format!("dropping {} connections that did not finish the handshake", stalled.len()));
             self.to_drop.extend(stalled);
@@ -293,42 +299,33 @@ impl Server {
         }
         let id = self.next_conn_id;
         self.next_conn_id += 1;
-        let socket = match tungstenite::accept_hdr_with_config(stream, PathCheck, Some(self.ws_config)) {
-            Ok(ws) => Socket::Open(ws),
-            Err(HandshakeError::Interrupted(mid)) => Socket::Handshaking(mid),
-            Err(HandshakeError::Failure(e)) => {
-                log::debug(&format!("handshake failed: {e}"));
-                return;
-            }
-        };
-        let opened = matches!(socket, Socket::Open(_));
+        // The request is read on the readable event, which comes at once if it is already here.
+        let socket = Socket::Handshaking { stream, request: RequestReader::default() };
         entry.insert(Connection { id, socket, accepted_at: Instant::now(), closing_since: None, wants_writable: true });
         self.by_id.insert(id, key);
-        if opened {
-            self.node.handle_input(self.clock.now(), Input::Connected { conn: id });
-        }
     }
 
     fn read_from(&mut self, key: usize) {
         let now = self.clock.now();
         let Some(conn) = self.conns.get_mut(key) else { return };
-        if let Socket::Handshaking(_) = conn.socket {
-            let Socket::Handshaking(mid) = std::mem::replace(&mut conn.socket, Socket::Moving) else { unreachable!() };
-            match mid.handshake() {
-                Ok(ws) => {
-                    conn.socket = Socket::Open(ws);
-                    self.node.handle_input(now, Input::Connected { conn: conn.id });
+        if let Socket::Handshaking { stream, request } = &mut conn.socket {
+            let (answer, upgrade) = match request.read(stream) {
+                Ok(Verdict::Incomplete) => return,
+                Ok(Verdict::Upgrade { answer, tail }) => (answer, Some(tail)),
+                Ok(Verdict::Refuse { answer, why }) => {
+                    log::debug(&format!("connection {}: upgrade refused with {why}", conn.id));
+                    conn.closing_since = Some(Instant::now());
+                    (answer, None)
                 }
-                Err(HandshakeError::Interrupted(mid)) => {
-                    conn.socket = Socket::Handshaking(mid);
-                    return;
-                }
-                Err(HandshakeError::Failure(e)) => {
-                    log::debug(&format!("handshake failed: {e}"));
+                Err(_) => {
                     self.to_drop.push(key);
                     return;
                 }
-            }
+            };
+            let Socket::Handshaking { stream, .. } = std::mem::replace(&mut conn.socket, Socket::Moving) else { unreachable!() };
+            conn.socket = Socket::Answering { stream, answer, written: 0, upgrade };
+            self.to_flush.push(key);
+            return;
         }
         if conn.closing_since.is_some() {
             // Only our last bytes matter now; reading resumes (to drain) once they are out.
@@ -398,11 +395,37 @@ impl Server {
         self.to_flush.push(key);
     }
 
-    /// The close frame is out: shut our side, and drain until the peer closes its own.
-    fn start_draining(&mut self, key: usize) {
+    /// Writes what is left of the answer to the upgrade request; once it is out, WebSocket
+    /// starts (and the core learns of the connection) or, after a refusal, draining does.
+    fn write_answer(&mut self, key: usize) {
+        use std::io::Write;
         let Some(conn) = self.conns.get_mut(key) else { return };
-        let Socket::Open(ws) = std::mem::replace(&mut conn.socket, Socket::Moving) else { return };
-        let mut stream = ws.into_inner();
+        let Socket::Answering { stream, answer, written, .. } = &mut conn.socket else { return };
+        while *written < answer.len() {
+            match stream.write(&answer[*written..]) {
+                Ok(0) => return self.to_drop.push(key),
+                Ok(n) => *written += n,
+                // Still registered for writability: the first registration asks for both.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.to_drop.push(key),
+            }
+        }
+        let Socket::Answering { stream, upgrade, .. } = std::mem::replace(&mut conn.socket, Socket::Moving) else { unreachable!() };
+        match upgrade {
+            Some(tail) => {
+                conn.socket = Socket::Open(WebSocket::from_partially_read(stream, tail, Role::Server, Some(self.ws_config)));
+                self.node.handle_input(self.clock.now(), Input::Connected { conn: conn.id });
+                // Frames that came behind the request were not read while the answer went out.
+                self.more_to_read.push(key);
+            }
+            None => self.start_draining(key, stream),
+        }
+    }
+
+    /// Our last bytes are out: shut our side, and drain until the peer closes its own.
+    fn start_draining(&mut self, key: usize, mut stream: TcpStream) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
         let _ = stream.shutdown(std::net::Shutdown::Write);
         let _ = self.poll.registry().reregister(&mut stream, Token(key), Interest::READABLE);
         conn.wants_writable = false;
@@ -471,11 +494,16 @@ impl Server {
         keys.dedup();
         for key in keys {
             let Some(conn) = self.conns.get_mut(key) else { continue };
+            if matches!(conn.socket, Socket::Answering { .. }) {
+                self.write_answer(key);
+                continue;
+            }
             let Socket::Open(ws) = &mut conn.socket else { continue };
             match ws.flush() {
                 Ok(()) => {
                     if conn.closing_since.is_some() {
-                        self.start_draining(key);
+                        let Socket::Open(ws) = std::mem::replace(&mut conn.socket, Socket::Moving) else { unreachable!() };
+                        self.start_draining(key, ws.into_inner());
                     } else if conn.wants_writable {
                         conn.wants_writable = false;
                         let _ = self.poll.registry().reregister(ws.get_mut(), Token(key), Interest::READABLE);
@@ -502,17 +530,8 @@ impl Server {
             any = true;
             self.by_id.remove(&conn.id);
             self.more_to_read.retain(|k| *k != key);
-            match &mut conn.socket {
-                Socket::Open(ws) => {
-                    let _ = self.poll.registry().deregister(ws.get_mut());
-                }
-                Socket::Handshaking(mid) => {
-                    let _ = self.poll.registry().deregister(mid.get_mut().get_mut());
-                }
-                Socket::Draining(stream) => {
-                    let _ = self.poll.registry().deregister(stream);
-                }
-                Socket::Moving => {}
+            if let Some(stream) = conn.socket.stream() {
+                let _ = self.poll.registry().deregister(stream);
             }
             self.node.handle_input(self.clock.now(), Input::Disconnected { conn: conn.id });
         }
