@@ -161,5 +161,7 @@ mod tests {
         assert!(e.contains("window_default"), "{e}");
         let e = load_settings(&args(&["listen=nowhere"])).err().unwrap();
         assert!(e.contains("listen"), "{e}");
+        let e = load_settings(&args(&["idle_timeout_ms=0"])).err().unwrap();
+        assert!(e.contains("idle_timeout_ms"), "{e}");
     }
 }

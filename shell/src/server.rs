@@ -97,6 +97,10 @@ struct Connection {
     /// is dropped in any case.
     closing_since: Option<Instant>,
     wants_writable: bool,
+    /// When the client last sent anything (bytes of any frame, a pong included).
+    last_heard: Instant,
+    /// When the client was pinged for being silent, if it has stayed silent since.
+    pinged_at: Option<Instant>,
 }
 
 /// What reading a connection came to.
@@ -123,6 +127,11 @@ struct Server {
     ws_config: WebSocketConfig,
     connections_max: usize,
     handshake_timeout: Duration,
+    idle_ping: Duration,
+    idle_timeout: Duration,
+    /// How often deadlines (handshake, closing, idle) are checked, and when they last were.
+    sweep_interval: Duration,
+    last_sweep: Instant,
     to_flush: Vec<usize>,
     to_drop: Vec<usize>,
     more_to_read: Vec<usize>,
@@ -183,6 +192,14 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
         ws_config,
         connections_max: config.connections_max as usize,
         handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
+        idle_ping: Duration::from_millis(config.idle_ping_ms),
+        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+        // A deadline is noticed within a quarter of the shortest one (and within a second).
+        sweep_interval: [config.handshake_timeout_ms, config.idle_ping_ms, config.idle_timeout_ms, CLOSE_LINGER.as_millis() as u64, 4_000]
+            .into_iter()
+            .min()
+            .map_or(Duration::from_secs(1), |ms| Duration::from_millis(ms.max(4) / 4)),
+        last_sweep: Instant::now(),
         to_flush: Vec::new(),
         to_drop: Vec::new(),
         more_to_read: Vec::new(),
@@ -195,7 +212,6 @@ impl Server {
     fn serve(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         let mut last_stats = Instant::now();
-        let mut last_sweep = Instant::now();
         let mut last_logged = self.node.stats;
         self.drain_outputs();
         loop {
@@ -232,9 +248,9 @@ impl Server {
             self.node.handle_timeout(self.clock.now());
             self.drain_outputs();
             self.flush_and_drop();
-            if last_sweep.elapsed() >= (self.handshake_timeout.min(CLOSE_LINGER) / 4).min(Duration::from_secs(1)) {
-                last_sweep = Instant::now();
-                self.drop_overdue();
+            if self.last_sweep.elapsed() >= self.sweep_interval {
+                self.last_sweep = Instant::now();
+                self.check_deadlines();
             }
             if last_stats.elapsed() >= STATS_INTERVAL && self.node.stats != last_logged {
                 last_logged = self.node.stats;
@@ -244,8 +260,9 @@ impl Server {
         }
     }
 
-    /// Drops connections that did not finish their handshake, or their closing, in time.
-    fn drop_overdue(&mut self) {
+    /// Drops connections that did not finish their handshake, or their closing, in time;
+    /// pings silent connections and closes those that stay silent.
+    fn check_deadlines(&mut self) {
         let handshaking = |c: &Connection| matches!(c.socket, Socket::Handshaking { .. } | Socket::Answering { upgrade: Some(_), .. });
         let stalled: Vec<usize> = self.conns.iter().filter(|(_, c)| handshaking(c) && c.accepted_at.elapsed() > self.handshake_timeout).map(|(key, _)| key).collect();
         if !stalled.is_empty() {
@@ -254,8 +271,47 @@ impl Server {
         }
         let lingering = self.conns.iter().filter(|(_, c)| c.closing_since.is_some_and(|t| t.elapsed() > CLOSE_LINGER)).map(|(key, _)| key);
         self.to_drop.extend(lingering);
-        if !self.to_drop.is_empty() {
+        self.check_idle();
+        if !self.to_drop.is_empty() || !self.to_flush.is_empty() {
+            self.drain_outputs();
             self.flush_and_drop();
+        }
+    }
+
+    /// A half-open connection (the client vanished without a FIN) would otherwise keep its
+    /// in-flight messages until their ack timeout: ping what has been silent for
+    /// `idle_ping`, and close what stays silent for `idle_timeout` after the ping.
+    fn check_idle(&mut self) {
+        let now = Instant::now();
+        let mut silent = Vec::new();
+        for (key, conn) in self.conns.iter_mut() {
+            let Socket::Open(ws) = &mut conn.socket else { continue };
+            if conn.closing_since.is_some() {
+                continue;
+            }
+            match conn.pinged_at {
+                Some(at) if now.duration_since(at) >= self.idle_timeout => silent.push(key),
+                Some(_) => {}
+                None if now.duration_since(conn.last_heard) >= self.idle_ping => {
+                    conn.pinged_at = Some(now);
+                    match ws.write(Message::Ping(Default::default())) {
+                        // A full outbox holds the ping back; the timeout still applies.
+                        Ok(()) | Err(tungstenite::Error::WriteBufferFull(_)) => {}
+                        Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => {
+                            self.to_drop.push(key);
+                            continue;
+                        }
+                    }
+                    self.to_flush.push(key);
+                }
+                None => {}
+            }
+        }
+        for key in silent {
+            let id = self.conns[key].id;
+            log::debug(&format!("connection {id}: silent for {} ms after a ping; closing it", self.idle_timeout.as_millis()));
+            self.close(key, CloseFrame { code: CloseCode::Policy, reason: "no frame or pong within idle_timeout_ms of a ping".into() });
         }
     }
 
@@ -263,7 +319,7 @@ impl Server {
         if !self.more_to_read.is_empty() {
             return Duration::ZERO;
         }
-        let mut timeout = Duration::from_secs(1);
+        let mut timeout = self.sweep_interval.saturating_sub(self.last_sweep.elapsed());
         if let Some(at) = self.node.poll_timeout() {
             timeout = timeout.min(Duration::from_nanos(at.saturating_sub(self.clock.now())));
         }
@@ -301,7 +357,8 @@ impl Server {
         self.next_conn_id += 1;
         // The request is read on the readable event, which comes at once if it is already here.
         let socket = Socket::Handshaking { stream, request: RequestReader::default() };
-        entry.insert(Connection { id, socket, accepted_at: Instant::now(), closing_since: None, wants_writable: true });
+        let now = Instant::now();
+        entry.insert(Connection { id, socket, accepted_at: now, closing_since: None, wants_writable: true, last_heard: now, pinged_at: None });
         self.by_id.insert(id, key);
     }
 
@@ -340,6 +397,10 @@ impl Server {
         }
         let Socket::Open(ws) = &mut conn.socket else { return };
         let id = conn.id;
+        // Reading follows a readable event (or a turn cut short with bytes left): the client
+        // has sent something, if only part of a frame.
+        conn.last_heard = Instant::now();
+        conn.pinged_at = None;
         let mut end = ReadEnd::MoreToRead;
         for _ in 0..READS_PER_TURN_MAX {
             match ws.read() {

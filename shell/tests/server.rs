@@ -201,3 +201,42 @@ fn out_of_descriptors_the_server_backs_off_keeps_serving_and_recovers() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_silent_connection_is_pinged_then_closed_and_its_messages_go_to_another_member() {
+    use std::time::Instant;
+    let dir = support::temp_dir("idle");
+    // The ack timeout stays at its 30 s default: only the idle timeout can free the message.
+    let server = Server::start(&dir, "127.0.0.1:0", &["--set", "idle_ping_ms=200", "--set", "idle_timeout_ms=200"]);
+    let mut silent = Client::connect(&server.url()).unwrap();
+    silent.send(&json!({"op": "sub", "req": 1, "topic": "t", "group": "g", "from": "earliest"})).unwrap();
+    silent.expect_op("suback");
+    let mut publisher = Client::connect(&server.url()).unwrap();
+    publisher.send(&pub_frame(2, "t", json!("in flight"))).unwrap();
+    let id = publisher.expect_op("puback")["id"].clone();
+    let first = silent.expect_op("msg");
+    assert_eq!((&first["id"], &first["attempt"]), (&id, &json!(1)));
+    // From here `silent` reads nothing, so it never answers a ping: a half-open connection.
+
+    let mut lively = Client::connect(&server.url()).unwrap();
+    lively.send(&json!({"op": "sub", "req": 3, "topic": "t", "group": "g"})).unwrap();
+    lively.expect_op("suback");
+    let again = lively.expect_op("msg");
+    assert_eq!((&again["id"], &again["attempt"]), (&id, &json!(2)), "the silent member's message goes to the other member");
+
+    // The silent client was pinged, then closed with 1008.
+    let closed = (0..50).find_map(|_| silent.recv().err());
+    assert!(closed.as_deref().is_some_and(|e| e.contains("Policy")), "closed with 1008: {closed:?}");
+
+    // A client that answers pings (its reads do) and sends nothing else outlives several idle
+    // periods.
+    let quiet_until = Instant::now() + Duration::from_millis(1200);
+    while Instant::now() < quiet_until {
+        assert_eq!(lively.recv(), Ok(None), "nothing but pings while quiet");
+    }
+    lively.send(&json!({"op": "ack", "topic": "t", "group": "g", "ids": [id]})).unwrap();
+    lively.send(&json!({"op": "ping", "req": 4})).unwrap();
+    assert_eq!(lively.expect_op("pong")["req"], 4);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
