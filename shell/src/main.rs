@@ -2,6 +2,7 @@
 
 mod accept;
 mod client;
+mod connection;
 mod handshake;
 mod log;
 mod server;

@@ -3,6 +3,7 @@
 //! and core outputs into I/O; every decision is the core's.
 
 use crate::accept::{self, Acceptor};
+use crate::connection::{drain, read_failure, Connection, Idle, ReadEnd, Socket, CLOSE_LINGER};
 use crate::handshake::{RequestReader, Verdict};
 use crate::log::{self, Throttle};
 use crate::store::{Completion, Store};
@@ -25,14 +26,6 @@ const LISTENER: Token = Token(usize::MAX);
 const READS_PER_TURN_MAX: usize = 1_024;
 const EVENTS_CAPACITY: usize = 1_024;
 const STATS_INTERVAL: Duration = Duration::from_secs(60);
-/// How long a closing connection gets to take its last bytes (a close frame) and close its
-/// side before it is dropped regardless.
-const CLOSE_LINGER: Duration = Duration::from_secs(2);
-/// Bytes read and thrown away per loop turn from a connection being drained.
-const DRAIN_BYTES_PER_TURN_MAX: usize = 64 << 10;
-/// A close frame's reason must fit in a control frame: 125 bytes less the 2-byte code.
-const CLOSE_REASON_BYTES_MAX: usize = 123;
-
 pub struct ServerOptions {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
@@ -53,66 +46,6 @@ impl Clock {
     fn now(&self) -> u64 {
         self.wall_start_ns + self.start.elapsed().as_nanos() as u64
     }
-}
-
-enum Socket {
-    /// Reading the upgrade request.
-    Handshaking {
-        stream: TcpStream,
-        request: RequestReader,
-    },
-    /// Writing the answer to the upgrade request; then WebSocket starts on `upgrade`, the bytes
-    /// the client sent after its request, or (a refusal, `None`) the connection closes.
-    Answering {
-        stream: TcpStream,
-        answer: Vec<u8>,
-        written: usize,
-        upgrade: Option<Vec<u8>>,
-    },
-    Open(WebSocket<TcpStream>),
-    /// Our last bytes are out and our side is shut down; what the peer still sends is read and
-    /// thrown away until it closes too. Closing with unread bytes would send a reset, and a
-    /// reset can destroy our last bytes (the close frame) before the peer reads them.
-    Draining(TcpStream),
-    /// Transient, while the socket changes state.
-    Moving,
-}
-
-impl Socket {
-    fn stream(&mut self) -> Option<&mut TcpStream> {
-        match self {
-            Socket::Handshaking { stream, .. } | Socket::Answering { stream, .. } | Socket::Draining(stream) => Some(stream),
-            Socket::Open(ws) => Some(ws.get_mut()),
-            Socket::Moving => None,
-        }
-    }
-}
-
-struct Connection {
-    id: ConnId,
-    socket: Socket,
-    accepted_at: Instant,
-    /// When closing began: the core has forgotten this connection; its queued bytes (ending
-    /// with a close frame) are flushed, then it drains, and by `CLOSE_LINGER` after this it
-    /// is dropped in any case.
-    closing_since: Option<Instant>,
-    wants_writable: bool,
-    /// When the client last sent anything (bytes of any frame, a pong included).
-    last_heard: Instant,
-    /// When the client was pinged for being silent, if it has stayed silent since.
-    pinged_at: Option<Instant>,
-}
-
-/// What reading a connection came to.
-enum ReadEnd {
-    /// Nothing more to read now.
-    Blocked,
-    /// The turn's share is used up; read again next turn.
-    MoreToRead,
-    /// The peer broke the protocol: answer with this close frame, then close.
-    Fail(CloseCode, String),
-    /// The connection is gone or finished: drop it.
-    Gone,
 }
 
 struct Server {
@@ -285,27 +218,13 @@ impl Server {
         let now = Instant::now();
         let mut silent = Vec::new();
         for (key, conn) in self.conns.iter_mut() {
-            let Socket::Open(ws) = &mut conn.socket else { continue };
-            if conn.closing_since.is_some() {
-                continue;
-            }
-            match conn.pinged_at {
-                Some(at) if now.duration_since(at) >= self.idle_timeout => silent.push(key),
-                Some(_) => {}
-                None if now.duration_since(conn.last_heard) >= self.idle_ping => {
-                    conn.pinged_at = Some(now);
-                    match ws.write(Message::Ping(Default::default())) {
-                        // A full outbox holds the ping back; the timeout still applies.
-                        Ok(()) | Err(tungstenite::Error::WriteBufferFull(_)) => {}
-                        Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => {
-                            self.to_drop.push(key);
-                            continue;
-                        }
-                    }
-                    self.to_flush.push(key);
-                }
-                None => {}
+            match conn.idle(now, self.idle_ping, self.idle_timeout) {
+                Idle::Heard => {}
+                Idle::Ping => match conn.ping() {
+                    Ok(()) => self.to_flush.push(key),
+                    Err(()) => self.to_drop.push(key),
+                },
+                Idle::Silent => silent.push(key),
             }
         }
         for key in silent {
@@ -357,8 +276,7 @@ impl Server {
         self.next_conn_id += 1;
         // The request is read on the readable event, which comes at once if it is already here.
         let socket = Socket::Handshaking { stream, request: RequestReader::default() };
-        let now = Instant::now();
-        entry.insert(Connection { id, socket, accepted_at: now, closing_since: None, wants_writable: true, last_heard: now, pinged_at: None });
+        entry.insert(Connection::new(id, socket, Instant::now()));
         self.by_id.insert(id, key);
     }
 
@@ -395,12 +313,11 @@ impl Server {
             }
             return;
         }
-        let Socket::Open(ws) = &mut conn.socket else { return };
-        let id = conn.id;
         // Reading follows a readable event (or a turn cut short with bytes left): the client
         // has sent something, if only part of a frame.
-        conn.last_heard = Instant::now();
-        conn.pinged_at = None;
+        conn.heard(Instant::now());
+        let id = conn.id;
+        let Socket::Open(ws) = &mut conn.socket else { return };
         let mut end = ReadEnd::MoreToRead;
         for _ in 0..READS_PER_TURN_MAX {
             match ws.read() {
@@ -459,18 +376,11 @@ impl Server {
     /// Writes what is left of the answer to the upgrade request; once it is out, WebSocket
     /// starts (and the core learns of the connection) or, after a refusal, draining does.
     fn write_answer(&mut self, key: usize) {
-        use std::io::Write;
         let Some(conn) = self.conns.get_mut(key) else { return };
-        let Socket::Answering { stream, answer, written, .. } = &mut conn.socket else { return };
-        while *written < answer.len() {
-            match stream.write(&answer[*written..]) {
-                Ok(0) => return self.to_drop.push(key),
-                Ok(n) => *written += n,
-                // Still registered for writability: the first registration asks for both.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return self.to_drop.push(key),
-            }
+        match conn.socket.write_answer() {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(_) => return self.to_drop.push(key),
         }
         let Socket::Answering { stream, upgrade, .. } = std::mem::replace(&mut conn.socket, Socket::Moving) else { unreachable!() };
         match upgrade {
@@ -601,44 +511,6 @@ impl Server {
         }
         any
     }
-}
-
-/// Sorts a read error: the peer left, or broke the protocol and gets a close frame saying how.
-fn read_failure(error: tungstenite::Error) -> ReadEnd {
-    use tungstenite::error::ProtocolError;
-    match error {
-        // EOF without a close frame: nobody is left to tell.
-        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => ReadEnd::Gone,
-        tungstenite::Error::Protocol(e) => ReadEnd::Fail(CloseCode::Protocol, close_reason(&e.to_string())),
-        tungstenite::Error::Utf8(_) => ReadEnd::Fail(CloseCode::Invalid, "invalid UTF-8 in a text frame or close reason".into()),
-        _ => ReadEnd::Gone,
-    }
-}
-
-/// Cuts `text` to fit a close frame, on a character boundary.
-fn close_reason(text: &str) -> String {
-    let mut end = text.len().min(CLOSE_REASON_BYTES_MAX);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_string()
-}
-
-/// Reads and throws away what a closing peer still sends.
-fn drain(stream: &mut TcpStream) -> ReadEnd {
-    use std::io::Read;
-    let mut scratch = [0u8; 4096];
-    let mut drained = 0;
-    while drained < DRAIN_BYTES_PER_TURN_MAX {
-        match stream.read(&mut scratch) {
-            Ok(0) => return ReadEnd::Gone,
-            Ok(n) => drained += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadEnd::Blocked,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return ReadEnd::Gone,
-        }
-    }
-    ReadEnd::MoreToRead
 }
 
 fn log_trace(trace: &Trace) {
