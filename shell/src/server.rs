@@ -335,11 +335,11 @@ impl Server {
                     break;
                 }
                 Err(e) => {
-                    end = read_failure(e);
-                    match &end {
-                        ReadEnd::Fail(code, reason) => log::debug(&format!("connection {id}: {reason}; closing with {}", u16::from(*code))),
-                        _ => log::debug(&format!("connection {id} closed")),
+                    let closed_cleanly = matches!(e, tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed);
+                    if !closed_cleanly {
+                        log::debug(&format!("connection {id}: {e}"));
                     }
+                    end = read_failure(e);
                     break;
                 }
             }
@@ -347,7 +347,10 @@ impl Server {
         match end {
             ReadEnd::Blocked => self.to_flush.push(key),
             ReadEnd::MoreToRead => self.more_to_read.push(key),
-            ReadEnd::Fail(code, reason) => self.close(key, CloseFrame { code, reason: reason.into() }),
+            ReadEnd::Fail(code, reason) => {
+                log::debug(&format!("connection {id}: closing with {}", u16::from(code)));
+                self.close(key, CloseFrame { code, reason: reason.into() });
+            }
             ReadEnd::Gone => self.to_drop.push(key),
         }
     }
@@ -387,6 +390,8 @@ impl Server {
             Some(tail) => {
                 conn.socket = Socket::Open(WebSocket::from_partially_read(stream, tail, Role::Server, Some(self.ws_config)));
                 self.node.handle_input(self.clock.now(), Input::Connected { conn: conn.id });
+                // The welcome goes out before anything the first frames may cause.
+                self.drain_outputs();
                 // Frames that came behind the request were not read while the answer went out.
                 self.more_to_read.push(key);
             }
