@@ -137,6 +137,7 @@ fn out_of_descriptors_the_server_backs_off_keeps_serving_and_recovers() {
     }
     let mut veteran = Client::connect(&server.url()).unwrap();
     let lines_before = server.log_lines();
+    let fds_before = server.open_fds();
 
     // 200 upgrade requests against ~120 free descriptors.
     let mut crowd: Vec<std::net::TcpStream> = (0..200)
@@ -158,9 +159,19 @@ fn out_of_descriptors_the_server_backs_off_keeps_serving_and_recovers() {
     let (mut upgraded, mut refused) = (0, 0);
     for s in &mut crowd {
         let head = support::read_http_head(s, deadline).unwrap_or_else(|e| panic!("a connection got no answer: {e}"));
+        // Read what follows too (the welcome, or the refusal's body up to the server's close),
+        // so that these clients leave with a FIN, not a reset that would hide a CLOSE-WAIT.
         match &head[..12] {
-            "HTTP/1.1 101" => upgraded += 1,
-            "HTTP/1.1 503" => refused += 1,
+            "HTTP/1.1 101" => {
+                upgraded += 1;
+                let mut ws = support::RawWs { stream: s.try_clone().unwrap() };
+                ws.read_frame(deadline).expect("welcome after the upgrade");
+            }
+            "HTTP/1.1 503" => {
+                refused += 1;
+                let mut ws = support::RawWs { stream: s.try_clone().unwrap() };
+                assert!(ws.closed_by_server(deadline), "a refused connection is closed");
+            }
             _ => panic!("unexpected answer {head}"),
         }
     }
@@ -184,8 +195,8 @@ fn out_of_descriptors_the_server_backs_off_keeps_serving_and_recovers() {
     drop(crowd);
     let left = Instant::now();
     let deadline = left + Duration::from_secs(10);
-    while server.close_wait_sockets() > 0 {
-        assert!(Instant::now() < deadline, "{} sockets stuck in CLOSE-WAIT", server.close_wait_sockets());
+    while server.close_wait_sockets() > 0 || server.open_fds() > fds_before + 2 {
+        assert!(Instant::now() < deadline, "{} sockets stuck in CLOSE-WAIT, {} descriptors open (before the crowd: {fds_before})", server.close_wait_sockets(), server.open_fds());
         std::thread::sleep(Duration::from_millis(20));
     }
     let closed_after = left.elapsed();

@@ -107,6 +107,11 @@ impl Server {
         Duration::from_millis(ticks * 1000 / per_second)
     }
 
+    /// Descriptors the server holds open, from /proc/<pid>/fd.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map(|d| d.count()).unwrap_or(0)
+    }
+
     /// The server's soft open-file limit, from /proc/<pid>/limits.
     pub fn nofile_limit(&self) -> u64 {
         let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.pid())).expect("server limits");
