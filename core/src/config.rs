@@ -78,6 +78,11 @@ pub struct Config {
     pub connections_max: u32,
     /// A connection that has not completed its WebSocket handshake by then is dropped.
     pub handshake_timeout_ms: u64,
+    /// An open connection the client has sent nothing on for this long gets a WebSocket ping.
+    pub idle_ping_ms: u64,
+    /// A pinged connection that sends nothing (a pong counts) for this long after the ping is
+    /// closed (1008) and what it had in flight goes to the other members of its groups.
+    pub idle_timeout_ms: u64,
     /// Bytes queued to one slow connection before it is closed.
     pub connection_outbox_bytes_max: usize,
     /// When set, every op before a `hello` with one of these tokens gets `unauthorized`.
@@ -122,6 +127,8 @@ impl Default for Config {
             pending_publishes_max: 200_000,
             connections_max: 100_000,
             handshake_timeout_ms: 10_000,
+            idle_ping_ms: 30_000,
+            idle_timeout_ms: 10_000,
             connection_outbox_bytes_max: 16 << 20,
             tokens: Vec::new(),
             disk_full_retry_ms: 1_000,
@@ -144,6 +151,8 @@ impl Config {
             ("fetch_messages_max", self.fetch_messages_max as u64),
             ("producer_seqs_max", self.producer_seqs_max as u64),
             ("pending_publishes_max", self.pending_publishes_max as u64),
+            ("idle_ping_ms", self.idle_ping_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
         ];
         for (name, value) in positive {
             if value == 0 {

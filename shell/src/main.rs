@@ -1,6 +1,9 @@
 //! `ferry`: the server (`serve`) and two protocol clients for demos and scripts.
 
+mod accept;
 mod client;
+mod connection;
+mod handshake;
 mod log;
 mod server;
 mod store;
@@ -166,5 +169,7 @@ mod tests {
         assert!(e.contains("window_default"), "{e}");
         let e = load_settings(&args(&["listen=nowhere"])).err().unwrap();
         assert!(e.contains("listen"), "{e}");
+        let e = load_settings(&args(&["idle_timeout_ms=0"])).err().unwrap();
+        assert!(e.contains("idle_timeout_ms"), "{e}");
     }
 }

@@ -2,7 +2,10 @@
 //! segment store, and the core `Node`. It turns socket, disk and timer events into core inputs
 //! and core outputs into I/O; every decision is the core's.
 
-use crate::log;
+use crate::accept::{self, Acceptor};
+use crate::connection::{drain, read_failure, Connection, Idle, ReadEnd, Socket, CLOSE_LINGER};
+use crate::handshake::{RequestReader, Verdict};
+use crate::log::{self, Throttle};
 use crate::store::{Completion, Store};
 use ferry_core::node::{Input, Output, Rejection, Trace};
 use ferry_core::{Config, ConnId, Node};
@@ -14,10 +17,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response, ServerHandshake};
-use tungstenite::handshake::{HandshakeError, MidHandshake};
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
 const LISTENER: Token = Token(usize::MAX);
@@ -50,38 +51,9 @@ impl Clock {
     }
 }
 
-struct PathCheck;
-
-impl Callback for PathCheck {
-    fn on_request(self, request: &Request, response: Response) -> Result<Response, ErrorResponse> {
-        if request.uri().path() == "/ws" {
-            return Ok(response);
-        }
-        let mut refusal = ErrorResponse::new(Some("ferry serves WebSocket at /ws\n".into()));
-        *refusal.status_mut() = tungstenite::http::StatusCode::NOT_FOUND;
-        Err(refusal)
-    }
-}
-
-enum Socket {
-    Handshaking(MidHandshake<ServerHandshake<TcpStream, PathCheck>>),
-    Open(WebSocket<TcpStream>),
-    /// Transient, while a handshake step owns the socket.
-    Moving,
-}
-
-struct Connection {
-    id: ConnId,
-    socket: Socket,
-    accepted_at: Instant,
-    /// The core has forgotten this connection; drop it once the close frame is out.
-    closing: bool,
-    wants_writable: bool,
-}
-
 struct Server {
     poll: Poll,
-    listener: TcpListener,
+    acceptor: Acceptor,
     node: Node,
     store: Store,
     clock: Clock,
@@ -91,11 +63,16 @@ struct Server {
     ws_config: WebSocketConfig,
     connections_max: usize,
     handshake_timeout: Duration,
+    idle_ping: Duration,
+    idle_timeout: Duration,
+    /// How often deadlines (handshake, closing, idle) are checked, and when they last were.
+    sweep_interval: Duration,
+    last_sweep: Instant,
     to_flush: Vec<usize>,
     to_drop: Vec<usize>,
     more_to_read: Vec<usize>,
-    /// Held so that running out of descriptors still lets us accept (and refuse) connections.
-    spare_fd: Option<std::fs::File>,
+    /// For the line about clients refused at `connections_max`, which can come at any rate.
+    full_log: Throttle,
 }
 
 /// Every connection holds a descriptor: raise the limit to fit `connections_max`, and say so
@@ -141,7 +118,7 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
         .max_frame_size(Some(config.frame_bytes_max));
     let mut server = Server {
         poll,
-        listener,
+        acceptor: Acceptor::new(listener),
         node,
         store,
         clock,
@@ -151,10 +128,18 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
         ws_config,
         connections_max: config.connections_max as usize,
         handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
+        idle_ping: Duration::from_millis(config.idle_ping_ms),
+        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+        // A deadline is noticed within a quarter of the shortest one (and within a second).
+        sweep_interval: [config.handshake_timeout_ms, config.idle_ping_ms, config.idle_timeout_ms, CLOSE_LINGER.as_millis() as u64, 4_000]
+            .into_iter()
+            .min()
+            .map_or(Duration::from_secs(1), |ms| Duration::from_millis(ms.max(4) / 4)),
+        last_sweep: Instant::now(),
         to_flush: Vec::new(),
         to_drop: Vec::new(),
         more_to_read: Vec::new(),
-        spare_fd: std::fs::File::open("/dev/null").ok(),
+        full_log: Throttle::new(Duration::from_secs(10)),
     };
     server.serve()
 }
@@ -163,7 +148,6 @@ impl Server {
     fn serve(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         let mut last_stats = Instant::now();
-        let mut last_sweep = Instant::now();
         let mut last_logged = self.node.stats;
         self.drain_outputs();
         loop {
@@ -182,13 +166,14 @@ impl Server {
                         if event.is_writable() {
                             self.to_flush.push(key);
                         }
-                        // A handshake blocked on writing its response continues on writability.
-                        let handshaking = self.conns.get(key).is_some_and(|c| matches!(c.socket, Socket::Handshaking(_)));
-                        if event.is_readable() || event.is_read_closed() || event.is_error() || (handshaking && event.is_writable()) {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
                             readable.push(key);
                         }
                     }
                 }
+            }
+            if self.acceptor.resume_at().is_some_and(|at| at <= Instant::now()) {
+                self.accept_all();
             }
             readable.sort_unstable();
             readable.dedup();
@@ -199,9 +184,9 @@ impl Server {
             self.node.handle_timeout(self.clock.now());
             self.drain_outputs();
             self.flush_and_drop();
-            if last_sweep.elapsed() >= (self.handshake_timeout / 4).min(Duration::from_secs(1)) {
-                last_sweep = Instant::now();
-                self.drop_stalled_handshakes();
+            if self.last_sweep.elapsed() >= self.sweep_interval {
+                self.last_sweep = Instant::now();
+                self.check_deadlines();
             }
             if last_stats.elapsed() >= STATS_INTERVAL && self.node.stats != last_logged {
                 last_logged = self.node.stats;
@@ -211,13 +196,44 @@ impl Server {
         }
     }
 
-    fn drop_stalled_handshakes(&mut self) {
-        let stalled: Vec<usize> =
-            self.conns.iter().filter(|(_, c)| matches!(c.socket, Socket::Handshaking(_)) && c.accepted_at.elapsed() > self.handshake_timeout).map(|(key, _)| key).collect();
+    /// Drops connections that did not finish their handshake, or their closing, in time;
+    /// pings silent connections and closes those that stay silent.
+    fn check_deadlines(&mut self) {
+        let handshaking = |c: &Connection| matches!(c.socket, Socket::Handshaking { .. } | Socket::Answering { upgrade: Some(_), .. });
+        let stalled: Vec<usize> = self.conns.iter().filter(|(_, c)| handshaking(c) && c.accepted_at.elapsed() > self.handshake_timeout).map(|(key, _)| key).collect();
         if !stalled.is_empty() {
             log::debug(&format!("dropping {} connections that did not finish the handshake", stalled.len()));
             self.to_drop.extend(stalled);
+        }
+        let lingering = self.conns.iter().filter(|(_, c)| c.closing_since.is_some_and(|t| t.elapsed() > CLOSE_LINGER)).map(|(key, _)| key);
+        self.to_drop.extend(lingering);
+        self.check_idle();
+        if !self.to_drop.is_empty() || !self.to_flush.is_empty() {
+            self.drain_outputs();
             self.flush_and_drop();
+        }
+    }
+
+    /// A half-open connection (the client vanished without a FIN) would otherwise keep its
+    /// in-flight messages until their ack timeout: ping what has been silent for
+    /// `idle_ping`, and close what stays silent for `idle_timeout` after the ping.
+    fn check_idle(&mut self) {
+        let now = Instant::now();
+        let mut silent = Vec::new();
+        for (key, conn) in self.conns.iter_mut() {
+            match conn.idle(now, self.idle_ping, self.idle_timeout) {
+                Idle::Heard => {}
+                Idle::Ping => match conn.ping() {
+                    Ok(()) => self.to_flush.push(key),
+                    Err(()) => self.to_drop.push(key),
+                },
+                Idle::Silent => silent.push(key),
+            }
+        }
+        for key in silent {
+            let id = self.conns[key].id;
+            log::debug(&format!("connection {id}: silent for {} ms after a ping; closing it", self.idle_timeout.as_millis()));
+            self.close(key, CloseFrame { code: CloseCode::Policy, reason: "no frame or pong within idle_timeout_ms of a ping".into() });
         }
     }
 
@@ -225,42 +241,31 @@ impl Server {
         if !self.more_to_read.is_empty() {
             return Duration::ZERO;
         }
-        let cap = Duration::from_secs(1);
-        match self.node.poll_timeout() {
-            Some(at) => Duration::from_nanos(at.saturating_sub(self.clock.now())).min(cap),
-            None => cap,
+        let mut timeout = self.sweep_interval.saturating_sub(self.last_sweep.elapsed());
+        if let Some(at) = self.node.poll_timeout() {
+            timeout = timeout.min(Duration::from_nanos(at.saturating_sub(self.clock.now())));
         }
+        if let Some(at) = self.acceptor.resume_at() {
+            timeout = timeout.min(at.saturating_duration_since(Instant::now()));
+        }
+        timeout
     }
 
     fn accept_all(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => self.accept(stream),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.raw_os_error() == Some(libc::EMFILE) || e.raw_os_error() == Some(libc::ENFILE) => {
-                    // Out of descriptors: the listener is edge-triggered, so a connection left in
-                    // the backlog would never be reported again. Free the spare descriptor,
-                    // accept the connection and close it at once, then take the spare back.
-                    log::warn(&format!("accept failed: {e}; refusing queued connections until descriptors free up"));
-                    self.spare_fd = None;
-                    let refused = self.listener.accept();
-                    drop(refused);
-                    self.spare_fd = std::fs::File::open("/dev/null").ok();
-                    if self.spare_fd.is_none() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    log::warn(&format!("accept failed: {e}"));
-                    return;
-                }
-            }
+        let mut accepted = Vec::new();
+        self.acceptor.accept_queued(Instant::now(), self.conns.len(), |stream| accepted.push(stream));
+        for stream in accepted {
+            self.accept(stream);
         }
     }
 
     fn accept(&mut self, mut stream: TcpStream) {
         if self.conns.len() >= self.connections_max {
-            log::warn(&format!("refusing a connection: connections_max ({}) reached", self.connections_max));
+            accept::refuse_busy(&mut stream);
+            if let Some(held_back) = self.full_log.allow(Instant::now()) {
+                let also = if held_back > 0 { format!(" ({held_back} more refused since the last such line)") } else { String::new() };
+                log::warn(&format!("refusing a connection with 503: connections_max ({}) reached{also}", self.connections_max));
+            }
             return;
         }
         let _ = stream.set_nodelay(true);
@@ -272,45 +277,51 @@ impl Server {
         }
         let id = self.next_conn_id;
         self.next_conn_id += 1;
-        let socket = match tungstenite::accept_hdr_with_config(stream, PathCheck, Some(self.ws_config)) {
-            Ok(ws) => Socket::Open(ws),
-            Err(HandshakeError::Interrupted(mid)) => Socket::Handshaking(mid),
-            Err(HandshakeError::Failure(e)) => {
-                log::debug(&format!("handshake failed: {e}"));
-                return;
-            }
-        };
-        let opened = matches!(socket, Socket::Open(_));
-        entry.insert(Connection { id, socket, accepted_at: Instant::now(), closing: false, wants_writable: true });
+        // The request is read on the readable event, which comes at once if it is already here.
+        let socket = Socket::Handshaking { stream, request: RequestReader::default() };
+        entry.insert(Connection::new(id, socket, Instant::now()));
         self.by_id.insert(id, key);
-        if opened {
-            self.node.handle_input(self.clock.now(), Input::Connected { conn: id });
-        }
     }
 
     fn read_from(&mut self, key: usize) {
         let now = self.clock.now();
         let Some(conn) = self.conns.get_mut(key) else { return };
-        if let Socket::Handshaking(_) = conn.socket {
-            let Socket::Handshaking(mid) = std::mem::replace(&mut conn.socket, Socket::Moving) else { unreachable!() };
-            match mid.handshake() {
-                Ok(ws) => {
-                    conn.socket = Socket::Open(ws);
-                    self.node.handle_input(now, Input::Connected { conn: conn.id });
+        if let Socket::Handshaking { stream, request } = &mut conn.socket {
+            let (answer, upgrade) = match request.read(stream) {
+                Ok(Verdict::Incomplete) => return,
+                Ok(Verdict::Upgrade { answer, tail }) => (answer, Some(tail)),
+                Ok(Verdict::Refuse { answer, why }) => {
+                    log::debug(&format!("connection {}: upgrade refused with {why}", conn.id));
+                    conn.closing_since = Some(Instant::now());
+                    (answer, None)
                 }
-                Err(HandshakeError::Interrupted(mid)) => {
-                    conn.socket = Socket::Handshaking(mid);
-                    return;
-                }
-                Err(HandshakeError::Failure(e)) => {
-                    log::debug(&format!("handshake failed: {e}"));
+                Err(_) => {
                     self.to_drop.push(key);
                     return;
                 }
-            }
+            };
+            let Socket::Handshaking { stream, .. } = std::mem::replace(&mut conn.socket, Socket::Moving) else { unreachable!() };
+            conn.socket = Socket::Answering { stream, answer, written: 0, upgrade };
+            self.to_flush.push(key);
+            return;
         }
-        let Socket::Open(ws) = &mut conn.socket else { return };
+        if conn.closing_since.is_some() {
+            // Only our last bytes matter now; reading resumes (to drain) once they are out.
+            if let Socket::Draining(stream) = &mut conn.socket {
+                match drain(stream) {
+                    ReadEnd::MoreToRead => self.more_to_read.push(key),
+                    ReadEnd::Blocked => {}
+                    _ => self.to_drop.push(key),
+                }
+            }
+            return;
+        }
+        // Reading follows a readable event (or a turn cut short with bytes left): the client
+        // has sent something, if only part of a frame.
+        conn.heard(Instant::now());
         let id = conn.id;
+        let Socket::Open(ws) = &mut conn.socket else { return };
+        let mut end = ReadEnd::MoreToRead;
         for _ in 0..READS_PER_TURN_MAX {
             match ws.read() {
                 Ok(Message::Text(text)) => self.node.handle_input(now, Input::Frame { conn: id, text: text.as_str() }),
@@ -318,23 +329,87 @@ impl Server {
                 Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
                 Ok(Message::Close(_)) => {}
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.to_flush.push(key);
-                    return;
+                    end = ReadEnd::Blocked;
+                    break;
                 }
                 Err(tungstenite::Error::Capacity(_)) => {
                     self.node.handle_input(now, Input::Rejected { conn: id, why: Rejection::TooLarge });
-                    self.to_flush.push(key);
-                    return;
+                    end = ReadEnd::Blocked;
+                    break;
                 }
                 Err(e) => {
-                    if !matches!(e, tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) {
+                    let closed_cleanly = matches!(e, tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed);
+                    if !closed_cleanly {
                         log::debug(&format!("connection {id}: {e}"));
                     }
-                    self.to_drop.push(key);
-                    return;
+                    end = read_failure(e);
+                    break;
                 }
             }
         }
+        match end {
+            ReadEnd::Blocked => self.to_flush.push(key),
+            ReadEnd::MoreToRead => self.more_to_read.push(key),
+            ReadEnd::Fail(code, reason) => {
+                log::debug(&format!("connection {id}: closing with {}", u16::from(code)));
+                self.close(key, CloseFrame { code, reason: reason.into() });
+            }
+            ReadEnd::Gone => self.to_drop.push(key),
+        }
+    }
+
+    /// Starts closing `key`: queues `frame`, tells the core the connection is gone (so what
+    /// it had in flight goes to other members), and flushes; draining and dropping follow.
+    fn close(&mut self, key: usize, frame: CloseFrame) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if conn.closing_since.is_some() {
+            return;
+        }
+        conn.closing_since = Some(Instant::now());
+        let id = conn.id;
+        if let Socket::Open(ws) = &mut conn.socket {
+            match ws.close(Some(frame)) {
+                Ok(()) => {}
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => self.to_drop.push(key),
+            }
+        }
+        self.by_id.remove(&id);
+        self.node.handle_input(self.clock.now(), Input::Disconnected { conn: id });
+        self.to_flush.push(key);
+    }
+
+    /// Writes what is left of the answer to the upgrade request; once it is out, WebSocket
+    /// starts (and the core learns of the connection) or, after a refusal, draining does.
+    fn write_answer(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        match conn.socket.write_answer() {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(_) => return self.to_drop.push(key),
+        }
+        let Socket::Answering { stream, upgrade, .. } = std::mem::replace(&mut conn.socket, Socket::Moving) else { unreachable!() };
+        match upgrade {
+            Some(tail) => {
+                conn.socket = Socket::Open(WebSocket::from_partially_read(stream, tail, Role::Server, Some(self.ws_config)));
+                self.node.handle_input(self.clock.now(), Input::Connected { conn: conn.id });
+                // The welcome goes out before anything the first frames may cause.
+                self.drain_outputs();
+                // Frames that came behind the request were not read while the answer went out.
+                self.more_to_read.push(key);
+            }
+            None => self.start_draining(key, stream),
+        }
+    }
+
+    /// Our last bytes are out: shut our side, and drain until the peer closes its own.
+    fn start_draining(&mut self, key: usize, mut stream: TcpStream) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let _ = self.poll.registry().reregister(&mut stream, Token(key), Interest::READABLE);
+        conn.wants_writable = false;
+        conn.socket = Socket::Draining(stream);
+        // Readable events were ignored while the close frame was flushed.
         self.more_to_read.push(key);
     }
 
@@ -343,10 +418,8 @@ impl Server {
             match output {
                 Output::Send { conn, frame } => self.send(conn, Message::text(frame)),
                 Output::Close { conn, code, reason } => {
-                    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
-                    self.send(conn, Message::Close(Some(frame)));
                     if let Some(&key) = self.by_id.get(&conn) {
-                        self.conns[key].closing = true;
+                        self.close(key, CloseFrame { code: CloseCode::from(code), reason: reason.into() });
                     }
                 }
                 Output::Disk(op) => match self.store.apply(op) {
@@ -406,11 +479,16 @@ impl Server {
         keys.dedup();
         for key in keys {
             let Some(conn) = self.conns.get_mut(key) else { continue };
+            if matches!(conn.socket, Socket::Answering { .. }) {
+                self.write_answer(key);
+                continue;
+            }
             let Socket::Open(ws) = &mut conn.socket else { continue };
             match ws.flush() {
                 Ok(()) => {
-                    if conn.closing {
-                        self.to_drop.push(key);
+                    if conn.closing_since.is_some() {
+                        let Socket::Open(ws) = std::mem::replace(&mut conn.socket, Socket::Moving) else { unreachable!() };
+                        self.start_draining(key, ws.into_inner());
                     } else if conn.wants_writable {
                         conn.wants_writable = false;
                         let _ = self.poll.registry().reregister(ws.get_mut(), Token(key), Interest::READABLE);
@@ -437,16 +515,13 @@ impl Server {
             any = true;
             self.by_id.remove(&conn.id);
             self.more_to_read.retain(|k| *k != key);
-            match &mut conn.socket {
-                Socket::Open(ws) => {
-                    let _ = self.poll.registry().deregister(ws.get_mut());
-                }
-                Socket::Handshaking(mid) => {
-                    let _ = self.poll.registry().deregister(mid.get_mut().get_mut());
-                }
-                Socket::Moving => {}
+            if let Some(stream) = conn.socket.stream() {
+                let _ = self.poll.registry().deregister(stream);
             }
             self.node.handle_input(self.clock.now(), Input::Disconnected { conn: conn.id });
+        }
+        if any {
+            self.acceptor.descriptor_freed(Instant::now());
         }
         any
     }

@@ -84,3 +84,131 @@ fn a_subscriber_that_stops_reading_is_cut_off_and_publishers_go_on() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn out_of_descriptors_the_server_backs_off_keeps_serving_and_recovers() {
+    use std::io::Write;
+    use std::time::Instant;
+    let dir = support::temp_dir("fd-exhaustion");
+    let server = Server::start_with_nofile(&dir, "127.0.0.1:0", &["--fsync", "never"], 128);
+    if server.nofile_limit() > 128 {
+        // Only a process allowed to raise its hard limit gets here; exhaustion cannot be staged.
+        eprintln!("SKIP: the server raised its open-file limit to {}", server.nofile_limit());
+        return;
+    }
+    let mut veteran = Client::connect(&server.url()).unwrap();
+    let lines_before = server.log_lines();
+    let fds_before = server.open_fds();
+
+    // 200 upgrade requests against ~120 free descriptors.
+    let mut crowd: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
+            s.write_all(support::upgrade_request("/ws").as_bytes()).unwrap();
+            s
+        })
+        .collect();
+
+    // The connection that was there first is still served.
+    let asked = Instant::now();
+    veteran.send(&json!({"op": "ping", "req": 1})).unwrap();
+    assert_eq!(veteran.expect_op("pong")["req"], 1);
+    let pong_after = asked.elapsed();
+
+    // Every newcomer is answered: upgraded while descriptors last, refused with 503 after.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut upgraded, mut refused) = (0, 0);
+    for s in &mut crowd {
+        let head = support::read_http_head(s, deadline).unwrap_or_else(|e| panic!("a connection got no answer: {e}"));
+        // Read what follows too (the welcome, or the refusal's body up to the server's close),
+        // so that these clients leave with a FIN, not a reset that would hide a CLOSE-WAIT.
+        match &head[..12] {
+            "HTTP/1.1 101" => {
+                upgraded += 1;
+                let mut ws = support::RawWs { stream: s.try_clone().unwrap() };
+                ws.read_frame(deadline).expect("welcome after the upgrade");
+            }
+            "HTTP/1.1 503" => {
+                refused += 1;
+                let mut ws = support::RawWs { stream: s.try_clone().unwrap() };
+                assert!(ws.closed_by_server(deadline), "a refused connection is closed");
+            }
+            _ => panic!("unexpected answer {head}"),
+        }
+    }
+    assert!(upgraded > 50 && refused > 0, "{upgraded} upgraded, {refused} refused");
+
+    // Out of descriptors and idle: the loop sleeps instead of spinning on accept.
+    let (cpu_before, wall) = (server.cpu_time(), Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu_share = (server.cpu_time() - cpu_before).as_secs_f64() / wall.elapsed().as_secs_f64();
+    let new_lines: Vec<String> = server.log.lock().unwrap()[lines_before..].to_vec();
+    eprintln!(
+        "descriptor exhaustion: {upgraded} upgraded, {refused} refused, pong after {pong_after:?}, server CPU {:.1}%, {} log lines:\n{}",
+        cpu_share * 100.0,
+        new_lines.len(),
+        new_lines.join("\n")
+    );
+    assert!(new_lines.len() <= 5, "the log must not repeat itself per failed accept: {} lines", new_lines.len());
+    assert!(cpu_share < 0.5, "the server spins while out of descriptors: {:.0}% CPU", cpu_share * 100.0);
+
+    // The crowd leaves: the server closes its side (no CLOSE-WAIT pile-up) and accepts again.
+    drop(crowd);
+    let left = Instant::now();
+    let deadline = left + Duration::from_secs(10);
+    while server.close_wait_sockets() > 0 || server.open_fds() > fds_before + 2 {
+        assert!(Instant::now() < deadline, "{} sockets stuck in CLOSE-WAIT, {} descriptors open (before the crowd: {fds_before})", server.close_wait_sockets(), server.open_fds());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let closed_after = left.elapsed();
+    let mut newcomer = support::RawWs::connect(&server.addr);
+    let served_after = left.elapsed();
+    eprintln!("after the crowd left: sockets closed within {closed_after:?}, a new connection served after {served_after:?}");
+    newcomer.send(&support::ws_frame(0x81, br#"{"op":"ping","req":2}"#, true)).unwrap();
+    let pong = newcomer.read_frame(Instant::now() + Duration::from_secs(10)).unwrap();
+    assert!(String::from_utf8_lossy(&pong.payload).contains("pong"), "{pong:?}");
+    veteran.send(&pub_frame(3, "t", json!("still here"))).unwrap();
+    assert_eq!(veteran.expect_op("puback")["req"], 3);
+    assert!(server.log_text().contains("accepting connections again"), "recovery is logged:\n{}", server.log_text());
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_silent_connection_is_pinged_then_closed_and_its_messages_go_to_another_member() {
+    use std::time::Instant;
+    let dir = support::temp_dir("idle");
+    // The ack timeout stays at its 30 s default: only the idle timeout can free the message.
+    let server = Server::start(&dir, "127.0.0.1:0", &["--set", "idle_ping_ms=200", "--set", "idle_timeout_ms=200"]);
+    let mut silent = Client::connect(&server.url()).unwrap();
+    silent.send(&json!({"op": "sub", "req": 1, "topic": "t", "group": "g", "from": "earliest"})).unwrap();
+    silent.expect_op("suback");
+    let mut publisher = Client::connect(&server.url()).unwrap();
+    publisher.send(&pub_frame(2, "t", json!("in flight"))).unwrap();
+    let id = publisher.expect_op("puback")["id"].clone();
+    let first = silent.expect_op("msg");
+    assert_eq!((&first["id"], &first["attempt"]), (&id, &json!(1)));
+    // From here `silent` reads nothing, so it never answers a ping: a half-open connection.
+
+    let mut lively = Client::connect(&server.url()).unwrap();
+    lively.send(&json!({"op": "sub", "req": 3, "topic": "t", "group": "g"})).unwrap();
+    lively.expect_op("suback");
+    let again = lively.expect_op("msg");
+    assert_eq!((&again["id"], &again["attempt"]), (&id, &json!(2)), "the silent member's message goes to the other member");
+
+    // The silent client was pinged, then closed with 1008.
+    let closed = (0..50).find_map(|_| silent.recv().err());
+    assert!(closed.as_deref().is_some_and(|e| e.contains("Policy")), "closed with 1008: {closed:?}");
+
+    // A client that answers pings (its reads do) and sends nothing else outlives several idle
+    // periods.
+    let quiet_until = Instant::now() + Duration::from_millis(1200);
+    while Instant::now() < quiet_until {
+        assert_eq!(lively.recv(), Ok(None), "nothing but pings while quiet");
+    }
+    lively.send(&json!({"op": "ack", "topic": "t", "group": "g", "ids": [id]})).unwrap();
+    lively.send(&json!({"op": "ping", "req": 4})).unwrap();
+    assert_eq!(lively.expect_op("pong")["req"], 4);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -28,14 +28,35 @@ pub fn temp_dir(name: &str) -> PathBuf {
 impl Server {
     /// Starts `ferry serve` on `listen` (use port 0 for a free one) and waits until it listens.
     pub fn start(data_dir: &Path, listen: &str, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["serve", "--listen", listen, "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ferry");
+        Server::spawn(Server::command(data_dir, listen, extra))
+    }
+
+    /// Like `start`, under an open-file limit of `nofile` (soft and hard), as `prlimit` would set.
+    pub fn start_with_nofile(data_dir: &Path, listen: &str, extra: &[&str], nofile: u64) -> Server {
+        use std::os::unix::process::CommandExt;
+        let mut command = Server::command(data_dir, listen, extra);
+        // SAFETY: between fork and exec only setrlimit runs, which is async-signal-safe.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit { rlim_cur: nofile, rlim_max: nofile };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        Server::spawn(command)
+    }
+
+    fn command(data_dir: &Path, listen: &str, extra: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        command.args(["serve", "--listen", listen, "--data-dir"]).arg(data_dir).args(extra).stdout(Stdio::null()).stderr(Stdio::piped());
+        command
+    }
+
+    fn spawn(mut command: Command) -> Server {
+        let mut child = command.spawn().expect("spawn ferry");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
@@ -65,6 +86,52 @@ impl Server {
 
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn log_lines(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU time (user + system) the server has used so far, from /proc/<pid>/stat.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("server stat");
+        // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+        let fields: Vec<&str> = stat.rsplit_once(')').expect("stat format").1.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf only reads a system constant.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_millis(ticks * 1000 / per_second)
+    }
+
+    /// Descriptors the server holds open, from /proc/<pid>/fd.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// The server's soft open-file limit, from /proc/<pid>/limits.
+    pub fn nofile_limit(&self) -> u64 {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.pid())).expect("server limits");
+        let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("open files line");
+        line.split_whitespace().nth(3).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
+    }
+
+    /// Server-side sockets on our port waiting in CLOSE-WAIT (the peer left, the server did not close).
+    pub fn close_wait_sockets(&self) -> usize {
+        let port = self.addr.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).expect("port");
+        let local = format!(":{port:04X}");
+        ["/proc/net/tcp", "/proc/net/tcp6"]
+            .iter()
+            .filter_map(|path| std::fs::read_to_string(path).ok())
+            .flat_map(|table| table.lines().skip(1).map(str::to_string).collect::<Vec<_>>())
+            .filter(|line| {
+                let cols: Vec<&str> = line.split_whitespace().collect();
+                cols.len() > 3 && cols[1].ends_with(&local) && cols[3] == "08"
+            })
+            .count()
     }
 }
 
@@ -230,5 +297,162 @@ pub fn fetch_all_ids(c: &mut Client, topic: &str) -> Vec<u64> {
         let Some(&last) = batch.last() else { return ids };
         ids.extend(batch);
         from = last + 1;
+    }
+}
+
+/// A key for hand-made upgrade requests (the RFC 6455 example key).
+pub const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// A well-formed WebSocket upgrade request for `path`.
+pub fn upgrade_request(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {WS_KEY}\r\n\r\n")
+}
+
+/// Reads an HTTP response head (through the blank line) byte by byte, so nothing after it is
+/// consumed. `Err` names what happened instead (EOF, reset, timeout).
+pub fn read_http_head(stream: &mut TcpStream, deadline: Instant) -> Result<String, String> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if Instant::now() >= deadline {
+            return Err(format!("no complete response head in time, got {:?}", String::from_utf8_lossy(&head)));
+        }
+        stream.set_read_timeout(Some(Duration::from_millis(100))).map_err(|e| e.to_string())?;
+        match stream.read(&mut byte) {
+            Ok(0) => return Err(format!("EOF after {:?}", String::from_utf8_lossy(&head))),
+            Ok(_) => head.push(byte[0]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => return Err(format!("{e} after {:?}", String::from_utf8_lossy(&head))),
+        }
+        if head.len() > 16 << 10 {
+            return Err("response head too long".into());
+        }
+    }
+    Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// One frame as the client sends it: `first` is the whole first byte (FIN, RSV bits, opcode),
+/// the payload is masked when `masked` (clients must mask; tests break that on purpose).
+pub fn ws_frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mask_bit = if masked { 0x80 } else { 0 };
+    let mut out = vec![first];
+    match payload.len() {
+        n if n < 126 => out.push(mask_bit | n as u8),
+        n if n <= 0xffff => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        let key = [0x37, 0xfa, 0x21, 0x3d];
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// A WebSocket spoken by hand over a plain socket, for frames no library would send.
+pub struct RawWs {
+    pub stream: TcpStream,
+}
+
+/// A frame from the server: its first byte and its payload.
+#[derive(Debug)]
+pub struct ServerFrame {
+    pub first: u8,
+    pub payload: Vec<u8>,
+}
+
+impl ServerFrame {
+    pub fn opcode(&self) -> u8 {
+        self.first & 0x0f
+    }
+    /// The status code of a close frame.
+    pub fn close_code(&self) -> Option<u16> {
+        (self.opcode() == 0x8 && self.payload.len() >= 2).then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+}
+
+impl RawWs {
+    /// Connects, upgrades and reads the `welcome` frame.
+    pub fn connect(addr: &str) -> RawWs {
+        use std::io::Write;
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        stream.write_all(upgrade_request("/ws").as_bytes()).unwrap();
+        let head = read_http_head(&mut stream, Instant::now() + Duration::from_secs(10)).expect("upgrade response");
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let mut ws = RawWs { stream };
+        let welcome = ws.read_frame(Instant::now() + Duration::from_secs(10)).expect("welcome frame");
+        assert!(String::from_utf8_lossy(&welcome.payload).contains("welcome"), "{welcome:?}");
+        ws
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        self.stream.write_all(bytes)
+    }
+
+    /// The next frame; `Err` says why there is none (EOF, reset, timeout).
+    pub fn read_frame(&mut self, deadline: Instant) -> Result<ServerFrame, String> {
+        let mut head = [0u8; 2];
+        self.read_exact(&mut head, deadline)?;
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut b = [0u8; 2];
+                self.read_exact(&mut b, deadline)?;
+                u16::from_be_bytes(b) as usize
+            }
+            127 => {
+                let mut b = [0u8; 8];
+                self.read_exact(&mut b, deadline)?;
+                u64::from_be_bytes(b) as usize
+            }
+            n => n as usize,
+        };
+        let mut payload = vec![0u8; len];
+        self.read_exact(&mut payload, deadline)?;
+        Ok(ServerFrame { first: head[0], payload })
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8], deadline: Instant) -> Result<(), String> {
+        use std::io::Read;
+        let mut filled = 0;
+        while filled < buf.len() {
+            if Instant::now() >= deadline {
+                return Err("timeout".into());
+            }
+            self.stream.set_read_timeout(Some(Duration::from_millis(100))).map_err(|e| e.to_string())?;
+            match self.stream.read(&mut buf[filled..]) {
+                Ok(0) => return Err("EOF".into()),
+                Ok(n) => filled += n,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the server has closed the socket: EOF or reset, not a timeout.
+    pub fn closed_by_server(&mut self, deadline: Instant) -> bool {
+        use std::io::Read;
+        let mut buf = [0u8; 512];
+        while Instant::now() < deadline {
+            self.stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            match self.stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return true,
+            }
+        }
+        false
     }
 }

@@ -1,0 +1,225 @@
+//! One client connection: the states of its socket from the upgrade request to the last byte,
+//! and the socket-level steps between them (writing the handshake answer, sorting read errors,
+//! draining after our close, noticing silence). The server loop decides when each runs.
+
+use crate::handshake::RequestReader;
+use ferry_core::ConnId;
+use mio::net::TcpStream;
+use std::io;
+use std::time::{Duration, Instant};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+/// How long a closing connection gets to take its last bytes (a close frame) and close its
+/// side before it is dropped regardless.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Bytes read and thrown away per loop turn from a connection being drained.
+const DRAIN_BYTES_PER_TURN_MAX: usize = 64 << 10;
+/// A close frame's reason must fit in a control frame: 125 bytes less the 2-byte code.
+const CLOSE_REASON_BYTES_MAX: usize = 123;
+
+pub enum Socket {
+    /// Reading the upgrade request.
+    Handshaking {
+        stream: TcpStream,
+        request: RequestReader,
+    },
+    /// Writing the answer to the upgrade request; then WebSocket starts on `upgrade`, the bytes
+    /// the client sent after its request, or (a refusal, `None`) the connection closes.
+    Answering {
+        stream: TcpStream,
+        answer: Vec<u8>,
+        written: usize,
+        upgrade: Option<Vec<u8>>,
+    },
+    Open(WebSocket<TcpStream>),
+    /// Our last bytes are out and our side is shut down; what the peer still sends is read and
+    /// thrown away until it closes too. Closing with unread bytes would send a reset, and a
+    /// reset can destroy our last bytes (the close frame) before the peer reads them.
+    Draining(TcpStream),
+    /// Transient, while the socket changes state.
+    Moving,
+}
+
+impl Socket {
+    pub fn stream(&mut self) -> Option<&mut TcpStream> {
+        match self {
+            Socket::Handshaking { stream, .. } | Socket::Answering { stream, .. } | Socket::Draining(stream) => Some(stream),
+            Socket::Open(ws) => Some(ws.get_mut()),
+            Socket::Moving => None,
+        }
+    }
+
+    /// Writes what is left of the answer to the upgrade request; `Ok(true)` once all of it is
+    /// out, `Ok(false)` when the socket is full (it is registered for writability from the
+    /// start, so the rest goes on the writable event).
+    pub fn write_answer(&mut self) -> io::Result<bool> {
+        use std::io::Write;
+        let Socket::Answering { stream, answer, written, .. } = self else { return Ok(false) };
+        while *written < answer.len() {
+            match stream.write(&answer[*written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => *written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+}
+
+pub struct Connection {
+    pub id: ConnId,
+    pub socket: Socket,
+    pub accepted_at: Instant,
+    /// When closing began: the core has forgotten this connection; its queued bytes (ending
+    /// with a close frame) are flushed, then it drains, and by `CLOSE_LINGER` after this it
+    /// is dropped in any case.
+    pub closing_since: Option<Instant>,
+    pub wants_writable: bool,
+    /// When the client last sent anything (bytes of any frame, a pong included).
+    last_heard: Instant,
+    /// When the client was pinged for being silent, if it has stayed silent since.
+    pinged_at: Option<Instant>,
+}
+
+/// Where a connection stands on silence.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Idle {
+    /// Heard from recently enough, or already pinged and within its time to answer.
+    Heard,
+    /// Silent for the ping interval: ping it now.
+    Ping,
+    /// Pinged and silent since for the timeout: close it.
+    Silent,
+}
+
+impl Connection {
+    pub fn new(id: ConnId, socket: Socket, now: Instant) -> Connection {
+        Connection { id, socket, accepted_at: now, closing_since: None, wants_writable: true, last_heard: now, pinged_at: None }
+    }
+
+    /// The client sent something (any bytes, a pong included).
+    pub fn heard(&mut self, now: Instant) {
+        self.last_heard = now;
+        self.pinged_at = None;
+    }
+
+    /// Where an open connection stands on silence at `now`; `Ping` counts as the ping sent.
+    /// Handshakes and closings have deadlines of their own.
+    pub fn idle(&mut self, now: Instant, ping_after: Duration, timeout: Duration) -> Idle {
+        if !matches!(self.socket, Socket::Open(_)) || self.closing_since.is_some() {
+            return Idle::Heard;
+        }
+        match self.pinged_at {
+            Some(at) if now.saturating_duration_since(at) >= timeout => Idle::Silent,
+            None if now.saturating_duration_since(self.last_heard) >= ping_after => {
+                self.pinged_at = Some(now);
+                Idle::Ping
+            }
+            _ => Idle::Heard,
+        }
+    }
+
+    /// Queues a WebSocket ping. `Err` when the connection is broken.
+    pub fn ping(&mut self) -> Result<(), ()> {
+        let Socket::Open(ws) = &mut self.socket else { return Ok(()) };
+        match ws.write(Message::Ping(Default::default())) {
+            // A full outbox holds the ping back; the idle timeout runs all the same.
+            Ok(()) | Err(tungstenite::Error::WriteBufferFull(_)) => Ok(()),
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(_) => Err(()),
+        }
+    }
+}
+
+/// What reading a connection came to.
+pub enum ReadEnd {
+    /// Nothing more to read now.
+    Blocked,
+    /// The turn's share is used up; read again next turn.
+    MoreToRead,
+    /// The peer broke the protocol: answer with this close frame, then close.
+    Fail(CloseCode, String),
+    /// The connection is gone or finished: drop it.
+    Gone,
+}
+
+/// Sorts a read error: the peer left, or broke the protocol and gets a close frame saying how.
+pub fn read_failure(error: tungstenite::Error) -> ReadEnd {
+    use tungstenite::error::ProtocolError;
+    match error {
+        // EOF without a close frame: nobody is left to tell.
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => ReadEnd::Gone,
+        tungstenite::Error::Protocol(e) => ReadEnd::Fail(CloseCode::Protocol, close_reason(&e.to_string())),
+        tungstenite::Error::Utf8(_) => ReadEnd::Fail(CloseCode::Invalid, "invalid UTF-8 in a text frame or close reason".into()),
+        _ => ReadEnd::Gone,
+    }
+}
+
+/// Cuts `text` to fit a close frame, on a character boundary.
+fn close_reason(text: &str) -> String {
+    let mut end = text.len().min(CLOSE_REASON_BYTES_MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// Reads and throws away what a closing peer still sends.
+pub fn drain(stream: &mut TcpStream) -> ReadEnd {
+    use std::io::Read;
+    let mut scratch = [0u8; 4096];
+    let mut drained = 0;
+    while drained < DRAIN_BYTES_PER_TURN_MAX {
+        match stream.read(&mut scratch) {
+            Ok(0) => return ReadEnd::Gone,
+            Ok(n) => drained += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadEnd::Blocked,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return ReadEnd::Gone,
+        }
+    }
+    ReadEnd::MoreToRead
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silence_leads_to_one_ping_then_to_closing_and_any_bytes_reset_it() {
+        let (listener, addr) = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let a = l.local_addr().unwrap();
+            (l, a)
+        };
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_nonblocking(true).unwrap();
+        let ws = WebSocket::from_raw_socket(TcpStream::from_std(stream), tungstenite::protocol::Role::Server, None);
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut conn = Connection::new(1, Socket::Open(ws), t0);
+        let idle = |conn: &mut Connection, at: u64| conn.idle(t0 + ms(at), ms(100), ms(50));
+        assert_eq!(idle(&mut conn, 99), Idle::Heard);
+        assert_eq!(idle(&mut conn, 100), Idle::Ping);
+        assert_eq!(idle(&mut conn, 120), Idle::Heard, "one ping per silence");
+        conn.heard(t0 + ms(140));
+        assert_eq!(idle(&mut conn, 200), Idle::Heard, "the answer resets the silence");
+        assert_eq!(idle(&mut conn, 240), Idle::Ping);
+        assert_eq!(idle(&mut conn, 289), Idle::Heard);
+        assert_eq!(idle(&mut conn, 290), Idle::Silent);
+        conn.closing_since = Some(t0 + ms(290));
+        assert_eq!(idle(&mut conn, 400), Idle::Heard, "closing has its own deadline");
+    }
+
+    #[test]
+    fn close_reasons_fit_a_control_frame_on_a_character_boundary() {
+        let long = "é".repeat(100);
+        let cut = close_reason(&long);
+        assert!(cut.len() <= CLOSE_REASON_BYTES_MAX && cut.len() >= CLOSE_REASON_BYTES_MAX - 1);
+        assert_eq!(close_reason("short"), "short");
+    }
+}
