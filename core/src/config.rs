@@ -64,8 +64,12 @@ pub struct Config {
     pub retention_age_ms: u64,
     /// Recently published messages kept in memory per topic for delivery without a disk read.
     pub topic_cache_bytes: u64,
+    /// All topics' caches together (node-wide); the oldest cached messages go first.
+    pub cache_bytes_total: u64,
     /// Messages read back from disk kept in memory (node-wide count).
     pub read_cache_messages: u32,
+    /// Bytes of messages read back from disk kept in memory (node-wide).
+    pub read_cache_bytes: u64,
     pub fetch_messages_max: u32,
     pub pull_max: u32,
     pub pull_wait_ms_max: u64,
@@ -74,6 +78,13 @@ pub struct Config {
     pub producer_seqs_max: u32,
     /// Publishes waiting for durability node-wide; past it publishes get `overloaded`.
     pub pending_publishes_max: u32,
+    /// Bytes waiting for the disk node-wide (the log not yet written); past it publishes get
+    /// `overloaded`.
+    pub pending_publish_bytes_max: u64,
+    /// `fetch`es waiting for disk reads on one connection; more get `overloaded`.
+    pub fetches_per_connection_max: u32,
+    /// `fetch`es waiting for disk reads node-wide; more get `overloaded`.
+    pub fetches_pending_max: u32,
     /// Open connections; more are refused by the shell.
     pub connections_max: u32,
     /// A connection that has not completed its WebSocket handshake by then is dropped.
@@ -118,13 +129,18 @@ impl Default for Config {
             retention_bytes: 10 << 30,
             retention_age_ms: 7 * 24 * 3600 * 1000,
             topic_cache_bytes: 16 << 20,
+            cache_bytes_total: 64 << 20,
             read_cache_messages: 8_192,
+            read_cache_bytes: 16 << 20,
             fetch_messages_max: 1_000,
             pull_max: 10_000,
             pull_wait_ms_max: 300_000,
             producers_max: 100_000,
             producer_seqs_max: 1_024,
             pending_publishes_max: 200_000,
+            pending_publish_bytes_max: 64 << 20,
+            fetches_per_connection_max: 4,
+            fetches_pending_max: 64,
             connections_max: 100_000,
             handshake_timeout_ms: 10_000,
             idle_ping_ms: 30_000,
@@ -151,6 +167,8 @@ impl Config {
             ("fetch_messages_max", self.fetch_messages_max as u64),
             ("producer_seqs_max", self.producer_seqs_max as u64),
             ("pending_publishes_max", self.pending_publishes_max as u64),
+            ("fetches_per_connection_max", self.fetches_per_connection_max as u64),
+            ("fetches_pending_max", self.fetches_pending_max as u64),
             ("idle_ping_ms", self.idle_ping_ms),
             ("idle_timeout_ms", self.idle_timeout_ms),
         ];
@@ -167,6 +185,9 @@ impl Config {
         }
         if self.segment_bytes_max > u32::MAX as u64 {
             return Err("segment_bytes_max must fit in 32 bits".into());
+        }
+        if self.pending_publish_bytes_max < self.frame_bytes_max as u64 {
+            return Err("pending_publish_bytes_max must be at least frame_bytes_max (one publish must fit)".into());
         }
         if self.retention_bytes < self.segment_bytes_max {
             return Err("retention_bytes must be at least segment_bytes_max".into());

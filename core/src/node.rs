@@ -4,6 +4,7 @@
 //! as outputs and its completion comes back as inputs.
 
 use crate::batch;
+use crate::cache::{CacheBudget, ReadCache};
 use crate::config::{Config, FsyncPolicy, TestBug};
 use crate::group::{key_hash, AckOutcome, Admit, Candidate, ConnId, Group};
 use crate::pipeline::{self, check_name, Publish, PublishContext, Stage, GROUP_BYTES_MAX};
@@ -146,6 +147,16 @@ pub struct Stats {
     pub flushed_bytes: u64,
 }
 
+/// Memory the node's limits bound, as it stands.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryUse {
+    pub topic_cache_bytes: u64,
+    pub read_cache_bytes: u64,
+    pub unwritten_log_bytes: u64,
+    pub pending_publishes: u32,
+    pub pending_fetches: usize,
+}
+
 #[derive(Debug, Default)]
 pub struct RecoveryReport {
     pub segments: usize,
@@ -274,8 +285,8 @@ pub struct Node {
     producers_by_use: BTreeSet<(u64, String)>,
     use_counter: u64,
     log: Log,
-    read_cache: BTreeMap<(usize, u64), Rc<StoredMessage>>,
-    read_cache_order: VecDeque<(usize, u64)>,
+    read_cache: ReadCache,
+    cache_budget: CacheBudget,
     reads: BTreeMap<u64, (usize, u64)>,
     reading: BTreeSet<(usize, u64)>,
     fetches: Vec<PendingFetch>,
@@ -317,8 +328,8 @@ impl Node {
             producers_by_use: BTreeSet::new(),
             use_counter: 0,
             log: Log { segment: 0, segment_len: 0, open: Batch::new(0, 0, true), queued: VecDeque::new(), flushing: None, segments: VecDeque::new(), segment_unsynced: false },
-            read_cache: BTreeMap::new(),
-            read_cache_order: VecDeque::new(),
+            read_cache: ReadCache::default(),
+            cache_budget: CacheBudget::default(),
             reads: BTreeMap::new(),
             reading: BTreeSet::new(),
             fetches: Vec::new(),
@@ -380,6 +391,24 @@ impl Node {
         let t = *self.topic_index.get(topic)?;
         let g = *self.topics[t].group_index.get(group)?;
         Some(self.topics[t].groups[g].in_flight_to(conn))
+    }
+
+    /// What the node holds in memory that its limits bound.
+    pub fn memory(&self) -> MemoryUse {
+        MemoryUse {
+            topic_cache_bytes: self.cache_budget.bytes(),
+            read_cache_bytes: self.read_cache.bytes(),
+            unwritten_log_bytes: self.log_bytes_unwritten(),
+            pending_publishes: self.pending_publishes,
+            pending_fetches: self.fetches.len(),
+        }
+    }
+
+    /// Bytes of the log not yet written: the open batch, batches queued behind the write in
+    /// flight, and that write.
+    fn log_bytes_unwritten(&self) -> u64 {
+        let queued: u64 = self.log.queued.iter().map(|b| b.data.len() as u64).sum();
+        self.log.open.data.len() as u64 + queued + self.log.flushing.as_ref().map_or(0, |b| b.len)
     }
 
     /// Asserts the cross-structure invariants (tests and the simulator call it).
@@ -577,6 +606,11 @@ impl Node {
             let message = format!("{} publishes wait for the disk (pending_publishes_max)", self.pending_publishes);
             return self.send_error(conn, req.as_deref(), ErrorCode::Overloaded, &message);
         }
+        let pending_bytes = self.log_bytes_unwritten();
+        if pending_bytes + body.len() as u64 > self.config.pending_publish_bytes_max {
+            let message = format!("{pending_bytes} bytes wait for the disk (pending_publish_bytes_max)");
+            return self.send_error(conn, req.as_deref(), ErrorCode::Overloaded, &message);
+        }
         if let (Some(producer), Some(seq)) = (&publish.producer, publish.seq) {
             if self.answer_duplicate(conn, &req, producer, seq) {
                 return;
@@ -674,7 +708,8 @@ impl Node {
         topic.next_id += 1;
         topic.index_push(id, Loc { segment: self.log.segment, offset, len: written as u32 });
         let stored = StoredMessage { id, ts_ms, key: key.map(Into::into), body: body.into() };
-        topic.cache_push(Rc::new(stored), self.config.topic_cache_bytes);
+        let (topic_max, total_max) = (self.config.topic_cache_bytes, self.config.cache_bytes_total);
+        self.cache_budget.push(&mut self.topics, t, Rc::new(stored), topic_max, total_max);
         self.log.open.marks.insert(t, id + 1);
         id
     }
@@ -1047,12 +1082,8 @@ impl Node {
         let message = match decoded {
             Ok(message) => {
                 let message = Rc::new(message);
-                self.read_cache.insert((t, id), message.clone());
-                self.read_cache_order.push_back((t, id));
-                while self.read_cache_order.len() > self.config.read_cache_messages as usize {
-                    let old = self.read_cache_order.pop_front().expect("non-empty");
-                    self.read_cache.remove(&old);
-                }
+                let (messages_max, bytes_max) = (self.config.read_cache_messages as usize, self.config.read_cache_bytes);
+                self.read_cache.insert((t, id), message.clone(), messages_max, bytes_max);
                 Some(message)
             }
             Err(why) => {
@@ -1070,6 +1101,16 @@ impl Node {
         let Some(&t) = self.topic_index.get(topic) else {
             return self.send_error(conn, req.as_deref(), ErrorCode::NoSuchTopic, &format!("no topic '{topic}'"));
         };
+        // Each pending fetch holds up to a frame of messages: bound them per connection and in all.
+        let on_conn = self.fetches.iter().filter(|f| f.conn == conn).count();
+        if on_conn >= self.config.fetches_per_connection_max as usize {
+            let message = format!("{on_conn} fetches of this connection wait for the disk (fetches_per_connection_max)");
+            return self.send_error(conn, req.as_deref(), ErrorCode::Overloaded, &message);
+        }
+        if self.fetches.len() >= self.config.fetches_pending_max as usize {
+            let message = format!("{} fetches wait for the disk (fetches_pending_max)", self.fetches.len());
+            return self.send_error(conn, req.as_deref(), ErrorCode::Overloaded, &message);
+        }
         let last_durable = self.topics[t].durable_next_id - 1;
         let to = to.min(last_durable).min(from.saturating_add(self.config.fetch_messages_max as u64 - 1));
         let count = if from <= to { (to - from + 1) as usize } else { 0 };
@@ -1388,8 +1429,9 @@ impl Node {
             let durable = topic.durable_next_id;
             topic.roll_back_to(durable);
         }
+        self.cache_budget.recount(&self.topics);
         let topics = &self.topics;
-        self.read_cache.retain(|(t, id), _| *id < topics[*t].next_id);
+        self.read_cache.retain(|(t, id)| *id < topics[*t].next_id);
         for p in self.producers.values_mut() {
             p.seqs.retain(|_, seen| seen.durable);
         }
