@@ -9,7 +9,7 @@ use crate::config::{Config, FsyncPolicy, TestBug};
 use crate::group::{key_hash, AckOutcome, Admit, Candidate, ConnId, Group};
 use crate::pipeline::{self, check_name, Publish, PublishContext, Stage, GROUP_BYTES_MAX};
 use crate::protocol::{self, ClientOp, ErrorCode, Filter, MsgFrame, StartFrom};
-use crate::record::{self, MessageRef, ProducerRecord, RecordRef, TopicRecord};
+use crate::record::{self, MessageRef, ProducerRecord, RecordRef, SalvagedRecord, TopicRecord};
 use crate::recovery::{Damage, RecoveryError};
 use crate::topic::{Loc, Lookup, StoredMessage, Topic};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -165,6 +165,8 @@ pub struct RecoveryReport {
     pub torn_tail: Option<Damage>,
     /// Damaged regions skipped because salvage was asked for.
     pub salvaged: Vec<Damage>,
+    /// Damaged regions an earlier start salvaged (recorded in the log): accepted again.
+    pub previously_salvaged: Vec<Damage>,
     /// Segments cut back to their intact batches (torn tail or unused zero-filled space).
     pub truncated: Vec<(u64, u64)>,
 }
@@ -303,6 +305,8 @@ pub struct Node {
     stopped: bool,
     /// First id of a topic created from now on: above any id a salvaged region may have held.
     new_topic_first_id: u64,
+    /// Salvaged regions of segments still kept: every segment's snapshot repeats them.
+    salvaged_regions: Vec<SalvagedRecord>,
     now: u64,
     pub stats: Stats,
 }
@@ -343,6 +347,7 @@ impl Node {
             truncating: BTreeSet::new(),
             stopped: false,
             new_topic_first_id: 1,
+            salvaged_regions: Vec::new(),
             now,
             stats: Stats::default(),
         };
@@ -1501,6 +1506,9 @@ impl Node {
             let seqs = producer.seqs.iter().filter(|(_, s)| s.durable).map(|(seq, s)| (*seq, self.topics[s.topic].name.clone(), s.id)).collect();
             record::encode_control(data, record::KIND_PRODUCER, &ProducerRecord { producer: name.clone(), seqs });
         }
+        for salvaged in &self.salvaged_regions {
+            record::encode_control(data, record::KIND_SALVAGED, salvaged);
+        }
         if snapshot.len() == batch::HEADER_BYTES {
             snapshot.clear();
         }
@@ -1528,6 +1536,7 @@ impl Node {
             for topic in &mut self.topics {
                 topic.forget_segments_through(segment);
             }
+            self.salvaged_regions.retain(|r| r.segment > segment);
             self.out.push_back(Output::Disk(DiskOp::Delete { segment }));
             self.out.push_back(Output::Trace(Trace::SegmentDeleted { segment }));
         }
