@@ -64,9 +64,7 @@ fn drive(node: &mut Node, disk: &mut MemDisk) -> usize {
 }
 
 fn node_with_connections(conns: &[u64]) -> (Node, MemDisk) {
-    let mut config = Config::default();
-    config.segment_bytes_max = 1 << 30;
-    config.retention_bytes = 1 << 40;
+    let config = Config { segment_bytes_max: 1 << 30, retention_bytes: 1 << 40, ..Config::default() };
     let mut node = Node::new(config, EPOCH_NS);
     let mut disk = MemDisk::default();
     for conn in conns {

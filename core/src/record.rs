@@ -88,7 +88,7 @@ fn begin(out: &mut Vec<u8>, kind: u8) -> usize {
     start
 }
 
-fn finish(out: &mut Vec<u8>, start: usize) -> usize {
+fn finish(out: &mut [u8], start: usize) -> usize {
     let len = out.len() - start - HEADER_BYTES;
     assert!(len <= RECORD_BYTES_MAX, "record of {len} bytes exceeds RECORD_BYTES_MAX");
     let crc = crc32fast::hash(&out[start + HEADER_BYTES..]);

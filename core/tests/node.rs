@@ -83,8 +83,7 @@ fn puback_waits_for_the_write_and_batches_form_while_it_runs() {
 
 #[test]
 fn ack_timeout_redelivers_with_next_attempt_and_same_prev() {
-    let mut config = Config::default();
-    config.ack_timeout_ms = 1_000;
+    let config = Config { ack_timeout_ms: 1_000, ..Config::default() };
     let mut h = harness(config);
     publish(&mut h, "t", None, json!(1));
     let id = publish(&mut h, "t", None, json!(2));
@@ -105,9 +104,7 @@ fn ack_timeout_redelivers_with_next_attempt_and_same_prev() {
 
 #[test]
 fn max_attempts_moves_the_message_to_the_dead_letter_topic() {
-    let mut config = Config::default();
-    config.ack_timeout_ms = 100;
-    config.max_attempts = 3;
+    let config = Config { ack_timeout_ms: 100, max_attempts: 3, ..Config::default() };
     let mut h = harness(config);
     let id = publish(&mut h, "pay", Some("k"), json!({"x": 1}));
     subscribe(&mut h, S, "pay", "g", json!({}));
@@ -377,8 +374,7 @@ fn bad_input_gets_error_frames_and_the_connection_stays() {
 
 #[test]
 fn tokens_are_required_when_configured() {
-    let mut config = Config::default();
-    config.tokens = vec!["s3cret".into()];
+    let config = Config { tokens: vec!["s3cret".into()], ..Config::default() };
     let mut h = harness(config);
     h.send(P, r#"{"op":"ping","req":1}"#);
     assert_eq!(h.take_op(P, "error")[0]["code"], "unauthorized");
@@ -412,11 +408,14 @@ fn pull_pushes_up_to_max_then_answers_pulled() {
 
 #[test]
 fn fetch_reads_ranges_from_cache_and_disk() {
-    let mut config = Config::default();
-    config.topic_cache_bytes = 1; // force disk reads for all but the newest message
-                                  // Found by ferry-sim seed 107001: a fetch wider than the read cache evicted its own reads
-                                  // and retried forever. A one-message cache must still answer a four-message fetch.
-    config.read_cache_messages = 1;
+    let config = Config {
+        // force disk reads for all but the newest message
+        topic_cache_bytes: 1,
+        // Found by ferry-sim seed 107001: a fetch wider than the read cache evicted its own reads
+        // and retried forever. A one-message cache must still answer a four-message fetch.
+        read_cache_messages: 1,
+        ..Config::default()
+    };
     let mut h = harness(config);
     for n in 0..5 {
         publish(&mut h, "t", Some("k"), json!({"n": n}));
@@ -432,10 +431,7 @@ fn fetch_reads_ranges_from_cache_and_disk() {
 
 #[test]
 fn segments_roll_retention_deletes_and_restart_reads_them_all() {
-    let mut config = Config::default();
-    config.frame_bytes_max = 1024;
-    config.segment_bytes_max = 4096;
-    config.retention_bytes = 4096 * 1000;
+    let config = Config { frame_bytes_max: 1024, segment_bytes_max: 4096, retention_bytes: 4096 * 1000, ..Config::default() };
     let mut h = harness(config);
     let body = json!("x".repeat(200));
     for _ in 0..100 {
@@ -461,17 +457,14 @@ fn segments_roll_retention_deletes_and_restart_reads_them_all() {
 
 #[test]
 fn batch_policy_acks_after_the_interval_and_never_policy_writes_without_fsync() {
-    let mut config = Config::default();
-    config.fsync = FsyncPolicy::Batch;
-    config.batch_interval_ms = 5;
+    let config = Config { fsync: FsyncPolicy::Batch, batch_interval_ms: 5, ..Config::default() };
     let mut h = harness(config);
     h.send_json(P, json!({"op": "pub", "req": 1, "topic": "t", "body": 1}));
     assert!(h.take_op(P, "puback").is_empty(), "batch policy acked before its fsync");
     h.advance_ms(5);
     assert_eq!(h.take_op(P, "puback").len(), 1);
 
-    let mut config = Config::default();
-    config.fsync = FsyncPolicy::Never;
+    let config = Config { fsync: FsyncPolicy::Never, ..Config::default() };
     let mut h = harness(config);
     publish(&mut h, "t", None, json!(1));
     assert_eq!(h.disk.unsynced_bytes(), h.disk.files.values().map(Vec::len).sum::<usize>(), "never policy must not fsync");
@@ -481,9 +474,7 @@ fn batch_policy_acks_after_the_interval_and_never_policy_writes_without_fsync() 
 /// back to ready without pumping its group, so it (and its key) stayed stuck forever.
 #[test]
 fn regression_dead_letter_retried_after_its_write_fails() {
-    let mut config = Config::default();
-    config.ack_timeout_ms = 100;
-    config.max_attempts = 1;
+    let config = Config { ack_timeout_ms: 100, max_attempts: 1, ..Config::default() };
     let mut h = harness(config);
     publish(&mut h, "t", Some("k"), json!(1));
     subscribe(&mut h, S, "t", "g", json!({}));

@@ -142,19 +142,22 @@ impl World {
     pub fn new(options: Options) -> World {
         let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
         let swarm = Swarm::draw(&mut rng, &options.faults);
-        let mut config = Config::default();
-        config.fsync = swarm.fsync;
-        config.batch_interval_ms = rng.gen_range(1..10);
-        config.ack_timeout_ms = rng.gen_range(200..2_000);
-        config.max_attempts = rng.gen_range(3..8);
-        config.frame_bytes_max = 4096;
-        config.segment_bytes_max = rng.gen_range(8_192..65_536);
-        config.retention_bytes = u64::MAX / 2;
-        config.retention_age_ms = u64::MAX / 4;
-        config.topic_cache_bytes = rng.gen_range(256..32_768);
-        config.read_cache_messages = rng.gen_range(1..64);
-        config.disk_full_retry_ms = rng.gen_range(50..1_000);
-        config.test_bug = options.bug;
+        // Fields are evaluated in the order written: the rng draws stay as they were.
+        let config = Config {
+            fsync: swarm.fsync,
+            batch_interval_ms: rng.gen_range(1..10),
+            ack_timeout_ms: rng.gen_range(200..2_000),
+            max_attempts: rng.gen_range(3..8),
+            frame_bytes_max: 4096,
+            segment_bytes_max: rng.gen_range(8_192..65_536),
+            retention_bytes: u64::MAX / 2,
+            retention_age_ms: u64::MAX / 4,
+            topic_cache_bytes: rng.gen_range(256..32_768),
+            read_cache_messages: rng.gen_range(1..64),
+            disk_full_retry_ms: rng.gen_range(50..1_000),
+            test_bug: options.bug,
+            ..Config::default()
+        };
         let mut clients = Vec::new();
         let mut groups = Vec::new();
         for t in 0..swarm.topics {
@@ -501,8 +504,7 @@ impl World {
     }
 
     fn drain_node(&mut self) {
-        loop {
-            let Some(output) = self.node.as_mut().and_then(Node::poll_output) else { break };
+        while let Some(output) = self.node.as_mut().and_then(Node::poll_output) {
             match output {
                 Output::Send { conn, frame } => {
                     let delay = self.latency();
