@@ -443,7 +443,7 @@ impl Node {
     fn on_frame(&mut self, conn: ConnId, text: &str) {
         let Some(state) = self.conns.get(&conn) else { return };
         let authenticated = state.authenticated;
-        let op = match protocol::decode(text) {
+        let op = match protocol::decode(text, self.config.json_depth_max) {
             Ok(op) => op,
             Err(e) => return self.send_error(conn, e.req.as_deref(), e.code, &e.message),
         };

@@ -525,3 +525,96 @@ fn regression_pull_waits_until_its_group_is_durable() {
     let delivered = msgs(&mut h, 3).len() + msgs(&mut h, S).len();
     assert_eq!(delivered, 1, "once durable, the group delivers");
 }
+
+/// `depth` nested arrays around `inner`.
+fn nested(depth: usize, inner: &str) -> String {
+    format!("{}{inner}{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+#[test]
+fn frames_nested_deeper_than_json_depth_max_get_bad_frame_and_nothing_is_stored() {
+    let mut h = harness(Config::default());
+    let depth_max = Config::default().json_depth_max as usize;
+    // The frame's own object is level 1: a body may nest `depth_max - 1` levels.
+    h.send(P, &format!(r#"{{"op":"pub","req":1,"topic":"t","body":{}}}"#, nested(depth_max - 1, "1")));
+    assert_eq!(h.take_op(P, "puback")[0]["id"], 1, "a body exactly at the limit is stored: {:?}", h.take(P));
+    for depth in [depth_max, 10_000, 500_000] {
+        h.send(P, &format!(r#"{{"op":"pub","req":2,"topic":"t","body":{}}}"#, nested(depth, "1")));
+        let errors = h.take_op(P, "error");
+        assert_eq!(errors.len(), 1, "body nested {depth}: {:?}", h.take(P));
+        assert_eq!((errors[0]["code"].as_str(), errors[0]["req"].as_u64()), (Some("bad_frame"), Some(2)), "body nested {depth}");
+        assert!(errors[0]["message"].as_str().unwrap().contains("json_depth_max"), "{}", errors[0]);
+    }
+    assert_eq!(h.node.topic_next_id("t"), Some(2), "refused bodies are not stored");
+    // Objects count like arrays, and so do levels outside `body` (a filter).
+    let deep_filter = format!(r#"{{"op":"sub","req":3,"topic":"t","group":"g","filter":{{"field":"a","equals":{}}}}}"#, nested(depth_max, "1"));
+    h.send(S, &deep_filter);
+    assert_eq!(h.take_op(S, "error")[0]["code"], "bad_frame");
+    // Brackets inside strings, escaped quotes and backslashes are text, not nesting.
+    let text = format!("\\\\\\\"{}\\\"", "[{".repeat(100));
+    h.send(P, &format!(r#"{{"op":"pub","req":4,"topic":"t","body":{{"s":"{text}","t":"\\\\"}}}}"#));
+    let acks = h.take_op(P, "puback");
+    assert_eq!(acks.len(), 1, "brackets in strings: {:?}", h.take(P));
+    assert!(h.closed.is_empty());
+}
+
+#[test]
+fn only_json_objects_are_frames() {
+    let mut h = harness(Config::default());
+    // serde's derive would read a sequence by field position: this array used to be a `pub`.
+    let positional = r#"["pub",1,null,"t",null,{"x":1},null,null,null,null,null,null,null,null,null,null,null]"#;
+    for frame in [positional, r#""ping""#, "5", "null", "[]", r#"[{"op":"ping","req":1}]"#] {
+        h.send(P, frame);
+        let errors = h.take_op(P, "error");
+        assert_eq!(errors.len(), 1, "{frame}: {:?}", h.take(P));
+        assert_eq!(errors[0]["code"], "bad_frame", "{frame}");
+        assert!(errors[0].get("req").is_none(), "{frame}");
+    }
+    assert_eq!(h.node.topic_next_id("t"), None, "nothing was published");
+    h.send(P, " \r\n\t{\"op\":\"ping\",\"req\":7}");
+    assert_eq!(h.take_op(P, "pong")[0]["req"], 7, "whitespace before the object is fine");
+}
+
+#[test]
+fn req_is_a_short_string_or_number_and_a_bad_one_is_not_echoed() {
+    let mut h = harness(Config::default());
+    let long = format!("\"{}\"", "r".repeat(127)); // 129 bytes of JSON
+    let deep = nested(10_000, "1");
+    for req in ["{\"a\":1}", "[1]", "true", "false", "null", long.as_str(), deep.as_str()] {
+        h.send(P, &format!(r#"{{"op":"ping","req":{req}}}"#));
+        let errors = h.take_op(P, "error");
+        assert_eq!(errors.len(), 1, "req {:.40}: {:?}", req, h.take(P));
+        assert_eq!(errors[0]["code"], "bad_frame", "req {req:.40}");
+        assert!(errors[0].get("req").is_none(), "req {req:.40} must not be echoed: {}", errors[0]);
+        // Any op that carries a `req` refuses it the same way, publishing nothing.
+        h.send(P, &format!(r#"{{"op":"pub","req":{req},"topic":"t","body":1}}"#));
+        assert_eq!(h.take_op(P, "error")[0]["code"], "bad_frame", "pub with req {req:.40}");
+    }
+    assert_eq!(h.node.topic_next_id("t"), None, "nothing was published");
+    let longest = format!("\"{}\"", "r".repeat(126)); // 128 bytes of JSON
+    for req in ["0", "-12.5e3", "\"\"", "\"\\u00e9\"", longest.as_str()] {
+        h.send(P, &format!(r#"{{"op":"ping","req":{req}}}"#));
+        let pongs = h.take_op(P, "pong");
+        assert_eq!(pongs.len(), 1, "req {req}: {:?}", h.take(P));
+        assert_eq!(pongs[0]["req"], serde_json::from_str::<Value>(req).unwrap(), "req {req} echoed");
+    }
+}
+
+#[test]
+fn at_the_highest_json_depth_max_every_frame_sent_back_still_parses() {
+    use ferry_core::protocol::JSON_DEPTH_MAX_LIMIT;
+    let mut config = Config { json_depth_max: JSON_DEPTH_MAX_LIMIT, ..Config::default() };
+    let mut h = harness(config.clone());
+    // The harness parses every frame the node sends with serde_json (127 levels at most).
+    let body = nested(JSON_DEPTH_MAX_LIMIT as usize - 1, "1");
+    h.send(P, &format!(r#"{{"op":"pub","req":1,"topic":"t","body":{body}}}"#));
+    assert_eq!(h.take_op(P, "puback").len(), 1, "{:?}", h.take(P));
+    subscribe(&mut h, S, "t", "g", json!({}));
+    assert_eq!(ids(&msgs(&mut h, S)), vec![1]);
+    h.send_json(S, json!({"op": "fetch", "req": 2, "topic": "t", "from": 1, "to": 1}));
+    assert_eq!(h.take_op(S, "fetched")[0]["messages"].as_array().unwrap().len(), 1);
+    for bad in [0, 1, JSON_DEPTH_MAX_LIMIT + 1] {
+        config.json_depth_max = bad;
+        assert!(config.validate().unwrap_err().contains("json_depth_max"), "{bad}");
+    }
+}
