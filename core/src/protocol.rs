@@ -420,8 +420,11 @@ pub fn encode_fetched_message(out: &mut String, first: bool, id: u64, key: Optio
     let _ = write!(out, ",\"ts\":{ts_ms}}}");
 }
 
+/// What `encode_fetched_end` appends, for size checks before it.
+pub const FETCHED_END: &str = "]}";
+
 pub fn encode_fetched_end(out: &mut String) {
-    out.push_str("]}");
+    out.push_str(FETCHED_END);
 }
 
 pub fn encode_pong(out: &mut String, req: Option<&str>) {

@@ -123,6 +123,8 @@ pub struct Harness {
     /// Fails the next write with this error instead of applying it.
     pub fail_next_write: Option<DiskError>,
     pub last_recovery: Option<RecoveryReport>,
+    /// Disk reads the node has asked for.
+    pub reads: u64,
 }
 
 impl Harness {
@@ -140,6 +142,7 @@ impl Harness {
             held: VecDeque::new(),
             fail_next_write: None,
             last_recovery: None,
+            reads: 0,
         };
         h.drain();
         h
@@ -169,6 +172,9 @@ impl Harness {
     }
 
     fn apply(&mut self, op: DiskOp) {
+        if matches!(op, DiskOp::Read { .. }) {
+            self.reads += 1;
+        }
         if let (DiskOp::Write { token, .. }, Some(error)) = (&op, self.fail_next_write.take()) {
             self.node.handle_input(self.now, Input::WriteDone { token: *token, result: Err(error) });
             return;

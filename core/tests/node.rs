@@ -618,3 +618,101 @@ fn at_the_highest_json_depth_max_every_frame_sent_back_still_parses() {
         assert!(config.validate().unwrap_err().contains("json_depth_max"), "{bad}");
     }
 }
+
+/// Sends `fetch` from `from` to `to`, and again from the last id + 1 as PROTOCOL.md says,
+/// until a reply is empty. Returns the ids of each non-empty reply and the largest frame.
+fn fetch_until_empty(h: &mut Harness, from: u64, to: u64) -> (Vec<Vec<u64>>, usize) {
+    let (mut replies, mut largest, mut from) = (Vec::new(), 0, from);
+    loop {
+        h.send_json(S, json!({"op": "fetch", "req": from, "topic": "t", "from": from, "to": to}));
+        let fetched = h.take_op(S, "fetched");
+        assert_eq!(fetched.len(), 1, "one fetched per fetch: {:?}", h.take(S));
+        // Bodies are plain ASCII: the re-serialized frame is as long as the one sent.
+        largest = largest.max(fetched[0].to_string().len());
+        let got = ids(fetched[0]["messages"].as_array().unwrap());
+        assert!(got.windows(2).all(|w| w[0] < w[1]) && got.iter().all(|id| (from..=to).contains(id)), "{got:?} from {from} to {to}");
+        let Some(&last) = got.last() else { return (replies, largest) };
+        replies.push(got);
+        if last == to {
+            return (replies, largest);
+        }
+        from = last + 1;
+    }
+}
+
+#[test]
+fn fetched_is_cut_at_frame_bytes_max_and_reads_only_what_fits() {
+    let config = Config {
+        frame_bytes_max: 1 << 20,
+        // Every message but the newest is read from disk.
+        topic_cache_bytes: 1,
+        read_cache_messages: 1,
+        ..Config::default()
+    };
+    let mut h = harness(config);
+    let body = json!("x".repeat(400 << 10));
+    for _ in 0..10 {
+        publish(&mut h, "t", None, body.clone());
+    }
+    let reads = h.reads;
+    h.send_json(S, json!({"op": "fetch", "req": 1, "topic": "t", "from": 1, "to": u64::MAX}));
+    let fetched = h.take_op(S, "fetched");
+    assert!(fetched[0].to_string().len() <= 1 << 20, "fetched frame of {} bytes", fetched[0].to_string().len());
+    assert_eq!(ids(fetched[0]["messages"].as_array().unwrap()), vec![1, 2], "a prefix, as much as fits");
+    assert_eq!(fetched[0]["messages"][1]["body"], body);
+    assert_eq!(h.reads - reads, 2, "no reads for messages that cannot fit");
+    let (replies, largest) = fetch_until_empty(&mut h, 1, u64::MAX);
+    assert_eq!(replies, vec![vec![1, 2], vec![3, 4], vec![5, 6], vec![7, 8], vec![9, 10]]);
+    assert!(largest <= 1 << 20, "largest fetched frame {largest} bytes");
+    // A message alone larger than the frame limit still comes, alone: a client must progress.
+    let pub_overhead = r#"{"op":"pub","req":1,"topic":"t","body":""}"#.len();
+    publish(&mut h, "t", None, json!("y".repeat((1 << 20) - pub_overhead)));
+    let (replies, largest) = fetch_until_empty(&mut h, 9, 11);
+    assert_eq!(replies, vec![vec![9, 10], vec![11]]);
+    assert!(largest > 1 << 20, "the lone message is over the limit by the frame's own overhead");
+}
+
+#[test]
+fn fetched_is_also_cut_at_fetch_messages_max_and_skips_ids_that_are_gone() {
+    let config = Config { frame_bytes_max: 1024, segment_bytes_max: 4096, retention_bytes: 4096 * 2, fetch_messages_max: 5, topic_cache_bytes: 1, ..Config::default() };
+    let mut h = harness(config);
+    for n in 0..100 {
+        publish(&mut h, "t", None, json!(format!("{n:0>200}")));
+    }
+    h.advance_ms(1_100);
+    // Retention deleted the oldest segments: ids 1.. are gone, but later ones are stored,
+    // so the reply may not be empty.
+    let (replies, _) = fetch_until_empty(&mut h, 1, 1_000);
+    assert!(!replies.is_empty(), "an empty fetched means nothing is stored in the range");
+    let first = replies[0][0];
+    assert!(first > 1, "retention deleted the first segments");
+    assert!(replies.iter().all(|r| r.len() <= 5), "at most fetch_messages_max per reply: {replies:?}");
+    assert_eq!(replies.concat(), (first..=100).collect::<Vec<_>>());
+    assert_eq!(fetch_until_empty(&mut h, 1, first - 1).0, Vec::<Vec<u64>>::new(), "empty: nothing stored there");
+}
+
+#[test]
+fn fetched_goes_past_an_unreadable_record_instead_of_answering_empty() {
+    let config = Config { frame_bytes_max: 1 << 20, topic_cache_bytes: 1, read_cache_messages: 1, ..Config::default() };
+    let mut h = harness(config);
+    let body = json!("x".repeat(600 << 10));
+    for _ in 0..3 {
+        publish(&mut h, "t", None, body.clone());
+    }
+    // Damage the record of id 1 on disk: its read fails the CRC and the id is gone.
+    let (&segment, bytes) = h.disk.files.iter().find(|(_, f)| f.len() > 600 << 10).unwrap();
+    let mut first = None;
+    ferry_core::record::scan_segment(bytes, |offset, size, rec| {
+        if matches!(rec, ferry_core::record::RecordRef::Message(m) if m.id == 1) {
+            first = Some((offset as usize, size));
+        }
+    });
+    let (offset, size) = first.expect("record of id 1");
+    h.disk.files.get_mut(&segment).unwrap()[offset + size / 2] ^= 0x55;
+    // Only id 1 fits the first frame, and it turns out unreadable: the reply goes on to id 2.
+    let (replies, largest) = fetch_until_empty(&mut h, 1, 3);
+    assert_eq!(replies, vec![vec![2], vec![3]]);
+    assert!(largest <= 1 << 20);
+    assert!(h.traces.iter().any(|t| matches!(t, ferry_core::Trace::UnreadableRecord { id: 1, .. })));
+    assert_eq!(fetch_until_empty(&mut h, 1, 1).0, Vec::<Vec<u64>>::new());
+}
