@@ -1,4 +1,4 @@
-//! The PROTOCOL.md v1 JSON codec. The core owns it so the simulator and fuzzers exercise the
+//! The docs/PROTOCOL.md v1 JSON codec. The core owns it so the simulator and fuzzers exercise the
 //! very decoder production runs; the shell only hands over each text frame's payload.
 
 use serde::{Deserialize, Deserializer};
