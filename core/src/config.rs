@@ -1,5 +1,6 @@
 //! Every limit and policy of a node, with the defaults a fresh install runs on.
 
+use crate::protocol::JSON_DEPTH_MAX_LIMIT;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -48,6 +49,9 @@ pub struct Config {
     pub ack_persist_interval_ms: u64,
     /// Largest accepted text frame; larger ones get `too_large` and the connection closes (1009).
     pub frame_bytes_max: usize,
+    /// Deepest nesting of `[` and `{` accepted in a frame, counted over the whole frame (its
+    /// own object is level 1, so a body may nest one level less); deeper frames get `bad_frame`.
+    pub json_depth_max: u32,
     pub window_default: u32,
     pub window_max: u32,
     pub ack_timeout_ms: u64,
@@ -116,6 +120,7 @@ impl Default for Config {
             batch_bytes: 1 << 20,
             ack_persist_interval_ms: 10,
             frame_bytes_max: 1 << 20,
+            json_depth_max: 64,
             window_default: 64,
             window_max: 65_536,
             ack_timeout_ms: 30_000,
@@ -176,6 +181,11 @@ impl Config {
             if value == 0 {
                 return Err(format!("{name} must be greater than 0"));
             }
+        }
+        // At least 2 so that a `filter` or an object body fits; at most the limit that keeps
+        // every frame ferry sends back parseable by common JSON parsers (see the constant).
+        if !(2..=JSON_DEPTH_MAX_LIMIT).contains(&self.json_depth_max) {
+            return Err(format!("json_depth_max must be 2 to {JSON_DEPTH_MAX_LIMIT}"));
         }
         if self.window_default > self.window_max {
             return Err(format!("window_default ({}) exceeds window_max ({})", self.window_default, self.window_max));

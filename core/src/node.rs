@@ -271,10 +271,14 @@ struct PendingFetch {
     conn: ConnId,
     req: Option<String>,
     topic: usize,
-    from: u64,
-    /// One slot per id from `from`: `None` while its read is outstanding.
-    slots: Vec<Option<Option<Rc<StoredMessage>>>>,
+    /// The stored ids gathered, ascending, each with its message: `None` while its read is
+    /// outstanding, `Some(None)` once the record turned out unreadable.
+    slots: Vec<(u64, Option<Option<Rc<StoredMessage>>>)>,
     waiting: usize,
+    /// The first id not gathered and the end of the range: when every gathered record turns
+    /// out unreadable, the fetch goes on from `next` instead of answering empty.
+    next: u64,
+    to: u64,
 }
 
 pub struct Node {
@@ -530,7 +534,7 @@ impl Node {
     fn on_frame(&mut self, conn: ConnId, text: &str) {
         let Some(state) = self.conns.get(&conn) else { return };
         let authenticated = state.authenticated;
-        let op = match protocol::decode(text) {
+        let op = match protocol::decode(text, self.config.json_depth_max) {
             Ok(op) => op,
             Err(e) => return self.send_error(conn, e.req.as_deref(), e.code, &e.message),
         };
@@ -1116,21 +1120,53 @@ impl Node {
             let message = format!("{} fetches wait for the disk (fetches_pending_max)", self.fetches.len());
             return self.send_error(conn, req.as_deref(), ErrorCode::Overloaded, &message);
         }
-        let last_durable = self.topics[t].durable_next_id - 1;
-        let to = to.min(last_durable).min(from.saturating_add(self.config.fetch_messages_max as u64 - 1));
-        let count = if from <= to { (to - from + 1) as usize } else { 0 };
-        let mut fetch = PendingFetch { conn, req, topic: t, from, slots: Vec::with_capacity(count), waiting: 0 };
-        for id in (from..=to).take(count) {
-            let slot = match self.topics[t].lookup(id, &self.read_cache, t) {
-                Lookup::Found(m) => Some(Some(m)),
-                Lookup::Gone => Some(None),
+        let to = to.min(self.topics[t].durable_next_id - 1);
+        self.gather_fetch(conn, req, t, from, to);
+    }
+
+    /// Gathers the stored messages of `from..=to` that one `fetched` frame can hold: at most
+    /// `fetch_messages_max`, and within `frame_bytes_max` by their estimated sizes, so no disk
+    /// read is asked for a message that cannot fit. The first stored message always comes,
+    /// even alone over the limit: a message may be as large as the frame that published it,
+    /// and a client must be able to get past it. Ids that are gone are skipped, so a reply is
+    /// empty only when nothing is stored in the range (PROTOCOL.md).
+    fn gather_fetch(&mut self, conn: ConnId, req: Option<String>, t: usize, from: u64, to: u64) {
+        let topic = &self.topics[t];
+        let budget = self.config.frame_bytes_max;
+        let count_max = self.config.fetch_messages_max as usize;
+        // The frame's own fields, generously: `{"op":"fetched","req":…,"topic":…,"messages":[]}`.
+        let mut estimate = 64 + req.as_ref().map_or(0, String::len) + topic.name.len();
+        // Ids below the first stored one are gone (retention): no need to step through them.
+        let mut id = from.max(topic.first_id());
+        let mut slots = Vec::new();
+        let mut reads = Vec::new();
+        while id <= to && slots.len() < count_max {
+            let (size, slot) = match topic.lookup(id, &self.read_cache, t) {
+                Lookup::Gone => {
+                    id += 1;
+                    continue;
+                }
+                Lookup::Found(m) => (m.bytes() as usize, Some(Some(m))),
+                // The record's size on disk: its body and key plus a header of about the size
+                // of the entry's own fields. answer_fetch cuts exactly should it fall short.
                 Lookup::OnDisk(loc) => {
-                    self.request_read(t, id, loc);
-                    fetch.waiting += 1;
-                    None
+                    reads.push((id, loc));
+                    (loc.len as usize, None)
                 }
             };
-            fetch.slots.push(slot);
+            if !slots.is_empty() && estimate + size > budget {
+                if slot.is_none() {
+                    reads.pop();
+                }
+                break;
+            }
+            estimate += size;
+            slots.push((id, slot));
+            id += 1;
+        }
+        let fetch = PendingFetch { conn, req, topic: t, waiting: reads.len(), slots, next: id, to };
+        for (id, loc) in reads {
+            self.request_read(t, id, loc);
         }
         if fetch.waiting == 0 {
             self.answer_fetch(fetch);
@@ -1141,10 +1177,23 @@ impl Node {
 
     fn answer_fetch(&mut self, fetch: PendingFetch) {
         debug_assert_eq!(fetch.waiting, 0);
+        let readable = |slot: &(u64, Option<Option<Rc<StoredMessage>>>)| slot.1.as_ref().and_then(Option::as_ref).cloned();
+        if fetch.slots.iter().all(|slot| readable(slot).is_none()) && fetch.next <= fetch.to {
+            // Everything gathered was unreadable, yet the range goes on: an empty reply would
+            // tell the client nothing is stored there.
+            return self.gather_fetch(fetch.conn, fetch.req, fetch.topic, fetch.next, fetch.to);
+        }
+        let limit = self.config.frame_bytes_max;
         let mut frame = String::new();
         protocol::encode_fetched_start(&mut frame, fetch.req.as_deref(), &self.topics[fetch.topic].name);
-        for (i, m) in fetch.slots.iter().flatten().flatten().enumerate() {
-            protocol::encode_fetched_message(&mut frame, i == 0, m.id, m.key.as_deref(), &m.body, m.ts_ms);
+        for (count, m) in fetch.slots.iter().filter_map(readable).enumerate() {
+            let mark = frame.len();
+            protocol::encode_fetched_message(&mut frame, count == 0, m.id, m.key.as_deref(), &m.body, m.ts_ms);
+            // The estimates may fall short (escaped keys): the exact cut, never before the first.
+            if count > 0 && frame.len() + protocol::FETCHED_END.len() > limit {
+                frame.truncate(mark);
+                break;
+            }
         }
         protocol::encode_fetched_end(&mut frame);
         self.send(fetch.conn, frame);
@@ -1156,10 +1205,12 @@ impl Node {
         let mut index = 0;
         while index < self.fetches.len() {
             let fetch = &mut self.fetches[index];
-            if fetch.topic == t && id >= fetch.from {
-                if let Some(slot @ None) = fetch.slots.get_mut((id - fetch.from) as usize) {
-                    *slot = Some(message.cloned());
-                    fetch.waiting -= 1;
+            if fetch.topic == t {
+                if let Ok(at) = fetch.slots.binary_search_by_key(&id, |slot| slot.0) {
+                    if fetch.slots[at].1.is_none() {
+                        fetch.slots[at].1 = Some(message.cloned());
+                        fetch.waiting -= 1;
+                    }
                 }
             }
             if fetch.waiting == 0 {

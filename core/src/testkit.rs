@@ -131,6 +131,8 @@ pub struct Harness {
     /// Why the node asked to stop, once it has.
     pub stopped: Option<String>,
     pub last_recovery: Option<RecoveryReport>,
+    /// Disk reads the node has asked for.
+    pub reads: u64,
 }
 
 impl Harness {
@@ -151,6 +153,7 @@ impl Harness {
             fail_next_truncate: None,
             stopped: None,
             last_recovery: None,
+            reads: 0,
         };
         h.drain();
         h
@@ -186,6 +189,9 @@ impl Harness {
     }
 
     fn apply(&mut self, op: DiskOp) {
+        if matches!(op, DiskOp::Read { .. }) {
+            self.reads += 1;
+        }
         if let (DiskOp::Write { token, .. }, Some(error)) = (&op, self.fail_next_write.take()) {
             self.node.handle_input(self.now, Input::WriteDone { token: *token, result: Err(error) });
             return;

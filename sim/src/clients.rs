@@ -1,5 +1,6 @@
 //! Simulated clients that follow PROTOCOL.md: publishers that retry with (`producer`, `seq`),
-//! subscribers that dedupe by id, repair `prev` gaps with `fetch`, ack late or never.
+//! subscribers that dedupe by id, repair `prev` gaps with `fetch` (asking again from the
+//! last id + 1 while a reply ends before its range), ack late or never.
 
 use crate::checker::{body_for, Checker};
 use rand::Rng;
@@ -172,6 +173,8 @@ pub struct Subscriber {
     processed: BTreeSet<u64>,
     due_acks: Vec<(u64, u64)>,
     fetches: u64,
+    /// Gap repairs in flight by `req`: the range asked for.
+    fetching: BTreeMap<u64, (u64, u64)>,
 }
 
 impl Subscriber {
@@ -192,6 +195,7 @@ impl Subscriber {
             processed: BTreeSet::new(),
             due_acks: Vec::new(),
             fetches: 0,
+            fetching: BTreeMap::new(),
         }
     }
 
@@ -237,6 +241,8 @@ impl Subscriber {
         self.link = Link::Down;
         self.due_acks.clear();
         self.resub_at = None;
+        // Replies to these died with the connection; like the acks, the repairs are given up.
+        self.fetching.clear();
         ctx.actions.push(Action::WakeAt(ctx.now + ctx.rng.gen_range(10..300) * MS));
     }
 
@@ -247,12 +253,35 @@ impl Subscriber {
             Some("error") if frame["req"] == "u" && frame["code"] == "not_subscribed" => {}
             Some("pulled") => self.pull(ctx),
             Some("msg") => self.on_msg(frame, ctx),
-            Some("fetched") => {
-                for m in frame["messages"].as_array().into_iter().flatten() {
-                    ctx.checker.fetched(&self.topic, m);
-                }
-            }
+            Some("fetched") => self.on_fetched(frame, ctx),
             _ => ctx.checker.violation("protocol", format!("subscriber {} got unexpected {frame}", self.name)),
+        }
+    }
+
+    fn fetch(&mut self, from: u64, to: u64, ctx: &mut Ctx<'_>) {
+        self.fetches += 1;
+        self.fetching.insert(self.fetches, (from, to));
+        ctx.send(json!({"op": "fetch", "req": self.fetches, "topic": self.topic, "from": from, "to": to}));
+    }
+
+    /// A `fetched` may end before `to` (cut at the frame size limit or `fetch_messages_max`):
+    /// ask again from the last id + 1 until the range is done or a reply is empty.
+    fn on_fetched(&mut self, frame: &Value, ctx: &mut Ctx<'_>) {
+        let Some((from, to)) = frame["req"].as_u64().and_then(|req| self.fetching.remove(&req)) else {
+            return ctx.checker.violation("protocol", format!("subscriber {} got a fetched it did not ask for: {frame}", self.name));
+        };
+        let messages = frame["messages"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let mut last = None;
+        for m in messages {
+            let id = m["id"].as_u64().unwrap_or(0);
+            if id < from || id > to || last.is_some_and(|last| id <= last) {
+                ctx.checker.violation("protocol", format!("subscriber {} asked for {from}..={to} and got id {id} after {last:?}", self.name));
+            }
+            last = Some(id);
+            ctx.checker.fetched(&self.topic, m);
+        }
+        if let Some(last) = last.filter(|last| *last < to) {
+            self.fetch(last + 1, to, ctx);
         }
     }
 
@@ -261,8 +290,7 @@ impl Subscriber {
         let prev = frame["prev"].as_u64().unwrap_or(0);
         ctx.checker.delivered(&self.group, frame, ctx.now);
         if !self.shared_group && prev > self.last_id && self.last_id > 0 {
-            self.fetches += 1;
-            ctx.send(json!({"op": "fetch", "req": self.fetches, "topic": self.topic, "from": self.last_id + 1, "to": prev}));
+            self.fetch(self.last_id + 1, prev, ctx);
         }
         let first_time = self.processed.insert(id);
         self.last_id = self.last_id.max(id);

@@ -157,6 +157,9 @@ impl World {
             read_cache_messages: rng.gen_range(1..64),
             disk_full_retry_ms: rng.gen_range(50..1_000),
             test_bug: options.bug,
+            // Small, so that gap repairs are cut and subscribers must ask again from the last
+            // id + 1 (taken from the seed, not the rng, so every seed keeps its draws).
+            fetch_messages_max: 1 + (options.seed % 3) as u32,
             ..Config::default()
         };
         let mut clients = Vec::new();
