@@ -241,8 +241,6 @@ struct Acked {
     exempt: bool,
     /// Known to be gone from the disk (retention, or damage): not looked for again.
     gone: bool,
-    /// Found gone at a restart that cut a torn tail (see the known findings).
-    lost_to_torn_tail: bool,
 }
 
 struct Driver {
@@ -261,6 +259,8 @@ struct Driver {
     /// The (connection, topic, group)s pulled on.
     pulled: BTreeSet<(u64, &'static str, &'static str)>,
     corrupted: bool,
+    /// A restart cut a torn tail after a deliberate corruption (see the known findings).
+    torn_cut: bool,
     retention_deleted: bool,
 }
 
@@ -280,6 +280,7 @@ pub fn run(data: &[u8]) {
         pulled: BTreeSet::new(),
         trace: std::env::var_os("FERRY_FUZZ_TRACE").is_some(),
         corrupted: false,
+        torn_cut: false,
         retention_deleted: false,
     };
     let mut steps = 0;
@@ -546,14 +547,16 @@ impl Driver {
             // torn tail is cut before that snapshot is durable, and a crash in between loses
             // the skip; (2) a skip for undecodable bytes raises the first id of new topics in
             // memory only; (3) a damaged snapshot, after retention deleted its topics'
-            // messages, skips ids as if its bytes held messages. Tolerated here, only for ids
-            // found lost at a restart that cut a torn tail, so the target can look further.
-            Some(earlier) if earlier.exempt && earlier.lost_to_torn_tail && earlier.ident != pending.ident => {
-                self.acked.insert((topic, id), Acked { ident: pending.ident, exempt: false, gone: false, lost_to_torn_tail: false });
+            // messages, skips ids as if its bytes held messages. And a salvage later bounds
+            // new topics' ids from a first id that (2) may have left too low. Tolerated here,
+            // only for ids lost to damage in a run where a restart cut a damaged torn tail,
+            // so the target can look further (without torn tails, salvage is held to it).
+            Some(earlier) if earlier.exempt && earlier.gone && self.torn_cut && earlier.ident != pending.ident => {
+                self.acked.insert((topic, id), Acked { ident: pending.ident, exempt: false, gone: false });
             }
             Some(earlier) => assert_eq!(earlier.ident, pending.ident, "{topic} id {id} pubacked for two different messages (the second: {frame})"),
             None => {
-                self.acked.insert((topic, id), Acked { ident: pending.ident, exempt: false, gone: false, lost_to_torn_tail: false });
+                self.acked.insert((topic, id), Acked { ident: pending.ident, exempt: false, gone: false });
             }
         }
     }
@@ -621,13 +624,13 @@ impl Driver {
         }
         h.traces.clear();
         let lossy = power_loss && h.config.fsync == FsyncPolicy::Never;
-        let torn = h.last_recovery.as_ref().is_some_and(|r| r.torn_tail.is_some());
-        self.check_disk(lossy, torn);
+        self.torn_cut |= self.corrupted && h.last_recovery.as_ref().is_some_and(|r| r.torn_tail.is_some());
+        self.check_disk(lossy);
         self.after_op();
     }
 
     /// Every pubacked message is on disk with its body, or has a reason not to be.
-    fn check_disk(&mut self, lossy: bool, torn: bool) {
+    fn check_disk(&mut self, lossy: bool) {
         let mut on_disk: BTreeMap<(String, u64), Ident> = BTreeMap::new();
         let mut first_on_disk: BTreeMap<String, u64> = BTreeMap::new();
         let segments = self.h.disk.segments();
@@ -668,10 +671,7 @@ impl Driver {
                     assert!(same, "{topic} id {id} pubacked as {:?} but stored as {found:?}", acked.ident);
                 }
                 None if lossy => lost.push((topic.clone(), *id)),
-                None if acked.exempt => {
-                    acked.gone = true;
-                    acked.lost_to_torn_tail = torn;
-                }
+                None if acked.exempt => acked.gone = true,
                 None if self.retention_deleted && first_on_disk.get(topic).is_none_or(|first| id < first) => acked.gone = true,
                 None => panic!("{topic} id {id} was pubacked ({:?}) and is not on disk after a restart", acked.ident),
             }
