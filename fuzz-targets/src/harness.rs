@@ -261,6 +261,8 @@ struct Driver {
     corrupted: bool,
     /// A restart cut a torn tail after a deliberate corruption (see the known findings).
     torn_cut: bool,
+    /// A write failed with ENOSPC (see the known findings).
+    no_space: bool,
     retention_deleted: bool,
 }
 
@@ -281,6 +283,7 @@ pub fn run(data: &[u8]) {
         trace: std::env::var_os("FERRY_FUZZ_TRACE").is_some(),
         corrupted: false,
         torn_cut: false,
+        no_space: false,
         retention_deleted: false,
     };
     let mut steps = 0;
@@ -492,6 +495,7 @@ impl Driver {
     fn after_op(&mut self) {
         self.h.node.check_invariants();
         self.retention_deleted |= self.h.traces.iter().any(|t| matches!(t, Trace::SegmentDeleted { .. }));
+        self.no_space |= self.h.traces.iter().any(|t| matches!(t, Trace::StoreFailed { error: DiskError::NoSpace, .. }));
         if self.trace && !self.h.traces.is_empty() {
             eprintln!("  traces {:?}", self.h.traces);
         }
@@ -551,7 +555,11 @@ impl Driver {
             // new topics' ids from a first id that (2) may have left too low. Tolerated here,
             // only for ids lost to damage in a run where a restart cut a damaged torn tail,
             // so the target can look further (without torn tails, salvage is held to it).
-            Some(earlier) if earlier.exempt && earlier.gone && self.torn_cut && earlier.ident != pending.ident => {
+            // KNOWN FINDING (README, Fuzzing): ENOSPC on the first write of a segment drops
+            // its snapshot for good; once retention deletes the older segments, a restart
+            // forgets the topics' next ids. Tolerated for ids retention deleted after an
+            // ENOSPC.
+            Some(earlier) if earlier.gone && earlier.ident != pending.ident && ((earlier.exempt && self.torn_cut) || (self.no_space && self.retention_deleted)) => {
                 self.acked.insert((topic, id), Acked { ident: pending.ident, exempt: false, gone: false });
             }
             Some(earlier) => assert_eq!(earlier.ident, pending.ident, "{topic} id {id} pubacked for two different messages (the second: {frame})"),
@@ -622,7 +630,6 @@ impl Driver {
             eprintln!("  restarted: {:?}", h.last_recovery);
             eprintln!("  disk: {:?}", h.disk.files.iter().map(|(id, f)| (*id, f.len())).collect::<Vec<_>>());
         }
-        h.traces.clear();
         let lossy = power_loss && h.config.fsync == FsyncPolicy::Never;
         self.torn_cut |= self.corrupted && h.last_recovery.as_ref().is_some_and(|r| r.torn_tail.is_some());
         self.check_disk(lossy);
