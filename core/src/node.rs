@@ -5,7 +5,7 @@
 
 use crate::batch;
 use crate::config::{Config, FsyncPolicy, TestBug};
-use crate::group::{key_hash, AckOutcome, Admit, Candidate, ConnId, Group};
+use crate::group::{key_hash, AckOutcome, Admit, Candidate, ConnId, Group, Released};
 use crate::pipeline::{self, check_name, Publish, PublishContext, Stage, GROUP_BYTES_MAX};
 use crate::protocol::{self, ClientOp, ErrorCode, Filter, MsgFrame, StartFrom};
 use crate::record::{self, MessageRef, ProducerRecord, RecordRef, TopicRecord};
@@ -53,6 +53,12 @@ pub enum Input<'a> {
     },
     Disconnected {
         conn: ConnId,
+    },
+    /// The connection's outgoing queue is full (`true`): push it no messages until it has
+    /// drained (`false`). Its other members keep receiving; nothing in flight to it moves.
+    Congested {
+        conn: ConnId,
+        congested: bool,
     },
     WriteDone {
         token: u64,
@@ -181,11 +187,17 @@ struct Sub {
     subscribed: bool,
     window: u32,
     in_flight: u32,
+    /// Bytes of the messages in flight (see `Config::window_bytes_max`).
+    in_flight_bytes: u64,
     pull: Option<Pull>,
 }
 
 impl Sub {
-    fn capacity(&self) -> u32 {
+    fn capacity(&self, window_bytes_max: u64) -> u32 {
+        // One message always fits, however large: below the byte window, another may go.
+        if self.in_flight > 0 && self.in_flight_bytes >= window_bytes_max {
+            return 0;
+        }
         match &self.pull {
             Some(pull) => pull.remaining,
             None if self.subscribed => self.window.saturating_sub(self.in_flight),
@@ -196,6 +208,8 @@ impl Sub {
 
 struct Conn {
     authenticated: bool,
+    /// The shell says its outgoing queue is full: no messages are pushed to it meanwhile.
+    congested: bool,
     subs: BTreeMap<(usize, usize), Sub>,
 }
 
@@ -391,6 +405,7 @@ impl Node {
                 for (conn_id, conn) in &self.conns {
                     if let Some(sub) = conn.subs.get(&(t, g)) {
                         assert_eq!(sub.in_flight as usize, group.in_flight_to(*conn_id), "in-flight count of conn {conn_id}");
+                        assert_eq!(sub.in_flight_bytes, group.in_flight_bytes_to(*conn_id), "in-flight bytes of conn {conn_id}");
                         if sub.subscribed && sub.pull.is_none() {
                             assert!(sub.in_flight <= sub.window, "window exceeded on conn {conn_id}");
                         }
@@ -412,6 +427,7 @@ impl Node {
             Input::Frame { conn, text } => self.on_frame(conn, text),
             Input::Rejected { conn, why } => self.on_rejected(conn, why),
             Input::Disconnected { conn } => self.on_disconnected(conn),
+            Input::Congested { conn, congested } => self.on_congested(conn, congested),
             Input::WriteDone { token, result } => self.on_write_done(token, result),
             Input::ReadDone { token, result } => self.on_read_done(token, result),
             Input::TruncateDone { token, result } => self.on_truncate_done(token, result),
@@ -470,7 +486,7 @@ impl Node {
 
     fn on_connected(&mut self, conn: ConnId) {
         let authenticated = self.config.tokens.is_empty();
-        let previous = self.conns.insert(conn, Conn { authenticated, subs: BTreeMap::new() });
+        let previous = self.conns.insert(conn, Conn { authenticated, congested: false, subs: BTreeMap::new() });
         assert!(previous.is_none(), "connection id {conn} reused while open");
         let mut frame = String::new();
         protocol::encode_welcome(&mut frame, &self.config.node_name);
@@ -540,6 +556,21 @@ impl Node {
             }
         } else {
             self.send_error(conn, None, ErrorCode::Unauthorized, "unknown token");
+        }
+    }
+
+    /// While congested a connection gets no messages; once it drains, its groups push again.
+    fn on_congested(&mut self, conn: ConnId, congested: bool) {
+        let Some(state) = self.conns.get_mut(&conn) else { return };
+        if state.congested == congested {
+            return;
+        }
+        state.congested = congested;
+        if !congested {
+            let groups: Vec<(usize, usize)> = state.subs.keys().copied().collect();
+            for (t, g) in groups {
+                self.pump(t, g);
+            }
         }
     }
 
@@ -851,9 +882,9 @@ impl Node {
     fn ack_one(&mut self, t: usize, g: usize, id: u64) -> bool {
         match self.topics[t].groups[g].ack(id) {
             AckOutcome::Acked { released, delay_until } => {
-                if let Some((conn, deadline)) = released {
+                if let Some(Released { conn, deadline, bytes }) = released {
                     self.timers.remove(&(deadline, Timer::AckDeadline { topic: t, group: g, id }));
-                    self.release_in_flight(conn, t, g);
+                    self.release_in_flight(conn, t, g, bytes);
                 }
                 if let Some(until) = delay_until {
                     self.timers.remove(&(until, Timer::NackDelay { topic: t, group: g, id }));
@@ -874,9 +905,9 @@ impl Node {
         if id >= group.cursor() {
             return false;
         }
-        if let Some((conn, deadline)) = group.nack(id, until) {
+        if let Some(Released { conn, deadline, bytes }) = group.nack(id, until) {
             self.timers.remove(&(deadline, Timer::AckDeadline { topic: t, group: g, id }));
-            self.release_in_flight(conn, t, g);
+            self.release_in_flight(conn, t, g, bytes);
             if let Some(until) = until {
                 self.timers.insert((until, Timer::NackDelay { topic: t, group: g, id }));
             }
@@ -884,11 +915,12 @@ impl Node {
         true
     }
 
-    /// One message in flight to `conn` is no longer: its window has room again.
-    fn release_in_flight(&mut self, conn: ConnId, t: usize, g: usize) {
+    /// One message (of `bytes`) in flight to `conn` is no longer: its window has room again.
+    fn release_in_flight(&mut self, conn: ConnId, t: usize, g: usize, bytes: u32) {
         let Some(state) = self.conns.get_mut(&conn) else { return };
         let Some(sub) = state.subs.get_mut(&(t, g)) else { return };
         sub.in_flight -= 1;
+        sub.in_flight_bytes -= bytes as u64;
         if !sub.subscribed && sub.pull.is_none() && sub.in_flight == 0 {
             state.subs.remove(&(t, g));
         }
@@ -902,7 +934,8 @@ impl Node {
         for step in 0..count {
             let at = (group.next_member + step) % count;
             let conn = group.members[at];
-            let capacity = self.conns.get(&conn).and_then(|c| c.subs.get(&(t, g))).map_or(0, Sub::capacity);
+            let window_bytes_max = self.config.window_bytes_max;
+            let capacity = self.conns.get(&conn).filter(|c| !c.congested).and_then(|c| c.subs.get(&(t, g))).map_or(0, |sub| sub.capacity(window_bytes_max));
             if capacity > 0 {
                 group.next_member = (at + 1) % count;
                 return Some(conn);
@@ -962,7 +995,8 @@ impl Node {
         let topic = &mut self.topics[t];
         let group = &mut topic.groups[g];
         let deadline = self.now + group.ack_timeout_ns;
-        let (attempt, prev) = group.dispatch(id, conn, deadline);
+        let bytes = (message.body.len() + message.key.as_deref().map_or(0, str::len)) as u32;
+        let (attempt, prev) = group.dispatch(id, conn, deadline, bytes);
         self.timers.insert((deadline, Timer::AckDeadline { topic: t, group: g, id }));
         let mut frame = String::with_capacity(96 + message.body.len());
         let msg = MsgFrame { topic: &topic.name, group: &group.name, id, prev, key: message.key.as_deref(), body: &message.body, attempt, ts_ms: message.ts_ms };
@@ -974,6 +1008,7 @@ impl Node {
         }
         let sub = self.conns.get_mut(&conn).and_then(|c| c.subs.get_mut(&(t, g))).expect("picked member has a sub");
         sub.in_flight += 1;
+        sub.in_flight_bytes += bytes as u64;
         let pull_done = match &mut sub.pull {
             Some(pull) => {
                 pull.remaining -= 1;
@@ -1130,8 +1165,8 @@ impl Node {
     fn on_timer(&mut self, at: u64, timer: Timer) {
         match timer {
             Timer::AckDeadline { topic, group, id } => {
-                if let Some(conn) = self.topics[topic].groups[group].expire(id, at) {
-                    self.release_in_flight(conn, topic, group);
+                if let Some((conn, bytes)) = self.topics[topic].groups[group].expire(id, at) {
+                    self.release_in_flight(conn, topic, group, bytes);
                     if self.config.test_bug == Some(TestBug::ExpiryCountsAsAck) {
                         self.ack_one(topic, group, id);
                     }
