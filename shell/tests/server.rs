@@ -54,7 +54,7 @@ fn a_stalled_handshake_is_dropped() {
 #[test]
 fn a_subscriber_that_stops_reading_is_cut_off_and_publishers_go_on() {
     let dir = support::temp_dir("slow-consumer");
-    let server = Server::start(&dir, "127.0.0.1:0", &["--set", "connection_outbox_bytes_max=262144"]);
+    let server = Server::start(&dir, "127.0.0.1:0", &["--set", "connection_outbox_pause_bytes=65536", "--set", "slow_consumer_timeout_ms=1000"]);
     let mut stuck = Client::connect(&server.url()).unwrap();
     stuck.send(&json!({"op": "sub", "req": 1, "topic": "t", "group": "stuck", "from": "latest", "window": 60000})).unwrap();
     assert_eq!(stuck.expect_op("suback")["group"], "stuck");
