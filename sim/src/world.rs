@@ -12,7 +12,7 @@ use ferry_core::{Config, ConnId, FsyncPolicy, Node};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 const SEC: u64 = 1_000 * MS;
 /// 2023-11-14T22:13:20Z, so `ts` values look real.
@@ -37,6 +37,8 @@ pub struct Swarm {
     pub disk_full_chance: f64,
     pub eio_chance: f64,
     pub bitflip_chance: f64,
+    /// Per fault tick: a connection's outbox fills up in the shell (`Input::Congested`).
+    pub congestion_chance: f64,
     pub safety_ms: u64,
     pub fsync: FsyncPolicy,
 }
@@ -52,6 +54,7 @@ impl Swarm {
         let disk_full_chance = pick(rng, FaultKind::DiskFull, 0.02);
         let eio_chance = pick(rng, FaultKind::Eio, 0.01);
         let bitflip_chance = pick(rng, FaultKind::BitFlip, 0.01);
+        let congestion_chance = pick(rng, FaultKind::Delay, 0.2);
         let (latency_min_us, latency_max_us) = if on(FaultKind::Delay) && rng.gen_bool(0.5) { (50, rng.gen_range(1_000..200_000)) } else { (20, 500) };
         Swarm {
             publishers: rng.gen_range(1..=3),
@@ -68,6 +71,7 @@ impl Swarm {
             disk_full_chance,
             eio_chance,
             bitflip_chance,
+            congestion_chance,
             safety_ms: rng.gen_range(3_000..15_000),
             fsync: if rng.gen_bool(0.7) { FsyncPolicy::Always } else { FsyncPolicy::Batch },
         }
@@ -89,6 +93,7 @@ enum Event {
     FaultTick,
     PartitionEnd { client: usize },
     DiskFullEnd,
+    CongestionEnd { conn: ConnId },
 }
 
 struct Conn {
@@ -137,6 +142,8 @@ pub struct World {
     faults: BTreeMap<&'static str, u64>,
     steps: u64,
     bitflipped: bool,
+    /// Connections the node was told are congested.
+    congested: BTreeSet<ConnId>,
 }
 
 impl World {
@@ -156,6 +163,8 @@ impl World {
             topic_cache_bytes: rng.gen_range(256..32_768),
             read_cache_messages: rng.gen_range(1..64),
             disk_full_retry_ms: rng.gen_range(50..1_000),
+            // Bodies and keys are about 50 bytes: a byte window of 1 to 80 of them binds as often as `window`.
+            window_bytes_max: rng.gen_range(64..4_096),
             test_bug: options.bug,
             ..Config::default()
         };
@@ -228,6 +237,7 @@ impl World {
             faults: BTreeMap::new(),
             steps: 0,
             bitflipped: false,
+            congested: BTreeSet::new(),
         };
         world.disk.eio_chance = world.swarm.eio_chance;
         world.drain_node();
@@ -342,6 +352,9 @@ impl World {
         for until in &mut self.partitioned_until {
             *until = 0;
         }
+        for conn in std::mem::take(&mut self.congested) {
+            self.node_input(Input::Congested { conn, congested: false });
+        }
         for client in &mut self.clients {
             if let Client::Subscriber(s) = client {
                 s.heal();
@@ -455,6 +468,12 @@ impl World {
                 self.partitioned_until[client] = 0;
             }
             Event::DiskFullEnd => self.disk.full = false,
+            Event::CongestionEnd { conn } => {
+                if self.congested.remove(&conn) {
+                    self.trace(|| format!("conn {conn} drained"));
+                    self.node_input(Input::Congested { conn, congested: false });
+                }
+            }
         }
     }
 
@@ -582,6 +601,7 @@ impl World {
     /// Ends a connection: the node learns now, the client after a delay.
     fn drop_conn(&mut self, conn: ConnId, tell_node: bool) {
         let Some(state) = self.conns.remove(&conn) else { return };
+        self.congested.remove(&conn);
         if tell_node {
             self.node_input(Input::Disconnected { conn });
         }
@@ -661,6 +681,16 @@ impl World {
                 self.drop_conn(conn, true);
             }
             self.schedule(until, Event::PartitionEnd { client });
+        }
+        if s.congestion_chance > 0.0 && self.rng.gen_bool(s.congestion_chance) && !self.conns.is_empty() {
+            let keys: Vec<ConnId> = self.conns.keys().copied().collect();
+            let conn = keys[self.rng.gen_range(0..keys.len())];
+            if self.congested.insert(conn) {
+                self.count_fault("congestion");
+                self.node_input(Input::Congested { conn, congested: true });
+                let until = self.now + self.rng.gen_range(10..1_500) * MS;
+                self.schedule(until, Event::CongestionEnd { conn });
+            }
         }
         if s.disk_full_chance > 0.0 && !self.disk.full && self.rng.gen_bool(s.disk_full_chance) {
             self.disk.full = true;
