@@ -115,7 +115,7 @@ fn a_reader_that_stops_is_cut_off_after_the_timeout_and_logged_once() {
     const COUNT: u64 = 60;
     const BYTES: usize = 500 << 10;
     let dir = support::temp_dir("stopped-reader");
-    let settings = ["--fsync", "never", "--set", "connection_outbox_bytes_max=12582912", "--set", "connection_outbox_pause_bytes=262144", "--set", "slow_consumer_timeout_ms=1000"];
+    let settings = ["--fsync", "never", "--set", "connection_outbox_bytes_max=12582912", "--set", "connection_outbox_pause_bytes=262144", "--set", "slow_consumer_timeout_ms=2000"];
     let server = Server::start(&dir, "127.0.0.1:0", &settings);
     let url = server.url();
     publish_big(&url, "t", BACKLOG, BYTES);
