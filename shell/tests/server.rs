@@ -23,12 +23,12 @@ fn bad_frames_get_errors_binary_and_oversized_frames_close() {
     c.send(&pub_frame(6, "t", json!("x".repeat(5000)))).unwrap();
     assert_eq!(c.expect_op("error")["code"], "too_large");
     let closed = (0..50).find_map(|_| c.recv().err());
-    assert!(closed.is_some_and(|e| e.contains("1009") || e.contains("Size") || e.contains("closed")), "oversized frame must close");
+    assert!(closed.as_deref().is_some_and(|e| e.contains("code: Size")), "an oversized frame closes with 1009: {closed:?}");
 
     let mut c = Client::connect(&server.url()).unwrap();
     c.send_raw(Message::binary(vec![1u8, 2, 3])).unwrap();
     let closed = (0..50).find_map(|_| c.recv().err());
-    assert!(closed.is_some_and(|e| e.contains("Unsupported") || e.contains("1003")), "binary frame must close with 1003");
+    assert!(closed.as_deref().is_some_and(|e| e.contains("code: Unsupported")), "a binary frame closes with 1003: {closed:?}");
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
