@@ -23,14 +23,54 @@ pub struct GroupOverrides {
     pub max_attempts: Option<u32>,
 }
 
-/// Deliberately wrong behaviours that prove the simulator's checkers can fail.
-/// Settable only from code (never from a config file).
+/// Deliberately wrong behaviours that prove the simulator's checkers can fail: each is a
+/// realistic slip in one place of the core. Settable only from code (never from a config file).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TestBug {
     /// Answer `puback` as soon as the message is appended, before its write is durable.
     PubackBeforeDurable,
     /// Treat an expired ack deadline as an ack instead of redelivering.
     ExpiryCountsAsAck,
+    /// Move a message to the dead-letter topic one delivery after `max_attempts`.
+    DeadLetterOneAttemptLate,
+    /// Count a message as dead-lettered without storing its copy in `<topic>.dlq`.
+    DeadLetterNotStored,
+    /// Leave the second message of a `fetched` reply out.
+    FetchSkipsMessage,
+    /// Answer a repeated (`producer`, `seq`) with `puback` while the original still waits
+    /// for the disk.
+    DuplicateAnsweredEarly,
+    /// Send `prev` one too high now and then.
+    PrevOffByOne,
+    /// Deliver messages to a filtered group without applying its filter.
+    FilterIgnored,
+    /// Recovery forgets the last message of each topic in the newest segment.
+    RecoveryDropsLastRecord,
+    /// Forget (`producer`, `seq`) pairs, so a retried publish is stored again.
+    IdempotenceForgotten,
+}
+
+impl TestBug {
+    pub const ALL: [TestBug; 10] = [
+        TestBug::PubackBeforeDurable,
+        TestBug::ExpiryCountsAsAck,
+        TestBug::DeadLetterOneAttemptLate,
+        TestBug::DeadLetterNotStored,
+        TestBug::FetchSkipsMessage,
+        TestBug::DuplicateAnsweredEarly,
+        TestBug::PrevOffByOne,
+        TestBug::FilterIgnored,
+        TestBug::RecoveryDropsLastRecord,
+        TestBug::IdempotenceForgotten,
+    ];
+
+    pub fn name(self) -> String {
+        format!("{self:?}")
+    }
+
+    pub fn parse(name: &str) -> Option<TestBug> {
+        TestBug::ALL.into_iter().find(|bug| bug.name() == name)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -650,10 +650,13 @@ impl Node {
 
     /// Answers a repeated (producer, seq); false when it is new.
     fn answer_duplicate(&mut self, conn: ConnId, req: &Option<String>, producer: &str, seq: u64) -> bool {
+        if self.config.test_bug == Some(TestBug::IdempotenceForgotten) {
+            return false;
+        }
         let Some(seen) = self.producers.get(producer).and_then(|p| p.seqs.get(&seq)) else { return false };
         let (t, id, durable) = (seen.topic, seen.id, seen.durable);
         self.stats.deduplicated += 1;
-        if durable {
+        if durable || self.config.test_bug == Some(TestBug::DuplicateAnsweredEarly) {
             let mut frame = String::new();
             protocol::encode_puback(&mut frame, req.as_deref(), &self.topics[t].name, id);
             self.send(conn, frame);
@@ -986,12 +989,12 @@ impl Node {
             let group = &mut self.topics[t].groups[g];
             match candidate {
                 Candidate::Fresh { id } => {
-                    let passes = group.passes(message.key.as_deref(), &message.body);
+                    let passes = group.passes(message.key.as_deref(), &message.body) || self.config.test_bug == Some(TestBug::FilterIgnored);
                     if group.admit_fresh(id, passes, message.key.as_deref().map(key_hash)) != Admit::Deliverable {
                         continue;
                     }
                 }
-                Candidate::Ready { attempts, .. } if attempts >= group.max_attempts => {
+                Candidate::Ready { attempts, .. } if attempts >= group.max_attempts + u32::from(self.config.test_bug == Some(TestBug::DeadLetterOneAttemptLate)) => {
                     self.dead_letter(t, g, id, &message);
                     continue;
                 }
@@ -1007,6 +1010,7 @@ impl Node {
         let group = &mut topic.groups[g];
         let deadline = self.now + group.ack_timeout_ns;
         let (attempt, prev) = group.dispatch(id, conn, deadline);
+        let prev = if self.config.test_bug == Some(TestBug::PrevOffByOne) && id % 7 == 3 && prev > 0 { prev + 1 } else { prev };
         self.timers.insert((deadline, Timer::AckDeadline { topic: t, group: g, id }));
         let mut frame = String::with_capacity(96 + message.body.len());
         let msg = MsgFrame { topic: &topic.name, group: &group.name, id, prev, key: message.key.as_deref(), body: &message.body, attempt, ts_ms: message.ts_ms };
@@ -1049,6 +1053,12 @@ impl Node {
                 return;
             }
         };
+        if self.config.test_bug == Some(TestBug::DeadLetterNotStored) {
+            self.topics[t].groups[g].finish_dead_letter(id, true);
+            self.mark_group_dirty(t, g);
+            self.out.push_back(Output::Trace(Trace::DeadLettered { topic: topic_name, group: group_name, id }));
+            return;
+        }
         self.append_message(dlq, message.key.as_deref(), &message.body, None, 0);
         self.log.open.waiters.push(Waiter::DeadLetter { topic: t, group: g, id });
         self.out.push_back(Output::Trace(Trace::DeadLettered { topic: topic_name, group: group_name, id }));
@@ -1186,7 +1196,9 @@ impl Node {
         let limit = self.config.frame_bytes_max;
         let mut frame = String::new();
         protocol::encode_fetched_start(&mut frame, fetch.req.as_deref(), &self.topics[fetch.topic].name);
-        for (count, m) in fetch.slots.iter().filter_map(readable).enumerate() {
+        let skip_second = self.config.test_bug == Some(TestBug::FetchSkipsMessage);
+        let served = fetch.slots.iter().filter_map(readable).enumerate().filter(|(count, _)| !(skip_second && *count == 1)).map(|(_, m)| m);
+        for (count, m) in served.enumerate() {
             let mark = frame.len();
             protocol::encode_fetched_message(&mut frame, count == 0, m.id, m.key.as_deref(), &m.body, m.ts_ms);
             // The estimates may fall short (escaped keys): the exact cut, never before the first.

@@ -13,6 +13,8 @@ pub const INV_LIVENESS: &str = "liveness";
 pub const INV_PREV: &str = "prev-chain";
 pub const INV_CONTENT: &str = "content";
 pub const INV_UNTIL_ACKED: &str = "redelivered-until-acked";
+pub const INV_ATTEMPTS: &str = "attempts-within-max";
+pub const INV_FETCH: &str = "fetch-covers-range";
 
 fn checksum(producer: &str, seq: u64) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -38,8 +40,14 @@ pub struct Checker {
     owner: BTreeMap<TopicId, ProducerSeq>,
     key_of: BTreeMap<TopicId, Option<String>>,
     delivered: BTreeMap<(String, String), BTreeSet<u64>>,
-    /// Ids the node received an ack for from a member of the group, or dead-lettered.
+    /// Ids the node received an ack for from a client of the group.
     completed: BTreeMap<(String, String), BTreeSet<u64>>,
+    /// Copies read from `<topic>.dlq`, by the original's (topic, producer, seq): their ids there.
+    dead_letter_copies: BTreeMap<(String, ProducerSeq), BTreeSet<u64>>,
+    /// When each id's puback first reached its publisher.
+    pubacked_at: BTreeMap<TopicId, u64>,
+    /// Deliveries beyond this attempt break the dead-letter promise.
+    max_attempts: u64,
     prev_of: BTreeMap<(String, String), BTreeMap<u64, u64>>,
     last_first_seen: BTreeMap<(String, String, String), u64>,
     sent_key: BTreeMap<ProducerSeq, Option<String>>,
@@ -53,6 +61,10 @@ pub struct Checker {
 }
 
 impl Checker {
+    pub fn new(max_attempts: u64) -> Checker {
+        Checker { max_attempts, ..Checker::default() }
+    }
+
     pub fn violation(&mut self, invariant: &'static str, detail: String) {
         if self.violations.len() < 20 {
             self.violations.push((invariant, detail));
@@ -94,9 +106,10 @@ impl Checker {
         }
     }
 
-    pub fn pubacked(&mut self, producer: &str, seq: u64, topic: &str, id: u64, _now: u64) {
+    pub fn pubacked(&mut self, producer: &str, seq: u64, topic: &str, id: u64, now: u64) {
         let ps = (producer.to_string(), seq);
         let tid = (topic.to_string(), id);
+        self.pubacked_at.entry(tid.clone()).or_insert(now);
         if let Some(previous) = self.pubacked.get(&ps) {
             if *previous != tid && !self.sacrificed.contains(previous) {
                 self.violation(INV_ONCE, format!("{ps:?} pubacked as {previous:?} and as {tid:?}"));
@@ -147,8 +160,15 @@ impl Checker {
         let key = frame["key"].as_str();
         let Some(ps) = self.observe(&topic, id, key, &frame["body"]) else { return };
         self.deliveries += 1;
-        if frame["attempt"].as_u64().unwrap_or(1) > 1 {
+        let attempt = frame["attempt"].as_u64().unwrap_or(1);
+        if attempt > 1 {
             self.redeliveries += 1;
+        }
+        if attempt > self.max_attempts {
+            self.violation(INV_ATTEMPTS, format!("{topic}/{group} id {id} delivered with attempt {attempt}, past max_attempts {}", self.max_attempts));
+        }
+        if let Some(origin) = topic.strip_suffix(".dlq") {
+            self.dead_letter_copies.entry((origin.to_string(), ps.clone())).or_default().insert(id);
         }
         let tg = (topic.clone(), group.to_string());
         match self.prev_of.entry(tg.clone()).or_default().insert(id, prev) {
@@ -182,7 +202,29 @@ impl Checker {
         }
     }
 
-    /// The node received an ack from the group's client, or moved the message to the DLQ.
+    /// A `fetched` for `from..=to`, asked at `asked_at`, returned `ids`: every message pubacked
+    /// before it was asked must be there, up to the last id returned (the reply may be cut),
+    /// or through `to` when the reply is empty.
+    pub fn fetch_reply(&mut self, topic: &str, from: u64, to: u64, asked_at: u64, ids: &[u64]) {
+        let upper = ids.last().copied().unwrap_or(to);
+        if from > upper {
+            return;
+        }
+        let returned: BTreeSet<u64> = ids.iter().copied().collect();
+        let left_out: Vec<u64> = self
+            .pubacked_at
+            .range((topic.to_string(), from)..=(topic.to_string(), upper))
+            .filter(|((_, id), at)| **at < asked_at && !returned.contains(id))
+            .filter(|(tid, _)| !self.sacrificed.contains(*tid))
+            .map(|((_, id), _)| *id)
+            .take(10)
+            .collect();
+        if !left_out.is_empty() {
+            self.violation(INV_FETCH, format!("fetch {topic} {from}..={to} answered {ids:?}, leaving out pubacked ids {left_out:?}"));
+        }
+    }
+
+    /// The node received an ack from one of the group's clients.
     pub fn completed(&mut self, topic: &str, group: &str, id: u64) {
         self.completed.entry((topic.to_string(), group.to_string())).or_default().insert(id);
     }
@@ -197,9 +239,22 @@ impl Checker {
         self.pubacked_not_in(topic, group, &self.delivered)
     }
 
-    /// Pubacked messages of `topic` that `group` has not acked (nor dead-lettered) yet.
-    pub fn not_completed(&self, topic: &str, group: &str) -> Vec<u64> {
-        self.pubacked_not_in(topic, group, &self.completed)
+    /// Pubacked messages of `topic` that some of `groups` have not acked, and for which fewer
+    /// copies were read from `<topic>.dlq` than groups left them unacked.
+    pub fn not_completed(&self, topic: &str, groups: &[(String, String)]) -> Vec<u64> {
+        let mut open: BTreeMap<u64, usize> = BTreeMap::new();
+        for (t, group) in groups.iter().filter(|(t, _)| t == topic) {
+            for id in self.pubacked_not_in(t, group, &self.completed) {
+                *open.entry(id).or_default() += 1;
+            }
+        }
+        open.into_iter()
+            .filter(|(id, groups_open)| {
+                let Some(ps) = self.owner.get(&(topic.to_string(), *id)) else { return true };
+                self.dead_letter_copies.get(&(topic.to_string(), ps.clone())).map_or(0, BTreeSet::len) < *groups_open
+            })
+            .map(|(id, _)| id)
+            .collect()
     }
 
     /// Pubacked messages of `topic` that pass the group's filter and are not in `seen`.
@@ -225,11 +280,7 @@ impl Checker {
                 let shown: Vec<_> = missing.iter().take(10).collect();
                 self.violation(INV_LOST, format!("{topic}/{group} never received {} pubacked ids, e.g. {shown:?}", missing.len()));
             }
-            let open = self.not_completed(topic, group);
-            if !open.is_empty() {
-                let shown: Vec<_> = open.iter().take(10).collect();
-                self.violation(INV_UNTIL_ACKED, format!("{topic}/{group}: {} pubacked ids never acked nor dead-lettered, e.g. {shown:?}", open.len()));
-            }
+
             let Some(chain) = self.prev_of.get(&(topic.clone(), group.clone())) else { continue };
             let mut expected = 0;
             let mut broken = None;
@@ -242,6 +293,14 @@ impl Checker {
             }
             if let Some(detail) = broken {
                 self.violation(INV_PREV, detail);
+            }
+        }
+        let topics: BTreeSet<&String> = groups.iter().map(|(t, _)| t).collect();
+        for topic in topics {
+            let open = self.not_completed(topic, groups);
+            if !open.is_empty() {
+                let shown: Vec<_> = open.iter().take(10).collect();
+                self.violation(INV_UNTIL_ACKED, format!("{topic}: {} pubacked ids a group never acked and {topic}.dlq never got, e.g. {shown:?}", open.len()));
             }
         }
         let mut stored: BTreeMap<&ProducerSeq, BTreeSet<&TopicId>> = BTreeMap::new();

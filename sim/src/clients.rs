@@ -59,11 +59,26 @@ pub struct Publisher {
     pub acked: u64,
     link: Link,
     puback_timeout: u64,
+    /// Chance that a fresh publish is sent twice at once (the same `producer` and `seq`).
+    pub duplicate_chance: f64,
 }
 
 impl Publisher {
     pub fn new(producer: String, topic: String, keys: u64, total: u64, window: usize) -> Publisher {
-        Publisher { producer, topic, keys, total, window, next_seq: 1, in_flight: BTreeMap::new(), retry: BTreeSet::new(), acked: 0, link: Link::Down, puback_timeout: 3_000 * MS }
+        Publisher {
+            producer,
+            topic,
+            keys,
+            total,
+            window,
+            next_seq: 1,
+            in_flight: BTreeMap::new(),
+            retry: BTreeSet::new(),
+            acked: 0,
+            link: Link::Down,
+            puback_timeout: 3_000 * MS,
+            duplicate_chance: 0.0,
+        }
     }
 
     pub fn done(&self) -> bool {
@@ -85,11 +100,11 @@ impl Publisher {
 
     fn pump(&mut self, ctx: &mut Ctx<'_>) {
         while self.in_flight.len() < self.window {
-            let seq = match self.retry.pop_first() {
-                Some(seq) => seq,
+            let (seq, fresh) = match self.retry.pop_first() {
+                Some(seq) => (seq, false),
                 None if self.next_seq <= self.total => {
                     self.next_seq += 1;
-                    self.next_seq - 1
+                    (self.next_seq - 1, true)
                 }
                 None => break,
             };
@@ -99,6 +114,9 @@ impl Publisher {
                 frame["key"] = json!(key);
             }
             ctx.checker.publish_sent(&self.producer, seq, key.as_deref(), ctx.now);
+            if fresh && self.duplicate_chance > 0.0 && ctx.rng.gen_bool(self.duplicate_chance) {
+                ctx.send(frame.clone());
+            }
             ctx.send(frame);
             self.in_flight.insert(seq, ctx.now);
         }
@@ -167,14 +185,19 @@ pub struct Subscriber {
     pub pull_wait_ms: Option<u64>,
     /// Leave the group with `unsub` after every this many messages, and join again later.
     pub unsub_every: Option<u64>,
+    /// After every this many messages, read the last few ids back with `fetch` (an audit of
+    /// what the topic holds, checked for coverage).
+    pub audit_every: Option<u64>,
     resub_at: Option<u64>,
     link: Link,
     last_id: u64,
     processed: BTreeSet<u64>,
     due_acks: Vec<(u64, u64)>,
     fetches: u64,
-    /// Gap repairs in flight by `req`: the range asked for.
-    fetching: BTreeMap<u64, (u64, u64)>,
+    /// Gap repairs in flight by `req`: the range asked for, and when.
+    fetching: BTreeMap<u64, (u64, u64, u64)>,
+    /// Ranges whose fetch was refused as `overloaded`: asked again on the next wake-up.
+    fetch_later: Vec<(u64, u64)>,
 }
 
 impl Subscriber {
@@ -189,6 +212,7 @@ impl Subscriber {
             filter: None,
             pull_wait_ms: None,
             unsub_every: None,
+            audit_every: None,
             resub_at: None,
             link: Link::Down,
             last_id: 0,
@@ -196,6 +220,7 @@ impl Subscriber {
             due_acks: Vec::new(),
             fetches: 0,
             fetching: BTreeMap::new(),
+            fetch_later: Vec::new(),
         }
     }
 
@@ -208,6 +233,9 @@ impl Subscriber {
         self.due_acks.retain(|(at, _)| *at > now);
         if !due.is_empty() {
             ctx.send(json!({"op": "ack", "topic": self.topic, "group": self.group, "ids": due}));
+        }
+        for (from, to) in std::mem::take(&mut self.fetch_later) {
+            self.fetch(from, to, ctx);
         }
         if self.resub_at.is_some_and(|at| at <= now) {
             self.resub_at = None;
@@ -243,6 +271,7 @@ impl Subscriber {
         self.resub_at = None;
         // Replies to these died with the connection; like the acks, the repairs are given up.
         self.fetching.clear();
+        self.fetch_later.clear();
         ctx.actions.push(Action::WakeAt(ctx.now + ctx.rng.gen_range(10..300) * MS));
     }
 
@@ -251,6 +280,12 @@ impl Subscriber {
             Some("welcome" | "suback") => {}
             // An unsub can overtake the sub it follows (the sub waits for the disk): harmless.
             Some("error") if frame["req"] == "u" && frame["code"] == "not_subscribed" => {}
+            // Too many fetches wait for the disk on this connection: ask again a little later.
+            Some("error") if frame["code"] == "overloaded" && frame["req"].as_u64().is_some_and(|req| self.fetching.contains_key(&req)) => {
+                let (from, to, _) = self.fetching.remove(&frame["req"].as_u64().unwrap_or_default()).unwrap_or_default();
+                self.fetch_later.push((from, to));
+                ctx.actions.push(Action::WakeAt(ctx.now + ctx.rng.gen_range(5..50) * MS));
+            }
             Some("pulled") => self.pull(ctx),
             Some("msg") => self.on_msg(frame, ctx),
             Some("fetched") => self.on_fetched(frame, ctx),
@@ -260,14 +295,14 @@ impl Subscriber {
 
     fn fetch(&mut self, from: u64, to: u64, ctx: &mut Ctx<'_>) {
         self.fetches += 1;
-        self.fetching.insert(self.fetches, (from, to));
+        self.fetching.insert(self.fetches, (from, to, ctx.now));
         ctx.send(json!({"op": "fetch", "req": self.fetches, "topic": self.topic, "from": from, "to": to}));
     }
 
     /// A `fetched` may end before `to` (cut at the frame size limit or `fetch_messages_max`):
     /// ask again from the last id + 1 until the range is done or a reply is empty.
     fn on_fetched(&mut self, frame: &Value, ctx: &mut Ctx<'_>) {
-        let Some((from, to)) = frame["req"].as_u64().and_then(|req| self.fetching.remove(&req)) else {
+        let Some((from, to, asked_at)) = frame["req"].as_u64().and_then(|req| self.fetching.remove(&req)) else {
             return ctx.checker.violation("protocol", format!("subscriber {} got a fetched it did not ask for: {frame}", self.name));
         };
         let messages = frame["messages"].as_array().map(Vec::as_slice).unwrap_or_default();
@@ -280,6 +315,8 @@ impl Subscriber {
             last = Some(id);
             ctx.checker.fetched(&self.topic, m);
         }
+        let ids: Vec<u64> = messages.iter().filter_map(|m| m["id"].as_u64()).collect();
+        ctx.checker.fetch_reply(&self.topic, from, to, asked_at, &ids);
         if let Some(last) = last.filter(|last| *last < to) {
             self.fetch(last + 1, to, ctx);
         }
@@ -294,6 +331,9 @@ impl Subscriber {
         }
         let first_time = self.processed.insert(id);
         self.last_id = self.last_id.max(id);
+        if first_time && self.audit_every.is_some_and(|every| (self.processed.len() as u64).is_multiple_of(every)) {
+            self.fetch(id.saturating_sub(8).max(1), id, ctx);
+        }
         if let Some(every) = self.unsub_every {
             if first_time && self.resub_at.is_none() && (self.processed.len() as u64).is_multiple_of(every) {
                 // Leave; what is still in flight goes to the other members. Acks may follow.

@@ -6,7 +6,7 @@ use crate::checker::{self, Checker};
 use crate::clients::{AckStyle, Action, Client, Ctx, Publisher, Subscriber, MS};
 use crate::disk::SimDisk;
 use crate::{FaultKind, Options, SeedReport};
-use ferry_core::node::{DiskError, DiskOp, Input, Output, Trace};
+use ferry_core::node::{DiskError, DiskOp, Input, Output};
 use ferry_core::testkit::Completion;
 use ferry_core::{Config, ConnId, FsyncPolicy, Node};
 use rand::{Rng, SeedableRng};
@@ -187,17 +187,29 @@ impl World {
                         subscriber.unsub_every = Some(rng.gen_range(5..40));
                     }
                     subscriber.filter = filter.clone();
+                    if rng.gen_bool(0.3) {
+                        subscriber.audit_every = Some(rng.gen_range(3..20));
+                    }
                     clients.push(Client::Subscriber(subscriber));
                 }
             }
         }
+        // Every topic's dead-letter topic is read: a message counts as dead-lettered only once
+        // its copy is seen there, never on the node's word.
+        for t in 0..swarm.topics {
+            let dlq = format!("t{t}.dlq");
+            clients.push(Client::Subscriber(Subscriber::new(format!("{dlq}/audit"), dlq, "audit".into(), 16, AckStyle::Prompt, false)));
+        }
         for p in 0..swarm.publishers {
             let topic = format!("t{}", p % swarm.topics);
             let window = rng.gen_range(1..=16);
-            clients.push(Client::Publisher(Publisher::new(format!("p{p}"), topic, swarm.keys, swarm.messages_per_publisher, window)));
+            let mut publisher = Publisher::new(format!("p{p}"), topic, swarm.keys, swarm.messages_per_publisher, window);
+            // Some publishers send a publish twice at once, as a client retrying too eagerly.
+            publisher.duplicate_chance = if rng.gen_bool(0.3) { rng.gen_range(0.05..0.3) } else { 0.0 };
+            clients.push(Client::Publisher(publisher));
         }
         let n = clients.len();
-        let mut checker = Checker::default();
+        let mut checker = Checker::new(config.max_attempts as u64);
         for client in &clients {
             if let Client::Subscriber(s) = client {
                 if let Some(prefix) = &s.filter {
@@ -334,7 +346,9 @@ impl World {
             Client::Publisher(p) => p.done(),
             Client::Subscriber(_) => true,
         });
-        publishers_done && self.groups.iter().all(|(t, g)| self.checker.missing(t, g).is_empty() && self.checker.not_completed(t, g).is_empty())
+        publishers_done
+            && self.groups.iter().all(|(t, g)| self.checker.missing(t, g).is_empty())
+            && self.groups.iter().all(|(t, _)| self.checker.not_completed(t, &self.groups).is_empty())
     }
 
     fn start_heal(&mut self) {
@@ -534,9 +548,6 @@ impl World {
                     return;
                 }
                 Output::Trace(trace) => {
-                    if let Trace::DeadLettered { topic, group, id } = &trace {
-                        self.checker.completed(topic, group, *id);
-                    }
                     self.hash.mix(format!("{trace:?}").as_bytes());
                     self.trace(|| format!("node trace {trace:?}"));
                 }
