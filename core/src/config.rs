@@ -48,10 +48,12 @@ pub enum TestBug {
     RecoveryDropsLastRecord,
     /// Forget (`producer`, `seq`) pairs, so a retried publish is stored again.
     IdempotenceForgotten,
+    /// Let the next message of a key go when an earlier one's ack deadline passes.
+    KeyReleasedOnExpiry,
 }
 
 impl TestBug {
-    pub const ALL: [TestBug; 10] = [
+    pub const ALL: [TestBug; 11] = [
         TestBug::PubackBeforeDurable,
         TestBug::ExpiryCountsAsAck,
         TestBug::DeadLetterOneAttemptLate,
@@ -62,6 +64,7 @@ impl TestBug {
         TestBug::FilterIgnored,
         TestBug::RecoveryDropsLastRecord,
         TestBug::IdempotenceForgotten,
+        TestBug::KeyReleasedOnExpiry,
     ];
 
     pub fn name(self) -> String {

@@ -326,6 +326,21 @@ impl Group {
         self.ready.insert(next);
     }
 
+    /// The planted bug `KeyReleasedOnExpiry`: lets the next message of `id`'s key go while `id`
+    /// still waits for its redelivery (the busy count stays, so nothing else breaks).
+    pub fn unblock_next_of_key(&mut self, id: u64) {
+        let Some(k) = self.outstanding.get(&id).and_then(|e| e.key_hash) else { return };
+        let Some(queue) = self.blocked.get_mut(&k) else { return };
+        let Some(next) = queue.pop_front() else { return };
+        if queue.is_empty() {
+            self.blocked.remove(&k);
+        }
+        if let Some(entry) = self.outstanding.get_mut(&next) {
+            entry.state = EntryState::Ready { attempts: 0 };
+            self.ready.insert(next);
+        }
+    }
+
     fn advance_floor(&mut self) {
         while let Some(entry) = self.outstanding.first_entry() {
             if entry.get().state != EntryState::Acked {

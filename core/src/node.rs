@@ -1244,6 +1244,9 @@ impl Node {
                     if self.config.test_bug == Some(TestBug::ExpiryCountsAsAck) {
                         self.ack_one(topic, group, id);
                     }
+                    if self.config.test_bug == Some(TestBug::KeyReleasedOnExpiry) {
+                        self.topics[topic].groups[group].unblock_next_of_key(id);
+                    }
                     self.pump(topic, group);
                 }
             }

@@ -52,7 +52,11 @@ pub struct Checker {
     last_first_seen: BTreeMap<(String, String, String), u64>,
     sent_key: BTreeMap<ProducerSeq, Option<String>>,
     filters: BTreeMap<(String, String), String>,
-    starts: BTreeMap<(String, String), u64>,
+    /// Ids known to carry each key, by (topic, key).
+    ids_by_key: BTreeMap<(String, String), BTreeSet<u64>>,
+    /// (topic, group, earlier id, id) where `id` was delivered while the earlier one of its
+    /// key was neither acked nor (as far as the clients saw) dead-lettered; settled at the end.
+    key_order_suspects: Vec<(String, String, u64, u64)>,
     /// Ids whose records a bit flip destroyed: a single node cannot keep them.
     sacrificed: BTreeSet<TopicId>,
     pub latencies_ms: Vec<f64>,
@@ -74,11 +78,6 @@ impl Checker {
     pub fn publish_sent(&mut self, producer: &str, seq: u64, key: Option<&str>, now: u64) {
         self.first_sent.entry((producer.to_string(), seq)).or_insert(now);
         self.sent_key.insert((producer.to_string(), seq), key.map(str::to_string));
-    }
-
-    /// The group was created at `start_id` (a `pull` creates it at "latest").
-    pub fn group_start(&mut self, topic: &str, group: &str, start_id: u64) {
-        self.starts.insert((topic.to_string(), group.to_string()), start_id);
     }
 
     /// The group only wants messages whose key starts with `prefix`.
@@ -115,6 +114,9 @@ impl Checker {
                 self.violation(INV_ONCE, format!("{ps:?} pubacked as {previous:?} and as {tid:?}"));
             }
         }
+        if let Some(Some(key)) = self.sent_key.get(&ps) {
+            self.ids_by_key.entry((topic.to_string(), key.clone())).or_default().insert(id);
+        }
         self.pubacked.insert(ps, tid);
         self.claim(topic, id, producer, seq);
     }
@@ -138,6 +140,9 @@ impl Checker {
         self.claim(topic, id, &producer, seq);
         let tid = (topic.to_string(), id);
         let key = key.map(str::to_string);
+        if let Some(key) = &key {
+            self.ids_by_key.entry((topic.to_string(), key.clone())).or_default().insert(id);
+        }
         match self.key_of.get(&tid) {
             Some(k) if *k != key => self.violation(INV_CONTENT, format!("{topic} id {id} served with keys {k:?} and {key:?}")),
             Some(_) => {}
@@ -183,6 +188,16 @@ impl Checker {
         if let Some(prefix) = self.filters.get(&tg) {
             if !key.is_some_and(|k| k.starts_with(prefix.as_str())) {
                 self.violation(INV_CONTENT, format!("{topic}/{group} got id {id} with key {key:?}, outside its filter {prefix:?}"));
+            }
+        }
+        if let Some(key) = key {
+            // Strict per-key order: no earlier message of the key may still be unacked.
+            let earlier: Vec<u64> = self.ids_by_key.get(&(topic.clone(), key.to_string())).map(|ids| ids.range(..id).copied().collect()).unwrap_or_default();
+            let completed = self.completed.get(&tg);
+            for before in earlier {
+                if !completed.is_some_and(|c| c.contains(&before)) && !self.sacrificed.contains(&(topic.clone(), before)) {
+                    self.key_order_suspects.push((topic.clone(), group.to_string(), before, id));
+                }
             }
         }
         let first_time = self.delivered.entry(tg).or_default().insert(id);
@@ -262,10 +277,9 @@ impl Checker {
         let tg = (topic.to_string(), group.to_string());
         let seen = seen.get(&tg);
         let prefix = self.filters.get(&tg);
-        let start = self.starts.get(&tg).copied().unwrap_or(1);
         self.pubacked
             .iter()
-            .filter(|(_, (t, id))| t == topic && *id >= start && !self.sacrificed.contains(&(t.clone(), *id)))
+            .filter(|(_, (t, id))| t == topic && !self.sacrificed.contains(&(t.clone(), *id)))
             .filter(|(ps, _)| prefix.is_none_or(|p| self.sent_key.get(*ps).and_then(Option::as_deref).is_some_and(|k| k.starts_with(p.as_str()))))
             .filter(|(_, (_, id))| !seen.is_some_and(|d| d.contains(id)))
             .map(|(_, (_, id))| *id)
@@ -293,6 +307,14 @@ impl Checker {
             }
             if let Some(detail) = broken {
                 self.violation(INV_PREV, detail);
+            }
+        }
+        let suspects = std::mem::take(&mut self.key_order_suspects);
+        for (topic, group, before, id) in suspects {
+            let dead_lettered = self.owner.get(&(topic.clone(), before)).is_some_and(|ps| self.dead_letter_copies.contains_key(&(topic.clone(), ps.clone())));
+            if !dead_lettered && !self.sacrificed.contains(&(topic.clone(), before)) {
+                self.violation(INV_KEY_ORDER, format!("{topic}/{group}: id {id} delivered while id {before} of its key was not acked"));
+                break;
             }
         }
         let topics: BTreeSet<&String> = groups.iter().map(|(t, _)| t).collect();

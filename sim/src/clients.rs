@@ -189,6 +189,8 @@ pub struct Subscriber {
     /// what the topic holds, checked for coverage).
     pub audit_every: Option<u64>,
     resub_at: Option<u64>,
+    /// A `suback` came once: the group exists on disk from the earliest id.
+    joined: bool,
     link: Link,
     last_id: u64,
     processed: BTreeSet<u64>,
@@ -214,6 +216,7 @@ impl Subscriber {
             unsub_every: None,
             audit_every: None,
             resub_at: None,
+            joined: false,
             link: Link::Down,
             last_id: 0,
             processed: BTreeSet::new(),
@@ -250,7 +253,9 @@ impl Subscriber {
 
     pub fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
         self.link = Link::Up;
-        if self.pull_wait_ms.is_some() {
+        // A pulling member joins with `sub` first, so that its group starts at the earliest
+        // id whichever member creates it (a `pull` would create it at "latest").
+        if self.pull_wait_ms.is_some() && self.joined {
             return self.pull(ctx);
         }
         let mut sub = json!({"op": "sub", "req": "s", "topic": self.topic, "group": self.group, "from": "earliest", "window": self.window});
@@ -277,7 +282,15 @@ impl Subscriber {
 
     pub fn on_frame(&mut self, frame: &Value, ctx: &mut Ctx<'_>) {
         match frame["op"].as_str() {
-            Some("welcome" | "suback") => {}
+            Some("welcome") => {}
+            Some("suback") => {
+                self.joined = true;
+                if self.pull_wait_ms.is_some() {
+                    // From now on this member receives by pull only; in flight goes to others.
+                    ctx.send(json!({"op": "unsub", "req": "u", "topic": self.topic, "group": self.group}));
+                    self.pull(ctx);
+                }
+            }
             // An unsub can overtake the sub it follows (the sub waits for the disk): harmless.
             Some("error") if frame["req"] == "u" && frame["code"] == "not_subscribed" => {}
             // Too many fetches wait for the disk on this connection: ask again a little later.

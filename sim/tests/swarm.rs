@@ -69,6 +69,7 @@ fn expected_invariants(bug: TestBug) -> &'static [&'static str] {
         TestBug::PrevOffByOne => &[INV_PREV],
         TestBug::FilterIgnored => &[INV_CONTENT],
         TestBug::IdempotenceForgotten => &[INV_ONCE],
+        TestBug::KeyReleasedOnExpiry => &[INV_KEY_ORDER],
     }
 }
 
