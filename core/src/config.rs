@@ -50,10 +50,12 @@ pub enum TestBug {
     IdempotenceForgotten,
     /// Let the next message of a key go when an earlier one's ack deadline passes.
     KeyReleasedOnExpiry,
+    /// Hand a subscription one message more than its window.
+    WindowOneTooMany,
 }
 
 impl TestBug {
-    pub const ALL: [TestBug; 11] = [
+    pub const ALL: [TestBug; 12] = [
         TestBug::PubackBeforeDurable,
         TestBug::ExpiryCountsAsAck,
         TestBug::DeadLetterOneAttemptLate,
@@ -65,6 +67,7 @@ impl TestBug {
         TestBug::RecoveryDropsLastRecord,
         TestBug::IdempotenceForgotten,
         TestBug::KeyReleasedOnExpiry,
+        TestBug::WindowOneTooMany,
     ];
 
     pub fn name(self) -> String {

@@ -236,9 +236,14 @@ impl Group {
 
     /// Gives an in-flight message back: Ready now, or Delayed until `until`.
     /// Returns the connection and deadline it was released from.
-    pub fn nack(&mut self, id: u64, until: Option<u64>) -> Option<(ConnId, u64)> {
+    /// Only the connection the message is in flight to can give it back: a nack from an
+    /// earlier holder (whose delivery expired or was released) must not cancel the current one.
+    pub fn nack(&mut self, id: u64, until: Option<u64>, from: ConnId) -> Option<(ConnId, u64)> {
         let entry = self.outstanding.get_mut(&id)?;
         let EntryState::InFlight { conn, attempts, deadline } = entry.state else { return None };
+        if conn != from {
+            return None;
+        }
         match until {
             Some(until) => entry.state = EntryState::Delayed { attempts, until },
             None => {
@@ -425,7 +430,8 @@ mod tests {
         assert_eq!(g.expire(1, 100), Some(1));
         assert_eq!(g.next_candidate(2, 100), Candidate::Ready { id: 1, attempts: 1 });
         assert_eq!(g.dispatch(1, 2, 200), (2, 0));
-        assert_eq!(g.nack(1, Some(500)), Some((2, 200)));
+        assert_eq!(g.nack(1, Some(500), 1), None, "a nack from the earlier holder changes nothing");
+        assert_eq!(g.nack(1, Some(500), 2), Some((2, 200)));
         assert_eq!(g.next_candidate(2, 100), Candidate::Nothing);
         assert!(g.delay_over(1, 500));
         assert_eq!(g.next_candidate(2, 100), Candidate::Ready { id: 1, attempts: 2 });

@@ -881,7 +881,7 @@ impl Node {
         for &id in ids {
             let known = match nack_delay_ms {
                 None => self.ack_one(t, g, id),
-                Some(delay_ms) => self.nack_one(t, g, id, delay_ms.min(self.config.nack_delay_ms_max)),
+                Some(delay_ms) => self.nack_one(conn, t, g, id, delay_ms.min(self.config.nack_delay_ms_max)),
             };
             if !known {
                 unknown.push(id);
@@ -915,13 +915,13 @@ impl Node {
         }
     }
 
-    fn nack_one(&mut self, t: usize, g: usize, id: u64, delay_ms: u64) -> bool {
+    fn nack_one(&mut self, conn: ConnId, t: usize, g: usize, id: u64, delay_ms: u64) -> bool {
         let until = (delay_ms > 0).then(|| self.now + delay_ms * NS_PER_MS);
         let group = &mut self.topics[t].groups[g];
         if id >= group.cursor() {
             return false;
         }
-        if let Some((conn, deadline)) = group.nack(id, until) {
+        if let Some((conn, deadline)) = group.nack(id, until, conn) {
             self.timers.remove(&(deadline, Timer::AckDeadline { topic: t, group: g, id }));
             self.release_in_flight(conn, t, g);
             if let Some(until) = until {
@@ -949,7 +949,9 @@ impl Node {
         for step in 0..count {
             let at = (group.next_member + step) % count;
             let conn = group.members[at];
-            let capacity = self.conns.get(&conn).and_then(|c| c.subs.get(&(t, g))).map_or(0, Sub::capacity);
+            let sub = self.conns.get(&conn).and_then(|c| c.subs.get(&(t, g)));
+            let extra = sub.is_some_and(|s| s.subscribed && s.pull.is_none() && self.config.test_bug == Some(TestBug::WindowOneTooMany));
+            let capacity = sub.map_or(0, Sub::capacity) + u32::from(extra);
             if capacity > 0 {
                 group.next_member = (at + 1) % count;
                 return Some(conn);

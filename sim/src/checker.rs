@@ -52,6 +52,7 @@ pub struct Checker {
     last_first_seen: BTreeMap<(String, String, String), u64>,
     sent_key: BTreeMap<ProducerSeq, Option<String>>,
     filters: BTreeMap<(String, String), String>,
+    last_nack: BTreeMap<(String, String, u64), u64>,
     /// Ids known to carry each key, by (topic, key).
     ids_by_key: BTreeMap<(String, String), BTreeSet<u64>>,
     /// (topic, group, earlier id, id) where `id` was delivered while the earlier one of its
@@ -237,6 +238,22 @@ impl Checker {
         if !left_out.is_empty() {
             self.violation(INV_FETCH, format!("fetch {topic} {from}..={to} answered {ids:?}, leaving out pubacked ids {left_out:?}"));
         }
+    }
+
+    /// An ack for `id` from one of the group's clients has reached the node.
+    pub fn is_completed(&self, topic: &str, group: &str, id: u64) -> bool {
+        self.completed.get(&(topic.to_string(), group.to_string())).is_some_and(|c| c.contains(&id))
+    }
+
+    /// A nack for `id` from one of the group's clients reached the node at `now`: whoever
+    /// held it then no longer does.
+    pub fn nacked(&mut self, topic: &str, group: &str, id: u64, now: u64) {
+        self.last_nack.insert((topic.to_string(), group.to_string(), id), now);
+    }
+
+    /// When a nack for `id` last reached the node.
+    pub fn last_nack(&self, topic: &str, group: &str, id: u64) -> Option<u64> {
+        self.last_nack.get(&(topic.to_string(), group.to_string(), id)).copied()
     }
 
     /// The node received an ack from one of the group's clients.

@@ -191,6 +191,14 @@ pub struct Subscriber {
     resub_at: Option<u64>,
     /// A `suback` came once: the group exists on disk from the earliest id.
     joined: bool,
+    /// Messages this `sub` received and has not acked or nacked: when each came, and the time
+    /// after which the node may have taken it back (ack deadline, less the largest delay).
+    unacked: BTreeMap<u64, (u64, u64)>,
+    /// The group's ack timeout less the largest one-way delay (0: no window check).
+    pub window_hold_ns: u64,
+    /// Ids this client has acked or nacked: an ack or nack already on its way releases a
+    /// redelivery of the same id too, so such deliveries are not counted against the window.
+    let_go: BTreeSet<u64>,
     link: Link,
     last_id: u64,
     processed: BTreeSet<u64>,
@@ -217,6 +225,9 @@ impl Subscriber {
             audit_every: None,
             resub_at: None,
             joined: false,
+            unacked: BTreeMap::new(),
+            window_hold_ns: 0,
+            let_go: BTreeSet::new(),
             link: Link::Down,
             last_id: 0,
             processed: BTreeSet::new(),
@@ -235,6 +246,10 @@ impl Subscriber {
         let due: Vec<u64> = self.due_acks.iter().filter(|(at, _)| *at <= now).map(|(_, id)| *id).collect();
         self.due_acks.retain(|(at, _)| *at > now);
         if !due.is_empty() {
+            for id in &due {
+                self.unacked.remove(id);
+                self.let_go.insert(*id);
+            }
             ctx.send(json!({"op": "ack", "topic": self.topic, "group": self.group, "ids": due}));
         }
         for (from, to) in std::mem::take(&mut self.fetch_later) {
@@ -273,6 +288,7 @@ impl Subscriber {
     pub fn on_disconnected(&mut self, ctx: &mut Ctx<'_>) {
         self.link = Link::Down;
         self.due_acks.clear();
+        self.unacked.clear();
         self.resub_at = None;
         // Replies to these died with the connection; like the acks, the repairs are given up.
         self.fetching.clear();
@@ -285,6 +301,8 @@ impl Subscriber {
             Some("welcome") => {}
             Some("suback") => {
                 self.joined = true;
+                // What came before the suback belongs to an earlier membership.
+                self.unacked.clear();
                 if self.pull_wait_ms.is_some() {
                     // From now on this member receives by pull only; in flight goes to others.
                     ctx.send(json!({"op": "unsub", "req": "u", "topic": self.topic, "group": self.group}));
@@ -339,6 +357,7 @@ impl Subscriber {
         let id = frame["id"].as_u64().unwrap_or(0);
         let prev = frame["prev"].as_u64().unwrap_or(0);
         ctx.checker.delivered(&self.group, frame, ctx.now);
+        self.check_window(id, ctx);
         if !self.shared_group && prev > self.last_id && self.last_id > 0 {
             self.fetch(self.last_id + 1, prev, ctx);
         }
@@ -350,6 +369,7 @@ impl Subscriber {
         if let Some(every) = self.unsub_every {
             if first_time && self.resub_at.is_none() && (self.processed.len() as u64).is_multiple_of(every) {
                 // Leave; what is still in flight goes to the other members. Acks may follow.
+                self.unacked.clear();
                 ctx.send(json!({"op": "unsub", "req": "u", "topic": self.topic, "group": self.group}));
                 let at = ctx.now + ctx.rng.gen_range(10..500) * MS;
                 self.resub_at = Some(at);
@@ -359,6 +379,8 @@ impl Subscriber {
         match self.style {
             AckStyle::SkipEvery(n) if id.is_multiple_of(n) => {}
             AckStyle::NackFirst(delay_ms) if frame["attempt"].as_u64() == Some(1) => {
+                self.unacked.remove(&id);
+                self.let_go.insert(id);
                 ctx.send(json!({"op": "nack", "topic": self.topic, "group": self.group, "ids": [id], "delay_ms": delay_ms}));
             }
             AckStyle::Slow(max_ms) => {
@@ -366,7 +388,31 @@ impl Subscriber {
                 self.due_acks.push((at, id));
                 ctx.actions.push(Action::WakeAt(at));
             }
-            _ => ctx.send(json!({"op": "ack", "topic": self.topic, "group": self.group, "ids": [id]})),
+            _ => {
+                self.unacked.remove(&id);
+                self.let_go.insert(id);
+                ctx.send(json!({"op": "ack", "topic": self.topic, "group": self.group, "ids": [id]}));
+            }
+        }
+    }
+
+    /// A `sub` holds at most `window` messages unacked: count them as this client sees them
+    /// (an ack counts from when it is sent; a message counts until its deadline could have
+    /// passed at the node), which can only undercount what the node holds.
+    fn check_window(&mut self, id: u64, ctx: &mut Ctx<'_>) {
+        if self.pull_wait_ms.is_some() || self.window_hold_ns == 0 || self.let_go.contains(&id) {
+            return;
+        }
+        let now = ctx.now;
+        // An ack from another member of the group also takes a message off this window.
+        let (topic, group) = (&self.topic, &self.group);
+        // So does a nack from another member that reached the node after the message came.
+        self.unacked
+            .retain(|held, (came, until)| *until > now && !ctx.checker.is_completed(topic, group, *held) && ctx.checker.last_nack(topic, group, *held).is_none_or(|at| at < *came));
+        self.unacked.insert(id, (now, now + self.window_hold_ns));
+        if self.unacked.len() > self.window as usize {
+            let held: Vec<u64> = self.unacked.keys().copied().collect();
+            ctx.checker.violation(crate::checker::INV_BOUNDS, format!("{} holds {held:?} unacked, over its window {}", self.name, self.window));
         }
     }
 }

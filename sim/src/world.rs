@@ -187,6 +187,8 @@ impl World {
                         subscriber.unsub_every = Some(rng.gen_range(5..40));
                     }
                     subscriber.filter = filter.clone();
+                    let largest_delay_ns = swarm.latency_max_us * 1_000 + MS;
+                    subscriber.window_hold_ns = (config.ack_timeout_ms * MS).saturating_sub(largest_delay_ns);
                     if rng.gen_bool(0.3) {
                         subscriber.audit_every = Some(rng.gen_range(3..20));
                     }
@@ -383,7 +385,7 @@ impl World {
             faults: self.faults.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             violations: self.checker.violations.clone(),
             trace_hash: self.hash.0,
-            swarm: format!("{:?}", self.swarm),
+            swarm: format!("{:?}, ack_timeout_ms {}, max_attempts {}", self.swarm, self.config.ack_timeout_ms, self.config.max_attempts),
         }
     }
 
@@ -490,16 +492,17 @@ impl World {
 
     /// Acks as the node receives them: what the group has really finished.
     fn observe_ack(&mut self, text: &str) {
-        if !text.contains("\"ack\"") {
+        if !text.contains("ack\"") {
             return;
         }
         let Ok(frame) = serde_json::from_str::<serde_json::Value>(text) else { return };
-        if frame["op"] != "ack" {
-            return;
-        }
         let (topic, group) = (frame["topic"].as_str().unwrap_or_default(), frame["group"].as_str().unwrap_or_default());
         for id in frame["ids"].as_array().into_iter().flatten().filter_map(|v| v.as_u64()) {
-            self.checker.completed(topic, group, id);
+            match frame["op"].as_str() {
+                Some("ack") => self.checker.completed(topic, group, id),
+                Some("nack") => self.checker.nacked(topic, group, id, self.now),
+                _ => {}
+            }
         }
     }
 

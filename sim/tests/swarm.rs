@@ -70,6 +70,7 @@ fn expected_invariants(bug: TestBug) -> &'static [&'static str] {
         TestBug::FilterIgnored => &[INV_CONTENT],
         TestBug::IdempotenceForgotten => &[INV_ONCE],
         TestBug::KeyReleasedOnExpiry => &[INV_KEY_ORDER],
+        TestBug::WindowOneTooMany => &[INV_BOUNDS],
     }
 }
 
