@@ -22,7 +22,8 @@ fn codec(c: &mut Criterion) {
     let frame = format!(r#"{{"op":"pub","req":17,"topic":"orders","key":"customer-42","body":{body}}}"#);
     let mut group = c.benchmark_group("codec");
     group.throughput(Throughput::Elements(1));
-    group.bench_function("decode pub frame", |b| b.iter(|| black_box(protocol::decode(black_box(&frame)).is_ok())));
+    let depth_max = Config::default().json_depth_max;
+    group.bench_function("decode pub frame", |b| b.iter(|| black_box(protocol::decode(black_box(&frame), depth_max).is_ok())));
     let mut out = String::with_capacity(512);
     group.bench_function("encode msg frame", |b| {
         b.iter(|| {

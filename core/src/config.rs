@@ -1,5 +1,6 @@
 //! Every limit and policy of a node, with the defaults a fresh install runs on.
 
+use crate::protocol::JSON_DEPTH_MAX_LIMIT;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -22,14 +23,60 @@ pub struct GroupOverrides {
     pub max_attempts: Option<u32>,
 }
 
-/// Deliberately wrong behaviours that prove the simulator's checkers can fail.
-/// Settable only from code (never from a config file).
+/// Deliberately wrong behaviours that prove the simulator's checkers can fail: each is a
+/// realistic slip in one place of the core. Settable only from code (never from a config file).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TestBug {
     /// Answer `puback` as soon as the message is appended, before its write is durable.
     PubackBeforeDurable,
     /// Treat an expired ack deadline as an ack instead of redelivering.
     ExpiryCountsAsAck,
+    /// Move a message to the dead-letter topic one delivery after `max_attempts`.
+    DeadLetterOneAttemptLate,
+    /// Count a message as dead-lettered without storing its copy in `<topic>.dlq`.
+    DeadLetterNotStored,
+    /// Leave the second message of a `fetched` reply out.
+    FetchSkipsMessage,
+    /// Answer a repeated (`producer`, `seq`) with `puback` while the original still waits
+    /// for the disk.
+    DuplicateAnsweredEarly,
+    /// Send `prev` one too high now and then.
+    PrevOffByOne,
+    /// Deliver messages to a filtered group without applying its filter.
+    FilterIgnored,
+    /// Recovery forgets the last message of each topic in the newest segment.
+    RecoveryDropsLastRecord,
+    /// Forget (`producer`, `seq`) pairs, so a retried publish is stored again.
+    IdempotenceForgotten,
+    /// Let the next message of a key go when an earlier one's ack deadline passes.
+    KeyReleasedOnExpiry,
+    /// Hand a subscription one message more than its window.
+    WindowOneTooMany,
+}
+
+impl TestBug {
+    pub const ALL: [TestBug; 12] = [
+        TestBug::PubackBeforeDurable,
+        TestBug::ExpiryCountsAsAck,
+        TestBug::DeadLetterOneAttemptLate,
+        TestBug::DeadLetterNotStored,
+        TestBug::FetchSkipsMessage,
+        TestBug::DuplicateAnsweredEarly,
+        TestBug::PrevOffByOne,
+        TestBug::FilterIgnored,
+        TestBug::RecoveryDropsLastRecord,
+        TestBug::IdempotenceForgotten,
+        TestBug::KeyReleasedOnExpiry,
+        TestBug::WindowOneTooMany,
+    ];
+
+    pub fn name(self) -> String {
+        format!("{self:?}")
+    }
+
+    pub fn parse(name: &str) -> Option<TestBug> {
+        TestBug::ALL.into_iter().find(|bug| bug.name() == name)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -48,6 +95,9 @@ pub struct Config {
     pub ack_persist_interval_ms: u64,
     /// Largest accepted text frame; larger ones get `too_large` and the connection closes (1009).
     pub frame_bytes_max: usize,
+    /// Deepest nesting of `[` and `{` accepted in a frame, counted over the whole frame (its
+    /// own object is level 1, so a body may nest one level less); deeper frames get `bad_frame`.
+    pub json_depth_max: u32,
     pub window_default: u32,
     pub window_max: u32,
     /// Bytes (bodies and keys) of the messages in flight to one subscription or pull: it
@@ -67,8 +117,12 @@ pub struct Config {
     pub retention_age_ms: u64,
     /// Recently published messages kept in memory per topic for delivery without a disk read.
     pub topic_cache_bytes: u64,
+    /// All topics' caches together (node-wide); the oldest cached messages go first.
+    pub cache_bytes_total: u64,
     /// Messages read back from disk kept in memory (node-wide count).
     pub read_cache_messages: u32,
+    /// Bytes of messages read back from disk kept in memory (node-wide).
+    pub read_cache_bytes: u64,
     pub fetch_messages_max: u32,
     pub pull_max: u32,
     pub pull_wait_ms_max: u64,
@@ -77,6 +131,13 @@ pub struct Config {
     pub producer_seqs_max: u32,
     /// Publishes waiting for durability node-wide; past it publishes get `overloaded`.
     pub pending_publishes_max: u32,
+    /// Bytes waiting for the disk node-wide (the log not yet written); past it publishes get
+    /// `overloaded`.
+    pub pending_publish_bytes_max: u64,
+    /// `fetch`es waiting for disk reads on one connection; more get `overloaded`.
+    pub fetches_per_connection_max: u32,
+    /// `fetch`es waiting for disk reads node-wide; more get `overloaded`.
+    pub fetches_pending_max: u32,
     /// Open connections; more are refused by the shell.
     pub connections_max: u32,
     /// A connection that has not completed its WebSocket handshake by then is dropped.
@@ -116,6 +177,7 @@ impl Default for Config {
             batch_bytes: 1 << 20,
             ack_persist_interval_ms: 10,
             frame_bytes_max: 1 << 20,
+            json_depth_max: 64,
             window_default: 64,
             window_max: 65_536,
             window_bytes_max: 8 << 20,
@@ -130,13 +192,18 @@ impl Default for Config {
             retention_bytes: 10 << 30,
             retention_age_ms: 7 * 24 * 3600 * 1000,
             topic_cache_bytes: 16 << 20,
+            cache_bytes_total: 64 << 20,
             read_cache_messages: 8_192,
+            read_cache_bytes: 16 << 20,
             fetch_messages_max: 1_000,
             pull_max: 10_000,
             pull_wait_ms_max: 300_000,
             producers_max: 100_000,
             producer_seqs_max: 1_024,
             pending_publishes_max: 200_000,
+            pending_publish_bytes_max: 64 << 20,
+            fetches_per_connection_max: 4,
+            fetches_pending_max: 64,
             connections_max: 100_000,
             handshake_timeout_ms: 10_000,
             idle_ping_ms: 30_000,
@@ -166,6 +233,8 @@ impl Config {
             ("fetch_messages_max", self.fetch_messages_max as u64),
             ("producer_seqs_max", self.producer_seqs_max as u64),
             ("pending_publishes_max", self.pending_publishes_max as u64),
+            ("fetches_per_connection_max", self.fetches_per_connection_max as u64),
+            ("fetches_pending_max", self.fetches_pending_max as u64),
             ("idle_ping_ms", self.idle_ping_ms),
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("window_bytes_max", self.window_bytes_max),
@@ -177,6 +246,11 @@ impl Config {
             if value == 0 {
                 return Err(format!("{name} must be greater than 0"));
             }
+        }
+        // At least 2 so that a `filter` or an object body fits; at most the limit that keeps
+        // every frame ferry sends back parseable by common JSON parsers (see the constant).
+        if !(2..=JSON_DEPTH_MAX_LIMIT).contains(&self.json_depth_max) {
+            return Err(format!("json_depth_max must be 2 to {JSON_DEPTH_MAX_LIMIT}"));
         }
         if self.window_default > self.window_max {
             return Err(format!("window_default ({}) exceeds window_max ({})", self.window_default, self.window_max));
@@ -195,6 +269,9 @@ impl Config {
                 "connection_outbox_bytes_max ({}) must be at least connection_outbox_pause_bytes + window_bytes_max + frame_bytes_max ({burst})",
                 self.connection_outbox_bytes_max
             ));
+        }
+        if self.pending_publish_bytes_max < self.frame_bytes_max as u64 {
+            return Err("pending_publish_bytes_max must be at least frame_bytes_max (one publish must fit)".into());
         }
         if self.retention_bytes < self.segment_bytes_max {
             return Err("retention_bytes must be at least segment_bytes_max".into());

@@ -249,9 +249,14 @@ impl Group {
 
     /// Gives an in-flight message back: Ready now, or Delayed until `until`.
     /// Returns what it was released from.
-    pub fn nack(&mut self, id: u64, until: Option<u64>) -> Option<Released> {
+    /// Only the connection the message is in flight to can give it back: a nack from an
+    /// earlier holder (whose delivery expired or was released) must not cancel the current one.
+    pub fn nack(&mut self, id: u64, until: Option<u64>, from: ConnId) -> Option<Released> {
         let entry = self.outstanding.get_mut(&id)?;
         let EntryState::InFlight { conn, attempts, deadline } = entry.state else { return None };
+        if conn != from {
+            return None;
+        }
         match until {
             Some(until) => entry.state = EntryState::Delayed { attempts, until },
             None => {
@@ -338,6 +343,21 @@ impl Group {
         debug_assert_eq!(entry.state, EntryState::Blocked);
         entry.state = EntryState::Ready { attempts: 0 };
         self.ready.insert(next);
+    }
+
+    /// The planted bug `KeyReleasedOnExpiry`: lets the next message of `id`'s key go while `id`
+    /// still waits for its redelivery (the busy count stays, so nothing else breaks).
+    pub fn unblock_next_of_key(&mut self, id: u64) {
+        let Some(k) = self.outstanding.get(&id).and_then(|e| e.key_hash) else { return };
+        let Some(queue) = self.blocked.get_mut(&k) else { return };
+        let Some(next) = queue.pop_front() else { return };
+        if queue.is_empty() {
+            self.blocked.remove(&k);
+        }
+        if let Some(entry) = self.outstanding.get_mut(&next) {
+            entry.state = EntryState::Ready { attempts: 0 };
+            self.ready.insert(next);
+        }
     }
 
     fn advance_floor(&mut self) {
@@ -429,7 +449,8 @@ mod tests {
         assert_eq!(g.expire(1, 100), Some((1, 10)));
         assert_eq!(g.next_candidate(2, 100), Candidate::Ready { id: 1, attempts: 1 });
         assert_eq!(g.dispatch(1, 2, 200, 30), (2, 0));
-        assert_eq!(g.nack(1, Some(500)), Some(Released { conn: 2, deadline: 200, bytes: 30 }));
+        assert_eq!(g.nack(1, Some(500), 1), None, "a nack from the earlier holder changes nothing");
+        assert_eq!(g.nack(1, Some(500), 2), Some(Released { conn: 2, deadline: 200, bytes: 30 }));
         assert_eq!(g.next_candidate(2, 100), Candidate::Nothing);
         assert!(g.delay_over(1, 500));
         assert_eq!(g.next_candidate(2, 100), Candidate::Ready { id: 1, attempts: 2 });

@@ -2,6 +2,7 @@
 //! clocks, threads or ambient randomness: the shell and the simulator drive the same code.
 
 pub mod batch;
+pub mod cache;
 pub mod config;
 pub mod group;
 pub mod node;

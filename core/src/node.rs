@@ -4,11 +4,12 @@
 //! as outputs and its completion comes back as inputs.
 
 use crate::batch;
+use crate::cache::{CacheBudget, ReadCache};
 use crate::config::{Config, FsyncPolicy, TestBug};
 use crate::group::{key_hash, AckOutcome, Admit, Candidate, ConnId, Group, Released};
 use crate::pipeline::{self, check_name, Publish, PublishContext, Stage, GROUP_BYTES_MAX};
 use crate::protocol::{self, ClientOp, ErrorCode, Filter, MsgFrame, StartFrom};
-use crate::record::{self, MessageRef, ProducerRecord, RecordRef, TopicRecord};
+use crate::record::{self, MessageRef, ProducerRecord, RecordRef, SalvagedRecord, TopicRecord};
 use crate::recovery::{Damage, RecoveryError};
 use crate::topic::{Loc, Lookup, StoredMessage, Topic};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -152,6 +153,16 @@ pub struct Stats {
     pub flushed_bytes: u64,
 }
 
+/// Memory the node's limits bound, as it stands.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryUse {
+    pub topic_cache_bytes: u64,
+    pub read_cache_bytes: u64,
+    pub unwritten_log_bytes: u64,
+    pub pending_publishes: u32,
+    pub pending_fetches: usize,
+}
+
 #[derive(Debug, Default)]
 pub struct RecoveryReport {
     pub segments: usize,
@@ -160,6 +171,8 @@ pub struct RecoveryReport {
     pub torn_tail: Option<Damage>,
     /// Damaged regions skipped because salvage was asked for.
     pub salvaged: Vec<Damage>,
+    /// Damaged regions an earlier start salvaged (recorded in the log): accepted again.
+    pub previously_salvaged: Vec<Damage>,
     /// Segments cut back to their intact batches (torn tail or unused zero-filled space).
     pub truncated: Vec<(u64, u64)>,
 }
@@ -272,10 +285,14 @@ struct PendingFetch {
     conn: ConnId,
     req: Option<String>,
     topic: usize,
-    from: u64,
-    /// One slot per id from `from`: `None` while its read is outstanding.
-    slots: Vec<Option<Option<Rc<StoredMessage>>>>,
+    /// The stored ids gathered, ascending, each with its message: `None` while its read is
+    /// outstanding, `Some(None)` once the record turned out unreadable.
+    slots: Vec<(u64, Option<Option<Rc<StoredMessage>>>)>,
     waiting: usize,
+    /// The first id not gathered and the end of the range: when every gathered record turns
+    /// out unreadable, the fetch goes on from `next` instead of answering empty.
+    next: u64,
+    to: u64,
 }
 
 pub struct Node {
@@ -288,8 +305,8 @@ pub struct Node {
     producers_by_use: BTreeSet<(u64, String)>,
     use_counter: u64,
     log: Log,
-    read_cache: BTreeMap<(usize, u64), Rc<StoredMessage>>,
-    read_cache_order: VecDeque<(usize, u64)>,
+    read_cache: ReadCache,
+    cache_budget: CacheBudget,
     reads: BTreeMap<u64, (usize, u64)>,
     reading: BTreeSet<(usize, u64)>,
     fetches: Vec<PendingFetch>,
@@ -306,6 +323,8 @@ pub struct Node {
     stopped: bool,
     /// First id of a topic created from now on: above any id a salvaged region may have held.
     new_topic_first_id: u64,
+    /// Salvaged regions of segments still kept: every segment's snapshot repeats them.
+    salvaged_regions: Vec<SalvagedRecord>,
     now: u64,
     pub stats: Stats,
 }
@@ -331,8 +350,8 @@ impl Node {
             producers_by_use: BTreeSet::new(),
             use_counter: 0,
             log: Log { segment: 0, segment_len: 0, open: Batch::new(0, 0, true), queued: VecDeque::new(), flushing: None, segments: VecDeque::new(), segment_unsynced: false },
-            read_cache: BTreeMap::new(),
-            read_cache_order: VecDeque::new(),
+            read_cache: ReadCache::default(),
+            cache_budget: CacheBudget::default(),
             reads: BTreeMap::new(),
             reading: BTreeSet::new(),
             fetches: Vec::new(),
@@ -346,6 +365,7 @@ impl Node {
             truncating: BTreeSet::new(),
             stopped: false,
             new_topic_first_id: 1,
+            salvaged_regions: Vec::new(),
             now,
             stats: Stats::default(),
         };
@@ -394,6 +414,24 @@ impl Node {
         let t = *self.topic_index.get(topic)?;
         let g = *self.topics[t].group_index.get(group)?;
         Some(self.topics[t].groups[g].in_flight_to(conn))
+    }
+
+    /// What the node holds in memory that its limits bound.
+    pub fn memory(&self) -> MemoryUse {
+        MemoryUse {
+            topic_cache_bytes: self.cache_budget.bytes(),
+            read_cache_bytes: self.read_cache.bytes(),
+            unwritten_log_bytes: self.log_bytes_unwritten(),
+            pending_publishes: self.pending_publishes,
+            pending_fetches: self.fetches.len(),
+        }
+    }
+
+    /// Bytes of the log not yet written: the open batch, batches queued behind the write in
+    /// flight, and that write.
+    fn log_bytes_unwritten(&self) -> u64 {
+        let queued: u64 = self.log.queued.iter().map(|b| b.data.len() as u64).sum();
+        self.log.open.data.len() as u64 + queued + self.log.flushing.as_ref().map_or(0, |b| b.len)
     }
 
     /// Asserts the cross-structure invariants (tests and the simulator call it).
@@ -512,7 +550,7 @@ impl Node {
     fn on_frame(&mut self, conn: ConnId, text: &str) {
         let Some(state) = self.conns.get(&conn) else { return };
         let authenticated = state.authenticated;
-        let op = match protocol::decode(text) {
+        let op = match protocol::decode(text, self.config.json_depth_max) {
             Ok(op) => op,
             Err(e) => return self.send_error(conn, e.req.as_deref(), e.code, &e.message),
         };
@@ -608,6 +646,11 @@ impl Node {
             let message = format!("{} publishes wait for the disk (pending_publishes_max)", self.pending_publishes);
             return self.send_error(conn, req.as_deref(), ErrorCode::Overloaded, &message);
         }
+        let pending_bytes = self.log_bytes_unwritten();
+        if pending_bytes + body.len() as u64 > self.config.pending_publish_bytes_max {
+            let message = format!("{pending_bytes} bytes wait for the disk (pending_publish_bytes_max)");
+            return self.send_error(conn, req.as_deref(), ErrorCode::Overloaded, &message);
+        }
         if let (Some(producer), Some(seq)) = (&publish.producer, publish.seq) {
             if self.answer_duplicate(conn, &req, producer, seq) {
                 return;
@@ -638,10 +681,13 @@ impl Node {
 
     /// Answers a repeated (producer, seq); false when it is new.
     fn answer_duplicate(&mut self, conn: ConnId, req: &Option<String>, producer: &str, seq: u64) -> bool {
+        if self.config.test_bug == Some(TestBug::IdempotenceForgotten) {
+            return false;
+        }
         let Some(seen) = self.producers.get(producer).and_then(|p| p.seqs.get(&seq)) else { return false };
         let (t, id, durable) = (seen.topic, seen.id, seen.durable);
         self.stats.deduplicated += 1;
-        if durable {
+        if durable || self.config.test_bug == Some(TestBug::DuplicateAnsweredEarly) {
             let mut frame = String::new();
             protocol::encode_puback(&mut frame, req.as_deref(), &self.topics[t].name, id);
             self.send(conn, frame);
@@ -705,7 +751,8 @@ impl Node {
         topic.next_id += 1;
         topic.index_push(id, Loc { segment: self.log.segment, offset, len: written as u32 });
         let stored = StoredMessage { id, ts_ms, key: key.map(Into::into), body: body.into() };
-        topic.cache_push(Rc::new(stored), self.config.topic_cache_bytes);
+        let (topic_max, total_max) = (self.config.topic_cache_bytes, self.config.cache_bytes_total);
+        self.cache_budget.push(&mut self.topics, t, Rc::new(stored), topic_max, total_max);
         self.log.open.marks.insert(t, id + 1);
         id
     }
@@ -865,7 +912,7 @@ impl Node {
         for &id in ids {
             let known = match nack_delay_ms {
                 None => self.ack_one(t, g, id),
-                Some(delay_ms) => self.nack_one(t, g, id, delay_ms.min(self.config.nack_delay_ms_max)),
+                Some(delay_ms) => self.nack_one(conn, t, g, id, delay_ms.min(self.config.nack_delay_ms_max)),
             };
             if !known {
                 unknown.push(id);
@@ -899,13 +946,13 @@ impl Node {
         }
     }
 
-    fn nack_one(&mut self, t: usize, g: usize, id: u64, delay_ms: u64) -> bool {
+    fn nack_one(&mut self, conn: ConnId, t: usize, g: usize, id: u64, delay_ms: u64) -> bool {
         let until = (delay_ms > 0).then(|| self.now + delay_ms * NS_PER_MS);
         let group = &mut self.topics[t].groups[g];
         if id >= group.cursor() {
             return false;
         }
-        if let Some(Released { conn, deadline, bytes }) = group.nack(id, until) {
+        if let Some(Released { conn, deadline, bytes }) = group.nack(id, until, conn) {
             self.timers.remove(&(deadline, Timer::AckDeadline { topic: t, group: g, id }));
             self.release_in_flight(conn, t, g, bytes);
             if let Some(until) = until {
@@ -935,7 +982,9 @@ impl Node {
             let at = (group.next_member + step) % count;
             let conn = group.members[at];
             let window_bytes_max = self.config.window_bytes_max;
-            let capacity = self.conns.get(&conn).filter(|c| !c.congested).and_then(|c| c.subs.get(&(t, g))).map_or(0, |sub| sub.capacity(window_bytes_max));
+            let sub = self.conns.get(&conn).filter(|c| !c.congested).and_then(|c| c.subs.get(&(t, g)));
+            let extra = sub.is_some_and(|s| s.subscribed && s.pull.is_none() && self.config.test_bug == Some(TestBug::WindowOneTooMany));
+            let capacity = sub.map_or(0, |sub| sub.capacity(window_bytes_max)) + u32::from(extra);
             if capacity > 0 {
                 group.next_member = (at + 1) % count;
                 return Some(conn);
@@ -975,12 +1024,12 @@ impl Node {
             let group = &mut self.topics[t].groups[g];
             match candidate {
                 Candidate::Fresh { id } => {
-                    let passes = group.passes(message.key.as_deref(), &message.body);
+                    let passes = group.passes(message.key.as_deref(), &message.body) || self.config.test_bug == Some(TestBug::FilterIgnored);
                     if group.admit_fresh(id, passes, message.key.as_deref().map(key_hash)) != Admit::Deliverable {
                         continue;
                     }
                 }
-                Candidate::Ready { attempts, .. } if attempts >= group.max_attempts => {
+                Candidate::Ready { attempts, .. } if attempts >= group.max_attempts + u32::from(self.config.test_bug == Some(TestBug::DeadLetterOneAttemptLate)) => {
                     self.dead_letter(t, g, id, &message);
                     continue;
                 }
@@ -997,6 +1046,7 @@ impl Node {
         let deadline = self.now + group.ack_timeout_ns;
         let bytes = (message.body.len() + message.key.as_deref().map_or(0, str::len)) as u32;
         let (attempt, prev) = group.dispatch(id, conn, deadline, bytes);
+        let prev = if self.config.test_bug == Some(TestBug::PrevOffByOne) && id % 7 == 3 && prev > 0 { prev + 1 } else { prev };
         self.timers.insert((deadline, Timer::AckDeadline { topic: t, group: g, id }));
         let mut frame = String::with_capacity(96 + message.body.len());
         let msg = MsgFrame { topic: &topic.name, group: &group.name, id, prev, key: message.key.as_deref(), body: &message.body, attempt, ts_ms: message.ts_ms };
@@ -1040,6 +1090,12 @@ impl Node {
                 return;
             }
         };
+        if self.config.test_bug == Some(TestBug::DeadLetterNotStored) {
+            self.topics[t].groups[g].finish_dead_letter(id, true);
+            self.mark_group_dirty(t, g);
+            self.out.push_back(Output::Trace(Trace::DeadLettered { topic: topic_name, group: group_name, id }));
+            return;
+        }
         self.append_message(dlq, message.key.as_deref(), &message.body, None, 0);
         self.log.open.waiters.push(Waiter::DeadLetter { topic: t, group: g, id });
         self.out.push_back(Output::Trace(Trace::DeadLettered { topic: topic_name, group: group_name, id }));
@@ -1082,12 +1138,8 @@ impl Node {
         let message = match decoded {
             Ok(message) => {
                 let message = Rc::new(message);
-                self.read_cache.insert((t, id), message.clone());
-                self.read_cache_order.push_back((t, id));
-                while self.read_cache_order.len() > self.config.read_cache_messages as usize {
-                    let old = self.read_cache_order.pop_front().expect("non-empty");
-                    self.read_cache.remove(&old);
-                }
+                let (messages_max, bytes_max) = (self.config.read_cache_messages as usize, self.config.read_cache_bytes);
+                self.read_cache.insert((t, id), message.clone(), messages_max, bytes_max);
                 Some(message)
             }
             Err(why) => {
@@ -1105,21 +1157,63 @@ impl Node {
         let Some(&t) = self.topic_index.get(topic) else {
             return self.send_error(conn, req.as_deref(), ErrorCode::NoSuchTopic, &format!("no topic '{topic}'"));
         };
-        let last_durable = self.topics[t].durable_next_id - 1;
-        let to = to.min(last_durable).min(from.saturating_add(self.config.fetch_messages_max as u64 - 1));
-        let count = if from <= to { (to - from + 1) as usize } else { 0 };
-        let mut fetch = PendingFetch { conn, req, topic: t, from, slots: Vec::with_capacity(count), waiting: 0 };
-        for id in (from..=to).take(count) {
-            let slot = match self.topics[t].lookup(id, &self.read_cache, t) {
-                Lookup::Found(m) => Some(Some(m)),
-                Lookup::Gone => Some(None),
+        // Each pending fetch holds up to a frame of messages: bound them per connection and in all.
+        let on_conn = self.fetches.iter().filter(|f| f.conn == conn).count();
+        if on_conn >= self.config.fetches_per_connection_max as usize {
+            let message = format!("{on_conn} fetches of this connection wait for the disk (fetches_per_connection_max)");
+            return self.send_error(conn, req.as_deref(), ErrorCode::Overloaded, &message);
+        }
+        if self.fetches.len() >= self.config.fetches_pending_max as usize {
+            let message = format!("{} fetches wait for the disk (fetches_pending_max)", self.fetches.len());
+            return self.send_error(conn, req.as_deref(), ErrorCode::Overloaded, &message);
+        }
+        let to = to.min(self.topics[t].durable_next_id - 1);
+        self.gather_fetch(conn, req, t, from, to);
+    }
+
+    /// Gathers the stored messages of `from..=to` that one `fetched` frame can hold: at most
+    /// `fetch_messages_max`, and within `frame_bytes_max` by their estimated sizes, so no disk
+    /// read is asked for a message that cannot fit. The first stored message always comes,
+    /// even alone over the limit: a message may be as large as the frame that published it,
+    /// and a client must be able to get past it. Ids that are gone are skipped, so a reply is
+    /// empty only when nothing is stored in the range (PROTOCOL.md).
+    fn gather_fetch(&mut self, conn: ConnId, req: Option<String>, t: usize, from: u64, to: u64) {
+        let topic = &self.topics[t];
+        let budget = self.config.frame_bytes_max;
+        let count_max = self.config.fetch_messages_max as usize;
+        // The frame's own fields, generously: `{"op":"fetched","req":…,"topic":…,"messages":[]}`.
+        let mut estimate = 64 + req.as_ref().map_or(0, String::len) + topic.name.len();
+        // Ids below the first stored one are gone (retention): no need to step through them.
+        let mut id = from.max(topic.first_id());
+        let mut slots = Vec::new();
+        let mut reads = Vec::new();
+        while id <= to && slots.len() < count_max {
+            let (size, slot) = match topic.lookup(id, &self.read_cache, t) {
+                Lookup::Gone => {
+                    id += 1;
+                    continue;
+                }
+                Lookup::Found(m) => (m.bytes() as usize, Some(Some(m))),
+                // The record's size on disk: its body and key plus a header of about the size
+                // of the entry's own fields. answer_fetch cuts exactly should it fall short.
                 Lookup::OnDisk(loc) => {
-                    self.request_read(t, id, loc);
-                    fetch.waiting += 1;
-                    None
+                    reads.push((id, loc));
+                    (loc.len as usize, None)
                 }
             };
-            fetch.slots.push(slot);
+            if !slots.is_empty() && estimate + size > budget {
+                if slot.is_none() {
+                    reads.pop();
+                }
+                break;
+            }
+            estimate += size;
+            slots.push((id, slot));
+            id += 1;
+        }
+        let fetch = PendingFetch { conn, req, topic: t, waiting: reads.len(), slots, next: id, to };
+        for (id, loc) in reads {
+            self.request_read(t, id, loc);
         }
         if fetch.waiting == 0 {
             self.answer_fetch(fetch);
@@ -1130,10 +1224,25 @@ impl Node {
 
     fn answer_fetch(&mut self, fetch: PendingFetch) {
         debug_assert_eq!(fetch.waiting, 0);
+        let readable = |slot: &(u64, Option<Option<Rc<StoredMessage>>>)| slot.1.as_ref().and_then(Option::as_ref).cloned();
+        if fetch.slots.iter().all(|slot| readable(slot).is_none()) && fetch.next <= fetch.to {
+            // Everything gathered was unreadable, yet the range goes on: an empty reply would
+            // tell the client nothing is stored there.
+            return self.gather_fetch(fetch.conn, fetch.req, fetch.topic, fetch.next, fetch.to);
+        }
+        let limit = self.config.frame_bytes_max;
         let mut frame = String::new();
         protocol::encode_fetched_start(&mut frame, fetch.req.as_deref(), &self.topics[fetch.topic].name);
-        for (i, m) in fetch.slots.iter().flatten().flatten().enumerate() {
-            protocol::encode_fetched_message(&mut frame, i == 0, m.id, m.key.as_deref(), &m.body, m.ts_ms);
+        let skip_second = self.config.test_bug == Some(TestBug::FetchSkipsMessage);
+        let served = fetch.slots.iter().filter_map(readable).enumerate().filter(|(count, _)| !(skip_second && *count == 1)).map(|(_, m)| m);
+        for (count, m) in served.enumerate() {
+            let mark = frame.len();
+            protocol::encode_fetched_message(&mut frame, count == 0, m.id, m.key.as_deref(), &m.body, m.ts_ms);
+            // The estimates may fall short (escaped keys): the exact cut, never before the first.
+            if count > 0 && frame.len() + protocol::FETCHED_END.len() > limit {
+                frame.truncate(mark);
+                break;
+            }
         }
         protocol::encode_fetched_end(&mut frame);
         self.send(fetch.conn, frame);
@@ -1145,10 +1254,12 @@ impl Node {
         let mut index = 0;
         while index < self.fetches.len() {
             let fetch = &mut self.fetches[index];
-            if fetch.topic == t && id >= fetch.from {
-                if let Some(slot @ None) = fetch.slots.get_mut((id - fetch.from) as usize) {
-                    *slot = Some(message.cloned());
-                    fetch.waiting -= 1;
+            if fetch.topic == t {
+                if let Ok(at) = fetch.slots.binary_search_by_key(&id, |slot| slot.0) {
+                    if fetch.slots[at].1.is_none() {
+                        fetch.slots[at].1 = Some(message.cloned());
+                        fetch.waiting -= 1;
+                    }
                 }
             }
             if fetch.waiting == 0 {
@@ -1169,6 +1280,9 @@ impl Node {
                     self.release_in_flight(conn, topic, group, bytes);
                     if self.config.test_bug == Some(TestBug::ExpiryCountsAsAck) {
                         self.ack_one(topic, group, id);
+                    }
+                    if self.config.test_bug == Some(TestBug::KeyReleasedOnExpiry) {
+                        self.topics[topic].groups[group].unblock_next_of_key(id);
                     }
                     self.pump(topic, group);
                 }
@@ -1423,8 +1537,9 @@ impl Node {
             let durable = topic.durable_next_id;
             topic.roll_back_to(durable);
         }
+        self.cache_budget.recount(&self.topics);
         let topics = &self.topics;
-        self.read_cache.retain(|(t, id), _| *id < topics[*t].next_id);
+        self.read_cache.retain(|(t, id)| *id < topics[*t].next_id);
         for p in self.producers.values_mut() {
             p.seqs.retain(|_, seen| seen.durable);
         }
@@ -1494,6 +1609,9 @@ impl Node {
             let seqs = producer.seqs.iter().filter(|(_, s)| s.durable).map(|(seq, s)| (*seq, self.topics[s.topic].name.clone(), s.id)).collect();
             record::encode_control(data, record::KIND_PRODUCER, &ProducerRecord { producer: name.clone(), seqs });
         }
+        for salvaged in &self.salvaged_regions {
+            record::encode_control(data, record::KIND_SALVAGED, salvaged);
+        }
         if snapshot.len() == batch::HEADER_BYTES {
             snapshot.clear();
         }
@@ -1521,6 +1639,7 @@ impl Node {
             for topic in &mut self.topics {
                 topic.forget_segments_through(segment);
             }
+            self.salvaged_regions.retain(|r| r.segment > segment);
             self.out.push_back(Output::Disk(DiskOp::Delete { segment }));
             self.out.push_back(Output::Trace(Trace::SegmentDeleted { segment }));
         }

@@ -1,12 +1,21 @@
-//! The PROTOCOL.md v1 JSON codec. The core owns it so the simulator and fuzzers exercise the
+//! The docs/PROTOCOL.md v1 JSON codec. The core owns it so the simulator and fuzzers exercise the
 //! very decoder production runs; the shell only hands over each text frame's payload.
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use serde_json::Value;
 use std::fmt::Write as _;
 
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest `req` accepted, as JSON text (a string counts its quotes and escapes). A `req` is
+/// echoed in every reply, so it is bounded like any other buffer.
+pub const REQ_BYTES_MAX: usize = 128;
+
+/// Highest `json_depth_max` a config may set. serde_json (ferry's own clients, and many
+/// others) parses at most 127 levels; a `fetched` frame nests each body 3 levels deeper than
+/// the frame's own object, so a body may nest at most 124 levels, i.e. a `pub` frame 125.
+pub const JSON_DEPTH_MAX_LIMIT: u32 = 125;
 
 /// Error codes of PROTOCOL.md, spelled exactly as on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +88,7 @@ pub struct DecodeError {
 #[derive(Deserialize)]
 struct WireFrame {
     op: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     req: Option<Box<RawValue>>,
     token: Option<String>,
     topic: Option<String>,
@@ -98,27 +107,105 @@ struct WireFrame {
     wait_ms: Option<u64>,
 }
 
-/// Decodes one text frame. Every failure carries the frame's `req` when it had one.
-pub fn decode(text: &str) -> Result<ClientOp, DecodeError> {
-    let frame: WireFrame = match serde_json::from_str(text) {
+/// A field that is present, even as `null`: `Option<Box<RawValue>>` alone would read
+/// `"req": null` as no `req`, and `null` is not a valid `req`.
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(deserializer).map(Some)
+}
+
+/// Decodes one text frame. Every failure carries the frame's `req` when it had a valid one.
+/// `json_depth_max` bounds nesting over the whole frame; the frame's own object is level 1.
+pub fn decode(text: &str, json_depth_max: u32) -> Result<ClientOp, DecodeError> {
+    match check_shape(text.as_bytes(), json_depth_max) {
+        Ok(()) => {}
+        Err(Shape::NotObject) => return Err(bad_frame(None, "a frame must be a JSON object".into())),
+        Err(Shape::TooDeep) => {
+            let message = format!("frame nests deeper than {json_depth_max} levels (json_depth_max)");
+            return Err(bad_frame(req_of_unparsed(text), message));
+        }
+    }
+    let mut frame: WireFrame = match serde_json::from_str(text) {
         Ok(frame) => frame,
         Err(e) => return Err(bad_frame(req_of_unparsed(text), e.to_string())),
     };
-    let req_text = frame.req.as_ref().map(|r| r.get().to_string());
-    decode_fields(frame).map_err(|(code, message)| DecodeError { req: req_text, code, message })
+    let req = match frame.req.take() {
+        None => Ok(None),
+        Some(req) if valid_req(&req) => Ok(Some(req)),
+        Some(_) => Err((ErrorCode::BadFrame, format!("'req' must be a string or a number of at most {REQ_BYTES_MAX} bytes of JSON"))),
+    };
+    let req_text = req.as_ref().ok().and_then(Option::as_ref).map(|r| r.get().to_string());
+    decode_fields(frame, req).map_err(|(code, message)| DecodeError { req: req_text, code, message })
 }
 
 fn bad_frame(req: Option<String>, message: String) -> DecodeError {
     DecodeError { req, code: ErrorCode::BadFrame, message }
 }
 
+/// A string or a number, short enough to echo. `RawValue` holds valid JSON without
+/// surrounding whitespace, so the first byte tells the type.
+fn valid_req(req: &RawValue) -> bool {
+    let text = req.get();
+    text.len() <= REQ_BYTES_MAX && matches!(text.as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'))
+}
+
 /// A frame that failed typed decoding may still be a JSON object with a usable `req`.
 fn req_of_unparsed(text: &str) -> Option<String> {
     #[derive(Deserialize)]
     struct OnlyReq {
+        #[serde(default, deserialize_with = "present")]
         req: Option<Box<RawValue>>,
     }
-    serde_json::from_str::<OnlyReq>(text).ok().and_then(|o| o.req).map(|r| r.get().to_string())
+    serde_json::from_str::<OnlyReq>(text).ok().and_then(|o| o.req).filter(|r| valid_req(r)).map(|r| r.get().to_string())
+}
+
+/// `[` (0x5b) and `{` (0x7b) differ only in bit 0x20. Counted per chunk of at most 255 bytes
+/// into a u8, the loop compiles to wide SIMD compares and adds.
+fn count_opening_brackets(bytes: &[u8]) -> usize {
+    bytes.chunks(255).map(|chunk| chunk.iter().fold(0u8, |n, b| n + u8::from(b | 0x20 == b'{')) as usize).sum()
+}
+
+#[derive(Debug, PartialEq)]
+enum Shape {
+    NotObject,
+    TooDeep,
+}
+
+/// Checked before serde sees the frame: serde_json skips a `RawValue` (`body`, `req`) at any
+/// depth without its recursion limit, and serde's derive would read a top-level array as the
+/// frame's fields by position. Invalid JSON may be measured loosely here; serde refuses it next.
+fn check_shape(bytes: &[u8], depth_max: u32) -> Result<(), Shape> {
+    let Some(start) = bytes.iter().position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')) else { return Err(Shape::NotObject) };
+    if bytes[start] != b'{' {
+        return Err(Shape::NotObject);
+    }
+    // Fast path, the common case: a frame with no more brackets in all (strings included)
+    // than levels allowed cannot nest deeper. This count vectorizes; the exact walk does not.
+    if count_opening_brackets(&bytes[start..]) <= depth_max as usize {
+        return Ok(());
+    }
+    let mut depth = 0u32;
+    let mut at = start;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'"' => {
+                // Brackets inside a string are text; a backslash escapes the byte after it.
+                at += 1;
+                while at < bytes.len() && bytes[at] != b'"' {
+                    at += if bytes[at] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > depth_max {
+                    return Err(Shape::TooDeep);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        at += 1;
+    }
+    Ok(())
 }
 
 type FieldResult<T> = Result<T, (ErrorCode, String)>;
@@ -127,13 +214,15 @@ fn need<T>(value: Option<T>, op: &str, field: &str) -> FieldResult<T> {
     value.ok_or_else(|| (ErrorCode::BadFrame, format!("op '{op}' needs field '{field}'")))
 }
 
-fn decode_fields(f: WireFrame) -> FieldResult<ClientOp> {
+/// `req` is checked here, per op: `hello`, `ack` and `nack` define no `req`, so for them it
+/// is an unknown field and ignored (a bad one is only never echoed).
+fn decode_fields(f: WireFrame, req: FieldResult<Req>) -> FieldResult<ClientOp> {
     let op = f.op.as_str();
     Ok(match op {
         "hello" => ClientOp::Hello { token: f.token },
-        "pub" => ClientOp::Pub { req: f.req, topic: need(f.topic, op, "topic")?, body: need(f.body, op, "body")?, key: f.key, producer: f.producer, seq: f.seq },
+        "pub" => ClientOp::Pub { req: req?, topic: need(f.topic, op, "topic")?, body: need(f.body, op, "body")?, key: f.key, producer: f.producer, seq: f.seq },
         "sub" => ClientOp::Sub {
-            req: f.req,
+            req: req?,
             topic: need(f.topic, op, "topic")?,
             group: need(f.group, op, "group")?,
             from: decode_from(f.from)?,
@@ -143,21 +232,22 @@ fn decode_fields(f: WireFrame) -> FieldResult<ClientOp> {
         "ack" => ClientOp::Ack { topic: need(f.topic, op, "topic")?, group: need(f.group, op, "group")?, ids: need(f.ids, op, "ids")? },
         "nack" => ClientOp::Nack { topic: need(f.topic, op, "topic")?, group: need(f.group, op, "group")?, ids: need(f.ids, op, "ids")?, delay_ms: f.delay_ms.unwrap_or(0) },
         "pull" => ClientOp::Pull {
-            req: f.req,
+            req: req?,
             topic: need(f.topic, op, "topic")?,
             group: need(f.group, op, "group")?,
             max: need(f.max, op, "max")?,
             wait_ms: need(f.wait_ms, op, "wait_ms")?,
         },
         "fetch" => {
+            let req = req?;
             let from = match need(f.from, op, "from")? {
                 Value::Number(n) if n.as_u64().is_some() => n.as_u64().unwrap_or(0),
                 _ => return Err((ErrorCode::BadFrame, "fetch 'from' must be an id (u64)".into())),
             };
-            ClientOp::Fetch { req: f.req, topic: need(f.topic, op, "topic")?, from, to: need(f.to, op, "to")? }
+            ClientOp::Fetch { req, topic: need(f.topic, op, "topic")?, from, to: need(f.to, op, "to")? }
         }
-        "unsub" => ClientOp::Unsub { req: f.req, topic: need(f.topic, op, "topic")?, group: need(f.group, op, "group")? },
-        "ping" => ClientOp::Ping { req: f.req },
+        "unsub" => ClientOp::Unsub { req: req?, topic: need(f.topic, op, "topic")?, group: need(f.group, op, "group")? },
+        "ping" => ClientOp::Ping { req: req? },
         other => return Err((ErrorCode::UnknownOp, format!("unknown op '{}'", truncate_for_message(other)))),
     })
 }
@@ -330,8 +420,11 @@ pub fn encode_fetched_message(out: &mut String, first: bool, id: u64, key: Optio
     let _ = write!(out, ",\"ts\":{ts_ms}}}");
 }
 
+/// What `encode_fetched_end` appends, for size checks before it.
+pub const FETCHED_END: &str = "]}";
+
 pub fn encode_fetched_end(out: &mut String) {
-    out.push_str("]}");
+    out.push_str(FETCHED_END);
 }
 
 pub fn encode_pong(out: &mut String, req: Option<&str>) {
@@ -356,10 +449,67 @@ pub fn encode_error(out: &mut String, req: Option<&str>, code: ErrorCode, messag
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+
+    fn decode_default(text: &str) -> Result<ClientOp, DecodeError> {
+        decode(text, Config::default().json_depth_max)
+    }
+
+    #[test]
+    fn shape_counts_nesting_outside_strings_only() {
+        // Brackets inside the strings push the quick count over the limit: the exact walk runs.
+        assert_eq!(check_shape(br#"{"s":"[[[[\"[{","u":[1]}"#, 2), Ok(()));
+        // An escaped backslash does not escape the quote after it.
+        assert_eq!(check_shape(br#"{"s":"\\","t":"[[[","u":[[1]]}"#, 2), Err(Shape::TooDeep));
+        assert_eq!(check_shape(br#"{"s":"\\\"[[[","u":[1]}"#, 2), Ok(()));
+        assert_eq!(check_shape(b" \r\n\t{\"a\":[{}]}", 3), Ok(()));
+        assert_eq!(check_shape(br#"{"a":[{}]}"#, 2), Err(Shape::TooDeep));
+        for not_object in [&b"[{}]"[..], b"\"{\"", b"1", b"null", b"  ", b""] {
+            assert_eq!(check_shape(not_object, 9), Err(Shape::NotObject), "{not_object:?}");
+        }
+        // Broken JSON ends the walk without a panic (serde refuses it next).
+        assert_eq!(check_shape(br#"{"a":"[[[[\"#, 2), Ok(()));
+        assert_eq!(check_shape(b"{]]]]]][[", 2), Ok(()));
+        assert_eq!(check_shape(b"{]]]]]][[[", 2), Err(Shape::TooDeep));
+    }
+
+    #[test]
+    fn serde_json_own_recursion_limit_is_a_bad_frame_and_raw_values_have_none() {
+        // Without ferry's limit, `Value` fields stop at serde_json's 128 levels with an error
+        // (never a panic) and the frame keeps its `req`...
+        let deep = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        let filter = format!(r#"{{"op":"sub","req":5,"topic":"t","group":"g","filter":{{"field":"a","equals":{}}}}}"#, deep(200));
+        let e = decode(&filter, u32::MAX).unwrap_err();
+        assert_eq!((e.code, e.req.as_deref()), (ErrorCode::BadFrame, Some("5")));
+        assert!(e.message.contains("recursion limit"), "{}", e.message);
+        // ...but a raw `body` is skipped at any depth: that is why `json_depth_max` exists.
+        let body = format!(r#"{{"op":"pub","req":6,"topic":"t","body":{}}}"#, deep(10_000));
+        assert!(decode(&body, u32::MAX).is_ok());
+        let e = decode(&body, 64).unwrap_err();
+        assert_eq!((e.code, e.req.as_deref()), (ErrorCode::BadFrame, Some("6")));
+    }
+
+    #[test]
+    fn a_bad_req_is_refused_where_req_is_defined_and_never_echoed() {
+        for frame in [r#"{"op":"ping","req":null}"#, r#"{"op":"fetch","req":true,"topic":"t","from":1,"to":2}"#, r#"{"op":"unsub","req":[],"topic":"t","group":"g"}"#] {
+            let e = decode_default(frame).unwrap_err();
+            assert_eq!((e.code, e.req), (ErrorCode::BadFrame, None), "{frame}");
+        }
+        // `ack`, `nack` and `hello` define no `req`: an odd one is an ignored unknown field.
+        assert!(matches!(decode_default(r#"{"op":"ack","req":{"a":1},"topic":"t","group":"g","ids":[1]}"#), Ok(ClientOp::Ack { .. })));
+        let e = decode_default(r#"{"op":"nack","req":{"a":1},"topic":"t"}"#).unwrap_err();
+        assert_eq!((e.code, e.req), (ErrorCode::BadFrame, None));
+        let e = decode_default(r#"{"op":"launch","req":[1]}"#).unwrap_err();
+        assert_eq!((e.code, e.req), (ErrorCode::UnknownOp, None));
+        let e = decode_default(r#"{"op":5,"req":{"big":1}}"#).unwrap_err();
+        assert_eq!((e.code, e.req), (ErrorCode::BadFrame, None));
+        let e = decode_default(r#"{"op":5,"req":"ok"}"#).unwrap_err();
+        assert_eq!((e.code, e.req.as_deref()), (ErrorCode::BadFrame, Some("\"ok\"")));
+    }
 
     #[test]
     fn decodes_pub_with_raw_body() {
-        let op = decode(r#"{"op":"pub","req":7,"topic":"orders","body":{"a":[1,2]},"key":"k1","producer":"p","seq":3}"#).unwrap();
+        let op = decode_default(r#"{"op":"pub","req":7,"topic":"orders","body":{"a":[1,2]},"key":"k1","producer":"p","seq":3}"#).unwrap();
         match op {
             ClientOp::Pub { req, topic, body, key, producer, seq } => {
                 assert_eq!(req.unwrap().get(), "7");
@@ -375,17 +525,17 @@ mod tests {
 
     #[test]
     fn bad_frames_keep_req_and_code() {
-        let e = decode(r#"{"op":"pub","req":"r1","topic":5,"body":1}"#).unwrap_err();
+        let e = decode_default(r#"{"op":"pub","req":"r1","topic":5,"body":1}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadFrame);
         assert_eq!(e.req.as_deref(), Some("\"r1\""));
-        let e = decode(r#"{"op":"pub","req":2,"topic":"t"}"#).unwrap_err();
+        let e = decode_default(r#"{"op":"pub","req":2,"topic":"t"}"#).unwrap_err();
         assert_eq!((e.code, e.req.as_deref()), (ErrorCode::BadFrame, Some("2")));
         assert!(e.message.contains("body"), "{}", e.message);
-        let e = decode(r#"{"op":"launch","req":3}"#).unwrap_err();
+        let e = decode_default(r#"{"op":"launch","req":3}"#).unwrap_err();
         assert_eq!((e.code, e.req.as_deref()), (ErrorCode::UnknownOp, Some("3")));
-        let e = decode("not json").unwrap_err();
+        let e = decode_default("not json").unwrap_err();
         assert_eq!((e.code, e.req), (ErrorCode::BadFrame, None));
-        let e = decode(r#"{"op":"sub","topic":"t","group":"g","filter":{"nope":1}}"#).unwrap_err();
+        let e = decode_default(r#"{"op":"sub","topic":"t","group":"g","filter":{"nope":1}}"#).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadFrame);
     }
 

@@ -14,6 +14,7 @@ pub const KIND_MESSAGE: u8 = 1;
 pub const KIND_TOPIC: u8 = 2;
 pub const KIND_GROUP: u8 = 3;
 pub const KIND_PRODUCER: u8 = 4;
+pub const KIND_SALVAGED: u8 = 5;
 /// Bounds `len` so a corrupt length field cannot make recovery allocate or skip wildly.
 pub const RECORD_BYTES_MAX: usize = 64 << 20;
 
@@ -55,12 +56,24 @@ pub struct ProducerRecord {
     pub seqs: Vec<(u64, String, u64)>,
 }
 
+/// A damaged region of the log the operator chose to salvage: later starts accept it without
+/// `salvage`, and keep the ids it may have held out of use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SalvagedRecord {
+    pub segment: u64,
+    pub offset: u64,
+    pub end: u64,
+    /// First id of any topic created after the salvage.
+    pub new_topic_first_id: u64,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecordRef<'a> {
     Message(MessageRef<'a>),
     Topic(TopicRecord),
     Group(GroupRecord),
     Producer(ProducerRecord),
+    Salvaged(SalvagedRecord),
 }
 
 fn put_str16(out: &mut Vec<u8>, s: &str) {
@@ -219,6 +232,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<(RecordRef<'_>, usize), RecordError
         KIND_TOPIC => RecordRef::Topic(serde_json::from_slice(payload).map_err(|_| RecordError::Malformed("topic"))?),
         KIND_GROUP => RecordRef::Group(serde_json::from_slice(payload).map_err(|_| RecordError::Malformed("group"))?),
         KIND_PRODUCER => RecordRef::Producer(serde_json::from_slice(payload).map_err(|_| RecordError::Malformed("producer"))?),
+        KIND_SALVAGED => RecordRef::Salvaged(serde_json::from_slice(payload).map_err(|_| RecordError::Malformed("salvaged"))?),
         _ => return Err(RecordError::Malformed("kind")),
     };
     Ok((record, end))

@@ -121,6 +121,8 @@ pub struct Harness {
     pub traces: Vec<Trace>,
     /// When set, writes wait in `held` until `complete_writes` (to test group commit and faults).
     pub hold_writes: bool,
+    /// When set, reads wait in `held` too (to test requests waiting for the disk).
+    pub hold_reads: bool,
     pub held: VecDeque<DiskOp>,
     /// Fails the next write with this error instead of applying it.
     pub fail_next_write: Option<DiskError>,
@@ -129,6 +131,8 @@ pub struct Harness {
     /// Why the node asked to stop, once it has.
     pub stopped: Option<String>,
     pub last_recovery: Option<RecoveryReport>,
+    /// Disk reads the node has asked for.
+    pub reads: u64,
 }
 
 impl Harness {
@@ -143,11 +147,13 @@ impl Harness {
             closed: Vec::new(),
             traces: Vec::new(),
             hold_writes: false,
+            hold_reads: false,
             held: VecDeque::new(),
             fail_next_write: None,
             fail_next_truncate: None,
             stopped: None,
             last_recovery: None,
+            reads: 0,
         };
         h.drain();
         h
@@ -164,7 +170,12 @@ impl Harness {
                 Output::Trace(trace) => self.traces.push(trace),
                 Output::Stop { why } => self.stopped = Some(why),
                 Output::Disk(op) => {
-                    if matches!(op, DiskOp::Write { .. }) && self.hold_writes {
+                    let hold = match op {
+                        DiskOp::Write { .. } => self.hold_writes,
+                        DiskOp::Read { .. } => self.hold_reads,
+                        _ => false,
+                    };
+                    if hold {
                         self.held.push_back(op);
                     } else {
                         self.apply(op);
@@ -178,6 +189,9 @@ impl Harness {
     }
 
     fn apply(&mut self, op: DiskOp) {
+        if matches!(op, DiskOp::Read { .. }) {
+            self.reads += 1;
+        }
         if let (DiskOp::Write { token, .. }, Some(error)) = (&op, self.fail_next_write.take()) {
             self.node.handle_input(self.now, Input::WriteDone { token: *token, result: Err(error) });
             return;

@@ -1,5 +1,6 @@
 //! A topic: its id counter, its index id → place on disk, and a cache of recent messages.
 
+use crate::cache::ReadCache;
 use crate::group::Group;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
@@ -120,12 +121,29 @@ impl Topic {
         }
     }
 
+    /// Bytes the cache holds (as counted by `StoredMessage::bytes`).
+    pub fn cache_bytes(&self) -> u64 {
+        self.recent_bytes
+    }
+
+    /// Id of the oldest cached message.
+    pub fn cache_first_id(&self) -> Option<u64> {
+        self.recent.front().map(|m| m.id)
+    }
+
+    /// Evicts the oldest cached message (the node-wide budget chose it).
+    pub fn cache_evict_oldest(&mut self) {
+        if let Some(old) = self.recent.pop_front() {
+            self.recent_bytes -= old.bytes();
+        }
+    }
+
     pub fn cached(&self, id: u64) -> Option<&Rc<StoredMessage>> {
         let first = self.recent.front()?.id;
         self.recent.get(id.checked_sub(first)? as usize)
     }
 
-    pub fn lookup(&self, id: u64, read_cache: &BTreeMap<(usize, u64), Rc<StoredMessage>>, topic_index: usize) -> Lookup {
+    pub fn lookup(&self, id: u64, read_cache: &ReadCache, topic_index: usize) -> Lookup {
         if let Some(m) = self.cached(id) {
             return Lookup::Found(m.clone());
         }

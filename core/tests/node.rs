@@ -3,7 +3,8 @@
 use ferry_core::node::DiskError;
 use ferry_core::{Config, FsyncPolicy};
 
-use serde_json::json;
+use ferry_core::testkit::Harness;
+use serde_json::{json, Value};
 
 mod common;
 
@@ -465,4 +466,219 @@ fn regression_pull_waits_until_its_group_is_durable() {
     assert_eq!(h.take_op(S, "suback").len(), 1);
     let delivered = msgs(&mut h, 3).len() + msgs(&mut h, S).len();
     assert_eq!(delivered, 1, "once durable, the group delivers");
+}
+
+/// `depth` nested arrays around `inner`.
+fn nested(depth: usize, inner: &str) -> String {
+    format!("{}{inner}{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+#[test]
+fn frames_nested_deeper_than_json_depth_max_get_bad_frame_and_nothing_is_stored() {
+    let mut h = harness(Config::default());
+    let depth_max = Config::default().json_depth_max as usize;
+    // The frame's own object is level 1: a body may nest `depth_max - 1` levels.
+    h.send(P, &format!(r#"{{"op":"pub","req":1,"topic":"t","body":{}}}"#, nested(depth_max - 1, "1")));
+    assert_eq!(h.take_op(P, "puback")[0]["id"], 1, "a body exactly at the limit is stored: {:?}", h.take(P));
+    for depth in [depth_max, 10_000, 500_000] {
+        h.send(P, &format!(r#"{{"op":"pub","req":2,"topic":"t","body":{}}}"#, nested(depth, "1")));
+        let errors = h.take_op(P, "error");
+        assert_eq!(errors.len(), 1, "body nested {depth}: {:?}", h.take(P));
+        assert_eq!((errors[0]["code"].as_str(), errors[0]["req"].as_u64()), (Some("bad_frame"), Some(2)), "body nested {depth}");
+        assert!(errors[0]["message"].as_str().unwrap().contains("json_depth_max"), "{}", errors[0]);
+    }
+    assert_eq!(h.node.topic_next_id("t"), Some(2), "refused bodies are not stored");
+    // Objects count like arrays, and so do levels outside `body` (a filter).
+    let deep_filter = format!(r#"{{"op":"sub","req":3,"topic":"t","group":"g","filter":{{"field":"a","equals":{}}}}}"#, nested(depth_max, "1"));
+    h.send(S, &deep_filter);
+    assert_eq!(h.take_op(S, "error")[0]["code"], "bad_frame");
+    // Brackets inside strings, escaped quotes and backslashes are text, not nesting.
+    let text = format!("\\\\\\\"{}\\\"", "[{".repeat(100));
+    h.send(P, &format!(r#"{{"op":"pub","req":4,"topic":"t","body":{{"s":"{text}","t":"\\\\"}}}}"#));
+    let acks = h.take_op(P, "puback");
+    assert_eq!(acks.len(), 1, "brackets in strings: {:?}", h.take(P));
+    assert!(h.closed.is_empty());
+}
+
+#[test]
+fn only_json_objects_are_frames() {
+    let mut h = harness(Config::default());
+    // serde's derive would read a sequence by field position: this array used to be a `pub`.
+    let positional = r#"["pub",1,null,"t",null,{"x":1},null,null,null,null,null,null,null,null,null,null,null]"#;
+    for frame in [positional, r#""ping""#, "5", "null", "[]", r#"[{"op":"ping","req":1}]"#] {
+        h.send(P, frame);
+        let errors = h.take_op(P, "error");
+        assert_eq!(errors.len(), 1, "{frame}: {:?}", h.take(P));
+        assert_eq!(errors[0]["code"], "bad_frame", "{frame}");
+        assert!(errors[0].get("req").is_none(), "{frame}");
+    }
+    assert_eq!(h.node.topic_next_id("t"), None, "nothing was published");
+    h.send(P, " \r\n\t{\"op\":\"ping\",\"req\":7}");
+    assert_eq!(h.take_op(P, "pong")[0]["req"], 7, "whitespace before the object is fine");
+}
+
+#[test]
+fn req_is_a_short_string_or_number_and_a_bad_one_is_not_echoed() {
+    let mut h = harness(Config::default());
+    let long = format!("\"{}\"", "r".repeat(127)); // 129 bytes of JSON
+    let deep = nested(10_000, "1");
+    for req in ["{\"a\":1}", "[1]", "true", "false", "null", long.as_str(), deep.as_str()] {
+        h.send(P, &format!(r#"{{"op":"ping","req":{req}}}"#));
+        let errors = h.take_op(P, "error");
+        assert_eq!(errors.len(), 1, "req {:.40}: {:?}", req, h.take(P));
+        assert_eq!(errors[0]["code"], "bad_frame", "req {req:.40}");
+        assert!(errors[0].get("req").is_none(), "req {req:.40} must not be echoed: {}", errors[0]);
+        // Any op that carries a `req` refuses it the same way, publishing nothing.
+        h.send(P, &format!(r#"{{"op":"pub","req":{req},"topic":"t","body":1}}"#));
+        assert_eq!(h.take_op(P, "error")[0]["code"], "bad_frame", "pub with req {req:.40}");
+    }
+    assert_eq!(h.node.topic_next_id("t"), None, "nothing was published");
+    let longest = format!("\"{}\"", "r".repeat(126)); // 128 bytes of JSON
+    for req in ["0", "-12.5e3", "\"\"", "\"\\u00e9\"", longest.as_str()] {
+        h.send(P, &format!(r#"{{"op":"ping","req":{req}}}"#));
+        let pongs = h.take_op(P, "pong");
+        assert_eq!(pongs.len(), 1, "req {req}: {:?}", h.take(P));
+        assert_eq!(pongs[0]["req"], serde_json::from_str::<Value>(req).unwrap(), "req {req} echoed");
+    }
+}
+
+#[test]
+fn at_the_highest_json_depth_max_every_frame_sent_back_still_parses() {
+    use ferry_core::protocol::JSON_DEPTH_MAX_LIMIT;
+    let mut config = Config { json_depth_max: JSON_DEPTH_MAX_LIMIT, ..Config::default() };
+    let mut h = harness(config.clone());
+    // The harness parses every frame the node sends with serde_json (127 levels at most).
+    let body = nested(JSON_DEPTH_MAX_LIMIT as usize - 1, "1");
+    h.send(P, &format!(r#"{{"op":"pub","req":1,"topic":"t","body":{body}}}"#));
+    assert_eq!(h.take_op(P, "puback").len(), 1, "{:?}", h.take(P));
+    subscribe(&mut h, S, "t", "g", json!({}));
+    assert_eq!(ids(&msgs(&mut h, S)), vec![1]);
+    h.send_json(S, json!({"op": "fetch", "req": 2, "topic": "t", "from": 1, "to": 1}));
+    assert_eq!(h.take_op(S, "fetched")[0]["messages"].as_array().unwrap().len(), 1);
+    for bad in [0, 1, JSON_DEPTH_MAX_LIMIT + 1] {
+        config.json_depth_max = bad;
+        assert!(config.validate().unwrap_err().contains("json_depth_max"), "{bad}");
+    }
+}
+
+/// Sends `fetch` from `from` to `to`, and again from the last id + 1 as PROTOCOL.md says,
+/// until a reply is empty. Returns the ids of each non-empty reply and the largest frame.
+fn fetch_until_empty(h: &mut Harness, from: u64, to: u64) -> (Vec<Vec<u64>>, usize) {
+    let (mut replies, mut largest, mut from) = (Vec::new(), 0, from);
+    loop {
+        h.send_json(S, json!({"op": "fetch", "req": from, "topic": "t", "from": from, "to": to}));
+        let fetched = h.take_op(S, "fetched");
+        assert_eq!(fetched.len(), 1, "one fetched per fetch: {:?}", h.take(S));
+        // Bodies are plain ASCII: the re-serialized frame is as long as the one sent.
+        largest = largest.max(fetched[0].to_string().len());
+        let got = ids(fetched[0]["messages"].as_array().unwrap());
+        assert!(got.windows(2).all(|w| w[0] < w[1]) && got.iter().all(|id| (from..=to).contains(id)), "{got:?} from {from} to {to}");
+        let Some(&last) = got.last() else { return (replies, largest) };
+        replies.push(got);
+        if last == to {
+            return (replies, largest);
+        }
+        from = last + 1;
+    }
+}
+
+#[test]
+fn fetched_is_cut_at_frame_bytes_max_and_reads_only_what_fits() {
+    let config = Config {
+        frame_bytes_max: 1 << 20,
+        // Every message but the newest is read from disk.
+        topic_cache_bytes: 1,
+        read_cache_messages: 1,
+        ..Config::default()
+    };
+    let mut h = harness(config);
+    let body = json!("x".repeat(400 << 10));
+    for _ in 0..10 {
+        publish(&mut h, "t", None, body.clone());
+    }
+    let reads = h.reads;
+    h.send_json(S, json!({"op": "fetch", "req": 1, "topic": "t", "from": 1, "to": u64::MAX}));
+    let fetched = h.take_op(S, "fetched");
+    assert!(fetched[0].to_string().len() <= 1 << 20, "fetched frame of {} bytes", fetched[0].to_string().len());
+    assert_eq!(ids(fetched[0]["messages"].as_array().unwrap()), vec![1, 2], "a prefix, as much as fits");
+    assert_eq!(fetched[0]["messages"][1]["body"], body);
+    assert_eq!(h.reads - reads, 2, "no reads for messages that cannot fit");
+    let (replies, largest) = fetch_until_empty(&mut h, 1, u64::MAX);
+    assert_eq!(replies, vec![vec![1, 2], vec![3, 4], vec![5, 6], vec![7, 8], vec![9, 10]]);
+    assert!(largest <= 1 << 20, "largest fetched frame {largest} bytes");
+    // A message alone larger than the frame limit still comes, alone: a client must progress.
+    let pub_overhead = r#"{"op":"pub","req":1,"topic":"t","body":""}"#.len();
+    publish(&mut h, "t", None, json!("y".repeat((1 << 20) - pub_overhead)));
+    let (replies, largest) = fetch_until_empty(&mut h, 9, 11);
+    assert_eq!(replies, vec![vec![9, 10], vec![11]]);
+    assert!(largest > 1 << 20, "the lone message is over the limit by the frame's own overhead");
+}
+
+#[test]
+fn fetched_is_also_cut_at_fetch_messages_max_and_skips_ids_that_are_gone() {
+    let config = Config { frame_bytes_max: 1024, segment_bytes_max: 4096, retention_bytes: 4096 * 2, fetch_messages_max: 5, topic_cache_bytes: 1, ..Config::default() };
+    let mut h = harness(config);
+    for n in 0..100 {
+        publish(&mut h, "t", None, json!(format!("{n:0>200}")));
+    }
+    h.advance_ms(1_100);
+    // Retention deleted the oldest segments: ids 1.. are gone, but later ones are stored,
+    // so the reply may not be empty.
+    let (replies, _) = fetch_until_empty(&mut h, 1, 1_000);
+    assert!(!replies.is_empty(), "an empty fetched means nothing is stored in the range");
+    let first = replies[0][0];
+    assert!(first > 1, "retention deleted the first segments");
+    assert!(replies.iter().all(|r| r.len() <= 5), "at most fetch_messages_max per reply: {replies:?}");
+    assert_eq!(replies.concat(), (first..=100).collect::<Vec<_>>());
+    assert_eq!(fetch_until_empty(&mut h, 1, first - 1).0, Vec::<Vec<u64>>::new(), "empty: nothing stored there");
+}
+
+#[test]
+fn fetched_goes_past_an_unreadable_record_instead_of_answering_empty() {
+    let config = Config { frame_bytes_max: 1 << 20, topic_cache_bytes: 1, read_cache_messages: 1, ..Config::default() };
+    let mut h = harness(config);
+    let body = json!("x".repeat(600 << 10));
+    for _ in 0..3 {
+        publish(&mut h, "t", None, body.clone());
+    }
+    // Damage the record of id 1 on disk: its read fails the CRC and the id is gone.
+    let (&segment, bytes) = h.disk.files.iter().find(|(_, f)| f.len() > 600 << 10).unwrap();
+    let mut first = None;
+    ferry_core::recovery::scan_segment(bytes, false, |offset, size, rec, _| {
+        if matches!(rec, ferry_core::record::RecordRef::Message(m) if m.id == 1) {
+            first = Some((offset as usize, size));
+        }
+    });
+    let (offset, size) = first.expect("record of id 1");
+    h.disk.files.get_mut(&segment).unwrap()[offset + size / 2] ^= 0x55;
+    // Only id 1 fits the first frame, and it turns out unreadable: the reply goes on to id 2.
+    let (replies, largest) = fetch_until_empty(&mut h, 1, 3);
+    assert_eq!(replies, vec![vec![2], vec![3]]);
+    assert!(largest <= 1 << 20);
+    assert!(h.traces.iter().any(|t| matches!(t, ferry_core::Trace::UnreadableRecord { id: 1, .. })));
+    assert_eq!(fetch_until_empty(&mut h, 1, 1).0, Vec::<Vec<u64>>::new());
+}
+
+#[test]
+fn a_nack_from_a_connection_that_no_longer_holds_the_message_is_ignored() {
+    // Found by ferry-sim seed 2557 once windows were checked from the clients' side: a member
+    // unsubscribed and then nacked what it had; the message had meanwhile gone to another
+    // member, whose delivery the stale nack cancelled, so that member got one message over its
+    // window while it still held this one.
+    let mut h = harness(Config::default());
+    let (a, b) = (3, 4);
+    h.connect(a);
+    h.connect(b);
+    subscribe(&mut h, a, "t", "g", json!({"window": 1}));
+    publish(&mut h, "t", None, json!(1));
+    assert_eq!(ids(&msgs(&mut h, a)), vec![1]);
+    subscribe(&mut h, b, "t", "g", json!({"window": 1}));
+    h.send_json(a, json!({"op": "unsub", "req": "u", "topic": "t", "group": "g"}));
+    assert_eq!(ids(&msgs(&mut h, b)), vec![1], "released by the unsub, id 1 goes to b");
+    h.send_json(a, json!({"op": "nack", "topic": "t", "group": "g", "ids": [1], "delay_ms": 0}));
+    publish(&mut h, "t", None, json!(2));
+    assert!(msgs(&mut h, b).is_empty(), "b still holds id 1: its window of 1 is full");
+    assert_eq!(h.node.in_flight_to(b, "t", "g"), Some(1));
+    ack(&mut h, b, "t", "g", &[1]);
+    assert_eq!(ids(&msgs(&mut h, b)), vec![2]);
 }

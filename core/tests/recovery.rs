@@ -213,3 +213,31 @@ fn a_segment_ends_durable_before_the_next_one_starts() {
     }
     h.restart(true);
 }
+
+#[test]
+fn a_salvaged_region_is_accepted_on_later_starts_and_new_damage_is_still_refused() {
+    let mut h = harness(Config::default());
+    for n in 1..=10 {
+        publish(&mut h, "t", None, json!(n));
+    }
+    rot(&mut h, "t", 5);
+    h.config.salvage = true;
+    h.restart(false);
+    h.config.salvage = false;
+    h.connect(P);
+    let next = publish(&mut h, "t", None, json!("after salvage"));
+    assert_eq!(next, 11);
+    h.restart(false);
+    let report = h.last_recovery.as_ref().unwrap();
+    assert_eq!((report.salvaged.len(), report.previously_salvaged.len()), (0, 1), "{report:?}");
+    h.connect(P);
+    h.connect(S);
+    let expected: Vec<u64> = (1..=11).filter(|id| *id != 5).collect();
+    assert_eq!(delivered_ids(&mut h, "t"), expected);
+    assert_eq!(publish(&mut h, "t", None, json!("and on")), 12, "no ids skipped again");
+    publish(&mut h, "t", None, json!("one more"));
+    rot(&mut h, "t", 12);
+    let error = h.try_restart_from_disk().expect_err("new damage");
+    assert_eq!(error.damage.len(), 1, "{error}");
+    assert!(error.to_string().contains("ids affected: t 12\n"), "{error}");
+}

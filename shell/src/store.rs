@@ -195,6 +195,9 @@ impl Store {
         if let Some(torn) = &report.torn_tail {
             log::warn(&format!("cutting the torn final batch of the log (never acknowledged; its ids will not be reused): {torn}"));
         }
+        for damage in &report.previously_salvaged {
+            log::warn(&format!("damaged data salvaged by an earlier start, still skipped: {damage}"));
+        }
         for damage in &report.salvaged {
             log::error(&format!("salvage: skipping damaged data, serving every intact record around it: {damage}"));
         }

@@ -63,6 +63,13 @@ fn a_flipped_byte_in_the_newest_segment_stops_the_start_and_salvage_loses_only_t
     c.send(&pub_frame(1, "t", json!("next"))).unwrap();
     assert_eq!(c.expect_op("puback")["id"], 4001);
     drop(server);
+
+    // The salvage is recorded: the next start accepts that region without --salvage.
+    let server = Server::start(&dir, "127.0.0.1:0", &[]);
+    assert!(server.log_text().contains("salvaged by an earlier start"), "{}", server.log_text());
+    let mut c = Client::connect(&server.url()).unwrap();
+    assert_eq!(fetch_all_ids(&mut c, "t").len(), 4000);
+    drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

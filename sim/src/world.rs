@@ -6,7 +6,7 @@ use crate::checker::{self, Checker};
 use crate::clients::{AckStyle, Action, Client, Ctx, Publisher, Subscriber, MS};
 use crate::disk::SimDisk;
 use crate::{FaultKind, Options, SeedReport};
-use ferry_core::node::{DiskError, DiskOp, Input, Output, Trace};
+use ferry_core::node::{DiskError, DiskOp, Input, Output};
 use ferry_core::testkit::Completion;
 use ferry_core::{Config, ConnId, FsyncPolicy, Node};
 use rand::{Rng, SeedableRng};
@@ -166,6 +166,9 @@ impl World {
             // Bodies and keys are about 50 bytes: a byte window of 1 to 80 of them binds as often as `window`.
             window_bytes_max: rng.gen_range(64..4_096),
             test_bug: options.bug,
+            // Small, so that gap repairs are cut and subscribers must ask again from the last
+            // id + 1 (taken from the seed, not the rng, so every seed keeps its draws).
+            fetch_messages_max: 1 + (options.seed % 3) as u32,
             ..Config::default()
         };
         let mut clients = Vec::new();
@@ -193,17 +196,31 @@ impl World {
                         subscriber.unsub_every = Some(rng.gen_range(5..40));
                     }
                     subscriber.filter = filter.clone();
+                    let largest_delay_ns = swarm.latency_max_us * 1_000 + MS;
+                    subscriber.window_hold_ns = (config.ack_timeout_ms * MS).saturating_sub(largest_delay_ns);
+                    if rng.gen_bool(0.3) {
+                        subscriber.audit_every = Some(rng.gen_range(3..20));
+                    }
                     clients.push(Client::Subscriber(subscriber));
                 }
             }
         }
+        // Every topic's dead-letter topic is read: a message counts as dead-lettered only once
+        // its copy is seen there, never on the node's word.
+        for t in 0..swarm.topics {
+            let dlq = format!("t{t}.dlq");
+            clients.push(Client::Subscriber(Subscriber::new(format!("{dlq}/audit"), dlq, "audit".into(), 16, AckStyle::Prompt, false)));
+        }
         for p in 0..swarm.publishers {
             let topic = format!("t{}", p % swarm.topics);
             let window = rng.gen_range(1..=16);
-            clients.push(Client::Publisher(Publisher::new(format!("p{p}"), topic, swarm.keys, swarm.messages_per_publisher, window)));
+            let mut publisher = Publisher::new(format!("p{p}"), topic, swarm.keys, swarm.messages_per_publisher, window);
+            // Some publishers send a publish twice at once, as a client retrying too eagerly.
+            publisher.duplicate_chance = if rng.gen_bool(0.3) { rng.gen_range(0.05..0.3) } else { 0.0 };
+            clients.push(Client::Publisher(publisher));
         }
         let n = clients.len();
-        let mut checker = Checker::default();
+        let mut checker = Checker::new(config.max_attempts as u64);
         for client in &clients {
             if let Client::Subscriber(s) = client {
                 if let Some(prefix) = &s.filter {
@@ -311,7 +328,6 @@ impl World {
             }
             if self.healing && self.now >= last_convergence_check + 20 * MS {
                 last_convergence_check = self.now;
-                self.learn_group_starts();
                 if self.converged() {
                     break;
                 }
@@ -320,28 +336,14 @@ impl World {
         self.finish(safety_end)
     }
 
-    /// Groups created by a pull start at "latest": tell the checker where each one starts.
-    fn learn_group_starts(&mut self) {
-        let Some(node) = &self.node else { return };
-        let pulled_groups = self.clients.iter().filter_map(|c| match c {
-            Client::Subscriber(s) if s.pull_wait_ms.is_some() => Some((s.topic.as_str(), s.group.as_str())),
-            _ => None,
-        });
-        // Only groups a pull may have created: for the rest the checker keeps expecting
-        // everything from id 1, so a wrong start would be caught rather than trusted.
-        for (topic, group) in pulled_groups {
-            if let Some(start) = node.group_start_id(topic, group) {
-                self.checker.group_start(topic, group, start);
-            }
-        }
-    }
-
     fn converged(&self) -> bool {
         let publishers_done = self.clients.iter().all(|c| match c {
             Client::Publisher(p) => p.done(),
             Client::Subscriber(_) => true,
         });
-        publishers_done && self.groups.iter().all(|(t, g)| self.checker.missing(t, g).is_empty() && self.checker.not_completed(t, g).is_empty())
+        publishers_done
+            && self.groups.iter().all(|(t, g)| self.checker.missing(t, g).is_empty())
+            && self.groups.iter().all(|(t, _)| self.checker.not_completed(t, &self.groups).is_empty())
     }
 
     fn start_heal(&mut self) {
@@ -363,10 +365,9 @@ impl World {
     }
 
     fn finish(mut self, safety_end: u64) -> SeedReport {
-        if let Some(node) = &self.node {
+        if let (Some(node), None) = (&self.node, self.options.bug) {
             node.check_invariants();
         }
-        self.learn_group_starts();
         let converged = self.converged();
         let groups = self.groups.clone();
         self.checker.finish(&groups);
@@ -397,7 +398,7 @@ impl World {
             faults: self.faults.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             violations: self.checker.violations.clone(),
             trace_hash: self.hash.0,
-            swarm: format!("{:?}", self.swarm),
+            swarm: format!("{:?}, ack_timeout_ms {}, max_attempts {}", self.swarm, self.config.ack_timeout_ms, self.config.max_attempts),
         }
     }
 
@@ -510,16 +511,17 @@ impl World {
 
     /// Acks as the node receives them: what the group has really finished.
     fn observe_ack(&mut self, text: &str) {
-        if !text.contains("\"ack\"") {
+        if !text.contains("ack\"") {
             return;
         }
         let Ok(frame) = serde_json::from_str::<serde_json::Value>(text) else { return };
-        if frame["op"] != "ack" {
-            return;
-        }
         let (topic, group) = (frame["topic"].as_str().unwrap_or_default(), frame["group"].as_str().unwrap_or_default());
         for id in frame["ids"].as_array().into_iter().flatten().filter_map(|v| v.as_u64()) {
-            self.checker.completed(topic, group, id);
+            match frame["op"].as_str() {
+                Some("ack") => self.checker.completed(topic, group, id),
+                Some("nack") => self.checker.nacked(topic, group, id, self.now),
+                _ => {}
+            }
         }
     }
 
@@ -550,16 +552,15 @@ impl World {
                     return;
                 }
                 Output::Trace(trace) => {
-                    if let Trace::DeadLettered { topic, group, id } = &trace {
-                        self.checker.completed(topic, group, *id);
-                    }
                     self.hash.mix(format!("{trace:?}").as_bytes());
                     self.trace(|| format!("node trace {trace:?}"));
                 }
             }
         }
         self.steps += 1;
-        if cfg!(debug_assertions) || self.steps.is_multiple_of(256) {
+        // With a deliberate bug on, the node's own assertions stay quiet: the clients' checkers
+        // alone must catch it.
+        if self.options.bug.is_none() && (cfg!(debug_assertions) || self.steps.is_multiple_of(256)) {
             if let Some(node) = &self.node {
                 node.check_invariants();
             }

@@ -3,8 +3,9 @@
 
 use super::{Node, RecoveryReport, SeenSeq, SegmentInfo, NS_PER_MS};
 use crate::batch;
+use crate::config::TestBug;
 use crate::group::{key_hash, Admit, Group};
-use crate::record::{self, GroupRecord, MessageRef, RecordRef};
+use crate::record::{self, GroupRecord, MessageRef, RecordRef, SalvagedRecord};
 use crate::recovery::{self, BadRegion, Damage, Found, IdRange, RecoveryError, MESSAGE_RECORD_BYTES_MIN};
 use crate::topic::Loc;
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,6 +23,7 @@ impl Node {
         let mut torn_ids: Vec<(String, u64)> = Vec::new();
         let mut torn_decoded_bytes = 0u64;
         let mut torn_undecoded_bytes = 0u64;
+        let mut acknowledged: BTreeMap<Place, SalvagedRecord> = BTreeMap::new();
         for (position, (segment, bytes)) in segments.iter().enumerate() {
             assert!(position == 0 || segments[position - 1].0 < *segment, "segments must come in ascending order");
             let newest = position + 1 == segments.len();
@@ -59,6 +61,9 @@ impl Node {
                             }
                         }
                     }
+                    RecordRef::Salvaged(r) => {
+                        acknowledged.insert((r.segment, r.offset), r);
+                    }
                 }
             });
             let last_write_ms = if last_write_ms == 0 { self.now / NS_PER_MS } else { last_write_ms };
@@ -87,6 +92,11 @@ impl Node {
             let described = self.describe_damage(segment, region, &last_topic_record);
             if described.region.torn_tail {
                 report.torn_tail = Some(described);
+            } else if let Some(earlier) = acknowledged.get(&(segment, described.region.offset)) {
+                // Salvaged by an earlier start, whose snapshot already kept its ids out of use.
+                self.new_topic_first_id = self.new_topic_first_id.max(earlier.new_topic_first_id);
+                self.salvaged_regions.push(earlier.clone());
+                report.previously_salvaged.push(described);
             } else {
                 damage.push(described);
             }
@@ -97,7 +107,20 @@ impl Node {
         for d in &damage {
             self.skip_ids_a_damaged_region_may_hold(d);
         }
+        for d in &damage {
+            let (segment, offset, end) = (d.segment, d.region.offset, d.region.end);
+            self.salvaged_regions.push(SalvagedRecord { segment, offset, end, new_topic_first_id: self.new_topic_first_id });
+        }
         report.salvaged = damage;
+        if self.config.test_bug == Some(TestBug::RecoveryDropsLastRecord) {
+            let newest = segments.last().map_or(0, |(segment, _)| *segment);
+            for topic in &mut self.topics {
+                let last = topic.next_id.saturating_sub(1);
+                if topic.loc(last).is_some_and(|loc| loc.segment == newest) {
+                    topic.roll_back_to(last);
+                }
+            }
+        }
         for topic in &mut self.topics {
             topic.durable_next_id = topic.next_id;
             topic.forget_segments_through(0);
