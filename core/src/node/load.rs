@@ -32,9 +32,13 @@ impl Node {
                 if found == Found::TornTail {
                     // Never fsynced, so never acknowledged in the promised modes; but a final
                     // batch damaged after its fsync looks the same, so its ids are skipped.
+                    // So are the ids a snapshot in it says were given out: it may carry the
+                    // only durable trace of ids an earlier recovery skipped.
                     torn_decoded_bytes += size as u64;
-                    if let RecordRef::Message(m) = rec {
-                        torn_ids.push((m.topic.to_string(), m.id));
+                    match rec {
+                        RecordRef::Message(m) => torn_ids.push((m.topic.to_string(), m.id)),
+                        RecordRef::Topic(r) if r.next_id > 0 => torn_ids.push((r.topic, r.next_id - 1)),
+                        _ => {}
                     }
                     return;
                 }
