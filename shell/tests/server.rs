@@ -61,20 +61,9 @@ fn a_subscriber_that_stops_reading_is_cut_off_and_publishers_go_on() {
     // From here on `stuck` never reads: its kernel buffers fill, then the server's outbox.
     let mut publisher = Client::connect(&server.url()).unwrap();
     let body = json!("x".repeat(2000));
-    let total = 6000u64;
-    let mut acked = 0;
-    for n in 0..total {
-        publisher.send(&pub_frame(n, "t", body.clone())).unwrap();
-        // Keep at most 200 publishes ahead of their pubacks.
-        while acked + 200 <= n {
-            assert_eq!(publisher.expect_op("puback")["op"], "puback");
-            acked += 1;
-        }
-    }
-    while acked < total {
-        assert_eq!(publisher.expect_op("puback")["op"], "puback");
-        acked += 1;
-    }
+    // At most 200 publishes ahead of their pubacks; every one is acked, in order.
+    let ids = support::publish_many(&mut publisher, "t", 6000, |_| body.clone());
+    assert_eq!(ids, (1..=6000).collect::<Vec<u64>>(), "the publisher goes on while the subscriber is stuck");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !server.log_text().contains("slow client") {
         assert!(std::time::Instant::now() < deadline, "the stuck subscriber was never cut off:\n{}", server.log_text());
