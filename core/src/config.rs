@@ -52,10 +52,12 @@ pub enum TestBug {
     KeyReleasedOnExpiry,
     /// Hand a subscription one message more than its window.
     WindowOneTooMany,
+    /// Answer an unknown op with `bad_frame` instead of `unknown_op`.
+    UnknownOpAsBadFrame,
 }
 
 impl TestBug {
-    pub const ALL: [TestBug; 12] = [
+    pub const ALL: [TestBug; 13] = [
         TestBug::PubackBeforeDurable,
         TestBug::ExpiryCountsAsAck,
         TestBug::DeadLetterOneAttemptLate,
@@ -68,6 +70,7 @@ impl TestBug {
         TestBug::IdempotenceForgotten,
         TestBug::KeyReleasedOnExpiry,
         TestBug::WindowOneTooMany,
+        TestBug::UnknownOpAsBadFrame,
     ];
 
     pub fn name(self) -> String {

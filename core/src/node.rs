@@ -552,7 +552,10 @@ impl Node {
         let authenticated = state.authenticated;
         let op = match protocol::decode(text, self.config.json_depth_max) {
             Ok(op) => op,
-            Err(e) => return self.send_error(conn, e.req.as_deref(), e.code, &e.message),
+            Err(e) => {
+                let code = if e.code == ErrorCode::UnknownOp && self.config.test_bug == Some(TestBug::UnknownOpAsBadFrame) { ErrorCode::BadFrame } else { e.code };
+                return self.send_error(conn, e.req.as_deref(), code, &e.message);
+            }
         };
         let req_of = |req: &protocol::Req| req.as_ref().map(|r| r.get().to_string());
         if !authenticated && !matches!(op, ClientOp::Hello { .. } | ClientOp::Pub { .. }) {

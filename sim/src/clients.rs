@@ -3,6 +3,7 @@
 //! last id + 1 while a reply ends before its range), ack late or never.
 
 use crate::checker::{body_for, Checker};
+use crate::misuse::Misbehaver;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
@@ -30,7 +31,7 @@ impl Ctx<'_> {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Link {
+pub(crate) enum Link {
     Down,
     Connecting,
     Up,
@@ -38,7 +39,7 @@ enum Link {
 
 impl Link {
     /// On a wake-up: a client without a connection asks for one; true when connected.
-    fn wake(&mut self, ctx: &mut Ctx<'_>) -> bool {
+    pub(crate) fn wake(&mut self, ctx: &mut Ctx<'_>) -> bool {
         if *self == Link::Down {
             *self = Link::Connecting;
             ctx.actions.push(Action::Connect);
@@ -420,6 +421,7 @@ impl Subscriber {
 pub enum Client {
     Publisher(Publisher),
     Subscriber(Subscriber),
+    Misbehaver(Misbehaver),
 }
 
 impl Client {
@@ -427,24 +429,28 @@ impl Client {
         match self {
             Client::Publisher(p) => p.on_wake(ctx),
             Client::Subscriber(s) => s.on_wake(ctx),
+            Client::Misbehaver(m) => m.on_wake(ctx),
         }
     }
     pub fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
         match self {
             Client::Publisher(p) => p.on_connected(ctx),
             Client::Subscriber(s) => s.on_connected(ctx),
+            Client::Misbehaver(m) => m.on_connected(ctx),
         }
     }
     pub fn on_disconnected(&mut self, ctx: &mut Ctx<'_>) {
         match self {
             Client::Publisher(p) => p.on_disconnected(ctx),
             Client::Subscriber(s) => s.on_disconnected(ctx),
+            Client::Misbehaver(m) => m.on_disconnected(ctx),
         }
     }
     pub fn on_frame(&mut self, frame: &Value, ctx: &mut Ctx<'_>) {
         match self {
             Client::Publisher(p) => p.on_frame(frame, ctx),
             Client::Subscriber(s) => s.on_frame(frame, ctx),
+            Client::Misbehaver(m) => m.on_frame(frame, ctx),
         }
     }
 }

@@ -5,6 +5,7 @@
 use crate::checker::{self, Checker};
 use crate::clients::{AckStyle, Action, Client, Ctx, Publisher, Subscriber, MS};
 use crate::disk::SimDisk;
+use crate::misuse::Misbehaver;
 use crate::{FaultKind, Options, SeedReport};
 use ferry_core::node::{DiskError, DiskOp, Input, Output};
 use ferry_core::testkit::Completion;
@@ -220,6 +221,10 @@ impl World {
             let dlq = format!("t{t}.dlq");
             clients.push(Client::Subscriber(Subscriber::new(format!("{dlq}/audit"), dlq, "audit".into(), 16, AckStyle::Prompt, false)));
         }
+        // Now and then a client that misuses the protocol alongside the others.
+        if rng.gen_bool(0.3) {
+            clients.push(Client::Misbehaver(Misbehaver::new("misuse".into(), rng.gen_range(5..40))));
+        }
         for p in 0..swarm.publishers {
             let topic = format!("t{}", p % swarm.topics);
             let window = rng.gen_range(1..=16);
@@ -353,7 +358,7 @@ impl World {
     fn converged(&self) -> bool {
         let publishers_done = self.clients.iter().all(|c| match c {
             Client::Publisher(p) => p.done(),
-            Client::Subscriber(_) => true,
+            Client::Subscriber(_) | Client::Misbehaver(_) => true,
         });
         publishers_done
             && self.groups.iter().all(|(t, g)| self.checker.missing(t, g).is_empty())
