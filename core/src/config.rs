@@ -54,10 +54,12 @@ pub enum TestBug {
     WindowOneTooMany,
     /// Answer an unknown op with `bad_frame` instead of `unknown_op`.
     UnknownOpAsBadFrame,
+    /// Accept a `hello` whatever its token.
+    WrongTokenAccepted,
 }
 
 impl TestBug {
-    pub const ALL: [TestBug; 13] = [
+    pub const ALL: [TestBug; 14] = [
         TestBug::PubackBeforeDurable,
         TestBug::ExpiryCountsAsAck,
         TestBug::DeadLetterOneAttemptLate,
@@ -71,6 +73,7 @@ impl TestBug {
         TestBug::KeyReleasedOnExpiry,
         TestBug::WindowOneTooMany,
         TestBug::UnknownOpAsBadFrame,
+        TestBug::WrongTokenAccepted,
     ];
 
     pub fn name(self) -> String {

@@ -590,7 +590,7 @@ impl Node {
         if self.config.tokens.is_empty() {
             return;
         }
-        let valid = token.is_some_and(|t| self.config.tokens.contains(&t));
+        let valid = token.is_some_and(|t| self.config.tokens.contains(&t)) || self.config.test_bug == Some(TestBug::WrongTokenAccepted);
         if valid {
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.authenticated = true;

@@ -23,6 +23,12 @@ const MISUSES: [(&str, &[&str]); 10] = [
     (r#"{"op":"unsub","req":7,"topic":"t0","group":"never-joined"}"#, &["not_subscribed", "no_such_topic"]),
 ];
 
+const WRONG_HELLO: (&str, &[&str]) = (r#"{"op":"hello","token":"wrong"}"#, &["unauthorized"]);
+
+fn misuse(which: usize) -> (&'static str, &'static [&'static str]) {
+    MISUSES.get(which).copied().unwrap_or(WRONG_HELLO)
+}
+
 /// What the misbehaver waits for.
 enum Expect {
     /// An error with one of these codes for misuse number `which`.
@@ -33,6 +39,8 @@ enum Expect {
 
 pub struct Misbehaver {
     pub name: String,
+    /// The server requires tokens: a `hello` with a wrong one must get `unauthorized`.
+    pub tokens_required: bool,
     link: Link,
     expect: Option<Expect>,
     sent: u64,
@@ -41,7 +49,19 @@ pub struct Misbehaver {
 
 impl Misbehaver {
     pub fn new(name: String, total: u64) -> Misbehaver {
-        Misbehaver { name, link: Link::Down, expect: None, sent: 0, total }
+        Misbehaver { name, tokens_required: false, link: Link::Down, expect: None, sent: 0, total }
+    }
+
+    /// Waiting for a reply on a live connection.
+    pub fn waiting(&self) -> bool {
+        self.link == Link::Up && self.expect.is_some()
+    }
+
+    /// The end of the run: a misuse still unanswered on a live connection got no error at all.
+    pub fn finish(&self, checker: &mut crate::checker::Checker) {
+        if let (true, Some(Expect::Error { which })) = (self.link == Link::Up, &self.expect) {
+            checker.violation(INV_ERRORS, format!("{} sent {} and never got an error", self.name, misuse(*which).0));
+        }
     }
 
     pub fn on_wake(&mut self, ctx: &mut Ctx<'_>) {
@@ -66,17 +86,18 @@ impl Misbehaver {
         if self.sent >= self.total {
             return;
         }
-        let which = ctx.rng.gen_range(0..MISUSES.len());
+        // One more misuse when tokens are required: a hello with a wrong one.
+        let which = ctx.rng.gen_range(0..MISUSES.len() + usize::from(self.tokens_required));
         self.sent += 1;
         self.expect = Some(Expect::Error { which });
-        ctx.actions.push(Action::Send(MISUSES[which].0.to_string()));
+        ctx.actions.push(Action::Send(misuse(which).0.to_string()));
     }
 
     pub fn on_frame(&mut self, frame: &Value, ctx: &mut Ctx<'_>) {
         match (frame["op"].as_str(), &self.expect) {
             (Some("welcome"), _) => {}
             (Some("error"), Some(Expect::Error { which })) => {
-                let (misuse, codes) = MISUSES[*which];
+                let (misuse, codes) = misuse(*which);
                 let code = frame["code"].as_str().unwrap_or_default();
                 if !codes.contains(&code) {
                     ctx.checker.violation(INV_ERRORS, format!("{} sent {misuse} and got {frame}, not one of {codes:?}", self.name));

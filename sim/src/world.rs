@@ -176,6 +176,8 @@ impl World {
             // Bodies and keys are about 50 bytes: a byte window of 1 to 80 of them binds as often as `window`.
             window_bytes_max: rng.gen_range(64..4_096),
             test_bug: options.bug,
+            // Taken from the seed, not the rng, so every seed keeps its draws.
+            tokens: if options.seed % 5 == 0 { vec!["sim-token".into()] } else { Vec::new() },
             // Small, so that gap repairs are cut and subscribers must ask again from the last
             // id + 1 (taken from the seed, not the rng, so every seed keeps its draws).
             fetch_messages_max: 1 + (options.seed % 3) as u32,
@@ -223,7 +225,9 @@ impl World {
         }
         // Now and then a client that misuses the protocol alongside the others.
         if rng.gen_bool(0.3) {
-            clients.push(Client::Misbehaver(Misbehaver::new("misuse".into(), rng.gen_range(5..40))));
+            let mut misbehaver = Misbehaver::new("misuse".into(), rng.gen_range(5..40));
+            misbehaver.tokens_required = !config.tokens.is_empty();
+            clients.push(Client::Misbehaver(misbehaver));
         }
         for p in 0..swarm.publishers {
             let topic = format!("t{}", p % swarm.topics);
@@ -358,7 +362,8 @@ impl World {
     fn converged(&self) -> bool {
         let publishers_done = self.clients.iter().all(|c| match c {
             Client::Publisher(p) => p.done(),
-            Client::Subscriber(_) | Client::Misbehaver(_) => true,
+            Client::Subscriber(_) => true,
+            Client::Misbehaver(m) => !m.waiting(),
         });
         publishers_done
             && self.groups.iter().all(|(t, g)| self.checker.missing(t, g).is_empty())
@@ -390,6 +395,11 @@ impl World {
         let converged = self.converged();
         let groups = self.groups.clone();
         self.checker.finish(&groups);
+        for client in &self.clients {
+            if let Client::Misbehaver(m) = client {
+                m.finish(&mut self.checker);
+            }
+        }
         if !converged {
             let pending: Vec<String> = self
                 .clients
@@ -434,7 +444,14 @@ impl World {
                 self.client_conn[client] = Some(conn);
                 self.trace(|| format!("conn {conn} open for client {client}"));
                 self.node_input(Input::Connected { conn });
-                self.with_client(client, |c, ctx| c.on_connected(ctx));
+                // With tokens configured, every client says hello first (frames keep their order).
+                let hello = self.config.tokens.first().map(|token| serde_json::json!({"op": "hello", "token": token}).to_string());
+                self.with_client(client, |c, ctx| {
+                    if let Some(hello) = hello {
+                        ctx.actions.push(Action::Send(hello));
+                    }
+                    c.on_connected(ctx)
+                });
             }
             Event::ConnFail { client } => self.with_client(client, |c, ctx| c.on_disconnected(ctx)),
             Event::ToNode { conn, text } => {

@@ -71,7 +71,7 @@ fn expected_invariants(bug: TestBug) -> &'static [&'static str] {
         TestBug::IdempotenceForgotten => &[INV_ONCE],
         TestBug::KeyReleasedOnExpiry => &[INV_KEY_ORDER],
         TestBug::WindowOneTooMany => &[INV_BOUNDS],
-        TestBug::UnknownOpAsBadFrame => &[ferry_sim::misuse::INV_ERRORS],
+        TestBug::UnknownOpAsBadFrame | TestBug::WrongTokenAccepted => &[ferry_sim::misuse::INV_ERRORS],
     }
 }
 
