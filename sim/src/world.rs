@@ -177,7 +177,7 @@ impl World {
             window_bytes_max: rng.gen_range(64..4_096),
             test_bug: options.bug,
             // Taken from the seed, not the rng, so every seed keeps its draws.
-            tokens: if options.seed % 5 == 0 { vec!["sim-token".into()] } else { Vec::new() },
+            tokens: if options.seed.is_multiple_of(5) { vec!["sim-token".into()] } else { Vec::new() },
             // Small, so that gap repairs are cut and subscribers must ask again from the last
             // id + 1 (taken from the seed, not the rng, so every seed keeps its draws).
             fetch_messages_max: 1 + (options.seed % 3) as u32,
