@@ -185,12 +185,14 @@ impl Node {
     }
 
     /// Moves the next id of each topic `which` selects, and the first id of topics created
-    /// from now on, `count` ids further.
+    /// from now on, `count` ids further. A topic known only from the damaged bytes started at
+    /// the first id in force when it was created, which may be above 1 after an earlier
+    /// salvage: so that first id moves on by `count` too, past every id such a topic held.
     fn skip_ids(&mut self, count: u64, which: impl Fn(&str) -> bool) {
         for topic in self.topics.iter_mut().filter(|t| which(&t.name)) {
             topic.next_id += count;
         }
-        self.new_topic_first_id = self.new_topic_first_id.max(count + 1);
+        self.new_topic_first_id += count;
     }
 
     fn recover_message(&mut self, segment: u64, offset: u64, size: usize, m: &MessageRef<'_>) {
