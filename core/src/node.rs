@@ -1555,6 +1555,13 @@ impl Node {
             DiskError::NoSpace => {
                 self.disk_full_until = Some(self.now + self.config.disk_full_retry_ms * NS_PER_MS);
                 self.mark_all_groups_dirty();
+                if offset == 0 {
+                    // The failed write began the segment: its snapshot (topics' next ids,
+                    // groups, producers) must still begin it, or once retention deletes the
+                    // older segments a restart would know nothing of them and reuse ids.
+                    self.log.segments.pop_back();
+                    self.start_segment(segment);
+                }
             }
             DiskError::Io(_) => self.start_segment(segment + 1),
         }
