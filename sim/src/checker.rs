@@ -53,6 +53,9 @@ pub struct Checker {
     sent_key: BTreeMap<ProducerSeq, Option<String>>,
     filters: BTreeMap<(String, String), String>,
     last_nack: BTreeMap<(String, String, u64), u64>,
+    /// Highest attempt each group's clients saw per id: at `max_attempts` the node may move it
+    /// to the dead-letter topic, which then frees its key.
+    last_attempt: BTreeMap<(String, String, u64), u64>,
     /// Ids known to carry each key, by (topic, key).
     ids_by_key: BTreeMap<(String, String), BTreeSet<u64>>,
     /// (topic, group, earlier id, id) where `id` was delivered while the earlier one of its
@@ -170,6 +173,8 @@ impl Checker {
         if attempt > 1 {
             self.redeliveries += 1;
         }
+        let seen = self.last_attempt.entry((topic.clone(), group.to_string(), id)).or_default();
+        *seen = (*seen).max(attempt);
         if attempt > self.max_attempts {
             self.violation(INV_ATTEMPTS, format!("{topic}/{group} id {id} delivered with attempt {attempt}, past max_attempts {}", self.max_attempts));
         }
@@ -328,7 +333,8 @@ impl Checker {
         }
         let suspects = std::mem::take(&mut self.key_order_suspects);
         for (topic, group, before, id) in suspects {
-            let dead_lettered = self.owner.get(&(topic.clone(), before)).is_some_and(|ps| self.dead_letter_copies.contains_key(&(topic.clone(), ps.clone())));
+            let dead_lettered = self.owner.get(&(topic.clone(), before)).is_some_and(|ps| self.dead_letter_copies.contains_key(&(topic.clone(), ps.clone())))
+                || self.last_attempt.get(&(topic.clone(), group.clone(), before)).is_some_and(|a| *a >= self.max_attempts);
             if !dead_lettered && !self.sacrificed.contains(&(topic.clone(), before)) {
                 self.violation(INV_KEY_ORDER, format!("{topic}/{group}: id {id} delivered while id {before} of its key was not acked"));
                 break;
