@@ -184,6 +184,9 @@ fn run_publisher(mut ws: Socket, topic: String, count: u64, args: Args, epoch: I
     let interval_ns = if args.rate > 0 { 1e9 / (args.rate as f64 / args.publishers as f64) } else { 0.0 };
     let started = Instant::now();
     let (mut sent, mut acked) = (0u64, 0u64);
+    // Publishes refused with `overloaded` (a server budget was full): sent again after a pause.
+    let mut refused: Vec<u64> = Vec::new();
+    let mut retry_at = Instant::now();
     if interval_ns > 0.0 {
         tcp(&ws).set_nonblocking(true).map_err(|e| e.to_string())?;
     }
@@ -193,6 +196,12 @@ fn run_publisher(mut ws: Socket, topic: String, count: u64, args: Args, epoch: I
             return Err(format!("publisher timed out with {acked} of {count} acked"));
         }
         let mut wrote = false;
+        if !refused.is_empty() && Instant::now() >= retry_at {
+            for seq in refused.drain(..) {
+                let _ = ws.write(Message::text(frame_for(seq)));
+            }
+            wrote = true;
+        }
         if interval_ns == 0.0 {
             // Refill in bursts (half a window) so one flush carries many frames.
             if sent - acked <= window / 2 {
@@ -231,6 +240,9 @@ fn run_publisher(mut ws: Socket, topic: String, count: u64, args: Args, epoch: I
                 if text.starts_with("{\"op\":\"puback\"") {
                     acked += 1;
                     progress.acked.fetch_add(1, Ordering::Relaxed);
+                } else if text.contains("\"overloaded\"") {
+                    refused.extend(number_after(text, "\"req\":"));
+                    retry_at = Instant::now() + Duration::from_millis(5);
                 } else if text.contains("\"error\"") {
                     return Err(format!("publish refused: {text}"));
                 }

@@ -23,14 +23,66 @@ pub struct GroupOverrides {
     pub max_attempts: Option<u32>,
 }
 
-/// Deliberately wrong behaviours that prove the simulator's checkers can fail.
-/// Settable only from code (never from a config file).
+/// Deliberately wrong behaviours that prove the simulator's checkers can fail: each is a
+/// realistic slip in one place of the core. Settable only from code (never from a config file).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TestBug {
     /// Answer `puback` as soon as the message is appended, before its write is durable.
     PubackBeforeDurable,
     /// Treat an expired ack deadline as an ack instead of redelivering.
     ExpiryCountsAsAck,
+    /// Move a message to the dead-letter topic one delivery after `max_attempts`.
+    DeadLetterOneAttemptLate,
+    /// Count a message as dead-lettered without storing its copy in `<topic>.dlq`.
+    DeadLetterNotStored,
+    /// Leave the second message of a `fetched` reply out.
+    FetchSkipsMessage,
+    /// Answer a repeated (`producer`, `seq`) with `puback` while the original still waits
+    /// for the disk.
+    DuplicateAnsweredEarly,
+    /// Send `prev` one too high now and then.
+    PrevOffByOne,
+    /// Deliver messages to a filtered group without applying its filter.
+    FilterIgnored,
+    /// Recovery forgets the last message of each topic in the newest segment.
+    RecoveryDropsLastRecord,
+    /// Forget (`producer`, `seq`) pairs, so a retried publish is stored again.
+    IdempotenceForgotten,
+    /// Let the next message of a key go when an earlier one's ack deadline passes.
+    KeyReleasedOnExpiry,
+    /// Hand a subscription one message more than its window.
+    WindowOneTooMany,
+    /// Answer an unknown op with `bad_frame` instead of `unknown_op`.
+    UnknownOpAsBadFrame,
+    /// Accept a `hello` whatever its token.
+    WrongTokenAccepted,
+}
+
+impl TestBug {
+    pub const ALL: [TestBug; 14] = [
+        TestBug::PubackBeforeDurable,
+        TestBug::ExpiryCountsAsAck,
+        TestBug::DeadLetterOneAttemptLate,
+        TestBug::DeadLetterNotStored,
+        TestBug::FetchSkipsMessage,
+        TestBug::DuplicateAnsweredEarly,
+        TestBug::PrevOffByOne,
+        TestBug::FilterIgnored,
+        TestBug::RecoveryDropsLastRecord,
+        TestBug::IdempotenceForgotten,
+        TestBug::KeyReleasedOnExpiry,
+        TestBug::WindowOneTooMany,
+        TestBug::UnknownOpAsBadFrame,
+        TestBug::WrongTokenAccepted,
+    ];
+
+    pub fn name(self) -> String {
+        format!("{self:?}")
+    }
+
+    pub fn parse(name: &str) -> Option<TestBug> {
+        TestBug::ALL.into_iter().find(|bug| bug.name() == name)
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -54,6 +106,9 @@ pub struct Config {
     pub json_depth_max: u32,
     pub window_default: u32,
     pub window_max: u32,
+    /// Bytes (bodies and keys) of the messages in flight to one subscription or pull: it
+    /// receives while below this, so it holds at most this plus one message.
+    pub window_bytes_max: u64,
     pub ack_timeout_ms: u64,
     pub max_attempts: u32,
     pub nack_delay_ms_max: u64,
@@ -98,8 +153,16 @@ pub struct Config {
     /// A pinged connection that sends nothing (a pong counts) for this long after the ping is
     /// closed (1008) and what it had in flight goes to the other members of its groups.
     pub idle_timeout_ms: u64,
-    /// Bytes queued to one slow connection before it is closed.
+    /// Bytes queued to one connection past which the server pushes it no more messages and
+    /// reads no more of its frames, until the queue drains below half of this.
+    pub connection_outbox_pause_bytes: usize,
+    /// A connection with a paused outbox that takes none of its bytes for this long is closed.
+    pub slow_consumer_timeout_ms: u64,
+    /// Bytes queued to one connection at which it is closed at once (a last resort).
     pub connection_outbox_bytes_max: usize,
+    /// Bytes queued to all connections together past which every connection with more than a
+    /// little queued is paused, until the total drains below half of this.
+    pub outbox_bytes_total_max: u64,
     /// When set, every op before a `hello` with one of these tokens gets `unauthorized`.
     pub tokens: Vec<String>,
     /// How long a full disk is left alone before a publish tries it again.
@@ -123,6 +186,7 @@ impl Default for Config {
             json_depth_max: 64,
             window_default: 64,
             window_max: 65_536,
+            window_bytes_max: 8 << 20,
             ack_timeout_ms: 30_000,
             max_attempts: 16,
             nack_delay_ms_max: 24 * 3600 * 1000,
@@ -150,7 +214,10 @@ impl Default for Config {
             handshake_timeout_ms: 10_000,
             idle_ping_ms: 30_000,
             idle_timeout_ms: 10_000,
+            connection_outbox_pause_bytes: 1 << 20,
+            slow_consumer_timeout_ms: 30_000,
             connection_outbox_bytes_max: 16 << 20,
+            outbox_bytes_total_max: 256 << 20,
             tokens: Vec::new(),
             disk_full_retry_ms: 1_000,
             salvage: false,
@@ -176,6 +243,10 @@ impl Config {
             ("fetches_pending_max", self.fetches_pending_max as u64),
             ("idle_ping_ms", self.idle_ping_ms),
             ("idle_timeout_ms", self.idle_timeout_ms),
+            ("window_bytes_max", self.window_bytes_max),
+            ("connection_outbox_pause_bytes", self.connection_outbox_pause_bytes as u64),
+            ("slow_consumer_timeout_ms", self.slow_consumer_timeout_ms),
+            ("outbox_bytes_total_max", self.outbox_bytes_total_max),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -195,6 +266,15 @@ impl Config {
         }
         if self.segment_bytes_max > u32::MAX as u64 {
             return Err("segment_bytes_max must fit in 32 bits".into());
+        }
+        // A connection's queue grows past the pause threshold by at most what one push of a
+        // subscription's window adds (its byte window plus one message): that must fit below the cap.
+        let burst = self.connection_outbox_pause_bytes as u128 + self.window_bytes_max as u128 + self.frame_bytes_max as u128;
+        if (self.connection_outbox_bytes_max as u128) < burst {
+            return Err(format!(
+                "connection_outbox_bytes_max ({}) must be at least connection_outbox_pause_bytes + window_bytes_max + frame_bytes_max ({burst})",
+                self.connection_outbox_bytes_max
+            ));
         }
         if self.pending_publish_bytes_max < self.frame_bytes_max as u64 {
             return Err("pending_publish_bytes_max must be at least frame_bytes_max (one publish must fit)".into());

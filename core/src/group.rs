@@ -29,6 +29,17 @@ struct Entry {
     prev: u64,
     key_hash: Option<u64>,
     state: EntryState,
+    /// Bytes the message counts against the window of the connection it is in flight to.
+    bytes: u32,
+}
+
+/// What an ack or nack took off a connection: the message was in flight to `conn` until
+/// `deadline`, counting `bytes` against its byte window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Released {
+    pub conn: ConnId,
+    pub deadline: u64,
+    pub bytes: u32,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -54,7 +65,7 @@ pub enum Admit {
 #[derive(Debug, PartialEq, Eq)]
 pub enum AckOutcome {
     Acked {
-        released: Option<(ConnId, u64)>,
+        released: Option<Released>,
         delay_until: Option<u64>,
     },
     /// Already acked, filtered out, or never deliverable: nothing to do.
@@ -194,21 +205,23 @@ impl Group {
         };
         if busy {
             let k = key_hash.unwrap_or_default();
-            self.outstanding.insert(id, Entry { prev, key_hash, state: EntryState::Blocked });
+            self.outstanding.insert(id, Entry { prev, key_hash, state: EntryState::Blocked, bytes: 0 });
             self.blocked.entry(k).or_default().push_back(id);
             Admit::Blocked
         } else {
-            self.outstanding.insert(id, Entry { prev, key_hash, state: EntryState::Ready { attempts: 0 } });
+            self.outstanding.insert(id, Entry { prev, key_hash, state: EntryState::Ready { attempts: 0 }, bytes: 0 });
             self.ready.insert(id);
             Admit::Deliverable
         }
     }
 
-    /// Hands a Ready entry to `conn`; returns (attempt number of this delivery, prev).
-    pub fn dispatch(&mut self, id: u64, conn: ConnId, deadline: u64) -> (u32, u64) {
+    /// Hands a Ready entry of `bytes` bytes to `conn`; returns (attempt number of this
+    /// delivery, prev).
+    pub fn dispatch(&mut self, id: u64, conn: ConnId, deadline: u64, bytes: u32) -> (u32, u64) {
         let entry = self.outstanding.get_mut(&id).expect("dispatch of an outstanding id");
         let EntryState::Ready { attempts } = entry.state else { panic!("dispatch of a non-ready entry {:?}", entry.state) };
         entry.state = EntryState::InFlight { conn, attempts: attempts + 1, deadline };
+        entry.bytes = bytes;
         self.ready.remove(&id);
         (attempts + 1, entry.prev)
     }
@@ -219,7 +232,7 @@ impl Group {
         };
         let (released, delay_until) = match entry.state {
             EntryState::Acked | EntryState::Blocked => return AckOutcome::Ignored,
-            EntryState::InFlight { conn, deadline, .. } => (Some((conn, deadline)), None),
+            EntryState::InFlight { conn, deadline, .. } => (Some(Released { conn, deadline, bytes: entry.bytes }), None),
             EntryState::Ready { .. } => {
                 self.ready.remove(&id);
                 (None, None)
@@ -235,10 +248,15 @@ impl Group {
     }
 
     /// Gives an in-flight message back: Ready now, or Delayed until `until`.
-    /// Returns the connection and deadline it was released from.
-    pub fn nack(&mut self, id: u64, until: Option<u64>) -> Option<(ConnId, u64)> {
+    /// Returns what it was released from.
+    /// Only the connection the message is in flight to can give it back: a nack from an
+    /// earlier holder (whose delivery expired or was released) must not cancel the current one.
+    pub fn nack(&mut self, id: u64, until: Option<u64>, from: ConnId) -> Option<Released> {
         let entry = self.outstanding.get_mut(&id)?;
         let EntryState::InFlight { conn, attempts, deadline } = entry.state else { return None };
+        if conn != from {
+            return None;
+        }
         match until {
             Some(until) => entry.state = EntryState::Delayed { attempts, until },
             None => {
@@ -246,17 +264,18 @@ impl Group {
                 self.ready.insert(id);
             }
         }
-        Some((conn, deadline))
+        Some(Released { conn, deadline, bytes: entry.bytes })
     }
 
-    /// The ack deadline `deadline` of `id` passed: it becomes ready for redelivery.
-    pub fn expire(&mut self, id: u64, deadline: u64) -> Option<ConnId> {
+    /// The ack deadline `deadline` of `id` passed: it becomes ready for redelivery. Returns
+    /// the connection it was in flight to and its bytes.
+    pub fn expire(&mut self, id: u64, deadline: u64) -> Option<(ConnId, u32)> {
         let entry = self.outstanding.get_mut(&id)?;
         match entry.state {
             EntryState::InFlight { conn, attempts, deadline: d } if d == deadline => {
                 entry.state = EntryState::Ready { attempts };
                 self.ready.insert(id);
-                Some(conn)
+                Some((conn, entry.bytes))
             }
             _ => None,
         }
@@ -326,6 +345,21 @@ impl Group {
         self.ready.insert(next);
     }
 
+    /// The planted bug `KeyReleasedOnExpiry`: lets the next message of `id`'s key go while `id`
+    /// still waits for its redelivery (the busy count stays, so nothing else breaks).
+    pub fn unblock_next_of_key(&mut self, id: u64) {
+        let Some(k) = self.outstanding.get(&id).and_then(|e| e.key_hash) else { return };
+        let Some(queue) = self.blocked.get_mut(&k) else { return };
+        let Some(next) = queue.pop_front() else { return };
+        if queue.is_empty() {
+            self.blocked.remove(&k);
+        }
+        if let Some(entry) = self.outstanding.get_mut(&next) {
+            entry.state = EntryState::Ready { attempts: 0 };
+            self.ready.insert(next);
+        }
+    }
+
     fn advance_floor(&mut self) {
         while let Some(entry) = self.outstanding.first_entry() {
             if entry.get().state != EntryState::Acked {
@@ -338,6 +372,11 @@ impl Group {
     /// Number of entries in flight to `conn` (for checks; O(outstanding)).
     pub fn in_flight_to(&self, conn: ConnId) -> usize {
         self.outstanding.values().filter(|e| matches!(e.state, EntryState::InFlight { conn: c, .. } if c == conn)).count()
+    }
+
+    /// Bytes in flight to `conn` (for checks; O(outstanding)).
+    pub fn in_flight_bytes_to(&self, conn: ConnId) -> u64 {
+        self.outstanding.values().filter(|e| matches!(e.state, EntryState::InFlight { conn: c, .. } if c == conn)).map(|e| e.bytes as u64).sum()
     }
 
     /// Debug check of the structural invariants.
@@ -366,7 +405,7 @@ mod tests {
     fn admit_and_dispatch(g: &mut Group, id: u64, key: Option<&str>, conn: ConnId) -> Admit {
         let admit = g.admit_fresh(id, true, key.map(key_hash));
         if admit == Admit::Deliverable {
-            g.dispatch(id, conn, 100);
+            g.dispatch(id, conn, 100, 10);
         }
         admit
     }
@@ -378,7 +417,7 @@ mod tests {
             admit_and_dispatch(&mut g, id, None, 7);
         }
         assert_eq!(g.floor(), (0, 0));
-        assert!(matches!(g.ack(2), AckOutcome::Acked { released: Some((7, 100)), .. }));
+        assert!(matches!(g.ack(2), AckOutcome::Acked { released: Some(Released { conn: 7, deadline: 100, bytes: 10 }), .. }));
         assert_eq!(g.floor(), (0, 0));
         g.ack(1);
         assert_eq!(g.floor(), (2, 2));
@@ -407,10 +446,11 @@ mod tests {
         let mut g = group();
         admit_and_dispatch(&mut g, 1, None, 1);
         assert_eq!(g.expire(1, 99), None, "stale deadline ignored");
-        assert_eq!(g.expire(1, 100), Some(1));
+        assert_eq!(g.expire(1, 100), Some((1, 10)));
         assert_eq!(g.next_candidate(2, 100), Candidate::Ready { id: 1, attempts: 1 });
-        assert_eq!(g.dispatch(1, 2, 200), (2, 0));
-        assert_eq!(g.nack(1, Some(500)), Some((2, 200)));
+        assert_eq!(g.dispatch(1, 2, 200, 30), (2, 0));
+        assert_eq!(g.nack(1, Some(500), 1), None, "a nack from the earlier holder changes nothing");
+        assert_eq!(g.nack(1, Some(500), 2), Some(Released { conn: 2, deadline: 200, bytes: 30 }));
         assert_eq!(g.next_candidate(2, 100), Candidate::Nothing);
         assert!(g.delay_over(1, 500));
         assert_eq!(g.next_candidate(2, 100), Candidate::Ready { id: 1, attempts: 2 });

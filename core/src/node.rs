@@ -6,7 +6,7 @@
 use crate::batch;
 use crate::cache::{CacheBudget, ReadCache};
 use crate::config::{Config, FsyncPolicy, TestBug};
-use crate::group::{key_hash, AckOutcome, Admit, Candidate, ConnId, Group};
+use crate::group::{key_hash, AckOutcome, Admit, Candidate, ConnId, Group, Released};
 use crate::pipeline::{self, check_name, Publish, PublishContext, Stage, GROUP_BYTES_MAX};
 use crate::protocol::{self, ClientOp, ErrorCode, Filter, MsgFrame, StartFrom};
 use crate::record::{self, MessageRef, ProducerRecord, RecordRef, SalvagedRecord, TopicRecord};
@@ -54,6 +54,12 @@ pub enum Input<'a> {
     },
     Disconnected {
         conn: ConnId,
+    },
+    /// The connection's outgoing queue is full (`true`): push it no messages until it has
+    /// drained (`false`). Its other members keep receiving; nothing in flight to it moves.
+    Congested {
+        conn: ConnId,
+        congested: bool,
     },
     WriteDone {
         token: u64,
@@ -194,11 +200,17 @@ struct Sub {
     subscribed: bool,
     window: u32,
     in_flight: u32,
+    /// Bytes of the messages in flight (see `Config::window_bytes_max`).
+    in_flight_bytes: u64,
     pull: Option<Pull>,
 }
 
 impl Sub {
-    fn capacity(&self) -> u32 {
+    fn capacity(&self, window_bytes_max: u64) -> u32 {
+        // One message always fits, however large: below the byte window, another may go.
+        if self.in_flight > 0 && self.in_flight_bytes >= window_bytes_max {
+            return 0;
+        }
         match &self.pull {
             Some(pull) => pull.remaining,
             None if self.subscribed => self.window.saturating_sub(self.in_flight),
@@ -209,6 +221,8 @@ impl Sub {
 
 struct Conn {
     authenticated: bool,
+    /// The shell says its outgoing queue is full: no messages are pushed to it meanwhile.
+    congested: bool,
     subs: BTreeMap<(usize, usize), Sub>,
 }
 
@@ -429,6 +443,7 @@ impl Node {
                 for (conn_id, conn) in &self.conns {
                     if let Some(sub) = conn.subs.get(&(t, g)) {
                         assert_eq!(sub.in_flight as usize, group.in_flight_to(*conn_id), "in-flight count of conn {conn_id}");
+                        assert_eq!(sub.in_flight_bytes, group.in_flight_bytes_to(*conn_id), "in-flight bytes of conn {conn_id}");
                         if sub.subscribed && sub.pull.is_none() {
                             assert!(sub.in_flight <= sub.window, "window exceeded on conn {conn_id}");
                         }
@@ -450,6 +465,7 @@ impl Node {
             Input::Frame { conn, text } => self.on_frame(conn, text),
             Input::Rejected { conn, why } => self.on_rejected(conn, why),
             Input::Disconnected { conn } => self.on_disconnected(conn),
+            Input::Congested { conn, congested } => self.on_congested(conn, congested),
             Input::WriteDone { token, result } => self.on_write_done(token, result),
             Input::ReadDone { token, result } => self.on_read_done(token, result),
             Input::TruncateDone { token, result } => self.on_truncate_done(token, result),
@@ -508,7 +524,7 @@ impl Node {
 
     fn on_connected(&mut self, conn: ConnId) {
         let authenticated = self.config.tokens.is_empty();
-        let previous = self.conns.insert(conn, Conn { authenticated, subs: BTreeMap::new() });
+        let previous = self.conns.insert(conn, Conn { authenticated, congested: false, subs: BTreeMap::new() });
         assert!(previous.is_none(), "connection id {conn} reused while open");
         let mut frame = String::new();
         protocol::encode_welcome(&mut frame, &self.config.node_name);
@@ -536,7 +552,10 @@ impl Node {
         let authenticated = state.authenticated;
         let op = match protocol::decode(text, self.config.json_depth_max) {
             Ok(op) => op,
-            Err(e) => return self.send_error(conn, e.req.as_deref(), e.code, &e.message),
+            Err(e) => {
+                let code = if e.code == ErrorCode::UnknownOp && self.config.test_bug == Some(TestBug::UnknownOpAsBadFrame) { ErrorCode::BadFrame } else { e.code };
+                return self.send_error(conn, e.req.as_deref(), code, &e.message);
+            }
         };
         let req_of = |req: &protocol::Req| req.as_ref().map(|r| r.get().to_string());
         if !authenticated && !matches!(op, ClientOp::Hello { .. } | ClientOp::Pub { .. }) {
@@ -571,13 +590,28 @@ impl Node {
         if self.config.tokens.is_empty() {
             return;
         }
-        let valid = token.is_some_and(|t| self.config.tokens.contains(&t));
+        let valid = token.is_some_and(|t| self.config.tokens.contains(&t)) || self.config.test_bug == Some(TestBug::WrongTokenAccepted);
         if valid {
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.authenticated = true;
             }
         } else {
             self.send_error(conn, None, ErrorCode::Unauthorized, "unknown token");
+        }
+    }
+
+    /// While congested a connection gets no messages; once it drains, its groups push again.
+    fn on_congested(&mut self, conn: ConnId, congested: bool) {
+        let Some(state) = self.conns.get_mut(&conn) else { return };
+        if state.congested == congested {
+            return;
+        }
+        state.congested = congested;
+        if !congested {
+            let groups: Vec<(usize, usize)> = state.subs.keys().copied().collect();
+            for (t, g) in groups {
+                self.pump(t, g);
+            }
         }
     }
 
@@ -650,10 +684,13 @@ impl Node {
 
     /// Answers a repeated (producer, seq); false when it is new.
     fn answer_duplicate(&mut self, conn: ConnId, req: &Option<String>, producer: &str, seq: u64) -> bool {
+        if self.config.test_bug == Some(TestBug::IdempotenceForgotten) {
+            return false;
+        }
         let Some(seen) = self.producers.get(producer).and_then(|p| p.seqs.get(&seq)) else { return false };
         let (t, id, durable) = (seen.topic, seen.id, seen.durable);
         self.stats.deduplicated += 1;
-        if durable {
+        if durable || self.config.test_bug == Some(TestBug::DuplicateAnsweredEarly) {
             let mut frame = String::new();
             protocol::encode_puback(&mut frame, req.as_deref(), &self.topics[t].name, id);
             self.send(conn, frame);
@@ -878,7 +915,7 @@ impl Node {
         for &id in ids {
             let known = match nack_delay_ms {
                 None => self.ack_one(t, g, id),
-                Some(delay_ms) => self.nack_one(t, g, id, delay_ms.min(self.config.nack_delay_ms_max)),
+                Some(delay_ms) => self.nack_one(conn, t, g, id, delay_ms.min(self.config.nack_delay_ms_max)),
             };
             if !known {
                 unknown.push(id);
@@ -895,9 +932,9 @@ impl Node {
     fn ack_one(&mut self, t: usize, g: usize, id: u64) -> bool {
         match self.topics[t].groups[g].ack(id) {
             AckOutcome::Acked { released, delay_until } => {
-                if let Some((conn, deadline)) = released {
+                if let Some(Released { conn, deadline, bytes }) = released {
                     self.timers.remove(&(deadline, Timer::AckDeadline { topic: t, group: g, id }));
-                    self.release_in_flight(conn, t, g);
+                    self.release_in_flight(conn, t, g, bytes);
                 }
                 if let Some(until) = delay_until {
                     self.timers.remove(&(until, Timer::NackDelay { topic: t, group: g, id }));
@@ -912,15 +949,15 @@ impl Node {
         }
     }
 
-    fn nack_one(&mut self, t: usize, g: usize, id: u64, delay_ms: u64) -> bool {
+    fn nack_one(&mut self, conn: ConnId, t: usize, g: usize, id: u64, delay_ms: u64) -> bool {
         let until = (delay_ms > 0).then(|| self.now + delay_ms * NS_PER_MS);
         let group = &mut self.topics[t].groups[g];
         if id >= group.cursor() {
             return false;
         }
-        if let Some((conn, deadline)) = group.nack(id, until) {
+        if let Some(Released { conn, deadline, bytes }) = group.nack(id, until, conn) {
             self.timers.remove(&(deadline, Timer::AckDeadline { topic: t, group: g, id }));
-            self.release_in_flight(conn, t, g);
+            self.release_in_flight(conn, t, g, bytes);
             if let Some(until) = until {
                 self.timers.insert((until, Timer::NackDelay { topic: t, group: g, id }));
             }
@@ -928,11 +965,12 @@ impl Node {
         true
     }
 
-    /// One message in flight to `conn` is no longer: its window has room again.
-    fn release_in_flight(&mut self, conn: ConnId, t: usize, g: usize) {
+    /// One message (of `bytes`) in flight to `conn` is no longer: its window has room again.
+    fn release_in_flight(&mut self, conn: ConnId, t: usize, g: usize, bytes: u32) {
         let Some(state) = self.conns.get_mut(&conn) else { return };
         let Some(sub) = state.subs.get_mut(&(t, g)) else { return };
         sub.in_flight -= 1;
+        sub.in_flight_bytes -= bytes as u64;
         if !sub.subscribed && sub.pull.is_none() && sub.in_flight == 0 {
             state.subs.remove(&(t, g));
         }
@@ -946,7 +984,10 @@ impl Node {
         for step in 0..count {
             let at = (group.next_member + step) % count;
             let conn = group.members[at];
-            let capacity = self.conns.get(&conn).and_then(|c| c.subs.get(&(t, g))).map_or(0, Sub::capacity);
+            let window_bytes_max = self.config.window_bytes_max;
+            let sub = self.conns.get(&conn).filter(|c| !c.congested).and_then(|c| c.subs.get(&(t, g)));
+            let extra = sub.is_some_and(|s| s.subscribed && s.pull.is_none() && self.config.test_bug == Some(TestBug::WindowOneTooMany));
+            let capacity = sub.map_or(0, |sub| sub.capacity(window_bytes_max)) + u32::from(extra);
             if capacity > 0 {
                 group.next_member = (at + 1) % count;
                 return Some(conn);
@@ -986,12 +1027,12 @@ impl Node {
             let group = &mut self.topics[t].groups[g];
             match candidate {
                 Candidate::Fresh { id } => {
-                    let passes = group.passes(message.key.as_deref(), &message.body);
+                    let passes = group.passes(message.key.as_deref(), &message.body) || self.config.test_bug == Some(TestBug::FilterIgnored);
                     if group.admit_fresh(id, passes, message.key.as_deref().map(key_hash)) != Admit::Deliverable {
                         continue;
                     }
                 }
-                Candidate::Ready { attempts, .. } if attempts >= group.max_attempts => {
+                Candidate::Ready { attempts, .. } if attempts >= group.max_attempts + u32::from(self.config.test_bug == Some(TestBug::DeadLetterOneAttemptLate)) => {
                     self.dead_letter(t, g, id, &message);
                     continue;
                 }
@@ -1006,7 +1047,9 @@ impl Node {
         let topic = &mut self.topics[t];
         let group = &mut topic.groups[g];
         let deadline = self.now + group.ack_timeout_ns;
-        let (attempt, prev) = group.dispatch(id, conn, deadline);
+        let bytes = (message.body.len() + message.key.as_deref().map_or(0, str::len)) as u32;
+        let (attempt, prev) = group.dispatch(id, conn, deadline, bytes);
+        let prev = if self.config.test_bug == Some(TestBug::PrevOffByOne) && id % 7 == 3 && prev > 0 { prev + 1 } else { prev };
         self.timers.insert((deadline, Timer::AckDeadline { topic: t, group: g, id }));
         let mut frame = String::with_capacity(96 + message.body.len());
         let msg = MsgFrame { topic: &topic.name, group: &group.name, id, prev, key: message.key.as_deref(), body: &message.body, attempt, ts_ms: message.ts_ms };
@@ -1018,6 +1061,7 @@ impl Node {
         }
         let sub = self.conns.get_mut(&conn).and_then(|c| c.subs.get_mut(&(t, g))).expect("picked member has a sub");
         sub.in_flight += 1;
+        sub.in_flight_bytes += bytes as u64;
         let pull_done = match &mut sub.pull {
             Some(pull) => {
                 pull.remaining -= 1;
@@ -1049,6 +1093,12 @@ impl Node {
                 return;
             }
         };
+        if self.config.test_bug == Some(TestBug::DeadLetterNotStored) {
+            self.topics[t].groups[g].finish_dead_letter(id, true);
+            self.mark_group_dirty(t, g);
+            self.out.push_back(Output::Trace(Trace::DeadLettered { topic: topic_name, group: group_name, id }));
+            return;
+        }
         self.append_message(dlq, message.key.as_deref(), &message.body, None, 0);
         self.log.open.waiters.push(Waiter::DeadLetter { topic: t, group: g, id });
         self.out.push_back(Output::Trace(Trace::DeadLettered { topic: topic_name, group: group_name, id }));
@@ -1186,7 +1236,9 @@ impl Node {
         let limit = self.config.frame_bytes_max;
         let mut frame = String::new();
         protocol::encode_fetched_start(&mut frame, fetch.req.as_deref(), &self.topics[fetch.topic].name);
-        for (count, m) in fetch.slots.iter().filter_map(readable).enumerate() {
+        let skip_second = self.config.test_bug == Some(TestBug::FetchSkipsMessage);
+        let served = fetch.slots.iter().filter_map(readable).enumerate().filter(|(count, _)| !(skip_second && *count == 1)).map(|(_, m)| m);
+        for (count, m) in served.enumerate() {
             let mark = frame.len();
             protocol::encode_fetched_message(&mut frame, count == 0, m.id, m.key.as_deref(), &m.body, m.ts_ms);
             // The estimates may fall short (escaped keys): the exact cut, never before the first.
@@ -1227,10 +1279,13 @@ impl Node {
     fn on_timer(&mut self, at: u64, timer: Timer) {
         match timer {
             Timer::AckDeadline { topic, group, id } => {
-                if let Some(conn) = self.topics[topic].groups[group].expire(id, at) {
-                    self.release_in_flight(conn, topic, group);
+                if let Some((conn, bytes)) = self.topics[topic].groups[group].expire(id, at) {
+                    self.release_in_flight(conn, topic, group, bytes);
                     if self.config.test_bug == Some(TestBug::ExpiryCountsAsAck) {
                         self.ack_one(topic, group, id);
+                    }
+                    if self.config.test_bug == Some(TestBug::KeyReleasedOnExpiry) {
+                        self.topics[topic].groups[group].unblock_next_of_key(id);
                     }
                     self.pump(topic, group);
                 }
@@ -1500,6 +1555,13 @@ impl Node {
             DiskError::NoSpace => {
                 self.disk_full_until = Some(self.now + self.config.disk_full_retry_ms * NS_PER_MS);
                 self.mark_all_groups_dirty();
+                if offset == 0 {
+                    // The failed write began the segment: its snapshot (topics' next ids,
+                    // groups, producers) must still begin it, or once retention deletes the
+                    // older segments a restart would know nothing of them and reuse ids.
+                    self.log.segments.pop_back();
+                    self.start_segment(segment);
+                }
             }
             DiskError::Io(_) => self.start_segment(segment + 1),
         }

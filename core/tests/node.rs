@@ -658,3 +658,27 @@ fn fetched_goes_past_an_unreadable_record_instead_of_answering_empty() {
     assert!(h.traces.iter().any(|t| matches!(t, ferry_core::Trace::UnreadableRecord { id: 1, .. })));
     assert_eq!(fetch_until_empty(&mut h, 1, 1).0, Vec::<Vec<u64>>::new());
 }
+
+#[test]
+fn a_nack_from_a_connection_that_no_longer_holds_the_message_is_ignored() {
+    // Found by ferry-sim seed 2557 once windows were checked from the clients' side: a member
+    // unsubscribed and then nacked what it had; the message had meanwhile gone to another
+    // member, whose delivery the stale nack cancelled, so that member got one message over its
+    // window while it still held this one.
+    let mut h = harness(Config::default());
+    let (a, b) = (3, 4);
+    h.connect(a);
+    h.connect(b);
+    subscribe(&mut h, a, "t", "g", json!({"window": 1}));
+    publish(&mut h, "t", None, json!(1));
+    assert_eq!(ids(&msgs(&mut h, a)), vec![1]);
+    subscribe(&mut h, b, "t", "g", json!({"window": 1}));
+    h.send_json(a, json!({"op": "unsub", "req": "u", "topic": "t", "group": "g"}));
+    assert_eq!(ids(&msgs(&mut h, b)), vec![1], "released by the unsub, id 1 goes to b");
+    h.send_json(a, json!({"op": "nack", "topic": "t", "group": "g", "ids": [1], "delay_ms": 0}));
+    publish(&mut h, "t", None, json!(2));
+    assert!(msgs(&mut h, b).is_empty(), "b still holds id 1: its window of 1 is full");
+    assert_eq!(h.node.in_flight_to(b, "t", "g"), Some(1));
+    ack(&mut h, b, "t", "g", &[1]);
+    assert_eq!(ids(&msgs(&mut h, b)), vec![2]);
+}

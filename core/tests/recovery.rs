@@ -284,3 +284,22 @@ fn a_salvaged_region_is_accepted_on_later_starts_and_new_damage_is_still_refused
     assert_eq!(error.damage.len(), 1, "{error}");
     assert!(error.to_string().contains("ids affected: t 12\n"), "{error}");
 }
+
+#[test]
+fn a_snapshot_that_hit_a_full_disk_is_written_again_so_retention_cannot_make_ids_reused() {
+    // Found by the harness fuzz target: the first write of a segment (its snapshot) failed with
+    // ENOSPC and the segment went on without one; retention then deleted the older segment and
+    // a restart gave id 1 to another message.
+    let mut h = harness(Config::default());
+    assert_eq!(publish(&mut h, "t", None, json!("first")), 1);
+    h.fail_next_write = Some(DiskError::NoSpace);
+    h.restart(false);
+    h.advance_ms(2_000);
+    h.connect(P);
+    assert_eq!(publish(&mut h, "u", None, json!("elsewhere")), 1);
+    let oldest = *h.disk.files.keys().next().unwrap();
+    h.disk.files.remove(&oldest);
+    h.restart(false);
+    h.connect(P);
+    assert_eq!(publish(&mut h, "t", None, json!("second")), 2, "id 1 of t was pubacked before");
+}

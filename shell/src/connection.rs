@@ -1,13 +1,15 @@
 //! One client connection: the states of its socket from the upgrade request to the last byte,
 //! and the socket-level steps between them (writing the handshake answer, sorting read errors,
-//! draining after our close, noticing silence). The server loop decides when each runs.
+//! draining after our close, noticing silence, measuring what is queued to it). The server
+//! loop decides when each runs.
 
 use crate::handshake::RequestReader;
 use ferry_core::ConnId;
 use mio::net::TcpStream;
 use std::io;
 use std::time::{Duration, Instant};
-use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::frame::Frame;
 use tungstenite::{Message, WebSocket};
 
 /// How long a closing connection gets to take its last bytes (a close frame) and close its
@@ -18,6 +20,8 @@ const DRAIN_BYTES_PER_TURN_MAX: usize = 64 << 10;
 /// A close frame's reason must fit in a control frame: 125 bytes less the 2-byte code.
 const CLOSE_REASON_BYTES_MAX: usize = 123;
 
+// Nearly every connection is `Open`: boxing that variant would cost an allocation and save nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Socket {
     /// Reading the upgrade request.
     Handshaking {
@@ -32,7 +36,7 @@ pub enum Socket {
         written: usize,
         upgrade: Option<Vec<u8>>,
     },
-    Open(WebSocket<TcpStream>),
+    Open(WebSocket<Metered>),
     /// Our last bytes are out and our side is shut down; what the peer still sends is read and
     /// thrown away until it closes too. Closing with unread bytes would send a reset, and a
     /// reset can destroy our last bytes (the close frame) before the peer reads them.
@@ -45,7 +49,7 @@ impl Socket {
     pub fn stream(&mut self) -> Option<&mut TcpStream> {
         match self {
             Socket::Handshaking { stream, .. } | Socket::Answering { stream, .. } | Socket::Draining(stream) => Some(stream),
-            Socket::Open(ws) => Some(ws.get_mut()),
+            Socket::Open(ws) => Some(&mut ws.get_mut().stream),
             Socket::Moving => None,
         }
     }
@@ -69,6 +73,35 @@ impl Socket {
     }
 }
 
+/// The socket under an open WebSocket, counting the bytes the kernel has taken from it.
+pub struct Metered {
+    pub stream: TcpStream,
+    pub written: u64,
+}
+
+impl Metered {
+    pub fn new(stream: TcpStream) -> Metered {
+        Metered { stream, written: 0 }
+    }
+}
+
+impl io::Read for Metered {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.read(buf)
+    }
+}
+
+impl io::Write for Metered {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.stream.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
 pub struct Connection {
     pub id: ConnId,
     pub socket: Socket,
@@ -78,6 +111,20 @@ pub struct Connection {
     /// is dropped in any case.
     pub closing_since: Option<Instant>,
     pub wants_writable: bool,
+    /// Being dropped (it failed, or was cut off): nothing more is written to it or logged.
+    pub doomed: bool,
+    /// The core was told this connection is congested: it is pushed no messages and its
+    /// frames are not read until its outbox drains.
+    pub congested: bool,
+    /// While congested: since when none of its outbox has drained.
+    pub stalled_since: Option<Instant>,
+    /// Its outbox as counted in the server's node-wide total.
+    pub counted: u64,
+    /// Bytes of the frames handed to the WebSocket (after the last complete flush, the bytes
+    /// written to the socket): the outbox is this less what the socket has taken.
+    queued: u64,
+    /// The socket's written count when drainage was last looked at.
+    written_seen: u64,
     /// When the client last sent anything (bytes of any frame, a pong included).
     last_heard: Instant,
     /// When the client was pinged for being silent, if it has stayed silent since.
@@ -97,7 +144,62 @@ pub enum Idle {
 
 impl Connection {
     pub fn new(id: ConnId, socket: Socket, now: Instant) -> Connection {
-        Connection { id, socket, accepted_at: now, closing_since: None, wants_writable: true, last_heard: now, pinged_at: None }
+        Connection {
+            id,
+            socket,
+            accepted_at: now,
+            closing_since: None,
+            wants_writable: true,
+            doomed: false,
+            congested: false,
+            stalled_since: None,
+            counted: 0,
+            queued: 0,
+            written_seen: 0,
+            last_heard: now,
+            pinged_at: None,
+        }
+    }
+
+    /// Queues a text frame; the bytes count in the outbox until the socket takes them.
+    pub fn write_text(&mut self, text: String) -> Result<(), tungstenite::Error> {
+        self.write_frame(Frame::message(text.into_bytes(), OpCode::Data(Data::Text), true))
+    }
+
+    fn write_frame(&mut self, frame: Frame) -> Result<(), tungstenite::Error> {
+        let Socket::Open(ws) = &mut self.socket else { return Ok(()) };
+        let bytes = frame.len() as u64;
+        let result = ws.write(Message::Frame(frame));
+        // Queued unless refused before buffering (a full buffer, a closed socket).
+        if matches!(&result, Ok(()) | Err(tungstenite::Error::Io(_))) {
+            self.queued += bytes;
+        }
+        result
+    }
+
+    /// Bytes queued to the client that the socket has not taken yet. Frames tungstenite adds
+    /// on its own (pongs, the close reply) are not counted until the next complete flush.
+    pub fn outbox(&self) -> u64 {
+        match &self.socket {
+            Socket::Open(ws) => self.queued.saturating_sub(ws.get_ref().written),
+            _ => 0,
+        }
+    }
+
+    /// A flush wrote everything out: the outbox is empty.
+    pub fn flushed(&mut self) {
+        if let Socket::Open(ws) = &self.socket {
+            self.queued = ws.get_ref().written;
+        }
+    }
+
+    /// Whether the socket has taken bytes since the last call.
+    pub fn drained(&mut self) -> bool {
+        let Socket::Open(ws) = &self.socket else { return false };
+        let written = ws.get_ref().written;
+        let drained = written > self.written_seen;
+        self.written_seen = written;
+        drained
     }
 
     /// The client sent something (any bytes, a pong included).
@@ -124,8 +226,7 @@ impl Connection {
 
     /// Queues a WebSocket ping. `Err` when the connection is broken.
     pub fn ping(&mut self) -> Result<(), ()> {
-        let Socket::Open(ws) = &mut self.socket else { return Ok(()) };
-        match ws.write(Message::Ping(Default::default())) {
+        match self.write_frame(Frame::ping(Vec::new())) {
             // A full outbox holds the ping back; the idle timeout runs all the same.
             Ok(()) | Err(tungstenite::Error::WriteBufferFull(_)) => Ok(()),
             Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
@@ -198,7 +299,7 @@ mod tests {
         let _client = std::net::TcpStream::connect(addr).unwrap();
         let (stream, _) = listener.accept().unwrap();
         stream.set_nonblocking(true).unwrap();
-        let ws = WebSocket::from_raw_socket(TcpStream::from_std(stream), tungstenite::protocol::Role::Server, None);
+        let ws = WebSocket::from_raw_socket(Metered::new(TcpStream::from_std(stream)), tungstenite::protocol::Role::Server, None);
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut conn = Connection::new(1, Socket::Open(ws), t0);
@@ -213,6 +314,59 @@ mod tests {
         assert_eq!(idle(&mut conn, 290), Idle::Silent);
         conn.closing_since = Some(t0 + ms(290));
         assert_eq!(idle(&mut conn, 400), Idle::Heard, "closing has its own deadline");
+    }
+
+    #[test]
+    fn the_outbox_counts_every_byte_of_every_frame_until_the_socket_takes_it() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_nonblocking(true).unwrap();
+        let config = tungstenite::protocol::WebSocketConfig::default().write_buffer_size(1 << 20);
+        let ws = WebSocket::from_raw_socket(Metered::new(TcpStream::from_std(stream)), tungstenite::protocol::Role::Server, Some(config));
+        let mut conn = Connection::new(1, Socket::Open(ws), Instant::now());
+        // Every length class of the frame header: 7-bit, 16-bit and 64-bit payload lengths.
+        let sizes = [0usize, 125, 126, 65_535, 65_536, 200_000];
+        for n in sizes {
+            conn.write_text("x".repeat(n)).unwrap();
+        }
+        conn.ping().unwrap();
+        let expected: u64 = sizes
+            .iter()
+            .map(|&n| {
+                (n + if n < 126 {
+                    2
+                } else if n <= 65_535 {
+                    4
+                } else {
+                    10
+                }) as u64
+            })
+            .sum::<u64>()
+            + 2;
+        assert_eq!(conn.outbox(), expected, "nothing written yet (the buffer holds it all)");
+        assert!(!conn.drained());
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let mut buf = [0u8; 65_536];
+            while (all.len() as u64) < expected {
+                let n = client.read(&mut buf).unwrap();
+                all.extend_from_slice(&buf[..n]);
+            }
+            all.len() as u64
+        });
+        let Socket::Open(ws) = &mut conn.socket else { unreachable!() };
+        loop {
+            match ws.flush() {
+                Ok(()) => break,
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(1)),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(conn.outbox(), 0, "the count matches the bytes on the wire");
+        assert!(conn.drained());
+        assert_eq!(reader.join().unwrap(), expected);
     }
 
     #[test]

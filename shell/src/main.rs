@@ -171,5 +171,12 @@ mod tests {
         assert!(e.contains("listen"), "{e}");
         let e = load_settings(&args(&["idle_timeout_ms=0"])).err().unwrap();
         assert!(e.contains("idle_timeout_ms"), "{e}");
+        let e = load_settings(&args(&["slow_consumer_timeout_ms=0"])).err().unwrap();
+        assert!(e.contains("slow_consumer_timeout_ms"), "{e}");
+        // The cap must hold what one push of a window can add above the pause threshold.
+        let e = load_settings(&args(&["connection_outbox_bytes_max=262144"])).err().unwrap();
+        assert!(e.contains("connection_outbox_bytes_max") && e.contains("window_bytes_max"), "{e}");
+        let s = load_settings(&args(&["connection_outbox_bytes_max=262144", "connection_outbox_pause_bytes=65536", "window_bytes_max=131072", "frame_bytes_max=65536"])).unwrap();
+        assert_eq!(s.config.window_bytes_max, 131072);
     }
 }

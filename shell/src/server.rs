@@ -3,7 +3,7 @@
 //! and core outputs into I/O; every decision is the core's.
 
 use crate::accept::{self, Acceptor};
-use crate::connection::{drain, read_failure, Connection, Idle, ReadEnd, Socket, CLOSE_LINGER};
+use crate::connection::{drain, read_failure, Connection, Idle, Metered, ReadEnd, Socket, CLOSE_LINGER};
 use crate::handshake::{RequestReader, Verdict};
 use crate::log::{self, Throttle};
 use crate::store::{Completion, Store};
@@ -12,7 +12,7 @@ use ferry_core::{Config, ConnId, Node};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +28,9 @@ const EVENTS_CAPACITY: usize = 1_024;
 const STATS_INTERVAL: Duration = Duration::from_secs(60);
 /// Exit status after a disk error the server cannot recover from (see `Output::Stop`).
 const STOP_EXIT_CODE: i32 = 3;
+/// While all outboxes together are over `outbox_bytes_total_max`, connections with more than
+/// this queued are paused.
+const OUTBOX_TRIVIAL_BYTES: u64 = 64 << 10;
 
 pub struct ServerOptions {
     pub listen: SocketAddr,
@@ -73,6 +76,22 @@ struct Server {
     more_to_read: Vec<usize>,
     /// For the line about clients refused at `connections_max`, which can come at any rate.
     full_log: Throttle,
+    /// Flow control: a connection with more than `pause_bytes` queued is congested until it
+    /// drains to half of that; one that drains nothing for `slow_consumer_timeout` meanwhile
+    /// is cut off.
+    pause_bytes: u64,
+    slow_consumer_timeout: Duration,
+    /// Bytes queued to all connections, and the budget past which every connection with more
+    /// than a little queued is paused (`all_paused`) until the total is back to half of it.
+    outbox_total: u64,
+    outbox_total_max: u64,
+    all_paused: bool,
+    total_log: Throttle,
+    /// Node outputs other than sends and closes, taken out while reading frames one by one
+    /// (their sends must reach the outboxes before the next frame is read) and carried out,
+    /// in order, by the next `drain_outputs`: disk work after a whole turn of frames, so that
+    /// publishes read in one turn share one write.
+    deferred: VecDeque<Output>,
 }
 
 /// Every connection holds a descriptor: raise the limit to fit `connections_max`, and say so
@@ -131,7 +150,7 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
         idle_ping: Duration::from_millis(config.idle_ping_ms),
         idle_timeout: Duration::from_millis(config.idle_timeout_ms),
         // A deadline is noticed within a quarter of the shortest one (and within a second).
-        sweep_interval: [config.handshake_timeout_ms, config.idle_ping_ms, config.idle_timeout_ms, CLOSE_LINGER.as_millis() as u64, 4_000]
+        sweep_interval: [config.handshake_timeout_ms, config.idle_ping_ms, config.idle_timeout_ms, config.slow_consumer_timeout_ms, CLOSE_LINGER.as_millis() as u64, 4_000]
             .into_iter()
             .min()
             .map_or(Duration::from_secs(1), |ms| Duration::from_millis(ms.max(4) / 4)),
@@ -140,6 +159,13 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
         to_drop: Vec::new(),
         more_to_read: Vec::new(),
         full_log: Throttle::new(Duration::from_secs(10)),
+        pause_bytes: config.connection_outbox_pause_bytes as u64,
+        slow_consumer_timeout: Duration::from_millis(config.slow_consumer_timeout_ms),
+        outbox_total: 0,
+        outbox_total_max: config.outbox_bytes_total_max,
+        all_paused: false,
+        total_log: Throttle::new(Duration::from_secs(10)),
+        deferred: VecDeque::new(),
     };
     server.serve()
 }
@@ -191,7 +217,7 @@ impl Server {
             if last_stats.elapsed() >= STATS_INTERVAL && self.node.stats != last_logged {
                 last_logged = self.node.stats;
                 last_stats = Instant::now();
-                log::info(&format!("connections {} {:?}", self.conns.len(), last_logged));
+                log::info(&format!("connections {}, queued {} bytes, {:?}", self.conns.len(), self.outbox_total, last_logged));
             }
         }
     }
@@ -221,6 +247,19 @@ impl Server {
         let now = Instant::now();
         let mut silent = Vec::new();
         for (key, conn) in self.conns.iter_mut() {
+            if let Some(since) = conn.stalled_since.filter(|since| now.saturating_duration_since(*since) >= self.slow_consumer_timeout) {
+                if !conn.doomed {
+                    log::warn(&format!(
+                        "connection {}: {} bytes queued and none taken for {} ms (slow_consumer_timeout_ms); closing the slow client",
+                        conn.id,
+                        conn.outbox(),
+                        now.saturating_duration_since(since).as_millis()
+                    ));
+                    conn.doomed = true;
+                    self.to_drop.push(key);
+                }
+                continue;
+            }
             match conn.idle(now, self.idle_ping, self.idle_timeout) {
                 Idle::Heard => {}
                 Idle::Ping => match conn.ping() {
@@ -284,7 +323,6 @@ impl Server {
     }
 
     fn read_from(&mut self, key: usize) {
-        let now = self.clock.now();
         let Some(conn) = self.conns.get_mut(key) else { return };
         if let Socket::Handshaking { stream, request } = &mut conn.socket {
             let (answer, upgrade) = match request.read(stream) {
@@ -320,12 +358,27 @@ impl Server {
         // has sent something, if only part of a frame.
         conn.heard(Instant::now());
         let id = conn.id;
-        let Socket::Open(ws) = &mut conn.socket else { return };
         let mut end = ReadEnd::MoreToRead;
         for _ in 0..READS_PER_TURN_MAX {
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            // A client that does not read what it is sent gets none of its frames read until
+            // its outbox drains (then `set_congested` reads on): its requests wait in the
+            // kernel and TCP pushes back on it. Checked after every frame, as each reply counts.
+            if conn.congested || conn.doomed || conn.closing_since.is_some() {
+                end = ReadEnd::Blocked;
+                break;
+            }
+            let Socket::Open(ws) = &mut conn.socket else { return };
+            let now = self.clock.now();
             match ws.read() {
-                Ok(Message::Text(text)) => self.node.handle_input(now, Input::Frame { conn: id, text: text.as_str() }),
-                Ok(Message::Binary(_)) => self.node.handle_input(now, Input::Rejected { conn: id, why: Rejection::BinaryFrame }),
+                Ok(Message::Text(text)) => {
+                    self.node.handle_input(now, Input::Frame { conn: id, text: text.as_str() });
+                    self.pass_sends();
+                }
+                Ok(Message::Binary(_)) => {
+                    self.node.handle_input(now, Input::Rejected { conn: id, why: Rejection::BinaryFrame });
+                    self.pass_sends();
+                }
                 Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
                 Ok(Message::Close(_)) => {}
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -333,7 +386,7 @@ impl Server {
                     break;
                 }
                 Err(tungstenite::Error::Capacity(_)) => {
-                    self.node.handle_input(now, Input::Rejected { conn: id, why: Rejection::TooLarge });
+                    self.node.handle_input(self.clock.now(), Input::Rejected { conn: id, why: Rejection::TooLarge });
                     end = ReadEnd::Blocked;
                     break;
                 }
@@ -391,7 +444,7 @@ impl Server {
         let Socket::Answering { stream, upgrade, .. } = std::mem::replace(&mut conn.socket, Socket::Moving) else { unreachable!() };
         match upgrade {
             Some(tail) => {
-                conn.socket = Socket::Open(WebSocket::from_partially_read(stream, tail, Role::Server, Some(self.ws_config)));
+                conn.socket = Socket::Open(WebSocket::from_partially_read(Metered::new(stream), tail, Role::Server, Some(self.ws_config)));
                 self.node.handle_input(self.clock.now(), Input::Connected { conn: conn.id });
                 // The welcome goes out before anything the first frames may cause.
                 self.drain_outputs();
@@ -405,23 +458,22 @@ impl Server {
     /// Our last bytes are out: shut our side, and drain until the peer closes its own.
     fn start_draining(&mut self, key: usize, mut stream: TcpStream) {
         let Some(conn) = self.conns.get_mut(key) else { return };
+        self.outbox_total -= std::mem::take(&mut conn.counted);
         let _ = stream.shutdown(std::net::Shutdown::Write);
         let _ = self.poll.registry().reregister(&mut stream, Token(key), Interest::READABLE);
         conn.wants_writable = false;
         conn.socket = Socket::Draining(stream);
         // Readable events were ignored while the close frame was flushed.
         self.more_to_read.push(key);
+        self.check_outbox_total();
     }
 
+    /// Carries out the node's outputs (those deferred while reading first) until it has none.
     fn drain_outputs(&mut self) {
-        while let Some(output) = self.node.poll_output() {
+        while let Some(output) = self.deferred.pop_front().or_else(|| self.node.poll_output()) {
             match output {
-                Output::Send { conn, frame } => self.send(conn, Message::text(frame)),
-                Output::Close { conn, code, reason } => {
-                    if let Some(&key) = self.by_id.get(&conn) {
-                        self.close(key, CloseFrame { code: CloseCode::from(code), reason: reason.into() });
-                    }
-                }
+                Output::Send { conn, frame } => self.send(conn, frame),
+                Output::Close { conn, code, reason } => self.close_conn(conn, code, reason),
                 Output::Disk(op) => match self.store.apply(op) {
                     Some(Completion::Write { token, result }) => self.node.handle_input(self.clock.now(), Input::WriteDone { token, result }),
                     Some(Completion::Read { token, result }) => {
@@ -441,35 +493,126 @@ impl Server {
         }
     }
 
-    fn send(&mut self, conn: ConnId, message: Message) {
+    /// Carries out the node's sends and closes now and keeps its other outputs, in order, for
+    /// the next `drain_outputs`: used between frames read from one connection, so that what a
+    /// frame caused is in the outboxes (and counted) before the next frame is read.
+    fn pass_sends(&mut self) {
+        while let Some(output) = self.node.poll_output() {
+            match output {
+                Output::Send { conn, frame } => self.send(conn, frame),
+                Output::Close { conn, code, reason } => self.close_conn(conn, code, reason),
+                other => self.deferred.push_back(other),
+            }
+        }
+    }
+
+    fn close_conn(&mut self, conn: ConnId, code: u16, reason: String) {
+        if let Some(&key) = self.by_id.get(&conn) {
+            self.close(key, CloseFrame { code: CloseCode::from(code), reason: reason.into() });
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, frame: String) {
         let Some(&key) = self.by_id.get(&conn) else { return };
-        let Socket::Open(ws) = &mut self.conns[key].socket else { return };
-        match ws.write(message) {
+        let connection = &mut self.conns[key];
+        if connection.doomed {
+            return;
+        }
+        match connection.write_text(frame) {
             Ok(()) => {}
             Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(tungstenite::Error::WriteBufferFull(_)) => {
-                log::warn(&format!("connection {conn}: outbox over connection_outbox_bytes_max; closing the slow client"));
+                // Flow control keeps outboxes far below this; only the last resort is left.
+                log::warn(&format!("connection {conn}: {} bytes queued, over connection_outbox_bytes_max; closing the slow client", connection.outbox()));
+                connection.doomed = true;
                 self.to_drop.push(key);
                 return;
             }
             Err(e) => {
                 log::debug(&format!("connection {conn}: write failed: {e}"));
+                connection.doomed = true;
                 self.to_drop.push(key);
                 return;
             }
         }
+        self.update_flow(key);
         self.to_flush.push(key);
+    }
+
+    /// Looks at `key`'s outbox after a write or a flush: keeps the node-wide total, notes
+    /// whether anything drained, and congests or relieves the connection (see `Config`:
+    /// `connection_outbox_pause_bytes`, `outbox_bytes_total_max`).
+    fn update_flow(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let outbox = conn.outbox();
+        self.outbox_total = self.outbox_total - conn.counted + outbox;
+        conn.counted = outbox;
+        if conn.drained() && conn.stalled_since.is_some() {
+            conn.stalled_since = Some(Instant::now());
+        }
+        // A closing connection is forgotten by the core; only its bytes still count.
+        if conn.closing_since.is_none() && !conn.doomed {
+            let own = if conn.congested { outbox > self.pause_bytes / 2 } else { outbox > self.pause_bytes };
+            let congested = own || (self.all_paused && outbox > OUTBOX_TRIVIAL_BYTES);
+            if congested != conn.congested {
+                self.set_congested(key, congested);
+            }
+        }
+        self.check_outbox_total();
+    }
+
+    /// Tells the core, and stops or restarts reading the connection's frames.
+    fn set_congested(&mut self, key: usize, congested: bool) {
+        let conn = &mut self.conns[key];
+        conn.congested = congested;
+        conn.stalled_since = congested.then(Instant::now);
+        let id = conn.id;
+        self.node.handle_input(self.clock.now(), Input::Congested { conn: id, congested });
+        if !congested {
+            // Its frames were left unread: no readable event will say they are there.
+            self.more_to_read.push(key);
+        }
+    }
+
+    /// Pauses every connection with more than a little queued while all outboxes together
+    /// are over `outbox_bytes_total_max`, and lets them go once the total is half of it.
+    fn check_outbox_total(&mut self) {
+        let pause_all = if self.all_paused { self.outbox_total > self.outbox_total_max / 2 } else { self.outbox_total > self.outbox_total_max };
+        if pause_all == self.all_paused {
+            return;
+        }
+        self.all_paused = pause_all;
+        if pause_all {
+            if let Some(held_back) = self.total_log.allow(Instant::now()) {
+                let also = if held_back > 0 { format!(" ({held_back} more times since the last such line)") } else { String::new() };
+                log::warn(&format!(
+                    "{} bytes queued to clients, over outbox_bytes_total_max ({}): connections with more than {OUTBOX_TRIVIAL_BYTES} bytes queued are paused{also}",
+                    self.outbox_total, self.outbox_total_max
+                ));
+            }
+        }
+        let keys: Vec<usize> = self.conns.iter().filter(|(_, c)| c.closing_since.is_none() && !c.doomed && matches!(c.socket, Socket::Open(_))).map(|(key, _)| key).collect();
+        for key in keys {
+            let conn = &self.conns[key];
+            let outbox = conn.outbox();
+            let congested = if pause_all { conn.congested || outbox > OUTBOX_TRIVIAL_BYTES } else { conn.congested && outbox > self.pause_bytes / 2 };
+            if congested != conn.congested {
+                self.set_congested(key, congested);
+            }
+        }
     }
 
     /// Flushes written connections and drops dead ones; a drop can make the core redeliver
     /// to other connections, so repeat until quiet (bounded: each round follows from the last).
+    /// A flush can relieve a congested connection, so the core pushes to it again: the same.
     fn flush_and_drop(&mut self) {
         for _ in 0..16 {
             self.flush_pending();
-            if !self.drop_pending() {
+            let dropped = self.drop_pending();
+            self.drain_outputs();
+            if !dropped && self.to_flush.is_empty() {
                 return;
             }
-            self.drain_outputs();
         }
     }
 
@@ -488,20 +631,27 @@ impl Server {
                 Ok(()) => {
                     if conn.closing_since.is_some() {
                         let Socket::Open(ws) = std::mem::replace(&mut conn.socket, Socket::Moving) else { unreachable!() };
-                        self.start_draining(key, ws.into_inner());
-                    } else if conn.wants_writable {
-                        conn.wants_writable = false;
-                        let _ = self.poll.registry().reregister(ws.get_mut(), Token(key), Interest::READABLE);
+                        self.start_draining(key, ws.into_inner().stream);
+                        continue;
                     }
+                    if conn.wants_writable {
+                        conn.wants_writable = false;
+                        let _ = self.poll.registry().reregister(&mut ws.get_mut().stream, Token(key), Interest::READABLE);
+                    }
+                    conn.flushed();
                 }
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     if !conn.wants_writable {
                         conn.wants_writable = true;
-                        let _ = self.poll.registry().reregister(ws.get_mut(), Token(key), Interest::READABLE | Interest::WRITABLE);
+                        let _ = self.poll.registry().reregister(&mut ws.get_mut().stream, Token(key), Interest::READABLE | Interest::WRITABLE);
                     }
                 }
-                Err(_) => self.to_drop.push(key),
+                Err(_) => {
+                    self.to_drop.push(key);
+                    continue;
+                }
             }
+            self.update_flow(key);
         }
     }
 
@@ -513,6 +663,7 @@ impl Server {
         for key in drops {
             let Some(mut conn) = self.conns.try_remove(key) else { continue };
             any = true;
+            self.outbox_total -= conn.counted;
             self.by_id.remove(&conn.id);
             self.more_to_read.retain(|k| *k != key);
             if let Some(stream) = conn.socket.stream() {
@@ -522,6 +673,7 @@ impl Server {
         }
         if any {
             self.acceptor.descriptor_freed(Instant::now());
+            self.check_outbox_total();
         }
         any
     }

@@ -13,6 +13,8 @@ pub const INV_LIVENESS: &str = "liveness";
 pub const INV_PREV: &str = "prev-chain";
 pub const INV_CONTENT: &str = "content";
 pub const INV_UNTIL_ACKED: &str = "redelivered-until-acked";
+pub const INV_ATTEMPTS: &str = "attempts-within-max";
+pub const INV_FETCH: &str = "fetch-covers-range";
 
 fn checksum(producer: &str, seq: u64) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -38,13 +40,27 @@ pub struct Checker {
     owner: BTreeMap<TopicId, ProducerSeq>,
     key_of: BTreeMap<TopicId, Option<String>>,
     delivered: BTreeMap<(String, String), BTreeSet<u64>>,
-    /// Ids the node received an ack for from a member of the group, or dead-lettered.
+    /// Ids the node received an ack for from a client of the group.
     completed: BTreeMap<(String, String), BTreeSet<u64>>,
+    /// Copies read from `<topic>.dlq`, by the original's (topic, producer, seq): their ids there.
+    dead_letter_copies: BTreeMap<(String, ProducerSeq), BTreeSet<u64>>,
+    /// When each id's puback first reached its publisher.
+    pubacked_at: BTreeMap<TopicId, u64>,
+    /// Deliveries beyond this attempt break the dead-letter promise.
+    max_attempts: u64,
     prev_of: BTreeMap<(String, String), BTreeMap<u64, u64>>,
     last_first_seen: BTreeMap<(String, String, String), u64>,
     sent_key: BTreeMap<ProducerSeq, Option<String>>,
     filters: BTreeMap<(String, String), String>,
-    starts: BTreeMap<(String, String), u64>,
+    last_nack: BTreeMap<(String, String, u64), u64>,
+    /// Highest attempt each group's clients saw per id: at `max_attempts` the node may move it
+    /// to the dead-letter topic, which then frees its key.
+    last_attempt: BTreeMap<(String, String, u64), u64>,
+    /// Ids known to carry each key, by (topic, key).
+    ids_by_key: BTreeMap<(String, String), BTreeSet<u64>>,
+    /// (topic, group, earlier id, id) where `id` was delivered while the earlier one of its
+    /// key was neither acked nor (as far as the clients saw) dead-lettered; settled at the end.
+    key_order_suspects: Vec<(String, String, u64, u64)>,
     /// Ids whose records a bit flip destroyed: a single node cannot keep them.
     sacrificed: BTreeSet<TopicId>,
     pub latencies_ms: Vec<f64>,
@@ -53,6 +69,10 @@ pub struct Checker {
 }
 
 impl Checker {
+    pub fn new(max_attempts: u64) -> Checker {
+        Checker { max_attempts, ..Checker::default() }
+    }
+
     pub fn violation(&mut self, invariant: &'static str, detail: String) {
         if self.violations.len() < 20 {
             self.violations.push((invariant, detail));
@@ -62,11 +82,6 @@ impl Checker {
     pub fn publish_sent(&mut self, producer: &str, seq: u64, key: Option<&str>, now: u64) {
         self.first_sent.entry((producer.to_string(), seq)).or_insert(now);
         self.sent_key.insert((producer.to_string(), seq), key.map(str::to_string));
-    }
-
-    /// The group was created at `start_id` (a `pull` creates it at "latest").
-    pub fn group_start(&mut self, topic: &str, group: &str, start_id: u64) {
-        self.starts.insert((topic.to_string(), group.to_string()), start_id);
     }
 
     /// The group only wants messages whose key starts with `prefix`.
@@ -94,13 +109,17 @@ impl Checker {
         }
     }
 
-    pub fn pubacked(&mut self, producer: &str, seq: u64, topic: &str, id: u64, _now: u64) {
+    pub fn pubacked(&mut self, producer: &str, seq: u64, topic: &str, id: u64, now: u64) {
         let ps = (producer.to_string(), seq);
         let tid = (topic.to_string(), id);
+        self.pubacked_at.entry(tid.clone()).or_insert(now);
         if let Some(previous) = self.pubacked.get(&ps) {
             if *previous != tid && !self.sacrificed.contains(previous) {
                 self.violation(INV_ONCE, format!("{ps:?} pubacked as {previous:?} and as {tid:?}"));
             }
+        }
+        if let Some(Some(key)) = self.sent_key.get(&ps) {
+            self.ids_by_key.entry((topic.to_string(), key.clone())).or_default().insert(id);
         }
         self.pubacked.insert(ps, tid);
         self.claim(topic, id, producer, seq);
@@ -125,6 +144,9 @@ impl Checker {
         self.claim(topic, id, &producer, seq);
         let tid = (topic.to_string(), id);
         let key = key.map(str::to_string);
+        if let Some(key) = &key {
+            self.ids_by_key.entry((topic.to_string(), key.clone())).or_default().insert(id);
+        }
         match self.key_of.get(&tid) {
             Some(k) if *k != key => self.violation(INV_CONTENT, format!("{topic} id {id} served with keys {k:?} and {key:?}")),
             Some(_) => {}
@@ -147,8 +169,17 @@ impl Checker {
         let key = frame["key"].as_str();
         let Some(ps) = self.observe(&topic, id, key, &frame["body"]) else { return };
         self.deliveries += 1;
-        if frame["attempt"].as_u64().unwrap_or(1) > 1 {
+        let attempt = frame["attempt"].as_u64().unwrap_or(1);
+        if attempt > 1 {
             self.redeliveries += 1;
+        }
+        let seen = self.last_attempt.entry((topic.clone(), group.to_string(), id)).or_default();
+        *seen = (*seen).max(attempt);
+        if attempt > self.max_attempts {
+            self.violation(INV_ATTEMPTS, format!("{topic}/{group} id {id} delivered with attempt {attempt}, past max_attempts {}", self.max_attempts));
+        }
+        if let Some(origin) = topic.strip_suffix(".dlq") {
+            self.dead_letter_copies.entry((origin.to_string(), ps.clone())).or_default().insert(id);
         }
         let tg = (topic.clone(), group.to_string());
         match self.prev_of.entry(tg.clone()).or_default().insert(id, prev) {
@@ -163,6 +194,16 @@ impl Checker {
         if let Some(prefix) = self.filters.get(&tg) {
             if !key.is_some_and(|k| k.starts_with(prefix.as_str())) {
                 self.violation(INV_CONTENT, format!("{topic}/{group} got id {id} with key {key:?}, outside its filter {prefix:?}"));
+            }
+        }
+        if let Some(key) = key {
+            // Strict per-key order: no earlier message of the key may still be unacked.
+            let earlier: Vec<u64> = self.ids_by_key.get(&(topic.clone(), key.to_string())).map(|ids| ids.range(..id).copied().collect()).unwrap_or_default();
+            let completed = self.completed.get(&tg);
+            for before in earlier {
+                if !completed.is_some_and(|c| c.contains(&before)) && !self.sacrificed.contains(&(topic.clone(), before)) {
+                    self.key_order_suspects.push((topic.clone(), group.to_string(), before, id));
+                }
             }
         }
         let first_time = self.delivered.entry(tg).or_default().insert(id);
@@ -182,7 +223,45 @@ impl Checker {
         }
     }
 
-    /// The node received an ack from the group's client, or moved the message to the DLQ.
+    /// A `fetched` for `from..=to`, asked at `asked_at`, returned `ids`: every message pubacked
+    /// before it was asked must be there, up to the last id returned (the reply may be cut),
+    /// or through `to` when the reply is empty.
+    pub fn fetch_reply(&mut self, topic: &str, from: u64, to: u64, asked_at: u64, ids: &[u64]) {
+        let upper = ids.last().copied().unwrap_or(to);
+        if from > upper {
+            return;
+        }
+        let returned: BTreeSet<u64> = ids.iter().copied().collect();
+        let left_out: Vec<u64> = self
+            .pubacked_at
+            .range((topic.to_string(), from)..=(topic.to_string(), upper))
+            .filter(|((_, id), at)| **at < asked_at && !returned.contains(id))
+            .filter(|(tid, _)| !self.sacrificed.contains(*tid))
+            .map(|((_, id), _)| *id)
+            .take(10)
+            .collect();
+        if !left_out.is_empty() {
+            self.violation(INV_FETCH, format!("fetch {topic} {from}..={to} answered {ids:?}, leaving out pubacked ids {left_out:?}"));
+        }
+    }
+
+    /// An ack for `id` from one of the group's clients has reached the node.
+    pub fn is_completed(&self, topic: &str, group: &str, id: u64) -> bool {
+        self.completed.get(&(topic.to_string(), group.to_string())).is_some_and(|c| c.contains(&id))
+    }
+
+    /// A nack for `id` from one of the group's clients reached the node at `now`: whoever
+    /// held it then no longer does.
+    pub fn nacked(&mut self, topic: &str, group: &str, id: u64, now: u64) {
+        self.last_nack.insert((topic.to_string(), group.to_string(), id), now);
+    }
+
+    /// When a nack for `id` last reached the node.
+    pub fn last_nack(&self, topic: &str, group: &str, id: u64) -> Option<u64> {
+        self.last_nack.get(&(topic.to_string(), group.to_string(), id)).copied()
+    }
+
+    /// The node received an ack from one of the group's clients.
     pub fn completed(&mut self, topic: &str, group: &str, id: u64) {
         self.completed.entry((topic.to_string(), group.to_string())).or_default().insert(id);
     }
@@ -197,9 +276,22 @@ impl Checker {
         self.pubacked_not_in(topic, group, &self.delivered)
     }
 
-    /// Pubacked messages of `topic` that `group` has not acked (nor dead-lettered) yet.
-    pub fn not_completed(&self, topic: &str, group: &str) -> Vec<u64> {
-        self.pubacked_not_in(topic, group, &self.completed)
+    /// Pubacked messages of `topic` that some of `groups` have not acked, and for which fewer
+    /// copies were read from `<topic>.dlq` than groups left them unacked.
+    pub fn not_completed(&self, topic: &str, groups: &[(String, String)]) -> Vec<u64> {
+        let mut open: BTreeMap<u64, usize> = BTreeMap::new();
+        for (t, group) in groups.iter().filter(|(t, _)| t == topic) {
+            for id in self.pubacked_not_in(t, group, &self.completed) {
+                *open.entry(id).or_default() += 1;
+            }
+        }
+        open.into_iter()
+            .filter(|(id, groups_open)| {
+                let Some(ps) = self.owner.get(&(topic.to_string(), *id)) else { return true };
+                self.dead_letter_copies.get(&(topic.to_string(), ps.clone())).map_or(0, BTreeSet::len) < *groups_open
+            })
+            .map(|(id, _)| id)
+            .collect()
     }
 
     /// Pubacked messages of `topic` that pass the group's filter and are not in `seen`.
@@ -207,10 +299,9 @@ impl Checker {
         let tg = (topic.to_string(), group.to_string());
         let seen = seen.get(&tg);
         let prefix = self.filters.get(&tg);
-        let start = self.starts.get(&tg).copied().unwrap_or(1);
         self.pubacked
             .iter()
-            .filter(|(_, (t, id))| t == topic && *id >= start && !self.sacrificed.contains(&(t.clone(), *id)))
+            .filter(|(_, (t, id))| t == topic && !self.sacrificed.contains(&(t.clone(), *id)))
             .filter(|(ps, _)| prefix.is_none_or(|p| self.sent_key.get(*ps).and_then(Option::as_deref).is_some_and(|k| k.starts_with(p.as_str()))))
             .filter(|(_, (_, id))| !seen.is_some_and(|d| d.contains(id)))
             .map(|(_, (_, id))| *id)
@@ -225,11 +316,7 @@ impl Checker {
                 let shown: Vec<_> = missing.iter().take(10).collect();
                 self.violation(INV_LOST, format!("{topic}/{group} never received {} pubacked ids, e.g. {shown:?}", missing.len()));
             }
-            let open = self.not_completed(topic, group);
-            if !open.is_empty() {
-                let shown: Vec<_> = open.iter().take(10).collect();
-                self.violation(INV_UNTIL_ACKED, format!("{topic}/{group}: {} pubacked ids never acked nor dead-lettered, e.g. {shown:?}", open.len()));
-            }
+
             let Some(chain) = self.prev_of.get(&(topic.clone(), group.clone())) else { continue };
             let mut expected = 0;
             let mut broken = None;
@@ -242,6 +329,23 @@ impl Checker {
             }
             if let Some(detail) = broken {
                 self.violation(INV_PREV, detail);
+            }
+        }
+        let suspects = std::mem::take(&mut self.key_order_suspects);
+        for (topic, group, before, id) in suspects {
+            let dead_lettered = self.owner.get(&(topic.clone(), before)).is_some_and(|ps| self.dead_letter_copies.contains_key(&(topic.clone(), ps.clone())))
+                || self.last_attempt.get(&(topic.clone(), group.clone(), before)).is_some_and(|a| *a >= self.max_attempts);
+            if !dead_lettered && !self.sacrificed.contains(&(topic.clone(), before)) {
+                self.violation(INV_KEY_ORDER, format!("{topic}/{group}: id {id} delivered while id {before} of its key was not acked"));
+                break;
+            }
+        }
+        let topics: BTreeSet<&String> = groups.iter().map(|(t, _)| t).collect();
+        for topic in topics {
+            let open = self.not_completed(topic, groups);
+            if !open.is_empty() {
+                let shown: Vec<_> = open.iter().take(10).collect();
+                self.violation(INV_UNTIL_ACKED, format!("{topic}: {} pubacked ids a group never acked and {topic}.dlq never got, e.g. {shown:?}", open.len()));
             }
         }
         let mut stored: BTreeMap<&ProducerSeq, BTreeSet<&TopicId>> = BTreeMap::new();

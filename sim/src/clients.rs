@@ -3,6 +3,7 @@
 //! last id + 1 while a reply ends before its range), ack late or never.
 
 use crate::checker::{body_for, Checker};
+use crate::misuse::Misbehaver;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
@@ -30,7 +31,7 @@ impl Ctx<'_> {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Link {
+pub(crate) enum Link {
     Down,
     Connecting,
     Up,
@@ -38,7 +39,7 @@ enum Link {
 
 impl Link {
     /// On a wake-up: a client without a connection asks for one; true when connected.
-    fn wake(&mut self, ctx: &mut Ctx<'_>) -> bool {
+    pub(crate) fn wake(&mut self, ctx: &mut Ctx<'_>) -> bool {
         if *self == Link::Down {
             *self = Link::Connecting;
             ctx.actions.push(Action::Connect);
@@ -59,11 +60,26 @@ pub struct Publisher {
     pub acked: u64,
     link: Link,
     puback_timeout: u64,
+    /// Chance that a fresh publish is sent twice at once (the same `producer` and `seq`).
+    pub duplicate_chance: f64,
 }
 
 impl Publisher {
     pub fn new(producer: String, topic: String, keys: u64, total: u64, window: usize) -> Publisher {
-        Publisher { producer, topic, keys, total, window, next_seq: 1, in_flight: BTreeMap::new(), retry: BTreeSet::new(), acked: 0, link: Link::Down, puback_timeout: 3_000 * MS }
+        Publisher {
+            producer,
+            topic,
+            keys,
+            total,
+            window,
+            next_seq: 1,
+            in_flight: BTreeMap::new(),
+            retry: BTreeSet::new(),
+            acked: 0,
+            link: Link::Down,
+            puback_timeout: 3_000 * MS,
+            duplicate_chance: 0.0,
+        }
     }
 
     pub fn done(&self) -> bool {
@@ -85,11 +101,11 @@ impl Publisher {
 
     fn pump(&mut self, ctx: &mut Ctx<'_>) {
         while self.in_flight.len() < self.window {
-            let seq = match self.retry.pop_first() {
-                Some(seq) => seq,
+            let (seq, fresh) = match self.retry.pop_first() {
+                Some(seq) => (seq, false),
                 None if self.next_seq <= self.total => {
                     self.next_seq += 1;
-                    self.next_seq - 1
+                    (self.next_seq - 1, true)
                 }
                 None => break,
             };
@@ -99,6 +115,9 @@ impl Publisher {
                 frame["key"] = json!(key);
             }
             ctx.checker.publish_sent(&self.producer, seq, key.as_deref(), ctx.now);
+            if fresh && self.duplicate_chance > 0.0 && ctx.rng.gen_bool(self.duplicate_chance) {
+                ctx.send(frame.clone());
+            }
             ctx.send(frame);
             self.in_flight.insert(seq, ctx.now);
         }
@@ -167,14 +186,29 @@ pub struct Subscriber {
     pub pull_wait_ms: Option<u64>,
     /// Leave the group with `unsub` after every this many messages, and join again later.
     pub unsub_every: Option<u64>,
+    /// After every this many messages, read the last few ids back with `fetch` (an audit of
+    /// what the topic holds, checked for coverage).
+    pub audit_every: Option<u64>,
     resub_at: Option<u64>,
+    /// A `suback` came once: the group exists on disk from the earliest id.
+    joined: bool,
+    /// Messages this `sub` received and has not acked or nacked: when each came, and the time
+    /// after which the node may have taken it back (ack deadline, less the largest delay).
+    unacked: BTreeMap<u64, (u64, u64)>,
+    /// The group's ack timeout less the largest one-way delay (0: no window check).
+    pub window_hold_ns: u64,
+    /// Ids this client has acked or nacked: an ack or nack already on its way releases a
+    /// redelivery of the same id too, so such deliveries are not counted against the window.
+    let_go: BTreeSet<u64>,
     link: Link,
     last_id: u64,
     processed: BTreeSet<u64>,
     due_acks: Vec<(u64, u64)>,
     fetches: u64,
-    /// Gap repairs in flight by `req`: the range asked for.
-    fetching: BTreeMap<u64, (u64, u64)>,
+    /// Gap repairs in flight by `req`: the range asked for, and when.
+    fetching: BTreeMap<u64, (u64, u64, u64)>,
+    /// Ranges whose fetch was refused as `overloaded`: asked again on the next wake-up.
+    fetch_later: Vec<(u64, u64)>,
 }
 
 impl Subscriber {
@@ -189,13 +223,19 @@ impl Subscriber {
             filter: None,
             pull_wait_ms: None,
             unsub_every: None,
+            audit_every: None,
             resub_at: None,
+            joined: false,
+            unacked: BTreeMap::new(),
+            window_hold_ns: 0,
+            let_go: BTreeSet::new(),
             link: Link::Down,
             last_id: 0,
             processed: BTreeSet::new(),
             due_acks: Vec::new(),
             fetches: 0,
             fetching: BTreeMap::new(),
+            fetch_later: Vec::new(),
         }
     }
 
@@ -207,7 +247,14 @@ impl Subscriber {
         let due: Vec<u64> = self.due_acks.iter().filter(|(at, _)| *at <= now).map(|(_, id)| *id).collect();
         self.due_acks.retain(|(at, _)| *at > now);
         if !due.is_empty() {
+            for id in &due {
+                self.unacked.remove(id);
+                self.let_go.insert(*id);
+            }
             ctx.send(json!({"op": "ack", "topic": self.topic, "group": self.group, "ids": due}));
+        }
+        for (from, to) in std::mem::take(&mut self.fetch_later) {
+            self.fetch(from, to, ctx);
         }
         if self.resub_at.is_some_and(|at| at <= now) {
             self.resub_at = None;
@@ -222,7 +269,9 @@ impl Subscriber {
 
     pub fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
         self.link = Link::Up;
-        if self.pull_wait_ms.is_some() {
+        // A pulling member joins with `sub` first, so that its group starts at the earliest
+        // id whichever member creates it (a `pull` would create it at "latest").
+        if self.pull_wait_ms.is_some() && self.joined {
             return self.pull(ctx);
         }
         let mut sub = json!({"op": "sub", "req": "s", "topic": self.topic, "group": self.group, "from": "earliest", "window": self.window});
@@ -240,17 +289,35 @@ impl Subscriber {
     pub fn on_disconnected(&mut self, ctx: &mut Ctx<'_>) {
         self.link = Link::Down;
         self.due_acks.clear();
+        self.unacked.clear();
         self.resub_at = None;
         // Replies to these died with the connection; like the acks, the repairs are given up.
         self.fetching.clear();
+        self.fetch_later.clear();
         ctx.actions.push(Action::WakeAt(ctx.now + ctx.rng.gen_range(10..300) * MS));
     }
 
     pub fn on_frame(&mut self, frame: &Value, ctx: &mut Ctx<'_>) {
         match frame["op"].as_str() {
-            Some("welcome" | "suback") => {}
+            Some("welcome") => {}
+            Some("suback") => {
+                self.joined = true;
+                // What came before the suback belongs to an earlier membership.
+                self.unacked.clear();
+                if self.pull_wait_ms.is_some() {
+                    // From now on this member receives by pull only; in flight goes to others.
+                    ctx.send(json!({"op": "unsub", "req": "u", "topic": self.topic, "group": self.group}));
+                    self.pull(ctx);
+                }
+            }
             // An unsub can overtake the sub it follows (the sub waits for the disk): harmless.
             Some("error") if frame["req"] == "u" && frame["code"] == "not_subscribed" => {}
+            // Too many fetches wait for the disk on this connection: ask again a little later.
+            Some("error") if frame["code"] == "overloaded" && frame["req"].as_u64().is_some_and(|req| self.fetching.contains_key(&req)) => {
+                let (from, to, _) = self.fetching.remove(&frame["req"].as_u64().unwrap_or_default()).unwrap_or_default();
+                self.fetch_later.push((from, to));
+                ctx.actions.push(Action::WakeAt(ctx.now + ctx.rng.gen_range(5..50) * MS));
+            }
             Some("pulled") => self.pull(ctx),
             Some("msg") => self.on_msg(frame, ctx),
             Some("fetched") => self.on_fetched(frame, ctx),
@@ -260,14 +327,14 @@ impl Subscriber {
 
     fn fetch(&mut self, from: u64, to: u64, ctx: &mut Ctx<'_>) {
         self.fetches += 1;
-        self.fetching.insert(self.fetches, (from, to));
+        self.fetching.insert(self.fetches, (from, to, ctx.now));
         ctx.send(json!({"op": "fetch", "req": self.fetches, "topic": self.topic, "from": from, "to": to}));
     }
 
     /// A `fetched` may end before `to` (cut at the frame size limit or `fetch_messages_max`):
     /// ask again from the last id + 1 until the range is done or a reply is empty.
     fn on_fetched(&mut self, frame: &Value, ctx: &mut Ctx<'_>) {
-        let Some((from, to)) = frame["req"].as_u64().and_then(|req| self.fetching.remove(&req)) else {
+        let Some((from, to, asked_at)) = frame["req"].as_u64().and_then(|req| self.fetching.remove(&req)) else {
             return ctx.checker.violation("protocol", format!("subscriber {} got a fetched it did not ask for: {frame}", self.name));
         };
         let messages = frame["messages"].as_array().map(Vec::as_slice).unwrap_or_default();
@@ -280,6 +347,8 @@ impl Subscriber {
             last = Some(id);
             ctx.checker.fetched(&self.topic, m);
         }
+        let ids: Vec<u64> = messages.iter().filter_map(|m| m["id"].as_u64()).collect();
+        ctx.checker.fetch_reply(&self.topic, from, to, asked_at, &ids);
         if let Some(last) = last.filter(|last| *last < to) {
             self.fetch(last + 1, to, ctx);
         }
@@ -289,14 +358,19 @@ impl Subscriber {
         let id = frame["id"].as_u64().unwrap_or(0);
         let prev = frame["prev"].as_u64().unwrap_or(0);
         ctx.checker.delivered(&self.group, frame, ctx.now);
+        self.check_window(id, ctx);
         if !self.shared_group && prev > self.last_id && self.last_id > 0 {
             self.fetch(self.last_id + 1, prev, ctx);
         }
         let first_time = self.processed.insert(id);
         self.last_id = self.last_id.max(id);
+        if first_time && self.audit_every.is_some_and(|every| (self.processed.len() as u64).is_multiple_of(every)) {
+            self.fetch(id.saturating_sub(8).max(1), id, ctx);
+        }
         if let Some(every) = self.unsub_every {
             if first_time && self.resub_at.is_none() && (self.processed.len() as u64).is_multiple_of(every) {
                 // Leave; what is still in flight goes to the other members. Acks may follow.
+                self.unacked.clear();
                 ctx.send(json!({"op": "unsub", "req": "u", "topic": self.topic, "group": self.group}));
                 let at = ctx.now + ctx.rng.gen_range(10..500) * MS;
                 self.resub_at = Some(at);
@@ -306,6 +380,8 @@ impl Subscriber {
         match self.style {
             AckStyle::SkipEvery(n) if id.is_multiple_of(n) => {}
             AckStyle::NackFirst(delay_ms) if frame["attempt"].as_u64() == Some(1) => {
+                self.unacked.remove(&id);
+                self.let_go.insert(id);
                 ctx.send(json!({"op": "nack", "topic": self.topic, "group": self.group, "ids": [id], "delay_ms": delay_ms}));
             }
             AckStyle::Slow(max_ms) => {
@@ -313,7 +389,31 @@ impl Subscriber {
                 self.due_acks.push((at, id));
                 ctx.actions.push(Action::WakeAt(at));
             }
-            _ => ctx.send(json!({"op": "ack", "topic": self.topic, "group": self.group, "ids": [id]})),
+            _ => {
+                self.unacked.remove(&id);
+                self.let_go.insert(id);
+                ctx.send(json!({"op": "ack", "topic": self.topic, "group": self.group, "ids": [id]}));
+            }
+        }
+    }
+
+    /// A `sub` holds at most `window` messages unacked: count them as this client sees them
+    /// (an ack counts from when it is sent; a message counts until its deadline could have
+    /// passed at the node), which can only undercount what the node holds.
+    fn check_window(&mut self, id: u64, ctx: &mut Ctx<'_>) {
+        if self.pull_wait_ms.is_some() || self.window_hold_ns == 0 || self.let_go.contains(&id) {
+            return;
+        }
+        let now = ctx.now;
+        // An ack from another member of the group also takes a message off this window.
+        let (topic, group) = (&self.topic, &self.group);
+        // So does a nack from another member that reached the node after the message came.
+        self.unacked
+            .retain(|held, (came, until)| *until > now && !ctx.checker.is_completed(topic, group, *held) && ctx.checker.last_nack(topic, group, *held).is_none_or(|at| at < *came));
+        self.unacked.insert(id, (now, now + self.window_hold_ns));
+        if self.unacked.len() > self.window as usize {
+            let held: Vec<u64> = self.unacked.keys().copied().collect();
+            ctx.checker.violation(crate::checker::INV_BOUNDS, format!("{} holds {held:?} unacked, over its window {}", self.name, self.window));
         }
     }
 }
@@ -321,6 +421,7 @@ impl Subscriber {
 pub enum Client {
     Publisher(Publisher),
     Subscriber(Subscriber),
+    Misbehaver(Misbehaver),
 }
 
 impl Client {
@@ -328,24 +429,28 @@ impl Client {
         match self {
             Client::Publisher(p) => p.on_wake(ctx),
             Client::Subscriber(s) => s.on_wake(ctx),
+            Client::Misbehaver(m) => m.on_wake(ctx),
         }
     }
     pub fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
         match self {
             Client::Publisher(p) => p.on_connected(ctx),
             Client::Subscriber(s) => s.on_connected(ctx),
+            Client::Misbehaver(m) => m.on_connected(ctx),
         }
     }
     pub fn on_disconnected(&mut self, ctx: &mut Ctx<'_>) {
         match self {
             Client::Publisher(p) => p.on_disconnected(ctx),
             Client::Subscriber(s) => s.on_disconnected(ctx),
+            Client::Misbehaver(m) => m.on_disconnected(ctx),
         }
     }
     pub fn on_frame(&mut self, frame: &Value, ctx: &mut Ctx<'_>) {
         match self {
             Client::Publisher(p) => p.on_frame(frame, ctx),
             Client::Subscriber(s) => s.on_frame(frame, ctx),
+            Client::Misbehaver(m) => m.on_frame(frame, ctx),
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod checker;
 pub mod clients;
 pub mod disk;
+pub mod misuse;
 pub mod world;
 
 use ferry_core::TestBug;

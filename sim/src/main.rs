@@ -19,9 +19,12 @@ struct Cli {
     /// Print the event log of the seed.
     #[arg(long)]
     trace: bool,
-    /// Switch on a deliberately wrong behaviour: PubackBeforeDurable or ExpiryCountsAsAck.
+    /// Switch on a deliberately wrong behaviour (see --list-bugs).
     #[arg(long)]
     bug: Option<String>,
+    /// Print the names of the deliberate bugs, one per line.
+    #[arg(long)]
+    list_bugs: bool,
 }
 
 fn parse_range(text: &str) -> Result<std::ops::Range<u64>, String> {
@@ -50,11 +53,15 @@ fn run(cli: Cli) -> Result<bool, String> {
         Some(list) => list.split(',').map(|f| FaultKind::parse(f.trim())).collect::<Result<Vec<_>, _>>()?,
         None => FaultKind::ALL.to_vec(),
     };
+    if cli.list_bugs {
+        for bug in TestBug::ALL {
+            println!("{}", bug.name());
+        }
+        return Ok(true);
+    }
     let bug = match cli.bug.as_deref() {
         None => None,
-        Some("PubackBeforeDurable") => Some(TestBug::PubackBeforeDurable),
-        Some("ExpiryCountsAsAck") => Some(TestBug::ExpiryCountsAsAck),
-        Some(other) => return Err(format!("unknown bug '{other}'")),
+        Some(name) => Some(TestBug::parse(name).ok_or_else(|| format!("unknown bug '{name}' (--list-bugs lists them)"))?),
     };
     let options = |seed| Options { seed, faults: faults.clone(), trace: cli.trace, bug };
     if let Some(range) = &cli.seeds {

@@ -5,20 +5,24 @@
 use crate::checker::{self, Checker};
 use crate::clients::{AckStyle, Action, Client, Ctx, Publisher, Subscriber, MS};
 use crate::disk::SimDisk;
+use crate::misuse::Misbehaver;
 use crate::{FaultKind, Options, SeedReport};
-use ferry_core::node::{DiskError, DiskOp, Input, Output, Trace};
+use ferry_core::node::{DiskError, DiskOp, Input, Output};
 use ferry_core::testkit::Completion;
 use ferry_core::{Config, ConnId, FsyncPolicy, Node};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 const SEC: u64 = 1_000 * MS;
 /// 2023-11-14T22:13:20Z, so `ts` values look real.
 const EPOCH: u64 = 1_700_000_000 * SEC;
 const FAULT_TICK: u64 = 100 * MS;
 const HEAL_BUDGET: u64 = 120 * SEC;
+/// More heal time per message published: a large workload with a window of 1 over slow links
+/// takes a while to drain, and that is not a liveness failure.
+const HEAL_PER_MESSAGE: u64 = 250 * MS;
 
 /// The fault mix of one seed, itself drawn from the seed (swarm testing).
 #[derive(Debug, Clone)]
@@ -37,6 +41,8 @@ pub struct Swarm {
     pub disk_full_chance: f64,
     pub eio_chance: f64,
     pub bitflip_chance: f64,
+    /// Per fault tick: a connection's outbox fills up in the shell (`Input::Congested`).
+    pub congestion_chance: f64,
     pub safety_ms: u64,
     pub fsync: FsyncPolicy,
 }
@@ -52,10 +58,12 @@ impl Swarm {
         let disk_full_chance = pick(rng, FaultKind::DiskFull, 0.02);
         let eio_chance = pick(rng, FaultKind::Eio, 0.01);
         let bitflip_chance = pick(rng, FaultKind::BitFlip, 0.01);
+        let congestion_chance = pick(rng, FaultKind::Delay, 0.2);
         let (latency_min_us, latency_max_us) = if on(FaultKind::Delay) && rng.gen_bool(0.5) { (50, rng.gen_range(1_000..200_000)) } else { (20, 500) };
         Swarm {
             publishers: rng.gen_range(1..=3),
-            messages_per_publisher: rng.gen_range(10..=120),
+            // Now and then a larger workload: thousands of messages over many segments.
+            messages_per_publisher: if rng.gen_bool(0.03) { rng.gen_range(300..=1_000) } else { rng.gen_range(10..=120) },
             topics: rng.gen_range(1..=2),
             groups_per_topic: rng.gen_range(1..=2),
             members_per_group: rng.gen_range(1..=3),
@@ -68,8 +76,14 @@ impl Swarm {
             disk_full_chance,
             eio_chance,
             bitflip_chance,
+            congestion_chance,
             safety_ms: rng.gen_range(3_000..15_000),
-            fsync: if rng.gen_bool(0.7) { FsyncPolicy::Always } else { FsyncPolicy::Batch },
+            // `never` promises only against process crashes, so its seeds have no power loss.
+            fsync: match rng.gen_range(0..20) {
+                0..=12 => FsyncPolicy::Always,
+                13..=17 => FsyncPolicy::Batch,
+                _ => FsyncPolicy::Never,
+            },
         }
     }
 }
@@ -89,6 +103,7 @@ enum Event {
     FaultTick,
     PartitionEnd { client: usize },
     DiskFullEnd,
+    CongestionEnd { conn: ConnId },
 }
 
 struct Conn {
@@ -137,6 +152,8 @@ pub struct World {
     faults: BTreeMap<&'static str, u64>,
     steps: u64,
     bitflipped: bool,
+    /// Connections the node was told are congested.
+    congested: BTreeSet<ConnId>,
 }
 
 impl World {
@@ -156,7 +173,11 @@ impl World {
             topic_cache_bytes: rng.gen_range(256..32_768),
             read_cache_messages: rng.gen_range(1..64),
             disk_full_retry_ms: rng.gen_range(50..1_000),
+            // Bodies and keys are about 50 bytes: a byte window of 1 to 80 of them binds as often as `window`.
+            window_bytes_max: rng.gen_range(64..4_096),
             test_bug: options.bug,
+            // Taken from the seed, not the rng, so every seed keeps its draws.
+            tokens: if options.seed.is_multiple_of(5) { vec!["sim-token".into()] } else { Vec::new() },
             // Small, so that gap repairs are cut and subscribers must ask again from the last
             // id + 1 (taken from the seed, not the rng, so every seed keeps its draws).
             fetch_messages_max: 1 + (options.seed % 3) as u32,
@@ -187,17 +208,37 @@ impl World {
                         subscriber.unsub_every = Some(rng.gen_range(5..40));
                     }
                     subscriber.filter = filter.clone();
+                    let largest_delay_ns = swarm.latency_max_us * 1_000 + MS;
+                    subscriber.window_hold_ns = (config.ack_timeout_ms * MS).saturating_sub(largest_delay_ns);
+                    if rng.gen_bool(0.3) {
+                        subscriber.audit_every = Some(rng.gen_range(3..20));
+                    }
                     clients.push(Client::Subscriber(subscriber));
                 }
             }
         }
+        // Every topic's dead-letter topic is read: a message counts as dead-lettered only once
+        // its copy is seen there, never on the node's word.
+        for t in 0..swarm.topics {
+            let dlq = format!("t{t}.dlq");
+            clients.push(Client::Subscriber(Subscriber::new(format!("{dlq}/audit"), dlq, "audit".into(), 16, AckStyle::Prompt, false)));
+        }
+        // Now and then a client that misuses the protocol alongside the others.
+        if rng.gen_bool(0.3) {
+            let mut misbehaver = Misbehaver::new("misuse".into(), rng.gen_range(5..40));
+            misbehaver.tokens_required = !config.tokens.is_empty();
+            clients.push(Client::Misbehaver(misbehaver));
+        }
         for p in 0..swarm.publishers {
             let topic = format!("t{}", p % swarm.topics);
             let window = rng.gen_range(1..=16);
-            clients.push(Client::Publisher(Publisher::new(format!("p{p}"), topic, swarm.keys, swarm.messages_per_publisher, window)));
+            let mut publisher = Publisher::new(format!("p{p}"), topic, swarm.keys, swarm.messages_per_publisher, window);
+            // Some publishers send a publish twice at once, as a client retrying too eagerly.
+            publisher.duplicate_chance = if rng.gen_bool(0.3) { rng.gen_range(0.05..0.3) } else { 0.0 };
+            clients.push(Client::Publisher(publisher));
         }
         let n = clients.len();
-        let mut checker = Checker::default();
+        let mut checker = Checker::new(config.max_attempts as u64);
         for client in &clients {
             if let Client::Subscriber(s) = client {
                 if let Some(prefix) = &s.filter {
@@ -231,6 +272,7 @@ impl World {
             faults: BTreeMap::new(),
             steps: 0,
             bitflipped: false,
+            congested: BTreeSet::new(),
         };
         world.disk.eio_chance = world.swarm.eio_chance;
         world.drain_node();
@@ -272,7 +314,7 @@ impl World {
 
     pub fn run(mut self) -> SeedReport {
         let safety_end = EPOCH + self.swarm.safety_ms * MS;
-        let end = safety_end + HEAL_BUDGET;
+        let end = safety_end + self.heal_budget();
         let mut last_convergence_check = 0;
         loop {
             let node_at = self.node.as_ref().and_then(Node::poll_timeout);
@@ -304,7 +346,6 @@ impl World {
             }
             if self.healing && self.now >= last_convergence_check + 20 * MS {
                 last_convergence_check = self.now;
-                self.learn_group_starts();
                 if self.converged() {
                     break;
                 }
@@ -313,28 +354,20 @@ impl World {
         self.finish(safety_end)
     }
 
-    /// Groups created by a pull start at "latest": tell the checker where each one starts.
-    fn learn_group_starts(&mut self) {
-        let Some(node) = &self.node else { return };
-        let pulled_groups = self.clients.iter().filter_map(|c| match c {
-            Client::Subscriber(s) if s.pull_wait_ms.is_some() => Some((s.topic.as_str(), s.group.as_str())),
-            _ => None,
-        });
-        // Only groups a pull may have created: for the rest the checker keeps expecting
-        // everything from id 1, so a wrong start would be caught rather than trusted.
-        for (topic, group) in pulled_groups {
-            if let Some(start) = node.group_start_id(topic, group) {
-                self.checker.group_start(topic, group, start);
-            }
-        }
+    fn heal_budget(&self) -> u64 {
+        let messages = self.swarm.publishers as u64 * self.swarm.messages_per_publisher;
+        HEAL_BUDGET.max(messages * HEAL_PER_MESSAGE)
     }
 
     fn converged(&self) -> bool {
         let publishers_done = self.clients.iter().all(|c| match c {
             Client::Publisher(p) => p.done(),
             Client::Subscriber(_) => true,
+            Client::Misbehaver(m) => !m.waiting(),
         });
-        publishers_done && self.groups.iter().all(|(t, g)| self.checker.missing(t, g).is_empty() && self.checker.not_completed(t, g).is_empty())
+        publishers_done
+            && self.groups.iter().all(|(t, g)| self.checker.missing(t, g).is_empty())
+            && self.groups.iter().all(|(t, _)| self.checker.not_completed(t, &self.groups).is_empty())
     }
 
     fn start_heal(&mut self) {
@@ -345,6 +378,9 @@ impl World {
         for until in &mut self.partitioned_until {
             *until = 0;
         }
+        for conn in std::mem::take(&mut self.congested) {
+            self.node_input(Input::Congested { conn, congested: false });
+        }
         for client in &mut self.clients {
             if let Client::Subscriber(s) = client {
                 s.heal();
@@ -353,13 +389,17 @@ impl World {
     }
 
     fn finish(mut self, safety_end: u64) -> SeedReport {
-        if let Some(node) = &self.node {
+        if let (Some(node), None) = (&self.node, self.options.bug) {
             node.check_invariants();
         }
-        self.learn_group_starts();
         let converged = self.converged();
         let groups = self.groups.clone();
         self.checker.finish(&groups);
+        for client in &self.clients {
+            if let Client::Misbehaver(m) = client {
+                m.finish(&mut self.checker);
+            }
+        }
         if !converged {
             let pending: Vec<String> = self
                 .clients
@@ -369,7 +409,8 @@ impl World {
                     _ => None,
                 })
                 .collect();
-            self.checker.violation(checker::INV_LIVENESS, format!("not converged {} s after faults stopped; publishers pending: {pending:?}", HEAL_BUDGET / SEC));
+            let budget_s = self.heal_budget() / SEC;
+            self.checker.violation(checker::INV_LIVENESS, format!("not converged {budget_s} s after faults stopped; publishers pending: {pending:?}"));
         }
         let mut latencies = std::mem::take(&mut self.checker.latencies_ms);
         latencies.sort_by(f64::total_cmp);
@@ -387,7 +428,7 @@ impl World {
             faults: self.faults.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             violations: self.checker.violations.clone(),
             trace_hash: self.hash.0,
-            swarm: format!("{:?}", self.swarm),
+            swarm: format!("{:?}, ack_timeout_ms {}, max_attempts {}", self.swarm, self.config.ack_timeout_ms, self.config.max_attempts),
         }
     }
 
@@ -403,7 +444,14 @@ impl World {
                 self.client_conn[client] = Some(conn);
                 self.trace(|| format!("conn {conn} open for client {client}"));
                 self.node_input(Input::Connected { conn });
-                self.with_client(client, |c, ctx| c.on_connected(ctx));
+                // With tokens configured, every client says hello first (frames keep their order).
+                let hello = self.config.tokens.first().map(|token| serde_json::json!({"op": "hello", "token": token}).to_string());
+                self.with_client(client, |c, ctx| {
+                    if let Some(hello) = hello {
+                        ctx.actions.push(Action::Send(hello));
+                    }
+                    c.on_connected(ctx)
+                });
             }
             Event::ConnFail { client } => self.with_client(client, |c, ctx| c.on_disconnected(ctx)),
             Event::ToNode { conn, text } => {
@@ -458,6 +506,12 @@ impl World {
                 self.partitioned_until[client] = 0;
             }
             Event::DiskFullEnd => self.disk.full = false,
+            Event::CongestionEnd { conn } => {
+                if self.congested.remove(&conn) {
+                    self.trace(|| format!("conn {conn} drained"));
+                    self.node_input(Input::Congested { conn, congested: false });
+                }
+            }
         }
     }
 
@@ -494,16 +548,17 @@ impl World {
 
     /// Acks as the node receives them: what the group has really finished.
     fn observe_ack(&mut self, text: &str) {
-        if !text.contains("\"ack\"") {
+        if !text.contains("ack\"") {
             return;
         }
         let Ok(frame) = serde_json::from_str::<serde_json::Value>(text) else { return };
-        if frame["op"] != "ack" {
-            return;
-        }
         let (topic, group) = (frame["topic"].as_str().unwrap_or_default(), frame["group"].as_str().unwrap_or_default());
         for id in frame["ids"].as_array().into_iter().flatten().filter_map(|v| v.as_u64()) {
-            self.checker.completed(topic, group, id);
+            match frame["op"].as_str() {
+                Some("ack") => self.checker.completed(topic, group, id),
+                Some("nack") => self.checker.nacked(topic, group, id, self.now),
+                _ => {}
+            }
         }
     }
 
@@ -534,16 +589,16 @@ impl World {
                     return;
                 }
                 Output::Trace(trace) => {
-                    if let Trace::DeadLettered { topic, group, id } = &trace {
-                        self.checker.completed(topic, group, *id);
-                    }
                     self.hash.mix(format!("{trace:?}").as_bytes());
                     self.trace(|| format!("node trace {trace:?}"));
                 }
             }
         }
         self.steps += 1;
-        if cfg!(debug_assertions) || self.steps.is_multiple_of(256) {
+        // With a deliberate bug on, the node's own assertions stay quiet: the clients' checkers
+        // alone must catch it.
+        let every = if cfg!(debug_assertions) { 16 } else { 256 };
+        if self.options.bug.is_none() && self.steps.is_multiple_of(every) {
             if let Some(node) = &self.node {
                 node.check_invariants();
             }
@@ -585,6 +640,7 @@ impl World {
     /// Ends a connection: the node learns now, the client after a delay.
     fn drop_conn(&mut self, conn: ConnId, tell_node: bool) {
         let Some(state) = self.conns.remove(&conn) else { return };
+        self.congested.remove(&conn);
         if tell_node {
             self.node_input(Input::Disconnected { conn });
         }
@@ -664,6 +720,16 @@ impl World {
                 self.drop_conn(conn, true);
             }
             self.schedule(until, Event::PartitionEnd { client });
+        }
+        if s.congestion_chance > 0.0 && self.rng.gen_bool(s.congestion_chance) && !self.conns.is_empty() {
+            let keys: Vec<ConnId> = self.conns.keys().copied().collect();
+            let conn = keys[self.rng.gen_range(0..keys.len())];
+            if self.congested.insert(conn) {
+                self.count_fault("congestion");
+                self.node_input(Input::Congested { conn, congested: true });
+                let until = self.now + self.rng.gen_range(10..1_500) * MS;
+                self.schedule(until, Event::CongestionEnd { conn });
+            }
         }
         if s.disk_full_chance > 0.0 && !self.disk.full && self.rng.gen_bool(s.disk_full_chance) {
             self.disk.full = true;

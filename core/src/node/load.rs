@@ -3,6 +3,7 @@
 
 use super::{Node, RecoveryReport, SeenSeq, SegmentInfo, NS_PER_MS};
 use crate::batch;
+use crate::config::TestBug;
 use crate::group::{key_hash, Admit, Group};
 use crate::record::{self, GroupRecord, MessageRef, RecordRef, SalvagedRecord};
 use crate::recovery::{self, BadRegion, Damage, Found, IdRange, RecoveryError, MESSAGE_RECORD_BYTES_MIN};
@@ -115,6 +116,15 @@ impl Node {
             self.salvaged_regions.push(SalvagedRecord { segment, offset, end, new_topic_first_id: self.new_topic_first_id });
         }
         report.salvaged = damage;
+        if self.config.test_bug == Some(TestBug::RecoveryDropsLastRecord) {
+            let newest = segments.last().map_or(0, |(segment, _)| *segment);
+            for topic in &mut self.topics {
+                let last = topic.next_id.saturating_sub(1);
+                if topic.loc(last).is_some_and(|loc| loc.segment == newest) {
+                    topic.roll_back_to(last);
+                }
+            }
+        }
         for topic in &mut self.topics {
             topic.durable_next_id = topic.next_id;
             topic.forget_segments_through(0);

@@ -119,6 +119,23 @@ impl Server {
         line.split_whitespace().nth(3).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
     }
 
+    /// A line of /proc/<pid>/status in KiB (`VmHWM`, the peak resident set, or `VmRSS`).
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("server status");
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("no {field} in status"));
+        line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("a number of kB")
+    }
+
+    /// The server's peak resident set so far, in MiB.
+    pub fn peak_rss_mib(&self) -> u64 {
+        self.status_kib("VmHWM:") / 1024
+    }
+
+    /// Log lines containing `text`.
+    pub fn log_count(&self, text: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|l| l.contains(text)).count()
+    }
+
     /// Server-side sockets on our port waiting in CLOSE-WAIT (the peer left, the server did not close).
     pub fn close_wait_sockets(&self) -> usize {
         let port = self.addr.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).expect("port");
@@ -398,6 +415,21 @@ impl RawWs {
     pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         use std::io::Write;
         self.stream.write_all(bytes)
+    }
+
+    /// Shrinks the socket's receive buffer (and turns off its autotuning), so that what the
+    /// client does not read piles up at the server rather than in this kernel.
+    pub fn shrink_receive_buffer(&mut self, bytes: i32) {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: setsockopt reads the int we pass, for the descriptor we own.
+        let rc =
+            unsafe { libc::setsockopt(self.stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, (&bytes as *const i32).cast(), std::mem::size_of::<i32>() as libc::socklen_t) };
+        assert_eq!(rc, 0, "setsockopt SO_RCVBUF");
+    }
+
+    /// Sends one masked text frame holding `value`.
+    pub fn send_json(&mut self, value: &Value) -> std::io::Result<()> {
+        self.send(&ws_frame(0x81, value.to_string().as_bytes(), true))
     }
 
     /// The next frame; `Err` says why there is none (EOF, reset, timeout).

@@ -1,0 +1,115 @@
+//! A client that misuses the protocol: malformed frames and ops that must be refused. Each
+//! must get the error the protocol names, on a connection that stays usable (a `ping` after
+//! each must get its `pong`), while every other client goes on unaffected.
+
+use crate::clients::{Action, Ctx, Link, MS};
+use rand::Rng;
+use serde_json::Value;
+
+pub const INV_ERRORS: &str = "misuse-gets-its-error";
+
+/// (frame, the error codes it may get). `unsub` of an unknown group may find its topic not yet
+/// durable after a crash, hence two codes there.
+const MISUSES: [(&str, &[&str]); 10] = [
+    ("{", &["bad_frame"]),
+    ("[1,2,3]", &["bad_frame"]),
+    (r#"{"op":"nope","req":7}"#, &["unknown_op"]),
+    (r#"{"op":"ping","req":{"a":1}}"#, &["bad_frame"]),
+    (r#"{"op":"pub","req":7,"topic":"t0.dlq","body":1}"#, &["forbidden"]),
+    (r#"{"op":"ack","topic":"never-created","group":"g","ids":[1]}"#, &["no_such_topic"]),
+    (r#"{"op":"fetch","req":7,"topic":"never-created","from":1,"to":2}"#, &["no_such_topic"]),
+    (r#"{"op":"sub","req":7,"topic":"t0","group":"g0","window":0}"#, &["bad_frame"]),
+    (r#"{"op":"pull","req":7,"topic":"t0","group":"g0","max":0,"wait_ms":0}"#, &["bad_frame"]),
+    (r#"{"op":"unsub","req":7,"topic":"t0","group":"never-joined"}"#, &["not_subscribed", "no_such_topic"]),
+];
+
+const WRONG_HELLO: (&str, &[&str]) = (r#"{"op":"hello","token":"wrong"}"#, &["unauthorized"]);
+
+fn misuse(which: usize) -> (&'static str, &'static [&'static str]) {
+    MISUSES.get(which).copied().unwrap_or(WRONG_HELLO)
+}
+
+/// What the misbehaver waits for.
+enum Expect {
+    /// An error with one of these codes for misuse number `which`.
+    Error { which: usize },
+    /// The pong that shows the connection is still usable.
+    Pong,
+}
+
+pub struct Misbehaver {
+    pub name: String,
+    /// The server requires tokens: a `hello` with a wrong one must get `unauthorized`.
+    pub tokens_required: bool,
+    link: Link,
+    expect: Option<Expect>,
+    sent: u64,
+    total: u64,
+}
+
+impl Misbehaver {
+    pub fn new(name: String, total: u64) -> Misbehaver {
+        Misbehaver { name, tokens_required: false, link: Link::Down, expect: None, sent: 0, total }
+    }
+
+    /// Waiting for a reply on a live connection.
+    pub fn waiting(&self) -> bool {
+        self.link == Link::Up && self.expect.is_some()
+    }
+
+    /// The end of the run: a misuse still unanswered on a live connection got no error at all.
+    pub fn finish(&self, checker: &mut crate::checker::Checker) {
+        if let (true, Some(Expect::Error { which })) = (self.link == Link::Up, &self.expect) {
+            checker.violation(INV_ERRORS, format!("{} sent {} and never got an error", self.name, misuse(*which).0));
+        }
+    }
+
+    pub fn on_wake(&mut self, ctx: &mut Ctx<'_>) {
+        if self.link.wake(ctx) && self.expect.is_none() {
+            self.misuse(ctx);
+        }
+    }
+
+    pub fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
+        self.link = Link::Up;
+        self.expect = None;
+        self.misuse(ctx);
+    }
+
+    pub fn on_disconnected(&mut self, ctx: &mut Ctx<'_>) {
+        self.link = Link::Down;
+        self.expect = None;
+        ctx.actions.push(Action::WakeAt(ctx.now + ctx.rng.gen_range(10..300) * MS));
+    }
+
+    fn misuse(&mut self, ctx: &mut Ctx<'_>) {
+        if self.sent >= self.total {
+            return;
+        }
+        // One more misuse when tokens are required: a hello with a wrong one.
+        let which = ctx.rng.gen_range(0..MISUSES.len() + usize::from(self.tokens_required));
+        self.sent += 1;
+        self.expect = Some(Expect::Error { which });
+        ctx.actions.push(Action::Send(misuse(which).0.to_string()));
+    }
+
+    pub fn on_frame(&mut self, frame: &Value, ctx: &mut Ctx<'_>) {
+        match (frame["op"].as_str(), &self.expect) {
+            (Some("welcome"), _) => {}
+            (Some("error"), Some(Expect::Error { which })) => {
+                let (misuse, codes) = misuse(*which);
+                let code = frame["code"].as_str().unwrap_or_default();
+                if !codes.contains(&code) {
+                    ctx.checker.violation(INV_ERRORS, format!("{} sent {misuse} and got {frame}, not one of {codes:?}", self.name));
+                }
+                self.expect = Some(Expect::Pong);
+                ctx.actions.push(Action::Send(format!(r#"{{"op":"ping","req":{}}}"#, self.sent)));
+            }
+            (Some("pong"), Some(Expect::Pong)) if frame["req"].as_u64() == Some(self.sent) => {
+                self.expect = None;
+                ctx.actions.push(Action::WakeAt(ctx.now + ctx.rng.gen_range(20..400) * MS));
+            }
+            _ => ctx.checker.violation(INV_ERRORS, format!("{} got an unexpected {frame}", self.name)),
+        }
+    }
+}
