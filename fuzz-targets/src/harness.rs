@@ -261,8 +261,6 @@ struct Driver {
     corrupted: bool,
     /// A restart cut a torn tail after a deliberate corruption (see the known findings).
     torn_cut: bool,
-    /// A write failed with ENOSPC (see the known findings).
-    no_space: bool,
     retention_deleted: bool,
 }
 
@@ -283,7 +281,6 @@ pub fn run(data: &[u8]) {
         trace: std::env::var_os("FERRY_FUZZ_TRACE").is_some(),
         corrupted: false,
         torn_cut: false,
-        no_space: false,
         retention_deleted: false,
     };
     let mut steps = 0;
@@ -495,7 +492,6 @@ impl Driver {
     fn after_op(&mut self) {
         self.h.node.check_invariants();
         self.retention_deleted |= self.h.traces.iter().any(|t| matches!(t, Trace::SegmentDeleted { .. }));
-        self.no_space |= self.h.traces.iter().any(|t| matches!(t, Trace::StoreFailed { error: DiskError::NoSpace, .. }));
         if self.trace && !self.h.traces.is_empty() {
             eprintln!("  traces {:?}", self.h.traces);
         }
@@ -555,10 +551,6 @@ impl Driver {
             // new topics' ids from a first id that (2) may have left too low. Tolerated here,
             // only for ids lost to damage in a run where a restart cut a damaged torn tail,
             // so the target can look further (without torn tails, salvage is held to it).
-            // KNOWN FINDING (README, Fuzzing): ENOSPC on the first write of a segment drops
-            // its snapshot for good; once retention deletes the older segments, a restart
-            // forgets the topics' next ids. Tolerated for ids retention deleted after an
-            // ENOSPC.
             Some(earlier) if earlier.ident != pending.ident && self.reusable(earlier) => {
                 self.acked.insert((topic, id), Acked { ident: pending.ident, exempt: false, gone: false });
             }
@@ -595,7 +587,7 @@ impl Driver {
 
     /// A lost id that a known finding may give to another message (see `on_answer`).
     fn reusable(&self, acked: &Acked) -> bool {
-        acked.gone && ((acked.exempt && self.torn_cut) || (self.no_space && self.retention_deleted))
+        acked.gone && acked.exempt && self.torn_cut
     }
 
     fn check_body(&self, topic: &str, id: u64, body: &Value) {
