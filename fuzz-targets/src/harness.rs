@@ -252,12 +252,8 @@ struct Driver {
     /// Every body published with a (producer, seq).
     producer_bodies: BTreeMap<(String, u64), Vec<Value>>,
     delivered: Vec<(String, String, u64)>,
-    /// The window each (connection, topic, group) first subscribed with.
-    windows: BTreeMap<(u64, &'static str, &'static str), Option<u8>>,
     /// Print each op, frame and restart (`FERRY_FUZZ_TRACE` set), to study a finding.
     trace: bool,
-    /// The (connection, topic, group)s pulled on.
-    pulled: BTreeSet<(u64, &'static str, &'static str)>,
     corrupted: bool,
     /// A restart cut a torn tail after a deliberate corruption (see the known findings).
     torn_cut: bool,
@@ -276,8 +272,6 @@ pub fn run(data: &[u8]) {
         acked: BTreeMap::new(),
         producer_bodies: BTreeMap::new(),
         delivered: Vec::new(),
-        windows: BTreeMap::new(),
-        pulled: BTreeSet::new(),
         trace: std::env::var_os("FERRY_FUZZ_TRACE").is_some(),
         corrupted: false,
         torn_cut: false,
@@ -322,8 +316,6 @@ impl Driver {
             Op::Disconnect(c) => {
                 let conn = conn_id(c);
                 self.open.remove(&conn);
-                self.windows.retain(|(c, _, _), _| *c != conn);
-                self.pulled.retain(|(c, _, _)| *c != conn);
                 h.disconnect(conn);
             }
             Op::Pub { conn, topic, key, producer, body } => {
@@ -362,15 +354,6 @@ impl Driver {
             }
             Op::Sub { conn, topic, group, from, window, filter } => {
                 let (conn, topic, group) = (conn_id(conn), pick(SUB_TOPICS, topic), pick(GROUPS, group));
-                // KNOWN FINDING (README, Fuzzing): more in flight than a subscription's window
-                // trips the node's window invariant, and a connection gets there legitimately
-                // by a second `sub` to the group with a smaller window, or by a `pull` on the
-                // group before or after its `sub`. Until that is settled, a connection keeps
-                // its first window and does not both pull and subscribe on one group.
-                if self.pulled.contains(&(conn, topic, group)) {
-                    return;
-                }
-                let window = *self.windows.entry((conn, topic, group)).or_insert(window);
                 let mut frame = json!({"op": "sub", "req": "s", "topic": topic, "group": group});
                 match from {
                     FromSpec::Latest => frame["from"] = json!("latest"),
@@ -413,10 +396,6 @@ impl Driver {
             }
             Op::Pull { conn, topic, group, max, wait_ms } => {
                 let (conn, topic, group) = (conn_id(conn), pick(SUB_TOPICS, topic), pick(GROUPS, group));
-                if self.windows.contains_key(&(conn, topic, group)) {
-                    return;
-                }
-                self.pulled.insert((conn, topic, group));
                 let frame = json!({"op": "pull", "req": "l", "topic": topic, "group": group, "max": max % 6, "wait_ms": wait_ms});
                 h.send_json(conn, frame);
             }
@@ -498,8 +477,6 @@ impl Driver {
         self.h.traces.clear();
         for (conn, _) in std::mem::take(&mut self.h.closed) {
             self.open.remove(&conn);
-            self.windows.retain(|(c, _, _), _| *c != conn);
-            self.pulled.retain(|(c, _, _)| *c != conn);
         }
         let sent: Vec<(u64, Vec<Value>)> = std::mem::take(&mut self.h.sent).into_iter().map(|(conn, frames)| (conn, frames.into())).collect();
         // Answers to publishes first: a message can be delivered to one connection before the
@@ -613,8 +590,6 @@ impl Driver {
         self.open.clear();
         self.pending.clear();
         self.delivered.clear();
-        self.windows.clear();
-        self.pulled.clear();
         if let Err(refused) = h.try_restart_from_disk() {
             assert!(self.corrupted, "a log nobody damaged was refused: {refused}");
             h.config.salvage = true;
@@ -695,9 +670,11 @@ fn garbage_is_safe(text: &str, depth_max: u32) -> bool {
     }
     let ours = |req: Option<&str>| req.is_some_and(|r| r.starts_with("\"p"));
     match protocol::decode(text, depth_max) {
-        // Publishes only from the driver; `sub` and `pull` too (see the window finding).
-        Ok(ClientOp::Pub { .. } | ClientOp::Sub { .. } | ClientOp::Pull { .. }) => false,
-        Ok(ClientOp::Fetch { req, .. } | ClientOp::Unsub { req, .. } | ClientOp::Ping { req }) => !ours(req.as_ref().map(|r| r.get())),
+        // Publishes only from the driver (it tracks their answers).
+        Ok(ClientOp::Pub { .. }) => false,
+        Ok(ClientOp::Fetch { req, .. } | ClientOp::Unsub { req, .. } | ClientOp::Ping { req } | ClientOp::Sub { req, .. } | ClientOp::Pull { req, .. }) => {
+            !ours(req.as_ref().map(|r| r.get()))
+        }
         Ok(_) => true,
         Err(e) => !ours(e.req.as_deref()),
     }
