@@ -258,6 +258,9 @@ struct SegmentInfo {
     id: u64,
     bytes: u64,
     last_write_ms: u64,
+    /// Its first batch (the snapshot of topics' next ids, groups and producers) is written:
+    /// only then may the segments before it be deleted.
+    snapshot_written: bool,
 }
 
 struct Log {
@@ -1462,6 +1465,7 @@ impl Node {
                 if let Some(info) = self.log.segments.iter_mut().rev().find(|s| s.id == batch.segment) {
                     info.bytes = info.bytes.max(batch.offset + batch.len);
                     info.last_write_ms = self.now / NS_PER_MS;
+                    info.snapshot_written = true;
                 }
                 self.complete_batch(batch);
             }
@@ -1610,7 +1614,7 @@ impl Node {
         self.log.open.waiters = waiters;
         self.log.open.marks = marks;
         self.log.open.started_at = self.now;
-        self.log.segments.push_back(SegmentInfo { id: segment, bytes: 0, last_write_ms: self.now / NS_PER_MS });
+        self.log.segments.push_back(SegmentInfo { id: segment, bytes: 0, last_write_ms: self.now / NS_PER_MS, snapshot_written: false });
         let mut snapshot = Vec::new();
         batch::begin(&mut snapshot);
         let data = &mut snapshot;
@@ -1630,7 +1634,9 @@ impl Node {
             record::encode_control(data, record::KIND_SALVAGED, salvaged);
         }
         if snapshot.len() == batch::HEADER_BYTES {
+            // Nothing to carry over: older segments hold nothing a restart would need.
             snapshot.clear();
+            self.log.segments.back_mut().expect("just pushed").snapshot_written = true;
         }
         self.log.segment_len = snapshot.len() as u64;
         self.log.open.data = snapshot;
@@ -1639,7 +1645,11 @@ impl Node {
 
     fn enforce_retention(&mut self) {
         let now_ms = self.now / NS_PER_MS;
-        let oldest_in_use = self.log.flushing.as_ref().map_or(self.log.segment, |b| b.segment);
+        // A segment goes only once a newer one's snapshot is written (until then it may hold
+        // the only record of ids given out) and no write to it is in flight or queued.
+        let snapshot_written = self.log.segments.iter().rev().find(|s| s.snapshot_written).map_or(0, |s| s.id);
+        let writing = self.log.flushing.iter().chain(&self.log.queued).map(|b| b.segment).min().unwrap_or(u64::MAX);
+        let oldest_in_use = snapshot_written.min(writing).min(self.log.segment);
         loop {
             let total: u64 = self.log.segments.iter().map(|s| s.bytes).sum();
             let Some(oldest) = self.log.segments.front() else { return };

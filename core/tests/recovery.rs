@@ -303,3 +303,38 @@ fn a_snapshot_that_hit_a_full_disk_is_written_again_so_retention_cannot_make_ids
     h.connect(P);
     assert_eq!(publish(&mut h, "t", None, json!("second")), 2, "id 1 of t was pubacked before");
 }
+
+#[test]
+fn retention_keeps_older_segments_until_a_newer_snapshot_is_written() {
+    // The snapshot that begins a segment is the only record of the topics' next ids once the
+    // older segments are gone: deleting them while it still waited for its batch to be written
+    // let a crash make a restart give pubacked ids again.
+    let config = Config {
+        fsync: ferry_core::config::FsyncPolicy::Batch,
+        batch_interval_ms: 3_000,
+        frame_bytes_max: 4096,
+        segment_bytes_max: 8192,
+        retention_age_ms: 1_000,
+        ..Config::default()
+    };
+    let mut h = harness(config);
+    let body = "x".repeat(1500);
+    let mut last = 0;
+    loop {
+        h.send_json(P, json!({"op": "pub", "req": 1, "topic": "t", "body": body}));
+        if h.traces.iter().any(|t| matches!(t, ferry_core::node::Trace::SegmentRolled { segment: 3 })) {
+            break;
+        }
+        h.advance_ms(3_000);
+        last = h.take_op(P, "puback")[0]["id"].as_u64().unwrap();
+    }
+    // Segment 3 has just begun: its snapshot waits in a batch for the interval, and the
+    // retention check runs before that is due.
+    h.advance_ms(2_500);
+    h.restart(true);
+    h.connect(P);
+    h.send_json(P, json!({"op": "pub", "req": 1, "topic": "t", "body": "after"}));
+    h.advance_ms(3_000);
+    let next = h.take_op(P, "puback")[0]["id"].as_u64().unwrap();
+    assert!(last > 0 && next > last, "id {next} was given again: {last} had been pubacked");
+}

@@ -71,7 +71,7 @@ impl Node {
                 }
             });
             let last_write_ms = if last_write_ms == 0 { self.now / NS_PER_MS } else { last_write_ms };
-            self.log.segments.push_back(SegmentInfo { id: *segment, bytes: scan.valid_len, last_write_ms });
+            self.log.segments.push_back(SegmentInfo { id: *segment, bytes: scan.valid_len, last_write_ms, snapshot_written: scan.valid_len > 0 });
             if newest && (bytes.len() as u64) > scan.valid_len {
                 report.truncated.push((*segment, scan.valid_len));
             }
