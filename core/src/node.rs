@@ -9,7 +9,7 @@ use crate::config::{Config, FsyncPolicy, TestBug};
 use crate::group::{key_hash, AckOutcome, Admit, Candidate, ConnId, Group, Released};
 use crate::pipeline::{self, check_name, Publish, PublishContext, Stage, GROUP_BYTES_MAX};
 use crate::protocol::{self, ClientOp, ErrorCode, Filter, MsgFrame, StartFrom};
-use crate::record::{self, MessageRef, ProducerRecord, RecordRef, SalvagedRecord, TopicRecord};
+use crate::record::{self, MessageRef, NewTopicsRecord, ProducerRecord, RecordRef, SalvagedRecord, TopicRecord};
 use crate::recovery::{Damage, RecoveryError};
 use crate::topic::{Loc, Lookup, StoredMessage, Topic};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -379,8 +379,10 @@ impl Node {
         for &(segment, len) in &report.truncated {
             node.truncate(segment, len);
         }
-        let next_segment = segments.last().map_or(1, |(id, _)| id + 1);
-        node.start_segment(next_segment);
+        match &report.torn_tail {
+            Some(torn) => node.continue_segment_after(torn.segment, torn.region.end),
+            None => node.start_segment(segments.last().map_or(1, |(id, _)| id + 1)),
+        }
         node.timers.insert((now + RETENTION_CHECK_NS, Timer::Retention));
         node.maybe_flush();
         Ok((node, report))
@@ -1068,7 +1070,6 @@ impl Node {
             self.stats.redelivered += 1;
         }
         let sub = self.conns.get_mut(&conn).and_then(|c| c.subs.get_mut(&(t, g))).expect("picked member has a sub");
-        debug_assert!(sub.pull.is_some() || sub.in_flight < sub.window, "a push past the window to conn {conn}");
         sub.in_flight += 1;
         sub.in_flight_bytes += bytes as u64;
         sub.over_window |= sub.pull.is_some() && sub.subscribed && sub.in_flight > sub.window;
@@ -1604,17 +1605,32 @@ impl Node {
     }
 
     fn start_segment(&mut self, segment: u64) {
+        self.log.segments.push_back(SegmentInfo { id: segment, bytes: 0, last_write_ms: self.now / NS_PER_MS, snapshot_written: false });
+        self.begin_with_snapshot(segment, 0, true);
+    }
+
+    /// Recovery found a torn tail in `segment` ending at `end`: the log goes on right after it
+    /// with a snapshot that records the cut (see `load_segments`). The segment counts as having
+    /// no snapshot until that one is written, so retention keeps the older segments meanwhile.
+    fn continue_segment_after(&mut self, segment: u64, end: u64) {
+        let info = self.log.segments.back_mut().expect("the torn segment was loaded");
+        assert_eq!(info.id, segment, "a torn tail is in the newest segment");
+        info.snapshot_written = false;
+        self.begin_with_snapshot(segment, end, false);
+    }
+
+    /// Opens the log's next batch at (`segment`, `offset`) with a snapshot of the state in it.
+    fn begin_with_snapshot(&mut self, segment: u64, offset: u64, create: bool) {
         let waiters = std::mem::take(&mut self.log.open.waiters);
         let marks = std::mem::take(&mut self.log.open.marks);
         assert!(self.log.open.data.is_empty(), "open batch data would be written to the wrong segment");
         self.log.segment = segment;
-        self.log.segment_len = 0;
+        self.log.segment_len = offset;
         self.log.segment_unsynced = false;
-        self.log.open = Batch::new(segment, 0, true);
+        self.log.open = Batch::new(segment, offset, create);
         self.log.open.waiters = waiters;
         self.log.open.marks = marks;
         self.log.open.started_at = self.now;
-        self.log.segments.push_back(SegmentInfo { id: segment, bytes: 0, last_write_ms: self.now / NS_PER_MS, snapshot_written: false });
         let mut snapshot = Vec::new();
         batch::begin(&mut snapshot);
         let data = &mut snapshot;
@@ -1633,12 +1649,15 @@ impl Node {
         for salvaged in &self.salvaged_regions {
             record::encode_control(data, record::KIND_SALVAGED, salvaged);
         }
+        if self.new_topic_first_id > 1 {
+            record::encode_control(data, record::KIND_NEW_TOPICS, &NewTopicsRecord { first_id: self.new_topic_first_id });
+        }
         if snapshot.len() == batch::HEADER_BYTES {
             // Nothing to carry over: older segments hold nothing a restart would need.
             snapshot.clear();
-            self.log.segments.back_mut().expect("just pushed").snapshot_written = true;
+            self.log.segments.back_mut().expect("the segment is listed").snapshot_written = true;
         }
-        self.log.segment_len = snapshot.len() as u64;
+        self.log.segment_len = offset + snapshot.len() as u64;
         self.log.open.data = snapshot;
         self.dirty_groups.clear();
     }

@@ -15,6 +15,7 @@ pub const KIND_TOPIC: u8 = 2;
 pub const KIND_GROUP: u8 = 3;
 pub const KIND_PRODUCER: u8 = 4;
 pub const KIND_SALVAGED: u8 = 5;
+pub const KIND_NEW_TOPICS: u8 = 6;
 /// Bounds `len` so a corrupt length field cannot make recovery allocate or skip wildly.
 pub const RECORD_BYTES_MAX: usize = 64 << 20;
 
@@ -65,6 +66,17 @@ pub struct SalvagedRecord {
     pub end: u64,
     /// First id of any topic created after the salvage.
     pub new_topic_first_id: u64,
+    /// The region was the newest segment's torn final batch, cut by the restart that wrote
+    /// this record in the batch right after it: its records are not read.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cut: bool,
+}
+
+/// The first id of topics created from now on, above 1 once a salvage or a cut torn tail
+/// skipped ids of topics whose names were lost (carried by every snapshot).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewTopicsRecord {
+    pub first_id: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +86,7 @@ pub enum RecordRef<'a> {
     Group(GroupRecord),
     Producer(ProducerRecord),
     Salvaged(SalvagedRecord),
+    NewTopics(NewTopicsRecord),
 }
 
 fn put_str16(out: &mut Vec<u8>, s: &str) {
@@ -233,6 +246,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<(RecordRef<'_>, usize), RecordError
         KIND_GROUP => RecordRef::Group(serde_json::from_slice(payload).map_err(|_| RecordError::Malformed("group"))?),
         KIND_PRODUCER => RecordRef::Producer(serde_json::from_slice(payload).map_err(|_| RecordError::Malformed("producer"))?),
         KIND_SALVAGED => RecordRef::Salvaged(serde_json::from_slice(payload).map_err(|_| RecordError::Malformed("salvaged"))?),
+        KIND_NEW_TOPICS => RecordRef::NewTopics(serde_json::from_slice(payload).map_err(|_| RecordError::Malformed("new topics"))?),
         _ => return Err(RecordError::Malformed("kind")),
     };
     Ok((record, end))

@@ -63,10 +63,14 @@ pub fn scan_segment<'a>(bytes: &'a [u8], newest: bool, mut visit: impl FnMut(u64
             Err(_) if bytes[at..].iter().all(|b| *b == 0) => break,
             Err(error) => {
                 let next = batch::find_next_intact(bytes, at + 1);
-                let end = next.unwrap_or(bytes.len());
+                // A region that runs to the end stops at its last written byte: the zeros
+                // after it are the segment's unused space.
+                let end = next.unwrap_or_else(|| bytes.iter().rposition(|b| *b != 0).map_or(bytes.len(), |last| last + 1));
                 let torn_tail = newest && next.is_none();
                 let found = if torn_tail { Found::TornTail } else { Found::Damaged };
-                visit_surviving_records(&bytes[at..end], base, |offset, size, rec| visit(offset, size, rec, found));
+                if !next.is_some_and(|next| cut_by(&bytes[next..], base, end as u64)) {
+                    visit_surviving_records(&bytes[at..end], base, |offset, size, rec| visit(offset, size, rec, found));
+                }
                 scan.bad.push(BadRegion { offset: base, end: end as u64, error, torn_tail });
                 match next {
                     Some(next) => at = next,
@@ -76,6 +80,18 @@ pub fn scan_segment<'a>(bytes: &'a [u8], newest: bool, mut visit: impl FnMut(u64
         }
     }
     scan
+}
+
+/// Whether the batch at the start of `after` records that the region `offset..end` before it
+/// was a torn tail a restart cut: its records were never read, and are not now.
+fn cut_by(after: &[u8], offset: u64, end: u64) -> bool {
+    let mut cut = false;
+    let _ = batch::read_batch(after, |_, _, rec| {
+        if let RecordRef::Salvaged(r) = rec {
+            cut |= r.cut && r.offset == offset && r.end == end;
+        }
+    });
+    cut
 }
 
 /// Walks the records of a bad region from where its batch's records would start, visiting

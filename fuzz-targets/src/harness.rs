@@ -255,8 +255,6 @@ struct Driver {
     /// Print each op, frame and restart (`FERRY_FUZZ_TRACE` set), to study a finding.
     trace: bool,
     corrupted: bool,
-    /// A restart cut a torn tail after a deliberate corruption (see the known findings).
-    torn_cut: bool,
     retention_deleted: bool,
 }
 
@@ -274,7 +272,6 @@ pub fn run(data: &[u8]) {
         delivered: Vec::new(),
         trace: std::env::var_os("FERRY_FUZZ_TRACE").is_some(),
         corrupted: false,
-        torn_cut: false,
         retention_deleted: false,
     };
     let mut steps = 0;
@@ -518,19 +515,6 @@ impl Driver {
             assert_eq!(topic, pending.topic, "puback for another topic: {frame}");
         }
         match self.acked.get(&(topic.clone(), id)) {
-            // KNOWN FINDINGS (README, Fuzzing): the ids recovery skips for a torn tail are
-            // kept only by the snapshot it writes next, so a deliberately corrupted final
-            // batch (read as a torn tail) can have ids pubacked in it given again: (1) the
-            // torn tail is cut before that snapshot is durable, and a crash in between loses
-            // the skip; (2) a skip for undecodable bytes raises the first id of new topics in
-            // memory only; (3) a damaged snapshot, after retention deleted its topics'
-            // messages, skips ids as if its bytes held messages. And a salvage later bounds
-            // new topics' ids from a first id that (2) may have left too low. Tolerated here,
-            // only for ids lost to damage in a run where a restart cut a damaged torn tail,
-            // so the target can look further (without torn tails, salvage is held to it).
-            Some(earlier) if earlier.ident != pending.ident && self.reusable(earlier) => {
-                self.acked.insert((topic, id), Acked { ident: pending.ident, exempt: false, gone: false });
-            }
             Some(earlier) => assert_eq!(earlier.ident, pending.ident, "{topic} id {id} pubacked for two different messages (the second: {frame})"),
             None => {
                 self.acked.insert((topic, id), Acked { ident: pending.ident, exempt: false, gone: false });
@@ -562,13 +546,8 @@ impl Driver {
         }
     }
 
-    /// A lost id that a known finding may give to another message (see `on_answer`).
-    fn reusable(&self, acked: &Acked) -> bool {
-        acked.gone && acked.exempt && self.torn_cut
-    }
-
     fn check_body(&self, topic: &str, id: u64, body: &Value) {
-        let Some(acked) = self.acked.get(&(topic.to_string(), id)).filter(|a| !self.reusable(a)) else { return };
+        let Some(acked) = self.acked.get(&(topic.to_string(), id)) else { return };
         match &acked.ident {
             Ident::Unique { body: expected, .. } => assert_eq!(body, expected, "{topic} id {id} delivered with another body"),
             Ident::Producer { producer, seq } => {
@@ -603,7 +582,6 @@ impl Driver {
             eprintln!("  disk: {:?}", h.disk.files.iter().map(|(id, f)| (*id, f.len())).collect::<Vec<_>>());
         }
         let lossy = power_loss && h.config.fsync == FsyncPolicy::Never;
-        self.torn_cut |= self.corrupted && h.last_recovery.as_ref().is_some_and(|r| r.torn_tail.is_some());
         self.check_disk(lossy);
         self.after_op();
     }

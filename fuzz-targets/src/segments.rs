@@ -14,7 +14,7 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use ferry_core::batch;
-use ferry_core::record::{self, GroupRecord, MessageRef, ProducerRecord, RecordRef, SalvagedRecord, TopicRecord};
+use ferry_core::record::{self, GroupRecord, MessageRef, NewTopicsRecord, ProducerRecord, RecordRef, SalvagedRecord, TopicRecord};
 use ferry_core::recovery::{self, Found, SegmentScan};
 use ferry_core::testkit::{Harness, MemDisk};
 use ferry_core::{Config, Node};
@@ -81,11 +81,15 @@ enum Rec {
         offset: u16,
         end: u16,
         new_topic_first_id: Id,
+        cut: bool,
     },
     /// Any kind byte and payload, with a valid CRC.
     Raw {
         kind: u8,
         payload: Vec<u8>,
+    },
+    NewTopics {
+        first_id: Id,
     },
 }
 
@@ -198,9 +202,13 @@ fn encode(out: &mut Vec<u8>, rec: &Rec) {
             let seqs = seqs.iter().map(|(seq, topic, id)| (u64::from(*seq), topic.text(), id.value())).collect();
             record::encode_control(out, record::KIND_PRODUCER, &ProducerRecord { producer: producer.text(), seqs });
         }
-        Rec::Salvaged { segment, offset, end, new_topic_first_id } => {
-            let record = SalvagedRecord { segment: u64::from(*segment), offset: u64::from(*offset), end: u64::from(*end), new_topic_first_id: new_topic_first_id.value() };
+        Rec::Salvaged { segment, offset, end, new_topic_first_id, cut } => {
+            let (segment, offset, end, cut) = (u64::from(*segment), u64::from(*offset), u64::from(*end), *cut);
+            let record = SalvagedRecord { segment, offset, end, new_topic_first_id: new_topic_first_id.value(), cut };
             record::encode_control(out, record::KIND_SALVAGED, &record);
+        }
+        Rec::NewTopics { first_id } => {
+            record::encode_control(out, record::KIND_NEW_TOPICS, &NewTopicsRecord { first_id: first_id.value() });
         }
         Rec::Raw { kind, payload } => {
             // The record framing by hand: len, crc, kind, payload.

@@ -193,7 +193,7 @@ impl Store {
         drop(maps);
         let (node, report) = recovered.map_err(|refusal| io::Error::other(format!("in {}: {refusal}", dir.display())))?;
         if let Some(torn) = &report.torn_tail {
-            log::warn(&format!("cutting the torn final batch of the log (never acknowledged; its ids will not be reused): {torn}"));
+            log::warn(&format!("the torn final batch of the log is cut: not read, its ids never given out again; the log goes on after it: {torn}"));
         }
         for damage in &report.previously_salvaged {
             log::warn(&format!("damaged data salvaged by an earlier start, still skipped: {damage}"));

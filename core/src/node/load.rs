@@ -68,16 +68,16 @@ impl Node {
                     RecordRef::Salvaged(r) => {
                         acknowledged.insert((r.segment, r.offset), r);
                     }
+                    RecordRef::NewTopics(r) => self.new_topic_first_id = self.new_topic_first_id.max(r.first_id),
                 }
             });
             let last_write_ms = if last_write_ms == 0 { self.now / NS_PER_MS } else { last_write_ms };
             self.log.segments.push_back(SegmentInfo { id: *segment, bytes: scan.valid_len, last_write_ms, snapshot_written: scan.valid_len > 0 });
-            if newest && (bytes.len() as u64) > scan.valid_len {
-                report.truncated.push((*segment, scan.valid_len));
-            }
-            if let Some(torn) = scan.bad.last().filter(|r| r.torn_tail) {
-                let written = bytes[torn.offset as usize..].iter().rposition(|b| *b != 0).map_or(0, |at| at as u64 + 1);
-                torn_undecoded_bytes = written.saturating_sub(torn_decoded_bytes + batch::OVERHEAD_BYTES as u64);
+            match scan.bad.last().filter(|r| r.torn_tail) {
+                Some(torn) => torn_undecoded_bytes = (torn.end - torn.offset).saturating_sub(torn_decoded_bytes + batch::OVERHEAD_BYTES as u64),
+                // Unused zero-filled space: the log goes on in a new segment.
+                None if newest && (bytes.len() as u64) > scan.valid_len => report.truncated.push((*segment, scan.valid_len)),
+                None => {}
             }
             bad.extend(scan.bad.into_iter().map(|region| (*segment, region)));
         }
@@ -95,6 +95,11 @@ impl Node {
         for (segment, region) in bad {
             let described = self.describe_damage(segment, region, &last_topic_record);
             if described.region.torn_tail {
+                // Not cut from the file: the log goes on right after it, its first batch a
+                // snapshot that records the cut (so later starts neither refuse the region nor
+                // read it) with the next ids skipped above, all in one durable write.
+                let (offset, end) = (described.region.offset, described.region.end);
+                self.salvaged_regions.push(SalvagedRecord { segment, offset, end, new_topic_first_id: self.new_topic_first_id, cut: true });
                 report.torn_tail = Some(described);
             } else if let Some(earlier) = acknowledged.get(&(segment, described.region.offset)) {
                 // Salvaged by an earlier start, whose snapshot already kept its ids out of use.
@@ -113,7 +118,7 @@ impl Node {
         }
         for d in &damage {
             let (segment, offset, end) = (d.segment, d.region.offset, d.region.end);
-            self.salvaged_regions.push(SalvagedRecord { segment, offset, end, new_topic_first_id: self.new_topic_first_id });
+            self.salvaged_regions.push(SalvagedRecord { segment, offset, end, new_topic_first_id: self.new_topic_first_id, cut: false });
         }
         report.salvaged = damage;
         if self.config.test_bug == Some(TestBug::RecoveryDropsLastRecord) {
