@@ -56,10 +56,12 @@ pub enum TestBug {
     UnknownOpAsBadFrame,
     /// Accept a `hello` whatever its token.
     WrongTokenAccepted,
+    /// Delete a segment by age a quarter of `retention_age_ms` after its last write.
+    RetentionTooEarly,
 }
 
 impl TestBug {
-    pub const ALL: [TestBug; 14] = [
+    pub const ALL: [TestBug; 15] = [
         TestBug::PubackBeforeDurable,
         TestBug::ExpiryCountsAsAck,
         TestBug::DeadLetterOneAttemptLate,
@@ -74,6 +76,7 @@ impl TestBug {
         TestBug::WindowOneTooMany,
         TestBug::UnknownOpAsBadFrame,
         TestBug::WrongTokenAccepted,
+        TestBug::RetentionTooEarly,
     ];
 
     pub fn name(self) -> String {

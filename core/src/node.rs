@@ -272,6 +272,9 @@ struct Log {
     segments: VecDeque<SegmentInfo>,
     /// The current segment has bytes written without an fsync after them.
     segment_unsynced: bool,
+    /// Where the snapshot recording a torn tail's cut waits to be written (see
+    /// `continue_segment_after`): until it is, it must begin the log's next write there.
+    cut_pending: Option<(u64, u64)>,
 }
 
 struct SeenSeq {
@@ -355,7 +358,16 @@ impl Node {
             producers: BTreeMap::new(),
             producers_by_use: BTreeSet::new(),
             use_counter: 0,
-            log: Log { segment: 0, segment_len: 0, open: Batch::new(0, 0, true), queued: VecDeque::new(), flushing: None, segments: VecDeque::new(), segment_unsynced: false },
+            log: Log {
+                segment: 0,
+                segment_len: 0,
+                open: Batch::new(0, 0, true),
+                queued: VecDeque::new(),
+                flushing: None,
+                segments: VecDeque::new(),
+                segment_unsynced: false,
+                cut_pending: None,
+            },
             read_cache: ReadCache::default(),
             cache_budget: CacheBudget::default(),
             reads: BTreeMap::new(),
@@ -1461,6 +1473,7 @@ impl Node {
         };
         match result {
             Ok(()) => {
+                self.log.cut_pending = None;
                 self.stats.flushes += 1;
                 self.stats.flushed_bytes += batch.len;
                 if let Some(info) = self.log.segments.iter_mut().rev().find(|s| s.id == batch.segment) {
@@ -1563,7 +1576,15 @@ impl Node {
         self.log.segment = segment;
         self.log.segment_len = offset;
         self.log.segments.retain(|s| s.id <= segment);
+        let cut_lost = self.log.cut_pending == Some((segment, offset));
         match error {
+            // Moving on to a fresh segment would leave the torn tail unrecorded in the middle
+            // of the log: stop, and let the restart find and cut it again.
+            DiskError::Io(e) if cut_lost => self.stop(format!("writing the record of a torn tail's cut failed ({e}); restart to cut it again")),
+            DiskError::NoSpace if cut_lost => {
+                self.disk_full_until = Some(self.now + self.config.disk_full_retry_ms * NS_PER_MS);
+                self.begin_with_snapshot(segment, offset, false);
+            }
             DiskError::NoSpace => {
                 self.disk_full_until = Some(self.now + self.config.disk_full_retry_ms * NS_PER_MS);
                 self.mark_all_groups_dirty();
@@ -1616,6 +1637,7 @@ impl Node {
         let info = self.log.segments.back_mut().expect("the torn segment was loaded");
         assert_eq!(info.id, segment, "a torn tail is in the newest segment");
         info.snapshot_written = false;
+        self.log.cut_pending = Some((segment, end));
         self.begin_with_snapshot(segment, end, false);
     }
 
@@ -1676,7 +1698,8 @@ impl Node {
                 return;
             }
             let too_big = total > self.config.retention_bytes;
-            let too_old = oldest.last_write_ms + self.config.retention_age_ms < now_ms;
+            let age_ms = if self.config.test_bug == Some(TestBug::RetentionTooEarly) { self.config.retention_age_ms / 4 } else { self.config.retention_age_ms };
+            let too_old = oldest.last_write_ms + age_ms < now_ms;
             if !too_big && !too_old {
                 return;
             }

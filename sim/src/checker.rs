@@ -63,14 +63,31 @@ pub struct Checker {
     key_order_suspects: Vec<(String, String, u64, u64)>,
     /// Ids whose records a bit flip destroyed: a single node cannot keep them.
     sacrificed: BTreeSet<TopicId>,
+    /// `retention_age_ms` in force (README, Storage): a message may be deleted only once its
+    /// segment was last written this long ago, so only one sent longer ago than that.
+    retention_age_ns: Option<u64>,
+    /// The simulated clock, for the checks that ask whether retention may have run.
+    pub now: u64,
     pub latencies_ms: Vec<f64>,
     pub deliveries: u64,
     pub redeliveries: u64,
 }
 
 impl Checker {
-    pub fn new(max_attempts: u64) -> Checker {
-        Checker { max_attempts, ..Checker::default() }
+    pub fn new(max_attempts: u64, retention_age_ns: Option<u64>) -> Checker {
+        Checker { max_attempts, retention_age_ns, ..Checker::default() }
+    }
+
+    /// Retention may have deleted `tid` by now: it was first sent more than the retention age
+    /// ago (its write, and so its segment's last write, came after that).
+    fn retained_away(&self, tid: &TopicId) -> bool {
+        let Some(age) = self.retention_age_ns else { return false };
+        self.owner.get(tid).and_then(|ps| self.first_sent.get(ps)).is_some_and(|sent| sent + age < self.now)
+    }
+
+    /// A message the node may no longer have: destroyed by a bit flip or deleted by retention.
+    fn excused(&self, tid: &TopicId) -> bool {
+        self.sacrificed.contains(tid) || self.retained_away(tid)
     }
 
     pub fn violation(&mut self, invariant: &'static str, detail: String) {
@@ -236,7 +253,7 @@ impl Checker {
             .pubacked_at
             .range((topic.to_string(), from)..=(topic.to_string(), upper))
             .filter(|((_, id), at)| **at < asked_at && !returned.contains(id))
-            .filter(|(tid, _)| !self.sacrificed.contains(*tid))
+            .filter(|(tid, _)| !self.excused(tid))
             .map(|((_, id), _)| *id)
             .take(10)
             .collect();
@@ -266,9 +283,10 @@ impl Checker {
         self.completed.entry((topic.to_string(), group.to_string())).or_default().insert(id);
     }
 
-    /// A bit flip destroyed some id in (from, to): `prev` may legitimately skip it after a restart.
+    /// A bit flip or retention took some id in (from, to): `prev` may legitimately skip it.
     fn sacrificed_between(&self, topic: &str, from: u64, to: u64) -> bool {
         self.sacrificed.iter().any(|(t, id)| t == topic && *id > from && *id < to)
+            || (self.retention_age_ns.is_some() && (from + 1..to).any(|id| self.retained_away(&(topic.to_string(), id))))
     }
 
     /// Pubacked messages of `topic` not yet delivered to `group` (bit-flip victims excepted).
@@ -301,7 +319,7 @@ impl Checker {
         let prefix = self.filters.get(&tg);
         self.pubacked
             .iter()
-            .filter(|(_, (t, id))| t == topic && !self.sacrificed.contains(&(t.clone(), *id)))
+            .filter(|(_, tid)| tid.0 == topic && !self.excused(tid))
             .filter(|(ps, _)| prefix.is_none_or(|p| self.sent_key.get(*ps).and_then(Option::as_deref).is_some_and(|k| k.starts_with(p.as_str()))))
             .filter(|(_, (_, id))| !seen.is_some_and(|d| d.contains(id)))
             .map(|(_, (_, id))| *id)
@@ -335,7 +353,7 @@ impl Checker {
         for (topic, group, before, id) in suspects {
             let dead_lettered = self.owner.get(&(topic.clone(), before)).is_some_and(|ps| self.dead_letter_copies.contains_key(&(topic.clone(), ps.clone())))
                 || self.last_attempt.get(&(topic.clone(), group.clone(), before)).is_some_and(|a| *a >= self.max_attempts);
-            if !dead_lettered && !self.sacrificed.contains(&(topic.clone(), before)) {
+            if !dead_lettered && !self.excused(&(topic.clone(), before)) {
                 self.violation(INV_KEY_ORDER, format!("{topic}/{group}: id {id} delivered while id {before} of its key was not acked"));
                 break;
             }

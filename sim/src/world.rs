@@ -169,7 +169,9 @@ impl World {
             frame_bytes_max: 4096,
             segment_bytes_max: rng.gen_range(8_192..65_536),
             retention_bytes: u64::MAX / 2,
-            retention_age_ms: u64::MAX / 4,
+            // Every seventh seed deletes old segments by age, soon enough to happen during the
+            // run (taken from the seed, not the rng, so every seed keeps its draws).
+            retention_age_ms: if options.seed % 7 == 3 { 500 + (options.seed / 7 % 8) * 500 } else { u64::MAX / 4 },
             topic_cache_bytes: rng.gen_range(256..32_768),
             read_cache_messages: rng.gen_range(1..64),
             disk_full_retry_ms: rng.gen_range(50..1_000),
@@ -238,7 +240,8 @@ impl World {
             clients.push(Client::Publisher(publisher));
         }
         let n = clients.len();
-        let mut checker = Checker::new(config.max_attempts as u64);
+        let retention_age_ns = (config.retention_age_ms < u64::MAX / 4).then(|| config.retention_age_ms * MS);
+        let mut checker = Checker::new(config.max_attempts as u64, retention_age_ns);
         for client in &clients {
             if let Client::Subscriber(s) = client {
                 if let Some(prefix) = &s.filter {
@@ -329,6 +332,7 @@ impl World {
                 break;
             }
             self.now = self.now.max(at);
+            self.checker.now = self.now;
             if !self.healing && self.now >= safety_end {
                 self.start_heal();
             }

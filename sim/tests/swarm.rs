@@ -66,6 +66,7 @@ fn expected_invariants(bug: TestBug) -> &'static [&'static str] {
         TestBug::ExpiryCountsAsAck | TestBug::DeadLetterNotStored => &[INV_UNTIL_ACKED],
         TestBug::DeadLetterOneAttemptLate => &[INV_ATTEMPTS],
         TestBug::FetchSkipsMessage => &[INV_FETCH],
+        TestBug::RetentionTooEarly => &[INV_FETCH, INV_LOST, INV_UNTIL_ACKED, INV_PREV, INV_KEY_ORDER],
         TestBug::PrevOffByOne => &[INV_PREV],
         TestBug::FilterIgnored => &[INV_CONTENT],
         TestBug::IdempotenceForgotten => &[INV_ONCE],
