@@ -1687,8 +1687,11 @@ impl Node {
     fn enforce_retention(&mut self) {
         let now_ms = self.now / NS_PER_MS;
         // A segment goes only once a newer one's snapshot is written (until then it may hold
-        // the only record of ids given out) and no write to it is in flight or queued.
-        let snapshot_written = self.log.segments.iter().rev().find(|s| s.snapshot_written).map_or(0, |s| s.id);
+        // the only record of ids given out) and no write to it is in flight or queued. The
+        // segment just before that one stays too: should that snapshot be the log's final
+        // batch and be damaged, it still tells recovery every id given out before it.
+        let newest_snapshot = self.log.segments.iter().rposition(|s| s.snapshot_written);
+        let snapshot_written = newest_snapshot.and_then(|at| at.checked_sub(1)).map_or(0, |before| self.log.segments[before].id);
         let writing = self.log.flushing.iter().chain(&self.log.queued).map(|b| b.segment).min().unwrap_or(u64::MAX);
         let oldest_in_use = snapshot_written.min(writing).min(self.log.segment);
         loop {
