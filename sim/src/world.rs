@@ -239,6 +239,15 @@ impl World {
             publisher.duplicate_chance = if rng.gen_bool(0.3) { rng.gen_range(0.05..0.3) } else { 0.0 };
             clients.push(Client::Publisher(publisher));
         }
+        // Every fourth seed, a second client publishes the same (`producer`, `seq`)s with the
+        // same bodies over its own connection, racing the first: each must be stored once and
+        // both answered with its one id, never before it is durable. Kept within the seqs the
+        // node remembers (`producer_seqs_max`), past which a repeat is stored again by design.
+        // (Taken from the seed, not the rng, so every seed keeps its draws.)
+        if options.seed % 4 == 2 && swarm.messages_per_publisher < config.producer_seqs_max as u64 {
+            let window = 1 + (options.seed / 4 % 16) as usize;
+            clients.push(Client::Publisher(Publisher::new("p0".into(), "t0".into(), swarm.keys, swarm.messages_per_publisher, window)));
+        }
         let n = clients.len();
         let retention_age_ns = (config.retention_age_ms < u64::MAX / 4).then(|| config.retention_age_ms * MS);
         let mut checker = Checker::new(config.max_attempts as u64, retention_age_ns);
@@ -281,7 +290,7 @@ impl World {
         world.drain_node();
         for client in 0..n {
             // Subscribers first, so groups exist from the start.
-            let at = EPOCH + if client < n - world.swarm.publishers { 0 } else { 50 * MS };
+            let at = EPOCH + if matches!(world.clients[client], Client::Publisher(_)) { 50 * MS } else { 0 };
             world.schedule(at, Event::Wake { client });
         }
         world.schedule(EPOCH + FAULT_TICK, Event::FaultTick);
