@@ -34,6 +34,19 @@ fn a_torn_final_batch_is_cut_logged_and_its_ids_are_not_reused() {
     c.send(&pub_frame(7, "t", json!("next"))).unwrap();
     let next = c.expect_op("puback")["id"].as_u64().unwrap();
     assert!(next > 100, "id {next} was pubacked before the crash and must not be given to another message");
+    let mut server = server;
+    server.kill();
+
+    // The log went on right after the torn bytes, recording the cut: the next start neither
+    // refuses the region nor reads it, and skips no more ids.
+    let server = Server::start(&dir, "127.0.0.1:0", &[]);
+    let mut c = Client::connect(&server.url()).unwrap();
+    assert!(!server.log_text().contains("torn final batch"), "the cut was recorded:\n{}", server.log_text());
+    let mut expected = survivors.clone();
+    expected.push(next);
+    assert_eq!(fetch_all_ids(&mut c, "t"), expected);
+    c.send(&pub_frame(8, "t", json!("after"))).unwrap();
+    assert_eq!(c.expect_op("puback")["id"].as_u64().unwrap(), next + 1);
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
