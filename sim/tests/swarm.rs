@@ -43,7 +43,9 @@ fn regression_seeds() {
     // (the seed took two minutes of wall time instead of milliseconds).
     // 13125: a pull was admitted to a group not yet durable (its record hit a full disk); a
     // crash forgot the group and its re-creation restarted the prev chain.
-    let failures = run_swarm([1746, 107001, 13125].into_iter(), None);
+    // 1043: the write recording a torn tail's cut hit a full disk and was not written again;
+    // the next start read the torn records back and a producer's seq was stored twice.
+    let failures = run_swarm([1746, 107001, 13125, 1043].into_iter(), None);
     assert!(failures.is_empty(), "{failures:?}");
 }
 
