@@ -189,6 +189,9 @@ pub struct Subscriber {
     /// After every this many messages, read the last few ids back with `fetch` (an audit of
     /// what the topic holds, checked for coverage).
     pub audit_every: Option<u64>,
+    /// Audits read from the topic's first id instead (retention seeds: what retention keeps is
+    /// checked against its age promise).
+    pub audit_from_start: bool,
     resub_at: Option<u64>,
     /// A `suback` came once: the group exists on disk from the earliest id.
     joined: bool,
@@ -224,6 +227,7 @@ impl Subscriber {
             pull_wait_ms: None,
             unsub_every: None,
             audit_every: None,
+            audit_from_start: false,
             resub_at: None,
             joined: false,
             unacked: BTreeMap::new(),
@@ -365,7 +369,8 @@ impl Subscriber {
         let first_time = self.processed.insert(id);
         self.last_id = self.last_id.max(id);
         if first_time && self.audit_every.is_some_and(|every| (self.processed.len() as u64).is_multiple_of(every)) {
-            self.fetch(id.saturating_sub(8).max(1), id, ctx);
+            let from = if self.audit_from_start { 1 } else { id.saturating_sub(8).max(1) };
+            self.fetch(from, id, ctx);
         }
         if let Some(every) = self.unsub_every {
             if first_time && self.resub_at.is_none() && (self.processed.len() as u64).is_multiple_of(every) {

@@ -215,6 +215,10 @@ impl World {
                     if rng.gen_bool(0.3) {
                         subscriber.audit_every = Some(rng.gen_range(3..20));
                     }
+                    if config.retention_age_ms < u64::MAX / 4 {
+                        subscriber.audit_from_start = true;
+                        subscriber.audit_every.get_or_insert(10);
+                    }
                     clients.push(Client::Subscriber(subscriber));
                 }
             }
