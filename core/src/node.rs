@@ -173,7 +173,8 @@ pub struct RecoveryReport {
     pub salvaged: Vec<Damage>,
     /// Damaged regions an earlier start salvaged (recorded in the log): accepted again.
     pub previously_salvaged: Vec<Damage>,
-    /// Segments cut back to their intact batches (torn tail or unused zero-filled space).
+    /// The newest segment cut back to its intact batches (its unused zero-filled space) and
+    /// made durable before the log goes on in a new one; none when a torn tail was cut.
     pub truncated: Vec<(u64, u64)>,
 }
 

@@ -71,12 +71,11 @@ impl MemDisk {
         self.durable_len.get(&segment).copied().unwrap_or(0)
     }
 
+    /// `DiskOp::Truncate`: cut the file and make what is left durable (the shell syncs it).
     pub fn truncate_file(&mut self, segment: u64, len: usize) {
         if let Some(file) = self.files.get_mut(&segment) {
             file.truncate(len);
-        }
-        if let Some(durable) = self.durable_len.get_mut(&segment) {
-            *durable = (*durable).min(len);
+            self.durable_len.insert(segment, file.len());
         }
     }
 

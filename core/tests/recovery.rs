@@ -452,3 +452,27 @@ fn a_damaged_final_snapshot_after_retention_still_knows_every_topics_next_id() {
     let next = publish(&mut h, "u", None, json!("again"));
     assert!(next > last_u, "u {next} was given again: {last_u} had been pubacked");
 }
+
+#[test]
+fn a_retry_of_a_publish_whose_record_salvage_lost_is_stored_again() {
+    // The producer record in a later snapshot still names the lost id: answering the retry
+    // with it would puback a message no reader can ever get.
+    let mut h = harness(Config::default());
+    for n in 1..=3 {
+        publish(&mut h, "t", None, json!(n));
+    }
+    h.send_json(P, json!({"op": "pub", "req": "r", "topic": "t", "producer": "p", "seq": 1, "body": "once"}));
+    assert_eq!(h.take_op(P, "puback")[0]["id"], 4);
+    publish(&mut h, "t", None, json!(5));
+    h.restart(false);
+    rot(&mut h, "t", 4);
+    assert!(h.try_restart_from_disk().is_err());
+    h.config.salvage = true;
+    h.restart(false);
+    h.connect(P);
+    h.send_json(P, json!({"op": "pub", "req": "r", "topic": "t", "producer": "p", "seq": 1, "body": "once"}));
+    let id = h.take_op(P, "puback")[0]["id"].as_u64().unwrap();
+    assert!(id > 5, "the retry was answered with id {id}, whose record is lost");
+    h.connect(S);
+    assert!(delivered_ids(&mut h, "t").contains(&id));
+}

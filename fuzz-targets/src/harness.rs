@@ -477,6 +477,9 @@ impl Driver {
 
     /// Reads what the node sent, checks it, and restarts a node that asked to stop.
     fn after_op(&mut self) {
+        if self.trace {
+            eprintln!("  files: {:?}", self.h.disk.files.iter().map(|(id, f)| (*id, f.len(), self.h.disk.durable_len(*id))).collect::<Vec<_>>());
+        }
         self.h.node.check_invariants();
         self.retention_deleted |= self.h.traces.iter().any(|t| matches!(t, Trace::SegmentDeleted { .. }));
         if self.trace && !self.h.traces.is_empty() {

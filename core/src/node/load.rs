@@ -75,8 +75,10 @@ impl Node {
             self.log.segments.push_back(SegmentInfo { id: *segment, bytes: scan.valid_len, last_write_ms, snapshot_written: scan.valid_len > 0 });
             match scan.bad.last().filter(|r| r.torn_tail) {
                 Some(torn) => torn_undecoded_bytes = (torn.end - torn.offset).saturating_sub(torn_decoded_bytes + batch::OVERHEAD_BYTES as u64),
-                // Unused zero-filled space: the log goes on in a new segment.
-                None if newest && (bytes.len() as u64) > scan.valid_len => report.truncated.push((*segment, scan.valid_len)),
+                // The log goes on in a new segment: this one loses its unused zero-filled space
+                // and is made durable first (the process that wrote it may have died before its
+                // fsync, and the new segment's snapshot will name what it holds).
+                None if newest => report.truncated.push((*segment, scan.valid_len)),
                 None => {}
             }
             bad.extend(scan.bad.into_iter().map(|region| (*segment, region)));
@@ -133,6 +135,17 @@ impl Node {
         for topic in &mut self.topics {
             topic.durable_next_id = topic.next_id;
             topic.forget_segments_through(0);
+        }
+        // A remembered (producer, seq) whose message is not on disk (a power cut under
+        // `fsync = never` took it while a later snapshot naming it survived; damage) must not
+        // answer a retry with that id: the retry is stored anew. Ids retention deleted are
+        // below a topic's first id and keep their answer.
+        let topics = &self.topics;
+        for producer in self.producers.values_mut() {
+            producer.seqs.retain(|_, seen| {
+                let topic = &topics[seen.topic];
+                seen.id < topic.first_id() || topic.loc(seen.id).is_some()
+            });
         }
         for record in group_records.into_values() {
             self.recover_group(&record, segments);
