@@ -24,6 +24,9 @@ impl Node {
         let mut torn_decoded_bytes = 0u64;
         let mut torn_undecoded_bytes = 0u64;
         let mut acknowledged: BTreeMap<Place, SalvagedRecord> = BTreeMap::new();
+        // The next id of each topic as the oldest segment on disk first names it: the ids
+        // below it were in segments retention deleted (none when segment 1 is still there).
+        let mut retained_from: BTreeMap<usize, u64> = BTreeMap::new();
         for (position, (segment, bytes)) in segments.iter().enumerate() {
             assert!(position == 0 || segments[position - 1].0 < *segment, "segments must come in ascending order");
             let newest = position + 1 == segments.len();
@@ -53,6 +56,9 @@ impl Node {
                             let topic = &mut self.topics[t];
                             topic.next_id = topic.next_id.max(r.next_id);
                             last_topic_record.insert(t, ((*segment, offset), r.next_id));
+                            if position == 0 && *segment > 1 {
+                                retained_from.entry(t).or_insert(r.next_id);
+                            }
                         }
                     }
                     RecordRef::Group(r) => {
@@ -138,14 +144,11 @@ impl Node {
         }
         // A remembered (producer, seq) whose message is not on disk (a power cut under
         // `fsync = never` took it while a later snapshot naming it survived; damage) must not
-        // answer a retry with that id: the retry is stored anew. Ids retention deleted are
-        // below a topic's first id and keep their answer.
+        // answer a retry with that id: the retry is stored anew. Ids retention deleted keep
+        // their answer.
         let topics = &self.topics;
         for producer in self.producers.values_mut() {
-            producer.seqs.retain(|_, seen| {
-                let topic = &topics[seen.topic];
-                seen.id < topic.first_id() || topic.loc(seen.id).is_some()
-            });
+            producer.seqs.retain(|_, seen| seen.id < retained_from.get(&seen.topic).copied().unwrap_or(0) || topics[seen.topic].loc(seen.id).is_some());
         }
         for record in group_records.into_values() {
             self.recover_group(&record, segments);
