@@ -1582,17 +1582,15 @@ impl Node {
             // Moving on to a fresh segment would leave the torn tail unrecorded in the middle
             // of the log: stop, and let the restart find and cut it again.
             DiskError::Io(e) if cut_lost => self.stop(format!("writing the record of a torn tail's cut failed ({e}); restart to cut it again")),
-            DiskError::NoSpace if cut_lost => {
-                self.disk_full_until = Some(self.now + self.config.disk_full_retry_ms * NS_PER_MS);
-                self.begin_with_snapshot(segment, offset, false);
-            }
             DiskError::NoSpace => {
                 self.disk_full_until = Some(self.now + self.config.disk_full_retry_ms * NS_PER_MS);
                 self.mark_all_groups_dirty();
-                if offset == 0 {
-                    // The failed write began the segment: its snapshot (topics' next ids,
-                    // groups, producers) must still begin it, or once retention deletes the
-                    // older segments a restart would know nothing of them and reuse ids.
+                // A failed write that began with a snapshot (a segment's, or the record of a
+                // torn tail's cut) must still begin the next one, or once retention deletes the
+                // older segments a restart would know nothing of them and reuse ids.
+                if cut_lost {
+                    self.begin_with_snapshot(segment, offset, false);
+                } else if offset == 0 {
                     self.log.segments.pop_back();
                     self.start_segment(segment);
                 }
