@@ -247,11 +247,13 @@ struct Batch {
     marks: BTreeMap<usize, u64>,
     started_at: u64,
     token: u64,
+    /// Written with an fsync: once done, everything in its segment up to its end is durable.
+    sync: bool,
 }
 
 impl Batch {
     fn new(segment: u64, offset: u64, create: bool) -> Batch {
-        Batch { segment, offset, data: Vec::new(), len: 0, create, waiters: Vec::new(), marks: BTreeMap::new(), started_at: 0, token: 0 }
+        Batch { segment, offset, data: Vec::new(), len: 0, create, waiters: Vec::new(), marks: BTreeMap::new(), started_at: 0, token: 0, sync: false }
     }
 }
 
@@ -259,9 +261,9 @@ struct SegmentInfo {
     id: u64,
     bytes: u64,
     last_write_ms: u64,
-    /// Its first batch (the snapshot of topics' next ids, groups and producers) is written:
-    /// only then may the segments before it be deleted.
-    snapshot_written: bool,
+    /// Its first batch (the snapshot of topics' next ids, groups and producers) is durable:
+    /// only then may the segments before it be deleted (a power cut may undo a mere write).
+    snapshot_durable: bool,
 }
 
 struct Log {
@@ -1459,7 +1461,11 @@ impl Node {
         // A segment the node has moved on from must end durable, whatever the policy: then a
         // power cut can tear only the newest segment, and damage anywhere else is real damage.
         let last_of_segment = batch.segment != self.log.segment;
-        let sync = (self.config.fsync != FsyncPolicy::Never && promised) || last_of_segment;
+        // A snapshot is fsynced whatever the policy (once per segment or restart): retention
+        // waits for it, and under `never` nothing else would make it durable before the roll.
+        let snapshot_pending = self.log.segments.iter().rev().find(|s| s.id == batch.segment).is_some_and(|s| !s.snapshot_durable);
+        let sync = (self.config.fsync != FsyncPolicy::Never && promised) || last_of_segment || snapshot_pending;
+        batch.sync = sync;
         if !last_of_segment {
             self.log.segment_unsynced = !sync;
         }
@@ -1480,7 +1486,7 @@ impl Node {
                 if let Some(info) = self.log.segments.iter_mut().rev().find(|s| s.id == batch.segment) {
                     info.bytes = info.bytes.max(batch.offset + batch.len);
                     info.last_write_ms = self.now / NS_PER_MS;
-                    info.snapshot_written = true;
+                    info.snapshot_durable |= batch.sync;
                 }
                 self.complete_batch(batch);
             }
@@ -1625,17 +1631,17 @@ impl Node {
     }
 
     fn start_segment(&mut self, segment: u64) {
-        self.log.segments.push_back(SegmentInfo { id: segment, bytes: 0, last_write_ms: self.now / NS_PER_MS, snapshot_written: false });
+        self.log.segments.push_back(SegmentInfo { id: segment, bytes: 0, last_write_ms: self.now / NS_PER_MS, snapshot_durable: false });
         self.begin_with_snapshot(segment, 0, true);
     }
 
     /// Recovery found a torn tail in `segment` ending at `end`: the log goes on right after it
     /// with a snapshot that records the cut (see `load_segments`). The segment counts as having
-    /// no snapshot until that one is written, so retention keeps the older segments meanwhile.
+    /// no snapshot until that one is durable, so retention keeps the older segments meanwhile.
     fn continue_segment_after(&mut self, segment: u64, end: u64) {
         let info = self.log.segments.back_mut().expect("the torn segment was loaded");
         assert_eq!(info.id, segment, "a torn tail is in the newest segment");
-        info.snapshot_written = false;
+        info.snapshot_durable = false;
         self.log.cut_pending = Some((segment, end));
         self.begin_with_snapshot(segment, end, false);
     }
@@ -1676,7 +1682,7 @@ impl Node {
         if snapshot.len() == batch::HEADER_BYTES {
             // Nothing to carry over: older segments hold nothing a restart would need.
             snapshot.clear();
-            self.log.segments.back_mut().expect("the segment is listed").snapshot_written = true;
+            self.log.segments.back_mut().expect("the segment is listed").snapshot_durable = true;
         }
         self.log.segment_len = offset + snapshot.len() as u64;
         self.log.open.data = snapshot;
@@ -1685,14 +1691,14 @@ impl Node {
 
     fn enforce_retention(&mut self) {
         let now_ms = self.now / NS_PER_MS;
-        // A segment goes only once a newer one's snapshot is written (until then it may hold
+        // A segment goes only once a newer one's snapshot is durable (until then it may hold
         // the only record of ids given out) and no write to it is in flight or queued. The
         // segment just before that one stays too: should that snapshot be the log's final
         // batch and be damaged, it still tells recovery every id given out before it.
-        let newest_snapshot = self.log.segments.iter().rposition(|s| s.snapshot_written);
-        let snapshot_written = newest_snapshot.and_then(|at| at.checked_sub(1)).map_or(0, |before| self.log.segments[before].id);
+        let newest_snapshot = self.log.segments.iter().rposition(|s| s.snapshot_durable);
+        let before_snapshot = newest_snapshot.and_then(|at| at.checked_sub(1)).map_or(0, |before| self.log.segments[before].id);
         let writing = self.log.flushing.iter().chain(&self.log.queued).map(|b| b.segment).min().unwrap_or(u64::MAX);
-        let oldest_in_use = snapshot_written.min(writing).min(self.log.segment);
+        let oldest_in_use = before_snapshot.min(writing).min(self.log.segment);
         loop {
             let total: u64 = self.log.segments.iter().map(|s| s.bytes).sum();
             let Some(oldest) = self.log.segments.front() else { return };

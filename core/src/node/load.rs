@@ -78,7 +78,7 @@ impl Node {
                 }
             });
             let last_write_ms = if last_write_ms == 0 { self.now / NS_PER_MS } else { last_write_ms };
-            self.log.segments.push_back(SegmentInfo { id: *segment, bytes: scan.valid_len, last_write_ms, snapshot_written: scan.valid_len > 0 });
+            self.log.segments.push_back(SegmentInfo { id: *segment, bytes: scan.valid_len, last_write_ms, snapshot_durable: scan.valid_len > 0 });
             match scan.bad.last().filter(|r| r.torn_tail) {
                 Some(torn) => torn_undecoded_bytes = (torn.end - torn.offset).saturating_sub(torn_decoded_bytes + batch::OVERHEAD_BYTES as u64),
                 // The log goes on in a new segment: this one loses its unused zero-filled space
