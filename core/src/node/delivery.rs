@@ -1,0 +1,221 @@
+//! Delivery: the pump picks members with room in their windows, dispatches, and settles
+//! acks, nacks and dead letters.
+
+use super::log::Waiter;
+use super::{Node, Output, Timer, Trace, NS_PER_MS};
+use crate::config::TestBug;
+use crate::group::{key_hash, AckOutcome, Admit, Candidate, ConnId, Released};
+use crate::protocol::{self, ErrorCode, MsgFrame};
+use crate::topic::{Lookup, StoredMessage};
+
+/// Messages one pump call may look at before it yields to other work.
+const PUMP_STEPS_MAX: u32 = 4_096;
+
+impl Node {
+    /// ack (`nack_delay_ms` None) or nack.
+    pub(super) fn on_ack(&mut self, conn: ConnId, topic: &str, group: &str, ids: &[u64], nack_delay_ms: Option<u64>) {
+        let (t, g) = match self.group_of(topic, group) {
+            Ok(tg) => tg,
+            Err((code, message)) => return self.send_error(conn, None, code, &message),
+        };
+        let mut unknown = Vec::new();
+        for &id in ids {
+            let known = match nack_delay_ms {
+                None => self.ack_one(t, g, id),
+                Some(delay_ms) => self.nack_one(conn, t, g, id, delay_ms.min(self.config.nack_delay_ms_max)),
+            };
+            if !known {
+                unknown.push(id);
+            }
+        }
+        if !unknown.is_empty() {
+            unknown.truncate(16);
+            let message = format!("ids never delivered to group '{group}': {unknown:?}");
+            self.send_error(conn, None, ErrorCode::BadFrame, &message);
+        }
+        self.pump(t, g);
+    }
+
+    pub(super) fn ack_one(&mut self, t: usize, g: usize, id: u64) -> bool {
+        match self.topics[t].groups[g].ack(id) {
+            AckOutcome::Acked { released, delay_until } => {
+                if let Some(Released { conn, deadline, bytes }) = released {
+                    self.timers.remove(&(deadline, Timer::AckDeadline { topic: t, group: g, id }));
+                    self.release_in_flight(conn, t, g, bytes);
+                }
+                if let Some(until) = delay_until {
+                    self.timers.remove(&(until, Timer::NackDelay { topic: t, group: g, id }));
+                }
+                self.stats.acked += 1;
+                self.mark_group_dirty(t, g);
+                self.maybe_flush();
+                true
+            }
+            AckOutcome::Ignored => true,
+            AckOutcome::Unknown => false,
+        }
+    }
+
+    fn nack_one(&mut self, conn: ConnId, t: usize, g: usize, id: u64, delay_ms: u64) -> bool {
+        let until = (delay_ms > 0).then(|| self.now + delay_ms * NS_PER_MS);
+        let group = &mut self.topics[t].groups[g];
+        if id >= group.cursor() {
+            return false;
+        }
+        if let Some(Released { conn, deadline, bytes }) = group.nack(id, until, conn) {
+            self.timers.remove(&(deadline, Timer::AckDeadline { topic: t, group: g, id }));
+            self.release_in_flight(conn, t, g, bytes);
+            if let Some(until) = until {
+                self.timers.insert((until, Timer::NackDelay { topic: t, group: g, id }));
+            }
+        }
+        true
+    }
+
+    /// One message (of `bytes`) in flight to `conn` is no longer: its window has room again.
+    pub(super) fn release_in_flight(&mut self, conn: ConnId, t: usize, g: usize, bytes: u32) {
+        let Some(state) = self.conns.get_mut(&conn) else { return };
+        let Some(sub) = state.subs.get_mut(&(t, g)) else { return };
+        sub.in_flight -= 1;
+        sub.in_flight_bytes -= bytes as u64;
+        sub.over_window &= sub.in_flight > sub.window;
+        if !sub.subscribed && sub.pull.is_none() && sub.in_flight == 0 {
+            state.subs.remove(&(t, g));
+        }
+    }
+
+    fn pick_member(&mut self, t: usize, g: usize) -> Option<ConnId> {
+        let group = &mut self.topics[t].groups[g];
+        let count = group.members.len();
+        for step in 0..count {
+            let at = (group.next_member + step) % count;
+            let conn = group.members[at];
+            let window_bytes_max = self.config.window_bytes_max;
+            let sub = self.conns.get(&conn).filter(|c| !c.congested).and_then(|c| c.subs.get(&(t, g)));
+            let extra = sub.is_some_and(|s| s.subscribed && s.pull.is_none() && self.config.test_bug == Some(TestBug::WindowOneTooMany));
+            let capacity = sub.map_or(0, |sub| sub.capacity(window_bytes_max)) + u32::from(extra);
+            if capacity > 0 {
+                group.next_member = (at + 1) % count;
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Delivers what group `g` of topic `t` can deliver now.
+    pub(super) fn pump(&mut self, t: usize, g: usize) {
+        for _ in 0..PUMP_STEPS_MAX {
+            if self.topics[t].groups[g].members.is_empty() {
+                return;
+            }
+            let topic = &self.topics[t];
+            let group = &topic.groups[g];
+            let candidate = group.next_candidate(topic.durable_next_id, self.config.group_outstanding_max as usize);
+            let id = match candidate {
+                Candidate::Nothing => return,
+                Candidate::Ready { id, .. } | Candidate::Fresh { id } => id,
+            };
+            let Some(conn) = self.pick_member(t, g) else { return };
+            let message = match self.topics[t].lookup(id, &self.read_cache, t) {
+                Lookup::Found(message) => message,
+                Lookup::OnDisk(loc) => return self.request_read(t, id, loc),
+                Lookup::Gone => {
+                    let first_id = self.topics[t].first_id();
+                    match candidate {
+                        Candidate::Fresh { .. } => self.topics[t].groups[g].skip_missing(first_id),
+                        _ => {
+                            self.ack_one(t, g, id);
+                        }
+                    }
+                    continue;
+                }
+            };
+            let group = &mut self.topics[t].groups[g];
+            match candidate {
+                Candidate::Fresh { id } => {
+                    let passes = group.passes(message.key.as_deref(), &message.body) || self.config.test_bug == Some(TestBug::FilterIgnored);
+                    if group.admit_fresh(id, passes, message.key.as_deref().map(key_hash)) != Admit::Deliverable {
+                        continue;
+                    }
+                }
+                Candidate::Ready { attempts, .. } if attempts >= group.max_attempts + u32::from(self.config.test_bug == Some(TestBug::DeadLetterOneAttemptLate)) => {
+                    self.dead_letter(t, g, id, &message);
+                    continue;
+                }
+                _ => {}
+            }
+            self.dispatch(t, g, id, conn, &message);
+        }
+        self.timers.insert((self.now, Timer::Pump { topic: t, group: g }));
+    }
+
+    fn dispatch(&mut self, t: usize, g: usize, id: u64, conn: ConnId, message: &StoredMessage) {
+        let topic = &mut self.topics[t];
+        let group = &mut topic.groups[g];
+        let deadline = self.now + group.ack_timeout_ns;
+        let bytes = (message.body.len() + message.key.as_deref().map_or(0, str::len)) as u32;
+        let (attempt, prev) = group.dispatch(id, conn, deadline, bytes);
+        let prev = if self.config.test_bug == Some(TestBug::PrevOffByOne) && id % 7 == 3 && prev > 0 { prev + 1 } else { prev };
+        self.timers.insert((deadline, Timer::AckDeadline { topic: t, group: g, id }));
+        let mut frame = String::with_capacity(96 + message.body.len());
+        let msg = MsgFrame { topic: &topic.name, group: &group.name, id, prev, key: message.key.as_deref(), body: &message.body, attempt, ts_ms: message.ts_ms };
+        protocol::encode_msg(&mut frame, &msg);
+        self.send(conn, frame);
+        self.stats.delivered += 1;
+        if attempt > 1 {
+            self.stats.redelivered += 1;
+        }
+        let sub = self.conns.get_mut(&conn).and_then(|c| c.subs.get_mut(&(t, g))).expect("picked member has a sub");
+        sub.in_flight += 1;
+        sub.in_flight_bytes += bytes as u64;
+        sub.over_window |= sub.pull.is_some() && sub.subscribed && sub.in_flight > sub.window;
+        let pull_done = match &mut sub.pull {
+            Some(pull) => {
+                pull.remaining -= 1;
+                pull.count += 1;
+                pull.remaining == 0
+            }
+            None => false,
+        };
+        if pull_done {
+            self.finish_pull(conn, t, g);
+        }
+    }
+
+    fn dead_letter(&mut self, t: usize, g: usize, id: u64, message: &StoredMessage) {
+        self.topics[t].groups[g].start_dead_letter(id);
+        let topic = &self.topics[t];
+        let (topic_name, group_name) = (topic.name.clone(), topic.groups[g].name.clone());
+        let dlq = if topic.is_dead_letter() {
+            Err("dead-letter topics have no dead-letter topic")
+        } else {
+            self.topic_for(&format!("{topic_name}.dlq")).map_err(|_| "topic limit reached")
+        };
+        let dlq = match dlq {
+            Ok(dlq) => dlq,
+            Err(why) => {
+                self.out.push_back(Output::Trace(Trace::DeadLetterDropped { topic: topic_name, group: group_name, id, why }));
+                self.topics[t].groups[g].finish_dead_letter(id, true);
+                self.mark_group_dirty(t, g);
+                return;
+            }
+        };
+        if self.config.test_bug == Some(TestBug::DeadLetterNotStored) {
+            self.topics[t].groups[g].finish_dead_letter(id, true);
+            self.mark_group_dirty(t, g);
+            self.out.push_back(Output::Trace(Trace::DeadLettered { topic: topic_name, group: group_name, id }));
+            return;
+        }
+        self.append_message(dlq, message.key.as_deref(), &message.body, None, 0);
+        self.log.open.waiters.push(Waiter::DeadLetter { topic: t, group: g, id });
+        self.out.push_back(Output::Trace(Trace::DeadLettered { topic: topic_name, group: group_name, id }));
+        self.stats.dead_lettered += 1;
+        self.maybe_flush();
+    }
+
+    pub(super) fn pump_topic(&mut self, t: usize) {
+        for g in 0..self.topics[t].groups.len() {
+            self.pump(t, g);
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! The log: batches (group commit), writes and their failures, segments, their snapshots and
+//! retention.
+
+use super::{DiskError, DiskOp, Node, Output, Timer, Trace, NS_PER_MS};
+use crate::batch;
+use crate::config::{FsyncPolicy, TestBug};
+use crate::group::ConnId;
+use crate::protocol::{self, ErrorCode};
+use crate::record::{self, NewTopicsRecord, ProducerRecord, TopicRecord};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+pub(super) enum Waiter {
+    Puback { conn: ConnId, req: Option<String>, topic: usize, id: u64, producer: Option<(String, u64)> },
+    Join { conn: ConnId, req: Option<String>, topic: usize, group: usize, window: u32, pull: Option<(u32, u64)> },
+    DeadLetter { topic: usize, group: usize, id: u64 },
+}
+
+pub(super) struct Batch {
+    pub(super) segment: u64,
+    pub(super) offset: u64,
+    pub(super) data: Vec<u8>,
+    pub(super) len: u64,
+    pub(super) create: bool,
+    pub(super) waiters: Vec<Waiter>,
+    /// Per topic, the next id once this batch is durable.
+    pub(super) marks: BTreeMap<usize, u64>,
+    pub(super) started_at: u64,
+    pub(super) token: u64,
+    /// Written with an fsync: once done, everything in its segment up to its end is durable.
+    pub(super) sync: bool,
+}
+
+impl Batch {
+    pub(super) fn new(segment: u64, offset: u64, create: bool) -> Batch {
+        Batch { segment, offset, data: Vec::new(), len: 0, create, waiters: Vec::new(), marks: BTreeMap::new(), started_at: 0, token: 0, sync: false }
+    }
+}
+
+pub(super) struct SegmentInfo {
+    pub(super) id: u64,
+    pub(super) bytes: u64,
+    pub(super) last_write_ms: u64,
+    /// Its first batch (the snapshot of topics' next ids, groups and producers) is durable:
+    /// only then may the segments before it be deleted (a power cut may undo a mere write).
+    pub(super) snapshot_durable: bool,
+}
+
+pub(super) struct Log {
+    pub(super) segment: u64,
+    pub(super) segment_len: u64,
+    pub(super) open: Batch,
+    pub(super) queued: VecDeque<Batch>,
+    pub(super) flushing: Option<Batch>,
+    pub(super) segments: VecDeque<SegmentInfo>,
+    /// The current segment has bytes written without an fsync after them.
+    pub(super) segment_unsynced: bool,
+    /// Where the snapshot recording a torn tail's cut waits to be written (see
+    /// `continue_segment_after`): until it is, it must begin the log's next write there.
+    pub(super) cut_pending: Option<(u64, u64)>,
+}
+
+impl Node {
+    /// Bytes of the log not yet written: the open batch, batches queued behind the write in
+    /// flight, and that write.
+    pub(super) fn log_bytes_unwritten(&self) -> u64 {
+        let queued: u64 = self.log.queued.iter().map(|b| b.data.len() as u64).sum();
+        self.log.open.data.len() as u64 + queued + self.log.flushing.as_ref().map_or(0, |b| b.len)
+    }
+
+    pub(super) fn mark_group_dirty(&mut self, t: usize, g: usize) {
+        if self.dirty_groups.is_empty() {
+            self.groups_dirty_since = self.now;
+        }
+        self.dirty_groups.insert((t, g));
+    }
+
+    fn write_dirty_groups(&mut self) {
+        for (t, g) in std::mem::take(&mut self.dirty_groups) {
+            self.open_batch_data();
+            let topic = &self.topics[t];
+            let record = topic.groups[g].to_record(&topic.name);
+            self.log.segment_len += record::encode_control(&mut self.log.open.data, record::KIND_GROUP, &record) as u64;
+        }
+    }
+
+    /// The open batch's buffer, its header begun (and counted in the segment) on first use.
+    pub(super) fn open_batch_data(&mut self) -> &mut Vec<u8> {
+        let open = &mut self.log.open;
+        if open.data.is_empty() {
+            batch::begin(&mut open.data);
+            open.started_at = self.now;
+            self.log.segment_len += batch::HEADER_BYTES as u64;
+        }
+        &mut self.log.open.data
+    }
+
+    /// Closes the open batch's frame (it is about to be taken out to be written).
+    fn seal_open_batch(&mut self) {
+        if !self.log.open.data.is_empty() {
+            batch::seal(&mut self.log.open.data);
+            self.log.segment_len += batch::TRAILER_BYTES as u64;
+        }
+    }
+
+    /// Asks for `segment` to be cut to `len` bytes; writes wait until it is done.
+    pub(super) fn truncate(&mut self, segment: u64, len: u64) {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.truncating.insert(token);
+        self.out.push_back(Output::Disk(DiskOp::Truncate { token, segment, len }));
+    }
+
+    pub(super) fn on_truncate_done(&mut self, token: u64, result: Result<(), DiskError>) {
+        assert!(self.truncating.remove(&token), "truncate completion for unknown token {token}");
+        match result {
+            Ok(()) => self.maybe_flush(),
+            Err(error) => {
+                let why = format!("cutting a segment back to its durable length failed ({error:?}); stale bytes could be read back as data");
+                self.stop(why);
+            }
+        }
+    }
+
+    /// An error the design cannot recover from: ask the process to stop, take nothing more.
+    fn stop(&mut self, why: String) {
+        self.stopped = true;
+        self.out.retain(|o| !matches!(o, Output::Disk(DiskOp::Write { .. } | DiskOp::Truncate { .. } | DiskOp::Delete { .. })));
+        self.out.push_back(Output::Stop { why });
+    }
+
+    /// Starts the next write if none is in flight and the fsync policy says it is time.
+    pub(super) fn maybe_flush(&mut self) {
+        if self.log.flushing.is_some() || !self.truncating.is_empty() || self.stopped {
+            return;
+        }
+        if let Some(until) = self.disk_full_until {
+            if self.now < until {
+                self.timers.insert((until, Timer::DiskRetry));
+                return;
+            }
+            self.disk_full_until = None;
+        }
+        let batch = match self.log.queued.pop_front() {
+            Some(batch) => batch,
+            None => {
+                let open = &self.log.open;
+                let publishing = !open.data.is_empty() || !open.waiters.is_empty() || !open.marks.is_empty();
+                if !self.dirty_groups.is_empty() {
+                    // Group positions ride along with publishes; alone, they wait a little so
+                    // a stream of acks costs one small write, not one write per ack.
+                    let due = self.groups_dirty_since + self.config.ack_persist_interval_ms * NS_PER_MS;
+                    if publishing || self.now >= due {
+                        if !publishing {
+                            self.log.open.started_at = self.now;
+                        }
+                        self.write_dirty_groups();
+                    } else {
+                        self.timers.insert((due, Timer::BatchFlush));
+                    }
+                }
+                let open = &self.log.open;
+                if open.data.is_empty() {
+                    if !open.waiters.is_empty() || !open.marks.is_empty() {
+                        // Nothing to write: everything before these waiters is already durable.
+                        let fresh = Batch::new(open.segment, open.offset, open.create);
+                        let batch = std::mem::replace(&mut self.log.open, fresh);
+                        self.complete_batch(batch);
+                    }
+                    return;
+                }
+                if self.config.fsync == FsyncPolicy::Batch {
+                    let due = open.started_at + self.config.batch_interval_ms * NS_PER_MS;
+                    if (open.data.len() as u64) < self.config.batch_bytes && self.now < due {
+                        self.timers.insert((due, Timer::BatchFlush));
+                        return;
+                    }
+                }
+                self.seal_open_batch();
+                let next = Batch::new(self.log.segment, self.log.segment_len, false);
+                std::mem::replace(&mut self.log.open, next)
+            }
+        };
+        self.start_write(batch);
+    }
+
+    fn start_write(&mut self, mut batch: Batch) {
+        let token = self.next_token;
+        self.next_token += 1;
+        batch.token = token;
+        batch.len = batch.data.len() as u64;
+        let data = std::mem::take(&mut batch.data);
+        // Only what someone waits for needs an fsync; group positions alone may be lost to a
+        // power cut (their messages are then delivered again), and the next fsync covers them.
+        let promised = !batch.waiters.is_empty() || !batch.marks.is_empty() || batch.create;
+        // A segment the node has moved on from must end durable, whatever the policy: then a
+        // power cut can tear only the newest segment, and damage anywhere else is real damage.
+        let last_of_segment = batch.segment != self.log.segment;
+        // A snapshot is fsynced whatever the policy (once per segment or restart): retention
+        // waits for it, and under `never` nothing else would make it durable before the roll.
+        let snapshot_pending = self.log.segments.iter().rev().find(|s| s.id == batch.segment).is_some_and(|s| !s.snapshot_durable);
+        let sync = (self.config.fsync != FsyncPolicy::Never && promised) || last_of_segment || snapshot_pending;
+        batch.sync = sync;
+        if !last_of_segment {
+            self.log.segment_unsynced = !sync;
+        }
+        let op = DiskOp::Write { token, segment: batch.segment, offset: batch.offset, data, create: batch.create, sync };
+        self.out.push_back(Output::Disk(op));
+        self.log.flushing = Some(batch);
+    }
+
+    pub(super) fn on_write_done(&mut self, token: u64, result: Result<(), DiskError>) {
+        let Some(batch) = self.log.flushing.take_if(|b| b.token == token) else {
+            panic!("write completion for token {token}, which is not the write in flight");
+        };
+        match result {
+            Ok(()) => {
+                self.log.cut_pending = None;
+                self.stats.flushes += 1;
+                self.stats.flushed_bytes += batch.len;
+                if let Some(info) = self.log.segments.iter_mut().rev().find(|s| s.id == batch.segment) {
+                    info.bytes = info.bytes.max(batch.offset + batch.len);
+                    info.last_write_ms = self.now / NS_PER_MS;
+                    info.snapshot_durable |= batch.sync;
+                }
+                self.complete_batch(batch);
+            }
+            Err(error) => self.fail_store(batch, error),
+        }
+        self.maybe_flush();
+    }
+
+    fn complete_batch(&mut self, batch: Batch) {
+        for (t, next_id) in &batch.marks {
+            let topic = &mut self.topics[*t];
+            topic.durable_next_id = topic.durable_next_id.max(*next_id);
+        }
+        for waiter in batch.waiters {
+            match waiter {
+                Waiter::Puback { conn, req, topic, id, producer } => {
+                    self.pending_publishes -= 1;
+                    if let Some((name, seq)) = producer {
+                        if let Some(seen) = self.producers.get_mut(&name).and_then(|p| p.seqs.get_mut(&seq)) {
+                            seen.durable = true;
+                        }
+                    }
+                    if self.conns.contains_key(&conn) {
+                        let mut frame = String::with_capacity(64);
+                        protocol::encode_puback(&mut frame, req.as_deref(), &self.topics[topic].name, id);
+                        self.send(conn, frame);
+                    }
+                }
+                Waiter::Join { conn, req, topic, group, window, pull } => {
+                    self.topics[topic].groups[group].durable = true;
+                    self.admit_member(conn, req, topic, group, window, pull);
+                }
+                Waiter::DeadLetter { topic, group, id } => {
+                    self.topics[topic].groups[group].finish_dead_letter(id, true);
+                    self.mark_group_dirty(topic, group);
+                    self.pump(topic, group);
+                }
+            }
+        }
+        for t in batch.marks.keys() {
+            self.pump_topic(*t);
+        }
+    }
+
+    /// A write or fsync failed. Its data and everything after it is treated as lost (never
+    /// retried on the same data): publishes get an error, ids are rolled back, the file is cut
+    /// back to its last durable length. EIO moves to a fresh segment; ENOSPC waits for space.
+    fn fail_store(&mut self, failed: Batch, error: DiskError) {
+        let code = if error == DiskError::NoSpace { ErrorCode::Overloaded } else { ErrorCode::Internal };
+        let message = match &error {
+            DiskError::NoSpace => "disk full: the publish was not stored; retry later".to_string(),
+            DiskError::Io(e) => format!("storage failed ({e}); the publish was not stored"),
+        };
+        let mut lost = vec![failed];
+        lost.extend(self.log.queued.drain(..));
+        let (segment, offset, create) = (lost[0].segment, lost[0].offset, lost[0].create);
+        lost.push(std::mem::replace(&mut self.log.open, Batch::new(segment, offset, create)));
+        let mut publishes_failed = 0;
+        let mut rejoin = Vec::new();
+        let mut to_pump = BTreeSet::new();
+        for waiter in lost.into_iter().flat_map(|b| b.waiters) {
+            match waiter {
+                Waiter::Puback { conn, req, producer, .. } => {
+                    self.pending_publishes -= 1;
+                    publishes_failed += 1;
+                    if let Some((name, seq)) = producer {
+                        if let Some(p) = self.producers.get_mut(&name) {
+                            p.seqs.remove(&seq);
+                        }
+                    }
+                    if self.conns.contains_key(&conn) {
+                        self.send_error(conn, req.as_deref(), code, &message);
+                    }
+                }
+                Waiter::Join { .. } => rejoin.push(waiter),
+                Waiter::DeadLetter { topic, group, id } => {
+                    self.topics[topic].groups[group].finish_dead_letter(id, false);
+                    to_pump.insert((topic, group));
+                }
+            }
+        }
+        for topic in &mut self.topics {
+            let durable = topic.durable_next_id;
+            topic.roll_back_to(durable);
+        }
+        self.cache_budget.recount(&self.topics);
+        let topics = &self.topics;
+        self.read_cache.retain(|(t, id)| *id < topics[*t].next_id);
+        for p in self.producers.values_mut() {
+            p.seqs.retain(|_, seen| seen.durable);
+        }
+        self.truncate(segment, offset);
+        self.out.push_back(Output::Trace(Trace::StoreFailed { error: error.clone(), publishes_failed }));
+        self.log.segment = segment;
+        self.log.segment_len = offset;
+        self.log.segments.retain(|s| s.id <= segment);
+        let cut_lost = self.log.cut_pending == Some((segment, offset));
+        match error {
+            // Moving on to a fresh segment would leave the torn tail unrecorded in the middle
+            // of the log: stop, and let the restart find and cut it again.
+            DiskError::Io(e) if cut_lost => self.stop(format!("writing the record of a torn tail's cut failed ({e}); restart to cut it again")),
+            DiskError::NoSpace => {
+                self.disk_full_until = Some(self.now + self.config.disk_full_retry_ms * NS_PER_MS);
+                self.mark_all_groups_dirty();
+                // A failed write that began with a snapshot (a segment's, or the record of a
+                // torn tail's cut) must still begin the next one, or once retention deletes the
+                // older segments a restart would know nothing of them and reuse ids.
+                if cut_lost {
+                    self.begin_with_snapshot(segment, offset, false);
+                } else if offset == 0 {
+                    self.log.segments.pop_back();
+                    self.start_segment(segment);
+                }
+            }
+            DiskError::Io(_) => self.start_segment(segment + 1),
+        }
+        self.log.open.waiters.extend(rejoin);
+        for (t, g) in to_pump {
+            self.pump(t, g);
+        }
+    }
+
+    fn mark_all_groups_dirty(&mut self) {
+        let all: Vec<(usize, usize)> = self.topics.iter().enumerate().flat_map(|(t, topic)| (0..topic.groups.len()).map(move |g| (t, g))).collect();
+        for (t, g) in all {
+            self.mark_group_dirty(t, g);
+        }
+    }
+
+    /// Seals the open batch and starts segment `segment + 1` with a snapshot of the state, so
+    /// that older segments can be deleted without losing topics, groups or producers.
+    pub(super) fn roll_segment(&mut self) {
+        let next = self.log.segment + 1;
+        self.seal_open_batch();
+        let sealed = std::mem::replace(&mut self.log.open, Batch::new(next, 0, true));
+        // Written even when empty if the segment has unsynced bytes: its write carries the fsync.
+        if !sealed.data.is_empty() || !sealed.waiters.is_empty() || !sealed.marks.is_empty() || self.log.segment_unsynced {
+            self.log.queued.push_back(sealed);
+        }
+        self.start_segment(next);
+        self.out.push_back(Output::Trace(Trace::SegmentRolled { segment: next }));
+    }
+
+    pub(super) fn start_segment(&mut self, segment: u64) {
+        self.log.segments.push_back(SegmentInfo { id: segment, bytes: 0, last_write_ms: self.now / NS_PER_MS, snapshot_durable: false });
+        self.begin_with_snapshot(segment, 0, true);
+    }
+
+    /// Recovery found a torn tail in `segment` ending at `end`: the log goes on right after it
+    /// with a snapshot that records the cut (see `load_segments`). The segment counts as having
+    /// no snapshot until that one is durable, so retention keeps the older segments meanwhile.
+    pub(super) fn continue_segment_after(&mut self, segment: u64, end: u64) {
+        let info = self.log.segments.back_mut().expect("the torn segment was loaded");
+        assert_eq!(info.id, segment, "a torn tail is in the newest segment");
+        info.snapshot_durable = false;
+        self.log.cut_pending = Some((segment, end));
+        self.begin_with_snapshot(segment, end, false);
+    }
+
+    /// Opens the log's next batch at (`segment`, `offset`) with a snapshot of the state in it.
+    fn begin_with_snapshot(&mut self, segment: u64, offset: u64, create: bool) {
+        let waiters = std::mem::take(&mut self.log.open.waiters);
+        let marks = std::mem::take(&mut self.log.open.marks);
+        assert!(self.log.open.data.is_empty(), "open batch data would be written to the wrong segment");
+        self.log.segment = segment;
+        self.log.segment_len = offset;
+        self.log.segment_unsynced = false;
+        self.log.open = Batch::new(segment, offset, create);
+        self.log.open.waiters = waiters;
+        self.log.open.marks = marks;
+        self.log.open.started_at = self.now;
+        let mut snapshot = Vec::new();
+        batch::begin(&mut snapshot);
+        let data = &mut snapshot;
+        for topic in &self.topics {
+            record::encode_control(data, record::KIND_TOPIC, &TopicRecord { topic: topic.name.clone(), next_id: topic.next_id });
+        }
+        for topic in &self.topics {
+            for group in &topic.groups {
+                record::encode_control(data, record::KIND_GROUP, &group.to_record(&topic.name));
+            }
+        }
+        for (name, producer) in &self.producers {
+            let seqs = producer.seqs.iter().filter(|(_, s)| s.durable).map(|(seq, s)| (*seq, self.topics[s.topic].name.clone(), s.id)).collect();
+            record::encode_control(data, record::KIND_PRODUCER, &ProducerRecord { producer: name.clone(), seqs });
+        }
+        for salvaged in &self.salvaged_regions {
+            record::encode_control(data, record::KIND_SALVAGED, salvaged);
+        }
+        if self.new_topic_first_id > 1 {
+            record::encode_control(data, record::KIND_NEW_TOPICS, &NewTopicsRecord { first_id: self.new_topic_first_id });
+        }
+        if snapshot.len() == batch::HEADER_BYTES {
+            // Nothing to carry over: older segments hold nothing a restart would need.
+            snapshot.clear();
+            self.log.segments.back_mut().expect("the segment is listed").snapshot_durable = true;
+        }
+        self.log.segment_len = offset + snapshot.len() as u64;
+        self.log.open.data = snapshot;
+        self.dirty_groups.clear();
+    }
+
+    pub(super) fn enforce_retention(&mut self) {
+        let now_ms = self.now / NS_PER_MS;
+        // A segment goes only once a newer one's snapshot is durable (until then it may hold
+        // the only record of ids given out) and no write to it is in flight or queued. The
+        // segment just before that one stays too: should that snapshot be the log's final
+        // batch and be damaged, it still tells recovery every id given out before it.
+        let newest_snapshot = self.log.segments.iter().rposition(|s| s.snapshot_durable);
+        let before_snapshot = newest_snapshot.and_then(|at| at.checked_sub(1)).map_or(0, |before| self.log.segments[before].id);
+        let writing = self.log.flushing.iter().chain(&self.log.queued).map(|b| b.segment).min().unwrap_or(u64::MAX);
+        let oldest_in_use = before_snapshot.min(writing).min(self.log.segment);
+        loop {
+            let total: u64 = self.log.segments.iter().map(|s| s.bytes).sum();
+            let Some(oldest) = self.log.segments.front() else { return };
+            if oldest.id >= oldest_in_use || self.log.segments.len() <= 1 {
+                return;
+            }
+            let too_big = total > self.config.retention_bytes;
+            let age_ms = if self.config.test_bug == Some(TestBug::RetentionTooEarly) { self.config.retention_age_ms / 4 } else { self.config.retention_age_ms };
+            let too_old = oldest.last_write_ms + age_ms < now_ms;
+            if !too_big && !too_old {
+                return;
+            }
+            let segment = oldest.id;
+            self.log.segments.pop_front();
+            for topic in &mut self.topics {
+                topic.forget_segments_through(segment);
+            }
+            self.salvaged_regions.retain(|r| r.segment > segment);
+            self.out.push_back(Output::Disk(DiskOp::Delete { segment }));
+            self.out.push_back(Output::Trace(Trace::SegmentDeleted { segment }));
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Group membership: `sub`, `pull` and `unsub`; a new group admits members only once its
+//! record is durable.
+
+use super::log::Waiter;
+use super::session::Pull;
+use super::{Node, Timer, NS_PER_MS};
+use crate::group::{ConnId, Group};
+use crate::pipeline::{self, check_name, GROUP_BYTES_MAX};
+use crate::protocol::{self, ErrorCode, Filter, StartFrom};
+
+impl Node {
+    pub(super) fn group_of(&self, topic: &str, group: &str) -> Result<(usize, usize), (ErrorCode, String)> {
+        let Some(&t) = self.topic_index.get(topic) else { return Err((ErrorCode::NoSuchTopic, format!("no topic '{topic}'"))) };
+        let Some(&g) = self.topics[t].group_index.get(group) else {
+            return Err((ErrorCode::NotSubscribed, format!("no group '{group}' on topic '{topic}'")));
+        };
+        Ok((t, g))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_sub(&mut self, conn: ConnId, req: Option<String>, topic: &str, group: &str, from: StartFrom, window: Option<u32>, filter: Option<Filter>) {
+        let window = window.unwrap_or(self.config.window_default);
+        if window == 0 || window > self.config.window_max {
+            let message = format!("window must be 1..={} (window_max)", self.config.window_max);
+            return self.send_error(conn, req.as_deref(), ErrorCode::BadFrame, &message);
+        }
+        match self.join_group(topic, group, from, filter) {
+            Ok((t, g)) => {
+                self.join_when_durable(Waiter::Join { conn, req, topic: t, group: g, window, pull: None });
+            }
+            Err((code, message)) => self.send_error(conn, req.as_deref(), code, &message),
+        }
+    }
+
+    /// Finds or creates the group. A new group's record joins the open batch, so members are
+    /// admitted only once the group is durable (a restart must not move it to "latest").
+    fn join_group(&mut self, topic: &str, group: &str, from: StartFrom, filter: Option<Filter>) -> Result<(usize, usize), (ErrorCode, String)> {
+        check_name("topic", topic, pipeline::TOPIC_BYTES_MAX + 4).map_err(|m| (ErrorCode::BadFrame, m))?;
+        check_name("group", group, GROUP_BYTES_MAX).map_err(|m| (ErrorCode::BadFrame, m))?;
+        let t = self.topic_for(topic).map_err(|m| (ErrorCode::Overloaded, m))?;
+        if let Some(&g) = self.topics[t].group_index.get(group) {
+            if self.topics[t].groups[g].filter != filter {
+                return Err((ErrorCode::Conflict, format!("group '{group}' exists with a different filter")));
+            }
+            return Ok((t, g));
+        }
+        let topic_state = &mut self.topics[t];
+        if topic_state.groups.len() >= self.config.groups_per_topic_max as usize {
+            return Err((ErrorCode::Overloaded, format!("group limit reached (groups_per_topic_max = {})", self.config.groups_per_topic_max)));
+        }
+        let start_id = match from {
+            StartFrom::Latest => topic_state.next_id,
+            StartFrom::Earliest => topic_state.first_id(),
+            StartFrom::Id(id) => id.max(topic_state.first_id()).max(1),
+        };
+        let ack_timeout_ns = self.config.ack_timeout_ms_for(group) * NS_PER_MS;
+        let g = topic_state.groups.len();
+        topic_state.groups.push(Group::new(group.to_string(), filter, start_id, ack_timeout_ns, self.config.max_attempts_for(group)));
+        topic_state.group_index.insert(group.to_string(), g);
+        self.mark_group_dirty(t, g);
+        Ok((t, g))
+    }
+
+    /// Admits a member at once into a group already on disk; a new group's members wait
+    /// behind the open batch, which carries the group's first record.
+    fn join_when_durable(&mut self, join: Waiter) {
+        let Waiter::Join { conn, req, topic, group, window, pull } = join else { unreachable!("only joins wait for their group") };
+        if self.topics[topic].groups[group].durable {
+            return self.admit_member(conn, req, topic, group, window, pull);
+        }
+        self.log.open.waiters.push(Waiter::Join { conn, req, topic, group, window, pull });
+        self.maybe_flush();
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn admit_member(&mut self, conn: ConnId, req: Option<String>, t: usize, g: usize, window: u32, pull: Option<(u32, u64)>) {
+        let Some(state) = self.conns.get_mut(&conn) else { return };
+        let sub = state.subs.entry((t, g)).or_default();
+        let mut frame = String::new();
+        match pull {
+            None => {
+                sub.subscribed = true;
+                sub.window = window;
+                sub.over_window = sub.in_flight > window;
+                let topic = &self.topics[t];
+                protocol::encode_suback(&mut frame, req.as_deref(), &topic.name, &topic.groups[g].name);
+            }
+            Some((max, wait_ns)) => {
+                if let Some(old) = sub.pull.take() {
+                    self.timers.remove(&(old.deadline, Timer::PullEnd { conn, topic: t, group: g }));
+                    protocol::encode_pulled(&mut frame, old.req.as_deref(), old.count);
+                }
+                let deadline = self.now + wait_ns;
+                sub.pull = Some(Pull { req, remaining: max, count: 0, deadline });
+                self.timers.insert((deadline, Timer::PullEnd { conn, topic: t, group: g }));
+            }
+        }
+        let group = &mut self.topics[t].groups[g];
+        if !group.members.contains(&conn) {
+            group.members.push(conn);
+        }
+        if !frame.is_empty() {
+            self.send(conn, frame);
+        }
+        self.pump(t, g);
+    }
+
+    pub(super) fn on_pull(&mut self, conn: ConnId, req: Option<String>, topic: &str, group: &str, max: u32, wait_ms: u64) {
+        if max == 0 || max > self.config.pull_max || wait_ms > self.config.pull_wait_ms_max {
+            let message = format!("pull needs 1 <= max <= {} and wait_ms <= {}", self.config.pull_max, self.config.pull_wait_ms_max);
+            return self.send_error(conn, req.as_deref(), ErrorCode::BadFrame, &message);
+        }
+        let joined = match self.group_of(topic, group) {
+            Ok(tg) => Ok(tg),
+            Err(_) => self.join_group(topic, group, StartFrom::Latest, None),
+        };
+        match joined {
+            Ok((t, g)) => {
+                // Like `sub`, a pull is admitted only behind the open batch: a group that
+                // exists in memory may not be durable yet (its record may have hit a full
+                // disk), and a restart must not forget a group that has delivered.
+                let pull = Some((max, wait_ms * NS_PER_MS));
+                let window = self.config.window_default;
+                self.join_when_durable(Waiter::Join { conn, req, topic: t, group: g, window, pull });
+            }
+            Err((code, message)) => self.send_error(conn, req.as_deref(), code, &message),
+        }
+    }
+
+    pub(super) fn finish_pull(&mut self, conn: ConnId, t: usize, g: usize) {
+        let Some(sub) = self.conns.get_mut(&conn).and_then(|c| c.subs.get_mut(&(t, g))) else { return };
+        let Some(pull) = sub.pull.take() else { return };
+        self.timers.remove(&(pull.deadline, Timer::PullEnd { conn, topic: t, group: g }));
+        if !sub.subscribed {
+            self.topics[t].groups[g].members.retain(|m| *m != conn);
+        }
+        let mut frame = String::new();
+        protocol::encode_pulled(&mut frame, pull.req.as_deref(), pull.count);
+        self.send(conn, frame);
+    }
+
+    pub(super) fn on_unsub(&mut self, conn: ConnId, req: Option<String>, topic: &str, group: &str) {
+        let (t, g) = match self.group_of(topic, group) {
+            Ok(tg) => tg,
+            Err((code, message)) => return self.send_error(conn, req.as_deref(), code, &message),
+        };
+        let Some(sub) = self.conns.get_mut(&conn).and_then(|c| c.subs.remove(&(t, g))) else {
+            return self.send_error(conn, req.as_deref(), ErrorCode::NotSubscribed, "this connection is not in that group");
+        };
+        if let Some(pull) = sub.pull {
+            self.timers.remove(&(pull.deadline, Timer::PullEnd { conn, topic: t, group: g }));
+        }
+        self.release_member(conn, t, g);
+    }
+
+    /// Takes `conn` out of the group; what it had in flight goes to the other members.
+    pub(super) fn release_member(&mut self, conn: ConnId, t: usize, g: usize) {
+        let group = &mut self.topics[t].groups[g];
+        group.members.retain(|m| *m != conn);
+        for (id, deadline) in group.release_conn(conn) {
+            self.timers.remove(&(deadline, Timer::AckDeadline { topic: t, group: g, id }));
+        }
+        self.pump(t, g);
+    }
+}

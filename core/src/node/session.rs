@@ -1,0 +1,162 @@
+//! Connections: frames in and decoded, replies out, authentication, congestion.
+
+use super::{Node, Output, Rejection};
+use crate::config::TestBug;
+use crate::group::ConnId;
+use crate::pipeline::Publish;
+use crate::protocol::{self, ClientOp, ErrorCode};
+use std::collections::BTreeMap;
+
+pub(super) struct Pull {
+    pub(super) req: Option<String>,
+    pub(super) remaining: u32,
+    pub(super) count: u32,
+    pub(super) deadline: u64,
+}
+
+#[derive(Default)]
+pub(super) struct Sub {
+    pub(super) subscribed: bool,
+    pub(super) window: u32,
+    pub(super) in_flight: u32,
+    /// Bytes of the messages in flight (see `Config::window_bytes_max`).
+    pub(super) in_flight_bytes: u64,
+    pub(super) pull: Option<Pull>,
+    /// More in flight than `window`, for a reason the client gave: a later `sub` with a smaller
+    /// window, or a `pull` beside the subscription. Nothing is pushed until acks bring it under.
+    pub(super) over_window: bool,
+}
+
+impl Sub {
+    pub(super) fn capacity(&self, window_bytes_max: u64) -> u32 {
+        // One message always fits, however large: below the byte window, another may go.
+        if self.in_flight > 0 && self.in_flight_bytes >= window_bytes_max {
+            return 0;
+        }
+        match &self.pull {
+            Some(pull) => pull.remaining,
+            None if self.subscribed => self.window.saturating_sub(self.in_flight),
+            None => 0,
+        }
+    }
+}
+
+pub(super) struct Conn {
+    pub(super) authenticated: bool,
+    /// The shell says its outgoing queue is full: no messages are pushed to it meanwhile.
+    pub(super) congested: bool,
+    pub(super) subs: BTreeMap<(usize, usize), Sub>,
+}
+
+impl Node {
+    pub(super) fn send(&mut self, conn: ConnId, frame: String) {
+        self.out.push_back(Output::Send { conn, frame });
+    }
+
+    pub(super) fn send_error(&mut self, conn: ConnId, req: Option<&str>, code: ErrorCode, message: &str) {
+        let mut frame = String::with_capacity(64 + message.len());
+        protocol::encode_error(&mut frame, req, code, message);
+        self.send(conn, frame);
+    }
+
+    pub(super) fn on_connected(&mut self, conn: ConnId) {
+        let authenticated = self.config.tokens.is_empty();
+        let previous = self.conns.insert(conn, Conn { authenticated, congested: false, subs: BTreeMap::new() });
+        assert!(previous.is_none(), "connection id {conn} reused while open");
+        let mut frame = String::new();
+        protocol::encode_welcome(&mut frame, &self.config.node_name);
+        self.send(conn, frame);
+    }
+
+    pub(super) fn on_rejected(&mut self, conn: ConnId, why: Rejection) {
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        let (code, reason) = match why {
+            Rejection::BinaryFrame => (1003, "ferry speaks JSON text frames only".to_string()),
+            Rejection::TooLarge => {
+                let message = format!("frame exceeds frame_bytes_max ({} bytes)", self.config.frame_bytes_max);
+                self.send_error(conn, None, ErrorCode::TooLarge, &message);
+                (1009, message)
+            }
+        };
+        self.out.push_back(Output::Close { conn, code, reason });
+        self.on_disconnected(conn);
+    }
+
+    pub(super) fn on_frame(&mut self, conn: ConnId, text: &str) {
+        let Some(state) = self.conns.get(&conn) else { return };
+        let authenticated = state.authenticated;
+        let op = match protocol::decode(text, self.config.json_depth_max) {
+            Ok(op) => op,
+            Err(e) => {
+                let code = if e.code == ErrorCode::UnknownOp && self.config.test_bug == Some(TestBug::UnknownOpAsBadFrame) { ErrorCode::BadFrame } else { e.code };
+                return self.send_error(conn, e.req.as_deref(), code, &e.message);
+            }
+        };
+        let req_of = |req: &protocol::Req| req.as_ref().map(|r| r.get().to_string());
+        if !authenticated && !matches!(op, ClientOp::Hello { .. } | ClientOp::Pub { .. }) {
+            let req = match &op {
+                ClientOp::Sub { req, .. } | ClientOp::Pull { req, .. } | ClientOp::Fetch { req, .. } | ClientOp::Unsub { req, .. } | ClientOp::Ping { req } => req_of(req),
+                _ => None,
+            };
+            return self.send_error(conn, req.as_deref(), ErrorCode::Unauthorized, "send hello with a valid token first");
+        }
+        match op {
+            ClientOp::Hello { token } => self.on_hello(conn, token),
+            ClientOp::Pub { req, topic, body, key, producer, seq } => {
+                let req = req_of(&req);
+                let publish = Publish { topic, key, producer, seq };
+                self.on_publish(conn, req, publish, body.get(), authenticated);
+            }
+            ClientOp::Sub { req, topic, group, from, window, filter } => self.on_sub(conn, req_of(&req), &topic, &group, from, window, filter),
+            ClientOp::Ack { topic, group, ids } => self.on_ack(conn, &topic, &group, &ids, None),
+            ClientOp::Nack { topic, group, ids, delay_ms } => self.on_ack(conn, &topic, &group, &ids, Some(delay_ms)),
+            ClientOp::Pull { req, topic, group, max, wait_ms } => self.on_pull(conn, req_of(&req), &topic, &group, max, wait_ms),
+            ClientOp::Fetch { req, topic, from, to } => self.on_fetch(conn, req_of(&req), &topic, from, to),
+            ClientOp::Unsub { req, topic, group } => self.on_unsub(conn, req_of(&req), &topic, &group),
+            ClientOp::Ping { req } => {
+                let mut frame = String::new();
+                protocol::encode_pong(&mut frame, req_of(&req).as_deref());
+                self.send(conn, frame);
+            }
+        }
+    }
+
+    fn on_hello(&mut self, conn: ConnId, token: Option<String>) {
+        if self.config.tokens.is_empty() {
+            return;
+        }
+        let valid = token.is_some_and(|t| self.config.tokens.contains(&t)) || self.config.test_bug == Some(TestBug::WrongTokenAccepted);
+        if valid {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.authenticated = true;
+            }
+        } else {
+            self.send_error(conn, None, ErrorCode::Unauthorized, "unknown token");
+        }
+    }
+
+    /// While congested a connection gets no messages; once it drains, its groups push again.
+    pub(super) fn on_congested(&mut self, conn: ConnId, congested: bool) {
+        let Some(state) = self.conns.get_mut(&conn) else { return };
+        if state.congested == congested {
+            return;
+        }
+        state.congested = congested;
+        if !congested {
+            let groups: Vec<(usize, usize)> = state.subs.keys().copied().collect();
+            for (t, g) in groups {
+                self.pump(t, g);
+            }
+        }
+    }
+
+    pub(super) fn on_disconnected(&mut self, conn: ConnId) {
+        let Some(state) = self.conns.remove(&conn) else { return };
+        for (t, g) in state.subs.keys().copied() {
+            self.release_member(conn, t, g);
+        }
+        self.fetches.retain(|f| f.conn != conn);
+    }
+}
