@@ -6,7 +6,7 @@ use ferry_core::pipeline::{self, Publish, PublishContext};
 use ferry_core::protocol::{self, MsgFrame};
 use ferry_core::record::{self, MessageRef};
 use ferry_core::testkit::{Completion, MemDisk, EPOCH_NS};
-use ferry_core::{Config, Node};
+use ferry_core::{Config, ConnId, Node};
 use serde_json::json;
 use std::hint::black_box;
 use std::time::Instant;
@@ -64,7 +64,7 @@ fn drive(node: &mut Node, disk: &mut MemDisk) -> usize {
     frames
 }
 
-fn node_with_connections(conns: &[u64]) -> (Node, MemDisk) {
+fn node_with_connections(conns: &[ConnId]) -> (Node, MemDisk) {
     let config = Config { segment_bytes_max: 1 << 30, retention_bytes: 1 << 40, ..Config::default() };
     let mut node = Node::new(config, EPOCH_NS);
     let mut disk = MemDisk::default();
@@ -96,10 +96,10 @@ fn store_append(c: &mut Criterion) {
     group.bench_function("node publish + group commit (memdisk)", |b| {
         // A fresh node per sample bounds the in-memory disk.
         b.iter_custom(|iters| {
-            let (mut node, mut disk) = node_with_connections(&[1]);
+            let (mut node, mut disk) = node_with_connections(&[ConnId(1)]);
             let started = Instant::now();
             for _ in 0..iters {
-                node.handle_input(EPOCH_NS, Input::Frame { conn: 1, text: black_box(&frame) });
+                node.handle_input(EPOCH_NS, Input::Frame { conn: ConnId(1), text: black_box(&frame) });
                 black_box(drive(&mut node, &mut disk));
             }
             started.elapsed()
@@ -114,18 +114,18 @@ fn deliver_ack(c: &mut Criterion) {
     let mut ack = String::new();
     c.bench_function("group/publish, deliver and ack one message", |b| {
         b.iter_custom(|iters| {
-            let (mut node, mut disk) = node_with_connections(&[1, 2]);
-            node.handle_input(EPOCH_NS, Input::Frame { conn: 2, text: r#"{"op":"sub","req":1,"topic":"orders","group":"g","window":64}"# });
+            let (mut node, mut disk) = node_with_connections(&[ConnId(1), ConnId(2)]);
+            node.handle_input(EPOCH_NS, Input::Frame { conn: ConnId(2), text: r#"{"op":"sub","req":1,"topic":"orders","group":"g","window":64}"# });
             drive(&mut node, &mut disk);
             let started = Instant::now();
             for id in 1..=iters {
-                node.handle_input(EPOCH_NS, Input::Frame { conn: 1, text: &publish });
+                node.handle_input(EPOCH_NS, Input::Frame { conn: ConnId(1), text: &publish });
                 let sent = drive(&mut node, &mut disk);
                 ack.clear();
                 ack.push_str(r#"{"op":"ack","topic":"orders","group":"g","ids":["#);
                 ack.push_str(&id.to_string());
                 ack.push_str("]}");
-                node.handle_input(EPOCH_NS, Input::Frame { conn: 2, text: &ack });
+                node.handle_input(EPOCH_NS, Input::Frame { conn: ConnId(2), text: &ack });
                 black_box(sent + drive(&mut node, &mut disk));
             }
             started.elapsed()

@@ -12,7 +12,7 @@ use crate::protocol::Filter;
 use crate::record::GroupRecord;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-pub type ConnId = u64;
+use crate::ids::ConnId;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EntryState {
@@ -402,10 +402,10 @@ mod tests {
         Group::new("g".into(), None, 1, 1_000, 3)
     }
 
-    fn admit_and_dispatch(g: &mut Group, id: u64, key: Option<&str>, conn: ConnId) -> Admit {
+    fn admit_and_dispatch(g: &mut Group, id: u64, key: Option<&str>, conn: u64) -> Admit {
         let admit = g.admit_fresh(id, true, key.map(key_hash));
         if admit == Admit::Deliverable {
-            g.dispatch(id, conn, 100, 10);
+            g.dispatch(id, ConnId(conn), 100, 10);
         }
         admit
     }
@@ -417,7 +417,7 @@ mod tests {
             admit_and_dispatch(&mut g, id, None, 7);
         }
         assert_eq!(g.floor(), (0, 0));
-        assert!(matches!(g.ack(2), AckOutcome::Acked { released: Some(Released { conn: 7, deadline: 100, bytes: 10 }), .. }));
+        assert!(matches!(g.ack(2), AckOutcome::Acked { released: Some(Released { conn: ConnId(7), deadline: 100, bytes: 10 }), .. }));
         assert_eq!(g.floor(), (0, 0));
         g.ack(1);
         assert_eq!(g.floor(), (2, 2));
@@ -446,11 +446,11 @@ mod tests {
         let mut g = group();
         admit_and_dispatch(&mut g, 1, None, 1);
         assert_eq!(g.expire(1, 99), None, "stale deadline ignored");
-        assert_eq!(g.expire(1, 100), Some((1, 10)));
+        assert_eq!(g.expire(1, 100), Some((ConnId(1), 10)));
         assert_eq!(g.next_candidate(2, 100), Candidate::Ready { id: 1, attempts: 1 });
-        assert_eq!(g.dispatch(1, 2, 200, 30), (2, 0));
-        assert_eq!(g.nack(1, Some(500), 1), None, "a nack from the earlier holder changes nothing");
-        assert_eq!(g.nack(1, Some(500), 2), Some(Released { conn: 2, deadline: 200, bytes: 30 }));
+        assert_eq!(g.dispatch(1, ConnId(2), 200, 30), (2, 0));
+        assert_eq!(g.nack(1, Some(500), ConnId(1)), None, "a nack from the earlier holder changes nothing");
+        assert_eq!(g.nack(1, Some(500), ConnId(2)), Some(Released { conn: ConnId(2), deadline: 200, bytes: 30 }));
         assert_eq!(g.next_candidate(2, 100), Candidate::Nothing);
         assert!(g.delay_over(1, 500));
         assert_eq!(g.next_candidate(2, 100), Candidate::Ready { id: 1, attempts: 2 });

@@ -5,6 +5,7 @@ pub mod batch;
 pub mod cache;
 pub mod config;
 pub mod group;
+pub mod ids;
 pub mod node;
 pub mod pipeline;
 pub mod protocol;
@@ -14,5 +15,5 @@ pub mod testkit;
 pub mod topic;
 
 pub use config::{Config, FsyncPolicy, TestBug};
-pub use group::ConnId;
+pub use ids::ConnId;
 pub use node::{DiskError, DiskOp, Input, Node, Output, RecoveryReport, Rejection, Stats, Trace};

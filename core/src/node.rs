@@ -10,7 +10,7 @@
 
 use crate::cache::{CacheBudget, ReadCache};
 use crate::config::{Config, TestBug};
-use crate::group::ConnId;
+use crate::ids::ConnId;
 use crate::pipeline::{self, Stage};
 use crate::record::SalvagedRecord;
 use crate::recovery::{Damage, RecoveryError};

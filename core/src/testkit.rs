@@ -2,7 +2,7 @@
 //! tests use it, and the simulator builds its fault-injecting disk on the same model.
 
 use crate::config::Config;
-use crate::group::ConnId;
+use crate::ids::ConnId;
 use crate::node::{DiskError, DiskOp, Input, Node, Output, RecoveryReport, Trace};
 use crate::recovery::RecoveryError;
 use serde_json::Value;

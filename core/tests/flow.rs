@@ -8,11 +8,12 @@ use serde_json::json;
 mod common;
 
 use common::*;
+use ferry_core::ConnId;
 
 /// A second subscriber connection.
-const T: u64 = 3;
+const T: ConnId = ConnId(3);
 
-fn congest(h: &mut Harness, conn: u64, congested: bool) {
+fn congest(h: &mut Harness, conn: ConnId, congested: bool) {
     h.node.handle_input(h.now, Input::Congested { conn, congested });
     h.drain();
 }
@@ -59,7 +60,7 @@ fn a_congested_sole_member_holds_its_group_until_it_drains_or_leaves() {
     subscribe(&mut h, T, "t", "g", json!({}));
     assert_eq!(ids(&msgs(&mut h, T)), vec![id]);
     // Congestion of an unknown or closed connection is ignored.
-    congest(&mut h, 99, true);
+    congest(&mut h, ConnId(99), true);
     h.disconnect(S);
     congest(&mut h, S, false);
     assert!(msgs(&mut h, S).is_empty());

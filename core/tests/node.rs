@@ -1,7 +1,7 @@
 //! The node against a manual clock and an in-memory disk.
 
 use ferry_core::node::DiskError;
-use ferry_core::{Config, FsyncPolicy};
+use ferry_core::{Config, ConnId, FsyncPolicy};
 
 use ferry_core::testkit::Harness;
 use serde_json::{json, Value};
@@ -252,7 +252,7 @@ fn full_disk_answers_overloaded_then_resumes() {
     ack(&mut h, S, "t", "g", &[1]);
     assert!(h.take_op(S, "error").is_empty(), "acks go on while the disk is full");
     // A group already on disk takes new members without a write.
-    let late = 3;
+    let late = ConnId(3);
     h.connect(late);
     h.send_json(late, json!({"op": "sub", "req": "late", "topic": "t", "group": "g"}));
     assert_eq!(h.take_op(late, "suback").len(), 1, "joining a durable group needs no write");
@@ -268,15 +268,15 @@ fn full_disk_answers_overloaded_then_resumes() {
 fn group_filters_apply_at_delivery_and_prev_follows_the_filtered_sequence() {
     let mut h = harness(Config::default());
     subscribe(&mut h, S, "t", "eu", json!({"filter": {"key_prefix": "eu-"}, "from": "latest"}));
-    h.connect(3);
-    subscribe(&mut h, 3, "t", "big", json!({"filter": {"field": "order.total", "equals": 100}}));
+    h.connect(ConnId(3));
+    subscribe(&mut h, ConnId(3), "t", "big", json!({"filter": {"field": "order.total", "equals": 100}}));
     let e1 = publish(&mut h, "t", Some("eu-1"), json!({"order": {"total": 5}}));
     publish(&mut h, "t", Some("us-1"), json!({"order": {"total": 100}}));
     let e2 = publish(&mut h, "t", Some("eu-2"), json!({"order": {"total": 100}}));
     let eu = msgs(&mut h, S);
     assert_eq!(ids(&eu), vec![e1, e2]);
     assert_eq!(eu[1]["prev"], e1);
-    let big = msgs(&mut h, 3);
+    let big = msgs(&mut h, ConnId(3));
     assert_eq!(ids(&big), vec![2, 3]);
     assert_eq!(big[0]["prev"], 0);
     h.send_json(S, json!({"op": "sub", "req": 5, "topic": "t", "group": "eu", "filter": {"key_prefix": "us-"}}));
@@ -459,12 +459,12 @@ fn regression_pull_waits_until_its_group_is_durable() {
     h.fail_next_write = Some(DiskError::NoSpace);
     h.send_json(S, json!({"op": "sub", "req": 1, "topic": "t", "group": "g", "from": "earliest"}));
     assert!(h.take_op(S, "suback").is_empty(), "the group record did not reach the disk");
-    h.connect(3);
-    h.send_json(3, json!({"op": "pull", "req": 2, "topic": "t", "group": "g", "max": 5, "wait_ms": 60_000}));
-    assert!(msgs(&mut h, 3).is_empty(), "delivered from a group that is not durable");
+    h.connect(ConnId(3));
+    h.send_json(ConnId(3), json!({"op": "pull", "req": 2, "topic": "t", "group": "g", "max": 5, "wait_ms": 60_000}));
+    assert!(msgs(&mut h, ConnId(3)).is_empty(), "delivered from a group that is not durable");
     h.advance_ms(1_001);
     assert_eq!(h.take_op(S, "suback").len(), 1);
-    let delivered = msgs(&mut h, 3).len() + msgs(&mut h, S).len();
+    let delivered = msgs(&mut h, ConnId(3)).len() + msgs(&mut h, S).len();
     assert_eq!(delivered, 1, "once durable, the group delivers");
 }
 
@@ -666,7 +666,7 @@ fn a_nack_from_a_connection_that_no_longer_holds_the_message_is_ignored() {
     // member, whose delivery the stale nack cancelled, so that member got one message over its
     // window while it still held this one.
     let mut h = harness(Config::default());
-    let (a, b) = (3, 4);
+    let (a, b) = (ConnId(3), ConnId(4));
     h.connect(a);
     h.connect(b);
     subscribe(&mut h, a, "t", "g", json!({"window": 1}));

@@ -18,7 +18,7 @@ use ferry_core::protocol::{self, ClientOp};
 use ferry_core::record::RecordRef;
 use ferry_core::recovery::{self, Found};
 use ferry_core::testkit::Harness;
-use ferry_core::{Config, DiskError, DiskOp, FsyncPolicy, Input, Rejection, Trace};
+use ferry_core::{Config, ConnId, DiskError, DiskOp, FsyncPolicy, Input, Rejection, Trace};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -245,7 +245,7 @@ struct Acked {
 
 struct Driver {
     h: Harness,
-    open: BTreeSet<u64>,
+    open: BTreeSet<ConnId>,
     next_n: u64,
     pending: BTreeMap<String, Pending>,
     acked: BTreeMap<(String, u64), Acked>,
@@ -306,8 +306,8 @@ fn pick<'a>(names: &[&'a str], n: u8) -> &'a str {
     names[n as usize % names.len()]
 }
 
-fn conn_id(n: u8) -> u64 {
-    1 + u64::from(n) % CONNS
+fn conn_id(n: u8) -> ConnId {
+    ConnId(1 + u64::from(n) % CONNS)
 }
 
 impl Driver {
@@ -489,7 +489,7 @@ impl Driver {
         for (conn, _) in std::mem::take(&mut self.h.closed) {
             self.open.remove(&conn);
         }
-        let sent: Vec<(u64, Vec<Value>)> = std::mem::take(&mut self.h.sent).into_iter().map(|(conn, frames)| (conn, frames.into())).collect();
+        let sent: Vec<(ConnId, Vec<Value>)> = std::mem::take(&mut self.h.sent).into_iter().map(|(conn, frames)| (conn, frames.into())).collect();
         // Answers to publishes first: a message can be delivered to one connection before the
         // puback of its publisher is read.
         for (conn, frames) in &sent {

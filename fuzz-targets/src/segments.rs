@@ -17,7 +17,7 @@ use ferry_core::batch;
 use ferry_core::record::{self, GroupRecord, MessageRef, NewTopicsRecord, ProducerRecord, RecordRef, SalvagedRecord, TopicRecord};
 use ferry_core::recovery::{self, Found, SegmentScan};
 use ferry_core::testkit::{Harness, MemDisk};
-use ferry_core::{Config, Node};
+use ferry_core::{Config, ConnId, Node};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -411,7 +411,7 @@ fn check_recovery(segments: &[(u64, &[u8])]) {
     h.try_restart_from_disk().unwrap_or_else(|e| panic!("salvage refused to start: {e}"));
     h.node.check_invariants();
     let above = ids_on_disk(segments);
-    h.connect(1);
+    h.connect(ConnId(1));
     let mut published: BTreeMap<String, u64> = BTreeMap::new();
     for (topic, above) in &above {
         if h.node.topic_next_id(topic).is_none() {
@@ -437,7 +437,7 @@ fn check_recovery(segments: &[(u64, &[u8])]) {
     h.sent.clear();
     h.try_restart_from_disk().unwrap_or_else(|e| panic!("a start after a salvage refused the log again: {e}"));
     h.node.check_invariants();
-    h.connect(1);
+    h.connect(ConnId(1));
     for (topic, first) in &published {
         if let Some(id) = publish(&mut h, topic) {
             assert!(id > *first, "topic {topic:?}: id {id} after a restart, {first} was already pubacked");
@@ -448,8 +448,8 @@ fn check_recovery(segments: &[(u64, &[u8])]) {
 /// Publishes one message; the id pubacked, or None when the publish is refused (a name the
 /// protocol does not accept, or an id space used up).
 fn publish(h: &mut Harness, topic: &str) -> Option<u64> {
-    h.send_json(1, json!({"op": "pub", "req": 1, "topic": topic, "body": "after recovery"}));
-    let frames = h.take(1);
+    h.send_json(ConnId(1), json!({"op": "pub", "req": 1, "topic": topic, "body": "after recovery"}));
+    let frames = h.take(ConnId(1));
     let frame: &Value = frames.back()?;
     match frame["op"].as_str() {
         Some("puback") => frame["id"].as_u64(),

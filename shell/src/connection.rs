@@ -302,7 +302,7 @@ mod tests {
         let ws = WebSocket::from_raw_socket(Metered::new(TcpStream::from_std(stream)), tungstenite::protocol::Role::Server, None);
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut conn = Connection::new(1, Socket::Open(ws), t0);
+        let mut conn = Connection::new(ConnId(1), Socket::Open(ws), t0);
         let idle = |conn: &mut Connection, at: u64| conn.idle(t0 + ms(at), ms(100), ms(50));
         assert_eq!(idle(&mut conn, 99), Idle::Heard);
         assert_eq!(idle(&mut conn, 100), Idle::Ping);
@@ -325,7 +325,7 @@ mod tests {
         stream.set_nonblocking(true).unwrap();
         let config = tungstenite::protocol::WebSocketConfig::default().write_buffer_size(1 << 20);
         let ws = WebSocket::from_raw_socket(Metered::new(TcpStream::from_std(stream)), tungstenite::protocol::Role::Server, Some(config));
-        let mut conn = Connection::new(1, Socket::Open(ws), Instant::now());
+        let mut conn = Connection::new(ConnId(1), Socket::Open(ws), Instant::now());
         // Every length class of the frame header: 7-bit, 16-bit and 64-bit payload lengths.
         let sizes = [0usize, 125, 126, 65_535, 65_536, 200_000];
         for n in sizes {

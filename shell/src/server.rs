@@ -143,7 +143,7 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
         clock,
         conns: Slab::new(),
         by_id: HashMap::new(),
-        next_conn_id: 1,
+        next_conn_id: ConnId(1),
         ws_config,
         connections_max: config.connections_max as usize,
         handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
@@ -315,7 +315,7 @@ impl Server {
             return;
         }
         let id = self.next_conn_id;
-        self.next_conn_id += 1;
+        self.next_conn_id.0 += 1;
         // The request is read on the readable event, which comes at once if it is already here.
         let socket = Socket::Handshaking { stream, request: RequestReader::default() };
         entry.insert(Connection::new(id, socket, Instant::now()));

@@ -279,7 +279,7 @@ impl World {
             conns: BTreeMap::new(),
             client_conn: vec![None; n],
             partitioned_until: vec![0; n],
-            next_conn: 1,
+            next_conn: ConnId(1),
             clients,
             checker,
             groups,
@@ -541,7 +541,7 @@ impl World {
                 Action::Connect => {
                     let delay = self.latency();
                     let conn = self.next_conn;
-                    self.next_conn += 1;
+                    self.next_conn.0 += 1;
                     let reachable = self.node.is_some() && self.partitioned_until[client] <= self.now;
                     if reachable {
                         let node_epoch = self.node_epoch;

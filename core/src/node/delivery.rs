@@ -4,7 +4,8 @@
 use super::log::Waiter;
 use super::{Node, Output, Timer, Trace, NS_PER_MS};
 use crate::config::TestBug;
-use crate::group::{key_hash, AckOutcome, Admit, Candidate, ConnId, Released};
+use crate::group::{key_hash, AckOutcome, Admit, Candidate, Released};
+use crate::ids::ConnId;
 use crate::protocol::{self, ErrorCode, MsgFrame};
 use crate::topic::{Lookup, StoredMessage};
 

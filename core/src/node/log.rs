@@ -4,7 +4,7 @@
 use super::{DiskError, DiskOp, Node, Output, Timer, Trace, NS_PER_MS};
 use crate::batch;
 use crate::config::{FsyncPolicy, TestBug};
-use crate::group::ConnId;
+use crate::ids::ConnId;
 use crate::protocol::{self, ErrorCode};
 use crate::record::{self, NewTopicsRecord, ProducerRecord, TopicRecord};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};

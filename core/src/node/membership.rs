@@ -4,7 +4,8 @@
 use super::log::Waiter;
 use super::session::Pull;
 use super::{Node, Timer, NS_PER_MS};
-use crate::group::{ConnId, Group};
+use crate::group::Group;
+use crate::ids::ConnId;
 use crate::pipeline::{self, check_name, GROUP_BYTES_MAX};
 use crate::protocol::{self, ErrorCode, Filter, StartFrom};
 

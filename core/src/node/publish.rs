@@ -5,7 +5,7 @@ use super::log::Waiter;
 use super::{Node, NS_PER_MS};
 use crate::batch;
 use crate::config::TestBug;
-use crate::group::ConnId;
+use crate::ids::ConnId;
 use crate::pipeline::{self, Publish, PublishContext};
 use crate::protocol::{self, ErrorCode};
 use crate::record::{self, MessageRef};
@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 /// A waiter addressed to nobody (its answer was already given).
-const NO_CONN: ConnId = ConnId::MAX;
+const NO_CONN: ConnId = ConnId(u64::MAX);
 
 pub(super) struct SeenSeq {
     pub(super) topic: usize,

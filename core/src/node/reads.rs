@@ -2,7 +2,7 @@
 
 use super::{DiskError, DiskOp, Node, Output, Trace};
 use crate::config::TestBug;
-use crate::group::ConnId;
+use crate::ids::ConnId;
 use crate::protocol::{self, ErrorCode};
 use crate::record::{self, RecordRef};
 use crate::topic::{Loc, Lookup, StoredMessage};

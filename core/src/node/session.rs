@@ -2,7 +2,7 @@
 
 use super::{Node, Output, Rejection};
 use crate::config::TestBug;
-use crate::group::ConnId;
+use crate::ids::ConnId;
 use crate::pipeline::Publish;
 use crate::protocol::{self, ClientOp, ErrorCode};
 use std::collections::BTreeMap;

@@ -2,11 +2,11 @@
 #![allow(dead_code)]
 
 use ferry_core::testkit::Harness;
-use ferry_core::Config;
+use ferry_core::{Config, ConnId};
 use serde_json::{json, Value};
 
-pub const P: u64 = 1; // publisher connection
-pub const S: u64 = 2; // subscriber connection
+pub const P: ConnId = ConnId(1); // publisher connection
+pub const S: ConnId = ConnId(2); // subscriber connection
 
 pub fn harness(config: Config) -> Harness {
     let mut h = Harness::new(config);
@@ -26,7 +26,7 @@ pub fn publish(h: &mut Harness, topic: &str, key: Option<&str>, body: Value) -> 
     acks[0]["id"].as_u64().unwrap()
 }
 
-pub fn subscribe(h: &mut Harness, conn: u64, topic: &str, group: &str, extra: Value) {
+pub fn subscribe(h: &mut Harness, conn: ConnId, topic: &str, group: &str, extra: Value) {
     let mut frame = json!({"op": "sub", "req": "s", "topic": topic, "group": group, "from": "earliest"});
     for (k, v) in extra.as_object().unwrap() {
         frame[k] = v.clone();
@@ -36,7 +36,7 @@ pub fn subscribe(h: &mut Harness, conn: u64, topic: &str, group: &str, extra: Va
     assert_eq!(acks.len(), 1, "no suback: {:?}", h.take(conn));
 }
 
-pub fn msgs(h: &mut Harness, conn: u64) -> Vec<Value> {
+pub fn msgs(h: &mut Harness, conn: ConnId) -> Vec<Value> {
     h.take_op(conn, "msg")
 }
 
@@ -44,6 +44,6 @@ pub fn ids(frames: &[Value]) -> Vec<u64> {
     frames.iter().map(|m| m["id"].as_u64().unwrap()).collect()
 }
 
-pub fn ack(h: &mut Harness, conn: u64, topic: &str, group: &str, ids: &[u64]) {
+pub fn ack(h: &mut Harness, conn: ConnId, topic: &str, group: &str, ids: &[u64]) {
     h.send_json(conn, json!({"op": "ack", "topic": topic, "group": group, "ids": ids}));
 }
