@@ -1,12 +1,13 @@
 //! Messages kept in memory, bounded in bytes as well as counts: the read cache (messages read
 //! back from disk) and the node-wide budget over every topic's cache of recent messages.
 
+use crate::ids::TopicIdx;
 use crate::topic::{StoredMessage, Topic};
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
 /// (topic index, id)
-pub type MessageKey = (usize, u64);
+pub type MessageKey = (TopicIdx, u64);
 
 /// Messages read back from disk, oldest evicted first.
 #[derive(Default)]
@@ -82,7 +83,7 @@ impl CacheBudget {
 
     /// Caches `message` in topic `t` (bounded by `topic_bytes_max`), then evicts the oldest
     /// cached messages node-wide until all caches hold at most `total_bytes_max`.
-    pub fn push(&mut self, topics: &mut [Topic], t: usize, message: Rc<StoredMessage>, topic_bytes_max: u64, total_bytes_max: u64) {
+    pub fn push(&mut self, topics: &mut [Topic], t: TopicIdx, message: Rc<StoredMessage>, topic_bytes_max: u64, total_bytes_max: u64) {
         let id = message.id;
         let before = topics[t].cache_bytes();
         topics[t].cache_push(message, topic_bytes_max);
@@ -122,12 +123,12 @@ mod tests {
     fn the_read_cache_holds_its_byte_budget_and_keeps_the_newest() {
         let mut cache = ReadCache::default();
         for id in 1..=100 {
-            cache.insert((0, id), message(id, 1000), 1_000, 10_000);
+            cache.insert((TopicIdx(0), id), message(id, 1000), 1_000, 10_000);
         }
         assert!(cache.bytes() <= 10_000, "{}", cache.bytes());
-        assert!(cache.get(&(0, 100)).is_some());
-        assert!(cache.get(&(0, 1)).is_none());
-        cache.insert((0, 101), message(101, 50_000), 1_000, 10_000);
+        assert!(cache.get(&(TopicIdx(0), 100)).is_some());
+        assert!(cache.get(&(TopicIdx(0), 1)).is_none());
+        cache.insert((TopicIdx(0), 101), message(101, 50_000), 1_000, 10_000);
         assert_eq!(cache.len(), 1, "a message larger than the budget still stays alone for its reader");
     }
 
@@ -137,7 +138,7 @@ mod tests {
         let mut budget = CacheBudget::default();
         for round in 1..=50u64 {
             for t in 0..topics.len() {
-                budget.push(&mut topics, t, message(round, 1000), 20_000, 100_000);
+                budget.push(&mut topics, TopicIdx(t), message(round, 1000), 20_000, 100_000);
             }
         }
         let held: u64 = topics.iter().map(Topic::cache_bytes).sum();

@@ -12,3 +12,12 @@ impl fmt::Display for ConnId {
         write!(f, "{}", self.0)
     }
 }
+
+/// A topic's place in the node's table of topics (`Node::topics`); never reused while the
+/// node runs (topics are not deleted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TopicIdx(pub usize);
+
+/// A group's place in its topic's table of groups (`Topic::groups`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupIdx(pub usize);

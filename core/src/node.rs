@@ -10,7 +10,7 @@
 
 use crate::cache::{CacheBudget, ReadCache};
 use crate::config::{Config, TestBug};
-use crate::ids::ConnId;
+use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::pipeline::{self, Stage};
 use crate::record::SalvagedRecord;
 use crate::recovery::{Damage, RecoveryError};
@@ -189,10 +189,10 @@ pub struct RecoveryReport {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    AckDeadline { topic: usize, group: usize, id: u64 },
-    NackDelay { topic: usize, group: usize, id: u64 },
-    PullEnd { conn: ConnId, topic: usize, group: usize },
-    Pump { topic: usize, group: usize },
+    AckDeadline { topic: TopicIdx, group: GroupIdx, id: u64 },
+    NackDelay { topic: TopicIdx, group: GroupIdx, id: u64 },
+    PullEnd { conn: ConnId, topic: TopicIdx, group: GroupIdx },
+    Pump { topic: TopicIdx, group: GroupIdx },
     BatchFlush,
     DiskRetry,
     Retention,
@@ -202,7 +202,7 @@ pub struct Node {
     config: Config,
     stages: Vec<Box<dyn Stage>>,
     topics: Vec<Topic>,
-    topic_index: BTreeMap<String, usize>,
+    topic_index: BTreeMap<String, TopicIdx>,
     conns: BTreeMap<ConnId, Conn>,
     producers: BTreeMap<String, Producer>,
     producers_by_use: BTreeSet<(u64, String)>,
@@ -210,11 +210,11 @@ pub struct Node {
     log: Log,
     read_cache: ReadCache,
     cache_budget: CacheBudget,
-    reads: BTreeMap<u64, (usize, u64)>,
-    reading: BTreeSet<(usize, u64)>,
+    reads: BTreeMap<u64, (TopicIdx, u64)>,
+    reading: BTreeSet<(TopicIdx, u64)>,
     fetches: Vec<PendingFetch>,
     timers: BTreeSet<(u64, Timer)>,
-    dirty_groups: BTreeSet<(usize, usize)>,
+    dirty_groups: BTreeSet<(TopicIdx, GroupIdx)>,
     groups_dirty_since: u64,
     out: VecDeque<Output>,
     next_token: u64,
@@ -346,7 +346,7 @@ impl Node {
             for (g, group) in topic.groups.iter().enumerate() {
                 group.check_invariants();
                 for (conn_id, conn) in &self.conns {
-                    if let Some(sub) = conn.subs.get(&(t, g)) {
+                    if let Some(sub) = conn.subs.get(&(TopicIdx(t), GroupIdx(g))) {
                         assert_eq!(sub.in_flight as usize, group.in_flight_to(*conn_id), "in-flight count of conn {conn_id}");
                         assert_eq!(sub.in_flight_bytes, group.in_flight_bytes_to(*conn_id), "in-flight bytes of conn {conn_id}");
                         if sub.subscribed && sub.pull.is_none() {

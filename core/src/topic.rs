@@ -2,7 +2,9 @@
 
 use crate::cache::ReadCache;
 use crate::group::Group;
+use crate::ids::{GroupIdx, TopicIdx};
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::{Index, IndexMut};
 use std::rc::Rc;
 
 #[derive(Debug)]
@@ -44,7 +46,7 @@ pub struct Topic {
     recent: VecDeque<Rc<StoredMessage>>,
     recent_bytes: u64,
     pub groups: Vec<Group>,
-    pub group_index: BTreeMap<String, usize>,
+    pub group_index: BTreeMap<String, GroupIdx>,
 }
 
 impl Topic {
@@ -143,11 +145,11 @@ impl Topic {
         self.recent.get(id.checked_sub(first)? as usize)
     }
 
-    pub fn lookup(&self, id: u64, read_cache: &ReadCache, topic_index: usize) -> Lookup {
+    pub fn lookup(&self, id: u64, read_cache: &ReadCache, topic: TopicIdx) -> Lookup {
         if let Some(m) = self.cached(id) {
             return Lookup::Found(m.clone());
         }
-        if let Some(m) = read_cache.get(&(topic_index, id)) {
+        if let Some(m) = read_cache.get(&(topic, id)) {
             return Lookup::Found(m.clone());
         }
         match self.loc(id) {
@@ -180,3 +182,36 @@ impl Topic {
         }
     }
 }
+
+/// Tables of topics and groups are indexed by their own index types, so a group's index can
+/// never pick a topic. Both the `Vec` and its slice: indexing a `Vec` does not fall back to the
+/// slice's impl.
+macro_rules! index_by {
+    ($idx:ty, $item:ty) => {
+        impl Index<$idx> for [$item] {
+            type Output = $item;
+            fn index(&self, at: $idx) -> &$item {
+                &self[at.0]
+            }
+        }
+        impl IndexMut<$idx> for [$item] {
+            fn index_mut(&mut self, at: $idx) -> &mut $item {
+                &mut self[at.0]
+            }
+        }
+        impl Index<$idx> for Vec<$item> {
+            type Output = $item;
+            fn index(&self, at: $idx) -> &$item {
+                &self[at.0]
+            }
+        }
+        impl IndexMut<$idx> for Vec<$item> {
+            fn index_mut(&mut self, at: $idx) -> &mut $item {
+                &mut self[at.0]
+            }
+        }
+    };
+}
+
+index_by!(TopicIdx, Topic);
+index_by!(GroupIdx, Group);

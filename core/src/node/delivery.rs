@@ -5,7 +5,7 @@ use super::log::Waiter;
 use super::{Node, Output, Timer, Trace, NS_PER_MS};
 use crate::config::TestBug;
 use crate::group::{key_hash, AckOutcome, Admit, Candidate, Released};
-use crate::ids::ConnId;
+use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::protocol::{self, ErrorCode, MsgFrame};
 use crate::topic::{Lookup, StoredMessage};
 
@@ -37,7 +37,7 @@ impl Node {
         self.pump(t, g);
     }
 
-    pub(super) fn ack_one(&mut self, t: usize, g: usize, id: u64) -> bool {
+    pub(super) fn ack_one(&mut self, t: TopicIdx, g: GroupIdx, id: u64) -> bool {
         match self.topics[t].groups[g].ack(id) {
             AckOutcome::Acked { released, delay_until } => {
                 if let Some(Released { conn, deadline, bytes }) = released {
@@ -57,7 +57,7 @@ impl Node {
         }
     }
 
-    fn nack_one(&mut self, conn: ConnId, t: usize, g: usize, id: u64, delay_ms: u64) -> bool {
+    fn nack_one(&mut self, conn: ConnId, t: TopicIdx, g: GroupIdx, id: u64, delay_ms: u64) -> bool {
         let until = (delay_ms > 0).then(|| self.now + delay_ms * NS_PER_MS);
         let group = &mut self.topics[t].groups[g];
         if id >= group.cursor() {
@@ -74,7 +74,7 @@ impl Node {
     }
 
     /// One message (of `bytes`) in flight to `conn` is no longer: its window has room again.
-    pub(super) fn release_in_flight(&mut self, conn: ConnId, t: usize, g: usize, bytes: u32) {
+    pub(super) fn release_in_flight(&mut self, conn: ConnId, t: TopicIdx, g: GroupIdx, bytes: u32) {
         let Some(state) = self.conns.get_mut(&conn) else { return };
         let Some(sub) = state.subs.get_mut(&(t, g)) else { return };
         sub.in_flight -= 1;
@@ -85,7 +85,7 @@ impl Node {
         }
     }
 
-    fn pick_member(&mut self, t: usize, g: usize) -> Option<ConnId> {
+    fn pick_member(&mut self, t: TopicIdx, g: GroupIdx) -> Option<ConnId> {
         let group = &mut self.topics[t].groups[g];
         let count = group.members.len();
         for step in 0..count {
@@ -104,7 +104,7 @@ impl Node {
     }
 
     /// Delivers what group `g` of topic `t` can deliver now.
-    pub(super) fn pump(&mut self, t: usize, g: usize) {
+    pub(super) fn pump(&mut self, t: TopicIdx, g: GroupIdx) {
         for _ in 0..PUMP_STEPS_MAX {
             if self.topics[t].groups[g].members.is_empty() {
                 return;
@@ -150,7 +150,7 @@ impl Node {
         self.timers.insert((self.now, Timer::Pump { topic: t, group: g }));
     }
 
-    fn dispatch(&mut self, t: usize, g: usize, id: u64, conn: ConnId, message: &StoredMessage) {
+    fn dispatch(&mut self, t: TopicIdx, g: GroupIdx, id: u64, conn: ConnId, message: &StoredMessage) {
         let topic = &mut self.topics[t];
         let group = &mut topic.groups[g];
         let deadline = self.now + group.ack_timeout_ns;
@@ -183,7 +183,7 @@ impl Node {
         }
     }
 
-    fn dead_letter(&mut self, t: usize, g: usize, id: u64, message: &StoredMessage) {
+    fn dead_letter(&mut self, t: TopicIdx, g: GroupIdx, id: u64, message: &StoredMessage) {
         self.topics[t].groups[g].start_dead_letter(id);
         let topic = &self.topics[t];
         let (topic_name, group_name) = (topic.name.clone(), topic.groups[g].name.clone());
@@ -214,9 +214,9 @@ impl Node {
         self.maybe_flush();
     }
 
-    pub(super) fn pump_topic(&mut self, t: usize) {
+    pub(super) fn pump_topic(&mut self, t: TopicIdx) {
         for g in 0..self.topics[t].groups.len() {
-            self.pump(t, g);
+            self.pump(t, GroupIdx(g));
         }
     }
 }

@@ -5,6 +5,7 @@ use super::{Node, RecoveryReport, SeenSeq, SegmentInfo, NS_PER_MS};
 use crate::batch;
 use crate::config::TestBug;
 use crate::group::{key_hash, Admit, Group};
+use crate::ids::{GroupIdx, TopicIdx};
 use crate::record::{self, GroupRecord, MessageRef, RecordRef, SalvagedRecord};
 use crate::recovery::{self, BadRegion, Damage, Found, IdRange, RecoveryError, MESSAGE_RECORD_BYTES_MIN};
 use crate::topic::Loc;
@@ -19,14 +20,14 @@ impl Node {
         let mut group_records: BTreeMap<(String, String), GroupRecord> = BTreeMap::new();
         let mut bad: Vec<(u64, BadRegion)> = Vec::new();
         // Where each topic was last named by a snapshot, and the next id it gave.
-        let mut last_topic_record: BTreeMap<usize, (Place, u64)> = BTreeMap::new();
+        let mut last_topic_record: BTreeMap<TopicIdx, (Place, u64)> = BTreeMap::new();
         let mut torn_ids: Vec<(String, u64)> = Vec::new();
         let mut torn_decoded_bytes = 0u64;
         let mut torn_undecoded_bytes = 0u64;
         let mut acknowledged: BTreeMap<Place, SalvagedRecord> = BTreeMap::new();
         // The next id of each topic as the oldest segment on disk first names it: the ids
         // below it were in segments retention deleted (none when segment 1 is still there).
-        let mut retained_from: BTreeMap<usize, u64> = BTreeMap::new();
+        let mut retained_from: BTreeMap<TopicIdx, u64> = BTreeMap::new();
         for (position, (segment, bytes)) in segments.iter().enumerate() {
             assert!(position == 0 || segments[position - 1].0 < *segment, "segments must come in ascending order");
             let newest = position + 1 == segments.len();
@@ -159,7 +160,7 @@ impl Node {
     /// Which ids of which topics a bad region may have held: those missing between the last
     /// intact record of the topic before it and the first after it (a later snapshot's next
     /// id bounds it too), less the intact records found inside it.
-    fn describe_damage(&self, segment: u64, region: BadRegion, last_topic_record: &BTreeMap<usize, (Place, u64)>) -> Damage {
+    fn describe_damage(&self, segment: u64, region: BadRegion, last_topic_record: &BTreeMap<TopicIdx, (Place, u64)>) -> Damage {
         let (start, end) = ((segment, region.offset), (segment, region.end));
         let mut intact_records = 0;
         let mut ids = Vec::new();
@@ -184,7 +185,7 @@ impl Node {
                 known = id;
             }
             if after.is_none() {
-                after = last_topic_record.get(&t).filter(|(place, _)| *place >= end).map(|(_, next_id)| *next_id);
+                after = last_topic_record.get(&TopicIdx(t)).filter(|(place, _)| *place >= end).map(|(_, next_id)| *next_id);
             }
             match after {
                 Some(after) if after > known + 1 => ids.push(IdRange { topic: topic.name.clone(), first: known + 1, last: Some(after - 1) }),
@@ -259,7 +260,7 @@ impl Node {
             }
         }
         let topic = &mut self.topics[t];
-        let g = topic.groups.len();
+        let g = GroupIdx(topic.groups.len());
         topic.group_index.insert(record.group.clone(), g);
         topic.groups.push(group);
     }

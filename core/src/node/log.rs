@@ -4,15 +4,15 @@
 use super::{DiskError, DiskOp, Node, Output, Timer, Trace, NS_PER_MS};
 use crate::batch;
 use crate::config::{FsyncPolicy, TestBug};
-use crate::ids::ConnId;
+use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::protocol::{self, ErrorCode};
 use crate::record::{self, NewTopicsRecord, ProducerRecord, TopicRecord};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub(super) enum Waiter {
-    Puback { conn: ConnId, req: Option<String>, topic: usize, id: u64, producer: Option<(String, u64)> },
-    Join { conn: ConnId, req: Option<String>, topic: usize, group: usize, window: u32, pull: Option<(u32, u64)> },
-    DeadLetter { topic: usize, group: usize, id: u64 },
+    Puback { conn: ConnId, req: Option<String>, topic: TopicIdx, id: u64, producer: Option<(String, u64)> },
+    Join { conn: ConnId, req: Option<String>, topic: TopicIdx, group: GroupIdx, window: u32, pull: Option<(u32, u64)> },
+    DeadLetter { topic: TopicIdx, group: GroupIdx, id: u64 },
 }
 
 pub(super) struct Batch {
@@ -23,7 +23,7 @@ pub(super) struct Batch {
     pub(super) create: bool,
     pub(super) waiters: Vec<Waiter>,
     /// Per topic, the next id once this batch is durable.
-    pub(super) marks: BTreeMap<usize, u64>,
+    pub(super) marks: BTreeMap<TopicIdx, u64>,
     pub(super) started_at: u64,
     pub(super) token: u64,
     /// Written with an fsync: once done, everything in its segment up to its end is durable.
@@ -67,7 +67,7 @@ impl Node {
         self.log.open.data.len() as u64 + queued + self.log.flushing.as_ref().map_or(0, |b| b.len)
     }
 
-    pub(super) fn mark_group_dirty(&mut self, t: usize, g: usize) {
+    pub(super) fn mark_group_dirty(&mut self, t: TopicIdx, g: GroupIdx) {
         if self.dirty_groups.is_empty() {
             self.groups_dirty_since = self.now;
         }
@@ -344,7 +344,7 @@ impl Node {
     }
 
     fn mark_all_groups_dirty(&mut self) {
-        let all: Vec<(usize, usize)> = self.topics.iter().enumerate().flat_map(|(t, topic)| (0..topic.groups.len()).map(move |g| (t, g))).collect();
+        let all: Vec<(TopicIdx, GroupIdx)> = self.topics.iter().enumerate().flat_map(|(t, topic)| (0..topic.groups.len()).map(move |g| (TopicIdx(t), GroupIdx(g)))).collect();
         for (t, g) in all {
             self.mark_group_dirty(t, g);
         }

@@ -5,12 +5,12 @@ use super::log::Waiter;
 use super::session::Pull;
 use super::{Node, Timer, NS_PER_MS};
 use crate::group::Group;
-use crate::ids::ConnId;
+use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::pipeline::{self, check_name, GROUP_BYTES_MAX};
 use crate::protocol::{self, ErrorCode, Filter, StartFrom};
 
 impl Node {
-    pub(super) fn group_of(&self, topic: &str, group: &str) -> Result<(usize, usize), (ErrorCode, String)> {
+    pub(super) fn group_of(&self, topic: &str, group: &str) -> Result<(TopicIdx, GroupIdx), (ErrorCode, String)> {
         let Some(&t) = self.topic_index.get(topic) else { return Err((ErrorCode::NoSuchTopic, format!("no topic '{topic}'"))) };
         let Some(&g) = self.topics[t].group_index.get(group) else {
             return Err((ErrorCode::NotSubscribed, format!("no group '{group}' on topic '{topic}'")));
@@ -35,7 +35,7 @@ impl Node {
 
     /// Finds or creates the group. A new group's record joins the open batch, so members are
     /// admitted only once the group is durable (a restart must not move it to "latest").
-    fn join_group(&mut self, topic: &str, group: &str, from: StartFrom, filter: Option<Filter>) -> Result<(usize, usize), (ErrorCode, String)> {
+    fn join_group(&mut self, topic: &str, group: &str, from: StartFrom, filter: Option<Filter>) -> Result<(TopicIdx, GroupIdx), (ErrorCode, String)> {
         check_name("topic", topic, pipeline::TOPIC_BYTES_MAX + 4).map_err(|m| (ErrorCode::BadFrame, m))?;
         check_name("group", group, GROUP_BYTES_MAX).map_err(|m| (ErrorCode::BadFrame, m))?;
         let t = self.topic_for(topic).map_err(|m| (ErrorCode::Overloaded, m))?;
@@ -55,7 +55,7 @@ impl Node {
             StartFrom::Id(id) => id.max(topic_state.first_id()).max(1),
         };
         let ack_timeout_ns = self.config.ack_timeout_ms_for(group) * NS_PER_MS;
-        let g = topic_state.groups.len();
+        let g = GroupIdx(topic_state.groups.len());
         topic_state.groups.push(Group::new(group.to_string(), filter, start_id, ack_timeout_ns, self.config.max_attempts_for(group)));
         topic_state.group_index.insert(group.to_string(), g);
         self.mark_group_dirty(t, g);
@@ -74,7 +74,7 @@ impl Node {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn admit_member(&mut self, conn: ConnId, req: Option<String>, t: usize, g: usize, window: u32, pull: Option<(u32, u64)>) {
+    pub(super) fn admit_member(&mut self, conn: ConnId, req: Option<String>, t: TopicIdx, g: GroupIdx, window: u32, pull: Option<(u32, u64)>) {
         let Some(state) = self.conns.get_mut(&conn) else { return };
         let sub = state.subs.entry((t, g)).or_default();
         let mut frame = String::new();
@@ -128,7 +128,7 @@ impl Node {
         }
     }
 
-    pub(super) fn finish_pull(&mut self, conn: ConnId, t: usize, g: usize) {
+    pub(super) fn finish_pull(&mut self, conn: ConnId, t: TopicIdx, g: GroupIdx) {
         let Some(sub) = self.conns.get_mut(&conn).and_then(|c| c.subs.get_mut(&(t, g))) else { return };
         let Some(pull) = sub.pull.take() else { return };
         self.timers.remove(&(pull.deadline, Timer::PullEnd { conn, topic: t, group: g }));
@@ -155,7 +155,7 @@ impl Node {
     }
 
     /// Takes `conn` out of the group; what it had in flight goes to the other members.
-    pub(super) fn release_member(&mut self, conn: ConnId, t: usize, g: usize) {
+    pub(super) fn release_member(&mut self, conn: ConnId, t: TopicIdx, g: GroupIdx) {
         let group = &mut self.topics[t].groups[g];
         group.members.retain(|m| *m != conn);
         for (id, deadline) in group.release_conn(conn) {

@@ -5,7 +5,7 @@ use super::log::Waiter;
 use super::{Node, NS_PER_MS};
 use crate::batch;
 use crate::config::TestBug;
-use crate::ids::ConnId;
+use crate::ids::{ConnId, TopicIdx};
 use crate::pipeline::{self, Publish, PublishContext};
 use crate::protocol::{self, ErrorCode};
 use crate::record::{self, MessageRef};
@@ -17,7 +17,7 @@ use std::rc::Rc;
 const NO_CONN: ConnId = ConnId(u64::MAX);
 
 pub(super) struct SeenSeq {
-    pub(super) topic: usize,
+    pub(super) topic: TopicIdx,
     pub(super) id: u64,
     pub(super) durable: bool,
 }
@@ -113,21 +113,21 @@ impl Node {
         }
     }
 
-    pub(super) fn topic_for(&mut self, name: &str) -> Result<usize, String> {
+    pub(super) fn topic_for(&mut self, name: &str) -> Result<TopicIdx, String> {
         if let Some(t) = self.topic_index.get(name) {
             return Ok(*t);
         }
         if self.topics.len() >= self.config.topics_max as usize {
             return Err(format!("topic limit reached (topics_max = {})", self.config.topics_max));
         }
-        let t = self.topics.len();
+        let t = TopicIdx(self.topics.len());
         self.topics.push(Topic::new(name.to_string(), self.new_topic_first_id));
         self.topic_index.insert(name.to_string(), t);
         Ok(t)
     }
 
     /// Assigns the next id of topic `t` and appends the message to the open batch.
-    pub(super) fn append_message(&mut self, t: usize, key: Option<&str>, body: &str, producer: Option<&str>, seq: u64) -> u64 {
+    pub(super) fn append_message(&mut self, t: TopicIdx, key: Option<&str>, body: &str, producer: Option<&str>, seq: u64) -> u64 {
         let ts_ms = self.now / NS_PER_MS;
         let topic = &self.topics[t];
         let id = topic.next_id;

@@ -2,7 +2,7 @@
 
 use super::{DiskError, DiskOp, Node, Output, Trace};
 use crate::config::TestBug;
-use crate::ids::ConnId;
+use crate::ids::{ConnId, TopicIdx};
 use crate::protocol::{self, ErrorCode};
 use crate::record::{self, RecordRef};
 use crate::topic::{Loc, Lookup, StoredMessage};
@@ -13,7 +13,7 @@ use std::rc::Rc;
 pub(super) struct PendingFetch {
     pub(super) conn: ConnId,
     pub(super) req: Option<String>,
-    pub(super) topic: usize,
+    pub(super) topic: TopicIdx,
     /// The stored ids gathered, ascending, each with its message: `None` while its read is
     /// outstanding, `Some(None)` once the record turned out unreadable.
     pub(super) slots: Vec<(u64, Option<Option<Rc<StoredMessage>>>)>,
@@ -25,7 +25,7 @@ pub(super) struct PendingFetch {
 }
 
 impl Node {
-    pub(super) fn request_read(&mut self, t: usize, id: u64, loc: Loc) {
+    pub(super) fn request_read(&mut self, t: TopicIdx, id: u64, loc: Loc) {
         if !self.reading.insert((t, id)) {
             return;
         }
@@ -91,7 +91,7 @@ impl Node {
     /// even alone over the limit: a message may be as large as the frame that published it,
     /// and a client must be able to get past it. Ids that are gone are skipped, so a reply is
     /// empty only when nothing is stored in the range (PROTOCOL.md).
-    fn gather_fetch(&mut self, conn: ConnId, req: Option<String>, t: usize, from: u64, to: u64) {
+    fn gather_fetch(&mut self, conn: ConnId, req: Option<String>, t: TopicIdx, from: u64, to: u64) {
         let topic = &self.topics[t];
         let budget = self.config.frame_bytes_max;
         let count_max = self.config.fetch_messages_max as usize;
@@ -164,7 +164,7 @@ impl Node {
 
     /// A read for (t, id) finished with `message` (None: unreadable): fill the fetches waiting
     /// for it and answer those that are complete.
-    fn feed_fetches(&mut self, t: usize, id: u64, message: Option<&Rc<StoredMessage>>) {
+    fn feed_fetches(&mut self, t: TopicIdx, id: u64, message: Option<&Rc<StoredMessage>>) {
         let mut index = 0;
         while index < self.fetches.len() {
             let fetch = &mut self.fetches[index];

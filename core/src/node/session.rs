@@ -2,7 +2,7 @@
 
 use super::{Node, Output, Rejection};
 use crate::config::TestBug;
-use crate::ids::ConnId;
+use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::pipeline::Publish;
 use crate::protocol::{self, ClientOp, ErrorCode};
 use std::collections::BTreeMap;
@@ -45,7 +45,7 @@ pub(super) struct Conn {
     pub(super) authenticated: bool,
     /// The shell says its outgoing queue is full: no messages are pushed to it meanwhile.
     pub(super) congested: bool,
-    pub(super) subs: BTreeMap<(usize, usize), Sub>,
+    pub(super) subs: BTreeMap<(TopicIdx, GroupIdx), Sub>,
 }
 
 impl Node {
@@ -145,7 +145,7 @@ impl Node {
         }
         state.congested = congested;
         if !congested {
-            let groups: Vec<(usize, usize)> = state.subs.keys().copied().collect();
+            let groups: Vec<(TopicIdx, GroupIdx)> = state.subs.keys().copied().collect();
             for (t, g) in groups {
                 self.pump(t, g);
             }
