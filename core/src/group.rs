@@ -18,8 +18,8 @@ use crate::ids::ConnId;
 pub enum EntryState {
     Blocked,
     Ready { attempts: u32 },
-    Delayed { attempts: u32, until: u64 },
-    InFlight { conn: ConnId, attempts: u32, deadline: u64 },
+    Delayed { attempts: u32, until_ns: u64 },
+    InFlight { conn: ConnId, attempts: u32, deadline_ns: u64 },
     DeadLettering { attempts: u32 },
     Acked,
 }
@@ -34,11 +34,11 @@ struct Entry {
 }
 
 /// What an ack or nack took off a connection: the message was in flight to `conn` until
-/// `deadline`, counting `bytes` against its byte window.
+/// `deadline_ns`, counting `bytes` against its byte window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Released {
     pub conn: ConnId,
-    pub deadline: u64,
+    pub deadline_ns: u64,
     pub bytes: u32,
 }
 
@@ -217,10 +217,10 @@ impl Group {
 
     /// Hands a Ready entry of `bytes` bytes to `conn`; returns (attempt number of this
     /// delivery, prev).
-    pub fn dispatch(&mut self, id: u64, conn: ConnId, deadline: u64, bytes: u32) -> (u32, u64) {
+    pub fn dispatch(&mut self, id: u64, conn: ConnId, deadline_ns: u64, bytes: u32) -> (u32, u64) {
         let entry = self.outstanding.get_mut(&id).expect("dispatch of an outstanding id");
         let EntryState::Ready { attempts } = entry.state else { panic!("dispatch of a non-ready entry {:?}", entry.state) };
-        entry.state = EntryState::InFlight { conn, attempts: attempts + 1, deadline };
+        entry.state = EntryState::InFlight { conn, attempts: attempts + 1, deadline_ns };
         entry.bytes = bytes;
         self.ready.remove(&id);
         (attempts + 1, entry.prev)
@@ -232,12 +232,12 @@ impl Group {
         };
         let (released, delay_until) = match entry.state {
             EntryState::Acked | EntryState::Blocked => return AckOutcome::Ignored,
-            EntryState::InFlight { conn, deadline, .. } => (Some(Released { conn, deadline, bytes: entry.bytes }), None),
+            EntryState::InFlight { conn, deadline_ns, .. } => (Some(Released { conn, deadline_ns, bytes: entry.bytes }), None),
             EntryState::Ready { .. } => {
                 self.ready.remove(&id);
                 (None, None)
             }
-            EntryState::Delayed { until, .. } => (None, Some(until)),
+            EntryState::Delayed { until_ns, .. } => (None, Some(until_ns)),
             EntryState::DeadLettering { .. } => (None, None),
         };
         entry.state = EntryState::Acked;
@@ -247,32 +247,32 @@ impl Group {
         AckOutcome::Acked { released, delay_until }
     }
 
-    /// Gives an in-flight message back: Ready now, or Delayed until `until`.
+    /// Gives an in-flight message back: Ready now, or Delayed until `until_ns`.
     /// Returns what it was released from.
     /// Only the connection the message is in flight to can give it back: a nack from an
     /// earlier holder (whose delivery expired or was released) must not cancel the current one.
-    pub fn nack(&mut self, id: u64, until: Option<u64>, from: ConnId) -> Option<Released> {
+    pub fn nack(&mut self, id: u64, until_ns: Option<u64>, from: ConnId) -> Option<Released> {
         let entry = self.outstanding.get_mut(&id)?;
-        let EntryState::InFlight { conn, attempts, deadline } = entry.state else { return None };
+        let EntryState::InFlight { conn, attempts, deadline_ns } = entry.state else { return None };
         if conn != from {
             return None;
         }
-        match until {
-            Some(until) => entry.state = EntryState::Delayed { attempts, until },
+        match until_ns {
+            Some(until_ns) => entry.state = EntryState::Delayed { attempts, until_ns },
             None => {
                 entry.state = EntryState::Ready { attempts };
                 self.ready.insert(id);
             }
         }
-        Some(Released { conn, deadline, bytes: entry.bytes })
+        Some(Released { conn, deadline_ns, bytes: entry.bytes })
     }
 
-    /// The ack deadline `deadline` of `id` passed: it becomes ready for redelivery. Returns
+    /// The ack deadline `deadline_ns` of `id` passed: it becomes ready for redelivery. Returns
     /// the connection it was in flight to and its bytes.
-    pub fn expire(&mut self, id: u64, deadline: u64) -> Option<(ConnId, u32)> {
+    pub fn expire(&mut self, id: u64, deadline_ns: u64) -> Option<(ConnId, u32)> {
         let entry = self.outstanding.get_mut(&id)?;
         match entry.state {
-            EntryState::InFlight { conn, attempts, deadline: d } if d == deadline => {
+            EntryState::InFlight { conn, attempts, deadline_ns: d } if d == deadline_ns => {
                 entry.state = EntryState::Ready { attempts };
                 self.ready.insert(id);
                 Some((conn, entry.bytes))
@@ -281,10 +281,10 @@ impl Group {
         }
     }
 
-    pub fn delay_over(&mut self, id: u64, until: u64) -> bool {
+    pub fn delay_over(&mut self, id: u64, until_ns: u64) -> bool {
         let Some(entry) = self.outstanding.get_mut(&id) else { return false };
         match entry.state {
-            EntryState::Delayed { attempts, until: u } if u == until => {
+            EntryState::Delayed { attempts, until_ns: u } if u == until_ns => {
                 entry.state = EntryState::Ready { attempts };
                 self.ready.insert(id);
                 true
@@ -297,11 +297,11 @@ impl Group {
     pub fn release_conn(&mut self, conn: ConnId) -> Vec<(u64, u64)> {
         let mut released = Vec::new();
         for (id, entry) in self.outstanding.iter_mut() {
-            if let EntryState::InFlight { conn: c, attempts, deadline } = entry.state {
+            if let EntryState::InFlight { conn: c, attempts, deadline_ns } = entry.state {
                 if c == conn {
                     entry.state = EntryState::Ready { attempts };
                     self.ready.insert(*id);
-                    released.push((*id, deadline));
+                    released.push((*id, deadline_ns));
                 }
             }
         }
@@ -417,7 +417,7 @@ mod tests {
             admit_and_dispatch(&mut g, id, None, 7);
         }
         assert_eq!(g.floor(), (0, 0));
-        assert!(matches!(g.ack(2), AckOutcome::Acked { released: Some(Released { conn: ConnId(7), deadline: 100, bytes: 10 }), .. }));
+        assert!(matches!(g.ack(2), AckOutcome::Acked { released: Some(Released { conn: ConnId(7), deadline_ns: 100, bytes: 10 }), .. }));
         assert_eq!(g.floor(), (0, 0));
         g.ack(1);
         assert_eq!(g.floor(), (2, 2));
@@ -450,7 +450,7 @@ mod tests {
         assert_eq!(g.next_candidate(2, 100), Candidate::Ready { id: 1, attempts: 1 });
         assert_eq!(g.dispatch(1, ConnId(2), 200, 30), (2, 0));
         assert_eq!(g.nack(1, Some(500), ConnId(1)), None, "a nack from the earlier holder changes nothing");
-        assert_eq!(g.nack(1, Some(500), ConnId(2)), Some(Released { conn: ConnId(2), deadline: 200, bytes: 30 }));
+        assert_eq!(g.nack(1, Some(500), ConnId(2)), Some(Released { conn: ConnId(2), deadline_ns: 200, bytes: 30 }));
         assert_eq!(g.next_candidate(2, 100), Candidate::Nothing);
         assert!(g.delay_over(1, 500));
         assert_eq!(g.next_candidate(2, 100), Candidate::Ready { id: 1, attempts: 2 });

@@ -215,11 +215,11 @@ pub struct Node {
     fetches: Vec<PendingFetch>,
     timers: BTreeSet<(u64, Timer)>,
     dirty_groups: BTreeSet<(TopicIdx, GroupIdx)>,
-    groups_dirty_since: u64,
+    groups_dirty_since_ns: u64,
     out: VecDeque<Output>,
     next_token: u64,
     pending_publishes: u32,
-    disk_full_until: Option<u64>,
+    disk_full_until_ns: Option<u64>,
     /// Truncations not yet done: writes wait for them.
     truncating: BTreeSet<u64>,
     /// An unrecoverable disk error was reported: every input is ignored from then on.
@@ -228,20 +228,20 @@ pub struct Node {
     new_topic_first_id: u64,
     /// Salvaged regions of segments still kept: every segment's snapshot repeats them.
     salvaged_regions: Vec<SalvagedRecord>,
-    now: u64,
+    now_ns: u64,
     pub stats: Stats,
 }
 
 impl Node {
     /// A node over an empty data directory.
-    pub fn new(config: Config, now: u64) -> Node {
-        Node::recover(config, &[], now).expect("an empty log has no damage").0
+    pub fn new(config: Config, now_ns: u64) -> Node {
+        Node::recover(config, &[], now_ns).expect("an empty log has no damage").0
     }
 
     /// Rebuilds the node from its segments (ascending id, each the file's full bytes).
     /// Refuses damaged acknowledged data unless `config.salvage`. The first outputs cut the
     /// newest segment back to its intact batches; no write starts before they are done.
-    pub fn recover(config: Config, segments: &[(u64, &[u8])], now: u64) -> Result<(Node, RecoveryReport), RecoveryError> {
+    pub fn recover(config: Config, segments: &[(u64, &[u8])], now_ns: u64) -> Result<(Node, RecoveryReport), RecoveryError> {
         config.validate().unwrap_or_else(|e| panic!("invalid config reached the core: {e}"));
         let mut node = Node {
             stages: pipeline::default_stages(!config.tokens.is_empty()),
@@ -269,16 +269,16 @@ impl Node {
             fetches: Vec::new(),
             timers: BTreeSet::new(),
             dirty_groups: BTreeSet::new(),
-            groups_dirty_since: 0,
+            groups_dirty_since_ns: 0,
             out: VecDeque::new(),
             next_token: 1,
             pending_publishes: 0,
-            disk_full_until: None,
+            disk_full_until_ns: None,
             truncating: BTreeSet::new(),
             stopped: false,
             new_topic_first_id: 1,
             salvaged_regions: Vec::new(),
-            now,
+            now_ns,
             stats: Stats::default(),
         };
         let report = node.load_segments(segments)?;
@@ -289,7 +289,7 @@ impl Node {
             Some(torn) => node.continue_segment_after(torn.segment, torn.region.end),
             None => node.start_segment(segments.last().map_or(1, |(id, _)| id + 1)),
         }
-        node.timers.insert((now + RETENTION_CHECK_NS, Timer::Retention));
+        node.timers.insert((now_ns + RETENTION_CHECK_NS, Timer::Retention));
         node.maybe_flush();
         Ok((node, report))
     }
@@ -358,8 +358,8 @@ impl Node {
         }
     }
 
-    pub fn handle_input(&mut self, now: u64, input: Input<'_>) {
-        self.advance_clock(now);
+    pub fn handle_input(&mut self, now_ns: u64, input: Input<'_>) {
+        self.advance_clock(now_ns);
         if self.stopped {
             return;
         }
@@ -378,13 +378,13 @@ impl Node {
         }
     }
 
-    pub fn handle_timeout(&mut self, now: u64) {
-        self.advance_clock(now);
+    pub fn handle_timeout(&mut self, now_ns: u64) {
+        self.advance_clock(now_ns);
         if self.stopped {
             return;
         }
         while let Some(&(at, timer)) = self.timers.first() {
-            if at > now {
+            if at > now_ns {
                 break;
             }
             self.timers.pop_first();
@@ -408,9 +408,9 @@ impl Node {
         self.stopped
     }
 
-    fn advance_clock(&mut self, now: u64) {
-        debug_assert!(now >= self.now, "time went backwards: {} -> {now}", self.now);
-        self.now = self.now.max(now);
+    fn advance_clock(&mut self, now_ns: u64) {
+        debug_assert!(now_ns >= self.now_ns, "time went backwards: {} -> {now_ns}", self.now_ns);
+        self.now_ns = self.now_ns.max(now_ns);
     }
 
     fn on_timer(&mut self, at: u64, timer: Timer) {
@@ -437,7 +437,7 @@ impl Node {
             Timer::BatchFlush | Timer::DiskRetry => self.maybe_flush(),
             Timer::Retention => {
                 self.enforce_retention();
-                self.timers.insert((self.now + RETENTION_CHECK_NS, Timer::Retention));
+                self.timers.insert((self.now_ns + RETENTION_CHECK_NS, Timer::Retention));
             }
         }
     }

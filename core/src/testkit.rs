@@ -114,7 +114,7 @@ pub struct Harness {
     pub config: Config,
     pub node: Node,
     pub disk: MemDisk,
-    pub now: u64,
+    pub now_ns: u64,
     pub sent: BTreeMap<ConnId, VecDeque<Value>>,
     pub closed: Vec<(ConnId, u16)>,
     pub traces: Vec<Trace>,
@@ -141,7 +141,7 @@ impl Harness {
             config,
             node,
             disk: MemDisk::default(),
-            now: EPOCH_NS,
+            now_ns: EPOCH_NS,
             sent: BTreeMap::new(),
             closed: Vec::new(),
             traces: Vec::new(),
@@ -192,20 +192,20 @@ impl Harness {
             self.reads += 1;
         }
         if let (DiskOp::Write { token, .. }, Some(error)) = (&op, self.fail_next_write.take()) {
-            self.node.handle_input(self.now, Input::WriteDone { token: *token, result: Err(error) });
+            self.node.handle_input(self.now_ns, Input::WriteDone { token: *token, result: Err(error) });
             return;
         }
         if let (DiskOp::Truncate { token, .. }, Some(error)) = (&op, self.fail_next_truncate.take()) {
-            self.node.handle_input(self.now, Input::TruncateDone { token: *token, result: Err(error) });
+            self.node.handle_input(self.now_ns, Input::TruncateDone { token: *token, result: Err(error) });
             return;
         }
         match self.disk.apply(&op) {
-            Some(Completion::Write { token, result }) => self.node.handle_input(self.now, Input::WriteDone { token, result }),
+            Some(Completion::Write { token, result }) => self.node.handle_input(self.now_ns, Input::WriteDone { token, result }),
             Some(Completion::Read { token, bytes }) => {
                 let result = bytes.as_deref().ok_or(DiskError::Io("no such range".into()));
-                self.node.handle_input(self.now, Input::ReadDone { token, result });
+                self.node.handle_input(self.now_ns, Input::ReadDone { token, result });
             }
-            Some(Completion::Truncate { token, result }) => self.node.handle_input(self.now, Input::TruncateDone { token, result }),
+            Some(Completion::Truncate { token, result }) => self.node.handle_input(self.now_ns, Input::TruncateDone { token, result }),
             None => {}
         }
     }
@@ -219,13 +219,13 @@ impl Harness {
     }
 
     pub fn connect(&mut self, conn: ConnId) -> Value {
-        self.node.handle_input(self.now, Input::Connected { conn });
+        self.node.handle_input(self.now_ns, Input::Connected { conn });
         self.drain();
         self.take(conn).pop_front().expect("welcome")
     }
 
     pub fn send(&mut self, conn: ConnId, frame: &str) {
-        self.node.handle_input(self.now, Input::Frame { conn, text: frame });
+        self.node.handle_input(self.now_ns, Input::Frame { conn, text: frame });
         self.drain();
     }
 
@@ -234,22 +234,22 @@ impl Harness {
     }
 
     pub fn disconnect(&mut self, conn: ConnId) {
-        self.node.handle_input(self.now, Input::Disconnected { conn });
+        self.node.handle_input(self.now_ns, Input::Disconnected { conn });
         self.drain();
     }
 
     /// Moves the clock forward, firing every timer in order on the way.
     pub fn advance_ms(&mut self, ms: u64) {
-        let target = self.now + ms * NS_PER_MS;
+        let target = self.now_ns + ms * NS_PER_MS;
         while let Some(at) = self.node.poll_timeout() {
             if at > target {
                 break;
             }
-            self.now = self.now.max(at);
-            self.node.handle_timeout(self.now);
+            self.now_ns = self.now_ns.max(at);
+            self.node.handle_timeout(self.now_ns);
             self.drain();
         }
-        self.now = target;
+        self.now_ns = target;
     }
 
     pub fn take(&mut self, conn: ConnId) -> VecDeque<Value> {
@@ -277,7 +277,7 @@ impl Harness {
     /// Restarts the node from the disk as it is; a refused recovery leaves the old node.
     pub fn try_restart_from_disk(&mut self) -> Result<(), RecoveryError> {
         let segments = self.disk.segments();
-        let (node, report) = Node::recover(self.config.clone(), &segments, self.now)?;
+        let (node, report) = Node::recover(self.config.clone(), &segments, self.now_ns)?;
         self.node = node;
         self.stopped = None;
         self.last_recovery = Some(report);

@@ -14,7 +14,7 @@ use ferry_core::ConnId;
 const T: ConnId = ConnId(3);
 
 fn congest(h: &mut Harness, conn: ConnId, congested: bool) {
-    h.node.handle_input(h.now, Input::Congested { conn, congested });
+    h.node.handle_input(h.now_ns, Input::Congested { conn, congested });
     h.drain();
 }
 

@@ -309,10 +309,10 @@ fn bad_input_gets_error_frames_and_the_connection_stays() {
     h.send(P, r#"{"op":"ping","req":"x"}"#);
     assert_eq!(h.take_op(P, "pong")[0]["req"], "x");
     assert!(h.closed.is_empty());
-    h.node.handle_input(h.now, ferry_core::Input::Rejected { conn: P, why: ferry_core::Rejection::TooLarge });
+    h.node.handle_input(h.now_ns, ferry_core::Input::Rejected { conn: P, why: ferry_core::Rejection::TooLarge });
     h.drain();
     assert_eq!(h.take_op(P, "error")[0]["code"], "too_large");
-    h.node.handle_input(h.now, ferry_core::Input::Rejected { conn: S, why: ferry_core::Rejection::BinaryFrame });
+    h.node.handle_input(h.now_ns, ferry_core::Input::Rejected { conn: S, why: ferry_core::Rejection::BinaryFrame });
     h.drain();
     assert_eq!(h.closed, vec![(P, 1009), (S, 1003)]);
     assert_eq!(h.node.connection_count(), 0);

@@ -436,7 +436,7 @@ impl Driver {
             }
             Op::Rejected { conn, too_large } => {
                 let why = if too_large { Rejection::TooLarge } else { Rejection::BinaryFrame };
-                h.node.handle_input(h.now, Input::Rejected { conn: conn_id(conn), why });
+                h.node.handle_input(h.now_ns, Input::Rejected { conn: conn_id(conn), why });
                 h.drain();
             }
             Op::Advance(ms) => h.advance_ms(u64::from(ms)),

@@ -40,12 +40,12 @@ impl Node {
     pub(super) fn ack_one(&mut self, t: TopicIdx, g: GroupIdx, id: u64) -> bool {
         match self.topics[t].groups[g].ack(id) {
             AckOutcome::Acked { released, delay_until } => {
-                if let Some(Released { conn, deadline, bytes }) = released {
-                    self.timers.remove(&(deadline, Timer::AckDeadline { topic: t, group: g, id }));
+                if let Some(Released { conn, deadline_ns, bytes }) = released {
+                    self.timers.remove(&(deadline_ns, Timer::AckDeadline { topic: t, group: g, id }));
                     self.release_in_flight(conn, t, g, bytes);
                 }
-                if let Some(until) = delay_until {
-                    self.timers.remove(&(until, Timer::NackDelay { topic: t, group: g, id }));
+                if let Some(until_ns) = delay_until {
+                    self.timers.remove(&(until_ns, Timer::NackDelay { topic: t, group: g, id }));
                 }
                 self.stats.acked += 1;
                 self.mark_group_dirty(t, g);
@@ -58,16 +58,16 @@ impl Node {
     }
 
     fn nack_one(&mut self, conn: ConnId, t: TopicIdx, g: GroupIdx, id: u64, delay_ms: u64) -> bool {
-        let until = (delay_ms > 0).then(|| self.now + delay_ms * NS_PER_MS);
+        let until_ns = (delay_ms > 0).then(|| self.now_ns + delay_ms * NS_PER_MS);
         let group = &mut self.topics[t].groups[g];
         if id >= group.cursor() {
             return false;
         }
-        if let Some(Released { conn, deadline, bytes }) = group.nack(id, until, conn) {
-            self.timers.remove(&(deadline, Timer::AckDeadline { topic: t, group: g, id }));
+        if let Some(Released { conn, deadline_ns, bytes }) = group.nack(id, until_ns, conn) {
+            self.timers.remove(&(deadline_ns, Timer::AckDeadline { topic: t, group: g, id }));
             self.release_in_flight(conn, t, g, bytes);
-            if let Some(until) = until {
-                self.timers.insert((until, Timer::NackDelay { topic: t, group: g, id }));
+            if let Some(until_ns) = until_ns {
+                self.timers.insert((until_ns, Timer::NackDelay { topic: t, group: g, id }));
             }
         }
         true
@@ -147,17 +147,17 @@ impl Node {
             }
             self.dispatch(t, g, id, conn, &message);
         }
-        self.timers.insert((self.now, Timer::Pump { topic: t, group: g }));
+        self.timers.insert((self.now_ns, Timer::Pump { topic: t, group: g }));
     }
 
     fn dispatch(&mut self, t: TopicIdx, g: GroupIdx, id: u64, conn: ConnId, message: &StoredMessage) {
         let topic = &mut self.topics[t];
         let group = &mut topic.groups[g];
-        let deadline = self.now + group.ack_timeout_ns;
+        let deadline_ns = self.now_ns + group.ack_timeout_ns;
         let bytes = (message.body.len() + message.key.as_deref().map_or(0, str::len)) as u32;
-        let (attempt, prev) = group.dispatch(id, conn, deadline, bytes);
+        let (attempt, prev) = group.dispatch(id, conn, deadline_ns, bytes);
         let prev = if self.config.test_bug == Some(TestBug::PrevOffByOne) && id % 7 == 3 && prev > 0 { prev + 1 } else { prev };
-        self.timers.insert((deadline, Timer::AckDeadline { topic: t, group: g, id }));
+        self.timers.insert((deadline_ns, Timer::AckDeadline { topic: t, group: g, id }));
         let mut frame = String::with_capacity(96 + message.body.len());
         let msg = MsgFrame { topic: &topic.name, group: &group.name, id, prev, key: message.key.as_deref(), body: &message.body, attempt, ts_ms: message.ts_ms };
         protocol::encode_msg(&mut frame, &msg);

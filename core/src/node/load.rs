@@ -78,7 +78,7 @@ impl Node {
                     RecordRef::NewTopics(r) => self.new_topic_first_id = self.new_topic_first_id.max(r.first_id),
                 }
             });
-            let last_write_ms = if last_write_ms == 0 { self.now / NS_PER_MS } else { last_write_ms };
+            let last_write_ms = if last_write_ms == 0 { self.now_ns / NS_PER_MS } else { last_write_ms };
             self.log.segments.push_back(SegmentInfo { id: *segment, bytes: scan.valid_len, last_write_ms, snapshot_durable: scan.valid_len > 0 });
             match scan.bad.last().filter(|r| r.torn_tail) {
                 Some(torn) => torn_undecoded_bytes = (torn.end - torn.offset).saturating_sub(torn_decoded_bytes + batch::OVERHEAD_BYTES as u64),

@@ -24,7 +24,7 @@ pub(super) struct Batch {
     pub(super) waiters: Vec<Waiter>,
     /// Per topic, the next id once this batch is durable.
     pub(super) marks: BTreeMap<TopicIdx, u64>,
-    pub(super) started_at: u64,
+    pub(super) started_at_ns: u64,
     pub(super) token: u64,
     /// Written with an fsync: once done, everything in its segment up to its end is durable.
     pub(super) sync: bool,
@@ -32,7 +32,7 @@ pub(super) struct Batch {
 
 impl Batch {
     pub(super) fn new(segment: u64, offset: u64, create: bool) -> Batch {
-        Batch { segment, offset, data: Vec::new(), len: 0, create, waiters: Vec::new(), marks: BTreeMap::new(), started_at: 0, token: 0, sync: false }
+        Batch { segment, offset, data: Vec::new(), len: 0, create, waiters: Vec::new(), marks: BTreeMap::new(), started_at_ns: 0, token: 0, sync: false }
     }
 }
 
@@ -69,7 +69,7 @@ impl Node {
 
     pub(super) fn mark_group_dirty(&mut self, t: TopicIdx, g: GroupIdx) {
         if self.dirty_groups.is_empty() {
-            self.groups_dirty_since = self.now;
+            self.groups_dirty_since_ns = self.now_ns;
         }
         self.dirty_groups.insert((t, g));
     }
@@ -88,7 +88,7 @@ impl Node {
         let open = &mut self.log.open;
         if open.data.is_empty() {
             batch::begin(&mut open.data);
-            open.started_at = self.now;
+            open.started_at_ns = self.now_ns;
             self.log.segment_len += batch::HEADER_BYTES as u64;
         }
         &mut self.log.open.data
@@ -133,12 +133,12 @@ impl Node {
         if self.log.flushing.is_some() || !self.truncating.is_empty() || self.stopped {
             return;
         }
-        if let Some(until) = self.disk_full_until {
-            if self.now < until {
-                self.timers.insert((until, Timer::DiskRetry));
+        if let Some(until_ns) = self.disk_full_until_ns {
+            if self.now_ns < until_ns {
+                self.timers.insert((until_ns, Timer::DiskRetry));
                 return;
             }
-            self.disk_full_until = None;
+            self.disk_full_until_ns = None;
         }
         let batch = match self.log.queued.pop_front() {
             Some(batch) => batch,
@@ -148,10 +148,10 @@ impl Node {
                 if !self.dirty_groups.is_empty() {
                     // Group positions ride along with publishes; alone, they wait a little so
                     // a stream of acks costs one small write, not one write per ack.
-                    let due = self.groups_dirty_since + self.config.ack_persist_interval_ms * NS_PER_MS;
-                    if publishing || self.now >= due {
+                    let due = self.groups_dirty_since_ns + self.config.ack_persist_interval_ms * NS_PER_MS;
+                    if publishing || self.now_ns >= due {
                         if !publishing {
-                            self.log.open.started_at = self.now;
+                            self.log.open.started_at_ns = self.now_ns;
                         }
                         self.write_dirty_groups();
                     } else {
@@ -169,8 +169,8 @@ impl Node {
                     return;
                 }
                 if self.config.fsync == FsyncPolicy::Batch {
-                    let due = open.started_at + self.config.batch_interval_ms * NS_PER_MS;
-                    if (open.data.len() as u64) < self.config.batch_bytes && self.now < due {
+                    let due = open.started_at_ns + self.config.batch_interval_ms * NS_PER_MS;
+                    if (open.data.len() as u64) < self.config.batch_bytes && self.now_ns < due {
                         self.timers.insert((due, Timer::BatchFlush));
                         return;
                     }
@@ -219,7 +219,7 @@ impl Node {
                 self.stats.flushed_bytes += batch.len;
                 if let Some(info) = self.log.segments.iter_mut().rev().find(|s| s.id == batch.segment) {
                     info.bytes = info.bytes.max(batch.offset + batch.len);
-                    info.last_write_ms = self.now / NS_PER_MS;
+                    info.last_write_ms = self.now_ns / NS_PER_MS;
                     info.snapshot_durable |= batch.sync;
                 }
                 self.complete_batch(batch);
@@ -323,7 +323,7 @@ impl Node {
             // of the log: stop, and let the restart find and cut it again.
             DiskError::Io(e) if cut_lost => self.stop(format!("writing the record of a torn tail's cut failed ({e}); restart to cut it again")),
             DiskError::NoSpace => {
-                self.disk_full_until = Some(self.now + self.config.disk_full_retry_ms * NS_PER_MS);
+                self.disk_full_until_ns = Some(self.now_ns + self.config.disk_full_retry_ms * NS_PER_MS);
                 self.mark_all_groups_dirty();
                 // A failed write that began with a snapshot (a segment's, or the record of a
                 // torn tail's cut) must still begin the next one, or once retention deletes the
@@ -365,7 +365,7 @@ impl Node {
     }
 
     pub(super) fn start_segment(&mut self, segment: u64) {
-        self.log.segments.push_back(SegmentInfo { id: segment, bytes: 0, last_write_ms: self.now / NS_PER_MS, snapshot_durable: false });
+        self.log.segments.push_back(SegmentInfo { id: segment, bytes: 0, last_write_ms: self.now_ns / NS_PER_MS, snapshot_durable: false });
         self.begin_with_snapshot(segment, 0, true);
     }
 
@@ -391,7 +391,7 @@ impl Node {
         self.log.open = Batch::new(segment, offset, create);
         self.log.open.waiters = waiters;
         self.log.open.marks = marks;
-        self.log.open.started_at = self.now;
+        self.log.open.started_at_ns = self.now_ns;
         let mut snapshot = Vec::new();
         batch::begin(&mut snapshot);
         let data = &mut snapshot;
@@ -424,7 +424,7 @@ impl Node {
     }
 
     pub(super) fn enforce_retention(&mut self) {
-        let now_ms = self.now / NS_PER_MS;
+        let now_ms = self.now_ns / NS_PER_MS;
         // A segment goes only once a newer one's snapshot is durable (until then it may hold
         // the only record of ids given out) and no write to it is in flight or queued. The
         // segment just before that one stays too: should that snapshot be the log's final

@@ -88,12 +88,12 @@ impl Node {
             }
             Some((max, wait_ns)) => {
                 if let Some(old) = sub.pull.take() {
-                    self.timers.remove(&(old.deadline, Timer::PullEnd { conn, topic: t, group: g }));
+                    self.timers.remove(&(old.deadline_ns, Timer::PullEnd { conn, topic: t, group: g }));
                     protocol::encode_pulled(&mut frame, old.req.as_deref(), old.count);
                 }
-                let deadline = self.now + wait_ns;
-                sub.pull = Some(Pull { req, remaining: max, count: 0, deadline });
-                self.timers.insert((deadline, Timer::PullEnd { conn, topic: t, group: g }));
+                let deadline_ns = self.now_ns + wait_ns;
+                sub.pull = Some(Pull { req, remaining: max, count: 0, deadline_ns });
+                self.timers.insert((deadline_ns, Timer::PullEnd { conn, topic: t, group: g }));
             }
         }
         let group = &mut self.topics[t].groups[g];
@@ -131,7 +131,7 @@ impl Node {
     pub(super) fn finish_pull(&mut self, conn: ConnId, t: TopicIdx, g: GroupIdx) {
         let Some(sub) = self.conns.get_mut(&conn).and_then(|c| c.subs.get_mut(&(t, g))) else { return };
         let Some(pull) = sub.pull.take() else { return };
-        self.timers.remove(&(pull.deadline, Timer::PullEnd { conn, topic: t, group: g }));
+        self.timers.remove(&(pull.deadline_ns, Timer::PullEnd { conn, topic: t, group: g }));
         if !sub.subscribed {
             self.topics[t].groups[g].members.retain(|m| *m != conn);
         }
@@ -149,7 +149,7 @@ impl Node {
             return self.send_error(conn, req.as_deref(), ErrorCode::NotSubscribed, "this connection is not in that group");
         };
         if let Some(pull) = sub.pull {
-            self.timers.remove(&(pull.deadline, Timer::PullEnd { conn, topic: t, group: g }));
+            self.timers.remove(&(pull.deadline_ns, Timer::PullEnd { conn, topic: t, group: g }));
         }
         self.release_member(conn, t, g);
     }
@@ -158,8 +158,8 @@ impl Node {
     pub(super) fn release_member(&mut self, conn: ConnId, t: TopicIdx, g: GroupIdx) {
         let group = &mut self.topics[t].groups[g];
         group.members.retain(|m| *m != conn);
-        for (id, deadline) in group.release_conn(conn) {
-            self.timers.remove(&(deadline, Timer::AckDeadline { topic: t, group: g, id }));
+        for (id, deadline_ns) in group.release_conn(conn) {
+            self.timers.remove(&(deadline_ns, Timer::AckDeadline { topic: t, group: g, id }));
         }
         self.pump(t, g);
     }

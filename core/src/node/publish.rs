@@ -33,8 +33,8 @@ impl Node {
         if let Err((code, message)) = pipeline::run(&self.stages, &mut publish, &context) {
             return self.send_error(conn, req.as_deref(), code, &message);
         }
-        if let Some(until) = self.disk_full_until {
-            if self.now < until {
+        if let Some(until_ns) = self.disk_full_until_ns {
+            if self.now_ns < until_ns {
                 return self.send_error(conn, req.as_deref(), ErrorCode::Overloaded, "disk full: publishes resume when space returns");
             }
         }
@@ -128,7 +128,7 @@ impl Node {
 
     /// Assigns the next id of topic `t` and appends the message to the open batch.
     pub(super) fn append_message(&mut self, t: TopicIdx, key: Option<&str>, body: &str, producer: Option<&str>, seq: u64) -> u64 {
-        let ts_ms = self.now / NS_PER_MS;
+        let ts_ms = self.now_ns / NS_PER_MS;
         let topic = &self.topics[t];
         let id = topic.next_id;
         let message = MessageRef { id, ts_ms, topic: &topic.name, key, producer, seq, body };

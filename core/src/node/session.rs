@@ -11,7 +11,7 @@ pub(super) struct Pull {
     pub(super) req: Option<String>,
     pub(super) remaining: u32,
     pub(super) count: u32,
-    pub(super) deadline: u64,
+    pub(super) deadline_ns: u64,
 }
 
 #[derive(Default)]
