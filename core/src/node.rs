@@ -3,10 +3,12 @@
 //! argument (nanoseconds since the Unix epoch, never going backwards), disk work is requested
 //! as outputs and its completion comes back as inputs.
 //!
-//! This file holds the vocabulary of the doors and the wiring; the work lives in submodules,
-//! each an `impl Node` over one concern: `session` (connections and frames), `publish`,
-//! `membership` (sub, pull, unsub), `delivery` (pump, ack, nack, dead letters), `reads`
-//! (disk reads and fetch), `log` (batches, writes, segments, retention) and `load` (recovery).
+//! This file holds the vocabulary of the doors and the wiring. `state` is what a replica
+//! holds with no connection in it (topics, groups, producers; what a snapshot records); the
+//! rest of the work lives in submodules, each an `impl Node` over one concern: `session`
+//! (connections and frames), `publish`, `membership` (sub, pull, unsub), `delivery` (pump,
+//! ack, nack, dead letters), `reads` (disk reads and fetch), `log` (batches, writes,
+//! segments, retention) and `load` (recovery).
 
 use crate::cache::{CacheBudget, ReadCache};
 use crate::config::{Config, TestBug};
@@ -14,7 +16,6 @@ use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::pipeline::{self, Stage};
 use crate::record::SalvagedRecord;
 use crate::recovery::{Damage, RecoveryError};
-use crate::topic::Topic;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 mod delivery;
@@ -24,11 +25,12 @@ mod membership;
 mod publish;
 mod reads;
 mod session;
+mod state;
 
 use log::{Batch, Log, SegmentInfo};
-use publish::{Producer, SeenSeq};
 use reads::PendingFetch;
 use session::Conn;
+use state::{SeenSeq, State};
 
 const NS_PER_MS: u64 = 1_000_000;
 const RETENTION_CHECK_NS: u64 = 1_000 * NS_PER_MS;
@@ -201,12 +203,8 @@ enum Timer {
 pub struct Node {
     config: Config,
     stages: Vec<Box<dyn Stage>>,
-    topics: Vec<Topic>,
-    topic_index: BTreeMap<String, TopicIdx>,
+    state: State,
     conns: BTreeMap<ConnId, Conn>,
-    producers: BTreeMap<String, Producer>,
-    producers_by_use: BTreeSet<(u64, String)>,
-    use_counter: u64,
     log: Log,
     read_cache: ReadCache,
     cache_budget: CacheBudget,
@@ -224,8 +222,6 @@ pub struct Node {
     truncating: BTreeSet<u64>,
     /// An unrecoverable disk error was reported: every input is ignored from then on.
     stopped: bool,
-    /// First id of a topic created from now on: above any id a salvaged region may have held.
-    new_topic_first_id: u64,
     /// Salvaged regions of segments still kept: every segment's snapshot repeats them.
     salvaged_regions: Vec<SalvagedRecord>,
     now_ns: u64,
@@ -245,13 +241,9 @@ impl Node {
         config.validate().unwrap_or_else(|e| panic!("invalid config reached the core: {e}"));
         let mut node = Node {
             stages: pipeline::default_stages(!config.tokens.is_empty()),
+            state: State::new(&config),
             config,
-            topics: Vec::new(),
-            topic_index: BTreeMap::new(),
             conns: BTreeMap::new(),
-            producers: BTreeMap::new(),
-            producers_by_use: BTreeSet::new(),
-            use_counter: 0,
             log: Log {
                 segment: 0,
                 segment_len: 0,
@@ -276,7 +268,6 @@ impl Node {
             disk_full_until_ns: None,
             truncating: BTreeSet::new(),
             stopped: false,
-            new_topic_first_id: 1,
             salvaged_regions: Vec::new(),
             now_ns,
             stats: Stats::default(),
@@ -304,28 +295,28 @@ impl Node {
 
     /// Next id a topic will assign, if the topic exists.
     pub fn topic_next_id(&self, topic: &str) -> Option<u64> {
-        self.topic_index.get(topic).map(|t| self.topics[*t].next_id)
+        self.state.topic_index.get(topic).map(|t| self.state.topics[*t].next_id)
     }
 
     /// Messages of `group` handed out or held and not yet acked.
     pub fn group_outstanding(&self, topic: &str, group: &str) -> Option<usize> {
-        let t = *self.topic_index.get(topic)?;
-        let g = *self.topics[t].group_index.get(group)?;
-        Some(self.topics[t].groups[g].outstanding_len())
+        let t = *self.state.topic_index.get(topic)?;
+        let g = *self.state.topics[t].group_index.get(group)?;
+        Some(self.state.topics[t].groups[g].outstanding_len())
     }
 
     /// The first id a group considers (set when it was created).
     pub fn group_start_id(&self, topic: &str, group: &str) -> Option<u64> {
-        let t = *self.topic_index.get(topic)?;
-        let g = *self.topics[t].group_index.get(group)?;
-        Some(self.topics[t].groups[g].start_id)
+        let t = *self.state.topic_index.get(topic)?;
+        let g = *self.state.topics[t].group_index.get(group)?;
+        Some(self.state.topics[t].groups[g].start_id)
     }
 
     /// Messages in flight to `conn` for (topic, group), counted from the group's own entries.
     pub fn in_flight_to(&self, conn: ConnId, topic: &str, group: &str) -> Option<usize> {
-        let t = *self.topic_index.get(topic)?;
-        let g = *self.topics[t].group_index.get(group)?;
-        Some(self.topics[t].groups[g].in_flight_to(conn))
+        let t = *self.state.topic_index.get(topic)?;
+        let g = *self.state.topics[t].group_index.get(group)?;
+        Some(self.state.topics[t].groups[g].in_flight_to(conn))
     }
 
     /// What the node holds in memory that its limits bound.
@@ -341,7 +332,7 @@ impl Node {
 
     /// Asserts the cross-structure invariants (tests and the simulator call it).
     pub fn check_invariants(&self) {
-        for (t, topic) in self.topics.iter().enumerate() {
+        for (t, topic) in self.state.topics.iter().enumerate() {
             assert!(topic.durable_next_id <= topic.next_id);
             for (g, group) in topic.groups.iter().enumerate() {
                 group.check_invariants();
@@ -416,19 +407,19 @@ impl Node {
     fn on_timer(&mut self, at: u64, timer: Timer) {
         match timer {
             Timer::AckDeadline { topic, group, id } => {
-                if let Some((conn, bytes)) = self.topics[topic].groups[group].expire(id, at) {
+                if let Some((conn, bytes)) = self.state.topics[topic].groups[group].expire(id, at) {
                     self.release_in_flight(conn, topic, group, bytes);
                     if self.config.test_bug == Some(TestBug::ExpiryCountsAsAck) {
                         self.ack_one(topic, group, id);
                     }
                     if self.config.test_bug == Some(TestBug::KeyReleasedOnExpiry) {
-                        self.topics[topic].groups[group].unblock_next_of_key(id);
+                        self.state.topics[topic].groups[group].unblock_next_of_key(id);
                     }
                     self.pump(topic, group);
                 }
             }
             Timer::NackDelay { topic, group, id } => {
-                if self.topics[topic].groups[group].delay_over(id, at) {
+                if self.state.topics[topic].groups[group].delay_over(id, at) {
                     self.pump(topic, group);
                 }
             }

@@ -15,7 +15,7 @@ const PUMP_STEPS_MAX: u32 = 4_096;
 impl Node {
     /// ack (`nack_delay_ms` None) or nack.
     pub(super) fn on_ack(&mut self, conn: ConnId, topic: &str, group: &str, ids: &[u64], nack_delay_ms: Option<u64>) {
-        let (t, g) = match self.group_of(topic, group) {
+        let (t, g) = match self.state.group_of(topic, group) {
             Ok(tg) => tg,
             Err((code, message)) => return self.send_error(conn, None, code, &message),
         };
@@ -38,7 +38,7 @@ impl Node {
     }
 
     pub(super) fn ack_one(&mut self, t: TopicIdx, g: GroupIdx, id: u64) -> bool {
-        match self.topics[t].groups[g].ack(id) {
+        match self.state.topics[t].groups[g].ack(id) {
             AckOutcome::Acked { released, delay_until } => {
                 if let Some(Released { conn, deadline_ns, bytes }) = released {
                     self.timers.remove(&(deadline_ns, Timer::AckDeadline { topic: t, group: g, id }));
@@ -59,7 +59,7 @@ impl Node {
 
     fn nack_one(&mut self, conn: ConnId, t: TopicIdx, g: GroupIdx, id: u64, delay_ms: u64) -> bool {
         let until_ns = (delay_ms > 0).then(|| self.now_ns + delay_ms * NS_PER_MS);
-        let group = &mut self.topics[t].groups[g];
+        let group = &mut self.state.topics[t].groups[g];
         if id >= group.cursor() {
             return false;
         }
@@ -86,7 +86,7 @@ impl Node {
     }
 
     fn pick_member(&mut self, t: TopicIdx, g: GroupIdx) -> Option<ConnId> {
-        let group = &mut self.topics[t].groups[g];
+        let group = &mut self.state.topics[t].groups[g];
         let count = group.members.len();
         for step in 0..count {
             let at = (group.next_member + step) % count;
@@ -106,10 +106,10 @@ impl Node {
     /// Delivers what group `g` of topic `t` can deliver now.
     pub(super) fn pump(&mut self, t: TopicIdx, g: GroupIdx) {
         for _ in 0..PUMP_STEPS_MAX {
-            if self.topics[t].groups[g].members.is_empty() {
+            if self.state.topics[t].groups[g].members.is_empty() {
                 return;
             }
-            let topic = &self.topics[t];
+            let topic = &self.state.topics[t];
             let group = &topic.groups[g];
             let candidate = group.next_candidate(topic.durable_next_id, self.config.group_outstanding_max as usize);
             let id = match candidate {
@@ -117,13 +117,13 @@ impl Node {
                 Candidate::Ready { id, .. } | Candidate::Fresh { id } => id,
             };
             let Some(conn) = self.pick_member(t, g) else { return };
-            let message = match self.topics[t].lookup(id, &self.read_cache, t) {
+            let message = match self.state.topics[t].lookup(id, &self.read_cache, t) {
                 Lookup::Found(message) => message,
                 Lookup::OnDisk(loc) => return self.request_read(t, id, loc),
                 Lookup::Gone => {
-                    let first_id = self.topics[t].first_id();
+                    let first_id = self.state.topics[t].first_id();
                     match candidate {
-                        Candidate::Fresh { .. } => self.topics[t].groups[g].skip_missing(first_id),
+                        Candidate::Fresh { .. } => self.state.topics[t].groups[g].skip_missing(first_id),
                         _ => {
                             self.ack_one(t, g, id);
                         }
@@ -131,7 +131,7 @@ impl Node {
                     continue;
                 }
             };
-            let group = &mut self.topics[t].groups[g];
+            let group = &mut self.state.topics[t].groups[g];
             match candidate {
                 Candidate::Fresh { id } => {
                     let passes = group.passes(message.key.as_deref(), &message.body) || self.config.test_bug == Some(TestBug::FilterIgnored);
@@ -151,7 +151,7 @@ impl Node {
     }
 
     fn dispatch(&mut self, t: TopicIdx, g: GroupIdx, id: u64, conn: ConnId, message: &StoredMessage) {
-        let topic = &mut self.topics[t];
+        let topic = &mut self.state.topics[t];
         let group = &mut topic.groups[g];
         let deadline_ns = self.now_ns + group.ack_timeout_ns;
         let bytes = (message.body.len() + message.key.as_deref().map_or(0, str::len)) as u32;
@@ -184,25 +184,25 @@ impl Node {
     }
 
     fn dead_letter(&mut self, t: TopicIdx, g: GroupIdx, id: u64, message: &StoredMessage) {
-        self.topics[t].groups[g].start_dead_letter(id);
-        let topic = &self.topics[t];
+        self.state.topics[t].groups[g].start_dead_letter(id);
+        let topic = &self.state.topics[t];
         let (topic_name, group_name) = (topic.name.clone(), topic.groups[g].name.clone());
         let dlq = if topic.is_dead_letter() {
             Err("dead-letter topics have no dead-letter topic")
         } else {
-            self.topic_for(&format!("{topic_name}.dlq")).map_err(|_| "topic limit reached")
+            self.state.topic_for(&format!("{topic_name}.dlq")).map_err(|_| "topic limit reached")
         };
         let dlq = match dlq {
             Ok(dlq) => dlq,
             Err(why) => {
                 self.out.push_back(Output::Trace(Trace::DeadLetterDropped { topic: topic_name, group: group_name, id, why }));
-                self.topics[t].groups[g].finish_dead_letter(id, true);
+                self.state.topics[t].groups[g].finish_dead_letter(id, true);
                 self.mark_group_dirty(t, g);
                 return;
             }
         };
         if self.config.test_bug == Some(TestBug::DeadLetterNotStored) {
-            self.topics[t].groups[g].finish_dead_letter(id, true);
+            self.state.topics[t].groups[g].finish_dead_letter(id, true);
             self.mark_group_dirty(t, g);
             self.out.push_back(Output::Trace(Trace::DeadLettered { topic: topic_name, group: group_name, id }));
             return;
@@ -215,7 +215,7 @@ impl Node {
     }
 
     pub(super) fn pump_topic(&mut self, t: TopicIdx) {
-        for g in 0..self.topics[t].groups.len() {
+        for g in 0..self.state.topics[t].groups.len() {
             self.pump(t, GroupIdx(g));
         }
     }

@@ -53,8 +53,8 @@ impl Node {
                         self.recover_message(*segment, offset, size, &m);
                     }
                     RecordRef::Topic(r) => {
-                        if let Ok(t) = self.topic_for(&r.topic) {
-                            let topic = &mut self.topics[t];
+                        if let Ok(t) = self.state.topic_for(&r.topic) {
+                            let topic = &mut self.state.topics[t];
                             topic.next_id = topic.next_id.max(r.next_id);
                             last_topic_record.insert(t, ((*segment, offset), r.next_id));
                             if position == 0 && *segment > 1 {
@@ -67,15 +67,15 @@ impl Node {
                     }
                     RecordRef::Producer(r) => {
                         for (seq, topic, id) in r.seqs {
-                            if let Ok(t) = self.topic_for(&topic) {
-                                self.remember_seq(&r.producer, seq, SeenSeq { topic: t, id, durable: true });
+                            if let Ok(t) = self.state.topic_for(&topic) {
+                                self.state.remember_seq(&r.producer, seq, SeenSeq { topic: t, id, durable: true });
                             }
                         }
                     }
                     RecordRef::Salvaged(r) => {
                         acknowledged.insert((r.segment, r.offset), r);
                     }
-                    RecordRef::NewTopics(r) => self.new_topic_first_id = self.new_topic_first_id.max(r.first_id),
+                    RecordRef::NewTopics(r) => self.state.new_topic_first_id = self.state.new_topic_first_id.max(r.first_id),
                 }
             });
             let last_write_ms = if last_write_ms == 0 { self.now_ns / NS_PER_MS } else { last_write_ms };
@@ -91,8 +91,8 @@ impl Node {
             bad.extend(scan.bad.into_iter().map(|region| (*segment, region)));
         }
         for (topic, id) in &torn_ids {
-            if let Ok(t) = self.topic_for(topic) {
-                self.topics[t].next_id = self.topics[t].next_id.max(id + 1);
+            if let Ok(t) = self.state.topic_for(topic) {
+                self.state.topics[t].next_id = self.state.topics[t].next_id.max(id + 1);
             }
         }
         if torn_undecoded_bytes > 0 {
@@ -108,11 +108,11 @@ impl Node {
                 // snapshot that records the cut (so later starts neither refuse the region nor
                 // read it) with the next ids skipped above, all in one durable write.
                 let (offset, end) = (described.region.offset, described.region.end);
-                self.salvaged_regions.push(SalvagedRecord { segment, offset, end, new_topic_first_id: self.new_topic_first_id, cut: true });
+                self.salvaged_regions.push(SalvagedRecord { segment, offset, end, new_topic_first_id: self.state.new_topic_first_id, cut: true });
                 report.torn_tail = Some(described);
             } else if let Some(earlier) = acknowledged.get(&(segment, described.region.offset)) {
                 // Salvaged by an earlier start, whose snapshot already kept its ids out of use.
-                self.new_topic_first_id = self.new_topic_first_id.max(earlier.new_topic_first_id);
+                self.state.new_topic_first_id = self.state.new_topic_first_id.max(earlier.new_topic_first_id);
                 self.salvaged_regions.push(earlier.clone());
                 report.previously_salvaged.push(described);
             } else {
@@ -127,19 +127,19 @@ impl Node {
         }
         for d in &damage {
             let (segment, offset, end) = (d.segment, d.region.offset, d.region.end);
-            self.salvaged_regions.push(SalvagedRecord { segment, offset, end, new_topic_first_id: self.new_topic_first_id, cut: false });
+            self.salvaged_regions.push(SalvagedRecord { segment, offset, end, new_topic_first_id: self.state.new_topic_first_id, cut: false });
         }
         report.salvaged = damage;
         if self.config.test_bug == Some(TestBug::RecoveryDropsLastRecord) {
             let newest = segments.last().map_or(0, |(segment, _)| *segment);
-            for topic in &mut self.topics {
+            for topic in &mut self.state.topics {
                 let last = topic.next_id.saturating_sub(1);
                 if topic.loc(last).is_some_and(|loc| loc.segment == newest) {
                     topic.roll_back_to(last);
                 }
             }
         }
-        for topic in &mut self.topics {
+        for topic in &mut self.state.topics {
             topic.durable_next_id = topic.next_id;
             topic.forget_segments_through(0);
         }
@@ -147,8 +147,8 @@ impl Node {
         // `fsync = never` took it while a later snapshot naming it survived; damage) must not
         // answer a retry with that id: the retry is stored anew. Ids retention deleted keep
         // their answer.
-        let topics = &self.topics;
-        for producer in self.producers.values_mut() {
+        let topics = &self.state.topics;
+        for producer in self.state.producers.values_mut() {
             producer.seqs.retain(|_, seen| seen.id < retained_from.get(&seen.topic).copied().unwrap_or(0) || topics[seen.topic].loc(seen.id).is_some());
         }
         for record in group_records.into_values() {
@@ -164,7 +164,7 @@ impl Node {
         let (start, end) = ((segment, region.offset), (segment, region.end));
         let mut intact_records = 0;
         let mut ids = Vec::new();
-        for (t, topic) in self.topics.iter().enumerate() {
+        for (t, topic) in self.state.topics.iter().enumerate() {
             // The last id known to be outside the region's reach, then the ids found inside.
             let mut known = 0;
             let mut after = None;
@@ -211,15 +211,15 @@ impl Node {
     /// the first id in force when it was created, which may be above 1 after an earlier
     /// salvage: so that first id moves on by `count` too, past every id such a topic held.
     fn skip_ids(&mut self, count: u64, which: impl Fn(&str) -> bool) {
-        for topic in self.topics.iter_mut().filter(|t| which(&t.name)) {
+        for topic in self.state.topics.iter_mut().filter(|t| which(&t.name)) {
             topic.next_id += count;
         }
-        self.new_topic_first_id += count;
+        self.state.new_topic_first_id += count;
     }
 
     fn recover_message(&mut self, segment: u64, offset: u64, size: usize, m: &MessageRef<'_>) {
-        let Ok(t) = self.topic_for(m.topic) else { return };
-        let topic = &mut self.topics[t];
+        let Ok(t) = self.state.topic_for(m.topic) else { return };
+        let topic = &mut self.state.topics[t];
         if m.id < topic.first_id() + topic.indexed_len() {
             // Ids are appended in order; a repeat can only come from a damaged region.
             return;
@@ -227,19 +227,19 @@ impl Node {
         topic.index_push(m.id, Loc { segment, offset, len: size as u32 });
         topic.next_id = topic.next_id.max(m.id + 1);
         if let Some(producer) = m.producer {
-            self.remember_seq(producer, m.seq, SeenSeq { topic: t, id: m.id, durable: true });
+            self.state.remember_seq(producer, m.seq, SeenSeq { topic: t, id: m.id, durable: true });
         }
     }
 
     /// Rebuilds a group from its last record: ids above its floor up to the highest acked one
     /// are walked again (filter, key order, prev), so only unacked ones are delivered again.
     fn recover_group(&mut self, record: &GroupRecord, segments: &[(u64, &[u8])]) {
-        let Ok(t) = self.topic_for(&record.topic) else { return };
+        let Ok(t) = self.state.topic_for(&record.topic) else { return };
         let ack_timeout_ns = self.config.ack_timeout_ms_for(&record.group) * NS_PER_MS;
         let mut group = Group::restore(record, ack_timeout_ns, self.config.max_attempts_for(&record.group));
         let acked: BTreeSet<u64> = record.acked.iter().copied().filter(|id| *id > record.floor).collect();
         let last_acked = acked.last().copied().unwrap_or(0);
-        let topic = &self.topics[t];
+        let topic = &self.state.topics[t];
         while group.cursor() <= last_acked && group.cursor() < topic.next_id {
             let id = group.cursor();
             let message = topic.loc(id).and_then(|loc| {
@@ -259,7 +259,7 @@ impl Node {
                 group.ack(id);
             }
         }
-        let topic = &mut self.topics[t];
+        let topic = &mut self.state.topics[t];
         let g = GroupIdx(topic.groups.len());
         topic.group_index.insert(record.group.clone(), g);
         topic.groups.push(group);

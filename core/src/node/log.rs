@@ -6,7 +6,7 @@ use crate::batch;
 use crate::config::{FsyncPolicy, TestBug};
 use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::protocol::{self, ErrorCode};
-use crate::record::{self, NewTopicsRecord, ProducerRecord, TopicRecord};
+use crate::record::{self};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub(super) enum Waiter {
@@ -77,7 +77,7 @@ impl Node {
     fn write_dirty_groups(&mut self) {
         for (t, g) in std::mem::take(&mut self.dirty_groups) {
             self.open_batch_data();
-            let topic = &self.topics[t];
+            let topic = &self.state.topics[t];
             let record = topic.groups[g].to_record(&topic.name);
             self.log.segment_len += record::encode_control(&mut self.log.open.data, record::KIND_GROUP, &record) as u64;
         }
@@ -231,7 +231,7 @@ impl Node {
 
     fn complete_batch(&mut self, batch: Batch) {
         for (t, next_id) in &batch.marks {
-            let topic = &mut self.topics[*t];
+            let topic = &mut self.state.topics[*t];
             topic.durable_next_id = topic.durable_next_id.max(*next_id);
         }
         for waiter in batch.waiters {
@@ -239,22 +239,22 @@ impl Node {
                 Waiter::Puback { conn, req, topic, id, producer } => {
                     self.pending_publishes -= 1;
                     if let Some((name, seq)) = producer {
-                        if let Some(seen) = self.producers.get_mut(&name).and_then(|p| p.seqs.get_mut(&seq)) {
+                        if let Some(seen) = self.state.producers.get_mut(&name).and_then(|p| p.seqs.get_mut(&seq)) {
                             seen.durable = true;
                         }
                     }
                     if self.conns.contains_key(&conn) {
                         let mut frame = String::with_capacity(64);
-                        protocol::encode_puback(&mut frame, req.as_deref(), &self.topics[topic].name, id);
+                        protocol::encode_puback(&mut frame, req.as_deref(), &self.state.topics[topic].name, id);
                         self.send(conn, frame);
                     }
                 }
                 Waiter::Join { conn, req, topic, group, window, pull } => {
-                    self.topics[topic].groups[group].durable = true;
+                    self.state.topics[topic].groups[group].durable = true;
                     self.admit_member(conn, req, topic, group, window, pull);
                 }
                 Waiter::DeadLetter { topic, group, id } => {
-                    self.topics[topic].groups[group].finish_dead_letter(id, true);
+                    self.state.topics[topic].groups[group].finish_dead_letter(id, true);
                     self.mark_group_dirty(topic, group);
                     self.pump(topic, group);
                 }
@@ -287,7 +287,7 @@ impl Node {
                     self.pending_publishes -= 1;
                     publishes_failed += 1;
                     if let Some((name, seq)) = producer {
-                        if let Some(p) = self.producers.get_mut(&name) {
+                        if let Some(p) = self.state.producers.get_mut(&name) {
                             p.seqs.remove(&seq);
                         }
                     }
@@ -297,19 +297,19 @@ impl Node {
                 }
                 Waiter::Join { .. } => rejoin.push(waiter),
                 Waiter::DeadLetter { topic, group, id } => {
-                    self.topics[topic].groups[group].finish_dead_letter(id, false);
+                    self.state.topics[topic].groups[group].finish_dead_letter(id, false);
                     to_pump.insert((topic, group));
                 }
             }
         }
-        for topic in &mut self.topics {
+        for topic in &mut self.state.topics {
             let durable = topic.durable_next_id;
             topic.roll_back_to(durable);
         }
-        self.cache_budget.recount(&self.topics);
-        let topics = &self.topics;
+        self.cache_budget.recount(&self.state.topics);
+        let topics = &self.state.topics;
         self.read_cache.retain(|(t, id)| *id < topics[*t].next_id);
-        for p in self.producers.values_mut() {
+        for p in self.state.producers.values_mut() {
             p.seqs.retain(|_, seen| seen.durable);
         }
         self.truncate(segment, offset);
@@ -344,7 +344,7 @@ impl Node {
     }
 
     fn mark_all_groups_dirty(&mut self) {
-        let all: Vec<(TopicIdx, GroupIdx)> = self.topics.iter().enumerate().flat_map(|(t, topic)| (0..topic.groups.len()).map(move |g| (TopicIdx(t), GroupIdx(g)))).collect();
+        let all: Vec<(TopicIdx, GroupIdx)> = self.state.topics.iter().enumerate().flat_map(|(t, topic)| (0..topic.groups.len()).map(move |g| (TopicIdx(t), GroupIdx(g)))).collect();
         for (t, g) in all {
             self.mark_group_dirty(t, g);
         }
@@ -394,25 +394,7 @@ impl Node {
         self.log.open.started_at_ns = self.now_ns;
         let mut snapshot = Vec::new();
         batch::begin(&mut snapshot);
-        let data = &mut snapshot;
-        for topic in &self.topics {
-            record::encode_control(data, record::KIND_TOPIC, &TopicRecord { topic: topic.name.clone(), next_id: topic.next_id });
-        }
-        for topic in &self.topics {
-            for group in &topic.groups {
-                record::encode_control(data, record::KIND_GROUP, &group.to_record(&topic.name));
-            }
-        }
-        for (name, producer) in &self.producers {
-            let seqs = producer.seqs.iter().filter(|(_, s)| s.durable).map(|(seq, s)| (*seq, self.topics[s.topic].name.clone(), s.id)).collect();
-            record::encode_control(data, record::KIND_PRODUCER, &ProducerRecord { producer: name.clone(), seqs });
-        }
-        for salvaged in &self.salvaged_regions {
-            record::encode_control(data, record::KIND_SALVAGED, salvaged);
-        }
-        if self.new_topic_first_id > 1 {
-            record::encode_control(data, record::KIND_NEW_TOPICS, &NewTopicsRecord { first_id: self.new_topic_first_id });
-        }
+        self.state.encode_snapshot(&mut snapshot, &self.salvaged_regions);
         if snapshot.len() == batch::HEADER_BYTES {
             // Nothing to carry over: older segments hold nothing a restart would need.
             snapshot.clear();
@@ -447,7 +429,7 @@ impl Node {
             }
             let segment = oldest.id;
             self.log.segments.pop_front();
-            for topic in &mut self.topics {
+            for topic in &mut self.state.topics {
                 topic.forget_segments_through(segment);
             }
             self.salvaged_regions.retain(|r| r.segment > segment);

@@ -10,14 +10,6 @@ use crate::pipeline::{self, check_name, GROUP_BYTES_MAX};
 use crate::protocol::{self, ErrorCode, Filter, StartFrom};
 
 impl Node {
-    pub(super) fn group_of(&self, topic: &str, group: &str) -> Result<(TopicIdx, GroupIdx), (ErrorCode, String)> {
-        let Some(&t) = self.topic_index.get(topic) else { return Err((ErrorCode::NoSuchTopic, format!("no topic '{topic}'"))) };
-        let Some(&g) = self.topics[t].group_index.get(group) else {
-            return Err((ErrorCode::NotSubscribed, format!("no group '{group}' on topic '{topic}'")));
-        };
-        Ok((t, g))
-    }
-
     #[allow(clippy::too_many_arguments)]
     pub(super) fn on_sub(&mut self, conn: ConnId, req: Option<String>, topic: &str, group: &str, from: StartFrom, window: Option<u32>, filter: Option<Filter>) {
         let window = window.unwrap_or(self.config.window_default);
@@ -38,14 +30,14 @@ impl Node {
     fn join_group(&mut self, topic: &str, group: &str, from: StartFrom, filter: Option<Filter>) -> Result<(TopicIdx, GroupIdx), (ErrorCode, String)> {
         check_name("topic", topic, pipeline::TOPIC_BYTES_MAX + 4).map_err(|m| (ErrorCode::BadFrame, m))?;
         check_name("group", group, GROUP_BYTES_MAX).map_err(|m| (ErrorCode::BadFrame, m))?;
-        let t = self.topic_for(topic).map_err(|m| (ErrorCode::Overloaded, m))?;
-        if let Some(&g) = self.topics[t].group_index.get(group) {
-            if self.topics[t].groups[g].filter != filter {
+        let t = self.state.topic_for(topic).map_err(|m| (ErrorCode::Overloaded, m))?;
+        if let Some(&g) = self.state.topics[t].group_index.get(group) {
+            if self.state.topics[t].groups[g].filter != filter {
                 return Err((ErrorCode::Conflict, format!("group '{group}' exists with a different filter")));
             }
             return Ok((t, g));
         }
-        let topic_state = &mut self.topics[t];
+        let topic_state = &mut self.state.topics[t];
         if topic_state.groups.len() >= self.config.groups_per_topic_max as usize {
             return Err((ErrorCode::Overloaded, format!("group limit reached (groups_per_topic_max = {})", self.config.groups_per_topic_max)));
         }
@@ -66,7 +58,7 @@ impl Node {
     /// behind the open batch, which carries the group's first record.
     fn join_when_durable(&mut self, join: Waiter) {
         let Waiter::Join { conn, req, topic, group, window, pull } = join else { unreachable!("only joins wait for their group") };
-        if self.topics[topic].groups[group].durable {
+        if self.state.topics[topic].groups[group].durable {
             return self.admit_member(conn, req, topic, group, window, pull);
         }
         self.log.open.waiters.push(Waiter::Join { conn, req, topic, group, window, pull });
@@ -83,7 +75,7 @@ impl Node {
                 sub.subscribed = true;
                 sub.window = window;
                 sub.over_window = sub.in_flight > window;
-                let topic = &self.topics[t];
+                let topic = &self.state.topics[t];
                 protocol::encode_suback(&mut frame, req.as_deref(), &topic.name, &topic.groups[g].name);
             }
             Some((max, wait_ns)) => {
@@ -96,7 +88,7 @@ impl Node {
                 self.timers.insert((deadline_ns, Timer::PullEnd { conn, topic: t, group: g }));
             }
         }
-        let group = &mut self.topics[t].groups[g];
+        let group = &mut self.state.topics[t].groups[g];
         if !group.members.contains(&conn) {
             group.members.push(conn);
         }
@@ -111,7 +103,7 @@ impl Node {
             let message = format!("pull needs 1 <= max <= {} and wait_ms <= {}", self.config.pull_max, self.config.pull_wait_ms_max);
             return self.send_error(conn, req.as_deref(), ErrorCode::BadFrame, &message);
         }
-        let joined = match self.group_of(topic, group) {
+        let joined = match self.state.group_of(topic, group) {
             Ok(tg) => Ok(tg),
             Err(_) => self.join_group(topic, group, StartFrom::Latest, None),
         };
@@ -133,7 +125,7 @@ impl Node {
         let Some(pull) = sub.pull.take() else { return };
         self.timers.remove(&(pull.deadline_ns, Timer::PullEnd { conn, topic: t, group: g }));
         if !sub.subscribed {
-            self.topics[t].groups[g].members.retain(|m| *m != conn);
+            self.state.topics[t].groups[g].members.retain(|m| *m != conn);
         }
         let mut frame = String::new();
         protocol::encode_pulled(&mut frame, pull.req.as_deref(), pull.count);
@@ -141,7 +133,7 @@ impl Node {
     }
 
     pub(super) fn on_unsub(&mut self, conn: ConnId, req: Option<String>, topic: &str, group: &str) {
-        let (t, g) = match self.group_of(topic, group) {
+        let (t, g) = match self.state.group_of(topic, group) {
             Ok(tg) => tg,
             Err((code, message)) => return self.send_error(conn, req.as_deref(), code, &message),
         };
@@ -156,7 +148,7 @@ impl Node {
 
     /// Takes `conn` out of the group; what it had in flight goes to the other members.
     pub(super) fn release_member(&mut self, conn: ConnId, t: TopicIdx, g: GroupIdx) {
-        let group = &mut self.topics[t].groups[g];
+        let group = &mut self.state.topics[t].groups[g];
         group.members.retain(|m| *m != conn);
         for (id, deadline_ns) in group.release_conn(conn) {
             self.timers.remove(&(deadline_ns, Timer::AckDeadline { topic: t, group: g, id }));

@@ -1,7 +1,8 @@
-//! Publishing: admission limits, producer dedupe (`producer`, `seq`), topics created on
-//! first use, and ids assigned as messages join the open batch.
+//! Publishing: admission limits, producer dedupe (`producer`, `seq`), and ids assigned as
+//! messages join the open batch.
 
 use super::log::Waiter;
+use super::state::SeenSeq;
 use super::{Node, NS_PER_MS};
 use crate::batch;
 use crate::config::TestBug;
@@ -9,23 +10,11 @@ use crate::ids::{ConnId, TopicIdx};
 use crate::pipeline::{self, Publish, PublishContext};
 use crate::protocol::{self, ErrorCode};
 use crate::record::{self, MessageRef};
-use crate::topic::{Loc, StoredMessage, Topic};
-use std::collections::BTreeMap;
+use crate::topic::{Loc, StoredMessage};
 use std::rc::Rc;
 
 /// A waiter addressed to nobody (its answer was already given).
 const NO_CONN: ConnId = ConnId(u64::MAX);
-
-pub(super) struct SeenSeq {
-    pub(super) topic: TopicIdx,
-    pub(super) id: u64,
-    pub(super) durable: bool,
-}
-
-pub(super) struct Producer {
-    pub(super) seqs: BTreeMap<u64, SeenSeq>,
-    pub(super) last_use: u64,
-}
 
 impl Node {
     pub(super) fn on_publish(&mut self, conn: ConnId, req: Option<String>, mut publish: Publish, body: &str, authenticated: bool) {
@@ -52,20 +41,20 @@ impl Node {
                 return;
             }
         }
-        let t = match self.topic_for(&publish.topic) {
+        let t = match self.state.topic_for(&publish.topic) {
             Ok(t) => t,
             Err(message) => return self.send_error(conn, req.as_deref(), ErrorCode::Overloaded, &message),
         };
         let id = self.append_message(t, publish.key.as_deref(), body, publish.producer.as_deref(), publish.seq.unwrap_or(0));
         let producer = publish.producer.zip(publish.seq);
         if let Some((name, seq)) = &producer {
-            self.remember_seq(name, *seq, SeenSeq { topic: t, id, durable: false });
+            self.state.remember_seq(name, *seq, SeenSeq { topic: t, id, durable: false });
         }
         self.stats.published += 1;
         self.pending_publishes += 1;
         let conn = if self.config.test_bug == Some(TestBug::PubackBeforeDurable) {
             let mut frame = String::new();
-            protocol::encode_puback(&mut frame, req.as_deref(), &self.topics[t].name, id);
+            protocol::encode_puback(&mut frame, req.as_deref(), &self.state.topics[t].name, id);
             self.send(conn, frame);
             NO_CONN
         } else {
@@ -80,12 +69,12 @@ impl Node {
         if self.config.test_bug == Some(TestBug::IdempotenceForgotten) {
             return false;
         }
-        let Some(seen) = self.producers.get(producer).and_then(|p| p.seqs.get(&seq)) else { return false };
+        let Some(seen) = self.state.producers.get(producer).and_then(|p| p.seqs.get(&seq)) else { return false };
         let (t, id, durable) = (seen.topic, seen.id, seen.durable);
         self.stats.deduplicated += 1;
         if durable || self.config.test_bug == Some(TestBug::DuplicateAnsweredEarly) {
             let mut frame = String::new();
-            protocol::encode_puback(&mut frame, req.as_deref(), &self.topics[t].name, id);
+            protocol::encode_puback(&mut frame, req.as_deref(), &self.state.topics[t].name, id);
             self.send(conn, frame);
         } else {
             // The original is still on its way to disk; answer when everything before is durable.
@@ -96,40 +85,10 @@ impl Node {
         true
     }
 
-    pub(super) fn remember_seq(&mut self, producer: &str, seq: u64, seen: SeenSeq) {
-        self.use_counter += 1;
-        let use_now = self.use_counter;
-        let entry = self.producers.entry(producer.to_string()).or_insert_with(|| Producer { seqs: BTreeMap::new(), last_use: 0 });
-        self.producers_by_use.remove(&(entry.last_use, producer.to_string()));
-        entry.last_use = use_now;
-        entry.seqs.insert(seq, seen);
-        while entry.seqs.len() > self.config.producer_seqs_max as usize {
-            entry.seqs.pop_first();
-        }
-        self.producers_by_use.insert((use_now, producer.to_string()));
-        while self.producers.len() > self.config.producers_max as usize {
-            let Some((_, oldest)) = self.producers_by_use.pop_first() else { break };
-            self.producers.remove(&oldest);
-        }
-    }
-
-    pub(super) fn topic_for(&mut self, name: &str) -> Result<TopicIdx, String> {
-        if let Some(t) = self.topic_index.get(name) {
-            return Ok(*t);
-        }
-        if self.topics.len() >= self.config.topics_max as usize {
-            return Err(format!("topic limit reached (topics_max = {})", self.config.topics_max));
-        }
-        let t = TopicIdx(self.topics.len());
-        self.topics.push(Topic::new(name.to_string(), self.new_topic_first_id));
-        self.topic_index.insert(name.to_string(), t);
-        Ok(t)
-    }
-
     /// Assigns the next id of topic `t` and appends the message to the open batch.
     pub(super) fn append_message(&mut self, t: TopicIdx, key: Option<&str>, body: &str, producer: Option<&str>, seq: u64) -> u64 {
         let ts_ms = self.now_ns / NS_PER_MS;
-        let topic = &self.topics[t];
+        let topic = &self.state.topics[t];
         let id = topic.next_id;
         let message = MessageRef { id, ts_ms, topic: &topic.name, key, producer, seq, body };
         let size = record::message_record_bytes(&message) as u64;
@@ -138,7 +97,7 @@ impl Node {
             self.roll_segment();
         }
         self.open_batch_data();
-        let topic = &mut self.topics[t];
+        let topic = &mut self.state.topics[t];
         let message = MessageRef { id, ts_ms, topic: &topic.name, key, producer, seq, body };
         let offset = self.log.segment_len;
         let written = record::encode_message(&mut self.log.open.data, &message) as u64;
@@ -148,7 +107,7 @@ impl Node {
         topic.index_push(id, Loc { segment: self.log.segment, offset, len: written as u32 });
         let stored = StoredMessage { id, ts_ms, key: key.map(Into::into), body: body.into() };
         let (topic_max, total_max) = (self.config.topic_cache_bytes, self.config.cache_bytes_total);
-        self.cache_budget.push(&mut self.topics, t, Rc::new(stored), topic_max, total_max);
+        self.cache_budget.push(&mut self.state.topics, t, Rc::new(stored), topic_max, total_max);
         self.log.open.marks.insert(t, id + 1);
         id
     }

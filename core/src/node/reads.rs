@@ -38,7 +38,7 @@ impl Node {
     pub(super) fn on_read_done(&mut self, token: u64, result: Result<&[u8], DiskError>) {
         let Some((t, id)) = self.reads.remove(&token) else { return };
         self.reading.remove(&(t, id));
-        let name = &self.topics[t].name;
+        let name = &self.state.topics[t].name;
         let decoded = match result {
             Ok(bytes) => match record::decode_record(bytes) {
                 Ok((RecordRef::Message(m), _)) if m.id == id && m.topic == name.as_str() => {
@@ -59,7 +59,7 @@ impl Node {
             Err(why) => {
                 // Never serve a record that fails its checks; the id is gone for readers.
                 self.out.push_back(Output::Trace(Trace::UnreadableRecord { topic: name.clone(), id, why }));
-                self.topics[t].forget(id);
+                self.state.topics[t].forget(id);
                 None
             }
         };
@@ -68,7 +68,7 @@ impl Node {
     }
 
     pub(super) fn on_fetch(&mut self, conn: ConnId, req: Option<String>, topic: &str, from: u64, to: u64) {
-        let Some(&t) = self.topic_index.get(topic) else {
+        let Some(&t) = self.state.topic_index.get(topic) else {
             return self.send_error(conn, req.as_deref(), ErrorCode::NoSuchTopic, &format!("no topic '{topic}'"));
         };
         // Each pending fetch holds up to a frame of messages: bound them per connection and in all.
@@ -81,7 +81,7 @@ impl Node {
             let message = format!("{} fetches wait for the disk (fetches_pending_max)", self.fetches.len());
             return self.send_error(conn, req.as_deref(), ErrorCode::Overloaded, &message);
         }
-        let to = to.min(self.topics[t].durable_next_id - 1);
+        let to = to.min(self.state.topics[t].durable_next_id - 1);
         self.gather_fetch(conn, req, t, from, to);
     }
 
@@ -92,7 +92,7 @@ impl Node {
     /// and a client must be able to get past it. Ids that are gone are skipped, so a reply is
     /// empty only when nothing is stored in the range (PROTOCOL.md).
     fn gather_fetch(&mut self, conn: ConnId, req: Option<String>, t: TopicIdx, from: u64, to: u64) {
-        let topic = &self.topics[t];
+        let topic = &self.state.topics[t];
         let budget = self.config.frame_bytes_max;
         let count_max = self.config.fetch_messages_max as usize;
         // The frame's own fields, generously: `{"op":"fetched","req":…,"topic":…,"messages":[]}`.
@@ -146,7 +146,7 @@ impl Node {
         }
         let limit = self.config.frame_bytes_max;
         let mut frame = String::new();
-        protocol::encode_fetched_start(&mut frame, fetch.req.as_deref(), &self.topics[fetch.topic].name);
+        protocol::encode_fetched_start(&mut frame, fetch.req.as_deref(), &self.state.topics[fetch.topic].name);
         let skip_second = self.config.test_bug == Some(TestBug::FetchSkipsMessage);
         let served = fetch.slots.iter().filter_map(readable).enumerate().filter(|(count, _)| !(skip_second && *count == 1)).map(|(_, m)| m);
         for (count, m) in served.enumerate() {

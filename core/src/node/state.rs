@@ -1,0 +1,116 @@
+//! The state every replica of a topic holds, with no connection in it: topics (next ids,
+//! stored messages' places, groups and their positions) and the producers' remembered
+//! (`producer`, `seq`)s. It is what a snapshot records and what a cluster replicates.
+
+use crate::config::Config;
+use crate::ids::{GroupIdx, TopicIdx};
+use crate::protocol::ErrorCode;
+use crate::record::{self, NewTopicsRecord, ProducerRecord, SalvagedRecord, TopicRecord};
+use crate::topic::Topic;
+use std::collections::{BTreeMap, BTreeSet};
+
+pub(super) struct SeenSeq {
+    pub(super) topic: TopicIdx,
+    pub(super) id: u64,
+    pub(super) durable: bool,
+}
+
+pub(super) struct Producer {
+    pub(super) seqs: BTreeMap<u64, SeenSeq>,
+    pub(super) last_use: u64,
+}
+
+pub(super) struct State {
+    pub(super) topics: Vec<Topic>,
+    pub(super) topic_index: BTreeMap<String, TopicIdx>,
+    pub(super) producers: BTreeMap<String, Producer>,
+    pub(super) producers_by_use: BTreeSet<(u64, String)>,
+    pub(super) use_counter: u64,
+    /// First id of a topic created from now on: above any id a salvaged region may have held.
+    pub(super) new_topic_first_id: u64,
+    topics_max: u32,
+    producer_seqs_max: u32,
+    producers_max: u32,
+}
+
+impl State {
+    pub(super) fn new(config: &Config) -> State {
+        State {
+            topics: Vec::new(),
+            topic_index: BTreeMap::new(),
+            producers: BTreeMap::new(),
+            producers_by_use: BTreeSet::new(),
+            use_counter: 0,
+            new_topic_first_id: 1,
+            topics_max: config.topics_max,
+            producer_seqs_max: config.producer_seqs_max,
+            producers_max: config.producers_max,
+        }
+    }
+
+    /// The places of an existing topic and group; the error names which one is missing.
+    pub(super) fn group_of(&self, topic: &str, group: &str) -> Result<(TopicIdx, GroupIdx), (ErrorCode, String)> {
+        let Some(&t) = self.topic_index.get(topic) else { return Err((ErrorCode::NoSuchTopic, format!("no topic '{topic}'"))) };
+        let Some(&g) = self.topics[t].group_index.get(group) else {
+            return Err((ErrorCode::NotSubscribed, format!("no group '{group}' on topic '{topic}'")));
+        };
+        Ok((t, g))
+    }
+
+    /// Remembers the answer to (`producer`, `seq`), forgetting a producer's oldest seqs
+    /// beyond `producer_seqs_max` and the least recently used producers beyond `producers_max`.
+    pub(super) fn remember_seq(&mut self, producer: &str, seq: u64, seen: SeenSeq) {
+        self.use_counter += 1;
+        let use_now = self.use_counter;
+        let entry = self.producers.entry(producer.to_string()).or_insert_with(|| Producer { seqs: BTreeMap::new(), last_use: 0 });
+        self.producers_by_use.remove(&(entry.last_use, producer.to_string()));
+        entry.last_use = use_now;
+        entry.seqs.insert(seq, seen);
+        while entry.seqs.len() > self.producer_seqs_max as usize {
+            entry.seqs.pop_first();
+        }
+        self.producers_by_use.insert((use_now, producer.to_string()));
+        while self.producers.len() > self.producers_max as usize {
+            let Some((_, oldest)) = self.producers_by_use.pop_first() else { break };
+            self.producers.remove(&oldest);
+        }
+    }
+
+    /// The topic named `name`, created on first use (up to `topics_max`).
+    pub(super) fn topic_for(&mut self, name: &str) -> Result<TopicIdx, String> {
+        if let Some(t) = self.topic_index.get(name) {
+            return Ok(*t);
+        }
+        if self.topics.len() >= self.topics_max as usize {
+            return Err(format!("topic limit reached (topics_max = {})", self.topics_max));
+        }
+        let t = TopicIdx(self.topics.len());
+        self.topics.push(Topic::new(name.to_string(), self.new_topic_first_id));
+        self.topic_index.insert(name.to_string(), t);
+        Ok(t)
+    }
+
+    /// Appends the records a restart needs to rebuild this state without older segments:
+    /// every topic's next id, every group's position, the durable seqs of every producer,
+    /// the `salvaged` regions still on disk and the first id of new topics.
+    pub(super) fn encode_snapshot(&self, data: &mut Vec<u8>, salvaged: &[SalvagedRecord]) {
+        for topic in &self.topics {
+            record::encode_control(data, record::KIND_TOPIC, &TopicRecord { topic: topic.name.clone(), next_id: topic.next_id });
+        }
+        for topic in &self.topics {
+            for group in &topic.groups {
+                record::encode_control(data, record::KIND_GROUP, &group.to_record(&topic.name));
+            }
+        }
+        for (name, producer) in &self.producers {
+            let seqs = producer.seqs.iter().filter(|(_, s)| s.durable).map(|(seq, s)| (*seq, self.topics[s.topic].name.clone(), s.id)).collect();
+            record::encode_control(data, record::KIND_PRODUCER, &ProducerRecord { producer: name.clone(), seqs });
+        }
+        for region in salvaged {
+            record::encode_control(data, record::KIND_SALVAGED, region);
+        }
+        if self.new_topic_first_id > 1 {
+            record::encode_control(data, record::KIND_NEW_TOPICS, &NewTopicsRecord { first_id: self.new_topic_first_id });
+        }
+    }
+}
