@@ -111,8 +111,17 @@ impl Node {
                 self.salvaged_regions.push(SalvagedRecord { segment, offset, end, new_topic_first_id: self.state.new_topic_first_id, cut: true });
                 report.torn_tail = Some(described);
             } else if let Some(earlier) = acknowledged.get(&(segment, described.region.offset)) {
-                // Salvaged by an earlier start, whose snapshot already kept its ids out of use.
+                // Salvaged by an earlier start, whose snapshot already kept its ids out of use:
+                // it named every topic that start knew, and the others start above the ids
+                // the region may hold. A topic not named after the region was unknown to it,
+                // whatever older records name it now (damage may read differently today).
                 self.state.new_topic_first_id = self.state.new_topic_first_id.max(earlier.new_topic_first_id);
+                for (t, topic) in self.state.topics.iter_mut().enumerate() {
+                    let named_after = last_topic_record.get(&TopicIdx(t)).is_some_and(|(place, _)| *place >= (segment, described.region.end));
+                    if !named_after {
+                        topic.next_id = topic.next_id.max(earlier.new_topic_first_id);
+                    }
+                }
                 self.salvaged_regions.push(earlier.clone());
                 report.previously_salvaged.push(described);
             } else {
