@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod group;
 pub mod ids;

@@ -1,0 +1,16 @@
+//! The cluster: shards replicated by raft groups (see docs/CLUSTER-DESIGN.md). Built in steps;
+//! today one replica of one group, driven by tests, not yet by the node.
+
+pub mod replica;
+
+use std::fmt;
+
+/// A voter of the cluster, as `peers` names it (`1@127.0.0.1:7811`); never 0 (raft's "none").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(pub u64);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}

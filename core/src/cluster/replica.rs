@@ -1,0 +1,204 @@
+//! One replica of one shard's raft group, in the node's shape: `handle_input`,
+//! `handle_timeout`, `poll_output`, `poll_timeout`, time passed in. Consensus is the tikv
+//! `raft` crate's `RawNode`; this type only turns its `Ready`s into outputs (messages to send,
+//! writes to make durable, committed entries to apply) and completions back into it.
+//!
+//! Persistence is asynchronous: each ready becomes one `Persist` output, which the caller makes
+//! durable in order and reports with `Persisted`; messages raft may send only after that
+//! (votes, append responses) wait for it. Entries are readable by raft from its storage as soon
+//! as the ready is taken (`advance_append_async` requires it), durable or not.
+//!
+//! Determinism: raft-rs draws its randomized election timeout from `thread_rng`; the replica
+//! pins that draw (`max_election_tick = election_ticks + 1`) and jitters its own tick interval
+//! from a seeded ChaCha rng instead, so one seed gives one run.
+
+use crate::cluster::NodeId;
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message};
+use raft::storage::MemStorage;
+use raft::{RawNode, StateRole};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::VecDeque;
+
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub id: NodeId,
+    /// Every voter of the group, this replica included.
+    pub voters: Vec<NodeId>,
+    /// Mean time between ticks; each interval is drawn from half to one and a half of it.
+    pub tick_ns: u64,
+    /// Ticks without a leader's word before a follower stands for election.
+    pub election_ticks: usize,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Seeds the tick jitter (the caller's randomness, like time).
+    pub seed: u64,
+}
+
+#[derive(Debug)]
+pub enum ReplicaInput {
+    /// A raft message from a peer.
+    Message(Message),
+    /// The `Persist` output of this number, and every earlier one, is durable.
+    Persisted { number: u64 },
+}
+
+#[derive(Debug)]
+pub enum ReplicaOutput {
+    /// Send to the peer `msg.to`.
+    Send(Message),
+    /// Make these entries and this hard state durable, in the order of `number`, then report
+    /// `Persisted { number }`. Entries may overwrite an uncommitted suffix from their first
+    /// index on.
+    Persist { number: u64, entries: Vec<Entry>, hard_state: Option<HardState> },
+    /// A committed entry, in log order: apply it. Empty entries (a new leader's first) come too.
+    Apply { index: u64, term: u64, data: Vec<u8> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProposeError {
+    /// Only the leader takes proposals; `leader` is the one this replica knows of, if any.
+    NotLeader { leader: Option<NodeId> },
+    /// Raft refused it (e.g. a leader transfer is under way).
+    Refused(String),
+}
+
+pub struct Replica {
+    raw: RawNode<MemStorage>,
+    out: VecDeque<ReplicaOutput>,
+    /// Messages raft may send once the ready of that number is durable.
+    after_persist: VecDeque<(u64, Vec<Message>)>,
+    next_tick_ns: u64,
+    tick_ns: u64,
+    rng: ChaCha8Rng,
+}
+
+impl Replica {
+    pub fn new(config: &ReplicaConfig, now_ns: u64) -> Result<Replica, String> {
+        if !config.voters.contains(&config.id) {
+            return Err(format!("node {} is not among the voters {:?}", config.id.0, config.voters));
+        }
+        let raft_config = raft::Config {
+            id: config.id.0,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            min_election_tick: config.election_ticks,
+            max_election_tick: config.election_ticks + 1,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..raft::Config::default()
+        };
+        raft_config.validate().map_err(|e| format!("raft config: {e}"))?;
+        let voters: Vec<u64> = config.voters.iter().map(|v| v.0).collect();
+        let storage = MemStorage::new_with_conf_state(ConfState::from((voters, Vec::<u64>::new())));
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let raw = RawNode::new(&raft_config, storage, &logger).map_err(|e| format!("raft: {e}"))?;
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let first_tick = now_ns + rng.gen_range(config.tick_ns / 2..config.tick_ns * 3 / 2 + 1);
+        Ok(Replica { raw, out: VecDeque::new(), after_persist: VecDeque::new(), next_tick_ns: first_tick, tick_ns: config.tick_ns, rng })
+    }
+
+    pub fn id(&self) -> NodeId {
+        NodeId(self.raw.raft.id)
+    }
+
+    /// The leader this replica knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        let leader = self.raw.raft.leader_id;
+        (leader != raft::INVALID_ID).then_some(NodeId(leader))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// Proposes `data` as the next entry; it comes back as `Apply` once committed.
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<(), ProposeError> {
+        if !self.is_leader() {
+            return Err(ProposeError::NotLeader { leader: self.leader() });
+        }
+        self.raw.propose(Vec::new(), data).map_err(|e| ProposeError::Refused(e.to_string()))?;
+        self.drain_ready();
+        Ok(())
+    }
+
+    pub fn handle_input(&mut self, _now_ns: u64, input: ReplicaInput) {
+        match input {
+            // A message for another group member or from a stale incarnation is refused by
+            // raft with an error that changes nothing: dropping it is what the network could do.
+            ReplicaInput::Message(message) => {
+                let _ = self.raw.step(message);
+            }
+            ReplicaInput::Persisted { number } => {
+                while self.after_persist.front().is_some_and(|(n, _)| *n <= number) {
+                    let (_, messages) = self.after_persist.pop_front().expect("checked above");
+                    self.out.extend(messages.into_iter().map(ReplicaOutput::Send));
+                }
+                self.raw.on_persist_ready(number);
+            }
+        }
+        self.drain_ready();
+    }
+
+    pub fn handle_timeout(&mut self, now_ns: u64) {
+        while self.next_tick_ns <= now_ns {
+            self.raw.tick();
+            self.next_tick_ns += self.rng.gen_range(self.tick_ns / 2..self.tick_ns * 3 / 2 + 1);
+        }
+        self.drain_ready();
+    }
+
+    pub fn poll_output(&mut self) -> Option<ReplicaOutput> {
+        self.out.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<u64> {
+        Some(self.next_tick_ns)
+    }
+
+    /// Turns every ready raft has into outputs.
+    fn drain_ready(&mut self) {
+        while self.raw.has_ready() {
+            let mut ready = self.raw.ready();
+            self.out.extend(ready.take_messages().into_iter().map(ReplicaOutput::Send));
+            assert!(ready.snapshot().is_empty(), "raft snapshots come with retention (issue 9, later step)");
+            let mut last_applied = None;
+            for entry in ready.take_committed_entries() {
+                last_applied = Some(entry.index);
+                self.apply(entry);
+            }
+            let entries = ready.take_entries();
+            let hard_state = ready.hs().cloned();
+            let store = self.raw.mut_store();
+            store.wl().append(&entries).expect("raft hands out entries that follow the log");
+            if let Some(hs) = &hard_state {
+                store.wl().set_hardstate(hs.clone());
+            }
+            let number = ready.number();
+            let later = ready.take_persisted_messages();
+            if !later.is_empty() {
+                self.after_persist.push_back((number, later));
+            }
+            self.out.push_back(ReplicaOutput::Persist { number, entries, hard_state });
+            self.raw.advance_append_async(ready);
+            if let Some(index) = last_applied {
+                self.raw.advance_apply_to(index);
+            }
+        }
+    }
+
+    fn apply(&mut self, entry: Entry) {
+        match entry.entry_type {
+            EntryType::EntryNormal => self.out.push_back(ReplicaOutput::Apply { index: entry.index, term: entry.term, data: entry.data.to_vec() }),
+            // Membership changes come with adding and removing nodes (not yet): the voters are
+            // fixed at creation.
+            EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {}
+        }
+    }
+}
