@@ -533,3 +533,40 @@ fn a_topic_unknown_when_a_cut_was_recorded_starts_above_the_cut_even_if_named_la
     let next = publish(&mut h, "t", None, json!("again"));
     assert!(next > last, "t {next} was given again: {last} had been pubacked");
 }
+
+#[test]
+fn retention_keeps_the_segment_of_the_snapshot_before_the_newest_even_past_a_segment_that_failed() {
+    // Found by the `harness` fuzz target: the write creating segment 2 failed (EIO) and the log
+    // went on in segment 3. Retention kept "the segment before the newest snapshot", which was
+    // the empty segment 2, and deleted segment 1; the damaged snapshot of segment 3 then left
+    // no record of the topic's next id, and a restart gave its ids again.
+    let config = Config { frame_bytes_max: 4096, segment_bytes_max: 8192, retention_age_ms: 1_000, ..Config::default() };
+    let mut h = harness(config);
+    let body = "x".repeat(1500);
+    let mut last = 0;
+    for _ in 0..5 {
+        last = publish(&mut h, "t", None, json!(body));
+    }
+    h.hold_writes = true;
+    h.send_json(P, json!({"op": "pub", "req": 1, "topic": "t", "body": body}));
+    assert!(h.traces.iter().any(|t| matches!(t, ferry_core::node::Trace::SegmentRolled { segment: 2 })), "the publish rolls to segment 2");
+    assert!(matches!(h.held.front(), Some(ferry_core::DiskOp::Write { segment: 2, create: true, .. })), "{:?}", h.held);
+    h.fail_next_write = Some(DiskError::Io("EIO".into()));
+    h.hold_writes = false;
+    h.complete_writes();
+    assert_eq!(h.take_op(P, "error").len(), 1, "the publish in the failed write is refused");
+    h.advance_ms(3_000);
+    let mut t_record = None;
+    scan_segment(&h.disk.files[&3], true, |offset, size, rec, _| {
+        if matches!(rec, RecordRef::Topic(ref r) if r.topic == "t") {
+            t_record = Some((offset as usize, size));
+        }
+    });
+    let (offset, size) = t_record.expect("segment 3 begins with a snapshot naming t");
+    h.disk.files.get_mut(&3).unwrap()[offset + size - 2] ^= 0x08;
+    h.disk.sync_all();
+    h.restart(false);
+    h.connect(P);
+    let next = publish(&mut h, "t", None, json!("again"));
+    assert!(next > last, "t {next} was given again: {last} had been pubacked");
+}

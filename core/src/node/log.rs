@@ -409,10 +409,12 @@ impl Node {
         let now_ms = self.now_ns / NS_PER_MS;
         // A segment goes only once a newer one's snapshot is durable (until then it may hold
         // the only record of ids given out) and no write to it is in flight or queued. The
-        // segment just before that one stays too: should that snapshot be the log's final
-        // batch and be damaged, it still tells recovery every id given out before it.
-        let newest_snapshot = self.log.segments.iter().rposition(|s| s.snapshot_durable);
-        let before_snapshot = newest_snapshot.and_then(|at| at.checked_sub(1)).map_or(0, |before| self.log.segments[before].id);
+        // segment of the durable snapshot before that one stays too: should the newest
+        // snapshot be the log's final batch and be damaged, the older one and what follows it
+        // still tell recovery every id given out. (Not merely the segment just before: after a
+        // failed write that segment may hold nothing at all.)
+        let mut durable_snapshots = self.log.segments.iter().filter(|s| s.snapshot_durable).map(|s| s.id).rev();
+        let before_snapshot = durable_snapshots.nth(1).unwrap_or(0);
         let writing = self.log.flushing.iter().chain(&self.log.queued).map(|b| b.segment).min().unwrap_or(u64::MAX);
         let oldest_in_use = before_snapshot.min(writing).min(self.log.segment);
         loop {
