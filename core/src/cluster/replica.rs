@@ -74,7 +74,15 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// A replica that has never run: an empty log, no vote.
     pub fn new(config: &ReplicaConfig, now_ns: u64) -> Result<Replica, String> {
+        Replica::recover(config, now_ns, HardState::default(), &[])
+    }
+
+    /// A replica restarting from what its earlier runs made durable (every `Persist` it
+    /// reported: the last hard state and the log's entries, later writes of an index winning).
+    /// Committed entries are applied again from the start: the state machine is rebuilt.
+    pub fn recover(config: &ReplicaConfig, now_ns: u64, hard_state: HardState, entries: &[Entry]) -> Result<Replica, String> {
         if !config.voters.contains(&config.id) {
             return Err(format!("node {} is not among the voters {:?}", config.id.0, config.voters));
         }
@@ -93,6 +101,8 @@ impl Replica {
         raft_config.validate().map_err(|e| format!("raft config: {e}"))?;
         let voters: Vec<u64> = config.voters.iter().map(|v| v.0).collect();
         let storage = MemStorage::new_with_conf_state(ConfState::from((voters, Vec::<u64>::new())));
+        storage.wl().append(entries).map_err(|e| format!("recovered entries do not follow one another: {e}"))?;
+        storage.wl().set_hardstate(hard_state);
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let raw = RawNode::new(&raft_config, storage, &logger).map_err(|e| format!("raft: {e}"))?;
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
