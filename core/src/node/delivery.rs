@@ -2,6 +2,7 @@
 //! acks, nacks and dead letters.
 
 use super::log::Waiter;
+use super::state::NewMessage;
 use super::{Node, Output, Timer, Trace, NS_PER_MS};
 use crate::config::TestBug;
 use crate::group::{key_hash, AckOutcome, Admit, Candidate, Released};
@@ -207,7 +208,7 @@ impl Node {
             self.out.push_back(Output::Trace(Trace::DeadLettered { topic: topic_name, group: group_name, id }));
             return;
         }
-        self.append_message(dlq, message.key.as_deref(), &message.body, None, 0);
+        self.append_message(NewMessage { topic: dlq, key: message.key.as_deref(), producer: None, body: &message.body });
         self.log.open.waiters.push(Waiter::DeadLetter { topic: t, group: g, id });
         self.out.push_back(Output::Trace(Trace::DeadLettered { topic: topic_name, group: group_name, id }));
         self.stats.dead_lettered += 1;

@@ -2,11 +2,11 @@
 //! messages join the open batch.
 
 use super::log::Waiter;
-use super::state::SeenSeq;
+use super::state::NewMessage;
 use super::{Node, NS_PER_MS};
 use crate::batch;
 use crate::config::TestBug;
-use crate::ids::{ConnId, TopicIdx};
+use crate::ids::ConnId;
 use crate::pipeline::{self, Publish, PublishContext};
 use crate::protocol::{self, ErrorCode};
 use crate::record::{self, MessageRef};
@@ -45,11 +45,9 @@ impl Node {
             Ok(t) => t,
             Err(message) => return self.send_error(conn, req.as_deref(), ErrorCode::Overloaded, &message),
         };
-        let id = self.append_message(t, publish.key.as_deref(), body, publish.producer.as_deref(), publish.seq.unwrap_or(0));
         let producer = publish.producer.zip(publish.seq);
-        if let Some((name, seq)) = &producer {
-            self.state.remember_seq(name, *seq, SeenSeq { topic: t, id, durable: false });
-        }
+        let message = NewMessage { topic: t, key: publish.key.as_deref(), producer: producer.as_ref().map(|(name, seq)| (name.as_str(), *seq)), body };
+        let id = self.append_message(message);
         self.stats.published += 1;
         self.pending_publishes += 1;
         let conn = if self.config.test_bug == Some(TestBug::PubackBeforeDurable) {
@@ -85,27 +83,29 @@ impl Node {
         true
     }
 
-    /// Assigns the next id of topic `t` and appends the message to the open batch.
-    pub(super) fn append_message(&mut self, t: TopicIdx, key: Option<&str>, body: &str, producer: Option<&str>, seq: u64) -> u64 {
+    /// Appends a new message to the open batch at the place the log gives it, and applies it
+    /// to the state there, which gives it its id (the topic's next).
+    pub(super) fn append_message(&mut self, message: NewMessage<'_>) -> u64 {
         let ts_ms = self.now_ns / NS_PER_MS;
-        let topic = &self.state.topics[t];
+        let (producer, seq) = message.producer.map_or((None, 0), |(name, seq)| (Some(name), seq));
+        let topic = &self.state.topics[message.topic];
         let id = topic.next_id;
-        let message = MessageRef { id, ts_ms, topic: &topic.name, key, producer, seq, body };
-        let size = record::message_record_bytes(&message) as u64;
+        let record = MessageRef { id, ts_ms, topic: &topic.name, key: message.key, producer, seq, body: message.body };
+        let size = record::message_record_bytes(&record) as u64;
         let framed = size + batch::OVERHEAD_BYTES as u64;
         if self.log.segment_len > 0 && self.log.segment_len + framed > self.config.segment_bytes_max {
             self.roll_segment();
         }
         self.open_batch_data();
-        let topic = &mut self.state.topics[t];
-        let message = MessageRef { id, ts_ms, topic: &topic.name, key, producer, seq, body };
-        let offset = self.log.segment_len;
-        let written = record::encode_message(&mut self.log.open.data, &message) as u64;
+        let loc = Loc { segment: self.log.segment, offset: self.log.segment_len, len: size as u32 };
+        let applied = self.state.apply_publish(&message, loc);
+        debug_assert_eq!(applied, id, "the state gives the id the record was encoded with");
+        let t = message.topic;
+        let record = MessageRef { id, ts_ms, topic: &self.state.topics[t].name, key: message.key, producer, seq, body: message.body };
+        let written = record::encode_message(&mut self.log.open.data, &record) as u64;
         debug_assert_eq!(written, size);
         self.log.segment_len += written;
-        topic.next_id += 1;
-        topic.index_push(id, Loc { segment: self.log.segment, offset, len: written as u32 });
-        let stored = StoredMessage { id, ts_ms, key: key.map(Into::into), body: body.into() };
+        let stored = StoredMessage { id, ts_ms, key: message.key.map(Into::into), body: message.body.into() };
         let (topic_max, total_max) = (self.config.topic_cache_bytes, self.config.cache_bytes_total);
         self.cache_budget.push(&mut self.state.topics, t, Rc::new(stored), topic_max, total_max);
         self.log.open.marks.insert(t, id + 1);

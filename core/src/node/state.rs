@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::ids::{GroupIdx, TopicIdx};
 use crate::protocol::ErrorCode;
 use crate::record::{self, NewTopicsRecord, ProducerRecord, SalvagedRecord, TopicRecord};
-use crate::topic::Topic;
+use crate::topic::{Loc, Topic};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub(super) struct SeenSeq {
@@ -18,6 +18,14 @@ pub(super) struct SeenSeq {
 pub(super) struct Producer {
     pub(super) seqs: BTreeMap<u64, SeenSeq>,
     pub(super) last_use: u64,
+}
+
+/// A message as published, before the state gives it an id.
+pub(super) struct NewMessage<'a> {
+    pub(super) topic: TopicIdx,
+    pub(super) key: Option<&'a str>,
+    pub(super) producer: Option<(&'a str, u64)>,
+    pub(super) body: &'a str,
 }
 
 pub(super) struct State {
@@ -74,6 +82,20 @@ impl State {
             let Some((_, oldest)) = self.producers_by_use.pop_first() else { break };
             self.producers.remove(&oldest);
         }
+    }
+
+    /// Stores a new message found at `loc`: it takes its topic's next id, and its producer's
+    /// seq is remembered with that id (durable once the message is). Every replica applying
+    /// the same messages in the same order gives the same ids.
+    pub(super) fn apply_publish(&mut self, message: &NewMessage<'_>, loc: Loc) -> u64 {
+        let topic = &mut self.topics[message.topic];
+        let id = topic.next_id;
+        topic.next_id += 1;
+        topic.index_push(id, loc);
+        if let Some((producer, seq)) = message.producer {
+            self.remember_seq(producer, seq, SeenSeq { topic: message.topic, id, durable: false });
+        }
+        id
     }
 
     /// The topic named `name`, created on first use (up to `topics_max`).
