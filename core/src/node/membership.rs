@@ -4,7 +4,6 @@
 use super::log::Waiter;
 use super::session::Pull;
 use super::{Node, Timer, NS_PER_MS};
-use crate::group::Group;
 use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::pipeline::{self, check_name, GROUP_BYTES_MAX};
 use crate::protocol::{self, ErrorCode, Filter, StartFrom};
@@ -37,19 +36,11 @@ impl Node {
             }
             return Ok((t, g));
         }
-        let topic_state = &mut self.state.topics[t];
-        if topic_state.groups.len() >= self.config.groups_per_topic_max as usize {
+        if self.state.topics[t].groups.len() >= self.config.groups_per_topic_max as usize {
             return Err((ErrorCode::Overloaded, format!("group limit reached (groups_per_topic_max = {})", self.config.groups_per_topic_max)));
         }
-        let start_id = match from {
-            StartFrom::Latest => topic_state.next_id,
-            StartFrom::Earliest => topic_state.first_id(),
-            StartFrom::Id(id) => id.max(topic_state.first_id()).max(1),
-        };
         let ack_timeout_ns = self.config.ack_timeout_ms_for(group) * NS_PER_MS;
-        let g = GroupIdx(topic_state.groups.len());
-        topic_state.groups.push(Group::new(group.to_string(), filter, start_id, ack_timeout_ns, self.config.max_attempts_for(group)));
-        topic_state.group_index.insert(group.to_string(), g);
+        let g = self.state.apply_create_group(t, group, from, filter, ack_timeout_ns, self.config.max_attempts_for(group));
         self.mark_group_dirty(t, g);
         Ok((t, g))
     }

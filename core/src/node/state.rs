@@ -3,8 +3,9 @@
 //! (`producer`, `seq`)s. It is what a snapshot records and what a cluster replicates.
 
 use crate::config::Config;
+use crate::group::Group;
 use crate::ids::{GroupIdx, TopicIdx};
-use crate::protocol::ErrorCode;
+use crate::protocol::{ErrorCode, Filter, StartFrom};
 use crate::record::{self, NewTopicsRecord, ProducerRecord, SalvagedRecord, TopicRecord};
 use crate::topic::{Loc, Topic};
 use std::collections::{BTreeMap, BTreeSet};
@@ -96,6 +97,21 @@ impl State {
             self.remember_seq(producer, seq, SeenSeq { topic: message.topic, id, durable: false });
         }
         id
+    }
+
+    /// Creates group `name` of topic `t`; where it starts is decided here, from the topic as
+    /// it stands when the creation is applied.
+    pub(super) fn apply_create_group(&mut self, t: TopicIdx, name: &str, from: StartFrom, filter: Option<Filter>, ack_timeout_ns: u64, max_attempts: u32) -> GroupIdx {
+        let topic = &mut self.topics[t];
+        let start_id = match from {
+            StartFrom::Latest => topic.next_id,
+            StartFrom::Earliest => topic.first_id(),
+            StartFrom::Id(id) => id.max(topic.first_id()).max(1),
+        };
+        let g = GroupIdx(topic.groups.len());
+        topic.groups.push(Group::new(name.to_string(), filter, start_id, ack_timeout_ns, max_attempts));
+        topic.group_index.insert(name.to_string(), g);
+        g
     }
 
     /// The topic named `name`, created on first use (up to `topics_max`).
