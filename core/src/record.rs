@@ -4,6 +4,8 @@
 //! record  = len:u32le  crc:u32le  kind:u8  payload      (len counts kind+payload; crc covers them)
 //! message = id:u64 ts_ms:u64 topic:str16 key:opt16 producer:opt16 seq:u64 body:bytes32
 //! control = JSON (topic, group and producer state; rare, so readability wins)
+//! raft entry = index:u64 term:u64 entry_type:u8 data:bytes32        (a cluster shard's log)
+//! raft state = term:u64 vote:u64 commit:u64                         (its hard state)
 //! ```
 //! The message's own id is inside its CRC'd bytes so a misdirected read or write is caught.
 
@@ -16,6 +18,8 @@ pub const KIND_GROUP: u8 = 3;
 pub const KIND_PRODUCER: u8 = 4;
 pub const KIND_SALVAGED: u8 = 5;
 pub const KIND_NEW_TOPICS: u8 = 6;
+pub const KIND_RAFT_ENTRY: u8 = 7;
+pub const KIND_RAFT_STATE: u8 = 8;
 /// Bounds `len` so a corrupt length field cannot make recovery allocate or skip wildly.
 pub const RECORD_BYTES_MAX: usize = 64 << 20;
 
@@ -79,6 +83,24 @@ pub struct NewTopicsRecord {
     pub first_id: u64,
 }
 
+/// One entry of a cluster shard's raft log (see `cluster::raft_log`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftEntryRef<'a> {
+    pub index: u64,
+    pub term: u64,
+    /// raft-rs's `EntryType` as its protobuf number.
+    pub entry_type: u8,
+    pub data: &'a [u8],
+}
+
+/// A cluster shard's raft hard state: what it voted and knows committed, per term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftStateRecord {
+    pub term: u64,
+    pub vote: u64,
+    pub commit: u64,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecordRef<'a> {
     Message(MessageRef<'a>),
@@ -87,6 +109,8 @@ pub enum RecordRef<'a> {
     Producer(ProducerRecord),
     Salvaged(SalvagedRecord),
     NewTopics(NewTopicsRecord),
+    RaftEntry(RaftEntryRef<'a>),
+    RaftState(RaftStateRecord),
 }
 
 fn put_str16(out: &mut Vec<u8>, s: &str) {
@@ -141,6 +165,26 @@ pub fn message_record_bytes(m: &MessageRef<'_>) -> usize {
     HEADER_BYTES + 1 + 8 + 8 + 2 + m.topic.len() + 2 + m.key.map_or(0, str::len) + 2 + m.producer.map_or(0, str::len) + 8 + 4 + m.body.len()
 }
 
+/// Appends one raft entry record; returns its size in bytes.
+pub fn encode_raft_entry(out: &mut Vec<u8>, e: &RaftEntryRef<'_>) -> usize {
+    let start = begin(out, KIND_RAFT_ENTRY);
+    out.extend_from_slice(&e.index.to_le_bytes());
+    out.extend_from_slice(&e.term.to_le_bytes());
+    out.push(e.entry_type);
+    out.extend_from_slice(&(e.data.len() as u32).to_le_bytes());
+    out.extend_from_slice(e.data);
+    finish(out, start)
+}
+
+/// Appends one raft hard state record; returns its size in bytes.
+pub fn encode_raft_state(out: &mut Vec<u8>, s: &RaftStateRecord) -> usize {
+    let start = begin(out, KIND_RAFT_STATE);
+    for n in [s.term, s.vote, s.commit] {
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+    finish(out, start)
+}
+
 pub fn encode_control<T: Serialize>(out: &mut Vec<u8>, kind: u8, value: &T) -> usize {
     let start = begin(out, kind);
     // Serializing plain data structs into a Vec cannot fail.
@@ -178,6 +222,22 @@ impl<'a> Reader<'a> {
             n => Some(Some(self.str(n as usize - 1)?)),
         }
     }
+}
+
+fn decode_raft_entry(payload: &[u8]) -> Option<RaftEntryRef<'_>> {
+    let mut r = Reader { bytes: payload, at: 0 };
+    let index = r.u64()?;
+    let term = r.u64()?;
+    let entry_type = r.take(1)?[0];
+    let len = r.u32()? as usize;
+    let data = r.take(len)?;
+    (r.at == payload.len()).then_some(RaftEntryRef { index, term, entry_type, data })
+}
+
+fn decode_raft_state(payload: &[u8]) -> Option<RaftStateRecord> {
+    let mut r = Reader { bytes: payload, at: 0 };
+    let state = RaftStateRecord { term: r.u64()?, vote: r.u64()?, commit: r.u64()? };
+    (r.at == payload.len()).then_some(state)
 }
 
 fn decode_message(payload: &[u8]) -> Option<MessageRef<'_>> {
@@ -247,6 +307,8 @@ pub fn decode_record(bytes: &[u8]) -> Result<(RecordRef<'_>, usize), RecordError
         KIND_PRODUCER => RecordRef::Producer(serde_json::from_slice(payload).map_err(|_| RecordError::Malformed("producer"))?),
         KIND_SALVAGED => RecordRef::Salvaged(serde_json::from_slice(payload).map_err(|_| RecordError::Malformed("salvaged"))?),
         KIND_NEW_TOPICS => RecordRef::NewTopics(serde_json::from_slice(payload).map_err(|_| RecordError::Malformed("new topics"))?),
+        KIND_RAFT_ENTRY => RecordRef::RaftEntry(decode_raft_entry(payload).ok_or(RecordError::Malformed("raft entry"))?),
+        KIND_RAFT_STATE => RecordRef::RaftState(decode_raft_state(payload).ok_or(RecordError::Malformed("raft state"))?),
         _ => return Err(RecordError::Malformed("kind")),
     };
     Ok((record, end))

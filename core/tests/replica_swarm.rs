@@ -2,8 +2,11 @@
 //! off by partitions, writes durable only after a delay, nodes crashing (losing what was not
 //! durable) and restarting from what was. Checked from outside, over many seeds: at most one
 //! leader per term, one entry per index everywhere, entries applied in order, nothing applied
-//! ever lost, and progress once the faults stop.
+//! ever lost, and progress once the faults stop. Each node's raft log is kept in ferry's
+//! segment format (`cluster::raft_log`), a crash may tear the write under way, and a restart
+//! reads the log back from those bytes.
 
+use ferry_core::cluster::raft_log;
 use ferry_core::cluster::replica::{Replica, ReplicaConfig, ReplicaInput, ReplicaOutput};
 use ferry_core::cluster::NodeId;
 use raft::eraftpb::{Entry, HardState, Message};
@@ -26,17 +29,14 @@ enum Event {
     Tick,
 }
 
-#[derive(Default)]
-struct Durable {
-    hard_state: HardState,
-    entries: BTreeMap<u64, Entry>,
-}
-
 struct Node {
     replica: Option<Replica>,
     /// Incremented at each restart: completions of an earlier life's writes are void.
     life: u32,
-    durable: Durable,
+    /// The node's raft log as it stands on its disk (one segment, ferry's format).
+    disk: Vec<u8>,
+    /// The vote of the last durable hard state.
+    vote: u64,
     /// Writes asked for and not yet durable, in order: (number, entries, hard state).
     pending: Vec<(u64, Vec<Entry>, Option<HardState>)>,
     /// What this life applied, in order.
@@ -71,7 +71,7 @@ impl World {
         let mut nodes = BTreeMap::new();
         for id in &ids {
             let config = ReplicaConfig { id: *id, voters: ids.clone(), tick_ns: 10 * MS, election_ticks: 10, heartbeat_ticks: 2, seed: rng.gen() };
-            nodes.insert(*id, Node { replica: Some(Replica::new(&config, 0).unwrap()), life: 0, durable: Durable::default(), pending: Vec::new(), applied: Vec::new() });
+            nodes.insert(*id, Node { replica: Some(Replica::new(&config, 0).unwrap()), life: 0, disk: Vec::new(), vote: 0, pending: Vec::new(), applied: Vec::new() });
             configs.insert(*id, config);
         }
         let drop_per_mille = [0, 20, 100, 200][rng.gen_range(0..4)];
@@ -160,15 +160,10 @@ impl World {
                 let mut voted = false;
                 node.pending.drain(..done.len());
                 for (_, entries, hard_state) in done {
-                    if let Some(first) = entries.first() {
-                        node.durable.entries.split_off(&first.index);
-                    }
-                    for entry in entries {
-                        node.durable.entries.insert(entry.index, entry);
-                    }
+                    raft_log::encode_persist(&mut node.disk, &entries, hard_state.as_ref());
                     if let Some(hard_state) = hard_state {
-                        voted |= hard_state.vote != 0 && hard_state.vote != node.durable.hard_state.vote;
-                        node.durable.hard_state = hard_state;
+                        voted |= hard_state.vote != 0 && hard_state.vote != node.vote;
+                        node.vote = hard_state.vote;
                     }
                 }
                 node.replica.as_mut().expect("up").handle_input(self.now_ns, ReplicaInput::Persisted { number });
@@ -183,6 +178,15 @@ impl World {
             Event::Crash(id) => {
                 let node = self.nodes.get_mut(&id).expect("a voter");
                 if node.replica.take().is_some() {
+                    // A write under way may have reached the disk in part.
+                    if let Some((_, entries, hard_state)) = node.pending.first() {
+                        if self.rng.gen_bool(0.3) {
+                            let mut write = Vec::new();
+                            raft_log::encode_persist(&mut write, entries, hard_state.as_ref());
+                            let kept = self.rng.gen_range(1..write.len());
+                            node.disk.extend_from_slice(&write[..kept]);
+                        }
+                    }
                     node.pending.clear();
                     node.applied.clear();
                     let down_ns = self.rng.gen_range(100..1_500) * MS;
@@ -193,8 +197,10 @@ impl World {
                 let config = self.configs[&id].clone();
                 let node = self.nodes.get_mut(&id).expect("a voter");
                 node.life += 1;
-                let entries: Vec<Entry> = node.durable.entries.values().cloned().collect();
-                node.replica = Some(Replica::recover(&config, self.now_ns, node.durable.hard_state.clone(), &entries).expect("recovers from its durable state"));
+                let recovered = raft_log::recover(&[(1, &node.disk)]).unwrap_or_else(|e| panic!("seed {}: node {id}: {e}", self.seed));
+                node.disk.truncate(recovered.newest_valid_len as usize);
+                node.vote = recovered.hard_state.vote;
+                node.replica = Some(Replica::recover(&config, self.now_ns, recovered.hard_state, &recovered.entries).expect("recovers from its durable state"));
                 self.collect(id);
             }
             Event::Partition(cut) => self.cut_off = cut,

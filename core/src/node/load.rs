@@ -76,6 +76,9 @@ impl Node {
                         acknowledged.insert((r.segment, r.offset), r);
                     }
                     RecordRef::NewTopics(r) => self.state.new_topic_first_id = self.state.new_topic_first_id.max(r.first_id),
+                    // A cluster shard's log (`cluster::raft_log`), which a single node never
+                    // writes; the cluster's own recovery reads them.
+                    RecordRef::RaftEntry(_) | RecordRef::RaftState(_) => {}
                 }
             });
             let last_write_ms = if last_write_ms == 0 { self.now_ns / NS_PER_MS } else { last_write_ms };
