@@ -30,12 +30,35 @@ fn place_of(h: &Harness, topic: &str, id: u64) -> (u64, usize, usize) {
     panic!("no record of {topic} {id}");
 }
 
-/// Flips a bit in the body of a record, as bit rot would.
-fn rot(h: &mut Harness, topic: &str, id: u64) -> u64 {
-    let (segment, offset, size) = place_of(h, topic, id);
+/// Flips a bit in the body of the record at (segment, offset, size), as bit rot would; a
+/// second flip of the same place heals it.
+fn flip(h: &mut Harness, (segment, offset, size): (u64, usize, usize)) {
     h.disk.files.get_mut(&segment).unwrap()[offset + size - 2] ^= 0x08;
     h.disk.sync_all();
-    segment
+}
+
+fn rot(h: &mut Harness, topic: &str, id: u64) -> u64 {
+    let place = place_of(h, topic, id);
+    flip(h, place);
+    place.0
+}
+
+/// (segment, offset, size) of the snapshot record naming `topic` in `segment`.
+fn topic_record_in(h: &Harness, segment: u64, topic: &str) -> (u64, usize, usize) {
+    let mut found = None;
+    scan_segment(&h.disk.files[&segment], true, |offset, size, rec, _| {
+        if matches!(rec, RecordRef::Topic(ref r) if r.topic == topic) {
+            found = Some((segment, offset as usize, size));
+        }
+    });
+    found.unwrap_or_else(|| panic!("no snapshot record of {topic} in segment {segment}"))
+}
+
+/// Restarts from the disk as it is and publishes to `topic`: the id it gets.
+fn publish_after_restart(h: &mut Harness, topic: &str) -> u64 {
+    h.restart(false);
+    h.connect(P);
+    publish(h, topic, None, json!("after the restart"))
 }
 
 fn delivered_ids(h: &mut Harness, topic: &str) -> Vec<u64> {
@@ -124,9 +147,7 @@ fn a_final_batch_torn_inside_a_record_skips_the_ids_it_may_have_held() {
     // The trailer and the end of record 5: its id can no longer be read back.
     file.truncate(len - 12);
     h.disk.sync_all();
-    h.restart(false);
-    h.connect(P);
-    let next = publish(&mut h, "t", None, json!("next"));
+    let next = publish_after_restart(&mut h, "t");
     assert!(next > 5, "id {next} may be the id of the record that was torn");
 }
 
@@ -146,9 +167,7 @@ fn ids_skipped_for_a_torn_tail_stay_skipped_when_the_next_snapshot_is_torn_too()
     assert!(h.disk.files[&torn.segment].len() > snapshot_at, "the snapshot after the cut was written");
     h.disk.files.get_mut(&torn.segment).unwrap()[snapshot_at + 3] ^= 0x01;
     h.disk.sync_all();
-    h.restart(false);
-    h.connect(P);
-    let next = publish(&mut h, "t", None, json!("next"));
+    let next = publish_after_restart(&mut h, "t");
     assert!(next > second, "id {next} may be the id of the record that was torn");
 }
 
@@ -256,9 +275,7 @@ fn a_second_salvage_skips_ids_above_the_first_ones_floor_for_new_topics() {
     assert!(first > 1);
     publish(&mut h, "t", None, json!("after"));
     rot(&mut h, "late", first);
-    h.restart(false);
-    h.connect(P);
-    let again = publish(&mut h, "late", None, json!("new"));
+    let again = publish_after_restart(&mut h, "late");
     assert!(again > first, "id {again} of topic 'late' was pubacked before the damage");
 }
 
@@ -438,18 +455,9 @@ fn a_damaged_final_snapshot_after_retention_still_knows_every_topics_next_id() {
     }
     h.advance_ms(3_000);
     assert!(h.traces.iter().any(|t| matches!(t, ferry_core::node::Trace::SegmentDeleted { .. })), "retention ran");
-    let mut u_record = None;
-    scan_segment(&h.disk.files[&4], true, |offset, size, rec, _| {
-        if matches!(rec, RecordRef::Topic(ref r) if r.topic == "u") {
-            u_record = Some((offset as usize, size));
-        }
-    });
-    let (offset, size) = u_record.expect("the snapshot names u");
-    h.disk.files.get_mut(&4).unwrap()[offset + size - 2] ^= 0x08;
-    h.disk.sync_all();
-    h.restart(false);
-    h.connect(P);
-    let next = publish(&mut h, "u", None, json!("again"));
+    let record = topic_record_in(&h, 4, "u");
+    flip(&mut h, record);
+    let next = publish_after_restart(&mut h, "u");
     assert!(next > last_u, "u {next} was given again: {last_u} had been pubacked");
 }
 
@@ -514,10 +522,6 @@ fn a_topic_unknown_when_a_cut_was_recorded_starts_above_the_cut_even_if_named_la
     publish(&mut h, "u", None, json!("between"));
     let last = publish(&mut h, "t", None, json!("last"));
     let places = [place_of(&h, "t", 1), place_of(&h, "t", last)];
-    let flip = |h: &mut Harness, (segment, offset, size): (u64, usize, usize)| {
-        h.disk.files.get_mut(&segment).unwrap()[offset + size - 2] ^= 0x08;
-        h.disk.sync_all();
-    };
     flip(&mut h, places[0]);
     flip(&mut h, places[1]);
     h.config.salvage = true;
@@ -556,17 +560,8 @@ fn retention_keeps_the_segment_of_the_snapshot_before_the_newest_even_past_a_seg
     h.complete_writes();
     assert_eq!(h.take_op(P, "error").len(), 1, "the publish in the failed write is refused");
     h.advance_ms(3_000);
-    let mut t_record = None;
-    scan_segment(&h.disk.files[&3], true, |offset, size, rec, _| {
-        if matches!(rec, RecordRef::Topic(ref r) if r.topic == "t") {
-            t_record = Some((offset as usize, size));
-        }
-    });
-    let (offset, size) = t_record.expect("segment 3 begins with a snapshot naming t");
-    h.disk.files.get_mut(&3).unwrap()[offset + size - 2] ^= 0x08;
-    h.disk.sync_all();
-    h.restart(false);
-    h.connect(P);
-    let next = publish(&mut h, "t", None, json!("again"));
+    let record = topic_record_in(&h, 3, "t");
+    flip(&mut h, record);
+    let next = publish_after_restart(&mut h, "t");
     assert!(next > last, "t {next} was given again: {last} had been pubacked");
 }
