@@ -151,14 +151,29 @@ fn finish(out: &mut [u8], start: usize) -> usize {
 pub fn encode_message(out: &mut Vec<u8>, m: &MessageRef<'_>) -> usize {
     let start = begin(out, KIND_MESSAGE);
     out.extend_from_slice(&m.id.to_le_bytes());
-    out.extend_from_slice(&m.ts_ms.to_le_bytes());
-    put_str16(out, m.topic);
-    put_opt16(out, m.key);
-    put_opt16(out, m.producer);
-    out.extend_from_slice(&m.seq.to_le_bytes());
-    out.extend_from_slice(&(m.body.len() as u32).to_le_bytes());
-    out.extend_from_slice(m.body.as_bytes());
+    put_message_fields(out, &MessageFields { ts_ms: m.ts_ms, topic: m.topic, key: m.key, producer: m.producer, seq: m.seq, body: m.body });
     finish(out, start)
+}
+
+/// The fields a stored message shares with a cluster's publish command (`cluster::command`),
+/// in one binary form: `ts_ms:u64 topic:str16 key:opt16 producer:opt16 seq:u64 body:bytes32`.
+pub(crate) struct MessageFields<'a> {
+    pub(crate) ts_ms: u64,
+    pub(crate) topic: &'a str,
+    pub(crate) key: Option<&'a str>,
+    pub(crate) producer: Option<&'a str>,
+    pub(crate) seq: u64,
+    pub(crate) body: &'a str,
+}
+
+pub(crate) fn put_message_fields(out: &mut Vec<u8>, f: &MessageFields<'_>) {
+    out.extend_from_slice(&f.ts_ms.to_le_bytes());
+    put_str16(out, f.topic);
+    put_opt16(out, f.key);
+    put_opt16(out, f.producer);
+    out.extend_from_slice(&f.seq.to_le_bytes());
+    out.extend_from_slice(&(f.body.len() as u32).to_le_bytes());
+    out.extend_from_slice(f.body.as_bytes());
 }
 
 pub fn message_record_bytes(m: &MessageRef<'_>) -> usize {
@@ -192,12 +207,32 @@ pub fn encode_control<T: Serialize>(out: &mut Vec<u8>, kind: u8, value: &T) -> u
     finish(out, start)
 }
 
-struct Reader<'a> {
+/// Reads the binary fields `put_*` wrote, each `None` when the bytes run short or are not
+/// what the field needs.
+pub(crate) struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
 }
 
 impl<'a> Reader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader { bytes, at: 0 }
+    }
+    pub(crate) fn message_fields(&mut self) -> Option<MessageFields<'a>> {
+        let ts_ms = self.u64()?;
+        let topic_len = self.u16()? as usize;
+        let topic = self.str(topic_len)?;
+        let key = self.opt16()?;
+        let producer = self.opt16()?;
+        let seq = self.u64()?;
+        let body_len = self.u32()? as usize;
+        let body = self.str(body_len)?;
+        Some(MessageFields { ts_ms, topic, key, producer, seq, body })
+    }
+    /// Every byte was read.
+    pub(crate) fn at_end(&self) -> bool {
+        self.at == self.bytes.len()
+    }
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         let end = self.at.checked_add(n)?;
         let s = self.bytes.get(self.at..end)?;
@@ -225,33 +260,26 @@ impl<'a> Reader<'a> {
 }
 
 fn decode_raft_entry(payload: &[u8]) -> Option<RaftEntryRef<'_>> {
-    let mut r = Reader { bytes: payload, at: 0 };
+    let mut r = Reader::new(payload);
     let index = r.u64()?;
     let term = r.u64()?;
     let entry_type = r.take(1)?[0];
     let len = r.u32()? as usize;
     let data = r.take(len)?;
-    (r.at == payload.len()).then_some(RaftEntryRef { index, term, entry_type, data })
+    r.at_end().then_some(RaftEntryRef { index, term, entry_type, data })
 }
 
 fn decode_raft_state(payload: &[u8]) -> Option<RaftStateRecord> {
-    let mut r = Reader { bytes: payload, at: 0 };
+    let mut r = Reader::new(payload);
     let state = RaftStateRecord { term: r.u64()?, vote: r.u64()?, commit: r.u64()? };
-    (r.at == payload.len()).then_some(state)
+    r.at_end().then_some(state)
 }
 
 fn decode_message(payload: &[u8]) -> Option<MessageRef<'_>> {
-    let mut r = Reader { bytes: payload, at: 0 };
+    let mut r = Reader::new(payload);
     let id = r.u64()?;
-    let ts_ms = r.u64()?;
-    let topic_len = r.u16()? as usize;
-    let topic = r.str(topic_len)?;
-    let key = r.opt16()?;
-    let producer = r.opt16()?;
-    let seq = r.u64()?;
-    let body_len = r.u32()? as usize;
-    let body = r.str(body_len)?;
-    (r.at == payload.len()).then_some(MessageRef { id, ts_ms, topic, key, producer, seq, body })
+    let f = r.message_fields()?;
+    r.at_end().then_some(MessageRef { id, ts_ms: f.ts_ms, topic: f.topic, key: f.key, producer: f.producer, seq: f.seq, body: f.body })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

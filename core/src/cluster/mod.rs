@@ -1,6 +1,7 @@
 //! The cluster: shards replicated by raft groups (see docs/CLUSTER-DESIGN.md). Built in steps;
 //! today one replica of one group, driven by tests, not yet by the node.
 
+pub mod command;
 pub mod raft_log;
 pub mod replica;
 
