@@ -6,10 +6,11 @@
 
 pub mod frame;
 pub mod harness;
+pub mod raft;
 pub mod segments;
 
 /// A target's body: returns, or panics on a finding.
 pub type Target = fn(&[u8]);
 
 /// Each target: its name (the directory of its corpus under `fuzz/corpus/`) and its body.
-pub const TARGETS: &[(&str, Target)] = &[("frame", frame::run), ("segments", segments::run), ("harness", harness::run)];
+pub const TARGETS: &[(&str, Target)] = &[("frame", frame::run), ("segments", segments::run), ("harness", harness::run), ("raft", raft::run)];

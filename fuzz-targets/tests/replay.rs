@@ -52,3 +52,8 @@ fn segments_corpus_and_random_inputs() {
 fn harness_corpus_and_random_inputs() {
     replay("harness");
 }
+
+#[test]
+fn raft_corpus_and_random_inputs() {
+    replay("raft");
+}
