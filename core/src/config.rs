@@ -1,8 +1,16 @@
 //! Every limit and policy of a node, with the defaults a fresh install runs on.
 
+use crate::cluster::NodeId;
 use crate::protocol::JSON_DEPTH_MAX_LIMIT;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// A voter of the cluster and where its peers reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Voter {
+    pub id: NodeId,
+    pub addr: String,
+}
 
 /// When a publish counts as durable and gets its `puback`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,8 +103,13 @@ pub struct Config {
     pub test_bug: Option<TestBug>,
     /// Name sent in `welcome`.
     pub node_name: String,
-    /// Identity in a mesh; unique per node.
+    /// Identity in a cluster; unique per node, one of `peers`.
     pub node_id: u64,
+    /// Every voter of the cluster, this node included: `1@127.0.0.1:7811,2@127.0.0.1:7812`.
+    /// Empty: a single node, as without a cluster. Read through `Config::voters`.
+    pub peers: String,
+    /// Where this node listens for its peers (`IP:PORT`); needed with `peers`.
+    pub peer_listen: String,
     pub fsync: FsyncPolicy,
     pub batch_interval_ms: u64,
     pub batch_bytes: u64,
@@ -181,6 +194,8 @@ impl Default for Config {
             test_bug: None,
             node_name: "ferry-1".into(),
             node_id: 1,
+            peers: String::new(),
+            peer_listen: String::new(),
             fsync: FsyncPolicy::Always,
             batch_interval_ms: 2,
             batch_bytes: 1 << 20,
@@ -285,7 +300,37 @@ impl Config {
         if self.retention_bytes < self.segment_bytes_max {
             return Err("retention_bytes must be at least segment_bytes_max".into());
         }
+        let voters = self.voters()?;
+        if !voters.is_empty() {
+            if !voters.iter().any(|v| v.id.0 == self.node_id) {
+                return Err(format!("node_id {} is not among the peers ({})", self.node_id, self.peers));
+            }
+            if self.peer_listen.is_empty() {
+                return Err("peer_listen is needed with peers (the address this node's peers connect to)".into());
+            }
+        }
         Ok(())
+    }
+
+    /// The voters `peers` names, in the order given; empty for a single node.
+    pub fn voters(&self) -> Result<Vec<Voter>, String> {
+        let mut voters: Vec<Voter> = Vec::new();
+        for item in self.peers.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+            let bad = |why: &str| format!("peers: '{item}' {why} (want ID@IP:PORT, e.g. 1@127.0.0.1:7811)");
+            let (id, addr) = item.split_once('@').ok_or_else(|| bad("has no '@'"))?;
+            let id: u64 = id.trim().parse().map_err(|_| bad("does not start with a node id"))?;
+            if id == 0 {
+                return Err(bad("has node id 0 (ids start at 1)"));
+            }
+            if addr.trim().is_empty() {
+                return Err(bad("has no address"));
+            }
+            if voters.iter().any(|v| v.id.0 == id) {
+                return Err(bad("repeats a node id"));
+            }
+            voters.push(Voter { id: NodeId(id), addr: addr.trim().to_string() });
+        }
+        Ok(voters)
     }
 
     pub fn ack_timeout_ms_for(&self, group: &str) -> u64 {
@@ -294,5 +339,41 @@ impl Config {
 
     pub fn max_attempts_for(&self, group: &str) -> u32 {
         self.groups.get(group).and_then(|g| g.max_attempts).unwrap_or(self.max_attempts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_peers(peers: &str, node_id: u64) -> Config {
+        Config { peers: peers.into(), peer_listen: "127.0.0.1:7811".into(), node_id, ..Config::default() }
+    }
+
+    #[test]
+    fn peers_name_every_voter_with_its_address() {
+        let config = with_peers("1@127.0.0.1:7811, 2@127.0.0.1:7812,3@host:7813", 2);
+        assert_eq!(config.validate(), Ok(()));
+        let voters = config.voters().unwrap();
+        assert_eq!(voters.iter().map(|v| v.id.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(voters[2].addr, "host:7813");
+        assert_eq!(Config::default().voters(), Ok(Vec::new()), "no peers: a single node");
+    }
+
+    #[test]
+    fn bad_peers_are_refused_with_the_item_at_fault() {
+        for (peers, node_id, says) in [
+            ("1@a:1,2", 1, "'2' has no '@'"),
+            ("x@a:1", 1, "'x@a:1' does not start with a node id"),
+            ("0@a:1", 1, "node id 0"),
+            ("1@", 1, "'1@' has no address"),
+            ("1@a:1,1@a:2", 1, "'1@a:2' repeats a node id"),
+            ("1@a:1,2@a:2", 3, "node_id 3 is not among the peers"),
+        ] {
+            let error = with_peers(peers, node_id).validate().unwrap_err();
+            assert!(error.contains(says), "{peers}: {error}");
+        }
+        let no_listen = Config { peer_listen: String::new(), ..with_peers("1@a:1", 1) };
+        assert!(no_listen.validate().unwrap_err().contains("peer_listen"));
     }
 }

@@ -30,6 +30,9 @@ pub enum ErrorCode {
     Overloaded,
     Conflict,
     Internal,
+    /// This node cannot commit or serve the topic now (in a cluster: no leader reachable for
+    /// it); retry, possibly on another node.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -45,6 +48,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Conflict => "conflict",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }

@@ -117,6 +117,10 @@ fn load_settings(args: &ServeArgs) -> Result<ServeSettings, String> {
     let log_level = take_string(&mut table, "log_level", "info")?;
     let config: Config = toml::Value::Table(table).try_into().map_err(|e| format!("config: {e}"))?;
     config.validate().map_err(|e| format!("config: {e}"))?;
+    if !config.peers.is_empty() {
+        // Refused rather than ignored: a node asked to be one of several must not run alone.
+        return Err("config: peers: clusters are being built (docs/CLUSTER-DESIGN.md) and this build runs a single node only; remove peers".into());
+    }
     Ok(ServeSettings { listen, data_dir, log_level, config })
 }
 
