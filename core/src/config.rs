@@ -110,6 +110,12 @@ pub struct Config {
     pub peers: String,
     /// Where this node listens for its peers (`IP:PORT`); needed with `peers`.
     pub peer_listen: String,
+    /// raft's clock: a follower stands for election after 10 ticks without a leader's word
+    /// (each tick jittered by half), a leader sends heartbeats every 2.
+    pub raft_tick_ms: u64,
+    /// Seeds what the node draws at random (raft's tick jitter): the caller's randomness.
+    #[serde(skip)]
+    pub rng_seed: u64,
     pub fsync: FsyncPolicy,
     pub batch_interval_ms: u64,
     pub batch_bytes: u64,
@@ -196,6 +202,8 @@ impl Default for Config {
             node_id: 1,
             peers: String::new(),
             peer_listen: String::new(),
+            raft_tick_ms: 100,
+            rng_seed: 0,
             fsync: FsyncPolicy::Always,
             batch_interval_ms: 2,
             batch_bytes: 1 << 20,
@@ -265,6 +273,7 @@ impl Config {
             ("connection_outbox_pause_bytes", self.connection_outbox_pause_bytes as u64),
             ("slow_consumer_timeout_ms", self.slow_consumer_timeout_ms),
             ("outbox_bytes_total_max", self.outbox_bytes_total_max),
+            ("raft_tick_ms", self.raft_tick_ms),
         ];
         for (name, value) in positive {
             if value == 0 {

@@ -24,11 +24,13 @@ mod log;
 mod membership;
 mod publish;
 mod reads;
+mod replication;
 mod session;
 mod state;
 
 use log::{Batch, Log, SegmentInfo};
 use reads::PendingFetch;
+use replication::Replication;
 use session::Conn;
 use state::{SeenSeq, State};
 
@@ -224,6 +226,8 @@ pub struct Node {
     stopped: bool,
     /// Salvaged regions of segments still kept: every segment's snapshot repeats them.
     salvaged_regions: Vec<SalvagedRecord>,
+    /// Cluster mode (`peers` set): the shard's replica and what this node proposed.
+    replication: Option<Replication>,
     now_ns: u64,
     pub stats: Stats,
 }
@@ -269,9 +273,14 @@ impl Node {
             truncating: BTreeSet::new(),
             stopped: false,
             salvaged_regions: Vec::new(),
+            replication: None,
             now_ns,
             stats: Stats::default(),
         };
+        if !node.config.peers.is_empty() {
+            assert!(segments.is_empty(), "a cluster node restarting from its log comes with the next step of issue 9");
+            node.replication = Some(Replication::start(&node.config, now_ns).unwrap_or_else(|e| panic!("a validated config starts its replica: {e}")));
+        }
         let report = node.load_segments(segments)?;
         for &(segment, len) in &report.truncated {
             node.truncate(segment, len);
@@ -281,6 +290,7 @@ impl Node {
             None => node.start_segment(segments.last().map_or(1, |(id, _)| id + 1)),
         }
         node.timers.insert((now_ns + RETENTION_CHECK_NS, Timer::Retention));
+        node.drain_replica();
         node.maybe_flush();
         Ok((node, report))
     }
@@ -381,6 +391,7 @@ impl Node {
             self.timers.pop_first();
             self.on_timer(at, timer);
         }
+        self.replica_timeout();
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -391,7 +402,8 @@ impl Node {
         if self.stopped {
             return None;
         }
-        self.timers.first().map(|(at, _)| *at)
+        let replica = self.replication.as_ref().and_then(Replication::poll_timeout);
+        self.timers.first().map(|(at, _)| *at).into_iter().chain(replica).min()
     }
 
     /// True once the node has asked to stop (`Output::Stop`); it takes no more input.

@@ -191,6 +191,10 @@ pub fn encode_raft_entry(out: &mut Vec<u8>, e: &RaftEntryRef<'_>) -> usize {
     finish(out, start)
 }
 
+pub fn raft_entry_record_bytes(data_len: usize) -> usize {
+    HEADER_BYTES + 1 + 8 + 8 + 1 + 4 + data_len
+}
+
 /// Appends one raft hard state record; returns its size in bytes.
 pub fn encode_raft_state(out: &mut Vec<u8>, s: &RaftStateRecord) -> usize {
     let start = begin(out, KIND_RAFT_STATE);

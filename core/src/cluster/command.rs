@@ -9,6 +9,7 @@
 //! dead letter  = 4 JSON {topic, group, id}
 //! ```
 
+use crate::protocol::StartFrom;
 use crate::record::{put_message_fields, GroupRecord, MessageFields, Reader};
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +46,26 @@ pub enum GroupStart {
     Latest,
     Earliest,
     Id(u64),
+}
+
+impl From<StartFrom> for GroupStart {
+    fn from(from: StartFrom) -> GroupStart {
+        match from {
+            StartFrom::Latest => GroupStart::Latest,
+            StartFrom::Earliest => GroupStart::Earliest,
+            StartFrom::Id(id) => GroupStart::Id(id),
+        }
+    }
+}
+
+impl From<GroupStart> for StartFrom {
+    fn from(from: GroupStart) -> StartFrom {
+        match from {
+            GroupStart::Latest => StartFrom::Latest,
+            GroupStart::Earliest => StartFrom::Earliest,
+            GroupStart::Id(id) => StartFrom::Id(id),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

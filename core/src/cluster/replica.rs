@@ -52,7 +52,8 @@ pub enum ReplicaOutput {
     /// index on.
     Persist { number: u64, entries: Vec<Entry>, hard_state: Option<HardState> },
     /// A committed entry, in log order: apply it. Empty entries (a new leader's first) come too.
-    Apply { index: u64, term: u64, data: Vec<u8> },
+    /// `context` is what its proposer gave with it (how it finds its own proposals).
+    Apply { index: u64, term: u64, data: Vec<u8>, context: Vec<u8> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +108,13 @@ impl Replica {
         let raw = RawNode::new(&raft_config, storage, &logger).map_err(|e| format!("raft: {e}"))?;
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let first_tick = now_ns + rng.gen_range(config.tick_ns / 2..config.tick_ns * 3 / 2 + 1);
-        Ok(Replica { raw, out: VecDeque::new(), after_persist: VecDeque::new(), next_tick_ns: first_tick, tick_ns: config.tick_ns, rng })
+        let mut replica = Replica { raw, out: VecDeque::new(), after_persist: VecDeque::new(), next_tick_ns: first_tick, tick_ns: config.tick_ns, rng };
+        if config.voters == [config.id] {
+            // Alone, it needs nobody's vote: lead at once rather than after an election timeout.
+            replica.raw.campaign().map_err(|e| format!("raft: {e}"))?;
+            replica.drain_ready();
+        }
+        Ok(replica)
     }
 
     pub fn id(&self) -> NodeId {
@@ -130,10 +137,15 @@ impl Replica {
 
     /// Proposes `data` as the next entry; it comes back as `Apply` once committed.
     pub fn propose(&mut self, data: Vec<u8>) -> Result<(), ProposeError> {
+        self.propose_with_context(Vec::new(), data)
+    }
+
+    /// Proposes `data` with `context`, which comes back with its `Apply`.
+    pub fn propose_with_context(&mut self, context: Vec<u8>, data: Vec<u8>) -> Result<(), ProposeError> {
         if !self.is_leader() {
             return Err(ProposeError::NotLeader { leader: self.leader() });
         }
-        self.raw.propose(Vec::new(), data).map_err(|e| ProposeError::Refused(e.to_string()))?;
+        self.raw.propose(context, data).map_err(|e| ProposeError::Refused(e.to_string()))?;
         self.drain_ready();
         Ok(())
     }
@@ -205,7 +217,7 @@ impl Replica {
 
     fn apply(&mut self, entry: Entry) {
         match entry.entry_type {
-            EntryType::EntryNormal => self.out.push_back(ReplicaOutput::Apply { index: entry.index, term: entry.term, data: entry.data.to_vec() }),
+            EntryType::EntryNormal => self.out.push_back(ReplicaOutput::Apply { index: entry.index, term: entry.term, data: entry.data.to_vec(), context: entry.context.to_vec() }),
             // Membership changes come with adding and removing nodes (not yet): the voters are
             // fixed at creation.
             EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {}

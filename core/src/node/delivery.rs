@@ -2,8 +2,10 @@
 //! acks, nacks and dead letters.
 
 use super::log::Waiter;
+use super::replication::Proposal;
 use super::state::NewMessage;
 use super::{Node, Output, Timer, Trace, NS_PER_MS};
+use crate::cluster::command::{Command, PublishCommand};
 use crate::config::TestBug;
 use crate::group::{key_hash, AckOutcome, Admit, Candidate, Released};
 use crate::ids::{ConnId, GroupIdx, TopicIdx};
@@ -190,6 +192,8 @@ impl Node {
         let (topic_name, group_name) = (topic.name.clone(), topic.groups[g].name.clone());
         let dlq = if topic.is_dead_letter() {
             Err("dead-letter topics have no dead-letter topic")
+        } else if self.replication.is_some() {
+            return self.propose_dead_letter(t, g, id, message, topic_name, group_name);
         } else {
             self.state.topic_for(&format!("{topic_name}.dlq")).map_err(|_| "topic limit reached")
         };
@@ -213,6 +217,21 @@ impl Node {
         self.out.push_back(Output::Trace(Trace::DeadLettered { topic: topic_name, group: group_name, id }));
         self.stats.dead_lettered += 1;
         self.maybe_flush();
+    }
+
+    /// Cluster mode: the copy is an entry of the shard (the dead-letter topic is created when
+    /// it applies, like any topic); the id is settled for the group once it is applied.
+    fn propose_dead_letter(&mut self, t: TopicIdx, g: GroupIdx, id: u64, message: &StoredMessage, topic_name: String, group_name: String) {
+        let dlq_name = format!("{topic_name}.dlq");
+        let copy = PublishCommand { ts_ms: self.now_ns / NS_PER_MS, topic: &dlq_name, key: message.key.as_deref(), producer: None, body: &message.body };
+        match self.propose(&Command::Publish(copy), Proposal::DeadLetter { topic: t, group: g, id }) {
+            Ok(()) => {
+                self.out.push_back(Output::Trace(Trace::DeadLettered { topic: topic_name, group: group_name, id }));
+                self.stats.dead_lettered += 1;
+            }
+            // Not the shard's leader (any more): the message waits, ready, for the next pump.
+            Err(_) => self.state.topics[t].groups[g].finish_dead_letter(id, false),
+        }
     }
 
     pub(super) fn pump_topic(&mut self, t: TopicIdx) {

@@ -1,12 +1,13 @@
 //! Rebuilding a node from its segments: the batch scan of `recovery`, the node's state from
 //! the records, and the operator's view of any damage.
 
+use super::reads::stored_message;
 use super::{Node, RecoveryReport, SeenSeq, SegmentInfo, NS_PER_MS};
 use crate::batch;
 use crate::config::TestBug;
 use crate::group::{key_hash, Admit, Group};
 use crate::ids::{GroupIdx, TopicIdx};
-use crate::record::{self, GroupRecord, MessageRef, RecordRef, SalvagedRecord};
+use crate::record::{GroupRecord, MessageRef, RecordRef, SalvagedRecord};
 use crate::recovery::{self, BadRegion, Damage, Found, IdRange, RecoveryError, MESSAGE_RECORD_BYTES_MIN};
 use crate::topic::Loc;
 use std::collections::{BTreeMap, BTreeSet};
@@ -257,10 +258,7 @@ impl Node {
             let message = topic.loc(id).and_then(|loc| {
                 let bytes = segments.iter().find(|(s, _)| *s == loc.segment)?.1;
                 let start = loc.offset as usize;
-                match record::decode_record(bytes.get(start..start + loc.len as usize)?) {
-                    Ok((RecordRef::Message(m), _)) if m.id == id => Some((m.key, m.body)),
-                    _ => None,
-                }
+                stored_message(bytes.get(start..start + loc.len as usize)?, &topic.name, id).ok().map(|m| (m.key, m.body))
             });
             let Some((key, body)) = message else {
                 group.skip_missing(topic.first_id());

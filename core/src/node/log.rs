@@ -10,9 +10,30 @@ use crate::record::{self};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub(super) enum Waiter {
-    Puback { conn: ConnId, req: Option<String>, topic: TopicIdx, id: u64, producer: Option<(String, u64)> },
-    Join { conn: ConnId, req: Option<String>, topic: TopicIdx, group: GroupIdx, window: u32, pull: Option<(u32, u64)> },
-    DeadLetter { topic: TopicIdx, group: GroupIdx, id: u64 },
+    Puback {
+        conn: ConnId,
+        req: Option<String>,
+        topic: TopicIdx,
+        id: u64,
+        producer: Option<(String, u64)>,
+    },
+    Join {
+        conn: ConnId,
+        req: Option<String>,
+        topic: TopicIdx,
+        group: GroupIdx,
+        window: u32,
+        pull: Option<(u32, u64)>,
+    },
+    DeadLetter {
+        topic: TopicIdx,
+        group: GroupIdx,
+        id: u64,
+    },
+    /// The replica's `Persist` of this number is in this batch or an earlier one.
+    RaftPersisted {
+        number: u64,
+    },
 }
 
 pub(super) struct Batch {
@@ -83,6 +104,14 @@ impl Node {
         }
     }
 
+    /// Rolls to a new segment if a record of `size` bytes would not fit in this one.
+    pub(super) fn make_room_in_segment(&mut self, size: u64) {
+        let framed = size + batch::OVERHEAD_BYTES as u64;
+        if self.log.segment_len > 0 && self.log.segment_len + framed > self.config.segment_bytes_max {
+            self.roll_segment();
+        }
+    }
+
     /// The open batch's buffer, its header begun (and counted in the segment) on first use.
     pub(super) fn open_batch_data(&mut self) -> &mut Vec<u8> {
         let open = &mut self.log.open;
@@ -122,7 +151,7 @@ impl Node {
     }
 
     /// An error the design cannot recover from: ask the process to stop, take nothing more.
-    fn stop(&mut self, why: String) {
+    pub(super) fn stop(&mut self, why: String) {
         self.stopped = true;
         self.out.retain(|o| !matches!(o, Output::Disk(DiskOp::Write { .. } | DiskOp::Truncate { .. } | DiskOp::Delete { .. })));
         self.out.push_back(Output::Stop { why });
@@ -258,6 +287,7 @@ impl Node {
                     self.mark_group_dirty(topic, group);
                     self.pump(topic, group);
                 }
+                Waiter::RaftPersisted { number } => self.on_raft_persisted(number),
             }
         }
         for t in batch.marks.keys() {
@@ -269,6 +299,12 @@ impl Node {
     /// retried on the same data): publishes get an error, ids are rolled back, the file is cut
     /// back to its last durable length. EIO moves to a fresh segment; ENOSPC waits for space.
     fn fail_store(&mut self, failed: Batch, error: DiskError) {
+        if self.replication.is_some() {
+            // The replica already holds what the write was to make durable (raft reads it back
+            // from memory), so it cannot be taken back like a single node's batch: stop, and
+            // let the restart rebuild from what is durable here and on the peers.
+            return self.stop(format!("a write of the raft log failed ({error:?}); restart to recover from the durable log"));
+        }
         let code = if error == DiskError::NoSpace { ErrorCode::Overloaded } else { ErrorCode::Internal };
         let message = match &error {
             DiskError::NoSpace => "disk full: the publish was not stored; retry later".to_string(),
@@ -300,6 +336,7 @@ impl Node {
                     self.state.topics[topic].groups[group].finish_dead_letter(id, false);
                     to_pump.insert((topic, group));
                 }
+                Waiter::RaftPersisted { .. } => unreachable!("cluster mode stops on a failed write"),
             }
         }
         for topic in &mut self.state.topics {

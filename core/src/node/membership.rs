@@ -2,8 +2,10 @@
 //! record is durable.
 
 use super::log::Waiter;
+use super::replication::{PendingJoin, Proposal};
 use super::session::Pull;
 use super::{Node, Timer, NS_PER_MS};
+use crate::cluster::command::{Command, CreateGroupCommand};
 use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::pipeline::{self, check_name, GROUP_BYTES_MAX};
 use crate::protocol::{self, ErrorCode, Filter, StartFrom};
@@ -16,19 +18,45 @@ impl Node {
             let message = format!("window must be 1..={} (window_max)", self.config.window_max);
             return self.send_error(conn, req.as_deref(), ErrorCode::BadFrame, &message);
         }
-        match self.join_group(topic, group, from, filter) {
-            Ok((t, g)) => {
-                self.join_when_durable(Waiter::Join { conn, req, topic: t, group: g, window, pull: None });
-            }
-            Err((code, message)) => self.send_error(conn, req.as_deref(), code, &message),
+        self.join_group(topic, group, from, filter, PendingJoin { conn, req, window, pull: None });
+    }
+
+    /// Joins `join` to the group, found or created. A new group's record joins the open
+    /// batch, so members are admitted only once the group is durable (a restart must not move
+    /// it to "latest"); in cluster mode its creation is an entry, and they join once it applies.
+    fn join_group(&mut self, topic: &str, group: &str, from: StartFrom, filter: Option<Filter>, join: PendingJoin) {
+        let (conn, req) = (join.conn, join.req.clone());
+        let joined = if self.replication.is_some() {
+            self.join_replicated_group(topic, group, from, filter, join)
+        } else {
+            self.find_or_create_group(topic, group, from, filter).map(|(t, g)| {
+                let PendingJoin { conn, req, window, pull } = join;
+                self.join_when_durable(Waiter::Join { conn, req, topic: t, group: g, window, pull });
+            })
+        };
+        if let Err((code, message)) = joined {
+            self.send_error(conn, req.as_deref(), code, &message);
         }
     }
 
-    /// Finds or creates the group. A new group's record joins the open batch, so members are
-    /// admitted only once the group is durable (a restart must not move it to "latest").
-    fn join_group(&mut self, topic: &str, group: &str, from: StartFrom, filter: Option<Filter>) -> Result<(TopicIdx, GroupIdx), (ErrorCode, String)> {
-        check_name("topic", topic, pipeline::TOPIC_BYTES_MAX + 4).map_err(|m| (ErrorCode::BadFrame, m))?;
-        check_name("group", group, GROUP_BYTES_MAX).map_err(|m| (ErrorCode::BadFrame, m))?;
+    /// Cluster mode: an existing group is joined at once (it exists because its creation was
+    /// applied); a new one is proposed, and created (with its topic) when that applies.
+    fn join_replicated_group(&mut self, topic: &str, group: &str, from: StartFrom, filter: Option<Filter>, join: PendingJoin) -> Result<(), (ErrorCode, String)> {
+        check_names(topic, group)?;
+        if let Ok((t, g)) = self.state.group_of(topic, group) {
+            if self.state.topics[t].groups[g].filter != filter {
+                return Err((ErrorCode::Conflict, format!("group '{group}' exists with a different filter")));
+            }
+            self.admit_member(join.conn, join.req, t, g, join.window, join.pull);
+            return Ok(());
+        }
+        let create = CreateGroupCommand { topic: topic.to_string(), group: group.to_string(), from: from.into(), filter: filter.as_ref().map(Filter::to_json) };
+        self.propose(&Command::CreateGroup(create), Proposal::Join(join))
+    }
+
+    /// Finds or creates the group.
+    fn find_or_create_group(&mut self, topic: &str, group: &str, from: StartFrom, filter: Option<Filter>) -> Result<(TopicIdx, GroupIdx), (ErrorCode, String)> {
+        check_names(topic, group)?;
         let t = self.state.topic_for(topic).map_err(|m| (ErrorCode::Overloaded, m))?;
         if let Some(&g) = self.state.topics[t].group_index.get(group) {
             if self.state.topics[t].groups[g].filter != filter {
@@ -94,20 +122,14 @@ impl Node {
             let message = format!("pull needs 1 <= max <= {} and wait_ms <= {}", self.config.pull_max, self.config.pull_wait_ms_max);
             return self.send_error(conn, req.as_deref(), ErrorCode::BadFrame, &message);
         }
-        let joined = match self.state.group_of(topic, group) {
-            Ok(tg) => Ok(tg),
-            Err(_) => self.join_group(topic, group, StartFrom::Latest, None),
-        };
-        match joined {
-            Ok((t, g)) => {
-                // Like `sub`, a pull is admitted only behind the open batch: a group that
-                // exists in memory may not be durable yet (its record may have hit a full
-                // disk), and a restart must not forget a group that has delivered.
-                let pull = Some((max, wait_ms * NS_PER_MS));
-                let window = self.config.window_default;
-                self.join_when_durable(Waiter::Join { conn, req, topic: t, group: g, window, pull });
-            }
-            Err((code, message)) => self.send_error(conn, req.as_deref(), code, &message),
+        let pull = Some((max, wait_ms * NS_PER_MS));
+        let window = self.config.window_default;
+        match self.state.group_of(topic, group) {
+            // Like `sub`, a pull is admitted only behind the open batch: a group that exists
+            // in memory may not be durable yet (its record may have hit a full disk), and a
+            // restart must not forget a group that has delivered.
+            Ok((t, g)) => self.join_when_durable(Waiter::Join { conn, req, topic: t, group: g, window, pull }),
+            Err(_) => self.join_group(topic, group, StartFrom::Latest, None, PendingJoin { conn, req, window, pull }),
         }
     }
 
@@ -146,4 +168,9 @@ impl Node {
         }
         self.pump(t, g);
     }
+}
+
+fn check_names(topic: &str, group: &str) -> Result<(), (ErrorCode, String)> {
+    check_name("topic", topic, pipeline::TOPIC_BYTES_MAX + 4).map_err(|m| (ErrorCode::BadFrame, m))?;
+    check_name("group", group, GROUP_BYTES_MAX).map_err(|m| (ErrorCode::BadFrame, m))
 }

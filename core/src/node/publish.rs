@@ -2,9 +2,10 @@
 //! messages join the open batch.
 
 use super::log::Waiter;
+use super::replication::Proposal;
 use super::state::NewMessage;
 use super::{Node, NS_PER_MS};
-use crate::batch;
+use crate::cluster::command::{Command, PublishCommand};
 use crate::config::TestBug;
 use crate::ids::ConnId;
 use crate::pipeline::{self, Publish, PublishContext};
@@ -41,6 +42,9 @@ impl Node {
                 return;
             }
         }
+        if self.replication.is_some() {
+            return self.propose_publish(conn, req, &publish, body);
+        }
         let t = match self.state.topic_for(&publish.topic) {
             Ok(t) => t,
             Err(message) => return self.send_error(conn, req.as_deref(), ErrorCode::Overloaded, &message),
@@ -60,6 +64,18 @@ impl Node {
         };
         self.log.open.waiters.push(Waiter::Puback { conn, req, topic: t, id, producer });
         self.maybe_flush();
+    }
+
+    /// In cluster mode the publish becomes an entry of its shard: its id is given, and its
+    /// `puback` sent, when the entry is applied (topics too are created only then).
+    fn propose_publish(&mut self, conn: ConnId, req: Option<String>, publish: &Publish, body: &str) {
+        let producer = publish.producer.as_deref().zip(publish.seq);
+        let command = Command::Publish(PublishCommand { ts_ms: self.now_ns / NS_PER_MS, topic: &publish.topic, key: publish.key.as_deref(), producer, body });
+        self.pending_publishes += 1;
+        if let Err((code, message)) = self.propose(&command, Proposal::Publish { conn, req: req.clone() }) {
+            self.pending_publishes -= 1;
+            self.send_error(conn, req.as_deref(), code, &message);
+        }
     }
 
     /// Answers a repeated (producer, seq); false when it is new.
@@ -92,10 +108,7 @@ impl Node {
         let id = topic.next_id;
         let record = MessageRef { id, ts_ms, topic: &topic.name, key: message.key, producer, seq, body: message.body };
         let size = record::message_record_bytes(&record) as u64;
-        let framed = size + batch::OVERHEAD_BYTES as u64;
-        if self.log.segment_len > 0 && self.log.segment_len + framed > self.config.segment_bytes_max {
-            self.roll_segment();
-        }
+        self.make_room_in_segment(size);
         self.open_batch_data();
         let loc = Loc { segment: self.log.segment, offset: self.log.segment_len, len: size as u32 };
         let applied = self.state.apply_publish(&message, loc);

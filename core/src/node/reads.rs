@@ -1,6 +1,7 @@
 //! Reads from disk for delivery and `fetch`, and the fetches that wait for them.
 
 use super::{DiskError, DiskOp, Node, Output, Trace};
+use crate::cluster::command::{self, Command};
 use crate::config::TestBug;
 use crate::ids::{ConnId, TopicIdx};
 use crate::protocol::{self, ErrorCode};
@@ -40,13 +41,7 @@ impl Node {
         self.reading.remove(&(t, id));
         let name = &self.state.topics[t].name;
         let decoded = match result {
-            Ok(bytes) => match record::decode_record(bytes) {
-                Ok((RecordRef::Message(m), _)) if m.id == id && m.topic == name.as_str() => {
-                    Ok(StoredMessage { id, ts_ms: m.ts_ms, key: m.key.map(Into::into), body: m.body.into() })
-                }
-                Ok(_) => Err("record at the indexed place is another record".to_string()),
-                Err(e) => Err(e.to_string()),
-            },
+            Ok(bytes) => stored_message(bytes, name, id).map(|m| StoredMessage { id, ts_ms: m.ts_ms, key: m.key.map(Into::into), body: m.body.into() }),
             Err(e) => Err(format!("{e:?}")),
         };
         let message = match decoded {
@@ -183,5 +178,25 @@ impl Node {
                 index += 1;
             }
         }
+    }
+}
+
+/// The fields of message `id` of `topic` that a reader finds at its indexed place: a message
+/// record, or in cluster mode the raft entry whose publish was given that id when applied.
+pub(super) struct FoundMessage<'a> {
+    pub(super) ts_ms: u64,
+    pub(super) key: Option<&'a str>,
+    pub(super) body: &'a str,
+}
+
+pub(super) fn stored_message<'a>(bytes: &'a [u8], topic: &str, id: u64) -> Result<FoundMessage<'a>, String> {
+    match record::decode_record(bytes).map_err(|e| e.to_string())?.0 {
+        RecordRef::Message(m) if m.id == id && m.topic == topic => Ok(FoundMessage { ts_ms: m.ts_ms, key: m.key, body: m.body }),
+        RecordRef::RaftEntry(e) => match command::decode(e.data) {
+            Ok(Command::Publish(p)) if p.topic == topic => Ok(FoundMessage { ts_ms: p.ts_ms, key: p.key, body: p.body }),
+            Ok(_) => Err(format!("raft entry {} at the indexed place is not a publish to the topic", e.index)),
+            Err(error) => Err(format!("raft entry {} at the indexed place: {error}", e.index)),
+        },
+        _ => Err("record at the indexed place is another record".to_string()),
     }
 }

@@ -1,0 +1,299 @@
+//! Cluster mode (`peers` set): publishes and group creations become raft entries of the
+//! node's shard, and the node applies committed entries to its state in log order, so every
+//! replica gives the same ids. Entries and raft's hard state are records of the node's own
+//! log (one log, see docs/CLUSTER-DESIGN.md): a `Persist` joins the open batch and is reported
+//! durable with it. A message's place is its entry's record; its `puback` goes out when the
+//! entry is applied, which raft allows only once a majority has it durable.
+//!
+//! Built in steps: today one shard whose only voter is the node itself. Peers (raft messages
+//! over the mesh), forwarding to the leader, replicated positions and recovery follow.
+
+use super::log::Waiter;
+use super::state::{NewMessage, SeenSeq};
+use super::{Node, NS_PER_MS};
+use crate::cluster::command::{self, Command, CreateGroupCommand, PublishCommand};
+use crate::cluster::replica::{ProposeError, Replica, ReplicaConfig, ReplicaInput, ReplicaOutput};
+use crate::cluster::NodeId;
+use crate::ids::{ConnId, GroupIdx, TopicIdx};
+use crate::protocol::{self, ErrorCode, Filter};
+use crate::record::{self, RaftEntryRef, RaftStateRecord};
+use crate::topic::{Loc, StoredMessage};
+use raft::eraftpb::{Entry, HardState};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+/// raft ticks a follower waits without a leader's word before it stands for election, and
+/// between a leader's heartbeats (in `raft_tick_ms` units).
+const ELECTION_TICKS: usize = 10;
+const HEARTBEAT_TICKS: usize = 2;
+
+/// A member waiting to join a group (`sub`, or `pull` with its `max` and wait).
+pub(super) struct PendingJoin {
+    pub(super) conn: ConnId,
+    pub(super) req: Option<String>,
+    pub(super) window: u32,
+    pub(super) pull: Option<(u32, u64)>,
+}
+
+/// What this node does when one of its proposals is applied.
+pub(super) enum Proposal {
+    Publish {
+        conn: ConnId,
+        req: Option<String>,
+    },
+    Join(PendingJoin),
+    /// The copy of `id` of (`topic`, `group`) in the dead-letter topic.
+    DeadLetter {
+        topic: TopicIdx,
+        group: GroupIdx,
+        id: u64,
+    },
+}
+
+pub(super) struct Replication {
+    replica: Replica,
+    node_id: NodeId,
+    proposals: BTreeMap<u64, Proposal>,
+    next_proposal: u64,
+    /// Where each entry's record lies in the log, by raft index.
+    entry_locs: BTreeMap<u64, Loc>,
+    /// Outputs are being taken from the replica: what an apply proposes is taken by that loop.
+    draining: bool,
+}
+
+impl Replication {
+    pub(super) fn start(config: &crate::config::Config, now_ns: u64) -> Result<Replication, String> {
+        let voters = config.voters()?.into_iter().map(|v| v.id).collect();
+        let node_id = NodeId(config.node_id);
+        let replica_config = ReplicaConfig {
+            id: node_id,
+            voters,
+            tick_ns: config.raft_tick_ms * NS_PER_MS,
+            election_ticks: ELECTION_TICKS,
+            heartbeat_ticks: HEARTBEAT_TICKS,
+            seed: config.rng_seed,
+        };
+        let replica = Replica::new(&replica_config, now_ns)?;
+        Ok(Replication { replica, node_id, proposals: BTreeMap::new(), next_proposal: 1, entry_locs: BTreeMap::new(), draining: false })
+    }
+
+    pub(super) fn poll_timeout(&self) -> Option<u64> {
+        self.replica.poll_timeout()
+    }
+
+    /// The proposal of this node an entry's context names, taken out.
+    fn take_own(&mut self, context: &[u8]) -> Option<Proposal> {
+        let node = u64::from_le_bytes(context.get(..8)?.try_into().ok()?);
+        let number = u64::from_le_bytes(context.get(8..16)?.try_into().ok()?);
+        if node != self.node_id.0 {
+            return None;
+        }
+        self.proposals.remove(&number)
+    }
+}
+
+impl Node {
+    /// Proposes `command`; `proposal` is carried out when it is applied. The error answers
+    /// the client at once (this node cannot propose now).
+    pub(super) fn propose(&mut self, command: &Command<'_>, proposal: Proposal) -> Result<(), (ErrorCode, String)> {
+        let replication = self.replication.as_mut().expect("proposals are made in cluster mode");
+        let number = replication.next_proposal;
+        let mut context = Vec::with_capacity(16);
+        context.extend_from_slice(&replication.node_id.0.to_le_bytes());
+        context.extend_from_slice(&number.to_le_bytes());
+        let mut data = Vec::new();
+        command::encode(&mut data, command);
+        match replication.replica.propose_with_context(context, data) {
+            Ok(()) => {
+                replication.next_proposal += 1;
+                replication.proposals.insert(number, proposal);
+                self.drain_replica();
+                Ok(())
+            }
+            Err(ProposeError::NotLeader { leader }) => {
+                let leader = leader.map_or("none known".to_string(), |l| format!("node {l}"));
+                Err((ErrorCode::Unavailable, format!("this node does not lead the topic's shard (leader: {leader}); retry")))
+            }
+            Err(ProposeError::Refused(why)) => Err((ErrorCode::Unavailable, format!("the topic's shard refused the change ({why}); retry"))),
+        }
+    }
+
+    pub(super) fn replica_timeout(&mut self) {
+        if let Some(replication) = self.replication.as_mut() {
+            replication.replica.handle_timeout(self.now_ns);
+            self.drain_replica();
+        }
+    }
+
+    /// The log made the `Persist` of this number durable.
+    pub(super) fn on_raft_persisted(&mut self, number: u64) {
+        let replication = self.replication.as_mut().expect("raft writes are made in cluster mode");
+        replication.replica.handle_input(self.now_ns, ReplicaInput::Persisted { number });
+        self.drain_replica();
+    }
+
+    /// Carries out what the replica asks, in order, until it asks nothing more.
+    pub(super) fn drain_replica(&mut self) {
+        let Some(replication) = self.replication.as_mut() else { return };
+        if replication.draining {
+            return;
+        }
+        replication.draining = true;
+        while let Some(output) = self.replication.as_mut().and_then(|r| r.replica.poll_output()) {
+            match output {
+                // A voter alone has nobody to send to; peer links come with the mesh.
+                ReplicaOutput::Send(_) => {}
+                ReplicaOutput::Persist { number, entries, hard_state } => self.persist_raft(number, &entries, hard_state.as_ref()),
+                ReplicaOutput::Apply { index, data, context, .. } => self.apply_entry(index, &data, &context),
+            }
+        }
+        if let Some(replication) = self.replication.as_mut() {
+            replication.draining = false;
+        }
+    }
+
+    /// Writes a `Persist` into the open batch: its entries (each where the log is, rolling
+    /// segments like messages do), then the hard state, then a waiter reporting it durable.
+    fn persist_raft(&mut self, number: u64, entries: &[Entry], hard_state: Option<&HardState>) {
+        if let Some(first) = entries.first() {
+            // A write from index i on replaces the uncommitted entries from i on.
+            self.replication.as_mut().expect("cluster mode").entry_locs.split_off(&first.index);
+        }
+        for entry in entries {
+            let size = record::raft_entry_record_bytes(entry.data.len()) as u64;
+            self.make_room_in_segment(size);
+            self.open_batch_data();
+            let loc = Loc { segment: self.log.segment, offset: self.log.segment_len, len: size as u32 };
+            let record = RaftEntryRef { index: entry.index, term: entry.term, entry_type: entry.entry_type as u8, data: &entry.data };
+            let written = record::encode_raft_entry(&mut self.log.open.data, &record) as u64;
+            debug_assert_eq!(written, size);
+            self.log.segment_len += written;
+            self.replication.as_mut().expect("cluster mode").entry_locs.insert(entry.index, loc);
+        }
+        if let Some(hs) = hard_state {
+            let data = self.open_batch_data();
+            let written = record::encode_raft_state(data, &RaftStateRecord { term: hs.term, vote: hs.vote, commit: hs.commit }) as u64;
+            self.log.segment_len += written;
+        }
+        self.log.open.waiters.push(Waiter::RaftPersisted { number });
+        self.maybe_flush();
+    }
+
+    fn apply_entry(&mut self, index: u64, data: &[u8], context: &[u8]) {
+        let proposal = self.replication.as_mut().and_then(|r| r.take_own(context));
+        if data.is_empty() {
+            // A new leader's first entry: nothing to apply.
+            return;
+        }
+        match command::decode(data) {
+            Ok(Command::Publish(publish)) => self.apply_publish_entry(index, &publish, proposal),
+            Ok(Command::CreateGroup(create)) => self.apply_create_group_entry(create, proposal),
+            // Replicated positions and dead letters come with peers; a voter alone writes its
+            // positions as group records, like a single node.
+            Ok(Command::Position(_) | Command::DeadLetter(_)) => {}
+            // Every replica holds the same bytes and would refuse them alike; going on would
+            // skip what the others may have applied.
+            Err(error) => self.stop(format!("raft entry {index} does not decode ({error}); its replicas cannot apply it")),
+        }
+    }
+
+    fn apply_publish_entry(&mut self, index: u64, publish: &PublishCommand<'_>, proposal: Option<Proposal>) {
+        let t = match self.state.topic_for(publish.topic) {
+            Ok(t) => t,
+            Err(message) => return self.answer_unapplied(proposal, ErrorCode::Overloaded, &message),
+        };
+        if let Some((producer, seq)) = publish.producer {
+            if let Some(seen) = self.state.producers.get(producer).and_then(|p| p.seqs.get(&seq)) {
+                // A retry committed after its original: it answers with the original's id.
+                let (seen_topic, id) = (seen.topic, seen.id);
+                self.stats.deduplicated += 1;
+                return self.answer_applied(proposal, seen_topic, id);
+            }
+        }
+        let loc = *self.replication.as_ref().and_then(|r| r.entry_locs.get(&index)).expect("an entry is written before it is applied");
+        let message = NewMessage { topic: t, key: publish.key, producer: publish.producer, body: publish.body };
+        let id = self.state.apply_publish(&message, loc);
+        if let Some((producer, seq)) = publish.producer {
+            // Committed: a retry from now on is answered at once.
+            self.state.remember_seq(producer, seq, SeenSeq { topic: t, id, durable: true });
+        }
+        let stored = StoredMessage { id, ts_ms: publish.ts_ms, key: publish.key.map(Into::into), body: publish.body.into() };
+        let (topic_max, total_max) = (self.config.topic_cache_bytes, self.config.cache_bytes_total);
+        self.cache_budget.push(&mut self.state.topics, t, Rc::new(stored), topic_max, total_max);
+        let topic = &mut self.state.topics[t];
+        topic.durable_next_id = topic.durable_next_id.max(id + 1);
+        self.stats.published += 1;
+        self.answer_applied(proposal, t, id);
+        self.pump_topic(t);
+    }
+
+    fn apply_create_group_entry(&mut self, create: CreateGroupCommand, proposal: Option<Proposal>) {
+        let t = match self.state.topic_for(&create.topic) {
+            Ok(t) => t,
+            Err(message) => return self.answer_unapplied(proposal, ErrorCode::Overloaded, &message),
+        };
+        let filter = create.filter.and_then(Filter::from_json);
+        let g = match self.state.topics[t].group_index.get(&create.group) {
+            // Created by an earlier entry (two first members at once): join it if it matches.
+            Some(&g) if self.state.topics[t].groups[g].filter != filter => {
+                let message = format!("group '{}' exists with a different filter", create.group);
+                return self.answer_unapplied(proposal, ErrorCode::Conflict, &message);
+            }
+            Some(&g) => g,
+            None if self.state.topics[t].groups.len() >= self.config.groups_per_topic_max as usize => {
+                let message = format!("group limit reached (groups_per_topic_max = {})", self.config.groups_per_topic_max);
+                return self.answer_unapplied(proposal, ErrorCode::Overloaded, &message);
+            }
+            None => {
+                let ack_timeout_ns = self.config.ack_timeout_ms_for(&create.group) * NS_PER_MS;
+                let max_attempts = self.config.max_attempts_for(&create.group);
+                let g = self.state.apply_create_group(t, &create.group, create.from.into(), filter, ack_timeout_ns, max_attempts);
+                self.state.topics[t].groups[g].durable = true;
+                self.mark_group_dirty(t, g);
+                g
+            }
+        };
+        if let Some(Proposal::Join(join)) = proposal {
+            self.admit_member(join.conn, join.req, t, g, join.window, join.pull);
+        }
+    }
+
+    /// The proposal's entry was applied and gave `id` of topic `t`.
+    fn answer_applied(&mut self, proposal: Option<Proposal>, t: TopicIdx, id: u64) {
+        match proposal {
+            Some(Proposal::Publish { conn, req }) => {
+                self.pending_publishes -= 1;
+                if self.conns.contains_key(&conn) {
+                    let mut frame = String::with_capacity(64);
+                    protocol::encode_puback(&mut frame, req.as_deref(), &self.state.topics[t].name, id);
+                    self.send(conn, frame);
+                }
+            }
+            Some(Proposal::DeadLetter { topic, group, id }) => {
+                self.state.topics[topic].groups[group].finish_dead_letter(id, true);
+                self.mark_group_dirty(topic, group);
+                self.pump(topic, group);
+            }
+            Some(Proposal::Join(_)) | None => {}
+        }
+    }
+
+    /// The proposal's entry could not be applied (the same on every replica).
+    fn answer_unapplied(&mut self, proposal: Option<Proposal>, code: ErrorCode, message: &str) {
+        if matches!(proposal, Some(Proposal::Publish { .. })) {
+            self.pending_publishes -= 1;
+        }
+        match proposal {
+            Some(Proposal::Publish { conn, req } | Proposal::Join(PendingJoin { conn, req, .. })) if self.conns.contains_key(&conn) => {
+                self.send_error(conn, req.as_deref(), code, message);
+            }
+            Some(Proposal::Publish { .. } | Proposal::Join(_)) => {}
+            Some(Proposal::DeadLetter { topic, group, id }) => {
+                self.state.topics[topic].groups[group].finish_dead_letter(id, true);
+                self.mark_group_dirty(topic, group);
+                self.pump(topic, group);
+            }
+            None => {}
+        }
+    }
+}
