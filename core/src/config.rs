@@ -317,6 +317,9 @@ impl Config {
             if self.peer_listen.is_empty() {
                 return Err("peer_listen is needed with peers (the address this node's peers connect to)".into());
             }
+            if self.salvage {
+                return Err("salvage is for a single node's log; a damaged cluster node is rebuilt from its peers".into());
+            }
         }
         Ok(())
     }
@@ -384,5 +387,7 @@ mod tests {
         }
         let no_listen = Config { peer_listen: String::new(), ..with_peers("1@a:1", 1) };
         assert!(no_listen.validate().unwrap_err().contains("peer_listen"));
+        let salvage = Config { salvage: true, ..with_peers("1@a:1", 1) };
+        assert!(salvage.validate().unwrap_err().contains("salvage"));
     }
 }

@@ -18,6 +18,7 @@ use crate::record::SalvagedRecord;
 use crate::recovery::{Damage, RecoveryError};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+mod cluster_load;
 mod delivery;
 mod load;
 mod log;
@@ -277,18 +278,26 @@ impl Node {
             now_ns,
             stats: Stats::default(),
         };
-        if !node.config.peers.is_empty() {
-            assert!(segments.is_empty(), "a cluster node restarting from its log comes with the next step of issue 9");
-            node.replication = Some(Replication::start(&node.config, now_ns).unwrap_or_else(|e| panic!("a validated config starts its replica: {e}")));
-        }
-        let report = node.load_segments(segments)?;
-        for &(segment, len) in &report.truncated {
-            node.truncate(segment, len);
-        }
-        match &report.torn_tail {
-            Some(torn) => node.continue_segment_after(torn.segment, torn.region.end),
-            None => node.start_segment(segments.last().map_or(1, |(id, _)| id + 1)),
-        }
+        let next_segment = segments.last().map_or(1, |(id, _)| id + 1);
+        let report = if node.config.peers.is_empty() {
+            let report = node.load_segments(segments)?;
+            for &(segment, len) in &report.truncated {
+                node.truncate(segment, len);
+            }
+            match &report.torn_tail {
+                Some(torn) => node.continue_segment_after(torn.segment, torn.region.end),
+                None => node.start_segment(next_segment),
+            }
+            report
+        } else {
+            let report = node.recover_cluster(segments)?;
+            for &(segment, len) in &report.truncated {
+                node.truncate(segment, len);
+            }
+            node.start_segment(next_segment);
+            node.start_raft_writes();
+            report
+        };
         node.timers.insert((now_ns + RETENTION_CHECK_NS, Timer::Retention));
         node.drain_replica();
         node.maybe_flush();
@@ -440,6 +449,7 @@ impl Node {
             Timer::BatchFlush | Timer::DiskRetry => self.maybe_flush(),
             Timer::Retention => {
                 self.enforce_retention();
+                self.compact_raft_memory();
                 self.timers.insert((self.now_ns + RETENTION_CHECK_NS, Timer::Retention));
             }
         }

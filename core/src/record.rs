@@ -20,6 +20,7 @@ pub const KIND_SALVAGED: u8 = 5;
 pub const KIND_NEW_TOPICS: u8 = 6;
 pub const KIND_RAFT_ENTRY: u8 = 7;
 pub const KIND_RAFT_STATE: u8 = 8;
+pub const KIND_APPLIED: u8 = 9;
 /// Bounds `len` so a corrupt length field cannot make recovery allocate or skip wildly.
 pub const RECORD_BYTES_MAX: usize = 64 << 20;
 
@@ -101,6 +102,14 @@ pub struct RaftStateRecord {
     pub commit: u64,
 }
 
+/// In a cluster node's snapshot: the last raft entry its state includes, so a restart applies
+/// the committed entries after it (and only those) again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedRecord {
+    pub index: u64,
+    pub term: u64,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecordRef<'a> {
     Message(MessageRef<'a>),
@@ -111,6 +120,7 @@ pub enum RecordRef<'a> {
     NewTopics(NewTopicsRecord),
     RaftEntry(RaftEntryRef<'a>),
     RaftState(RaftStateRecord),
+    Applied(AppliedRecord),
 }
 
 fn put_str16(out: &mut Vec<u8>, s: &str) {
@@ -341,6 +351,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<(RecordRef<'_>, usize), RecordError
         KIND_NEW_TOPICS => RecordRef::NewTopics(serde_json::from_slice(payload).map_err(|_| RecordError::Malformed("new topics"))?),
         KIND_RAFT_ENTRY => RecordRef::RaftEntry(decode_raft_entry(payload).ok_or(RecordError::Malformed("raft entry"))?),
         KIND_RAFT_STATE => RecordRef::RaftState(decode_raft_state(payload).ok_or(RecordError::Malformed("raft state"))?),
+        KIND_APPLIED => RecordRef::Applied(serde_json::from_slice(payload).map_err(|_| RecordError::Malformed("applied"))?),
         _ => return Err(RecordError::Malformed("kind")),
     };
     Ok((record, end))

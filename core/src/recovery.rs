@@ -158,14 +158,26 @@ impl std::fmt::Display for Damage {
     }
 }
 
-/// Recovery found damage to acknowledged data and salvage was not asked for.
+/// Recovery found damage to acknowledged data and salvage was not asked for, or (`refused`)
+/// a log it cannot start from whatever the settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveryError {
     pub damage: Vec<Damage>,
+    /// Why the log cannot be started from at all (salvage would not help), naming where.
+    pub refused: Option<String>,
+}
+
+impl RecoveryError {
+    pub fn refused(why: String) -> RecoveryError {
+        RecoveryError { damage: Vec::new(), refused: Some(why) }
+    }
 }
 
 impl std::fmt::Display for RecoveryError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(why) = &self.refused {
+            return write!(f, "refusing to start: {why}. Nothing on disk was changed.");
+        }
         writeln!(f, "the log is damaged where acknowledged data was written; refusing to start:")?;
         for damage in &self.damage {
             writeln!(f, "  {damage}")?;

@@ -120,3 +120,131 @@ fn a_failed_raft_write_stops_the_node() {
     assert!(why.contains("raft log"), "{why}");
     assert!(h.take_op(P, "puback").is_empty());
 }
+
+#[test]
+fn a_restart_applies_the_committed_entries_again_and_goes_on_with_the_same_ids() {
+    let mut h = harness(voter_alone());
+    subscribe(&mut h, S, "t", "g", json!({}));
+    h.send_json(P, json!({"op": "pub", "req": 1, "topic": "t", "producer": "shop", "seq": 1, "body": "a"}));
+    assert_eq!(h.take_op(P, "puback")[0]["id"], json!(1));
+    publish(&mut h, "t", Some("k"), json!("b"));
+    publish(&mut h, "t", None, json!("c"));
+    assert_eq!(ids(&msgs(&mut h, S)), vec![1, 2, 3]);
+    ack(&mut h, S, "t", "g", &[1, 2]);
+    h.advance_ms(50);
+    // A process crash: positions are written without an fsync of their own (as on a single node).
+    h.restart(false);
+    assert_eq!(h.node.topic_next_id("t"), Some(4), "the three publishes applied again");
+    h.connect(P);
+    h.connect(S);
+    h.send_json(P, json!({"op": "pub", "req": 1, "topic": "t", "producer": "shop", "seq": 1, "body": "a"}));
+    assert_eq!(h.take_op(P, "puback")[0]["id"], json!(1), "the retry is answered with the first id");
+    assert_eq!(publish(&mut h, "t", None, json!("d")), 4, "ids go on after the last one given");
+    subscribe(&mut h, S, "t", "g", json!({}));
+    let again = msgs(&mut h, S);
+    assert_eq!(ids(&again), vec![3, 4], "acked messages are not delivered again");
+    assert_eq!(again[0]["body"], json!("c"));
+}
+
+#[test]
+fn a_write_lost_to_a_power_cut_was_never_acknowledged_and_the_log_goes_on_after_it() {
+    let mut h = harness(voter_alone());
+    assert_eq!(publish(&mut h, "t", None, json!(1)), 1);
+    h.hold_writes = true;
+    h.send_json(P, json!({"op": "pub", "req": 2, "topic": "t", "body": 2}));
+    // The write reaches the file but not its fsync: a power cut may keep any part of it.
+    let held = h.held.pop_front().expect("the write of the publish's entry");
+    if let ferry_core::DiskOp::Write { segment, offset, data, .. } = held {
+        h.disk.write(segment, offset, &data[..data.len() / 2]);
+        h.disk.mark_durable(segment, offset as usize + data.len() / 2);
+    }
+    assert!(h.take_op(P, "puback").is_empty());
+    h.hold_writes = false;
+    h.restart(true);
+    assert_eq!(h.node.topic_next_id("t"), Some(2), "only the acknowledged publish is there");
+    h.connect(P);
+    assert_eq!(publish(&mut h, "t", None, json!(3)), 2);
+    h.restart(true);
+    assert_eq!(h.node.topic_next_id("t"), Some(3), "the write after the cut one reads back");
+}
+
+#[test]
+fn retention_deletes_segments_whose_entries_a_newer_snapshot_holds_and_restarts_from_the_oldest_kept() {
+    let config = Config { segment_bytes_max: 4096, frame_bytes_max: 1024, retention_bytes: 4096 * 3, pending_publish_bytes_max: 4096, ..voter_alone() };
+    let mut h = harness(config);
+    let body = "x".repeat(200);
+    let mut last = 0;
+    for _ in 0..100 {
+        last = publish(&mut h, "t", None, json!(body));
+        h.advance_ms(10);
+    }
+    h.advance_ms(2_000);
+    let segments: Vec<u64> = h.disk.segments().iter().map(|(s, _)| *s).collect();
+    assert!(segments[0] > 1 && segments.len() <= 5, "retention deleted old segments: {segments:?}");
+    h.restart(true);
+    assert_eq!(h.node.topic_next_id("t"), Some(last + 1));
+    h.connect(P);
+    h.connect(S);
+    assert_eq!(publish(&mut h, "t", None, json!("after")), last + 1);
+    h.send_json(S, json!({"op": "sub", "req": "s", "topic": "t", "group": "g", "from": "earliest", "window": 1000}));
+    let kept = ids(&msgs(&mut h, S));
+    assert!(kept.len() > 5 && kept.len() < 101, "the retained messages are delivered: {kept:?}");
+    assert_eq!(*kept.last().unwrap(), last + 1);
+    assert!(kept.windows(2).all(|w| w[1] == w[0] + 1), "no gap among the retained: {kept:?}");
+}
+
+#[test]
+fn a_cluster_node_and_a_single_node_refuse_each_others_logs() {
+    let mut single = harness(Config::default());
+    publish(&mut single, "t", None, json!(1));
+    let mut as_cluster = Harness::new(Config::default());
+    as_cluster.disk = single.disk.clone();
+    as_cluster.config = voter_alone();
+    let error = as_cluster.try_restart_from_disk().unwrap_err().to_string();
+    assert!(error.contains("single node's log"), "{error}");
+
+    let mut cluster = harness(voter_alone());
+    publish(&mut cluster, "t", None, json!(1));
+    cluster.config = Config::default();
+    let error = cluster.try_restart_from_disk().unwrap_err().to_string();
+    assert!(error.contains("cluster node's raft log"), "{error}");
+}
+
+#[test]
+fn a_segment_rolled_before_its_entries_were_applied_goes_only_with_the_segments_that_need_it() {
+    let config = Config { segment_bytes_max: 4096, frame_bytes_max: 1024, retention_age_ms: 5_000, pending_publish_bytes_max: 8192, ..voter_alone() };
+    let mut h = harness(config);
+    let body = "x".repeat(200);
+    for _ in 0..10 {
+        publish(&mut h, "t", None, json!(body));
+    }
+    // Entries written into segment 1 but not yet durable, so not applied, when the log rolls
+    // to segment 2: its snapshot records an applied index below them.
+    h.hold_writes = true;
+    for n in 0..12 {
+        h.send_json(P, json!({"op": "pub", "req": n, "topic": "t", "body": body}));
+    }
+    h.hold_writes = false;
+    h.complete_writes();
+    assert_eq!(h.take_op(P, "puback").len(), 12);
+    h.advance_ms(3_000);
+    let mut last = 0;
+    for _ in 0..40 {
+        last = publish(&mut h, "t", None, json!(body));
+        h.advance_ms(10);
+    }
+    // Segment 1 is past the retention age, segment 2 is not.
+    h.advance_ms(2_700);
+    h.restart(true);
+    assert_eq!(h.node.topic_next_id("t"), Some(last + 1), "the restart found every entry its snapshot does not hold");
+    h.connect(P);
+    h.advance_ms(5_000);
+    for _ in 0..20 {
+        last = publish(&mut h, "t", None, json!(body));
+    }
+    h.advance_ms(1_000);
+    let segments: Vec<u64> = h.disk.segments().iter().map(|(s, _)| *s).collect();
+    assert!(segments[0] > 2, "once old enough, segment 1 went together with segment 2: {segments:?}");
+    h.restart(true);
+    assert_eq!(h.node.topic_next_id("t"), Some(last + 1));
+}

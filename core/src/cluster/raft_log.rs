@@ -9,7 +9,7 @@
 
 use crate::batch;
 use crate::record::{self, RaftEntryRef, RaftStateRecord, RecordRef};
-use crate::recovery::{self, Found};
+use crate::recovery::{self, BadRegion, Found};
 use raft::eraftpb::{Entry, EntryType, HardState};
 use std::collections::BTreeMap;
 
@@ -34,6 +34,8 @@ pub struct Recovered {
     pub hard_state: HardState,
     /// The log as raft last persisted it.
     pub entries: Vec<Entry>,
+    /// Where each of those entries' records lies: (segment, offset, bytes).
+    pub places: BTreeMap<u64, (u64, u64, u32)>,
     /// Where the newest segment's intact writes end: cut it there before writing on (a torn
     /// final write was never reported durable, and later writes must not follow its bytes).
     pub newest_valid_len: u64,
@@ -41,37 +43,47 @@ pub struct Recovered {
 
 /// Reads a replica's segments (ascending id, each the file's bytes) back.
 pub fn recover(segments: &[(u64, &[u8])]) -> Result<Recovered, String> {
+    read(segments, |_, _, _| {})
+        .map_err(|(segment, region)| format!("segment {segment}: bytes {}..{} are damaged ({:?}): raft state written there is unreadable", region.offset, region.end, region.error))
+}
+
+/// Reads the raft records of `segments` back, handing every other intact record to `other`
+/// (segment, offset, record); damage other than a torn final write is the error, with its
+/// segment.
+pub fn read(segments: &[(u64, &[u8])], mut other: impl FnMut(u64, u64, RecordRef<'_>)) -> Result<Recovered, (u64, BadRegion)> {
     let mut newest_valid_len = 0;
     let mut hard_state = HardState::default();
     let mut entries: BTreeMap<u64, Entry> = BTreeMap::new();
+    let mut places = BTreeMap::new();
     // A write replaces the entries from its first index on; the batch's records come in order,
     // so an index at or below the last one read starts such a replacement.
     for (position, (segment, bytes)) in segments.iter().enumerate() {
         let newest = position + 1 == segments.len();
-        let scan = recovery::scan_segment(bytes, newest, |_, _, rec, found| {
+        let scan = recovery::scan_segment(bytes, newest, |offset, size, rec, found| {
             if found != Found::Intact {
                 return;
             }
             match rec {
                 RecordRef::RaftEntry(e) => {
                     entries.split_off(&e.index);
+                    places.split_off(&e.index);
                     let mut entry = Entry { index: e.index, term: e.term, data: e.data.to_vec().into(), ..Entry::default() };
                     entry.entry_type = entry_type(e.entry_type);
                     entries.insert(e.index, entry);
+                    places.insert(e.index, (*segment, offset, size as u32));
                 }
                 RecordRef::RaftState(s) => {
                     hard_state = HardState { term: s.term, vote: s.vote, commit: s.commit, ..HardState::default() };
                 }
-                _ => {}
+                other_record => other(*segment, offset, other_record),
             }
         });
         newest_valid_len = scan.valid_len;
-        let damage: Vec<_> = scan.bad.iter().filter(|r| !(newest && r.torn_tail)).collect();
-        if let Some(region) = damage.first() {
-            return Err(format!("segment {segment}: bytes {}..{} are damaged ({:?}): raft state written there is unreadable", region.offset, region.end, region.error));
+        if let Some(region) = scan.bad.into_iter().find(|r| !(newest && r.torn_tail)) {
+            return Err((*segment, region));
         }
     }
-    Ok(Recovered { hard_state, entries: entries.into_values().collect(), newest_valid_len })
+    Ok(Recovered { hard_state, entries: entries.into_values().collect(), places, newest_valid_len })
 }
 
 fn entry_type(n: u8) -> EntryType {

@@ -13,7 +13,7 @@
 //! from a seeded ChaCha rng instead, so one seed gives one run.
 
 use crate::cluster::NodeId;
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message};
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, Snapshot};
 use raft::storage::MemStorage;
 use raft::{RawNode, StateRole};
 use rand::{Rng, SeedableRng};
@@ -77,18 +77,21 @@ pub struct Replica {
 impl Replica {
     /// A replica that has never run: an empty log, no vote.
     pub fn new(config: &ReplicaConfig, now_ns: u64) -> Result<Replica, String> {
-        Replica::recover(config, now_ns, HardState::default(), &[])
+        Replica::recover(config, now_ns, HardState::default(), &[], (0, 0))
     }
 
     /// A replica restarting from what its earlier runs made durable (every `Persist` it
-    /// reported: the last hard state and the log's entries, later writes of an index winning).
-    /// Committed entries are applied again from the start: the state machine is rebuilt.
-    pub fn recover(config: &ReplicaConfig, now_ns: u64, hard_state: HardState, entries: &[Entry]) -> Result<Replica, String> {
+    /// reported: the last hard state and the log's entries, later writes of an index winning),
+    /// over a state machine that holds the entries up to `applied` (index, term): the committed
+    /// entries after it come out to be applied again. Entries must follow on from `applied`
+    /// without a gap (those up to it are dropped).
+    pub fn recover(config: &ReplicaConfig, now_ns: u64, mut hard_state: HardState, entries: &[Entry], applied: (u64, u64)) -> Result<Replica, String> {
         if !config.voters.contains(&config.id) {
             return Err(format!("node {} is not among the voters {:?}", config.id.0, config.voters));
         }
         let raft_config = raft::Config {
             id: config.id.0,
+            applied: applied.0,
             election_tick: config.election_ticks,
             heartbeat_tick: config.heartbeat_ticks,
             min_election_tick: config.election_ticks,
@@ -101,8 +104,26 @@ impl Replica {
         };
         raft_config.validate().map_err(|e| format!("raft config: {e}"))?;
         let voters: Vec<u64> = config.voters.iter().map(|v| v.0).collect();
-        let storage = MemStorage::new_with_conf_state(ConfState::from((voters, Vec::<u64>::new())));
-        storage.wl().append(entries).map_err(|e| format!("recovered entries do not follow one another: {e}"))?;
+        let conf_state = ConfState::from((voters, Vec::<u64>::new()));
+        let storage = MemStorage::new_with_conf_state(conf_state.clone());
+        let (applied_index, applied_term) = applied;
+        if applied_index > 0 {
+            // The log before it is in the state machine: raft's log starts after it.
+            let mut snapshot = Snapshot::default();
+            let meta = snapshot.mut_metadata();
+            (meta.index, meta.term, meta.conf_state) = (applied_index, applied_term, Some(conf_state).into());
+            storage.wl().apply_snapshot(snapshot).map_err(|e| format!("raft: {e}"))?;
+        }
+        let entries: Vec<Entry> = entries.iter().filter(|e| e.index > applied_index).cloned().collect();
+        for (expected, entry) in (applied_index + 1..).zip(&entries) {
+            if entry.index != expected {
+                return Err(format!("the raft log lacks entry {expected} (it goes on at {}): entries the state does not hold are missing", entry.index));
+            }
+        }
+        storage.wl().append(&entries).map_err(|e| format!("recovered entries do not follow one another: {e}"))?;
+        // Applied entries were committed, whatever the last hard state written says.
+        hard_state.commit = hard_state.commit.max(applied_index);
+        hard_state.term = hard_state.term.max(applied_term);
         storage.wl().set_hardstate(hard_state);
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let raw = RawNode::new(&raft_config, storage, &logger).map_err(|e| format!("raft: {e}"))?;
@@ -174,6 +195,14 @@ impl Replica {
             self.next_tick_ns += self.rng.gen_range(self.tick_ns / 2..self.tick_ns * 3 / 2 + 1);
         }
         self.drain_ready();
+    }
+
+    /// Drops the in-memory entries before the last applied one (kept: raft asks its term).
+    /// The log on disk keeps them until retention; a voter alone never needs them again.
+    // With peers, a lagging follower will be sent them from the disk or a snapshot instead.
+    pub fn compact_applied(&mut self) {
+        let applied = self.raw.raft.raft_log.applied;
+        self.raw.mut_store().wl().compact(applied).expect("compacting up to the applied entry");
     }
 
     pub fn poll_output(&mut self) -> Option<ReplicaOutput> {

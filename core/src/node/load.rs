@@ -29,6 +29,7 @@ impl Node {
         // The next id of each topic as the oldest segment on disk first names it: the ids
         // below it were in segments retention deleted (none when segment 1 is still there).
         let mut retained_from: BTreeMap<TopicIdx, u64> = BTreeMap::new();
+        let mut cluster_record: Option<Place> = None;
         for (position, (segment, bytes)) in segments.iter().enumerate() {
             assert!(position == 0 || segments[position - 1].0 < *segment, "segments must come in ascending order");
             let newest = position + 1 == segments.len();
@@ -77,13 +78,16 @@ impl Node {
                         acknowledged.insert((r.segment, r.offset), r);
                     }
                     RecordRef::NewTopics(r) => self.state.new_topic_first_id = self.state.new_topic_first_id.max(r.first_id),
-                    // A cluster shard's log (`cluster::raft_log`), which a single node never
-                    // writes; the cluster's own recovery reads them.
-                    RecordRef::RaftEntry(_) | RecordRef::RaftState(_) => {}
+                    // A cluster node's log: a single node must not take it for its own.
+                    RecordRef::RaftEntry(_) | RecordRef::RaftState(_) | RecordRef::Applied(_) => {
+                        if found == Found::Intact {
+                            cluster_record.get_or_insert((*segment, offset));
+                        }
+                    }
                 }
             });
             let last_write_ms = if last_write_ms == 0 { self.now_ns / NS_PER_MS } else { last_write_ms };
-            self.log.segments.push_back(SegmentInfo { id: *segment, bytes: scan.valid_len, last_write_ms, snapshot_durable: scan.valid_len > 0 });
+            self.log.segments.push_back(SegmentInfo::new(*segment, scan.valid_len, last_write_ms, scan.valid_len > 0));
             match scan.bad.last().filter(|r| r.torn_tail) {
                 Some(torn) => torn_undecoded_bytes = (torn.end - torn.offset).saturating_sub(torn_decoded_bytes + batch::OVERHEAD_BYTES as u64),
                 // The log goes on in a new segment: this one loses its unused zero-filled space
@@ -93,6 +97,10 @@ impl Node {
                 None => {}
             }
             bad.extend(scan.bad.into_iter().map(|region| (*segment, region)));
+        }
+        if let Some((segment, offset)) = cluster_record {
+            let why = format!("{} holds a cluster node's raft log (a record at byte {offset}); start it with its cluster's peers", recovery::segment_file_name(segment));
+            return Err(RecoveryError::refused(why));
         }
         for (topic, id) in &torn_ids {
             if let Ok(t) = self.state.topic_for(topic) {
@@ -133,7 +141,7 @@ impl Node {
             }
         }
         if !damage.is_empty() && !self.config.salvage {
-            return Err(RecoveryError { damage });
+            return Err(RecoveryError { damage, refused: None });
         }
         for d in &damage {
             self.skip_ids_a_damaged_region_may_hold(d);
@@ -246,7 +254,7 @@ impl Node {
 
     /// Rebuilds a group from its last record: ids above its floor up to the highest acked one
     /// are walked again (filter, key order, prev), so only unacked ones are delivered again.
-    fn recover_group(&mut self, record: &GroupRecord, segments: &[(u64, &[u8])]) {
+    pub(super) fn recover_group(&mut self, record: &GroupRecord, segments: &[(u64, &[u8])]) {
         let Ok(t) = self.state.topic_for(&record.topic) else { return };
         let ack_timeout_ns = self.config.ack_timeout_ms_for(&record.group) * NS_PER_MS;
         let mut group = Group::restore(record, ack_timeout_ns, self.config.max_attempts_for(&record.group));
@@ -270,8 +278,14 @@ impl Node {
             }
         }
         let topic = &mut self.state.topics[t];
-        let g = GroupIdx(topic.groups.len());
-        topic.group_index.insert(record.group.clone(), g);
-        topic.groups.push(group);
+        match topic.group_index.get(&record.group) {
+            // A cluster node's group, created again by its entry: it takes its newest position.
+            Some(&g) => topic.groups[g] = group,
+            None => {
+                let g = GroupIdx(topic.groups.len());
+                topic.group_index.insert(record.group.clone(), g);
+                topic.groups.push(group);
+            }
+        }
     }
 }

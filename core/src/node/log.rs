@@ -64,6 +64,16 @@ pub(super) struct SegmentInfo {
     /// Its first batch (the snapshot of topics' next ids, groups and producers) is durable:
     /// only then may the segments before it be deleted (a power cut may undo a mere write).
     pub(super) snapshot_durable: bool,
+    /// Cluster mode: the highest raft index written in it, and the applied index its first
+    /// snapshot records (a restart starting from it applies the entries after that again).
+    pub(super) last_entry_index: u64,
+    pub(super) snapshot_applied_index: u64,
+}
+
+impl SegmentInfo {
+    pub(super) fn new(id: u64, bytes: u64, last_write_ms: u64, snapshot_durable: bool) -> SegmentInfo {
+        SegmentInfo { id, bytes, last_write_ms, snapshot_durable, last_entry_index: 0, snapshot_applied_index: 0 }
+    }
 }
 
 pub(super) struct Log {
@@ -402,7 +412,7 @@ impl Node {
     }
 
     pub(super) fn start_segment(&mut self, segment: u64) {
-        self.log.segments.push_back(SegmentInfo { id: segment, bytes: 0, last_write_ms: self.now_ns / NS_PER_MS, snapshot_durable: false });
+        self.log.segments.push_back(SegmentInfo::new(segment, 0, self.now_ns / NS_PER_MS, false));
         self.begin_with_snapshot(segment, 0, true);
     }
 
@@ -432,6 +442,9 @@ impl Node {
         let mut snapshot = Vec::new();
         batch::begin(&mut snapshot);
         self.state.encode_snapshot(&mut snapshot, &self.salvaged_regions);
+        if let (Some(applied), 0) = (self.state.applied, offset) {
+            self.log.segments.back_mut().expect("the segment is listed").snapshot_applied_index = applied.index;
+        }
         if snapshot.len() == batch::HEADER_BYTES {
             // Nothing to carry over: older segments hold nothing a restart would need.
             snapshot.clear();
@@ -456,24 +469,47 @@ impl Node {
         let oldest_in_use = before_snapshot.min(writing).min(self.log.segment);
         loop {
             let total: u64 = self.log.segments.iter().map(|s| s.bytes).sum();
-            let Some(oldest) = self.log.segments.front() else { return };
-            if oldest.id >= oldest_in_use || self.log.segments.len() <= 1 {
+            let unit = self.retention_unit();
+            if unit >= self.log.segments.len() {
+                return;
+            }
+            let newest_of_unit = &self.log.segments[unit - 1];
+            if newest_of_unit.id >= oldest_in_use {
                 return;
             }
             let too_big = total > self.config.retention_bytes;
             let age_ms = if self.config.test_bug == Some(TestBug::RetentionTooEarly) { self.config.retention_age_ms / 4 } else { self.config.retention_age_ms };
-            let too_old = oldest.last_write_ms + age_ms < now_ms;
+            let too_old = newest_of_unit.last_write_ms + age_ms < now_ms;
             if !too_big && !too_old {
                 return;
             }
-            let segment = oldest.id;
-            self.log.segments.pop_front();
-            for topic in &mut self.state.topics {
-                topic.forget_segments_through(segment);
+            for _ in 0..unit {
+                let segment = self.log.segments.pop_front().expect("the unit is listed").id;
+                for topic in &mut self.state.topics {
+                    topic.forget_segments_through(segment);
+                }
+                self.salvaged_regions.retain(|r| r.segment > segment);
+                if let Some(replication) = self.replication.as_mut() {
+                    replication.forget_segments_through(segment);
+                }
+                self.out.push_back(Output::Disk(DiskOp::Delete { segment }));
+                self.out.push_back(Output::Trace(Trace::SegmentDeleted { segment }));
             }
-            self.salvaged_regions.retain(|r| r.segment > segment);
-            self.out.push_back(Output::Disk(DiskOp::Delete { segment }));
-            self.out.push_back(Output::Trace(Trace::SegmentDeleted { segment }));
         }
+    }
+
+    /// How many of the oldest segments must go together. One on a single node; in cluster
+    /// mode a restart starts from the oldest segment's snapshot and applies the entries after
+    /// its applied index, so a segment holding entries above the next one's snapshot goes
+    /// only with it (entries written before a roll may be applied after it).
+    fn retention_unit(&self) -> usize {
+        let segments = &self.log.segments;
+        let mut needed = segments.front().map_or(0, |s| s.last_entry_index);
+        let mut unit = 1;
+        while unit < segments.len() && segments[unit].snapshot_applied_index < needed {
+            needed = needed.max(segments[unit].last_entry_index);
+            unit += 1;
+        }
+        unit
     }
 }

@@ -14,9 +14,10 @@ use super::{Node, NS_PER_MS};
 use crate::cluster::command::{self, Command, CreateGroupCommand, PublishCommand};
 use crate::cluster::replica::{ProposeError, Replica, ReplicaConfig, ReplicaInput, ReplicaOutput};
 use crate::cluster::NodeId;
+use crate::config::Config;
 use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::protocol::{self, ErrorCode, Filter};
-use crate::record::{self, RaftEntryRef, RaftStateRecord};
+use crate::record::{self, AppliedRecord, RaftEntryRef, RaftStateRecord};
 use crate::topic::{Loc, StoredMessage};
 use raft::eraftpb::{Entry, HardState};
 use std::collections::BTreeMap;
@@ -50,6 +51,16 @@ pub(super) enum Proposal {
     },
 }
 
+/// What a restart found in the log for the replica.
+#[derive(Default)]
+pub(super) struct RecoveredLog {
+    pub(super) hard_state: HardState,
+    /// The entries after `applied`, as raft last persisted them.
+    pub(super) entries: Vec<Entry>,
+    pub(super) applied: AppliedRecord,
+    pub(super) entry_locs: BTreeMap<u64, Loc>,
+}
+
 pub(super) struct Replication {
     replica: Replica,
     node_id: NodeId,
@@ -59,10 +70,20 @@ pub(super) struct Replication {
     entry_locs: BTreeMap<u64, Loc>,
     /// Outputs are being taken from the replica: what an apply proposes is taken by that loop.
     draining: bool,
+    /// Recovery is applying entries again before the log goes on: writes wait here until it does.
+    deferred: Option<Vec<Persist>>,
+}
+
+struct Persist {
+    number: u64,
+    entries: Vec<Entry>,
+    hard_state: Option<HardState>,
 }
 
 impl Replication {
-    pub(super) fn start(config: &crate::config::Config, now_ns: u64) -> Result<Replication, String> {
+    /// The replica restarting from what the log holds: raft then hands the committed entries
+    /// after `log.applied` over to be applied again.
+    pub(super) fn recover(config: &Config, now_ns: u64, log: RecoveredLog) -> Result<Replication, String> {
         let voters = config.voters()?.into_iter().map(|v| v.id).collect();
         let node_id = NodeId(config.node_id);
         let replica_config = ReplicaConfig {
@@ -73,12 +94,17 @@ impl Replication {
             heartbeat_ticks: HEARTBEAT_TICKS,
             seed: config.rng_seed,
         };
-        let replica = Replica::new(&replica_config, now_ns)?;
-        Ok(Replication { replica, node_id, proposals: BTreeMap::new(), next_proposal: 1, entry_locs: BTreeMap::new(), draining: false })
+        let replica = Replica::recover(&replica_config, now_ns, log.hard_state, &log.entries, (log.applied.index, log.applied.term))?;
+        Ok(Replication { replica, node_id, proposals: BTreeMap::new(), next_proposal: 1, entry_locs: log.entry_locs, draining: false, deferred: Some(Vec::new()) })
     }
 
     pub(super) fn poll_timeout(&self) -> Option<u64> {
         self.replica.poll_timeout()
+    }
+
+    /// Retention deleted `segment` and those before it: their entries' places go.
+    pub(super) fn forget_segments_through(&mut self, segment: u64) {
+        self.entry_locs.retain(|_, loc| loc.segment > segment);
     }
 
     /// The proposal of this node an entry's context names, taken out.
@@ -125,10 +151,26 @@ impl Node {
         }
     }
 
+    /// Bounds the replica's in-memory log to what is not yet applied.
+    pub(super) fn compact_raft_memory(&mut self) {
+        if let Some(replication) = self.replication.as_mut() {
+            replication.replica.compact_applied();
+        }
+    }
+
     /// The log made the `Persist` of this number durable.
     pub(super) fn on_raft_persisted(&mut self, number: u64) {
         let replication = self.replication.as_mut().expect("raft writes are made in cluster mode");
         replication.replica.handle_input(self.now_ns, ReplicaInput::Persisted { number });
+        self.drain_replica();
+    }
+
+    /// The log has started (after recovery): the writes raft asked for meanwhile go in it.
+    pub(super) fn start_raft_writes(&mut self) {
+        let deferred = self.replication.as_mut().and_then(|r| r.deferred.take()).unwrap_or_default();
+        for persist in deferred {
+            self.persist_raft(persist.number, &persist.entries, persist.hard_state.as_ref());
+        }
         self.drain_replica();
     }
 
@@ -143,8 +185,11 @@ impl Node {
             match output {
                 // A voter alone has nobody to send to; peer links come with the mesh.
                 ReplicaOutput::Send(_) => {}
-                ReplicaOutput::Persist { number, entries, hard_state } => self.persist_raft(number, &entries, hard_state.as_ref()),
-                ReplicaOutput::Apply { index, data, context, .. } => self.apply_entry(index, &data, &context),
+                ReplicaOutput::Persist { number, entries, hard_state } => match self.replication.as_mut().and_then(|r| r.deferred.as_mut()) {
+                    Some(deferred) => deferred.push(Persist { number, entries, hard_state }),
+                    None => self.persist_raft(number, &entries, hard_state.as_ref()),
+                },
+                ReplicaOutput::Apply { index, term, data, context } => self.apply_entry(index, term, &data, &context),
             }
         }
         if let Some(replication) = self.replication.as_mut() {
@@ -169,6 +214,8 @@ impl Node {
             debug_assert_eq!(written, size);
             self.log.segment_len += written;
             self.replication.as_mut().expect("cluster mode").entry_locs.insert(entry.index, loc);
+            let info = self.log.segments.back_mut().expect("the current segment is listed");
+            info.last_entry_index = info.last_entry_index.max(entry.index);
         }
         if let Some(hs) = hard_state {
             let data = self.open_batch_data();
@@ -179,8 +226,9 @@ impl Node {
         self.maybe_flush();
     }
 
-    fn apply_entry(&mut self, index: u64, data: &[u8], context: &[u8]) {
+    fn apply_entry(&mut self, index: u64, term: u64, data: &[u8], context: &[u8]) {
         let proposal = self.replication.as_mut().and_then(|r| r.take_own(context));
+        self.state.applied = Some(AppliedRecord { index, term });
         if data.is_empty() {
             // A new leader's first entry: nothing to apply.
             return;

@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::group::Group;
 use crate::ids::{GroupIdx, TopicIdx};
 use crate::protocol::{ErrorCode, Filter, StartFrom};
-use crate::record::{self, NewTopicsRecord, ProducerRecord, SalvagedRecord, TopicRecord};
+use crate::record::{self, AppliedRecord, NewTopicsRecord, ProducerRecord, SalvagedRecord, TopicRecord};
 use crate::topic::{Loc, Topic};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -37,6 +37,8 @@ pub(super) struct State {
     pub(super) use_counter: u64,
     /// First id of a topic created from now on: above any id a salvaged region may have held.
     pub(super) new_topic_first_id: u64,
+    /// Cluster mode: the last raft entry applied to this state (each snapshot records it).
+    pub(super) applied: Option<AppliedRecord>,
     topics_max: u32,
     producer_seqs_max: u32,
     producers_max: u32,
@@ -51,6 +53,7 @@ impl State {
             producers_by_use: BTreeSet::new(),
             use_counter: 0,
             new_topic_first_id: 1,
+            applied: None,
             topics_max: config.topics_max,
             producer_seqs_max: config.producer_seqs_max,
             producers_max: config.producers_max,
@@ -130,7 +133,8 @@ impl State {
 
     /// Appends the records a restart needs to rebuild this state without older segments:
     /// every topic's next id, every group's position, the durable seqs of every producer,
-    /// the `salvaged` regions still on disk and the first id of new topics.
+    /// the `salvaged` regions still on disk, the first id of new topics and, in cluster mode,
+    /// the raft entry applied last.
     pub(super) fn encode_snapshot(&self, data: &mut Vec<u8>, salvaged: &[SalvagedRecord]) {
         for topic in &self.topics {
             record::encode_control(data, record::KIND_TOPIC, &TopicRecord { topic: topic.name.clone(), next_id: topic.next_id });
@@ -149,6 +153,10 @@ impl State {
         }
         if self.new_topic_first_id > 1 {
             record::encode_control(data, record::KIND_NEW_TOPICS, &NewTopicsRecord { first_id: self.new_topic_first_id });
+        }
+        if let Some(applied) = &self.applied {
+            // Last: a cluster node's recovery reads its oldest segment's snapshot up to here.
+            record::encode_control(data, record::KIND_APPLIED, applied);
         }
     }
 }

@@ -1,0 +1,116 @@
+//! Rebuilding a cluster node from its segments. The oldest segment's snapshot gives the state
+//! as of a raft index (its `Applied` record, written last); the replica restarts from the
+//! entries and hard state written since, and raft hands the committed entries after that
+//! index over to be applied again, in order, so they give the ids they gave before. Each
+//! group then takes its newest position record. A torn final write was never reported durable
+//! (raft never counted it) and is cut; any other damage stops the start, named: salvage is
+//! not offered, a damaged replica is to be rebuilt from its peers.
+
+use super::replication::{RecoveredLog, Replication};
+use super::state::SeenSeq;
+use super::{Node, RecoveryReport, SegmentInfo, NS_PER_MS};
+use crate::cluster::command::{self, Command};
+use crate::cluster::raft_log;
+use crate::record::{AppliedRecord, GroupRecord, RecordRef};
+use crate::recovery::{segment_file_name, RecoveryError};
+use crate::topic::Loc;
+use std::collections::BTreeMap;
+
+impl Node {
+    pub(super) fn recover_cluster(&mut self, segments: &[(u64, &[u8])]) -> Result<RecoveryReport, RecoveryError> {
+        let oldest = segments.first().map(|(segment, _)| *segment);
+        let mut in_snapshot = true;
+        let mut applied = None;
+        let mut first_applied: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut newest_groups: BTreeMap<(String, String), GroupRecord> = BTreeMap::new();
+        let mut single_node_record = None;
+        let read = raft_log::read(segments, |segment, offset, record| {
+            let snapshot = in_snapshot && Some(segment) == oldest;
+            match record {
+                RecordRef::Applied(a) => {
+                    first_applied.entry(segment).or_insert(a.index);
+                    if snapshot {
+                        applied = Some(a);
+                        in_snapshot = false;
+                    }
+                }
+                RecordRef::Topic(r) if snapshot => {
+                    if let Ok(t) = self.state.topic_for(&r.topic) {
+                        let topic = &mut self.state.topics[t];
+                        (topic.next_id, topic.durable_next_id) = (r.next_id, r.next_id);
+                        topic.forget_segments_through(0);
+                    }
+                }
+                RecordRef::Producer(r) if snapshot => {
+                    for (seq, topic, id) in r.seqs {
+                        if let Ok(t) = self.state.topic_for(&topic) {
+                            self.state.remember_seq(&r.producer, seq, SeenSeq { topic: t, id, durable: true });
+                        }
+                    }
+                }
+                RecordRef::NewTopics(r) if snapshot => self.state.new_topic_first_id = r.first_id,
+                RecordRef::Group(r) => {
+                    newest_groups.insert((r.topic.clone(), r.group.clone()), r);
+                }
+                RecordRef::Message(_) => {
+                    single_node_record.get_or_insert((segment, offset));
+                }
+                // Later snapshots say what applying the entries again rebuilds.
+                _ => {}
+            }
+        });
+        let read = read.map_err(|(segment, region)| {
+            let file = segment_file_name(segment);
+            RecoveryError::refused(format!("{file} bytes {}..{} are damaged ({}): the raft log written there is unreadable", region.offset, region.end, region.error))
+        })?;
+        if let Some((segment, offset)) = single_node_record {
+            return Err(RecoveryError::refused(format!(
+                "{} holds a single node's log (a message record at byte {offset}); a cluster node cannot take it over",
+                segment_file_name(segment)
+            )));
+        }
+        let applied = match (applied, oldest) {
+            (Some(applied), _) => applied,
+            // Segment 1 begins with the first snapshot; a torn one recorded nothing yet.
+            (None, None | Some(1)) => AppliedRecord::default(),
+            (None, Some(segment)) => return Err(RecoveryError::refused(format!("{} has no snapshot to start from", segment_file_name(segment)))),
+        };
+        let entry_locs: BTreeMap<u64, Loc> = read.places.iter().map(|(index, (segment, offset, len))| (*index, Loc { segment: *segment, offset: *offset, len: *len })).collect();
+        let mut last_write_ms: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut last_entry: BTreeMap<u64, u64> = BTreeMap::new();
+        for entry in &read.entries {
+            let segment = entry_locs[&entry.index].segment;
+            last_entry.insert(segment, entry.index);
+            if let Ok(Command::Publish(publish)) = command::decode(&entry.data) {
+                let ms = last_write_ms.entry(segment).or_default();
+                *ms = (*ms).max(publish.ts_ms);
+            }
+        }
+        for (position, (segment, bytes)) in segments.iter().enumerate() {
+            let newest = position + 1 == segments.len();
+            let len = if newest { read.newest_valid_len } else { bytes.len() as u64 };
+            let written_ms = last_write_ms.get(segment).copied().unwrap_or(self.now_ns / NS_PER_MS);
+            let mut info = SegmentInfo::new(*segment, len, written_ms, true);
+            info.last_entry_index = last_entry.get(segment).copied().unwrap_or(0);
+            info.snapshot_applied_index = first_applied.get(segment).copied().unwrap_or(0);
+            self.log.segments.push_back(info);
+        }
+        let published_before = self.stats.published;
+        self.state.applied = Some(applied);
+        let log = RecoveredLog { hard_state: read.hard_state, entries: read.entries, applied, entry_locs };
+        let replication = Replication::recover(&self.config, self.now_ns, log).map_err(|e| RecoveryError::refused(format!("the raft log cannot be restarted from: {e}")))?;
+        self.replication = Some(replication);
+        // Applies the committed entries again; what raft asks to write waits for the log to
+        // start below, after the state it rebuilds.
+        self.drain_replica();
+        for record in newest_groups.into_values() {
+            self.recover_group(&record, segments);
+        }
+        let mut report = RecoveryReport { segments: segments.len(), messages: self.stats.published - published_before, ..RecoveryReport::default() };
+        if let Some((newest, _)) = segments.last() {
+            // Its unused space, or a torn final write, goes before the log moves on.
+            report.truncated.push((*newest, read.newest_valid_len));
+        }
+        Ok(report)
+    }
+}
