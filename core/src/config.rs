@@ -66,10 +66,12 @@ pub enum TestBug {
     WrongTokenAccepted,
     /// Delete a segment by age a quarter of `retention_age_ms` after its last write.
     RetentionTooEarly,
+    /// Cluster mode: tell raft its entries are durable as soon as they join the open batch.
+    RaftPersistedEarly,
 }
 
 impl TestBug {
-    pub const ALL: [TestBug; 15] = [
+    pub const ALL: [TestBug; 16] = [
         TestBug::PubackBeforeDurable,
         TestBug::ExpiryCountsAsAck,
         TestBug::DeadLetterOneAttemptLate,
@@ -85,6 +87,7 @@ impl TestBug {
         TestBug::UnknownOpAsBadFrame,
         TestBug::WrongTokenAccepted,
         TestBug::RetentionTooEarly,
+        TestBug::RaftPersistedEarly,
     ];
 
     pub fn name(self) -> String {

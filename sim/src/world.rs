@@ -15,6 +15,9 @@ use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
+/// The cluster-mode node's voter list and peer address (no peer ever connects).
+const SIM_VOTER: &str = "1@127.0.0.1:7811";
+const SIM_PEER_LISTEN: &str = "127.0.0.1:7811";
 const SEC: u64 = 1_000 * MS;
 /// 2023-11-14T22:13:20Z, so `ts` values look real.
 const EPOCH: u64 = 1_700_000_000 * SEC;
@@ -183,6 +186,11 @@ impl World {
             // Small, so that gap repairs are cut and subscribers must ask again from the last
             // id + 1 (taken from the seed, not the rng, so every seed keeps its draws).
             fetch_messages_max: 1 + (options.seed % 3) as u32,
+            // Every fourth seed runs the node in cluster mode as its shard's only voter, so
+            // publishes and group creations go through raft and its log (from the seed too).
+            peers: if options.seed % 4 == 2 { SIM_VOTER.into() } else { String::new() },
+            peer_listen: if options.seed % 4 == 2 { SIM_PEER_LISTEN.into() } else { String::new() },
+            rng_seed: options.seed,
             ..Config::default()
         };
         let mut clients = Vec::new();
@@ -754,7 +762,10 @@ impl World {
             let until = self.now + self.rng.gen_range(100..3_000) * MS;
             self.schedule(until, Event::DiskFullEnd);
         }
-        if s.bitflip_chance > 0.0 && !self.bitflipped && self.rng.gen_bool(s.bitflip_chance) {
+        // A cluster node's damaged log is rebuilt from its peers, not salvaged: a voter alone
+        // has none, so its disk gets no bit flips.
+        let salvageable = self.config.peers.is_empty();
+        if salvageable && s.bitflip_chance > 0.0 && !self.bitflipped && self.rng.gen_bool(s.bitflip_chance) {
             if let Some(victims) = self.disk.flip_bit(&mut self.rng) {
                 self.bitflipped = true;
                 self.count_fault("bit-flip");

@@ -14,7 +14,7 @@ use super::{Node, NS_PER_MS};
 use crate::cluster::command::{self, Command, CreateGroupCommand, PublishCommand};
 use crate::cluster::replica::{ProposeError, Replica, ReplicaConfig, ReplicaInput, ReplicaOutput};
 use crate::cluster::NodeId;
-use crate::config::Config;
+use crate::config::{Config, TestBug};
 use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::protocol::{self, ErrorCode, Filter};
 use crate::record::{self, AppliedRecord, RaftEntryRef, RaftStateRecord};
@@ -222,7 +222,12 @@ impl Node {
             let written = record::encode_raft_state(data, &RaftStateRecord { term: hs.term, vote: hs.vote, commit: hs.commit }) as u64;
             self.log.segment_len += written;
         }
-        self.log.open.waiters.push(Waiter::RaftPersisted { number });
+        if self.config.test_bug == Some(TestBug::RaftPersistedEarly) {
+            // The draining loop this runs in takes what raft does next.
+            self.replication.as_mut().expect("cluster mode").replica.handle_input(self.now_ns, ReplicaInput::Persisted { number });
+        } else {
+            self.log.open.waiters.push(Waiter::RaftPersisted { number });
+        }
         self.maybe_flush();
     }
 
