@@ -118,6 +118,12 @@ pub fn has_header(bytes: &[u8]) -> bool {
     bytes.len() >= HEADER_BYTES && u32_at(bytes, 0) == MAGIC && crc32fast::hash(&bytes[0..12]) == u32_at(bytes, 12)
 }
 
+/// Where the batch that begins `bytes` ends, if its header checks out (its records may still
+/// be bad: a record visited below this offset with `Found::Intact` is in that batch).
+pub fn first_batch_end(bytes: &[u8]) -> Option<u64> {
+    has_header(bytes).then(|| (HEADER_BYTES + u32_at(bytes, 4) as usize + TRAILER_BYTES) as u64)
+}
+
 /// Offset of the next intact batch at or after `from`, if any.
 pub fn find_next_intact(bytes: &[u8], from: usize) -> Option<usize> {
     let magic = MAGIC.to_le_bytes();

@@ -565,3 +565,48 @@ fn retention_keeps_the_segment_of_the_snapshot_before_the_newest_even_past_a_seg
     let next = publish_after_restart(&mut h, "t");
     assert!(next > last, "t {next} was given again: {last} had been pubacked");
 }
+
+#[test]
+fn a_retry_is_answered_from_a_retained_segment_only_if_its_first_snapshot_says_the_id_was_deleted() {
+    // Found by the `harness` fuzz target: the oldest segment left by retention began before
+    // topic t existed, and a snapshot in its middle (recording a torn tail's cut) named t's
+    // next id; read as the segment's own, it made t's damaged, salvaged first ids look deleted
+    // by retention, so a retry was answered with the id of a message no reader can get.
+    let config = Config { frame_bytes_max: 1024, segment_bytes_max: 4096, retention_age_ms: 2_500, ..Config::default() };
+    let mut h = harness(config);
+    publish(&mut h, "u", None, json!("segment 1"));
+    h.restart(false);
+    h.connect(P);
+    h.send_json(P, json!({"op": "pub", "req": "r", "topic": "t", "producer": "p", "seq": 1, "body": "once"}));
+    assert_eq!(h.take_op(P, "puback")[0]["id"], 1);
+    publish(&mut h, "t", None, json!(2));
+    // A write torn by a power cut: the restart records its cut in a snapshot naming t.
+    h.hold_writes = true;
+    h.send_json(P, json!({"op": "pub", "req": "x", "topic": "t", "body": "torn"}));
+    let Some(ferry_core::DiskOp::Write { segment, offset, data, .. }) = h.held.pop_front() else { panic!("the torn write") };
+    assert_eq!(segment, 2);
+    h.disk.write(segment, offset, &data[..data.len() / 2]);
+    h.disk.mark_durable(segment, offset as usize + data.len() / 2);
+    h.hold_writes = false;
+    h.restart(true);
+    h.connect(P);
+    // Segment 1 grows old; segment 2, written on, does not.
+    h.advance_ms(2_000);
+    let body = "y".repeat(600);
+    while !h.traces.iter().any(|t| matches!(t, ferry_core::node::Trace::SegmentRolled { segment: 4 })) {
+        publish(&mut h, "v", None, json!(body));
+    }
+    h.advance_ms(1_500);
+    publish(&mut h, "v", None, json!("ticks the clock"));
+    assert!(h.traces.iter().any(|t| matches!(t, ferry_core::node::Trace::SegmentDeleted { segment: 1 })), "retention deleted segment 1");
+    assert_eq!(h.disk.segments()[0].0, 2, "segment 2 is the oldest kept");
+    rot(&mut h, "t", 1);
+    h.config.salvage = true;
+    h.restart(false);
+    h.connect(P);
+    h.send_json(P, json!({"op": "pub", "req": "r", "topic": "t", "producer": "p", "seq": 1, "body": "once"}));
+    let id = h.take_op(P, "puback")[0]["id"].as_u64().unwrap();
+    assert_ne!(id, 1, "the retry was answered with id 1, whose record is lost");
+    h.connect(S);
+    assert!(delivered_ids(&mut h, "t").contains(&id));
+}

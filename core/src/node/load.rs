@@ -26,14 +26,18 @@ impl Node {
         let mut torn_decoded_bytes = 0u64;
         let mut torn_undecoded_bytes = 0u64;
         let mut acknowledged: BTreeMap<Place, SalvagedRecord> = BTreeMap::new();
-        // The next id of each topic as the oldest segment on disk first names it: the ids
-        // below it were in segments retention deleted (none when segment 1 is still there).
+        // The next id of each topic as the oldest segment's own snapshot names it: the ids
+        // below it were in segments retention deleted (none when segment 1 is still there, or
+        // for a topic that snapshot does not name: it was created after the segment began).
         let mut retained_from: BTreeMap<TopicIdx, u64> = BTreeMap::new();
         let mut cluster_record: Option<Place> = None;
         for (position, (segment, bytes)) in segments.iter().enumerate() {
             assert!(position == 0 || segments[position - 1].0 < *segment, "segments must come in ascending order");
             let newest = position + 1 == segments.len();
             let mut last_write_ms = 0;
+            // The segment's own snapshot is its first batch; a later one (recording a cut) may
+            // name topics created after the segment began.
+            let snapshot_end = batch::first_batch_end(bytes).unwrap_or(0);
             let scan = recovery::scan_segment(bytes, newest, |offset, size, rec, found| {
                 if found == Found::TornTail {
                     // Never fsynced, so never acknowledged in the promised modes; but a final
@@ -59,7 +63,7 @@ impl Node {
                             let topic = &mut self.state.topics[t];
                             topic.next_id = topic.next_id.max(r.next_id);
                             last_topic_record.insert(t, ((*segment, offset), r.next_id));
-                            if position == 0 && *segment > 1 {
+                            if position == 0 && *segment > 1 && offset < snapshot_end && found == Found::Intact {
                                 retained_from.entry(t).or_insert(r.next_id);
                             }
                         }
