@@ -107,6 +107,9 @@ pub struct Group {
     /// A record of the group has been written durably: members may join without waiting
     /// for a write (a restart will not forget the group or move its start).
     pub durable: bool,
+    /// Ids at or past the cursor that a replicated position says are acked: settled when the
+    /// cursor reaches them instead of delivered (cluster mode).
+    pre_acked: BTreeSet<u64>,
 }
 
 impl Group {
@@ -127,6 +130,7 @@ impl Group {
             members: Vec::new(),
             next_member: 0,
             durable: false,
+            pre_acked: BTreeSet::new(),
         }
     }
 
@@ -138,6 +142,30 @@ impl Group {
         group.last_passed = record.floor_prev;
         group.durable = true;
         group
+    }
+
+    /// The unacked ids a replicated position settles (at or below its floor, or in its acked
+    /// list), in order: the caller acks each, so what is in flight is released.
+    pub fn settled_by(&self, record: &GroupRecord) -> Vec<u64> {
+        let acked: BTreeSet<u64> = record.acked.iter().copied().collect();
+        self.outstanding.iter().filter(|(id, e)| e.state != EntryState::Acked && (**id <= record.floor || acked.contains(id))).map(|(id, _)| *id).collect()
+    }
+
+    /// Takes a replicated position's ids not yet walked: the cursor moves past its floor, and
+    /// its acked ids beyond are settled when the cursor reaches them. (Call after acking what
+    /// `settled_by` listed.)
+    pub fn take_position(&mut self, record: &GroupRecord) {
+        if record.floor >= self.cursor {
+            self.cursor = record.floor + 1;
+            self.last_passed = record.floor_prev;
+        }
+        let cursor = self.cursor;
+        self.pre_acked.extend(record.acked.iter().copied().filter(|id| *id >= cursor));
+    }
+
+    /// True (once) if a replicated position said `id` is acked.
+    pub fn take_pre_acked(&mut self, id: u64) -> bool {
+        !self.pre_acked.is_empty() && self.pre_acked.remove(&id)
     }
 
     pub fn cursor(&self) -> u64 {

@@ -87,7 +87,7 @@ pub enum Input<'a> {
         token: u64,
         result: Result<(), DiskError>,
     },
-    /// A message from another node of the mesh (the mesh protocol comes with replication).
+    /// A frame from another node of the cluster (`cluster::mesh`).
     PeerMessage {
         from_node: u64,
         payload: &'a [u8],
@@ -133,6 +133,7 @@ pub enum Trace {
     SegmentDeleted { segment: u64 },
     UnreadableRecord { topic: String, id: u64, why: String },
     PeerMessageIgnored { from_node: u64, bytes: usize },
+    PeerFrameRefused { from_node: u64, why: String },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -147,6 +148,11 @@ pub enum Output {
         reason: String,
     },
     Disk(DiskOp),
+    /// A frame for the cluster node `to_node` (`cluster::mesh`); the mesh may lose it.
+    PeerSend {
+        to_node: u64,
+        payload: Vec<u8>,
+    },
     Trace(Trace),
     /// A disk error the design cannot recover from: the process must stop now, loudly, and a
     /// restart recovers from what is on disk. The node takes no more input after it.
@@ -308,6 +314,11 @@ impl Node {
         &self.config
     }
 
+    /// In cluster mode, whether this node leads its shard now.
+    pub fn is_shard_leader(&self) -> bool {
+        self.replication.as_ref().is_some_and(Replication::is_leader)
+    }
+
     pub fn connection_count(&self) -> usize {
         self.conns.len()
     }
@@ -382,9 +393,7 @@ impl Node {
             Input::WriteDone { token, result } => self.on_write_done(token, result),
             Input::ReadDone { token, result } => self.on_read_done(token, result),
             Input::TruncateDone { token, result } => self.on_truncate_done(token, result),
-            Input::PeerMessage { from_node, payload } => {
-                self.out.push_back(Output::Trace(Trace::PeerMessageIgnored { from_node, bytes: payload.len() }));
-            }
+            Input::PeerMessage { from_node, payload } => self.on_peer_frame(from_node, payload),
         }
     }
 

@@ -132,6 +132,8 @@ pub struct Harness {
     pub last_recovery: Option<RecoveryReport>,
     /// Disk reads the node has asked for.
     pub reads: u64,
+    /// Frames the node sent to other cluster nodes: (to node, payload), for a test to deliver.
+    pub peer_out: Vec<(u64, Vec<u8>)>,
 }
 
 impl Harness {
@@ -153,6 +155,7 @@ impl Harness {
             stopped: None,
             last_recovery: None,
             reads: 0,
+            peer_out: Vec::new(),
         };
         h.drain();
         h
@@ -167,6 +170,7 @@ impl Harness {
                 }
                 Output::Close { conn, code, .. } => self.closed.push((conn, code)),
                 Output::Trace(trace) => self.traces.push(trace),
+                Output::PeerSend { to_node, payload } => self.peer_out.push((to_node, payload)),
                 Output::Stop { why } => self.stopped = Some(why),
                 Output::Disk(op) => {
                     let hold = match op {

@@ -40,8 +40,9 @@ fn publishes_are_raft_entries_acknowledged_once_durable_and_delivered_in_order()
     assert_eq!(ids(&delivered), vec![1, 2, 3]);
     assert_eq!(delivered[2]["body"], json!(2));
     assert_eq!(delivered[1]["prev"], json!(1));
-    // The group creation, a leader's first (empty) entry and the three publishes.
-    assert_eq!(raft_entries_on_disk(&h), 5);
+    // A leader's first (empty) entry, the group creation, the new group's position and the
+    // three publishes.
+    assert_eq!(raft_entries_on_disk(&h), 6);
 }
 
 #[test]

@@ -484,6 +484,8 @@ impl Server {
                     None => {}
                 },
                 Output::Trace(trace) => log_trace(&trace),
+                // The shell refuses `peers` until it has peer links: a single node sends none.
+                Output::PeerSend { to_node, .. } => log::warn(&format!("a frame for node {to_node} dropped: this build has no peer links")),
                 Output::Stop { why } => {
                     // Fail-stop: nothing more may reach the disk; a restart recovers from it.
                     log::error(&format!("stopping: {why}"));
@@ -682,7 +684,7 @@ impl Server {
 fn log_trace(trace: &Trace) {
     match trace {
         Trace::StoreFailed { .. } | Trace::UnreadableRecord { .. } => log::error(&format!("{trace:?}")),
-        Trace::DeadLettered { .. } | Trace::DeadLetterDropped { .. } | Trace::PeerMessageIgnored { .. } => log::warn(&format!("{trace:?}")),
+        Trace::DeadLettered { .. } | Trace::DeadLetterDropped { .. } | Trace::PeerMessageIgnored { .. } | Trace::PeerFrameRefused { .. } => log::warn(&format!("{trace:?}")),
         Trace::SegmentRolled { .. } | Trace::SegmentDeleted { .. } => log::debug(&format!("{trace:?}")),
     }
 }

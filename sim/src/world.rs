@@ -613,6 +613,8 @@ impl World {
                     self.crash_node_as(false);
                     return;
                 }
+                // A voter alone has no peers to send to (clusters of several come next).
+                Output::PeerSend { .. } => {}
                 Output::Trace(trace) => {
                     self.hash.mix(format!("{trace:?}").as_bytes());
                     self.trace(|| format!("node trace {trace:?}"));

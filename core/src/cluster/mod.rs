@@ -1,7 +1,8 @@
 //! The cluster: shards replicated by raft groups (see docs/CLUSTER-DESIGN.md). Built in steps;
-//! today one replica of one group, driven by tests, not yet by the node.
+//! today one shard, whose replica a node in cluster mode drives (`node/replication.rs`).
 
 pub mod command;
+pub mod mesh;
 pub mod raft_log;
 pub mod replica;
 

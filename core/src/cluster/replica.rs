@@ -198,9 +198,13 @@ impl Replica {
     }
 
     /// Drops the in-memory entries before the last applied one (kept: raft asks its term).
-    /// The log on disk keeps them until retention; a voter alone never needs them again.
-    // With peers, a lagging follower will be sent them from the disk or a snapshot instead.
+    /// The log on disk keeps them until retention. Only a voter alone: with peers, a lagging
+    /// one would need a raft snapshot, which comes with state transfer (a later step), so
+    /// until then a replica with peers keeps its entries in memory.
     pub fn compact_applied(&mut self) {
+        if self.raw.raft.prs().conf().voters().ids().len() > 1 {
+            return;
+        }
         let applied = self.raw.raft.raft_log.applied;
         self.raw.mut_store().wl().compact(applied).expect("compacting up to the applied entry");
     }

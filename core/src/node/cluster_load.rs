@@ -1,8 +1,8 @@
 //! Rebuilding a cluster node from its segments. The oldest segment's snapshot gives the state
 //! as of a raft index (its `Applied` record, written last); the replica restarts from the
 //! entries and hard state written since, and raft hands the committed entries after that
-//! index over to be applied again, in order, so they give the ids they gave before. Each
-//! group then takes its newest position record. A torn final write was never reported durable
+//! index over to be applied again, in order, so they give the ids they gave before, and the
+//! groups the positions they were given (positions are entries too). A torn final write was never reported durable
 //! (raft never counted it) and is cut; any other damage stops the start, named: salvage is
 //! not offered, a damaged replica is to be rebuilt from its peers.
 
@@ -11,18 +11,34 @@ use super::state::SeenSeq;
 use super::{Node, RecoveryReport, SegmentInfo, NS_PER_MS};
 use crate::cluster::command::{self, Command};
 use crate::cluster::raft_log;
+use crate::group::Group;
+use crate::ids::GroupIdx;
 use crate::record::{AppliedRecord, GroupRecord, RecordRef};
 use crate::recovery::{segment_file_name, RecoveryError};
 use crate::topic::Loc;
 use std::collections::BTreeMap;
 
 impl Node {
+    /// A group as the snapshot records it: the acked ids above its floor are settled when
+    /// delivery reaches them (positions applied again after it settle more).
+    fn restore_group(&mut self, record: &GroupRecord) {
+        let Ok(t) = self.state.topic_for(&record.topic) else { return };
+        let ack_timeout_ns = self.config.ack_timeout_ms_for(&record.group) * NS_PER_MS;
+        let mut group = Group::restore(record, ack_timeout_ns, self.config.max_attempts_for(&record.group));
+        group.take_position(record);
+        let topic = &mut self.state.topics[t];
+        if !topic.group_index.contains_key(&record.group) {
+            topic.group_index.insert(record.group.clone(), GroupIdx(topic.groups.len()));
+            topic.groups.push(group);
+        }
+    }
+
     pub(super) fn recover_cluster(&mut self, segments: &[(u64, &[u8])]) -> Result<RecoveryReport, RecoveryError> {
         let oldest = segments.first().map(|(segment, _)| *segment);
         let mut in_snapshot = true;
         let mut applied = None;
         let mut first_applied: BTreeMap<u64, u64> = BTreeMap::new();
-        let mut newest_groups: BTreeMap<(String, String), GroupRecord> = BTreeMap::new();
+        let mut snapshot_groups: Vec<GroupRecord> = Vec::new();
         let mut single_node_record = None;
         let read = raft_log::read(segments, |segment, offset, record| {
             let snapshot = in_snapshot && Some(segment) == oldest;
@@ -49,9 +65,7 @@ impl Node {
                     }
                 }
                 RecordRef::NewTopics(r) if snapshot => self.state.new_topic_first_id = r.first_id,
-                RecordRef::Group(r) => {
-                    newest_groups.insert((r.topic.clone(), r.group.clone()), r);
-                }
+                RecordRef::Group(r) if snapshot => snapshot_groups.push(r),
                 RecordRef::Message(_) => {
                     single_node_record.get_or_insert((segment, offset));
                 }
@@ -95,6 +109,9 @@ impl Node {
             info.snapshot_applied_index = first_applied.get(segment).copied().unwrap_or(0);
             self.log.segments.push_back(info);
         }
+        for record in &snapshot_groups {
+            self.restore_group(record);
+        }
         let published_before = self.stats.published;
         self.state.applied = Some(applied);
         let log = RecoveredLog { hard_state: read.hard_state, entries: read.entries, applied, entry_locs };
@@ -103,9 +120,6 @@ impl Node {
         // Applies the committed entries again; what raft asks to write waits for the log to
         // start below, after the state it rebuilds.
         self.drain_replica();
-        for record in newest_groups.into_values() {
-            self.recover_group(&record, segments);
-        }
         let mut report = RecoveryReport { segments: segments.len(), messages: self.stats.published - published_before, ..RecoveryReport::default() };
         if let Some((newest, _)) = segments.last() {
             // Its unused space, or a torn final write, goes before the log moves on.

@@ -119,6 +119,10 @@ impl Node {
                 Candidate::Nothing => return,
                 Candidate::Ready { id, .. } | Candidate::Fresh { id } => id,
             };
+            if matches!(candidate, Candidate::Ready { .. }) && self.state.topics[t].groups[g].take_pre_acked(id) {
+                self.ack_one(t, g, id);
+                continue;
+            }
             let Some(conn) = self.pick_member(t, g) else { return };
             let message = match self.state.topics[t].lookup(id, &self.read_cache, t) {
                 Lookup::Found(message) => message,
@@ -139,6 +143,10 @@ impl Node {
                 Candidate::Fresh { id } => {
                     let passes = group.passes(message.key.as_deref(), &message.body) || self.config.test_bug == Some(TestBug::FilterIgnored);
                     if group.admit_fresh(id, passes, message.key.as_deref().map(key_hash)) != Admit::Deliverable {
+                        continue;
+                    }
+                    if group.take_pre_acked(id) {
+                        self.ack_one(t, g, id);
                         continue;
                     }
                 }

@@ -258,7 +258,7 @@ impl Node {
 
     /// Rebuilds a group from its last record: ids above its floor up to the highest acked one
     /// are walked again (filter, key order, prev), so only unacked ones are delivered again.
-    pub(super) fn recover_group(&mut self, record: &GroupRecord, segments: &[(u64, &[u8])]) {
+    fn recover_group(&mut self, record: &GroupRecord, segments: &[(u64, &[u8])]) {
         let Ok(t) = self.state.topic_for(&record.topic) else { return };
         let ack_timeout_ns = self.config.ack_timeout_ms_for(&record.group) * NS_PER_MS;
         let mut group = Group::restore(record, ack_timeout_ns, self.config.max_attempts_for(&record.group));
@@ -282,14 +282,8 @@ impl Node {
             }
         }
         let topic = &mut self.state.topics[t];
-        match topic.group_index.get(&record.group) {
-            // A cluster node's group, created again by its entry: it takes its newest position.
-            Some(&g) => topic.groups[g] = group,
-            None => {
-                let g = GroupIdx(topic.groups.len());
-                topic.group_index.insert(record.group.clone(), g);
-                topic.groups.push(group);
-            }
-        }
+        let g = GroupIdx(topic.groups.len());
+        topic.group_index.insert(record.group.clone(), g);
+        topic.groups.push(group);
     }
 }

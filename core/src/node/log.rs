@@ -106,6 +106,9 @@ impl Node {
     }
 
     fn write_dirty_groups(&mut self) {
+        if self.replication.is_some() {
+            return self.propose_positions();
+        }
         for (t, g) in std::mem::take(&mut self.dirty_groups) {
             self.open_batch_data();
             let topic = &self.state.topics[t];
@@ -193,6 +196,11 @@ impl Node {
                             self.log.open.started_at_ns = self.now_ns;
                         }
                         self.write_dirty_groups();
+                        if self.log.flushing.is_some() || self.stopped {
+                            // In cluster mode positions are proposed, and the replica's write
+                            // for them may have started already.
+                            return;
+                        }
                     } else {
                         self.timers.insert((due, Timer::BatchFlush));
                     }

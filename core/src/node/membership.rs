@@ -43,6 +43,8 @@ impl Node {
     /// applied); a new one is proposed, and created (with its topic) when that applies.
     fn join_replicated_group(&mut self, topic: &str, group: &str, from: StartFrom, filter: Option<Filter>, join: PendingJoin) -> Result<(), (ErrorCode, String)> {
         check_names(topic, group)?;
+        // Delivery runs on the shard's leader (members on other nodes come with the mesh).
+        self.check_leading()?;
         if let Ok((t, g)) = self.state.group_of(topic, group) {
             if self.state.topics[t].groups[g].filter != filter {
                 return Err((ErrorCode::Conflict, format!("group '{group}' exists with a different filter")));

@@ -10,8 +10,9 @@
 
 use super::log::Waiter;
 use super::state::{NewMessage, SeenSeq};
-use super::{Node, NS_PER_MS};
+use super::{Node, Output, Trace, NS_PER_MS};
 use crate::cluster::command::{self, Command, CreateGroupCommand, PublishCommand};
+use crate::cluster::mesh::{self, PeerFrame};
 use crate::cluster::replica::{ProposeError, Replica, ReplicaConfig, ReplicaInput, ReplicaOutput};
 use crate::cluster::NodeId;
 use crate::config::{Config, TestBug};
@@ -26,6 +27,8 @@ use std::rc::Rc;
 /// raft ticks a follower waits without a leader's word before it stands for election, and
 /// between a leader's heartbeats (in `raft_tick_ms` units).
 const ELECTION_TICKS: usize = 10;
+/// RFC 6455 1013: the server cannot serve the client now; it may reconnect.
+const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 const HEARTBEAT_TICKS: usize = 2;
 
 /// A member waiting to join a group (`sub`, or `pull` with its `max` and wait).
@@ -49,6 +52,8 @@ pub(super) enum Proposal {
         group: GroupIdx,
         id: u64,
     },
+    /// A group position of this node's: already in its state when it applies.
+    Position,
 }
 
 /// What a restart found in the log for the replica.
@@ -70,6 +75,8 @@ pub(super) struct Replication {
     entry_locs: BTreeMap<u64, Loc>,
     /// Outputs are being taken from the replica: what an apply proposes is taken by that loop.
     draining: bool,
+    /// The replica led the shard when its outputs were last taken.
+    leading: bool,
     /// Recovery is applying entries again before the log goes on: writes wait here until it does.
     deferred: Option<Vec<Persist>>,
 }
@@ -95,7 +102,11 @@ impl Replication {
             seed: config.rng_seed,
         };
         let replica = Replica::recover(&replica_config, now_ns, log.hard_state, &log.entries, (log.applied.index, log.applied.term))?;
-        Ok(Replication { replica, node_id, proposals: BTreeMap::new(), next_proposal: 1, entry_locs: log.entry_locs, draining: false, deferred: Some(Vec::new()) })
+        Ok(Replication { replica, node_id, proposals: BTreeMap::new(), next_proposal: 1, entry_locs: log.entry_locs, draining: false, leading: false, deferred: Some(Vec::new()) })
+    }
+
+    pub(super) fn is_leader(&self) -> bool {
+        self.replica.is_leader()
     }
 
     pub(super) fn poll_timeout(&self) -> Option<u64> {
@@ -136,10 +147,7 @@ impl Node {
                 self.drain_replica();
                 Ok(())
             }
-            Err(ProposeError::NotLeader { leader }) => {
-                let leader = leader.map_or("none known".to_string(), |l| format!("node {l}"));
-                Err((ErrorCode::Unavailable, format!("this node does not lead the topic's shard (leader: {leader}); retry")))
-            }
+            Err(ProposeError::NotLeader { leader }) => Err(not_leading(leader)),
             Err(ProposeError::Refused(why)) => Err((ErrorCode::Unavailable, format!("the topic's shard refused the change ({why}); retry"))),
         }
     }
@@ -148,6 +156,20 @@ impl Node {
         if let Some(replication) = self.replication.as_mut() {
             replication.replica.handle_timeout(self.now_ns);
             self.drain_replica();
+        }
+    }
+
+    /// A frame from another node of the cluster.
+    pub(super) fn on_peer_frame(&mut self, from_node: u64, payload: &[u8]) {
+        let Some(replication) = self.replication.as_mut() else {
+            return self.out.push_back(Output::Trace(Trace::PeerMessageIgnored { from_node, bytes: payload.len() }));
+        };
+        match mesh::decode(payload) {
+            Ok(PeerFrame::Raft(message)) => {
+                replication.replica.handle_input(self.now_ns, ReplicaInput::Message(message));
+                self.drain_replica();
+            }
+            Err(why) => self.out.push_back(Output::Trace(Trace::PeerFrameRefused { from_node, why })),
         }
     }
 
@@ -183,8 +205,10 @@ impl Node {
         replication.draining = true;
         while let Some(output) = self.replication.as_mut().and_then(|r| r.replica.poll_output()) {
             match output {
-                // A voter alone has nobody to send to; peer links come with the mesh.
-                ReplicaOutput::Send(_) => {}
+                ReplicaOutput::Send(message) => {
+                    let to_node = message.to;
+                    self.out.push_back(Output::PeerSend { to_node, payload: mesh::encode(&PeerFrame::Raft(message)) });
+                }
                 ReplicaOutput::Persist { number, entries, hard_state } => match self.replication.as_mut().and_then(|r| r.deferred.as_mut()) {
                     Some(deferred) => deferred.push(Persist { number, entries, hard_state }),
                     None => self.persist_raft(number, &entries, hard_state.as_ref()),
@@ -192,8 +216,47 @@ impl Node {
                 ReplicaOutput::Apply { index, term, data, context } => self.apply_entry(index, term, &data, &context),
             }
         }
+        let Some(replication) = self.replication.as_mut() else { return };
+        replication.draining = false;
+        let leading = replication.replica.is_leader();
+        if replication.leading && !leading {
+            self.on_lead_lost();
+        }
         if let Some(replication) = self.replication.as_mut() {
-            replication.draining = false;
+            replication.leading = leading;
+        }
+    }
+
+    /// Err(`unavailable`) unless this node leads the shard, naming the leader it knows.
+    pub(super) fn check_leading(&self) -> Result<(), (ErrorCode, String)> {
+        let replica = &self.replication.as_ref().expect("cluster mode").replica;
+        if replica.is_leader() {
+            return Ok(());
+        }
+        Err(not_leading(replica.leader()))
+    }
+
+    /// Another node leads now: what this one proposed may or may not commit, so each waiting
+    /// client is told to retry (a publish with `producer` and `seq` is then stored once), and
+    /// the members of its groups are closed, to subscribe again where the leader is.
+    fn on_lead_lost(&mut self) {
+        let proposals = std::mem::take(&mut self.replication.as_mut().expect("cluster mode").proposals);
+        let why = "this node stopped leading the topic's shard before the change was committed; it may or may not be stored: retry";
+        for proposal in proposals.into_values() {
+            match proposal {
+                Proposal::Publish { conn, req } => {
+                    self.pending_publishes -= 1;
+                    self.send_error(conn, req.as_deref(), ErrorCode::Unavailable, why);
+                }
+                Proposal::Join(join) => self.send_error(join.conn, join.req.as_deref(), ErrorCode::Unavailable, why),
+                Proposal::DeadLetter { topic, group, id } => self.state.topics[topic].groups[group].finish_dead_letter(id, false),
+                Proposal::Position => {}
+            }
+        }
+        let members: Vec<ConnId> = self.conns.iter().filter(|(_, c)| !c.subs.is_empty()).map(|(conn, _)| *conn).collect();
+        for conn in members {
+            self.out.push_back(Output::Close { conn, code: CLOSE_TRY_AGAIN_LATER, reason: "this node no longer leads the shard; subscribe again".into() });
+            self.on_disconnected(conn);
         }
     }
 
@@ -241,9 +304,10 @@ impl Node {
         match command::decode(data) {
             Ok(Command::Publish(publish)) => self.apply_publish_entry(index, &publish, proposal),
             Ok(Command::CreateGroup(create)) => self.apply_create_group_entry(create, proposal),
-            // Replicated positions and dead letters come with peers; a voter alone writes its
-            // positions as group records, like a single node.
-            Ok(Command::Position(_) | Command::DeadLetter(_)) => {}
+            Ok(Command::Position(record)) => self.apply_position(&record, proposal),
+            // Dead letters are publishes to `<topic>.dlq` with the group's position settling
+            // the id; this command is not proposed.
+            Ok(Command::DeadLetter(_)) => {}
             // Every replica holds the same bytes and would refuse them alike; going on would
             // skip what the others may have applied.
             Err(error) => self.stop(format!("raft entry {index} does not decode ({error}); its replicas cannot apply it")),
@@ -311,6 +375,36 @@ impl Node {
         }
     }
 
+    /// The shard leader's groups' positions, as entries (every `ack_persist_interval_ms` at
+    /// most, like a single node's group records): followers take them, so a new leader does not
+    /// deliver again what was acked.
+    pub(super) fn propose_positions(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty_groups);
+        if !self.replication.as_ref().is_some_and(|r| r.replica.is_leader()) {
+            return;
+        }
+        for (t, g) in dirty {
+            let topic = &self.state.topics[t];
+            let record = topic.groups[g].to_record(&topic.name);
+            // Refused only when this node no longer leads: the next leader proposes its own.
+            let _ = self.propose(&Command::Position(record), Proposal::Position);
+        }
+    }
+
+    /// A position another node proposed (or this one, before a restart): what it settles is
+    /// acked here too. The proposer's own, applied on it, is already in its state.
+    fn apply_position(&mut self, record: &record::GroupRecord, proposal: Option<Proposal>) {
+        if matches!(proposal, Some(Proposal::Position)) {
+            return;
+        }
+        let Ok((t, g)) = self.state.group_of(&record.topic, &record.group) else { return };
+        for id in self.state.topics[t].groups[g].settled_by(record) {
+            self.ack_one(t, g, id);
+        }
+        self.state.topics[t].groups[g].take_position(record);
+        self.pump(t, g);
+    }
+
     /// The proposal's entry was applied and gave `id` of topic `t`.
     fn answer_applied(&mut self, proposal: Option<Proposal>, t: TopicIdx, id: u64) {
         match proposal {
@@ -322,13 +416,16 @@ impl Node {
                     self.send(conn, frame);
                 }
             }
-            Some(Proposal::DeadLetter { topic, group, id }) => {
-                self.state.topics[topic].groups[group].finish_dead_letter(id, true);
-                self.mark_group_dirty(topic, group);
-                self.pump(topic, group);
-            }
-            Some(Proposal::Join(_)) | None => {}
+            Some(Proposal::DeadLetter { topic, group, id }) => self.settle_dead_letter(topic, group, id),
+            Some(Proposal::Join(_) | Proposal::Position) | None => {}
         }
+    }
+
+    /// The dead-letter copy of `id` was stored (or can never be): the id is settled.
+    fn settle_dead_letter(&mut self, t: TopicIdx, g: GroupIdx, id: u64) {
+        self.state.topics[t].groups[g].finish_dead_letter(id, true);
+        self.mark_group_dirty(t, g);
+        self.pump(t, g);
     }
 
     /// The proposal's entry could not be applied (the same on every replica).
@@ -341,12 +438,13 @@ impl Node {
                 self.send_error(conn, req.as_deref(), code, message);
             }
             Some(Proposal::Publish { .. } | Proposal::Join(_)) => {}
-            Some(Proposal::DeadLetter { topic, group, id }) => {
-                self.state.topics[topic].groups[group].finish_dead_letter(id, true);
-                self.mark_group_dirty(topic, group);
-                self.pump(topic, group);
-            }
-            None => {}
+            Some(Proposal::DeadLetter { topic, group, id }) => self.settle_dead_letter(topic, group, id),
+            Some(Proposal::Position) | None => {}
         }
     }
+}
+
+fn not_leading(leader: Option<NodeId>) -> (ErrorCode, String) {
+    let leader = leader.map_or("none known".to_string(), |l| format!("node {l}"));
+    (ErrorCode::Unavailable, format!("this node does not lead the topic's shard (leader: {leader}); retry"))
 }

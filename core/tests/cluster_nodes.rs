@@ -1,0 +1,171 @@
+//! Three nodes in cluster mode on a test network: one leads the shard, publishes commit on a
+//! majority, followers apply the same entries (same ids), and when the leader dies another
+//! takes over with every acknowledged message and the groups' replicated positions.
+
+use ferry_core::testkit::Harness;
+use ferry_core::{Config, Input};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+
+mod common;
+
+use common::*;
+
+const PEERS: &str = "1@127.0.0.1:7811,2@127.0.0.1:7812,3@127.0.0.1:7813";
+const STEP_MS: u64 = 5;
+
+struct Cluster {
+    nodes: Vec<Harness>,
+    /// Nodes that are down: they neither run nor get frames.
+    down: BTreeSet<usize>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let nodes = (1..=3)
+            .map(|id| {
+                let config = Config { node_id: id, peers: PEERS.into(), peer_listen: format!("127.0.0.1:781{id}"), rng_seed: id, ..Config::default() };
+                let mut h = Harness::new(config);
+                h.connect(P);
+                h.connect(S);
+                h
+            })
+            .collect();
+        Cluster { nodes, down: BTreeSet::new() }
+    }
+
+    /// Runs every live node for `ms`, carrying their frames to each other at once.
+    fn run_ms(&mut self, ms: u64) {
+        for _ in 0..ms / STEP_MS {
+            for (at, h) in self.nodes.iter_mut().enumerate() {
+                if !self.down.contains(&at) {
+                    h.advance_ms(STEP_MS);
+                }
+            }
+            self.deliver();
+        }
+    }
+
+    fn deliver(&mut self) {
+        loop {
+            let mut frames = Vec::new();
+            for (at, h) in self.nodes.iter_mut().enumerate() {
+                for (to, payload) in std::mem::take(&mut h.peer_out) {
+                    frames.push((at as u64 + 1, to, payload));
+                }
+            }
+            if frames.is_empty() {
+                return;
+            }
+            for (from, to, payload) in frames {
+                let (from_at, to_at) = (from as usize - 1, to as usize - 1);
+                if self.down.contains(&from_at) || self.down.contains(&to_at) {
+                    continue;
+                }
+                let h = &mut self.nodes[to_at];
+                h.node.handle_input(h.now_ns, Input::PeerMessage { from_node: from, payload: &payload });
+                h.drain();
+            }
+        }
+    }
+
+    /// The node that leads, once exactly one live node says it does.
+    fn leader(&mut self) -> usize {
+        for _ in 0..200 {
+            let leaders: Vec<usize> = (0..3).filter(|at| !self.down.contains(at) && self.nodes[*at].node.is_shard_leader()).collect();
+            if let [leader] = leaders[..] {
+                return leader;
+            }
+            self.run_ms(50);
+        }
+        panic!("no single leader within 10 s");
+    }
+
+    /// Publishes through node `at`; the frames it answered.
+    fn publish(&mut self, at: usize, body: Value) -> Value {
+        self.nodes[at].send_json(P, json!({"op": "pub", "req": 1, "topic": "t", "body": body}));
+        self.run_ms(50);
+        let mut answers = self.nodes[at].take(P);
+        answers.pop_front().expect("an answer to the publish")
+    }
+}
+
+#[test]
+fn a_publish_commits_on_a_majority_and_every_node_gives_it_the_same_id() {
+    let mut c = Cluster::new();
+    let leader = c.leader();
+    let follower = (leader + 1) % 3;
+    let refused = c.publish(follower, json!("to a follower"));
+    assert_eq!((refused["op"].clone(), refused["code"].clone()), (json!("error"), json!("unavailable")), "{refused}");
+    for n in 1..=3 {
+        assert_eq!(c.publish(leader, json!(n))["id"], json!(n));
+    }
+    for h in &c.nodes {
+        assert_eq!(h.node.topic_next_id("t"), Some(4), "every replica applied the three publishes");
+    }
+    // With one follower down the other makes a majority; with both down nothing commits.
+    c.down.insert(follower);
+    assert_eq!(c.publish(leader, json!(4))["id"], json!(4));
+    c.down.insert((leader + 2) % 3);
+    c.nodes[leader].send_json(P, json!({"op": "pub", "req": 1, "topic": "t", "body": 5}));
+    c.run_ms(500);
+    assert!(c.nodes[leader].take_op(P, "puback").is_empty(), "a puback without a majority");
+}
+
+#[test]
+fn when_the_leader_dies_another_takes_over_with_every_acknowledged_message_and_the_positions() {
+    let mut c = Cluster::new();
+    let first = c.leader();
+    c.nodes[first].send_json(S, json!({"op": "sub", "req": "s", "topic": "t", "group": "g", "from": "earliest"}));
+    c.run_ms(50);
+    assert_eq!(c.nodes[first].take_op(S, "suback").len(), 1);
+    for n in 1..=5 {
+        c.publish(first, json!(n));
+    }
+    let delivered = ids(&msgs(&mut c.nodes[first], S));
+    assert_eq!(delivered, vec![1, 2, 3, 4, 5]);
+    ack(&mut c.nodes[first], S, "t", "g", &[1, 2]);
+    // The acks reach the followers as a position entry.
+    c.run_ms(100);
+    c.down.insert(first);
+    let second = c.leader();
+    assert_ne!(second, first);
+    c.nodes[second].send_json(S, json!({"op": "sub", "req": "s", "topic": "t", "group": "g"}));
+    c.run_ms(50);
+    assert_eq!(c.nodes[second].take_op(S, "suback").len(), 1);
+    assert_eq!(ids(&msgs(&mut c.nodes[second], S)), vec![3, 4, 5], "the unacked ones, not the acked ones");
+    assert_eq!(c.publish(second, json!(6))["id"], json!(6), "ids go on");
+
+    // The old leader comes back as a follower and catches up.
+    c.down.remove(&first);
+    c.run_ms(1_000);
+    assert_eq!(c.leader(), second);
+    assert_eq!(c.nodes[first].node.topic_next_id("t"), Some(7));
+}
+
+#[test]
+fn a_leader_cut_off_tells_its_waiting_publishers_to_retry_and_closes_its_members() {
+    let mut c = Cluster::new();
+    let first = c.leader();
+    c.nodes[first].send_json(S, json!({"op": "sub", "req": "s", "topic": "t", "group": "g", "from": "earliest"}));
+    c.run_ms(50);
+    let others: BTreeSet<usize> = (0..3).filter(|at| *at != first).collect();
+    // The leader alone on one side: the others elect a new one, which it learns of when the
+    // partition heals.
+    for at in &others {
+        c.down.insert(*at);
+    }
+    c.nodes[first].send_json(P, json!({"op": "pub", "req": "lost?", "topic": "t", "body": "x"}));
+    c.run_ms(20);
+    let others_ran: Vec<usize> = others.iter().copied().collect();
+    c.down.clear();
+    c.down.insert(first);
+    let second = c.leader();
+    assert!(others_ran.contains(&second));
+    c.down.clear();
+    c.run_ms(1_000);
+    let answer = c.nodes[first].take_op(P, "error");
+    assert_eq!(answer.len(), 1, "the waiting publish is answered");
+    assert_eq!(answer[0]["code"], json!("unavailable"));
+    assert!(c.nodes[first].closed.contains(&(S, 1013)), "its member is closed: {:?}", c.nodes[first].closed);
+}
