@@ -610,3 +610,46 @@ fn a_retry_is_answered_from_a_retained_segment_only_if_its_first_snapshot_says_t
     h.connect(S);
     assert!(delivered_ids(&mut h, "t").contains(&id));
 }
+
+#[test]
+fn a_torn_final_snapshot_still_raises_the_first_id_of_new_topics_it_records() {
+    // Found by the `harness` fuzz target: a salvage raised the first id of new topics, and
+    // only the snapshot written after it recorded that (the segment before it predates the
+    // salvage; retention deleted the salvaged one). That snapshot and a new topic's first
+    // message were damaged as the log's final batches: cut as a torn tail, whose decodable
+    // records gave the topics' next ids but not the first id of new topics, so the topic,
+    // created again, gave its pubacked first id again.
+    let config = Config { retention_age_ms: 1_000, ..Config::default() };
+    let mut h = harness(config);
+    // One large batch: the salvage of it raises the first id of new topics well above what a
+    // small torn region would.
+    h.hold_writes = true;
+    for n in 0..20 {
+        h.send_json(P, json!({"op": "pub", "req": n, "topic": "t", "body": n}));
+    }
+    h.hold_writes = false;
+    h.complete_writes();
+    h.restart(false);
+    h.connect(P);
+    publish(&mut h, "t", None, json!("segment 2"));
+    rot(&mut h, "t", 5);
+    h.config.salvage = true;
+    h.restart(false);
+    h.config.salvage = false;
+    h.connect(P);
+    h.advance_ms(3_000);
+    let tick = publish(&mut h, "t", None, json!("ticks the clock"));
+    assert!(h.traces.iter().any(|t| matches!(t, ferry_core::node::Trace::SegmentDeleted { segment: 1 })), "retention deleted segment 1");
+    let first_u = publish(&mut h, "u", None, json!("u's first"));
+    assert!(first_u > 1, "the salvage raised the first id of new topics");
+    // Every batch of segment 3 damaged: a torn tail, but for its snapshot's decodable records.
+    let snapshot_record = topic_record_in(&h, 3, "t");
+    flip(&mut h, snapshot_record);
+    rot(&mut h, "t", tick);
+    rot(&mut h, "u", first_u);
+    h.restart(false);
+    assert!(h.last_recovery.as_ref().unwrap().torn_tail.is_some(), "cut as a torn tail");
+    h.connect(P);
+    let again = publish(&mut h, "u", None, json!("after the cut"));
+    assert!(again > first_u, "u {again} was given again: {first_u} had been pubacked");
+}

@@ -24,6 +24,7 @@ impl Node {
         let mut last_topic_record: BTreeMap<TopicIdx, (Place, u64)> = BTreeMap::new();
         let mut torn_ids: Vec<(String, u64)> = Vec::new();
         let mut torn_decoded_bytes = 0u64;
+        let mut torn_new_topic_first_id = 0u64;
         let mut torn_undecoded_bytes = 0u64;
         let mut acknowledged: BTreeMap<Place, SalvagedRecord> = BTreeMap::new();
         // The next id of each topic as the oldest segment's own snapshot names it: the ids
@@ -48,6 +49,10 @@ impl Node {
                     match rec {
                         RecordRef::Message(m) => torn_ids.push((m.topic.to_string(), m.id)),
                         RecordRef::Topic(r) if r.next_id > 0 => torn_ids.push((r.topic, r.next_id - 1)),
+                        // The first id of new topics it records may be the only durable trace
+                        // of it (the older segments may predate the salvage that raised it).
+                        RecordRef::NewTopics(r) => torn_new_topic_first_id = torn_new_topic_first_id.max(r.first_id),
+                        RecordRef::Salvaged(r) => torn_new_topic_first_id = torn_new_topic_first_id.max(r.new_topic_first_id),
                         _ => {}
                     }
                     return;
@@ -106,6 +111,7 @@ impl Node {
             let why = format!("{} holds a cluster node's raft log (a record at byte {offset}); start it with its cluster's peers", recovery::segment_file_name(segment));
             return Err(RecoveryError::refused(why));
         }
+        self.state.new_topic_first_id = self.state.new_topic_first_id.max(torn_new_topic_first_id);
         for (topic, id) in &torn_ids {
             if let Ok(t) = self.state.topic_for(topic) {
                 self.state.topics[t].next_id = self.state.topics[t].next_id.max(id + 1);
