@@ -13,6 +13,8 @@ pub const MS: u64 = 1_000_000;
 
 pub enum Action {
     Connect,
+    /// Close the client's connection (to connect again, possibly to another node).
+    Disconnect,
     Send(String),
     WakeAt(u64),
 }
@@ -155,6 +157,13 @@ impl Publisher {
                     self.retry.insert(seq);
                 }
                 ctx.actions.push(Action::WakeAt(ctx.now + ctx.rng.gen_range(50..300) * MS));
+            }
+            // In a cluster: this node cannot take it (not the leader); another one may.
+            (Some("error"), Some(seq)) if frame["code"] == "unavailable" => {
+                if self.in_flight.remove(&seq).is_some() {
+                    self.retry.insert(seq);
+                }
+                ctx.actions.push(Action::Disconnect);
             }
             _ => ctx.checker.violation("protocol", format!("publisher {} got unexpected {frame}", self.producer)),
         }
@@ -314,6 +323,8 @@ impl Subscriber {
                     self.pull(ctx);
                 }
             }
+            // In a cluster: this node cannot serve the group or the fetch; another one may.
+            Some("error") if frame["code"] == "unavailable" => ctx.actions.push(Action::Disconnect),
             // An unsub can overtake the sub it follows (the sub waits for the disk): harmless.
             Some("error") if frame["req"] == "u" && frame["code"] == "not_subscribed" => {}
             // Too many fetches wait for the disk on this connection: ask again a little later.

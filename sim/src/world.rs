@@ -4,20 +4,18 @@
 
 use crate::checker::{self, Checker};
 use crate::clients::{AckStyle, Action, Client, Ctx, Publisher, Subscriber, MS};
-use crate::disk::SimDisk;
 use crate::misuse::Misbehaver;
 use crate::{FaultKind, Options, SeedReport};
-use ferry_core::node::{DiskError, DiskOp, Input, Output};
-use ferry_core::testkit::Completion;
-use ferry_core::{Config, ConnId, FsyncPolicy, Node};
+use ferry_core::node::{DiskError, Input};
+use ferry_core::{Config, ConnId, FsyncPolicy};
+use nodes::SimNode;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
-/// The cluster-mode node's voter list and peer address (no peer ever connects).
-const SIM_VOTER: &str = "1@127.0.0.1:7811";
-const SIM_PEER_LISTEN: &str = "127.0.0.1:7811";
+mod nodes;
+
 const SEC: u64 = 1_000 * MS;
 /// 2023-11-14T22:13:20Z, so `ts` values look real.
 const EPOCH: u64 = 1_700_000_000 * SEC;
@@ -93,24 +91,73 @@ impl Swarm {
 
 #[derive(Debug)]
 enum Event {
-    Wake { client: usize },
-    ConnOpen { client: usize, conn: ConnId, node_epoch: u64 },
-    ConnFail { client: usize },
-    ToNode { conn: ConnId, text: String },
-    ToClient { conn: ConnId, text: String },
-    ClientLost { client: usize, conn: ConnId },
-    DiskDone { epoch: u64, token: u64, result: Result<(), DiskError> },
-    ReadDone { epoch: u64, token: u64, bytes: Option<Vec<u8>> },
-    TruncateDone { epoch: u64, token: u64, result: Result<(), DiskError> },
-    Restart,
+    Wake {
+        client: usize,
+    },
+    ConnOpen {
+        client: usize,
+        conn: ConnId,
+        node: usize,
+        node_epoch: u64,
+    },
+    ConnFail {
+        client: usize,
+    },
+    ToNode {
+        conn: ConnId,
+        text: String,
+    },
+    ToClient {
+        conn: ConnId,
+        text: String,
+    },
+    ClientLost {
+        client: usize,
+        conn: ConnId,
+    },
+    DiskDone {
+        node: usize,
+        epoch: u64,
+        token: u64,
+        result: Result<(), DiskError>,
+    },
+    ReadDone {
+        node: usize,
+        epoch: u64,
+        token: u64,
+        bytes: Option<Vec<u8>>,
+    },
+    TruncateDone {
+        node: usize,
+        epoch: u64,
+        token: u64,
+        result: Result<(), DiskError>,
+    },
+    Restart {
+        node: usize,
+    },
+    /// A frame between cluster nodes (indexes), over the peer network.
+    PeerFrame {
+        from: usize,
+        to: usize,
+        payload: Vec<u8>,
+    },
     FaultTick,
-    PartitionEnd { client: usize },
-    DiskFullEnd,
-    CongestionEnd { conn: ConnId },
+    PartitionEnd {
+        client: usize,
+    },
+    DiskFullEnd {
+        node: usize,
+    },
+    CongestionEnd {
+        conn: ConnId,
+    },
 }
 
 struct Conn {
     client: usize,
+    /// The node (index) the connection is to.
+    node: usize,
     to_node_at: u64,
     to_client_at: u64,
 }
@@ -140,12 +187,12 @@ pub struct World {
     events: BTreeMap<usize, Event>,
     next_event_key: usize,
     config: Config,
-    node: Option<Node>,
-    node_epoch: u64,
-    disk: SimDisk,
+    nodes: Vec<SimNode>,
     conns: BTreeMap<ConnId, Conn>,
     client_conn: Vec<Option<ConnId>>,
     partitioned_until: Vec<u64>,
+    /// Per node: until when it is cut off from its peers (a cluster's network partition).
+    peers_cut_until: Vec<u64>,
     next_conn: ConnId,
     clients: Vec<Client>,
     checker: Checker,
@@ -186,10 +233,10 @@ impl World {
             // Small, so that gap repairs are cut and subscribers must ask again from the last
             // id + 1 (taken from the seed, not the rng, so every seed keeps its draws).
             fetch_messages_max: 1 + (options.seed % 3) as u32,
-            // Every fourth seed runs the node in cluster mode as its shard's only voter, so
-            // publishes and group creations go through raft and its log (from the seed too).
-            peers: if options.seed % 4 == 2 { SIM_VOTER.into() } else { String::new() },
-            peer_listen: if options.seed % 4 == 2 { SIM_PEER_LISTEN.into() } else { String::new() },
+            // Every fourth seed runs a cluster of 1, 3 or 5 nodes: publishes and group creations
+            // go through raft and its log (from the seed too).
+            peers: nodes::peers_for(options.seed),
+            peer_listen: if nodes::peers_for(options.seed).is_empty() { String::new() } else { "127.0.0.1:7811".into() },
             rng_seed: options.seed,
             ..Config::default()
         };
@@ -241,6 +288,7 @@ impl World {
         if rng.gen_bool(0.3) {
             let mut misbehaver = Misbehaver::new("misuse".into(), rng.gen_range(5..40));
             misbehaver.tokens_required = !config.tokens.is_empty();
+            misbehaver.cluster = !config.peers.is_empty();
             clients.push(Client::Misbehaver(misbehaver));
         }
         for p in 0..swarm.publishers {
@@ -270,7 +318,7 @@ impl World {
                 }
             }
         }
-        let node = Node::new(config.clone(), EPOCH);
+        let nodes = SimNode::start_all(&config, swarm.eio_chance);
         let mut world = World {
             options,
             swarm,
@@ -281,12 +329,11 @@ impl World {
             events: BTreeMap::new(),
             next_event_key: 0,
             config,
-            node: Some(node),
-            node_epoch: 1,
-            disk: SimDisk::default(),
+            nodes,
             conns: BTreeMap::new(),
             client_conn: vec![None; n],
             partitioned_until: vec![0; n],
+            peers_cut_until: Vec::new(),
             next_conn: ConnId(1),
             clients,
             checker,
@@ -298,8 +345,10 @@ impl World {
             bitflipped: false,
             congested: BTreeSet::new(),
         };
-        world.disk.eio_chance = world.swarm.eio_chance;
-        world.drain_node();
+        world.peers_cut_until = vec![0; world.nodes.len()];
+        for node in 0..world.nodes.len() {
+            world.drain_node(node);
+        }
         for client in 0..n {
             // Subscribers first, so groups exist from the start.
             let at = EPOCH + if matches!(world.clients[client], Client::Publisher(_)) { 50 * MS } else { 0 };
@@ -341,7 +390,8 @@ impl World {
         let end = safety_end + self.heal_budget();
         let mut last_convergence_check = 0;
         loop {
-            let node_at = self.node.as_ref().and_then(Node::poll_timeout);
+            let next_node_timeout = self.next_node_timeout();
+            let node_at = next_node_timeout.map(|(at, _)| at);
             let event_at = self.queue.peek().map(|Reverse((at, _, _))| *at);
             let at = match (node_at, event_at) {
                 (Some(n), Some(e)) => n.min(e),
@@ -357,12 +407,12 @@ impl World {
             if !self.healing && self.now >= safety_end {
                 self.start_heal();
             }
-            if node_at == Some(at) && event_at.is_none_or(|e| e >= at) {
+            if let Some((_, node)) = next_node_timeout.filter(|(n, _)| *n == at && event_at.is_none_or(|e| e >= at)) {
                 self.hash.mix_u64(self.now);
-                if let Some(node) = self.node.as_mut() {
-                    node.handle_timeout(self.now);
+                if let Some(running) = self.nodes[node].node.as_mut() {
+                    running.handle_timeout(self.now);
                 }
-                self.drain_node();
+                self.drain_node(node);
             } else {
                 let Some(Reverse((_, _, key))) = self.queue.pop() else { break };
                 let event = self.events.remove(&key).expect("queued event");
@@ -398,13 +448,15 @@ impl World {
     fn start_heal(&mut self) {
         self.healing = true;
         self.trace(|| "HEAL: faults off".into());
-        self.disk.full = false;
-        self.disk.eio_chance = 0.0;
-        for until in &mut self.partitioned_until {
+        for node in &mut self.nodes {
+            node.disk.full = false;
+            node.disk.eio_chance = 0.0;
+        }
+        for until in self.partitioned_until.iter_mut().chain(&mut self.peers_cut_until) {
             *until = 0;
         }
         for conn in std::mem::take(&mut self.congested) {
-            self.node_input(Input::Congested { conn, congested: false });
+            self.conn_input(conn, Input::Congested { conn, congested: false });
         }
         for client in &mut self.clients {
             if let Client::Subscriber(s) = client {
@@ -414,8 +466,10 @@ impl World {
     }
 
     fn finish(mut self, safety_end: u64) -> SeedReport {
-        if let (Some(node), None) = (&self.node, self.options.bug) {
-            node.check_invariants();
+        if self.options.bug.is_none() {
+            for node in self.nodes.iter().filter_map(|n| n.node.as_ref()) {
+                node.check_invariants();
+            }
         }
         let converged = self.converged();
         let groups = self.groups.clone();
@@ -460,15 +514,15 @@ impl World {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Wake { client } => self.with_client(client, |c, ctx| c.on_wake(ctx)),
-            Event::ConnOpen { client, conn, node_epoch } => {
-                let alive = self.node.is_some() && node_epoch == self.node_epoch && self.partitioned_until[client] <= self.now;
+            Event::ConnOpen { client, conn, node, node_epoch } => {
+                let alive = self.nodes[node].node.is_some() && node_epoch == self.nodes[node].epoch && self.partitioned_until[client] <= self.now;
                 if !alive {
                     return self.with_client(client, |c, ctx| c.on_disconnected(ctx));
                 }
-                self.conns.insert(conn, Conn { client, to_node_at: 0, to_client_at: 0 });
+                self.conns.insert(conn, Conn { client, node, to_node_at: 0, to_client_at: 0 });
                 self.client_conn[client] = Some(conn);
                 self.trace(|| format!("conn {conn} open for client {client}"));
-                self.node_input(Input::Connected { conn });
+                self.node_input(node, Input::Connected { conn });
                 // With tokens configured, every client says hello first (frames keep their order).
                 let hello = self.config.tokens.first().map(|token| serde_json::json!({"op": "hello", "token": token}).to_string());
                 self.with_client(client, |c, ctx| {
@@ -484,7 +538,7 @@ impl World {
                     self.hash.mix(text.as_bytes());
                     self.trace(|| format!("conn {conn} -> node {text}"));
                     self.observe_ack(&text);
-                    self.node_input(Input::Frame { conn, text: &text });
+                    self.conn_input(conn, Input::Frame { conn, text: &text });
                 }
             }
             Event::ToClient { conn, text } => {
@@ -503,38 +557,45 @@ impl World {
                     self.with_client(client, |c, ctx| c.on_disconnected(ctx));
                 }
             }
-            Event::DiskDone { epoch, token, result } => {
-                if epoch != self.node_epoch || self.node.is_none() {
+            Event::DiskDone { node, epoch, token, result } => {
+                if !self.nodes[node].is_up_in(epoch) {
                     return;
                 }
                 if result.is_ok() {
-                    self.disk.complete(token);
+                    self.nodes[node].disk.complete(token);
                 }
-                self.node_input(Input::WriteDone { token, result });
+                self.node_input(node, Input::WriteDone { token, result });
             }
-            Event::ReadDone { epoch, token, bytes } => {
-                if epoch != self.node_epoch || self.node.is_none() {
+            Event::ReadDone { node, epoch, token, bytes } => {
+                if !self.nodes[node].is_up_in(epoch) {
                     return;
                 }
                 let result = bytes.as_deref().ok_or(DiskError::Io("read past the end".into()));
-                self.node_input(Input::ReadDone { token, result });
+                self.node_input(node, Input::ReadDone { token, result });
             }
-            Event::TruncateDone { epoch, token, result } => {
-                if epoch != self.node_epoch || self.node.is_none() {
+            Event::TruncateDone { node, epoch, token, result } => {
+                if !self.nodes[node].is_up_in(epoch) {
                     return;
                 }
-                self.node_input(Input::TruncateDone { token, result });
+                self.node_input(node, Input::TruncateDone { token, result });
             }
-            Event::Restart => self.restart_node(),
+            Event::Restart { node } => self.restart_node(node),
+            Event::PeerFrame { from, to, payload } => {
+                let cut = self.peers_cut_until[from].max(self.peers_cut_until[to]) > self.now;
+                if self.nodes[to].node.is_some() && !cut {
+                    self.trace(|| format!("peer frame {} -> {} ({} bytes)", from + 1, to + 1, payload.len()));
+                    self.node_input(to, Input::PeerMessage { from_node: from as u64 + 1, payload: &payload });
+                }
+            }
             Event::FaultTick => self.fault_tick(),
             Event::PartitionEnd { client } => {
                 self.partitioned_until[client] = 0;
             }
-            Event::DiskFullEnd => self.disk.full = false,
+            Event::DiskFullEnd { node } => self.nodes[node].disk.full = false,
             Event::CongestionEnd { conn } => {
                 if self.congested.remove(&conn) {
                     self.trace(|| format!("conn {conn} drained"));
-                    self.node_input(Input::Congested { conn, congested: false });
+                    self.conn_input(conn, Input::Congested { conn, congested: false });
                 }
             }
         }
@@ -550,12 +611,19 @@ impl World {
                     let delay = self.latency();
                     let conn = self.next_conn;
                     self.next_conn.0 += 1;
-                    let reachable = self.node.is_some() && self.partitioned_until[client] <= self.now;
+                    // Any node: one that cannot serve the client answers `unavailable`.
+                    let node = self.pick_node();
+                    let reachable = self.nodes[node].node.is_some() && self.partitioned_until[client] <= self.now;
                     if reachable {
-                        let node_epoch = self.node_epoch;
-                        self.schedule(self.now + 2 * delay, Event::ConnOpen { client, conn, node_epoch });
+                        let node_epoch = self.nodes[node].epoch;
+                        self.schedule(self.now + 2 * delay, Event::ConnOpen { client, conn, node, node_epoch });
                     } else {
                         self.schedule(self.now + 2 * delay + 50 * MS, Event::ConnFail { client });
+                    }
+                }
+                Action::Disconnect => {
+                    if let Some(conn) = self.client_conn[client] {
+                        self.drop_conn(conn, true);
                     }
                 }
                 Action::Send(text) => {
@@ -587,142 +655,6 @@ impl World {
         }
     }
 
-    fn node_input(&mut self, input: Input<'_>) {
-        let Some(node) = self.node.as_mut() else { return };
-        node.handle_input(self.now, input);
-        self.drain_node();
-    }
-
-    fn drain_node(&mut self) {
-        while let Some(output) = self.node.as_mut().and_then(Node::poll_output) {
-            match output {
-                Output::Send { conn, frame } => {
-                    let delay = self.latency();
-                    let Some(state) = self.conns.get_mut(&conn) else { continue };
-                    let at = (self.now + delay).max(state.to_client_at + 1);
-                    state.to_client_at = at;
-                    self.schedule(at, Event::ToClient { conn, text: frame });
-                }
-                Output::Close { conn, code, .. } => {
-                    self.trace(|| format!("node closes conn {conn} with {code}"));
-                    self.drop_conn(conn, false);
-                }
-                Output::Disk(op) => self.disk_op(op),
-                Output::Stop { why } => {
-                    self.trace(|| format!("node stops: {why}"));
-                    self.crash_node_as(false);
-                    return;
-                }
-                // A voter alone has no peers to send to (clusters of several come next).
-                Output::PeerSend { .. } => {}
-                Output::Trace(trace) => {
-                    self.hash.mix(format!("{trace:?}").as_bytes());
-                    self.trace(|| format!("node trace {trace:?}"));
-                }
-            }
-        }
-        self.steps += 1;
-        // With a deliberate bug on, the node's own assertions stay quiet: the clients' checkers
-        // alone must catch it.
-        let every = if cfg!(debug_assertions) { 16 } else { 256 };
-        if self.options.bug.is_none() && self.steps.is_multiple_of(every) {
-            if let Some(node) = &self.node {
-                node.check_invariants();
-            }
-        }
-    }
-
-    fn disk_op(&mut self, op: DiskOp) {
-        let sync = matches!(op, DiskOp::Write { sync: true, .. });
-        self.trace(|| match &op {
-            DiskOp::Write { segment, offset, data, .. } => format!("disk write seg {segment} @{offset} {} bytes", data.len()),
-            other => format!("disk {other:?}"),
-        });
-        let reply = self.disk.issue(&op, &mut self.rng);
-        let epoch = self.node_epoch;
-        match reply {
-            Some(Completion::Write { token, result }) => {
-                let write_us = self.rng.gen_range(5..100);
-                let fsync_us = if sync { self.rng.gen_range(100..2_000) } else { 0 };
-                if matches!(result, Err(DiskError::Io(_))) {
-                    self.count_fault("eio");
-                }
-                self.schedule(self.now + (write_us + fsync_us) * 1_000, Event::DiskDone { epoch, token, result });
-            }
-            Some(Completion::Read { token, bytes }) => {
-                let read_us = self.rng.gen_range(5..200);
-                self.schedule(self.now + read_us * 1_000, Event::ReadDone { epoch, token, bytes });
-            }
-            Some(Completion::Truncate { token, result }) => {
-                if result.is_err() {
-                    self.count_fault("truncate-eio");
-                }
-                let truncate_us = self.rng.gen_range(50..1_000);
-                self.schedule(self.now + truncate_us * 1_000, Event::TruncateDone { epoch, token, result });
-            }
-            None => {}
-        }
-    }
-
-    /// Ends a connection: the node learns now, the client after a delay.
-    fn drop_conn(&mut self, conn: ConnId, tell_node: bool) {
-        let Some(state) = self.conns.remove(&conn) else { return };
-        self.congested.remove(&conn);
-        if tell_node {
-            self.node_input(Input::Disconnected { conn });
-        }
-        let delay = self.latency();
-        self.schedule(self.now + delay, Event::ClientLost { client: state.client, conn });
-    }
-
-    fn crash_node(&mut self) {
-        let power_loss = self.config.fsync != FsyncPolicy::Never && self.rng.gen_bool(0.5);
-        self.crash_node_as(power_loss);
-    }
-
-    /// The node's process dies (a crash, or a stop it asked for); with `power_loss` the
-    /// machine loses what was not fsynced as well.
-    fn crash_node_as(&mut self, power_loss: bool) {
-        if self.node.is_none() {
-            return;
-        }
-        self.count_fault(if power_loss { "crash+power-loss" } else { "crash" });
-        self.node = None;
-        self.node_epoch += 1;
-        let lost = self.disk.crash(power_loss, &mut self.rng);
-        self.trace(|| format!("node crashed; {lost} unsynced bytes lost"));
-        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
-        for conn in conns {
-            self.drop_conn(conn, false);
-        }
-        let down = self.rng.gen_range(10..2_000) * MS;
-        self.schedule(self.now + down, Event::Restart);
-    }
-
-    fn restart_node(&mut self) {
-        let segments = self.disk.segments();
-        let (recovered, refusal) = match Node::recover(self.config.clone(), &segments, self.now) {
-            Ok(recovered) => (recovered, None),
-            Err(refusal) => {
-                // What an operator does on a refused start: look, then start with salvage.
-                let config = ferry_core::Config { salvage: true, ..self.config.clone() };
-                (Node::recover(config, &segments, self.now).expect("salvage always starts"), Some(refusal))
-            }
-        };
-        if let Some(refusal) = refusal {
-            self.count_fault("salvage-restart");
-            self.trace(|| format!("recovery refused: {refusal}"));
-        }
-        let (node, report) = recovered;
-        if let Some(torn) = &report.torn_tail {
-            self.trace(|| format!("recovery cut a torn tail: {torn}"));
-        }
-        self.node = Some(node);
-        self.node_epoch += 1;
-        self.trace(|| format!("node restarted: {} segments, {} messages", report.segments, report.messages));
-        self.drain_node();
-    }
-
     fn fault_tick(&mut self) {
         if self.healing {
             return;
@@ -736,7 +668,7 @@ impl World {
             self.drop_conn(conn, true);
         }
         if s.crash_chance > 0.0 && self.rng.gen_bool(s.crash_chance) {
-            self.crash_node();
+            self.crash_a_node();
         }
         if s.partition_chance > 0.0 && self.rng.gen_bool(s.partition_chance) {
             let client = self.rng.gen_range(0..self.clients.len());
@@ -748,27 +680,36 @@ impl World {
             }
             self.schedule(until, Event::PartitionEnd { client });
         }
+        // A cluster node cut off from its peers for a while (clients still reach it): a leader
+        // on the minority side must stop serving, the majority elects another.
+        if self.nodes.len() > 1 && s.partition_chance > 0.0 && self.rng.gen_bool(s.partition_chance) {
+            let node = self.pick_node();
+            let until = self.now + self.rng.gen_range(100..3_000) * MS;
+            self.peers_cut_until[node] = self.peers_cut_until[node].max(until);
+            self.count_fault("peer-partition");
+        }
         if s.congestion_chance > 0.0 && self.rng.gen_bool(s.congestion_chance) && !self.conns.is_empty() {
             let keys: Vec<ConnId> = self.conns.keys().copied().collect();
             let conn = keys[self.rng.gen_range(0..keys.len())];
             if self.congested.insert(conn) {
                 self.count_fault("congestion");
-                self.node_input(Input::Congested { conn, congested: true });
+                self.conn_input(conn, Input::Congested { conn, congested: true });
                 let until = self.now + self.rng.gen_range(10..1_500) * MS;
                 self.schedule(until, Event::CongestionEnd { conn });
             }
         }
-        if s.disk_full_chance > 0.0 && !self.disk.full && self.rng.gen_bool(s.disk_full_chance) {
-            self.disk.full = true;
+        if s.disk_full_chance > 0.0 && !self.nodes.iter().any(|n| n.disk.full) && self.rng.gen_bool(s.disk_full_chance) {
+            let node = self.pick_node();
+            self.nodes[node].disk.full = true;
             self.count_fault("disk-full");
             let until = self.now + self.rng.gen_range(100..3_000) * MS;
-            self.schedule(until, Event::DiskFullEnd);
+            self.schedule(until, Event::DiskFullEnd { node });
         }
-        // A cluster node's damaged log is rebuilt from its peers, not salvaged: a voter alone
-        // has none, so its disk gets no bit flips.
+        // A cluster node's damaged log is to be rebuilt from its peers, not salvaged (state
+        // transfer is a later step): cluster disks get no bit flips yet.
         let salvageable = self.config.peers.is_empty();
         if salvageable && s.bitflip_chance > 0.0 && !self.bitflipped && self.rng.gen_bool(s.bitflip_chance) {
-            if let Some(victims) = self.disk.flip_bit(&mut self.rng) {
+            if let Some(victims) = self.nodes[0].disk.flip_bit(&mut self.rng) {
                 self.bitflipped = true;
                 self.count_fault("bit-flip");
                 self.trace(|| format!("bit flip destroys {victims:?}"));

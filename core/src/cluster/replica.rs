@@ -152,6 +152,13 @@ impl Replica {
         self.raw.raft.state == StateRole::Leader
     }
 
+    /// Leads, and its state holds everything committed, including an entry of its own term
+    /// (so everything an earlier leader committed): reads from it miss nothing acknowledged.
+    pub fn is_caught_up_leader(&self) -> bool {
+        let log = &self.raw.raft.raft_log;
+        self.is_leader() && self.raw.raft.commit_to_current_term() && log.applied >= log.committed
+    }
+
     pub fn term(&self) -> u64 {
         self.raw.raft.term
     }

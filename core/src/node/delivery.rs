@@ -12,6 +12,8 @@ use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::protocol::{self, ErrorCode, MsgFrame};
 use crate::topic::{Lookup, StoredMessage};
 
+const NO_DLQ_OF_A_DLQ: &str = "dead-letter topics have no dead-letter topic";
+
 /// Messages one pump call may look at before it yields to other work.
 const PUMP_STEPS_MAX: u32 = 4_096;
 
@@ -151,7 +153,12 @@ impl Node {
                     }
                 }
                 Candidate::Ready { attempts, .. } if attempts >= group.max_attempts + u32::from(self.config.test_bug == Some(TestBug::DeadLetterOneAttemptLate)) => {
-                    self.dead_letter(t, g, id, &message);
+                    if self.replication.is_none() {
+                        self.dead_letter(t, g, id, &message);
+                    } else if !self.propose_dead_letter(t, g, id, &message) {
+                        // Not the shard's leader (any more): pumping would only find it again.
+                        return;
+                    }
                     continue;
                 }
                 _ => {}
@@ -198,21 +205,10 @@ impl Node {
         self.state.topics[t].groups[g].start_dead_letter(id);
         let topic = &self.state.topics[t];
         let (topic_name, group_name) = (topic.name.clone(), topic.groups[g].name.clone());
-        let dlq = if topic.is_dead_letter() {
-            Err("dead-letter topics have no dead-letter topic")
-        } else if self.replication.is_some() {
-            return self.propose_dead_letter(t, g, id, message, topic_name, group_name);
-        } else {
-            self.state.topic_for(&format!("{topic_name}.dlq")).map_err(|_| "topic limit reached")
-        };
+        let dlq = if topic.is_dead_letter() { Err(NO_DLQ_OF_A_DLQ) } else { self.state.topic_for(&format!("{topic_name}.dlq")).map_err(|_| "topic limit reached") };
         let dlq = match dlq {
             Ok(dlq) => dlq,
-            Err(why) => {
-                self.out.push_back(Output::Trace(Trace::DeadLetterDropped { topic: topic_name, group: group_name, id, why }));
-                self.state.topics[t].groups[g].finish_dead_letter(id, true);
-                self.mark_group_dirty(t, g);
-                return;
-            }
+            Err(why) => return self.drop_dead_letter(t, g, id, why),
         };
         if self.config.test_bug == Some(TestBug::DeadLetterNotStored) {
             self.state.topics[t].groups[g].finish_dead_letter(id, true);
@@ -228,18 +224,38 @@ impl Node {
     }
 
     /// Cluster mode: the copy is an entry of the shard (the dead-letter topic is created when
-    /// it applies, like any topic); the id is settled for the group once it is applied.
-    fn propose_dead_letter(&mut self, t: TopicIdx, g: GroupIdx, id: u64, message: &StoredMessage, topic_name: String, group_name: String) {
+    /// it applies, like any topic); the id is settled for the group once it is applied. False
+    /// when it cannot be proposed: the message stays ready.
+    fn propose_dead_letter(&mut self, t: TopicIdx, g: GroupIdx, id: u64, message: &StoredMessage) -> bool {
+        let topic = &self.state.topics[t];
+        let (topic_name, group_name, is_dlq) = (topic.name.clone(), topic.groups[g].name.clone(), topic.is_dead_letter());
+        self.state.topics[t].groups[g].start_dead_letter(id);
+        if is_dlq {
+            self.drop_dead_letter(t, g, id, NO_DLQ_OF_A_DLQ);
+            return true;
+        }
         let dlq_name = format!("{topic_name}.dlq");
         let copy = PublishCommand { ts_ms: self.now_ns / NS_PER_MS, topic: &dlq_name, key: message.key.as_deref(), producer: None, body: &message.body };
         match self.propose(&Command::Publish(copy), Proposal::DeadLetter { topic: t, group: g, id }) {
             Ok(()) => {
                 self.out.push_back(Output::Trace(Trace::DeadLettered { topic: topic_name, group: group_name, id }));
                 self.stats.dead_lettered += 1;
+                true
             }
-            // Not the shard's leader (any more): the message waits, ready, for the next pump.
-            Err(_) => self.state.topics[t].groups[g].finish_dead_letter(id, false),
+            Err(_) => {
+                self.state.topics[t].groups[g].finish_dead_letter(id, false);
+                false
+            }
         }
+    }
+
+    /// A message past its attempts that has nowhere to go: settled, and traced as dropped.
+    fn drop_dead_letter(&mut self, t: TopicIdx, g: GroupIdx, id: u64, why: &'static str) {
+        let topic = &self.state.topics[t];
+        let (topic_name, group_name) = (topic.name.clone(), topic.groups[g].name.clone());
+        self.out.push_back(Output::Trace(Trace::DeadLetterDropped { topic: topic_name, group: group_name, id, why }));
+        self.state.topics[t].groups[g].finish_dead_letter(id, true);
+        self.mark_group_dirty(t, g);
     }
 
     pub(super) fn pump_topic(&mut self, t: TopicIdx) {

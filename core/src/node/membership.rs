@@ -126,6 +126,12 @@ impl Node {
         }
         let pull = Some((max, wait_ms * NS_PER_MS));
         let window = self.config.window_default;
+        if self.replication.is_some() {
+            // Delivery runs on the shard's leader, as for `sub`.
+            if let Err((code, message)) = self.check_leading() {
+                return self.send_error(conn, req.as_deref(), code, &message);
+            }
+        }
         match self.state.group_of(topic, group) {
             // Like `sub`, a pull is admitted only behind the open batch: a group that exists
             // in memory may not be durable yet (its record may have hit a full disk), and a

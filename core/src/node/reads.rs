@@ -63,6 +63,12 @@ impl Node {
     }
 
     pub(super) fn on_fetch(&mut self, conn: ConnId, req: Option<String>, topic: &str, from: u64, to: u64) {
+        if self.replication.is_some() {
+            // Another replica may not have applied what was acknowledged yet.
+            if let Err((code, message)) = self.check_leading() {
+                return self.send_error(conn, req.as_deref(), code, &message);
+            }
+        }
         let Some(&t) = self.state.topic_index.get(topic) else {
             return self.send_error(conn, req.as_deref(), ErrorCode::NoSuchTopic, &format!("no topic '{topic}'"));
         };

@@ -227,10 +227,11 @@ impl Node {
         }
     }
 
-    /// Err(`unavailable`) unless this node leads the shard, naming the leader it knows.
+    /// Err(`unavailable`) unless this node leads the shard and has applied everything
+    /// committed (so what it serves misses nothing acknowledged), naming the leader it knows.
     pub(super) fn check_leading(&self) -> Result<(), (ErrorCode, String)> {
         let replica = &self.replication.as_ref().expect("cluster mode").replica;
-        if replica.is_leader() {
+        if replica.is_caught_up_leader() {
             return Ok(());
         }
         Err(not_leading(replica.leader()))

@@ -1,0 +1,224 @@
+//! The simulated nodes: one, or a cluster of 1, 3 or 5 voters, each with its own disk, crashing
+//! and restarting from what its disk kept; their outputs become events (client frames, disk
+//! completions, peer frames over the simulated network).
+
+use super::{Event, World, MS};
+use crate::disk::SimDisk;
+use ferry_core::node::{DiskError, DiskOp, Input, Output};
+use ferry_core::testkit::Completion;
+use ferry_core::{Config, ConnId, FsyncPolicy, Node};
+use rand::Rng;
+
+/// Every fourth seed runs a cluster; its size is drawn from the seed too (not the rng, so
+/// every seed keeps its draws).
+pub fn voters_for(seed: u64) -> usize {
+    if seed % 4 == 2 {
+        [1, 3, 5][(seed / 4 % 3) as usize]
+    } else {
+        0
+    }
+}
+
+/// The `peers` setting of a seed's nodes: empty for a single node.
+pub fn peers_for(seed: u64) -> String {
+    (1..=voters_for(seed)).map(|id| format!("{id}@127.0.0.1:{}", 7810 + id)).collect::<Vec<_>>().join(",")
+}
+
+pub struct SimNode {
+    pub config: Config,
+    pub node: Option<Node>,
+    /// Counts incarnations: completions of an earlier one are dropped.
+    pub epoch: u64,
+    pub disk: SimDisk,
+}
+
+impl SimNode {
+    /// The seed's nodes, fresh: one, or every voter `config.peers` names.
+    pub fn start_all(config: &Config, eio_chance: f64) -> Vec<SimNode> {
+        let voters = config.voters().expect("the simulator writes valid peers");
+        let ids: Vec<u64> = if voters.is_empty() { vec![config.node_id] } else { voters.iter().map(|v| v.id.0).collect() };
+        ids.into_iter()
+            .map(|id| {
+                let config = Config { node_id: id, rng_seed: config.rng_seed.wrapping_add(id - 1), ..config.clone() };
+                let node = Node::new(config.clone(), super::EPOCH);
+                let mut disk = SimDisk::default();
+                disk.eio_chance = eio_chance;
+                SimNode { config, node: Some(node), epoch: 1, disk }
+            })
+            .collect()
+    }
+
+    pub fn is_up_in(&self, epoch: u64) -> bool {
+        self.node.is_some() && self.epoch == epoch
+    }
+}
+
+impl World {
+    /// A node for a new connection or a fault: drawn only when there are several.
+    pub(super) fn pick_node(&mut self) -> usize {
+        if self.nodes.len() > 1 {
+            self.rng.gen_range(0..self.nodes.len())
+        } else {
+            0
+        }
+    }
+
+    /// The earliest timer of any running node: (when, which).
+    pub(super) fn next_node_timeout(&self) -> Option<(u64, usize)> {
+        self.nodes.iter().enumerate().filter_map(|(at, n)| n.node.as_ref().and_then(Node::poll_timeout).map(|t| (t, at))).min()
+    }
+
+    pub(super) fn node_input(&mut self, node: usize, input: Input<'_>) {
+        let Some(running) = self.nodes[node].node.as_mut() else { return };
+        running.handle_input(self.now, input);
+        self.drain_node(node);
+    }
+
+    /// Input for the node connection `conn` is to, if it is still open.
+    pub(super) fn conn_input(&mut self, conn: ConnId, input: Input<'_>) {
+        if let Some(node) = self.conns.get(&conn).map(|c| c.node) {
+            self.node_input(node, input);
+        }
+    }
+
+    pub(super) fn drain_node(&mut self, node: usize) {
+        while let Some(output) = self.nodes[node].node.as_mut().and_then(Node::poll_output) {
+            match output {
+                Output::Send { conn, frame } => {
+                    let delay = self.latency();
+                    let Some(state) = self.conns.get_mut(&conn) else { continue };
+                    let at = (self.now + delay).max(state.to_client_at + 1);
+                    state.to_client_at = at;
+                    self.schedule(at, Event::ToClient { conn, text: frame });
+                }
+                Output::Close { conn, code, .. } => {
+                    self.trace(|| format!("node closes conn {conn} with {code}"));
+                    self.drop_conn(conn, false);
+                }
+                Output::Disk(op) => self.disk_op(node, op),
+                Output::Stop { why } => {
+                    self.trace(|| format!("node {} stops: {why}", node + 1));
+                    self.crash_node_as(node, false);
+                    return;
+                }
+                Output::PeerSend { to_node, payload } => {
+                    let to = to_node as usize - 1;
+                    // The peer network loses frames too (raft resends what matters).
+                    let lost = self.swarm.drop_chance > 0.0 && !self.healing && self.rng.gen_bool(self.swarm.drop_chance);
+                    if to < self.nodes.len() && !lost {
+                        let at = self.now + self.latency();
+                        self.schedule(at, Event::PeerFrame { from: node, to, payload });
+                    }
+                }
+                Output::Trace(trace) => {
+                    self.hash.mix(format!("{trace:?}").as_bytes());
+                    self.trace(|| format!("node trace {trace:?}"));
+                }
+            }
+        }
+        self.steps += 1;
+        // With a deliberate bug on, the node's own assertions stay quiet: the clients' checkers
+        // alone must catch it.
+        let every = if cfg!(debug_assertions) { 16 } else { 256 };
+        if self.options.bug.is_none() && self.steps.is_multiple_of(every) {
+            if let Some(running) = &self.nodes[node].node {
+                running.check_invariants();
+            }
+        }
+    }
+
+    fn disk_op(&mut self, node: usize, op: DiskOp) {
+        let sync = matches!(op, DiskOp::Write { sync: true, .. });
+        self.trace(|| match &op {
+            DiskOp::Write { segment, offset, data, .. } => format!("disk write seg {segment} @{offset} {} bytes", data.len()),
+            other => format!("disk {other:?}"),
+        });
+        let reply = self.nodes[node].disk.issue(&op, &mut self.rng);
+        let epoch = self.nodes[node].epoch;
+        match reply {
+            Some(Completion::Write { token, result }) => {
+                let write_us = self.rng.gen_range(5..100);
+                let fsync_us = if sync { self.rng.gen_range(100..2_000) } else { 0 };
+                if matches!(result, Err(DiskError::Io(_))) {
+                    self.count_fault("eio");
+                }
+                self.schedule(self.now + (write_us + fsync_us) * 1_000, Event::DiskDone { node, epoch, token, result });
+            }
+            Some(Completion::Read { token, bytes }) => {
+                let read_us = self.rng.gen_range(5..200);
+                self.schedule(self.now + read_us * 1_000, Event::ReadDone { node, epoch, token, bytes });
+            }
+            Some(Completion::Truncate { token, result }) => {
+                if result.is_err() {
+                    self.count_fault("truncate-eio");
+                }
+                let truncate_us = self.rng.gen_range(50..1_000);
+                self.schedule(self.now + truncate_us * 1_000, Event::TruncateDone { node, epoch, token, result });
+            }
+            None => {}
+        }
+    }
+
+    /// Ends a connection: the node learns now, the client after a delay.
+    pub(super) fn drop_conn(&mut self, conn: ConnId, tell_node: bool) {
+        let Some(state) = self.conns.remove(&conn) else { return };
+        self.congested.remove(&conn);
+        if tell_node {
+            self.node_input(state.node, Input::Disconnected { conn });
+        }
+        let delay = self.latency();
+        self.schedule(self.now + delay, Event::ClientLost { client: state.client, conn });
+    }
+
+    pub(super) fn crash_a_node(&mut self) {
+        let power_loss = self.config.fsync != FsyncPolicy::Never && self.rng.gen_bool(0.5);
+        let node = self.pick_node();
+        self.crash_node_as(node, power_loss);
+    }
+
+    /// The node's process dies (a crash, or a stop it asked for); with `power_loss` the
+    /// machine loses what was not fsynced as well.
+    fn crash_node_as(&mut self, node: usize, power_loss: bool) {
+        if self.nodes[node].node.is_none() {
+            return;
+        }
+        self.count_fault(if power_loss { "crash+power-loss" } else { "crash" });
+        self.nodes[node].node = None;
+        self.nodes[node].epoch += 1;
+        let lost = self.nodes[node].disk.crash(power_loss, &mut self.rng);
+        self.trace(|| format!("node {} crashed; {lost} unsynced bytes lost", node + 1));
+        let conns: Vec<ConnId> = self.conns.iter().filter(|(_, c)| c.node == node).map(|(conn, _)| *conn).collect();
+        for conn in conns {
+            self.drop_conn(conn, false);
+        }
+        let down = self.rng.gen_range(10..2_000) * MS;
+        self.schedule(self.now + down, Event::Restart { node });
+    }
+
+    pub(super) fn restart_node(&mut self, node: usize) {
+        let config = self.nodes[node].config.clone();
+        let segments = self.nodes[node].disk.segments();
+        let (recovered, refusal) = match Node::recover(config.clone(), &segments, self.now) {
+            Ok(recovered) => (recovered, None),
+            // A cluster node's disk gets no bit flips: its log always restarts.
+            Err(refusal) if !config.peers.is_empty() => panic!("cluster node {} refused to restart: {refusal}", node + 1),
+            Err(refusal) => {
+                // What an operator does on a refused start: look, then start with salvage.
+                let config = Config { salvage: true, ..config };
+                (Node::recover(config, &segments, self.now).expect("salvage always starts"), Some(refusal))
+            }
+        };
+        if let Some(refusal) = refusal {
+            self.count_fault("salvage-restart");
+            self.trace(|| format!("recovery refused: {refusal}"));
+        }
+        let (running, report) = recovered;
+        if let Some(torn) = &report.torn_tail {
+            self.trace(|| format!("recovery cut a torn tail: {torn}"));
+        }
+        self.nodes[node].node = Some(running);
+        self.nodes[node].epoch += 1;
+        self.trace(|| format!("node {} restarted: {} segments, {} messages", node + 1, report.segments, report.messages));
+        self.drain_node(node);
+    }
+}
