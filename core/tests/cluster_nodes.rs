@@ -81,6 +81,13 @@ impl Cluster {
         panic!("no single leader within 10 s");
     }
 
+    /// Subscribes connection S of node `at` to group g of t (from the earliest message).
+    fn subscribe(&mut self, at: usize) {
+        self.nodes[at].send_json(S, json!({"op": "sub", "req": "s", "topic": "t", "group": "g", "from": "earliest"}));
+        self.run_ms(50);
+        assert_eq!(self.nodes[at].take_op(S, "suback").len(), 1, "node {} admits the member", at + 1);
+    }
+
     /// Publishes through node `at`; the frames it answered.
     fn publish(&mut self, at: usize, body: Value) -> Value {
         self.nodes[at].send_json(P, json!({"op": "pub", "req": 1, "topic": "t", "body": body}));
@@ -116,9 +123,7 @@ fn a_publish_commits_on_a_majority_and_every_node_gives_it_the_same_id() {
 fn when_the_leader_dies_another_takes_over_with_every_acknowledged_message_and_the_positions() {
     let mut c = Cluster::new();
     let first = c.leader();
-    c.nodes[first].send_json(S, json!({"op": "sub", "req": "s", "topic": "t", "group": "g", "from": "earliest"}));
-    c.run_ms(50);
-    assert_eq!(c.nodes[first].take_op(S, "suback").len(), 1);
+    c.subscribe(first);
     for n in 1..=5 {
         c.publish(first, json!(n));
     }
@@ -130,9 +135,7 @@ fn when_the_leader_dies_another_takes_over_with_every_acknowledged_message_and_t
     c.down.insert(first);
     let second = c.leader();
     assert_ne!(second, first);
-    c.nodes[second].send_json(S, json!({"op": "sub", "req": "s", "topic": "t", "group": "g"}));
-    c.run_ms(50);
-    assert_eq!(c.nodes[second].take_op(S, "suback").len(), 1);
+    c.subscribe(second);
     assert_eq!(ids(&msgs(&mut c.nodes[second], S)), vec![3, 4, 5], "the unacked ones, not the acked ones");
     assert_eq!(c.publish(second, json!(6))["id"], json!(6), "ids go on");
 
@@ -147,8 +150,7 @@ fn when_the_leader_dies_another_takes_over_with_every_acknowledged_message_and_t
 fn a_leader_cut_off_tells_its_waiting_publishers_to_retry_and_closes_its_members() {
     let mut c = Cluster::new();
     let first = c.leader();
-    c.nodes[first].send_json(S, json!({"op": "sub", "req": "s", "topic": "t", "group": "g", "from": "earliest"}));
-    c.run_ms(50);
+    c.subscribe(first);
     let others: BTreeSet<usize> = (0..3).filter(|at| *at != first).collect();
     // The leader alone on one side: the others elect a new one, which it learns of when the
     // partition heals.
