@@ -111,6 +111,10 @@ enum Event {
         conn: ConnId,
         text: String,
     },
+    /// The node closed the connection; the frames it sent before have arrived.
+    NodeClosed {
+        conn: ConnId,
+    },
     ClientLost {
         client: usize,
         conn: ConnId,
@@ -551,6 +555,7 @@ impl World {
                 };
                 self.with_client(client, |c, ctx| c.on_frame(&frame, ctx));
             }
+            Event::NodeClosed { conn } => self.drop_conn(conn, false),
             Event::ClientLost { client, conn } => {
                 if self.client_conn[client] == Some(conn) {
                     self.client_conn[client] = None;

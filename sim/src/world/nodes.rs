@@ -93,7 +93,9 @@ impl World {
                 }
                 Output::Close { conn, code, .. } => {
                     self.trace(|| format!("node closes conn {conn} with {code}"));
-                    self.drop_conn(conn, false);
+                    // One TCP stream: what the node sent before its close still arrives.
+                    let Some(last_frame_at) = self.conns.get(&conn).map(|c| c.to_client_at) else { continue };
+                    self.schedule(last_frame_at.max(self.now), Event::NodeClosed { conn });
                 }
                 Output::Disk(op) => self.disk_op(node, op),
                 Output::Stop { why } => {
