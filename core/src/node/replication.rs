@@ -57,7 +57,6 @@ pub(super) enum Proposal {
 }
 
 /// What a restart found in the log for the replica.
-#[derive(Default)]
 pub(super) struct RecoveredLog {
     pub(super) hard_state: HardState,
     /// The entries after `applied`, as raft last persisted them.
@@ -244,14 +243,8 @@ impl Node {
         let proposals = std::mem::take(&mut self.replication.as_mut().expect("cluster mode").proposals);
         let why = "this node stopped leading the topic's shard before the change was committed; it may or may not be stored: retry";
         for proposal in proposals.into_values() {
-            match proposal {
-                Proposal::Publish { conn, req } => {
-                    self.pending_publishes -= 1;
-                    self.send_error(conn, req.as_deref(), ErrorCode::Unavailable, why);
-                }
-                Proposal::Join(join) => self.send_error(join.conn, join.req.as_deref(), ErrorCode::Unavailable, why),
-                Proposal::DeadLetter { topic, group, id } => self.state.topics[topic].groups[group].finish_dead_letter(id, false),
-                Proposal::Position => {}
+            if let Some(Proposal::DeadLetter { topic, group, id }) = self.refuse_client(proposal, ErrorCode::Unavailable, why) {
+                self.state.topics[topic].groups[group].finish_dead_letter(id, false);
             }
         }
         let members: Vec<ConnId> = self.conns.iter().filter(|(_, c)| !c.subs.is_empty()).map(|(conn, _)| *conn).collect();
@@ -431,17 +424,26 @@ impl Node {
 
     /// The proposal's entry could not be applied (the same on every replica).
     fn answer_unapplied(&mut self, proposal: Option<Proposal>, code: ErrorCode, message: &str) {
-        if matches!(proposal, Some(Proposal::Publish { .. })) {
-            self.pending_publishes -= 1;
+        if let Some(Proposal::DeadLetter { topic, group, id }) = proposal.and_then(|p| self.refuse_client(p, code, message)) {
+            self.settle_dead_letter(topic, group, id);
         }
-        match proposal {
-            Some(Proposal::Publish { conn, req } | Proposal::Join(PendingJoin { conn, req, .. })) if self.conns.contains_key(&conn) => {
-                self.send_error(conn, req.as_deref(), code, message);
+    }
+
+    /// Answers the client a publish or a join waits for with an error; hands any other
+    /// proposal back to the caller.
+    fn refuse_client(&mut self, proposal: Proposal, code: ErrorCode, message: &str) -> Option<Proposal> {
+        let (conn, req) = match proposal {
+            Proposal::Publish { conn, req } => {
+                self.pending_publishes -= 1;
+                (conn, req)
             }
-            Some(Proposal::Publish { .. } | Proposal::Join(_)) => {}
-            Some(Proposal::DeadLetter { topic, group, id }) => self.settle_dead_letter(topic, group, id),
-            Some(Proposal::Position) | None => {}
+            Proposal::Join(join) => (join.conn, join.req),
+            other => return Some(other),
+        };
+        if self.conns.contains_key(&conn) {
+            self.send_error(conn, req.as_deref(), code, message);
         }
+        None
     }
 }
 
