@@ -5,6 +5,9 @@ use crate::protocol::JSON_DEPTH_MAX_LIMIT;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Room in a peer frame for raft's message header and an entry's record fields.
+const PEER_FRAME_OVERHEAD_BYTES: usize = 64 << 10;
+
 /// A voter of the cluster and where its peers reach it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Voter {
@@ -116,6 +119,9 @@ pub struct Config {
     /// raft's clock: a follower stands for election after 10 ticks without a leader's word
     /// (each tick jittered by half), a leader sends heartbeats every 2.
     pub raft_tick_ms: u64,
+    /// Bytes queued to one peer at most; past it, frames for that peer are dropped (raft sends
+    /// them again), never the loop stalled.
+    pub peer_outbox_bytes_max: u64,
     /// Seeds what the node draws at random (raft's tick jitter): the caller's randomness.
     #[serde(skip)]
     pub rng_seed: u64,
@@ -206,6 +212,7 @@ impl Default for Config {
             peers: String::new(),
             peer_listen: String::new(),
             raft_tick_ms: 100,
+            peer_outbox_bytes_max: 64 << 20,
             rng_seed: 0,
             fsync: FsyncPolicy::Always,
             batch_interval_ms: 2,
@@ -277,6 +284,7 @@ impl Config {
             ("slow_consumer_timeout_ms", self.slow_consumer_timeout_ms),
             ("outbox_bytes_total_max", self.outbox_bytes_total_max),
             ("raft_tick_ms", self.raft_tick_ms),
+            ("peer_outbox_bytes_max", self.peer_outbox_bytes_max),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -325,6 +333,12 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The largest frame a peer may send: a raft message carries entries up to raft's size
+    /// per message and always at least one, which holds at most one client frame.
+    pub fn peer_frame_bytes_max(&self) -> usize {
+        crate::cluster::RAFT_MESSAGE_BYTES + self.frame_bytes_max + PEER_FRAME_OVERHEAD_BYTES
     }
 
     /// The voters `peers` names, in the order given; empty for a single node.

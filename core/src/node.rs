@@ -126,14 +126,45 @@ pub enum DiskOp {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trace {
-    DeadLettered { topic: String, group: String, id: u64 },
-    DeadLetterDropped { topic: String, group: String, id: u64, why: &'static str },
-    StoreFailed { error: DiskError, publishes_failed: u32 },
-    SegmentRolled { segment: u64 },
-    SegmentDeleted { segment: u64 },
-    UnreadableRecord { topic: String, id: u64, why: String },
-    PeerMessageIgnored { from_node: u64, bytes: usize },
-    PeerFrameRefused { from_node: u64, why: String },
+    DeadLettered {
+        topic: String,
+        group: String,
+        id: u64,
+    },
+    DeadLetterDropped {
+        topic: String,
+        group: String,
+        id: u64,
+        why: &'static str,
+    },
+    StoreFailed {
+        error: DiskError,
+        publishes_failed: u32,
+    },
+    SegmentRolled {
+        segment: u64,
+    },
+    SegmentDeleted {
+        segment: u64,
+    },
+    UnreadableRecord {
+        topic: String,
+        id: u64,
+        why: String,
+    },
+    PeerMessageIgnored {
+        from_node: u64,
+        bytes: usize,
+    },
+    PeerFrameRefused {
+        from_node: u64,
+        why: String,
+    },
+    /// The shard's leader as this node knows it changed (`None`: an election is on).
+    LeaderChanged {
+        leader: Option<u64>,
+        term: u64,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]

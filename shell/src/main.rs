@@ -5,6 +5,7 @@ mod client;
 mod connection;
 mod handshake;
 mod log;
+mod peers;
 mod server;
 mod store;
 
@@ -115,13 +116,17 @@ fn load_settings(args: &ServeArgs) -> Result<ServeSettings, String> {
     let listen = listen_text.parse().map_err(|e| format!("listen '{listen_text}': {e} (want IP:PORT)"))?;
     let data_dir = PathBuf::from(take_string(&mut table, "data_dir", DEFAULT_DATA_DIR)?);
     let log_level = take_string(&mut table, "log_level", "info")?;
-    let config: Config = toml::Value::Table(table).try_into().map_err(|e| format!("config: {e}"))?;
+    let mut config: Config = toml::Value::Table(table).try_into().map_err(|e| format!("config: {e}"))?;
     config.validate().map_err(|e| format!("config: {e}"))?;
-    if !config.peers.is_empty() {
-        // Refused rather than ignored: a node asked to be one of several must not run alone.
-        return Err("config: peers: clusters are being built (docs/CLUSTER-DESIGN.md) and this build runs a single node only; remove peers".into());
-    }
+    config.rng_seed = process_seed(config.node_id);
     Ok(ServeSettings { listen, data_dir, log_level, config })
+}
+
+/// The node's randomness (raft's tick jitter, reconnect backoff): different per process and
+/// per node, so that nodes started together do not stand for election in step.
+fn process_seed(node_id: u64) -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    nanos ^ (std::process::id() as u64).rotate_left(32) ^ node_id.wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 fn main() -> ExitCode {

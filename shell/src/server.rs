@@ -6,6 +6,7 @@ use crate::accept::{self, Acceptor};
 use crate::connection::{drain, read_failure, Connection, Idle, Metered, ReadEnd, Socket, CLOSE_LINGER};
 use crate::handshake::{RequestReader, Verdict};
 use crate::log::{self, Throttle};
+use crate::peers::{Arrived, Peers, PEER_LISTENER, PEER_TOKEN_BASE};
 use crate::store::{Completion, Store};
 use ferry_core::node::{Input, Output, Rejection, Trace};
 use ferry_core::{Config, ConnId, Node};
@@ -59,6 +60,8 @@ struct Server {
     acceptor: Acceptor,
     node: Node,
     store: Store,
+    /// Links to the other voters of a cluster; `None` on a single node.
+    peers: Option<Peers>,
     clock: Clock,
     conns: Slab<Connection>,
     by_id: HashMap<ConnId, usize>,
@@ -128,6 +131,7 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
     let poll = Poll::new()?;
     let mut listener = TcpListener::bind(options.listen).map_err(|e| io::Error::other(format!("cannot listen on {}: {e}", options.listen)))?;
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    let peers = Peers::open(&config, poll.registry(), config.rng_seed)?;
     log::info(&format!("listening on ws://{}/ws (fsync {:?})", listener.local_addr()?, config.fsync));
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(4 << 10)
@@ -140,6 +144,7 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
         acceptor: Acceptor::new(listener),
         node,
         store,
+        peers,
         clock,
         conns: Slab::new(),
         by_id: HashMap::new(),
@@ -185,9 +190,12 @@ impl Server {
                 return Err(e);
             }
             let mut readable = std::mem::take(&mut self.more_to_read);
+            let mut arrived = Vec::new();
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
+                    PEER_LISTENER => self.peers.as_mut().expect("a cluster node").accept_all(self.poll.registry()),
+                    token if token.0 >= PEER_TOKEN_BASE => self.peers.as_mut().expect("a cluster node").ready(self.poll.registry(), token, &mut arrived),
                     Token(key) => {
                         if event.is_writable() {
                             self.to_flush.push(key);
@@ -201,6 +209,7 @@ impl Server {
             if self.acceptor.resume_at().is_some_and(|at| at <= Instant::now()) {
                 self.accept_all();
             }
+            self.take_peer_frames(arrived);
             readable.sort_unstable();
             readable.dedup();
             for key in readable {
@@ -210,6 +219,9 @@ impl Server {
             self.node.handle_timeout(self.clock.now());
             self.drain_outputs();
             self.flush_and_drop();
+            if let Some(peers) = self.peers.as_mut() {
+                peers.tick(self.poll.registry());
+            }
             if self.last_sweep.elapsed() >= self.sweep_interval {
                 self.last_sweep = Instant::now();
                 self.check_deadlines();
@@ -217,7 +229,8 @@ impl Server {
             if last_stats.elapsed() >= STATS_INTERVAL && self.node.stats != last_logged {
                 last_logged = self.node.stats;
                 last_stats = Instant::now();
-                log::info(&format!("connections {}, queued {} bytes, {:?}", self.conns.len(), self.outbox_total, last_logged));
+                let peers = self.peers.as_ref().map(|p| format!(", peers: {}", p.describe())).unwrap_or_default();
+                log::info(&format!("connections {}, queued {} bytes, {:?}{peers}", self.conns.len(), self.outbox_total, last_logged));
             }
         }
     }
@@ -287,7 +300,18 @@ impl Server {
         if let Some(at) = self.acceptor.resume_at() {
             timeout = timeout.min(at.saturating_duration_since(Instant::now()));
         }
+        if let Some(peers) = &self.peers {
+            timeout = timeout.min(peers.next_deadline().saturating_duration_since(Instant::now()));
+        }
         timeout
+    }
+
+    /// Hands the frames peers sent to the node, one by one, carrying out what each caused.
+    fn take_peer_frames(&mut self, arrived: Vec<Arrived>) {
+        for Arrived { from_node, payload } in arrived {
+            self.node.handle_input(self.clock.now(), Input::PeerMessage { from_node, payload: &payload });
+            self.drain_outputs();
+        }
     }
 
     fn accept_all(&mut self) {
@@ -484,8 +508,10 @@ impl Server {
                     None => {}
                 },
                 Output::Trace(trace) => log_trace(&trace),
-                // The shell refuses `peers` until it has peer links: a single node sends none.
-                Output::PeerSend { to_node, .. } => log::warn(&format!("a frame for node {to_node} dropped: this build has no peer links")),
+                Output::PeerSend { to_node, payload } => match self.peers.as_mut() {
+                    Some(peers) => peers.send(to_node, &payload),
+                    None => log::warn(&format!("a frame for node {to_node} dropped: a single node has no peers")),
+                },
                 Output::Stop { why } => {
                     // Fail-stop: nothing more may reach the disk; a restart recovers from it.
                     log::error(&format!("stopping: {why}"));
@@ -686,5 +712,7 @@ fn log_trace(trace: &Trace) {
         Trace::StoreFailed { .. } | Trace::UnreadableRecord { .. } => log::error(&format!("{trace:?}")),
         Trace::DeadLettered { .. } | Trace::DeadLetterDropped { .. } | Trace::PeerMessageIgnored { .. } | Trace::PeerFrameRefused { .. } => log::warn(&format!("{trace:?}")),
         Trace::SegmentRolled { .. } | Trace::SegmentDeleted { .. } => log::debug(&format!("{trace:?}")),
+        Trace::LeaderChanged { leader: Some(leader), term } => log::info(&format!("shard leader: node {leader} (term {term})")),
+        Trace::LeaderChanged { leader: None, term } => log::info(&format!("shard has no leader: an election is on (term {term})")),
     }
 }

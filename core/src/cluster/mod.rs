@@ -8,6 +8,10 @@ pub mod replica;
 
 use std::fmt;
 
+/// Entries' bytes raft puts in one message (its `max_size_per_msg`): a message past it holds
+/// one entry only.
+pub const RAFT_MESSAGE_BYTES: usize = 1 << 20;
+
 /// A voter of the cluster, as `peers` names it (`1@127.0.0.1:7811`); never 0 (raft's "none").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeId(pub u64);

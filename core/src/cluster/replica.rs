@@ -96,7 +96,7 @@ impl Replica {
             heartbeat_tick: config.heartbeat_ticks,
             min_election_tick: config.election_ticks,
             max_election_tick: config.election_ticks + 1,
-            max_size_per_msg: 1 << 20,
+            max_size_per_msg: super::RAFT_MESSAGE_BYTES as u64,
             max_inflight_msgs: 256,
             check_quorum: true,
             pre_vote: true,

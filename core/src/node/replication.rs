@@ -76,6 +76,8 @@ pub(super) struct Replication {
     draining: bool,
     /// The replica led the shard when its outputs were last taken.
     leading: bool,
+    /// The leader and term last reported (`Trace::LeaderChanged`).
+    reported_leader: (Option<NodeId>, u64),
     /// Recovery is applying entries again before the log goes on: writes wait here until it does.
     deferred: Option<Vec<Persist>>,
 }
@@ -101,7 +103,17 @@ impl Replication {
             seed: config.rng_seed,
         };
         let replica = Replica::recover(&replica_config, now_ns, log.hard_state, &log.entries, (log.applied.index, log.applied.term))?;
-        Ok(Replication { replica, node_id, proposals: BTreeMap::new(), next_proposal: 1, entry_locs: log.entry_locs, draining: false, leading: false, deferred: Some(Vec::new()) })
+        Ok(Replication {
+            replica,
+            node_id,
+            proposals: BTreeMap::new(),
+            next_proposal: 1,
+            entry_locs: log.entry_locs,
+            draining: false,
+            leading: false,
+            reported_leader: (None, 0),
+            deferred: Some(Vec::new()),
+        })
     }
 
     pub(super) fn is_leader(&self) -> bool {
@@ -218,6 +230,11 @@ impl Node {
         let Some(replication) = self.replication.as_mut() else { return };
         replication.draining = false;
         let leading = replication.replica.is_leader();
+        let leader = (replication.replica.leader(), replication.replica.term());
+        if leader != replication.reported_leader {
+            replication.reported_leader = leader;
+            self.out.push_back(Output::Trace(Trace::LeaderChanged { leader: leader.0.map(|node| node.0), term: leader.1 }));
+        }
         if replication.leading && !leading {
             self.on_lead_lost();
         }

@@ -216,10 +216,15 @@ impl Client {
 
     /// Waits for a frame with `op`, skipping others.
     pub fn expect_op(&mut self, op: &str) -> Value {
+        self.expect_op_any(&[op])
+    }
+
+    /// Waits for a frame whose op is one of `ops`, skipping others.
+    pub fn expect_op_any(&mut self, ops: &[&str]) -> Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let v = self.recv_until(deadline).expect("connection alive").unwrap_or_else(|| panic!("no {op} frame in time"));
-            if v["op"] == op {
+            let v = self.recv_until(deadline).expect("connection alive").unwrap_or_else(|| panic!("no {ops:?} frame in time"));
+            if ops.iter().any(|op| v["op"] == *op) {
                 return v;
             }
         }

@@ -1,0 +1,185 @@
+//! Three real `ferry serve` processes on loopback, linked as a cluster: the shard leader
+//! pubacks once a majority has the message, `kill -9` of the leader loses nothing pubacked,
+//! the survivors elect another, the killed node rejoins, and a node left alone answers
+//! `unavailable` instead of hanging. Clients find the leader by trying nodes (a follower
+//! answers `unavailable`, naming the leader).
+
+mod support;
+
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use support::{Client, Server};
+
+struct Cluster {
+    dirs: Vec<PathBuf>,
+    peers: String,
+    peer_addrs: Vec<String>,
+    nodes: Vec<Option<Server>>,
+}
+
+/// A port free now (the OS picks it; it stays free unless another process takes it first).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Cluster {
+    fn start(name: &str, size: usize) -> Cluster {
+        let peer_addrs: Vec<String> = (0..size).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let peers = peer_addrs.iter().enumerate().map(|(i, addr)| format!("{}@{addr}", i + 1)).collect::<Vec<_>>().join(",");
+        let dirs = (0..size).map(|i| support::temp_dir(&format!("{name}-{}", i + 1))).collect();
+        let mut cluster = Cluster { dirs, peers, peer_addrs, nodes: (0..size).map(|_| None).collect() };
+        for i in 0..size {
+            cluster.restart(i);
+        }
+        cluster
+    }
+
+    fn restart(&mut self, i: usize) {
+        let settings = [format!("node_id={}", i + 1), format!("peer_listen={}", self.peer_addrs[i]), format!("peers={}", self.peers), "raft_tick_ms=50".into()];
+        let mut args = Vec::new();
+        for setting in &settings {
+            args.extend(["--set", setting.as_str()]);
+        }
+        self.nodes[i] = Some(Server::start(&self.dirs[i], "127.0.0.1:0", &args));
+    }
+
+    fn kill(&mut self, i: usize) {
+        let mut server = self.nodes[i].take().expect("running");
+        server.kill();
+    }
+
+    fn running(&self) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|i| self.nodes[*i].is_some()).collect()
+    }
+
+    fn url(&self, i: usize) -> String {
+        self.nodes[i].as_ref().expect("running").url()
+    }
+
+    /// Sends `frame` to each running node in turn until one answers `answer_op` (the leader);
+    /// returns that node and the answer. `unavailable`, a lost connection and silence move on.
+    fn ask_leader(&self, frame: &Value, answer_op: &str) -> (usize, Value) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut refusals = Vec::new();
+        while Instant::now() < deadline {
+            for i in self.running() {
+                let Ok(mut client) = Client::connect(&self.url(i)) else { continue };
+                if client.send(frame).is_err() {
+                    continue;
+                }
+                let answer_by = Instant::now() + Duration::from_secs(3);
+                while let Ok(Some(answer)) = client.recv_until(answer_by) {
+                    if answer["op"] == answer_op {
+                        return (i, answer);
+                    }
+                    if answer["op"] == "error" {
+                        assert_eq!(answer["code"], "unavailable", "node {}: {answer}", i + 1);
+                        refusals.push(answer["message"].to_string());
+                        break;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no node answered {frame} with {answer_op} in 30 s; refusals: {:?}", refusals.iter().rev().take(3).collect::<Vec<_>>());
+    }
+
+    /// Publishes with `producer` and `seq` (so a retry after a lost answer is stored once)
+    /// until a leader pubacks; returns the id.
+    fn publish(&self, seq: u64) -> u64 {
+        let frame = json!({"op": "pub", "req": seq, "topic": "orders", "key": format!("k{}", seq % 5), "producer": "p1", "seq": seq, "body": {"seq": seq}});
+        self.ask_leader(&frame, "puback").1["id"].as_u64().unwrap()
+    }
+
+    fn leader(&self) -> usize {
+        self.ask_leader(&json!({"op": "fetch", "req": 0, "topic": "orders", "from": 1, "to": 1}), "fetched").0
+    }
+
+    /// Every stored message of the topic, read from the leader: id → body's seq.
+    fn stored(&self) -> BTreeMap<u64, u64> {
+        let mut stored = BTreeMap::new();
+        let mut from = 1;
+        loop {
+            let (_, fetched) = self.ask_leader(&json!({"op": "fetch", "req": from, "topic": "orders", "from": from, "to": u64::MAX}), "fetched");
+            let messages = fetched["messages"].as_array().unwrap().clone();
+            let Some(last) = messages.last() else { return stored };
+            from = last["id"].as_u64().unwrap() + 1;
+            for m in messages {
+                stored.insert(m["id"].as_u64().unwrap(), m["body"]["seq"].as_u64().unwrap());
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+#[test]
+fn a_three_process_cluster_keeps_every_pubacked_message_through_kill_9_of_its_leader() {
+    let mut cluster = Cluster::start("kill-leader", 3);
+    let mut pubacked: BTreeMap<u64, u64> = BTreeMap::new();
+    for seq in 1..=40 {
+        pubacked.insert(seq, cluster.publish(seq));
+    }
+
+    // Mid-load: a publish is sent to the leader and the leader is killed before its answer
+    // is read; the publisher retries it elsewhere with the same (producer, seq).
+    let leader = cluster.leader();
+    let mut doomed = Client::connect(&cluster.url(leader)).unwrap();
+    doomed.send(&json!({"op": "pub", "req": 41, "topic": "orders", "producer": "p1", "seq": 41, "body": {"seq": 41}})).unwrap();
+    cluster.kill(leader);
+    for seq in 41..=80 {
+        pubacked.insert(seq, cluster.publish(seq));
+    }
+    let second = cluster.leader();
+    assert_ne!(second, leader, "a killed node does not lead");
+    assert!(cluster.nodes[second].as_ref().unwrap().log_text().contains(&format!("shard leader: node {}", second + 1)), "the new leader says so in its log");
+
+    // The killed node comes back and catches up; then a follower dies: two of three still
+    // make a majority.
+    cluster.restart(leader);
+    for seq in 81..=100 {
+        pubacked.insert(seq, cluster.publish(seq));
+    }
+    let follower = cluster.running().into_iter().find(|i| *i != cluster.leader()).unwrap();
+    cluster.kill(follower);
+    for seq in 101..=120 {
+        pubacked.insert(seq, cluster.publish(seq));
+    }
+
+    let stored = cluster.stored();
+    for (seq, id) in &pubacked {
+        assert_eq!(stored.get(id), Some(seq), "pubacked seq {seq} as id {id}; stored: {stored:?}");
+    }
+    let mut seqs: Vec<u64> = stored.values().copied().collect();
+    seqs.sort_unstable();
+    let before = seqs.len();
+    seqs.dedup();
+    assert_eq!(before, seqs.len(), "no body under two ids (a retried publish is stored once): {stored:?}");
+
+    // The last node alive is a minority: it answers `unavailable` rather than hanging.
+    let other = cluster.running().into_iter().find(|i| *i != cluster.leader()).unwrap();
+    let last = cluster.leader();
+    cluster.kill(other);
+    let mut alone = Client::connect(&cluster.url(last)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        alone.send(&json!({"op": "pub", "req": 1, "topic": "orders", "producer": "p1", "seq": 999, "body": {"seq": 999}})).unwrap();
+        let answer = alone.expect_op_any(&["puback", "error"]);
+        if answer["op"] == "error" {
+            assert_eq!(answer["code"], "unavailable", "{answer}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "a node alone kept pubacking: {answer}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
