@@ -351,6 +351,9 @@ impl Config {
             if id == 0 {
                 return Err(bad("has node id 0 (ids start at 1)"));
             }
+            if id > crate::ids::NODE_ID_MAX {
+                return Err(bad(&format!("has a node id over {}", crate::ids::NODE_ID_MAX)));
+            }
             if addr.trim().is_empty() {
                 return Err(bad("has no address"));
             }

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 mod cluster_load;
 mod delivery;
+mod forwarding;
 mod load;
 mod log;
 mod membership;
@@ -91,6 +92,10 @@ pub enum Input<'a> {
     PeerMessage {
         from_node: u64,
         payload: &'a [u8],
+    },
+    /// The link to the cluster node `node` broke: frames in flight on it, either way, are lost.
+    PeerDown {
+        node: u64,
     },
 }
 
@@ -425,6 +430,7 @@ impl Node {
             Input::ReadDone { token, result } => self.on_read_done(token, result),
             Input::TruncateDone { token, result } => self.on_truncate_done(token, result),
             Input::PeerMessage { from_node, payload } => self.on_peer_frame(from_node, payload),
+            Input::PeerDown { node } => self.on_peer_down(node),
         }
     }
 
@@ -444,7 +450,7 @@ impl Node {
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
+        self.out.pop_front().map(Node::route_to_peers)
     }
 
     pub fn poll_timeout(&self) -> Option<u64> {

@@ -1,9 +1,10 @@
 //! Three nodes in cluster mode on a test network: one leads the shard, publishes commit on a
 //! majority, followers apply the same entries (same ids), and when the leader dies another
-//! takes over with every acknowledged message and the groups' replicated positions.
+//! takes over with every acknowledged message and the groups' replicated positions. Clients
+//! of any node are served: a follower forwards their frames to the leader.
 
 use ferry_core::testkit::Harness;
-use ferry_core::{Config, Input};
+use ferry_core::{Config, ConnId, Input};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
@@ -69,6 +70,17 @@ impl Cluster {
         }
     }
 
+    /// The link between two nodes breaks (both hear of it; frames in flight on it are lost,
+    /// which `deliver` models by carrying everything at once).
+    fn link_down(&mut self, a: usize, b: usize) {
+        for (at, other) in [(a, b), (b, a)] {
+            let h = &mut self.nodes[at];
+            h.node.handle_input(h.now_ns, Input::PeerDown { node: other as u64 + 1 });
+            h.drain();
+        }
+        self.deliver();
+    }
+
     /// The node that leads, once exactly one live node says it does.
     fn leader(&mut self) -> usize {
         for _ in 0..200 {
@@ -102,9 +114,9 @@ fn a_publish_commits_on_a_majority_and_every_node_gives_it_the_same_id() {
     let mut c = Cluster::new();
     let leader = c.leader();
     let follower = (leader + 1) % 3;
-    let refused = c.publish(follower, json!("to a follower"));
-    assert_eq!((refused["op"].clone(), refused["code"].clone()), (json!("error"), json!("unavailable")), "{refused}");
-    for n in 1..=3 {
+    let forwarded = c.publish(follower, json!("to a follower"));
+    assert_eq!((forwarded["op"].clone(), forwarded["id"].clone()), (json!("puback"), json!(1)), "a follower forwards to the leader: {forwarded}");
+    for n in 2..=3 {
         assert_eq!(c.publish(leader, json!(n))["id"], json!(n));
     }
     for h in &c.nodes {
@@ -170,4 +182,79 @@ fn a_leader_cut_off_tells_its_waiting_publishers_to_retry_and_closes_its_members
     assert_eq!(answer.len(), 1, "the waiting publish is answered");
     assert_eq!(answer[0]["code"], json!("unavailable"));
     assert!(c.nodes[first].closed.contains(&(S, 1013)), "its member is closed: {:?}", c.nodes[first].closed);
+}
+
+/// A third connection, on any node.
+const T: ConnId = ConnId(3);
+
+#[test]
+fn a_member_on_a_follower_gets_messages_from_publishes_on_another_and_its_acks_count() {
+    let mut c = Cluster::new();
+    let leader = c.leader();
+    let (f1, f2) = ((leader + 1) % 3, (leader + 2) % 3);
+    c.subscribe(f1);
+    for n in 1..=3 {
+        assert_eq!(c.publish(f2, json!(n))["op"], json!("puback"));
+    }
+    let delivered = msgs(&mut c.nodes[f1], S);
+    assert_eq!(ids(&delivered), vec![1, 2, 3], "pushed to the member on a follower");
+    ack(&mut c.nodes[f1], S, "t", "g", &[1, 2, 3]);
+    c.run_ms(100);
+    // A second member, at the leader: the acked messages never come to it, not even after
+    // the first member leaves.
+    c.nodes[leader].connect(T);
+    c.nodes[leader].send_json(T, json!({"op": "sub", "req": "s", "topic": "t", "group": "g"}));
+    c.run_ms(50);
+    c.nodes[f1].disconnect(S);
+    c.run_ms(200);
+    assert_eq!(c.publish(f2, json!(4))["id"], json!(4));
+    assert_eq!(ids(&msgs(&mut c.nodes[leader], T)), vec![4], "acked through a follower, so settled");
+}
+
+#[test]
+fn a_broken_link_to_the_leader_ends_forwarded_sessions_and_their_messages_go_to_other_members() {
+    let mut c = Cluster::new();
+    let leader = c.leader();
+    let follower = (leader + 1) % 3;
+    c.subscribe(follower);
+    c.nodes[leader].connect(T);
+    c.nodes[leader].send_json(T, json!({"op": "sub", "req": "s", "topic": "t", "group": "g", "window": 1}));
+    c.run_ms(50);
+    for n in 1..=4 {
+        c.publish(leader, json!(n));
+    }
+    let on_follower = ids(&msgs(&mut c.nodes[follower], S));
+    let at_leader = ids(&msgs(&mut c.nodes[leader], T));
+    assert!(!on_follower.is_empty() && at_leader.len() == 1, "{on_follower:?} {at_leader:?}");
+    c.link_down(leader, follower);
+    assert!(c.nodes[follower].closed.contains(&(S, 1013)), "the follower closes the forwarded client: {:?}", c.nodes[follower].closed);
+    // The leader let go of what was in flight to it at once (no ack timeout): once the member
+    // at the leader acks what it holds, the rest comes to it.
+    ack(&mut c.nodes[leader], T, "t", "g", &at_leader);
+    c.run_ms(50);
+    let mut redelivered = Vec::new();
+    for _ in 0..4 {
+        let got = ids(&msgs(&mut c.nodes[leader], T));
+        ack(&mut c.nodes[leader], T, "t", "g", &got);
+        redelivered.extend(got);
+        c.run_ms(50);
+    }
+    assert_eq!(redelivered, on_follower, "what the lost member held goes to the other at once");
+}
+
+#[test]
+fn a_forwarded_client_is_closed_when_another_node_becomes_leader() {
+    let mut c = Cluster::new();
+    let first = c.leader();
+    let follower = (first + 1) % 3;
+    c.subscribe(follower);
+    c.down.insert(first);
+    let second = c.leader();
+    assert_ne!(second, first);
+    assert!(c.nodes[follower].closed.contains(&(S, 1013)), "bound to the old leader, it must connect again: {:?}", c.nodes[follower].closed);
+    // Connecting again at the same node works through the new leader (or at it).
+    c.nodes[follower].connect(T);
+    c.nodes[follower].send_json(T, json!({"op": "pub", "req": 1, "topic": "t", "body": "after"}));
+    c.run_ms(50);
+    assert_eq!(c.nodes[follower].take_op(T, "puback").len(), 1);
 }

@@ -9,11 +9,12 @@
 //!
 //! `cluster` fingerprints the voter list, so a node started with another `peers` list is
 //! refused by name instead of joining. A link that hears nothing for `SILENCE_MAX` is reset
-//! and dialled again with backoff. Each link queues at most `peer_outbox_bytes_max`; past
-//! that, frames for it are dropped: they are raft messages, which raft sends again (a probe
-//! or the next heartbeat), so dropping is the back-pressure that cannot stall the loop.
+//! and dialled again with backoff. Each link queues at most `peer_outbox_bytes_max`; a peer
+//! that falls that far behind has its link reset rather than frames silently dropped (client
+//! frames ride on it too). Whenever a linked peer's connection ends, the node hears of it
+//! (`Input::PeerDown`): what was in flight on it is lost.
 
-use crate::log::{self, Throttle};
+use crate::log;
 use ferry_core::Config;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
@@ -48,6 +49,8 @@ struct PeerSocket {
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
     written: usize,
+    /// Over `peer_outbox_bytes_max`: reset at the next flush.
+    overflowed: bool,
     opened_at: Instant,
     last_heard: Instant,
     last_sent: Instant,
@@ -55,7 +58,19 @@ struct PeerSocket {
 
 impl PeerSocket {
     fn new(stream: TcpStream, node: Option<u64>, dialled: bool, now: Instant) -> PeerSocket {
-        PeerSocket { stream, node, connected: !dialled, hello_heard: false, inbuf: Vec::new(), outbuf: Vec::new(), written: 0, opened_at: now, last_heard: now, last_sent: now }
+        PeerSocket {
+            stream,
+            node,
+            connected: !dialled,
+            hello_heard: false,
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
+            written: 0,
+            overflowed: false,
+            opened_at: now,
+            last_heard: now,
+            last_sent: now,
+        }
     }
 
     fn queued(&self) -> usize {
@@ -104,7 +119,6 @@ struct Link {
     /// Down since (for the log line when it comes back) and why, said once per outage.
     down_since: Option<Instant>,
     said_down: bool,
-    drop_log: Throttle,
 }
 
 pub struct Peers {
@@ -115,6 +129,8 @@ pub struct Peers {
     sockets: Slab<PeerSocket>,
     outbox_max: usize,
     frame_max: usize,
+    /// Peers whose link ended since the node last heard (`take_downs`).
+    downs: Vec<u64>,
     /// Jitter for the reconnect backoff (xorshift; no need for more).
     jitter: u64,
 }
@@ -151,16 +167,7 @@ impl Peers {
             .map(|v| {
                 // The lower id dials; the other side waits to be dialled.
                 let retry_at = (v.id.0 > config.node_id).then_some(now);
-                let link = Link {
-                    addr: v.addr.clone(),
-                    socket: None,
-                    dialling: None,
-                    retry_at,
-                    backoff: BACKOFF_MIN,
-                    down_since: None,
-                    said_down: false,
-                    drop_log: Throttle::new(Duration::from_secs(10)),
-                };
+                let link = Link { addr: v.addr.clone(), socket: None, dialling: None, retry_at, backoff: BACKOFF_MIN, down_since: None, said_down: false };
                 (v.id.0, link)
             })
             .collect();
@@ -174,6 +181,7 @@ impl Peers {
             sockets: Slab::new(),
             outbox_max: config.peer_outbox_bytes_max as usize,
             frame_max,
+            downs: Vec::new(),
             jitter: seed | 1,
         }))
     }
@@ -186,20 +194,27 @@ impl Peers {
         hello
     }
 
-    /// Queues a frame for `to_node`; dropped (raft sends again) while the link is down or full.
+    /// Queues a frame for `to_node`; dropped while the link is down (the node heard it go
+    /// down, or will at the next `take_downs`).
     pub fn send(&mut self, to_node: u64, payload: &[u8]) {
         let Some(link) = self.links.get_mut(&to_node) else {
             return log::warn(&format!("a frame for node {to_node} dropped: not a voter"));
         };
         let Some(key) = link.socket else { return };
         let socket = &mut self.sockets[key];
+        if socket.overflowed {
+            return;
+        }
         if socket.queued() + payload.len() + 4 > self.outbox_max {
-            if let Some(held_back) = link.drop_log.allow(Instant::now()) {
-                log::warn(&format!("peer {to_node}: {} bytes queued (peer_outbox_bytes_max); dropping frames until it drains ({held_back} more dropped before)", socket.queued()));
-            }
+            socket.overflowed = true;
             return;
         }
         socket.push_frame(payload);
+    }
+
+    /// Peers whose link ended since the last call: the node must hear of each.
+    pub fn take_downs(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.downs)
     }
 
     /// Writes every link's queued frames.
@@ -207,7 +222,9 @@ impl Peers {
         let now = Instant::now();
         let mut failed = Vec::new();
         for (key, socket) in self.sockets.iter_mut() {
-            if socket.connected && socket.queued() > 0 {
+            if socket.overflowed {
+                failed.push((key, format!("{} bytes queued to it (peer_outbox_bytes_max); resetting the link", socket.queued())));
+            } else if socket.connected && socket.queued() > 0 {
                 if let Err(e) = socket.flush(now) {
                     failed.push((key, format!("write failed: {e}")));
                 }
@@ -344,8 +361,10 @@ impl Peers {
         link.said_down = false;
         log::info(&format!("peer {node} ({}) linked{down_for}", link.addr));
         if let Some(old) = old.filter(|old| *old != key) {
-            // Closing the descriptor takes it out of the poll as well.
+            // Closing the descriptor takes it out of the poll as well. What was in flight on
+            // the old connection is lost: the node hears of it like of any other reset.
             self.sockets.remove(old);
+            self.downs.push(node);
         }
     }
 
@@ -364,6 +383,7 @@ impl Peers {
         if was_link {
             link.socket = None;
             link.down_since = Some(Instant::now());
+            self.downs.push(node);
         }
         if link.dialling == Some(key) {
             link.dialling = None;

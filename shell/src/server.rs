@@ -221,6 +221,7 @@ impl Server {
             self.flush_and_drop();
             if let Some(peers) = self.peers.as_mut() {
                 peers.tick(self.poll.registry());
+                self.take_peer_downs();
             }
             if self.last_sweep.elapsed() >= self.sweep_interval {
                 self.last_sweep = Instant::now();
@@ -306,10 +307,20 @@ impl Server {
         timeout
     }
 
-    /// Hands the frames peers sent to the node, one by one, carrying out what each caused.
+    /// Hands the frames peers sent to the node, one by one, carrying out what each caused,
+    /// then tells it of links that ended.
     fn take_peer_frames(&mut self, arrived: Vec<Arrived>) {
         for Arrived { from_node, payload } in arrived {
             self.node.handle_input(self.clock.now(), Input::PeerMessage { from_node, payload: &payload });
+            self.drain_outputs();
+        }
+        self.take_peer_downs();
+    }
+
+    fn take_peer_downs(&mut self) {
+        let downs = self.peers.as_mut().map(Peers::take_downs).unwrap_or_default();
+        for node in downs {
+            self.node.handle_input(self.clock.now(), Input::PeerDown { node });
             self.drain_outputs();
         }
     }

@@ -1,8 +1,8 @@
 //! Three real `ferry serve` processes on loopback, linked as a cluster: the shard leader
 //! pubacks once a majority has the message, `kill -9` of the leader loses nothing pubacked,
 //! the survivors elect another, the killed node rejoins, and a node left alone answers
-//! `unavailable` instead of hanging. Clients find the leader by trying nodes (a follower
-//! answers `unavailable`, naming the leader).
+//! `unavailable` instead of hanging. Clients use any node: a follower forwards their frames
+//! to the leader; a client whose node answers `unavailable` (no leader yet) tries the next.
 
 mod support;
 
@@ -94,8 +94,41 @@ impl Cluster {
         self.ask_leader(&frame, "puback").1["id"].as_u64().unwrap()
     }
 
+    /// The leader the running nodes' logs name in the newest term (once it is running).
     fn leader(&self) -> usize {
-        self.ask_leader(&json!({"op": "fetch", "req": 0, "topic": "orders", "from": 1, "to": 1}), "fetched").0
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut newest: Option<(u64, usize)> = None;
+            for i in self.running() {
+                for line in self.nodes[i].as_ref().unwrap().log_text().lines() {
+                    let Some(rest) = line.split("shard leader: node ").nth(1) else { continue };
+                    let (node, term) = rest.split_once(" (term ").expect("leader line");
+                    let term: u64 = term.trim_end_matches(')').parse().unwrap();
+                    newest = newest.max(Some((term, node.parse::<usize>().unwrap() - 1)));
+                }
+            }
+            if let Some((_, leader)) = newest.filter(|(_, leader)| self.nodes[*leader].is_some()) {
+                return leader;
+            }
+            assert!(Instant::now() < deadline, "no running leader named in the logs");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Joins `group` at node `i` from the earliest message and takes `count` messages, acking
+    /// each: id → body's seq.
+    fn consume(&self, i: usize, group: &str, count: usize) -> BTreeMap<u64, u64> {
+        let mut client = Client::connect(&self.url(i)).unwrap();
+        client.send(&json!({"op": "sub", "req": "s", "topic": "orders", "group": group, "from": "earliest", "window": 32})).unwrap();
+        client.expect_op("suback");
+        let mut got = BTreeMap::new();
+        while got.len() < count {
+            let m = client.expect_op("msg");
+            let id = m["id"].as_u64().unwrap();
+            got.insert(id, m["body"]["seq"].as_u64().unwrap());
+            client.send(&json!({"op": "ack", "topic": "orders", "group": group, "ids": [id]})).unwrap();
+        }
+        got
     }
 
     /// Every stored message of the topic, read from the leader: id → body's seq.
@@ -165,6 +198,12 @@ fn a_three_process_cluster_keeps_every_pubacked_message_through_kill_9_of_its_le
     let before = seqs.len();
     seqs.dedup();
     assert_eq!(before, seqs.len(), "no body under two ids (a retried publish is stored once): {stored:?}");
+
+    // A consumer on a follower is a member like one on the leader: it gets every message.
+    let leader = cluster.leader();
+    let follower = cluster.running().into_iter().find(|i| *i != leader).unwrap();
+    assert_eq!(cluster.consume(follower, "billing", stored.len()), stored, "through a follower");
+    assert_eq!(cluster.consume(leader, "audit", stored.len()), stored, "at the leader");
 
     // The last node alive is a minority: it answers `unavailable` rather than hanging.
     let other = cluster.running().into_iter().find(|i| *i != cluster.leader()).unwrap();

@@ -140,10 +140,11 @@ enum Event {
     Restart {
         node: usize,
     },
-    /// A frame between cluster nodes (indexes), over the peer network.
+    /// A frame between cluster nodes (indexes), over the peer link in its `epoch`.
     PeerFrame {
         from: usize,
         to: usize,
+        epoch: u64,
         payload: Vec<u8>,
     },
     FaultTick,
@@ -197,6 +198,7 @@ pub struct World {
     partitioned_until: Vec<u64>,
     /// Per node: until when it is cut off from its peers (a cluster's network partition).
     peers_cut_until: Vec<u64>,
+    peer_links: nodes::PeerLinks,
     next_conn: ConnId,
     clients: Vec<Client>,
     checker: Checker,
@@ -338,6 +340,7 @@ impl World {
             client_conn: vec![None; n],
             partitioned_until: vec![0; n],
             peers_cut_until: Vec::new(),
+            peer_links: nodes::PeerLinks::default(),
             next_conn: ConnId(1),
             clients,
             checker,
@@ -350,6 +353,7 @@ impl World {
             congested: BTreeSet::new(),
         };
         world.peers_cut_until = vec![0; world.nodes.len()];
+        world.peer_links = nodes::PeerLinks::new(world.nodes.len());
         for node in 0..world.nodes.len() {
             world.drain_node(node);
         }
@@ -585,13 +589,7 @@ impl World {
                 self.node_input(node, Input::TruncateDone { token, result });
             }
             Event::Restart { node } => self.restart_node(node),
-            Event::PeerFrame { from, to, payload } => {
-                let cut = self.peers_cut_until[from].max(self.peers_cut_until[to]) > self.now;
-                if self.nodes[to].node.is_some() && !cut {
-                    self.trace(|| format!("peer frame {} -> {} ({} bytes)", from + 1, to + 1, payload.len()));
-                    self.node_input(to, Input::PeerMessage { from_node: from as u64 + 1, payload: &payload });
-                }
-            }
+            Event::PeerFrame { from, to, epoch, payload } => self.peer_frame_arrives(from, to, epoch, &payload),
             Event::FaultTick => self.fault_tick(),
             Event::PartitionEnd { client } => {
                 self.partitioned_until[client] = 0;

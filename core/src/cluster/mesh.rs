@@ -1,21 +1,43 @@
 //! Frames between the nodes of a cluster (the mesh), each one kind byte then its body:
 //!
 //! ```text
-//! raft = 1 message   (a raft message of the node's shard, in raft's own protobuf encoding)
+//! raft         = 1 message           (a raft message of the shard, in raft's own protobuf encoding)
+//! client_frame = 2 conn:u64 text     (a client's frame, forwarded by its node to the leader)
+//! to_client    = 3 conn:u64 text     (the leader's frame for that client)
+//! close_client = 4 conn:u64 code:u16 reason
+//! client_gone  = 5 conn:u64          (the client's connection ended, or moved on)
+//! congested    = 6 conn:u64 flag:u8  (its node's queue to it is full (1), or drained (0))
 //! ```
 //!
-//! Forwarded publishes, remote members and deliveries come as further kinds (see
-//! docs/CLUSTER-DESIGN.md). A frame that does not decode is an error, never a panic: it comes
-//! from the network.
+//! Integers are big-endian, texts UTF-8 to the end of the frame. `conn` is the connection id
+//! on the node holding the client's socket. A frame that does not decode is an error, never a
+//! panic: it comes from the network.
 
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 
 const KIND_RAFT: u8 = 1;
+const KIND_CLIENT_FRAME: u8 = 2;
+const KIND_TO_CLIENT: u8 = 3;
+const KIND_CLOSE_CLIENT: u8 = 4;
+const KIND_CLIENT_GONE: u8 = 5;
+const KIND_CONGESTED: u8 = 6;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum PeerFrame {
     Raft(Message),
+    ClientFrame { conn: u64, text: String },
+    ToClient { conn: u64, text: String },
+    CloseClient { conn: u64, code: u16, reason: String },
+    ClientGone { conn: u64 },
+    Congested { conn: u64, congested: bool },
+}
+
+fn with_conn(kind: u8, conn: u64, capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + capacity);
+    out.push(kind);
+    out.extend_from_slice(&conn.to_be_bytes());
+    out
 }
 
 pub fn encode(frame: &PeerFrame) -> Vec<u8> {
@@ -26,13 +48,52 @@ pub fn encode(frame: &PeerFrame) -> Vec<u8> {
             message.write_to_vec(&mut out).expect("a raft message encodes");
             out
         }
+        PeerFrame::ClientFrame { conn, text } | PeerFrame::ToClient { conn, text } => {
+            let kind = if matches!(frame, PeerFrame::ClientFrame { .. }) { KIND_CLIENT_FRAME } else { KIND_TO_CLIENT };
+            let mut out = with_conn(kind, *conn, text.len());
+            out.extend_from_slice(text.as_bytes());
+            out
+        }
+        PeerFrame::CloseClient { conn, code, reason } => {
+            let mut out = with_conn(KIND_CLOSE_CLIENT, *conn, 2 + reason.len());
+            out.extend_from_slice(&code.to_be_bytes());
+            out.extend_from_slice(reason.as_bytes());
+            out
+        }
+        PeerFrame::ClientGone { conn } => with_conn(KIND_CLIENT_GONE, *conn, 0),
+        PeerFrame::Congested { conn, congested } => {
+            let mut out = with_conn(KIND_CONGESTED, *conn, 1);
+            out.push(u8::from(*congested));
+            out
+        }
     }
+}
+
+fn text(bytes: &[u8]) -> Result<String, String> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| "text is not UTF-8".to_string())
 }
 
 pub fn decode(bytes: &[u8]) -> Result<PeerFrame, String> {
     let (&kind, body) = bytes.split_first().ok_or("empty peer frame")?;
+    if kind == KIND_RAFT {
+        return Message::parse_from_bytes(body).map(PeerFrame::Raft).map_err(|e| format!("raft message: {e}"));
+    }
+    let (conn, rest) = body.split_first_chunk::<8>().ok_or_else(|| format!("peer frame kind {kind} cut before its connection id"))?;
+    let conn = u64::from_be_bytes(*conn);
     match kind {
-        KIND_RAFT => Message::parse_from_bytes(body).map(PeerFrame::Raft).map_err(|e| format!("raft message: {e}")),
+        KIND_CLIENT_FRAME => Ok(PeerFrame::ClientFrame { conn, text: text(rest)? }),
+        KIND_TO_CLIENT => Ok(PeerFrame::ToClient { conn, text: text(rest)? }),
+        KIND_CLOSE_CLIENT => {
+            let (code, reason) = rest.split_first_chunk::<2>().ok_or("close_client cut before its code")?;
+            Ok(PeerFrame::CloseClient { conn, code: u16::from_be_bytes(*code), reason: text(reason)? })
+        }
+        KIND_CLIENT_GONE if rest.is_empty() => Ok(PeerFrame::ClientGone { conn }),
+        KIND_CONGESTED => match rest {
+            [0] => Ok(PeerFrame::Congested { conn, congested: false }),
+            [1] => Ok(PeerFrame::Congested { conn, congested: true }),
+            _ => Err("congested: flag is not one byte of 0 or 1".into()),
+        },
+        KIND_CLIENT_GONE => Err("client_gone: bytes after the connection id".into()),
         other => Err(format!("unknown peer frame kind {other}")),
     }
 }
@@ -51,5 +112,30 @@ mod tests {
         assert!(decode(&[]).is_err());
         assert!(decode(&[9, 1]).unwrap_err().contains("kind 9"));
         assert!(decode(&bytes[..bytes.len() - 3]).is_err(), "a cut message");
+    }
+
+    #[test]
+    fn client_frames_read_back_and_damage_is_an_error() {
+        let frames = [
+            PeerFrame::ClientFrame { conn: 7, text: r#"{"op":"pub","topic":"t","body":1}"#.into() },
+            PeerFrame::ToClient { conn: u64::MAX, text: "é".into() },
+            PeerFrame::CloseClient { conn: 1, code: 1013, reason: "leader changed".into() },
+            PeerFrame::ClientGone { conn: 3 },
+            PeerFrame::Congested { conn: 4, congested: true },
+            PeerFrame::Congested { conn: 4, congested: false },
+        ];
+        for frame in frames {
+            let bytes = encode(&frame);
+            assert_eq!(decode(&bytes), Ok(frame.clone()));
+            assert!(decode(&bytes[..5]).unwrap_err().contains("connection id"), "{frame:?}");
+        }
+        assert!(decode(&encode(&PeerFrame::ToClient { conn: 1, text: "é".into() })[..10]).unwrap_err().contains("UTF-8"));
+        let mut gone = encode(&PeerFrame::ClientGone { conn: 3 });
+        gone.push(0);
+        assert!(decode(&gone).is_err());
+        let mut congested = encode(&PeerFrame::Congested { conn: 3, congested: true });
+        congested[9] = 2;
+        assert!(decode(&congested).is_err());
+        assert!(decode(&encode(&PeerFrame::CloseClient { conn: 1, code: 1000, reason: String::new() })[..10]).unwrap_err().contains("code"));
     }
 }

@@ -28,7 +28,7 @@ use std::rc::Rc;
 /// between a leader's heartbeats (in `raft_tick_ms` units).
 const ELECTION_TICKS: usize = 10;
 /// RFC 6455 1013: the server cannot serve the client now; it may reconnect.
-const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+pub(super) const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 const HEARTBEAT_TICKS: usize = 2;
 
 /// A member waiting to join a group (`sub`, or `pull` with its `max` and wait).
@@ -120,6 +120,16 @@ impl Replication {
         self.replica.is_leader()
     }
 
+    /// The node this one's clients' frames go to: the leader, while another node leads;
+    /// `None` while this node leads (caught up or not) or no leader is known.
+    pub(super) fn forward_target(&self) -> Option<NodeId> {
+        let replica = &self.replica;
+        if replica.is_caught_up_leader() {
+            return None;
+        }
+        replica.leader().filter(|leader| *leader != self.node_id)
+    }
+
     pub(super) fn poll_timeout(&self) -> Option<u64> {
         self.replica.poll_timeout()
     }
@@ -180,6 +190,7 @@ impl Node {
                 replication.replica.handle_input(self.now_ns, ReplicaInput::Message(message));
                 self.drain_replica();
             }
+            Ok(client_frame) => self.on_client_peer_frame(from_node, client_frame),
             Err(why) => self.out.push_back(Output::Trace(Trace::PeerFrameRefused { from_node, why })),
         }
     }
@@ -230,12 +241,15 @@ impl Node {
         let Some(replication) = self.replication.as_mut() else { return };
         replication.draining = false;
         let leading = replication.replica.is_leader();
+        let was_leading = replication.leading;
         let leader = (replication.replica.leader(), replication.replica.term());
-        if leader != replication.reported_leader {
-            replication.reported_leader = leader;
+        let leader_changed = leader != replication.reported_leader;
+        replication.reported_leader = leader;
+        if leader_changed {
             self.out.push_back(Output::Trace(Trace::LeaderChanged { leader: leader.0.map(|node| node.0), term: leader.1 }));
+            self.end_forwarding_except(leader.0);
         }
-        if replication.leading && !leading {
+        if was_leading && !leading {
             self.on_lead_lost();
         }
         if let Some(replication) = self.replication.as_mut() {

@@ -1,6 +1,8 @@
 //! Connections: frames in and decoded, replies out, authentication, congestion.
 
 use super::{Node, Output, Rejection};
+use crate::cluster::mesh::PeerFrame;
+use crate::cluster::NodeId;
 use crate::config::TestBug;
 use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::pipeline::Publish;
@@ -46,6 +48,15 @@ pub(super) struct Conn {
     /// The shell says its outgoing queue is full: no messages are pushed to it meanwhile.
     pub(super) congested: bool,
     pub(super) subs: BTreeMap<(TopicIdx, GroupIdx), Sub>,
+    /// In a cluster: the leader this client's frames go to while another node leads
+    /// (`forwarding`).
+    pub(super) forwarded_to: Option<NodeId>,
+}
+
+impl Conn {
+    pub(super) fn new(authenticated: bool) -> Conn {
+        Conn { authenticated, congested: false, subs: BTreeMap::new(), forwarded_to: None }
+    }
 }
 
 impl Node {
@@ -61,7 +72,7 @@ impl Node {
 
     pub(super) fn on_connected(&mut self, conn: ConnId) {
         let authenticated = self.config.tokens.is_empty();
-        let previous = self.conns.insert(conn, Conn { authenticated, congested: false, subs: BTreeMap::new() });
+        let previous = self.conns.insert(conn, Conn::new(authenticated));
         assert!(previous.is_none(), "connection id {conn} reused while open");
         let mut frame = String::new();
         protocol::encode_welcome(&mut frame, &self.config.node_name);
@@ -101,6 +112,9 @@ impl Node {
                 _ => None,
             };
             return self.send_error(conn, req.as_deref(), ErrorCode::Unauthorized, "send hello with a valid token first");
+        }
+        if !matches!(op, ClientOp::Hello { .. } | ClientOp::Ping { .. }) && self.forward_to_leader(conn, text) {
+            return;
         }
         match op {
             ClientOp::Hello { token } => self.on_hello(conn, token),
@@ -144,6 +158,9 @@ impl Node {
             return;
         }
         state.congested = congested;
+        let forwarded_to = state.forwarded_to;
+        self.tell_leader(conn, forwarded_to, PeerFrame::Congested { conn: conn.0, congested });
+        let Some(state) = self.conns.get(&conn) else { return };
         if !congested {
             let groups: Vec<(TopicIdx, GroupIdx)> = state.subs.keys().copied().collect();
             for (t, g) in groups {
@@ -154,6 +171,7 @@ impl Node {
 
     pub(super) fn on_disconnected(&mut self, conn: ConnId) {
         let Some(state) = self.conns.remove(&conn) else { return };
+        self.tell_leader(conn, state.forwarded_to, PeerFrame::ClientGone { conn: conn.0 });
         for (t, g) in state.subs.keys().copied() {
             self.release_member(conn, t, g);
         }

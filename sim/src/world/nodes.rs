@@ -24,6 +24,29 @@ pub fn peers_for(seed: u64) -> String {
     (1..=voters_for(seed)).map(|id| format!("{id}@127.0.0.1:{}", 7810 + id)).collect::<Vec<_>>().join(",")
 }
 
+/// The peer links of a cluster, modelled as TCP connections: frames on one link arrive in
+/// the order sent, never duplicated; a link breaks as a whole (a lost frame, a partition, a
+/// crashed end), losing what is in flight on it, and both ends hear of it
+/// (`Input::PeerDown`); the next frame goes over a new connection (the next epoch).
+#[derive(Default)]
+pub struct PeerLinks {
+    nodes: usize,
+    /// Per unordered pair: the connection frames now travel on.
+    epoch: Vec<u64>,
+    /// Per ordered pair: when its last frame arrives (the next one comes after it).
+    last_arrival: Vec<u64>,
+}
+
+impl PeerLinks {
+    pub fn new(nodes: usize) -> PeerLinks {
+        PeerLinks { nodes, epoch: vec![0; nodes * nodes], last_arrival: vec![0; nodes * nodes] }
+    }
+
+    fn pair(&self, a: usize, b: usize) -> usize {
+        a.min(b) * self.nodes + a.max(b)
+    }
+}
+
 pub struct SimNode {
     pub config: Config,
     pub node: Option<Node>,
@@ -105,12 +128,22 @@ impl World {
                 }
                 Output::PeerSend { to_node, payload } => {
                     let to = to_node as usize - 1;
-                    // The peer network loses frames too (raft resends what matters).
-                    let lost = self.swarm.drop_chance > 0.0 && !self.healing && self.rng.gen_bool(self.swarm.drop_chance);
-                    if to < self.nodes.len() && !lost {
-                        let at = self.now + self.latency();
-                        self.schedule(at, Event::PeerFrame { from: node, to, payload });
+                    if to >= self.nodes.len() || to == node {
+                        continue;
                     }
+                    // Now and then a link breaks (a tenth as often as client frames are lost:
+                    // every break ends the forwarded sessions on it).
+                    let lost = self.swarm.drop_chance > 0.0 && !self.healing && self.rng.gen_bool(self.swarm.drop_chance / 10.0);
+                    if lost {
+                        self.break_peer_link(node, to);
+                        continue;
+                    }
+                    let pair = self.peer_links.pair(node, to);
+                    let epoch = self.peer_links.epoch[pair];
+                    let ordered = node * self.nodes.len() + to;
+                    let at = (self.now + self.latency()).max(self.peer_links.last_arrival[ordered] + 1);
+                    self.peer_links.last_arrival[ordered] = at;
+                    self.schedule(at, Event::PeerFrame { from: node, to, epoch, payload });
                 }
                 Output::Trace(trace) => {
                     self.hash.mix(format!("{trace:?}").as_bytes());
@@ -172,6 +205,31 @@ impl World {
         self.schedule(self.now + delay, Event::ClientLost { client: state.client, conn });
     }
 
+    /// A peer frame reaches the end of its link, unless the link broke meanwhile, or breaks
+    /// now (a partition between the two, or a crashed receiver).
+    pub(super) fn peer_frame_arrives(&mut self, from: usize, to: usize, epoch: u64, payload: &[u8]) {
+        if epoch != self.peer_links.epoch[self.peer_links.pair(from, to)] {
+            return;
+        }
+        let cut = self.peers_cut_until[from].max(self.peers_cut_until[to]) > self.now;
+        if cut || self.nodes[to].node.is_none() {
+            return self.break_peer_link(from, to);
+        }
+        self.trace(|| format!("peer frame {} -> {} (kind {}, {} bytes)", from + 1, to + 1, payload.first().copied().unwrap_or(0), payload.len()));
+        self.node_input(to, Input::PeerMessage { from_node: from as u64 + 1, payload });
+    }
+
+    /// The link between two nodes breaks: frames in flight on it are lost and each running
+    /// end hears of it.
+    pub(super) fn break_peer_link(&mut self, a: usize, b: usize) {
+        let pair = self.peer_links.pair(a, b);
+        self.peer_links.epoch[pair] += 1;
+        self.trace(|| format!("peer link {} - {} broke", a + 1, b + 1));
+        for (end, other) in [(a, b), (b, a)] {
+            self.node_input(end, Input::PeerDown { node: other as u64 + 1 });
+        }
+    }
+
     pub(super) fn crash_a_node(&mut self) {
         let power_loss = self.config.fsync != FsyncPolicy::Never && self.rng.gen_bool(0.5);
         let node = self.pick_node();
@@ -192,6 +250,9 @@ impl World {
         let conns: Vec<ConnId> = self.conns.iter().filter(|(_, c)| c.node == node).map(|(conn, _)| *conn).collect();
         for conn in conns {
             self.drop_conn(conn, false);
+        }
+        for other in (0..self.nodes.len()).filter(|other| *other != node) {
+            self.break_peer_link(node, other);
         }
         let down = self.rng.gen_range(10..2_000) * MS;
         self.schedule(self.now + down, Event::Restart { node });
