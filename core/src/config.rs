@@ -71,10 +71,16 @@ pub enum TestBug {
     RetentionTooEarly,
     /// Cluster mode: tell raft its entries are durable as soon as they join the open batch.
     RaftPersistedEarly,
+    /// Cluster mode: the leader answers `puback` once its own write of the entry is durable,
+    /// before a majority has it (with the id it expects the entry to get).
+    PubackOnLeaderFsync,
+    /// Cluster mode: the leader gives a publish its id when it proposes it (the next id it
+    /// expects), not when the entry is applied.
+    IdsAssignedAtPropose,
 }
 
 impl TestBug {
-    pub const ALL: [TestBug; 16] = [
+    pub const ALL: [TestBug; 18] = [
         TestBug::PubackBeforeDurable,
         TestBug::ExpiryCountsAsAck,
         TestBug::DeadLetterOneAttemptLate,
@@ -91,6 +97,8 @@ impl TestBug {
         TestBug::WrongTokenAccepted,
         TestBug::RetentionTooEarly,
         TestBug::RaftPersistedEarly,
+        TestBug::PubackOnLeaderFsync,
+        TestBug::IdsAssignedAtPropose,
     ];
 
     pub fn name(self) -> String {

@@ -18,6 +18,7 @@ use crate::record::SalvagedRecord;
 use crate::recovery::{Damage, RecoveryError};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+mod cluster_bugs;
 mod cluster_load;
 mod delivery;
 mod forwarding;

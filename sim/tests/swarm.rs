@@ -64,7 +64,12 @@ fn same_seed_same_trace() {
 fn expected_invariants(bug: TestBug) -> &'static [&'static str] {
     use ferry_sim::checker::*;
     match bug {
-        TestBug::PubackBeforeDurable | TestBug::DuplicateAnsweredEarly | TestBug::RecoveryDropsLastRecord | TestBug::RaftPersistedEarly => &[INV_LOST, INV_IDS, INV_ONCE],
+        TestBug::PubackBeforeDurable
+        | TestBug::DuplicateAnsweredEarly
+        | TestBug::RecoveryDropsLastRecord
+        | TestBug::RaftPersistedEarly
+        | TestBug::PubackOnLeaderFsync
+        | TestBug::IdsAssignedAtPropose => &[INV_LOST, INV_IDS, INV_ONCE],
         TestBug::ExpiryCountsAsAck | TestBug::DeadLetterNotStored => &[INV_UNTIL_ACKED],
         TestBug::DeadLetterOneAttemptLate => &[INV_ATTEMPTS],
         TestBug::FetchSkipsMessage => &[INV_FETCH],

@@ -72,7 +72,8 @@ impl Node {
         let producer = publish.producer.as_deref().zip(publish.seq);
         let command = Command::Publish(PublishCommand { ts_ms: self.now_ns / NS_PER_MS, topic: &publish.topic, key: publish.key.as_deref(), producer, body });
         self.pending_publishes += 1;
-        if let Err((code, message)) = self.propose(&command, Proposal::Publish { conn, req: req.clone() }) {
+        let predicted_id = self.predict_id(&publish.topic, producer);
+        if let Err((code, message)) = self.propose(&command, Proposal::Publish { conn, req: req.clone(), predicted_id }) {
             self.pending_publishes -= 1;
             self.send_error(conn, req.as_deref(), code, &message);
         }

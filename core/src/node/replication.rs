@@ -44,6 +44,8 @@ pub(super) enum Proposal {
     Publish {
         conn: ConnId,
         req: Option<String>,
+        /// The id the leader expects it to get: only with a deliberate bug (`cluster_bugs`).
+        predicted_id: Option<u64>,
     },
     Join(PendingJoin),
     /// The copy of `id` of (`topic`, `group`) in the dead-letter topic.
@@ -80,6 +82,8 @@ pub(super) struct Replication {
     reported_leader: (Option<NodeId>, u64),
     /// Recovery is applying entries again before the log goes on: writes wait here until it does.
     deferred: Option<Vec<Persist>>,
+    /// Deliberate bugs only (`cluster_bugs`).
+    pub(super) bugs: super::cluster_bugs::BugState,
 }
 
 struct Persist {
@@ -113,6 +117,7 @@ impl Replication {
             leading: false,
             reported_leader: (None, 0),
             deferred: Some(Vec::new()),
+            bugs: Default::default(),
         })
     }
 
@@ -141,12 +146,18 @@ impl Replication {
 
     /// The proposal of this node an entry's context names, taken out.
     fn take_own(&mut self, context: &[u8]) -> Option<Proposal> {
+        self.own_number(context).and_then(|number| self.proposals.remove(&number))
+    }
+
+    /// The number of this node's proposal an entry's context names; `None` for another's.
+    pub(super) fn own_number(&self, context: &[u8]) -> Option<u64> {
         let node = u64::from_le_bytes(context.get(..8)?.try_into().ok()?);
         let number = u64::from_le_bytes(context.get(8..16)?.try_into().ok()?);
-        if node != self.node_id.0 {
-            return None;
-        }
-        self.proposals.remove(&number)
+        (node == self.node_id.0).then_some(number)
+    }
+
+    pub(super) fn proposals_mut(&mut self) -> &mut BTreeMap<u64, Proposal> {
+        &mut self.proposals
     }
 }
 
@@ -204,6 +215,7 @@ impl Node {
 
     /// The log made the `Persist` of this number durable.
     pub(super) fn on_raft_persisted(&mut self, number: u64) {
+        self.send_early_pubacks(number);
         let replication = self.replication.as_mut().expect("raft writes are made in cluster mode");
         replication.replica.handle_input(self.now_ns, ReplicaInput::Persisted { number });
         self.drain_replica();
@@ -310,6 +322,7 @@ impl Node {
             let written = record::encode_raft_state(data, &RaftStateRecord { term: hs.term, vote: hs.vote, commit: hs.commit }) as u64;
             self.log.segment_len += written;
         }
+        self.note_early_pubacks(number, entries);
         if self.config.test_bug == Some(TestBug::RaftPersistedEarly) {
             // The draining loop this runs in takes what raft does next.
             self.replication.as_mut().expect("cluster mode").replica.handle_input(self.now_ns, ReplicaInput::Persisted { number });
@@ -433,8 +446,9 @@ impl Node {
     /// The proposal's entry was applied and gave `id` of topic `t`.
     fn answer_applied(&mut self, proposal: Option<Proposal>, t: TopicIdx, id: u64) {
         match proposal {
-            Some(Proposal::Publish { conn, req }) => {
+            Some(Proposal::Publish { conn, req, predicted_id }) => {
                 self.pending_publishes -= 1;
+                let id = if self.config.test_bug == Some(TestBug::IdsAssignedAtPropose) { predicted_id.unwrap_or(id) } else { id };
                 if self.conns.contains_key(&conn) {
                     let mut frame = String::with_capacity(64);
                     protocol::encode_puback(&mut frame, req.as_deref(), &self.state.topics[t].name, id);
@@ -464,7 +478,7 @@ impl Node {
     /// proposal back to the caller.
     fn refuse_client(&mut self, proposal: Proposal, code: ErrorCode, message: &str) -> Option<Proposal> {
         let (conn, req) = match proposal {
-            Proposal::Publish { conn, req } => {
+            Proposal::Publish { conn, req, .. } => {
                 self.pending_publishes -= 1;
                 (conn, req)
             }
