@@ -130,6 +130,9 @@ pub struct Config {
     /// Bytes queued to one peer at most; past it, frames for that peer are dropped (raft sends
     /// them again), never the loop stalled.
     pub peer_outbox_bytes_max: u64,
+    /// Bytes of applied raft entries kept in memory; older ones are read back from the log
+    /// when a follower needs them. Entries not yet applied always stay.
+    pub raft_log_memory_bytes: u64,
     /// Seeds what the node draws at random (raft's tick jitter): the caller's randomness.
     #[serde(skip)]
     pub rng_seed: u64,
@@ -221,6 +224,7 @@ impl Default for Config {
             peer_listen: String::new(),
             raft_tick_ms: 100,
             peer_outbox_bytes_max: 64 << 20,
+            raft_log_memory_bytes: 64 << 20,
             rng_seed: 0,
             fsync: FsyncPolicy::Always,
             batch_interval_ms: 2,

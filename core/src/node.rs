@@ -26,6 +26,7 @@ mod load;
 mod log;
 mod membership;
 mod publish;
+mod raft_reads;
 mod reads;
 mod replication;
 mod session;
@@ -354,6 +355,11 @@ impl Node {
     /// In cluster mode, whether this node leads its shard now.
     pub fn is_shard_leader(&self) -> bool {
         self.replication.as_ref().is_some_and(Replication::is_leader)
+    }
+
+    /// Bytes of raft entries held in memory (cluster mode; 0 on a single node).
+    pub fn raft_memory_bytes(&self) -> u64 {
+        self.replication.as_ref().map_or(0, Replication::memory_bytes)
     }
 
     pub fn connection_count(&self) -> usize {

@@ -23,9 +23,13 @@ struct Cluster {
 
 impl Cluster {
     fn new() -> Cluster {
+        Cluster::with(Config::default())
+    }
+
+    fn with(base: Config) -> Cluster {
         let nodes = (1..=3)
             .map(|id| {
-                let config = Config { node_id: id, peers: PEERS.into(), peer_listen: format!("127.0.0.1:781{id}"), rng_seed: id, ..Config::default() };
+                let config = Config { node_id: id, peers: PEERS.into(), peer_listen: format!("127.0.0.1:781{id}"), rng_seed: id, ..base.clone() };
                 let mut h = Harness::new(config);
                 h.connect(P);
                 h.connect(S);
@@ -257,4 +261,27 @@ fn a_forwarded_client_is_closed_when_another_node_becomes_leader() {
     c.nodes[follower].send_json(T, json!({"op": "pub", "req": 1, "topic": "t", "body": "after"}));
     c.run_ms(50);
     assert_eq!(c.nodes[follower].take_op(T, "puback").len(), 1);
+}
+
+#[test]
+fn a_follower_behind_the_entries_kept_in_memory_catches_up_from_the_leader_s_disk() {
+    let mut c = Cluster::with(Config { raft_log_memory_bytes: 512, ..Config::default() });
+    let leader = c.leader();
+    let behind = (leader + 1) % 3;
+    c.down.insert(behind);
+    for n in 1..=40 {
+        assert_eq!(c.publish(leader, json!({"n": n, "pad": "x".repeat(100)}))["id"], json!(n));
+    }
+    // A retention check trims the leader's memory to the budget: the entries the follower
+    // lacks are on disk only.
+    c.run_ms(1_100);
+    assert!(c.nodes[leader].node.raft_memory_bytes() < 2_048, "{} bytes of entries in memory", c.nodes[leader].node.raft_memory_bytes());
+    c.down.remove(&behind);
+    c.run_ms(1_000);
+    assert_eq!(c.nodes[behind].node.topic_next_id("t"), Some(41), "the follower applied every entry");
+    // And it can lead with them: the old leader goes, the caught-up follower and the third
+    // node go on with every message.
+    c.down.insert(leader);
+    let next = c.leader();
+    assert_eq!(c.publish(next, json!("after"))["id"], json!(41));
 }

@@ -5,6 +5,7 @@ pub mod command;
 pub mod mesh;
 pub mod raft_log;
 pub mod replica;
+pub mod storage;
 
 use std::fmt;
 

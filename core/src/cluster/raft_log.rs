@@ -67,9 +67,7 @@ pub fn read(segments: &[(u64, &[u8])], mut other: impl FnMut(u64, u64, RecordRef
                 RecordRef::RaftEntry(e) => {
                     entries.split_off(&e.index);
                     places.split_off(&e.index);
-                    let mut entry = Entry { index: e.index, term: e.term, data: e.data.to_vec().into(), ..Entry::default() };
-                    entry.entry_type = entry_type(e.entry_type);
-                    entries.insert(e.index, entry);
+                    entries.insert(e.index, to_entry(&e));
                     places.insert(e.index, (*segment, offset, size as u32));
                 }
                 RecordRef::RaftState(s) => {
@@ -84,6 +82,13 @@ pub fn read(segments: &[(u64, &[u8])], mut other: impl FnMut(u64, u64, RecordRef
         }
     }
     Ok(Recovered { hard_state, entries: entries.into_values().collect(), places, newest_valid_len })
+}
+
+/// The raft entry a record holds (its proposer's context is not kept on disk).
+pub fn to_entry(record: &RaftEntryRef<'_>) -> Entry {
+    let mut entry = Entry { index: record.index, term: record.term, data: record.data.to_vec().into(), ..Entry::default() };
+    entry.entry_type = entry_type(record.entry_type);
+    entry
 }
 
 fn entry_type(n: u8) -> EntryType {

@@ -12,13 +12,16 @@
 //! pins that draw (`max_election_tick = election_ticks + 1`) and jitters its own tick interval
 //! from a seeded ChaCha rng instead, so one seed gives one run.
 
+use crate::cluster::storage::{LogStorage, Wanted};
 use crate::cluster::NodeId;
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, Snapshot};
-use raft::storage::MemStorage;
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message};
 use raft::{RawNode, StateRole};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::VecDeque;
+
+/// Entries read back from disk kept for sends to followers: two messages' worth.
+const FETCHED_BYTES_MAX: u64 = 2 * super::RAFT_MESSAGE_BYTES as u64;
 
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
@@ -65,7 +68,7 @@ pub enum ProposeError {
 }
 
 pub struct Replica {
-    raw: RawNode<MemStorage>,
+    raw: RawNode<LogStorage>,
     out: VecDeque<ReplicaOutput>,
     /// Messages raft may send once the ready of that number is durable.
     after_persist: VecDeque<(u64, Vec<Message>)>,
@@ -105,26 +108,19 @@ impl Replica {
         raft_config.validate().map_err(|e| format!("raft config: {e}"))?;
         let voters: Vec<u64> = config.voters.iter().map(|v| v.0).collect();
         let conf_state = ConfState::from((voters, Vec::<u64>::new()));
-        let storage = MemStorage::new_with_conf_state(conf_state.clone());
         let (applied_index, applied_term) = applied;
-        if applied_index > 0 {
-            // The log before it is in the state machine: raft's log starts after it.
-            let mut snapshot = Snapshot::default();
-            let meta = snapshot.mut_metadata();
-            (meta.index, meta.term, meta.conf_state) = (applied_index, applied_term, Some(conf_state).into());
-            storage.wl().apply_snapshot(snapshot).map_err(|e| format!("raft: {e}"))?;
-        }
+        // Applied entries were committed, whatever the last hard state written says.
+        hard_state.commit = hard_state.commit.max(applied_index);
+        hard_state.term = hard_state.term.max(applied_term);
+        // The log before the applied entry is in the state machine: raft's log starts after it.
+        let mut storage = LogStorage::new(conf_state, hard_state, applied, FETCHED_BYTES_MAX);
         let entries: Vec<Entry> = entries.iter().filter(|e| e.index > applied_index).cloned().collect();
         for (expected, entry) in (applied_index + 1..).zip(&entries) {
             if entry.index != expected {
                 return Err(format!("the raft log lacks entry {expected} (it goes on at {}): entries the state does not hold are missing", entry.index));
             }
         }
-        storage.wl().append(&entries).map_err(|e| format!("recovered entries do not follow one another: {e}"))?;
-        // Applied entries were committed, whatever the last hard state written says.
-        hard_state.commit = hard_state.commit.max(applied_index);
-        hard_state.term = hard_state.term.max(applied_term);
-        storage.wl().set_hardstate(hard_state);
+        storage.append(&entries).map_err(|e| format!("recovered entries do not follow one another: {e}"))?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let raw = RawNode::new(&raft_config, storage, &logger).map_err(|e| format!("raft: {e}"))?;
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
@@ -204,16 +200,34 @@ impl Replica {
         self.drain_ready();
     }
 
-    /// Drops the in-memory entries before the last applied one (kept: raft asks its term).
-    /// The log on disk keeps them until retention. Only a voter alone: with peers, a lagging
-    /// one would need a raft snapshot, which comes with state transfer (a later step), so
-    /// until then a replica with peers keeps its entries in memory.
-    pub fn compact_applied(&mut self) {
-        if self.raw.raft.prs().conf().voters().ids().len() > 1 {
-            return;
-        }
+    /// Keeps at most `budget_bytes` of applied entries in memory (the newest); the rest are
+    /// read back from disk when a follower needs them (`take_wanted`, `entries_fetched`).
+    pub fn trim_memory(&mut self, budget_bytes: u64) {
         let applied = self.raw.raft.raft_log.applied;
-        self.raw.mut_store().wl().compact(applied).expect("compacting up to the applied entry");
+        self.raw.mut_store().trim_memory(applied, budget_bytes);
+    }
+
+    /// Bytes of entries the replica holds in memory.
+    pub fn memory_bytes(&self) -> u64 {
+        self.raw.store().memory_bytes()
+    }
+
+    /// Retention deleted every entry up to `index` (applied): the log starts after it.
+    pub fn compact_to(&mut self, index: u64) -> Result<(), String> {
+        let index = index.min(self.raw.raft.raft_log.applied);
+        self.raw.mut_store().compact_to(index)
+    }
+
+    /// Ranges of entries raft waits to have read back from disk.
+    pub fn take_wanted(&mut self) -> Vec<Wanted> {
+        self.raw.store().take_wanted()
+    }
+
+    /// Entries read back for a wanted range: raft goes on with the send that waited.
+    pub fn entries_fetched(&mut self, entries: Vec<Entry>, context: raft::GetEntriesContext) {
+        self.raw.store().put_fetched(entries);
+        self.raw.on_entries_fetched(context);
+        self.drain_ready();
     }
 
     pub fn poll_output(&mut self) -> Option<ReplicaOutput> {
@@ -238,9 +252,9 @@ impl Replica {
             let entries = ready.take_entries();
             let hard_state = ready.hs().cloned();
             let store = self.raw.mut_store();
-            store.wl().append(&entries).expect("raft hands out entries that follow the log");
+            store.append(&entries).expect("raft hands out entries that follow the log");
             if let Some(hs) = &hard_state {
-                store.wl().set_hardstate(hs.clone());
+                store.set_hard_state(hs.clone());
             }
             let number = ready.number();
             let later = ready.take_persisted_messages();

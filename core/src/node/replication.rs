@@ -14,6 +14,7 @@ use super::{Node, Output, Trace, NS_PER_MS};
 use crate::cluster::command::{self, Command, CreateGroupCommand, PublishCommand};
 use crate::cluster::mesh::{self, PeerFrame};
 use crate::cluster::replica::{ProposeError, Replica, ReplicaConfig, ReplicaInput, ReplicaOutput};
+use crate::cluster::storage::Wanted;
 use crate::cluster::NodeId;
 use crate::config::{Config, TestBug};
 use crate::ids::{ConnId, GroupIdx, TopicIdx};
@@ -84,6 +85,8 @@ pub(super) struct Replication {
     deferred: Option<Vec<Persist>>,
     /// Deliberate bugs only (`cluster_bugs`).
     pub(super) bugs: super::cluster_bugs::BugState,
+    /// Entries being read back from disk for followers (`raft_reads`).
+    pub(super) entry_reads: super::raft_reads::EntryReads,
 }
 
 struct Persist {
@@ -118,6 +121,7 @@ impl Replication {
             reported_leader: (None, 0),
             deferred: Some(Vec::new()),
             bugs: Default::default(),
+            entry_reads: Default::default(),
         })
     }
 
@@ -137,6 +141,22 @@ impl Replication {
 
     pub(super) fn poll_timeout(&self) -> Option<u64> {
         self.replica.poll_timeout()
+    }
+
+    pub(super) fn memory_bytes(&self) -> u64 {
+        self.replica.memory_bytes()
+    }
+
+    pub(super) fn take_wanted(&mut self) -> Vec<Wanted> {
+        self.replica.take_wanted()
+    }
+
+    pub(super) fn entry_loc(&self, index: u64) -> Option<Loc> {
+        self.entry_locs.get(&index).copied()
+    }
+
+    pub(super) fn entries_fetched(&mut self, entries: Vec<Entry>, context: raft::GetEntriesContext) {
+        self.replica.entries_fetched(entries, context);
     }
 
     /// Retention deleted `segment` and those before it: their entries' places go.
@@ -206,10 +226,15 @@ impl Node {
         }
     }
 
-    /// Bounds the replica's in-memory log to what is not yet applied.
+    /// Bounds the entries the replica keeps in memory to `raft_log_memory_bytes`, and moves
+    /// raft's first entry up to what retention has deleted: everything up to the applied
+    /// index the oldest segment's snapshot records.
     pub(super) fn compact_raft_memory(&mut self) {
-        if let Some(replication) = self.replication.as_mut() {
-            replication.replica.compact_applied();
+        let first_kept = self.log.segments.front().map_or(0, |s| s.snapshot_applied_index);
+        let Some(replication) = self.replication.as_mut() else { return };
+        replication.replica.trim_memory(self.config.raft_log_memory_bytes);
+        if let Err(why) = replication.replica.compact_to(first_kept) {
+            self.stop(format!("raft's log cannot follow retention: {why}"));
         }
     }
 
@@ -264,6 +289,7 @@ impl Node {
         if was_leading && !leading {
             self.on_lead_lost();
         }
+        self.read_wanted_entries();
         if let Some(replication) = self.replication.as_mut() {
             replication.leading = leading;
         }
