@@ -291,9 +291,19 @@ impl Checker {
             || (self.retention_age_ns.is_some() && (from + 1..to).any(|id| self.retained_away(&(topic.to_string(), id))))
     }
 
-    /// Pubacked messages of `topic` not yet delivered to `group` (bit-flip victims excepted).
+    /// Pubacked messages of `topic` not yet delivered to `group`: bit-flip victims excepted,
+    /// and messages whose copy a client read from `<topic>.dlq` (every delivery of such a
+    /// message may have been lost on the way, each with its connection, before the node moved
+    /// it there: the message is not lost, it is where dead letters go).
     pub fn missing(&self, topic: &str, group: &str) -> Vec<u64> {
-        self.pubacked_not_in(topic, group, &self.delivered)
+        let mut missing = self.pubacked_not_in(topic, group, &self.delivered);
+        missing.retain(|id| !self.dead_letter_seen(&(topic.to_string(), *id)));
+        missing
+    }
+
+    /// A client read the copy of this message from `<topic>.dlq`.
+    fn dead_letter_seen(&self, tid: &TopicId) -> bool {
+        self.owner.get(tid).is_some_and(|ps| self.dead_letter_copies.contains_key(&(tid.0.clone(), ps.clone())))
     }
 
     /// Pubacked messages of `topic` that some of `groups` have not acked, and for which fewer
@@ -341,7 +351,10 @@ impl Checker {
             let mut expected = 0;
             let mut broken = None;
             for (id, prev) in chain {
-                let skipped_sacrificed = self.sacrificed.contains(&(topic.clone(), *prev)) || self.sacrificed_between(topic, (*prev).min(expected), *id);
+                // Dead letters a client of this group never saw (each delivery lost with its
+                // connection) are skipped too: their copies were read from `<topic>.dlq`.
+                let skipped_dead_letters = expected < *prev && (expected + 1..=*prev).all(|skipped| self.dead_letter_seen(&(topic.clone(), skipped)));
+                let skipped_sacrificed = self.sacrificed.contains(&(topic.clone(), *prev)) || self.sacrificed_between(topic, (*prev).min(expected), *id) || skipped_dead_letters;
                 if *prev != expected && !skipped_sacrificed && broken.is_none() {
                     broken = Some(format!("{topic}/{group}: id {id} has prev {prev}, but the group's previous message is {expected}"));
                 }
@@ -382,5 +395,41 @@ impl Checker {
 
     pub fn pubacked_count(&self) -> usize {
         self.pubacked.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn msg(topic: &str, id: u64, prev: u64, seq: u64) -> Value {
+        json!({"op": "msg", "topic": topic, "group": "g", "id": id, "prev": prev, "body": body_for("p", seq), "attempt": 1})
+    }
+
+    /// A message whose every delivery was lost on the way, then dead-lettered: not lost once
+    /// its copy is read from the dead-letter topic, and the group's `prev` chain may skip it.
+    #[test]
+    fn a_dead_letter_no_member_saw_counts_as_delivered_once_its_copy_is_read() {
+        let groups = [("t".to_string(), "g".to_string())];
+        let run = |dlq_copy_read: bool| {
+            let mut c = Checker::new(3, None);
+            for seq in 1..=3 {
+                c.publish_sent("p", seq, None, 0);
+                c.pubacked("p", seq, "t", seq, 0);
+            }
+            c.delivered("g", &msg("t", 1, 0, 1), 0);
+            c.delivered("g", &msg("t", 3, 2, 3), 0);
+            c.completed("t", "g", 1);
+            c.completed("t", "g", 3);
+            if dlq_copy_read {
+                c.delivered("audit", &msg("t.dlq", 1, 0, 2), 0);
+            }
+            c.finish(&groups);
+            c.violations.iter().map(|(invariant, _)| *invariant).collect::<Vec<_>>()
+        };
+        let without = run(false);
+        assert!(without.contains(&INV_LOST) && without.contains(&INV_PREV), "{without:?}");
+        assert_eq!(run(true), Vec::<&str>::new());
     }
 }

@@ -215,7 +215,10 @@ impl World {
         if cut || self.nodes[to].node.is_none() {
             return self.break_peer_link(from, to);
         }
-        self.trace(|| format!("peer frame {} -> {} (kind {}, {} bytes)", from + 1, to + 1, payload.first().copied().unwrap_or(0), payload.len()));
+        self.trace(|| match ferry_core::cluster::mesh::decode(payload) {
+            Ok(ferry_core::cluster::mesh::PeerFrame::Raft(_)) | Err(_) => format!("peer frame {} -> {} (raft, {} bytes)", from + 1, to + 1, payload.len()),
+            Ok(frame) => format!("peer frame {} -> {} {frame:?}", from + 1, to + 1),
+        });
         self.node_input(to, Input::PeerMessage { from_node: from as u64 + 1, payload });
     }
 
