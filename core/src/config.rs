@@ -124,6 +124,9 @@ pub struct Config {
     pub peers: String,
     /// Where this node listens for its peers (`IP:PORT`); needed with `peers`.
     pub peer_listen: String,
+    /// The URL clients reach this node at, told to its peers for `welcome` (`nodes`) and
+    /// `ferry cluster status`; the shell fills in `ws://<listen>/ws` when it is empty.
+    pub advertise_url: String,
     /// raft's clock: a follower stands for election after 10 ticks without a leader's word
     /// (each tick jittered by half), a leader sends heartbeats every 2.
     pub raft_tick_ms: u64,
@@ -222,6 +225,7 @@ impl Default for Config {
             node_id: 1,
             peers: String::new(),
             peer_listen: String::new(),
+            advertise_url: String::new(),
             raft_tick_ms: 100,
             peer_outbox_bytes_max: 64 << 20,
             raft_log_memory_bytes: 64 << 20,
@@ -336,6 +340,9 @@ impl Config {
         if !voters.is_empty() {
             if !voters.iter().any(|v| v.id.0 == self.node_id) {
                 return Err(format!("node_id {} is not among the peers ({})", self.node_id, self.peers));
+            }
+            if !self.advertise_url.is_empty() && !self.advertise_url.starts_with("ws://") && !self.advertise_url.starts_with("wss://") {
+                return Err(format!("advertise_url '{}' must start with ws:// or wss://", self.advertise_url));
             }
             if self.peer_listen.is_empty() {
                 return Err("peer_listen is needed with peers (the address this node's peers connect to)".into());

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 mod cluster_bugs;
 mod cluster_load;
+mod cluster_status;
 mod delivery;
 mod forwarding;
 mod load;
@@ -503,6 +504,7 @@ impl Node {
             Timer::Retention => {
                 self.enforce_retention();
                 self.compact_raft_memory();
+                self.tell_peers_about_me();
                 self.timers.insert((self.now_ns + RETENTION_CHECK_NS, Timer::Retention));
             }
         }

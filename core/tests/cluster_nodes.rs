@@ -29,7 +29,14 @@ impl Cluster {
     fn with(base: Config) -> Cluster {
         let nodes = (1..=3)
             .map(|id| {
-                let config = Config { node_id: id, peers: PEERS.into(), peer_listen: format!("127.0.0.1:781{id}"), rng_seed: id, ..base.clone() };
+                let config = Config {
+                    node_id: id,
+                    peers: PEERS.into(),
+                    peer_listen: format!("127.0.0.1:781{id}"),
+                    advertise_url: format!("ws://127.0.0.1:770{id}/ws"),
+                    rng_seed: id,
+                    ..base.clone()
+                };
                 let mut h = Harness::new(config);
                 h.connect(P);
                 h.connect(S);
@@ -284,4 +291,38 @@ fn a_follower_behind_the_entries_kept_in_memory_catches_up_from_the_leader_s_dis
     c.down.insert(leader);
     let next = c.leader();
     assert_eq!(c.publish(next, json!("after"))["id"], json!(41));
+}
+
+#[test]
+fn welcome_names_the_node_the_cluster_s_urls_the_leader_and_each_node_s_lag() {
+    let mut c = Cluster::new();
+    let leader = c.leader();
+    for n in 1..=3 {
+        c.publish(leader, json!(n));
+    }
+    // Nodes tell each other about themselves every second.
+    c.run_ms(1_100);
+    let follower = (leader + 1) % 3;
+    let welcome = c.nodes[follower].connect(T);
+    assert_eq!(welcome["node"], json!(follower + 1));
+    assert_eq!(welcome["nodes"], json!(["ws://127.0.0.1:7701/ws", "ws://127.0.0.1:7702/ws", "ws://127.0.0.1:7703/ws"]));
+    let cluster = &welcome["cluster"];
+    assert_eq!(cluster["leader"], json!(leader + 1));
+    let nodes = cluster["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    for node in nodes {
+        assert_eq!(node["lag"], json!(0), "{node}");
+        assert!(node["applied"].as_u64().unwrap() >= 4, "the three publishes and the leader's first entry: {node}");
+    }
+    // A node that stops reporting keeps its last word, its age growing.
+    let third = (leader + 2) % 3;
+    c.down.insert(third);
+    c.run_ms(2_000);
+    let welcome = c.nodes[follower].connect(ConnId(4));
+    let silent = &welcome["cluster"]["nodes"][third];
+    assert!(silent["heard_ms_ago"].as_u64().unwrap() >= 1_000, "{silent}");
+    // A single node says none of it.
+    let mut single = ferry_core::testkit::Harness::new(Config::default());
+    let welcome = single.connect(T);
+    assert!(welcome.get("cluster").is_none() && welcome.get("node").is_none(), "{welcome}");
 }

@@ -53,6 +53,61 @@ pub struct SubscribeArgs {
     token: Option<String>,
 }
 
+/// `ferry cluster status` calls a node silent past this (nodes report every second).
+const SILENT_AFTER_MS: u64 = 3_000;
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// A node's URL; repeat it to name several (the first that answers is asked).
+    #[arg(long, default_value = crate::DEFAULT_URL)]
+    url: Vec<String>,
+}
+
+/// Asks the first reachable node for what it knows of the cluster (its `welcome`) and prints
+/// one line per node.
+pub fn cluster_status(args: &StatusArgs) -> Result<(), String> {
+    let mut errors = Vec::new();
+    for url in &args.url {
+        let welcome = match tungstenite::connect(url.as_str()) {
+            Ok((mut ws, _)) => read_json(&mut ws),
+            Err(e) => Err(format!("cannot connect to {url}: {e}")),
+        };
+        match welcome {
+            Ok(welcome) => {
+                print!("{}", status_table(url, &welcome));
+                return Ok(());
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    Err(errors.join("; "))
+}
+
+fn status_table(url: &str, welcome: &Value) -> String {
+    let Some(cluster) = welcome.get("cluster") else {
+        return format!("{url} ({}) is a single node, not a cluster member\n", welcome["server"].as_str().unwrap_or("?"));
+    };
+    let show = |v: &Value| if v.is_null() { "-".to_string() } else { v.to_string().trim_matches('"').to_string() };
+    let mut out = format!("asked node {} at {url}: term {}, leader {}\n", welcome["node"], cluster["term"], show(&cluster["leader"]));
+    out.push_str(&format!("{:<6}{:<32}{:<10}{:>10}{:>8}{:>14}\n", "node", "url", "role", "applied", "lag", "heard (ms)"));
+    for node in cluster["nodes"].as_array().into_iter().flatten() {
+        // Nodes report every second: one silent for a few seconds is likely down or cut off.
+        let silent = node["heard_ms_ago"].as_u64().is_some_and(|ms| ms > SILENT_AFTER_MS);
+        let role = if node["applied"].is_null() {
+            "unheard"
+        } else if silent {
+            "silent"
+        } else if node["id"] == cluster["leader"] {
+            "leader"
+        } else {
+            "follower"
+        };
+        let heard = if node["id"] == welcome["node"] { "self".to_string() } else { show(&node["heard_ms_ago"]) };
+        out.push_str(&format!("{:<6}{:<32}{:<10}{:>10}{:>8}{:>14}\n", show(&node["id"]), show(&node["url"]), role, show(&node["applied"]), show(&node["lag"]), heard));
+    }
+    out
+}
+
 fn connect(url: &str, token: Option<&str>) -> Result<Socket, String> {
     let (mut ws, _) = tungstenite::connect(url).map_err(|e| format!("cannot connect to {url}: {e}"))?;
     let welcome = read_json(&mut ws)?;
@@ -167,4 +222,27 @@ pub fn subscribe(args: &SubscribeArgs) -> Result<(), String> {
     }
     let _ = ws.close(None);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_table_shows_each_node_with_its_role_and_lag() {
+        let welcome = json!({"op": "welcome", "server": "ferry-1", "version": 1, "node": 2, "nodes": ["ws://a/ws", "ws://b/ws"],
+            "cluster": {"leader": 1, "term": 3, "nodes": [
+                {"id": 1, "url": "ws://a/ws", "applied": 10, "lag": 0, "heard_ms_ago": 120},
+                {"id": 2, "url": "ws://b/ws", "applied": 8, "lag": 2, "heard_ms_ago": null},
+                {"id": 3, "url": null, "applied": null, "lag": null, "heard_ms_ago": null},
+                {"id": 4, "url": "ws://d/ws", "applied": 3, "lag": 7, "heard_ms_ago": 5000}]}});
+        let table = status_table("ws://b/ws", &welcome);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[0], "asked node 2 at ws://b/ws: term 3, leader 1");
+        assert!(lines[2].starts_with("1     ws://a/ws") && lines[2].contains("leader") && lines[2].trim_end().ends_with("120"), "{table}");
+        assert!(lines[3].contains("follower") && lines[3].contains(" 2 ") && lines[3].trim_end().ends_with("self"), "{table}");
+        assert!(lines[4].contains("unheard"), "{table}");
+        assert!(lines[5].contains("silent"), "{table}");
+        assert!(status_table("ws://x/ws", &json!({"op": "welcome", "server": "solo"})).contains("single node"));
+    }
 }

@@ -35,6 +35,16 @@ enum Command {
     Publish(client::PublishArgs),
     /// Join a consumer group and print each message as one JSON line, acking it.
     Subscribe(client::SubscribeArgs),
+    /// A cluster's state as its nodes report it.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Print each node of the cluster: URL, role, applied entry, lag, when last heard of
+    /// (asks the first node of --url that answers).
+    Status(client::StatusArgs),
 }
 
 #[derive(clap::Args)]
@@ -135,6 +145,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(&args),
         Command::Publish(args) => client::publish(&args),
         Command::Subscribe(args) => client::subscribe(&args),
+        Command::Cluster(ClusterCommand::Status(args)) => client::cluster_status(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -124,15 +124,21 @@ fn raise_fd_limit(connections_max: u32) {
 pub fn run(options: ServerOptions) -> io::Result<()> {
     raise_fd_limit(options.config.connections_max);
     let clock = Clock::new();
-    let config = options.config;
+    let mut config = options.config;
+    // Bound before recovery, so that the node can be told the address it serves at (clients
+    // connecting meanwhile wait in the backlog until the loop starts).
+    let mut listener = TcpListener::bind(options.listen).map_err(|e| io::Error::other(format!("cannot listen on {}: {e}", options.listen)))?;
+    let local = listener.local_addr()?;
+    if config.advertise_url.is_empty() {
+        config.advertise_url = format!("ws://{local}/ws");
+    }
     let started = Instant::now();
     let (store, node, report) = Store::open(&options.data_dir, config.clone(), clock.now()).map_err(|e| io::Error::other(format!("cannot start: {e}")))?;
     log::info(&format!("recovered {} segments, {} messages from {} in {} ms", report.segments, report.messages, options.data_dir.display(), started.elapsed().as_millis()));
     let poll = Poll::new()?;
-    let mut listener = TcpListener::bind(options.listen).map_err(|e| io::Error::other(format!("cannot listen on {}: {e}", options.listen)))?;
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     let peers = Peers::open(&config, poll.registry(), config.rng_seed)?;
-    log::info(&format!("listening on ws://{}/ws (fsync {:?})", listener.local_addr()?, config.fsync));
+    log::info(&format!("listening on ws://{local}/ws (fsync {:?})", config.fsync));
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(4 << 10)
         .write_buffer_size(32 << 10)

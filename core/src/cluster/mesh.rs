@@ -7,6 +7,7 @@
 //! close_client = 4 conn:u64 code:u16 reason
 //! client_gone  = 5 conn:u64          (the client's connection ended, or moved on)
 //! congested    = 6 conn:u64 flag:u8  (its node's queue to it is full (1), or drained (0))
+//! node_info    = 7 json              (the sender's client URL and progress, every second)
 //! ```
 //!
 //! Integers are big-endian, texts UTF-8 to the end of the frame. `conn` is the connection id
@@ -22,6 +23,17 @@ const KIND_TO_CLIENT: u8 = 3;
 const KIND_CLOSE_CLIENT: u8 = 4;
 const KIND_CLIENT_GONE: u8 = 5;
 const KIND_CONGESTED: u8 = 6;
+const KIND_NODE_INFO: u8 = 7;
+
+/// What a node tells its peers about itself, for `welcome` and `ferry cluster status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeInfo {
+    /// Where clients reach it (`advertise_url`).
+    pub url: String,
+    /// The last raft entry it applied.
+    pub applied: u64,
+    pub term: u64,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum PeerFrame {
@@ -31,6 +43,7 @@ pub enum PeerFrame {
     CloseClient { conn: u64, code: u16, reason: String },
     ClientGone { conn: u64 },
     Congested { conn: u64, congested: bool },
+    NodeInfo(NodeInfo),
 }
 
 fn with_conn(kind: u8, conn: u64, capacity: usize) -> Vec<u8> {
@@ -61,6 +74,12 @@ pub fn encode(frame: &PeerFrame) -> Vec<u8> {
             out
         }
         PeerFrame::ClientGone { conn } => with_conn(KIND_CLIENT_GONE, *conn, 0),
+        PeerFrame::NodeInfo(info) => {
+            let mut out = vec![KIND_NODE_INFO];
+            // Plain fields serialize without fail.
+            serde_json::to_writer(&mut out, info).expect("node info encodes");
+            out
+        }
         PeerFrame::Congested { conn, congested } => {
             let mut out = with_conn(KIND_CONGESTED, *conn, 1);
             out.push(u8::from(*congested));
@@ -77,6 +96,9 @@ pub fn decode(bytes: &[u8]) -> Result<PeerFrame, String> {
     let (&kind, body) = bytes.split_first().ok_or("empty peer frame")?;
     if kind == KIND_RAFT {
         return Message::parse_from_bytes(body).map(PeerFrame::Raft).map_err(|e| format!("raft message: {e}"));
+    }
+    if kind == KIND_NODE_INFO {
+        return serde_json::from_slice(body).map(PeerFrame::NodeInfo).map_err(|e| format!("node info: {e}"));
     }
     let (conn, rest) = body.split_first_chunk::<8>().ok_or_else(|| format!("peer frame kind {kind} cut before its connection id"))?;
     let conn = u64::from_be_bytes(*conn);
@@ -124,6 +146,9 @@ mod tests {
             PeerFrame::Congested { conn: 4, congested: true },
             PeerFrame::Congested { conn: 4, congested: false },
         ];
+        let info = PeerFrame::NodeInfo(NodeInfo { url: "ws://127.0.0.1:7701/ws".into(), applied: 7, term: 2 });
+        assert_eq!(decode(&encode(&info)), Ok(info.clone()));
+        assert!(decode(&encode(&info)[..9]).unwrap_err().contains("node info"));
         for frame in frames {
             let bytes = encode(&frame);
             assert_eq!(decode(&bytes), Ok(frame.clone()));

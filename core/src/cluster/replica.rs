@@ -155,6 +155,11 @@ impl Replica {
         self.is_leader() && self.raw.raft.commit_to_current_term() && log.applied >= log.committed
     }
 
+    /// The last entry applied.
+    pub fn applied(&self) -> u64 {
+        self.raw.raft.raft_log.applied
+    }
+
     pub fn term(&self) -> u64 {
         self.raw.raft.term
     }

@@ -120,7 +120,7 @@ impl Node {
                     self.on_congested(id, congested);
                 }
             }
-            PeerFrame::Raft(_) => unreachable!("raft messages go to the replica"),
+            PeerFrame::Raft(_) | PeerFrame::NodeInfo(_) => unreachable!("handled by replication"),
         }
     }
 

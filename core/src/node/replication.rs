@@ -87,6 +87,8 @@ pub(super) struct Replication {
     pub(super) bugs: super::cluster_bugs::BugState,
     /// Entries being read back from disk for followers (`raft_reads`).
     pub(super) entry_reads: super::raft_reads::EntryReads,
+    /// What the other nodes last said of themselves (`cluster_status`).
+    pub(super) status: super::cluster_status::ClusterStatus,
 }
 
 struct Persist {
@@ -99,11 +101,11 @@ impl Replication {
     /// The replica restarting from what the log holds: raft then hands the committed entries
     /// after `log.applied` over to be applied again.
     pub(super) fn recover(config: &Config, now_ns: u64, log: RecoveredLog) -> Result<Replication, String> {
-        let voters = config.voters()?.into_iter().map(|v| v.id).collect();
+        let voters: Vec<NodeId> = config.voters()?.into_iter().map(|v| v.id).collect();
         let node_id = NodeId(config.node_id);
         let replica_config = ReplicaConfig {
             id: node_id,
-            voters,
+            voters: voters.clone(),
             tick_ns: config.raft_tick_ms * NS_PER_MS,
             election_ticks: ELECTION_TICKS,
             heartbeat_ticks: HEARTBEAT_TICKS,
@@ -122,6 +124,7 @@ impl Replication {
             deferred: Some(Vec::new()),
             bugs: Default::default(),
             entry_reads: Default::default(),
+            status: super::cluster_status::ClusterStatus::new(voters),
         })
     }
 
@@ -141,6 +144,14 @@ impl Replication {
 
     pub(super) fn poll_timeout(&self) -> Option<u64> {
         self.replica.poll_timeout()
+    }
+
+    pub(super) fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub(super) fn replica(&self) -> &Replica {
+        &self.replica
     }
 
     pub(super) fn memory_bytes(&self) -> u64 {
@@ -221,6 +232,7 @@ impl Node {
                 replication.replica.handle_input(self.now_ns, ReplicaInput::Message(message));
                 self.drain_replica();
             }
+            Ok(PeerFrame::NodeInfo(info)) => self.on_node_info(from_node, info),
             Ok(client_frame) => self.on_client_peer_frame(from_node, client_frame),
             Err(why) => self.out.push_back(Output::Trace(Trace::PeerFrameRefused { from_node, why })),
         }

@@ -74,8 +74,7 @@ impl Node {
         let authenticated = self.config.tokens.is_empty();
         let previous = self.conns.insert(conn, Conn::new(authenticated));
         assert!(previous.is_none(), "connection id {conn} reused while open");
-        let mut frame = String::new();
-        protocol::encode_welcome(&mut frame, &self.config.node_name);
+        let frame = self.welcome();
         self.send(conn, frame);
     }
 
