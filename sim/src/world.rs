@@ -274,7 +274,10 @@ impl World {
                         subscriber.unsub_every = Some(rng.gen_range(5..40));
                     }
                     subscriber.filter = filter.clone();
-                    let largest_delay_ns = swarm.latency_max_us * 1_000 + MS;
+                    // In a cluster a message may cross a peer link before the client's own link
+                    // (its member's node is not the leader): two hops.
+                    let hops = if nodes::voters_for(options.seed) > 1 { 2 } else { 1 };
+                    let largest_delay_ns = hops * swarm.latency_max_us * 1_000 + MS;
                     subscriber.window_hold_ns = (config.ack_timeout_ms * MS).saturating_sub(largest_delay_ns);
                     if rng.gen_bool(0.3) {
                         subscriber.audit_every = Some(rng.gen_range(3..20));
