@@ -262,11 +262,11 @@ pub fn run(args: &Args, progress: &Arc<Progress>) -> Result<Report, String> {
     let connecting = Instant::now();
     let mut subscribers = Vec::new();
     for i in 0..args.subscribers {
-        subscribers.push(subscribe(&args.url, &topic, &format!("g{i}"), args.window)?);
+        subscribers.push(subscribe(args.url_for(i, 0), &topic, &format!("g{i}"), args.window)?);
     }
     let mut publishers = Vec::new();
-    for _ in 0..args.publishers {
-        publishers.push(connect(&args.url)?);
+    for i in 0..args.publishers {
+        publishers.push(connect(args.url_for(i, 1))?);
     }
     let connections_per_s = (args.subscribers + args.publishers) as f64 / connecting.elapsed().as_secs_f64();
     let printer = progress.spawn_printer(args.count * args.subscribers as u64);
@@ -337,7 +337,7 @@ pub fn scale(args: &Args, idle: usize, _progress: &Arc<Progress>) -> Result<Repo
     let mut sockets = Vec::with_capacity(idle);
     for i in 0..idle {
         let source = (!args.source_addrs.is_empty()).then(|| args.source_addrs[i % args.source_addrs.len()].as_str());
-        let mut ws = connect_idle(&args.url, source)?;
+        let mut ws = connect_idle(args.url_for(i, 0), source)?;
         let sub = json!({"op": "sub", "req": i, "topic": topic, "group": format!("s{i}"), "from": "latest", "window": 1});
         ws.send(Message::text(sub.to_string())).map_err(|e| e.to_string())?;
         sockets.push(ws);
@@ -354,7 +354,7 @@ pub fn scale(args: &Args, idle: usize, _progress: &Arc<Progress>) -> Result<Repo
     let connections_per_s = idle as f64 / connecting.elapsed().as_secs_f64();
     eprintln!("\r{idle} idle subscribers connected ({connections_per_s:.0}/s)");
     let rss_after = args.pid.and_then(report::current_rss_kib);
-    let mut publisher = connect(&args.url)?;
+    let mut publisher = connect(args.url_for(0, 1))?;
     let epoch = Instant::now();
     publisher.send(Message::text(json!({"op": "pub", "req": 1, "topic": topic, "body": "fan-out"}).to_string())).map_err(|e| e.to_string())?;
     let mut latest = Duration::ZERO;

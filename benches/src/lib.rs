@@ -7,6 +7,19 @@ pub mod report;
 
 use clap::ValueEnum;
 
+impl Args {
+    /// The nodes `--url` names (one, or a cluster's several).
+    pub fn urls(&self) -> Vec<&str> {
+        self.url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
+    }
+
+    /// Where the `i`th connection of a kind goes, `offset` nodes further for publishers.
+    pub fn url_for(&self, i: usize, offset: usize) -> &str {
+        let urls = self.urls();
+        urls[(i + offset) % urls.len().max(1)]
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum System {
     Ferry,
@@ -19,7 +32,9 @@ pub enum System {
 pub struct Args {
     #[arg(long, value_enum, default_value = "ferry")]
     pub system: System,
-    /// ferry: ws://HOST:PORT/ws; mosquitto: HOST:PORT; nats: nats://HOST:PORT
+    /// ferry: ws://HOST:PORT/ws, or several nodes of a cluster comma-separated (subscribers
+    /// and publishers are spread over them, publisher i on the node after subscriber i's, so
+    /// messages cross the mesh); mosquitto: HOST:PORT; nats: nats://HOST:PORT
     #[arg(long, default_value = "ws://127.0.0.1:7700/ws")]
     pub url: String,
     #[arg(long, default_value_t = 1)]

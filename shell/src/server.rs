@@ -313,13 +313,15 @@ impl Server {
         timeout
     }
 
-    /// Hands the frames peers sent to the node, one by one, carrying out what each caused,
-    /// then tells it of links that ended.
+    /// Hands the frames peers sent to the node, one by one, then carries out what they caused:
+    /// the raft writes of a whole turn's frames share one write and fsync (group commit, as
+    /// for clients' publishes), instead of one each. Then tells it of links that ended.
     fn take_peer_frames(&mut self, arrived: Vec<Arrived>) {
         for Arrived { from_node, payload } in arrived {
             self.node.handle_input(self.clock.now(), Input::PeerMessage { from_node, payload: &payload });
-            self.drain_outputs();
+            self.pass_sends();
         }
+        self.drain_outputs();
         self.take_peer_downs();
     }
 
