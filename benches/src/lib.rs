@@ -3,6 +3,7 @@
 pub mod ferry_adapter;
 #[cfg(feature = "peers")]
 pub mod peers;
+pub mod probe;
 pub mod report;
 
 use clap::ValueEnum;
@@ -76,4 +77,9 @@ pub struct Args {
     /// Write every delivery's latency (us, in arrival order per subscriber) to this file.
     #[arg(long)]
     pub dump_latencies: Option<std::path::PathBuf>,
+    /// Failover probe: publish one message every this many ms (`--count` in all) through the
+    /// `--url` nodes, moving to the next on an error, a lost connection or a second of
+    /// silence, and report the longest time without a puback (kill a node meanwhile).
+    #[arg(long)]
+    pub probe_ms: Option<u64>,
 }

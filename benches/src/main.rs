@@ -18,6 +18,18 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let progress = Arc::new(Progress::default());
+    if let Some(every_ms) = args.probe_ms {
+        return match ferry_benches::probe::run(&args, every_ms) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ferry-bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = match (args.system, args.idle_subscribers) {
         (System::Ferry, Some(idle)) => ferry_adapter::scale(&args, idle, &progress),
         (System::Ferry, None) => ferry_adapter::run(&args, &progress),

@@ -226,7 +226,7 @@ impl Default for Config {
             peers: String::new(),
             peer_listen: String::new(),
             advertise_url: String::new(),
-            raft_tick_ms: 100,
+            raft_tick_ms: 50,
             peer_outbox_bytes_max: 64 << 20,
             raft_log_memory_bytes: 64 << 20,
             rng_seed: 0,
