@@ -173,6 +173,12 @@ pub enum Trace {
         leader: Option<u64>,
         term: u64,
     },
+    /// Node `node` is behind this leader's first raft entry (retention deleted what it lacks)
+    /// and cannot catch up until state transfer exists.
+    FollowerBehindLog {
+        node: u64,
+        first_entry: u64,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]

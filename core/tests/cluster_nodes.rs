@@ -326,3 +326,25 @@ fn welcome_names_the_node_the_cluster_s_urls_the_leader_and_each_node_s_lag() {
     let welcome = single.connect(T);
     assert!(welcome.get("cluster").is_none() && welcome.get("node").is_none(), "{welcome}");
 }
+
+#[test]
+fn a_follower_behind_what_retention_deleted_is_reported_and_the_others_go_on() {
+    let config = Config { segment_bytes_max: 8_192, frame_bytes_max: 4_096, retention_age_ms: 300, raft_log_memory_bytes: 512, ..Config::default() };
+    let mut c = Cluster::with(config);
+    let leader = c.leader();
+    let behind = (leader + 1) % 3;
+    c.down.insert(behind);
+    for n in 1..=120 {
+        assert_eq!(c.publish(leader, json!({"n": n, "pad": "x".repeat(200)}))["op"], json!("puback"));
+    }
+    // Old segments age out: the entries the follower lacks are gone from the leader's log.
+    c.run_ms(2_000);
+    assert!(c.nodes[leader].traces.iter().any(|t| matches!(t, ferry_core::node::Trace::SegmentDeleted { .. })), "retention ran");
+    c.down.remove(&behind);
+    c.run_ms(1_000);
+    let behind_id = behind as u64 + 1;
+    let reports: Vec<_> = c.nodes[leader].traces.iter().filter(|t| matches!(t, ferry_core::node::Trace::FollowerBehindLog { node, .. } if *node == behind_id)).collect();
+    assert_eq!(reports.len(), 1, "said once: {reports:?}");
+    // The majority goes on.
+    assert_eq!(c.publish(leader, json!("after"))["op"], json!("puback"));
+}

@@ -223,6 +223,16 @@ impl Replica {
         self.raw.mut_store().compact_to(index)
     }
 
+    /// The first entry the log still holds (retention deleted those before it).
+    pub fn first_index(&self) -> u64 {
+        self.raw.raft.raft_log.first_index()
+    }
+
+    /// Followers behind the log's first entry that raft tried to catch up since the last call.
+    pub fn take_snapshot_wanted(&mut self) -> Vec<u64> {
+        self.raw.store().take_snapshot_wanted()
+    }
+
     /// Ranges of entries raft waits to have read back from disk.
     pub fn take_wanted(&mut self) -> Vec<Wanted> {
         self.raw.store().take_wanted()

@@ -37,6 +37,8 @@ pub struct LogStorage {
     fetched: RefCell<BTreeMap<u64, Entry>>,
     fetched_bytes_max: u64,
     wanted: RefCell<Vec<Wanted>>,
+    /// Followers raft wanted to send a snapshot to (behind the first entry), not yet reported.
+    snapshot_wanted: RefCell<Vec<u64>>,
 }
 
 /// What an entry costs in memory, roughly: its payload and the fields around it.
@@ -62,6 +64,7 @@ impl LogStorage {
             fetched: RefCell::new(BTreeMap::new()),
             fetched_bytes_max,
             wanted: RefCell::new(Vec::new()),
+            snapshot_wanted: RefCell::new(Vec::new()),
         }
     }
 
@@ -151,6 +154,12 @@ impl LogStorage {
         std::mem::take(&mut *self.wanted.borrow_mut())
     }
 
+    /// Followers raft could not catch up since the last call: they are behind the log's first
+    /// entry and need the state itself.
+    pub fn take_snapshot_wanted(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.snapshot_wanted.borrow_mut())
+    }
+
     /// Entries read back from disk; the oldest read ones go first past the budget.
     pub fn put_fetched(&self, entries: Vec<Entry>) {
         let mut fetched = self.fetched.borrow_mut();
@@ -235,7 +244,8 @@ impl Storage for LogStorage {
         Ok(self.last_index)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, _request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        self.snapshot_wanted.borrow_mut().push(to);
         Err(store_error(StorageError::SnapshotTemporarilyUnavailable))
     }
 }
@@ -300,5 +310,7 @@ mod tests {
         assert_eq!(s.entries(4, 6, None, GetEntriesContext::empty(true)), Err(store_error(StorageError::Compacted)));
         assert!(s.compact_to(11).is_err());
         assert_eq!(s.snapshot(0, 2).unwrap_err(), store_error(StorageError::SnapshotTemporarilyUnavailable));
+        assert_eq!(s.take_snapshot_wanted(), vec![2], "the follower left behind is named");
+        assert!(s.take_snapshot_wanted().is_empty());
     }
 }

@@ -89,6 +89,8 @@ pub(super) struct Replication {
     pub(super) entry_reads: super::raft_reads::EntryReads,
     /// What the other nodes last said of themselves (`cluster_status`).
     pub(super) status: super::cluster_status::ClusterStatus,
+    /// Followers reported as behind the log's first entry (each once while it stays so).
+    pub(super) reported_behind: std::collections::BTreeSet<u64>,
 }
 
 struct Persist {
@@ -125,6 +127,7 @@ impl Replication {
             bugs: Default::default(),
             entry_reads: Default::default(),
             status: super::cluster_status::ClusterStatus::new(voters),
+            reported_behind: std::collections::BTreeSet::new(),
         })
     }
 
@@ -302,8 +305,22 @@ impl Node {
             self.on_lead_lost();
         }
         self.read_wanted_entries();
+        self.report_followers_behind();
         if let Some(replication) = self.replication.as_mut() {
             replication.leading = leading;
+        }
+    }
+
+    /// A follower behind the log's first entry cannot be caught up from entries: it needs the
+    /// state itself (a raft snapshot, not built yet). Said once per follower while this node
+    /// runs.
+    fn report_followers_behind(&mut self) {
+        let Some(replication) = self.replication.as_mut() else { return };
+        let first_entry = replication.replica.first_index();
+        for node in replication.replica.take_snapshot_wanted() {
+            if replication.reported_behind.insert(node) {
+                self.out.push_back(Output::Trace(Trace::FollowerBehindLog { node, first_entry }));
+            }
         }
     }
 
