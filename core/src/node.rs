@@ -32,6 +32,7 @@ mod reads;
 mod replication;
 mod session;
 mod state;
+mod state_transfer;
 
 use log::{Batch, Log, SegmentInfo};
 use reads::PendingFetch;
@@ -173,11 +174,15 @@ pub enum Trace {
         leader: Option<u64>,
         term: u64,
     },
-    /// Node `node` is behind this leader's first raft entry (retention deleted what it lacks)
-    /// and cannot catch up until state transfer exists.
+    /// Node `node` is behind this leader's first raft entry (retention deleted what it
+    /// lacks): it is sent the state as of the entry before (state transfer).
     FollowerBehindLog {
         node: u64,
         first_entry: u64,
+    },
+    /// This node took the leader's state as of raft entry `index` in place of its own.
+    StateInstalled {
+        index: u64,
     },
 }
 
@@ -309,6 +314,7 @@ impl Node {
                 segments: VecDeque::new(),
                 segment_unsynced: false,
                 cut_pending: None,
+                superseded_before: None,
             },
             read_cache: ReadCache::default(),
             cache_budget: CacheBudget::default(),

@@ -108,6 +108,10 @@ pub struct RaftStateRecord {
 pub struct AppliedRecord {
     pub index: u64,
     pub term: u64,
+    /// The state came from the leader (state transfer), not from applying entries: the
+    /// segments before this one are superseded, and recovery starts here.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub installed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -328,23 +328,54 @@ fn welcome_names_the_node_the_cluster_s_urls_the_leader_and_each_node_s_lag() {
 }
 
 #[test]
-fn a_follower_behind_what_retention_deleted_is_reported_and_the_others_go_on() {
+fn a_follower_behind_what_retention_deleted_takes_the_leader_s_state_and_can_lead_with_it() {
+    use ferry_core::node::Trace;
     let config = Config { segment_bytes_max: 8_192, frame_bytes_max: 4_096, retention_age_ms: 300, raft_log_memory_bytes: 512, ..Config::default() };
     let mut c = Cluster::with(config);
     let leader = c.leader();
     let behind = (leader + 1) % 3;
+    c.subscribe(leader);
     c.down.insert(behind);
     for n in 1..=120 {
         assert_eq!(c.publish(leader, json!({"n": n, "pad": "x".repeat(200)}))["op"], json!("puback"));
     }
+    // The member acks the first 100: the state carries that position.
+    let mut acked = 0;
+    while acked < 100 {
+        let got: Vec<u64> = ids(&msgs(&mut c.nodes[leader], S)).into_iter().filter(|id| *id <= 100).collect();
+        ack(&mut c.nodes[leader], S, "t", "g", &got);
+        acked += got.len();
+        c.run_ms(20);
+    }
     // Old segments age out: the entries the follower lacks are gone from the leader's log.
     c.run_ms(2_000);
-    assert!(c.nodes[leader].traces.iter().any(|t| matches!(t, ferry_core::node::Trace::SegmentDeleted { .. })), "retention ran");
+    assert!(c.nodes[leader].traces.iter().any(|t| matches!(t, Trace::SegmentDeleted { .. })), "retention ran");
     c.down.remove(&behind);
     c.run_ms(1_000);
     let behind_id = behind as u64 + 1;
-    let reports: Vec<_> = c.nodes[leader].traces.iter().filter(|t| matches!(t, ferry_core::node::Trace::FollowerBehindLog { node, .. } if *node == behind_id)).collect();
-    assert_eq!(reports.len(), 1, "said once: {reports:?}");
-    // The majority goes on.
-    assert_eq!(c.publish(leader, json!("after"))["op"], json!("puback"));
+    let reports = c.nodes[leader].traces.iter().filter(|t| matches!(t, Trace::FollowerBehindLog { node, .. } if *node == behind_id)).count();
+    assert_eq!(reports, 1, "said once");
+    assert!(c.nodes[behind].traces.iter().any(|t| matches!(t, Trace::StateInstalled { .. })), "the follower took the leader's state");
+    assert!(c.nodes[behind].traces.iter().any(|t| matches!(t, Trace::SegmentDeleted { .. })), "and dropped its superseded segments");
+    assert_eq!(c.nodes[behind].node.topic_next_id("t"), Some(121), "it has every id the leader gave");
+    c.nodes[behind].node.check_invariants();
+    // It restarts from that state (its older segments are gone)...
+    c.nodes[behind].restart(false);
+    c.run_ms(500);
+    assert_eq!(c.nodes[behind].node.topic_next_id("t"), Some(121));
+    // ...and the cluster goes on without the old leader: what was acked never comes back
+    // (what retention deleted is gone everywhere), and ids go on from 121.
+    c.down.insert(leader);
+    let next = c.leader();
+    // A connection of its own (a restart ended the node's test connections).
+    c.nodes[next].connect(T);
+    c.nodes[next].send_json(T, json!({"op": "sub", "req": "s", "topic": "t", "group": "g"}));
+    c.run_ms(100);
+    assert_eq!(c.nodes[next].take_op(T, "suback").len(), 1);
+    let redelivered = ids(&msgs(&mut c.nodes[next], T));
+    assert!(!redelivered.is_empty(), "the unacked messages still stored come again");
+    assert!(redelivered.iter().all(|id| (101..=120).contains(id)), "{redelivered:?}");
+    c.nodes[next].send_json(T, json!({"op": "pub", "req": 1, "topic": "t", "body": "after"}));
+    c.run_ms(50);
+    assert_eq!(c.nodes[next].take_op(T, "puback")[0]["id"], json!(121));
 }

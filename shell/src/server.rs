@@ -733,8 +733,12 @@ fn log_trace(trace: &Trace) {
         Trace::SegmentRolled { .. } | Trace::SegmentDeleted { .. } => log::debug(&format!("{trace:?}")),
         Trace::LeaderChanged { leader: Some(leader), term } => log::info(&format!("shard leader: node {leader} (term {term})")),
         Trace::LeaderChanged { leader: None, term } => log::info(&format!("shard has no leader: an election is on (term {term})")),
-        Trace::FollowerBehindLog { node, first_entry } => log::error(&format!(
-            "node {node} lacks raft entries retention has deleted here (the log starts at entry {first_entry}); it cannot catch up until state transfer exists (not even from an empty data directory); the cluster goes on while a majority is up; keep more with retention_bytes / retention_age_ms"
+        Trace::FollowerBehindLog { node, first_entry } => log::warn(&format!(
+            "node {node} lacks raft entries retention has deleted here (the log starts at entry {first_entry}): sending it the state as of entry {}",
+            first_entry - 1
         )),
+        Trace::StateInstalled { index } => {
+            log::warn(&format!("took the leader's state as of raft entry {index} (this node was behind what the leader keeps); older segments go once it is durable"))
+        }
     }
 }

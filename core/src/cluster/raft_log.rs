@@ -43,14 +43,14 @@ pub struct Recovered {
 
 /// Reads a replica's segments (ascending id, each the file's bytes) back.
 pub fn recover(segments: &[(u64, &[u8])]) -> Result<Recovered, String> {
-    read(segments, |_, _, _| {})
+    read(segments, |_, _, _, _| {})
         .map_err(|(segment, region)| format!("segment {segment}: bytes {}..{} are damaged ({:?}): raft state written there is unreadable", region.offset, region.end, region.error))
 }
 
 /// Reads the raft records of `segments` back, handing every other intact record to `other`
-/// (segment, offset, record); damage other than a torn final write is the error, with its
-/// segment.
-pub fn read(segments: &[(u64, &[u8])], mut other: impl FnMut(u64, u64, RecordRef<'_>)) -> Result<Recovered, (u64, BadRegion)> {
+/// (segment, offset, size, record); damage other than a torn final write is the error, with
+/// its segment.
+pub fn read(segments: &[(u64, &[u8])], mut other: impl FnMut(u64, u64, usize, RecordRef<'_>)) -> Result<Recovered, (u64, BadRegion)> {
     let mut newest_valid_len = 0;
     let mut hard_state = HardState::default();
     let mut entries: BTreeMap<u64, Entry> = BTreeMap::new();
@@ -73,7 +73,7 @@ pub fn read(segments: &[(u64, &[u8])], mut other: impl FnMut(u64, u64, RecordRef
                 RecordRef::RaftState(s) => {
                     hard_state = HardState { term: s.term, vote: s.vote, commit: s.commit, ..HardState::default() };
                 }
-                other_record => other(*segment, offset, other_record),
+                other_record => other(*segment, offset, size, other_record),
             }
         });
         newest_valid_len = scan.valid_len;

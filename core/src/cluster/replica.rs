@@ -54,6 +54,10 @@ pub enum ReplicaOutput {
     /// `Persisted { number }`. Entries may overwrite an uncommitted suffix from their first
     /// index on.
     Persist { number: u64, entries: Vec<Entry>, hard_state: Option<HardState> },
+    /// The leader's state as of entry `index` (`data`: its snapshot records): replaces this
+    /// replica's state and log; comes before the `Persist` of the same ready, which makes it
+    /// durable with it.
+    Install { index: u64, term: u64, data: Vec<u8> },
     /// A committed entry, in log order: apply it. Empty entries (a new leader's first) come too.
     /// `context` is what its proposer gave with it (how it finds its own proposals).
     Apply { index: u64, term: u64, data: Vec<u8>, context: Vec<u8> },
@@ -75,6 +79,8 @@ pub struct Replica {
     next_tick_ns: u64,
     tick_ns: u64,
     rng: ChaCha8Rng,
+    /// (ready number, index) of installed snapshots, applied once that ready is durable.
+    installed_at: VecDeque<(u64, u64)>,
 }
 
 impl Replica {
@@ -125,7 +131,8 @@ impl Replica {
         let raw = RawNode::new(&raft_config, storage, &logger).map_err(|e| format!("raft: {e}"))?;
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let first_tick = now_ns + rng.gen_range(config.tick_ns / 2..config.tick_ns * 3 / 2 + 1);
-        let mut replica = Replica { raw, out: VecDeque::new(), after_persist: VecDeque::new(), next_tick_ns: first_tick, tick_ns: config.tick_ns, rng };
+        let mut replica =
+            Replica { raw, out: VecDeque::new(), after_persist: VecDeque::new(), next_tick_ns: first_tick, tick_ns: config.tick_ns, rng, installed_at: VecDeque::new() };
         if config.voters == [config.id] {
             // Alone, it needs nobody's vote: lead at once rather than after an election timeout.
             replica.raw.campaign().map_err(|e| format!("raft: {e}"))?;
@@ -192,6 +199,13 @@ impl Replica {
                     self.out.extend(messages.into_iter().map(ReplicaOutput::Send));
                 }
                 self.raw.on_persist_ready(number);
+                // A state installed from the leader counts as applied once durable.
+                while self.installed_at.front().is_some_and(|(n, _)| *n <= number) {
+                    let (_, index) = self.installed_at.pop_front().expect("checked above");
+                    if self.raw.raft.raft_log.applied < index {
+                        self.raw.advance_apply_to(index);
+                    }
+                }
             }
         }
         self.drain_ready();
@@ -228,6 +242,16 @@ impl Replica {
         self.raw.raft.raft_log.first_index()
     }
 
+    /// The state as of the log's compacted point, read back for followers (see `LogStorage`).
+    pub fn set_snapshot_data(&mut self, index: u64, data: Vec<u8>) {
+        self.raw.mut_store().set_snapshot_data(index, data);
+    }
+
+    /// The entry a snapshot would be as of: (index, term).
+    pub fn compacted(&self) -> (u64, u64) {
+        self.raw.store().compacted()
+    }
+
     /// Followers behind the log's first entry that raft tried to catch up since the last call.
     pub fn take_snapshot_wanted(&mut self) -> Vec<u64> {
         self.raw.store().take_snapshot_wanted()
@@ -258,7 +282,14 @@ impl Replica {
         while self.raw.has_ready() {
             let mut ready = self.raw.ready();
             self.out.extend(ready.take_messages().into_iter().map(ReplicaOutput::Send));
-            assert!(ready.snapshot().is_empty(), "raft snapshots come with retention (issue 9, later step)");
+            if !ready.snapshot().is_empty() {
+                let snapshot = ready.snapshot();
+                let (index, term) = (snapshot.get_metadata().index, snapshot.get_metadata().term);
+                let data = snapshot.data.to_vec();
+                self.raw.mut_store().install(index, term);
+                self.out.push_back(ReplicaOutput::Install { index, term, data });
+                self.installed_at.push_back((ready.number(), index));
+            }
             let mut last_applied = None;
             for entry in ready.take_committed_entries() {
                 last_applied = Some(entry.index);

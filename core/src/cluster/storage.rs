@@ -8,7 +8,9 @@
 //! Entries not yet applied always stay in memory: raft reads them without leave to wait
 //! (applying, elections), and they are few. The log's first entry moves only when retention
 //! deletes segments (`compact_to`); a follower behind it needs the state itself (a raft
-//! snapshot), which comes with state transfer: until then `snapshot` answers "not yet".
+//! snapshot): the node reads it back from disk (the oldest segment's own snapshot records)
+//! and hands it over (`set_snapshot_data`); until then `snapshot` answers "not yet" and notes
+//! who asked (`take_snapshot_wanted`).
 
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
@@ -39,6 +41,8 @@ pub struct LogStorage {
     wanted: RefCell<Vec<Wanted>>,
     /// Followers raft wanted to send a snapshot to (behind the first entry), not yet reported.
     snapshot_wanted: RefCell<Vec<u64>>,
+    /// The state as of the entry `compacted` names (its records), once read back.
+    snapshot_data: Option<(u64, Vec<u8>)>,
 }
 
 /// What an entry costs in memory, roughly: its payload and the fields around it.
@@ -65,6 +69,7 @@ impl LogStorage {
             fetched_bytes_max,
             wanted: RefCell::new(Vec::new()),
             snapshot_wanted: RefCell::new(Vec::new()),
+            snapshot_data: None,
         }
     }
 
@@ -152,6 +157,31 @@ impl LogStorage {
     /// The ranges raft asked to read back since the last call.
     pub fn take_wanted(&self) -> Vec<Wanted> {
         std::mem::take(&mut *self.wanted.borrow_mut())
+    }
+
+    /// The state as of entry `index` (the log's compacted point), read back for followers.
+    pub fn set_snapshot_data(&mut self, index: u64, data: Vec<u8>) {
+        if index == self.compacted.0 {
+            self.snapshot_data = Some((index, data));
+        }
+    }
+
+    /// The compacted point: the entry the state a snapshot sends is as of, and its term.
+    pub fn compacted(&self) -> (u64, u64) {
+        self.compacted
+    }
+
+    /// This replica takes a leader's state as of `index` (term `term`): its log is replaced by
+    /// nothing, starting after it.
+    pub fn install(&mut self, index: u64, term: u64) {
+        self.compacted = (index, term);
+        self.last_index = index;
+        self.terms.clear();
+        self.tail.clear();
+        self.tail_bytes = 0;
+        self.fetched.borrow_mut().clear();
+        self.snapshot_data = None;
+        self.hard_state.commit = self.hard_state.commit.max(index);
     }
 
     /// Followers raft could not catch up since the last call: they are behind the log's first
@@ -245,8 +275,18 @@ impl Storage for LogStorage {
     }
 
     fn snapshot(&self, _request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        self.snapshot_wanted.borrow_mut().push(to);
-        Err(store_error(StorageError::SnapshotTemporarilyUnavailable))
+        match &self.snapshot_data {
+            Some((index, data)) if *index == self.compacted.0 => {
+                let mut snapshot = Snapshot { data: data.clone().into(), ..Snapshot::default() };
+                let meta = snapshot.mut_metadata();
+                (meta.index, meta.term, meta.conf_state) = (self.compacted.0, self.compacted.1, Some(self.conf_state.clone()).into());
+                Ok(snapshot)
+            }
+            _ => {
+                self.snapshot_wanted.borrow_mut().push(to);
+                Err(store_error(StorageError::SnapshotTemporarilyUnavailable))
+            }
+        }
     }
 }
 

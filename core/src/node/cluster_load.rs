@@ -8,7 +8,8 @@
 
 use super::replication::{RecoveredLog, Replication};
 use super::state::SeenSeq;
-use super::{Node, RecoveryReport, SegmentInfo, NS_PER_MS};
+use super::{DiskOp, Node, Output, RecoveryReport, SegmentInfo, Trace, NS_PER_MS};
+use crate::batch;
 use crate::cluster::command::{self, Command};
 use crate::cluster::raft_log;
 use crate::group::Group;
@@ -19,9 +20,32 @@ use crate::topic::Loc;
 use std::collections::BTreeMap;
 
 impl Node {
+    /// A topic's next id, a producer's seqs or the first id of new topics, as a snapshot
+    /// records them (groups go last, through `restore_group`, once every topic is known).
+    pub(super) fn take_snapshot_record(&mut self, record: RecordRef<'_>) {
+        match record {
+            RecordRef::Topic(r) => {
+                if let Ok(t) = self.state.topic_for(&r.topic) {
+                    let topic = &mut self.state.topics[t];
+                    (topic.next_id, topic.durable_next_id) = (r.next_id, r.next_id);
+                    topic.forget_segments_through(0);
+                }
+            }
+            RecordRef::Producer(r) => {
+                for (seq, topic, id) in r.seqs {
+                    if let Ok(t) = self.state.topic_for(&topic) {
+                        self.state.remember_seq(&r.producer, seq, SeenSeq { topic: t, id, durable: true });
+                    }
+                }
+            }
+            RecordRef::NewTopics(r) => self.state.new_topic_first_id = r.first_id,
+            _ => {}
+        }
+    }
+
     /// A group as the snapshot records it: the acked ids above its floor are settled when
     /// delivery reaches them (positions applied again after it settle more).
-    fn restore_group(&mut self, record: &GroupRecord) {
+    pub(super) fn restore_group(&mut self, record: &GroupRecord) {
         let Ok(t) = self.state.topic_for(&record.topic) else { return };
         let ack_timeout_ns = self.config.ack_timeout_ms_for(&record.group) * NS_PER_MS;
         let mut group = Group::restore(record, ack_timeout_ns, self.config.max_attempts_for(&record.group));
@@ -33,39 +57,32 @@ impl Node {
         }
     }
 
-    pub(super) fn recover_cluster(&mut self, segments: &[(u64, &[u8])]) -> Result<RecoveryReport, RecoveryError> {
+    pub(super) fn recover_cluster(&mut self, all_segments: &[(u64, &[u8])]) -> Result<RecoveryReport, RecoveryError> {
+        // A state installed from the leader supersedes every segment before its own.
+        let start = newest_installed(all_segments);
+        let superseded: Vec<u64> = all_segments[..start].iter().map(|(segment, _)| *segment).collect();
+        let segments = &all_segments[start..];
         let oldest = segments.first().map(|(segment, _)| *segment);
         let mut in_snapshot = true;
         let mut applied = None;
-        let mut first_applied: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut first_applied: BTreeMap<u64, (u64, u32)> = BTreeMap::new();
         let mut snapshot_groups: Vec<GroupRecord> = Vec::new();
         let mut single_node_record = None;
-        let read = raft_log::read(segments, |segment, offset, record| {
+        let read = raft_log::read(segments, |segment, offset, size, record| {
             let snapshot = in_snapshot && Some(segment) == oldest;
             match record {
                 RecordRef::Applied(a) => {
-                    first_applied.entry(segment).or_insert(a.index);
+                    // The segment's own snapshot ends with it: its records' bytes are those
+                    // after the first batch's header, up to here.
+                    let snapshot_len = (offset as usize + size).saturating_sub(batch::HEADER_BYTES) as u32;
+                    first_applied.entry(segment).or_insert((a.index, snapshot_len));
                     if snapshot {
                         applied = Some(a);
                         in_snapshot = false;
                     }
                 }
-                RecordRef::Topic(r) if snapshot => {
-                    if let Ok(t) = self.state.topic_for(&r.topic) {
-                        let topic = &mut self.state.topics[t];
-                        (topic.next_id, topic.durable_next_id) = (r.next_id, r.next_id);
-                        topic.forget_segments_through(0);
-                    }
-                }
-                RecordRef::Producer(r) if snapshot => {
-                    for (seq, topic, id) in r.seqs {
-                        if let Ok(t) = self.state.topic_for(&topic) {
-                            self.state.remember_seq(&r.producer, seq, SeenSeq { topic: t, id, durable: true });
-                        }
-                    }
-                }
-                RecordRef::NewTopics(r) if snapshot => self.state.new_topic_first_id = r.first_id,
                 RecordRef::Group(r) if snapshot => snapshot_groups.push(r),
+                record @ (RecordRef::Topic(_) | RecordRef::Producer(_) | RecordRef::NewTopics(_)) if snapshot => self.take_snapshot_record(record),
                 RecordRef::Message(_) => {
                     single_node_record.get_or_insert((segment, offset));
                 }
@@ -106,14 +123,18 @@ impl Node {
             let written_ms = last_write_ms.get(segment).copied().unwrap_or(self.now_ns / NS_PER_MS);
             let mut info = SegmentInfo::new(*segment, len, written_ms, true);
             info.last_entry_index = last_entry.get(segment).copied().unwrap_or(0);
-            info.snapshot_applied_index = first_applied.get(segment).copied().unwrap_or(0);
+            (info.snapshot_applied_index, info.snapshot_len) = first_applied.get(segment).copied().unwrap_or((0, 0));
             self.log.segments.push_back(info);
         }
         for record in &snapshot_groups {
             self.restore_group(record);
         }
         let published_before = self.stats.published;
-        self.state.applied = Some(applied);
+        self.state.applied = Some(AppliedRecord { installed: false, ..applied });
+        for segment in superseded {
+            self.out.push_back(Output::Disk(DiskOp::Delete { segment }));
+            self.out.push_back(Output::Trace(Trace::SegmentDeleted { segment }));
+        }
         let log = RecoveredLog { hard_state: read.hard_state, entries: read.entries, applied, entry_locs };
         let replication = Replication::recover(&self.config, self.now_ns, log).map_err(|e| RecoveryError::refused(format!("the raft log cannot be restarted from: {e}")))?;
         self.replication = Some(replication);
@@ -127,4 +148,17 @@ impl Node {
         }
         Ok(report)
     }
+}
+
+/// The position of the newest segment whose own snapshot is a state installed from the
+/// leader (0 when none is: recovery starts from the oldest).
+fn newest_installed(segments: &[(u64, &[u8])]) -> usize {
+    for (position, (_, bytes)) in segments.iter().enumerate().rev() {
+        let mut installed = false;
+        let _ = batch::read_batch(bytes, |_, _, record| installed |= matches!(record, RecordRef::Applied(a) if a.installed));
+        if installed {
+            return position;
+        }
+    }
+    0
 }

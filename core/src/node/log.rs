@@ -68,11 +68,14 @@ pub(super) struct SegmentInfo {
     /// snapshot records (a restart starting from it applies the entries after that again).
     pub(super) last_entry_index: u64,
     pub(super) snapshot_applied_index: u64,
+    /// Cluster mode: bytes of its first snapshot's records (after the batch header, up to
+    /// and including `Applied`), which state transfer reads back and sends.
+    pub(super) snapshot_len: u32,
 }
 
 impl SegmentInfo {
     pub(super) fn new(id: u64, bytes: u64, last_write_ms: u64, snapshot_durable: bool) -> SegmentInfo {
-        SegmentInfo { id, bytes, last_write_ms, snapshot_durable, last_entry_index: 0, snapshot_applied_index: 0 }
+        SegmentInfo { id, bytes, last_write_ms, snapshot_durable, last_entry_index: 0, snapshot_applied_index: 0, snapshot_len: 0 }
     }
 }
 
@@ -88,6 +91,9 @@ pub(super) struct Log {
     /// Where the snapshot recording a torn tail's cut waits to be written (see
     /// `continue_segment_after`): until it is, it must begin the log's next write there.
     pub(super) cut_pending: Option<(u64, u64)>,
+    /// Cluster mode: a state installed from the leader begins this segment; the segments
+    /// before it go once its snapshot is durable (`state_transfer`).
+    pub(super) superseded_before: Option<u64>,
 }
 
 impl Node {
@@ -270,6 +276,7 @@ impl Node {
                     info.snapshot_durable |= batch.sync;
                 }
                 self.complete_batch(batch);
+                self.delete_superseded();
             }
             Err(error) => self.fail_store(batch, error),
         }
@@ -451,7 +458,9 @@ impl Node {
         batch::begin(&mut snapshot);
         self.state.encode_snapshot(&mut snapshot, &self.salvaged_regions);
         if let (Some(applied), 0) = (self.state.applied, offset) {
-            self.log.segments.back_mut().expect("the segment is listed").snapshot_applied_index = applied.index;
+            let info = self.log.segments.back_mut().expect("the segment is listed");
+            info.snapshot_applied_index = applied.index;
+            info.snapshot_len = (snapshot.len() - batch::HEADER_BYTES) as u32;
         }
         if snapshot.len() == batch::HEADER_BYTES {
             // Nothing to carry over: older segments hold nothing a restart would need.

@@ -37,7 +37,7 @@ impl Node {
     }
 
     pub(super) fn on_read_done(&mut self, token: u64, result: Result<&[u8], DiskError>) {
-        if self.on_entry_read(token, &result) {
+        if self.on_entry_read(token, &result) || self.on_state_read(token, &result) {
             return;
         }
         let Some((t, id)) = self.reads.remove(&token) else { return };

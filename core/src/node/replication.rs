@@ -89,8 +89,10 @@ pub(super) struct Replication {
     pub(super) entry_reads: super::raft_reads::EntryReads,
     /// What the other nodes last said of themselves (`cluster_status`).
     pub(super) status: super::cluster_status::ClusterStatus,
-    /// Followers reported as behind the log's first entry (each once while it stays so).
-    pub(super) reported_behind: std::collections::BTreeSet<u64>,
+    /// Followers reported as behind the log's first entry: (node, entry the state sent is as of).
+    pub(super) reported_behind: std::collections::BTreeSet<(u64, u64)>,
+    /// The read of the state for followers in flight: (token, raft index it is as of).
+    pub(super) snapshot_read: Option<(u64, u64)>,
 }
 
 struct Persist {
@@ -128,6 +130,7 @@ impl Replication {
             entry_reads: Default::default(),
             status: super::cluster_status::ClusterStatus::new(voters),
             reported_behind: std::collections::BTreeSet::new(),
+            snapshot_read: None,
         })
     }
 
@@ -155,6 +158,15 @@ impl Replication {
 
     pub(super) fn replica(&self) -> &Replica {
         &self.replica
+    }
+
+    pub(super) fn replica_mut(&mut self) -> &mut Replica {
+        &mut self.replica
+    }
+
+    /// A state installed from the leader replaces the log: no entry of it is indexed anymore.
+    pub(super) fn forget_all_entries(&mut self) {
+        self.entry_locs.clear();
     }
 
     pub(super) fn memory_bytes(&self) -> u64 {
@@ -288,6 +300,7 @@ impl Node {
                     None => self.persist_raft(number, &entries, hard_state.as_ref()),
                 },
                 ReplicaOutput::Apply { index, term, data, context } => self.apply_entry(index, term, &data, &context),
+                ReplicaOutput::Install { index, term, data } => self.install_state(index, term, &data),
             }
         }
         let Some(replication) = self.replication.as_mut() else { return };
@@ -305,22 +318,9 @@ impl Node {
             self.on_lead_lost();
         }
         self.read_wanted_entries();
-        self.report_followers_behind();
+        self.serve_state_requests();
         if let Some(replication) = self.replication.as_mut() {
             replication.leading = leading;
-        }
-    }
-
-    /// A follower behind the log's first entry cannot be caught up from entries: it needs the
-    /// state itself (a raft snapshot, not built yet). Said once per follower while this node
-    /// runs.
-    fn report_followers_behind(&mut self) {
-        let Some(replication) = self.replication.as_mut() else { return };
-        let first_entry = replication.replica.first_index();
-        for node in replication.replica.take_snapshot_wanted() {
-            if replication.reported_behind.insert(node) {
-                self.out.push_back(Output::Trace(Trace::FollowerBehindLog { node, first_entry }));
-            }
         }
     }
 
@@ -389,7 +389,7 @@ impl Node {
 
     fn apply_entry(&mut self, index: u64, term: u64, data: &[u8], context: &[u8]) {
         let proposal = self.replication.as_mut().and_then(|r| r.take_own(context));
-        self.state.applied = Some(AppliedRecord { index, term });
+        self.state.applied = Some(AppliedRecord { index, term, installed: false });
         if data.is_empty() {
             // A new leader's first entry: nothing to apply.
             return;

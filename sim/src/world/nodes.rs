@@ -257,7 +257,12 @@ impl World {
         for other in (0..self.nodes.len()).filter(|other| *other != node) {
             self.break_peer_link(node, other);
         }
-        let down = self.rng.gen_range(10..2_000) * MS;
+        let mut down = self.rng.gen_range(10..2_000) * MS;
+        if self.nodes.len() > 1 && self.config.retention_age_ms < u64::MAX / 4 {
+            // Long enough, now and then, for retention to delete entries the node lacks: it
+            // must then take the leader's state (state transfer).
+            down *= 3;
+        }
         self.schedule(self.now + down, Event::Restart { node });
     }
 
