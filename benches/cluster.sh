@@ -20,14 +20,8 @@ BASE=${BASE:-7900}
 cargo build --release -q -p ferry -p ferry-benches
 BENCH=target/release/ferry-bench
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=benches/common.sh
+source benches/common.sh
 
 client_port() { echo $((BASE + $1)); }
 peer_port() { echo $((BASE + 10 + $1)); }

@@ -35,23 +35,8 @@ NATS_SERVER=$(command -v nats-server)
 cargo build --release -q -p ferry -p ferry-benches --features ferry-benches/peers
 BENCH=target/release/ferry-bench
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-wait_port() {
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "nothing listens on port $1" >&2
-  return 1
-}
+# shellcheck source=benches/common.sh
+source benches/common.sh
 
 target/release/ferry serve --listen "127.0.0.1:$FERRY_PORT" --data-dir "$work/ferry" --fsync always --log-level warn 2>"$work/ferry.log" &
 pids+=($!); ferry_pid=$!
