@@ -1,8 +1,10 @@
 //! `ferry publish` and `ferry subscribe`: small blocking PROTOCOL.md clients.
 
 use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Write};
 use std::net::TcpStream;
+use std::time::Duration;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
@@ -13,8 +15,11 @@ const PUBLISH_AHEAD_MAX: usize = 1_000;
 
 #[derive(clap::Args)]
 pub struct PublishArgs {
-    #[arg(long, default_value = crate::DEFAULT_URL)]
-    url: String,
+    /// A node's URL; several (repeated or comma-separated) are tried in turn when one fails.
+    /// With --producer, publishes not yet answered are sent again to the next node (stored
+    /// once); without it they are reported as failed (they may or may not be stored).
+    #[arg(long, default_value = crate::DEFAULT_URL, value_delimiter = ',')]
+    url: Vec<String>,
     #[arg(long)]
     topic: String,
     #[arg(long)]
@@ -32,8 +37,11 @@ pub struct PublishArgs {
 
 #[derive(clap::Args)]
 pub struct SubscribeArgs {
-    #[arg(long, default_value = crate::DEFAULT_URL)]
-    url: String,
+    /// A node's URL; several (repeated or comma-separated) are tried in turn: when the
+    /// connection ends, the next one is joined and the group subscribed again, and each
+    /// message is printed once (redeliveries of the last ones printed are acked, not printed).
+    #[arg(long, default_value = crate::DEFAULT_URL, value_delimiter = ',')]
+    url: Vec<String>,
     #[arg(long)]
     topic: String,
     #[arg(long)]
@@ -138,8 +146,39 @@ fn parse_body(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
 }
 
+/// Longest wait between attempts to reach a node, and how many remembered message ids keep a
+/// subscriber from printing a redelivery twice.
+const RETRY_WAIT_MAX: Duration = Duration::from_secs(2);
+const PRINTED_IDS_MAX: usize = 100_000;
+
+/// Error codes that no other node or later attempt answers differently.
+fn is_terminal(code: &Value) -> bool {
+    !matches!(code.as_str(), Some("unavailable" | "overloaded" | "internal"))
+}
+
+/// Connects to the nodes of `urls` in turn, starting at `*at`, waiting longer after each
+/// failed round (up to `RETRY_WAIT_MAX`); gives up after `rounds` rounds.
+fn connect_any(urls: &[String], at: &mut usize, token: Option<&str>, rounds: u32) -> Result<Socket, String> {
+    let mut wait = Duration::from_millis(100);
+    let mut last = String::new();
+    for attempt in 0..rounds as usize * urls.len() {
+        let url = &urls[*at % urls.len()];
+        match connect(url, token) {
+            Ok(ws) => return Ok(ws),
+            Err(e) => last = e,
+        }
+        *at += 1;
+        if (attempt + 1) % urls.len() == 0 {
+            std::thread::sleep(wait);
+            wait = (wait * 2).min(RETRY_WAIT_MAX);
+        }
+    }
+    Err(last)
+}
+
 pub fn publish(args: &PublishArgs) -> Result<(), String> {
-    let mut ws = connect(&args.url, args.token.as_deref())?;
+    let mut at = 0;
+    let mut ws = connect_any(&args.url, &mut at, args.token.as_deref(), 1)?;
     let mut bodies: Box<dyn Iterator<Item = Result<String, String>>> = if args.bodies.is_empty() {
         Box::new(std::io::stdin().lock().lines().map(|l| l.map_err(|e| format!("stdin: {e}"))))
     } else {
@@ -147,10 +186,12 @@ pub fn publish(args: &PublishArgs) -> Result<(), String> {
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let (mut sent, mut answered, mut failed) = (0u64, 0u64, 0u64);
+    // Sent and not yet answered, by req: resent after a move when they are idempotent.
+    let mut pending: BTreeMap<u64, Value> = BTreeMap::new();
+    let (mut sent, mut failed) = (0u64, 0u64);
     let mut input_done = false;
-    while !input_done || answered < sent {
-        if !input_done && ((sent - answered) as usize) < PUBLISH_AHEAD_MAX {
+    while !input_done || !pending.is_empty() {
+        if !input_done && pending.len() < PUBLISH_AHEAD_MAX {
             match bodies.next() {
                 Some(line) => {
                     let line = line?;
@@ -165,25 +206,52 @@ pub fn publish(args: &PublishArgs) -> Result<(), String> {
                         frame["producer"] = json!(producer);
                         frame["seq"] = json!(args.seq + sent);
                     }
-                    send_json(&mut ws, &frame)?;
+                    // A failed send shows as a lost connection at the next read.
+                    let _ = send_json(&mut ws, &frame);
+                    pending.insert(sent, frame);
                     sent += 1;
                     continue;
                 }
                 None => input_done = true,
             }
         }
-        if answered == sent {
+        if pending.is_empty() {
             continue;
         }
-        let reply = read_json(&mut ws)?;
-        match reply["op"].as_str() {
-            Some("puback") => answered += 1,
-            Some("error") if !reply["req"].is_null() => {
-                answered += 1;
-                failed += 1;
+        let reply = match read_json(&mut ws) {
+            Ok(reply) => reply,
+            Err(e) if args.url.len() > 1 => {
+                at += 1;
+                eprintln!("ferry: {e}; moving to {}", args.url[at % args.url.len()]);
+                ws = connect_any(&args.url, &mut at, args.token.as_deref(), 10)?;
+                if args.producer.is_none() {
+                    // Without producer and seq a resend could store a message twice.
+                    for (req, _) in std::mem::take(&mut pending) {
+                        failed += 1;
+                        writeln!(out, "{}", json!({"op": "error", "req": req, "code": "unavailable", "message": "the connection ended before the answer: it may or may not be stored (use --producer to retry safely)"})).map_err(|e| format!("stdout: {e}"))?;
+                    }
+                }
+                for frame in pending.values() {
+                    let _ = send_json(&mut ws, frame);
+                }
+                continue;
             }
-            _ => {}
+            Err(e) => return Err(e),
+        };
+        let Some(req) = reply["req"].as_u64() else { continue };
+        if !pending.contains_key(&req) {
+            continue;
         }
+        if reply["op"] == "error" && !is_terminal(&reply["code"]) && args.producer.is_some() && args.url.len() > 1 {
+            // Another node (or this one, later) may take it: the same seq is stored once.
+            std::thread::sleep(Duration::from_millis(100));
+            let _ = send_json(&mut ws, &pending[&req]);
+            continue;
+        }
+        if reply["op"] == "error" {
+            failed += 1;
+        }
+        pending.remove(&req);
         writeln!(out, "{reply}").map_err(|e| format!("stdout: {e}"))?;
     }
     let _ = ws.close(None);
@@ -194,7 +262,6 @@ pub fn publish(args: &PublishArgs) -> Result<(), String> {
 }
 
 pub fn subscribe(args: &SubscribeArgs) -> Result<(), String> {
-    let mut ws = connect(&args.url, args.token.as_deref())?;
     let from = match args.from.parse::<u64>() {
         Ok(id) => json!(id),
         Err(_) => json!(args.from),
@@ -203,18 +270,45 @@ pub fn subscribe(args: &SubscribeArgs) -> Result<(), String> {
     if let Some(filter) = &args.filter {
         sub["filter"] = serde_json::from_str(filter).map_err(|e| format!("--filter is not JSON: {e}"))?;
     }
-    send_json(&mut ws, &sub)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut received = 0u64;
+    let mut printed: BTreeSet<u64> = BTreeSet::new();
+    let mut at = 0;
+    let mut ws = connect_any(&args.url, &mut at, args.token.as_deref(), 1)?;
+    send_json(&mut ws, &sub)?;
     while args.count.is_none_or(|c| received < c) {
-        let frame = read_json(&mut ws)?;
+        let frame = match read_json(&mut ws) {
+            Ok(frame) => frame,
+            Err(e) if args.url.len() > 1 => {
+                at += 1;
+                eprintln!("ferry: {e}; joining again at {}", args.url[at % args.url.len()]);
+                ws = connect_any(&args.url, &mut at, args.token.as_deref(), 10)?;
+                send_json(&mut ws, &sub)?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         match frame["op"].as_str() {
             Some("msg") => {
-                writeln!(out, "{frame}").map_err(|e| format!("stdout: {e}"))?;
-                out.flush().map_err(|e| format!("stdout: {e}"))?;
-                send_json(&mut ws, &json!({"op": "ack", "topic": frame["topic"], "group": frame["group"], "ids": [frame["id"]]}))?;
-                received += 1;
+                let id = frame["id"].as_u64().unwrap_or(0);
+                // Acked before, but the ack was lost with a node: acked again, printed once.
+                if printed.insert(id) {
+                    if printed.len() > PRINTED_IDS_MAX {
+                        printed.pop_first();
+                    }
+                    writeln!(out, "{frame}").map_err(|e| format!("stdout: {e}"))?;
+                    out.flush().map_err(|e| format!("stdout: {e}"))?;
+                    received += 1;
+                }
+                let _ = send_json(&mut ws, &json!({"op": "ack", "topic": frame["topic"], "group": frame["group"], "ids": [frame["id"]]}));
+            }
+            Some("error") if !is_terminal(&frame["code"]) && args.url.len() > 1 => {
+                // No leader yet, say: the next node, after a pause.
+                std::thread::sleep(Duration::from_millis(200));
+                at += 1;
+                ws = connect_any(&args.url, &mut at, args.token.as_deref(), 10)?;
+                send_json(&mut ws, &sub)?;
             }
             Some("error") => return Err(format!("server refused: {frame}")),
             _ => {}

@@ -390,3 +390,64 @@ fn keyed_publishers_and_two_groups_on_every_node_lose_nothing_when_the_leader_an
         }
     }
 }
+
+#[test]
+fn the_cli_moves_to_another_node_when_its_node_dies_and_prints_each_message_once() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut cluster = Cluster::start("cli", 3);
+    let leader = cluster.leader();
+    // The subscriber starts at a follower, which is then killed.
+    let doomed = (leader + 1) % 3;
+    let order: Vec<String> = [doomed, (doomed + 1) % 3, (doomed + 2) % 3].iter().map(|i| cluster.url(*i)).collect();
+    let ferry = env!("CARGO_BIN_EXE_ferry");
+    let mut subscriber = Command::new(ferry)
+        .args(["subscribe", "--url", &order.join(","), "--topic", "cli", "--group", "g", "--from", "earliest", "--count", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let (stdout, lines) = (subscriber.stdout.take().unwrap(), lines.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                lines.lock().unwrap().push(line.unwrap());
+            }
+        })
+    };
+    let publish = |urls: &str, from: u64| {
+        let bodies: Vec<String> = (from..from + 30).map(|n| format!("{{\"n\":{n}}}")).collect();
+        let status = Command::new(ferry)
+            .args(["publish", "--url", urls, "--topic", "cli", "--producer", "cli-p", "--seq", &from.to_string()])
+            .args(&bodies)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "publish from {from} failed");
+    };
+    publish(&order.join(","), 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lines.lock().unwrap().len() < 30 {
+        assert!(Instant::now() < deadline, "the first 30 did not arrive");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cluster.kill(doomed);
+    // The publisher too starts at the dead node and moves on.
+    publish(&order.join(","), 31);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = subscriber.try_wait().unwrap() {
+            assert!(status.success(), "subscribe failed");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the subscriber did not get 60 messages: {:?}", lines.lock().unwrap().len());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    reader.join().unwrap();
+    let lines = lines.lock().unwrap();
+    let bodies: Vec<u64> = lines.iter().map(|l| serde_json::from_str::<Value>(l).unwrap()["body"]["n"].as_u64().unwrap()).collect();
+    let unique: BTreeSet<u64> = bodies.iter().copied().collect();
+    assert_eq!(bodies.len(), 60, "printed once each: {bodies:?}");
+    assert_eq!(unique, (1..=60).collect::<BTreeSet<u64>>());
+}
