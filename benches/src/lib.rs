@@ -77,6 +77,9 @@ pub struct Args {
     /// Write every delivery's latency (us, in arrival order per subscriber) to this file.
     #[arg(long)]
     pub dump_latencies: Option<std::path::PathBuf>,
+    /// nats: copies of the stream JetStream keeps (3 for a 3-node cluster's R3 stream).
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
     /// Failover probe: publish one message every this many ms (`--count` in all) through the
     /// `--url` nodes, moving to the next on an error, a lost connection or a second of
     /// silence, and report the longest time without a puback (kill a node meanwhile).

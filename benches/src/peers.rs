@@ -141,7 +141,13 @@ async fn nats_async(args: Args, progress: Arc<Progress>) -> Result<Report, Strin
     let js = jetstream::new(client);
     let stream_name = topic.replace(['.', '-'], "_");
     let stream = js
-        .get_or_create_stream(stream::Config { name: stream_name, subjects: vec![topic.clone()], storage: stream::StorageType::File, ..Default::default() })
+        .get_or_create_stream(stream::Config {
+            name: stream_name,
+            subjects: vec![topic.clone()],
+            storage: stream::StorageType::File,
+            num_replicas: args.replicas,
+            ..Default::default()
+        })
         .await
         .map_err(|e| format!("nats stream: {e}"))?;
     let mut subscribers = Vec::new();
@@ -211,5 +217,6 @@ async fn nats_async(args: Args, progress: Arc<Progress>) -> Result<Report, Strin
     }
     progress.done.store(true, Ordering::Relaxed);
     let _ = printer.join();
-    Ok(Report::from_run("nats-jetstream", &args, started, last_ack, last_delivery, latencies, connections_per_s, "JetStream file storage, explicit-ack pull consumer".into()))
+    let notes = format!("JetStream file storage, R{}, explicit-ack pull consumer", args.replicas);
+    Ok(Report::from_run("nats-jetstream", &args, started, last_ack, last_delivery, latencies, connections_per_s, notes))
 }
