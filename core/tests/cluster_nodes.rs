@@ -350,6 +350,7 @@ fn a_follower_behind_what_retention_deleted_takes_the_leader_s_state_and_can_lea
     // Old segments age out: the entries the follower lacks are gone from the leader's log.
     c.run_ms(2_000);
     assert!(c.nodes[leader].traces.iter().any(|t| matches!(t, Trace::SegmentDeleted { .. })), "retention ran");
+    let disk_before = c.nodes[behind].disk.clone();
     c.down.remove(&behind);
     c.run_ms(1_000);
     let behind_id = behind as u64 + 1;
@@ -359,10 +360,20 @@ fn a_follower_behind_what_retention_deleted_takes_the_leader_s_state_and_can_lea
     assert!(c.nodes[behind].traces.iter().any(|t| matches!(t, Trace::SegmentDeleted { .. })), "and dropped its superseded segments");
     assert_eq!(c.nodes[behind].node.topic_next_id("t"), Some(121), "it has every id the leader gave");
     c.nodes[behind].node.check_invariants();
-    // It restarts from that state (its older segments are gone)...
+    // It restarts from that state, even had it crashed before deleting its older segments:
+    // they are put back here, and recovery skips and deletes them...
+    let kept: Vec<u64> = c.nodes[behind].disk.segments().iter().map(|(id, _)| *id).collect();
+    let superseded: Vec<(u64, Vec<u8>)> = disk_before.segments().iter().filter(|(id, _)| !kept.contains(id)).map(|(id, bytes)| (*id, bytes.to_vec())).collect();
+    assert!(!superseded.is_empty());
+    for (id, bytes) in &superseded {
+        c.nodes[behind].disk.write(*id, 0, bytes);
+        c.nodes[behind].disk.mark_durable(*id, bytes.len());
+    }
     c.nodes[behind].restart(false);
     c.run_ms(500);
     assert_eq!(c.nodes[behind].node.topic_next_id("t"), Some(121));
+    let after: Vec<u64> = c.nodes[behind].disk.segments().iter().map(|(id, _)| *id).collect();
+    assert!(superseded.iter().all(|(id, _)| !after.contains(id)), "superseded segments deleted at recovery: {after:?}");
     // ...and the cluster goes on without the old leader: what was acked never comes back
     // (what retention deleted is gone everywhere), and ids go on from 121.
     c.down.insert(leader);
