@@ -475,6 +475,7 @@ impl World {
         for until in self.partitioned_until.iter_mut().chain(&mut self.peers_cut_until) {
             *until = 0;
         }
+        self.peer_links.heal();
         for conn in std::mem::take(&mut self.congested) {
             self.conn_input(conn, Input::Congested { conn, congested: false });
         }
@@ -702,6 +703,10 @@ impl World {
             let until = self.now + self.rng.gen_range(100..3_000) * MS;
             self.peers_cut_until[node] = self.peers_cut_until[node].max(until);
             self.count_fault("peer-partition");
+        }
+        // Or split in two (a minority side, sometimes with a bridge node linked to both).
+        if self.nodes.len() > 1 && s.partition_chance > 0.0 && self.rng.gen_bool(s.partition_chance) {
+            self.split_the_cluster();
         }
         if s.congestion_chance > 0.0 && self.rng.gen_bool(s.congestion_chance) && !self.conns.is_empty() {
             let keys: Vec<ConnId> = self.conns.keys().copied().collect();

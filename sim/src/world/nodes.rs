@@ -35,11 +35,18 @@ pub struct PeerLinks {
     epoch: Vec<u64>,
     /// Per ordered pair: when its last frame arrives (the next one comes after it).
     last_arrival: Vec<u64>,
+    /// Per unordered pair: until when the network between the two is cut (a split).
+    cut_until: Vec<u64>,
 }
 
 impl PeerLinks {
     pub fn new(nodes: usize) -> PeerLinks {
-        PeerLinks { nodes, epoch: vec![0; nodes * nodes], last_arrival: vec![0; nodes * nodes] }
+        PeerLinks { nodes, epoch: vec![0; nodes * nodes], last_arrival: vec![0; nodes * nodes], cut_until: vec![0; nodes * nodes] }
+    }
+
+    /// The network is whole again.
+    pub fn heal(&mut self) {
+        self.cut_until.iter_mut().for_each(|until| *until = 0);
     }
 
     fn pair(&self, a: usize, b: usize) -> usize {
@@ -211,7 +218,8 @@ impl World {
         if epoch != self.peer_links.epoch[self.peer_links.pair(from, to)] {
             return;
         }
-        let cut = self.peers_cut_until[from].max(self.peers_cut_until[to]) > self.now;
+        let pair = self.peer_links.pair(from, to);
+        let cut = self.peers_cut_until[from].max(self.peers_cut_until[to]).max(self.peer_links.cut_until[pair]) > self.now;
         if cut || self.nodes[to].node.is_none() {
             return self.break_peer_link(from, to);
         }
@@ -231,6 +239,31 @@ impl World {
         for (end, other) in [(a, b), (b, a)] {
             self.node_input(end, Input::PeerDown { node: other as u64 + 1 });
         }
+    }
+
+    /// The network splits the cluster in two for a while: a random side of at most half the
+    /// nodes (one of 3, one or two of 5) against the rest, and now and then one node (a
+    /// bridge) keeps its links to both sides.
+    pub(super) fn split_the_cluster(&mut self) {
+        let n = self.nodes.len();
+        let side_len = self.rng.gen_range(1..=n / 2);
+        let mut order: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            order.swap(i, self.rng.gen_range(0..=i));
+        }
+        let side: Vec<usize> = order[..side_len].to_vec();
+        let bridge = (n >= 3 && self.rng.gen_bool(0.5)).then(|| order[n - 1]);
+        let until = self.now + self.rng.gen_range(100..3_000) * MS;
+        for a in 0..n {
+            for b in a + 1..n {
+                let across = side.contains(&a) != side.contains(&b);
+                if across && bridge != Some(a) && bridge != Some(b) {
+                    let pair = self.peer_links.pair(a, b);
+                    self.peer_links.cut_until[pair] = self.peer_links.cut_until[pair].max(until);
+                }
+            }
+        }
+        self.count_fault(if bridge.is_some() { "peer-split-bridged" } else { "peer-split" });
     }
 
     pub(super) fn crash_a_node(&mut self) {
