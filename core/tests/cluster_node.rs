@@ -249,3 +249,16 @@ fn a_segment_rolled_before_its_entries_were_applied_goes_only_with_the_segments_
     h.restart(true);
     assert_eq!(h.node.topic_next_id("t"), Some(last + 1));
 }
+
+#[test]
+fn a_restart_keeps_only_the_newest_applied_entries_in_memory() {
+    let mut h = harness(Config { raft_log_memory_bytes: 512, ..voter_alone() });
+    for n in 0..40 {
+        publish(&mut h, "t", None, json!({"n": n, "pad": "x".repeat(100)}));
+    }
+    h.restart(false);
+    assert_eq!(h.node.topic_next_id("t"), Some(41));
+    // Every entry was read back to restart raft; applied, they leave memory at once (not at
+    // the next retention check, a second later).
+    assert!(h.node.raft_memory_bytes() < 1_024, "{} bytes of entries in memory after a restart", h.node.raft_memory_bytes());
+}

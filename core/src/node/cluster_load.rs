@@ -141,6 +141,9 @@ impl Node {
         // Applies the committed entries again; what raft asks to write waits for the log to
         // start below, after the state it rebuilds.
         self.drain_replica();
+        // Every retained entry was read to restart the replica; once applied, only the newest
+        // stay in memory (raft_log_memory_bytes), not until the first retention check.
+        self.compact_raft_memory();
         let mut report = RecoveryReport { segments: segments.len(), messages: self.stats.published - published_before, ..RecoveryReport::default() };
         if let Some((newest, _)) = segments.last() {
             // Its unused space, or a torn final write, goes before the log moves on.
