@@ -451,7 +451,10 @@ impl World {
 
     fn heal_budget(&self) -> u64 {
         let messages = self.swarm.publishers as u64 * self.swarm.messages_per_publisher;
-        HEAL_BUDGET.max(messages * HEAL_PER_MESSAGE)
+        // In a cluster a member on a follower gets each message and acks it over two hops
+        // each way; with one key, messages go one at a time, each taking that round.
+        let per_message = if self.nodes.len() > 1 { HEAL_PER_MESSAGE.max(4 * self.swarm.latency_max_us * 1_000) } else { HEAL_PER_MESSAGE };
+        HEAL_BUDGET.max(messages * per_message)
     }
 
     fn converged(&self) -> bool {
