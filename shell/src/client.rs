@@ -176,6 +176,13 @@ fn connect_any(urls: &[String], at: &mut usize, token: Option<&str>, rounds: u32
     Err(last)
 }
 
+/// The node in use failed (`why`): on to the next of `urls`, as `connect_any` finds one.
+fn move_on(urls: &[String], at: &mut usize, token: Option<&str>, why: &str) -> Result<Socket, String> {
+    *at += 1;
+    eprintln!("ferry: {why}; moving to {}", urls[*at % urls.len()]);
+    connect_any(urls, at, token, 10)
+}
+
 pub fn publish(args: &PublishArgs) -> Result<(), String> {
     let mut at = 0;
     let mut ws = connect_any(&args.url, &mut at, args.token.as_deref(), 1)?;
@@ -221,9 +228,7 @@ pub fn publish(args: &PublishArgs) -> Result<(), String> {
         let reply = match read_json(&mut ws) {
             Ok(reply) => reply,
             Err(e) if args.url.len() > 1 => {
-                at += 1;
-                eprintln!("ferry: {e}; moving to {}", args.url[at % args.url.len()]);
-                ws = connect_any(&args.url, &mut at, args.token.as_deref(), 10)?;
+                ws = move_on(&args.url, &mut at, args.token.as_deref(), &e)?;
                 if args.producer.is_none() {
                     // Without producer and seq a resend could store a message twice.
                     for (req, _) in std::mem::take(&mut pending) {
@@ -281,9 +286,7 @@ pub fn subscribe(args: &SubscribeArgs) -> Result<(), String> {
         let frame = match read_json(&mut ws) {
             Ok(frame) => frame,
             Err(e) if args.url.len() > 1 => {
-                at += 1;
-                eprintln!("ferry: {e}; joining again at {}", args.url[at % args.url.len()]);
-                ws = connect_any(&args.url, &mut at, args.token.as_deref(), 10)?;
+                ws = move_on(&args.url, &mut at, args.token.as_deref(), &e)?;
                 send_json(&mut ws, &sub)?;
                 continue;
             }
@@ -306,8 +309,7 @@ pub fn subscribe(args: &SubscribeArgs) -> Result<(), String> {
             Some("error") if !is_terminal(&frame["code"]) && args.url.len() > 1 => {
                 // No leader yet, say: the next node, after a pause.
                 std::thread::sleep(Duration::from_millis(200));
-                at += 1;
-                ws = connect_any(&args.url, &mut at, args.token.as_deref(), 10)?;
+                ws = move_on(&args.url, &mut at, args.token.as_deref(), &format!("the node answered {frame}"))?;
                 send_json(&mut ws, &sub)?;
             }
             Some("error") => return Err(format!("server refused: {frame}")),

@@ -237,11 +237,6 @@ impl Replica {
         self.raw.mut_store().compact_to(index)
     }
 
-    /// The first entry the log still holds (retention deleted those before it).
-    pub fn first_index(&self) -> u64 {
-        self.raw.raft.raft_log.first_index()
-    }
-
     /// The state as of the log's compacted point, read back for followers (see `LogStorage`).
     pub fn set_snapshot_data(&mut self, index: u64, data: Vec<u8>) {
         self.raw.mut_store().set_snapshot_data(index, data);

@@ -19,6 +19,8 @@ use crate::node::replication::CLOSE_TRY_AGAIN_LATER;
 use crate::node::session::Conn;
 use std::collections::BTreeMap;
 
+const LEADER_CHANGED: &str = "the shard's leader changed; connect again";
+
 impl Node {
     /// Sends a client's frame to the shard leader when another node leads; false when this
     /// node handles it (it leads, or no leader is known and it answers `unavailable`).
@@ -31,7 +33,7 @@ impl Node {
         let target = replication.forward_target();
         let Some(state) = self.conns.get_mut(&conn) else { return false };
         if state.forwarded_to.is_some_and(|bound| target != Some(bound)) {
-            self.end_forwarded(conn, "the shard's leader changed; connect again");
+            self.end_forwarded(conn, LEADER_CHANGED);
             return true;
         }
         let Some(leader) = target else { return false };
@@ -54,7 +56,7 @@ impl Node {
     pub(super) fn end_forwarding_except(&mut self, leader: Option<NodeId>) {
         let stale: Vec<ConnId> = self.conns.iter().filter(|(_, c)| c.forwarded_to.is_some_and(|bound| Some(bound) != leader)).map(|(conn, _)| *conn).collect();
         for conn in stale {
-            self.end_forwarded(conn, "the shard's leader changed; connect again");
+            self.end_forwarded(conn, LEADER_CHANGED);
         }
     }
 

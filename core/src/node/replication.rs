@@ -28,9 +28,9 @@ use std::rc::Rc;
 /// raft ticks a follower waits without a leader's word before it stands for election, and
 /// between a leader's heartbeats (in `raft_tick_ms` units).
 const ELECTION_TICKS: usize = 10;
+const HEARTBEAT_TICKS: usize = 2;
 /// RFC 6455 1013: the server cannot serve the client now; it may reconnect.
 pub(super) const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
-const HEARTBEAT_TICKS: usize = 2;
 
 /// A member waiting to join a group (`sub`, or `pull` with its `max` and wait).
 pub(super) struct PendingJoin {
