@@ -390,3 +390,35 @@ fn a_follower_behind_what_retention_deleted_takes_the_leader_s_state_and_can_lea
     c.run_ms(50);
     assert_eq!(c.nodes[next].take_op(T, "puback")[0]["id"], json!(121));
 }
+
+/// The applied index the snapshot at the start of the node's newest segment records.
+fn newest_snapshot_applied(h: &Harness) -> u64 {
+    let segments = h.disk.segments();
+    let (_, bytes) = segments.last().expect("the node has a segment");
+    let mut applied = None;
+    ferry_core::recovery::scan_segment(bytes, true, |_, _, record, _| {
+        if let ferry_core::record::RecordRef::Applied(a) = record {
+            applied.get_or_insert(a.index);
+        }
+    });
+    applied.expect("the segment begins with a snapshot")
+}
+
+#[test]
+fn a_restarted_follower_applies_its_committed_entries_before_its_log_goes_on() {
+    let mut c = Cluster::new();
+    let leader = c.leader();
+    let follower = (leader + 1) % 3;
+    for n in 0..5 {
+        assert_eq!(c.publish(leader, json!(n))["op"], json!("puback"));
+    }
+    c.run_ms(200);
+    assert_eq!(c.nodes[follower].node.topic_next_id("t"), Some(6));
+    // No time passes and no peer speaks: what the follower's log says is committed is in its
+    // state at once, so the segment its restart starts records a snapshot that holds it
+    // (retention may then delete the segments with those entries; see seed 228826).
+    c.nodes[follower].restart(false);
+    assert_eq!(c.nodes[follower].node.topic_next_id("t"), Some(6), "the committed publishes applied again at restart");
+    let applied = newest_snapshot_applied(&c.nodes[follower]);
+    assert!(applied >= 6, "the new segment's snapshot holds the committed entries (a leader's empty entry, 5 publishes): {applied}");
+}

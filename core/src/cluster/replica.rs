@@ -136,8 +136,10 @@ impl Replica {
         if config.voters == [config.id] {
             // Alone, it needs nobody's vote: lead at once rather than after an election timeout.
             replica.raw.campaign().map_err(|e| format!("raft: {e}"))?;
-            replica.drain_ready();
         }
+        // The entries its log says are committed come out to be applied now, before the node
+        // writes a snapshot of its state (a restart starts a segment): not at the first tick.
+        replica.drain_ready();
         Ok(replica)
     }
 
