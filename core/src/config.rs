@@ -77,10 +77,13 @@ pub enum TestBug {
     /// Cluster mode: the leader gives a publish its id when it proposes it (the next id it
     /// expects), not when the entry is applied.
     IdsAssignedAtPropose,
+    /// Cluster mode: a follower applies the entries it writes at once, before they are
+    /// committed, and builds the deliveries it is sent by reference from them.
+    FollowerDeliversUncommitted,
 }
 
 impl TestBug {
-    pub const ALL: [TestBug; 18] = [
+    pub const ALL: [TestBug; 19] = [
         TestBug::PubackBeforeDurable,
         TestBug::ExpiryCountsAsAck,
         TestBug::DeadLetterOneAttemptLate,
@@ -99,6 +102,7 @@ impl TestBug {
         TestBug::RaftPersistedEarly,
         TestBug::PubackOnLeaderFsync,
         TestBug::IdsAssignedAtPropose,
+        TestBug::FollowerDeliversUncommitted,
     ];
 
     pub fn name(self) -> String {
@@ -136,6 +140,9 @@ pub struct Config {
     /// Bytes of applied raft entries kept in memory; older ones are read back from the log
     /// when a follower needs them. Entries not yet applied always stay.
     pub raft_log_memory_bytes: u64,
+    /// Bytes of deliveries by reference a node keeps waiting for their entry to be applied
+    /// (or their message read back); past it, it asks the leader for them in full.
+    pub delivery_waits_bytes_max: u64,
     /// Seeds what the node draws at random (raft's tick jitter): the caller's randomness.
     #[serde(skip)]
     pub rng_seed: u64,
@@ -229,6 +236,7 @@ impl Default for Config {
             raft_tick_ms: 50,
             peer_outbox_bytes_max: 64 << 20,
             raft_log_memory_bytes: 64 << 20,
+            delivery_waits_bytes_max: 4 << 20,
             rng_seed: 0,
             fsync: FsyncPolicy::Always,
             batch_interval_ms: 2,

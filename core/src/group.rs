@@ -397,6 +397,14 @@ impl Group {
         }
     }
 
+    /// Where `id` is in flight: (connection, attempt, prev).
+    pub fn in_flight(&self, id: u64) -> Option<(ConnId, u32, u64)> {
+        match self.outstanding.get(&id)? {
+            Entry { state: EntryState::InFlight { conn, attempts, .. }, prev, .. } => Some((*conn, *attempts, *prev)),
+            _ => None,
+        }
+    }
+
     /// Number of entries in flight to `conn` (for checks; O(outstanding)).
     pub fn in_flight_to(&self, conn: ConnId) -> usize {
         self.outstanding.values().filter(|e| matches!(e.state, EntryState::InFlight { conn: c, .. } if c == conn)).count()

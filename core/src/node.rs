@@ -29,6 +29,7 @@ mod membership;
 mod publish;
 mod raft_reads;
 mod reads;
+mod remote_delivery;
 mod replication;
 mod session;
 mod state;
@@ -432,6 +433,9 @@ impl Node {
                     }
                 }
             }
+        }
+        if let Some(replication) = &self.replication {
+            replication.delivery_waits.check_invariants();
         }
     }
 

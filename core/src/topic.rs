@@ -13,6 +13,9 @@ pub struct StoredMessage {
     pub ts_ms: u64,
     pub key: Option<Box<str>>,
     pub body: Box<str>,
+    /// Cluster mode: the raft entry that stored it (0 on a single node), for deliveries by
+    /// reference to members on other nodes.
+    pub raft_index: u64,
 }
 
 impl StoredMessage {

@@ -3,6 +3,7 @@
 //! takes over with every acknowledged message and the groups' replicated positions. Clients
 //! of any node are served: a follower forwards their frames to the leader.
 
+use ferry_core::cluster::mesh::{self, PeerFrame};
 use ferry_core::testkit::Harness;
 use ferry_core::{Config, ConnId, Input};
 use serde_json::{json, Value};
@@ -19,6 +20,8 @@ struct Cluster {
     nodes: Vec<Harness>,
     /// Nodes that are down: they neither run nor get frames.
     down: BTreeSet<usize>,
+    /// Every frame carried between nodes: (from node, to node, frame).
+    carried: Vec<(u64, u64, PeerFrame)>,
 }
 
 impl Cluster {
@@ -43,7 +46,7 @@ impl Cluster {
                 h
             })
             .collect();
-        Cluster { nodes, down: BTreeSet::new() }
+        Cluster { nodes, down: BTreeSet::new(), carried: Vec::new() }
     }
 
     /// Runs every live node for `ms`, carrying their frames to each other at once.
@@ -74,6 +77,7 @@ impl Cluster {
                 if self.down.contains(&from_at) || self.down.contains(&to_at) {
                     continue;
                 }
+                self.carried.push((from, to, mesh::decode(&payload).expect("nodes send frames that decode")));
                 let h = &mut self.nodes[to_at];
                 h.node.handle_input(h.now_ns, Input::PeerMessage { from_node: from, payload: &payload });
                 h.drain();
@@ -220,6 +224,62 @@ fn a_member_on_a_follower_gets_messages_from_publishes_on_another_and_its_acks_c
     c.run_ms(200);
     assert_eq!(c.publish(f2, json!(4))["id"], json!(4));
     assert_eq!(ids(&msgs(&mut c.nodes[leader], T)), vec![4], "acked through a follower, so settled");
+}
+
+/// Frames the leader sent `to` (a node id) since the test began, as (deliveries by
+/// reference, `msg` frames in full).
+fn deliveries_sent(c: &Cluster, leader: usize, to: usize) -> (usize, usize) {
+    let (from, to) = (leader as u64 + 1, to as u64 + 1);
+    let frames = c.carried.iter().filter(|(f, t, _)| (*f, *t) == (from, to)).map(|(_, _, frame)| frame);
+    frames.fold((0, 0), |(refs, full), frame| match frame {
+        PeerFrame::Deliver(_) => (refs + 1, full),
+        PeerFrame::ToClient { text, .. } if text.contains(r#""op":"msg""#) => (refs, full + 1),
+        _ => (refs, full),
+    })
+}
+
+#[test]
+fn a_member_on_a_follower_gets_bodies_from_its_own_replica_not_over_the_mesh() {
+    // A cache of one message: most bodies are read back from the follower's own disk.
+    let mut c = Cluster::with(Config { topic_cache_bytes: 1, cache_bytes_total: 1, ..Config::default() });
+    let leader = c.leader();
+    let follower = (leader + 1) % 3;
+    c.subscribe(follower);
+    for n in 1..=5 {
+        assert_eq!(c.publish(leader, json!({"n": n}))["op"], json!("puback"));
+    }
+    let delivered = msgs(&mut c.nodes[follower], S);
+    assert_eq!(ids(&delivered), vec![1, 2, 3, 4, 5]);
+    let bodies: Vec<Value> = delivered.iter().map(|m| m["body"]["n"].clone()).collect();
+    assert_eq!(bodies, (1..=5).map(|n| json!(n)).collect::<Vec<_>>());
+    assert_eq!(deliveries_sent(&c, leader, follower), (5, 0), "each delivery crossed the mesh as a reference");
+}
+
+#[test]
+fn a_member_s_node_without_the_message_gets_the_delivery_in_full_from_the_leader() {
+    let config = Config { segment_bytes_max: 8_192, frame_bytes_max: 4_096, ..Config::default() };
+    let mut c = Cluster::with(config);
+    let leader = c.leader();
+    let follower = (leader + 1) % 3;
+    for n in 1..=60 {
+        assert_eq!(c.publish(leader, json!({"n": n, "pad": "x".repeat(200)}))["op"], json!("puback"));
+    }
+    // The follower keeps less than the leader (and caches nothing): its retention deletes
+    // the oldest messages.
+    let keeps_less = Config { retention_bytes: 8_192, topic_cache_bytes: 1, cache_bytes_total: 1, ..c.nodes[follower].config.clone() };
+    c.nodes[follower].config = keeps_less;
+    c.nodes[follower].restart(false);
+    c.run_ms(2_000);
+    c.nodes[follower].connect(S);
+    c.subscribe(follower);
+    c.run_ms(200);
+    let mut delivered = msgs(&mut c.nodes[follower], S);
+    // Those sent in full come a round trip later: messages without a key have no order.
+    delivered.sort_by_key(|m| m["id"].as_u64());
+    assert_eq!(ids(&delivered), (1..=60).collect::<Vec<u64>>(), "every message, from wherever it was held");
+    assert!(delivered.iter().enumerate().all(|(at, m)| m["body"]["n"] == json!(at + 1)));
+    let (refs, full) = deliveries_sent(&c, leader, follower);
+    assert!(full > 0 && refs == 60, "the messages the follower lacked came in full ({full} of {refs})");
 }
 
 #[test]

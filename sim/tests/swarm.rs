@@ -70,6 +70,7 @@ fn expected_invariants(bug: TestBug) -> &'static [&'static str] {
         | TestBug::RaftPersistedEarly
         | TestBug::PubackOnLeaderFsync
         | TestBug::IdsAssignedAtPropose => &[INV_LOST, INV_IDS, INV_ONCE],
+        TestBug::FollowerDeliversUncommitted => &[INV_IDS, INV_CONTENT],
         TestBug::ExpiryCountsAsAck | TestBug::DeadLetterNotStored => &[INV_UNTIL_ACKED],
         TestBug::DeadLetterOneAttemptLate => &[INV_ATTEMPTS],
         TestBug::FetchSkipsMessage => &[INV_FETCH],

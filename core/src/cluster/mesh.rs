@@ -8,6 +8,12 @@
 //! client_gone  = 5 conn:u64          (the client's connection ended, or moved on)
 //! congested    = 6 conn:u64 flag:u8  (its node's queue to it is full (1), or drained (0))
 //! node_info    = 7 json              (the sender's client URL and progress, every second)
+//! deliver      = 8 conn:u64 index:u64 id:u64 prev:u64 attempt:u32 topic_len:u16 topic group
+//!                                    (the leader's delivery of message `id`, raft entry
+//!                                    `index`, to a member on the receiving node: the body
+//!                                    comes from that node's own replica)
+//! deliver_full = 9 conn:u64 id:u64 topic_len:u16 topic group
+//!                                    (the member's node cannot: send that delivery in full)
 //! ```
 //!
 //! Integers are big-endian, texts UTF-8 to the end of the frame. `conn` is the connection id
@@ -24,6 +30,21 @@ const KIND_CLOSE_CLIENT: u8 = 4;
 const KIND_CLIENT_GONE: u8 = 5;
 const KIND_CONGESTED: u8 = 6;
 const KIND_NODE_INFO: u8 = 7;
+const KIND_DELIVER: u8 = 8;
+const KIND_DELIVER_FULL: u8 = 9;
+
+/// A delivery the leader decided, by reference: the member's node builds the `msg` frame
+/// from its own replica once it has applied entry `index`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliverRef {
+    pub conn: u64,
+    pub index: u64,
+    pub id: u64,
+    pub prev: u64,
+    pub attempt: u32,
+    pub topic: String,
+    pub group: String,
+}
 
 /// What a node tells its peers about itself, for `welcome` and `ferry cluster status`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -38,12 +59,60 @@ pub struct NodeInfo {
 #[derive(Debug, Clone, PartialEq)]
 pub enum PeerFrame {
     Raft(Message),
-    ClientFrame { conn: u64, text: String },
-    ToClient { conn: u64, text: String },
-    CloseClient { conn: u64, code: u16, reason: String },
-    ClientGone { conn: u64 },
-    Congested { conn: u64, congested: bool },
+    ClientFrame {
+        conn: u64,
+        text: String,
+    },
+    ToClient {
+        conn: u64,
+        text: String,
+    },
+    CloseClient {
+        conn: u64,
+        code: u16,
+        reason: String,
+    },
+    ClientGone {
+        conn: u64,
+    },
+    Congested {
+        conn: u64,
+        congested: bool,
+    },
     NodeInfo(NodeInfo),
+    Deliver(DeliverRef),
+    /// The member's node cannot build that delivery (it does not hold the message): the
+    /// leader sends it in full if it is still in flight to that connection.
+    DeliverFull {
+        conn: u64,
+        id: u64,
+        topic: String,
+        group: String,
+    },
+}
+
+/// `topic_len:u16 topic group`: names are short (bounded by the frame size limit).
+fn put_names(out: &mut Vec<u8>, topic: &str, group: &str) {
+    let topic_len = u16::try_from(topic.len()).expect("topic names are at most a few hundred bytes (pipeline::TOPIC_BYTES_MAX)");
+    out.extend_from_slice(&topic_len.to_be_bytes());
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(group.as_bytes());
+}
+
+fn take_names(kind: &str, bytes: &[u8]) -> Result<(String, String), String> {
+    let (len, rest) = bytes.split_first_chunk::<2>().ok_or_else(|| format!("{kind} cut before its topic"))?;
+    let len = u16::from_be_bytes(*len) as usize;
+    if rest.len() < len {
+        return Err(format!("{kind}: topic runs past the frame"));
+    }
+    let (topic, group) = rest.split_at(len);
+    Ok((text(topic)?, text(group)?))
+}
+
+fn take_u64(kind: &str, bytes: &mut &[u8]) -> Result<u64, String> {
+    let (value, rest) = bytes.split_first_chunk::<8>().ok_or_else(|| format!("{kind} cut short"))?;
+    *bytes = rest;
+    Ok(u64::from_be_bytes(*value))
 }
 
 fn with_conn(kind: u8, conn: u64, capacity: usize) -> Vec<u8> {
@@ -85,7 +154,25 @@ pub fn encode(frame: &PeerFrame) -> Vec<u8> {
             out.push(u8::from(*congested));
             out
         }
+        PeerFrame::Deliver(d) => encode_deliver(d.conn, d.index, d.id, d.prev, d.attempt, &d.topic, &d.group),
+        PeerFrame::DeliverFull { conn, id, topic, group } => {
+            let mut out = with_conn(KIND_DELIVER_FULL, *conn, 10 + topic.len() + group.len());
+            out.extend_from_slice(&id.to_be_bytes());
+            put_names(&mut out, topic, group);
+            out
+        }
     }
+}
+
+/// A `deliver` frame, from borrowed names (the leader sends one per delivery).
+pub fn encode_deliver(conn: u64, index: u64, id: u64, prev: u64, attempt: u32, topic: &str, group: &str) -> Vec<u8> {
+    let mut out = with_conn(KIND_DELIVER, conn, 30 + topic.len() + group.len());
+    for value in [index, id, prev] {
+        out.extend_from_slice(&value.to_be_bytes());
+    }
+    out.extend_from_slice(&attempt.to_be_bytes());
+    put_names(&mut out, topic, group);
+    out
 }
 
 fn text(bytes: &[u8]) -> Result<String, String> {
@@ -116,6 +203,19 @@ pub fn decode(bytes: &[u8]) -> Result<PeerFrame, String> {
             _ => Err("congested: flag is not one byte of 0 or 1".into()),
         },
         KIND_CLIENT_GONE => Err("client_gone: bytes after the connection id".into()),
+        KIND_DELIVER => {
+            let mut rest = rest;
+            let (index, id, prev) = (take_u64("deliver", &mut rest)?, take_u64("deliver", &mut rest)?, take_u64("deliver", &mut rest)?);
+            let (attempt, rest) = rest.split_first_chunk::<4>().ok_or("deliver cut before its attempt")?;
+            let (topic, group) = take_names("deliver", rest)?;
+            Ok(PeerFrame::Deliver(DeliverRef { conn, index, id, prev, attempt: u32::from_be_bytes(*attempt), topic, group }))
+        }
+        KIND_DELIVER_FULL => {
+            let mut rest = rest;
+            let id = take_u64("deliver_full", &mut rest)?;
+            let (topic, group) = take_names("deliver_full", rest)?;
+            Ok(PeerFrame::DeliverFull { conn, id, topic, group })
+        }
         other => Err(format!("unknown peer frame kind {other}")),
     }
 }
@@ -145,6 +245,8 @@ mod tests {
             PeerFrame::ClientGone { conn: 3 },
             PeerFrame::Congested { conn: 4, congested: true },
             PeerFrame::Congested { conn: 4, congested: false },
+            PeerFrame::Deliver(DeliverRef { conn: 5, index: 90, id: 12, prev: 11, attempt: 2, topic: "orders".into(), group: "billing".into() }),
+            PeerFrame::DeliverFull { conn: 6, id: 12, topic: "orders".into(), group: String::new() },
         ];
         let info = PeerFrame::NodeInfo(NodeInfo { url: "ws://127.0.0.1:7701/ws".into(), applied: 7, term: 2 });
         assert_eq!(decode(&encode(&info)), Ok(info.clone()));
@@ -162,5 +264,9 @@ mod tests {
         congested[9] = 2;
         assert!(decode(&congested).is_err());
         assert!(decode(&encode(&PeerFrame::CloseClient { conn: 1, code: 1000, reason: String::new() })[..10]).unwrap_err().contains("code"));
+        let mut deliver = encode(&PeerFrame::DeliverFull { conn: 6, id: 12, topic: "orders".into(), group: "g".into() });
+        deliver[17..19].copy_from_slice(&200u16.to_be_bytes());
+        assert!(decode(&deliver).unwrap_err().contains("past the frame"));
+        assert!(decode(&deliver[..20]).is_err());
     }
 }

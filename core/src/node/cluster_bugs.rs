@@ -1,18 +1,21 @@
 //! Deliberate slips of cluster mode (`TestBug`), kept apart so that the real path stays plain:
-//! both make the leader decide a publish's id before raft has committed its entry, which the
-//! simulator's clients must notice.
+//! each serves clients something raft has not committed, which the simulator's clients must
+//! notice.
 //!
 //! - `PubackOnLeaderFsync`: `puback` once the leader's own write of the entry is durable,
 //!   before a majority has it; a leader cut off or crashed then loses a pubacked message.
 //! - `IdsAssignedAtPropose`: the `puback` carries the id the leader expected when proposing,
 //!   which a leader change or a deduplicated retry makes another message's.
+//! - `FollowerDeliversUncommitted`: a follower applies entries as soon as it writes them, so
+//!   the deliveries by reference it builds come from them: an earlier leader's entry never
+//!   committed gives its id (and every later one on that node) another message.
 
 use super::replication::Proposal;
 use super::Node;
 use crate::cluster::command::{self, Command};
 use crate::config::TestBug;
 use crate::protocol;
-use raft::eraftpb::Entry;
+use raft::eraftpb::{Entry, EntryType};
 use std::collections::BTreeMap;
 
 #[derive(Default)]
@@ -84,5 +87,25 @@ impl Node {
             protocol::encode_puback(&mut frame, req.as_deref(), &topic, id);
             self.send(conn, frame);
         }
+    }
+
+    /// `FollowerDeliversUncommitted`: a follower applies the entries it writes at once, as
+    /// if committed, so deliveries by reference are built from them (`apply_entry` then skips
+    /// what raft hands over later, applied already or not).
+    pub(super) fn apply_uncommitted(&mut self, entries: &[Entry]) {
+        if self.config.test_bug != Some(TestBug::FollowerDeliversUncommitted) || self.replication.as_ref().is_none_or(|r| r.is_leader()) {
+            return;
+        }
+        for entry in entries {
+            if entry.index > self.state.applied.map_or(0, |a| a.index) && entry.entry_type == EntryType::EntryNormal {
+                self.apply_entry(entry.index, entry.term, &entry.data, &entry.context);
+            }
+        }
+    }
+
+    /// With `FollowerDeliversUncommitted`, an entry at or below the applied index was taken
+    /// already (or another one at its index was).
+    pub(super) fn applied_early(&self, index: u64) -> bool {
+        self.config.test_bug == Some(TestBug::FollowerDeliversUncommitted) && index <= self.state.applied.map_or(0, |a| a.index)
     }
 }

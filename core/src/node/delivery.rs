@@ -2,6 +2,7 @@
 //! acks, nacks and dead letters.
 
 use super::log::Waiter;
+use super::remote_delivery::delivery_output;
 use super::replication::Proposal;
 use super::state::NewMessage;
 use super::{Node, Output, Timer, Trace, NS_PER_MS};
@@ -9,7 +10,7 @@ use crate::cluster::command::{Command, PublishCommand};
 use crate::config::TestBug;
 use crate::group::{key_hash, AckOutcome, Admit, Candidate, Released};
 use crate::ids::{ConnId, GroupIdx, TopicIdx};
-use crate::protocol::{self, ErrorCode, MsgFrame};
+use crate::protocol::ErrorCode;
 use crate::topic::{Lookup, StoredMessage};
 
 const NO_DLQ_OF_A_DLQ: &str = "dead-letter topics have no dead-letter topic";
@@ -176,10 +177,8 @@ impl Node {
         let (attempt, prev) = group.dispatch(id, conn, deadline_ns, bytes);
         let prev = if self.config.test_bug == Some(TestBug::PrevOffByOne) && id % 7 == 3 && prev > 0 { prev + 1 } else { prev };
         self.timers.insert((deadline_ns, Timer::AckDeadline { topic: t, group: g, id }));
-        let mut frame = String::with_capacity(96 + message.body.len());
-        let msg = MsgFrame { topic: &topic.name, group: &group.name, id, prev, key: message.key.as_deref(), body: &message.body, attempt, ts_ms: message.ts_ms };
-        protocol::encode_msg(&mut frame, &msg);
-        self.send(conn, frame);
+        let by_reference = self.replication.is_some();
+        self.out.push_back(delivery_output(conn, by_reference, &topic.name, &group.name, id, prev, attempt, message));
         self.stats.delivered += 1;
         if attempt > 1 {
             self.stats.redelivered += 1;

@@ -122,6 +122,8 @@ impl Node {
                     self.on_congested(id, congested);
                 }
             }
+            PeerFrame::Deliver(reference) => self.on_deliver_ref(from_node, reference),
+            PeerFrame::DeliverFull { conn, id, topic, group } => self.on_deliver_full(from_node, conn, id, topic, group),
             PeerFrame::Raft(_) | PeerFrame::NodeInfo(_) => unreachable!("handled by replication"),
         }
     }

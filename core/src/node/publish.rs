@@ -119,7 +119,7 @@ impl Node {
         let written = record::encode_message(&mut self.log.open.data, &record) as u64;
         debug_assert_eq!(written, size);
         self.log.segment_len += written;
-        let stored = StoredMessage { id, ts_ms, key: message.key.map(Into::into), body: message.body.into() };
+        let stored = StoredMessage { id, ts_ms, key: message.key.map(Into::into), body: message.body.into(), raft_index: 0 };
         let (topic_max, total_max) = (self.config.topic_cache_bytes, self.config.cache_bytes_total);
         self.cache_budget.push(&mut self.state.topics, t, Rc::new(stored), topic_max, total_max);
         self.log.open.marks.insert(t, id + 1);

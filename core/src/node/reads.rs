@@ -44,7 +44,7 @@ impl Node {
         self.reading.remove(&(t, id));
         let name = &self.state.topics[t].name;
         let decoded = match result {
-            Ok(bytes) => stored_message(bytes, name, id).map(|m| StoredMessage { id, ts_ms: m.ts_ms, key: m.key.map(Into::into), body: m.body.into() }),
+            Ok(bytes) => stored_message(bytes, name, id).map(|m| StoredMessage { id, ts_ms: m.ts_ms, key: m.key.map(Into::into), body: m.body.into(), raft_index: m.raft_index }),
             Err(e) => Err(format!("{e:?}")),
         };
         let message = match decoded {
@@ -62,6 +62,7 @@ impl Node {
             }
         };
         self.feed_fetches(t, id, message.as_ref());
+        self.on_delivery_read(t, id, message.as_ref());
         self.pump_topic(t);
     }
 
@@ -196,13 +197,15 @@ pub(super) struct FoundMessage<'a> {
     pub(super) ts_ms: u64,
     pub(super) key: Option<&'a str>,
     pub(super) body: &'a str,
+    /// The raft entry (0 for a single node's message record).
+    pub(super) raft_index: u64,
 }
 
 pub(super) fn stored_message<'a>(bytes: &'a [u8], topic: &str, id: u64) -> Result<FoundMessage<'a>, String> {
     match record::decode_record(bytes).map_err(|e| e.to_string())?.0 {
-        RecordRef::Message(m) if m.id == id && m.topic == topic => Ok(FoundMessage { ts_ms: m.ts_ms, key: m.key, body: m.body }),
+        RecordRef::Message(m) if m.id == id && m.topic == topic => Ok(FoundMessage { ts_ms: m.ts_ms, key: m.key, body: m.body, raft_index: 0 }),
         RecordRef::RaftEntry(e) => match command::decode(e.data) {
-            Ok(Command::Publish(p)) if p.topic == topic => Ok(FoundMessage { ts_ms: p.ts_ms, key: p.key, body: p.body }),
+            Ok(Command::Publish(p)) if p.topic == topic => Ok(FoundMessage { ts_ms: p.ts_ms, key: p.key, body: p.body, raft_index: e.index }),
             Ok(_) => Err(format!("raft entry {} at the indexed place is not a publish to the topic", e.index)),
             Err(error) => Err(format!("raft entry {} at the indexed place: {error}", e.index)),
         },

@@ -93,6 +93,8 @@ pub(super) struct Replication {
     pub(super) reported_behind: std::collections::BTreeSet<(u64, u64)>,
     /// The read of the state for followers in flight: (token, raft index it is as of).
     pub(super) snapshot_read: Option<(u64, u64)>,
+    /// Deliveries by reference waiting for their message (`remote_delivery`).
+    pub(super) delivery_waits: super::remote_delivery::DeliveryWaits,
 }
 
 struct Persist {
@@ -131,6 +133,7 @@ impl Replication {
             status: super::cluster_status::ClusterStatus::new(voters),
             reported_behind: std::collections::BTreeSet::new(),
             snapshot_read: None,
+            delivery_waits: Default::default(),
         })
     }
 
@@ -297,7 +300,10 @@ impl Node {
                 }
                 ReplicaOutput::Persist { number, entries, hard_state } => match self.replication.as_mut().and_then(|r| r.deferred.as_mut()) {
                     Some(deferred) => deferred.push(Persist { number, entries, hard_state }),
-                    None => self.persist_raft(number, &entries, hard_state.as_ref()),
+                    None => {
+                        self.persist_raft(number, &entries, hard_state.as_ref());
+                        self.apply_uncommitted(&entries);
+                    }
                 },
                 ReplicaOutput::Apply { index, term, data, context } => self.apply_entry(index, term, &data, &context),
                 ReplicaOutput::Install { index, term, data } => self.install_state(index, term, &data),
@@ -319,6 +325,7 @@ impl Node {
         }
         self.read_wanted_entries();
         self.serve_state_requests();
+        self.release_applied_deliveries();
         if let Some(replication) = self.replication.as_mut() {
             replication.leading = leading;
         }
@@ -387,7 +394,10 @@ impl Node {
         self.maybe_flush();
     }
 
-    fn apply_entry(&mut self, index: u64, term: u64, data: &[u8], context: &[u8]) {
+    pub(super) fn apply_entry(&mut self, index: u64, term: u64, data: &[u8], context: &[u8]) {
+        if self.applied_early(index) {
+            return;
+        }
         let proposal = self.replication.as_mut().and_then(|r| r.take_own(context));
         self.state.applied = Some(AppliedRecord { index, term, installed: false });
         if data.is_empty() {
@@ -427,7 +437,7 @@ impl Node {
             // Committed: a retry from now on is answered at once.
             self.state.remember_seq(producer, seq, SeenSeq { topic: t, id, durable: true });
         }
-        let stored = StoredMessage { id, ts_ms: publish.ts_ms, key: publish.key.map(Into::into), body: publish.body.into() };
+        let stored = StoredMessage { id, ts_ms: publish.ts_ms, key: publish.key.map(Into::into), body: publish.body.into(), raft_index: index };
         let (topic_max, total_max) = (self.config.topic_cache_bytes, self.config.cache_bytes_total);
         self.cache_budget.push(&mut self.state.topics, t, Rc::new(stored), topic_max, total_max);
         let topic = &mut self.state.topics[t];

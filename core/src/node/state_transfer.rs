@@ -91,6 +91,7 @@ impl Node {
             self.on_disconnected(conn);
         }
         self.fetches.clear();
+        self.forget_reads();
         self.state = State::new(&self.config);
         self.read_cache = ReadCache::default();
         self.cache_budget = CacheBudget::default();
