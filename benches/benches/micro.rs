@@ -6,7 +6,7 @@ use ferry_core::pipeline::{self, Publish, PublishContext};
 use ferry_core::protocol::{self, MsgFrame};
 use ferry_core::record::{self, MessageRef};
 use ferry_core::testkit::{Completion, MemDisk, EPOCH_NS};
-use ferry_core::{Config, ConnId, Node};
+use ferry_core::{Config, ConnId, Host};
 use serde_json::json;
 use std::hint::black_box;
 use std::time::Instant;
@@ -48,7 +48,7 @@ fn pipeline_stages(c: &mut Criterion) {
 }
 
 /// Runs a node's disk requests on the in-memory disk; frames it sends are dropped.
-fn drive(node: &mut Node, disk: &mut MemDisk) -> usize {
+fn drive(node: &mut Host, disk: &mut MemDisk) -> usize {
     let mut frames = 0;
     while let Some(output) = node.poll_output() {
         match output {
@@ -64,9 +64,9 @@ fn drive(node: &mut Node, disk: &mut MemDisk) -> usize {
     frames
 }
 
-fn node_with_connections(conns: &[ConnId]) -> (Node, MemDisk) {
+fn node_with_connections(conns: &[ConnId]) -> (Host, MemDisk) {
     let config = Config { segment_bytes_max: 1 << 30, retention_bytes: 1 << 40, ..Config::default() };
-    let mut node = Node::new(config, EPOCH_NS);
+    let mut node = Host::new(config, EPOCH_NS);
     let mut disk = MemDisk::default();
     for conn in conns {
         node.handle_input(EPOCH_NS, Input::Connected { conn: *conn });

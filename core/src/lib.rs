@@ -6,6 +6,7 @@ pub mod cache;
 pub mod cluster;
 pub mod config;
 pub mod group;
+pub mod host;
 pub mod ids;
 pub mod node;
 pub mod pipeline;
@@ -16,5 +17,6 @@ pub mod testkit;
 pub mod topic;
 
 pub use config::{Config, FsyncPolicy, TestBug};
+pub use host::Host;
 pub use ids::ConnId;
 pub use node::{DiskError, DiskOp, Input, Node, Output, RecoveryReport, Rejection, Stats, Trace};

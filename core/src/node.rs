@@ -6,7 +6,8 @@
 //! This file holds the vocabulary of the doors and the wiring. `state` is what a replica
 //! holds with no connection in it (topics, groups, producers; what a snapshot records); the
 //! rest of the work lives in submodules, each an `impl Node` over one concern: `session`
-//! (connections and frames), `publish`, `membership` (sub, pull, unsub), `delivery` (pump,
+//! (client ops the host decoded or a peer forwarded, replies, congestion; `crate::host` owns
+//! the connection as a whole), `publish`, `membership` (sub, pull, unsub), `delivery` (pump,
 //! ack, nack, dead letters), `reads` (disk reads and fetch), `log` (batches, writes,
 //! segments, retention) and `load` (recovery).
 
@@ -446,8 +447,8 @@ impl Node {
         }
         match input {
             Input::Connected { conn } => self.on_connected(conn),
-            Input::Frame { conn, text } => self.on_frame(conn, text),
-            Input::Rejected { conn, why } => self.on_rejected(conn, why),
+            // The host decodes frames and answers what belongs to the connection as a whole.
+            Input::Frame { .. } | Input::Rejected { .. } => unreachable!("the host takes client frames"),
             Input::Disconnected { conn } => self.on_disconnected(conn),
             Input::Congested { conn, congested } => self.on_congested(conn, congested),
             Input::WriteDone { token, result } => self.on_write_done(token, result),

@@ -153,6 +153,11 @@ fn valid_req(req: &RawValue) -> bool {
 }
 
 /// A frame that failed typed decoding may still be a JSON object with a usable `req`.
+/// A `req` as the text to echo back.
+pub fn req_text(req: &Req) -> Option<String> {
+    req.as_ref().map(|r| r.get().to_string())
+}
+
 fn req_of_unparsed(text: &str) -> Option<String> {
     #[derive(Deserialize)]
     struct OnlyReq {

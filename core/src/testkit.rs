@@ -1,9 +1,10 @@
-//! A manual clock and an in-memory disk that drive a `Node` without any I/O: the core's own
+//! A manual clock and an in-memory disk that drive a `Host` without any I/O: the core's own
 //! tests use it, and the simulator builds its fault-injecting disk on the same model.
 
 use crate::config::Config;
+use crate::host::Host;
 use crate::ids::ConnId;
-use crate::node::{DiskError, DiskOp, Input, Node, Output, RecoveryReport, Trace};
+use crate::node::{DiskError, DiskOp, Input, Output, RecoveryReport, Trace};
 use crate::recovery::RecoveryError;
 use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};
@@ -112,7 +113,7 @@ impl MemDisk {
 /// Drives one node: feeds inputs, applies its disk requests, collects what it sends.
 pub struct Harness {
     pub config: Config,
-    pub node: Node,
+    pub node: Host,
     pub disk: MemDisk,
     pub now_ns: u64,
     pub sent: BTreeMap<ConnId, VecDeque<Value>>,
@@ -138,7 +139,7 @@ pub struct Harness {
 
 impl Harness {
     pub fn new(config: Config) -> Harness {
-        let node = Node::new(config.clone(), EPOCH_NS);
+        let node = Host::new(config.clone(), EPOCH_NS);
         let mut h = Harness {
             config,
             node,
@@ -281,7 +282,7 @@ impl Harness {
     /// Restarts the node from the disk as it is; a refused recovery leaves the old node.
     pub fn try_restart_from_disk(&mut self) -> Result<(), RecoveryError> {
         let segments = self.disk.segments();
-        let (node, report) = Node::recover(self.config.clone(), &segments, self.now_ns)?;
+        let (node, report) = Host::recover(self.config.clone(), &segments, self.now_ns)?;
         self.node = node;
         self.stopped = None;
         self.last_recovery = Some(report);

@@ -99,7 +99,7 @@ impl Cluster {
     /// The node that leads, once exactly one live node says it does.
     fn leader(&mut self) -> usize {
         for _ in 0..200 {
-            let leaders: Vec<usize> = (0..3).filter(|at| !self.down.contains(at) && self.nodes[*at].node.is_shard_leader()).collect();
+            let leaders: Vec<usize> = (0..3).filter(|at| !self.down.contains(at) && self.nodes[*at].node.leads_shard_of("t")).collect();
             if let [leader] = leaders[..] {
                 return leader;
             }

@@ -39,7 +39,7 @@ fn puback_waits_for_the_write_and_batches_form_while_it_runs() {
     h.hold_writes = false;
     h.complete_writes();
     assert_eq!(h.take_op(P, "puback").len(), 3);
-    assert_eq!(h.node.stats.flushes, 2, "snapshot write + one group-commit batch");
+    assert_eq!(h.node.stats().flushes, 2, "snapshot write + one group-commit batch");
 }
 
 #[test]
@@ -76,7 +76,7 @@ fn max_attempts_moves_the_message_to_the_dead_letter_topic() {
         h.advance_ms(101);
     }
     assert!(msgs(&mut h, S).is_empty(), "delivered past max_attempts");
-    assert_eq!(h.node.stats.dead_lettered, 1);
+    assert_eq!(h.node.stats().dead_lettered, 1);
     assert_eq!(h.node.group_outstanding("pay", "g"), Some(0));
     subscribe(&mut h, S, "pay.dlq", "ops", json!({}));
     let dead = msgs(&mut h, S);
@@ -435,11 +435,11 @@ fn acks_cost_no_fsync_of_their_own_and_ride_along_with_publishes() {
     publish(&mut h, "t", None, json!(1));
     subscribe(&mut h, S, "t", "g", json!({}));
     msgs(&mut h, S);
-    let flushes = h.node.stats.flushes;
+    let flushes = h.node.stats().flushes;
     ack(&mut h, S, "t", "g", &[1]);
-    assert_eq!(h.node.stats.flushes, flushes, "an ack alone is not written at once");
+    assert_eq!(h.node.stats().flushes, flushes, "an ack alone is not written at once");
     h.advance_ms(10);
-    assert_eq!(h.node.stats.flushes, flushes + 1, "written after ack_persist_interval_ms");
+    assert_eq!(h.node.stats().flushes, flushes + 1, "written after ack_persist_interval_ms");
     assert!(h.disk.unsynced_bytes() > 0, "not fsynced");
     publish(&mut h, "t", None, json!(2));
     assert_eq!(h.disk.unsynced_bytes(), 0, "the publish's fsync covers the group position");

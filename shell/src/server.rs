@@ -1,5 +1,5 @@
 //! The event loop: one mio `Poll`, WebSockets by tungstenite over non-blocking sockets, the
-//! segment store, and the core `Node`. It turns socket, disk and timer events into core inputs
+//! segment store, and the core `Host`. It turns socket, disk and timer events into core inputs
 //! and core outputs into I/O; every decision is the core's.
 
 use crate::accept::{self, Acceptor};
@@ -9,7 +9,7 @@ use crate::log::{self, Throttle};
 use crate::peers::{Arrived, Peers, PEER_LISTENER, PEER_TOKEN_BASE};
 use crate::store::{Completion, Store};
 use ferry_core::node::{Input, Output, Rejection, Trace};
-use ferry_core::{Config, ConnId, Node};
+use ferry_core::{Config, ConnId, Host};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
@@ -58,7 +58,7 @@ impl Clock {
 struct Server {
     poll: Poll,
     acceptor: Acceptor,
-    node: Node,
+    node: Host,
     store: Store,
     /// Links to the other voters of a cluster; `None` on a single node.
     peers: Option<Peers>,
@@ -185,7 +185,7 @@ impl Server {
     fn serve(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         let mut last_stats = Instant::now();
-        let mut last_logged = self.node.stats;
+        let mut last_logged = self.node.stats();
         self.drain_outputs();
         loop {
             let timeout = self.poll_timeout();
@@ -233,8 +233,8 @@ impl Server {
                 self.last_sweep = Instant::now();
                 self.check_deadlines();
             }
-            if last_stats.elapsed() >= STATS_INTERVAL && self.node.stats != last_logged {
-                last_logged = self.node.stats;
+            if last_stats.elapsed() >= STATS_INTERVAL && self.node.stats() != last_logged {
+                last_logged = self.node.stats();
                 last_stats = Instant::now();
                 let peers = self.peers.as_ref().map(|p| format!(", peers: {}", p.describe())).unwrap_or_default();
                 log::info(&format!("connections {}, queued {} bytes, {:?}{peers}", self.conns.len(), self.outbox_total, last_logged));

@@ -3,7 +3,7 @@
 
 use crate::log;
 use ferry_core::node::{DiskError, DiskOp, RecoveryReport};
-use ferry_core::{Config, Node};
+use ferry_core::{Config, Host};
 use memmap2::Mmap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -156,7 +156,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 impl Store {
     /// Opens (creating if needed) and locks the data directory, recovers the node from its
     /// segments and cuts a torn tail. Fails if another process holds the directory.
-    pub fn open(dir: &Path, config: Config, now: u64) -> io::Result<(Store, Node, RecoveryReport)> {
+    pub fn open(dir: &Path, config: Config, now: u64) -> io::Result<(Store, Host, RecoveryReport)> {
         let segment_bytes = config.segment_bytes_max;
         std::fs::create_dir_all(dir)?;
         let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("LOCK"))?;
@@ -188,7 +188,7 @@ impl Store {
             maps.push((*id, map));
         }
         let slices: Vec<(u64, &[u8])> = maps.iter().map(|(id, m)| (*id, m.as_deref().unwrap_or(&[]))).collect();
-        let recovered = Node::recover(config, &slices, now);
+        let recovered = Host::recover(config, &slices, now);
         drop(slices);
         drop(maps);
         let (node, report) = recovered.map_err(|refusal| io::Error::other(format!("in {}: {refusal}", dir.display())))?;

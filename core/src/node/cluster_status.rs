@@ -52,7 +52,7 @@ impl Node {
     }
 
     /// The `welcome` frame: in a cluster with `node`, `nodes` and `cluster`.
-    pub(super) fn welcome(&self) -> String {
+    pub fn welcome(&self) -> String {
         let mut frame = String::new();
         protocol::encode_welcome(&mut frame, &self.config.node_name);
         let (Some(replication), Some(mine)) = (self.replication.as_ref(), self.my_info()) else { return frame };

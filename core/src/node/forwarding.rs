@@ -95,9 +95,8 @@ impl Node {
                 let Some(id) = ConnId::remote(from_node, conn) else {
                     return self.out.push_back(Output::Trace(Trace::PeerFrameRefused { from_node, why: format!("connection id {conn} too large") }));
                 };
-                // Its node checked the client's token: the session starts authenticated.
-                self.conns.entry(id).or_insert_with(|| Conn::new(true));
-                self.on_frame(id, &text);
+                self.conns.entry(id).or_insert_with(Conn::new);
+                self.on_forwarded_frame(id, &text);
             }
             PeerFrame::ToClient { conn, text } => {
                 // Frames of a session that ended here (the client left or moved on) are dropped.

@@ -1,9 +1,9 @@
-//! Connections: frames in and decoded, replies out, authentication, congestion.
+//! Connections as the node sees them: client ops in (decoded by the host, or forwarded by
+//! another node), replies out, congestion, departures.
 
-use super::{Node, Output, Rejection};
+use super::{Node, Output};
 use crate::cluster::mesh::PeerFrame;
 use crate::cluster::NodeId;
-use crate::config::TestBug;
 use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::pipeline::Publish;
 use crate::protocol::{self, ClientOp, ErrorCode};
@@ -44,7 +44,6 @@ impl Sub {
 }
 
 pub(super) struct Conn {
-    pub(super) authenticated: bool,
     /// The shell says its outgoing queue is full: no messages are pushed to it meanwhile.
     pub(super) congested: bool,
     pub(super) subs: BTreeMap<(TopicIdx, GroupIdx), Sub>,
@@ -54,8 +53,8 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    pub(super) fn new(authenticated: bool) -> Conn {
-        Conn { authenticated, congested: false, subs: BTreeMap::new(), forwarded_to: None }
+    pub(super) fn new() -> Conn {
+        Conn { congested: false, subs: BTreeMap::new(), forwarded_to: None }
     }
 }
 
@@ -71,52 +70,42 @@ impl Node {
     }
 
     pub(super) fn on_connected(&mut self, conn: ConnId) {
-        let authenticated = self.config.tokens.is_empty();
-        let previous = self.conns.insert(conn, Conn::new(authenticated));
+        let previous = self.conns.insert(conn, Conn::new());
         assert!(previous.is_none(), "connection id {conn} reused while open");
-        let frame = self.welcome();
-        self.send(conn, frame);
     }
 
-    pub(super) fn on_rejected(&mut self, conn: ConnId, why: Rejection) {
-        if !self.conns.contains_key(&conn) {
+    /// A client op that names a topic, decoded by the host (`authenticated`: its connection
+    /// has passed `hello`, or needs none). Sent on to the shard's leader when another node
+    /// leads it; `text` is the frame as the client sent it.
+    pub fn on_client_op(&mut self, now_ns: u64, conn: ConnId, text: &str, op: ClientOp, authenticated: bool) {
+        self.advance_clock(now_ns);
+        if self.stopped || !self.conns.contains_key(&conn) {
             return;
         }
-        let (code, reason) = match why {
-            Rejection::BinaryFrame => (1003, "ferry speaks JSON text frames only".to_string()),
-            Rejection::TooLarge => {
-                let message = format!("frame exceeds frame_bytes_max ({} bytes)", self.config.frame_bytes_max);
-                self.send_error(conn, None, ErrorCode::TooLarge, &message);
-                (1009, message)
-            }
-        };
-        self.out.push_back(Output::Close { conn, code, reason });
-        self.on_disconnected(conn);
+        if self.forward_to_leader(conn, text) {
+            return;
+        }
+        self.apply_client_op(conn, op, authenticated);
     }
 
-    pub(super) fn on_frame(&mut self, conn: ConnId, text: &str) {
-        let Some(state) = self.conns.get(&conn) else { return };
-        let authenticated = state.authenticated;
-        let op = match protocol::decode(text, self.config.json_depth_max) {
-            Ok(op) => op,
-            Err(e) => {
-                let code = if e.code == ErrorCode::UnknownOp && self.config.test_bug == Some(TestBug::UnknownOpAsBadFrame) { ErrorCode::BadFrame } else { e.code };
-                return self.send_error(conn, e.req.as_deref(), code, &e.message);
+    /// A client's frame forwarded here by its node, which checked its token.
+    pub(super) fn on_forwarded_frame(&mut self, conn: ConnId, text: &str) {
+        match protocol::decode(text, self.config.json_depth_max) {
+            Ok(ClientOp::Ping { req }) => {
+                let mut frame = String::new();
+                protocol::encode_pong(&mut frame, protocol::req_text(&req).as_deref());
+                self.send(conn, frame);
             }
-        };
-        let req_of = |req: &protocol::Req| req.as_ref().map(|r| r.get().to_string());
-        if !authenticated && !matches!(op, ClientOp::Hello { .. } | ClientOp::Pub { .. }) {
-            let req = match &op {
-                ClientOp::Sub { req, .. } | ClientOp::Pull { req, .. } | ClientOp::Fetch { req, .. } | ClientOp::Unsub { req, .. } | ClientOp::Ping { req } => req_of(req),
-                _ => None,
-            };
-            return self.send_error(conn, req.as_deref(), ErrorCode::Unauthorized, "send hello with a valid token first");
+            // Answered by the client's own node, never forwarded.
+            Ok(ClientOp::Hello { .. }) => {}
+            Ok(op) => self.apply_client_op(conn, op, true),
+            Err(e) => self.send_error(conn, e.req.as_deref(), e.code, &e.message),
         }
-        if !matches!(op, ClientOp::Hello { .. } | ClientOp::Ping { .. }) && self.forward_to_leader(conn, text) {
-            return;
-        }
+    }
+
+    fn apply_client_op(&mut self, conn: ConnId, op: ClientOp, authenticated: bool) {
+        let req_of = protocol::req_text;
         match op {
-            ClientOp::Hello { token } => self.on_hello(conn, token),
             ClientOp::Pub { req, topic, body, key, producer, seq } => {
                 let req = req_of(&req);
                 let publish = Publish { topic, key, producer, seq };
@@ -128,25 +117,7 @@ impl Node {
             ClientOp::Pull { req, topic, group, max, wait_ms } => self.on_pull(conn, req_of(&req), &topic, &group, max, wait_ms),
             ClientOp::Fetch { req, topic, from, to } => self.on_fetch(conn, req_of(&req), &topic, from, to),
             ClientOp::Unsub { req, topic, group } => self.on_unsub(conn, req_of(&req), &topic, &group),
-            ClientOp::Ping { req } => {
-                let mut frame = String::new();
-                protocol::encode_pong(&mut frame, req_of(&req).as_deref());
-                self.send(conn, frame);
-            }
-        }
-    }
-
-    fn on_hello(&mut self, conn: ConnId, token: Option<String>) {
-        if self.config.tokens.is_empty() {
-            return;
-        }
-        let valid = token.is_some_and(|t| self.config.tokens.contains(&t)) || self.config.test_bug == Some(TestBug::WrongTokenAccepted);
-        if valid {
-            if let Some(c) = self.conns.get_mut(&conn) {
-                c.authenticated = true;
-            }
-        } else {
-            self.send_error(conn, None, ErrorCode::Unauthorized, "unknown token");
+            ClientOp::Hello { .. } | ClientOp::Ping { .. } => unreachable!("the host answers hello and ping"),
         }
     }
 

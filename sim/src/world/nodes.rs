@@ -6,7 +6,7 @@ use super::{Event, World, MS};
 use crate::disk::SimDisk;
 use ferry_core::node::{DiskError, DiskOp, Input, Output};
 use ferry_core::testkit::Completion;
-use ferry_core::{Config, ConnId, FsyncPolicy, Node};
+use ferry_core::{Config, ConnId, FsyncPolicy, Host};
 use rand::Rng;
 
 /// Every fourth seed runs a cluster; its size is drawn from the seed too (not the rng, so
@@ -56,7 +56,7 @@ impl PeerLinks {
 
 pub struct SimNode {
     pub config: Config,
-    pub node: Option<Node>,
+    pub node: Option<Host>,
     /// Counts incarnations: completions of an earlier one are dropped.
     pub epoch: u64,
     pub disk: SimDisk,
@@ -70,7 +70,7 @@ impl SimNode {
         ids.into_iter()
             .map(|id| {
                 let config = Config { node_id: id, rng_seed: config.rng_seed.wrapping_add(id - 1), ..config.clone() };
-                let node = Node::new(config.clone(), super::EPOCH);
+                let node = Host::new(config.clone(), super::EPOCH);
                 let mut disk = SimDisk::default();
                 disk.eio_chance = eio_chance;
                 SimNode { config, node: Some(node), epoch: 1, disk }
@@ -95,7 +95,7 @@ impl World {
 
     /// The earliest timer of any running node: (when, which).
     pub(super) fn next_node_timeout(&self) -> Option<(u64, usize)> {
-        self.nodes.iter().enumerate().filter_map(|(at, n)| n.node.as_ref().and_then(Node::poll_timeout).map(|t| (t, at))).min()
+        self.nodes.iter().enumerate().filter_map(|(at, n)| n.node.as_ref().and_then(Host::poll_timeout).map(|t| (t, at))).min()
     }
 
     pub(super) fn node_input(&mut self, node: usize, input: Input<'_>) {
@@ -112,7 +112,7 @@ impl World {
     }
 
     pub(super) fn drain_node(&mut self, node: usize) {
-        while let Some(output) = self.nodes[node].node.as_mut().and_then(Node::poll_output) {
+        while let Some(output) = self.nodes[node].node.as_mut().and_then(Host::poll_output) {
             match output {
                 Output::Send { conn, frame } => {
                     let delay = self.latency();
@@ -302,14 +302,14 @@ impl World {
     pub(super) fn restart_node(&mut self, node: usize) {
         let config = self.nodes[node].config.clone();
         let segments = self.nodes[node].disk.segments();
-        let (recovered, refusal) = match Node::recover(config.clone(), &segments, self.now) {
+        let (recovered, refusal) = match Host::recover(config.clone(), &segments, self.now) {
             Ok(recovered) => (recovered, None),
             // A cluster node's disk gets no bit flips: its log always restarts.
             Err(refusal) if !config.peers.is_empty() => panic!("cluster node {} refused to restart: {refusal}", node + 1),
             Err(refusal) => {
                 // What an operator does on a refused start: look, then start with salvage.
                 let config = Config { salvage: true, ..config };
-                (Node::recover(config, &segments, self.now).expect("salvage always starts"), Some(refusal))
+                (Host::recover(config, &segments, self.now).expect("salvage always starts"), Some(refusal))
             }
         };
         if let Some(refusal) = refusal {
