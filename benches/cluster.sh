@@ -33,7 +33,7 @@ start_node() {
 }
 url() { echo "ws://127.0.0.1:$(client_port "$1")/ws"; }
 leader() { # the leader named in the newest term of any log
-  grep -h "shard leader" "$work"/node*.log | sed 's/.*node \([0-9]*\) (term \([0-9]*\)).*/\2 \1/' | sort -n | tail -1 | cut -d' ' -f2
+  grep -h "shard 0 leader" "$work"/node*.log | sed 's/.*node \([0-9]*\) (term \([0-9]*\)).*/\2 \1/' | sort -n | tail -1 | cut -d' ' -f2
 }
 
 for n in 1 2 3; do start_node "$n"; done

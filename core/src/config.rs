@@ -140,6 +140,13 @@ pub struct Config {
     /// Bytes of applied raft entries kept in memory; older ones are read back from the log
     /// when a follower needs them. Entries not yet applied always stay.
     pub raft_log_memory_bytes: u64,
+    /// Cluster mode: the topics are spread over this many shards, each an independent raft
+    /// group whose leader takes its writes (leaders spread over the nodes). Fixed for a data
+    /// directory and the same on every node.
+    pub shards: u32,
+    /// The shard a node state machine serves: set by the host for each, never configured.
+    #[serde(skip)]
+    pub shard_index: u32,
     /// Bytes of deliveries by reference a node keeps waiting for their entry to be applied
     /// (or their message read back); past it, it asks the leader for them in full.
     pub delivery_waits_bytes_max: u64,
@@ -237,6 +244,8 @@ impl Default for Config {
             peer_outbox_bytes_max: 64 << 20,
             raft_log_memory_bytes: 64 << 20,
             delivery_waits_bytes_max: 4 << 20,
+            shards: 1,
+            shard_index: 0,
             rng_seed: 0,
             fsync: FsyncPolicy::Always,
             batch_interval_ms: 2,
@@ -345,6 +354,12 @@ impl Config {
             return Err("retention_bytes must be at least segment_bytes_max".into());
         }
         let voters = self.voters()?;
+        if !(1..=crate::ids::SHARDS_MAX).contains(&self.shards) {
+            return Err(format!("shards must be 1 to {}", crate::ids::SHARDS_MAX));
+        }
+        if self.shards > 1 && voters.is_empty() {
+            return Err("shards spread topics over the raft groups of a cluster: set peers too (a single node has one shard)".into());
+        }
         if !voters.is_empty() {
             if !voters.iter().any(|v| v.id.0 == self.node_id) {
                 return Err(format!("node_id {} is not among the peers ({})", self.node_id, self.peers));

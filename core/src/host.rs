@@ -1,26 +1,33 @@
 //! A ferry process as the shell and the simulator drive it: the client connections and the
-//! node state machine behind them, with the same four doors as every state machine here
+//! shards behind them, with the same four doors as every state machine here
 //! (`handle_input`, `handle_timeout`, `poll_output`, `poll_timeout`).
 //!
 //! What belongs to a connection as a whole lives here: the `welcome`, `hello` and its
 //! token, `ping`, frames refused before decoding, frames that do not decode. Every other op
-//! names a topic and goes to the node (`Node::on_client_op`), which holds subscriptions,
-//! deliveries and forwarding to the shard's leader.
+//! names a topic and goes to the topic's shard (`ShardId::of_topic`): a `Node`, which holds
+//! subscriptions, deliveries and forwarding to the shard's leader. A single node has one
+//! shard; a cluster node `shards` of them, each its own raft group with its own segments
+//! (named by shard, see `ShardId`), disk tokens and mesh frames, all sharing the process's
+//! connections: each shard knows every connection, and one a shard closes is gone for all.
 
+use crate::cluster::mesh;
 use crate::config::{Config, TestBug};
-use crate::ids::ConnId;
-use crate::node::{Input, MemoryUse, Node, Output, RecoveryReport, Rejection, Stats};
+use crate::ids::{ConnId, ShardId};
+use crate::node::{Input, MemoryUse, Node, Output, RecoveryReport, Rejection, Stats, Trace};
 use crate::protocol::{self, ClientOp, ErrorCode};
-use crate::recovery::RecoveryError;
+use crate::recovery::{segment_file_name, RecoveryError};
+use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
 
 pub struct Host {
     config: Config,
-    node: Node,
+    /// One node state machine per shard, in shard order.
+    shards: Vec<Node>,
     /// Open client connections and whether each has authenticated (`hello` with a token,
     /// or no `tokens` configured).
     conns: BTreeMap<ConnId, bool>,
     out: VecDeque<Output>,
+    now_ns: u64,
 }
 
 impl Host {
@@ -31,9 +38,29 @@ impl Host {
 
     /// Rebuilds the process from its segments (see `Node::recover`).
     pub fn recover(config: Config, segments: &[(u64, &[u8])], now_ns: u64) -> Result<(Host, RecoveryReport), RecoveryError> {
-        let (node, report) = Node::recover(config.clone(), segments, now_ns)?;
-        let mut host = Host { config, node, conns: BTreeMap::new(), out: VecDeque::new() };
-        host.take_node_outputs();
+        let count = config.shards.max(1);
+        let mut by_shard: Vec<Vec<(u64, &[u8])>> = vec![Vec::new(); count as usize];
+        for &(segment, bytes) in segments {
+            let shard = ShardId::of_id(segment);
+            let Some(own) = by_shard.get_mut(shard.0 as usize) else {
+                return Err(RecoveryError::refused(format!(
+                    "{} belongs to shard {shard}, and this node has shards = {count}: a data directory's shard count cannot change",
+                    segment_file_name(segment)
+                )));
+            };
+            own.push((segment, bytes));
+        }
+        let mut shards = Vec::with_capacity(by_shard.len());
+        let mut report = RecoveryReport::default();
+        for (index, own) in (0u32..).zip(&by_shard) {
+            // Each shard's replica draws its own randomness (election jitter).
+            let shard_config = Config { shard_index: index, rng_seed: config.rng_seed.wrapping_add(u64::from(index) * 0x9e37_79b9), ..config.clone() };
+            let (node, shard_report) = Node::recover(shard_config, own, now_ns)?;
+            report.take(shard_report);
+            shards.push(node);
+        }
+        let mut host = Host { config, shards, conns: BTreeMap::new(), out: VecDeque::new(), now_ns };
+        host.take_shard_outputs();
         Ok((host, report))
     }
 
@@ -41,36 +68,43 @@ impl Host {
         &self.config
     }
 
-    /// The node behind the connections (for tests and the simulator's checks).
-    pub fn node(&self) -> &Node {
-        &self.node
+    /// The shards' node state machines (for tests and the simulator's checks).
+    pub fn shards(&self) -> &[Node] {
+        &self.shards
+    }
+
+    fn shard_of(&self, topic: &str) -> &Node {
+        &self.shards[ShardId::of_topic(topic, self.config.shards).0 as usize]
     }
 
     pub fn stats(&self) -> Stats {
-        self.node.stats
+        self.shards.iter().fold(Stats::default(), |sum, shard| sum.plus(&shard.stats))
     }
 
     pub fn memory(&self) -> MemoryUse {
-        self.node.memory()
+        self.shards.iter().fold(MemoryUse::default(), |sum, shard| sum.plus(&shard.memory()))
     }
 
     /// True once the process has asked to stop (`Output::Stop`); it takes no more input.
     pub fn is_stopped(&self) -> bool {
-        self.node.is_stopped()
+        self.shards.iter().any(Node::is_stopped)
     }
 
     pub fn check_invariants(&self) {
-        self.node.check_invariants();
+        for shard in &self.shards {
+            shard.check_invariants();
+            assert!(self.conns.keys().all(|conn| shard.knows_connection(*conn)), "shard {} lacks a connection of the host", shard.shard());
+        }
     }
 
     /// In cluster mode, whether this process leads the shard of `topic` now.
-    pub fn leads_shard_of(&self, _topic: &str) -> bool {
-        self.node.is_shard_leader()
+    pub fn leads_shard_of(&self, topic: &str) -> bool {
+        self.shard_of(topic).is_shard_leader()
     }
 
     /// Bytes of raft entries held in memory (cluster mode; 0 on a single node).
     pub fn raft_memory_bytes(&self) -> u64 {
-        self.node.raft_memory_bytes()
+        self.shards.iter().map(Node::raft_memory_bytes).sum()
     }
 
     /// Open client connections.
@@ -80,44 +114,63 @@ impl Host {
 
     /// Next id `topic` will assign, if the topic exists.
     pub fn topic_next_id(&self, topic: &str) -> Option<u64> {
-        self.node.topic_next_id(topic)
+        self.shard_of(topic).topic_next_id(topic)
     }
 
     /// Messages of `group` handed out or held and not yet acked.
     pub fn group_outstanding(&self, topic: &str, group: &str) -> Option<usize> {
-        self.node.group_outstanding(topic, group)
+        self.shard_of(topic).group_outstanding(topic, group)
     }
 
     /// The first id a group considers (set when it was created).
     pub fn group_start_id(&self, topic: &str, group: &str) -> Option<u64> {
-        self.node.group_start_id(topic, group)
+        self.shard_of(topic).group_start_id(topic, group)
     }
 
     /// Messages in flight to `conn` for (topic, group), counted from the group's own entries.
     pub fn in_flight_to(&self, conn: ConnId, topic: &str, group: &str) -> Option<usize> {
-        self.node.in_flight_to(conn, topic, group)
+        self.shard_of(topic).in_flight_to(conn, topic, group)
     }
 
     pub fn handle_input(&mut self, now_ns: u64, input: Input<'_>) {
         if self.is_stopped() {
             return;
         }
+        self.now_ns = self.now_ns.max(now_ns);
         match input {
             Input::Connected { conn } => self.on_connected(now_ns, conn),
             Input::Frame { conn, text } => self.on_frame(now_ns, conn, text),
             Input::Rejected { conn, why } => self.on_rejected(now_ns, conn, why),
             Input::Disconnected { conn } => {
                 self.conns.remove(&conn);
-                self.node.handle_input(now_ns, input);
+                self.tell_every_shard(now_ns, || Input::Disconnected { conn });
             }
-            other => self.node.handle_input(now_ns, other),
+            Input::Congested { conn, congested } => self.tell_every_shard(now_ns, || Input::Congested { conn, congested }),
+            Input::PeerDown { node } => self.tell_every_shard(now_ns, || Input::PeerDown { node }),
+            Input::PeerMessage { from_node, payload } => match mesh::shard_of(payload).map(|shard| shard.0 as usize) {
+                Ok(shard) if shard < self.shards.len() => self.shards[shard].handle_input(now_ns, input),
+                Ok(shard) => {
+                    let why = format!("a frame of shard {shard}, and this node has shards = {}", self.shards.len());
+                    self.out.push_back(Output::Trace(Trace::PeerFrameRefused { from_node, why }));
+                }
+                Err(why) => self.out.push_back(Output::Trace(Trace::PeerFrameRefused { from_node, why })),
+            },
+            Input::WriteDone { token, .. } | Input::ReadDone { token, .. } | Input::TruncateDone { token, .. } => {
+                // A token names the shard that asked (`ShardId`).
+                if let Some(shard) = self.shards.get_mut(ShardId::of_id(token).0 as usize) {
+                    shard.handle_input(now_ns, input);
+                }
+            }
         }
-        self.take_node_outputs();
+        self.take_shard_outputs();
     }
 
     pub fn handle_timeout(&mut self, now_ns: u64) {
-        self.node.handle_timeout(now_ns);
-        self.take_node_outputs();
+        self.now_ns = self.now_ns.max(now_ns);
+        for shard in &mut self.shards {
+            shard.handle_timeout(now_ns);
+        }
+        self.take_shard_outputs();
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -125,17 +178,40 @@ impl Host {
     }
 
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.node.poll_timeout()
+        self.shards.iter().filter_map(Node::poll_timeout).min()
     }
 
-    /// Moves what the node asked for behind what this host asked for, in order; a client
-    /// the node closed is gone here too.
-    fn take_node_outputs(&mut self) {
-        while let Some(output) = self.node.poll_output() {
-            if let Output::Close { conn, .. } = &output {
-                self.conns.remove(conn);
+    fn tell_every_shard(&mut self, now_ns: u64, input: impl Fn() -> Input<'static>) {
+        for shard in &mut self.shards {
+            shard.handle_input(now_ns, input());
+        }
+    }
+
+    /// Moves what the shards asked for behind what this host asked for, in order. A client
+    /// a shard closed is gone here and for the other shards too.
+    fn take_shard_outputs(&mut self) {
+        loop {
+            let mut closed: Vec<(usize, ConnId)> = Vec::new();
+            for (index, shard) in self.shards.iter_mut().enumerate() {
+                while let Some(output) = shard.poll_output() {
+                    if let Output::Close { conn, .. } = &output {
+                        if self.conns.remove(conn).is_some() {
+                            closed.push((index, *conn));
+                        }
+                    }
+                    self.out.push_back(output);
+                }
             }
-            self.out.push_back(output);
+            if closed.is_empty() || self.shards.len() == 1 {
+                return;
+            }
+            for (by, conn) in closed {
+                for (index, shard) in self.shards.iter_mut().enumerate() {
+                    if index != by {
+                        shard.handle_input(self.now_ns, Input::Disconnected { conn });
+                    }
+                }
+            }
         }
     }
 
@@ -152,9 +228,9 @@ impl Host {
     fn on_connected(&mut self, now_ns: u64, conn: ConnId) {
         let previous = self.conns.insert(conn, self.config.tokens.is_empty());
         assert!(previous.is_none(), "connection id {conn} reused while open");
-        // The node first: its clock moves to now, which the welcome's cluster status reads.
-        self.node.handle_input(now_ns, Input::Connected { conn });
-        let welcome = self.node.welcome();
+        // The shards first: their clocks move to now, which the welcome's cluster view reads.
+        self.tell_every_shard(now_ns, || Input::Connected { conn });
+        let welcome = self.welcome();
         self.send(conn, welcome);
     }
 
@@ -172,7 +248,7 @@ impl Host {
         };
         self.out.push_back(Output::Close { conn, code, reason });
         self.conns.remove(&conn);
-        self.node.handle_input(now_ns, Input::Disconnected { conn });
+        self.tell_every_shard(now_ns, || Input::Disconnected { conn });
     }
 
     fn on_frame(&mut self, now_ns: u64, conn: ConnId, text: &str) {
@@ -200,7 +276,10 @@ impl Host {
                 protocol::encode_pong(&mut frame, protocol::req_text(&req).as_deref());
                 self.send(conn, frame);
             }
-            op => self.node.on_client_op(now_ns, conn, text, op, authenticated),
+            op => {
+                let shard = ShardId::of_topic(op.topic().expect("every other op names a topic"), self.config.shards);
+                self.shards[shard.0 as usize].on_client_op(now_ns, conn, text, op, authenticated);
+            }
         }
     }
 
@@ -214,5 +293,22 @@ impl Host {
         } else {
             self.send_error(conn, None, ErrorCode::Unauthorized, "unknown token");
         }
+    }
+
+    /// `welcome`: in a cluster, this node, the nodes' URLs, shard 0's view of the cluster and,
+    /// with several shards, each shard's leader and term.
+    fn welcome(&self) -> String {
+        let mut fields: Vec<(&str, Value)> = Vec::new();
+        if let Some(view) = self.shards[0].cluster_view() {
+            fields.extend([("node", json!(view.node)), ("nodes", json!(view.urls)), ("cluster", view.cluster)]);
+            if self.shards.len() > 1 {
+                let shards: Vec<Value> =
+                    (0u32..).zip(&self.shards).filter_map(|(index, shard)| shard.cluster_view().map(|v| json!({"shard": index, "leader": v.leader, "term": v.term}))).collect();
+                fields.push(("shards", json!(shards)));
+            }
+        }
+        let mut frame = String::new();
+        protocol::encode_welcome(&mut frame, &self.config.node_name, &fields);
+        frame
     }
 }

@@ -37,6 +37,42 @@ impl fmt::Display for ConnId {
     }
 }
 
+/// One shard of the topics (cluster mode: an independent raft group with its own leader);
+/// a topic lives in one, and its dead-letter topic in the same. Each shard has its own series
+/// of segment files and disk tokens: shard k's ids start at k × `SHARD_ID_SPACE` + 1, so a
+/// segment's file names its shard (shard 0's are the single node's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ShardId(pub u32);
+
+pub const SHARD_ID_SPACE: u64 = 1_000_000_000_000_000;
+/// Shards a process may have (`Config::shards`).
+pub const SHARDS_MAX: u32 = 256;
+
+impl ShardId {
+    /// The shard's first segment id (and first disk token).
+    pub fn first_id(self) -> u64 {
+        u64::from(self.0) * SHARD_ID_SPACE + 1
+    }
+
+    /// The shard a segment id or disk token belongs to.
+    pub fn of_id(id: u64) -> ShardId {
+        ShardId((id / SHARD_ID_SPACE) as u32)
+    }
+
+    /// The shard of `topic` among `shards`: `<t>.dlq` goes with `<t>`, whose dead letters it
+    /// takes (they are entries of `<t>`'s shard).
+    pub fn of_topic(topic: &str, shards: u32) -> ShardId {
+        let base = topic.strip_suffix(".dlq").unwrap_or(topic);
+        ShardId((crate::group::key_hash(base) % u64::from(shards.max(1))) as u32)
+    }
+}
+
+impl fmt::Display for ShardId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// A topic's place in the node's table of topics (`Node::topics`); never reused while the
 /// node runs (topics are not deleted).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -49,6 +85,20 @@ pub struct GroupIdx(pub usize);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shard_s_ids_name_it_and_a_dead_letter_topic_lives_with_its_topic() {
+        assert_eq!(ShardId(0).first_id(), 1, "a single node's segments are shard 0's");
+        assert_eq!(ShardId::of_id(ShardId(7).first_id() + 41), ShardId(7));
+        assert_eq!(ShardId::of_id(SHARD_ID_SPACE - 1), ShardId(0));
+        let shards: Vec<ShardId> = ["orders", "payments", "logistics", "a", "b", "c"].iter().map(|t| ShardId::of_topic(t, 3)).collect();
+        assert!(shards.iter().all(|s| s.0 < 3));
+        assert!(shards.iter().any(|s| *s != shards[0]), "topics spread: {shards:?}");
+        for topic in ["orders", "payments", "x.y"] {
+            assert_eq!(ShardId::of_topic(&format!("{topic}.dlq"), 5), ShardId::of_topic(topic, 5));
+            assert_eq!(ShardId::of_topic(topic, 1), ShardId(0));
+        }
+    }
 
     #[test]
     fn a_remote_connection_id_carries_its_node_and_never_meets_a_local_one() {

@@ -13,7 +13,7 @@
 
 use crate::cache::{CacheBudget, ReadCache};
 use crate::config::{Config, TestBug};
-use crate::ids::{ConnId, GroupIdx, TopicIdx};
+use crate::ids::{ConnId, GroupIdx, ShardId, TopicIdx};
 use crate::pipeline::{self, Stage};
 use crate::record::SalvagedRecord;
 use crate::recovery::{Damage, RecoveryError};
@@ -173,17 +173,20 @@ pub enum Trace {
     },
     /// The shard's leader as this node knows it changed (`None`: an election is on).
     LeaderChanged {
+        shard: u32,
         leader: Option<u64>,
         term: u64,
     },
     /// Node `node` is behind this leader's first raft entry (retention deleted what it
     /// lacks): it is sent the state as of the entry before (state transfer).
     FollowerBehindLog {
+        shard: u32,
         node: u64,
         first_entry: u64,
     },
     /// This node took the leader's state as of raft entry `index` in place of its own.
     StateInstalled {
+        shard: u32,
         index: u64,
     },
 }
@@ -225,6 +228,22 @@ pub struct Stats {
     pub flushed_bytes: u64,
 }
 
+impl Stats {
+    /// Both counts added (a process's shards).
+    pub fn plus(&self, other: &Stats) -> Stats {
+        Stats {
+            published: self.published + other.published,
+            deduplicated: self.deduplicated + other.deduplicated,
+            delivered: self.delivered + other.delivered,
+            redelivered: self.redelivered + other.redelivered,
+            acked: self.acked + other.acked,
+            dead_lettered: self.dead_lettered + other.dead_lettered,
+            flushes: self.flushes + other.flushes,
+            flushed_bytes: self.flushed_bytes + other.flushed_bytes,
+        }
+    }
+}
+
 /// Memory the node's limits bound, as it stands.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryUse {
@@ -233,6 +252,19 @@ pub struct MemoryUse {
     pub unwritten_log_bytes: u64,
     pub pending_publishes: u32,
     pub pending_fetches: usize,
+}
+
+impl MemoryUse {
+    /// Both uses added (a process's shards).
+    pub fn plus(&self, other: &MemoryUse) -> MemoryUse {
+        MemoryUse {
+            topic_cache_bytes: self.topic_cache_bytes + other.topic_cache_bytes,
+            read_cache_bytes: self.read_cache_bytes + other.read_cache_bytes,
+            unwritten_log_bytes: self.unwritten_log_bytes + other.unwritten_log_bytes,
+            pending_publishes: self.pending_publishes + other.pending_publishes,
+            pending_fetches: self.pending_fetches + other.pending_fetches,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -248,6 +280,18 @@ pub struct RecoveryReport {
     /// The newest segment cut back to its intact batches (its unused zero-filled space) and
     /// made durable before the log goes on in a new one; none when a torn tail was cut.
     pub truncated: Vec<(u64, u64)>,
+}
+
+impl RecoveryReport {
+    /// Adds what a shard's recovery found (a process's report covers all its shards).
+    pub fn take(&mut self, shard: RecoveryReport) {
+        self.segments += shard.segments;
+        self.messages += shard.messages;
+        self.torn_tail = self.torn_tail.take().or(shard.torn_tail);
+        self.salvaged.extend(shard.salvaged);
+        self.previously_salvaged.extend(shard.previously_salvaged);
+        self.truncated.extend(shard.truncated);
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -302,6 +346,8 @@ impl Node {
     /// newest segment back to its intact batches; no write starts before they are done.
     pub fn recover(config: Config, segments: &[(u64, &[u8])], now_ns: u64) -> Result<(Node, RecoveryReport), RecoveryError> {
         config.validate().unwrap_or_else(|e| panic!("invalid config reached the core: {e}"));
+        // Its segment ids and disk tokens are the shard's own (shard 0: from 1).
+        let shard = ShardId(config.shard_index);
         let mut node = Node {
             stages: pipeline::default_stages(!config.tokens.is_empty()),
             state: State::new(&config),
@@ -327,7 +373,7 @@ impl Node {
             dirty_groups: BTreeSet::new(),
             groups_dirty_since_ns: 0,
             out: VecDeque::new(),
-            next_token: 1,
+            next_token: shard.first_id(),
             pending_publishes: 0,
             disk_full_until_ns: None,
             truncating: BTreeSet::new(),
@@ -337,7 +383,7 @@ impl Node {
             now_ns,
             stats: Stats::default(),
         };
-        let next_segment = segments.last().map_or(1, |(id, _)| id + 1);
+        let next_segment = segments.last().map_or(shard.first_id(), |(id, _)| id + 1);
         let report = if node.config.peers.is_empty() {
             let report = node.load_segments(segments)?;
             for &(segment, len) in &report.truncated {
@@ -367,6 +413,11 @@ impl Node {
         &self.config
     }
 
+    /// The shard this node state machine serves.
+    pub fn shard(&self) -> ShardId {
+        ShardId(self.config.shard_index)
+    }
+
     /// In cluster mode, whether this node leads its shard now.
     pub fn is_shard_leader(&self) -> bool {
         self.replication.as_ref().is_some_and(Replication::is_leader)
@@ -377,8 +428,9 @@ impl Node {
         self.replication.as_ref().map_or(0, Replication::memory_bytes)
     }
 
-    pub fn connection_count(&self) -> usize {
-        self.conns.len()
+    /// Whether `conn` is a connection this node knows (a client's, or a remote one).
+    pub fn knows_connection(&self, conn: ConnId) -> bool {
+        self.conns.contains_key(&conn)
     }
 
     /// Next id a topic will assign, if the topic exists.
@@ -475,7 +527,8 @@ impl Node {
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front().map(Node::route_to_peers)
+        let shard = self.shard();
+        self.out.pop_front().map(|output| Node::route_to_peers(shard, output))
     }
 
     pub fn poll_timeout(&self) -> Option<u64> {

@@ -82,6 +82,22 @@ pub enum ClientOp {
     Ping { req: Req },
 }
 
+impl ClientOp {
+    /// The topic the op names (`hello` and `ping` name none).
+    pub fn topic(&self) -> Option<&str> {
+        match self {
+            ClientOp::Pub { topic, .. }
+            | ClientOp::Sub { topic, .. }
+            | ClientOp::Ack { topic, .. }
+            | ClientOp::Nack { topic, .. }
+            | ClientOp::Pull { topic, .. }
+            | ClientOp::Fetch { topic, .. }
+            | ClientOp::Unsub { topic, .. } => Some(topic),
+            ClientOp::Hello { .. } | ClientOp::Ping { .. } => None,
+        }
+    }
+}
+
 #[derive(Debug, PartialEq)]
 pub struct DecodeError {
     pub req: Option<String>,
@@ -351,10 +367,17 @@ fn write_req(out: &mut String, req: Option<&str>) {
     }
 }
 
-pub fn encode_welcome(out: &mut String, server: &str) {
+/// `welcome`, with `fields` (name, value) after the base ones (a cluster's view of itself).
+pub fn encode_welcome(out: &mut String, server: &str, fields: &[(&str, serde_json::Value)]) {
     out.push_str("{\"op\":\"welcome\",\"server\":");
     write_json_str(out, server);
-    let _ = write!(out, ",\"version\":{PROTOCOL_VERSION}}}");
+    let _ = write!(out, ",\"version\":{PROTOCOL_VERSION}");
+    for (name, value) in fields {
+        out.push(',');
+        write_json_str(out, name);
+        let _ = write!(out, ":{value}");
+    }
+    out.push('}');
 }
 
 pub fn encode_puback(out: &mut String, req: Option<&str>, topic: &str, id: u64) {

@@ -112,6 +112,18 @@ pub struct AppliedRecord {
     /// segments before this one are superseded, and recovery starts here.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub installed: bool,
+    /// The process's shard count (`Config::shards`) when it was written: it cannot change
+    /// for a data directory (topics would move between shards). Absent: 1.
+    #[serde(default = "one_shard", skip_serializing_if = "is_one_shard")]
+    pub shards: u32,
+}
+
+fn one_shard() -> u32 {
+    1
+}
+
+fn is_one_shard(shards: &u32) -> bool {
+    *shards == 1
 }
 
 #[derive(Debug, Clone, PartialEq)]

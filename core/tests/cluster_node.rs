@@ -262,3 +262,22 @@ fn a_restart_keeps_only_the_newest_applied_entries_in_memory() {
     // the next retention check, a second later).
     assert!(h.node.raft_memory_bytes() < 1_024, "{} bytes of entries in memory after a restart", h.node.raft_memory_bytes());
 }
+
+#[test]
+fn a_data_directory_keeps_its_shard_count_and_welcome_names_each_shard_s_leader() {
+    let mut h = harness(Config { shards: 3, ..voter_alone() });
+    for topic in ["a", "b", "c", "d"] {
+        publish(&mut h, topic, None, json!(1));
+    }
+    let welcome = h.connect(ferry_core::ConnId(9));
+    let shards: Vec<(u64, u64)> = welcome["shards"].as_array().unwrap().iter().map(|s| (s["shard"].as_u64().unwrap(), s["leader"].as_u64().unwrap())).collect();
+    assert_eq!(shards, vec![(0, 1), (1, 1), (2, 1)], "{welcome}");
+    for other in [1, 2, 5] {
+        h.config.shards = other;
+        let error = h.try_restart_from_disk().unwrap_err().to_string();
+        assert!(error.contains("shard count cannot change"), "shards = {other}: {error}");
+    }
+    h.config.shards = 3;
+    h.restart(false);
+    assert_eq!(h.node.topic_next_id("d"), Some(2));
+}

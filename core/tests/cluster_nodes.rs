@@ -77,7 +77,7 @@ impl Cluster {
                 if self.down.contains(&from_at) || self.down.contains(&to_at) {
                     continue;
                 }
-                self.carried.push((from, to, mesh::decode(&payload).expect("nodes send frames that decode")));
+                self.carried.push((from, to, mesh::decode(&payload).expect("nodes send frames that decode").1));
                 let h = &mut self.nodes[to_at];
                 h.node.handle_input(h.now_ns, Input::PeerMessage { from_node: from, payload: &payload });
                 h.drain();
@@ -481,4 +481,50 @@ fn a_restarted_follower_applies_its_committed_entries_before_its_log_goes_on() {
     assert_eq!(c.nodes[follower].node.topic_next_id("t"), Some(6), "the committed publishes applied again at restart");
     let applied = newest_snapshot_applied(&c.nodes[follower]);
     assert!(applied >= 6, "the new segment's snapshot holds the committed entries (a leader's empty entry, 5 publishes): {applied}");
+}
+
+#[test]
+fn topics_spread_over_shards_whose_leaders_spread_over_the_nodes() {
+    use ferry_core::ids::{ShardId, SHARD_ID_SPACE};
+    let mut c = Cluster::with(Config { shards: 3, ..Config::default() });
+    // One topic in each shard.
+    let topics: Vec<String> = (0..3).map(|shard| (0..).map(|n| format!("topic{n}")).find(|t| ShardId::of_topic(t, 3) == ShardId(shard)).unwrap()).collect();
+    // Each shard settles on its preferred leader, the voter of its index.
+    c.run_ms(6_000);
+    for (shard, topic) in topics.iter().enumerate() {
+        let leaders: Vec<usize> = (0..3).filter(|at| c.nodes[*at].node.leads_shard_of(topic)).collect();
+        assert_eq!(leaders, vec![shard], "shard {shard} ({topic}) is led by node {}", shard + 1);
+    }
+    // A client of node 1 publishes to all three: each publish goes to its shard's leader,
+    // and ids are per topic.
+    for round in 1..=2 {
+        for topic in &topics {
+            c.nodes[0].send_json(P, json!({"op": "pub", "req": 1, "topic": topic, "body": round}));
+            c.run_ms(50);
+            let answer = c.nodes[0].take(P).pop_front().expect("an answer");
+            assert_eq!((answer["op"].clone(), answer["id"].clone()), (json!("puback"), json!(round)), "{topic}: {answer}");
+        }
+    }
+    // A member on node 3 of each topic's group gets its messages, whichever node leads.
+    for topic in &topics {
+        c.nodes[2].send_json(S, json!({"op": "sub", "req": "s", "topic": topic, "group": "g", "from": "earliest"}));
+    }
+    c.run_ms(100);
+    let delivered = msgs(&mut c.nodes[2], S);
+    for topic in &topics {
+        let ids: Vec<u64> = delivered.iter().filter(|m| m["topic"] == json!(topic)).map(|m| m["id"].as_u64().unwrap()).collect();
+        assert_eq!(ids, vec![1, 2], "{topic}");
+    }
+    // Every node holds every shard's log, in that shard's own segments.
+    for h in &c.nodes {
+        let shards: BTreeSet<u32> = h.disk.segments().iter().map(|(segment, _)| ShardId::of_id(*segment).0).collect();
+        assert_eq!(shards, BTreeSet::from([0, 1, 2]));
+        assert!(h.disk.segments().iter().any(|(segment, _)| *segment == 2 * SHARD_ID_SPACE + 1));
+    }
+    // A restart finds every shard's messages again.
+    c.nodes[1].restart(false);
+    c.run_ms(1_000);
+    for topic in &topics {
+        assert_eq!(c.nodes[1].node.topic_next_id(topic), Some(3), "{topic}");
+    }
 }

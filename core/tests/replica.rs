@@ -27,7 +27,7 @@ impl Net {
         let ids: Vec<NodeId> = (1..=voters).map(NodeId).collect();
         let mut replicas = BTreeMap::new();
         for id in &ids {
-            let config = ReplicaConfig { id: *id, voters: ids.clone(), tick_ns: 10 * MS, election_ticks: 10, heartbeat_ticks: 2, seed: seed * 100 + id.0 };
+            let config = ReplicaConfig { id: *id, voters: ids.clone(), tick_ns: 10 * MS, election_ticks: 10, heartbeat_ticks: 2, seed: seed * 100 + id.0, preferred_leader: None };
             replicas.insert(*id, Replica::new(&config, 0).unwrap());
         }
         Net {

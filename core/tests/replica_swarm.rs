@@ -70,7 +70,7 @@ impl World {
         let mut configs = BTreeMap::new();
         let mut nodes = BTreeMap::new();
         for id in &ids {
-            let config = ReplicaConfig { id: *id, voters: ids.clone(), tick_ns: 10 * MS, election_ticks: 10, heartbeat_ticks: 2, seed: rng.gen() };
+            let config = ReplicaConfig { id: *id, voters: ids.clone(), tick_ns: 10 * MS, election_ticks: 10, heartbeat_ticks: 2, seed: rng.gen(), preferred_leader: None };
             nodes.insert(*id, Node { replica: Some(Replica::new(&config, 0).unwrap()), life: 0, disk: Vec::new(), vote: 0, pending: Vec::new(), applied: Vec::new() });
             configs.insert(*id, config);
         }

@@ -113,6 +113,17 @@ fn status_table(url: &str, welcome: &Value) -> String {
         let heard = if node["id"] == welcome["node"] { "self".to_string() } else { show(&node["heard_ms_ago"]) };
         out.push_str(&format!("{:<6}{:<32}{:<10}{:>10}{:>8}{:>14}\n", show(&node["id"]), show(&node["url"]), role, show(&node["applied"]), show(&node["lag"]), heard));
     }
+    // Several shards: the table is shard 0's; each shard's leader follows.
+    if let Some(shards) = welcome["shards"].as_array() {
+        let leaders: Vec<String> = shards
+            .iter()
+            .map(|s| match s["leader"].as_u64() {
+                Some(leader) => format!("{}: node {leader} (term {})", show(&s["shard"]), show(&s["term"])),
+                None => format!("{}: none (term {})", show(&s["shard"]), show(&s["term"])),
+            })
+            .collect();
+        out.push_str(&format!("shard leaders: {}\n", leaders.join(", ")));
+    }
     out
 }
 
@@ -340,5 +351,9 @@ mod tests {
         assert!(lines[4].contains("unheard"), "{table}");
         assert!(lines[5].contains("silent"), "{table}");
         assert!(status_table("ws://x/ws", &json!({"op": "welcome", "server": "solo"})).contains("single node"));
+        let mut sharded = welcome.clone();
+        sharded["shards"] = json!([{"shard": 0, "leader": 1, "term": 3}, {"shard": 1, "leader": null, "term": 4}]);
+        let table = status_table("ws://b/ws", &sharded);
+        assert_eq!(table.lines().last(), Some("shard leaders: 0: node 1 (term 3), 1: none (term 4)"), "{table}");
     }
 }

@@ -7,8 +7,8 @@
 //! beat   = len:u32 = 0                             (sent after a second of silence)
 //! ```
 //!
-//! `cluster` fingerprints the voter list, so a node started with another `peers` list is
-//! refused by name instead of joining. A link that hears nothing for `SILENCE_MAX` is reset
+//! `cluster` fingerprints the voter list and the shard count, so a node started with another
+//! `peers` list or `shards` is refused by name instead of joining. A link that hears nothing for `SILENCE_MAX` is reset
 //! and dialled again with backoff. Each link queues at most `peer_outbox_bytes_max`; a peer
 //! that falls that far behind has its link reset rather than frames silently dropped (client
 //! frames ride on it too). Whenever a linked peer's connection ends, the node hears of it
@@ -145,7 +145,9 @@ fn fingerprint(config: &Config) -> Result<u64, String> {
     let mut voters = config.voters()?;
     voters.sort_by_key(|v| v.id.0);
     let text: Vec<String> = voters.iter().map(|v| format!("{}@{}", v.id.0, v.addr)).collect();
-    let crc = crc32fast::hash(text.join(",").as_bytes());
+    // One shard hashes as before shards existed.
+    let shards = if config.shards > 1 { format!(" shards={}", config.shards) } else { String::new() };
+    let crc = crc32fast::hash(format!("{}{shards}", text.join(",")).as_bytes());
     Ok(crc as u64 | ((voters.len() as u64) << 32))
 }
 
@@ -317,7 +319,7 @@ impl Peers {
                 return Err("not a ferry peer (bad hello)".into());
             }
             if fingerprint != self.fingerprint {
-                return Err(format!("node {node} runs with another peers list; every node must be given the same peers"));
+                return Err(format!("node {node} runs with another peers list or shards count; every node must be given the same peers and shards"));
             }
             match socket.node {
                 Some(expected) if expected != node => return Err(format!("expected node {expected}, reached node {node}: check peers")),
@@ -490,5 +492,7 @@ mod tests {
         assert_eq!(a, fingerprint(&config("2@127.0.0.1:7812, 1@127.0.0.1:7811")).unwrap());
         assert_ne!(a, fingerprint(&config("1@127.0.0.1:7811,2@127.0.0.1:7813")).unwrap());
         assert_ne!(a, fingerprint(&config("1@127.0.0.1:7811,2@127.0.0.1:7812,3@127.0.0.1:7813")).unwrap());
+        let sharded = Config { shards: 3, ..config("1@127.0.0.1:7811,2@127.0.0.1:7812") };
+        assert_ne!(a, fingerprint(&sharded).unwrap(), "another shard count");
     }
 }

@@ -731,14 +731,14 @@ fn log_trace(trace: &Trace) {
         Trace::StoreFailed { .. } | Trace::UnreadableRecord { .. } => log::error(&format!("{trace:?}")),
         Trace::DeadLettered { .. } | Trace::DeadLetterDropped { .. } | Trace::PeerMessageIgnored { .. } | Trace::PeerFrameRefused { .. } => log::warn(&format!("{trace:?}")),
         Trace::SegmentRolled { .. } | Trace::SegmentDeleted { .. } => log::debug(&format!("{trace:?}")),
-        Trace::LeaderChanged { leader: Some(leader), term } => log::info(&format!("shard leader: node {leader} (term {term})")),
-        Trace::LeaderChanged { leader: None, term } => log::info(&format!("shard has no leader: an election is on (term {term})")),
-        Trace::FollowerBehindLog { node, first_entry } => log::warn(&format!(
-            "node {node} lacks raft entries retention has deleted here (the log starts at entry {first_entry}): sending it the state as of entry {}",
+        Trace::LeaderChanged { shard, leader: Some(leader), term } => log::info(&format!("shard {shard} leader: node {leader} (term {term})")),
+        Trace::LeaderChanged { shard, leader: None, term } => log::info(&format!("shard {shard} has no leader: an election is on (term {term})")),
+        Trace::FollowerBehindLog { shard, node, first_entry } => log::warn(&format!(
+            "shard {shard}: node {node} lacks raft entries retention has deleted here (the log starts at entry {first_entry}): sending it the state as of entry {}",
             first_entry - 1
         )),
-        Trace::StateInstalled { index } => {
-            log::warn(&format!("took the leader's state as of raft entry {index} (this node was behind what the leader keeps); older segments go once it is durable"))
-        }
+        Trace::StateInstalled { shard, index } => log::warn(&format!(
+            "shard {shard}: took the leader's state as of raft entry {index} (this node was behind what the leader keeps); older segments go once it is durable"
+        )),
     }
 }

@@ -111,7 +111,7 @@ impl Cluster {
             let mut newest: Option<(u64, usize)> = None;
             for i in self.running() {
                 for line in self.nodes[i].as_ref().unwrap().log_text().lines() {
-                    let Some(rest) = line.split("shard leader: node ").nth(1) else { continue };
+                    let Some(rest) = line.split("shard 0 leader: node ").nth(1) else { continue };
                     let (node, term) = rest.split_once(" (term ").expect("leader line");
                     let term: u64 = term.trim_end_matches(')').parse().unwrap();
                     newest = newest.max(Some((term, node.parse::<usize>().unwrap() - 1)));
@@ -185,7 +185,7 @@ fn a_three_process_cluster_keeps_every_pubacked_message_through_kill_9_of_its_le
     }
     let second = cluster.leader();
     assert_ne!(second, leader, "a killed node does not lead");
-    assert!(cluster.nodes[second].as_ref().unwrap().log_text().contains(&format!("shard leader: node {}", second + 1)), "the new leader says so in its log");
+    assert!(cluster.nodes[second].as_ref().unwrap().log_text().contains(&format!("shard 0 leader: node {}", second + 1)), "the new leader says so in its log");
 
     // The killed node comes back and catches up; then a follower dies: two of three still
     // make a majority.

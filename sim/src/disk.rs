@@ -2,7 +2,7 @@
 //!
 //! Segments are append-only, so each file's durable content is a prefix of what the page cache
 //! holds: a length per file (`durable_len`) models fsync exactly. At most one write is in flight
-//! per node (the core guarantees it), which is what a crash may tear.
+//! per shard of a node (the core guarantees it), which is what a crash may tear.
 
 use ferry_core::node::{DiskError, DiskOp};
 use ferry_core::record::{self, RecordRef};
@@ -14,8 +14,9 @@ use rand_chacha::ChaCha8Rng;
 #[derive(Default)]
 pub struct SimDisk {
     pub disk: MemDisk,
-    /// (token, segment, offset, len, sync) of the write in flight.
-    in_flight: Option<(u64, u64, usize, usize, bool)>,
+    /// The writes in flight (one per shard, each to its own segments): token → (segment,
+    /// offset, len, sync).
+    in_flight: std::collections::BTreeMap<u64, (u64, usize, usize, bool)>,
     pub full: bool,
     pub eio_chance: f64,
 }
@@ -38,14 +39,13 @@ impl SimDisk {
         if self.eio_chance > 0.0 && rng.gen_bool(self.eio_chance) {
             return Some(Completion::Write { token: *token, result: Err(DiskError::Io("simulated EIO".into())) });
         }
-        self.in_flight = Some((*token, *segment, *offset as usize, data.len(), *sync));
+        self.in_flight.insert(*token, (*segment, *offset as usize, data.len(), *sync));
         Some(Completion::Write { token: *token, result: Ok(()) })
     }
 
     /// The write `token` completed successfully: with fsync, the file is durable up to its end.
     pub fn complete(&mut self, token: u64) {
-        let Some((t, segment, offset, len, sync)) = self.in_flight.take() else { return };
-        assert_eq!(t, token, "completion of a write that is not in flight");
+        let Some((segment, offset, len, sync)) = self.in_flight.remove(&token) else { return };
         if sync {
             self.disk.mark_durable(segment, offset + len);
         }
@@ -54,16 +54,15 @@ impl SimDisk {
     /// Crash. With `power_loss` only durable bytes survive; either way a write in flight may
     /// be torn, leaving any prefix of it. Returns the number of bytes lost.
     pub fn crash(&mut self, power_loss: bool, rng: &mut ChaCha8Rng) -> usize {
-        let torn = self.in_flight.take().map(|(_, segment, offset, len, _)| (segment, offset + rng.gen_range(0..=len)));
+        let in_flight = std::mem::take(&mut self.in_flight);
+        let torn: std::collections::BTreeMap<u64, usize> = in_flight.into_values().map(|(segment, offset, len, _)| (segment, offset + rng.gen_range(0..=len))).collect();
         let mut lost = 0;
         let lens: Vec<(u64, usize)> = self.disk.files.iter().map(|(s, f)| (*s, f.len())).collect();
         for (segment, len) in lens {
             let durable = self.disk.durable_len(segment);
             let mut keep = if power_loss { durable } else { len };
-            if let Some((torn_segment, torn_end)) = torn {
-                if torn_segment == segment {
-                    keep = if power_loss { durable.max(torn_end) } else { torn_end };
-                }
+            if let Some(&torn_end) = torn.get(&segment) {
+                keep = if power_loss { durable.max(torn_end) } else { torn_end };
             }
             let keep = keep.min(len);
             lost += len - keep;

@@ -247,6 +247,9 @@ impl World {
             // Half the clusters keep almost no applied raft entries in memory, so catching a
             // follower up reads them back from the log (from the seed too).
             raft_log_memory_bytes: if (options.seed / 12).is_multiple_of(2) { 1_024 } else { 64 << 20 },
+            // Clusters spread their topics over 1, 2 or 3 shards, each its own raft group
+            // with its own leader (from the seed too).
+            shards: if nodes::peers_for(options.seed).is_empty() { 1 } else { 1 + (options.seed / 12 % 3) as u32 },
             ..Config::default()
         };
         if !config.peers.is_empty() && options.seed % 7 == 3 {

@@ -1,4 +1,5 @@
-//! Frames between the nodes of a cluster (the mesh), each one kind byte then its body:
+//! Frames between the nodes of a cluster (the mesh), each the shard it belongs to (u16: each
+//! shard is a raft group of its own, with its own sessions), one kind byte, then its body:
 //!
 //! ```text
 //! raft         = 1 message           (a raft message of the shard, in raft's own protobuf encoding)
@@ -20,6 +21,7 @@
 //! on the node holding the client's socket. A frame that does not decode is an error, never a
 //! panic: it comes from the network.
 
+use crate::ids::ShardId;
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 
@@ -115,48 +117,58 @@ fn take_u64(kind: &str, bytes: &mut &[u8]) -> Result<u64, String> {
     Ok(u64::from_be_bytes(*value))
 }
 
-fn with_conn(kind: u8, conn: u64, capacity: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(9 + capacity);
+/// Bytes before a frame's kind: its shard.
+const SHARD_BYTES: usize = 2;
+
+fn start(shard: ShardId, kind: u8, capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SHARD_BYTES + 1 + capacity);
+    let shard = u16::try_from(shard.0).expect("shards are at most SHARDS_MAX");
+    out.extend_from_slice(&shard.to_be_bytes());
     out.push(kind);
+    out
+}
+
+fn with_conn(shard: ShardId, kind: u8, conn: u64, capacity: usize) -> Vec<u8> {
+    let mut out = start(shard, kind, 8 + capacity);
     out.extend_from_slice(&conn.to_be_bytes());
     out
 }
 
-pub fn encode(frame: &PeerFrame) -> Vec<u8> {
+pub fn encode(shard: ShardId, frame: &PeerFrame) -> Vec<u8> {
     match frame {
         PeerFrame::Raft(message) => {
-            let mut out = vec![KIND_RAFT];
+            let mut out = start(shard, KIND_RAFT, message.compute_size() as usize);
             // Writing a well-formed message into a Vec cannot fail.
             message.write_to_vec(&mut out).expect("a raft message encodes");
             out
         }
         PeerFrame::ClientFrame { conn, text } | PeerFrame::ToClient { conn, text } => {
             let kind = if matches!(frame, PeerFrame::ClientFrame { .. }) { KIND_CLIENT_FRAME } else { KIND_TO_CLIENT };
-            let mut out = with_conn(kind, *conn, text.len());
+            let mut out = with_conn(shard, kind, *conn, text.len());
             out.extend_from_slice(text.as_bytes());
             out
         }
         PeerFrame::CloseClient { conn, code, reason } => {
-            let mut out = with_conn(KIND_CLOSE_CLIENT, *conn, 2 + reason.len());
+            let mut out = with_conn(shard, KIND_CLOSE_CLIENT, *conn, 2 + reason.len());
             out.extend_from_slice(&code.to_be_bytes());
             out.extend_from_slice(reason.as_bytes());
             out
         }
-        PeerFrame::ClientGone { conn } => with_conn(KIND_CLIENT_GONE, *conn, 0),
+        PeerFrame::ClientGone { conn } => with_conn(shard, KIND_CLIENT_GONE, *conn, 0),
         PeerFrame::NodeInfo(info) => {
-            let mut out = vec![KIND_NODE_INFO];
+            let mut out = start(shard, KIND_NODE_INFO, 64);
             // Plain fields serialize without fail.
             serde_json::to_writer(&mut out, info).expect("node info encodes");
             out
         }
         PeerFrame::Congested { conn, congested } => {
-            let mut out = with_conn(KIND_CONGESTED, *conn, 1);
+            let mut out = with_conn(shard, KIND_CONGESTED, *conn, 1);
             out.push(u8::from(*congested));
             out
         }
-        PeerFrame::Deliver(d) => encode_deliver(d.conn, d.index, d.id, d.prev, d.attempt, &d.topic, &d.group),
+        PeerFrame::Deliver(d) => encode_deliver(shard, d.conn, d.index, d.id, d.prev, d.attempt, &d.topic, &d.group),
         PeerFrame::DeliverFull { conn, id, topic, group } => {
-            let mut out = with_conn(KIND_DELIVER_FULL, *conn, 10 + topic.len() + group.len());
+            let mut out = with_conn(shard, KIND_DELIVER_FULL, *conn, 10 + topic.len() + group.len());
             out.extend_from_slice(&id.to_be_bytes());
             put_names(&mut out, topic, group);
             out
@@ -165,8 +177,9 @@ pub fn encode(frame: &PeerFrame) -> Vec<u8> {
 }
 
 /// A `deliver` frame, from borrowed names (the leader sends one per delivery).
-pub fn encode_deliver(conn: u64, index: u64, id: u64, prev: u64, attempt: u32, topic: &str, group: &str) -> Vec<u8> {
-    let mut out = with_conn(KIND_DELIVER, conn, 30 + topic.len() + group.len());
+#[allow(clippy::too_many_arguments)]
+pub fn encode_deliver(shard: ShardId, conn: u64, index: u64, id: u64, prev: u64, attempt: u32, topic: &str, group: &str) -> Vec<u8> {
+    let mut out = with_conn(shard, KIND_DELIVER, conn, 30 + topic.len() + group.len());
     for value in [index, id, prev] {
         out.extend_from_slice(&value.to_be_bytes());
     }
@@ -179,7 +192,19 @@ fn text(bytes: &[u8]) -> Result<String, String> {
     String::from_utf8(bytes.to_vec()).map_err(|_| "text is not UTF-8".to_string())
 }
 
-pub fn decode(bytes: &[u8]) -> Result<PeerFrame, String> {
+/// The shard a frame belongs to (the host routes it there).
+pub fn shard_of(bytes: &[u8]) -> Result<ShardId, String> {
+    let (shard, _) = bytes.split_first_chunk::<SHARD_BYTES>().ok_or("peer frame cut before its shard")?;
+    Ok(ShardId(u32::from(u16::from_be_bytes(*shard))))
+}
+
+/// A frame and its shard.
+pub fn decode(bytes: &[u8]) -> Result<(ShardId, PeerFrame), String> {
+    let shard = shard_of(bytes)?;
+    decode_body(&bytes[SHARD_BYTES..]).map(|frame| (shard, frame))
+}
+
+fn decode_body(bytes: &[u8]) -> Result<PeerFrame, String> {
     let (&kind, body) = bytes.split_first().ok_or("empty peer frame")?;
     if kind == KIND_RAFT {
         return Message::parse_from_bytes(body).map(PeerFrame::Raft).map_err(|e| format!("raft message: {e}"));
@@ -229,10 +254,12 @@ mod tests {
     fn a_raft_message_reads_back_and_damage_is_an_error() {
         let mut message = Message { msg_type: MessageType::MsgAppend, to: 2, from: 1, term: 3, index: 7, log_term: 2, commit: 6, ..Message::default() };
         message.entries = vec![Entry { index: 8, term: 3, data: b"payload".to_vec().into(), ..Entry::default() }].into();
-        let bytes = encode(&PeerFrame::Raft(message.clone()));
-        assert_eq!(decode(&bytes), Ok(PeerFrame::Raft(message)));
+        let bytes = encode(ShardId(3), &PeerFrame::Raft(message.clone()));
+        assert_eq!(decode(&bytes), Ok((ShardId(3), PeerFrame::Raft(message))));
+        assert_eq!(shard_of(&bytes), Ok(ShardId(3)));
         assert!(decode(&[]).is_err());
-        assert!(decode(&[9, 1]).unwrap_err().contains("kind 9"));
+        assert!(decode(&[0]).unwrap_err().contains("shard"));
+        assert!(decode(&[0, 0, 11, 1]).unwrap_err().contains("kind 11"));
         assert!(decode(&bytes[..bytes.len() - 3]).is_err(), "a cut message");
     }
 
@@ -249,24 +276,25 @@ mod tests {
             PeerFrame::DeliverFull { conn: 6, id: 12, topic: "orders".into(), group: String::new() },
         ];
         let info = PeerFrame::NodeInfo(NodeInfo { url: "ws://127.0.0.1:7701/ws".into(), applied: 7, term: 2 });
-        assert_eq!(decode(&encode(&info)), Ok(info.clone()));
-        assert!(decode(&encode(&info)[..9]).unwrap_err().contains("node info"));
+        let shard = ShardId(0);
+        assert_eq!(decode(&encode(shard, &info)), Ok((shard, info.clone())));
+        assert!(decode(&encode(shard, &info)[..11]).unwrap_err().contains("node info"));
         for frame in frames {
-            let bytes = encode(&frame);
-            assert_eq!(decode(&bytes), Ok(frame.clone()));
-            assert!(decode(&bytes[..5]).unwrap_err().contains("connection id"), "{frame:?}");
+            let bytes = encode(ShardId(255), &frame);
+            assert_eq!(decode(&bytes), Ok((ShardId(255), frame.clone())));
+            assert!(decode(&bytes[..7]).unwrap_err().contains("connection id"), "{frame:?}");
         }
-        assert!(decode(&encode(&PeerFrame::ToClient { conn: 1, text: "é".into() })[..10]).unwrap_err().contains("UTF-8"));
-        let mut gone = encode(&PeerFrame::ClientGone { conn: 3 });
+        assert!(decode(&encode(shard, &PeerFrame::ToClient { conn: 1, text: "é".into() })[..12]).unwrap_err().contains("UTF-8"));
+        let mut gone = encode(shard, &PeerFrame::ClientGone { conn: 3 });
         gone.push(0);
         assert!(decode(&gone).is_err());
-        let mut congested = encode(&PeerFrame::Congested { conn: 3, congested: true });
-        congested[9] = 2;
+        let mut congested = encode(shard, &PeerFrame::Congested { conn: 3, congested: true });
+        congested[11] = 2;
         assert!(decode(&congested).is_err());
-        assert!(decode(&encode(&PeerFrame::CloseClient { conn: 1, code: 1000, reason: String::new() })[..10]).unwrap_err().contains("code"));
-        let mut deliver = encode(&PeerFrame::DeliverFull { conn: 6, id: 12, topic: "orders".into(), group: "g".into() });
-        deliver[17..19].copy_from_slice(&200u16.to_be_bytes());
+        assert!(decode(&encode(shard, &PeerFrame::CloseClient { conn: 1, code: 1000, reason: String::new() })[..12]).unwrap_err().contains("code"));
+        let mut deliver = encode(shard, &PeerFrame::DeliverFull { conn: 6, id: 12, topic: "orders".into(), group: "g".into() });
+        deliver[19..21].copy_from_slice(&200u16.to_be_bytes());
         assert!(decode(&deliver).unwrap_err().contains("past the frame"));
-        assert!(decode(&deliver[..20]).is_err());
+        assert!(decode(&deliver[..22]).is_err());
     }
 }

@@ -36,7 +36,15 @@ pub struct ReplicaConfig {
     pub heartbeat_ticks: usize,
     /// Seeds the tick jitter (the caller's randomness, like time).
     pub seed: u64,
+    /// The voter this group would rather have lead (so that the leaders of a process's
+    /// shards spread over the nodes): another leader hands over to it once it has every
+    /// entry. `None`: whoever wins an election leads.
+    pub preferred_leader: Option<NodeId>,
 }
+
+/// Ticks between two attempts to hand leadership to the preferred voter (a transfer that
+/// did not take holds proposals for an election timeout: never try again at once).
+const TRANSFER_RETRY_TICKS: u64 = 40;
 
 #[derive(Debug)]
 pub enum ReplicaInput {
@@ -81,6 +89,10 @@ pub struct Replica {
     rng: ChaCha8Rng,
     /// (ready number, index) of installed snapshots, applied once that ready is durable.
     installed_at: VecDeque<(u64, u64)>,
+    preferred_leader: Option<NodeId>,
+    /// Ticks taken so far, and the tick before which no transfer is tried.
+    ticks: u64,
+    next_transfer_tick: u64,
 }
 
 impl Replica {
@@ -131,8 +143,18 @@ impl Replica {
         let raw = RawNode::new(&raft_config, storage, &logger).map_err(|e| format!("raft: {e}"))?;
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let first_tick = now_ns + rng.gen_range(config.tick_ns / 2..config.tick_ns * 3 / 2 + 1);
-        let mut replica =
-            Replica { raw, out: VecDeque::new(), after_persist: VecDeque::new(), next_tick_ns: first_tick, tick_ns: config.tick_ns, rng, installed_at: VecDeque::new() };
+        let mut replica = Replica {
+            raw,
+            out: VecDeque::new(),
+            after_persist: VecDeque::new(),
+            next_tick_ns: first_tick,
+            tick_ns: config.tick_ns,
+            rng,
+            installed_at: VecDeque::new(),
+            preferred_leader: config.preferred_leader.filter(|preferred| config.voters.contains(preferred)),
+            ticks: 0,
+            next_transfer_tick: TRANSFER_RETRY_TICKS,
+        };
         if config.voters == [config.id] {
             // Alone, it needs nobody's vote: lead at once rather than after an election timeout.
             replica.raw.campaign().map_err(|e| format!("raft: {e}"))?;
@@ -216,9 +238,26 @@ impl Replica {
     pub fn handle_timeout(&mut self, now_ns: u64) {
         while self.next_tick_ns <= now_ns {
             self.raw.tick();
+            self.ticks += 1;
             self.next_tick_ns += self.rng.gen_range(self.tick_ns / 2..self.tick_ns * 3 / 2 + 1);
         }
+        self.hand_over_to_preferred();
         self.drain_ready();
+    }
+
+    /// Leading, while the preferred voter is live and has every entry: leadership goes to it
+    /// (raft's transfer: it stands for election at once and wins, its log being complete).
+    fn hand_over_to_preferred(&mut self) {
+        let Some(preferred) = self.preferred_leader else { return };
+        if !self.is_leader() || preferred == self.id() || self.ticks < self.next_transfer_tick || self.raw.raft.lead_transferee.is_some() {
+            return;
+        }
+        let last_index = self.raw.raft.raft_log.last_index();
+        let caught_up = self.raw.raft.prs().get(preferred.0).is_some_and(|p| p.recent_active && p.matched == last_index);
+        if caught_up {
+            self.next_transfer_tick = self.ticks + TRANSFER_RETRY_TICKS;
+            self.raw.transfer_leader(preferred.0);
+        }
     }
 
     /// Keeps at most `budget_bytes` of applied entries in memory (the newest); the rest are

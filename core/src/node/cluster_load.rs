@@ -100,10 +100,19 @@ impl Node {
                 segment_file_name(segment)
             )));
         }
+        let first_segment = self.shard().first_id();
         let applied = match (applied, oldest) {
+            (Some(applied), _) if applied.shards != self.config.shards => {
+                return Err(RecoveryError::refused(format!(
+                    "the data directory was written with shards = {}, and this node has shards = {}: a data directory's shard count cannot change (its topics would move to other shards)",
+                    applied.shards, self.config.shards
+                )))
+            }
             (Some(applied), _) => applied,
-            // Segment 1 begins with the first snapshot; a torn one recorded nothing yet.
-            (None, None | Some(1)) => AppliedRecord::default(),
+            // The shard's first segment begins with the first snapshot; a torn one recorded
+            // nothing yet.
+            (None, None) => AppliedRecord::default(),
+            (None, Some(segment)) if segment == first_segment => AppliedRecord::default(),
             (None, Some(segment)) => return Err(RecoveryError::refused(format!("{} has no snapshot to start from", segment_file_name(segment)))),
         };
         let entry_locs: BTreeMap<u64, Loc> = read.places.iter().map(|(index, (segment, offset, len))| (*index, Loc { segment: *segment, offset: *offset, len: *len })).collect();
@@ -130,7 +139,7 @@ impl Node {
             self.restore_group(record);
         }
         let published_before = self.stats.published;
-        self.state.applied = Some(AppliedRecord { installed: false, ..applied });
+        self.state.applied = Some(AppliedRecord { installed: false, shards: self.config.shards, ..applied });
         for segment in superseded {
             self.out.push_back(Output::Disk(DiskOp::Delete { segment }));
             self.out.push_back(Output::Trace(Trace::SegmentDeleted { segment }));

@@ -7,7 +7,6 @@
 use super::{Node, Output, NS_PER_MS};
 use crate::cluster::mesh::{self, NodeInfo, PeerFrame};
 use crate::cluster::NodeId;
-use crate::protocol;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -35,7 +34,7 @@ impl Node {
         let Some(info) = self.my_info() else { return };
         let replication = self.replication.as_ref().expect("cluster mode");
         let me = replication.node_id();
-        let payload = mesh::encode(&PeerFrame::NodeInfo(info));
+        let payload = mesh::encode(self.shard(), &PeerFrame::NodeInfo(info));
         let others: Vec<u64> = replication.status.voters.iter().filter(|v| **v != me).map(|v| v.0).collect();
         for to_node in others {
             self.out.push_back(Output::PeerSend { to_node, payload: payload.clone() });
@@ -51,11 +50,10 @@ impl Node {
         }
     }
 
-    /// The `welcome` frame: in a cluster with `node`, `nodes` and `cluster`.
-    pub fn welcome(&self) -> String {
-        let mut frame = String::new();
-        protocol::encode_welcome(&mut frame, &self.config.node_name);
-        let (Some(replication), Some(mine)) = (self.replication.as_ref(), self.my_info()) else { return frame };
+    /// What `welcome` says of the cluster as this shard's replica sees it; `None` on a
+    /// single node.
+    pub fn cluster_view(&self) -> Option<ClusterView> {
+        let (replication, mine) = (self.replication.as_ref()?, self.my_info()?);
         let me = replication.node_id();
         let replica = replication.replica();
         let mut known: BTreeMap<u64, (NodeInfo, Option<u64>)> = BTreeMap::new();
@@ -79,11 +77,20 @@ impl Node {
                 None => json!({"id": voter.0, "url": null, "applied": null, "lag": null, "heard_ms_ago": null}),
             })
             .collect();
-        let urls: Vec<&String> = known.values().map(|(info, _)| &info.url).filter(|url| !url.is_empty()).collect();
-        let cluster = json!({"leader": replica.leader().map(|l| l.0), "term": replica.term(), "nodes": nodes});
-        // The base frame ends with its closing brace: the cluster fields go before it.
-        frame.pop();
-        frame.push_str(&format!(",\"node\":{},\"nodes\":{},\"cluster\":{}}}", me.0, json!(urls), cluster));
-        frame
+        let urls = known.values().map(|(info, _)| info.url.clone()).filter(|url| !url.is_empty()).collect();
+        let (leader, term) = (replica.leader().map(|l| l.0), replica.term());
+        let cluster = json!({"leader": leader, "term": term, "nodes": nodes});
+        Some(ClusterView { node: me.0, urls, cluster, leader, term })
     }
+}
+
+/// A shard's view of the cluster, for `welcome`.
+pub struct ClusterView {
+    pub node: u64,
+    /// The client URLs of the nodes heard of (this one's included).
+    pub urls: Vec<String>,
+    /// `{leader, term, nodes: [{id, url, applied, lag, heard_ms_ago}]}`.
+    pub cluster: Value,
+    pub leader: Option<u64>,
+    pub term: u64,
 }

@@ -170,6 +170,7 @@ impl Node {
     }
 
     fn dispatch(&mut self, t: TopicIdx, g: GroupIdx, id: u64, conn: ConnId, message: &StoredMessage) {
+        let shard = self.shard();
         let topic = &mut self.state.topics[t];
         let group = &mut topic.groups[g];
         let deadline_ns = self.now_ns + group.ack_timeout_ns;
@@ -178,7 +179,7 @@ impl Node {
         let prev = if self.config.test_bug == Some(TestBug::PrevOffByOne) && id % 7 == 3 && prev > 0 { prev + 1 } else { prev };
         self.timers.insert((deadline_ns, Timer::AckDeadline { topic: t, group: g, id }));
         let by_reference = self.replication.is_some();
-        self.out.push_back(delivery_output(conn, by_reference, &topic.name, &group.name, id, prev, attempt, message));
+        self.out.push_back(delivery_output(shard, conn, by_reference, &topic.name, &group.name, id, prev, attempt, message));
         self.stats.delivered += 1;
         if attempt > 1 {
             self.stats.redelivered += 1;

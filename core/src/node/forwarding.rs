@@ -14,7 +14,7 @@
 use super::{Node, Output, Trace};
 use crate::cluster::mesh::{self, PeerFrame};
 use crate::cluster::NodeId;
-use crate::ids::ConnId;
+use crate::ids::{ConnId, ShardId};
 use crate::node::replication::CLOSE_TRY_AGAIN_LATER;
 use crate::node::session::Conn;
 use std::collections::BTreeMap;
@@ -39,7 +39,7 @@ impl Node {
         let Some(leader) = target else { return false };
         state.forwarded_to = Some(leader);
         let frame = PeerFrame::ClientFrame { conn: conn.0, text: text.to_string() };
-        self.out.push_back(Output::PeerSend { to_node: leader.0, payload: mesh::encode(&frame) });
+        self.peer_send(leader.0, &frame);
         true
     }
 
@@ -47,7 +47,7 @@ impl Node {
     /// reached), telling that node it is gone.
     fn end_forwarded(&mut self, conn: ConnId, reason: &str) {
         let Some(bound) = self.conns.get_mut(&conn).and_then(|c| c.forwarded_to.take()) else { return };
-        self.out.push_back(Output::PeerSend { to_node: bound.0, payload: mesh::encode(&PeerFrame::ClientGone { conn: conn.0 }) });
+        self.peer_send(bound.0, &PeerFrame::ClientGone { conn: conn.0 });
         self.out.push_back(Output::Close { conn, code: CLOSE_TRY_AGAIN_LATER, reason: reason.into() });
         self.on_disconnected(conn);
     }
@@ -64,7 +64,7 @@ impl Node {
     pub(super) fn tell_leader(&mut self, conn: ConnId, forwarded_to: Option<NodeId>, frame: PeerFrame) {
         if let Some(leader) = forwarded_to {
             debug_assert!(conn.as_remote().is_none());
-            self.out.push_back(Output::PeerSend { to_node: leader.0, payload: mesh::encode(&frame) });
+            self.peer_send(leader.0, &frame);
         }
     }
 
@@ -127,16 +127,22 @@ impl Node {
         }
     }
 
+    /// Sends `frame` to node `to_node` (as a frame of this node's shard).
+    pub(super) fn peer_send(&mut self, to_node: u64, frame: &PeerFrame) {
+        let payload = mesh::encode(self.shard(), frame);
+        self.out.push_back(Output::PeerSend { to_node, payload });
+    }
+
     /// What the node sends to or closes on a remote connection leaves as a peer frame to the
     /// node that holds the client.
-    pub(super) fn route_to_peers(output: Output) -> Output {
+    pub(super) fn route_to_peers(shard: ShardId, output: Output) -> Output {
         match output {
             Output::Send { conn, frame } => match conn.as_remote() {
-                Some((node, conn)) => Output::PeerSend { to_node: node, payload: mesh::encode(&PeerFrame::ToClient { conn, text: frame }) },
+                Some((node, conn)) => Output::PeerSend { to_node: node, payload: mesh::encode(shard, &PeerFrame::ToClient { conn, text: frame }) },
                 None => Output::Send { conn, frame },
             },
             Output::Close { conn, code, reason } => match conn.as_remote() {
-                Some((node, conn)) => Output::PeerSend { to_node: node, payload: mesh::encode(&PeerFrame::CloseClient { conn, code, reason }) },
+                Some((node, conn)) => Output::PeerSend { to_node: node, payload: mesh::encode(shard, &PeerFrame::CloseClient { conn, code, reason }) },
                 None => Output::Close { conn, code, reason },
             },
             other => other,

@@ -14,7 +14,7 @@
 use super::{Node, Output};
 use crate::cluster::mesh::{self, DeliverRef, PeerFrame};
 use crate::cluster::NodeId;
-use crate::ids::{ConnId, TopicIdx};
+use crate::ids::{ConnId, ShardId, TopicIdx};
 use crate::protocol::{self, MsgFrame};
 use crate::topic::{Lookup, StoredMessage};
 use std::collections::BTreeMap;
@@ -81,10 +81,10 @@ pub(super) fn msg_frame(topic: &str, group: &str, id: u64, prev: u64, attempt: u
 /// What the leader sends for a delivery of `message` to `conn`: the `msg` frame, or for a
 /// member on another node (`by_reference`: cluster mode) the reference its node builds it from.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn delivery_output(conn: ConnId, by_reference: bool, topic: &str, group: &str, id: u64, prev: u64, attempt: u32, message: &StoredMessage) -> Output {
+pub(super) fn delivery_output(shard: ShardId, conn: ConnId, by_reference: bool, topic: &str, group: &str, id: u64, prev: u64, attempt: u32, message: &StoredMessage) -> Output {
     match conn.as_remote() {
         Some((node, conn)) if by_reference && message.raft_index > 0 => {
-            Output::PeerSend { to_node: node, payload: mesh::encode_deliver(conn, message.raft_index, id, prev, attempt, topic, group) }
+            Output::PeerSend { to_node: node, payload: mesh::encode_deliver(shard, conn, message.raft_index, id, prev, attempt, topic, group) }
         }
         _ => Output::Send { conn, frame: msg_frame(topic, group, id, prev, attempt, message) },
     }
@@ -196,7 +196,7 @@ impl Node {
     fn ask_in_full(&mut self, wait: WaitingDelivery) {
         if let Some(leader) = wait.leader {
             let frame = PeerFrame::DeliverFull { conn: wait.conn.0, id: wait.id, topic: wait.topic, group: wait.group };
-            self.out.push_back(Output::PeerSend { to_node: leader.0, payload: mesh::encode(&frame) });
+            self.peer_send(leader.0, &frame);
         }
     }
 

@@ -116,6 +116,8 @@ impl Replication {
             election_ticks: ELECTION_TICKS,
             heartbeat_ticks: HEARTBEAT_TICKS,
             seed: config.rng_seed,
+            // Shard k would rather be led by the k-th voter: the shards' leaders spread.
+            preferred_leader: (config.shards > 1).then(|| voters[config.shard_index as usize % voters.len()]),
         };
         let replica = Replica::recover(&replica_config, now_ns, log.hard_state, &log.entries, (log.applied.index, log.applied.term))?;
         Ok(Replication {
@@ -242,16 +244,21 @@ impl Node {
 
     /// A frame from another node of the cluster.
     pub(super) fn on_peer_frame(&mut self, from_node: u64, payload: &[u8]) {
+        let shard = self.shard();
         let Some(replication) = self.replication.as_mut() else {
             return self.out.push_back(Output::Trace(Trace::PeerMessageIgnored { from_node, bytes: payload.len() }));
         };
         match mesh::decode(payload) {
-            Ok(PeerFrame::Raft(message)) => {
+            Ok((from_shard, _)) if from_shard != shard => {
+                let why = format!("a frame of shard {from_shard} reached shard {shard}");
+                self.out.push_back(Output::Trace(Trace::PeerFrameRefused { from_node, why }));
+            }
+            Ok((_, PeerFrame::Raft(message))) => {
                 replication.replica.handle_input(self.now_ns, ReplicaInput::Message(message));
                 self.drain_replica();
             }
-            Ok(PeerFrame::NodeInfo(info)) => self.on_node_info(from_node, info),
-            Ok(client_frame) => self.on_client_peer_frame(from_node, client_frame),
+            Ok((_, PeerFrame::NodeInfo(info))) => self.on_node_info(from_node, info),
+            Ok((_, client_frame)) => self.on_client_peer_frame(from_node, client_frame),
             Err(why) => self.out.push_back(Output::Trace(Trace::PeerFrameRefused { from_node, why })),
         }
     }
@@ -296,7 +303,7 @@ impl Node {
             match output {
                 ReplicaOutput::Send(message) => {
                     let to_node = message.to;
-                    self.out.push_back(Output::PeerSend { to_node, payload: mesh::encode(&PeerFrame::Raft(message)) });
+                    self.peer_send(to_node, &PeerFrame::Raft(message));
                 }
                 ReplicaOutput::Persist { number, entries, hard_state } => match self.replication.as_mut().and_then(|r| r.deferred.as_mut()) {
                     Some(deferred) => deferred.push(Persist { number, entries, hard_state }),
@@ -317,7 +324,7 @@ impl Node {
         let leader_changed = leader != replication.reported_leader;
         replication.reported_leader = leader;
         if leader_changed {
-            self.out.push_back(Output::Trace(Trace::LeaderChanged { leader: leader.0.map(|node| node.0), term: leader.1 }));
+            self.out.push_back(Output::Trace(Trace::LeaderChanged { shard: self.config.shard_index, leader: leader.0.map(|node| node.0), term: leader.1 }));
             self.end_forwarding_except(leader.0);
         }
         if was_leading && !leading {
@@ -399,7 +406,7 @@ impl Node {
             return;
         }
         let proposal = self.replication.as_mut().and_then(|r| r.take_own(context));
-        self.state.applied = Some(AppliedRecord { index, term, installed: false });
+        self.state.applied = Some(AppliedRecord { index, term, installed: false, shards: self.config.shards });
         if data.is_empty() {
             // A new leader's first entry: nothing to apply.
             return;

@@ -45,7 +45,7 @@ impl Node {
         let (index, _) = replication.replica().compacted();
         for node in wanted {
             if replication.reported_behind.insert((node, index)) {
-                self.out.push_back(Output::Trace(Trace::FollowerBehindLog { node, first_entry: index + 1 }));
+                self.out.push_back(Output::Trace(Trace::FollowerBehindLog { shard: self.config.shard_index, node, first_entry: index + 1 }));
             }
         }
         let replication = self.replication.as_mut().expect("cluster mode");
@@ -106,13 +106,13 @@ impl Node {
         for group in &groups {
             self.restore_group(group);
         }
-        self.state.applied = Some(AppliedRecord { index, term, installed: true });
+        self.state.applied = Some(AppliedRecord { index, term, installed: true, shards: self.config.shards });
         self.replication.as_mut().expect("cluster mode").forget_all_entries();
         // The new segment's snapshot is this state, marked installed: recovery starts there.
         self.roll_segment();
-        self.state.applied = Some(AppliedRecord { index, term, installed: false });
+        self.state.applied = Some(AppliedRecord { index, term, installed: false, shards: self.config.shards });
         self.log.superseded_before = Some(self.log.segment);
-        self.out.push_back(Output::Trace(Trace::StateInstalled { index }));
+        self.out.push_back(Output::Trace(Trace::StateInstalled { shard: self.config.shard_index, index }));
     }
 
     /// Once the segment holding an installed state has its snapshot durable, the segments

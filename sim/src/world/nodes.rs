@@ -224,8 +224,9 @@ impl World {
             return self.break_peer_link(from, to);
         }
         self.trace(|| match ferry_core::cluster::mesh::decode(payload) {
-            Ok(ferry_core::cluster::mesh::PeerFrame::Raft(_)) | Err(_) => format!("peer frame {} -> {} (raft, {} bytes)", from + 1, to + 1, payload.len()),
-            Ok(frame) => format!("peer frame {} -> {} {frame:?}", from + 1, to + 1),
+            Ok((shard, ferry_core::cluster::mesh::PeerFrame::Raft(_))) => format!("peer frame {} -> {} (shard {shard} raft, {} bytes)", from + 1, to + 1, payload.len()),
+            Ok((shard, frame)) => format!("peer frame {} -> {} shard {shard} {frame:?}", from + 1, to + 1),
+            Err(why) => format!("peer frame {} -> {} that does not decode ({why})", from + 1, to + 1),
         });
         self.node_input(to, Input::PeerMessage { from_node: from as u64 + 1, payload });
     }
