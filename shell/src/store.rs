@@ -2,6 +2,7 @@
 //! Files are `<data_dir>/<segment:020>.seg`; sealed segments are read through mmap.
 
 use crate::log;
+use ferry_core::ids::ShardId;
 use ferry_core::node::{DiskError, DiskOp, RecoveryReport};
 use ferry_core::{Config, Host};
 use memmap2::Mmap;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+#[derive(Debug)]
 pub enum Completion {
     Write { token: u64, result: Result<(), DiskError> },
     Read { token: u64, result: Result<Vec<u8>, DiskError> },
@@ -24,8 +26,8 @@ pub struct Store {
     dir: PathBuf,
     /// Kept open for the process's life: holds the exclusive lock on the data directory.
     _lock: File,
-    /// The segment the core is appending to, open for writing.
-    active: Option<(u64, File)>,
+    /// The segment each shard is appending to (by shard: `ShardId::of_id`), open for writing.
+    active: BTreeMap<u32, (u64, File)>,
     /// Sealed segments mapped for reading, opened on first read.
     sealed: BTreeMap<u64, Option<Mmap>>,
     preparer: Preparer,
@@ -213,7 +215,7 @@ impl Store {
             }
             Err(e) => log::warn(&format!("cannot prepare segment {first} ({e}); it will be appended to instead")),
         }
-        Ok((Store { dir: dir.to_path_buf(), _lock: lock, active: None, sealed, preparer, segment_bytes, last_created: None }, node, report))
+        Ok((Store { dir: dir.to_path_buf(), _lock: lock, active: BTreeMap::new(), sealed, preparer, segment_bytes, last_created: None }, node, report))
     }
 
     pub fn apply(&mut self, op: DiskOp) -> Option<Completion> {
@@ -228,9 +230,7 @@ impl Store {
             }
             DiskOp::Delete { segment } => {
                 self.sealed.remove(&segment);
-                if self.active.as_ref().is_some_and(|(id, _)| *id == segment) {
-                    self.active = None;
-                }
+                self.forget_active(segment);
                 match std::fs::remove_file(segment_path(&self.dir, segment)) {
                     Ok(()) => log::info(&format!("segment {segment}: deleted by retention")),
                     Err(e) => log::error(&format!("segment {segment}: delete failed: {e}")),
@@ -244,8 +244,17 @@ impl Store {
         }
     }
 
+    /// `segment` is no longer written through its shard's open file.
+    fn forget_active(&mut self, segment: u64) {
+        let shard = ShardId::of_id(segment).0;
+        if self.active.get(&shard).is_some_and(|(id, _)| *id == segment) {
+            self.active.remove(&shard);
+        }
+    }
+
     fn active_file(&mut self, segment: u64, create: bool) -> io::Result<&File> {
-        if self.active.as_ref().is_none_or(|(id, _)| *id != segment) {
+        let shard = ShardId::of_id(segment).0;
+        if self.active.get(&shard).is_none_or(|(id, _)| *id != segment) {
             let path = segment_path(&self.dir, segment);
             if create && self.preparer.take(&self.dir, segment) {
                 std::fs::rename(prepared_path(&self.dir, segment), &path)?;
@@ -258,13 +267,12 @@ impl Store {
                 self.last_created = Some(now);
                 self.preparer.request(segment + 1, fill_pause(self.segment_bytes, lifetime));
             }
-            if let Some((old, _)) = self.active.take() {
+            if let Some((old, _)) = self.active.insert(shard, (segment, file)) {
                 self.sealed.insert(old, None);
             }
             self.sealed.remove(&segment);
-            self.active = Some((segment, file));
         }
-        Ok(&self.active.as_ref().expect("just set").1)
+        Ok(&self.active[&shard].1)
     }
 
     fn write(&mut self, segment: u64, offset: u64, data: &[u8], create: bool, sync: bool) -> io::Result<()> {
@@ -278,9 +286,7 @@ impl Store {
 
     fn truncate(&mut self, segment: u64, len: u64) -> io::Result<()> {
         self.sealed.insert(segment, None);
-        if self.active.as_ref().is_some_and(|(id, _)| *id == segment) {
-            self.active = None;
-        }
+        self.forget_active(segment);
         let file = match OpenOptions::new().write(true).open(segment_path(&self.dir, segment)) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -292,12 +298,10 @@ impl Store {
 
     fn read(&mut self, segment: u64, offset: u64, len: u32) -> io::Result<Vec<u8>> {
         let range = offset as usize..offset as usize + len as usize;
-        if let Some((id, file)) = &self.active {
-            if *id == segment {
-                let mut buf = vec![0u8; len as usize];
-                file.read_exact_at(&mut buf, offset)?;
-                return Ok(buf);
-            }
+        if let Some((_, file)) = self.active.get(&ShardId::of_id(segment).0).filter(|(id, _)| *id == segment) {
+            let mut buf = vec![0u8; len as usize];
+            file.read_exact_at(&mut buf, offset)?;
+            return Ok(buf);
         }
         let slot = self.sealed.entry(segment).or_insert(None);
         if slot.is_none() {
@@ -307,5 +311,42 @@ impl Store {
         }
         let map = slot.as_ref().expect("just mapped");
         map.get(range).map(<[u8]>::to_vec).ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of a segment"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::ids::SHARD_ID_SPACE;
+
+    #[test]
+    fn shards_append_to_their_own_segments_in_turn_and_read_back_what_each_wrote() {
+        let dir = std::env::temp_dir().join(format!("ferry-store-shards-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (mut store, _, _) = Store::open(&dir, Config::default(), 0).unwrap();
+        let segments = [1, SHARD_ID_SPACE + 1];
+        let mut token = 0;
+        let mut written = [Vec::new(), Vec::new()];
+        for round in 0..4u8 {
+            for (at, &segment) in segments.iter().enumerate() {
+                let data = vec![round * 2 + at as u8 + 1; 100];
+                token += 1;
+                let done = store.apply(DiskOp::Write { token, segment, offset: written[at].len() as u64, data: data.clone(), create: round == 0, sync: true });
+                assert!(matches!(done, Some(Completion::Write { result: Ok(()), .. })), "{done:?}");
+                written[at].extend(data);
+                // Each shard's segment reads back whole, the other shard's write between.
+                for (other, &segment) in segments.iter().enumerate().filter(|(other, _)| !written[*other].is_empty()) {
+                    token += 1;
+                    let len = written[other].len() as u32;
+                    match store.apply(DiskOp::Read { token, segment, offset: 0, len }) {
+                        Some(Completion::Read { result: Ok(bytes), .. }) => assert_eq!(bytes, written[other], "segment {segment} after round {round}"),
+                        other => panic!("{other:?}"),
+                    }
+                }
+            }
+        }
+        assert!(dir.join("00001000000000000001.seg").exists(), "shard 1's segment is named by its shard");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
