@@ -23,6 +23,8 @@ struct Cluster {
     /// Client addresses, kept across restarts so that clients can come back to a node.
     listens: Vec<String>,
     nodes: Vec<Option<Server>>,
+    /// `--set` settings every node gets beyond its identity and peers.
+    extra: Vec<String>,
 }
 
 /// A port free now (the OS picks it; it stays free unless another process takes it first).
@@ -32,11 +34,16 @@ fn free_port() -> u16 {
 
 impl Cluster {
     fn start(name: &str, size: usize) -> Cluster {
+        Cluster::start_with(name, size, &[])
+    }
+
+    fn start_with(name: &str, size: usize, extra: &[&str]) -> Cluster {
         let peer_addrs: Vec<String> = (0..size).map(|_| format!("127.0.0.1:{}", free_port())).collect();
         let peers = peer_addrs.iter().enumerate().map(|(i, addr)| format!("{}@{addr}", i + 1)).collect::<Vec<_>>().join(",");
         let dirs = (0..size).map(|i| support::temp_dir(&format!("{name}-{}", i + 1))).collect();
         let listens = (0..size).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-        let mut cluster = Cluster { dirs, peers, peer_addrs, listens, nodes: (0..size).map(|_| None).collect() };
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut cluster = Cluster { dirs, peers, peer_addrs, listens, nodes: (0..size).map(|_| None).collect(), extra };
         for i in 0..size {
             cluster.restart(i);
         }
@@ -44,7 +51,8 @@ impl Cluster {
     }
 
     fn restart(&mut self, i: usize) {
-        let settings = [format!("node_id={}", i + 1), format!("peer_listen={}", self.peer_addrs[i]), format!("peers={}", self.peers), "raft_tick_ms=50".into()];
+        let mut settings = vec![format!("node_id={}", i + 1), format!("peer_listen={}", self.peer_addrs[i]), format!("peers={}", self.peers), "raft_tick_ms=50".into()];
+        settings.extend(self.extra.iter().cloned());
         let mut args = Vec::new();
         for setting in &settings {
             args.extend(["--set", setting.as_str()]);
@@ -104,20 +112,39 @@ impl Cluster {
         self.ask_leader(&frame, "puback").1["id"].as_u64().unwrap()
     }
 
-    /// The leader the running nodes' logs name in the newest term (once it is running).
+    /// The leader of `shard` the running nodes' logs name in the newest term, if any.
+    fn named_leader(&self, shard: u32) -> Option<(u64, usize)> {
+        let mut newest: Option<(u64, usize)> = None;
+        let prefix = format!("shard {shard} leader: node ");
+        for i in self.running() {
+            for line in self.nodes[i].as_ref().unwrap().log_text().lines() {
+                let Some(rest) = line.split(&prefix).nth(1) else { continue };
+                let (node, term) = rest.split_once(" (term ").expect("leader line");
+                let term: u64 = term.trim_end_matches(')').parse().unwrap();
+                newest = newest.max(Some((term, node.parse::<usize>().unwrap() - 1)));
+            }
+        }
+        newest
+    }
+
+    /// Waits until the logs name `node` the leader of `shard`; returns the term.
+    fn await_leader(&self, shard: u32, node: usize) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.named_leader(shard) {
+                Some((term, leader)) if leader == node => return term,
+                named => assert!(Instant::now() < deadline, "shard {shard}: expected node {} to lead, the logs name {named:?}", node + 1),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The leader of shard 0 the running nodes' logs name in the newest term (once it is
+    /// running).
     fn leader(&self) -> usize {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let mut newest: Option<(u64, usize)> = None;
-            for i in self.running() {
-                for line in self.nodes[i].as_ref().unwrap().log_text().lines() {
-                    let Some(rest) = line.split("shard 0 leader: node ").nth(1) else { continue };
-                    let (node, term) = rest.split_once(" (term ").expect("leader line");
-                    let term: u64 = term.trim_end_matches(')').parse().unwrap();
-                    newest = newest.max(Some((term, node.parse::<usize>().unwrap() - 1)));
-                }
-            }
-            if let Some((_, leader)) = newest.filter(|(_, leader)| self.nodes[*leader].is_some()) {
+            if let Some((_, leader)) = self.named_leader(0).filter(|(_, leader)| self.nodes[*leader].is_some()) {
                 return leader;
             }
             assert!(Instant::now() < deadline, "no running leader named in the logs");
@@ -450,4 +477,60 @@ fn the_cli_moves_to_another_node_when_its_node_dies_and_prints_each_message_once
     let unique: BTreeSet<u64> = bodies.iter().copied().collect();
     assert_eq!(bodies.len(), 60, "printed once each: {bodies:?}");
     assert_eq!(unique, (1..=60).collect::<BTreeSet<u64>>());
+}
+
+#[test]
+fn three_shards_are_led_by_three_processes_and_a_shard_fails_over_and_comes_back() {
+    use ferry_core::ids::ShardId;
+    let mut cluster = Cluster::start_with("shards", 3, &["shards=3"]);
+    // A topic in each shard; shard k goes to node k+1 once every node is up.
+    let topics: Vec<String> = (0..3).map(|shard| (0..).map(|n| format!("topic{n}")).find(|t| ShardId::of_topic(t, 3) == ShardId(shard)).unwrap()).collect();
+    let first_terms: Vec<u64> = (0..3).map(|shard| cluster.await_leader(shard, shard as usize)).collect();
+    // Through node 1, whichever node leads each topic's shard.
+    let publish = |cluster: &Cluster, topic: &str, seq: u64| -> u64 {
+        let frame = json!({"op": "pub", "req": seq, "topic": topic, "producer": "p", "seq": seq, "body": {"seq": seq}});
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut client = Client::connect_retry(&cluster.url(0), deadline);
+            if client.send(&frame).is_ok() {
+                if let Ok(Some(answer)) = client.recv_until(Instant::now() + Duration::from_secs(3)) {
+                    if answer["op"] == "puback" {
+                        return answer["id"].as_u64().unwrap();
+                    }
+                    assert_eq!(answer["code"], "unavailable", "{answer}");
+                }
+            }
+            assert!(Instant::now() < deadline, "no puback for {topic} seq {seq}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    for (n, topic) in topics.iter().enumerate() {
+        assert_eq!(publish(&cluster, topic, n as u64 + 1), 1, "{topic}: ids are per topic");
+    }
+    // Shard 2's leader dies: the other two elect one of them and take its publishes; the
+    // other shards' leaders are untouched.
+    cluster.kill(2);
+    assert_eq!(publish(&cluster, &topics[2], 10), 2);
+    let (_, interim) = cluster.named_leader(2).unwrap();
+    assert_ne!(interim, 2);
+    // Back, caught up, it takes shard 2 again.
+    cluster.restart(2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.named_leader(2).is_none_or(|(term, leader)| leader != 2 || term <= first_terms[2]) {
+        assert!(Instant::now() < deadline, "node 3 did not take shard 2 back: {:?}", cluster.named_leader(2));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(publish(&cluster, &topics[2], 11), 3);
+    // A member on node 2 of each topic's group gets every message of it.
+    let mut member = Client::connect(&cluster.url(1)).unwrap();
+    for topic in &topics {
+        member.send(&json!({"op": "sub", "req": topic, "topic": topic, "group": "g", "from": "earliest"})).unwrap();
+    }
+    let mut got: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    while got.values().map(Vec::len).sum::<usize>() < 5 {
+        let m = member.expect_op("msg");
+        got.entry(m["topic"].as_str().unwrap().to_string()).or_default().push(m["id"].as_u64().unwrap());
+    }
+    let expected = BTreeMap::from([(topics[0].clone(), vec![1]), (topics[1].clone(), vec![1]), (topics[2].clone(), vec![1, 2, 3])]);
+    assert_eq!(got, expected);
 }
