@@ -281,3 +281,20 @@ fn a_data_directory_keeps_its_shard_count_and_welcome_names_each_shard_s_leader(
     h.restart(false);
     assert_eq!(h.node.topic_next_id("d"), Some(2));
 }
+
+#[test]
+fn a_restart_reads_committed_entries_one_at_a_time_and_keeps_none_in_memory() {
+    // A budget that would hold them all: a restart still leaves the committed entries on
+    // disk, applied one at a time as it reads them (a retained log may exceed memory).
+    let mut h = harness(voter_alone());
+    for n in 0..40 {
+        publish(&mut h, "t", None, json!({"n": n, "pad": "x".repeat(100)}));
+    }
+    assert!(h.node.raft_memory_bytes() > 40 * 100, "while running, applied entries stay in memory up to the budget");
+    h.restart(false);
+    assert_eq!(h.node.topic_next_id("t"), Some(41), "every entry applied again");
+    // Only the new term's empty entry, not yet committed when the restart returns.
+    assert!(h.node.raft_memory_bytes() < 100, "committed entries are read from the segments, not held: {} bytes", h.node.raft_memory_bytes());
+    h.connect(P);
+    assert_eq!(publish(&mut h, "t", None, json!("after")), 41);
+}

@@ -200,7 +200,8 @@ impl World {
                 let recovered = raft_log::recover(&[(1, &node.disk)]).unwrap_or_else(|e| panic!("seed {}: node {id}: {e}", self.seed));
                 node.disk.truncate(recovered.newest_valid_len as usize);
                 node.vote = recovered.hard_state.vote;
-                node.replica = Some(Replica::recover(&config, self.now_ns, recovered.hard_state, &recovered.entries, (0, 0)).expect("recovers from its durable state"));
+                let entries = recovered.entries(&[(1, &node.disk)]);
+                node.replica = Some(Replica::recover(&config, self.now_ns, recovered.hard_state, &entries, (0, 0)).expect("recovers from its durable state"));
                 self.collect(id);
             }
             Event::Partition(cut) => self.cut_off = cut,

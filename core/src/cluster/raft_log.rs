@@ -28,17 +28,47 @@ pub fn encode_persist(out: &mut Vec<u8>, entries: &[Entry], hard_state: Option<&
     out.extend_from_slice(&batch_bytes);
 }
 
-/// What a replica made durable, read back from its segments.
+/// What a replica made durable, read back from its segments: where each entry lies, not the
+/// entries themselves (a retained log may be far larger than memory; `entry` reads one).
 #[derive(Debug)]
 pub struct Recovered {
     pub hard_state: HardState,
-    /// The log as raft last persisted it.
-    pub entries: Vec<Entry>,
-    /// Where each of those entries' records lies: (segment, offset, bytes).
-    pub places: BTreeMap<u64, (u64, u64, u32)>,
+    /// The log as raft last persisted it, by index.
+    pub places: BTreeMap<u64, Place>,
     /// Where the newest segment's intact writes end: cut it there before writing on (a torn
     /// final write was never reported durable, and later writes must not follow its bytes).
     pub newest_valid_len: u64,
+}
+
+/// Where an entry's record lies, and the entry's term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u32,
+    pub term: u64,
+}
+
+impl Recovered {
+    /// Entry `index` read from its record in `segments` (those `read` was given).
+    pub fn entry(&self, segments: &[(u64, &[u8])], index: u64) -> Option<Entry> {
+        entry_at(segments, self.places.get(&index)?).map(|record| to_entry(&record))
+    }
+
+    /// Every entry, in order (for small logs: tests, the fuzz target).
+    pub fn entries(&self, segments: &[(u64, &[u8])]) -> Vec<Entry> {
+        self.places.keys().filter_map(|index| self.entry(segments, *index)).collect()
+    }
+}
+
+/// The raft entry record at `place` in `segments`, borrowed from their bytes.
+pub fn entry_at<'a>(segments: &[(u64, &'a [u8])], place: &Place) -> Option<RaftEntryRef<'a>> {
+    let at = segments.binary_search_by_key(&place.segment, |(segment, _)| *segment).ok()?;
+    let bytes = segments[at].1.get(place.offset as usize..place.offset as usize + place.len as usize)?;
+    match record::decode_record(bytes).ok()?.0 {
+        RecordRef::RaftEntry(entry) => Some(entry),
+        _ => None,
+    }
 }
 
 /// Reads a replica's segments (ascending id, each the file's bytes) back.
@@ -53,8 +83,7 @@ pub fn recover(segments: &[(u64, &[u8])]) -> Result<Recovered, String> {
 pub fn read(segments: &[(u64, &[u8])], mut other: impl FnMut(u64, u64, usize, RecordRef<'_>)) -> Result<Recovered, (u64, BadRegion)> {
     let mut newest_valid_len = 0;
     let mut hard_state = HardState::default();
-    let mut entries: BTreeMap<u64, Entry> = BTreeMap::new();
-    let mut places = BTreeMap::new();
+    let mut places: BTreeMap<u64, Place> = BTreeMap::new();
     // A write replaces the entries from its first index on; the batch's records come in order,
     // so an index at or below the last one read starts such a replacement.
     for (position, (segment, bytes)) in segments.iter().enumerate() {
@@ -65,10 +94,8 @@ pub fn read(segments: &[(u64, &[u8])], mut other: impl FnMut(u64, u64, usize, Re
             }
             match rec {
                 RecordRef::RaftEntry(e) => {
-                    entries.split_off(&e.index);
                     places.split_off(&e.index);
-                    entries.insert(e.index, to_entry(&e));
-                    places.insert(e.index, (*segment, offset, size as u32));
+                    places.insert(e.index, Place { segment: *segment, offset, len: size as u32, term: e.term });
                 }
                 RecordRef::RaftState(s) => {
                     hard_state = HardState { term: s.term, vote: s.vote, commit: s.commit, ..HardState::default() };
@@ -81,7 +108,7 @@ pub fn read(segments: &[(u64, &[u8])], mut other: impl FnMut(u64, u64, usize, Re
             return Err((*segment, region));
         }
     }
-    Ok(Recovered { hard_state, entries: entries.into_values().collect(), places, newest_valid_len })
+    Ok(Recovered { hard_state, places, newest_valid_len })
 }
 
 /// The raft entry a record holds (its proposer's context is not kept on disk).
@@ -119,7 +146,7 @@ mod tests {
         let recovered = recover(&[(1, &bytes)]).unwrap();
         assert_eq!(recovered.hard_state, hs(2, 2, 2));
         assert_eq!(recovered.newest_valid_len, bytes.len() as u64);
-        let read: Vec<(u64, u64, Vec<u8>)> = recovered.entries.iter().map(|e| (e.index, e.term, e.data.to_vec())).collect();
+        let read: Vec<(u64, u64, Vec<u8>)> = recovered.entries(&[(1, &bytes)]).iter().map(|e| (e.index, e.term, e.data.to_vec())).collect();
         assert_eq!(read, vec![(1, 1, b"a".to_vec()), (2, 2, b"B".to_vec())], "entry 3 went with the entry 2 it followed");
     }
 
@@ -131,7 +158,7 @@ mod tests {
         encode_persist(&mut bytes, &[entry(2, 1, "b")], Some(&hs(1, 1, 1)));
         let torn = &bytes[..bytes.len() - 3];
         let recovered = recover(&[(1, torn)]).unwrap();
-        assert_eq!((recovered.hard_state, recovered.entries.len()), (hs(1, 1, 0), 1), "the torn write was never reported durable");
+        assert_eq!((recovered.hard_state, recovered.places.len()), (hs(1, 1, 0), 1), "the torn write was never reported durable");
         assert_eq!(recovered.newest_valid_len, first_len as u64, "cut where the intact writes end");
         let mut damaged = bytes.clone();
         damaged[first_len / 2] ^= 0x40;

@@ -46,6 +46,21 @@ pub struct ReplicaConfig {
 /// did not take holds proposals for an election timeout: never try again at once).
 const TRANSFER_RETRY_TICKS: u64 = 40;
 
+/// What a replica restarts from: the log as its earlier runs made it durable, its entries
+/// known by term and only the newest of them in memory.
+pub struct RestartLog {
+    pub hard_state: HardState,
+    /// The entry the state machine's snapshot is as of (index, term): the log starts after it.
+    pub compacted: (u64, u64),
+    /// (index, term) of every entry after `compacted`, in order.
+    pub terms: Vec<(u64, u64)>,
+    /// The newest entries (the last ones `terms` names), every one after `applied` among them.
+    pub tail: Vec<Entry>,
+    /// The state machine holds every entry up to here (the caller applied those after
+    /// `compacted`); raft hands the committed ones after it over to be applied.
+    pub applied: u64,
+}
+
 #[derive(Debug)]
 pub enum ReplicaInput {
     /// A raft message from a peer.
@@ -106,13 +121,22 @@ impl Replica {
     /// over a state machine that holds the entries up to `applied` (index, term): the committed
     /// entries after it come out to be applied again. Entries must follow on from `applied`
     /// without a gap (those up to it are dropped).
-    pub fn recover(config: &ReplicaConfig, now_ns: u64, mut hard_state: HardState, entries: &[Entry], applied: (u64, u64)) -> Result<Replica, String> {
+    pub fn recover(config: &ReplicaConfig, now_ns: u64, hard_state: HardState, entries: &[Entry], applied: (u64, u64)) -> Result<Replica, String> {
+        let tail: Vec<Entry> = entries.iter().filter(|e| e.index > applied.0).cloned().collect();
+        let terms = tail.iter().map(|e| (e.index, e.term)).collect();
+        Replica::restart(config, now_ns, RestartLog { hard_state, compacted: applied, terms, tail, applied: applied.0 })
+    }
+
+    /// A replica restarting from `log` (see `RestartLog`): the entries up to `log.applied`
+    /// stay on disk, read back when a follower needs them.
+    pub fn restart(config: &ReplicaConfig, now_ns: u64, log: RestartLog) -> Result<Replica, String> {
+        let RestartLog { mut hard_state, compacted, terms, tail, applied } = log;
         if !config.voters.contains(&config.id) {
             return Err(format!("node {} is not among the voters {:?}", config.id.0, config.voters));
         }
         let raft_config = raft::Config {
             id: config.id.0,
-            applied: applied.0,
+            applied,
             election_tick: config.election_ticks,
             heartbeat_tick: config.heartbeat_ticks,
             min_election_tick: config.election_ticks,
@@ -126,19 +150,21 @@ impl Replica {
         raft_config.validate().map_err(|e| format!("raft config: {e}"))?;
         let voters: Vec<u64> = config.voters.iter().map(|v| v.0).collect();
         let conf_state = ConfState::from((voters, Vec::<u64>::new()));
-        let (applied_index, applied_term) = applied;
-        // Applied entries were committed, whatever the last hard state written says.
-        hard_state.commit = hard_state.commit.max(applied_index);
-        hard_state.term = hard_state.term.max(applied_term);
-        // The log before the applied entry is in the state machine: raft's log starts after it.
-        let mut storage = LogStorage::new(conf_state, hard_state, applied, FETCHED_BYTES_MAX);
-        let entries: Vec<Entry> = entries.iter().filter(|e| e.index > applied_index).cloned().collect();
-        for (expected, entry) in (applied_index + 1..).zip(&entries) {
-            if entry.index != expected {
-                return Err(format!("the raft log lacks entry {expected} (it goes on at {}): entries the state does not hold are missing", entry.index));
+        for (expected, (index, _)) in (compacted.0 + 1..).zip(&terms) {
+            if *index != expected {
+                return Err(format!("the raft log lacks entry {expected} (it goes on at {index}): entries the state does not hold are missing"));
             }
         }
-        storage.append(&entries).map_err(|e| format!("recovered entries do not follow one another: {e}"))?;
+        let last_index = terms.last().map_or(compacted.0, |(index, _)| *index);
+        if applied < compacted.0 || applied > last_index || tail.first().is_some_and(|e| e.index > applied + 1) {
+            return Err(format!("entries {}..={last_index} are not all in memory or applied (applied: {applied})", compacted.0 + 1));
+        }
+        // Applied entries were committed, whatever the last hard state written says.
+        hard_state.commit = hard_state.commit.max(applied);
+        hard_state.term = hard_state.term.max(compacted.1);
+        // The log before the compacted entry is in the state machine: raft's log starts after it.
+        let mut storage = LogStorage::new(conf_state, hard_state, compacted, FETCHED_BYTES_MAX);
+        storage.restore(&terms, tail).map_err(|e| format!("recovered entries do not follow one another: {e}"))?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let raw = RawNode::new(&raft_config, storage, &logger).map_err(|e| format!("raft: {e}"))?;
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);

@@ -85,6 +85,26 @@ impl LogStorage {
         &self.hard_state
     }
 
+    /// A restarted log (empty until now): `terms` names every entry after the compacted one
+    /// by (index, term), in order; `tail` holds the newest of them, ending with the last. The
+    /// others stay on disk, read back when raft asks for them.
+    pub fn restore(&mut self, terms: &[(u64, u64)], tail: Vec<Entry>) -> Result<(), String> {
+        assert!(self.last_index == self.compacted.0 && self.tail.is_empty(), "restore is for a new log");
+        let last = terms.last().map_or(self.compacted.0, |(index, _)| *index);
+        if tail.last().is_some_and(|e| e.index != last) || tail.windows(2).any(|w| w[1].index != w[0].index + 1) {
+            return Err(format!("the entries in memory are not the newest ones, in order, up to {last}"));
+        }
+        for &(index, term) in terms {
+            if self.terms.last().is_none_or(|(_, run_term)| *run_term != term) {
+                self.terms.push((index, term));
+            }
+        }
+        self.last_index = last;
+        self.tail_bytes = tail.iter().map(entry_bytes).sum();
+        self.tail = tail.into();
+        Ok(())
+    }
+
     /// Appends entries raft handed out; from their first index on they replace what was there
     /// (an uncommitted suffix, which is always still in memory).
     pub fn append(&mut self, entries: &[Entry]) -> Result<(), String> {

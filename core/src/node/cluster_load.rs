@@ -17,6 +17,7 @@ use crate::ids::GroupIdx;
 use crate::record::{AppliedRecord, GroupRecord, RecordRef};
 use crate::recovery::{segment_file_name, RecoveryError};
 use crate::topic::Loc;
+use raft::eraftpb::Entry;
 use std::collections::BTreeMap;
 
 impl Node {
@@ -115,14 +116,13 @@ impl Node {
             (None, Some(segment)) if segment == first_segment => AppliedRecord::default(),
             (None, Some(segment)) => return Err(RecoveryError::refused(format!("{} has no snapshot to start from", segment_file_name(segment)))),
         };
-        let entry_locs: BTreeMap<u64, Loc> = read.places.iter().map(|(index, (segment, offset, len))| (*index, Loc { segment: *segment, offset: *offset, len: *len })).collect();
+        let entry_locs: BTreeMap<u64, Loc> = read.places.iter().map(|(index, place)| (*index, Loc { segment: place.segment, offset: place.offset, len: place.len })).collect();
         let mut last_write_ms: BTreeMap<u64, u64> = BTreeMap::new();
         let mut last_entry: BTreeMap<u64, u64> = BTreeMap::new();
-        for entry in &read.entries {
-            let segment = entry_locs[&entry.index].segment;
-            last_entry.insert(segment, entry.index);
-            if let Ok(Command::Publish(publish)) = command::decode(&entry.data) {
-                let ms = last_write_ms.entry(segment).or_default();
+        for (index, place) in &read.places {
+            last_entry.insert(place.segment, *index);
+            if let Some(Ok(Command::Publish(publish))) = raft_log::entry_at(segments, place).map(|record| command::decode(record.data)) {
+                let ms = last_write_ms.entry(place.segment).or_default();
                 *ms = (*ms).max(publish.ts_ms);
             }
         }
@@ -144,14 +144,28 @@ impl Node {
             self.out.push_back(Output::Disk(DiskOp::Delete { segment }));
             self.out.push_back(Output::Trace(Trace::SegmentDeleted { segment }));
         }
-        let log = RecoveredLog { hard_state: read.hard_state, entries: read.entries, applied, entry_locs };
+        // The committed entries after the snapshot are applied again here, read one at a time
+        // from the segments; raft gets them by term and only those after the commit in memory
+        // (a retained log may be larger than memory).
+        let last = read.places.last_key_value().map_or(applied.index, |(index, _)| *index);
+        let commit = read.hard_state.commit.max(applied.index).min(last);
+        let terms: Vec<(u64, u64)> = read.places.range(applied.index + 1..).map(|(index, place)| (*index, place.term)).collect();
+        let tail: Vec<Entry> = read.places.range(commit + 1..).filter_map(|(index, _)| read.entry(segments, *index)).collect();
+        let log = RecoveredLog { hard_state: read.hard_state.clone(), terms, tail, applied, applied_through: commit, entry_locs };
         let replication = Replication::recover(&self.config, self.now_ns, log).map_err(|e| RecoveryError::refused(format!("the raft log cannot be restarted from: {e}")))?;
         self.replication = Some(replication);
-        // Applies the committed entries again; what raft asks to write waits for the log to
-        // start below, after the state it rebuilds.
+        for index in applied.index + 1..=commit {
+            let Some(record) = read.places.get(&index).and_then(|place| raft_log::entry_at(segments, place)) else {
+                return Err(RecoveryError::refused(format!("raft entry {index} cannot be read back where the log's scan found it")));
+            };
+            if record.entry_type == 0 {
+                // The proposer's context is not kept on disk: no proposal of this run waits.
+                self.apply_entry(index, record.term, record.data, &[]);
+            }
+        }
+        // What raft asks to write waits for the log to start below, after the state rebuilt.
         self.drain_replica();
-        // Every retained entry was read to restart the replica; once applied, only the newest
-        // stay in memory (raft_log_memory_bytes), not until the first retention check.
+        // raft's log starts where retention left it.
         self.compact_raft_memory();
         let mut report = RecoveryReport { segments: segments.len(), messages: self.stats.published - published_before, ..RecoveryReport::default() };
         if let Some((newest, _)) = segments.last() {

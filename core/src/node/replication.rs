@@ -13,7 +13,7 @@ use super::state::{NewMessage, SeenSeq};
 use super::{Node, Output, Trace, NS_PER_MS};
 use crate::cluster::command::{self, Command, CreateGroupCommand, PublishCommand};
 use crate::cluster::mesh::{self, PeerFrame};
-use crate::cluster::replica::{ProposeError, Replica, ReplicaConfig, ReplicaInput, ReplicaOutput};
+use crate::cluster::replica::{ProposeError, Replica, ReplicaConfig, ReplicaInput, ReplicaOutput, RestartLog};
 use crate::cluster::storage::Wanted;
 use crate::cluster::NodeId;
 use crate::config::{Config, TestBug};
@@ -62,9 +62,14 @@ pub(super) enum Proposal {
 /// What a restart found in the log for the replica.
 pub(super) struct RecoveredLog {
     pub(super) hard_state: HardState,
-    /// The entries after `applied`, as raft last persisted them.
-    pub(super) entries: Vec<Entry>,
+    /// (index, term) of every entry after `applied` (the snapshot's), as raft last persisted them.
+    pub(super) terms: Vec<(u64, u64)>,
+    /// The entries after `applied_through`, in memory.
+    pub(super) tail: Vec<Entry>,
+    /// The entry the oldest snapshot's state is as of.
     pub(super) applied: AppliedRecord,
+    /// The entry the state will hold once recovery has applied the committed ones again.
+    pub(super) applied_through: u64,
     pub(super) entry_locs: BTreeMap<u64, Loc>,
 }
 
@@ -119,7 +124,8 @@ impl Replication {
             // Shard k would rather be led by the k-th voter: the shards' leaders spread.
             preferred_leader: (config.shards > 1).then(|| voters[config.shard_index as usize % voters.len()]),
         };
-        let replica = Replica::recover(&replica_config, now_ns, log.hard_state, &log.entries, (log.applied.index, log.applied.term))?;
+        let restart = RestartLog { hard_state: log.hard_state, compacted: (log.applied.index, log.applied.term), terms: log.terms, tail: log.tail, applied: log.applied_through };
+        let replica = Replica::restart(&replica_config, now_ns, restart)?;
         Ok(Replication {
             replica,
             node_id,
