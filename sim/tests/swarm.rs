@@ -23,6 +23,15 @@ fn fixed_swarm_of_500_seeds_holds_every_invariant() {
     assert!(failures.is_empty(), "{} seeds failed, first: {:?}", failures.len(), failures.first());
 }
 
+/// 500 cluster seeds beyond the fixed swarm's (every fourth seed runs a cluster of 1, 3 or 5
+/// nodes with 1, 2 or 3 shards).
+#[test]
+fn fixed_swarm_of_500_cluster_seeds_holds_every_invariant() {
+    let seeds = (502..).step_by(4).take(500);
+    let failures = run_swarm(seeds, None);
+    assert!(failures.is_empty(), "{} seeds failed, first: {:?}", failures.len(), failures.first());
+}
+
 #[test]
 fn fresh_seeds_hold_every_invariant() {
     let start = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() % 1_000_000_000 * 100;
