@@ -101,6 +101,32 @@ impl SimDisk {
         Some(vec![(topic.clone(), *id)])
     }
 
+    /// Flips one bit inside a raft entry record of a cluster node's sealed segment (not the
+    /// newest of its shard, whose damage could pass for a torn write). Returns the segment:
+    /// the node's next start must refuse its log.
+    pub fn flip_bit_in_raft_entry(&mut self, rng: &mut ChaCha8Rng) -> Option<u64> {
+        let files = &mut self.disk.files;
+        let newest_of_shard: std::collections::BTreeMap<u32, u64> = files.keys().map(|id| (ferry_core::ids::ShardId::of_id(*id).0, *id)).collect();
+        let sealed: Vec<u64> = files.keys().copied().filter(|id| !newest_of_shard.values().any(|newest| newest == id)).collect();
+        if sealed.is_empty() {
+            return None;
+        }
+        let segment = sealed[rng.gen_range(0..sealed.len())];
+        let mut entries = Vec::new();
+        recovery::scan_segment(files.get(&segment)?, false, |offset, size, rec, _| {
+            if matches!(rec, RecordRef::RaftEntry(_)) {
+                entries.push((offset as usize, size));
+            }
+        });
+        if entries.is_empty() {
+            return None;
+        }
+        let (offset, size) = entries[rng.gen_range(0..entries.len())];
+        let byte = offset + size - 1 - rng.gen_range(0..4.min(size - record::HEADER_BYTES));
+        files.get_mut(&segment)?[byte] ^= 1 << rng.gen_range(0..8);
+        Some(segment)
+    }
+
     pub fn segments(&self) -> Vec<(u64, &[u8])> {
         self.disk.segments()
     }

@@ -339,7 +339,8 @@ impl World {
                 }
             }
         }
-        let nodes = SimNode::start_all(&config, swarm.eio_chance);
+        let slow = nodes::slow_node_for(options.seed);
+        let nodes = SimNode::start_all(&config, swarm.eio_chance, slow);
         let mut world = World {
             options,
             swarm,
@@ -369,6 +370,9 @@ impl World {
         };
         world.peers_cut_until = vec![0; world.nodes.len()];
         world.peer_links = nodes::PeerLinks::new(world.nodes.len());
+        if slow.is_some() {
+            world.count_fault("slow-node");
+        }
         for node in 0..world.nodes.len() {
             world.drain_node(node);
         }
@@ -432,9 +436,8 @@ impl World {
             }
             if let Some((_, node)) = next_node_timeout.filter(|(n, _)| *n == at && event_at.is_none_or(|e| e >= at)) {
                 self.hash.mix_u64(self.now);
-                if let Some(running) = self.nodes[node].node.as_mut() {
-                    running.handle_timeout(self.now);
-                }
+                let now = self.now;
+                self.run_node(node, |running| running.handle_timeout(now));
                 self.drain_node(node);
             } else {
                 let Some(Reverse((_, _, key))) = self.queue.pop() else { break };
@@ -731,9 +734,12 @@ impl World {
             let until = self.now + self.rng.gen_range(100..3_000) * MS;
             self.schedule(until, Event::DiskFullEnd { node });
         }
-        // A cluster node's damaged log is to be rebuilt from its peers, not salvaged (state
-        // transfer is a later step): cluster disks get no bit flips yet.
+        // A single node's damaged log is salvaged; a cluster node's refuses to start and the
+        // node stays down (see `damage_a_cluster_node`).
         let salvageable = self.config.peers.is_empty();
+        if !salvageable && s.bitflip_chance > 0.0 && !self.bitflipped && self.rng.gen_bool(s.bitflip_chance) {
+            self.damage_a_cluster_node();
+        }
         if salvageable && s.bitflip_chance > 0.0 && !self.bitflipped && self.rng.gen_bool(s.bitflip_chance) {
             if let Some(victims) = self.nodes[0].disk.flip_bit(&mut self.rng) {
                 self.bitflipped = true;

@@ -60,20 +60,39 @@ pub struct SimNode {
     /// Counts incarnations: completions of an earlier one are dropped.
     pub epoch: u64,
     pub disk: SimDisk,
+    /// A cluster node whose log was damaged at rest: it refuses to start, and stays down (an
+    /// operator rebuilds it; the others, a majority, go on without it).
+    pub damaged: bool,
+    /// A slow node: its fsyncs take this many times longer, and frames from its peers wait
+    /// `SLOW_NODE_FRAME_DELAY_US` more before it takes them (a loaded machine). 1: normal.
+    pub slowness: u64,
+}
+
+/// How much slower a slow node's fsyncs are, and how late it takes its peers' frames.
+const SLOW_NODE_FSYNC_FACTOR: u64 = 20;
+const SLOW_NODE_FRAME_DELAY_US: u64 = 3_000;
+
+/// The slow node of a cluster seed, if any: one cluster seed of several nodes in five (from
+/// the seed, not the rng, so every seed keeps its draws).
+pub fn slow_node_for(seed: u64) -> Option<usize> {
+    let voters = voters_for(seed);
+    (voters > 1 && seed / 4 % 5 == 1).then(|| (seed / 20) as usize % voters)
 }
 
 impl SimNode {
     /// The seed's nodes, fresh: one, or every voter `config.peers` names.
-    pub fn start_all(config: &Config, eio_chance: f64) -> Vec<SimNode> {
+    pub fn start_all(config: &Config, eio_chance: f64, slow: Option<usize>) -> Vec<SimNode> {
         let voters = config.voters().expect("the simulator writes valid peers");
         let ids: Vec<u64> = if voters.is_empty() { vec![config.node_id] } else { voters.iter().map(|v| v.id.0).collect() };
         ids.into_iter()
-            .map(|id| {
+            .enumerate()
+            .map(|(at, id)| {
                 let config = Config { node_id: id, rng_seed: config.rng_seed.wrapping_add(id - 1), ..config.clone() };
                 let node = Host::new(config.clone(), super::EPOCH);
                 let mut disk = SimDisk::default();
                 disk.eio_chance = eio_chance;
-                SimNode { config, node: Some(node), epoch: 1, disk }
+                let slowness = if slow == Some(at) { SLOW_NODE_FSYNC_FACTOR } else { 1 };
+                SimNode { config, node: Some(node), epoch: 1, disk, damaged: false, slowness }
             })
             .collect()
     }
@@ -99,9 +118,24 @@ impl World {
     }
 
     pub(super) fn node_input(&mut self, node: usize, input: Input<'_>) {
-        let Some(running) = self.nodes[node].node.as_mut() else { return };
-        running.handle_input(self.now, input);
+        let now = self.now;
+        self.run_node(node, |running| running.handle_input(now, input));
         self.drain_node(node);
+    }
+
+    /// Runs `step` on node `node`'s process, if it runs. With a deliberate bug on, a panic
+    /// in the core (raft-rs stops on a log that broke the promises it was given) is that
+    /// process dying: the node crashes and restarts, and the clients' checkers alone must
+    /// notice what the bug did. Without one, a panic is a bug of its own and fails the seed.
+    pub(super) fn run_node(&mut self, node: usize, step: impl FnOnce(&mut Host)) {
+        let Some(running) = self.nodes[node].node.as_mut() else { return };
+        if self.options.bug.is_none() {
+            return step(running);
+        }
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(running))).is_err() {
+            self.count_fault("node-panic");
+            self.crash_node_as(node, false);
+        }
     }
 
     /// Input for the node connection `conn` is to, if it is still open.
@@ -148,7 +182,8 @@ impl World {
                     let pair = self.peer_links.pair(node, to);
                     let epoch = self.peer_links.epoch[pair];
                     let ordered = node * self.nodes.len() + to;
-                    let at = (self.now + self.latency()).max(self.peer_links.last_arrival[ordered] + 1);
+                    let late = if self.nodes[to].slowness > 1 { SLOW_NODE_FRAME_DELAY_US * 1_000 } else { 0 };
+                    let at = (self.now + self.latency() + late).max(self.peer_links.last_arrival[ordered] + 1);
                     self.peer_links.last_arrival[ordered] = at;
                     self.schedule(at, Event::PeerFrame { from: node, to, epoch, payload });
                 }
@@ -180,7 +215,7 @@ impl World {
         match reply {
             Some(Completion::Write { token, result }) => {
                 let write_us = self.rng.gen_range(5..100);
-                let fsync_us = if sync { self.rng.gen_range(100..2_000) } else { 0 };
+                let fsync_us = if sync { self.rng.gen_range(100..2_000) * self.nodes[node].slowness } else { 0 };
                 if matches!(result, Err(DiskError::Io(_))) {
                     self.count_fault("eio");
                 }
@@ -267,6 +302,22 @@ impl World {
         self.count_fault(if bridge.is_some() { "peer-split-bridged" } else { "peer-split" });
     }
 
+    /// A bit rots in a cluster node's sealed segment; the node dies and its next start finds
+    /// the damage. Only in clusters of three or more and once per run: a damaged node stays
+    /// down, and the others must still be a majority.
+    pub(super) fn damage_a_cluster_node(&mut self) {
+        let node = self.pick_node();
+        if self.nodes.len() < 3 || self.nodes[node].node.is_none() {
+            return;
+        }
+        let Some(segment) = self.nodes[node].disk.flip_bit_in_raft_entry(&mut self.rng) else { return };
+        self.bitflipped = true;
+        self.nodes[node].damaged = true;
+        self.count_fault("bit-flip");
+        self.trace(|| format!("bit flip in node {}'s segment {segment}", node + 1));
+        self.crash_node_as(node, false);
+    }
+
     pub(super) fn crash_a_node(&mut self) {
         let power_loss = self.config.fsync != FsyncPolicy::Never && self.rng.gen_bool(0.5);
         let node = self.pick_node();
@@ -303,9 +354,21 @@ impl World {
     pub(super) fn restart_node(&mut self, node: usize) {
         let config = self.nodes[node].config.clone();
         let segments = self.nodes[node].disk.segments();
-        let (recovered, refusal) = match Host::recover(config.clone(), &segments, self.now) {
+        let recover = |config: Config| std::panic::catch_unwind(|| Host::recover(config, &segments, self.now));
+        let attempt = match recover(config.clone()) {
+            Ok(attempt) => attempt,
+            // Only with a deliberate bug on (see `run_node`): the node stays down.
+            Err(_) if self.options.bug.is_some() => return self.count_fault("node-panic"),
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        let (recovered, refusal) = match attempt {
             Ok(recovered) => (recovered, None),
-            // A cluster node's disk gets no bit flips: its log always restarts.
+            Err(refusal) if self.nodes[node].damaged => {
+                // Fail-stop: a damaged replica is not salvaged; it stays down.
+                self.count_fault("damaged-node-stays-down");
+                return self.trace(|| format!("node {} refused to restart and stays down: {refusal}", node + 1));
+            }
+            // Only a node whose disk was damaged may refuse: any other log always restarts.
             Err(refusal) if !config.peers.is_empty() => panic!("cluster node {} refused to restart: {refusal}", node + 1),
             Err(refusal) => {
                 // What an operator does on a refused start: look, then start with salvage.
