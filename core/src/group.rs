@@ -110,6 +110,10 @@ pub struct Group {
     /// Ids at or past the cursor that a replicated position says are acked: settled when the
     /// cursor reaches them instead of delivered (cluster mode).
     pre_acked: BTreeSet<u64>,
+    /// Cluster mode, on a leader that took the group over: any id past the cursor may have
+    /// been delivered by the leader before it, so an ack of one (of an id the topic has) is
+    /// taken, settled when the cursor gets there, rather than refused as never delivered.
+    taken_over: bool,
 }
 
 impl Group {
@@ -131,6 +135,7 @@ impl Group {
             next_member: 0,
             durable: false,
             pre_acked: BTreeSet::new(),
+            taken_over: false,
         }
     }
 
@@ -163,7 +168,13 @@ impl Group {
         self.pre_acked.extend(record.acked.iter().copied().filter(|id| *id >= cursor));
     }
 
-    /// True (once) if a replicated position said `id` is acked.
+    /// This node now leads the group's shard: ids past the cursor may have been delivered by
+    /// an earlier leader (see `taken_over`; the caller refuses ids the topic does not have).
+    pub fn take_over(&mut self) {
+        self.taken_over = true;
+    }
+
+    /// True (once) if a replicated position (or an ack taken over) said `id` is acked.
     pub fn take_pre_acked(&mut self, id: u64) -> bool {
         !self.pre_acked.is_empty() && self.pre_acked.remove(&id)
     }
@@ -256,7 +267,15 @@ impl Group {
 
     pub fn ack(&mut self, id: u64) -> AckOutcome {
         let Some(entry) = self.outstanding.get_mut(&id) else {
-            return if id < self.cursor { AckOutcome::Ignored } else { AckOutcome::Unknown };
+            if id < self.cursor || self.pre_acked.contains(&id) {
+                return AckOutcome::Ignored;
+            }
+            if self.taken_over && self.pre_acked.len() < PERSISTED_ACKS_MAX {
+                // Delivered, maybe, by the leader before this one: settled when reached.
+                self.pre_acked.insert(id);
+                return AckOutcome::Ignored;
+            }
+            return AckOutcome::Unknown;
         };
         let (released, delay_until) = match entry.state {
             EntryState::Acked | EntryState::Blocked => return AckOutcome::Ignored,

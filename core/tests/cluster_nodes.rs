@@ -528,3 +528,31 @@ fn topics_spread_over_shards_whose_leaders_spread_over_the_nodes() {
         assert_eq!(c.nodes[1].node.topic_next_id(topic), Some(3), "{topic}");
     }
 }
+
+#[test]
+fn a_new_leader_takes_acks_for_what_the_previous_one_delivered() {
+    let mut c = Cluster::new();
+    let old = c.leader();
+    c.subscribe(old);
+    for n in 1..=3 {
+        assert_eq!(c.publish(old, json!(n))["op"], json!("puback"));
+    }
+    assert_eq!(ids(&msgs(&mut c.nodes[old], S)), vec![1, 2, 3]);
+    // Id 1 acked, its position replicated; 2 and 3 still in flight when the leader dies.
+    ack(&mut c.nodes[old], S, "t", "g", &[1]);
+    c.run_ms(200);
+    c.down.insert(old);
+    let new = c.leader();
+    // The client acks 2 and 3 (and 1 again) through the new leader before any member joins
+    // there: they were delivered, by the leader before.
+    c.nodes[new].send_json(P, json!({"op": "ack", "topic": "t", "group": "g", "ids": [1, 2, 3]}));
+    c.run_ms(50);
+    let errors = c.nodes[new].take_op(P, "error");
+    assert!(errors.is_empty(), "acks of delivered ids refused: {errors:?}");
+    c.nodes[new].send_json(S, json!({"op": "sub", "req": "s", "topic": "t", "group": "g"}));
+    c.run_ms(100);
+    assert_eq!(c.nodes[new].take_op(S, "suback").len(), 1);
+    assert!(msgs(&mut c.nodes[new], S).is_empty(), "acked ids are not delivered again");
+    assert_eq!(c.publish(new, json!(4))["id"], json!(4));
+    assert_eq!(ids(&msgs(&mut c.nodes[new], S)), vec![4]);
+}

@@ -12,6 +12,12 @@
 //! starts without salvage, and every pubacked message is on disk with its body, except those
 //! retention deleted, those a power cut took under `fsync = never`, and those pubacked before
 //! a byte was flipped (whose ids still must never be pubacked again).
+//!
+//! A third of the inputs run a cluster node that is its shard's only voter (with 1 or 3
+//! shards): its publishes are raft entries, ids given when they are applied. There the check
+//! at a restart reads every topic back with `fetch` (the log holds entries, not messages) and
+//! every pubacked message must come back with its body under its id; a damaged log refuses
+//! to start (never salvaged), which ends the input.
 
 use arbitrary::{Arbitrary, Unstructured};
 use ferry_core::protocol::{self, ClientOp};
@@ -43,6 +49,8 @@ struct Setup {
     auth: bool,
     small_limits: bool,
     batch_interval: u8,
+    /// 0: a single node; 1: a cluster node alone in its shard; 2: the same with 3 shards.
+    cluster: u8,
 }
 
 impl Setup {
@@ -88,6 +96,11 @@ impl Setup {
             c.fetches_pending_max = 2;
             c.fetch_messages_max = 3;
             c.pull_max = 3;
+        }
+        if !self.cluster.is_multiple_of(3) {
+            c.peers = "1@127.0.0.1:7811".into();
+            c.peer_listen = "127.0.0.1:7811".into();
+            c.shards = if self.cluster % 3 == 2 { 3 } else { 1 };
         }
         c.validate().expect("fuzz configs are valid");
         c
@@ -258,7 +271,12 @@ struct Driver {
     retention_deleted: bool,
     /// Restarts so far (see `RESTARTS_PER_INPUT_MAX`).
     restarts: u32,
+    /// A cluster node whose damaged log refused to start: the input ends.
+    refused: bool,
 }
+
+/// The connection the checks after a restart read through (never one of the driver's).
+const CHECK_CONN: ConnId = ConnId(1_000);
 
 /// Crashes and corruptions acted on per input; later ones are skipped.
 const RESTARTS_PER_INPUT_MAX: u32 = 24;
@@ -279,6 +297,7 @@ pub fn run(data: &[u8]) {
         corrupted: false,
         retention_deleted: false,
         restarts: 0,
+        refused: false,
     };
     let mut steps = 0;
     while !u.is_empty() && steps < 400 {
@@ -293,13 +312,18 @@ pub fn run(data: &[u8]) {
             continue;
         }
         d.apply(op);
+        if d.refused {
+            return;
+        }
         d.after_op();
     }
     // Every run ends with a crash: what was pubacked must be there.
     d.h.hold_writes = false;
     d.h.hold_reads = false;
     d.restart(false);
-    d.restart(true);
+    if !d.refused {
+        d.restart(true);
+    }
 }
 
 fn pick<'a>(names: &[&'a str], n: u8) -> &'a str {
@@ -586,6 +610,11 @@ impl Driver {
         self.delivered.clear();
         if let Err(refused) = h.try_restart_from_disk() {
             assert!(self.corrupted, "a log nobody damaged was refused: {refused}");
+            if !h.config.peers.is_empty() {
+                // A cluster node's damaged log is rebuilt from its peers, never salvaged.
+                self.refused = true;
+                return;
+            }
             h.config.salvage = true;
             let started = h.try_restart_from_disk();
             h.config.salvage = false;
@@ -597,14 +626,14 @@ impl Driver {
             eprintln!("  disk: {:?}", h.disk.files.iter().map(|(id, f)| (*id, f.len())).collect::<Vec<_>>());
         }
         let lossy = power_loss && h.config.fsync == FsyncPolicy::Never;
-        self.check_disk(lossy);
+        let on_disk = if h.config.peers.is_empty() { self.messages_on_disk() } else { self.messages_read_back() };
+        self.check_disk(on_disk, lossy);
         self.after_op();
     }
 
-    /// Every pubacked message is on disk with its body, or has a reason not to be.
-    fn check_disk(&mut self, lossy: bool) {
-        let mut on_disk: BTreeMap<(String, u64), Ident> = BTreeMap::new();
-        let mut first_on_disk: BTreeMap<String, u64> = BTreeMap::new();
+    /// A single node's log: every message record on disk, (topic, id) → what it holds.
+    fn messages_on_disk(&self) -> BTreeMap<(String, u64), Ident> {
+        let mut on_disk = BTreeMap::new();
         let segments = self.h.disk.segments();
         let count = segments.len();
         for (position, (_, bytes)) in segments.iter().enumerate() {
@@ -617,10 +646,74 @@ impl Driver {
                     Some(p) => Ident::Producer { producer: p.to_string(), seq: m.seq },
                     None => Ident::Unique { n: 0, body: serde_json::from_str(m.body).unwrap_or(Value::Null) },
                 };
-                let first = first_on_disk.entry(m.topic.to_string()).or_insert(m.id);
-                *first = (*first).min(m.id);
                 on_disk.insert((m.topic.to_string(), m.id), ident);
             });
+        }
+        on_disk
+    }
+
+    /// A cluster node's log holds raft entries whose ids are given when applied: every topic
+    /// is read back with `fetch` (each body checked against what was pubacked under its id),
+    /// and what came back is taken for what is on disk.
+    fn messages_read_back(&mut self) -> BTreeMap<(String, u64), Ident> {
+        let held = (self.h.hold_writes, self.h.hold_reads);
+        (self.h.hold_writes, self.h.hold_reads) = (false, false);
+        self.h.complete_writes();
+        if self.h.stopped.is_some() {
+            // A fault armed before the crash failed the restart's first write: the node
+            // stopped, and starts again (the fault is spent).
+            (self.h.fail_next_write, self.h.fail_next_truncate) = (None, None);
+            self.h.try_restart_from_disk().unwrap_or_else(|e| panic!("a log nobody damaged was refused: {e}"));
+            self.h.complete_writes();
+        }
+        self.h.connect(CHECK_CONN);
+        if !self.h.config.tokens.is_empty() {
+            self.h.send_json(CHECK_CONN, json!({"op": "hello", "token": TOKEN}));
+        }
+        let mut read = BTreeMap::new();
+        for topic in TOPICS {
+            let mut from = 1;
+            let mut waits = 0;
+            loop {
+                self.h.send_json(CHECK_CONN, json!({"op": "fetch", "req": "check", "topic": topic, "from": from, "to": u64::MAX}));
+                let answers = self.h.take(CHECK_CONN);
+                if answers.iter().any(|a| a["code"] == "unavailable") && waits < 50 {
+                    // Its new term's first entry is not yet durable (a batch waits for its
+                    // timer): it serves reads once it is.
+                    waits += 1;
+                    self.h.advance_ms(10);
+                    self.h.complete_writes();
+                    continue;
+                }
+                let Some(fetched) = answers.iter().find(|a| a["op"] == "fetched") else {
+                    // No such topic (nothing was published to it).
+                    assert!(answers.iter().all(|a| a["code"] == "no_such_topic"), "{topic}: {answers:?}");
+                    break;
+                };
+                self.on_delivery(fetched);
+                let messages = fetched["messages"].as_array().expect("fetched has messages");
+                let Some(last) = messages.last() else { break };
+                from = last["id"].as_u64().expect("an id") + 1;
+                for m in messages {
+                    let id = m["id"].as_u64().expect("an id");
+                    // The body was checked against the pubacked one; an id never pubacked
+                    // (its publish's answer was lost to a crash) stands for itself.
+                    let ident = self.acked.get(&(topic.to_string(), id)).map_or(Ident::Unique { n: 0, body: m["body"].clone() }, |a| a.ident.clone());
+                    read.insert((topic.to_string(), id), ident);
+                }
+            }
+        }
+        self.h.disconnect(CHECK_CONN);
+        (self.h.hold_writes, self.h.hold_reads) = held;
+        read
+    }
+
+    /// Every pubacked message is on disk with its body (`on_disk`: what the log holds), or
+    /// has a reason not to be.
+    fn check_disk(&mut self, on_disk: BTreeMap<(String, u64), Ident>, lossy: bool) {
+        let mut first_on_disk: BTreeMap<String, u64> = BTreeMap::new();
+        for (topic, id) in on_disk.keys() {
+            first_on_disk.entry(topic.clone()).or_insert(*id);
         }
         let mut lost = Vec::new();
         for ((topic, id), acked) in &mut self.acked {

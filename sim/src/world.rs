@@ -717,6 +717,10 @@ impl World {
         if self.nodes.len() > 1 && s.partition_chance > 0.0 && self.rng.gen_bool(s.partition_chance) {
             self.split_the_cluster();
         }
+        // Or one way between two nodes only.
+        if self.nodes.len() > 1 && s.partition_chance > 0.0 && self.rng.gen_bool(s.partition_chance) {
+            self.stall_one_way();
+        }
         if s.congestion_chance > 0.0 && self.rng.gen_bool(s.congestion_chance) && !self.conns.is_empty() {
             let keys: Vec<ConnId> = self.conns.keys().copied().collect();
             let conn = keys[self.rng.gen_range(0..keys.len())];

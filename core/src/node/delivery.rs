@@ -44,6 +44,10 @@ impl Node {
     }
 
     pub(super) fn ack_one(&mut self, t: TopicIdx, g: GroupIdx, id: u64) -> bool {
+        if id >= self.state.topics[t].next_id {
+            // Never stored: never delivered.
+            return false;
+        }
         match self.state.topics[t].groups[g].ack(id) {
             AckOutcome::Acked { released, delay_until } => {
                 if let Some(Released { conn, deadline_ns, bytes }) = released {

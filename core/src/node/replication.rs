@@ -336,6 +336,12 @@ impl Node {
         if was_leading && !leading {
             self.on_lead_lost();
         }
+        if leading && !was_leading {
+            // Acks for what the previous leader delivered may come here now.
+            for topic in &mut self.state.topics {
+                topic.groups.iter_mut().for_each(crate::group::Group::take_over);
+            }
+        }
         self.read_wanted_entries();
         self.serve_state_requests();
         self.release_applied_deliveries();

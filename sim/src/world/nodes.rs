@@ -37,16 +37,20 @@ pub struct PeerLinks {
     last_arrival: Vec<u64>,
     /// Per unordered pair: until when the network between the two is cut (a split).
     cut_until: Vec<u64>,
+    /// Per ordered pair: until when frames that way are held (a one-way outage: TCP sends
+    /// them again once the path is back, in order; shorter than the silence that resets a
+    /// link, so the link stays up).
+    stalled_until: Vec<u64>,
 }
 
 impl PeerLinks {
     pub fn new(nodes: usize) -> PeerLinks {
-        PeerLinks { nodes, epoch: vec![0; nodes * nodes], last_arrival: vec![0; nodes * nodes], cut_until: vec![0; nodes * nodes] }
+        PeerLinks { nodes, epoch: vec![0; nodes * nodes], last_arrival: vec![0; nodes * nodes], cut_until: vec![0; nodes * nodes], stalled_until: vec![0; nodes * nodes] }
     }
 
     /// The network is whole again.
     pub fn heal(&mut self) {
-        self.cut_until.iter_mut().for_each(|until| *until = 0);
+        self.cut_until.iter_mut().chain(&mut self.stalled_until).for_each(|until| *until = 0);
     }
 
     fn pair(&self, a: usize, b: usize) -> usize {
@@ -183,7 +187,7 @@ impl World {
                     let epoch = self.peer_links.epoch[pair];
                     let ordered = node * self.nodes.len() + to;
                     let late = if self.nodes[to].slowness > 1 { SLOW_NODE_FRAME_DELAY_US * 1_000 } else { 0 };
-                    let at = (self.now + self.latency() + late).max(self.peer_links.last_arrival[ordered] + 1);
+                    let at = (self.now + self.latency() + late).max(self.peer_links.stalled_until[ordered]).max(self.peer_links.last_arrival[ordered] + 1);
                     self.peer_links.last_arrival[ordered] = at;
                     self.schedule(at, Event::PeerFrame { from: node, to, epoch, payload });
                 }
@@ -300,6 +304,19 @@ impl World {
             }
         }
         self.count_fault(if bridge.is_some() { "peer-split-bridged" } else { "peer-split" });
+    }
+
+    /// One way between two nodes goes dark for a while (the other way works): frames that
+    /// way arrive, in order, once it is back.
+    pub(super) fn stall_one_way(&mut self) {
+        let n = self.nodes.len();
+        let from = self.rng.gen_range(0..n);
+        let to = (from + self.rng.gen_range(1..n)) % n;
+        let until = self.now + self.rng.gen_range(100..4_000) * MS;
+        let ordered = from * n + to;
+        self.peer_links.stalled_until[ordered] = self.peer_links.stalled_until[ordered].max(until);
+        self.count_fault("peer-one-way");
+        self.trace(|| format!("frames from node {} to node {} held until {} ms", from + 1, to + 1, (until - super::EPOCH) / MS));
     }
 
     /// A bit rots in a cluster node's sealed segment; the node dies and its next start finds
