@@ -134,8 +134,9 @@ pub struct Config {
     /// raft's clock: a follower stands for election after 10 ticks without a leader's word
     /// (each tick jittered by half), a leader sends heartbeats every 2.
     pub raft_tick_ms: u64,
-    /// Bytes queued to one peer at most; past it, frames for that peer are dropped (raft sends
-    /// them again), never the loop stalled.
+    /// Bytes queued to one peer at most: past half, that peer's clients get no messages until
+    /// the queue drains under an eighth (back-pressure); past all of it the link is reset,
+    /// never the loop stalled.
     pub peer_outbox_bytes_max: u64,
     /// Bytes of applied raft entries kept in memory; older ones are read back from the log
     /// when a follower needs them. Entries not yet applied always stay.

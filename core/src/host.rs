@@ -147,6 +147,7 @@ impl Host {
             }
             Input::Congested { conn, congested } => self.tell_every_shard(now_ns, || Input::Congested { conn, congested }),
             Input::PeerDown { node } => self.tell_every_shard(now_ns, || Input::PeerDown { node }),
+            Input::PeerCongested { node, congested } => self.tell_every_shard(now_ns, || Input::PeerCongested { node, congested }),
             Input::PeerMessage { from_node, payload } => match mesh::shard_of(payload).map(|shard| shard.0 as usize) {
                 Ok(shard) if shard < self.shards.len() => self.shards[shard].handle_input(now_ns, input),
                 Ok(shard) => {

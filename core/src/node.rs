@@ -103,6 +103,12 @@ pub enum Input<'a> {
     PeerDown {
         node: u64,
     },
+    /// The queue of frames to the cluster node `node` is filling up (`true`): push its
+    /// clients no messages until it has drained (`false`); raft keeps its own pace.
+    PeerCongested {
+        node: u64,
+        congested: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -508,6 +514,7 @@ impl Node {
             Input::TruncateDone { token, result } => self.on_truncate_done(token, result),
             Input::PeerMessage { from_node, payload } => self.on_peer_frame(from_node, payload),
             Input::PeerDown { node } => self.on_peer_down(node),
+            Input::PeerCongested { node, congested } => self.on_peer_congested(node, congested),
         }
     }
 

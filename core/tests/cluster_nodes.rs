@@ -556,3 +556,25 @@ fn a_new_leader_takes_acks_for_what_the_previous_one_delivered() {
     assert_eq!(c.publish(new, json!(4))["id"], json!(4));
     assert_eq!(ids(&msgs(&mut c.nodes[new], S)), vec![4]);
 }
+
+#[test]
+fn a_congested_peer_link_holds_its_clients_messages_until_it_drains() {
+    let mut c = Cluster::new();
+    let leader = c.leader();
+    let follower = (leader + 1) % 3;
+    c.subscribe(follower);
+    // The leader's queue to the follower fills up: its members get nothing meanwhile (the
+    // link is not reset, no session ends), while publishes go on.
+    let h = &mut c.nodes[leader];
+    h.node.handle_input(h.now_ns, Input::PeerCongested { node: follower as u64 + 1, congested: true });
+    h.drain();
+    for n in 1..=3 {
+        assert_eq!(c.publish(leader, json!(n))["op"], json!("puback"));
+    }
+    assert!(msgs(&mut c.nodes[follower], S).is_empty(), "pushed through a congested link");
+    let h = &mut c.nodes[leader];
+    h.node.handle_input(h.now_ns, Input::PeerCongested { node: follower as u64 + 1, congested: false });
+    h.drain();
+    c.run_ms(50);
+    assert_eq!(ids(&msgs(&mut c.nodes[follower], S)), vec![1, 2, 3], "once it drained");
+}

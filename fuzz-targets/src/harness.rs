@@ -483,7 +483,15 @@ impl Driver {
                 self.restart(false);
             }
             Op::Corrupt { segment, at, mask } => {
-                let files: Vec<u64> = h.disk.files.iter().filter(|(_, f)| !f.is_empty()).map(|(id, _)| *id).collect();
+                let mut files: Vec<u64> = h.disk.files.iter().filter(|(_, f)| !f.is_empty()).map(|(id, _)| *id).collect();
+                if !h.config.peers.is_empty() {
+                    // A cluster node cannot tell its final write torn by a crash from one
+                    // damaged at rest (it cuts it either way; its peers supply what it lacks,
+                    // which a voter alone has not): only segments before the newest of their
+                    // shard are damaged, as in the simulator.
+                    let newest: BTreeSet<u64> = files.iter().map(|id| (ferry_core::ids::ShardId::of_id(*id), *id)).collect::<BTreeMap<_, _>>().into_values().collect();
+                    files.retain(|id| !newest.contains(id));
+                }
                 if files.is_empty() {
                     return;
                 }

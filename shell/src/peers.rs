@@ -9,9 +9,11 @@
 //!
 //! `cluster` fingerprints the voter list and the shard count, so a node started with another
 //! `peers` list or `shards` is refused by name instead of joining. A link that hears nothing for `SILENCE_MAX` is reset
-//! and dialled again with backoff. Each link queues at most `peer_outbox_bytes_max`; a peer
-//! that falls that far behind has its link reset rather than frames silently dropped (client
-//! frames ride on it too). Whenever a linked peer's connection ends, the node hears of it
+//! and dialled again with backoff. Each link queues at most `peer_outbox_bytes_max`: past half
+//! of it the node hears the peer is congested (it pushes that peer's clients no messages until
+//! the queue is under an eighth again: back-pressure), and a peer that still falls the whole
+//! way behind has its link reset rather than frames silently dropped (client frames ride on
+//! it too). Whenever a linked peer's connection ends, the node hears of it
 //! (`Input::PeerDown`): what was in flight on it is lost.
 
 use crate::log;
@@ -119,6 +121,8 @@ struct Link {
     /// Down since (for the log line when it comes back) and why, said once per outage.
     down_since: Option<Instant>,
     said_down: bool,
+    /// Its queue passed half of `peer_outbox_bytes_max` and has not yet drained under an eighth.
+    congested: bool,
 }
 
 pub struct Peers {
@@ -131,6 +135,8 @@ pub struct Peers {
     frame_max: usize,
     /// Peers whose link ended since the node last heard (`take_downs`).
     downs: Vec<u64>,
+    /// (peer, congested) changes since the node last heard (`take_congestion`).
+    congestion: Vec<(u64, bool)>,
     /// Jitter for the reconnect backoff (xorshift; no need for more).
     jitter: u64,
 }
@@ -169,7 +175,7 @@ impl Peers {
             .map(|v| {
                 // The lower id dials; the other side waits to be dialled.
                 let retry_at = (v.id.0 > config.node_id).then_some(now);
-                let link = Link { addr: v.addr.clone(), socket: None, dialling: None, retry_at, backoff: BACKOFF_MIN, down_since: None, said_down: false };
+                let link = Link { addr: v.addr.clone(), socket: None, dialling: None, retry_at, backoff: BACKOFF_MIN, down_since: None, said_down: false, congested: false };
                 (v.id.0, link)
             })
             .collect();
@@ -184,6 +190,7 @@ impl Peers {
             outbox_max: config.peer_outbox_bytes_max as usize,
             frame_max,
             downs: Vec::new(),
+            congestion: Vec::new(),
             jitter: seed | 1,
         }))
     }
@@ -217,6 +224,20 @@ impl Peers {
     /// Peers whose link ended since the last call: the node must hear of each.
     pub fn take_downs(&mut self) -> Vec<u64> {
         std::mem::take(&mut self.downs)
+    }
+
+    /// Peers whose queue passed half of `peer_outbox_bytes_max` (true) or drained under an
+    /// eighth (false) since the last call.
+    pub fn take_congestion(&mut self) -> Vec<(u64, bool)> {
+        for (node, link) in &mut self.links {
+            let queued = link.socket.map_or(0, |key| self.sockets[key].queued());
+            let congested = if link.congested { queued > self.outbox_max / 8 } else { queued > self.outbox_max / 2 };
+            if congested != link.congested {
+                link.congested = congested;
+                self.congestion.push((*node, congested));
+            }
+        }
+        std::mem::take(&mut self.congestion)
     }
 
     /// Writes every link's queued frames.

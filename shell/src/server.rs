@@ -227,7 +227,7 @@ impl Server {
             self.flush_and_drop();
             if let Some(peers) = self.peers.as_mut() {
                 peers.tick(self.poll.registry());
-                self.take_peer_downs();
+                self.take_peer_changes();
             }
             if self.last_sweep.elapsed() >= self.sweep_interval {
                 self.last_sweep = Instant::now();
@@ -322,13 +322,21 @@ impl Server {
             self.pass_sends();
         }
         self.drain_outputs();
-        self.take_peer_downs();
+        self.take_peer_changes();
     }
 
-    fn take_peer_downs(&mut self) {
+    fn take_peer_changes(&mut self) {
         let downs = self.peers.as_mut().map(Peers::take_downs).unwrap_or_default();
         for node in downs {
             self.node.handle_input(self.clock.now(), Input::PeerDown { node });
+            self.drain_outputs();
+        }
+        let congestion = self.peers.as_mut().map(Peers::take_congestion).unwrap_or_default();
+        for (node, congested) in congestion {
+            if congested {
+                log::warn(&format!("peer {node}: its queue is over half of peer_outbox_bytes_max; its clients get no messages until it drains"));
+            }
+            self.node.handle_input(self.clock.now(), Input::PeerCongested { node, congested });
             self.drain_outputs();
         }
     }

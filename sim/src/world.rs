@@ -157,6 +157,11 @@ enum Event {
     CongestionEnd {
         conn: ConnId,
     },
+    /// Node `node`'s queue to peer `peer` has drained.
+    PeerCongestionEnd {
+        node: usize,
+        peer: usize,
+    },
 }
 
 struct Conn {
@@ -623,6 +628,7 @@ impl World {
                     self.conn_input(conn, Input::Congested { conn, congested: false });
                 }
             }
+            Event::PeerCongestionEnd { node, peer } => self.node_input(node, Input::PeerCongested { node: peer as u64 + 1, congested: false }),
         }
     }
 
@@ -730,6 +736,16 @@ impl World {
                 let until = self.now + self.rng.gen_range(10..1_500) * MS;
                 self.schedule(until, Event::CongestionEnd { conn });
             }
+        }
+        // A node's queue to a peer fills up (the shell's back-pressure signal): that peer's
+        // clients get no messages from it until it drains.
+        if self.nodes.len() > 1 && s.congestion_chance > 0.0 && self.rng.gen_bool(s.congestion_chance / 4.0) {
+            let node = self.pick_node();
+            let peer = (node + self.rng.gen_range(1..self.nodes.len())) % self.nodes.len();
+            self.count_fault("peer-congested");
+            self.node_input(node, Input::PeerCongested { node: peer as u64 + 1, congested: true });
+            let until = self.now + self.rng.gen_range(10..1_500) * MS;
+            self.schedule(until, Event::PeerCongestionEnd { node, peer });
         }
         if s.disk_full_chance > 0.0 && !self.nodes.iter().any(|n| n.disk.full) && self.rng.gen_bool(s.disk_full_chance) {
             let node = self.pick_node();

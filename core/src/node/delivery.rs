@@ -96,13 +96,15 @@ impl Node {
     }
 
     fn pick_member(&mut self, t: TopicIdx, g: GroupIdx) -> Option<ConnId> {
+        let congested_peers = self.replication.as_ref().map(|r| &r.congested_peers);
+        let behind_congested_peer = |conn: ConnId| conn.as_remote().is_some_and(|(node, _)| congested_peers.is_some_and(|peers| peers.contains(&node)));
         let group = &mut self.state.topics[t].groups[g];
         let count = group.members.len();
         for step in 0..count {
             let at = (group.next_member + step) % count;
             let conn = group.members[at];
             let window_bytes_max = self.config.window_bytes_max;
-            let sub = self.conns.get(&conn).filter(|c| !c.congested).and_then(|c| c.subs.get(&(t, g)));
+            let sub = self.conns.get(&conn).filter(|c| !c.congested && !behind_congested_peer(conn)).and_then(|c| c.subs.get(&(t, g)));
             let extra = sub.is_some_and(|s| s.subscribed && s.pull.is_none() && self.config.test_bug == Some(TestBug::WindowOneTooMany));
             let capacity = sub.map_or(0, |sub| sub.capacity(window_bytes_max)) + u32::from(extra);
             if capacity > 0 {

@@ -68,11 +68,24 @@ impl Node {
         }
     }
 
+    /// The queue to `node` is filling up (or drained): its clients get no messages meanwhile,
+    /// as a congested client does (back-pressure rather than a reset link).
+    pub(super) fn on_peer_congested(&mut self, node: u64, congested: bool) {
+        let Some(replication) = self.replication.as_mut() else { return };
+        let changed = if congested { replication.congested_peers.insert(node) } else { replication.congested_peers.remove(&node) };
+        if changed && !congested {
+            let remote: Vec<ConnId> = self.conns.keys().copied().filter(|conn| conn.as_remote().is_some_and(|(n, _)| n == node)).collect();
+            for conn in remote {
+                self.pump_subscriptions(conn);
+            }
+        }
+    }
+
     /// The link to `node` broke: frames in flight on it are lost, so what depended on them ends.
     pub(super) fn on_peer_down(&mut self, node: u64) {
-        if self.replication.is_none() {
-            return;
-        }
+        let Some(replication) = self.replication.as_mut() else { return };
+        // A new link starts with an empty queue.
+        replication.congested_peers.remove(&node);
         let bound: Vec<ConnId> = self.conns.iter().filter(|(_, c)| c.forwarded_to == Some(NodeId(node))).map(|(conn, _)| *conn).collect();
         for conn in bound {
             self.end_forwarded(conn, "lost the link to the shard's leader; connect again");

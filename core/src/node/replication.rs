@@ -100,6 +100,8 @@ pub(super) struct Replication {
     pub(super) snapshot_read: Option<(u64, u64)>,
     /// Deliveries by reference waiting for their message (`remote_delivery`).
     pub(super) delivery_waits: super::remote_delivery::DeliveryWaits,
+    /// Nodes whose link's queue is filling up: their clients get no messages meanwhile.
+    pub(super) congested_peers: std::collections::BTreeSet<u64>,
 }
 
 struct Persist {
@@ -142,6 +144,7 @@ impl Replication {
             reported_behind: std::collections::BTreeSet::new(),
             snapshot_read: None,
             delivery_waits: Default::default(),
+            congested_peers: Default::default(),
         })
     }
 

@@ -130,12 +130,17 @@ impl Node {
         state.congested = congested;
         let forwarded_to = state.forwarded_to;
         self.tell_leader(conn, forwarded_to, PeerFrame::Congested { conn: conn.0, congested });
-        let Some(state) = self.conns.get(&conn) else { return };
         if !congested {
-            let groups: Vec<(TopicIdx, GroupIdx)> = state.subs.keys().copied().collect();
-            for (t, g) in groups {
-                self.pump(t, g);
-            }
+            self.pump_subscriptions(conn);
+        }
+    }
+
+    /// Pumps every group `conn` is a member of (it can take messages again).
+    pub(super) fn pump_subscriptions(&mut self, conn: ConnId) {
+        let Some(state) = self.conns.get(&conn) else { return };
+        let groups: Vec<(TopicIdx, GroupIdx)> = state.subs.keys().copied().collect();
+        for (t, g) in groups {
+            self.pump(t, g);
         }
     }
 
