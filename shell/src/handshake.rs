@@ -6,7 +6,9 @@
 //! Refusals, checked in this order:
 //! - 400 Bad Request: not an HTTP request line, HTTP below 1.1 (RFC 6455 §4.1 needs 1.1),
 //!   a request head over `REQUEST_HEAD_BYTES_MAX`, a folded header line.
-//! - 404 Not Found: a path other than `/ws`.
+//! - A GET of `/metrics`, `/healthz` or `/readyz` is plain HTTP (`Verdict::Http`): the server
+//!   answers it (see `metrics`) and closes.
+//! - 404 Not Found: a path other than those and `/ws`.
 //! - 405 Method Not Allowed (with `Allow: GET`): any method but GET.
 //! - 400 Bad Request: no `Host` (RFC 6455 §4.2.1 item 2, RFC 7230 §5.4).
 //! - 426 Upgrade Required (with `Upgrade: websocket` and `Sec-WebSocket-Version: 13`): no
@@ -31,7 +33,12 @@ pub enum Verdict {
     Upgrade { answer: Vec<u8>, tail: Vec<u8> },
     /// Send `answer`, then close; `why` is for the log.
     Refuse { answer: Vec<u8>, why: String },
+    /// A plain HTTP GET of `path` (one the server answers without an upgrade), then close.
+    Http { path: String },
 }
+
+/// Paths served as plain HTTP beside the WebSocket one.
+pub const HTTP_PATHS: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
 
 /// Collects the request head from a non-blocking stream.
 #[derive(Default)]
@@ -68,17 +75,26 @@ impl RequestReader {
     }
 }
 
-/// A complete answer refusing the upgrade: status line, `extra` headers, a one-line body.
-pub fn refusal(status: u16, extra: &[(&str, &str)], body: &str) -> Vec<u8> {
-    let reason = match status {
+/// A complete HTTP answer with `body`, then the connection closes.
+pub fn http_answer(status: u16, content_type: &str, body: &str) -> Vec<u8> {
+    format!("HTTP/1.1 {status} {}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}", reason(status), body.len()).into_bytes()
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
         426 => "Upgrade Required",
         503 => "Service Unavailable",
         _ => "Error",
-    };
-    let mut answer = format!("HTTP/1.1 {status} {reason}\r\n");
+    }
+}
+
+/// A complete answer refusing the upgrade: status line, `extra` headers, a one-line body.
+pub fn refusal(status: u16, extra: &[(&str, &str)], body: &str) -> Vec<u8> {
+    let mut answer = format!("HTTP/1.1 {status} {}\r\n", reason(status));
     for (name, value) in extra {
         answer += &format!("{name}: {value}\r\n");
     }
@@ -122,8 +138,12 @@ fn judge(head: &[u8], tail: Vec<u8>) -> Verdict {
     let values = |wanted: &'static str| headers.iter().filter(move |(name, _)| name.eq_ignore_ascii_case(wanted)).map(|(_, value)| *value);
     let has_token = |header: &'static str, token: &str| values(header).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(token));
 
-    if target.split('?').next() != Some(PATH) {
-        return refuse(404, &[], "ferry serves WebSocket at /ws");
+    let path = target.split('?').next().unwrap_or_default();
+    if method == "GET" && HTTP_PATHS.contains(&path) {
+        return Verdict::Http { path: path.to_string() };
+    }
+    if path != PATH {
+        return refuse(404, &[], "ferry serves WebSocket at /ws, and /metrics, /healthz and /readyz");
     }
     if method != "GET" {
         return refuse(405, &[("Allow", "GET")], "a WebSocket upgrade is a GET request");
@@ -171,6 +191,7 @@ mod tests {
     fn status(request: &str) -> String {
         match RequestReader::default().read(&mut request.as_bytes()) {
             Ok(Verdict::Upgrade { answer, .. }) | Ok(Verdict::Refuse { answer, .. }) => String::from_utf8(answer).unwrap().lines().next().unwrap().to_string(),
+            Ok(Verdict::Http { path }) => format!("http {path}"),
             Ok(Verdict::Incomplete) => "incomplete".into(),
             Err(e) => format!("error {e}"),
         }

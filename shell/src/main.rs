@@ -5,6 +5,7 @@ mod client;
 mod connection;
 mod handshake;
 mod log;
+mod metrics;
 mod peers;
 mod server;
 mod store;

@@ -6,6 +6,7 @@ use crate::accept::{self, Acceptor};
 use crate::connection::{drain, read_failure, Connection, Idle, Metered, ReadEnd, Socket, CLOSE_LINGER};
 use crate::handshake::{RequestReader, Verdict};
 use crate::log::{self, Throttle};
+use crate::metrics;
 use crate::peers::{Arrived, Peers, PEER_LISTENER, PEER_TOKEN_BASE};
 use crate::store::{Completion, Store};
 use ferry_core::node::{Input, Output, Rejection, Trace};
@@ -383,6 +384,10 @@ impl Server {
                     log::debug(&format!("connection {}: upgrade refused with {why}", conn.id));
                     conn.closing_since = Some(Instant::now());
                     (answer, None)
+                }
+                Ok(Verdict::Http { path }) => {
+                    conn.closing_since = Some(Instant::now());
+                    (metrics::answer(&path, &self.node).expect("the handshake passes only paths served"), None)
                 }
                 Err(_) => {
                     self.to_drop.push(key);

@@ -486,6 +486,13 @@ fn three_shards_are_led_by_three_processes_and_a_shard_fails_over_and_comes_back
     // A topic in each shard; shard k goes to node k+1 once every node is up.
     let topics: Vec<String> = (0..3).map(|shard| (0..).map(|n| format!("topic{n}")).find(|t| ShardId::of_topic(t, 3) == ShardId(shard)).unwrap()).collect();
     let first_terms: Vec<u64> = (0..3).map(|shard| cluster.await_leader(shard, shard as usize)).collect();
+    // Each node says which node leads each shard, and that it is ready.
+    let (status, metrics) = support::http_get(&cluster.listens[0], "/metrics");
+    assert_eq!(status, 200);
+    for shard in 0..3 {
+        assert!(metrics.contains(&format!("ferry_shard_leader{{shard=\"{shard}\"}} {}", shard + 1)), "{metrics}");
+    }
+    assert_eq!(support::http_get(&cluster.listens[1], "/readyz").0, 200);
     // Through node 1, whichever node leads each topic's shard.
     let publish = |cluster: &Cluster, topic: &str, seq: u64| -> u64 {
         let frame = json!({"op": "pub", "req": seq, "topic": topic, "producer": "p", "seq": seq, "body": {"seq": seq}});

@@ -1,0 +1,86 @@
+//! The HTTP answers served beside `/ws` on the same listener: `GET /metrics` (what the core
+//! counts, in the OpenMetrics text format Prometheus scrapes, encoded by prometheus-client
+//! from a registry built at each scrape), `GET /healthz` (the process answers) and
+//! `GET /readyz` (it takes work: recovered, no stop asked, in a cluster a leader known for
+//! every shard).
+
+use crate::handshake::http_answer;
+use ferry_core::Host;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::{Registry, Unit};
+
+/// What Prometheus expects for the OpenMetrics text format.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The answer to `GET path`, if ferry serves that path over plain HTTP.
+pub fn answer(path: &str, host: &Host) -> Option<Vec<u8>> {
+    match path {
+        "/metrics" => Some(http_answer(200, OPENMETRICS, &render(host))),
+        "/healthz" => Some(http_answer(200, "text/plain; charset=utf-8", "ok\n")),
+        "/readyz" => Some(match not_ready(host) {
+            None => http_answer(200, "text/plain; charset=utf-8", "ready\n"),
+            Some(why) => http_answer(503, "text/plain; charset=utf-8", &format!("{why}\n")),
+        }),
+        _ => None,
+    }
+}
+
+/// Why the process does not take work now, if it does not.
+fn not_ready(host: &Host) -> Option<String> {
+    if host.is_stopped() {
+        return Some("stopped: a disk error the node cannot recover from (see the log)".into());
+    }
+    let leaderless: Vec<String> =
+        host.shards().iter().filter(|shard| shard.cluster_view().is_some_and(|view| view.leader.is_none())).map(|shard| shard.shard().to_string()).collect();
+    (!leaderless.is_empty()).then(|| format!("no leader known for shard(s) {}", leaderless.join(", ")))
+}
+
+/// The metrics text: counters and gauges as the core keeps them now.
+pub fn render(host: &Host) -> String {
+    let mut registry = Registry::with_prefix("ferry");
+    let stats = host.stats();
+    let counters = [
+        ("published", "Messages stored (each id once; a deduplicated retry is not counted).", stats.published),
+        ("deduplicated", "Publishes answered with an earlier id: their (producer, seq) was seen.", stats.deduplicated),
+        ("delivered", "msg frames handed to members, redeliveries included.", stats.delivered),
+        ("redelivered", "Deliveries past a message's first attempt.", stats.redelivered),
+        ("acked", "Messages acked by a member.", stats.acked),
+        ("dead_lettered", "Messages past their attempts, copied to their dead-letter topic.", stats.dead_lettered),
+        ("log_writes", "Writes of the log (each fsynced as the fsync policy says).", stats.flushes),
+    ];
+    for (name, help, value) in counters {
+        registry.register(name, help, ConstCounter::new(value));
+    }
+    registry.register_with_unit("log_written", "Bytes written to the log.", Unit::Bytes, ConstCounter::new(stats.flushed_bytes));
+    registry.register("connections", "Open client connections.", ConstGauge::new(host.connection_count() as i64));
+    let memory = host.memory();
+    let gauges = [
+        ("topic_cache", "Bytes of recent messages cached per topic (topic_cache_bytes, cache_bytes_total).", memory.topic_cache_bytes),
+        ("read_cache", "Bytes of messages read back from disk and cached (read_cache_bytes).", memory.read_cache_bytes),
+        ("unwritten_log", "Bytes of the log not yet written.", memory.unwritten_log_bytes),
+        ("raft_log_memory", "Bytes of raft entries held in memory (raft_log_memory_bytes).", host.raft_memory_bytes()),
+    ];
+    for (name, help, value) in gauges {
+        registry.register_with_unit(name, help, Unit::Bytes, ConstGauge::new(value as i64));
+    }
+    registry.register("pending_publishes", "Publishes waiting for the disk or for commit (pending_publishes_max).", ConstGauge::new(i64::from(memory.pending_publishes)));
+    registry.register("pending_fetches", "Fetches waiting for disk reads (fetches_pending_max).", ConstGauge::new(memory.pending_fetches as i64));
+    if host.shards().iter().any(|shard| shard.cluster_view().is_some()) {
+        let leader: Family<Vec<(String, String)>, Gauge> = Family::default();
+        let leading: Family<Vec<(String, String)>, Gauge> = Family::default();
+        for shard in host.shards() {
+            let labels = vec![("shard".to_string(), shard.shard().to_string())];
+            let known = shard.cluster_view().and_then(|view| view.leader).unwrap_or(0);
+            leader.get_or_create(&labels).set(known as i64);
+            leading.get_or_create(&labels).set(i64::from(shard.is_shard_leader()));
+        }
+        registry.register("shard_leader", "The node this one knows to lead each shard (0: none known, an election is on).", leader);
+        registry.register("shard_leading", "1 for each shard this node leads.", leading);
+    }
+    let mut text = String::new();
+    encode(&mut text, &registry).expect("writing into a String cannot fail");
+    text
+}

@@ -1,0 +1,57 @@
+//! Plain HTTP on the client listener beside `/ws`: `/metrics` in the OpenMetrics text format
+//! with the core's counters moving as messages flow, `/healthz`, `/readyz`, and 404 elsewhere.
+
+mod support;
+
+use serde_json::json;
+use support::{http_get as get, Client, Server};
+
+/// The value of the sample `name` (no labels) in a metrics text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+}
+
+#[test]
+fn metrics_health_and_readiness_are_served_beside_the_websocket() {
+    let dir = support::temp_dir("http");
+    let server = Server::start(&dir, "127.0.0.1:0", &[]);
+    let (status, before) = get(&server.addr, "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(sample(&before, "ferry_published_total"), Some(0.0), "{before}");
+
+    let mut publisher = Client::connect(&server.url()).unwrap();
+    let mut member = Client::connect(&server.url()).unwrap();
+    member.send(&json!({"op": "sub", "req": "s", "topic": "orders", "group": "billing"})).unwrap();
+    member.expect_op("suback");
+    for n in 0..3 {
+        publisher.send(&support::pub_frame(n, "orders", json!({"n": n}))).unwrap();
+        publisher.expect_op("puback");
+    }
+    for _ in 0..3 {
+        let m = member.expect_op("msg");
+        member.send(&json!({"op": "ack", "topic": "orders", "group": "billing", "ids": [m["id"]]})).unwrap();
+    }
+    // The acks are in once a ping sent after them is answered.
+    member.send(&json!({"op": "ping", "req": 1})).unwrap();
+    member.expect_op("pong");
+
+    let (_, after) = get(&server.addr, "/metrics");
+    assert_eq!(sample(&after, "ferry_published_total"), Some(3.0), "{after}");
+    assert_eq!(sample(&after, "ferry_delivered_total"), Some(3.0), "{after}");
+    assert_eq!(sample(&after, "ferry_acked_total"), Some(3.0), "{after}");
+    assert_eq!(sample(&after, "ferry_connections"), Some(2.0), "the scrape itself is no client: {after}");
+    assert!(sample(&after, "ferry_log_written_bytes_total").is_some_and(|b| b > 0.0), "{after}");
+    // OpenMetrics: every family announced by TYPE and HELP, the text ends with # EOF.
+    assert!(after.contains("# TYPE ferry_published counter") && after.contains("# HELP ferry_published "), "{after}");
+    assert_eq!(after.lines().last(), Some("# EOF"));
+    for line in after.lines().filter(|l| !l.starts_with('#')) {
+        let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("a sample is `name value`: {line}"));
+        assert!(name.starts_with("ferry_") && value.parse::<f64>().is_ok(), "{line}");
+    }
+
+    assert_eq!(get(&server.addr, "/healthz"), (200, "ok\n".to_string()));
+    assert_eq!(get(&server.addr, "/readyz"), (200, "ready\n".to_string()));
+    assert_eq!(get(&server.addr, "/nothing").0, 404);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
