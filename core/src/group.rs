@@ -114,6 +114,17 @@ pub struct Group {
     /// been delivered by the leader before it, so an ack of one (of an id the topic has) is
     /// taken, settled when the cursor gets there, rather than refused as never delivered.
     taken_over: bool,
+    /// What happened to its messages since the process started (for metrics).
+    pub counters: GroupCounters,
+}
+
+/// A group's counts since the process started.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GroupCounters {
+    pub delivered: u64,
+    pub redelivered: u64,
+    pub acked: u64,
+    pub dead_lettered: u64,
 }
 
 impl Group {
@@ -136,6 +147,7 @@ impl Group {
             durable: false,
             pre_acked: BTreeSet::new(),
             taken_over: false,
+            counters: GroupCounters::default(),
         }
     }
 
@@ -185,6 +197,13 @@ impl Group {
 
     pub fn outstanding_len(&self) -> usize {
         self.outstanding.len()
+    }
+
+    /// Messages of the topic (ids below `next_id`) not yet acked by the group: those it holds
+    /// unacked and those it has not reached. (Ids its filter skips count until reached.)
+    pub fn backlog(&self, next_id: u64) -> u64 {
+        let unacked = self.outstanding.values().filter(|e| e.state != EntryState::Acked).count() as u64;
+        unacked + next_id.saturating_sub(self.cursor)
     }
 
     /// (floor, prev at floor): everything filter-passing at or below `floor` is acked.

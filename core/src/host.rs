@@ -102,6 +102,11 @@ impl Host {
         self.shard_of(topic).is_shard_leader()
     }
 
+    /// Every topic of every shard, with its groups (for metrics).
+    pub fn topics_view(&self) -> Vec<crate::node::observe::TopicView> {
+        self.shards.iter().flat_map(Node::topics_view).collect()
+    }
+
     /// Bytes of raft entries held in memory (cluster mode; 0 on a single node).
     pub fn raft_memory_bytes(&self) -> u64 {
         self.shards.iter().map(Node::raft_memory_bytes).sum()

@@ -27,6 +27,7 @@ mod forwarding;
 mod load;
 mod log;
 mod membership;
+pub mod observe;
 mod publish;
 mod raft_reads;
 mod reads;

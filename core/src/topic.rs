@@ -50,6 +50,8 @@ pub struct Topic {
     recent_bytes: u64,
     pub groups: Vec<Group>,
     pub group_index: BTreeMap<String, GroupIdx>,
+    /// Messages stored in it since the process started (for metrics).
+    pub published: u64,
 }
 
 impl Topic {
@@ -66,6 +68,7 @@ impl Topic {
             recent_bytes: 0,
             groups: Vec::new(),
             group_index: BTreeMap::new(),
+            published: 0,
         }
     }
 

@@ -7,7 +7,7 @@
 use crate::handshake::http_answer;
 use ferry_core::Host;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::{Registry, Unit};
@@ -38,36 +38,70 @@ fn not_ready(host: &Host) -> Option<String> {
     (!leaderless.is_empty()).then(|| format!("no leader known for shard(s) {}", leaderless.join(", ")))
 }
 
+type Labels = Vec<(String, String)>;
+
+/// Per topic and per group: what was published, delivered, acked, and each group's backlog.
+fn register_topics(registry: &mut Registry, host: &Host) {
+    let published: Family<Labels, Counter> = Family::default();
+    let group_counters: [(&str, &str, Family<Labels, Counter>); 4] = [
+        ("group_delivered", "msg frames handed to the group's members, redeliveries included", Family::default()),
+        ("group_redelivered", "Deliveries to the group past a message's first attempt", Family::default()),
+        ("group_acked", "Messages the group acked", Family::default()),
+        ("group_dead_lettered", "Messages of the group copied to the dead-letter topic", Family::default()),
+    ];
+    let backlog: Family<Labels, Gauge> = Family::default();
+    let members: Family<Labels, Gauge> = Family::default();
+    for topic in host.topics_view() {
+        published.get_or_create(&vec![("topic".to_string(), topic.name.clone())]).inc_by(topic.published);
+        for group in &topic.groups {
+            let labels = vec![("topic".to_string(), topic.name.clone()), ("group".to_string(), group.name.clone())];
+            let counts = [group.counters.delivered, group.counters.redelivered, group.counters.acked, group.counters.dead_lettered];
+            for ((_, _, family), count) in group_counters.iter().zip(counts) {
+                family.get_or_create(&labels).inc_by(count);
+            }
+            backlog.get_or_create(&labels).set(group.backlog as i64);
+            members.get_or_create(&labels).set(group.members as i64);
+        }
+    }
+    registry.register("topic_published", "Messages stored in each topic", published);
+    for (name, help, family) in group_counters {
+        registry.register(name, help, family);
+    }
+    registry.register("group_backlog", "Messages of the topic each group has not acked (held unacked, or not yet reached)", backlog);
+    registry.register("group_members", "Connections receiving for each group", members);
+}
+
 /// The metrics text: counters and gauges as the core keeps them now.
 pub fn render(host: &Host) -> String {
     let mut registry = Registry::with_prefix("ferry");
     let stats = host.stats();
     let counters = [
-        ("published", "Messages stored (each id once; a deduplicated retry is not counted).", stats.published),
-        ("deduplicated", "Publishes answered with an earlier id: their (producer, seq) was seen.", stats.deduplicated),
-        ("delivered", "msg frames handed to members, redeliveries included.", stats.delivered),
-        ("redelivered", "Deliveries past a message's first attempt.", stats.redelivered),
-        ("acked", "Messages acked by a member.", stats.acked),
-        ("dead_lettered", "Messages past their attempts, copied to their dead-letter topic.", stats.dead_lettered),
-        ("log_writes", "Writes of the log (each fsynced as the fsync policy says).", stats.flushes),
+        ("published", "Messages stored (each id once; a deduplicated retry is not counted)", stats.published),
+        ("deduplicated", "Publishes answered with an earlier id: their (producer, seq) was seen", stats.deduplicated),
+        ("delivered", "msg frames handed to members, redeliveries included", stats.delivered),
+        ("redelivered", "Deliveries past a message's first attempt", stats.redelivered),
+        ("acked", "Messages acked by a member", stats.acked),
+        ("dead_lettered", "Messages past their attempts, copied to their dead-letter topic", stats.dead_lettered),
+        ("log_writes", "Writes of the log (each fsynced as the fsync policy says)", stats.flushes),
     ];
     for (name, help, value) in counters {
         registry.register(name, help, ConstCounter::new(value));
     }
-    registry.register_with_unit("log_written", "Bytes written to the log.", Unit::Bytes, ConstCounter::new(stats.flushed_bytes));
-    registry.register("connections", "Open client connections.", ConstGauge::new(host.connection_count() as i64));
+    registry.register_with_unit("log_written", "Bytes written to the log", Unit::Bytes, ConstCounter::new(stats.flushed_bytes));
+    registry.register("connections", "Open client connections", ConstGauge::new(host.connection_count() as i64));
     let memory = host.memory();
     let gauges = [
-        ("topic_cache", "Bytes of recent messages cached per topic (topic_cache_bytes, cache_bytes_total).", memory.topic_cache_bytes),
-        ("read_cache", "Bytes of messages read back from disk and cached (read_cache_bytes).", memory.read_cache_bytes),
-        ("unwritten_log", "Bytes of the log not yet written.", memory.unwritten_log_bytes),
-        ("raft_log_memory", "Bytes of raft entries held in memory (raft_log_memory_bytes).", host.raft_memory_bytes()),
+        ("topic_cache", "Bytes of recent messages cached per topic (topic_cache_bytes, cache_bytes_total)", memory.topic_cache_bytes),
+        ("read_cache", "Bytes of messages read back from disk and cached (read_cache_bytes)", memory.read_cache_bytes),
+        ("unwritten_log", "Bytes of the log not yet written", memory.unwritten_log_bytes),
+        ("raft_log_memory", "Bytes of raft entries held in memory (raft_log_memory_bytes)", host.raft_memory_bytes()),
     ];
     for (name, help, value) in gauges {
         registry.register_with_unit(name, help, Unit::Bytes, ConstGauge::new(value as i64));
     }
-    registry.register("pending_publishes", "Publishes waiting for the disk or for commit (pending_publishes_max).", ConstGauge::new(i64::from(memory.pending_publishes)));
-    registry.register("pending_fetches", "Fetches waiting for disk reads (fetches_pending_max).", ConstGauge::new(memory.pending_fetches as i64));
+    registry.register("pending_publishes", "Publishes waiting for the disk or for commit (pending_publishes_max)", ConstGauge::new(i64::from(memory.pending_publishes)));
+    registry.register("pending_fetches", "Fetches waiting for disk reads (fetches_pending_max)", ConstGauge::new(memory.pending_fetches as i64));
+    register_topics(&mut registry, host);
     if host.shards().iter().any(|shard| shard.cluster_view().is_some()) {
         let leader: Family<Vec<(String, String)>, Gauge> = Family::default();
         let leading: Family<Vec<(String, String)>, Gauge> = Family::default();
@@ -77,8 +111,8 @@ pub fn render(host: &Host) -> String {
             leader.get_or_create(&labels).set(known as i64);
             leading.get_or_create(&labels).set(i64::from(shard.is_shard_leader()));
         }
-        registry.register("shard_leader", "The node this one knows to lead each shard (0: none known, an election is on).", leader);
-        registry.register("shard_leading", "1 for each shard this node leads.", leading);
+        registry.register("shard_leader", "The node this one knows to lead each shard (0: none known, an election is on)", leader);
+        registry.register("shard_leading", "1 for each shard this node leads", leading);
     }
     let mut text = String::new();
     encode(&mut text, &registry).expect("writing into a String cannot fail");

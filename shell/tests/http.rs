@@ -41,9 +41,20 @@ fn metrics_health_and_readiness_are_served_beside_the_websocket() {
     assert_eq!(sample(&after, "ferry_acked_total"), Some(3.0), "{after}");
     assert_eq!(sample(&after, "ferry_connections"), Some(2.0), "the scrape itself is no client: {after}");
     assert!(sample(&after, "ferry_log_written_bytes_total").is_some_and(|b| b > 0.0), "{after}");
+    let labelled = |name: &str| after.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {after}")).to_string();
+    assert!(labelled("ferry_topic_published_total{topic=\"orders\"}").ends_with(" 3"), "{after}");
+    assert!(labelled("ferry_group_acked_total{topic=\"orders\",group=\"billing\"}").ends_with(" 3"), "{after}");
+    assert!(labelled("ferry_group_backlog{topic=\"orders\",group=\"billing\"}").ends_with(" 0"), "all acked: {after}");
+    assert!(labelled("ferry_group_members{topic=\"orders\",group=\"billing\"}").ends_with(" 1"), "{after}");
     // OpenMetrics: every family announced by TYPE and HELP, the text ends with # EOF.
     assert!(after.contains("# TYPE ferry_published counter") && after.contains("# HELP ferry_published "), "{after}");
     assert_eq!(after.lines().last(), Some("# EOF"));
+    // One more message, not acked: the backlog counts it.
+    publisher.send(&support::pub_frame(9, "orders", json!("late"))).unwrap();
+    publisher.expect_op("puback");
+    member.expect_op("msg");
+    let (_, later) = get(&server.addr, "/metrics");
+    assert!(later.contains("ferry_group_backlog{topic=\"orders\",group=\"billing\"} 1"), "{later}");
     for line in after.lines().filter(|l| !l.starts_with('#')) {
         let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("a sample is `name value`: {line}"));
         assert!(name.starts_with("ferry_") && value.parse::<f64>().is_ok(), "{line}");

@@ -58,6 +58,7 @@ impl Node {
                     self.timers.remove(&(until_ns, Timer::NackDelay { topic: t, group: g, id }));
                 }
                 self.stats.acked += 1;
+                self.state.topics[t].groups[g].counters.acked += 1;
                 self.mark_group_dirty(t, g);
                 self.maybe_flush();
                 true
@@ -187,8 +188,10 @@ impl Node {
         let by_reference = self.replication.is_some();
         self.out.push_back(delivery_output(shard, conn, by_reference, &topic.name, &group.name, id, prev, attempt, message));
         self.stats.delivered += 1;
+        group.counters.delivered += 1;
         if attempt > 1 {
             self.stats.redelivered += 1;
+            group.counters.redelivered += 1;
         }
         let sub = self.conns.get_mut(&conn).and_then(|c| c.subs.get_mut(&(t, g))).expect("picked member has a sub");
         sub.in_flight += 1;
@@ -226,6 +229,7 @@ impl Node {
         self.log.open.waiters.push(Waiter::DeadLetter { topic: t, group: g, id });
         self.out.push_back(Output::Trace(Trace::DeadLettered { topic: topic_name, group: group_name, id }));
         self.stats.dead_lettered += 1;
+        self.state.topics[t].groups[g].counters.dead_lettered += 1;
         self.maybe_flush();
     }
 
@@ -246,6 +250,7 @@ impl Node {
             Ok(()) => {
                 self.out.push_back(Output::Trace(Trace::DeadLettered { topic: topic_name, group: group_name, id }));
                 self.stats.dead_lettered += 1;
+                self.state.topics[t].groups[g].counters.dead_lettered += 1;
                 true
             }
             Err(_) => {

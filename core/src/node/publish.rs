@@ -53,6 +53,7 @@ impl Node {
         let message = NewMessage { topic: t, key: publish.key.as_deref(), producer: producer.as_ref().map(|(name, seq)| (name.as_str(), *seq)), body };
         let id = self.append_message(message);
         self.stats.published += 1;
+        self.state.topics[t].published += 1;
         self.pending_publishes += 1;
         let conn = if self.config.test_bug == Some(TestBug::PubackBeforeDurable) {
             let mut frame = String::new();

@@ -465,6 +465,7 @@ impl Node {
         let topic = &mut self.state.topics[t];
         topic.durable_next_id = topic.durable_next_id.max(id + 1);
         self.stats.published += 1;
+        self.state.topics[t].published += 1;
         self.answer_applied(proposal, t, id);
         self.pump_topic(t);
     }
