@@ -8,7 +8,7 @@
 //! a descriptor back.
 
 use crate::handshake;
-use crate::log::{self, Throttle};
+use crate::log::Throttle;
 use mio::net::{TcpListener, TcpStream};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -113,7 +113,7 @@ impl Acceptor {
         if held_back > 0 {
             line += &format!(" ({held_back} more failures in the last {} s not logged)", REFUSAL_LOG_INTERVAL.as_secs());
         }
-        log::warn(&line);
+        tracing::warn!("{line}");
         self.failing_logged = true;
     }
 
@@ -143,7 +143,7 @@ impl Acceptor {
     fn accepting_again(&mut self) {
         if self.failing_logged {
             self.failing_logged = false;
-            log::info(&format!("accepting connections again ({} queued clients answered 503 since the last report)", std::mem::take(&mut self.refused)));
+            tracing::info!("accepting connections again ({} queued clients answered 503 since the last report)", std::mem::take(&mut self.refused));
         }
     }
 }

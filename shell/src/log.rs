@@ -1,42 +1,24 @@
-//! Minimal leveled logging to stderr: `<unix seconds.millis> <LEVEL> <message>`.
+//! Logging through the `tracing` crate: RFC 3339 timestamps, `text` or `json` lines on
+//! stderr, levels per module (`log_level` takes `info` or directives such as
+//! `info,ferry::peers=debug`). The writer is non-blocking: lines go to a background thread, and
+//! if stderr stalls (a full pipe) lines are dropped rather than the event loop blocked.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::EnvFilter;
 
-static LEVEL: AtomicU8 = AtomicU8::new(2);
-
-/// 0 error, 1 warn, 2 info, 3 debug.
-pub fn set_level(name: &str) -> Result<(), String> {
-    let level = match name {
-        "error" => 0,
-        "warn" => 1,
-        "info" => 2,
-        "debug" => 3,
-        other => return Err(format!("unknown log level '{other}' (error, warn, info, debug)")),
+/// Starts logging; keep the guard for the process's life (dropping it flushes what is queued).
+pub fn init(level: &str, format: &str) -> Result<WorkerGuard, String> {
+    let filter = EnvFilter::try_new(level).map_err(|e| format!("log_level '{level}': {e} (error, warn, info, debug, or directives like info,ferry::peers=debug)"))?;
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(false);
+    let installed = match format {
+        "text" => builder.try_init(),
+        "json" => builder.json().try_init(),
+        other => return Err(format!("unknown log format '{other}' (text, json)")),
     };
-    LEVEL.store(level, Ordering::Relaxed);
-    Ok(())
-}
-
-fn emit(level: u8, tag: &str, message: &str) {
-    if level > LEVEL.load(Ordering::Relaxed) {
-        return;
-    }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    eprintln!("{}.{:03} {tag} {message}", now.as_secs(), now.subsec_millis());
-}
-
-pub fn error(message: &str) {
-    emit(0, "ERROR", message);
-}
-pub fn warn(message: &str) {
-    emit(1, "WARN", message);
-}
-pub fn info(message: &str) {
-    emit(2, "INFO", message);
-}
-pub fn debug(message: &str) {
-    emit(3, "DEBUG", message);
+    installed.map_err(|e| format!("logging: {e}"))?;
+    Ok(guard)
 }
 
 /// Lets a message that can recur at any rate (one per failed accept, one per refused client)

@@ -62,9 +62,12 @@ struct ServeArgs {
     /// always | batch | never
     #[arg(long)]
     fsync: Option<String>,
-    /// error | warn | info | debug
+    /// error | warn | info | debug, or per-module directives: info,ferry::peers=debug
     #[arg(long)]
     log_level: Option<String>,
+    /// text | json (one JSON object per line)
+    #[arg(long)]
+    log_format: Option<String>,
     /// Start even though the log is damaged where acknowledged data was written: serve every
     /// intact record and skip (and log) the damaged ones. Same as --set salvage=true.
     #[arg(long)]
@@ -78,6 +81,7 @@ struct ServeSettings {
     listen: SocketAddr,
     data_dir: PathBuf,
     log_level: String,
+    log_format: String,
     config: Config,
 }
 
@@ -114,6 +118,7 @@ fn load_settings(args: &ServeArgs) -> Result<ServeSettings, String> {
         ("data_dir", args.data_dir.as_ref().map(|p| p.display().to_string())),
         ("fsync", args.fsync.clone()),
         ("log_level", args.log_level.clone()),
+        ("log_format", args.log_format.clone()),
     ];
     for (key, value) in flags {
         if let Some(value) = value {
@@ -127,10 +132,11 @@ fn load_settings(args: &ServeArgs) -> Result<ServeSettings, String> {
     let listen = listen_text.parse().map_err(|e| format!("listen '{listen_text}': {e} (want IP:PORT)"))?;
     let data_dir = PathBuf::from(take_string(&mut table, "data_dir", DEFAULT_DATA_DIR)?);
     let log_level = take_string(&mut table, "log_level", "info")?;
+    let log_format = take_string(&mut table, "log_format", "text")?;
     let mut config: Config = toml::Value::Table(table).try_into().map_err(|e| format!("config: {e}"))?;
     config.validate().map_err(|e| format!("config: {e}"))?;
     config.rng_seed = process_seed(config.node_id);
-    Ok(ServeSettings { listen, data_dir, log_level, config })
+    Ok(ServeSettings { listen, data_dir, log_level, log_format, config })
 }
 
 /// The node's randomness (raft's tick jitter, reconnect backoff): different per process and
@@ -159,7 +165,7 @@ fn main() -> ExitCode {
 
 fn serve(args: &ServeArgs) -> Result<(), String> {
     let settings = load_settings(args)?;
-    log::set_level(&settings.log_level)?;
+    let _flushed_at_exit = log::init(&settings.log_level, &settings.log_format)?;
     let options = server::ServerOptions { listen: settings.listen, data_dir: settings.data_dir, config: settings.config };
     server::run(options).map_err(|e| e.to_string())
 }
@@ -169,7 +175,16 @@ mod tests {
     use super::*;
 
     fn args(set: &[&str]) -> ServeArgs {
-        ServeArgs { config: None, listen: None, data_dir: None, fsync: Some("batch".into()), log_level: None, salvage: false, set: set.iter().map(|s| s.to_string()).collect() }
+        ServeArgs {
+            config: None,
+            listen: None,
+            data_dir: None,
+            fsync: Some("batch".into()),
+            log_level: None,
+            log_format: None,
+            salvage: false,
+            set: set.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     #[test]

@@ -16,7 +16,6 @@
 //! it too). Whenever a linked peer's connection ends, the node hears of it
 //! (`Input::PeerDown`): what was in flight on it is lost.
 
-use crate::log;
 use ferry_core::Config;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
@@ -179,7 +178,7 @@ impl Peers {
                 (v.id.0, link)
             })
             .collect();
-        log::info(&format!("node {} listening for peers on {} (voters: {})", config.node_id, listener.local_addr()?, config.peers));
+        tracing::info!("node {} listening for peers on {} (voters: {})", config.node_id, listener.local_addr()?, config.peers);
         let frame_max = config.peer_frame_bytes_max();
         Ok(Some(Peers {
             me: config.node_id,
@@ -207,7 +206,7 @@ impl Peers {
     /// down, or will at the next `take_downs`).
     pub fn send(&mut self, to_node: u64, payload: &[u8]) {
         let Some(link) = self.links.get_mut(&to_node) else {
-            return log::warn(&format!("a frame for node {to_node} dropped: not a voter"));
+            return tracing::warn!("a frame for node {to_node} dropped: not a voter");
         };
         let Some(key) = link.socket else { return };
         let socket = &mut self.sockets[key];
@@ -266,7 +265,7 @@ impl Peers {
                     let _ = stream.set_nodelay(true);
                     let entry = self.sockets.vacant_entry();
                     if let Err(e) = registry.register(&mut stream, Token(PEER_TOKEN_BASE + entry.key()), Interest::READABLE | Interest::WRITABLE) {
-                        log::warn(&format!("peer socket register failed: {e}"));
+                        tracing::warn!("peer socket register failed: {e}");
                         continue;
                     }
                     let mut socket = PeerSocket::new(stream, None, false, Instant::now());
@@ -277,7 +276,7 @@ impl Peers {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // Out of descriptors, say: the next readiness event tries again.
-                    return log::warn(&format!("accepting a peer connection failed: {e}"));
+                    return tracing::warn!("accepting a peer connection failed: {e}");
                 }
             }
         }
@@ -382,7 +381,7 @@ impl Peers {
         link.retry_at = None;
         let down_for = link.down_since.take().map(|since| format!(" (down for {} ms)", since.elapsed().as_millis())).unwrap_or_default();
         link.said_down = false;
-        log::info(&format!("peer {node} ({}) linked{down_for}", link.addr));
+        tracing::info!("peer {node} ({}) linked{down_for}", link.addr);
         if let Some(old) = old.filter(|old| *old != key) {
             // Closing the descriptor takes it out of the poll as well. What was in flight on
             // the old connection is lost: the node hears of it like of any other reset.
@@ -397,7 +396,7 @@ impl Peers {
         let Some(mut socket) = self.sockets.try_remove(key) else { return };
         let _ = registry.deregister(&mut socket.stream);
         let Some(node) = socket.node else {
-            return log::debug(&format!("an unidentified peer connection dropped: {why}"));
+            return tracing::debug!("an unidentified peer connection dropped: {why}");
         };
         let me = self.me;
         let jitter = self.next_jitter();
@@ -412,7 +411,7 @@ impl Peers {
             link.dialling = None;
         }
         if was_link || !link.said_down {
-            log::warn(&format!("peer {node} ({}): {why}{}", link.addr, if node > me { "; dialling it again" } else { "; waiting for it to dial" }));
+            tracing::warn!("peer {node} ({}): {why}{}", link.addr, if node > me { "; dialling it again" } else { "; waiting for it to dial" });
             link.said_down = true;
         }
         if node > me && link.socket.is_none() && link.dialling.is_none() {
@@ -461,7 +460,7 @@ impl Peers {
             Ok(Some(addr)) => addr,
             Ok(None) | Err(_) => {
                 if !link.said_down {
-                    log::warn(&format!("peer {node}: cannot resolve '{}'; trying again", link.addr));
+                    tracing::warn!("peer {node}: cannot resolve '{}'; trying again", link.addr);
                     link.said_down = true;
                 }
                 link.retry_at = Some(now + BACKOFF_MAX);
@@ -473,14 +472,14 @@ impl Peers {
             Err(e) => {
                 link.retry_at = Some(now + link.backoff);
                 link.backoff = (link.backoff * 2).min(BACKOFF_MAX);
-                return log::warn(&format!("peer {node} ({addr}): cannot connect: {e}"));
+                return tracing::warn!("peer {node} ({addr}): cannot connect: {e}");
             }
         };
         let _ = stream.set_nodelay(true);
         let entry = self.sockets.vacant_entry();
         if let Err(e) = registry.register(&mut stream, Token(PEER_TOKEN_BASE + entry.key()), Interest::READABLE | Interest::WRITABLE) {
             link.retry_at = Some(now + link.backoff);
-            return log::warn(&format!("peer socket register failed: {e}"));
+            return tracing::warn!("peer socket register failed: {e}");
         }
         link.dialling = Some(entry.key());
         let mut socket = PeerSocket::new(stream, Some(node), true, now);

@@ -5,7 +5,7 @@
 use crate::accept::{self, Acceptor};
 use crate::connection::{drain, read_failure, Connection, Idle, Metered, ReadEnd, Socket, CLOSE_LINGER};
 use crate::handshake::{RequestReader, Verdict};
-use crate::log::{self, Throttle};
+use crate::log::Throttle;
 use crate::metrics;
 use crate::peers::{Arrived, Peers, PEER_LISTENER, PEER_TOKEN_BASE};
 use crate::store::{Completion, Store};
@@ -118,7 +118,7 @@ fn raise_fd_limit(connections_max: u32) {
         }
     };
     if !raised || limit.rlim_cur < connections_max as u64 + 64 {
-        log::warn(&format!("open-file limit {} is below connections_max ({connections_max}); accepts will fail past it", limit.rlim_cur));
+        tracing::warn!("open-file limit {} is below connections_max ({connections_max}); accepts will fail past it", limit.rlim_cur);
     }
 }
 
@@ -135,11 +135,11 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
     }
     let started = Instant::now();
     let (store, node, report) = Store::open(&options.data_dir, config.clone(), clock.now()).map_err(|e| io::Error::other(format!("cannot start: {e}")))?;
-    log::info(&format!("recovered {} segments, {} messages from {} in {} ms", report.segments, report.messages, options.data_dir.display(), started.elapsed().as_millis()));
+    tracing::info!("recovered {} segments, {} messages from {} in {} ms", report.segments, report.messages, options.data_dir.display(), started.elapsed().as_millis());
     let poll = Poll::new()?;
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     let peers = Peers::open(&config, poll.registry(), config.rng_seed)?;
-    log::info(&format!("listening on ws://{local}/ws (fsync {:?})", config.fsync));
+    tracing::info!("listening on ws://{local}/ws (fsync {:?})", config.fsync);
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(4 << 10)
         .write_buffer_size(32 << 10)
@@ -238,7 +238,7 @@ impl Server {
                 last_logged = self.node.stats();
                 last_stats = Instant::now();
                 let peers = self.peers.as_ref().map(|p| format!(", peers: {}", p.describe())).unwrap_or_default();
-                log::info(&format!("connections {}, queued {} bytes, {:?}{peers}", self.conns.len(), self.outbox_total, last_logged));
+                tracing::info!("connections {}, queued {} bytes, {:?}{peers}", self.conns.len(), self.outbox_total, last_logged);
             }
         }
     }
@@ -249,7 +249,7 @@ impl Server {
         let handshaking = |c: &Connection| matches!(c.socket, Socket::Handshaking { .. } | Socket::Answering { upgrade: Some(_), .. });
         let stalled: Vec<usize> = self.conns.iter().filter(|(_, c)| handshaking(c) && c.accepted_at.elapsed() > self.handshake_timeout).map(|(key, _)| key).collect();
         if !stalled.is_empty() {
-            log::debug(&format!("dropping {} connections that did not finish the handshake", stalled.len()));
+            tracing::debug!("dropping {} connections that did not finish the handshake", stalled.len());
             self.to_drop.extend(stalled);
         }
         let lingering = self.conns.iter().filter(|(_, c)| c.closing_since.is_some_and(|t| t.elapsed() > CLOSE_LINGER)).map(|(key, _)| key);
@@ -270,12 +270,12 @@ impl Server {
         for (key, conn) in self.conns.iter_mut() {
             if let Some(since) = conn.stalled_since.filter(|since| now.saturating_duration_since(*since) >= self.slow_consumer_timeout) {
                 if !conn.doomed {
-                    log::warn(&format!(
+                    tracing::warn!(
                         "connection {}: {} bytes queued and none taken for {} ms (slow_consumer_timeout_ms); closing the slow client",
                         conn.id,
                         conn.outbox(),
                         now.saturating_duration_since(since).as_millis()
-                    ));
+                    );
                     conn.doomed = true;
                     self.to_drop.push(key);
                 }
@@ -292,7 +292,7 @@ impl Server {
         }
         for key in silent {
             let id = self.conns[key].id;
-            log::debug(&format!("connection {id}: silent for {} ms after a ping; closing it", self.idle_timeout.as_millis()));
+            tracing::debug!("connection {id}: silent for {} ms after a ping; closing it", self.idle_timeout.as_millis());
             self.close(key, CloseFrame { code: CloseCode::Policy, reason: "no frame or pong within idle_timeout_ms of a ping".into() });
         }
     }
@@ -335,7 +335,7 @@ impl Server {
         let congestion = self.peers.as_mut().map(Peers::take_congestion).unwrap_or_default();
         for (node, congested) in congestion {
             if congested {
-                log::warn(&format!("peer {node}: its queue is over half of peer_outbox_bytes_max; its clients get no messages until it drains"));
+                tracing::warn!("peer {node}: its queue is over half of peer_outbox_bytes_max; its clients get no messages until it drains");
             }
             self.node.handle_input(self.clock.now(), Input::PeerCongested { node, congested });
             self.drain_outputs();
@@ -355,7 +355,7 @@ impl Server {
             accept::refuse_busy(&mut stream);
             if let Some(held_back) = self.full_log.allow(Instant::now()) {
                 let also = if held_back > 0 { format!(" ({held_back} more refused since the last such line)") } else { String::new() };
-                log::warn(&format!("refusing a connection with 503: connections_max ({}) reached{also}", self.connections_max));
+                tracing::warn!("refusing a connection with 503: connections_max ({}) reached{also}", self.connections_max);
             }
             return;
         }
@@ -363,7 +363,7 @@ impl Server {
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE) {
-            log::warn(&format!("register failed: {e}"));
+            tracing::warn!("register failed: {e}");
             return;
         }
         let id = self.next_conn_id;
@@ -381,7 +381,7 @@ impl Server {
                 Ok(Verdict::Incomplete) => return,
                 Ok(Verdict::Upgrade { answer, tail }) => (answer, Some(tail)),
                 Ok(Verdict::Refuse { answer, why }) => {
-                    log::debug(&format!("connection {}: upgrade refused with {why}", conn.id));
+                    tracing::debug!("connection {}: upgrade refused with {why}", conn.id);
                     conn.closing_since = Some(Instant::now());
                     (answer, None)
                 }
@@ -449,7 +449,7 @@ impl Server {
                 Err(e) => {
                     let closed_cleanly = matches!(e, tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed);
                     if !closed_cleanly {
-                        log::debug(&format!("connection {id}: {e}"));
+                        tracing::debug!("connection {id}: {e}");
                     }
                     end = read_failure(e);
                     break;
@@ -460,7 +460,7 @@ impl Server {
             ReadEnd::Blocked => self.to_flush.push(key),
             ReadEnd::MoreToRead => self.more_to_read.push(key),
             ReadEnd::Fail(code, reason) => {
-                log::debug(&format!("connection {id}: closing with {}", u16::from(code)));
+                tracing::debug!("connection {id}: closing with {}", u16::from(code));
                 self.close(key, CloseFrame { code, reason: reason.into() });
             }
             ReadEnd::Gone => self.to_drop.push(key),
@@ -542,11 +542,11 @@ impl Server {
                 Output::Trace(trace) => log_trace(&trace),
                 Output::PeerSend { to_node, payload } => match self.peers.as_mut() {
                     Some(peers) => peers.send(to_node, &payload),
-                    None => log::warn(&format!("a frame for node {to_node} dropped: a single node has no peers")),
+                    None => tracing::warn!("a frame for node {to_node} dropped: a single node has no peers"),
                 },
                 Output::Stop { why } => {
                     // Fail-stop: nothing more may reach the disk; a restart recovers from it.
-                    log::error(&format!("stopping: {why}"));
+                    tracing::error!("stopping: {why}");
                     std::process::exit(STOP_EXIT_CODE);
                 }
             }
@@ -583,13 +583,13 @@ impl Server {
             Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(tungstenite::Error::WriteBufferFull(_)) => {
                 // Flow control keeps outboxes far below this; only the last resort is left.
-                log::warn(&format!("connection {conn}: {} bytes queued, over connection_outbox_bytes_max; closing the slow client", connection.outbox()));
+                tracing::warn!("connection {conn}: {} bytes queued, over connection_outbox_bytes_max; closing the slow client", connection.outbox());
                 connection.doomed = true;
                 self.to_drop.push(key);
                 return;
             }
             Err(e) => {
-                log::debug(&format!("connection {conn}: write failed: {e}"));
+                tracing::debug!("connection {conn}: write failed: {e}");
                 connection.doomed = true;
                 self.to_drop.push(key);
                 return;
@@ -645,10 +645,11 @@ impl Server {
         if pause_all {
             if let Some(held_back) = self.total_log.allow(Instant::now()) {
                 let also = if held_back > 0 { format!(" ({held_back} more times since the last such line)") } else { String::new() };
-                log::warn(&format!(
+                tracing::warn!(
                     "{} bytes queued to clients, over outbox_bytes_total_max ({}): connections with more than {OUTBOX_TRIVIAL_BYTES} bytes queued are paused{also}",
-                    self.outbox_total, self.outbox_total_max
-                ));
+                    self.outbox_total,
+                    self.outbox_total_max
+                );
             }
         }
         let keys: Vec<usize> = self.conns.iter().filter(|(_, c)| c.closing_since.is_none() && !c.doomed && matches!(c.socket, Socket::Open(_))).map(|(key, _)| key).collect();
@@ -741,17 +742,17 @@ impl Server {
 
 fn log_trace(trace: &Trace) {
     match trace {
-        Trace::StoreFailed { .. } | Trace::UnreadableRecord { .. } => log::error(&format!("{trace:?}")),
-        Trace::DeadLettered { .. } | Trace::DeadLetterDropped { .. } | Trace::PeerMessageIgnored { .. } | Trace::PeerFrameRefused { .. } => log::warn(&format!("{trace:?}")),
-        Trace::SegmentRolled { .. } | Trace::SegmentDeleted { .. } => log::debug(&format!("{trace:?}")),
-        Trace::LeaderChanged { shard, leader: Some(leader), term } => log::info(&format!("shard {shard} leader: node {leader} (term {term})")),
-        Trace::LeaderChanged { shard, leader: None, term } => log::info(&format!("shard {shard} has no leader: an election is on (term {term})")),
-        Trace::FollowerBehindLog { shard, node, first_entry } => log::warn(&format!(
+        Trace::StoreFailed { .. } | Trace::UnreadableRecord { .. } => tracing::error!("{trace:?}"),
+        Trace::DeadLettered { .. } | Trace::DeadLetterDropped { .. } | Trace::PeerMessageIgnored { .. } | Trace::PeerFrameRefused { .. } => tracing::warn!("{trace:?}"),
+        Trace::SegmentRolled { .. } | Trace::SegmentDeleted { .. } => tracing::debug!("{trace:?}"),
+        Trace::LeaderChanged { shard, leader: Some(leader), term } => tracing::info!("shard {shard} leader: node {leader} (term {term})"),
+        Trace::LeaderChanged { shard, leader: None, term } => tracing::info!("shard {shard} has no leader: an election is on (term {term})"),
+        Trace::FollowerBehindLog { shard, node, first_entry } => tracing::warn!(
             "shard {shard}: node {node} lacks raft entries retention has deleted here (the log starts at entry {first_entry}): sending it the state as of entry {}",
             first_entry - 1
-        )),
-        Trace::StateInstalled { shard, index } => log::warn(&format!(
-            "shard {shard}: took the leader's state as of raft entry {index} (this node was behind what the leader keeps); older segments go once it is durable"
-        )),
+        ),
+        Trace::StateInstalled { shard, index } => {
+            tracing::warn!("shard {shard}: took the leader's state as of raft entry {index} (this node was behind what the leader keeps); older segments go once it is durable")
+        }
     }
 }

@@ -1,7 +1,6 @@
 //! Segment files on a real disk: carries out the core's `DiskOp`s and nothing else.
 //! Files are `<data_dir>/<segment:020>.seg`; sealed segments are read through mmap.
 
-use crate::log;
 use ferry_core::ids::ShardId;
 use ferry_core::node::{DiskError, DiskOp, RecoveryReport};
 use ferry_core::{Config, Host};
@@ -127,7 +126,7 @@ impl Preparer {
                 Ok(()) => {
                     self.prepared.insert(done);
                 }
-                Err(e) => log::warn(&format!("segment {done}: pre-filling failed ({e}); it will be appended to instead")),
+                Err(e) => tracing::warn!("segment {done}: pre-filling failed ({e}); it will be appended to instead"),
             }
         }
         let stale: Vec<u64> = self.prepared.range(..segment).copied().collect();
@@ -195,13 +194,13 @@ impl Store {
         drop(maps);
         let (node, report) = recovered.map_err(|refusal| io::Error::other(format!("in {}: {refusal}", dir.display())))?;
         if let Some(torn) = &report.torn_tail {
-            log::warn(&format!("the torn final batch of the log is cut: not read, its ids never given out again; the log goes on after it: {torn}"));
+            tracing::warn!("the torn final batch of the log is cut: not read, its ids never given out again; the log goes on after it: {torn}");
         }
         for damage in &report.previously_salvaged {
-            log::warn(&format!("damaged data salvaged by an earlier start, still skipped: {damage}"));
+            tracing::warn!("damaged data salvaged by an earlier start, still skipped: {damage}");
         }
         for damage in &report.salvaged {
-            log::error(&format!("salvage: skipping damaged data, serving every intact record around it: {damage}"));
+            tracing::error!("salvage: skipping damaged data, serving every intact record around it: {damage}");
         }
         let sealed = ids.iter().map(|id| (*id, None)).collect();
         let mut preparer = Preparer::start(dir.to_path_buf(), segment_bytes);
@@ -213,7 +212,7 @@ impl Store {
             Ok(()) => {
                 preparer.prepared.insert(first);
             }
-            Err(e) => log::warn(&format!("cannot prepare segment {first} ({e}); it will be appended to instead")),
+            Err(e) => tracing::warn!("cannot prepare segment {first} ({e}); it will be appended to instead"),
         }
         Ok((Store { dir: dir.to_path_buf(), _lock: lock, active: BTreeMap::new(), sealed, preparer, segment_bytes, last_created: None }, node, report))
     }
@@ -232,8 +231,8 @@ impl Store {
                 self.sealed.remove(&segment);
                 self.forget_active(segment);
                 match std::fs::remove_file(segment_path(&self.dir, segment)) {
-                    Ok(()) => log::info(&format!("segment {segment}: deleted by retention")),
-                    Err(e) => log::error(&format!("segment {segment}: delete failed: {e}")),
+                    Ok(()) => tracing::info!("segment {segment}: deleted by retention"),
+                    Err(e) => tracing::error!("segment {segment}: delete failed: {e}"),
                 }
                 None
             }
