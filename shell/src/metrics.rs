@@ -10,15 +10,17 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 /// What Prometheus expects for the OpenMetrics text format.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// The answer to `GET path`, if ferry serves that path over plain HTTP.
-pub fn answer(path: &str, host: &Host) -> Option<Vec<u8>> {
+/// The answer to `GET path`, if ferry serves that path over plain HTTP; `fsync_seconds`: the
+/// store's fsync durations.
+pub fn answer(path: &str, host: &Host, fsync_seconds: &Histogram) -> Option<Vec<u8>> {
     match path {
-        "/metrics" => Some(http_answer(200, OPENMETRICS, &render(host))),
+        "/metrics" => Some(http_answer(200, OPENMETRICS, &render(host, fsync_seconds))),
         "/healthz" => Some(http_answer(200, "text/plain; charset=utf-8", "ok\n")),
         "/readyz" => Some(match not_ready(host) {
             None => http_answer(200, "text/plain; charset=utf-8", "ready\n"),
@@ -72,8 +74,9 @@ fn register_topics(registry: &mut Registry, host: &Host) {
 }
 
 /// The metrics text: counters and gauges as the core keeps them now.
-pub fn render(host: &Host) -> String {
+pub fn render(host: &Host, fsync_seconds: &Histogram) -> String {
     let mut registry = Registry::with_prefix("ferry");
+    registry.register_with_unit("fsync", "How long each fsync of the log took", Unit::Seconds, fsync_seconds.clone());
     let stats = host.stats();
     let counters = [
         ("published", "Messages stored (each id once; a deduplicated retry is not counted)", stats.published),

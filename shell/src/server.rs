@@ -387,7 +387,7 @@ impl Server {
                 }
                 Ok(Verdict::Http { path }) => {
                     conn.closing_since = Some(Instant::now());
-                    (metrics::answer(&path, &self.node).expect("the handshake passes only paths served"), None)
+                    (metrics::answer(&path, &self.node, &self.store.fsync_seconds).expect("the handshake passes only paths served"), None)
                 }
                 Err(_) => {
                     self.to_drop.push(key);

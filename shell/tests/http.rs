@@ -41,6 +41,8 @@ fn metrics_health_and_readiness_are_served_beside_the_websocket() {
     assert_eq!(sample(&after, "ferry_acked_total"), Some(3.0), "{after}");
     assert_eq!(sample(&after, "ferry_connections"), Some(2.0), "the scrape itself is no client: {after}");
     assert!(sample(&after, "ferry_log_written_bytes_total").is_some_and(|b| b > 0.0), "{after}");
+    // Every publish was fsynced (fsync = always): at least one fsync observed.
+    assert!(sample(&after, "ferry_fsync_seconds_count").is_some_and(|n| n >= 1.0), "{after}");
     let labelled = |name: &str| after.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {after}")).to_string();
     assert!(labelled("ferry_topic_published_total{topic=\"orders\"}").ends_with(" 3"), "{after}");
     assert!(labelled("ferry_group_acked_total{topic=\"orders\",group=\"billing\"}").ends_with(" 3"), "{after}");
