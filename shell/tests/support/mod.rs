@@ -64,10 +64,12 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(rest) = line.split("listening on ws://").nth(1) {
-                    let _ = tx.send(rest.split('/').next().unwrap_or_default().to_string());
-                }
+                let listening = line.split("listening on ws://").nth(1).map(|rest| rest.split('/').next().unwrap_or_default().to_string());
+                // Logged before it is announced: a test that started the server finds the line.
                 log_writer.lock().unwrap().push(line);
+                if let Some(addr) = listening {
+                    let _ = tx.send(addr);
+                }
             }
         });
         let addr = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("ferry did not start: {:?}", log.lock().unwrap()));
