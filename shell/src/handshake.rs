@@ -33,12 +33,13 @@ pub enum Verdict {
     Upgrade { answer: Vec<u8>, tail: Vec<u8> },
     /// Send `answer`, then close; `why` is for the log.
     Refuse { answer: Vec<u8>, why: String },
-    /// A plain HTTP GET of `path` (one the server answers without an upgrade), then close.
-    Http { path: String },
+    /// A plain HTTP GET of `path` (one the server answers without an upgrade), then close;
+    /// `bearer`: the token of an `Authorization: Bearer` header.
+    Http { path: String, bearer: Option<String> },
 }
 
 /// Paths served as plain HTTP beside the WebSocket one.
-pub const HTTP_PATHS: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
+pub const HTTP_PATHS: [&str; 4] = ["/metrics", "/healthz", "/readyz", "/api/topics"];
 
 /// Collects the request head from a non-blocking stream.
 #[derive(Default)]
@@ -83,6 +84,8 @@ pub fn http_answer(status: u16, content_type: &str, body: &str) -> Vec<u8> {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -140,7 +143,8 @@ fn judge(head: &[u8], tail: Vec<u8>) -> Verdict {
 
     let path = target.split('?').next().unwrap_or_default();
     if method == "GET" && HTTP_PATHS.contains(&path) {
-        return Verdict::Http { path: path.to_string() };
+        let bearer = values("Authorization").find_map(|v| v.strip_prefix("Bearer ")).map(|token| token.trim().to_string());
+        return Verdict::Http { path: path.to_string(), bearer };
     }
     if path != PATH {
         return refuse(404, &[], "ferry serves WebSocket at /ws, and /metrics, /healthz and /readyz");
@@ -191,7 +195,7 @@ mod tests {
     fn status(request: &str) -> String {
         match RequestReader::default().read(&mut request.as_bytes()) {
             Ok(Verdict::Upgrade { answer, .. }) | Ok(Verdict::Refuse { answer, .. }) => String::from_utf8(answer).unwrap().lines().next().unwrap().to_string(),
-            Ok(Verdict::Http { path }) => format!("http {path}"),
+            Ok(Verdict::Http { path, .. }) => format!("http {path}"),
             Ok(Verdict::Incomplete) => "incomplete".into(),
             Err(e) => format!("error {e}"),
         }

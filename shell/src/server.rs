@@ -385,9 +385,11 @@ impl Server {
                     conn.closing_since = Some(Instant::now());
                     (answer, None)
                 }
-                Ok(Verdict::Http { path }) => {
+                Ok(Verdict::Http { path, bearer }) => {
                     conn.closing_since = Some(Instant::now());
-                    (metrics::answer(&path, &self.node, &self.store.fsync_seconds).expect("the handshake passes only paths served"), None)
+                    let from_loopback = stream.peer_addr().is_ok_and(|addr| addr.ip().is_loopback());
+                    let access = metrics::Access { from_loopback, bearer };
+                    (metrics::answer(&path, &self.node, &self.store.fsync_seconds, &access).expect("the handshake passes only paths served"), None)
                 }
                 Err(_) => {
                     self.to_drop.push(key);

@@ -62,9 +62,29 @@ fn metrics_health_and_readiness_are_served_beside_the_websocket() {
         assert!(name.starts_with("ferry_") && value.parse::<f64>().is_ok(), "{line}");
     }
 
+    // The admin API, from loopback with no tokens configured.
+    let (status, body) = get(&server.addr, "/api/topics");
+    assert_eq!(status, 200, "{body}");
+    let topics: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let orders = &topics["topics"][0];
+    assert_eq!((orders["topic"].as_str(), orders["published"].as_u64()), (Some("orders"), Some(4)), "{topics}");
+    assert_eq!((orders["groups"][0]["group"].as_str(), orders["groups"][0]["backlog"].as_u64()), (Some("billing"), Some(1)), "{topics}");
+
     assert_eq!(get(&server.addr, "/healthz"), (200, "ok\n".to_string()));
     assert_eq!(get(&server.addr, "/readyz"), (200, "ready\n".to_string()));
     assert_eq!(get(&server.addr, "/nothing").0, 404);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn with_tokens_configured_the_admin_api_wants_one_of_them() {
+    let dir = support::temp_dir("http-admin");
+    let server = Server::start(&dir, "127.0.0.1:0", &["--set", "tokens=[\"s3cret\"]"]);
+    assert_eq!(get(&server.addr, "/api/topics").0, 401);
+    assert_eq!(support::http_get_with(&server.addr, "/api/topics", &["Authorization: Bearer wrong"]).0, 401);
+    let (status, body) = support::http_get_with(&server.addr, "/api/topics", &["Authorization: Bearer s3cret"]);
+    assert_eq!((status, body.as_str()), (200, r#"{"topics":[]}"#));
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

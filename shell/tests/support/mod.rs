@@ -499,10 +499,16 @@ impl RawWs {
 /// Sends `GET path` to `addr` over plain HTTP and returns (status code, body); the server
 /// closes after answering.
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    http_get_with(addr, path, &[])
+}
+
+/// `http_get` with extra header lines (`Name: value`).
+pub fn http_get_with(addr: &str, path: &str, headers: &[&str]) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("connects");
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n").unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).expect("an answer, then the connection closes");
     let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
