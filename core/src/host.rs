@@ -28,6 +28,8 @@ pub struct Host {
     conns: BTreeMap<ConnId, bool>,
     out: VecDeque<Output>,
     now_ns: u64,
+    /// `error` frames this host sent itself (undecodable frames, tokens), per code.
+    errors: [u64; ErrorCode::ALL.len()],
 }
 
 impl Host {
@@ -59,7 +61,7 @@ impl Host {
             report.take(shard_report);
             shards.push(node);
         }
-        let mut host = Host { config, shards, conns: BTreeMap::new(), out: VecDeque::new(), now_ns };
+        let mut host = Host { config, shards, conns: BTreeMap::new(), out: VecDeque::new(), now_ns, errors: [0; ErrorCode::ALL.len()] };
         host.take_shard_outputs();
         Ok((host, report))
     }
@@ -78,7 +80,8 @@ impl Host {
     }
 
     pub fn stats(&self) -> Stats {
-        self.shards.iter().fold(Stats::default(), |sum, shard| sum.plus(&shard.stats))
+        let own = Stats { errors: self.errors, ..Stats::default() };
+        self.shards.iter().fold(own, |sum, shard| sum.plus(&shard.stats))
     }
 
     pub fn memory(&self) -> MemoryUse {
@@ -228,6 +231,7 @@ impl Host {
     fn send_error(&mut self, conn: ConnId, req: Option<&str>, code: ErrorCode, message: &str) {
         let mut frame = String::with_capacity(64 + message.len());
         protocol::encode_error(&mut frame, req, code, message);
+        self.errors[code as usize] += 1;
         self.send(conn, frame);
     }
 

@@ -15,6 +15,7 @@ use crate::cache::{CacheBudget, ReadCache};
 use crate::config::{Config, TestBug};
 use crate::ids::{ConnId, GroupIdx, ShardId, TopicIdx};
 use crate::pipeline::{self, Stage};
+use crate::protocol::ErrorCode;
 use crate::record::SalvagedRecord;
 use crate::recovery::{Damage, RecoveryError};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -233,6 +234,8 @@ pub struct Stats {
     pub dead_lettered: u64,
     pub flushes: u64,
     pub flushed_bytes: u64,
+    /// `error` frames sent, per code (in the order of `ErrorCode::ALL`).
+    pub errors: [u64; ErrorCode::ALL.len()],
 }
 
 impl Stats {
@@ -247,6 +250,7 @@ impl Stats {
             dead_lettered: self.dead_lettered + other.dead_lettered,
             flushes: self.flushes + other.flushes,
             flushed_bytes: self.flushed_bytes + other.flushed_bytes,
+            errors: std::array::from_fn(|at| self.errors[at] + other.errors[at]),
         }
     }
 }

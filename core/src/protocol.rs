@@ -36,6 +36,21 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in the order of their counts in `Stats::errors`.
+    pub const ALL: [ErrorCode; 11] = [
+        ErrorCode::BadFrame,
+        ErrorCode::UnknownOp,
+        ErrorCode::TooLarge,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NoSuchTopic,
+        ErrorCode::NotSubscribed,
+        ErrorCode::Overloaded,
+        ErrorCode::Conflict,
+        ErrorCode::Internal,
+        ErrorCode::Unavailable,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadFrame => "bad_frame",

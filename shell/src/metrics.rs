@@ -7,6 +7,7 @@
 //! a loopback address (never open to the world by default).
 
 use crate::handshake::http_answer;
+use ferry_core::protocol::ErrorCode;
 use ferry_core::Host;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -133,6 +134,11 @@ pub fn render(host: &Host, fsync_seconds: &Histogram) -> String {
         registry.register(name, help, ConstCounter::new(value));
     }
     registry.register_with_unit("log_written", "Bytes written to the log", Unit::Bytes, ConstCounter::new(stats.flushed_bytes));
+    let errors: Family<Labels, Counter> = Family::default();
+    for (code, count) in ErrorCode::ALL.iter().zip(stats.errors) {
+        errors.get_or_create(&vec![("code".to_string(), code.as_str().to_string())]).inc_by(count);
+    }
+    registry.register("errors", "error frames sent to clients, by code (refused frames and ops)", errors);
     registry.register("connections", "Open client connections", ConstGauge::new(host.connection_count() as i64));
     let memory = host.memory();
     let gauges = [

@@ -51,6 +51,11 @@ fn metrics_health_and_readiness_are_served_beside_the_websocket() {
     // OpenMetrics: every family announced by TYPE and HELP, the text ends with # EOF.
     assert!(after.contains("# TYPE ferry_published counter") && after.contains("# HELP ferry_published "), "{after}");
     assert_eq!(after.lines().last(), Some("# EOF"));
+    // A frame that is not JSON is refused with bad_frame, and counted.
+    publisher.send_raw(tungstenite::Message::text("not json")).unwrap();
+    publisher.expect_op("error");
+    let (_, refused) = get(&server.addr, "/metrics");
+    assert!(refused.contains("ferry_errors_total{code=\"bad_frame\"} 1"), "{refused}");
     // One more message, not acked: the backlog counts it.
     publisher.send(&support::pub_frame(9, "orders", json!("late"))).unwrap();
     publisher.expect_op("puback");

@@ -66,6 +66,7 @@ impl Node {
     pub(super) fn send_error(&mut self, conn: ConnId, req: Option<&str>, code: ErrorCode, message: &str) {
         let mut frame = String::with_capacity(64 + message.len());
         protocol::encode_error(&mut frame, req, code, message);
+        self.stats.errors[code as usize] += 1;
         self.send(conn, frame);
     }
 
