@@ -4,7 +4,7 @@
 
 use crate::accept::{self, Acceptor};
 use crate::connection::{drain, read_failure, Connection, Idle, Metered, ReadEnd, Socket, CLOSE_LINGER};
-use crate::handshake::{RequestReader, Verdict};
+use crate::handshake::{self, RequestReader, Verdict};
 use crate::log::Throttle;
 use crate::metrics;
 use crate::peers::{Arrived, Peers, PEER_LISTENER, PEER_TOKEN_BASE};
@@ -389,7 +389,10 @@ impl Server {
                     conn.closing_since = Some(Instant::now());
                     let from_loopback = stream.peer_addr().is_ok_and(|addr| addr.ip().is_loopback());
                     let access = metrics::Access { from_loopback, bearer };
-                    (metrics::answer(&path, &self.node, &self.store.fsync_seconds, &access).expect("the handshake passes only paths served"), None)
+                    // The handshake's list of plain paths and `metrics::answer` must agree; if they
+                    // ever do not, the client gets a 404, never a panic.
+                    let answer = metrics::answer(&path, &self.node, &self.store.fsync_seconds, &access);
+                    (answer.unwrap_or_else(|| handshake::refusal(404, &[], "not served")), None)
                 }
                 Err(_) => {
                     self.to_drop.push(key);
