@@ -116,7 +116,7 @@ mod tests {
     use super::*;
 
     fn message(id: u64, body_bytes: usize) -> Rc<StoredMessage> {
-        Rc::new(StoredMessage { id, ts_ms: 0, key: None, body: "x".repeat(body_bytes).into(), raft_index: 0 })
+        Rc::new(StoredMessage { id, ts_ms: 0, stored_ns: 0, key: None, body: "x".repeat(body_bytes).into(), raft_index: 0 })
     }
 
     #[test]

@@ -206,6 +206,18 @@ impl Group {
         unacked + next_id.saturating_sub(self.cursor)
     }
 
+    /// The lowest id of the topic (below `next_id`) the group has not acked: held unacked, or
+    /// the next it reaches.
+    pub fn oldest_unacked(&self, next_id: u64) -> Option<u64> {
+        let held = self.outstanding.iter().find(|(_, e)| e.state != EntryState::Acked).map(|(id, _)| *id);
+        held.or((self.cursor < next_id).then_some(self.cursor))
+    }
+
+    /// Messages in flight to its members (delivered, waiting for an ack).
+    pub fn in_flight_count(&self) -> usize {
+        self.outstanding.values().filter(|e| matches!(e.state, EntryState::InFlight { .. })).count()
+    }
+
     /// (floor, prev at floor): everything filter-passing at or below `floor` is acked.
     pub fn floor(&self) -> (u64, u64) {
         match self.outstanding.first_key_value() {

@@ -110,6 +110,11 @@ impl Host {
         self.shards.iter().flat_map(Node::topics_view).collect()
     }
 
+    /// The log on disk, all shards together.
+    pub fn disk_view(&self) -> crate::node::observe::DiskView {
+        self.shards.iter().fold(Default::default(), |sum, shard| sum.plus(&shard.disk_view()))
+    }
+
     /// Bytes of raft entries held in memory (cluster mode; 0 on a single node).
     pub fn raft_memory_bytes(&self) -> u64 {
         self.shards.iter().map(Node::raft_memory_bytes).sum()

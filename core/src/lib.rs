@@ -8,12 +8,14 @@ pub mod config;
 pub mod group;
 pub mod host;
 pub mod ids;
+pub mod latency;
 pub mod node;
 pub mod pipeline;
 pub mod protocol;
 pub mod record;
 pub mod recovery;
 pub mod testkit;
+pub mod timeline;
 pub mod topic;
 
 pub use config::{Config, FsyncPolicy, TestBug};

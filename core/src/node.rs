@@ -14,6 +14,7 @@
 use crate::cache::{CacheBudget, ReadCache};
 use crate::config::{Config, TestBug};
 use crate::ids::{ConnId, GroupIdx, ShardId, TopicIdx};
+use crate::latency::LatencyHistogram;
 use crate::pipeline::{self, Stage};
 use crate::protocol::ErrorCode;
 use crate::record::SalvagedRecord;
@@ -236,6 +237,12 @@ pub struct Stats {
     pub flushed_bytes: u64,
     /// `error` frames sent, per code (in the order of `ErrorCode::ALL`).
     pub errors: [u64; ErrorCode::ALL.len()],
+    /// Segments deleted by retention (or replaced by an installed state).
+    pub segments_deleted: u64,
+    /// From a publish's arrival to its `puback`.
+    pub publish_to_puback: LatencyHistogram,
+    /// From a message's storing to its first delivery, per group.
+    pub store_to_deliver: LatencyHistogram,
 }
 
 impl Stats {
@@ -251,6 +258,9 @@ impl Stats {
             flushes: self.flushes + other.flushes,
             flushed_bytes: self.flushed_bytes + other.flushed_bytes,
             errors: std::array::from_fn(|at| self.errors[at] + other.errors[at]),
+            segments_deleted: self.segments_deleted + other.segments_deleted,
+            publish_to_puback: self.publish_to_puback.plus(&other.publish_to_puback),
+            store_to_deliver: self.store_to_deliver.plus(&other.store_to_deliver),
         }
     }
 }

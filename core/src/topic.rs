@@ -3,6 +3,7 @@
 use crate::cache::ReadCache;
 use crate::group::Group;
 use crate::ids::{GroupIdx, TopicIdx};
+use crate::timeline::Timeline;
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::{Index, IndexMut};
 use std::rc::Rc;
@@ -11,6 +12,9 @@ use std::rc::Rc;
 pub struct StoredMessage {
     pub id: u64,
     pub ts_ms: u64,
+    /// When this process stored it, on its clock (`ts_ms` in ns when read back from disk):
+    /// for the store → delivery latency.
+    pub stored_ns: u64,
     pub key: Option<Box<str>>,
     pub body: Box<str>,
     /// Cluster mode: the raft entry that stored it (0 on a single node), for deliveries by
@@ -46,6 +50,8 @@ pub struct Topic {
     pub durable_next_id: u64,
     first_id: u64,
     index: VecDeque<Loc>,
+    /// When its stored messages were stored, sparsely (oldest unacked ages).
+    timeline: Timeline,
     recent: VecDeque<Rc<StoredMessage>>,
     recent_bytes: u64,
     pub groups: Vec<Group>,
@@ -64,6 +70,7 @@ impl Topic {
             durable_next_id: first_id,
             first_id,
             index: VecDeque::new(),
+            timeline: Timeline::default(),
             recent: VecDeque::new(),
             recent_bytes: 0,
             groups: Vec::new(),
@@ -81,8 +88,10 @@ impl Topic {
         self.first_id
     }
 
-    /// Records the place of id `id`, which must be the next one (gaps become empty places).
-    pub fn index_push(&mut self, id: u64, loc: Loc) {
+    /// Records the place of id `id`, stored at `ts_ms`, which must be the next one (gaps
+    /// become empty places).
+    pub fn index_push(&mut self, id: u64, loc: Loc, ts_ms: u64) {
+        self.timeline.push(id, ts_ms);
         if self.index.is_empty() && self.first_id < id {
             self.first_id = id;
         }
@@ -92,6 +101,15 @@ impl Topic {
             self.index.push_back(Loc { segment: 0, offset: 0, len: 0 });
         }
         self.index.push_back(loc);
+    }
+
+    /// When message `id` was stored: exact while it is cached, else from the timeline (at
+    /// most one of its spacings early); `None` when nothing dates it.
+    pub fn stored_at_ms(&self, id: u64) -> Option<u64> {
+        match self.cached(id) {
+            Some(message) => Some(message.ts_ms),
+            None => self.timeline.stored_at_ms(id),
+        }
     }
 
     /// Every id that has a place, in order.
@@ -170,6 +188,7 @@ impl Topic {
         while self.first_id + (self.index.len() as u64) > next_id && !self.index.is_empty() {
             self.index.pop_back();
         }
+        self.timeline.roll_back_to(next_id);
         while self.recent.back().is_some_and(|m| m.id >= next_id) {
             let m = self.recent.pop_back().expect("non-empty");
             self.recent_bytes -= m.bytes();
@@ -186,6 +205,7 @@ impl Topic {
         if self.index.is_empty() {
             self.first_id = self.first_id.max(self.durable_next_id.min(self.next_id));
         }
+        self.timeline.forget_before(self.first_id);
     }
 }
 

@@ -7,13 +7,16 @@
 //! a loopback address (never open to the world by default).
 
 use crate::handshake::http_answer;
+use ferry_core::latency::{LatencyHistogram, LATENCY_BOUNDS_NS};
 use ferry_core::protocol::ErrorCode;
 use ferry_core::Host;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 /// What Prometheus expects for the OpenMetrics text format.
@@ -85,6 +88,22 @@ fn not_ready(host: &Host) -> Option<String> {
 
 type Labels = Vec<(String, String)>;
 
+/// A histogram the core keeps (fixed bounds), exported as it stands.
+#[derive(Debug)]
+struct CoreHistogram(LatencyHistogram);
+
+impl EncodeMetric for CoreHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let bounds = LATENCY_BOUNDS_NS.iter().map(|&ns| ns as f64 / 1e9).chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = bounds.zip(self.0.counts).collect();
+        encoder.encode_histogram::<NoLabelSet>(self.0.sum_ns as f64 / 1e9, self.0.count(), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 /// Per topic and per group: what was published, delivered, acked, and each group's backlog.
 fn register_topics(registry: &mut Registry, host: &Host) {
     let published: Family<Labels, Counter> = Family::default();
@@ -96,6 +115,8 @@ fn register_topics(registry: &mut Registry, host: &Host) {
     ];
     let backlog: Family<Labels, Gauge> = Family::default();
     let members: Family<Labels, Gauge> = Family::default();
+    let in_flight: Family<Labels, Gauge> = Family::default();
+    let oldest_age: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>> = Family::default();
     for topic in host.topics_view() {
         published.get_or_create(&vec![("topic".to_string(), topic.name.clone())]).inc_by(topic.published);
         for group in &topic.groups {
@@ -106,6 +127,8 @@ fn register_topics(registry: &mut Registry, host: &Host) {
             }
             backlog.get_or_create(&labels).set(group.backlog as i64);
             members.get_or_create(&labels).set(group.members as i64);
+            in_flight.get_or_create(&labels).set(group.in_flight as i64);
+            oldest_age.get_or_create(&labels).set(group.oldest_unacked_age_ms.map_or(0.0, |ms| ms as f64 / 1e3));
         }
     }
     registry.register("topic_published", "Messages stored in each topic", published);
@@ -114,6 +137,13 @@ fn register_topics(registry: &mut Registry, host: &Host) {
     }
     registry.register("group_backlog", "Messages of the topic each group has not acked (held unacked, or not yet reached)", backlog);
     registry.register("group_members", "Connections receiving for each group", members);
+    registry.register("group_in_flight", "Messages delivered to each group and waiting for an ack", in_flight);
+    registry.register_with_unit(
+        "group_oldest_unacked_age",
+        "Age of the oldest message each group has not acked (0 when none; exact while cached, else to within the topic timeline's spacing)",
+        Unit::Seconds,
+        oldest_age,
+    );
 }
 
 /// The metrics text: counters and gauges as the core keeps them now.
@@ -134,6 +164,12 @@ pub fn render(host: &Host, fsync_seconds: &Histogram) -> String {
         registry.register(name, help, ConstCounter::new(value));
     }
     registry.register_with_unit("log_written", "Bytes written to the log", Unit::Bytes, ConstCounter::new(stats.flushed_bytes));
+    registry.register("segments_deleted", "Log segments deleted by retention (or replaced by a state installed from the leader)", ConstCounter::new(stats.segments_deleted));
+    let disk = host.disk_view();
+    registry.register("log_segments", "Segment files of the log on disk", ConstGauge::new(disk.segments as i64));
+    registry.register_with_unit("log_disk", "Bytes of the log's segment files on disk", Unit::Bytes, ConstGauge::new(disk.bytes as i64));
+    registry.register_with_unit("publish_to_puback", "From a publish's arrival to its puback (durable as promised)", Unit::Seconds, CoreHistogram(stats.publish_to_puback));
+    registry.register_with_unit("store_to_deliver", "From a message's storing to its first delivery to each group", Unit::Seconds, CoreHistogram(stats.store_to_deliver));
     let errors: Family<Labels, Counter> = Family::default();
     for (code, count) in ErrorCode::ALL.iter().zip(stats.errors) {
         errors.get_or_create(&vec![("code".to_string(), code.as_str().to_string())]).inc_by(count);

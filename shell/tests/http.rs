@@ -48,6 +48,13 @@ fn metrics_health_and_readiness_are_served_beside_the_websocket() {
     assert!(labelled("ferry_group_acked_total{topic=\"orders\",group=\"billing\"}").ends_with(" 3"), "{after}");
     assert!(labelled("ferry_group_backlog{topic=\"orders\",group=\"billing\"}").ends_with(" 0"), "all acked: {after}");
     assert!(labelled("ferry_group_members{topic=\"orders\",group=\"billing\"}").ends_with(" 1"), "{after}");
+    // The core's latency histograms: one publish → puback per puback, one store → delivery per
+    // first delivery, the last bucket +Inf holding them all.
+    assert_eq!(sample(&after, "ferry_publish_to_puback_seconds_count"), Some(3.0), "{after}");
+    assert_eq!(sample(&after, "ferry_store_to_deliver_seconds_count"), Some(3.0), "{after}");
+    assert!(after.contains("ferry_publish_to_puback_seconds_bucket{le=\"+Inf\"} 3"), "{after}");
+    assert!(sample(&after, "ferry_log_segments").is_some_and(|n| n >= 1.0), "{after}");
+    assert!(sample(&after, "ferry_log_disk_bytes").is_some_and(|n| n > 0.0), "{after}");
     // OpenMetrics: every family announced by TYPE and HELP, the text ends with # EOF.
     assert!(after.contains("# TYPE ferry_published counter") && after.contains("# HELP ferry_published "), "{after}");
     assert_eq!(after.lines().last(), Some("# EOF"));
@@ -62,6 +69,8 @@ fn metrics_health_and_readiness_are_served_beside_the_websocket() {
     member.expect_op("msg");
     let (_, later) = get(&server.addr, "/metrics");
     assert!(later.contains("ferry_group_backlog{topic=\"orders\",group=\"billing\"} 1"), "{later}");
+    assert!(later.contains("ferry_group_in_flight{topic=\"orders\",group=\"billing\"} 1"), "{later}");
+    assert!(later.contains("ferry_group_oldest_unacked_age_seconds{topic=\"orders\",group=\"billing\"} "), "{later}");
     for line in after.lines().filter(|l| !l.starts_with('#')) {
         let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("a sample is `name value`: {line}"));
         assert!(name.starts_with("ferry_") && value.parse::<f64>().is_ok(), "{line}");

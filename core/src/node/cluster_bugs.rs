@@ -81,7 +81,7 @@ impl Node {
         replication.bugs.early_pubacks = later;
         for (_, proposal, topic) in due {
             let Some(replication) = self.replication.as_mut() else { return };
-            let Some(Proposal::Publish { conn, req, predicted_id: Some(id) }) = replication.proposals_mut().remove(&proposal) else { continue };
+            let Some(Proposal::Publish { conn, req, predicted_id: Some(id), .. }) = replication.proposals_mut().remove(&proposal) else { continue };
             self.pending_publishes -= 1;
             let mut frame = String::new();
             protocol::encode_puback(&mut frame, req.as_deref(), &topic, id);

@@ -8,7 +8,7 @@
 
 use super::replication::{RecoveredLog, Replication};
 use super::state::SeenSeq;
-use super::{DiskOp, Node, Output, RecoveryReport, SegmentInfo, Trace, NS_PER_MS};
+use super::{Node, RecoveryReport, SegmentInfo, NS_PER_MS};
 use crate::batch;
 use crate::cluster::command::{self, Command};
 use crate::cluster::raft_log;
@@ -141,8 +141,7 @@ impl Node {
         let published_before = self.stats.published;
         self.state.applied = Some(AppliedRecord { installed: false, shards: self.config.shards, ..applied });
         for segment in superseded {
-            self.out.push_back(Output::Disk(DiskOp::Delete { segment }));
-            self.out.push_back(Output::Trace(Trace::SegmentDeleted { segment }));
+            self.delete_segment(segment);
         }
         // The committed entries after the snapshot are applied again here, read one at a time
         // from the segments; raft gets them by term and only those after the commit in memory

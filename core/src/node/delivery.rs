@@ -189,6 +189,9 @@ impl Node {
         self.out.push_back(delivery_output(shard, conn, by_reference, &topic.name, &group.name, id, prev, attempt, message));
         self.stats.delivered += 1;
         group.counters.delivered += 1;
+        if attempt == 1 {
+            self.stats.store_to_deliver.record(self.now_ns.saturating_sub(message.stored_ns));
+        }
         if attempt > 1 {
             self.stats.redelivered += 1;
             group.counters.redelivered += 1;

@@ -255,7 +255,7 @@ impl Node {
             // Ids are appended in order; a repeat can only come from a damaged region.
             return;
         }
-        topic.index_push(m.id, Loc { segment, offset, len: size as u32 });
+        topic.index_push(m.id, Loc { segment, offset, len: size as u32 }, m.ts_ms);
         topic.next_id = topic.next_id.max(m.id + 1);
         if let Some(producer) = m.producer {
             self.state.remember_seq(producer, m.seq, SeenSeq { topic: t, id: m.id, durable: true });

@@ -16,6 +16,8 @@ pub(super) enum Waiter {
         topic: TopicIdx,
         id: u64,
         producer: Option<(String, u64)>,
+        /// When the publish arrived (for the publish → puback latency).
+        received_ns: u64,
     },
     Join {
         conn: ConnId,
@@ -290,8 +292,9 @@ impl Node {
         }
         for waiter in batch.waiters {
             match waiter {
-                Waiter::Puback { conn, req, topic, id, producer } => {
+                Waiter::Puback { conn, req, topic, id, producer, received_ns } => {
                     self.pending_publishes -= 1;
+                    self.stats.publish_to_puback.record(self.now_ns.saturating_sub(received_ns));
                     if let Some((name, seq)) = producer {
                         if let Some(seen) = self.state.producers.get_mut(&name).and_then(|p| p.seqs.get_mut(&seq)) {
                             seen.durable = true;
@@ -509,8 +512,7 @@ impl Node {
                 if let Some(replication) = self.replication.as_mut() {
                     replication.forget_segments_through(segment);
                 }
-                self.out.push_back(Output::Disk(DiskOp::Delete { segment }));
-                self.out.push_back(Output::Trace(Trace::SegmentDeleted { segment }));
+                self.delete_segment(segment);
             }
         }
     }
@@ -528,5 +530,12 @@ impl Node {
             unit += 1;
         }
         unit
+    }
+
+    /// Deletes `segment`'s file (retention, or a state installed in its place).
+    pub(super) fn delete_segment(&mut self, segment: u64) {
+        self.stats.segments_deleted += 1;
+        self.out.push_back(Output::Disk(DiskOp::Delete { segment }));
+        self.out.push_back(Output::Trace(Trace::SegmentDeleted { segment }));
     }
 }

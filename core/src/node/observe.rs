@@ -1,7 +1,7 @@
-//! What the node shows operators of its topics and groups (metrics, and later the admin API
-//! and console): plain data taken from its state, which the shell formats.
+//! What the node shows operators of its topics, groups and log (metrics, the admin API and
+//! the console): plain data taken from its state, which the shell formats.
 
-use super::Node;
+use super::{Node, NS_PER_MS};
 use crate::group::GroupCounters;
 
 /// A topic as metrics show it.
@@ -10,8 +10,12 @@ pub struct TopicView {
     pub name: String,
     /// Messages stored since the process started.
     pub published: u64,
+    /// The lowest id still stored (== `next_id` when none is).
+    pub first_id: u64,
     /// The id its next message gets.
     pub next_id: u64,
+    /// Bytes of its recent messages held in memory.
+    pub cached_bytes: u64,
     pub groups: Vec<GroupView>,
 }
 
@@ -22,25 +26,71 @@ pub struct GroupView {
     pub members: usize,
     /// Messages of the topic the group has not acked (held unacked, or not yet reached).
     pub backlog: u64,
+    /// Messages delivered and waiting for an ack.
+    pub in_flight: usize,
+    /// The oldest message it has not acked, and how long ago it was stored (`Topic::stored_at_ms`:
+    /// exact while cached, else to within the topic timeline's spacing).
+    pub oldest_unacked_id: Option<u64>,
+    pub oldest_unacked_age_ms: Option<u64>,
+    /// Its filter as the client gave it (JSON), if any.
+    pub filter: Option<String>,
+    pub ack_timeout_ms: u64,
+    pub max_attempts: u32,
     pub counters: GroupCounters,
+}
+
+/// The node's log on disk.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DiskView {
+    pub segments: usize,
+    pub bytes: u64,
+}
+
+impl DiskView {
+    /// Both added (a process's shards).
+    pub fn plus(&self, other: &DiskView) -> DiskView {
+        DiskView { segments: self.segments + other.segments, bytes: self.bytes + other.bytes }
+    }
 }
 
 impl Node {
     /// Every topic of this node's shard and its groups, in the order they were created.
     pub fn topics_view(&self) -> Vec<TopicView> {
+        let now_ms = self.now_ns / NS_PER_MS;
         self.state
             .topics
             .iter()
             .map(|topic| TopicView {
                 name: topic.name.clone(),
                 published: topic.published,
+                first_id: topic.first_id(),
                 next_id: topic.next_id,
+                cached_bytes: topic.cache_bytes(),
                 groups: topic
                     .groups
                     .iter()
-                    .map(|group| GroupView { name: group.name.clone(), members: group.members.len(), backlog: group.backlog(topic.next_id), counters: group.counters })
+                    .map(|group| {
+                        let oldest_unacked_id = group.oldest_unacked(topic.next_id);
+                        GroupView {
+                            name: group.name.clone(),
+                            members: group.members.len(),
+                            backlog: group.backlog(topic.next_id),
+                            in_flight: group.in_flight_count(),
+                            oldest_unacked_id,
+                            oldest_unacked_age_ms: oldest_unacked_id.and_then(|id| topic.stored_at_ms(id)).map(|stored_ms| now_ms.saturating_sub(stored_ms)),
+                            filter: group.filter.as_ref().map(|f| f.to_json().to_string()),
+                            ack_timeout_ms: group.ack_timeout_ns / NS_PER_MS,
+                            max_attempts: group.max_attempts,
+                            counters: group.counters,
+                        }
+                    })
                     .collect(),
             })
             .collect()
+    }
+
+    /// The segments of its log on disk and their bytes.
+    pub fn disk_view(&self) -> DiskView {
+        DiskView { segments: self.log.segments.len(), bytes: self.log.segments.iter().map(|s| s.bytes).sum() }
     }
 }

@@ -63,7 +63,7 @@ impl Node {
         } else {
             conn
         };
-        self.log.open.waiters.push(Waiter::Puback { conn, req, topic: t, id, producer });
+        self.log.open.waiters.push(Waiter::Puback { conn, req, topic: t, id, producer, received_ns: self.now_ns });
         self.maybe_flush();
     }
 
@@ -74,7 +74,7 @@ impl Node {
         let command = Command::Publish(PublishCommand { ts_ms: self.now_ns / NS_PER_MS, topic: &publish.topic, key: publish.key.as_deref(), producer, body });
         self.pending_publishes += 1;
         let predicted_id = self.predict_id(&publish.topic, producer);
-        if let Err((code, message)) = self.propose(&command, Proposal::Publish { conn, req: req.clone(), predicted_id }) {
+        if let Err((code, message)) = self.propose(&command, Proposal::Publish { conn, req: req.clone(), predicted_id, received_ns: self.now_ns }) {
             self.pending_publishes -= 1;
             self.send_error(conn, req.as_deref(), code, &message);
         }
@@ -95,7 +95,7 @@ impl Node {
         } else {
             // The original is still on its way to disk; answer when everything before is durable.
             self.pending_publishes += 1;
-            self.log.open.waiters.push(Waiter::Puback { conn, req: req.clone(), topic: t, id, producer: None });
+            self.log.open.waiters.push(Waiter::Puback { conn, req: req.clone(), topic: t, id, producer: None, received_ns: self.now_ns });
             self.maybe_flush();
         }
         true
@@ -113,14 +113,14 @@ impl Node {
         self.make_room_in_segment(size);
         self.open_batch_data();
         let loc = Loc { segment: self.log.segment, offset: self.log.segment_len, len: size as u32 };
-        let applied = self.state.apply_publish(&message, loc);
+        let applied = self.state.apply_publish(&message, loc, ts_ms);
         debug_assert_eq!(applied, id, "the state gives the id the record was encoded with");
         let t = message.topic;
         let record = MessageRef { id, ts_ms, topic: &self.state.topics[t].name, key: message.key, producer, seq, body: message.body };
         let written = record::encode_message(&mut self.log.open.data, &record) as u64;
         debug_assert_eq!(written, size);
         self.log.segment_len += written;
-        let stored = StoredMessage { id, ts_ms, key: message.key.map(Into::into), body: message.body.into(), raft_index: 0 };
+        let stored = StoredMessage { id, ts_ms, stored_ns: self.now_ns, key: message.key.map(Into::into), body: message.body.into(), raft_index: 0 };
         let (topic_max, total_max) = (self.config.topic_cache_bytes, self.config.cache_bytes_total);
         self.cache_budget.push(&mut self.state.topics, t, Rc::new(stored), topic_max, total_max);
         self.log.open.marks.insert(t, id + 1);

@@ -1,6 +1,6 @@
 //! Reads from disk for delivery and `fetch`, and the fetches that wait for them.
 
-use super::{DiskError, DiskOp, Node, Output, Trace};
+use super::{DiskError, DiskOp, Node, Output, Trace, NS_PER_MS};
 use crate::cluster::command::{self, Command};
 use crate::config::TestBug;
 use crate::ids::{ConnId, TopicIdx};
@@ -44,7 +44,14 @@ impl Node {
         self.reading.remove(&(t, id));
         let name = &self.state.topics[t].name;
         let decoded = match result {
-            Ok(bytes) => stored_message(bytes, name, id).map(|m| StoredMessage { id, ts_ms: m.ts_ms, key: m.key.map(Into::into), body: m.body.into(), raft_index: m.raft_index }),
+            Ok(bytes) => stored_message(bytes, name, id).map(|m| StoredMessage {
+                id,
+                ts_ms: m.ts_ms,
+                stored_ns: m.ts_ms.saturating_mul(NS_PER_MS),
+                key: m.key.map(Into::into),
+                body: m.body.into(),
+                raft_index: m.raft_index,
+            }),
             Err(e) => Err(format!("{e:?}")),
         };
         let message = match decoded {

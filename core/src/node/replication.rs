@@ -47,6 +47,8 @@ pub(super) enum Proposal {
         req: Option<String>,
         /// The id the leader expects it to get: only with a deliberate bug (`cluster_bugs`).
         predicted_id: Option<u64>,
+        /// When the publish arrived (for the publish → puback latency).
+        received_ns: u64,
     },
     Join(PendingJoin),
     /// The copy of `id` of (`topic`, `group`) in the dead-letter topic.
@@ -454,12 +456,12 @@ impl Node {
         }
         let loc = *self.replication.as_ref().and_then(|r| r.entry_locs.get(&index)).expect("an entry is written before it is applied");
         let message = NewMessage { topic: t, key: publish.key, producer: publish.producer, body: publish.body };
-        let id = self.state.apply_publish(&message, loc);
+        let id = self.state.apply_publish(&message, loc, publish.ts_ms);
         if let Some((producer, seq)) = publish.producer {
             // Committed: a retry from now on is answered at once.
             self.state.remember_seq(producer, seq, SeenSeq { topic: t, id, durable: true });
         }
-        let stored = StoredMessage { id, ts_ms: publish.ts_ms, key: publish.key.map(Into::into), body: publish.body.into(), raft_index: index };
+        let stored = StoredMessage { id, ts_ms: publish.ts_ms, stored_ns: self.now_ns, key: publish.key.map(Into::into), body: publish.body.into(), raft_index: index };
         let (topic_max, total_max) = (self.config.topic_cache_bytes, self.config.cache_bytes_total);
         self.cache_budget.push(&mut self.state.topics, t, Rc::new(stored), topic_max, total_max);
         let topic = &mut self.state.topics[t];
@@ -534,8 +536,9 @@ impl Node {
     /// The proposal's entry was applied and gave `id` of topic `t`.
     fn answer_applied(&mut self, proposal: Option<Proposal>, t: TopicIdx, id: u64) {
         match proposal {
-            Some(Proposal::Publish { conn, req, predicted_id }) => {
+            Some(Proposal::Publish { conn, req, predicted_id, received_ns }) => {
                 self.pending_publishes -= 1;
+                self.stats.publish_to_puback.record(self.now_ns.saturating_sub(received_ns));
                 let id = if self.config.test_bug == Some(TestBug::IdsAssignedAtPropose) { predicted_id.unwrap_or(id) } else { id };
                 if self.conns.contains_key(&conn) {
                     let mut frame = String::with_capacity(64);

@@ -91,11 +91,11 @@ impl State {
     /// Stores a new message found at `loc`: it takes its topic's next id, and its producer's
     /// seq is remembered with that id (durable once the message is). Every replica applying
     /// the same messages in the same order gives the same ids.
-    pub(super) fn apply_publish(&mut self, message: &NewMessage<'_>, loc: Loc) -> u64 {
+    pub(super) fn apply_publish(&mut self, message: &NewMessage<'_>, loc: Loc, ts_ms: u64) -> u64 {
         let topic = &mut self.topics[message.topic];
         let id = topic.next_id;
         topic.next_id += 1;
-        topic.index_push(id, loc);
+        topic.index_push(id, loc, ts_ms);
         if let Some((producer, seq)) = message.producer {
             self.remember_seq(producer, seq, SeenSeq { topic: message.topic, id, durable: false });
         }

@@ -125,8 +125,7 @@ impl Node {
         self.log.superseded_before = None;
         while self.log.segments.front().is_some_and(|s| s.id < first_kept) {
             let segment = self.log.segments.pop_front().expect("checked above").id;
-            self.out.push_back(Output::Disk(DiskOp::Delete { segment }));
-            self.out.push_back(Output::Trace(Trace::SegmentDeleted { segment }));
+            self.delete_segment(segment);
         }
     }
 }
