@@ -91,6 +91,49 @@ fn metrics_health_and_readiness_are_served_beside_the_websocket() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Prometheus's own checker reads a scrape taken with traffic flowing. promtool (2.42) reads the
+/// text format 0.0.4, where a counter's HELP names its `_total` sample; in OpenMetrics (what
+/// ferry serves, and Prometheus asks for first) HELP names the family. So the one complaint
+/// allowed is "no help text" for a `_total` whose family has its HELP; any parse error or other
+/// lint fails.
+#[test]
+fn a_scrape_passes_promtool() {
+    let Some(promtool) = support::required_tool("promtool") else { return };
+    let dir = support::temp_dir("promtool");
+    let server = Server::start(&dir, "127.0.0.1:0", &[]);
+    let mut publisher = Client::connect(&server.url()).unwrap();
+    let mut member = Client::connect(&server.url()).unwrap();
+    member.send(&json!({"op": "sub", "req": "s", "topic": "orders", "group": "billing"})).unwrap();
+    member.expect_op("suback");
+    publisher.send(&support::pub_frame(1, "orders", json!({"n": 1}))).unwrap();
+    publisher.expect_op("puback");
+    member.expect_op("msg");
+    publisher.send_raw(tungstenite::Message::text("not json")).unwrap();
+    publisher.expect_op("error");
+    let (_, text) = get(&server.addr, "/metrics");
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let unexpected: Vec<&str> = report
+        .lines()
+        .filter(|line| {
+            let counter_help = line.strip_suffix(" no help text").and_then(|name| name.strip_suffix("_total")).is_some_and(|family| text.contains(&format!("# HELP {family} ")));
+            !counter_help
+        })
+        .collect();
+    assert!(unexpected.is_empty(), "promtool: {unexpected:?}\n{text}");
+    assert!(report.contains("ferry_published_total no help text"), "promtool read the counters: {report}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn with_tokens_configured_the_admin_api_wants_one_of_them() {
     let dir = support::temp_dir("http-admin");

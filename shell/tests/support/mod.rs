@@ -515,3 +515,15 @@ pub fn http_get_with(addr: &str, path: &str, headers: &[&str]) -> (u16, String) 
     let body = answer.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
     (status, body)
 }
+
+/// The path of an outside tool a test drives (promtool, node, chromium), found on `PATH`.
+/// Missing, the test cannot run: under CI (`CI` set, where .ci/run installs every such tool)
+/// that fails it; elsewhere the test says it skips and why, and returns `None`.
+pub fn required_tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|path| path.is_file()));
+    if found.is_none() {
+        assert!(std::env::var_os("CI").is_none(), "`{name}` is not installed: .ci/run installs it (see README, Testing)");
+        eprintln!("SKIPPED: `{name}` is not installed here (.ci/run installs it; see README, Testing)");
+    }
+    found
+}
