@@ -189,6 +189,8 @@ pub struct Config {
     pub read_cache_messages: u32,
     /// Bytes of messages read back from disk kept in memory (node-wide).
     pub read_cache_bytes: u64,
+    /// Bytes of recent message events kept for `ferry trace` (node-wide per shard; 0: none).
+    pub trace_bytes_max: u64,
     pub fetch_messages_max: u32,
     pub pull_max: u32,
     pub pull_wait_ms_max: u64,
@@ -271,6 +273,7 @@ impl Default for Config {
             cache_bytes_total: 64 << 20,
             read_cache_messages: 8_192,
             read_cache_bytes: 16 << 20,
+            trace_bytes_max: 4 << 20,
             fetch_messages_max: 1_000,
             pull_max: 10_000,
             pull_wait_ms_max: 300_000,

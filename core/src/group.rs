@@ -42,6 +42,19 @@ pub struct Released {
     pub bytes: u32,
 }
 
+/// Where one message stands in a group (for traces).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdPosition {
+    /// Below the id the group started at: never its to deliver.
+    BeforeStart,
+    /// The group has not reached it yet.
+    NotReached,
+    /// Held unacked: blocked behind its key, ready, delayed, in flight or being dead-lettered.
+    Held(EntryState),
+    /// Done with: acked, filtered out, or dead-lettered.
+    Settled,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Candidate {
     /// A redelivery (or a message unblocked by its key), with its delivery count so far.
@@ -211,6 +224,20 @@ impl Group {
     pub fn oldest_unacked(&self, next_id: u64) -> Option<u64> {
         let held = self.outstanding.iter().find(|(_, e)| e.state != EntryState::Acked).map(|(id, _)| *id);
         held.or((self.cursor < next_id).then_some(self.cursor))
+    }
+
+    /// Where message `id` stands in this group.
+    pub fn position_of(&self, id: u64) -> IdPosition {
+        if id < self.start_id {
+            return IdPosition::BeforeStart;
+        }
+        if id >= self.cursor {
+            return IdPosition::NotReached;
+        }
+        match self.outstanding.get(&id).map(|e| e.state) {
+            None | Some(EntryState::Acked) => IdPosition::Settled,
+            Some(state) => IdPosition::Held(state),
+        }
     }
 
     /// Messages in flight to its members (delivered, waiting for an ack).

@@ -105,9 +105,24 @@ impl Host {
         self.shard_of(topic).is_shard_leader()
     }
 
+    /// Where message `id` of `topic` is and was (`Node::trace_message`), from its shard; in a
+    /// cluster its deliveries are in the shard leader's trace.
+    pub fn trace_message(&self, topic: &str, id: u64) -> Option<crate::node::message_trace::MessageTrace> {
+        self.shard_of(topic).trace_message(topic, id)
+    }
+
     /// Every topic of every shard, with its groups (for metrics).
     pub fn topics_view(&self) -> Vec<crate::node::observe::TopicView> {
         self.shards.iter().flat_map(Node::topics_view).collect()
+    }
+
+    /// Every open connection: whether it has authenticated, and its subscriptions on every
+    /// shard.
+    pub fn connections_view(&self) -> Vec<crate::node::observe::ConnView> {
+        self.conns
+            .iter()
+            .map(|(&conn, &authenticated)| crate::node::observe::ConnView { conn, authenticated, subs: self.shards.iter().flat_map(|shard| shard.subs_of(conn)).collect() })
+            .collect()
     }
 
     /// The log on disk, all shards together.

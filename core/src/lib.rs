@@ -17,6 +17,7 @@ pub mod recovery;
 pub mod testkit;
 pub mod timeline;
 pub mod topic;
+pub mod trace_book;
 
 pub use config::{Config, FsyncPolicy, TestBug};
 pub use host::Host;

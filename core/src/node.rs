@@ -19,6 +19,7 @@ use crate::pipeline::{self, Stage};
 use crate::protocol::ErrorCode;
 use crate::record::SalvagedRecord;
 use crate::recovery::{Damage, RecoveryError};
+use crate::trace_book::{Happening, TraceBook};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 mod cluster_bugs;
@@ -29,6 +30,7 @@ mod forwarding;
 mod load;
 mod log;
 mod membership;
+pub mod message_trace;
 pub mod observe;
 mod publish;
 mod raft_reads;
@@ -273,6 +275,8 @@ pub struct MemoryUse {
     pub unwritten_log_bytes: u64,
     pub pending_publishes: u32,
     pub pending_fetches: usize,
+    /// Recent message events kept for traces (`trace_bytes_max`).
+    pub trace_bytes: u64,
 }
 
 impl MemoryUse {
@@ -284,6 +288,7 @@ impl MemoryUse {
             unwritten_log_bytes: self.unwritten_log_bytes + other.unwritten_log_bytes,
             pending_publishes: self.pending_publishes + other.pending_publishes,
             pending_fetches: self.pending_fetches + other.pending_fetches,
+            trace_bytes: self.trace_bytes + other.trace_bytes,
         }
     }
 }
@@ -333,6 +338,8 @@ pub struct Node {
     conns: BTreeMap<ConnId, Conn>,
     log: Log,
     read_cache: ReadCache,
+    /// Recent message events (`ferry trace`).
+    trace_book: TraceBook,
     cache_budget: CacheBudget,
     reads: BTreeMap<u64, (TopicIdx, u64)>,
     reading: BTreeSet<(TopicIdx, u64)>,
@@ -366,6 +373,7 @@ impl Node {
     /// Refuses damaged acknowledged data unless `config.salvage`. The first outputs cut the
     /// newest segment back to its intact batches; no write starts before they are done.
     pub fn recover(config: Config, segments: &[(u64, &[u8])], now_ns: u64) -> Result<(Node, RecoveryReport), RecoveryError> {
+        let trace_bytes_max = config.trace_bytes_max;
         config.validate().unwrap_or_else(|e| panic!("invalid config reached the core: {e}"));
         // Its segment ids and disk tokens are the shard's own (shard 0: from 1).
         let shard = ShardId(config.shard_index);
@@ -386,6 +394,7 @@ impl Node {
                 superseded_before: None,
             },
             read_cache: ReadCache::default(),
+            trace_book: TraceBook::new(trace_bytes_max),
             cache_budget: CacheBudget::default(),
             reads: BTreeMap::new(),
             reading: BTreeSet::new(),
@@ -488,6 +497,7 @@ impl Node {
             unwritten_log_bytes: self.log_bytes_unwritten(),
             pending_publishes: self.pending_publishes,
             pending_fetches: self.fetches.len(),
+            trace_bytes: self.trace_book.bytes(),
         }
     }
 
@@ -575,6 +585,7 @@ impl Node {
         match timer {
             Timer::AckDeadline { topic, group, id } => {
                 if let Some((conn, bytes)) = self.state.topics[topic].groups[group].expire(id, at) {
+                    self.trace_book.push(self.now_ns, topic, id, Happening::TimedOut { group, conn });
                     self.release_in_flight(conn, topic, group, bytes);
                     if self.config.test_bug == Some(TestBug::ExpiryCountsAsAck) {
                         self.ack_one(topic, group, id);

@@ -50,6 +50,8 @@ pub struct Topic {
     pub durable_next_id: u64,
     first_id: u64,
     index: VecDeque<Loc>,
+    /// Bytes of the records of the ids it indexes.
+    stored_bytes: u64,
     /// When its stored messages were stored, sparsely (oldest unacked ages).
     timeline: Timeline,
     recent: VecDeque<Rc<StoredMessage>>,
@@ -70,6 +72,7 @@ impl Topic {
             durable_next_id: first_id,
             first_id,
             index: VecDeque::new(),
+            stored_bytes: 0,
             timeline: Timeline::default(),
             recent: VecDeque::new(),
             recent_bytes: 0,
@@ -100,7 +103,13 @@ impl Topic {
         for _ in next..id {
             self.index.push_back(Loc { segment: 0, offset: 0, len: 0 });
         }
+        self.stored_bytes += u64::from(loc.len);
         self.index.push_back(loc);
+    }
+
+    /// Bytes of the records of its stored messages.
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes
     }
 
     /// When message `id` was stored: exact while it is cached, else from the timeline (at
@@ -125,6 +134,7 @@ impl Topic {
     pub fn forget(&mut self, id: u64) {
         if let Some(at) = id.checked_sub(self.first_id) {
             if let Some(loc) = self.index.get_mut(at as usize) {
+                self.stored_bytes -= u64::from(loc.len);
                 loc.len = 0;
             }
         }
@@ -186,7 +196,8 @@ impl Topic {
     pub fn roll_back_to(&mut self, next_id: u64) {
         assert!(next_id >= self.durable_next_id.min(self.next_id));
         while self.first_id + (self.index.len() as u64) > next_id && !self.index.is_empty() {
-            self.index.pop_back();
+            let loc = self.index.pop_back().expect("non-empty");
+            self.stored_bytes -= u64::from(loc.len);
         }
         self.timeline.roll_back_to(next_id);
         while self.recent.back().is_some_and(|m| m.id >= next_id) {
@@ -199,7 +210,8 @@ impl Topic {
     /// Drops the places of every id stored in segments up to `segment` (retention).
     pub fn forget_segments_through(&mut self, segment: u64) {
         while self.index.front().is_some_and(|l| l.segment <= segment) {
-            self.index.pop_front();
+            let loc = self.index.pop_front().expect("non-empty");
+            self.stored_bytes -= u64::from(loc.len);
             self.first_id += 1;
         }
         if self.index.is_empty() {

@@ -4,7 +4,9 @@
 mod common;
 
 use common::*;
+use ferry_core::group::{EntryState, IdPosition};
 use ferry_core::latency::LATENCY_BOUNDS_NS;
+use ferry_core::node::message_trace::Storage;
 use ferry_core::Config;
 use serde_json::json;
 
@@ -84,4 +86,42 @@ fn the_log_on_disk_and_retention_deletions_are_counted() {
     let deleted = h.node.stats().segments_deleted;
     assert!(deleted > 0 && h.disk.files.len() < disk.segments, "{deleted} deleted, {} files left", h.disk.files.len());
     assert_eq!(h.node.disk_view().segments, h.disk.files.len());
+}
+
+#[test]
+fn a_trace_tells_where_a_message_is_and_what_happened_to_it() {
+    let mut h = harness(Config::default());
+    let id = publish(&mut h, "t", None, json!(1));
+    let other = publish(&mut h, "t", None, json!(2));
+    subscribe(&mut h, S, "t", "g", json!({"window": 1}));
+    assert_eq!(ids(&msgs(&mut h, S)), vec![id]);
+    h.advance_ms(Config::default().ack_timeout_ms + 1);
+    assert_eq!(ids(&msgs(&mut h, S)), vec![id], "redelivered");
+    ack(&mut h, S, "t", "g", &[id]);
+    let trace = h.node.trace_message("t", id).expect("topic t");
+    let events: Vec<(&str, Option<u32>)> = trace.events.iter().map(|line| (line.event, line.attempt)).collect();
+    assert_eq!(events, vec![("stored", None), ("delivered", Some(1)), ("timed_out", None), ("delivered", Some(2)), ("acked", None)]);
+    assert!(trace.events[1..].iter().all(|line| line.group.as_deref() == Some("g")));
+    assert!(matches!(trace.storage, Storage::Stored(loc) if loc.len > 0));
+    assert_eq!(trace.groups, vec![("g".to_string(), IdPosition::Settled)]);
+    assert_eq!(trace.events_forgotten_until_ms, None);
+    // The next one is in flight now; an id not given yet is not stored.
+    let next = h.node.trace_message("t", other).unwrap();
+    assert!(matches!(next.groups[0].1, IdPosition::Held(EntryState::InFlight { conn, attempts: 1, .. }) if conn == S), "{next:?}");
+    assert_eq!(h.node.trace_message("t", 99).unwrap().storage, Storage::NotYetStored);
+    assert!(h.node.trace_message("nothing", 1).is_none());
+}
+
+#[test]
+fn the_trace_ring_is_bounded_in_bytes_and_says_when_it_let_go() {
+    let event_bytes = std::mem::size_of::<ferry_core::trace_book::TraceEvent>() as u64;
+    let mut h = harness(Config { trace_bytes_max: 4 * event_bytes, ..Config::default() });
+    let first = publish(&mut h, "t", None, json!(1));
+    for n in 0..8 {
+        publish(&mut h, "t", None, json!(n));
+    }
+    assert_eq!(h.node.memory().trace_bytes, 4 * event_bytes);
+    let trace = h.node.trace_message("t", first).unwrap();
+    assert!(trace.events.is_empty() && trace.events_forgotten_until_ms.is_some(), "{trace:?}");
+    assert!(matches!(trace.storage, Storage::Stored(_)), "the state still says where it is");
 }

@@ -357,3 +357,87 @@ mod tests {
         assert_eq!(table.lines().last(), Some("shard leaders: 0: node 1 (term 3), 1: none (term 4)"), "{table}");
     }
 }
+
+#[derive(clap::Args)]
+pub struct TraceArgs {
+    /// The message's topic.
+    #[arg(long)]
+    topic: String,
+    /// The message's id.
+    #[arg(long)]
+    id: u64,
+    /// The server's address (host:port of its listener, or its ws:// URL).
+    #[arg(long, default_value = crate::DEFAULT_URL)]
+    url: String,
+    /// An admin token, when the server has `tokens` configured (or FERRY_TOKEN).
+    #[arg(long, env = "FERRY_TOKEN")]
+    token: Option<String>,
+    /// Print the server's JSON answer as it is.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Asks the server's admin API where a message is and was (`GET /api/trace`) and prints it.
+pub fn trace(args: &TraceArgs) -> Result<(), String> {
+    let query: String = form_urlencoded::Serializer::new(String::new()).append_pair("topic", &args.topic).append_pair("id", &args.id.to_string()).finish();
+    let (status, body) = admin_get(&args.url, &format!("/api/trace?{query}"), args.token.as_deref())?;
+    let answer: Value = serde_json::from_str(&body).map_err(|e| format!("the server answered {status} with no JSON ({e}): {body}"))?;
+    if status != 200 {
+        return Err(format!("the server answered {status}: {}", answer["error"].as_str().unwrap_or(&body)));
+    }
+    if args.json {
+        println!("{answer}");
+    } else {
+        print!("{}", trace_text(&answer));
+    }
+    Ok(())
+}
+
+/// A trace as lines a person reads.
+fn trace_text(trace: &Value) -> String {
+    let storage = &trace["storage"];
+    let mut out = match storage["state"].as_str() {
+        Some("stored") => {
+            format!("message {} of {}: stored in segment {} at offset {} ({} bytes)\n", trace["id"], trace["topic"], storage["segment"], storage["offset"], storage["bytes"])
+        }
+        _ => format!("message {} of {}: {}\n", trace["id"], trace["topic"], storage["why"].as_str().unwrap_or("?")),
+    };
+    for group in trace["groups"].as_array().into_iter().flatten() {
+        let now = &group["now"];
+        let detail: Vec<String> = now.as_object().into_iter().flatten().filter(|(k, _)| *k != "state").map(|(k, v)| format!("{k} {}", v.to_string().trim_matches('"'))).collect();
+        out += &format!(
+            "  group {}: {}{}\n",
+            group["group"].as_str().unwrap_or("?"),
+            now["state"].as_str().unwrap_or("?"),
+            if detail.is_empty() { String::new() } else { format!(" ({})", detail.join(", ")) }
+        );
+    }
+    let events = trace["events"].as_array().cloned().unwrap_or_default();
+    let first_ms = events.first().and_then(|e| e["at_ms"].as_u64()).unwrap_or(0);
+    out += if events.is_empty() { "no recent events on this node\n" } else { "recent events (this node; time after the first):\n" };
+    for event in &events {
+        let ms = event["at_ms"].as_u64().unwrap_or(0) - first_ms;
+        let detail: Vec<String> = ["group", "conn", "attempt", "segment", "copy_id"]
+            .iter()
+            .filter(|k| !event[**k].is_null())
+            .map(|k| format!("{k} {}", event[*k].to_string().trim_matches('"')))
+            .collect();
+        out += &format!("  +{ms:>8} ms  {:<14}{}\n", event["event"].as_str().unwrap_or("?"), detail.join("  "));
+    }
+    out
+}
+
+/// `GET path` on the server's admin API: (status, body).
+fn admin_get(url: &str, path: &str, token: Option<&str>) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let authority = url.split("://").last().unwrap_or(url).split('/').next().unwrap_or_default();
+    let mut stream = std::net::TcpStream::connect(authority).map_err(|e| format!("cannot connect to {authority}: {e}"))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let bearer = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\n{bearer}Connection: close\r\n\r\n").map_err(|e| format!("cannot ask {authority}: {e}"))?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).map_err(|e| format!("no answer from {authority}: {e}"))?;
+    let (head, body) = answer.split_once("\r\n\r\n").ok_or_else(|| format!("{authority} answered no HTTP"))?;
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("{authority} answered no HTTP status"))?;
+    Ok((status, body.to_string()))
+}

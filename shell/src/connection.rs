@@ -106,6 +106,8 @@ pub struct Connection {
     pub id: ConnId,
     pub socket: Socket,
     pub accepted_at: Instant,
+    /// The client's address, as accepted.
+    pub peer: Option<std::net::SocketAddr>,
     /// When closing began: the core has forgotten this connection; its queued bytes (ending
     /// with a close frame) are flushed, then it drains, and by `CLOSE_LINGER` after this it
     /// is dropped in any case.
@@ -148,6 +150,7 @@ impl Connection {
             id,
             socket,
             accepted_at: now,
+            peer: None,
             closing_since: None,
             wants_writable: true,
             doomed: false,

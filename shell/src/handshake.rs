@@ -6,10 +6,12 @@
 //! Refusals, checked in this order:
 //! - 400 Bad Request: not an HTTP request line, HTTP below 1.1 (RFC 6455 §4.1 needs 1.1),
 //!   a request head over `REQUEST_HEAD_BYTES_MAX`, a folded header line.
-//! - A GET of `/metrics`, `/healthz` or `/readyz` is plain HTTP (`Verdict::Http`): the server
-//!   answers it (see `metrics`) and closes.
+//! - A request for a plain HTTP path (`is_plain_http`: the console at `/`, `/metrics`,
+//!   `/healthz`, `/readyz`, the admin API under `/api/`) is plain HTTP (`Verdict::Http`): the
+//!   server answers it (see `http`) and closes. GET, or POST for the admin API's actions;
+//!   another method gets 405.
 //! - 404 Not Found: a path other than those and `/ws`.
-//! - 405 Method Not Allowed (with `Allow: GET`): any method but GET.
+//! - 405 Method Not Allowed (with `Allow: GET`): any method but GET on `/ws`.
 //! - 400 Bad Request: no `Host` (RFC 6455 §4.2.1 item 2, RFC 7230 §5.4).
 //! - 426 Upgrade Required (with `Upgrade: websocket` and `Sec-WebSocket-Version: 13`): no
 //!   `Upgrade: websocket` or no `Connection: Upgrade`, i.e. a plain HTTP request for the
@@ -33,13 +35,20 @@ pub enum Verdict {
     Upgrade { answer: Vec<u8>, tail: Vec<u8> },
     /// Send `answer`, then close; `why` is for the log.
     Refuse { answer: Vec<u8>, why: String },
-    /// A plain HTTP GET of `path` (one the server answers without an upgrade), then close;
-    /// `bearer`: the token of an `Authorization: Bearer` header.
-    Http { path: String, bearer: Option<String> },
+    /// A plain HTTP request (one the server answers without an upgrade), then close:
+    /// `method` GET or POST, `query` what followed `?` (undecoded), `bearer` the token of an
+    /// `Authorization: Bearer` header.
+    Http { method: String, path: String, query: String, bearer: Option<String> },
 }
 
 /// Paths served as plain HTTP beside the WebSocket one.
-pub const HTTP_PATHS: [&str; 4] = ["/metrics", "/healthz", "/readyz", "/api/topics"];
+const HTTP_PATHS: [&str; 4] = ["/", "/metrics", "/healthz", "/readyz"];
+const API_PREFIX: &str = "/api/";
+
+/// Whether `path` is served as plain HTTP rather than upgraded.
+pub fn is_plain_http(path: &str) -> bool {
+    HTTP_PATHS.contains(&path) || path.starts_with(API_PREFIX)
+}
 
 /// Collects the request head from a non-blocking stream.
 #[derive(Default)]
@@ -141,13 +150,17 @@ fn judge(head: &[u8], tail: Vec<u8>) -> Verdict {
     let values = |wanted: &'static str| headers.iter().filter(move |(name, _)| name.eq_ignore_ascii_case(wanted)).map(|(_, value)| *value);
     let has_token = |header: &'static str, token: &str| values(header).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(token));
 
-    let path = target.split('?').next().unwrap_or_default();
-    if method == "GET" && HTTP_PATHS.contains(&path) {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if is_plain_http(path) {
+        let post_allowed = path.starts_with(API_PREFIX);
+        if method != "GET" && !(post_allowed && method == "POST") {
+            return refuse(405, &[("Allow", if post_allowed { "GET, POST" } else { "GET" })], "plain HTTP paths answer GET (and the admin API's actions POST)");
+        }
         let bearer = values("Authorization").find_map(|v| v.strip_prefix("Bearer ")).map(|token| token.trim().to_string());
-        return Verdict::Http { path: path.to_string(), bearer };
+        return Verdict::Http { method: method.to_string(), path: path.to_string(), query: query.to_string(), bearer };
     }
     if path != PATH {
-        return refuse(404, &[], "ferry serves WebSocket at /ws, and /metrics, /healthz and /readyz");
+        return refuse(404, &[], "ferry serves WebSocket at /ws, its console at /, /metrics, /healthz, /readyz and the admin API under /api/");
     }
     if method != "GET" {
         return refuse(405, &[("Allow", "GET")], "a WebSocket upgrade is a GET request");
@@ -195,7 +208,7 @@ mod tests {
     fn status(request: &str) -> String {
         match RequestReader::default().read(&mut request.as_bytes()) {
             Ok(Verdict::Upgrade { answer, .. }) | Ok(Verdict::Refuse { answer, .. }) => String::from_utf8(answer).unwrap().lines().next().unwrap().to_string(),
-            Ok(Verdict::Http { path, .. }) => format!("http {path}"),
+            Ok(Verdict::Http { method, path, query, .. }) => format!("http {method} {path} {query}"),
             Ok(Verdict::Incomplete) => "incomplete".into(),
             Err(e) => format!("error {e}"),
         }
@@ -234,6 +247,15 @@ mod tests {
     }
 
     #[test]
+    fn plain_http_paths_are_told_apart_from_the_websocket() {
+        assert_eq!(status("GET /metrics HTTP/1.1\r\n\r\n"), "http GET /metrics ");
+        assert_eq!(status("GET / HTTP/1.1\r\n\r\n"), "http GET / ");
+        assert_eq!(status("GET /api/trace?topic=a%2Fb&id=3 HTTP/1.1\r\n\r\n"), "http GET /api/trace topic=a%2Fb&id=3");
+        assert_eq!(status("POST /api/groups/reset?topic=t HTTP/1.1\r\n\r\n"), "http POST /api/groups/reset topic=t");
+        assert_eq!(status("GET /apis HTTP/1.1\r\nHost: a\r\n\r\n"), "HTTP/1.1 404 Not Found");
+    }
+
+    #[test]
     fn odd_requests_get_a_status_and_never_a_panic() {
         for (request, want) in [
             ("\r\n\r\n", "400"),
@@ -242,6 +264,8 @@ mod tests {
             ("GET  /ws HTTP/1.1\r\n\r\n", "400"),
             ("GET /ws HTTP/0.9\r\n\r\n", "400"),
             ("DELETE /other HTTP/1.1\r\nHost: a\r\n\r\n", "404"),
+            ("POST /metrics HTTP/1.1\r\nHost: a\r\n\r\n", "405"),
+            ("DELETE /api/topics HTTP/1.1\r\nHost: a\r\n\r\n", "405"),
             ("GET /ws HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", "400"),
             ("GET /ws HTTP/1.1\r\nno colon\r\n\r\n", "400"),
             ("GET /ws HTTP/1.1\r\nHost: \u{fffd}\u{0}\r\n\r\n", "426"),

@@ -1,9 +1,12 @@
 //! `ferry`: the server (`serve`) and two protocol clients for demos and scripts.
 
 mod accept;
+mod admin;
+mod admin_actions;
 mod client;
 mod connection;
 mod handshake;
+mod http;
 mod log;
 mod metrics;
 mod peers;
@@ -36,6 +39,9 @@ enum Command {
     Publish(client::PublishArgs),
     /// Join a consumer group and print each message as one JSON line, acking it.
     Subscribe(client::SubscribeArgs),
+    /// Where a message is and was: stored where, where it stands in each group, and its recent
+    /// events (deliveries, acks, nacks, timeouts, dead letters). Asks the admin API.
+    Trace(client::TraceArgs),
     /// A cluster's state as its nodes report it.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -152,6 +158,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(&args),
         Command::Publish(args) => client::publish(&args),
         Command::Subscribe(args) => client::subscribe(&args),
+        Command::Trace(args) => client::trace(&args),
         Command::Cluster(ClusterCommand::Status(args)) => client::cluster_status(&args),
     };
     match result {

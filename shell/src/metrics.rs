@@ -1,10 +1,7 @@
-//! The HTTP answers served beside `/ws` on the same listener: `GET /metrics` (what the core
-//! counts, in the OpenMetrics text format Prometheus scrapes, encoded by prometheus-client
-//! from a registry built at each scrape), `GET /healthz` (the process answers) and
-//! `GET /readyz` (it takes work: recovered, no stop asked, in a cluster a leader known for
-//! every shard), and the admin API (`GET /api/topics`: JSON), which answers an admin only:
-//! with `tokens` configured, a request with `Authorization: Bearer <token>`; without, one from
-//! a loopback address (never open to the world by default).
+//! `GET /metrics` (what the core counts, in the OpenMetrics text format Prometheus scrapes,
+//! encoded by prometheus-client from a registry built at each scrape), `GET /healthz` (the
+//! process answers) and `GET /readyz` (it takes work: recovered, no stop asked, in a cluster a
+//! leader known for every shard). Open to whoever reaches the listener, like the WebSocket.
 
 use crate::handshake::http_answer;
 use ferry_core::latency::{LatencyHistogram, LATENCY_BOUNDS_NS};
@@ -22,20 +19,10 @@ use prometheus_client::registry::{Registry, Unit};
 /// What Prometheus expects for the OpenMetrics text format.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Who asks, for the admin API.
-pub struct Access {
-    pub from_loopback: bool,
-    pub bearer: Option<String>,
-}
-
-/// The answer to `GET path`, if ferry serves that path over plain HTTP; `fsync_seconds`: the
-/// store's fsync durations.
-pub fn answer(path: &str, host: &Host, fsync_seconds: &Histogram, access: &Access) -> Option<Vec<u8>> {
+/// The answer to `GET path`, if it is one of the metrics and health paths; `fsync_seconds`:
+/// the store's fsync durations.
+pub fn answer(path: &str, host: &Host, fsync_seconds: &Histogram) -> Option<Vec<u8>> {
     match path {
-        "/api/topics" => Some(match admin_refusal(host, access) {
-            None => http_answer(200, "application/json", &topics_json(host)),
-            Some((status, why)) => http_answer(status, "text/plain; charset=utf-8", &format!("{why}\n")),
-        }),
         "/metrics" => Some(http_answer(200, OPENMETRICS, &render(host, fsync_seconds))),
         "/healthz" => Some(http_answer(200, "text/plain; charset=utf-8", "ok\n")),
         "/readyz" => Some(match not_ready(host) {
@@ -46,38 +33,8 @@ pub fn answer(path: &str, host: &Host, fsync_seconds: &Histogram, access: &Acces
     }
 }
 
-/// Why `access` may not use the admin API: (status, reason); `None` when it may.
-fn admin_refusal(host: &Host, access: &Access) -> Option<(u16, &'static str)> {
-    let tokens = &host.config().tokens;
-    if tokens.is_empty() {
-        return (!access.from_loopback).then_some((403, "the admin API answers loopback addresses only while no tokens are configured"));
-    }
-    let known = access.bearer.as_ref().is_some_and(|bearer| tokens.contains(bearer));
-    (!known).then_some((401, "send Authorization: Bearer <token> with one of the configured tokens"))
-}
-
-/// Every topic with its groups, as JSON.
-fn topics_json(host: &Host) -> String {
-    let topics: Vec<serde_json::Value> = host
-        .topics_view()
-        .into_iter()
-        .map(|topic| {
-            let groups: Vec<serde_json::Value> = topic
-                .groups
-                .iter()
-                .map(|g| {
-                    let c = &g.counters;
-                    serde_json::json!({"group": g.name, "members": g.members, "backlog": g.backlog, "delivered": c.delivered, "redelivered": c.redelivered, "acked": c.acked, "dead_lettered": c.dead_lettered})
-                })
-                .collect();
-            serde_json::json!({"topic": topic.name, "published": topic.published, "next_id": topic.next_id, "groups": groups})
-        })
-        .collect();
-    serde_json::json!({ "topics": topics }).to_string()
-}
-
 /// Why the process does not take work now, if it does not.
-fn not_ready(host: &Host) -> Option<String> {
+pub fn not_ready(host: &Host) -> Option<String> {
     if host.is_stopped() {
         return Some("stopped: a disk error the node cannot recover from (see the log)".into());
     }
@@ -182,6 +139,7 @@ pub fn render(host: &Host, fsync_seconds: &Histogram) -> String {
         ("read_cache", "Bytes of messages read back from disk and cached (read_cache_bytes)", memory.read_cache_bytes),
         ("unwritten_log", "Bytes of the log not yet written", memory.unwritten_log_bytes),
         ("raft_log_memory", "Bytes of raft entries held in memory (raft_log_memory_bytes)", host.raft_memory_bytes()),
+        ("trace_memory", "Bytes of recent message events kept for traces (trace_bytes_max)", memory.trace_bytes),
     ];
     for (name, help, value) in gauges {
         registry.register_with_unit(name, help, Unit::Bytes, ConstGauge::new(value as i64));

@@ -4,9 +4,9 @@
 
 use crate::accept::{self, Acceptor};
 use crate::connection::{drain, read_failure, Connection, Idle, Metered, ReadEnd, Socket, CLOSE_LINGER};
-use crate::handshake::{self, RequestReader, Verdict};
+use crate::handshake::{RequestReader, Verdict};
+use crate::http;
 use crate::log::Throttle;
-use crate::metrics;
 use crate::peers::{Arrived, Peers, PEER_LISTENER, PEER_TOKEN_BASE};
 use crate::store::{Completion, Store};
 use ferry_core::node::{Input, Output, Rejection, Trace};
@@ -369,8 +369,9 @@ impl Server {
         let id = self.next_conn_id;
         self.next_conn_id.0 += 1;
         // The request is read on the readable event, which comes at once if it is already here.
+        let peer = stream.peer_addr().ok();
         let socket = Socket::Handshaking { stream, request: RequestReader::default() };
-        entry.insert(Connection::new(id, socket, Instant::now()));
+        entry.insert(Connection::new(id, socket, Instant::now())).peer = peer;
         self.by_id.insert(id, key);
     }
 
@@ -385,20 +386,18 @@ impl Server {
                     conn.closing_since = Some(Instant::now());
                     (answer, None)
                 }
-                Ok(Verdict::Http { path, bearer }) => {
+                Ok(Verdict::Http { method, path, query, bearer }) => {
                     conn.closing_since = Some(Instant::now());
                     let from_loopback = stream.peer_addr().is_ok_and(|addr| addr.ip().is_loopback());
-                    let access = metrics::Access { from_loopback, bearer };
-                    // The handshake's list of plain paths and `metrics::answer` must agree; if they
-                    // ever do not, the client gets a 404, never a panic.
-                    let answer = metrics::answer(&path, &self.node, &self.store.fsync_seconds, &access);
-                    (answer.unwrap_or_else(|| handshake::refusal(404, &[], "not served")), None)
+                    let request = http::Request::new(method, path, &query, http::Access { from_loopback, bearer });
+                    (self.answer_http(&request), None)
                 }
                 Err(_) => {
                     self.to_drop.push(key);
                     return;
                 }
             };
+            let Some(conn) = self.conns.get_mut(key) else { return };
             let Socket::Handshaking { stream, .. } = std::mem::replace(&mut conn.socket, Socket::Moving) else { unreachable!() };
             conn.socket = Socket::Answering { stream, answer, written: 0, upgrade };
             self.to_flush.push(key);
@@ -527,6 +526,26 @@ impl Server {
         // Readable events were ignored while the close frame was flushed.
         self.more_to_read.push(key);
         self.check_outbox_total();
+    }
+
+    /// The answer to a plain HTTP request; the connections an admin action asked to close
+    /// are closed (and the core told) after.
+    fn answer_http(&mut self, request: &http::Request) -> Vec<u8> {
+        let (conns, by_id) = (&self.conns, &self.by_id);
+        let connection_info = |conn: ConnId| {
+            let connection = &conns[*by_id.get(&conn)?];
+            let peer = connection.peer.map_or_else(|| "unknown".to_string(), |addr| addr.to_string());
+            Some(http::ConnectionInfo { peer, connected_ms: connection.accepted_at.elapsed().as_millis() as u64, outbox_bytes: connection.outbox() })
+        };
+        let mut context =
+            http::Context { host: &mut self.node, now_ns: self.clock.now(), fsync_seconds: &self.store.fsync_seconds, connection_info: &connection_info, disconnects: Vec::new() };
+        let answer = http::answer(request, &mut context);
+        for conn in std::mem::take(&mut context.disconnects) {
+            tracing::info!("connection {conn}: disconnected by an operator (admin API)");
+            self.node.handle_input(self.clock.now(), Input::Disconnected { conn });
+            self.close_conn(conn, 1008, "disconnected by an operator".to_string());
+        }
+        answer
     }
 
     /// Carries out the node's outputs (those deferred while reading first) until it has none.

@@ -12,6 +12,7 @@ use crate::group::{key_hash, AckOutcome, Admit, Candidate, Released};
 use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::protocol::ErrorCode;
 use crate::topic::{Lookup, StoredMessage};
+use crate::trace_book::Happening;
 
 const NO_DLQ_OF_A_DLQ: &str = "dead-letter topics have no dead-letter topic";
 
@@ -57,6 +58,7 @@ impl Node {
                 if let Some(until_ns) = delay_until {
                     self.timers.remove(&(until_ns, Timer::NackDelay { topic: t, group: g, id }));
                 }
+                self.trace_book.push(self.now_ns, t, id, Happening::Acked { group: g });
                 self.stats.acked += 1;
                 self.state.topics[t].groups[g].counters.acked += 1;
                 self.mark_group_dirty(t, g);
@@ -75,6 +77,7 @@ impl Node {
             return false;
         }
         if let Some(Released { conn, deadline_ns, bytes }) = group.nack(id, until_ns, conn) {
+            self.trace_book.push(self.now_ns, t, id, Happening::Nacked { group: g, conn });
             self.timers.remove(&(deadline_ns, Timer::AckDeadline { topic: t, group: g, id }));
             self.release_in_flight(conn, t, g, bytes);
             if let Some(until_ns) = until_ns {
@@ -187,6 +190,7 @@ impl Node {
         self.timers.insert((deadline_ns, Timer::AckDeadline { topic: t, group: g, id }));
         let by_reference = self.replication.is_some();
         self.out.push_back(delivery_output(shard, conn, by_reference, &topic.name, &group.name, id, prev, attempt, message));
+        self.trace_book.push(self.now_ns, t, id, Happening::Delivered { group: g, conn, attempt });
         self.stats.delivered += 1;
         group.counters.delivered += 1;
         if attempt == 1 {
@@ -228,7 +232,8 @@ impl Node {
             self.out.push_back(Output::Trace(Trace::DeadLettered { topic: topic_name, group: group_name, id }));
             return;
         }
-        self.append_message(NewMessage { topic: dlq, key: message.key.as_deref(), producer: None, body: &message.body });
+        let copy_id = self.append_message(NewMessage { topic: dlq, key: message.key.as_deref(), producer: None, body: &message.body });
+        self.trace_book.push(self.now_ns, t, id, Happening::DeadLettered { group: g, copy_id: Some(copy_id) });
         self.log.open.waiters.push(Waiter::DeadLetter { topic: t, group: g, id });
         self.out.push_back(Output::Trace(Trace::DeadLettered { topic: topic_name, group: group_name, id }));
         self.stats.dead_lettered += 1;

@@ -14,6 +14,8 @@ pub struct TopicView {
     pub first_id: u64,
     /// The id its next message gets.
     pub next_id: u64,
+    /// Bytes of the records of its stored messages (on disk).
+    pub stored_bytes: u64,
     /// Bytes of its recent messages held in memory.
     pub cached_bytes: u64,
     pub groups: Vec<GroupView>,
@@ -65,6 +67,7 @@ impl Node {
                 published: topic.published,
                 first_id: topic.first_id(),
                 next_id: topic.next_id,
+                stored_bytes: topic.stored_bytes(),
                 cached_bytes: topic.cache_bytes(),
                 groups: topic
                     .groups
@@ -92,5 +95,48 @@ impl Node {
     /// The segments of its log on disk and their bytes.
     pub fn disk_view(&self) -> DiskView {
         DiskView { segments: self.log.segments.len(), bytes: self.log.segments.iter().map(|s| s.bytes).sum() }
+    }
+}
+
+/// A client connection as the core knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnView {
+    pub conn: crate::ids::ConnId,
+    pub authenticated: bool,
+    pub subs: Vec<SubView>,
+}
+
+/// A connection's subscriptions (and pulls) on one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubView {
+    pub topic: String,
+    pub group: String,
+    pub subscribed: bool,
+    pub pulling: bool,
+    pub window: u32,
+    pub in_flight: u32,
+    pub in_flight_bytes: u64,
+}
+
+impl Node {
+    /// The subscriptions of connection `conn` on this shard.
+    pub fn subs_of(&self, conn: crate::ids::ConnId) -> Vec<SubView> {
+        let Some(state) = self.conns.get(&conn) else { return Vec::new() };
+        state
+            .subs
+            .iter()
+            .map(|(&(t, g), sub)| {
+                let topic = &self.state.topics[t];
+                SubView {
+                    topic: topic.name.clone(),
+                    group: topic.groups[g].name.clone(),
+                    subscribed: sub.subscribed,
+                    pulling: sub.pull.is_some(),
+                    window: sub.window,
+                    in_flight: sub.in_flight,
+                    in_flight_bytes: sub.in_flight_bytes,
+                }
+            })
+            .collect()
     }
 }

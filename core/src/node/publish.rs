@@ -12,6 +12,7 @@ use crate::pipeline::{self, Publish, PublishContext};
 use crate::protocol::{self, ErrorCode};
 use crate::record::{self, MessageRef};
 use crate::topic::{Loc, StoredMessage};
+use crate::trace_book::Happening;
 use std::rc::Rc;
 
 /// A waiter addressed to nobody (its answer was already given).
@@ -124,6 +125,7 @@ impl Node {
         let (topic_max, total_max) = (self.config.topic_cache_bytes, self.config.cache_bytes_total);
         self.cache_budget.push(&mut self.state.topics, t, Rc::new(stored), topic_max, total_max);
         self.log.open.marks.insert(t, id + 1);
+        self.trace_book.push(self.now_ns, t, id, Happening::Stored { segment: loc.segment });
         id
     }
 }

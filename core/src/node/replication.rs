@@ -21,6 +21,7 @@ use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::protocol::{self, ErrorCode, Filter};
 use crate::record::{self, AppliedRecord, RaftEntryRef, RaftStateRecord};
 use crate::topic::{Loc, StoredMessage};
+use crate::trace_book::Happening;
 use raft::eraftpb::{Entry, HardState};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -466,6 +467,7 @@ impl Node {
         self.cache_budget.push(&mut self.state.topics, t, Rc::new(stored), topic_max, total_max);
         let topic = &mut self.state.topics[t];
         topic.durable_next_id = topic.durable_next_id.max(id + 1);
+        self.trace_book.push(self.now_ns, t, id, Happening::Stored { segment: loc.segment });
         self.stats.published += 1;
         self.state.topics[t].published += 1;
         self.answer_applied(proposal, t, id);
@@ -546,7 +548,10 @@ impl Node {
                     self.send(conn, frame);
                 }
             }
-            Some(Proposal::DeadLetter { topic, group, id }) => self.settle_dead_letter(topic, group, id),
+            Some(Proposal::DeadLetter { topic, group, id: original }) => {
+                self.trace_book.push(self.now_ns, topic, original, Happening::DeadLettered { group, copy_id: Some(id) });
+                self.settle_dead_letter(topic, group, original)
+            }
             Some(Proposal::Join(_) | Proposal::Position) | None => {}
         }
     }

@@ -235,6 +235,17 @@ impl Client {
     pub fn close(mut self) {
         let _ = self.ws.close(None);
     }
+
+    /// Reads until the server closes the connection (true), or 10 s pass (false).
+    pub fn wait_closed(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.recv().is_err() {
+                return true;
+            }
+        }
+        false
+    }
 }
 
 pub fn pub_frame(req: u64, topic: &str, body: Value) -> Value {
@@ -504,11 +515,17 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
 
 /// `http_get` with extra header lines (`Name: value`).
 pub fn http_get_with(addr: &str, path: &str, headers: &[&str]) -> (u16, String) {
+    http_request(addr, "GET", path, headers)
+}
+
+/// Sends `method path` with extra header lines and no body: (status code, body).
+pub fn http_request(addr: &str, method: &str, path: &str, headers: &[&str]) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("connects");
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n").unwrap();
+    let length = if method == "POST" { "Content-Length: 0\r\n" } else { "" };
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{length}{extra}\r\n").unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).expect("an answer, then the connection closes");
     let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
