@@ -129,6 +129,9 @@ pub struct Group {
     taken_over: bool,
     /// What happened to its messages since the process started (for metrics).
     pub counters: GroupCounters,
+    /// An operator dropped it: its slot stays (indexes of later groups keep their meaning),
+    /// empty, out of its topic's index, never written again; a restart forgets it.
+    pub dropped: bool,
 }
 
 /// A group's counts since the process started.
@@ -151,6 +154,7 @@ impl Group {
             max_attempts,
             cursor: start_id,
             last_passed: 0,
+            dropped: false,
             outstanding: BTreeMap::new(),
             ready: BTreeSet::new(),
             keys_busy: BTreeMap::new(),
@@ -224,6 +228,21 @@ impl Group {
     pub fn oldest_unacked(&self, next_id: u64) -> Option<u64> {
         let held = self.outstanding.iter().find(|(_, e)| e.state != EntryState::Acked).map(|(id, _)| *id);
         held.or((self.cursor < next_id).then_some(self.cursor))
+    }
+
+    /// Moves the group to `start_id` as if it began there (an operator's reset): everything it
+    /// held is let go of, and returned (id, state, bytes) so the caller can cancel timers and
+    /// free windows. The first delivery after it carries `prev` 0: the chain starts again.
+    pub fn reset(&mut self, start_id: u64) -> Vec<(u64, EntryState, u32)> {
+        let held = std::mem::take(&mut self.outstanding).into_iter().map(|(id, e)| (id, e.state, e.bytes)).collect();
+        self.ready.clear();
+        self.keys_busy.clear();
+        self.blocked.clear();
+        self.pre_acked.clear();
+        self.start_id = start_id.max(1);
+        self.cursor = self.start_id;
+        self.last_passed = 0;
+        held
     }
 
     /// Where message `id` stands in this group.

@@ -19,6 +19,9 @@ use crate::recovery::{segment_file_name, RecoveryError};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
 
+/// WebSocket close code "policy violation" (RFC 6455 §7.4.1): an operator closed it.
+const CLOSE_POLICY: u16 = 1008;
+
 pub struct Host {
     config: Config,
     /// One node state machine per shard, in shard order.
@@ -103,6 +106,29 @@ impl Host {
     /// In cluster mode, whether this process leads the shard of `topic` now.
     pub fn leads_shard_of(&self, topic: &str) -> bool {
         self.shard_of(topic).is_shard_leader()
+    }
+
+    /// An operator's action (`Node::admin`), carried out by the shard of the topic it names;
+    /// its effects come out of `poll_output` like any input's.
+    pub fn admin(&mut self, now_ns: u64, action: &crate::node::admin::AdminAction) -> Result<String, crate::node::admin::AdminRefusal> {
+        use crate::node::admin::{AdminAction, AdminRefusal};
+        self.now_ns = self.now_ns.max(now_ns);
+        let topic = match action {
+            AdminAction::ResetGroup { topic, .. } | AdminAction::DropGroup { topic, .. } | AdminAction::Redrive { topic } => topic,
+            AdminAction::Disconnect { conn } => {
+                if self.conns.remove(conn).is_none() {
+                    return Err(AdminRefusal::NotFound(format!("no connection {conn}")));
+                }
+                self.tell_every_shard(now_ns, || Input::Disconnected { conn: *conn });
+                self.out.push_back(Output::Close { conn: *conn, code: CLOSE_POLICY, reason: "disconnected by an operator".into() });
+                self.take_shard_outputs();
+                return Ok(format!("connection {conn} disconnected"));
+            }
+        };
+        let shard = ShardId::of_topic(topic, self.config.shards).0 as usize;
+        let result = self.shards[shard].admin(now_ns, action);
+        self.take_shard_outputs();
+        result
     }
 
     /// Where message `id` of `topic` is and was (`Node::trace_message`), from its shard; in a

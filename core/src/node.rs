@@ -22,6 +22,7 @@ use crate::recovery::{Damage, RecoveryError};
 use crate::trace_book::{Happening, TraceBook};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+pub mod admin;
 mod cluster_bugs;
 mod cluster_load;
 mod cluster_status;
@@ -340,6 +341,8 @@ pub struct Node {
     read_cache: ReadCache,
     /// Recent message events (`ferry trace`).
     trace_book: TraceBook,
+    /// Redrives under way: each internal member and the dead-letter group it copies from.
+    redrives: BTreeMap<ConnId, (TopicIdx, GroupIdx)>,
     cache_budget: CacheBudget,
     reads: BTreeMap<u64, (TopicIdx, u64)>,
     reading: BTreeSet<(TopicIdx, u64)>,
@@ -395,6 +398,7 @@ impl Node {
             },
             read_cache: ReadCache::default(),
             trace_book: TraceBook::new(trace_bytes_max),
+            redrives: BTreeMap::new(),
             cache_budget: CacheBudget::default(),
             reads: BTreeMap::new(),
             reading: BTreeSet::new(),

@@ -21,6 +21,8 @@ pub const KIND_NEW_TOPICS: u8 = 6;
 pub const KIND_RAFT_ENTRY: u8 = 7;
 pub const KIND_RAFT_STATE: u8 = 8;
 pub const KIND_APPLIED: u8 = 9;
+/// An operator dropped a group: a restart forgets its earlier records.
+pub const KIND_GROUP_DROPPED: u8 = 10;
 /// Bounds `len` so a corrupt length field cannot make recovery allocate or skip wildly.
 pub const RECORD_BYTES_MAX: usize = 64 << 20;
 
@@ -137,6 +139,13 @@ pub enum RecordRef<'a> {
     RaftEntry(RaftEntryRef<'a>),
     RaftState(RaftStateRecord),
     Applied(AppliedRecord),
+    GroupDropped(GroupDroppedRecord),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDroppedRecord {
+    pub topic: String,
+    pub group: String,
 }
 
 fn put_str16(out: &mut Vec<u8>, s: &str) {
@@ -368,6 +377,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<(RecordRef<'_>, usize), RecordError
         KIND_RAFT_ENTRY => RecordRef::RaftEntry(decode_raft_entry(payload).ok_or(RecordError::Malformed("raft entry"))?),
         KIND_RAFT_STATE => RecordRef::RaftState(decode_raft_state(payload).ok_or(RecordError::Malformed("raft state"))?),
         KIND_APPLIED => RecordRef::Applied(serde_json::from_slice(payload).map_err(|_| RecordError::Malformed("applied"))?),
+        KIND_GROUP_DROPPED => RecordRef::GroupDropped(serde_json::from_slice(payload).map_err(|_| RecordError::Malformed("group dropped"))?),
         _ => return Err(RecordError::Malformed("kind")),
     };
     Ok((record, end))

@@ -578,3 +578,39 @@ fn a_congested_peer_link_holds_its_clients_messages_until_it_drains() {
     c.run_ms(50);
     assert_eq!(ids(&msgs(&mut c.nodes[follower], S)), vec![1, 2, 3], "once it drained");
 }
+
+#[test]
+fn an_operator_s_reset_and_drop_are_entries_every_replica_applies() {
+    use ferry_core::node::admin::{AdminAction, AdminRefusal};
+    use ferry_core::protocol::StartFrom;
+    let mut c = Cluster::new();
+    let first = c.leader();
+    c.subscribe(first);
+    for n in 1..=3 {
+        c.publish(first, json!(n));
+    }
+    let delivered = ids(&msgs(&mut c.nodes[first], S));
+    ack(&mut c.nodes[first], S, "t", "g", &delivered);
+    c.run_ms(100);
+    // A follower is not the place: it names the leader.
+    let follower = (first + 1) % 3;
+    let now = c.nodes[follower].now_ns;
+    let action = AdminAction::ResetGroup { topic: "t".into(), group: "g".into(), to: StartFrom::Earliest };
+    assert!(matches!(c.nodes[follower].node.admin(now, &action), Err(AdminRefusal::NotLeader(_))));
+    let now = c.nodes[first].now_ns;
+    c.nodes[first].node.admin(now, &action).expect("the leader proposes it");
+    c.run_ms(100);
+    assert_eq!(ids(&msgs(&mut c.nodes[first], S)), vec![1, 2, 3], "delivered again from the start");
+    // The leader dies: the next one has the reset too (nothing of it was acked since).
+    c.down.insert(first);
+    let second = c.leader();
+    c.subscribe(second);
+    assert_eq!(ids(&msgs(&mut c.nodes[second], S)), vec![1, 2, 3]);
+    let now = c.nodes[second].now_ns;
+    c.nodes[second].node.admin(now, &AdminAction::DropGroup { topic: "t".into(), group: "g".into() }).unwrap();
+    c.run_ms(100);
+    assert_eq!(c.nodes[second].take_op(S, "error")[0]["code"], json!("not_subscribed"));
+    for (at, h) in c.nodes.iter().enumerate().filter(|(at, _)| *at != first) {
+        assert!(h.node.topics_view().iter().all(|t| t.groups.is_empty()), "node {at} dropped the group");
+    }
+}

@@ -1,28 +1,49 @@
-//! The admin API's actions (POST, parameters in the query string; answers are JSON):
+//! The admin API's actions (POST, parameters in the query string; answers are JSON
+//! `{"done": "..."}` or `{"error": "..."}`), carried out by the core (`Host::admin`):
+//! - `/api/groups/reset?topic=T&group=G&to=earliest|latest|<id>`: the group starts again
+//!   there (what it held is let go of; the first delivery after carries `prev` 0).
+//! - `/api/groups/drop?topic=T&group=G`: its members get `not_subscribed`; the group is gone.
+//! - `/api/topics/redrive?topic=T`: copies the dead letters of `T.dlq` back into `T`.
 //! - `/api/connections/disconnect?id=N`: closes client connection N (close code 1008).
+//!
+//! 404: no such topic, group or connection; 409: in a cluster, this node does not lead the
+//! shard (ask the leader); 503: the node cannot do it now.
 
 use crate::http::{Context, Request};
 use ferry_core::ids::ConnId;
+use ferry_core::node::admin::{AdminAction, AdminRefusal};
+use ferry_core::protocol::StartFrom;
 use serde_json::{json, Value};
 
 /// Runs the action `request` names: its JSON answer, or (HTTP status, why).
 pub fn run(request: &Request, context: &mut Context<'_>) -> Result<Value, (u16, String)> {
-    match request.path.as_str() {
-        "/api/connections/disconnect" => {
-            let id: u64 = number(request, "id")?;
-            let conn = ConnId(id);
-            if !context.host.connections_view().iter().any(|view| view.conn == conn) {
-                return Err((404, format!("no connection {id}")));
-            }
-            context.disconnects.push(conn);
-            Ok(json!({ "disconnected": id }))
+    let action = match request.path.as_str() {
+        "/api/groups/reset" => {
+            let to = match text(request, "to")? {
+                "earliest" => StartFrom::Earliest,
+                "latest" => StartFrom::Latest,
+                other => StartFrom::Id(other.parse().map_err(|_| (400, format!("parameter 'to' is earliest, latest or an id, not '{other}'")))?),
+            };
+            AdminAction::ResetGroup { topic: text(request, "topic")?.to_string(), group: text(request, "group")?.to_string(), to }
         }
-        _ => Err((404, format!("no admin action at POST {}", request.path))),
+        "/api/groups/drop" => AdminAction::DropGroup { topic: text(request, "topic")?.to_string(), group: text(request, "group")?.to_string() },
+        "/api/topics/redrive" => AdminAction::Redrive { topic: text(request, "topic")?.to_string() },
+        "/api/connections/disconnect" => {
+            let id = text(request, "id")?;
+            AdminAction::Disconnect { conn: ConnId(id.parse().map_err(|_| (400, format!("parameter 'id' must be a connection id, not '{id}'")))?) }
+        }
+        _ => return Err((404, format!("no admin action at POST {}", request.path))),
+    };
+    tracing::info!("admin action: {action:?}");
+    match context.host.admin(context.now_ns, &action) {
+        Ok(done) => Ok(json!({ "done": done })),
+        Err(AdminRefusal::NotFound(why)) => Err((404, why)),
+        Err(AdminRefusal::NotLeader(why)) => Err((409, why)),
+        Err(AdminRefusal::Unavailable(why)) => Err((503, why)),
     }
 }
 
-/// Query parameter `name` as a number; its absence or another value is a 400 naming it.
-fn number(request: &Request, name: &str) -> Result<u64, (u16, String)> {
-    let text = request.param(name).ok_or_else(|| (400, format!("parameter '{name}' is required")))?;
-    text.parse().map_err(|_| (400, format!("parameter '{name}' must be a number, not '{text}'")))
+/// Query parameter `name`; its absence is a 400 naming it.
+fn text<'a>(request: &'a Request, name: &str) -> Result<&'a str, (u16, String)> {
+    request.param(name).ok_or_else(|| (400, format!("parameter '{name}' is required")))
 }

@@ -49,8 +49,6 @@ pub struct Context<'a> {
     /// The store's fsync durations.
     pub fsync_seconds: &'a Histogram,
     pub connection_info: &'a dyn Fn(ConnId) -> Option<ConnectionInfo>,
-    /// Connections an action asked to close; the server closes them after answering.
-    pub disconnects: Vec<ConnId>,
 }
 
 /// The complete answer to `request` (the connection closes after it).

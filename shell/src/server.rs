@@ -528,8 +528,8 @@ impl Server {
         self.check_outbox_total();
     }
 
-    /// The answer to a plain HTTP request; the connections an admin action asked to close
-    /// are closed (and the core told) after.
+    /// The answer to a plain HTTP request (an admin action's outputs are carried out with
+    /// the core's others).
     fn answer_http(&mut self, request: &http::Request) -> Vec<u8> {
         let (conns, by_id) = (&self.conns, &self.by_id);
         let connection_info = |conn: ConnId| {
@@ -537,15 +537,8 @@ impl Server {
             let peer = connection.peer.map_or_else(|| "unknown".to_string(), |addr| addr.to_string());
             Some(http::ConnectionInfo { peer, connected_ms: connection.accepted_at.elapsed().as_millis() as u64, outbox_bytes: connection.outbox() })
         };
-        let mut context =
-            http::Context { host: &mut self.node, now_ns: self.clock.now(), fsync_seconds: &self.store.fsync_seconds, connection_info: &connection_info, disconnects: Vec::new() };
-        let answer = http::answer(request, &mut context);
-        for conn in std::mem::take(&mut context.disconnects) {
-            tracing::info!("connection {conn}: disconnected by an operator (admin API)");
-            self.node.handle_input(self.clock.now(), Input::Disconnected { conn });
-            self.close_conn(conn, 1008, "disconnected by an operator".to_string());
-        }
-        answer
+        let mut context = http::Context { host: &mut self.node, now_ns: self.clock.now(), fsync_seconds: &self.store.fsync_seconds, connection_info: &connection_info };
+        http::answer(request, &mut context)
     }
 
     /// Carries out the node's outputs (those deferred while reading first) until it has none.

@@ -62,6 +62,15 @@ fn groups_connections_and_a_trace_by_id() {
     assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
     assert!(text.contains(&format!("message {id} of \"orders\": stored in segment")) && text.contains("group billing: settled") && text.contains("timed_out"), "{text}");
 
+    // An operator rewinds the group: the member gets the message again, first in a new chain.
+    let (status, body) = http_request(&server.addr, "POST", "/api/groups/reset?topic=orders&group=billing&to=earliest", &[]);
+    assert_eq!(status, 200, "{body}");
+    let replay = member.expect_op("msg");
+    assert_eq!((replay["id"].as_u64(), replay["prev"].as_u64()), (Some(id), Some(0)), "{replay}");
+    assert_eq!(http_request(&server.addr, "POST", "/api/groups/reset?topic=orders&group=billing&to=soon", &[]).0, 400);
+    assert_eq!(http_request(&server.addr, "POST", "/api/groups/reset?topic=orders&group=nobody&to=latest", &[]).0, 404);
+    assert_eq!(http_request(&server.addr, "POST", "/api/topics/redrive?topic=orders", &[]).0, 404, "no dead letters");
+
     // An operator disconnects the member: its connection closes, the group has no member.
     let (status, body) = http_request(&server.addr, "POST", &format!("/api/connections/disconnect?id={member_id}"), &[]);
     assert_eq!(status, 200, "{body}");
@@ -70,6 +79,10 @@ fn groups_connections_and_a_trace_by_id() {
     assert_eq!(groups["groups"][0]["members"].as_u64(), Some(0), "{groups}");
     assert_eq!(http_request(&server.addr, "POST", "/api/connections/disconnect?id=999999", &[]).0, 404);
     assert_eq!(http_request(&server.addr, "POST", "/api/connections/disconnect", &[]).0, 400);
+    // Dropping the group: gone from the list.
+    let (status, body) = http_request(&server.addr, "POST", "/api/groups/drop?topic=orders&group=billing", &[]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(get_json(&server.addr, "/api/groups")["groups"], json!([]));
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -17,6 +17,8 @@ const KIND_PUBLISH: u8 = 1;
 const KIND_CREATE_GROUP: u8 = 2;
 const KIND_POSITION: u8 = 3;
 const KIND_DEAD_LETTER: u8 = 4;
+const KIND_RESET_GROUP: u8 = 5;
+const KIND_DROP_GROUP: u8 = 6;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command<'a> {
@@ -28,6 +30,10 @@ pub enum Command<'a> {
     Position(GroupRecord),
     /// A message of `topic` that `group` moved to `<topic>.dlq`.
     DeadLetter(DeadLetterCommand),
+    /// An operator moved a group (where to is decided when it is applied, like a creation).
+    ResetGroup(ResetGroupCommand),
+    /// An operator dropped a group.
+    DropGroup(DropGroupCommand),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +90,19 @@ pub struct DeadLetterCommand {
     pub id: u64,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResetGroupCommand {
+    pub topic: String,
+    pub group: String,
+    pub to: GroupStart,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropGroupCommand {
+    pub topic: String,
+    pub group: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommandError {
     Empty,
@@ -112,6 +131,8 @@ pub fn encode(out: &mut Vec<u8>, command: &Command<'_>) {
         Command::CreateGroup(c) => put_json(out, KIND_CREATE_GROUP, c),
         Command::Position(g) => put_json(out, KIND_POSITION, g),
         Command::DeadLetter(d) => put_json(out, KIND_DEAD_LETTER, d),
+        Command::ResetGroup(r) => put_json(out, KIND_RESET_GROUP, r),
+        Command::DropGroup(d) => put_json(out, KIND_DROP_GROUP, d),
     }
 }
 
@@ -123,6 +144,8 @@ pub fn decode(bytes: &[u8]) -> Result<Command<'_>, CommandError> {
         KIND_CREATE_GROUP => serde_json::from_slice(payload).map(Command::CreateGroup).map_err(|_| CommandError::Malformed("create group")),
         KIND_POSITION => serde_json::from_slice(payload).map(Command::Position).map_err(|_| CommandError::Malformed("position")),
         KIND_DEAD_LETTER => serde_json::from_slice(payload).map(Command::DeadLetter).map_err(|_| CommandError::Malformed("dead letter")),
+        KIND_RESET_GROUP => serde_json::from_slice(payload).map(Command::ResetGroup).map_err(|_| CommandError::Malformed("reset group")),
+        KIND_DROP_GROUP => serde_json::from_slice(payload).map(Command::DropGroup).map_err(|_| CommandError::Malformed("drop group")),
         other => Err(CommandError::UnknownKind(other)),
     }
 }
@@ -157,6 +180,8 @@ mod tests {
         roundtrip(Command::CreateGroup(CreateGroupCommand { topic: "t".into(), group: "g".into(), from: GroupStart::Id(9), filter: Some(serde_json::json!({"key_prefix": "a"})) }));
         roundtrip(Command::Position(GroupRecord { topic: "t".into(), group: "g".into(), filter: None, start_id: 1, floor: 4, floor_prev: 3, acked: vec![6] }));
         roundtrip(Command::DeadLetter(DeadLetterCommand { topic: "t".into(), group: "g".into(), id: 5 }));
+        roundtrip(Command::ResetGroup(ResetGroupCommand { topic: "t".into(), group: "g".into(), to: GroupStart::Earliest }));
+        roundtrip(Command::DropGroup(DropGroupCommand { topic: "t".into(), group: "g".into() }));
     }
 
     #[test]

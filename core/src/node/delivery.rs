@@ -189,7 +189,10 @@ impl Node {
         let prev = if self.config.test_bug == Some(TestBug::PrevOffByOne) && id % 7 == 3 && prev > 0 { prev + 1 } else { prev };
         self.timers.insert((deadline_ns, Timer::AckDeadline { topic: t, group: g, id }));
         let by_reference = self.replication.is_some();
-        self.out.push_back(delivery_output(shard, conn, by_reference, &topic.name, &group.name, id, prev, attempt, message));
+        let redrive = self.redrives.contains_key(&conn);
+        if !redrive {
+            self.out.push_back(delivery_output(shard, conn, by_reference, &topic.name, &group.name, id, prev, attempt, message));
+        }
         self.trace_book.push(self.now_ns, t, id, Happening::Delivered { group: g, conn, attempt });
         self.stats.delivered += 1;
         group.counters.delivered += 1;
@@ -214,6 +217,9 @@ impl Node {
         };
         if pull_done {
             self.finish_pull(conn, t, g);
+        }
+        if redrive {
+            self.redrive_copy(t, g, id, message);
         }
     }
 

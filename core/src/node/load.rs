@@ -76,6 +76,9 @@ impl Node {
                     RecordRef::Group(r) => {
                         group_records.insert((r.topic.clone(), r.group.clone()), r);
                     }
+                    RecordRef::GroupDropped(r) => {
+                        group_records.remove(&(r.topic, r.group));
+                    }
                     RecordRef::Producer(r) => {
                         for (seq, topic, id) in r.seqs {
                             if let Ok(t) = self.state.topic_for(&topic) {

@@ -19,6 +19,13 @@ pub(super) enum Waiter {
         /// When the publish arrived (for the publish → puback latency).
         received_ns: u64,
     },
+    /// A redrive's copy of dead letter `id` of (`topic`, `group`), made as `producer`.
+    Redriven {
+        topic: TopicIdx,
+        group: GroupIdx,
+        id: u64,
+        producer: String,
+    },
     Join {
         conn: ConnId,
         req: Option<String>,
@@ -107,6 +114,9 @@ impl Node {
     }
 
     pub(super) fn mark_group_dirty(&mut self, t: TopicIdx, g: GroupIdx) {
+        if self.state.topics[t].groups[g].dropped {
+            return;
+        }
         if self.dirty_groups.is_empty() {
             self.groups_dirty_since_ns = self.now_ns;
         }
@@ -307,8 +317,20 @@ impl Node {
                     }
                 }
                 Waiter::Join { conn, req, topic, group, window, pull } => {
-                    self.state.topics[topic].groups[group].durable = true;
+                    let joined = &mut self.state.topics[topic].groups[group];
+                    if joined.dropped {
+                        let why = format!("group '{}' was dropped by an operator", joined.name);
+                        self.send_error(conn, req.as_deref(), crate::protocol::ErrorCode::NotSubscribed, &why);
+                        continue;
+                    }
+                    joined.durable = true;
                     self.admit_member(conn, req, topic, group, window, pull);
+                }
+                Waiter::Redriven { topic, group, id, producer } => {
+                    if let Some(seen) = self.state.producers.get_mut(&producer).and_then(|p| p.seqs.get_mut(&id)) {
+                        seen.durable = true;
+                    }
+                    self.settle_redriven(topic, group, id);
                 }
                 Waiter::DeadLetter { topic, group, id } => {
                     self.state.topics[topic].groups[group].finish_dead_letter(id, true);
@@ -364,6 +386,10 @@ impl Node {
                     self.state.topics[topic].groups[group].finish_dead_letter(id, false);
                     to_pump.insert((topic, group));
                 }
+                // The copy is gone with the batch (and its seq with the non-durable ones below):
+                // the dead letter stays in flight to the redrive and is copied again after its
+                // ack timeout.
+                Waiter::Redriven { .. } => {}
                 Waiter::RaftPersisted { .. } => unreachable!("cluster mode stops on a failed write"),
             }
         }

@@ -66,7 +66,7 @@ impl Node {
             }
             return Ok((t, g));
         }
-        if self.state.topics[t].groups.len() >= self.config.groups_per_topic_max as usize {
+        if self.state.topics[t].group_index.len() >= self.config.groups_per_topic_max as usize {
             return Err((ErrorCode::Overloaded, format!("group limit reached (groups_per_topic_max = {})", self.config.groups_per_topic_max)));
         }
         let ack_timeout_ns = self.config.ack_timeout_ms_for(group) * NS_PER_MS;

@@ -56,7 +56,7 @@ impl Node {
             None if id >= stored.next_id => Storage::NotYetStored,
             None => Storage::Deleted,
         };
-        let groups = stored.groups.iter().map(|group| (group.name.clone(), group.position_of(id))).collect();
+        let groups = stored.groups.iter().filter(|group| !group.dropped).map(|group| (group.name.clone(), group.position_of(id))).collect();
         let events = self.trace_book.of(t, id).into_iter().map(|event| self.trace_line(t, &event)).collect();
         Some(MessageTrace {
             topic: topic.to_string(),

@@ -72,6 +72,7 @@ impl Node {
                 groups: topic
                     .groups
                     .iter()
+                    .filter(|group| !group.dropped)
                     .map(|group| {
                         let oldest_unacked_id = group.oldest_unacked(topic.next_id);
                         GroupView {

@@ -60,6 +60,8 @@ pub(super) enum Proposal {
     },
     /// A group position of this node's: already in its state when it applies.
     Position,
+    /// An operator's action: applied like anyone's entry.
+    Admin,
 }
 
 /// What a restart found in the log for the replica.
@@ -436,6 +438,10 @@ impl Node {
             // Dead letters are publishes to `<topic>.dlq` with the group's position settling
             // the id; this command is not proposed.
             Ok(Command::DeadLetter(_)) => {}
+            Ok(Command::ResetGroup(reset)) => {
+                self.apply_reset_group(&reset.topic, &reset.group, reset.to.into());
+            }
+            Ok(Command::DropGroup(drop)) => self.apply_drop_group(&drop.topic, &drop.group),
             // Every replica holds the same bytes and would refuse them alike; going on would
             // skip what the others may have applied.
             Err(error) => self.stop(format!("raft entry {index} does not decode ({error}); its replicas cannot apply it")),
@@ -487,7 +493,7 @@ impl Node {
                 return self.answer_unapplied(proposal, ErrorCode::Conflict, &message);
             }
             Some(&g) => g,
-            None if self.state.topics[t].groups.len() >= self.config.groups_per_topic_max as usize => {
+            None if self.state.topics[t].group_index.len() >= self.config.groups_per_topic_max as usize => {
                 let message = format!("group limit reached (groups_per_topic_max = {})", self.config.groups_per_topic_max);
                 return self.answer_unapplied(proposal, ErrorCode::Overloaded, &message);
             }
@@ -552,7 +558,7 @@ impl Node {
                 self.trace_book.push(self.now_ns, topic, original, Happening::DeadLettered { group, copy_id: Some(id) });
                 self.settle_dead_letter(topic, group, original)
             }
-            Some(Proposal::Join(_) | Proposal::Position) | None => {}
+            Some(Proposal::Join(_) | Proposal::Position | Proposal::Admin) | None => {}
         }
     }
 

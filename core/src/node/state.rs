@@ -140,7 +140,7 @@ impl State {
             record::encode_control(data, record::KIND_TOPIC, &TopicRecord { topic: topic.name.clone(), next_id: topic.next_id });
         }
         for topic in &self.topics {
-            for group in &topic.groups {
+            for group in topic.groups.iter().filter(|g| !g.dropped) {
                 record::encode_control(data, record::KIND_GROUP, &group.to_record(&topic.name));
             }
         }
