@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""A ferry client in Python (websocket-client: `pip install websocket-client`, or Debian's
+python3-websocket): publishes orders idempotently and consumes them in group `billing`,
+dropping ids already processed, repairing gaps with `fetch`, acking each once processed.
+
+    python3 examples/clients/orders.py ws://127.0.0.1:7700/ws 3
+
+publishes 3 orders to topic `orders`, prints each as the group receives it, and exits once all
+3 were processed (status 0), or after 30 s (status 1).
+"""
+import itertools
+import json
+import sys
+import time
+import uuid
+
+import websocket  # websocket-client
+
+
+class Ferry:
+    def __init__(self, url):
+        self.ws = websocket.create_connection(url, timeout=30)
+        self.welcome = json.loads(self.ws.recv())
+        self.reqs = itertools.count(1)
+        self.producer = "orders-py-" + uuid.uuid4().hex[:8]  # names this client's publishes
+        self.seqs = itertools.count(1)
+        self.pushed = []  # msg and error frames that arrived while waiting for an answer
+
+    def request(self, frame):
+        """Sends `frame` with a fresh req and returns the answer to it (raises on `error`)."""
+        req = next(self.reqs)
+        self.ws.send(json.dumps({**frame, "req": req}))
+        while True:
+            answer = json.loads(self.ws.recv())
+            if answer.get("req") != req:
+                self.pushed.append(answer)
+            elif answer["op"] == "error":
+                raise RuntimeError(f"{answer['code']}: {answer['message']}")
+            else:
+                return answer
+
+    def publish(self, topic, body, key=None):
+        """Returns the id once durable; the same producer + seq makes a retry store it once."""
+        frame = {"op": "pub", "topic": topic, "body": body, "producer": self.producer, "seq": next(self.seqs)}
+        if key is not None:
+            frame["key"] = key
+        for _ in range(50):
+            try:
+                return self.request(frame)["id"]
+            except RuntimeError as error:
+                if not str(error).startswith(("overloaded", "unavailable")):
+                    raise
+                time.sleep(0.1)
+        raise RuntimeError("still overloaded after 50 tries")
+
+    def next_pushed(self):
+        return self.pushed.pop(0) if self.pushed else json.loads(self.ws.recv())
+
+    def ack(self, topic, group, ids):
+        self.ws.send(json.dumps({"op": "ack", "topic": topic, "group": group, "ids": ids}))
+
+    def fetch(self, topic, first, last):
+        """Every stored message with first <= id <= last, a `fetched` page at a time."""
+        while first <= last:
+            page = self.request({"op": "fetch", "topic": topic, "from": first, "to": last})["messages"]
+            if not page:
+                return
+            yield from page
+            first = page[-1]["id"] + 1
+
+
+def main():
+    url, count = sys.argv[1], int(sys.argv[2])
+    ferry = Ferry(url)
+    ferry.request({"op": "sub", "topic": "orders", "group": "billing", "from": "latest", "window": 16})
+    ids = [ferry.publish("orders", {"order": n}, key=f"customer-{n % 2}") for n in range(count)]
+    print(f"published {ids}", flush=True)
+    last, processed = 0, set()
+    deadline = time.time() + 30
+    while not set(ids) <= processed:
+        if time.time() > deadline:
+            print(f"timed out: processed {sorted(processed)} of {ids}", file=sys.stderr)
+            return 1
+        m = ferry.next_pushed()
+        if m["op"] != "msg":
+            print(f"server says: {m}", file=sys.stderr)
+            continue
+        if m["id"] <= last:  # a redelivery of what was processed: ack it again, skip it
+            ferry.ack("orders", "billing", [m["id"]])
+            continue
+        if last and m["prev"] > last:  # missed messages: read them before this one
+            for gap in ferry.fetch("orders", last + 1, m["prev"]):
+                print(f"repaired {gap['id']}: {json.dumps(gap['body'])}", flush=True)
+                processed.add(gap["id"])
+        print(f"processed {m['id']}: {json.dumps(m['body'])}", flush=True)
+        processed.add(m["id"])
+        last = m["id"]
+        ferry.ack("orders", "billing", [m["id"]])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
