@@ -1,6 +1,6 @@
 //! The client examples of docs/CLIENTS.md run against a live server: the Python one
-//! (examples/clients/orders.py, with websocket-client) and the browser one
-//! (examples/clients/ferry-client.js, in chromium through playwright-core). .ci/run installs
+//! (docs/clients/orders.py, with websocket-client) and the browser one
+//! (docs/clients/ferry-client.js, in chromium through playwright-core). .ci/run installs
 //! what they need; elsewhere a test skips, saying so, when it is missing.
 
 mod support;
@@ -24,7 +24,7 @@ fn the_python_example_publishes_and_processes_each_order_once() {
     }
     let dir = support::temp_dir("example-py");
     let server = Server::start(&dir, "127.0.0.1:0", &[]);
-    let output = std::process::Command::new(python).arg(repo_file("examples/clients/orders.py")).args([&server.url(), "5"]).output().unwrap();
+    let output = std::process::Command::new(python).arg(repo_file("docs/clients/orders.py")).args([&server.url(), "5"]).output().unwrap();
     let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "{said}");
     assert!(said.contains("published [1, 2, 3, 4, 5]"), "{said}");
@@ -46,7 +46,7 @@ fn the_browser_example_consumes_once_and_repairs_a_gap_with_fetch() {
     }
     let dir = support::temp_dir("example-js");
     let server = Server::start(&dir, "127.0.0.1:0", &[]);
-    let module = repo_file("examples/clients/ferry-client.js");
+    let module = repo_file("docs/clients/ferry-client.js");
     let output = std::process::Command::new(node)
         .current_dir(&browser_dir)
         .args(["examples.mjs", &format!("http://{}/healthz", server.addr), &server.url(), module.to_str().unwrap(), chromium.to_str().unwrap()])

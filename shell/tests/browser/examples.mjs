@@ -1,4 +1,4 @@
-// Runs the browser client of examples/clients/ferry-client.js in chromium against a live
+// Runs the browser client of docs/clients/ferry-client.js in chromium against a live
 // server: it publishes and consumes (each message processed once, acked), and repairs a gap
 // that `prev` reveals by fetching it from the server.
 //

@@ -3,7 +3,7 @@
 python3-websocket): publishes orders idempotently and consumes them in group `billing`,
 dropping ids already processed, repairing gaps with `fetch`, acking each once processed.
 
-    python3 examples/clients/orders.py ws://127.0.0.1:7700/ws 3
+    python3 docs/clients/orders.py ws://127.0.0.1:7700/ws 3
 
 publishes 3 orders to topic `orders`, prints each as the group receives it, and exits once all
 3 were processed (status 0), or after 30 s (status 1).
