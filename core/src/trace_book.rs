@@ -98,6 +98,7 @@ mod tests {
     #[test]
     fn the_ring_keeps_the_latest_events_within_its_bytes() {
         let event_bytes = std::mem::size_of::<TraceEvent>() as u64;
+        assert_eq!(event_bytes, 56, "docs/OPERATIONS.md: about 75,000 events in the default 4 MiB");
         let mut book = TraceBook::new(3 * event_bytes);
         for id in 1..=5 {
             book.push(id * 10, TopicIdx(0), id, Happening::Stored { segment: 1 });

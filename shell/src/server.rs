@@ -139,7 +139,7 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
     let poll = Poll::new()?;
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     let peers = Peers::open(&config, poll.registry(), config.rng_seed)?;
-    tracing::info!("listening on ws://{local}/ws (fsync {:?})", config.fsync);
+    tracing::info!("listening on ws://{local}/ws (fsync {:?}); console at http://{local}/", config.fsync);
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(4 << 10)
         .write_buffer_size(32 << 10)
