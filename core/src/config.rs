@@ -80,10 +80,12 @@ pub enum TestBug {
     /// Cluster mode: a follower applies the entries it writes at once, before they are
     /// committed, and builds the deliveries it is sent by reference from them.
     FollowerDeliversUncommitted,
+    /// Count a redelivery as a first delivery in the node's stats (what `/metrics` exports).
+    RedeliveryUncounted,
 }
 
 impl TestBug {
-    pub const ALL: [TestBug; 19] = [
+    pub const ALL: [TestBug; 20] = [
         TestBug::PubackBeforeDurable,
         TestBug::ExpiryCountsAsAck,
         TestBug::DeadLetterOneAttemptLate,
@@ -103,6 +105,7 @@ impl TestBug {
         TestBug::PubackOnLeaderFsync,
         TestBug::IdsAssignedAtPropose,
         TestBug::FollowerDeliversUncommitted,
+        TestBug::RedeliveryUncounted,
     ];
 
     pub fn name(self) -> String {

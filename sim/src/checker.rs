@@ -15,6 +15,7 @@ pub const INV_CONTENT: &str = "content";
 pub const INV_UNTIL_ACKED: &str = "redelivered-until-acked";
 pub const INV_ATTEMPTS: &str = "attempts-within-max";
 pub const INV_FETCH: &str = "fetch-covers-range";
+pub const INV_COUNTERS: &str = "counters-cover-what-clients-saw";
 
 fn checksum(producer: &str, seq: u64) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -88,6 +89,16 @@ impl Checker {
     /// A message the node may no longer have: destroyed by a bit flip or deleted by retention.
     fn excused(&self, tid: &TopicId) -> bool {
         self.sacrificed.contains(tid) || self.retained_away(tid)
+    }
+
+    /// The nodes' own counters (what `/metrics` exports, summed over every process) must
+    /// count at least the deliveries and redeliveries the clients saw: a frame may be lost on
+    /// its way, never seen without being counted.
+    pub fn check_counters(&mut self, delivered: u64, redelivered: u64) {
+        if delivered < self.deliveries || redelivered < self.redeliveries {
+            let detail = format!("the nodes counted {delivered} deliveries ({redelivered} redeliveries), the clients saw {} ({})", self.deliveries, self.redeliveries);
+            self.violation(INV_COUNTERS, detail);
+        }
     }
 
     pub fn violation(&mut self, invariant: &'static str, detail: String) {

@@ -215,6 +215,9 @@ pub struct World {
     bitflipped: bool,
     /// Connections the node was told are congested.
     congested: BTreeSet<ConnId>,
+    /// What the nodes' processes counted (their `Stats`, as `/metrics` exports them) before
+    /// they died: a process's counters start again at 0.
+    counted_before_crashes: ferry_core::Stats,
 }
 
 impl World {
@@ -369,6 +372,7 @@ impl World {
             healing: false,
             hash: TraceHash(0xcbf2_9ce4_8422_2325),
             faults: BTreeMap::new(),
+            counted_before_crashes: ferry_core::Stats::default(),
             steps: 0,
             bitflipped: false,
             congested: BTreeSet::new(),
@@ -509,6 +513,8 @@ impl World {
         let converged = self.converged();
         let groups = self.groups.clone();
         self.checker.finish(&groups);
+        let counted = self.nodes.iter().filter_map(|n| n.node.as_ref()).fold(self.counted_before_crashes, |sum, node| sum.plus(&node.stats()));
+        self.checker.check_counters(counted.delivered, counted.redelivered);
         for client in &self.clients {
             if let Client::Misbehaver(m) = client {
                 m.finish(&mut self.checker);

@@ -90,6 +90,7 @@ fn expected_invariants(bug: TestBug) -> &'static [&'static str] {
         TestBug::KeyReleasedOnExpiry => &[INV_KEY_ORDER],
         TestBug::WindowOneTooMany => &[INV_BOUNDS],
         TestBug::UnknownOpAsBadFrame | TestBug::WrongTokenAccepted => &[ferry_sim::misuse::INV_ERRORS],
+        TestBug::RedeliveryUncounted => &[INV_COUNTERS],
     }
 }
 

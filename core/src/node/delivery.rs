@@ -199,7 +199,7 @@ impl Node {
         if attempt == 1 {
             self.stats.store_to_deliver.record(self.now_ns.saturating_sub(message.stored_ns));
         }
-        if attempt > 1 {
+        if attempt > 1 && self.config.test_bug != Some(TestBug::RedeliveryUncounted) {
             self.stats.redelivered += 1;
             group.counters.redelivered += 1;
         }

@@ -348,7 +348,9 @@ impl World {
             return;
         }
         self.count_fault(if power_loss { "crash+power-loss" } else { "crash" });
-        self.nodes[node].node = None;
+        if let Some(dying) = self.nodes[node].node.take() {
+            self.counted_before_crashes = self.counted_before_crashes.plus(&dying.stats());
+        }
         self.nodes[node].epoch += 1;
         let lost = self.nodes[node].disk.crash(power_loss, &mut self.rng);
         self.trace(|| format!("node {} crashed; {lost} unsynced bytes lost", node + 1));
