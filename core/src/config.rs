@@ -419,6 +419,11 @@ impl Config {
     }
 
     pub fn max_attempts_for(&self, group: &str) -> u32 {
+        if group == crate::node::admin::REDRIVE_GROUP {
+            // A redrive's copy is retried until it is stored: a dead letter has no dead
+            // letter of its own.
+            return u32::MAX;
+        }
         self.groups.get(group).and_then(|g| g.max_attempts).unwrap_or(self.max_attempts)
     }
 }

@@ -614,3 +614,39 @@ fn an_operator_s_reset_and_drop_are_entries_every_replica_applies() {
         assert!(h.node.topics_view().iter().all(|t| t.groups.is_empty()), "node {at} dropped the group");
     }
 }
+
+#[test]
+fn a_redrive_runs_on_the_shard_leader_and_its_copies_are_entries() {
+    use ferry_core::node::admin::{AdminAction, AdminRefusal};
+    // The redrive's own ack timeout is long: its copies are settled when applied, not by a
+    // retry that finds them already stored.
+    let slow_redrive = ferry_core::config::GroupOverrides { ack_timeout_ms: Some(60_000), max_attempts: None };
+    let groups = [("ferry-redrive".to_string(), slow_redrive)].into_iter().collect();
+    let mut c = Cluster::with(Config { max_attempts: 1, ack_timeout_ms: 200, groups, ..Config::default() });
+    let leader = c.leader();
+    c.subscribe(leader);
+    for n in 1..=3 {
+        c.publish(leader, json!(n));
+    }
+    // Never acked: each goes to t.dlq after its one attempt.
+    c.run_ms(2_000);
+    assert_eq!(c.nodes[leader].node.stats().dead_lettered, 3);
+    // The member leaves, so the copies wait in its group instead of failing again.
+    c.nodes[leader].disconnect(S);
+    let redrive = AdminAction::Redrive { topic: "t".into() };
+    let follower = (leader + 1) % 3;
+    let now = c.nodes[follower].now_ns;
+    assert!(matches!(c.nodes[follower].node.admin(now, &redrive), Err(AdminRefusal::NotLeader(_))));
+    let now = c.nodes[leader].now_ns;
+    assert!(matches!(c.nodes[leader].node.admin(now, &redrive), Err(AdminRefusal::Unavailable(_))), "the redrive group is created first");
+    c.run_ms(100);
+    let now = c.nodes[leader].now_ns;
+    let started = c.nodes[leader].node.admin(now, &redrive).expect("the group exists now");
+    assert!(started.contains("redriving 3"), "{started}");
+    c.run_ms(500);
+    for h in &c.nodes {
+        assert_eq!(h.node.topic_next_id("t"), Some(7), "every replica holds the three copies");
+    }
+    let now = c.nodes[leader].now_ns;
+    assert!(c.nodes[leader].node.admin(now, &redrive).unwrap().contains("redriving 0"), "nothing left to copy");
+}

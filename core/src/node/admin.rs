@@ -7,12 +7,17 @@
 //! `<topic>.dlq` receives its messages and copies each into `<topic>` (producer
 //! `ferry-redrive:<topic>`, seq = the dead letter's id, so a copy repeated after a crash is
 //! recognised), acking it once the copy is durable; it leaves when the group has nothing left.
+//! In a cluster the redrive runs on the shard's leader: the group is created by an entry (the
+//! first redrive answers "ask again in a moment"), each copy is proposed like a publish and
+//! settled once applied, and the group's position replicates like any group's; a leader that
+//! loses the lead stops its redrive (the operator starts it again on the new leader, which
+//! goes on from the replicated position).
 
 use super::log::Waiter;
 use super::replication::Proposal;
 use super::state::NewMessage;
 use super::{Node, Timer};
-use crate::cluster::command::{Command, DropGroupCommand, ResetGroupCommand};
+use crate::cluster::command::{Command, CreateGroupCommand, DropGroupCommand, GroupStart, PublishCommand, ResetGroupCommand};
 use crate::group::EntryState;
 use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::protocol::{ErrorCode, StartFrom};
@@ -159,8 +164,8 @@ impl Node {
 
     /// Starts (or continues) copying `<topic>.dlq` back into `topic`.
     fn start_redrive(&mut self, topic: &str) -> Result<String, AdminRefusal> {
-        if self.replication.is_some() {
-            return Err(AdminRefusal::Unavailable("redrive runs on a single node for now; in a cluster, consume the dead-letter topic and publish again".into()));
+        if self.replication.is_some() && !self.is_shard_leader() {
+            return Err(AdminRefusal::NotLeader(format!("this node does not lead the shard of '{topic}': redrive on its leader")));
         }
         if topic.ends_with(".dlq") {
             return Err(AdminRefusal::NotFound(format!("name the topic, not its dead-letter topic: '{}'", topic.trim_end_matches(".dlq"))));
@@ -169,8 +174,15 @@ impl Node {
         let Some(&dlq) = self.state.topic_index.get(&dlq_name) else { return Err(AdminRefusal::NotFound(format!("topic '{topic}' has no dead letters ('{dlq_name}')"))) };
         let g = match self.state.topics[dlq].group_index.get(REDRIVE_GROUP) {
             Some(&g) => g,
+            None if self.replication.is_some() => {
+                // The group is created by an entry like any group; the redrive can start once
+                // it is applied here.
+                let create = CreateGroupCommand { topic: dlq_name, group: REDRIVE_GROUP.into(), from: GroupStart::Earliest, filter: None };
+                self.propose_admin(&Command::CreateGroup(create))?;
+                return Err(AdminRefusal::Unavailable(format!("the redrive group of '{topic}' is being created: ask again in a moment")));
+            }
             None => {
-                let (ack_timeout_ns, max_attempts) = (self.config.ack_timeout_ms_for(REDRIVE_GROUP) * super::NS_PER_MS, u32::MAX);
+                let (ack_timeout_ns, max_attempts) = (self.config.ack_timeout_ms_for(REDRIVE_GROUP) * super::NS_PER_MS, self.config.max_attempts_for(REDRIVE_GROUP));
                 let g = self.state.apply_create_group(dlq, REDRIVE_GROUP, StartFrom::Earliest, None, ack_timeout_ns, max_attempts);
                 self.state.topics[dlq].groups[g].durable = true;
                 self.mark_group_dirty(dlq, g);
@@ -198,6 +210,13 @@ impl Node {
         let producer = format!("ferry-redrive:{topic}");
         if self.state.producers.get(&producer).is_some_and(|p| p.seqs.contains_key(&id)) {
             self.ack_one(dlq, g, id);
+            return;
+        }
+        if self.replication.is_some() {
+            // Proposed like a client's publish; if it is not applied (a lost lead) the dead
+            // letter stays in flight and is copied again after its ack timeout.
+            let copy = PublishCommand { ts_ms: self.now_ns / super::NS_PER_MS, topic: &topic, key: message.key.as_deref(), producer: Some((&producer, id)), body: &message.body };
+            let _ = self.propose(&Command::Publish(copy), Proposal::Redriven { topic: dlq, group: g, id });
             return;
         }
         let Ok(t) = self.state.topic_for(&topic) else { return };

@@ -62,6 +62,12 @@ pub(super) enum Proposal {
     Position,
     /// An operator's action: applied like anyone's entry.
     Admin,
+    /// A redrive's copy of dead letter `id` of (`topic`, `group`): settled once applied.
+    Redriven {
+        topic: TopicIdx,
+        group: GroupIdx,
+        id: u64,
+    },
 }
 
 /// What a restart found in the log for the replica.
@@ -381,9 +387,14 @@ impl Node {
         }
         let members: Vec<ConnId> = self.conns.iter().filter(|(_, c)| !c.subs.is_empty()).map(|(conn, _)| *conn).collect();
         for conn in members {
-            self.out.push_back(Output::Close { conn, code: CLOSE_TRY_AGAIN_LATER, reason: "this node no longer leads the shard; subscribe again".into() });
+            if !self.redrives.contains_key(&conn) {
+                self.out.push_back(Output::Close { conn, code: CLOSE_TRY_AGAIN_LATER, reason: "this node no longer leads the shard; subscribe again".into() });
+            }
             self.on_disconnected(conn);
         }
+        // A redrive stops with the lead; its position is replicated: the new leader's
+        // operator redrives again from there.
+        self.redrives.clear();
     }
 
     /// Writes a `Persist` into the open batch: its entries (each where the log is, rolling
@@ -558,6 +569,7 @@ impl Node {
                 self.trace_book.push(self.now_ns, topic, original, Happening::DeadLettered { group, copy_id: Some(id) });
                 self.settle_dead_letter(topic, group, original)
             }
+            Some(Proposal::Redriven { topic, group, id: original }) => self.settle_redriven(topic, group, original),
             Some(Proposal::Join(_) | Proposal::Position | Proposal::Admin) | None => {}
         }
     }
