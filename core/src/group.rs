@@ -140,6 +140,7 @@ pub struct GroupCounters {
     pub delivered: u64,
     pub redelivered: u64,
     pub acked: u64,
+    pub nacked: u64,
     pub dead_lettered: u64,
 }
 

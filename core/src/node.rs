@@ -235,6 +235,8 @@ pub struct Stats {
     pub delivered: u64,
     pub redelivered: u64,
     pub acked: u64,
+    /// Messages given back by a member (`nack`).
+    pub nacked: u64,
     pub dead_lettered: u64,
     pub flushes: u64,
     pub flushed_bytes: u64,
@@ -257,6 +259,7 @@ impl Stats {
             delivered: self.delivered + other.delivered,
             redelivered: self.redelivered + other.redelivered,
             acked: self.acked + other.acked,
+            nacked: self.nacked + other.nacked,
             dead_lettered: self.dead_lettered + other.dead_lettered,
             flushes: self.flushes + other.flushes,
             flushed_bytes: self.flushed_bytes + other.flushed_bytes,

@@ -38,7 +38,10 @@ fn store_to_deliver_counts_first_deliveries_only() {
     subscribe(&mut h, S, "t", "g", json!({}));
     assert_eq!(msgs(&mut h, S).len(), 1);
     h.advance_ms(Config::default().ack_timeout_ms + 1);
-    assert_eq!(msgs(&mut h, S).len(), 1, "redelivered");
+    let again = msgs(&mut h, S);
+    assert_eq!(again.len(), 1, "redelivered");
+    h.send_json(S, json!({"op": "nack", "topic": "t", "group": "g", "ids": [again[0]["id"]]}));
+    assert_eq!((h.node.stats().nacked, h.node.topics_view()[0].groups[0].counters.nacked), (1, 1), "the nack is counted");
     let latency = h.node.stats().store_to_deliver;
     assert_eq!(latency.count(), 1, "a redelivery is not a new store → delivery latency");
     assert_eq!(latency.counts[bucket_of(30_000_000)], 1, "{latency:?}");

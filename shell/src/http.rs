@@ -49,11 +49,13 @@ pub struct Context<'a> {
     /// The store's fsync durations.
     pub fsync_seconds: &'a Histogram,
     pub connection_info: &'a dyn Fn(ConnId) -> Option<ConnectionInfo>,
+    /// In a cluster: each other voter and whether its link is up.
+    pub peer_links: Vec<(u64, bool)>,
 }
 
 /// The complete answer to `request` (the connection closes after it).
 pub fn answer(request: &Request, context: &mut Context<'_>) -> Vec<u8> {
-    if let Some(answer) = metrics::answer(&request.path, context.host, context.fsync_seconds) {
+    if let Some(answer) = metrics::answer(&request.path, context.host, context.fsync_seconds, &context.peer_links) {
         return answer;
     }
     admin::answer(request, context).unwrap_or_else(|| http_answer(404, "text/plain; charset=utf-8", "not served\n"))

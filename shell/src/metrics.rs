@@ -21,9 +21,9 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 
 /// The answer to `GET path`, if it is one of the metrics and health paths; `fsync_seconds`:
 /// the store's fsync durations.
-pub fn answer(path: &str, host: &Host, fsync_seconds: &Histogram) -> Option<Vec<u8>> {
+pub fn answer(path: &str, host: &Host, fsync_seconds: &Histogram, peer_links: &[(u64, bool)]) -> Option<Vec<u8>> {
     match path {
-        "/metrics" => Some(http_answer(200, OPENMETRICS, &render(host, fsync_seconds))),
+        "/metrics" => Some(http_answer(200, OPENMETRICS, &render(host, fsync_seconds, peer_links))),
         "/healthz" => Some(http_answer(200, "text/plain; charset=utf-8", "ok\n")),
         "/readyz" => Some(match not_ready(host) {
             None => http_answer(200, "text/plain; charset=utf-8", "ready\n"),
@@ -64,10 +64,11 @@ impl EncodeMetric for CoreHistogram {
 /// Per topic and per group: what was published, delivered, acked, and each group's backlog.
 fn register_topics(registry: &mut Registry, host: &Host) {
     let published: Family<Labels, Counter> = Family::default();
-    let group_counters: [(&str, &str, Family<Labels, Counter>); 4] = [
+    let group_counters: [(&str, &str, Family<Labels, Counter>); 5] = [
         ("group_delivered", "msg frames handed to the group's members, redeliveries included", Family::default()),
         ("group_redelivered", "Deliveries to the group past a message's first attempt", Family::default()),
         ("group_acked", "Messages the group acked", Family::default()),
+        ("group_nacked", "Messages the group's members gave back (nack)", Family::default()),
         ("group_dead_lettered", "Messages of the group copied to the dead-letter topic", Family::default()),
     ];
     let backlog: Family<Labels, Gauge> = Family::default();
@@ -78,7 +79,8 @@ fn register_topics(registry: &mut Registry, host: &Host) {
         published.get_or_create(&vec![("topic".to_string(), topic.name.clone())]).inc_by(topic.published);
         for group in &topic.groups {
             let labels = vec![("topic".to_string(), topic.name.clone()), ("group".to_string(), group.name.clone())];
-            let counts = [group.counters.delivered, group.counters.redelivered, group.counters.acked, group.counters.dead_lettered];
+            let c = &group.counters;
+            let counts = [c.delivered, c.redelivered, c.acked, c.nacked, c.dead_lettered];
             for ((_, _, family), count) in group_counters.iter().zip(counts) {
                 family.get_or_create(&labels).inc_by(count);
             }
@@ -104,7 +106,7 @@ fn register_topics(registry: &mut Registry, host: &Host) {
 }
 
 /// The metrics text: counters and gauges as the core keeps them now.
-pub fn render(host: &Host, fsync_seconds: &Histogram) -> String {
+pub fn render(host: &Host, fsync_seconds: &Histogram, peer_links: &[(u64, bool)]) -> String {
     let mut registry = Registry::with_prefix("ferry");
     registry.register_with_unit("fsync", "How long each fsync of the log took", Unit::Seconds, fsync_seconds.clone());
     let stats = host.stats();
@@ -114,6 +116,7 @@ pub fn render(host: &Host, fsync_seconds: &Histogram) -> String {
         ("delivered", "msg frames handed to members, redeliveries included", stats.delivered),
         ("redelivered", "Deliveries past a message's first attempt", stats.redelivered),
         ("acked", "Messages acked by a member", stats.acked),
+        ("nacked", "Messages given back by a member (nack)", stats.nacked),
         ("dead_lettered", "Messages past their attempts, copied to their dead-letter topic", stats.dead_lettered),
         ("log_writes", "Writes of the log (each fsynced as the fsync policy says)", stats.flushes),
     ];
@@ -148,16 +151,29 @@ pub fn render(host: &Host, fsync_seconds: &Histogram) -> String {
     registry.register("pending_fetches", "Fetches waiting for disk reads (fetches_pending_max)", ConstGauge::new(memory.pending_fetches as i64));
     register_topics(&mut registry, host);
     if host.shards().iter().any(|shard| shard.cluster_view().is_some()) {
-        let leader: Family<Vec<(String, String)>, Gauge> = Family::default();
-        let leading: Family<Vec<(String, String)>, Gauge> = Family::default();
+        let leader: Family<Labels, Gauge> = Family::default();
+        let leading: Family<Labels, Gauge> = Family::default();
+        let lag: Family<Labels, Gauge> = Family::default();
         for shard in host.shards() {
             let labels = vec![("shard".to_string(), shard.shard().to_string())];
-            let known = shard.cluster_view().and_then(|view| view.leader).unwrap_or(0);
+            let view = shard.cluster_view();
+            let known = view.as_ref().and_then(|view| view.leader).unwrap_or(0);
             leader.get_or_create(&labels).set(known as i64);
             leading.get_or_create(&labels).set(i64::from(shard.is_shard_leader()));
+            let nodes = view.as_ref().and_then(|view| view.cluster["nodes"].as_array().cloned()).unwrap_or_default();
+            for node in nodes.iter().filter(|node| !node["lag"].is_null()) {
+                let labels = vec![("shard".to_string(), shard.shard().to_string()), ("node".to_string(), node["id"].to_string())];
+                lag.get_or_create(&labels).set(node["lag"].as_i64().unwrap_or(0));
+            }
         }
         registry.register("shard_leader", "The node this one knows to lead each shard (0: none known, an election is on)", leader);
         registry.register("shard_leading", "1 for each shard this node leads", leading);
+        registry.register("replication_lag_entries", "Raft entries each node has applied fewer of than the furthest node, as last reported (every second)", lag);
+        let links: Family<Labels, Gauge> = Family::default();
+        for (node, up) in peer_links {
+            links.get_or_create(&vec![("node".to_string(), node.to_string())]).set(i64::from(*up));
+        }
+        registry.register("peer_link_up", "1 while the link to each other voter is connected", links);
     }
     let mut text = String::new();
     encode(&mut text, &registry).expect("writing into a String cannot fail");

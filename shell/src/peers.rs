@@ -494,6 +494,11 @@ impl Peers {
         retry.map_or(beat, |at| at.min(beat))
     }
 
+    /// Each other voter and whether its link is up (for metrics).
+    pub fn link_states(&self) -> Vec<(u64, bool)> {
+        self.links.iter().map(|(node, link)| (*node, link.socket.is_some())).collect()
+    }
+
     /// `node: up|down` for each other voter, for the status line.
     pub fn describe(&self) -> String {
         let links: Vec<String> = self.links.iter().map(|(node, l)| format!("{node} {}", if l.socket.is_some() { "up" } else { "down" })).collect();

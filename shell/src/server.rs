@@ -537,7 +537,8 @@ impl Server {
             let peer = connection.peer.map_or_else(|| "unknown".to_string(), |addr| addr.to_string());
             Some(http::ConnectionInfo { peer, connected_ms: connection.accepted_at.elapsed().as_millis() as u64, outbox_bytes: connection.outbox() })
         };
-        let mut context = http::Context { host: &mut self.node, now_ns: self.clock.now(), fsync_seconds: &self.store.fsync_seconds, connection_info: &connection_info };
+        let peer_links = self.peers.as_ref().map(Peers::link_states).unwrap_or_default();
+        let mut context = http::Context { host: &mut self.node, now_ns: self.clock.now(), fsync_seconds: &self.store.fsync_seconds, connection_info: &connection_info, peer_links };
         http::answer(request, &mut context)
     }
 

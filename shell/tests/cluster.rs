@@ -491,6 +491,11 @@ fn three_shards_are_led_by_three_processes_and_a_shard_fails_over_and_comes_back
     assert_eq!(status, 200);
     for shard in 0..3 {
         assert!(metrics.contains(&format!("ferry_shard_leader{{shard=\"{shard}\"}} {}", shard + 1)), "{metrics}");
+        assert!(metrics.contains(&format!("ferry_replication_lag_entries{{shard=\"{shard}\",node=\"1\"}} ")), "{metrics}");
+    }
+    // Node 1's links to the other two are up.
+    for node in [2, 3] {
+        assert!(metrics.contains(&format!("ferry_peer_link_up{{node=\"{node}\"}} 1")), "{metrics}");
     }
     assert_eq!(support::http_get(&cluster.listens[1], "/readyz").0, 200);
     // Through node 1, whichever node leads each topic's shard.

@@ -77,6 +77,8 @@ impl Node {
             return false;
         }
         if let Some(Released { conn, deadline_ns, bytes }) = group.nack(id, until_ns, conn) {
+            group.counters.nacked += 1;
+            self.stats.nacked += 1;
             self.trace_book.push(self.now_ns, t, id, Happening::Nacked { group: g, conn });
             self.timers.remove(&(deadline_ns, Timer::AckDeadline { topic: t, group: g, id }));
             self.release_in_flight(conn, t, g, bytes);
