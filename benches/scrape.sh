@@ -17,19 +17,13 @@ COUNT=${COUNT:-500000}
 SIZE=${SIZE:-256}
 PORT=${PORT:-7960}
 
-cargo build --release -q -p ferry -p ferry-benches
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+FERRY_ONLY=1
+# shellcheck source=benches/common.sh
+source benches/common.sh
 
 target/release/ferry serve --data-dir "$work/data" --listen "127.0.0.1:$PORT" --log-level warn 2>"$work/server.log" &
 pids+=($!)
-for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
+wait_port "$PORT"
 
 # One long-lived scraper process, like Prometheus (a curl per request would spend more CPU
 # starting processes than the server spends answering).
@@ -50,7 +44,7 @@ SCRAPER
 }
 
 run() {
-  target/release/ferry-bench --url "ws://127.0.0.1:$PORT/ws" --count "$COUNT" --size "$SIZE" --json 2>/dev/null |
+  "$BENCH" --url "ws://127.0.0.1:$PORT/ws" --count "$COUNT" --size "$SIZE" --json 2>/dev/null |
     python3 -c 'import json,sys; print(round(json.load(sys.stdin)["acked_publishes_per_s"]))'
 }
 

@@ -15,13 +15,7 @@ use support::{Client, Server};
 
 #[test]
 fn the_console_shows_a_live_server_and_finds_a_message_by_id() {
-    let (Some(node), Some(chromium)) = (support::required_tool("node"), support::required_tool("chromium")) else { return };
-    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    if !browser_dir.join("node_modules/playwright-core").is_dir() {
-        assert!(std::env::var_os("CI").is_none(), "playwright-core is not installed: .ci/run runs npm ci in shell/tests/browser");
-        eprintln!("SKIPPED: run `npm ci` in shell/tests/browser to install playwright-core");
-        return;
-    }
+    let Some((node, chromium, browser_dir)) = support::browser_tools() else { return };
     let dir = support::temp_dir("console");
     let server = Server::start(&dir, "127.0.0.1:0", &[]);
     let mut member = Client::connect(&server.url()).unwrap();

@@ -37,13 +37,7 @@ fn the_python_example_publishes_and_processes_each_order_once() {
 
 #[test]
 fn the_browser_example_consumes_once_and_repairs_a_gap_with_fetch() {
-    let (Some(node), Some(chromium)) = (support::required_tool("node"), support::required_tool("chromium")) else { return };
-    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    if !browser_dir.join("node_modules/playwright-core").is_dir() {
-        assert!(std::env::var_os("CI").is_none(), "playwright-core is not installed: .ci/run runs npm ci in shell/tests/browser");
-        eprintln!("SKIPPED: run `npm ci` in shell/tests/browser to install playwright-core");
-        return;
-    }
+    let Some((node, chromium, browser_dir)) = support::browser_tools() else { return };
     let dir = support::temp_dir("example-js");
     let server = Server::start(&dir, "127.0.0.1:0", &[]);
     let module = repo_file("docs/clients/ferry-client.js");

@@ -544,3 +544,17 @@ pub fn required_tool(name: &str) -> Option<PathBuf> {
     }
     found
 }
+
+/// What a browser test needs: `node`, Debian's `chromium`, and playwright-core installed in
+/// shell/tests/browser (its directory is returned). Missing, like `required_tool`: a failure
+/// under CI, a notice and `None` elsewhere.
+pub fn browser_tools() -> Option<(PathBuf, PathBuf, PathBuf)> {
+    let (node, chromium) = (required_tool("node")?, required_tool("chromium")?);
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    if !browser_dir.join("node_modules/playwright-core").is_dir() {
+        assert!(std::env::var_os("CI").is_none(), "playwright-core is not installed: .ci/run runs npm ci in shell/tests/browser");
+        eprintln!("SKIPPED: run `npm ci` in shell/tests/browser to install playwright-core");
+        return None;
+    }
+    Some((node, chromium, browser_dir))
+}
