@@ -132,6 +132,8 @@ pub struct Group {
     /// An operator dropped it: its slot stays (indexes of later groups keep their meaning),
     /// empty, out of its topic's index, never written again; a restart forgets it.
     pub dropped: bool,
+    /// Operator resets so far (`GroupRecord::resets`).
+    pub resets: u64,
 }
 
 /// A group's counts since the process started.
@@ -156,6 +158,7 @@ impl Group {
             cursor: start_id,
             last_passed: 0,
             dropped: false,
+            resets: 0,
             outstanding: BTreeMap::new(),
             ready: BTreeSet::new(),
             keys_busy: BTreeMap::new(),
@@ -176,6 +179,7 @@ impl Group {
         group.cursor = (record.floor + 1).max(group.start_id);
         group.last_passed = record.floor_prev;
         group.durable = true;
+        group.resets = record.resets;
         group
     }
 
@@ -243,6 +247,7 @@ impl Group {
         self.start_id = start_id.max(1);
         self.cursor = self.start_id;
         self.last_passed = 0;
+        self.resets += 1;
         held
     }
 
@@ -276,7 +281,16 @@ impl Group {
     pub fn to_record(&self, topic: &str) -> GroupRecord {
         let (floor, floor_prev) = self.floor();
         let acked = self.outstanding.iter().filter(|(_, e)| e.state == EntryState::Acked).map(|(id, _)| *id).take(PERSISTED_ACKS_MAX).collect();
-        GroupRecord { topic: topic.to_string(), group: self.name.clone(), filter: self.filter.as_ref().map(Filter::to_json), start_id: self.start_id, floor, floor_prev, acked }
+        GroupRecord {
+            topic: topic.to_string(),
+            group: self.name.clone(),
+            filter: self.filter.as_ref().map(Filter::to_json),
+            start_id: self.start_id,
+            floor,
+            floor_prev,
+            acked,
+            resets: self.resets,
+        }
     }
 
     pub fn passes(&self, key: Option<&str>, body: &str) -> bool {

@@ -345,7 +345,7 @@ pub struct Node {
     /// Recent message events (`ferry trace`).
     trace_book: TraceBook,
     /// Redrives under way: each internal member and the dead-letter group it copies from.
-    redrives: BTreeMap<ConnId, (TopicIdx, GroupIdx)>,
+    redrives: BTreeMap<ConnId, admin::Redrive>,
     cache_budget: CacheBudget,
     reads: BTreeMap<u64, (TopicIdx, u64)>,
     reading: BTreeSet<(TopicIdx, u64)>,

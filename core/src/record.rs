@@ -55,6 +55,15 @@ pub struct GroupRecord {
     pub floor_prev: u64,
     /// Acked ids above the floor.
     pub acked: Vec<u64>,
+    /// Operator resets of the group so far: a position recorded before the latest reset is
+    /// stale (in a cluster, a Position entry proposed before a ResetGroup entry committed
+    /// after it must not move the group back). Absent in records older than resets: 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resets: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -407,7 +416,7 @@ mod tests {
     fn a_flipped_bit_or_a_cut_is_caught() {
         let mut out = Vec::new();
         encode_message(&mut out, &sample(1));
-        let group = GroupRecord { topic: "orders".into(), group: "g".into(), filter: None, start_id: 1, floor: 2, floor_prev: 2, acked: vec![] };
+        let group = GroupRecord { topic: "orders".into(), group: "g".into(), filter: None, start_id: 1, floor: 2, floor_prev: 2, acked: vec![], resets: 0 };
         let control_at = out.len();
         encode_control(&mut out, KIND_GROUP, &group);
         assert_eq!(decode_record(&out[control_at..]).unwrap().0, RecordRef::Group(group));

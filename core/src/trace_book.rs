@@ -85,6 +85,15 @@ impl TraceBook {
         self.forgotten_until_ns
     }
 
+    /// Forgets every event (their topic and group indexes mean nothing after a state was
+    /// installed in place of this one).
+    pub fn clear(&mut self, now_ns: u64) {
+        if !self.events.is_empty() {
+            self.events.clear();
+            self.forgotten_until_ns = Some(now_ns);
+        }
+    }
+
     /// Bytes the ring holds.
     pub fn bytes(&self) -> u64 {
         (self.events.len() * std::mem::size_of::<TraceEvent>()) as u64

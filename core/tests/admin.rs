@@ -113,3 +113,86 @@ fn an_operator_disconnects_a_client() {
     assert_eq!(h.node.topics_view()[0].groups[0].members, 0);
     assert!(matches!(act(&mut h, AdminAction::Disconnect { conn: ConnId(77) }), Err(AdminRefusal::NotFound(_))));
 }
+
+#[test]
+fn a_drop_whose_write_fails_is_written_again() {
+    let mut h = harness(Config::default());
+    publish(&mut h, "t", None, json!(1));
+    subscribe(&mut h, S, "t", "g", json!({}));
+    h.advance_ms(Config::default().ack_persist_interval_ms + 1);
+    h.fail_next_write = Some(ferry_core::DiskError::Io("injected".into()));
+    act(&mut h, AdminAction::DropGroup { topic: "t".into(), group: "g".into() }).unwrap();
+    h.advance_ms(Config::default().ack_persist_interval_ms + 1);
+    assert!(h.fail_next_write.is_none(), "the drop's write failed");
+    h.restart(false);
+    assert!(h.node.topics_view()[0].groups.is_empty(), "the drop was written again after its write failed");
+}
+
+/// Config with a consumer that never succeeds (one attempt) and a redrive group whose own
+/// ack timeout is `redrive_ack_timeout_ms`.
+fn failing_consumer(redrive_ack_timeout_ms: u64) -> Config {
+    let redrive = ferry_core::config::GroupOverrides { ack_timeout_ms: Some(redrive_ack_timeout_ms), max_attempts: None };
+    Config { max_attempts: 1, ack_timeout_ms: 100, groups: [("ferry-redrive".to_string(), redrive)].into_iter().collect(), ..Config::default() }
+}
+
+#[test]
+fn dead_letters_that_arrive_during_a_redrive_wait_for_the_next_one() {
+    // Without this bound, copies that fail again would come back as new dead letters while
+    // the redrive runs and be copied again, round and round.
+    let mut h = harness(failing_consumer(30_000));
+    publish(&mut h, "t", None, json!(1));
+    subscribe(&mut h, S, "t", "g", json!({"window": 10}));
+    h.advance_ms(150);
+    assert_eq!(h.node.stats().dead_lettered, 1);
+    msgs(&mut h, S);
+    publish(&mut h, "t", None, json!(2));
+    assert_eq!(msgs(&mut h, S).len(), 1, "message 2 is in flight and will fail too");
+    // The redrive starts while the disk holds its copy; meanwhile message 2 fails.
+    h.hold_writes = true;
+    assert!(act(&mut h, AdminAction::Redrive { topic: "t".into() }).unwrap().contains("redriving 1"));
+    h.advance_ms(150);
+    h.hold_writes = false;
+    h.complete_writes();
+    h.advance_ms(10);
+    assert_eq!(h.node.stats().dead_lettered, 2);
+    assert_eq!(h.node.topic_next_id("t"), Some(4), "one copy: dead letter 2 arrived after the redrive began");
+    assert!(act(&mut h, AdminAction::Redrive { topic: "t".into() }).unwrap().contains("redriving 1"));
+    h.advance_ms(10);
+    assert_eq!(h.node.topic_next_id("t"), Some(5));
+}
+
+#[test]
+fn a_copy_still_on_its_way_to_disk_is_not_taken_for_done() {
+    let mut h = harness(failing_consumer(100));
+    publish(&mut h, "t", None, json!(1));
+    subscribe(&mut h, S, "t", "g", json!({}));
+    h.advance_ms(300);
+    h.disconnect(S);
+    assert_eq!(h.node.stats().dead_lettered, 1);
+    // The copy's write is held past the redrive's ack timeout, then fails.
+    h.hold_writes = true;
+    act(&mut h, AdminAction::Redrive { topic: "t".into() }).unwrap();
+    h.advance_ms(150);
+    h.fail_next_write = Some(ferry_core::DiskError::Io("injected".into()));
+    h.hold_writes = false;
+    h.complete_writes();
+    // The dead letter was not settled by the redelivery: it is copied again, and stored.
+    h.advance_ms(500);
+    assert_eq!(h.node.topic_next_id("t"), Some(3), "the copy is stored after all");
+    let dlq = h.node.topics_view().into_iter().find(|t| t.name == "t.dlq").unwrap();
+    assert_eq!(dlq.groups[0].backlog, 0);
+}
+
+#[test]
+fn clients_may_not_use_the_redrives_group_or_producer() {
+    let mut h = harness(Config::default());
+    publish(&mut h, "t", None, json!(1));
+    h.send_json(S, json!({"op": "sub", "req": "s", "topic": "t.dlq", "group": "ferry-redrive"}));
+    h.send_json(S, json!({"op": "ack", "topic": "t.dlq", "group": "ferry-redrive", "ids": [1]}));
+    h.send_json(P, json!({"op": "pub", "req": 7, "topic": "t", "body": 1, "producer": "ferry-redrive:t", "seq": 1}));
+    let refused = h.take_op(S, "error");
+    assert_eq!(refused.iter().map(|e| (e["code"].clone(), e["req"].clone())).collect::<Vec<_>>(), vec![(json!("forbidden"), json!("s")), (json!("forbidden"), json!(null))]);
+    let refused = h.take_op(P, "error");
+    assert_eq!((refused[0]["code"].clone(), refused[0]["req"].clone()), (json!("forbidden"), json!(7)), "{refused:?}");
+    assert_eq!(h.node.topic_next_id("t"), Some(2), "the publish was not stored");
+}

@@ -650,3 +650,30 @@ fn a_redrive_runs_on_the_shard_leader_and_its_copies_are_entries() {
     let now = c.nodes[leader].now_ns;
     assert!(c.nodes[leader].node.admin(now, &redrive).unwrap().contains("redriving 0"), "nothing left to copy");
 }
+
+#[test]
+fn a_position_proposed_before_a_reset_applied_does_not_undo_it_on_the_followers() {
+    use ferry_core::node::admin::AdminAction;
+    use ferry_core::protocol::StartFrom;
+    let mut c = Cluster::new();
+    let first = c.leader();
+    c.subscribe(first);
+    for n in 1..=3 {
+        c.publish(first, json!(n));
+    }
+    let delivered = ids(&msgs(&mut c.nodes[first], S));
+    assert_eq!(delivered, vec![1, 2, 3]);
+    // The reset is proposed; before it is applied anywhere, the member acks everything and
+    // the leader proposes that position (from before the reset) behind it.
+    let now = c.nodes[first].now_ns;
+    c.nodes[first].node.admin(now, &AdminAction::ResetGroup { topic: "t".into(), group: "g".into(), to: StartFrom::Earliest }).unwrap();
+    ack(&mut c.nodes[first], S, "t", "g", &delivered);
+    // A publish now makes the leader write (and so propose) the acked position at once.
+    c.nodes[first].send_json(P, json!({"op": "pub", "req": 9, "topic": "t", "body": 4}));
+    c.run_ms(200);
+    // The next leader must hold the reset: all three again.
+    c.down.insert(first);
+    let second = c.leader();
+    c.subscribe(second);
+    assert_eq!(ids(&msgs(&mut c.nodes[second], S)), vec![1, 2, 3, 4], "a stale position moved a follower past the reset");
+}

@@ -1,7 +1,10 @@
-//! The admin API (JSON under `/api/`) and the web console at `/` that reads it. Both answer an
-//! admin only: with `tokens` configured, a request carrying `Authorization: Bearer <token>`
-//! (the console asks for the token and sends it so); without tokens, a request from a loopback
-//! address. They are never open to the world by default.
+//! The admin API (JSON under `/api/`) and the web console at `/` that reads it. The API answers
+//! an admin only: with `tokens` configured, a request carrying `Authorization: Bearer <token>`
+//! (the console page, which holds no data, is served to anyone and asks for the token); without
+//! tokens, a request from a loopback address to a loopback name (`Host: localhost` or a
+//! loopback IP), so a web page cannot reach it through DNS rebinding. A browser request from
+//! another site (an `Origin` that is not the `Host`) is refused either way, so no page can
+//! trigger an action cross-site. Never open to the world by default.
 //!
 //! Reads (GET): `/api/overview` (counters, latency histograms, memory, disk, readiness),
 //! `/api/topics`, `/api/groups`, `/api/connections` (`?limit=`, 1,000 by default), and
@@ -27,10 +30,11 @@ pub fn answer(request: &Request, context: &mut Context<'_>) -> Option<Vec<u8>> {
     if request.path != "/" && !request.path.starts_with("/api/") {
         return None;
     }
-    if let Some((status, why)) = refusal(context.host, &request.access) {
+    let page = request.path == "/";
+    if let Some((status, why)) = refusal(context.host, &request.access, page) {
         return Some(error(status, why));
     }
-    if request.path == "/" {
+    if page {
         return Some(http_answer(200, "text/html; charset=utf-8", CONSOLE_HTML));
     }
     let result = match (request.method.as_str(), request.path.as_str()) {
@@ -53,14 +57,36 @@ pub fn error(status: u16, why: &str) -> Vec<u8> {
     http_answer(status, "application/json", &json!({ "error": why }).to_string())
 }
 
-/// Why `access` may not use the admin API: (status, reason); `None` when it may.
-fn refusal(host: &Host, access: &Access) -> Option<(u16, &'static str)> {
+/// Why `access` may not have the console `page` or the admin API: (status, reason); `None`
+/// when it may.
+fn refusal(host: &Host, access: &Access, page: bool) -> Option<(u16, &'static str)> {
+    let cross_site = access.origin.as_deref().is_some_and(|origin| {
+        let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        !access.host.as_deref().is_some_and(|host| host.eq_ignore_ascii_case(authority))
+    });
+    if cross_site {
+        return Some((403, "a request from another site's page (its Origin is not this Host) is refused"));
+    }
     let tokens = &host.config().tokens;
     if tokens.is_empty() {
-        return (!access.from_loopback).then_some((403, "the admin API and console answer loopback addresses only while no tokens are configured"));
+        if !access.from_loopback {
+            return Some((403, "the admin API and console answer loopback addresses only while no tokens are configured"));
+        }
+        let loopback_name = access.host.as_deref().is_none_or(is_loopback_host);
+        return (!loopback_name).then_some((403, "while no tokens are configured, the admin API answers requests to localhost or a loopback IP only (Host header)"));
     }
     let known = access.bearer.as_ref().is_some_and(|bearer| tokens.contains(bearer));
-    (!known).then_some((401, "send Authorization: Bearer <token> with one of the configured tokens"))
+    (!known && !page).then_some((401, "send Authorization: Bearer <token> with one of the configured tokens"))
+}
+
+/// Whether a `Host` header names this machine's loopback: `localhost`, `127.x.x.x`, `[::1]`,
+/// with or without a port. (A DNS name pointed at 127.0.0.1 by someone else does not count.)
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn group_json(group: &GroupView) -> Value {
@@ -211,5 +237,20 @@ fn position_json(position: &IdPosition) -> Value {
             EntryState::DeadLettering { attempts } => json!({"state": "dead_lettering", "attempts": attempts}),
             EntryState::Acked => json!({"state": "settled", "why": "acked"}),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn loopback_hosts_are_told_from_names_that_merely_resolve_there() {
+        for host in ["localhost", "LOCALHOST:7700", "127.0.0.1", "127.0.0.1:7700", "127.9.9.9:1", "[::1]:7700", "[::1]"] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in ["evil.example", "evil.example:7700", "10.0.0.1:7700", "localhost.evil.example", "[::2]:1", ""] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
     }
 }

@@ -37,8 +37,9 @@ pub enum Verdict {
     Refuse { answer: Vec<u8>, why: String },
     /// A plain HTTP request (one the server answers without an upgrade), then close:
     /// `method` GET or POST, `query` what followed `?` (undecoded), `bearer` the token of an
-    /// `Authorization: Bearer` header.
-    Http { method: String, path: String, query: String, bearer: Option<String> },
+    /// `Authorization: Bearer` header, `host` and `origin` those headers (for the admin API's
+    /// cross-site and DNS-rebinding checks).
+    Http { method: String, path: String, query: String, bearer: Option<String>, host: Option<String>, origin: Option<String> },
 }
 
 /// Paths served as plain HTTP beside the WebSocket one.
@@ -157,7 +158,8 @@ fn judge(head: &[u8], tail: Vec<u8>) -> Verdict {
             return refuse(405, &[("Allow", if post_allowed { "GET, POST" } else { "GET" })], "plain HTTP paths answer GET (and the admin API's actions POST)");
         }
         let bearer = values("Authorization").find_map(|v| v.strip_prefix("Bearer ")).map(|token| token.trim().to_string());
-        return Verdict::Http { method: method.to_string(), path: path.to_string(), query: query.to_string(), bearer };
+        let (host, origin) = (values("Host").next().map(str::to_string), values("Origin").next().map(str::to_string));
+        return Verdict::Http { method: method.to_string(), path: path.to_string(), query: query.to_string(), bearer, host, origin };
     }
     if path != PATH {
         return refuse(404, &[], "ferry serves WebSocket at /ws, its console at /, /metrics, /healthz, /readyz and the admin API under /api/");

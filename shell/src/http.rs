@@ -33,6 +33,9 @@ impl Request {
 pub struct Access {
     pub from_loopback: bool,
     pub bearer: Option<String>,
+    /// The `Host` and `Origin` headers, if sent.
+    pub host: Option<String>,
+    pub origin: Option<String>,
 }
 
 /// What the shell knows of a client connection that the core does not.

@@ -386,10 +386,10 @@ impl Server {
                     conn.closing_since = Some(Instant::now());
                     (answer, None)
                 }
-                Ok(Verdict::Http { method, path, query, bearer }) => {
+                Ok(Verdict::Http { method, path, query, bearer, host, origin }) => {
                     conn.closing_since = Some(Instant::now());
                     let from_loopback = stream.peer_addr().is_ok_and(|addr| addr.ip().is_loopback());
-                    let request = http::Request::new(method, path, &query, http::Access { from_loopback, bearer });
+                    let request = http::Request::new(method, path, &query, http::Access { from_loopback, bearer, host, origin });
                     (self.answer_http(&request), None)
                 }
                 Err(_) => {

@@ -62,6 +62,15 @@ fn groups_connections_and_a_trace_by_id() {
     assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
     assert!(text.contains(&format!("message {id} of \"orders\": stored in segment")) && text.contains("group billing: settled") && text.contains("timed_out"), "{text}");
 
+    // Without tokens: no DNS rebinding (a Host that is a name, not loopback) and no
+    // cross-site requests (an Origin that is not the Host); the console's own requests pass.
+    assert_eq!(support::http_get_with(&server.addr, "/api/groups", &["Host: evil.example:7700"]).0, 403);
+    let cross_site = ["Origin: http://evil.example"];
+    assert_eq!(http_request(&server.addr, "POST", "/api/groups/reset?topic=orders&group=billing&to=earliest", &cross_site).0, 403);
+    let same_site = [format!("Host: {}", server.addr), format!("Origin: http://{}", server.addr)];
+    let same_site: Vec<&str> = same_site.iter().map(String::as_str).collect();
+    assert_eq!(support::http_get_with(&server.addr, "/api/groups", &same_site).0, 200);
+
     // An operator rewinds the group: the member gets the message again, first in a new chain.
     let (status, body) = http_request(&server.addr, "POST", "/api/groups/reset?topic=orders&group=billing&to=earliest", &[]);
     assert_eq!(status, 200, "{body}");

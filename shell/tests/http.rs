@@ -142,6 +142,12 @@ fn with_tokens_configured_the_admin_api_wants_one_of_them() {
     assert_eq!(support::http_get_with(&server.addr, "/api/topics", &["Authorization: Bearer wrong"]).0, 401);
     let (status, body) = support::http_get_with(&server.addr, "/api/topics", &["Authorization: Bearer s3cret"]);
     assert_eq!((status, body.as_str()), (200, r#"{"topics":[]}"#));
+    // The console page holds no data: a browser gets it without a token, then it asks for one.
+    let (status, page) = get(&server.addr, "/");
+    assert!(status == 200 && page.contains("<title>ferry console</title>"), "{status} {page}");
+    // A page of another site cannot act, even with a token.
+    let cross_site = ["Authorization: Bearer s3cret", "Origin: http://evil.example"];
+    assert_eq!(support::http_request(&server.addr, "POST", "/api/connections/disconnect?id=1", &cross_site).0, 403);
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

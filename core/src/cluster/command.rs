@@ -178,7 +178,7 @@ mod tests {
         roundtrip(Command::Publish(PublishCommand { ts_ms: 7, topic: "orders", key: Some("k1"), producer: Some(("shop", 42)), body: "{\"n\":1}" }));
         roundtrip(Command::Publish(PublishCommand { ts_ms: 0, topic: "t", key: None, producer: None, body: "" }));
         roundtrip(Command::CreateGroup(CreateGroupCommand { topic: "t".into(), group: "g".into(), from: GroupStart::Id(9), filter: Some(serde_json::json!({"key_prefix": "a"})) }));
-        roundtrip(Command::Position(GroupRecord { topic: "t".into(), group: "g".into(), filter: None, start_id: 1, floor: 4, floor_prev: 3, acked: vec![6] }));
+        roundtrip(Command::Position(GroupRecord { topic: "t".into(), group: "g".into(), filter: None, start_id: 1, floor: 4, floor_prev: 3, acked: vec![6], resets: 2 }));
         roundtrip(Command::DeadLetter(DeadLetterCommand { topic: "t".into(), group: "g".into(), id: 5 }));
         roundtrip(Command::ResetGroup(ResetGroupCommand { topic: "t".into(), group: "g".into(), to: GroupStart::Earliest }));
         roundtrip(Command::DropGroup(DropGroupCommand { topic: "t".into(), group: "g".into() }));

@@ -24,12 +24,23 @@ use crate::protocol::{ErrorCode, StartFrom};
 use crate::record::{self, GroupDroppedRecord};
 use crate::topic::StoredMessage;
 
-/// The group of a dead-letter topic that redrives copy from.
+/// The group of a dead-letter topic that redrives copy from (clients may not name it).
 pub const REDRIVE_GROUP: &str = "ferry-redrive";
+/// Redrives publish their copies as producer `ferry-redrive:<topic>` (clients may not).
+pub const REDRIVE_PRODUCER_PREFIX: &str = "ferry-redrive:";
 /// Copies a redrive has in flight at once.
 const REDRIVE_WINDOW: u32 = 64;
 /// Internal members' connection ids: above any client's, below remote ones (`ConnId::remote`).
 const INTERNAL_CONN_BASE: u64 = 1 << 62;
+
+/// A redrive under way: its internal member copies the dead letters of (`dlq`, `group`) with
+/// ids below `end_id` (the dead-letter topic's next id when it was asked for), so copies that
+/// fail again and come back as new dead letters wait for the next redrive instead of looping.
+pub(super) struct Redrive {
+    pub(super) dlq: TopicIdx,
+    pub(super) group: GroupIdx,
+    pub(super) end_id: u64,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminAction {
@@ -106,7 +117,7 @@ impl Node {
         let start = match to {
             StartFrom::Latest => next_id,
             StartFrom::Earliest => first_id,
-            StartFrom::Id(id) => id.clamp(first_id, next_id),
+            StartFrom::Id(id) => id.max(first_id).min(next_id),
         };
         let held = self.state.topics[t].groups[g].reset(start);
         self.let_go_of(t, g, held);
@@ -153,13 +164,18 @@ impl Node {
         dropped.dropped = true;
         self.state.topics[t].group_index.remove(group);
         self.dirty_groups.remove(&(t, g));
-        self.redrives.retain(|_, (rt, rg)| (*rt, *rg) != (t, g));
+        self.redrives.retain(|_, redrive| (redrive.dlq, redrive.group) != (t, g));
         if self.replication.is_none() {
-            self.open_batch_data();
-            let record = GroupDroppedRecord { topic: topic.to_string(), group: group.to_string() };
-            self.log.segment_len += record::encode_control(&mut self.log.open.data, record::KIND_GROUP_DROPPED, &record) as u64;
-            self.maybe_flush();
+            self.write_group_dropped(GroupDroppedRecord { topic: topic.to_string(), group: group.to_string() });
         }
+    }
+
+    /// Writes the record of a dropped group into the open batch (again, after a failed write).
+    pub(super) fn write_group_dropped(&mut self, record: GroupDroppedRecord) {
+        self.open_batch_data();
+        self.log.segment_len += record::encode_control(&mut self.log.open.data, record::KIND_GROUP_DROPPED, &record) as u64;
+        self.log.open.waiters.push(Waiter::GroupDropped(record));
+        self.maybe_flush();
     }
 
     /// Starts (or continues) copying `<topic>.dlq` back into `topic`.
@@ -189,28 +205,44 @@ impl Node {
                 g
             }
         };
-        let waiting = self.state.topics[dlq].groups[g].backlog(self.state.topics[dlq].next_id);
+        let end_id = self.state.topics[dlq].next_id;
+        let waiting = self.state.topics[dlq].groups[g].backlog(end_id);
         let conn = ConnId(INTERNAL_CONN_BASE + dlq.0 as u64);
-        if let std::collections::btree_map::Entry::Vacant(redrive) = self.redrives.entry(conn) {
-            redrive.insert((dlq, g));
-            let state = self.conns.entry(conn).or_insert_with(super::session::Conn::new);
-            let sub = state.subs.entry((dlq, g)).or_default();
-            (sub.subscribed, sub.window) = (true, REDRIVE_WINDOW);
-            self.state.topics[dlq].groups[g].members.push(conn);
+        match self.redrives.entry(conn) {
+            // Asked again: it goes on to the dead letters that arrived since.
+            std::collections::btree_map::Entry::Occupied(mut redrive) => redrive.get_mut().end_id = end_id,
+            std::collections::btree_map::Entry::Vacant(redrive) => {
+                redrive.insert(Redrive { dlq, group: g, end_id });
+                let state = self.conns.entry(conn).or_insert_with(super::session::Conn::new);
+                let sub = state.subs.entry((dlq, g)).or_default();
+                (sub.subscribed, sub.window) = (true, REDRIVE_WINDOW);
+                self.state.topics[dlq].groups[g].members.push(conn);
+            }
         }
         self.pump(dlq, g);
         self.finish_redrive_if_done(dlq, g);
         Ok(format!("redriving {waiting} dead letter(s) of '{topic}' into it"))
     }
 
+    /// Whether `conn` is a redrive's member that must not be handed `id` (past its end).
+    pub(super) fn redrive_ends_before(&self, conn: ConnId, id: u64) -> bool {
+        self.redrives.get(&conn).is_some_and(|redrive| id >= redrive.end_id)
+    }
+
     /// The redrive member `conn` was handed dead letter `id`: its copy joins the open batch
     /// (or it is settled at once if an earlier redrive copied it).
     pub(super) fn redrive_copy(&mut self, dlq: TopicIdx, g: GroupIdx, id: u64, message: &StoredMessage) {
         let topic = self.state.topics[dlq].name.trim_end_matches(".dlq").to_string();
-        let producer = format!("ferry-redrive:{topic}");
-        if self.state.producers.get(&producer).is_some_and(|p| p.seqs.contains_key(&id)) {
-            self.ack_one(dlq, g, id);
-            return;
+        let producer = format!("{REDRIVE_PRODUCER_PREFIX}{topic}");
+        match self.state.producers.get(&producer).and_then(|p| p.seqs.get(&id)) {
+            // Copied and durable before (a redrive repeated after a crash): settled.
+            Some(seen) if seen.durable => {
+                self.ack_one(dlq, g, id);
+                return;
+            }
+            // Its copy is still on its way to disk: its waiter settles it.
+            Some(_) => return,
+            None => {}
         }
         if self.replication.is_some() {
             // Proposed like a client's publish; if it is not applied (a lost lead) the dead
@@ -232,13 +264,13 @@ impl Node {
         self.pump(dlq, g);
     }
 
-    /// The redrive member leaves once its group has nothing left to copy.
-    fn finish_redrive_if_done(&mut self, dlq: TopicIdx, g: GroupIdx) {
-        let group = &self.state.topics[dlq].groups[g];
-        if group.backlog(self.state.topics[dlq].next_id) > 0 {
+    /// The redrive member leaves once every dead letter below its end is settled.
+    pub(super) fn finish_redrive_if_done(&mut self, dlq: TopicIdx, g: GroupIdx) {
+        let Some((&conn, redrive)) = self.redrives.iter().find(|(_, r)| (r.dlq, r.group) == (dlq, g)) else { return };
+        let end_id = redrive.end_id;
+        if self.state.topics[dlq].groups[g].oldest_unacked(end_id).is_some_and(|id| id < end_id) {
             return;
         }
-        let Some(conn) = self.redrives.iter().find(|(_, tg)| **tg == (dlq, g)).map(|(conn, _)| *conn) else { return };
         self.redrives.remove(&conn);
         self.conns.remove(&conn);
         self.state.topics[dlq].groups[g].members.retain(|member| *member != conn);

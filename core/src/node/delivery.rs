@@ -139,6 +139,10 @@ impl Node {
                 continue;
             }
             let Some(conn) = self.pick_member(t, g) else { return };
+            if self.redrive_ends_before(conn, id) {
+                // Newer dead letters wait for the next redrive.
+                return self.finish_redrive_if_done(t, g);
+            }
             let message = match self.state.topics[t].lookup(id, &self.read_cache, t) {
                 Lookup::Found(message) => message,
                 Lookup::OnDisk(loc) => return self.request_read(t, id, loc),

@@ -19,6 +19,9 @@ pub(super) enum Waiter {
         /// When the publish arrived (for the publish → puback latency).
         received_ns: u64,
     },
+    /// The record of a group an operator dropped: written again if its write fails (or a
+    /// restart would bring the group back from its older records).
+    GroupDropped(crate::record::GroupDroppedRecord),
     /// A redrive's copy of dead letter `id` of (`topic`, `group`), made as `producer`.
     Redriven {
         topic: TopicIdx,
@@ -326,6 +329,7 @@ impl Node {
                     joined.durable = true;
                     self.admit_member(conn, req, topic, group, window, pull);
                 }
+                Waiter::GroupDropped(_) => {}
                 Waiter::Redriven { topic, group, id, producer } => {
                     if let Some(seen) = self.state.producers.get_mut(&producer).and_then(|p| p.seqs.get_mut(&id)) {
                         seen.durable = true;
@@ -366,6 +370,7 @@ impl Node {
         lost.push(std::mem::replace(&mut self.log.open, Batch::new(segment, offset, create)));
         let mut publishes_failed = 0;
         let mut rejoin = Vec::new();
+        let mut dropped_again = Vec::new();
         let mut to_pump = BTreeSet::new();
         for waiter in lost.into_iter().flat_map(|b| b.waiters) {
             match waiter {
@@ -390,6 +395,7 @@ impl Node {
                 // the dead letter stays in flight to the redrive and is copied again after its
                 // ack timeout.
                 Waiter::Redriven { .. } => {}
+                Waiter::GroupDropped(record) => dropped_again.push(record),
                 Waiter::RaftPersisted { .. } => unreachable!("cluster mode stops on a failed write"),
             }
         }
@@ -429,6 +435,9 @@ impl Node {
             DiskError::Io(_) => self.start_segment(segment + 1),
         }
         self.log.open.waiters.extend(rejoin);
+        for record in dropped_again {
+            self.write_group_dropped(record);
+        }
         for (t, g) in to_pump {
             self.pump(t, g);
         }

@@ -70,7 +70,9 @@ impl Node {
     }
 
     fn trace_line(&self, t: TopicIdx, event: &TraceEvent) -> TraceLine {
-        let group_name = |g: GroupIdx| Some(self.state.topics[t].groups[g].name.clone());
+        // A group index the ring kept may be gone (a state installed since is cleared with
+        // the ring, but be safe): the event is shown without its group's name.
+        let group_name = |g: GroupIdx| self.state.topics.get(t.0).and_then(|topic| topic.groups.get(g.0)).map(|group| group.name.clone());
         let mut line = TraceLine { at_ms: event.at_ns / NS_PER_MS, event: "", group: None, conn: None, attempt: None, segment: None, copy_id: None };
         match event.what {
             Happening::Stored { segment } => (line.event, line.segment) = ("stored", Some(segment)),

@@ -545,6 +545,10 @@ impl Node {
             return;
         }
         let Ok((t, g)) = self.state.group_of(&record.topic, &record.group) else { return };
+        if record.resets < self.state.topics[t].groups[g].resets {
+            // Proposed before a reset that committed first: the group has moved since.
+            return;
+        }
         for id in self.state.topics[t].groups[g].settled_by(record) {
             self.ack_one(t, g, id);
         }

@@ -106,6 +106,9 @@ impl Node {
 
     fn apply_client_op(&mut self, conn: ConnId, op: ClientOp, authenticated: bool) {
         let req_of = protocol::req_text;
+        if let Some((req, why)) = reserved_for_redrives(&op) {
+            return self.send_error(conn, req.as_deref(), ErrorCode::Forbidden, &why);
+        }
         match op {
             ClientOp::Pub { req, topic, body, key, producer, seq } => {
                 let req = req_of(&req);
@@ -153,4 +156,19 @@ impl Node {
         }
         self.fetches.retain(|f| f.conn != conn);
     }
+}
+
+/// An op naming the redrives' group or producers (`admin`): a client taking or acking the
+/// group's dead letters, or publishing as a redrive, would make a redrive skip copies.
+fn reserved_for_redrives(op: &ClientOp) -> Option<(Option<String>, String)> {
+    use super::admin::{REDRIVE_GROUP, REDRIVE_PRODUCER_PREFIX};
+    let (req, group) = match op {
+        ClientOp::Sub { req, group, .. } | ClientOp::Pull { req, group, .. } | ClientOp::Unsub { req, group, .. } => (protocol::req_text(req), group.as_str()),
+        ClientOp::Ack { group, .. } | ClientOp::Nack { group, .. } => (None, group.as_str()),
+        ClientOp::Pub { req, producer: Some(producer), .. } if producer.starts_with(REDRIVE_PRODUCER_PREFIX) => {
+            return Some((protocol::req_text(req), format!("producer names starting with '{REDRIVE_PRODUCER_PREFIX}' are reserved for redrives")));
+        }
+        _ => return None,
+    };
+    (group == REDRIVE_GROUP).then(|| (req, format!("group '{REDRIVE_GROUP}' is reserved for redrives")))
 }

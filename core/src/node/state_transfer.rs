@@ -87,9 +87,14 @@ impl Node {
         // left from when this node led end here.
         let members: Vec<ConnId> = self.conns.iter().filter(|(_, c)| !c.subs.is_empty()).map(|(conn, _)| *conn).collect();
         for conn in members {
-            self.out.push_back(Output::Close { conn, code: CLOSE_TRY_AGAIN_LATER, reason: "this node took the leader's state; subscribe again".into() });
+            if !self.redrives.contains_key(&conn) {
+                self.out.push_back(Output::Close { conn, code: CLOSE_TRY_AGAIN_LATER, reason: "this node took the leader's state; subscribe again".into() });
+            }
             self.on_disconnected(conn);
         }
+        self.redrives.clear();
+        // Its events name topics and groups by index in the state being replaced.
+        self.trace_book.clear(self.now_ns);
         self.fetches.clear();
         self.forget_reads();
         self.state = State::new(&self.config);

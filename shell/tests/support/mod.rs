@@ -525,7 +525,8 @@ pub fn http_request(addr: &str, method: &str, path: &str, headers: &[&str]) -> (
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     let length = if method == "POST" { "Content-Length: 0\r\n" } else { "" };
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{length}{extra}\r\n").unwrap();
+    let host = if headers.iter().any(|h| h.to_ascii_lowercase().starts_with("host:")) { "" } else { "Host: localhost\r\n" };
+    write!(stream, "{method} {path} HTTP/1.1\r\n{host}{length}{extra}\r\n").unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).expect("an answer, then the connection closes");
     let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
