@@ -228,8 +228,11 @@ pub struct Config {
     /// Bytes queued to all connections together past which every connection with more than a
     /// little queued is paused, until the total drains below half of this.
     pub outbox_bytes_total_max: u64,
-    /// When set, every op before a `hello` with one of these tokens gets `unauthorized`.
+    /// Tokens with every right. With these or `users` set, every op before a `hello` with a
+    /// known token gets `unauthorized`.
     pub tokens: Vec<String>,
+    /// Identities with rights on topic patterns (`[[users]]`, see `rights`).
+    pub users: Vec<crate::rights::UserConfig>,
     /// How long a full disk is left alone before a publish tries it again.
     pub disk_full_retry_ms: u64,
     /// Start even though the log is damaged where acknowledged data was written: serve every
@@ -295,6 +298,7 @@ impl Default for Config {
             connection_outbox_bytes_max: 16 << 20,
             outbox_bytes_total_max: 256 << 20,
             tokens: Vec::new(),
+            users: Vec::new(),
             disk_full_retry_ms: 1_000,
             salvage: false,
         }
@@ -302,8 +306,32 @@ impl Default for Config {
 }
 
 impl Config {
+    /// True when identities are configured (`tokens` or `users`): clients must say `hello`
+    /// with a known token, and each has the rights of its token.
+    pub fn requires_identity(&self) -> bool {
+        !self.tokens.is_empty() || !self.users.is_empty()
+    }
+
+    /// The rights of `token`, if it is configured.
+    pub fn rights_of(&self, token: &str) -> Option<crate::rights::Rights> {
+        if self.tokens.iter().any(|t| t == token) {
+            return Some(crate::rights::Rights::full());
+        }
+        self.users.iter().find(|user| user.token == token).and_then(|user| crate::rights::Rights::of_user(user).ok())
+    }
+
     /// Checks relations between settings; the message names the setting at fault.
     pub fn validate(&self) -> Result<(), String> {
+        let mut seen_tokens: std::collections::BTreeSet<&str> = self.tokens.iter().map(String::as_str).collect();
+        if seen_tokens.len() != self.tokens.len() || seen_tokens.contains("") {
+            return Err("tokens must be distinct and not empty".into());
+        }
+        for (at, user) in self.users.iter().enumerate() {
+            if user.token.is_empty() || !seen_tokens.insert(&user.token) {
+                return Err(format!("users[{at}]: every token must be set and differ from every other token"));
+            }
+            crate::rights::Rights::of_user(user).map_err(|why| format!("users[{at}]: {why}"))?;
+        }
         let positive = [
             ("batch_interval_ms", self.batch_interval_ms),
             ("frame_bytes_max", self.frame_bytes_max as u64),

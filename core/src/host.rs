@@ -16,8 +16,10 @@ use crate::ids::{ConnId, ShardId};
 use crate::node::{Input, MemoryUse, Node, Output, RecoveryReport, Rejection, Stats, Trace};
 use crate::protocol::{self, ClientOp, ErrorCode};
 use crate::recovery::{segment_file_name, RecoveryError};
+use crate::rights::Rights;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
 
 /// WebSocket close code "policy violation" (RFC 6455 §7.4.1): an operator closed it.
 const CLOSE_POLICY: u16 = 1008;
@@ -26,9 +28,11 @@ pub struct Host {
     config: Config,
     /// One node state machine per shard, in shard order.
     shards: Vec<Node>,
-    /// Open client connections and whether each has authenticated (`hello` with a token,
-    /// or no `tokens` configured).
-    conns: BTreeMap<ConnId, bool>,
+    /// Open client connections and the rights of each: `None` until it authenticates (a
+    /// `hello` with a known token), full rights at once when no identities are configured.
+    conns: BTreeMap<ConnId, Option<Rc<Rights>>>,
+    /// Every configured token and its rights (`tokens`: full; `users`: theirs).
+    identities: BTreeMap<String, Rc<Rights>>,
     out: VecDeque<Output>,
     now_ns: u64,
     /// `error` frames this host sent itself (undecodable frames, tokens), per code.
@@ -64,7 +68,13 @@ impl Host {
             report.take(shard_report);
             shards.push(node);
         }
-        let mut host = Host { config, shards, conns: BTreeMap::new(), out: VecDeque::new(), now_ns, errors: [0; ErrorCode::ALL.len()] };
+        let mut identities: BTreeMap<String, Rc<Rights>> = config.tokens.iter().map(|token| (token.clone(), Rc::new(Rights::full()))).collect();
+        for user in &config.users {
+            // `Config::validate` refused a config with a bad entry before it got here.
+            let rights = Rights::of_user(user).map_err(|why| RecoveryError::refused(format!("users: {why}")))?;
+            identities.insert(user.token.clone(), Rc::new(rights));
+        }
+        let mut host = Host { config, shards, conns: BTreeMap::new(), identities, out: VecDeque::new(), now_ns, errors: [0; ErrorCode::ALL.len()] };
         host.take_shard_outputs();
         Ok((host, report))
     }
@@ -147,7 +157,11 @@ impl Host {
     pub fn connections_view(&self) -> Vec<crate::node::observe::ConnView> {
         self.conns
             .iter()
-            .map(|(&conn, &authenticated)| crate::node::observe::ConnView { conn, authenticated, subs: self.shards.iter().flat_map(|shard| shard.subs_of(conn)).collect() })
+            .map(|(&conn, rights)| crate::node::observe::ConnView {
+                conn,
+                authenticated: rights.is_some(),
+                subs: self.shards.iter().flat_map(|shard| shard.subs_of(conn)).collect(),
+            })
             .collect()
     }
 
@@ -282,7 +296,8 @@ impl Host {
     }
 
     fn on_connected(&mut self, now_ns: u64, conn: ConnId) {
-        let previous = self.conns.insert(conn, self.config.tokens.is_empty());
+        let open = (!self.config.requires_identity()).then(|| Rc::new(Rights::full()));
+        let previous = self.conns.insert(conn, open);
         assert!(previous.is_none(), "connection id {conn} reused while open");
         // The shards first: their clocks move to now, which the welcome's cluster view reads.
         self.tell_every_shard(now_ns, || Input::Connected { conn });
@@ -308,7 +323,8 @@ impl Host {
     }
 
     fn on_frame(&mut self, now_ns: u64, conn: ConnId, text: &str) {
-        let Some(&authenticated) = self.conns.get(&conn) else { return };
+        let Some(rights) = self.conns.get(&conn).cloned() else { return };
+        let authenticated = rights.is_some();
         let op = match protocol::decode(text, self.config.json_depth_max) {
             Ok(op) => op,
             Err(e) => {
@@ -325,6 +341,9 @@ impl Host {
             };
             return self.send_error(conn, req.as_deref(), ErrorCode::Unauthorized, "send hello with a valid token first");
         }
+        if let Some((req, why)) = rights.as_deref().and_then(|rights| refused_by(rights, &op)) {
+            return self.send_error(conn, req.as_deref(), ErrorCode::Forbidden, &why);
+        }
         match op {
             ClientOp::Hello { token } => self.on_hello(conn, token),
             ClientOp::Ping { req } => {
@@ -340,15 +359,22 @@ impl Host {
     }
 
     fn on_hello(&mut self, conn: ConnId, token: Option<String>) {
-        if self.config.tokens.is_empty() {
+        if !self.config.requires_identity() {
             return;
         }
-        let valid = token.is_some_and(|t| self.config.tokens.contains(&t)) || self.config.test_bug == Some(TestBug::WrongTokenAccepted);
-        if valid {
-            self.conns.insert(conn, true);
-        } else {
-            self.send_error(conn, None, ErrorCode::Unauthorized, "unknown token");
+        let rights = token.and_then(|t| self.identities.get(&t).cloned());
+        let rights = rights.or_else(|| (self.config.test_bug == Some(TestBug::WrongTokenAccepted)).then(|| Rc::new(Rights::full())));
+        match rights {
+            Some(rights) => {
+                self.conns.insert(conn, Some(rights));
+            }
+            None => self.send_error(conn, None, ErrorCode::Unauthorized, "unknown token"),
         }
+    }
+
+    /// The rights of `token`, if it is a configured one.
+    pub fn rights_of(&self, token: &str) -> Option<&Rights> {
+        self.identities.get(token).map(Rc::as_ref)
     }
 
     /// `welcome`: in a cluster, this node, the nodes' URLs, shard 0's view of the cluster and,
@@ -366,5 +392,22 @@ impl Host {
         let mut frame = String::new();
         protocol::encode_welcome(&mut frame, &self.config.node_name, &fields);
         frame
+    }
+}
+
+/// Why `rights` do not allow `op`: its `req` and the reason; `None` when they do (or the op
+/// names no topic).
+fn refused_by(rights: &Rights, op: &ClientOp) -> Option<(Option<String>, String)> {
+    let req = protocol::req_text;
+    match op {
+        ClientOp::Pub { req: r, topic, .. } => (!rights.may_publish(topic)).then(|| (req(r), format!("no right to publish to '{topic}'"))),
+        ClientOp::Sub { req: r, topic, group, .. } | ClientOp::Pull { req: r, topic, group, .. } | ClientOp::Unsub { req: r, topic, group } => {
+            (!rights.may_read(topic, Some(group))).then(|| (req(r), format!("no right to read '{topic}' in group '{group}'")))
+        }
+        ClientOp::Ack { topic, group, .. } | ClientOp::Nack { topic, group, .. } => {
+            (!rights.may_read(topic, Some(group))).then(|| (None, format!("no right to read '{topic}' in group '{group}'")))
+        }
+        ClientOp::Fetch { req: r, topic, .. } => (!rights.may_read(topic, None)).then(|| (req(r), format!("no right to read '{topic}'"))),
+        ClientOp::Hello { .. } | ClientOp::Ping { .. } => None,
     }
 }

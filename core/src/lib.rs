@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod protocol;
 pub mod record;
 pub mod recovery;
+pub mod rights;
 pub mod testkit;
 pub mod timeline;
 pub mod topic;

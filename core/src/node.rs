@@ -384,7 +384,7 @@ impl Node {
         // Its segment ids and disk tokens are the shard's own (shard 0: from 1).
         let shard = ShardId(config.shard_index);
         let mut node = Node {
-            stages: pipeline::default_stages(!config.tokens.is_empty()),
+            stages: pipeline::default_stages(config.requires_identity()),
             state: State::new(&config),
             config,
             conns: BTreeMap::new(),

@@ -1,5 +1,6 @@
 //! The admin API (JSON under `/api/`) and the web console at `/` that reads it. The API answers
-//! an admin only: with `tokens` configured, a request carrying `Authorization: Bearer <token>`
+//! an admin only: with identities configured, a request carrying `Authorization: Bearer <token>`
+//! of a token with the admin right (every `tokens` entry; a user with `admin = true`)
 //! (the console page, which holds no data, is served to anyone and asks for the token); without
 //! tokens, a request from a loopback address to a loopback name (`Host: localhost` or a
 //! loopback IP), so a web page cannot reach it through DNS rebinding. A browser request from
@@ -67,16 +68,21 @@ fn refusal(host: &Host, access: &Access, page: bool) -> Option<(u16, &'static st
     if cross_site {
         return Some((403, "a request from another site's page (its Origin is not this Host) is refused"));
     }
-    let tokens = &host.config().tokens;
-    if tokens.is_empty() {
+    if !host.config().requires_identity() {
         if !access.from_loopback {
             return Some((403, "the admin API and console answer loopback addresses only while no tokens are configured"));
         }
         let loopback_name = access.host.as_deref().is_none_or(is_loopback_host);
         return (!loopback_name).then_some((403, "while no tokens are configured, the admin API answers requests to localhost or a loopback IP only (Host header)"));
     }
-    let known = access.bearer.as_ref().is_some_and(|bearer| tokens.contains(bearer));
-    (!known && !page).then_some((401, "send Authorization: Bearer <token> with one of the configured tokens"))
+    if page {
+        return None;
+    }
+    match access.bearer.as_deref().and_then(|bearer| host.rights_of(bearer)) {
+        None => Some((401, "send Authorization: Bearer <token> with a configured token that has the admin right")),
+        Some(rights) if !rights.admin => Some((403, "this token has no admin right")),
+        Some(_) => None,
+    }
 }
 
 /// Whether a `Host` header names this machine's loopback: `localhost`, `127.x.x.x`, `[::1]`,
