@@ -233,6 +233,13 @@ pub struct Config {
     pub tokens: Vec<String>,
     /// Identities with rights on topic patterns (`[[users]]`, see `rights`).
     pub users: Vec<crate::rights::UserConfig>,
+    /// With identities configured: a connection that has not authenticated (a `hello` with a
+    /// known token, or a bearer token at its handshake) this long after it opened is closed.
+    pub hello_timeout_ms: u64,
+    /// Browser handshakes (those with an `Origin` header) are admitted only from these
+    /// origins (`https://app.example.com`); empty: from any. Clients that send no `Origin`
+    /// (apps, servers) are always admitted.
+    pub allowed_origins: Vec<String>,
     /// How long a full disk is left alone before a publish tries it again.
     pub disk_full_retry_ms: u64,
     /// Start even though the log is damaged where acknowledged data was written: serve every
@@ -299,6 +306,8 @@ impl Default for Config {
             outbox_bytes_total_max: 256 << 20,
             tokens: Vec::new(),
             users: Vec::new(),
+            hello_timeout_ms: 10_000,
+            allowed_origins: Vec::new(),
             disk_full_retry_ms: 1_000,
             salvage: false,
         }
@@ -353,6 +362,7 @@ impl Config {
             ("outbox_bytes_total_max", self.outbox_bytes_total_max),
             ("raft_tick_ms", self.raft_tick_ms),
             ("peer_outbox_bytes_max", self.peer_outbox_bytes_max),
+            ("hello_timeout_ms", self.hello_timeout_ms),
         ];
         for (name, value) in positive {
             if value == 0 {

@@ -13,12 +13,12 @@
 use crate::cluster::mesh;
 use crate::config::{Config, TestBug};
 use crate::ids::{ConnId, ShardId};
-use crate::node::{Input, MemoryUse, Node, Output, RecoveryReport, Rejection, Stats, Trace};
+use crate::node::{Input, MemoryUse, Node, Output, RecoveryReport, Rejection, Stats, Trace, NS_PER_MS};
 use crate::protocol::{self, ClientOp, ErrorCode};
 use crate::recovery::{segment_file_name, RecoveryError};
 use crate::rights::Rights;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
 
 /// WebSocket close code "policy violation" (RFC 6455 §7.4.1): an operator closed it.
@@ -33,6 +33,8 @@ pub struct Host {
     conns: BTreeMap<ConnId, Option<Rc<Rights>>>,
     /// Every configured token and its rights (`tokens`: full; `users`: theirs).
     identities: BTreeMap<String, Rc<Rights>>,
+    /// With identities configured: when each connection not yet authenticated is closed.
+    hello_deadlines: BTreeSet<(u64, ConnId)>,
     out: VecDeque<Output>,
     now_ns: u64,
     /// `error` frames this host sent itself (undecodable frames, tokens), per code.
@@ -74,7 +76,8 @@ impl Host {
             let rights = Rights::of_user(user).map_err(|why| RecoveryError::refused(format!("users: {why}")))?;
             identities.insert(user.token.clone(), Rc::new(rights));
         }
-        let mut host = Host { config, shards, conns: BTreeMap::new(), identities, out: VecDeque::new(), now_ns, errors: [0; ErrorCode::ALL.len()] };
+        let mut host =
+            Host { config, shards, conns: BTreeMap::new(), identities, hello_deadlines: BTreeSet::new(), out: VecDeque::new(), now_ns, errors: [0; ErrorCode::ALL.len()] };
         host.take_shard_outputs();
         Ok((host, report))
     }
@@ -209,6 +212,11 @@ impl Host {
             Input::Connected { conn } => self.on_connected(now_ns, conn),
             Input::Frame { conn, text } => self.on_frame(now_ns, conn, text),
             Input::Rejected { conn, why } => self.on_rejected(now_ns, conn, why),
+            Input::Token { conn, token } => {
+                if self.conns.contains_key(&conn) {
+                    self.on_hello(conn, Some(token.to_string()));
+                }
+            }
             Input::Disconnected { conn } => {
                 self.conns.remove(&conn);
                 self.tell_every_shard(now_ns, || Input::Disconnected { conn });
@@ -236,6 +244,18 @@ impl Host {
 
     pub fn handle_timeout(&mut self, now_ns: u64) {
         self.now_ns = self.now_ns.max(now_ns);
+        while let Some(&(at, conn)) = self.hello_deadlines.first() {
+            if at > now_ns {
+                break;
+            }
+            self.hello_deadlines.pop_first();
+            if self.conns.get(&conn).is_some_and(Option::is_none) {
+                self.conns.remove(&conn);
+                self.tell_every_shard(now_ns, || Input::Disconnected { conn });
+                let reason = format!("no hello with a known token within hello_timeout_ms ({} ms)", self.config.hello_timeout_ms);
+                self.out.push_back(Output::Close { conn, code: CLOSE_POLICY, reason });
+            }
+        }
         for shard in &mut self.shards {
             shard.handle_timeout(now_ns);
         }
@@ -247,7 +267,8 @@ impl Host {
     }
 
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.shards.iter().filter_map(Node::poll_timeout).min()
+        let hello = self.hello_deadlines.first().map(|(at, _)| *at);
+        self.shards.iter().filter_map(Node::poll_timeout).chain(hello).min()
     }
 
     fn tell_every_shard(&mut self, now_ns: u64, input: impl Fn() -> Input<'static>) {
@@ -297,6 +318,9 @@ impl Host {
 
     fn on_connected(&mut self, now_ns: u64, conn: ConnId) {
         let open = (!self.config.requires_identity()).then(|| Rc::new(Rights::full()));
+        if open.is_none() {
+            self.hello_deadlines.insert((now_ns + self.config.hello_timeout_ms * NS_PER_MS, conn));
+        }
         let previous = self.conns.insert(conn, open);
         assert!(previous.is_none(), "connection id {conn} reused while open");
         // The shards first: their clocks move to now, which the welcome's cluster view reads.

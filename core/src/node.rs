@@ -48,7 +48,7 @@ use replication::Replication;
 use session::Conn;
 use state::{SeenSeq, State};
 
-const NS_PER_MS: u64 = 1_000_000;
+pub(crate) const NS_PER_MS: u64 = 1_000_000;
 const RETENTION_CHECK_NS: u64 = 1_000 * NS_PER_MS;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +73,12 @@ pub enum Input<'a> {
     Frame {
         conn: ConnId,
         text: &'a str,
+    },
+    /// The connection presented `token` outside the protocol (an `Authorization: Bearer`
+    /// header of its WebSocket handshake): as a `hello` with it.
+    Token {
+        conn: ConnId,
+        token: &'a str,
     },
     /// The shell refused a frame before decoding it.
     Rejected {
@@ -538,7 +544,7 @@ impl Node {
         match input {
             Input::Connected { conn } => self.on_connected(conn),
             // The host decodes frames and answers what belongs to the connection as a whole.
-            Input::Frame { .. } | Input::Rejected { .. } => unreachable!("the host takes client frames"),
+            Input::Frame { .. } | Input::Rejected { .. } | Input::Token { .. } => unreachable!("the host takes client frames"),
             Input::Disconnected { conn } => self.on_disconnected(conn),
             Input::Congested { conn, congested } => self.on_congested(conn, congested),
             Input::WriteDone { token, result } => self.on_write_done(token, result),

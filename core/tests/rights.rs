@@ -107,3 +107,19 @@ fn bad_user_entries_are_refused_by_name() {
     let twice = Config { tokens: vec!["x".into()], users: vec![UserConfig { token: "x".into(), ..UserConfig::default() }], ..Config::default() };
     assert!(twice.validate().is_err(), "a token used twice is ambiguous");
 }
+
+#[test]
+fn a_connection_that_does_not_authenticate_in_time_is_closed() {
+    let mut h = Harness::new(config());
+    let (silent, by_header, by_hello) = (ConnId(1), ConnId(2), ConnId(3));
+    h.connect(silent);
+    h.connect(by_header);
+    h.connect(by_hello);
+    // A bearer token at the handshake counts as a hello.
+    h.node.handle_input(h.now_ns, ferry_core::Input::Token { conn: by_header, token: WRITER });
+    h.drain();
+    h.send_json(by_hello, json!({"op": "hello", "token": READER}));
+    h.advance_ms(Config::default().hello_timeout_ms + 1);
+    assert_eq!(h.closed, vec![(silent, 1008)], "only the silent one");
+    assert_eq!(outcome(&mut h, by_header, json!({"op": "pub", "req": 1, "topic": "orders.new", "body": 1})), "puback");
+}

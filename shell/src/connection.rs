@@ -108,6 +108,8 @@ pub struct Connection {
     pub accepted_at: Instant,
     /// The client's address, as accepted.
     pub peer: Option<std::net::SocketAddr>,
+    /// The bearer token of its handshake, handed to the core once it is open.
+    pub bearer: Option<String>,
     /// When closing began: the core has forgotten this connection; its queued bytes (ending
     /// with a close frame) are flushed, then it drains, and by `CLOSE_LINGER` after this it
     /// is dropped in any case.
@@ -151,6 +153,7 @@ impl Connection {
             socket,
             accepted_at: now,
             peer: None,
+            bearer: None,
             closing_since: None,
             wants_writable: true,
             doomed: false,

@@ -31,8 +31,9 @@ pub enum Verdict {
     /// The request head is not complete yet.
     Incomplete,
     /// Send `answer` (101), then speak WebSocket; `tail` is what the client sent after its
-    /// request head (the start of its first frames).
-    Upgrade { answer: Vec<u8>, tail: Vec<u8> },
+    /// request head (the start of its first frames). `bearer` and `origin`: its
+    /// `Authorization: Bearer` token and `Origin`, for the server to check first.
+    Upgrade { answer: Vec<u8>, tail: Vec<u8>, bearer: Option<String>, origin: Option<String> },
     /// Send `answer`, then close; `why` is for the log.
     Refuse { answer: Vec<u8>, why: String },
     /// A plain HTTP request (one the server answers without an upgrade), then close:
@@ -185,7 +186,8 @@ fn judge(head: &[u8], tail: Vec<u8>) -> Verdict {
     }
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let answer = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
-    Verdict::Upgrade { answer: answer.into_bytes(), tail }
+    let bearer = values("Authorization").find_map(|v| v.strip_prefix("Bearer ")).map(|token| token.trim().to_string());
+    Verdict::Upgrade { answer: answer.into_bytes(), tail, bearer, origin: values("Origin").next().map(str::to_string) }
 }
 
 /// `HTTP/<major>.<minor>` as numbers.
@@ -220,7 +222,7 @@ mod tests {
 
     #[test]
     fn a_good_request_is_upgraded_with_the_rfc_accept_key() {
-        let Ok(Verdict::Upgrade { answer, tail }) = RequestReader::default().read(&mut format!("{GOOD}\u{81}").as_bytes()) else { panic!("not upgraded") };
+        let Ok(Verdict::Upgrade { answer, tail, .. }) = RequestReader::default().read(&mut format!("{GOOD}\u{81}").as_bytes()) else { panic!("not upgraded") };
         let answer = String::from_utf8(answer).unwrap();
         // The example of RFC 6455 §1.3.
         assert!(answer.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{answer}");

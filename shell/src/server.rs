@@ -4,7 +4,7 @@
 
 use crate::accept::{self, Acceptor};
 use crate::connection::{drain, read_failure, Connection, Idle, Metered, ReadEnd, Socket, CLOSE_LINGER};
-use crate::handshake::{RequestReader, Verdict};
+use crate::handshake::{self, RequestReader, Verdict};
 use crate::http;
 use crate::log::Throttle;
 use crate::peers::{Arrived, Peers, PEER_LISTENER, PEER_TOKEN_BASE};
@@ -380,7 +380,17 @@ impl Server {
         if let Socket::Handshaking { stream, request } = &mut conn.socket {
             let (answer, upgrade) = match request.read(stream) {
                 Ok(Verdict::Incomplete) => return,
-                Ok(Verdict::Upgrade { answer, tail }) => (answer, Some(tail)),
+                Ok(Verdict::Upgrade { answer, tail, bearer, origin }) => match admission(&self.node, origin.as_deref(), bearer.as_deref()) {
+                    Ok(()) => {
+                        conn.bearer = bearer;
+                        (answer, Some(tail))
+                    }
+                    Err((status, why)) => {
+                        tracing::debug!("connection {}: upgrade refused with {status}: {why}", conn.id);
+                        conn.closing_since = Some(Instant::now());
+                        (handshake::refusal(status, &[], why), None)
+                    }
+                },
                 Ok(Verdict::Refuse { answer, why }) => {
                     tracing::debug!("connection {}: upgrade refused with {why}", conn.id);
                     conn.closing_since = Some(Instant::now());
@@ -506,6 +516,9 @@ impl Server {
             Some(tail) => {
                 conn.socket = Socket::Open(WebSocket::from_partially_read(Metered::new(stream), tail, Role::Server, Some(self.ws_config)));
                 self.node.handle_input(self.clock.now(), Input::Connected { conn: conn.id });
+                if let Some(token) = conn.bearer.take() {
+                    self.node.handle_input(self.clock.now(), Input::Token { conn: conn.id, token: &token });
+                }
                 // The welcome goes out before anything the first frames may cause.
                 self.drain_outputs();
                 // Frames that came behind the request were not read while the answer went out.
@@ -755,6 +768,22 @@ impl Server {
             self.check_outbox_total();
         }
         any
+    }
+}
+
+/// Whether a WebSocket handshake is admitted: an `Origin` (a browser's page) must be one of
+/// `allowed_origins` when that is set; a bearer token must be a configured one (a client with
+/// a token that can never work learns it at once, with 401, instead of retrying).
+fn admission(host: &Host, origin: Option<&str>, bearer: Option<&str>) -> Result<(), (u16, &'static str)> {
+    let allowed = &host.config().allowed_origins;
+    if let Some(origin) = origin {
+        if !allowed.is_empty() && !allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+            return Err((403, "this Origin is not in allowed_origins"));
+        }
+    }
+    match bearer {
+        Some(token) if host.config().requires_identity() && host.rights_of(token).is_none() => Err((401, "unknown bearer token")),
+        _ => Ok(()),
     }
 }
 

@@ -94,3 +94,26 @@ fn a_config_that_cannot_be_read_or_parsed_stops_the_server_saying_why() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn handshakes_check_origins_and_bearer_tokens_and_silent_clients_are_closed() {
+    let dir = support::temp_dir("handshake-rights");
+    let set = ["--set", "tokens=[\"root-secret\"]", "--set", "allowed_origins=[\"https://app.example\"]", "--set", "hello_timeout_ms=300"];
+    let server = Server::start(&dir, "127.0.0.1:0", &set);
+    let url = server.url();
+    // Origin: allowed, absent (an app), denied.
+    assert!(Client::connect_with(&url, &[("Origin", "https://app.example")]).is_ok());
+    let refused = Client::connect_with(&url, &[("Origin", "https://evil.example")]).err().unwrap_or_default();
+    assert!(refused.contains("403"), "{refused}");
+    // A bearer token at the handshake authenticates; an unknown one is refused at once.
+    let mut by_header = Client::connect_with(&url, &[("Authorization", "Bearer root-secret")]).unwrap();
+    assert_eq!(answer(&mut by_header, json!({"op": "pub", "req": 1, "topic": "t", "body": 1})), "puback");
+    let refused = Client::connect_with(&url, &[("Authorization", "Bearer wrong")]).err().unwrap_or_default();
+    assert!(refused.contains("401"), "{refused}");
+    // A client that never says hello is closed after hello_timeout_ms; the others stay.
+    let mut silent = Client::connect(&url).unwrap();
+    assert!(silent.wait_closed(), "closed for saying no hello");
+    assert_eq!(answer(&mut by_header, json!({"op": "pub", "req": 2, "topic": "t", "body": 2})), "puback");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

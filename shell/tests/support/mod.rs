@@ -166,7 +166,18 @@ pub struct Client {
 
 impl Client {
     pub fn connect(url: &str) -> Result<Client, String> {
-        let (ws, _) = tungstenite::connect(url).map_err(|e| e.to_string())?;
+        Client::connect_with(url, &[])
+    }
+
+    /// `connect` with extra handshake headers (name, value); the error of a refused handshake
+    /// names its HTTP status.
+    pub fn connect_with(url: &str, headers: &[(&'static str, &str)]) -> Result<Client, String> {
+        use tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+        for (name, value) in headers {
+            request.headers_mut().insert(*name, value.parse().map_err(|_| format!("bad header value {value}"))?);
+        }
+        let (ws, _) = tungstenite::connect(request).map_err(|e| e.to_string())?;
         if let MaybeTlsStream::Plain(s) = ws.get_ref() {
             s.set_read_timeout(Some(Duration::from_millis(200))).map_err(|e| e.to_string())?;
             s.set_nodelay(true).map_err(|e| e.to_string())?;
