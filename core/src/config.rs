@@ -82,10 +82,12 @@ pub enum TestBug {
     FollowerDeliversUncommitted,
     /// Count a redelivery as a first delivery in the node's stats (what `/metrics` exports).
     RedeliveryUncounted,
+    /// Check read rights at `sub` only, not at `pull` or `fetch`.
+    ReadRightsCheckedAtSubOnly,
 }
 
 impl TestBug {
-    pub const ALL: [TestBug; 20] = [
+    pub const ALL: [TestBug; 21] = [
         TestBug::PubackBeforeDurable,
         TestBug::ExpiryCountsAsAck,
         TestBug::DeadLetterOneAttemptLate,
@@ -106,6 +108,7 @@ impl TestBug {
         TestBug::IdsAssignedAtPropose,
         TestBug::FollowerDeliversUncommitted,
         TestBug::RedeliveryUncounted,
+        TestBug::ReadRightsCheckedAtSubOnly,
     ];
 
     pub fn name(self) -> String {

@@ -244,6 +244,9 @@ impl World {
             test_bug: options.bug,
             // Taken from the seed, not the rng, so every seed keeps its draws.
             tokens: if options.seed.is_multiple_of(5) { vec!["sim-token".into()] } else { Vec::new() },
+            // With tokens, a user with rights on topics no other client uses: the misbehaving
+            // client says hello with it and probes the others' topics (`misuse`).
+            users: if options.seed.is_multiple_of(5) { vec![crate::misuse::limited_user()] } else { Vec::new() },
             // Small, so that gap repairs are cut and subscribers must ask again from the last
             // id + 1 (taken from the seed, not the rng, so every seed keeps its draws).
             fetch_messages_max: 1 + (options.seed % 3) as u32,
@@ -317,6 +320,7 @@ impl World {
         if rng.gen_bool(0.3) {
             let mut misbehaver = Misbehaver::new("misuse".into(), rng.gen_range(5..40));
             misbehaver.tokens_required = !config.tokens.is_empty();
+            misbehaver.limited = !config.users.is_empty();
             misbehaver.cluster = !config.peers.is_empty();
             clients.push(Client::Misbehaver(misbehaver));
         }
@@ -564,8 +568,11 @@ impl World {
                 self.client_conn[client] = Some(conn);
                 self.trace(|| format!("conn {conn} open for client {client}"));
                 self.node_input(node, Input::Connected { conn });
-                // With tokens configured, every client says hello first (frames keep their order).
-                let hello = self.config.tokens.first().map(|token| serde_json::json!({"op": "hello", "token": token}).to_string());
+                // With tokens configured, every client says hello first (frames keep their order);
+                // a limited misbehaver with its user's token.
+                let limited = matches!(&self.clients[client], Client::Misbehaver(m) if m.limited);
+                let token = if limited { Some(crate::misuse::LIMITED_TOKEN.to_string()) } else { self.config.tokens.first().cloned() };
+                let hello = token.map(|token| serde_json::json!({"op": "hello", "token": token}).to_string());
                 self.with_client(client, |c, ctx| {
                     if let Some(hello) = hello {
                         ctx.actions.push(Action::Send(hello));

@@ -91,6 +91,7 @@ fn expected_invariants(bug: TestBug) -> &'static [&'static str] {
         TestBug::WindowOneTooMany => &[INV_BOUNDS],
         TestBug::UnknownOpAsBadFrame | TestBug::WrongTokenAccepted => &[ferry_sim::misuse::INV_ERRORS],
         TestBug::RedeliveryUncounted => &[INV_COUNTERS],
+        TestBug::ReadRightsCheckedAtSubOnly => &[ferry_sim::misuse::INV_RIGHTS],
     }
 }
 
