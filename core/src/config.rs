@@ -239,6 +239,21 @@ pub struct Config {
     /// With identities configured: a connection that has not authenticated (a `hello` with a
     /// known token, or a bearer token at its handshake) this long after it opened is closed.
     pub hello_timeout_ms: u64,
+    /// Publishes per second one connection may make, on average and at once (0: no limit);
+    /// past it a `pub` gets `overloaded` with `retry_after_ms`.
+    pub publish_rate_per_connection: u64,
+    pub publish_burst_per_connection: u64,
+    /// Other ops (all but `pub`, `ping`, `hello`) per second per connection, and at once.
+    pub op_rate_per_connection: u64,
+    pub op_burst_per_connection: u64,
+    /// Publishes per second to one topic, from all its publishers, and at once.
+    pub publish_rate_per_topic: u64,
+    pub publish_burst_per_topic: u64,
+    /// Connections one source address may hold open (0: no limit), and open per second on
+    /// average and at once (rate 0: no limit); past either its handshake gets 429.
+    pub connections_per_ip_max: u32,
+    pub connection_rate_per_ip: u64,
+    pub connection_burst_per_ip: u64,
     /// Browser handshakes (those with an `Origin` header) are admitted only from these
     /// origins (`https://app.example.com`); empty: from any. Clients that send no `Origin`
     /// (apps, servers) are always admitted.
@@ -310,6 +325,15 @@ impl Default for Config {
             tokens: Vec::new(),
             users: Vec::new(),
             hello_timeout_ms: 10_000,
+            connections_per_ip_max: 0,
+            connection_rate_per_ip: 0,
+            connection_burst_per_ip: 100,
+            publish_rate_per_connection: 0,
+            publish_burst_per_connection: 1_000,
+            op_rate_per_connection: 0,
+            op_burst_per_connection: 1_000,
+            publish_rate_per_topic: 0,
+            publish_burst_per_topic: 10_000,
             allowed_origins: Vec::new(),
             disk_full_retry_ms: 1_000,
             salvage: false,
@@ -318,6 +342,18 @@ impl Default for Config {
 }
 
 impl Config {
+    pub fn publish_limit_per_connection(&self) -> crate::bucket::Limit {
+        crate::bucket::Limit { rate_per_s: self.publish_rate_per_connection, burst: self.publish_burst_per_connection }
+    }
+
+    pub fn op_limit_per_connection(&self) -> crate::bucket::Limit {
+        crate::bucket::Limit { rate_per_s: self.op_rate_per_connection, burst: self.op_burst_per_connection }
+    }
+
+    pub fn publish_limit_per_topic(&self) -> crate::bucket::Limit {
+        crate::bucket::Limit { rate_per_s: self.publish_rate_per_topic, burst: self.publish_burst_per_topic }
+    }
+
     /// True when identities are configured (`tokens` or `users`): clients must say `hello`
     /// with a known token, and each has the rights of its token.
     pub fn requires_identity(&self) -> bool {

@@ -10,6 +10,7 @@
 //! (named by shard, see `ShardId`), disk tokens and mesh frames, all sharing the process's
 //! connections: each shard knows every connection, and one a shard closes is gone for all.
 
+use crate::bucket::Bucket;
 use crate::cluster::mesh;
 use crate::config::{Config, TestBug};
 use crate::ids::{ConnId, ShardId};
@@ -24,13 +25,22 @@ use std::rc::Rc;
 /// WebSocket close code "policy violation" (RFC 6455 §7.4.1): an operator closed it.
 const CLOSE_POLICY: u16 = 1008;
 
+/// A client connection as the host keeps it.
+struct Session {
+    /// `None` until it authenticates (a `hello` with a known token); full rights at once when
+    /// no identities are configured.
+    rights: Option<Rc<Rights>>,
+    /// Its rate limits (`publish_rate_per_connection`, `op_rate_per_connection`).
+    publishes: Bucket,
+    ops: Bucket,
+}
+
 pub struct Host {
     config: Config,
     /// One node state machine per shard, in shard order.
     shards: Vec<Node>,
-    /// Open client connections and the rights of each: `None` until it authenticates (a
-    /// `hello` with a known token), full rights at once when no identities are configured.
-    conns: BTreeMap<ConnId, Option<Rc<Rights>>>,
+    /// Open client connections.
+    conns: BTreeMap<ConnId, Session>,
     /// Every configured token and its rights (`tokens`: full; `users`: theirs).
     identities: BTreeMap<String, Rc<Rights>>,
     /// With identities configured: when each connection not yet authenticated is closed.
@@ -160,9 +170,9 @@ impl Host {
     pub fn connections_view(&self) -> Vec<crate::node::observe::ConnView> {
         self.conns
             .iter()
-            .map(|(&conn, rights)| crate::node::observe::ConnView {
+            .map(|(&conn, session)| crate::node::observe::ConnView {
                 conn,
-                authenticated: rights.is_some(),
+                authenticated: session.rights.is_some(),
                 subs: self.shards.iter().flat_map(|shard| shard.subs_of(conn)).collect(),
             })
             .collect()
@@ -249,7 +259,7 @@ impl Host {
                 break;
             }
             self.hello_deadlines.pop_first();
-            if self.conns.get(&conn).is_some_and(Option::is_none) {
+            if self.conns.get(&conn).is_some_and(|session| session.rights.is_none()) {
                 self.conns.remove(&conn);
                 self.tell_every_shard(now_ns, || Input::Disconnected { conn });
                 let reason = format!("no hello with a known token within hello_timeout_ms ({} ms)", self.config.hello_timeout_ms);
@@ -321,7 +331,7 @@ impl Host {
         if open.is_none() {
             self.hello_deadlines.insert((now_ns + self.config.hello_timeout_ms * NS_PER_MS, conn));
         }
-        let previous = self.conns.insert(conn, open);
+        let previous = self.conns.insert(conn, Session { rights: open, publishes: Bucket::default(), ops: Bucket::default() });
         assert!(previous.is_none(), "connection id {conn} reused while open");
         // The shards first: their clocks move to now, which the welcome's cluster view reads.
         self.tell_every_shard(now_ns, || Input::Connected { conn });
@@ -347,7 +357,7 @@ impl Host {
     }
 
     fn on_frame(&mut self, now_ns: u64, conn: ConnId, text: &str) {
-        let Some(rights) = self.conns.get(&conn).cloned() else { return };
+        let Some(rights) = self.conns.get(&conn).map(|session| session.rights.clone()) else { return };
         let authenticated = rights.is_some();
         let op = match protocol::decode(text, self.config.json_depth_max) {
             Ok(op) => op,
@@ -357,17 +367,19 @@ impl Host {
             }
         };
         if !authenticated && !matches!(op, ClientOp::Hello { .. } | ClientOp::Pub { .. }) {
-            let req = match &op {
-                ClientOp::Sub { req, .. } | ClientOp::Pull { req, .. } | ClientOp::Fetch { req, .. } | ClientOp::Unsub { req, .. } | ClientOp::Ping { req } => {
-                    protocol::req_text(req)
-                }
-                _ => None,
-            };
-            return self.send_error(conn, req.as_deref(), ErrorCode::Unauthorized, "send hello with a valid token first");
+            return self.send_error(conn, req_of(&op).as_deref(), ErrorCode::Unauthorized, "send hello with a valid token first");
         }
         let unchecked = self.config.test_bug == Some(TestBug::ReadRightsCheckedAtSubOnly) && matches!(op, ClientOp::Pull { .. } | ClientOp::Fetch { .. });
         if let Some((req, why)) = rights.as_deref().filter(|_| !unchecked).and_then(|rights| refused_by(rights, &op)) {
             return self.send_error(conn, req.as_deref(), ErrorCode::Forbidden, &why);
+        }
+        if let Err((setting, wait_ns)) = self.take_rate(now_ns, conn, &op) {
+            let retry_after_ms = wait_ns.div_ceil(NS_PER_MS);
+            let mut frame = String::new();
+            let message = format!("over {setting}: retry in {retry_after_ms} ms");
+            protocol::encode_error_retry(&mut frame, req_of(&op).as_deref(), ErrorCode::Overloaded, &message, Some(retry_after_ms));
+            self.errors[ErrorCode::Overloaded as usize] += 1;
+            return self.send(conn, frame);
         }
         match op {
             ClientOp::Hello { token } => self.on_hello(conn, token),
@@ -391,9 +403,22 @@ impl Host {
         let rights = rights.or_else(|| (self.config.test_bug == Some(TestBug::WrongTokenAccepted)).then(|| Rc::new(Rights::full())));
         match rights {
             Some(rights) => {
-                self.conns.insert(conn, Some(rights));
+                if let Some(session) = self.conns.get_mut(&conn) {
+                    session.rights = Some(rights);
+                }
             }
             None => self.send_error(conn, None, ErrorCode::Unauthorized, "unknown token"),
+        }
+    }
+
+    /// Takes `op`'s token from its connection's bucket (publishes and other ops apart; `hello`
+    /// and `ping` are free): the setting and the ns until one is there, if it is empty.
+    fn take_rate(&mut self, now_ns: u64, conn: ConnId, op: &ClientOp) -> Result<(), (&'static str, u64)> {
+        let Some(session) = self.conns.get_mut(&conn) else { return Ok(()) };
+        match op {
+            ClientOp::Hello { .. } | ClientOp::Ping { .. } => Ok(()),
+            ClientOp::Pub { .. } => session.publishes.take(self.config.publish_limit_per_connection(), now_ns).map_err(|wait| ("publish_rate_per_connection", wait)),
+            _ => session.ops.take(self.config.op_limit_per_connection(), now_ns).map_err(|wait| ("op_rate_per_connection", wait)),
         }
     }
 
@@ -434,5 +459,15 @@ fn refused_by(rights: &Rights, op: &ClientOp) -> Option<(Option<String>, String)
         }
         ClientOp::Fetch { req: r, topic, .. } => (!rights.may_read(topic, None)).then(|| (req(r), format!("no right to read '{topic}'"))),
         ClientOp::Hello { .. } | ClientOp::Ping { .. } => None,
+    }
+}
+
+/// The `req` of an op that has one, as it is echoed.
+fn req_of(op: &ClientOp) -> Option<String> {
+    match op {
+        ClientOp::Pub { req, .. } | ClientOp::Sub { req, .. } | ClientOp::Pull { req, .. } | ClientOp::Fetch { req, .. } | ClientOp::Unsub { req, .. } | ClientOp::Ping { req } => {
+            protocol::req_text(req)
+        }
+        ClientOp::Ack { .. } | ClientOp::Nack { .. } | ClientOp::Hello { .. } => None,
     }
 }

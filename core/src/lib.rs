@@ -1,7 +1,9 @@
 //! ferry's sans-IO core: everything that decides, nothing that waits. No sockets, files,
 //! clocks, threads or ambient randomness: the shell and the simulator drive the same code.
 
+pub mod admission;
 pub mod batch;
+pub mod bucket;
 pub mod cache;
 pub mod cluster;
 pub mod config;

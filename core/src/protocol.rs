@@ -484,12 +484,21 @@ pub fn encode_pong(out: &mut String, req: Option<&str>) {
 }
 
 pub fn encode_error(out: &mut String, req: Option<&str>, code: ErrorCode, message: &str) {
+    encode_error_retry(out, req, code, message, None);
+}
+
+/// An `error` with `retry_after_ms`, the earliest sensible retry (with `overloaded`).
+pub fn encode_error_retry(out: &mut String, req: Option<&str>, code: ErrorCode, message: &str, retry_after_ms: Option<u64>) {
     out.push_str("{\"op\":\"error\",");
     write_req(out, req);
     out.push_str("\"code\":\"");
     out.push_str(code.as_str());
     out.push_str("\",\"message\":");
     write_json_str(out, message);
+    if let Some(ms) = retry_after_ms {
+        out.push_str(",\"retry_after_ms\":");
+        out.push_str(&ms.to_string());
+    }
     out.push('}');
 }
 

@@ -60,6 +60,8 @@ pub struct Topic {
     pub group_index: BTreeMap<String, GroupIdx>,
     /// Messages stored in it since the process started (for metrics).
     pub published: u64,
+    /// Its publish rate limit (`publish_rate_per_topic`).
+    pub publish_bucket: crate::bucket::Bucket,
 }
 
 impl Topic {
@@ -79,6 +81,7 @@ impl Topic {
             groups: Vec::new(),
             group_index: BTreeMap::new(),
             published: 0,
+            publish_bucket: crate::bucket::Bucket::default(),
         }
     }
 

@@ -32,6 +32,19 @@ pub fn refuse_busy(stream: &mut TcpStream) {
     let _ = stream.write(&handshake::refusal(503, &[("Retry-After", "1")], "ferry cannot take more connections now; retry later"));
 }
 
+/// Answers a connection its address may not open now (`connections_per_ip_max`,
+/// `connection_rate_per_ip`) with 429 and when to retry, and closes it (as `refuse_busy`).
+pub fn refuse_address(stream: &mut TcpStream, refusal: &ferry_core::admission::Refusal) {
+    use ferry_core::admission::Refusal;
+    let (retry_after_s, why) = match refusal {
+        Refusal::TooMany { open } => (1, format!("this address has {open} connections open (connections_per_ip_max)")),
+        Refusal::TooFast { retry_after_ms } => (retry_after_ms.div_ceil(1_000), "this address opens connections faster than connection_rate_per_ip".to_string()),
+    };
+    let mut scratch = [0u8; 4096];
+    let _ = stream.read(&mut scratch);
+    let _ = stream.write(&handshake::refusal(429, &[("Retry-After", &retry_after_s.to_string())], &why));
+}
+
 pub struct Acceptor {
     listener: TcpListener,
     /// Held so that running out of descriptors still lets us accept (and refuse) connections.

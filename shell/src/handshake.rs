@@ -101,6 +101,7 @@ fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         503 => "Service Unavailable",
         _ => "Error",
     }

@@ -9,6 +9,7 @@ use crate::http;
 use crate::log::Throttle;
 use crate::peers::{Arrived, Peers, PEER_LISTENER, PEER_TOKEN_BASE};
 use crate::store::{Completion, Store};
+use ferry_core::admission::Admission;
 use ferry_core::node::{Input, Output, Rejection, Trace};
 use ferry_core::{Config, ConnId, Host};
 use mio::net::{TcpListener, TcpStream};
@@ -69,6 +70,8 @@ struct Server {
     next_conn_id: ConnId,
     ws_config: WebSocketConfig,
     connections_max: usize,
+    /// Per source address: connections open and their rate.
+    ip_admission: Admission,
     handshake_timeout: Duration,
     idle_ping: Duration,
     idle_timeout: Duration,
@@ -158,6 +161,7 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
         next_conn_id: ConnId(1),
         ws_config,
         connections_max: config.connections_max as usize,
+        ip_admission: Admission::new(config.connections_per_ip_max, ferry_core::bucket::Limit { rate_per_s: config.connection_rate_per_ip, burst: config.connection_burst_per_ip }),
         handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
         idle_ping: Duration::from_millis(config.idle_ping_ms),
         idle_timeout: Duration::from_millis(config.idle_timeout_ms),
@@ -359,17 +363,29 @@ impl Server {
             }
             return;
         }
+        let peer = stream.peer_addr().ok();
+        if let Some(ip) = peer.map(|addr| addr.ip()) {
+            if let Err(refusal) = self.ip_admission.admit(self.clock.now(), ip) {
+                accept::refuse_address(&mut stream, &refusal);
+                if self.full_log.allow(Instant::now()).is_some() {
+                    tracing::warn!("refusing a connection from {ip} with 429: {refusal:?}");
+                }
+                return;
+            }
+        }
         let _ = stream.set_nodelay(true);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE) {
             tracing::warn!("register failed: {e}");
+            if let Some(addr) = peer {
+                self.ip_admission.release(self.clock.now(), addr.ip());
+            }
             return;
         }
         let id = self.next_conn_id;
         self.next_conn_id.0 += 1;
         // The request is read on the readable event, which comes at once if it is already here.
-        let peer = stream.peer_addr().ok();
         let socket = Socket::Handshaking { stream, request: RequestReader::default() };
         entry.insert(Connection::new(id, socket, Instant::now())).peer = peer;
         self.by_id.insert(id, key);
@@ -762,6 +778,9 @@ impl Server {
                 let _ = self.poll.registry().deregister(stream);
             }
             self.node.handle_input(self.clock.now(), Input::Disconnected { conn: conn.id });
+            if let Some(addr) = conn.peer {
+                self.ip_admission.release(self.clock.now(), addr.ip());
+            }
         }
         if any {
             self.acceptor.descriptor_freed(Instant::now());

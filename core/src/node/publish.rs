@@ -44,12 +44,21 @@ impl Node {
             }
         }
         if self.replication.is_some() {
+            // A topic is created when its first publish is applied: until then it has no limit.
+            if let Some(&t) = self.state.topic_index.get(&publish.topic) {
+                if !self.take_topic_rate(conn, &req, t) {
+                    return;
+                }
+            }
             return self.propose_publish(conn, req, &publish, body);
         }
         let t = match self.state.topic_for(&publish.topic) {
             Ok(t) => t,
             Err(message) => return self.send_error(conn, req.as_deref(), ErrorCode::Overloaded, &message),
         };
+        if !self.take_topic_rate(conn, &req, t) {
+            return;
+        }
         let producer = publish.producer.zip(publish.seq);
         let message = NewMessage { topic: t, key: publish.key.as_deref(), producer: producer.as_ref().map(|(name, seq)| (name.as_str(), *seq)), body };
         let id = self.append_message(message);
@@ -66,6 +75,17 @@ impl Node {
         };
         self.log.open.waiters.push(Waiter::Puback { conn, req, topic: t, id, producer, received_ns: self.now_ns });
         self.maybe_flush();
+    }
+
+    /// Takes a publish's token from topic `t`'s bucket (`publish_rate_per_topic`); false, with
+    /// `overloaded` and the wait answered, when it is empty.
+    fn take_topic_rate(&mut self, conn: ConnId, req: &Option<String>, t: crate::ids::TopicIdx) -> bool {
+        let (now_ns, limit) = (self.now_ns, self.config.publish_limit_per_topic());
+        let Err(wait_ns) = self.state.topics[t].publish_bucket.take(limit, now_ns) else { return true };
+        let retry_after_ms = wait_ns.div_ceil(NS_PER_MS);
+        let message = format!("over publish_rate_per_topic for '{}': retry in {retry_after_ms} ms", self.state.topics[t].name);
+        self.send_error_retry(conn, req.as_deref(), ErrorCode::Overloaded, &message, Some(retry_after_ms));
+        false
     }
 
     /// In cluster mode the publish becomes an entry of its shard: its id is given, and its

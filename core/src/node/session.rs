@@ -64,8 +64,13 @@ impl Node {
     }
 
     pub(super) fn send_error(&mut self, conn: ConnId, req: Option<&str>, code: ErrorCode, message: &str) {
+        self.send_error_retry(conn, req, code, message, None);
+    }
+
+    /// `send_error` with a `retry_after_ms` hint.
+    pub(super) fn send_error_retry(&mut self, conn: ConnId, req: Option<&str>, code: ErrorCode, message: &str, retry_after_ms: Option<u64>) {
         let mut frame = String::with_capacity(64 + message.len());
-        protocol::encode_error(&mut frame, req, code, message);
+        protocol::encode_error_retry(&mut frame, req, code, message, retry_after_ms);
         self.stats.errors[code as usize] += 1;
         self.send(conn, frame);
     }
