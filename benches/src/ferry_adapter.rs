@@ -32,6 +32,10 @@ fn connect(url: &str) -> Result<Socket, String> {
     if !welcome.contains("\"welcome\"") {
         return Err(format!("expected welcome, got {welcome}"));
     }
+    // A server with identities: say hello with FERRY_TOKEN (answered only if it is wrong).
+    if let Ok(token) = std::env::var("FERRY_TOKEN") {
+        ws.send(Message::text(serde_json::json!({"op": "hello", "token": token}).to_string())).map_err(|e| e.to_string())?;
+    }
     Ok(ws)
 }
 
