@@ -134,6 +134,9 @@ pub struct Group {
     pub dropped: bool,
     /// Operator resets so far (`GroupRecord::resets`).
     pub resets: u64,
+    /// An operator paused its deliveries (until resumed, on this node, while it runs): what is
+    /// in flight may still be acked; nothing more is handed out.
+    pub paused: bool,
 }
 
 /// A group's counts since the process started.
@@ -159,6 +162,7 @@ impl Group {
             last_passed: 0,
             dropped: false,
             resets: 0,
+            paused: false,
             outstanding: BTreeMap::new(),
             ready: BTreeSet::new(),
             keys_busy: BTreeMap::new(),

@@ -137,7 +137,11 @@ impl Host {
         use crate::node::admin::{AdminAction, AdminRefusal};
         self.now_ns = self.now_ns.max(now_ns);
         let topic = match action {
-            AdminAction::ResetGroup { topic, .. } | AdminAction::DropGroup { topic, .. } | AdminAction::Redrive { topic } => topic,
+            AdminAction::ResetGroup { topic, .. }
+            | AdminAction::DropGroup { topic, .. }
+            | AdminAction::Redrive { topic }
+            | AdminAction::PauseDeliveries { topic, .. }
+            | AdminAction::RefusePublishes { topic, .. } => topic,
             AdminAction::Disconnect { conn } => {
                 if self.conns.remove(conn).is_none() {
                     return Err(AdminRefusal::NotFound(format!("no connection {conn}")));

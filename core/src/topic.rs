@@ -62,6 +62,8 @@ pub struct Topic {
     pub published: u64,
     /// Its publish rate limit (`publish_rate_per_topic`).
     pub publish_bucket: crate::bucket::Bucket,
+    /// An operator refuses publishes to it (until switched back, on this node, while it runs).
+    pub publishes_refused: bool,
 }
 
 impl Topic {
@@ -82,6 +84,7 @@ impl Topic {
             group_index: BTreeMap::new(),
             published: 0,
             publish_bucket: crate::bucket::Bucket::default(),
+            publishes_refused: false,
         }
     }
 

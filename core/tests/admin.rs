@@ -196,3 +196,23 @@ fn clients_may_not_use_the_redrives_group_or_producer() {
     assert_eq!((refused[0]["code"].clone(), refused[0]["req"].clone()), (json!("forbidden"), json!(7)), "{refused:?}");
     assert_eq!(h.node.topic_next_id("t"), Some(2), "the publish was not stored");
 }
+
+#[test]
+fn an_operator_pauses_deliveries_and_refuses_publishes_until_switched_back() {
+    let mut h = harness(Config::default());
+    subscribe(&mut h, S, "t", "g", json!({}));
+    act(&mut h, AdminAction::PauseDeliveries { topic: "t".into(), group: Some("g".into()), paused: true }).unwrap();
+    publish(&mut h, "t", None, json!(1));
+    assert!(msgs(&mut h, S).is_empty(), "paused: stored, not delivered");
+    assert!(h.node.topics_view()[0].groups[0].paused);
+    act(&mut h, AdminAction::PauseDeliveries { topic: "t".into(), group: None, paused: false }).unwrap();
+    assert_eq!(msgs(&mut h, S).len(), 1, "resumed: delivered at once");
+    act(&mut h, AdminAction::RefusePublishes { topic: "t".into(), refused: true }).unwrap();
+    h.send_json(P, json!({"op": "pub", "req": 5, "topic": "t", "body": 2}));
+    let refused = h.take_op(P, "error");
+    assert_eq!((refused[0]["code"].clone(), refused[0]["req"].clone()), (json!("unavailable"), json!(5)), "{refused:?}");
+    assert!(h.node.topics_view()[0].publishes_refused);
+    act(&mut h, AdminAction::RefusePublishes { topic: "t".into(), refused: false }).unwrap();
+    publish(&mut h, "t", None, json!(3));
+    assert!(matches!(act(&mut h, AdminAction::RefusePublishes { topic: "nope".into(), refused: true }), Err(AdminRefusal::NotFound(_))));
+}

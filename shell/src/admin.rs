@@ -101,7 +101,7 @@ fn group_json(group: &GroupView) -> Value {
         "group": group.name, "members": group.members, "backlog": group.backlog, "in_flight": group.in_flight,
         "oldest_unacked_id": group.oldest_unacked_id, "oldest_unacked_age_ms": group.oldest_unacked_age_ms,
         "filter": group.filter.as_deref().and_then(|f| serde_json::from_str::<Value>(f).ok()),
-        "ack_timeout_ms": group.ack_timeout_ms, "max_attempts": group.max_attempts,
+        "ack_timeout_ms": group.ack_timeout_ms, "max_attempts": group.max_attempts, "paused": group.paused,
         "delivered": c.delivered, "redelivered": c.redelivered, "acked": c.acked, "dead_lettered": c.dead_lettered,
     })
 }
@@ -109,7 +109,7 @@ fn group_json(group: &GroupView) -> Value {
 fn topic_json(topic: &TopicView) -> Value {
     json!({
         "topic": topic.name, "published": topic.published, "first_id": topic.first_id, "next_id": topic.next_id,
-        "stored": topic.next_id - topic.first_id, "stored_bytes": topic.stored_bytes, "cached_bytes": topic.cached_bytes,
+        "stored": topic.next_id - topic.first_id, "stored_bytes": topic.stored_bytes, "cached_bytes": topic.cached_bytes, "publishes_refused": topic.publishes_refused,
         "groups": topic.groups.iter().map(group_json).collect::<Vec<_>>(),
     })
 }

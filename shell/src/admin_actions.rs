@@ -5,6 +5,12 @@
 //! - `/api/groups/drop?topic=T&group=G`: its members get `not_subscribed`; the group is gone.
 //! - `/api/topics/redrive?topic=T`: copies the dead letters of `T.dlq` back into `T`.
 //! - `/api/connections/disconnect?id=N`: closes client connection N (close code 1008).
+//! - `/api/groups/pause?topic=T&group=G&paused=true|false`: pauses (resumes) deliveries of a
+//!   group; without `group`, of every group of the topic.
+//! - `/api/topics/publishes?topic=T&refused=true|false`: refuses (accepts again) publishes.
+//!
+//! Pauses and refusals hold on the node that carries them out while it runs (in a cluster,
+//! send them to the shard's leader; a restart or a new leader starts without them).
 //!
 //! 404: no such topic, group or connection; 409: in a cluster, this node does not lead the
 //! shard (ask the leader); 503: the node cannot do it now.
@@ -28,6 +34,10 @@ pub fn run(request: &Request, context: &mut Context<'_>) -> Result<Value, (u16, 
         }
         "/api/groups/drop" => AdminAction::DropGroup { topic: text(request, "topic")?.to_string(), group: text(request, "group")?.to_string() },
         "/api/topics/redrive" => AdminAction::Redrive { topic: text(request, "topic")?.to_string() },
+        "/api/groups/pause" => {
+            AdminAction::PauseDeliveries { topic: text(request, "topic")?.to_string(), group: request.param("group").map(str::to_string), paused: flag(request, "paused")? }
+        }
+        "/api/topics/publishes" => AdminAction::RefusePublishes { topic: text(request, "topic")?.to_string(), refused: flag(request, "refused")? },
         "/api/connections/disconnect" => {
             let id = text(request, "id")?;
             AdminAction::Disconnect { conn: ConnId(id.parse().map_err(|_| (400, format!("parameter 'id' must be a connection id, not '{id}'")))?) }
@@ -46,4 +56,13 @@ pub fn run(request: &Request, context: &mut Context<'_>) -> Result<Value, (u16, 
 /// Query parameter `name`; its absence is a 400 naming it.
 fn text<'a>(request: &'a Request, name: &str) -> Result<&'a str, (u16, String)> {
     request.param(name).ok_or_else(|| (400, format!("parameter '{name}' is required")))
+}
+
+/// Query parameter `name` as `true` or `false`.
+fn flag(request: &Request, name: &str) -> Result<bool, (u16, String)> {
+    match text(request, name)? {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err((400, format!("parameter '{name}' is true or false, not '{other}'"))),
+    }
 }

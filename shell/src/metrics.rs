@@ -74,9 +74,12 @@ fn register_topics(registry: &mut Registry, host: &Host) {
     let backlog: Family<Labels, Gauge> = Family::default();
     let members: Family<Labels, Gauge> = Family::default();
     let in_flight: Family<Labels, Gauge> = Family::default();
+    let paused: Family<Labels, Gauge> = Family::default();
+    let refused: Family<Labels, Gauge> = Family::default();
     let oldest_age: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>> = Family::default();
     for topic in host.topics_view() {
         published.get_or_create(&vec![("topic".to_string(), topic.name.clone())]).inc_by(topic.published);
+        refused.get_or_create(&vec![("topic".to_string(), topic.name.clone())]).set(i64::from(topic.publishes_refused));
         for group in &topic.groups {
             let labels = vec![("topic".to_string(), topic.name.clone()), ("group".to_string(), group.name.clone())];
             let c = &group.counters;
@@ -87,6 +90,7 @@ fn register_topics(registry: &mut Registry, host: &Host) {
             backlog.get_or_create(&labels).set(group.backlog as i64);
             members.get_or_create(&labels).set(group.members as i64);
             in_flight.get_or_create(&labels).set(group.in_flight as i64);
+            paused.get_or_create(&labels).set(i64::from(group.paused));
             oldest_age.get_or_create(&labels).set(group.oldest_unacked_age_ms.map_or(0.0, |ms| ms as f64 / 1e3));
         }
     }
@@ -97,6 +101,8 @@ fn register_topics(registry: &mut Registry, host: &Host) {
     registry.register("group_backlog", "Messages of the topic each group has not acked (held unacked, or not yet reached)", backlog);
     registry.register("group_members", "Connections receiving for each group", members);
     registry.register("group_in_flight", "Messages delivered to each group and waiting for an ack", in_flight);
+    registry.register("group_paused", "1 while an operator has paused the group's deliveries", paused);
+    registry.register("topic_publishes_refused", "1 while an operator refuses publishes to the topic", refused);
     registry.register_with_unit(
         "group_oldest_unacked_age",
         "Age of the oldest message each group has not acked (0 when none; exact while cached, else to within the topic timeline's spacing)",

@@ -80,6 +80,17 @@ fn groups_connections_and_a_trace_by_id() {
     assert_eq!(http_request(&server.addr, "POST", "/api/groups/reset?topic=orders&group=nobody&to=latest", &[]).0, 404);
     assert_eq!(http_request(&server.addr, "POST", "/api/topics/redrive?topic=orders", &[]).0, 404, "no dead letters");
 
+    // Degradation switches: pause the group's deliveries, refuse publishes to the topic.
+    let (status, body) = http_request(&server.addr, "POST", "/api/groups/pause?topic=orders&group=billing&paused=true", &[]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(get_json(&server.addr, "/api/groups")["groups"][0]["paused"], json!(true));
+    assert!(get(&server.addr, "/metrics").1.contains("ferry_group_paused{topic=\"orders\",group=\"billing\"} 1"));
+    assert_eq!(http_request(&server.addr, "POST", "/api/topics/publishes?topic=orders&refused=true", &[]).0, 200);
+    publisher.send(&support::pub_frame(2, "orders", json!({"n": 2}))).unwrap();
+    let refused = publisher.expect_op_any(&["puback", "error"]);
+    assert_eq!(refused["code"], json!("unavailable"), "{refused}");
+    assert_eq!(http_request(&server.addr, "POST", "/api/topics/publishes?topic=orders&refused=maybe", &[]).0, 400);
+
     // An operator disconnects the member: its connection closes, the group has no member.
     let (status, body) = http_request(&server.addr, "POST", &format!("/api/connections/disconnect?id={member_id}"), &[]);
     assert_eq!(status, 200, "{body}");

@@ -60,6 +60,17 @@ pub enum AdminAction {
     Disconnect {
         conn: ConnId,
     },
+    /// Pauses (or resumes) deliveries of a group, or of every group of a topic (`group` None).
+    PauseDeliveries {
+        topic: String,
+        group: Option<String>,
+        paused: bool,
+    },
+    /// Refuses (or accepts again) publishes to a topic.
+    RefusePublishes {
+        topic: String,
+        refused: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,8 +107,31 @@ impl Node {
                 Ok(format!("group '{group}' of topic '{topic}' dropped"))
             }
             AdminAction::Redrive { topic } => self.start_redrive(topic),
+            AdminAction::PauseDeliveries { topic, group, paused } => self.pause_deliveries(topic, group.as_deref(), *paused),
+            AdminAction::RefusePublishes { topic, refused } => {
+                let Some(&t) = self.state.topic_index.get(topic) else { return Err(AdminRefusal::NotFound(format!("no topic '{topic}'"))) };
+                self.state.topics[t].publishes_refused = *refused;
+                Ok(format!("publishes to '{topic}' {}", if *refused { "refused" } else { "accepted again" }))
+            }
             AdminAction::Disconnect { conn } => Err(AdminRefusal::NotFound(format!("connection {conn}: the host disconnects, not a shard"))),
         }
+    }
+
+    /// Pauses or resumes deliveries of `group` of `topic` (every group of it when `None`).
+    fn pause_deliveries(&mut self, topic: &str, group: Option<&str>, paused: bool) -> Result<String, AdminRefusal> {
+        let Some(&t) = self.state.topic_index.get(topic) else { return Err(AdminRefusal::NotFound(format!("no topic '{topic}'"))) };
+        let groups: Vec<GroupIdx> = match group {
+            Some(name) => vec![self.state.group_of(topic, name).map_err(|(_, why)| AdminRefusal::NotFound(why))?.1],
+            None => self.state.topics[t].group_index.values().copied().collect(),
+        };
+        for &g in &groups {
+            self.state.topics[t].groups[g].paused = paused;
+            if !paused {
+                self.pump(t, g);
+            }
+        }
+        let what = if paused { "paused" } else { "resumed" };
+        Ok(format!("deliveries of {} group(s) of '{topic}' {what}", groups.len()))
     }
 
     fn propose_admin(&mut self, command: &Command<'_>) -> Result<String, AdminRefusal> {

@@ -124,7 +124,8 @@ impl Node {
     /// Delivers what group `g` of topic `t` can deliver now.
     pub(super) fn pump(&mut self, t: TopicIdx, g: GroupIdx) {
         for _ in 0..PUMP_STEPS_MAX {
-            if self.state.topics[t].groups[g].members.is_empty() {
+            let group = &self.state.topics[t].groups[g];
+            if group.members.is_empty() || group.paused {
                 return;
             }
             let topic = &self.state.topics[t];

@@ -18,6 +18,8 @@ pub struct TopicView {
     pub stored_bytes: u64,
     /// Bytes of its recent messages held in memory.
     pub cached_bytes: u64,
+    /// An operator refuses publishes to it.
+    pub publishes_refused: bool,
     pub groups: Vec<GroupView>,
 }
 
@@ -38,6 +40,8 @@ pub struct GroupView {
     pub filter: Option<String>,
     pub ack_timeout_ms: u64,
     pub max_attempts: u32,
+    /// An operator paused its deliveries.
+    pub paused: bool,
     pub counters: GroupCounters,
 }
 
@@ -69,6 +73,7 @@ impl Node {
                 next_id: topic.next_id,
                 stored_bytes: topic.stored_bytes(),
                 cached_bytes: topic.cache_bytes(),
+                publishes_refused: topic.publishes_refused,
                 groups: topic
                     .groups
                     .iter()
@@ -85,6 +90,7 @@ impl Node {
                             filter: group.filter.as_ref().map(|f| f.to_json().to_string()),
                             ack_timeout_ms: group.ack_timeout_ns / NS_PER_MS,
                             max_attempts: group.max_attempts,
+                            paused: group.paused,
                             counters: group.counters,
                         }
                     })

@@ -24,6 +24,10 @@ impl Node {
         if let Err((code, message)) = pipeline::run(&self.stages, &mut publish, &context) {
             return self.send_error(conn, req.as_deref(), code, &message);
         }
+        if self.state.topic_index.get(&publish.topic).is_some_and(|&t| self.state.topics[t].publishes_refused) {
+            let message = format!("publishes to '{}' are refused by an operator for now; retry later", publish.topic);
+            return self.send_error(conn, req.as_deref(), ErrorCode::Unavailable, &message);
+        }
         if let Some(until_ns) = self.disk_full_until_ns {
             if self.now_ns < until_ns {
                 return self.send_error(conn, req.as_deref(), ErrorCode::Overloaded, "disk full: publishes resume when space returns");
