@@ -249,6 +249,10 @@ pub struct Config {
     /// Publishes per second to one topic, from all its publishers, and at once.
     pub publish_rate_per_topic: u64,
     pub publish_burst_per_topic: u64,
+    /// Circuit breaking: while the oldest publish still waiting for its write (in a cluster,
+    /// its commit) has waited longer than this, new publishes get `overloaded` at once
+    /// instead of queueing behind it (0: never).
+    pub shed_publishes_after_ms: u64,
     /// Connections one source address may hold open (0: no limit), and open per second on
     /// average and at once (rate 0: no limit); past either its handshake gets 429.
     pub connections_per_ip_max: u32,
@@ -325,6 +329,7 @@ impl Default for Config {
             tokens: Vec::new(),
             users: Vec::new(),
             hello_timeout_ms: 10_000,
+            shed_publishes_after_ms: 5_000,
             connections_per_ip_max: 0,
             connection_rate_per_ip: 0,
             connection_burst_per_ip: 100,

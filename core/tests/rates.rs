@@ -53,3 +53,21 @@ fn a_topic_over_its_rate_refuses_every_publisher() {
     assert_eq!(send_pub(&mut h, S, 4, "hot")["code"], json!("overloaded"), "the limit is the topic's, whoever publishes");
     assert_eq!(send_pub(&mut h, S, 5, "cold")["op"], json!("puback"), "other topics are not slowed");
 }
+
+#[test]
+fn a_disk_slower_than_the_bound_sheds_new_publishes_until_it_catches_up() {
+    let mut h = harness(Config { shed_publishes_after_ms: 500, ..Config::default() });
+    h.hold_writes = true;
+    h.send_json(P, json!({"op": "pub", "req": 1, "topic": "t", "body": 1}));
+    h.advance_ms(400);
+    h.send_json(P, json!({"op": "pub", "req": 2, "topic": "t", "body": 2}));
+    assert!(h.take_op(P, "error").is_empty(), "within the bound: queued");
+    h.advance_ms(200);
+    let refused = send_pub(&mut h, S, 3, "t");
+    assert_eq!((refused["code"].clone(), refused["retry_after_ms"].clone()), (json!("overloaded"), json!(250)), "{refused}");
+    h.hold_writes = false;
+    h.complete_writes();
+    assert_eq!(h.take_op(P, "puback").len(), 2, "the waiting ones are answered");
+    assert_eq!(send_pub(&mut h, S, 4, "t")["op"], json!("puback"), "the disk caught up: accepted again");
+    assert_eq!(h.node.topic_next_id("t"), Some(4), "the shed publish was not stored");
+}

@@ -37,6 +37,14 @@ impl Node {
             let message = format!("{} publishes wait for the disk (pending_publishes_max)", self.pending_publishes);
             return self.send_error(conn, req.as_deref(), ErrorCode::Overloaded, &message);
         }
+        if let Some(waited_ns) = self.pending_publish_wait_ns().filter(|ns| *ns > self.config.shed_publishes_after_ms * NS_PER_MS && self.config.shed_publishes_after_ms > 0) {
+            // Circuit breaking: the disk (or the quorum) is this slow now; queueing more would
+            // only add seconds of latency to every publish behind.
+            let waited_ms = waited_ns / NS_PER_MS;
+            let message = format!("the oldest publish has waited {waited_ms} ms for the disk or a majority (shed_publishes_after_ms)");
+            let retry_after_ms = self.config.shed_publishes_after_ms / 2;
+            return self.send_error_retry(conn, req.as_deref(), ErrorCode::Overloaded, &message, Some(retry_after_ms.max(1)));
+        }
         let pending_bytes = self.log_bytes_unwritten();
         if pending_bytes + body.len() as u64 > self.config.pending_publish_bytes_max {
             let message = format!("{pending_bytes} bytes wait for the disk (pending_publish_bytes_max)");
@@ -79,6 +87,22 @@ impl Node {
         };
         self.log.open.waiters.push(Waiter::Puback { conn, req, topic: t, id, producer, received_ns: self.now_ns });
         self.maybe_flush();
+    }
+
+    /// How long the oldest publish still waiting (for its write, or in a cluster its commit)
+    /// has waited.
+    fn pending_publish_wait_ns(&self) -> Option<u64> {
+        let oldest = match &self.replication {
+            Some(replication) => replication.oldest_pending_publish_ns(),
+            None => {
+                let batches = self.log.flushing.iter().chain(self.log.queued.iter()).chain(std::iter::once(&self.log.open));
+                batches.flat_map(|batch| batch.waiters.iter()).find_map(|waiter| match waiter {
+                    Waiter::Puback { received_ns, .. } => Some(*received_ns),
+                    _ => None,
+                })
+            }
+        };
+        oldest.map(|received_ns| self.now_ns.saturating_sub(received_ns))
     }
 
     /// Takes a publish's token from topic `t`'s bucket (`publish_rate_per_topic`); false, with

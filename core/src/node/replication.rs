@@ -227,6 +227,14 @@ impl Replication {
         (node == self.node_id.0).then_some(number)
     }
 
+    /// When the oldest publish this node proposed and is still waiting for arrived.
+    pub(super) fn oldest_pending_publish_ns(&self) -> Option<u64> {
+        self.proposals.values().find_map(|proposal| match proposal {
+            Proposal::Publish { received_ns, .. } => Some(*received_ns),
+            _ => None,
+        })
+    }
+
     pub(super) fn proposals_mut(&mut self) -> &mut BTreeMap<u64, Proposal> {
         &mut self.proposals
     }
