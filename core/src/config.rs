@@ -236,6 +236,13 @@ pub struct Config {
     pub tokens: Vec<String>,
     /// Identities with rights on topic patterns (`[[users]]`, see `rights`).
     pub users: Vec<crate::rights::UserConfig>,
+    /// JWT identities: tokens signed with this HS256 secret carry their rights as claims.
+    pub jwt_hs256_secret: String,
+    /// JWT identities signed with the private key of this PEM public key (RS256 or EdDSA).
+    pub jwt_public_key_file: String,
+    /// The PEM text of `jwt_public_key_file`, read by the shell at start.
+    #[serde(skip)]
+    pub jwt_public_key_pem: String,
     /// With identities configured: a connection that has not authenticated (a `hello` with a
     /// known token, or a bearer token at its handshake) this long after it opened is closed.
     pub hello_timeout_ms: u64,
@@ -329,6 +336,9 @@ impl Default for Config {
             tokens: Vec::new(),
             users: Vec::new(),
             hello_timeout_ms: 10_000,
+            jwt_hs256_secret: String::new(),
+            jwt_public_key_file: String::new(),
+            jwt_public_key_pem: String::new(),
             shed_publishes_after_ms: 5_000,
             connections_per_ip_max: 0,
             connection_rate_per_ip: 0,
@@ -359,18 +369,10 @@ impl Config {
         crate::bucket::Limit { rate_per_s: self.publish_rate_per_topic, burst: self.publish_burst_per_topic }
     }
 
-    /// True when identities are configured (`tokens` or `users`): clients must say `hello`
-    /// with a known token, and each has the rights of its token.
+    /// True when identities are configured (`tokens`, `users`, a JWT key): clients must say
+    /// `hello` with a known (or validly signed) token, and each has the rights of its token.
     pub fn requires_identity(&self) -> bool {
-        !self.tokens.is_empty() || !self.users.is_empty()
-    }
-
-    /// The rights of `token`, if it is configured.
-    pub fn rights_of(&self, token: &str) -> Option<crate::rights::Rights> {
-        if self.tokens.iter().any(|t| t == token) {
-            return Some(crate::rights::Rights::full());
-        }
-        self.users.iter().find(|user| user.token == token).and_then(|user| crate::rights::Rights::of_user(user).ok())
+        !self.tokens.is_empty() || !self.users.is_empty() || !self.jwt_hs256_secret.is_empty() || !self.jwt_public_key_file.is_empty()
     }
 
     /// Checks relations between settings; the message names the setting at fault.
@@ -385,6 +387,10 @@ impl Config {
             }
             crate::rights::Rights::of_user(user).map_err(|why| format!("users[{at}]: {why}"))?;
         }
+        if !self.jwt_public_key_file.is_empty() && self.jwt_public_key_pem.is_empty() {
+            return Err("jwt_public_key_file: the file was not read (or is empty)".into());
+        }
+        crate::jwt::JwtVerifier::from_config(self)?;
         let positive = [
             ("batch_interval_ms", self.batch_interval_ms),
             ("frame_bytes_max", self.frame_bytes_max as u64),

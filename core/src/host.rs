@@ -14,6 +14,7 @@ use crate::bucket::Bucket;
 use crate::cluster::mesh;
 use crate::config::{Config, TestBug};
 use crate::ids::{ConnId, ShardId};
+use crate::jwt::JwtVerifier;
 use crate::node::{Input, MemoryUse, Node, Output, RecoveryReport, Rejection, Stats, Trace, NS_PER_MS};
 use crate::protocol::{self, ClientOp, ErrorCode};
 use crate::recovery::{segment_file_name, RecoveryError};
@@ -30,6 +31,8 @@ struct Session {
     /// `None` until it authenticates (a `hello` with a known token); full rights at once when
     /// no identities are configured.
     rights: Option<Rc<Rights>>,
+    /// When its rights end (a JWT's `exp`): it is closed then unless a new `hello` came.
+    expires_at_ns: Option<u64>,
     /// Its rate limits (`publish_rate_per_connection`, `op_rate_per_connection`).
     publishes: Bucket,
     ops: Bucket,
@@ -45,6 +48,10 @@ pub struct Host {
     identities: BTreeMap<String, Rc<Rights>>,
     /// With identities configured: when each connection not yet authenticated is closed.
     hello_deadlines: BTreeSet<(u64, ConnId)>,
+    /// JWT identities, when a key is configured.
+    jwt: Option<JwtVerifier>,
+    /// When connections authenticated by a JWT expire.
+    expiries: BTreeSet<(u64, ConnId)>,
     out: VecDeque<Output>,
     now_ns: u64,
     /// `error` frames this host sent itself (undecodable frames, tokens), per code.
@@ -86,8 +93,19 @@ impl Host {
             let rights = Rights::of_user(user).map_err(|why| RecoveryError::refused(format!("users: {why}")))?;
             identities.insert(user.token.clone(), Rc::new(rights));
         }
-        let mut host =
-            Host { config, shards, conns: BTreeMap::new(), identities, hello_deadlines: BTreeSet::new(), out: VecDeque::new(), now_ns, errors: [0; ErrorCode::ALL.len()] };
+        let jwt = JwtVerifier::from_config(&config).map_err(RecoveryError::refused)?;
+        let mut host = Host {
+            config,
+            shards,
+            conns: BTreeMap::new(),
+            identities,
+            hello_deadlines: BTreeSet::new(),
+            jwt,
+            expiries: BTreeSet::new(),
+            out: VecDeque::new(),
+            now_ns,
+            errors: [0; ErrorCode::ALL.len()],
+        };
         host.take_shard_outputs();
         Ok((host, report))
     }
@@ -264,10 +282,18 @@ impl Host {
             }
             self.hello_deadlines.pop_first();
             if self.conns.get(&conn).is_some_and(|session| session.rights.is_none()) {
-                self.conns.remove(&conn);
-                self.tell_every_shard(now_ns, || Input::Disconnected { conn });
                 let reason = format!("no hello with a known token within hello_timeout_ms ({} ms)", self.config.hello_timeout_ms);
-                self.out.push_back(Output::Close { conn, code: CLOSE_POLICY, reason });
+                self.close_for_policy(now_ns, conn, reason);
+            }
+        }
+        while let Some(&(at, conn)) = self.expiries.first() {
+            if at > now_ns {
+                break;
+            }
+            self.expiries.pop_first();
+            // A later hello may have brought a token that lasts longer: only its own expiry counts.
+            if self.conns.get(&conn).is_some_and(|session| session.expires_at_ns == Some(at)) {
+                self.close_for_policy(now_ns, conn, "the token expired: connect again with a fresh one, or send a hello with it before exp".into());
             }
         }
         for shard in &mut self.shards {
@@ -282,7 +308,15 @@ impl Host {
 
     pub fn poll_timeout(&self) -> Option<u64> {
         let hello = self.hello_deadlines.first().map(|(at, _)| *at);
-        self.shards.iter().filter_map(Node::poll_timeout).chain(hello).min()
+        let expiry = self.expiries.first().map(|(at, _)| *at);
+        self.shards.iter().filter_map(Node::poll_timeout).chain(hello).chain(expiry).min()
+    }
+
+    /// Closes `conn` with 1008 (policy) for `reason`; its shards forget it.
+    fn close_for_policy(&mut self, now_ns: u64, conn: ConnId, reason: String) {
+        self.conns.remove(&conn);
+        self.tell_every_shard(now_ns, || Input::Disconnected { conn });
+        self.out.push_back(Output::Close { conn, code: CLOSE_POLICY, reason });
     }
 
     fn tell_every_shard(&mut self, now_ns: u64, input: impl Fn() -> Input<'static>) {
@@ -335,7 +369,7 @@ impl Host {
         if open.is_none() {
             self.hello_deadlines.insert((now_ns + self.config.hello_timeout_ms * NS_PER_MS, conn));
         }
-        let previous = self.conns.insert(conn, Session { rights: open, publishes: Bucket::default(), ops: Bucket::default() });
+        let previous = self.conns.insert(conn, Session { rights: open, expires_at_ns: None, publishes: Bucket::default(), ops: Bucket::default() });
         assert!(previous.is_none(), "connection id {conn} reused while open");
         // The shards first: their clocks move to now, which the welcome's cluster view reads.
         self.tell_every_shard(now_ns, || Input::Connected { conn });
@@ -403,16 +437,33 @@ impl Host {
         if !self.config.requires_identity() {
             return;
         }
-        let rights = token.and_then(|t| self.identities.get(&t).cloned());
-        let rights = rights.or_else(|| (self.config.test_bug == Some(TestBug::WrongTokenAccepted)).then(|| Rc::new(Rights::full())));
-        match rights {
-            Some(rights) => {
+        let found = match token {
+            Some(token) => self.identify(&token),
+            None => Err("a hello without a token".to_string()),
+        };
+        let found = found.or_else(|why| if self.config.test_bug == Some(TestBug::WrongTokenAccepted) { Ok((Rc::new(Rights::full()), None)) } else { Err(why) });
+        match found {
+            Ok((rights, expires_at_ns)) => {
                 if let Some(session) = self.conns.get_mut(&conn) {
                     session.rights = Some(rights);
+                    session.expires_at_ns = expires_at_ns;
+                }
+                if let Some(at) = expires_at_ns {
+                    self.expiries.insert((at, conn));
                 }
             }
-            None => self.send_error(conn, None, ErrorCode::Unauthorized, "unknown token"),
+            Err(why) => self.send_error(conn, None, ErrorCode::Unauthorized, &why),
         }
+    }
+
+    /// The rights of `token` now, and when they expire (a JWT's `exp`), or why it is refused.
+    fn identify(&self, token: &str) -> Result<(Rc<Rights>, Option<u64>), String> {
+        if let Some(rights) = self.identities.get(token) {
+            return Ok((rights.clone(), None));
+        }
+        let Some(jwt) = &self.jwt else { return Err("unknown token".into()) };
+        let verified = jwt.verify(token, self.now_ns / 1_000_000_000)?;
+        Ok((Rc::new(verified.rights), Some(verified.exp_s.saturating_mul(1_000_000_000))))
     }
 
     /// Takes `op`'s token from its connection's bucket (publishes and other ops apart; `hello`
@@ -426,9 +477,12 @@ impl Host {
         }
     }
 
-    /// The rights of `token`, if it is a configured one.
-    pub fn rights_of(&self, token: &str) -> Option<&Rights> {
-        self.identities.get(token).map(Rc::as_ref)
+    /// The rights of `token` at `now_ns`, if it is a configured one or a valid JWT.
+    pub fn rights_of(&self, token: &str, now_ns: u64) -> Option<Rc<Rights>> {
+        if let Some(rights) = self.identities.get(token) {
+            return Some(rights.clone());
+        }
+        self.jwt.as_ref()?.verify(token, now_ns / 1_000_000_000).ok().map(|verified| Rc::new(verified.rights))
     }
 
     /// `welcome`: in a cluster, this node, the nodes' URLs, shard 0's view of the cluster and,

@@ -10,6 +10,7 @@ pub mod config;
 pub mod group;
 pub mod host;
 pub mod ids;
+pub mod jwt;
 pub mod latency;
 pub mod node;
 pub mod pipeline;

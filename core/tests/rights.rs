@@ -123,3 +123,32 @@ fn a_connection_that_does_not_authenticate_in_time_is_closed() {
     assert_eq!(h.closed, vec![(silent, 1008)], "only the silent one");
     assert_eq!(outcome(&mut h, by_header, json!({"op": "pub", "req": 1, "topic": "orders.new", "body": 1})), "puback");
 }
+
+fn jwt(secret: &str, exp_s: u64, publish: &[&str]) -> String {
+    let claims = json!({"sub": "app", "exp": exp_s, "publish": publish});
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())).unwrap()
+}
+
+#[test]
+fn a_jwt_carries_its_rights_until_it_expires_unless_a_new_hello_refreshes_it() {
+    let mut h = Harness::new(Config { jwt_hs256_secret: "jwt-secret".into(), ..Config::default() });
+    let now_s = h.now_ns / 1_000_000_000;
+    let (refreshed, expiring, forged) = (ConnId(1), ConnId(2), ConnId(3));
+    for conn in [refreshed, expiring, forged] {
+        h.connect(conn);
+    }
+    h.send_json(refreshed, json!({"op": "hello", "token": jwt("jwt-secret", now_s + 5, &["orders.*"])}));
+    h.send_json(expiring, json!({"op": "hello", "token": jwt("jwt-secret", now_s + 5, &["orders.*"])}));
+    h.send_json(forged, json!({"op": "hello", "token": jwt("guessed", now_s + 5, &[">"])}));
+    assert_eq!(h.take_op(forged, "error")[0]["code"], json!("unauthorized"));
+    assert_eq!(outcome(&mut h, expiring, json!({"op": "pub", "req": 1, "topic": "orders.new", "body": 1})), "puback");
+    assert_eq!(outcome(&mut h, expiring, json!({"op": "pub", "req": 1, "topic": "payments", "body": 1})), "forbidden", "the claims' rights");
+    h.advance_ms(3_000);
+    h.send_json(refreshed, json!({"op": "hello", "token": jwt("jwt-secret", now_s + 60, &["orders.*"])}));
+    h.advance_ms(3_000);
+    assert!(h.closed.contains(&(expiring, 1008)), "closed at its exp: {:?}", h.closed);
+    assert!(!h.closed.iter().any(|(conn, _)| *conn == refreshed), "a fresh hello moved its exp");
+    assert_eq!(outcome(&mut h, refreshed, json!({"op": "pub", "req": 1, "topic": "orders.new", "body": 2})), "puback");
+    h.send_json(refreshed, json!({"op": "hello", "token": jwt("jwt-secret", now_s + 1, &[])}));
+    assert_eq!(h.take_op(refreshed, "error")[0]["code"], json!("unauthorized"), "an expired token is refused");
+}

@@ -32,7 +32,7 @@ pub fn answer(request: &Request, context: &mut Context<'_>) -> Option<Vec<u8>> {
         return None;
     }
     let page = request.path == "/";
-    if let Some((status, why)) = refusal(context.host, &request.access, page) {
+    if let Some((status, why)) = refusal(context.host, &request.access, page, context.now_ns) {
         return Some(error(status, why));
     }
     if page {
@@ -60,7 +60,7 @@ pub fn error(status: u16, why: &str) -> Vec<u8> {
 
 /// Why `access` may not have the console `page` or the admin API: (status, reason); `None`
 /// when it may.
-fn refusal(host: &Host, access: &Access, page: bool) -> Option<(u16, &'static str)> {
+fn refusal(host: &Host, access: &Access, page: bool, now_ns: u64) -> Option<(u16, &'static str)> {
     let cross_site = access.origin.as_deref().is_some_and(|origin| {
         let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
         !access.host.as_deref().is_some_and(|host| host.eq_ignore_ascii_case(authority))
@@ -78,7 +78,7 @@ fn refusal(host: &Host, access: &Access, page: bool) -> Option<(u16, &'static st
     if page {
         return None;
     }
-    match access.bearer.as_deref().and_then(|bearer| host.rights_of(bearer)) {
+    match access.bearer.as_deref().and_then(|bearer| host.rights_of(bearer, now_ns)) {
         None => Some((401, "send Authorization: Bearer <token> with a configured token that has the admin right")),
         Some(rights) if !rights.admin => Some((403, "this token has no admin right")),
         Some(_) => None,

@@ -140,6 +140,10 @@ fn load_settings(args: &ServeArgs) -> Result<ServeSettings, String> {
     let log_level = take_string(&mut table, "log_level", "info")?;
     let log_format = take_string(&mut table, "log_format", "text")?;
     let mut config: Config = toml::Value::Table(table).try_into().map_err(|e| format!("config: {e}"))?;
+    if !config.jwt_public_key_file.is_empty() {
+        let path = &config.jwt_public_key_file;
+        config.jwt_public_key_pem = std::fs::read_to_string(path).map_err(|e| format!("cannot read jwt_public_key_file {path}: {e}"))?;
+    }
     config.validate().map_err(|e| format!("config: {e}"))?;
     config.rng_seed = process_seed(config.node_id);
     Ok(ServeSettings { listen, data_dir, log_level, log_format, config })

@@ -396,7 +396,7 @@ impl Server {
         if let Socket::Handshaking { stream, request } = &mut conn.socket {
             let (answer, upgrade) = match request.read(stream) {
                 Ok(Verdict::Incomplete) => return,
-                Ok(Verdict::Upgrade { answer, tail, bearer, origin }) => match admission(&self.node, origin.as_deref(), bearer.as_deref()) {
+                Ok(Verdict::Upgrade { answer, tail, bearer, origin }) => match admission(&self.node, self.clock.now(), origin.as_deref(), bearer.as_deref()) {
                     Ok(()) => {
                         conn.bearer = bearer;
                         (answer, Some(tail))
@@ -793,7 +793,7 @@ impl Server {
 /// Whether a WebSocket handshake is admitted: an `Origin` (a browser's page) must be one of
 /// `allowed_origins` when that is set; a bearer token must be a configured one (a client with
 /// a token that can never work learns it at once, with 401, instead of retrying).
-fn admission(host: &Host, origin: Option<&str>, bearer: Option<&str>) -> Result<(), (u16, &'static str)> {
+fn admission(host: &Host, now_ns: u64, origin: Option<&str>, bearer: Option<&str>) -> Result<(), (u16, &'static str)> {
     let allowed = &host.config().allowed_origins;
     if let Some(origin) = origin {
         if !allowed.is_empty() && !allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
@@ -801,7 +801,7 @@ fn admission(host: &Host, origin: Option<&str>, bearer: Option<&str>) -> Result<
         }
     }
     match bearer {
-        Some(token) if host.config().requires_identity() && host.rights_of(token).is_none() => Err((401, "unknown bearer token")),
+        Some(token) if host.config().requires_identity() && host.rights_of(token, now_ns).is_none() => Err((401, "unknown, expired or badly signed bearer token")),
         _ => Ok(()),
     }
 }
