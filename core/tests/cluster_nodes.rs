@@ -115,6 +115,17 @@ impl Cluster {
         assert_eq!(self.nodes[at].take_op(S, "suback").len(), 1, "node {} admits the member", at + 1);
     }
 
+    /// A member subscribed on the leader, `count` messages published there and delivered to
+    /// it: (the leader, the ids delivered).
+    fn leader_with_delivered(&mut self, count: u64) -> (usize, Vec<u64>) {
+        let leader = self.leader();
+        self.subscribe(leader);
+        for n in 1..=count {
+            self.publish(leader, json!(n));
+        }
+        (leader, ids(&msgs(&mut self.nodes[leader], S)))
+    }
+
     /// Publishes through node `at`; the frames it answered.
     fn publish(&mut self, at: usize, body: Value) -> Value {
         self.nodes[at].send_json(P, json!({"op": "pub", "req": 1, "topic": "t", "body": body}));
@@ -149,12 +160,7 @@ fn a_publish_commits_on_a_majority_and_every_node_gives_it_the_same_id() {
 #[test]
 fn when_the_leader_dies_another_takes_over_with_every_acknowledged_message_and_the_positions() {
     let mut c = Cluster::new();
-    let first = c.leader();
-    c.subscribe(first);
-    for n in 1..=5 {
-        c.publish(first, json!(n));
-    }
-    let delivered = ids(&msgs(&mut c.nodes[first], S));
+    let (first, delivered) = c.leader_with_delivered(5);
     assert_eq!(delivered, vec![1, 2, 3, 4, 5]);
     ack(&mut c.nodes[first], S, "t", "g", &[1, 2]);
     // The acks reach the followers as a position entry.
@@ -584,12 +590,7 @@ fn an_operator_s_reset_and_drop_are_entries_every_replica_applies() {
     use ferry_core::node::admin::{AdminAction, AdminRefusal};
     use ferry_core::protocol::StartFrom;
     let mut c = Cluster::new();
-    let first = c.leader();
-    c.subscribe(first);
-    for n in 1..=3 {
-        c.publish(first, json!(n));
-    }
-    let delivered = ids(&msgs(&mut c.nodes[first], S));
+    let (first, delivered) = c.leader_with_delivered(3);
     ack(&mut c.nodes[first], S, "t", "g", &delivered);
     c.run_ms(100);
     // A follower is not the place: it names the leader.
@@ -656,12 +657,7 @@ fn a_position_proposed_before_a_reset_applied_does_not_undo_it_on_the_followers(
     use ferry_core::node::admin::AdminAction;
     use ferry_core::protocol::StartFrom;
     let mut c = Cluster::new();
-    let first = c.leader();
-    c.subscribe(first);
-    for n in 1..=3 {
-        c.publish(first, json!(n));
-    }
-    let delivered = ids(&msgs(&mut c.nodes[first], S));
+    let (first, delivered) = c.leader_with_delivered(3);
     assert_eq!(delivered, vec![1, 2, 3]);
     // The reset is proposed; before it is applied anywhere, the member acks everything and
     // the leader proposes that position (from before the reset) behind it.
