@@ -137,6 +137,10 @@ pub struct Config {
     /// The URL clients reach this node at, told to its peers for `welcome` (`nodes`) and
     /// `ferry cluster status`; the shell fills in `ws://<listen>/ws` when it is empty.
     pub advertise_url: String,
+    /// Peer links authenticate each other with this shared secret (a challenge each way: an
+    /// HMAC-SHA256 of the other side's random nonce), so a stranger cannot join the mesh or
+    /// inject frames. Empty: links are not authenticated (keep the peer port private).
+    pub cluster_secret: String,
     /// raft's clock: a follower stands for election after 10 ticks without a leader's word
     /// (each tick jittered by half), a leader sends heartbeats every 2.
     pub raft_tick_ms: u64,
@@ -283,6 +287,7 @@ impl Default for Config {
             node_name: "ferry-1".into(),
             node_id: 1,
             peers: String::new(),
+            cluster_secret: String::new(),
             peer_listen: String::new(),
             advertise_url: String::new(),
             raft_tick_ms: 50,
@@ -386,6 +391,9 @@ impl Config {
                 return Err(format!("users[{at}]: every token must be set and differ from every other token"));
             }
             crate::rights::Rights::of_user(user).map_err(|why| format!("users[{at}]: {why}"))?;
+        }
+        if !self.cluster_secret.is_empty() && self.cluster_secret.len() < 16 {
+            return Err("cluster_secret must be at least 16 bytes".into());
         }
         if !self.jwt_public_key_file.is_empty() && self.jwt_public_key_pem.is_empty() {
             return Err("jwt_public_key_file: the file was not read (or is empty)".into());

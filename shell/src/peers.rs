@@ -3,6 +3,10 @@
 //!
 //! ```text
 //! hello  = "FERRYPR1" node_id:u64 cluster:u64     (each side, first; big-endian)
+//!   or, with a `cluster_secret`:
+//! hello  = "FERRYPR2" node_id:u64 cluster:u64 nonce[16]
+//! proof  = HMAC-SHA256(secret, "ferry-peer" nonce_of_the_other from:u64 to:u64)[32]
+//!          (each side, once it has the other's hello; frames count only once it checks)
 //! frame  = len:u32 payload[len]                    (payload: a `cluster::mesh` frame)
 //! beat   = len:u32 = 0                             (sent after a second of silence)
 //! ```
@@ -30,6 +34,9 @@ pub const PEER_TOKEN_BASE: usize = 1 << 40;
 pub const PEER_LISTENER: Token = Token(usize::MAX - 1);
 const HELLO_MAGIC: &[u8; 8] = b"FERRYPR1";
 const HELLO_BYTES: usize = 24;
+const SECRET_HELLO_MAGIC: &[u8; 8] = b"FERRYPR2";
+const NONCE_BYTES: usize = 16;
+const PROOF_BYTES: usize = 32;
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A link silent this long (no frame, no heartbeat) is dead: reset and dialled again.
 const SILENCE_MAX: Duration = Duration::from_secs(5);
@@ -47,6 +54,10 @@ struct PeerSocket {
     /// A dialled socket is connected once writable without error.
     connected: bool,
     hello_heard: bool,
+    /// With a cluster secret: the nonce this side sent, and whether the other's proof of the
+    /// secret has checked (only then do its frames count).
+    nonce: [u8; NONCE_BYTES],
+    proven: bool,
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
     written: usize,
@@ -64,6 +75,8 @@ impl PeerSocket {
             node,
             connected: !dialled,
             hello_heard: false,
+            nonce: [0; NONCE_BYTES],
+            proven: false,
             inbuf: Vec::new(),
             outbuf: Vec::new(),
             written: 0,
@@ -127,6 +140,11 @@ struct Link {
 pub struct Peers {
     me: u64,
     fingerprint: u64,
+    /// The `cluster_secret` as an HMAC key, if one is set.
+    secret: Option<ring::hmac::Key>,
+    /// Refused peers (another peers list, a failed challenge) are logged at most every 10 s.
+    refusals: crate::log::Throttle,
+    random: ring::rand::SystemRandom,
     listener: TcpListener,
     links: BTreeMap<u64, Link>,
     sockets: Slab<PeerSocket>,
@@ -183,6 +201,9 @@ impl Peers {
         Ok(Some(Peers {
             me: config.node_id,
             fingerprint: fingerprint(config).map_err(io::Error::other)?,
+            secret: (!config.cluster_secret.is_empty()).then(|| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, config.cluster_secret.as_bytes())),
+            random: ring::rand::SystemRandom::new(),
+            refusals: crate::log::Throttle::new(Duration::from_secs(10)),
             listener,
             links,
             sockets: Slab::new(),
@@ -194,12 +215,24 @@ impl Peers {
         }))
     }
 
-    fn hello(&self) -> [u8; HELLO_BYTES] {
-        let mut hello = [0u8; HELLO_BYTES];
-        hello[..8].copy_from_slice(HELLO_MAGIC);
-        hello[8..16].copy_from_slice(&self.me.to_be_bytes());
-        hello[16..].copy_from_slice(&self.fingerprint.to_be_bytes());
-        hello
+    /// This side's hello for a new socket, and the nonce it carries (with a cluster secret).
+    fn hello(&self) -> (Vec<u8>, [u8; NONCE_BYTES]) {
+        let mut nonce = [0u8; NONCE_BYTES];
+        let mut hello = Vec::with_capacity(HELLO_BYTES + NONCE_BYTES);
+        hello.extend_from_slice(if self.secret.is_some() { SECRET_HELLO_MAGIC } else { HELLO_MAGIC });
+        hello.extend_from_slice(&self.me.to_be_bytes());
+        hello.extend_from_slice(&self.fingerprint.to_be_bytes());
+        if self.secret.is_some() {
+            // A system random nonce: a recorded proof is never asked for again.
+            ring::rand::SecureRandom::fill(&self.random, &mut nonce).expect("the system's random source works");
+            hello.extend_from_slice(&nonce);
+        }
+        (hello, nonce)
+    }
+
+    /// What `from` signs to prove it knows the secret, answering `nonce` (sent by `to`).
+    fn proof_message(nonce: &[u8], from: u64, to: u64) -> Vec<u8> {
+        [b"ferry-peer".as_slice(), nonce, &from.to_be_bytes(), &to.to_be_bytes()].concat()
     }
 
     /// Queues a frame for `to_node`; dropped while the link is down (the node heard it go
@@ -258,8 +291,8 @@ impl Peers {
     }
 
     pub fn accept_all(&mut self, registry: &Registry) {
-        let hello = self.hello();
         loop {
+            let (hello, nonce) = self.hello();
             match self.listener.accept() {
                 Ok((mut stream, _)) => {
                     let _ = stream.set_nodelay(true);
@@ -270,6 +303,7 @@ impl Peers {
                     }
                     let mut socket = PeerSocket::new(stream, None, false, Instant::now());
                     socket.outbuf.extend_from_slice(&hello);
+                    socket.nonce = nonce;
                     entry.insert(socket);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -329,15 +363,23 @@ impl Peers {
         let socket = &mut self.sockets[key];
         let mut at = 0;
         if !socket.hello_heard {
-            if socket.inbuf.len() < HELLO_BYTES {
+            let hello_bytes = if self.secret.is_some() { HELLO_BYTES + NONCE_BYTES } else { HELLO_BYTES };
+            if socket.inbuf.len() < 8 {
                 return Ok(());
             }
-            let hello = &socket.inbuf[..HELLO_BYTES];
+            match (&socket.inbuf[..8], self.secret.is_some()) {
+                (magic, true) if magic == HELLO_MAGIC => return Err("the peer has no cluster_secret, and this node requires one".into()),
+                (magic, false) if magic == SECRET_HELLO_MAGIC => return Err("the peer requires a cluster_secret, and this node has none".into()),
+                (magic, true) if magic != SECRET_HELLO_MAGIC => return Err("not a ferry peer (bad hello)".into()),
+                (magic, false) if magic != HELLO_MAGIC => return Err("not a ferry peer (bad hello)".into()),
+                _ => {}
+            }
+            if socket.inbuf.len() < hello_bytes {
+                return Ok(());
+            }
+            let hello = &socket.inbuf[..hello_bytes];
             let node = u64::from_be_bytes(hello[8..16].try_into().expect("8 bytes"));
             let fingerprint = u64::from_be_bytes(hello[16..24].try_into().expect("8 bytes"));
-            if &hello[..8] != HELLO_MAGIC {
-                return Err("not a ferry peer (bad hello)".into());
-            }
             if fingerprint != self.fingerprint {
                 return Err(format!("node {node} runs with another peers list or shards count; every node must be given the same peers and shards"));
             }
@@ -349,11 +391,40 @@ impl Peers {
                 None => socket.node = Some(node),
             }
             socket.hello_heard = true;
-            at = HELLO_BYTES;
-            self.established(key, node);
+            at = hello_bytes;
+            match &self.secret {
+                Some(secret) => {
+                    // Answer its challenge; the link is established once its answer to ours checks.
+                    let proof = ring::hmac::sign(secret, &Peers::proof_message(&hello[HELLO_BYTES..], self.me, node));
+                    socket.outbuf.extend_from_slice(proof.as_ref());
+                }
+                None => {
+                    socket.proven = true;
+                    self.established(key, node);
+                }
+            }
         }
         let socket = &mut self.sockets[key];
         let node = socket.node.expect("identified by its hello");
+        if !socket.proven {
+            let Some(answer) = socket.inbuf.get(at..at + PROOF_BYTES) else {
+                socket.inbuf.drain(..at);
+                return Ok(());
+            };
+            let secret = self.secret.as_ref().expect("a proof is awaited only with a secret");
+            if ring::hmac::verify(secret, &Peers::proof_message(&socket.nonce, node, self.me), answer).is_err() {
+                let why = format!("node {node} failed the cluster_secret challenge: a different secret, or not a peer");
+                if let Some(held_back) = self.refusals.allow(Instant::now()) {
+                    let also = if held_back > 0 { format!(" ({held_back} more refusals since the last such line)") } else { String::new() };
+                    tracing::warn!("refusing a peer connection: {why}{also}");
+                }
+                return Err(why);
+            }
+            socket.proven = true;
+            at += PROOF_BYTES;
+            self.established(key, node);
+        }
+        let socket = &mut self.sockets[key];
         while let Some(len_bytes) = socket.inbuf.get(at..at + 4) {
             let len = u32::from_be_bytes(len_bytes.try_into().expect("4 bytes")) as usize;
             if len > self.frame_max {
@@ -438,8 +509,8 @@ impl Peers {
         let mut dead = Vec::new();
         for (key, socket) in self.sockets.iter_mut() {
             let waited = now.saturating_duration_since(socket.last_heard);
-            if !socket.hello_heard && now.saturating_duration_since(socket.opened_at) > HELLO_TIMEOUT {
-                dead.push((key, format!("no hello within {} ms", HELLO_TIMEOUT.as_millis())));
+            if !socket.proven && now.saturating_duration_since(socket.opened_at) > HELLO_TIMEOUT {
+                dead.push((key, format!("no hello (or no proof of the cluster_secret) within {} ms", HELLO_TIMEOUT.as_millis())));
             } else if socket.hello_heard && waited > SILENCE_MAX {
                 dead.push((key, format!("silent for {} ms", waited.as_millis())));
             } else if socket.hello_heard && socket.queued() == 0 && now.saturating_duration_since(socket.last_sent) >= HEARTBEAT {
@@ -453,7 +524,7 @@ impl Peers {
     }
 
     fn dial(&mut self, registry: &Registry, node: u64, now: Instant) {
-        let hello = self.hello();
+        let (hello, nonce) = self.hello();
         let link = self.links.get_mut(&node).expect("a voter");
         link.retry_at = None;
         let addr = match link.addr.to_socket_addrs().map(|mut addrs| addrs.next()) {
@@ -484,6 +555,7 @@ impl Peers {
         link.dialling = Some(entry.key());
         let mut socket = PeerSocket::new(stream, Some(node), true, now);
         socket.outbuf.extend_from_slice(&hello);
+        socket.nonce = nonce;
         entry.insert(socket);
     }
 

@@ -546,3 +546,26 @@ fn three_shards_are_led_by_three_processes_and_a_shard_fails_over_and_comes_back
     let expected = BTreeMap::from([(topics[0].clone(), vec![1]), (topics[1].clone(), vec![1]), (topics[2].clone(), vec![1, 2, 3])]);
     assert_eq!(got, expected);
 }
+
+#[test]
+fn with_a_cluster_secret_the_nodes_join_and_a_node_without_it_cannot() {
+    const SECRET: &str = "cluster_secret=the-right-secret-0123";
+    let mut cluster = Cluster::start_with("secret", 3, &[SECRET]);
+    let leader = cluster.leader();
+    assert_eq!(cluster.publish(1), 1, "the nodes that know the secret form the cluster");
+    // Node 3 comes back with another secret (a stranger claiming to be node 3): it cannot link.
+    let stranger = (leader + 1..leader + 3).map(|i| i % 3).find(|i| *i != leader).unwrap();
+    cluster.kill(stranger);
+    cluster.extra = vec!["cluster_secret=a-wrong-secret-456789".into()];
+    cluster.restart(stranger);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refused_by =
+        |c: &Cluster| c.running().into_iter().filter(|i| *i != stranger).any(|i| c.nodes[i].as_ref().unwrap().log_text().contains("failed the cluster_secret challenge"));
+    while !refused_by(&cluster) {
+        assert!(Instant::now() < deadline, "no node logged the stranger's failed challenge");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, metrics) = support::http_get(&cluster.listens[leader], "/metrics");
+    assert!(metrics.contains(&format!("ferry_peer_link_up{{node=\"{}\"}} 0", stranger + 1)), "{metrics}");
+    assert_eq!(cluster.publish(2), 2, "the two with the secret go on");
+}
