@@ -358,8 +358,12 @@ impl Host {
     }
 
     fn send_error(&mut self, conn: ConnId, req: Option<&str>, code: ErrorCode, message: &str) {
+        self.send_error_retry(conn, req, code, message, None);
+    }
+
+    fn send_error_retry(&mut self, conn: ConnId, req: Option<&str>, code: ErrorCode, message: &str, retry_after_ms: Option<u64>) {
         let mut frame = String::with_capacity(64 + message.len());
-        protocol::encode_error(&mut frame, req, code, message);
+        protocol::encode_error_retry(&mut frame, req, code, message, retry_after_ms);
         self.errors[code as usize] += 1;
         self.send(conn, frame);
     }
@@ -408,16 +412,13 @@ impl Host {
             return self.send_error(conn, req_of(&op).as_deref(), ErrorCode::Unauthorized, "send hello with a valid token first");
         }
         let unchecked = self.config.test_bug == Some(TestBug::ReadRightsCheckedAtSubOnly) && matches!(op, ClientOp::Pull { .. } | ClientOp::Fetch { .. });
-        if let Some((req, why)) = rights.as_deref().filter(|_| !unchecked).and_then(|rights| refused_by(rights, &op)) {
-            return self.send_error(conn, req.as_deref(), ErrorCode::Forbidden, &why);
+        if let Some(why) = rights.as_deref().filter(|_| !unchecked).and_then(|rights| refused_by(rights, &op)) {
+            return self.send_error(conn, req_of(&op).as_deref(), ErrorCode::Forbidden, &why);
         }
         if let Err((setting, wait_ns)) = self.take_rate(now_ns, conn, &op) {
             let retry_after_ms = wait_ns.div_ceil(NS_PER_MS);
-            let mut frame = String::new();
             let message = format!("over {setting}: retry in {retry_after_ms} ms");
-            protocol::encode_error_retry(&mut frame, req_of(&op).as_deref(), ErrorCode::Overloaded, &message, Some(retry_after_ms));
-            self.errors[ErrorCode::Overloaded as usize] += 1;
-            return self.send(conn, frame);
+            return self.send_error_retry(conn, req_of(&op).as_deref(), ErrorCode::Overloaded, &message, Some(retry_after_ms));
         }
         match op {
             ClientOp::Hello { token } => self.on_hello(conn, token),
@@ -503,19 +504,16 @@ impl Host {
     }
 }
 
-/// Why `rights` do not allow `op`: its `req` and the reason; `None` when they do (or the op
-/// names no topic).
-fn refused_by(rights: &Rights, op: &ClientOp) -> Option<(Option<String>, String)> {
-    let req = protocol::req_text;
+/// Why `rights` do not allow `op`; `None` when they do (or the op names no topic).
+fn refused_by(rights: &Rights, op: &ClientOp) -> Option<String> {
     match op {
-        ClientOp::Pub { req: r, topic, .. } => (!rights.may_publish(topic)).then(|| (req(r), format!("no right to publish to '{topic}'"))),
-        ClientOp::Sub { req: r, topic, group, .. } | ClientOp::Pull { req: r, topic, group, .. } | ClientOp::Unsub { req: r, topic, group } => {
-            (!rights.may_read(topic, Some(group))).then(|| (req(r), format!("no right to read '{topic}' in group '{group}'")))
-        }
-        ClientOp::Ack { topic, group, .. } | ClientOp::Nack { topic, group, .. } => {
-            (!rights.may_read(topic, Some(group))).then(|| (None, format!("no right to read '{topic}' in group '{group}'")))
-        }
-        ClientOp::Fetch { req: r, topic, .. } => (!rights.may_read(topic, None)).then(|| (req(r), format!("no right to read '{topic}'"))),
+        ClientOp::Pub { topic, .. } => (!rights.may_publish(topic)).then(|| format!("no right to publish to '{topic}'")),
+        ClientOp::Sub { topic, group, .. }
+        | ClientOp::Pull { topic, group, .. }
+        | ClientOp::Unsub { topic, group, .. }
+        | ClientOp::Ack { topic, group, .. }
+        | ClientOp::Nack { topic, group, .. } => (!rights.may_read(topic, Some(group))).then(|| format!("no right to read '{topic}' in group '{group}'")),
+        ClientOp::Fetch { topic, .. } => (!rights.may_read(topic, None)).then(|| format!("no right to read '{topic}'")),
         ClientOp::Hello { .. } | ClientOp::Ping { .. } => None,
     }
 }

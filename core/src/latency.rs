@@ -45,24 +45,6 @@ impl LatencyHistogram {
     pub fn plus(&self, other: &LatencyHistogram) -> LatencyHistogram {
         LatencyHistogram { counts: std::array::from_fn(|at| self.counts[at] + other.counts[at]), sum_ns: self.sum_ns.saturating_add(other.sum_ns) }
     }
-
-    /// The smallest bucket bound at or below which `quantile` (0..=1) of the latencies lie, in
-    /// nanoseconds (`u64::MAX` for the `+Inf` bucket); `None` when nothing was recorded.
-    pub fn quantile_bound_ns(&self, quantile: f64) -> Option<u64> {
-        let total = self.count();
-        if total == 0 {
-            return None;
-        }
-        let wanted = ((total as f64) * quantile).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (at, count) in self.counts.iter().enumerate() {
-            seen += count;
-            if seen >= wanted {
-                return Some(LATENCY_BOUNDS_NS.get(at).copied().unwrap_or(u64::MAX));
-            }
-        }
-        Some(u64::MAX)
-    }
 }
 
 #[cfg(test)]
@@ -79,9 +61,6 @@ mod tests {
         assert_eq!(histogram.counts[1], 1);
         assert_eq!(histogram.counts[LATENCY_BOUNDS_NS.len()], 1);
         assert_eq!(histogram.sum_ns, 20_000_100_001);
-        assert_eq!(histogram.quantile_bound_ns(0.5), Some(100_000));
-        assert_eq!(histogram.quantile_bound_ns(1.0), Some(u64::MAX));
         assert_eq!(histogram.plus(&histogram).count(), 6);
-        assert_eq!(LatencyHistogram::default().quantile_bound_ns(0.99), None);
     }
 }

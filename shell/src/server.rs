@@ -71,7 +71,7 @@ struct Server {
     ws_config: WebSocketConfig,
     connections_max: usize,
     /// Per source address: connections open and their rate.
-    ip_admission: Admission,
+    ip_admission: Admission<std::net::IpAddr>,
     handshake_timeout: Duration,
     idle_ping: Duration,
     idle_timeout: Duration,

@@ -24,10 +24,6 @@ impl Node {
         if let Err((code, message)) = pipeline::run(&self.stages, &mut publish, &context) {
             return self.send_error(conn, req.as_deref(), code, &message);
         }
-        if self.state.topic_index.get(&publish.topic).is_some_and(|&t| self.state.topics[t].publishes_refused) {
-            let message = format!("publishes to '{}' are refused by an operator for now; retry later", publish.topic);
-            return self.send_error(conn, req.as_deref(), ErrorCode::Unavailable, &message);
-        }
         if let Some(until_ns) = self.disk_full_until_ns {
             if self.now_ns < until_ns {
                 return self.send_error(conn, req.as_deref(), ErrorCode::Overloaded, "disk full: publishes resume when space returns");
@@ -58,7 +54,7 @@ impl Node {
         if self.replication.is_some() {
             // A topic is created when its first publish is applied: until then it has no limit.
             if let Some(&t) = self.state.topic_index.get(&publish.topic) {
-                if !self.take_topic_rate(conn, &req, t) {
+                if !self.admit_to_topic(conn, &req, t) {
                     return;
                 }
             }
@@ -68,7 +64,7 @@ impl Node {
             Ok(t) => t,
             Err(message) => return self.send_error(conn, req.as_deref(), ErrorCode::Overloaded, &message),
         };
-        if !self.take_topic_rate(conn, &req, t) {
+        if !self.admit_to_topic(conn, &req, t) {
             return;
         }
         let producer = publish.producer.zip(publish.seq);
@@ -105,9 +101,15 @@ impl Node {
         oldest.map(|received_ns| self.now_ns.saturating_sub(received_ns))
     }
 
-    /// Takes a publish's token from topic `t`'s bucket (`publish_rate_per_topic`); false, with
-    /// `overloaded` and the wait answered, when it is empty.
-    fn take_topic_rate(&mut self, conn: ConnId, req: &Option<String>, t: crate::ids::TopicIdx) -> bool {
+    /// Whether topic `t` takes a publish now: an operator may refuse its publishes
+    /// (`unavailable`), and its bucket (`publish_rate_per_topic`) must hold a token
+    /// (`overloaded` with the wait). False once the refusal is answered.
+    fn admit_to_topic(&mut self, conn: ConnId, req: &Option<String>, t: crate::ids::TopicIdx) -> bool {
+        if self.state.topics[t].publishes_refused {
+            let message = format!("publishes to '{}' are refused by an operator for now; retry later", self.state.topics[t].name);
+            self.send_error(conn, req.as_deref(), ErrorCode::Unavailable, &message);
+            return false;
+        }
         let (now_ns, limit) = (self.now_ns, self.config.publish_limit_per_topic());
         let Err(wait_ns) = self.state.topics[t].publish_bucket.take(limit, now_ns) else { return true };
         let retry_after_ms = wait_ns.div_ceil(NS_PER_MS);
