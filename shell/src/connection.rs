@@ -4,6 +4,7 @@
 //! loop decides when each runs.
 
 use crate::handshake::RequestReader;
+use crate::transport::Transport;
 use ferry_core::ConnId;
 use mio::net::TcpStream;
 use std::io;
@@ -25,13 +26,13 @@ const CLOSE_REASON_BYTES_MAX: usize = 123;
 pub enum Socket {
     /// Reading the upgrade request.
     Handshaking {
-        stream: TcpStream,
+        stream: Transport,
         request: RequestReader,
     },
     /// Writing the answer to the upgrade request; then WebSocket starts on `upgrade`, the bytes
     /// the client sent after its request, or (a refusal, `None`) the connection closes.
     Answering {
-        stream: TcpStream,
+        stream: Transport,
         answer: Vec<u8>,
         written: usize,
         upgrade: Option<Vec<u8>>,
@@ -40,7 +41,7 @@ pub enum Socket {
     /// Our last bytes are out and our side is shut down; what the peer still sends is read and
     /// thrown away until it closes too. Closing with unread bytes would send a reset, and a
     /// reset can destroy our last bytes (the close frame) before the peer reads them.
-    Draining(TcpStream),
+    Draining(Transport),
     /// Transient, while the socket changes state.
     Moving,
 }
@@ -48,8 +49,8 @@ pub enum Socket {
 impl Socket {
     pub fn stream(&mut self) -> Option<&mut TcpStream> {
         match self {
-            Socket::Handshaking { stream, .. } | Socket::Answering { stream, .. } | Socket::Draining(stream) => Some(stream),
-            Socket::Open(ws) => Some(&mut ws.get_mut().stream),
+            Socket::Handshaking { stream, .. } | Socket::Answering { stream, .. } | Socket::Draining(stream) => Some(stream.tcp()),
+            Socket::Open(ws) => Some(ws.get_mut().stream.tcp()),
             Socket::Moving => None,
         }
     }
@@ -69,18 +70,24 @@ impl Socket {
                 Err(e) => return Err(e),
             }
         }
-        Ok(true)
+        // Under TLS, the last records may still wait for the socket.
+        match stream.flush() {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }
 
-/// The socket under an open WebSocket, counting the bytes the kernel has taken from it.
+/// The stream under an open WebSocket, counting the bytes it has taken: the kernel's, or under
+/// TLS the plaintext rustls has taken (at most one record more than the kernel has).
 pub struct Metered {
-    pub stream: TcpStream,
+    pub stream: Transport,
     pub written: u64,
 }
 
 impl Metered {
-    pub fn new(stream: TcpStream) -> Metered {
+    pub fn new(stream: Transport) -> Metered {
         Metered { stream, written: 0 }
     }
 }
@@ -274,13 +281,13 @@ fn close_reason(text: &str) -> String {
     text[..end].to_string()
 }
 
-/// Reads and throws away what a closing peer still sends.
-pub fn drain(stream: &mut TcpStream) -> ReadEnd {
+/// Reads and throws away what a closing peer still sends (under TLS, the records unread).
+pub fn drain(stream: &mut Transport) -> ReadEnd {
     use std::io::Read;
     let mut scratch = [0u8; 4096];
     let mut drained = 0;
     while drained < DRAIN_BYTES_PER_TURN_MAX {
-        match stream.read(&mut scratch) {
+        match stream.tcp().read(&mut scratch) {
             Ok(0) => return ReadEnd::Gone,
             Ok(n) => drained += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadEnd::Blocked,
@@ -305,7 +312,7 @@ mod tests {
         let _client = std::net::TcpStream::connect(addr).unwrap();
         let (stream, _) = listener.accept().unwrap();
         stream.set_nonblocking(true).unwrap();
-        let ws = WebSocket::from_raw_socket(Metered::new(TcpStream::from_std(stream)), tungstenite::protocol::Role::Server, None);
+        let ws = WebSocket::from_raw_socket(Metered::new(Transport::Plain(TcpStream::from_std(stream))), tungstenite::protocol::Role::Server, None);
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut conn = Connection::new(ConnId(1), Socket::Open(ws), t0);
@@ -330,7 +337,7 @@ mod tests {
         let (stream, _) = listener.accept().unwrap();
         stream.set_nonblocking(true).unwrap();
         let config = tungstenite::protocol::WebSocketConfig::default().write_buffer_size(1 << 20);
-        let ws = WebSocket::from_raw_socket(Metered::new(TcpStream::from_std(stream)), tungstenite::protocol::Role::Server, Some(config));
+        let ws = WebSocket::from_raw_socket(Metered::new(Transport::Plain(TcpStream::from_std(stream))), tungstenite::protocol::Role::Server, Some(config));
         let mut conn = Connection::new(ConnId(1), Socket::Open(ws), Instant::now());
         // Every length class of the frame header: 7-bit, 16-bit and 64-bit payload lengths.
         let sizes = [0usize, 125, 126, 65_535, 65_536, 200_000];

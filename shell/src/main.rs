@@ -12,6 +12,8 @@ mod metrics;
 mod peers;
 mod server;
 mod store;
+mod tls;
+mod transport;
 
 use clap::{Parser, Subcommand};
 use ferry_core::Config;
@@ -89,6 +91,7 @@ struct ServeSettings {
     log_level: String,
     log_format: String,
     config: Config,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 fn toml_value(text: &str) -> toml::Value {
@@ -139,6 +142,8 @@ fn load_settings(args: &ServeArgs) -> Result<ServeSettings, String> {
     let data_dir = PathBuf::from(take_string(&mut table, "data_dir", DEFAULT_DATA_DIR)?);
     let log_level = take_string(&mut table, "log_level", "info")?;
     let log_format = take_string(&mut table, "log_format", "text")?;
+    let tls_files =
+        tls::TlsFiles { cert: take_string(&mut table, "tls_cert", "")?, key: take_string(&mut table, "tls_key", "")?, client_ca: take_string(&mut table, "tls_client_ca", "")? };
     let mut config: Config = toml::Value::Table(table).try_into().map_err(|e| format!("config: {e}"))?;
     if !config.jwt_public_key_file.is_empty() {
         let path = &config.jwt_public_key_file;
@@ -146,7 +151,8 @@ fn load_settings(args: &ServeArgs) -> Result<ServeSettings, String> {
     }
     config.validate().map_err(|e| format!("config: {e}"))?;
     config.rng_seed = process_seed(config.node_id);
-    Ok(ServeSettings { listen, data_dir, log_level, log_format, config })
+    let tls = tls_files.server_config()?;
+    Ok(ServeSettings { listen, data_dir, log_level, log_format, config, tls })
 }
 
 /// The node's randomness (raft's tick jitter, reconnect backoff): different per process and
@@ -177,7 +183,7 @@ fn main() -> ExitCode {
 fn serve(args: &ServeArgs) -> Result<(), String> {
     let settings = load_settings(args)?;
     let _flushed_at_exit = log::init(&settings.log_level, &settings.log_format)?;
-    let options = server::ServerOptions { listen: settings.listen, data_dir: settings.data_dir, config: settings.config };
+    let options = server::ServerOptions { listen: settings.listen, data_dir: settings.data_dir, config: settings.config, tls: settings.tls };
     server::run(options).map_err(|e| e.to_string())
 }
 

@@ -9,6 +9,7 @@ use crate::http;
 use crate::log::Throttle;
 use crate::peers::{Arrived, Peers, PEER_LISTENER, PEER_TOKEN_BASE};
 use crate::store::{Completion, Store};
+use crate::transport::{self, Transport};
 use ferry_core::admission::Admission;
 use ferry_core::node::{Input, Output, Rejection, Trace};
 use ferry_core::{Config, ConnId, Host};
@@ -39,6 +40,8 @@ pub struct ServerOptions {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub config: Config,
+    /// TLS for the client listener (`tls_cert`, `tls_key`), loaded at start.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 /// Time for the core: nanoseconds since the Unix epoch, but monotonic (wall clock read once).
@@ -69,6 +72,8 @@ struct Server {
     by_id: HashMap<ConnId, usize>,
     next_conn_id: ConnId,
     ws_config: WebSocketConfig,
+    /// Set when the client listener speaks TLS.
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     connections_max: usize,
     /// Per source address: connections open and their rate.
     ip_admission: Admission<std::net::IpAddr>,
@@ -133,8 +138,9 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
     // connecting meanwhile wait in the backlog until the loop starts).
     let mut listener = TcpListener::bind(options.listen).map_err(|e| io::Error::other(format!("cannot listen on {}: {e}", options.listen)))?;
     let local = listener.local_addr()?;
+    let (ws_scheme, http_scheme) = if options.tls.is_some() { ("wss", "https") } else { ("ws", "http") };
     if config.advertise_url.is_empty() {
-        config.advertise_url = format!("ws://{local}/ws");
+        config.advertise_url = format!("{ws_scheme}://{local}/ws");
     }
     let started = Instant::now();
     let (store, node, report) = Store::open(&options.data_dir, config.clone(), clock.now()).map_err(|e| io::Error::other(format!("cannot start: {e}")))?;
@@ -142,7 +148,7 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
     let poll = Poll::new()?;
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     let peers = Peers::open(&config, poll.registry(), config.rng_seed)?;
-    tracing::info!("listening on ws://{local}/ws (fsync {:?}); console at http://{local}/", config.fsync);
+    tracing::info!("listening on {ws_scheme}://{local}/ws (fsync {:?}); console at {http_scheme}://{local}/", config.fsync);
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(4 << 10)
         .write_buffer_size(32 << 10)
@@ -160,6 +166,7 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
         by_id: HashMap::new(),
         next_conn_id: ConnId(1),
         ws_config,
+        tls: options.tls,
         connections_max: config.connections_max as usize,
         ip_admission: Admission::new(config.connections_per_ip_max, ferry_core::bucket::Limit { rate_per_s: config.connection_rate_per_ip, burst: config.connection_burst_per_ip }),
         handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
@@ -383,9 +390,20 @@ impl Server {
             }
             return;
         }
+        let stream = match Transport::accepted(stream, self.tls.as_ref()) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!("cannot start TLS for a connection: {e}");
+                if let Some(addr) = peer {
+                    self.ip_admission.release(self.clock.now(), addr.ip());
+                }
+                return;
+            }
+        };
         let id = self.next_conn_id;
         self.next_conn_id.0 += 1;
-        // The request is read on the readable event, which comes at once if it is already here.
+        // The request is read on the readable event, which comes at once if it is already here
+        // (under TLS, the handshake advances on those events first).
         let socket = Socket::Handshaking { stream, request: RequestReader::default() };
         entry.insert(Connection::new(id, socket, Instant::now())).peer = peer;
         self.by_id.insert(id, key);
@@ -414,11 +432,22 @@ impl Server {
                 }
                 Ok(Verdict::Http { method, path, query, bearer, host, origin }) => {
                     conn.closing_since = Some(Instant::now());
-                    let from_loopback = stream.peer_addr().is_ok_and(|addr| addr.ip().is_loopback());
+                    let from_loopback = stream.tcp().peer_addr().is_ok_and(|addr| addr.ip().is_loopback());
                     let request = http::Request::new(method, path, &query, http::Access { from_loopback, bearer, host, origin });
                     (self.answer_http(&request), None)
                 }
-                Err(_) => {
+                Err(e) if transport::is_plain_on_tls(&e) => {
+                    // Said in plain HTTP, the one language such a client reads.
+                    tracing::debug!("connection {}: plain HTTP on the TLS port; answering 400", conn.id);
+                    conn.closing_since = Some(Instant::now());
+                    let Socket::Handshaking { stream, .. } = std::mem::replace(&mut conn.socket, Socket::Moving) else { unreachable!() };
+                    conn.socket = Socket::Handshaking { stream: stream.into_plain(), request: RequestReader::default() };
+                    (handshake::refusal(400, &[], "this port speaks TLS: use wss:// or https://"), None)
+                }
+                Err(e) => {
+                    if e.kind() == io::ErrorKind::InvalidData {
+                        tracing::debug!("connection {}: TLS failed: {e}", conn.id);
+                    }
                     self.to_drop.push(key);
                     return;
                 }
@@ -545,11 +574,11 @@ impl Server {
     }
 
     /// Our last bytes are out: shut our side, and drain until the peer closes its own.
-    fn start_draining(&mut self, key: usize, mut stream: TcpStream) {
+    fn start_draining(&mut self, key: usize, mut stream: Transport) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         self.outbox_total -= std::mem::take(&mut conn.counted);
-        let _ = stream.shutdown(std::net::Shutdown::Write);
-        let _ = self.poll.registry().reregister(&mut stream, Token(key), Interest::READABLE);
+        stream.shutdown_write();
+        let _ = self.poll.registry().reregister(stream.tcp(), Token(key), Interest::READABLE);
         conn.wants_writable = false;
         conn.socket = Socket::Draining(stream);
         // Readable events were ignored while the close frame was flushed.
@@ -730,9 +759,23 @@ impl Server {
         keys.dedup();
         for key in keys {
             let Some(conn) = self.conns.get_mut(key) else { continue };
-            if matches!(conn.socket, Socket::Answering { .. }) {
-                self.write_answer(key);
-                continue;
+            match &mut conn.socket {
+                Socket::Answering { .. } => {
+                    self.write_answer(key);
+                    continue;
+                }
+                // A TLS handshake's records the socket did not take while reading.
+                Socket::Handshaking { stream, .. } => {
+                    match io::Write::flush(stream) {
+                        Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
+                            tracing::debug!("connection {}: {e}", conn.id);
+                            self.to_drop.push(key);
+                        }
+                        _ => {}
+                    }
+                    continue;
+                }
+                _ => {}
             }
             let Socket::Open(ws) = &mut conn.socket else { continue };
             match ws.flush() {
@@ -744,14 +787,14 @@ impl Server {
                     }
                     if conn.wants_writable {
                         conn.wants_writable = false;
-                        let _ = self.poll.registry().reregister(&mut ws.get_mut().stream, Token(key), Interest::READABLE);
+                        let _ = self.poll.registry().reregister(ws.get_mut().stream.tcp(), Token(key), Interest::READABLE);
                     }
                     conn.flushed();
                 }
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     if !conn.wants_writable {
                         conn.wants_writable = true;
-                        let _ = self.poll.registry().reregister(&mut ws.get_mut().stream, Token(key), Interest::READABLE | Interest::WRITABLE);
+                        let _ = self.poll.registry().reregister(ws.get_mut().stream.tcp(), Token(key), Interest::READABLE | Interest::WRITABLE);
                     }
                 }
                 Err(_) => {

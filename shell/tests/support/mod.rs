@@ -64,7 +64,7 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                let listening = line.split("listening on ws://").nth(1).map(|rest| rest.split('/').next().unwrap_or_default().to_string());
+                let listening = line.split("listening on ").nth(1).and_then(|rest| rest.split("://").nth(1)).map(|rest| rest.split('/').next().unwrap_or_default().to_string());
                 // Logged before it is announced: a test that started the server finds the line.
                 log_writer.lock().unwrap().push(line);
                 if let Some(addr) = listening {
