@@ -3,6 +3,7 @@
 //! use low: it shares the machine with the server.
 
 use crate::report::{self, percentiles, timed_body, Progress, Report};
+use crate::stream::Stream;
 use crate::Args;
 use serde_json::json;
 use std::io::ErrorKind;
@@ -10,23 +11,19 @@ use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
-use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
-type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
+type Socket = WebSocket<Stream>;
 
 /// Acks are sent in frames of up to this many ids, or when the socket goes quiet.
 const ACK_BATCH: usize = 64;
 
 fn tcp(ws: &Socket) -> &TcpStream {
-    match ws.get_ref() {
-        MaybeTlsStream::Plain(s) => s,
-        _ => unreachable!("ferry-bench speaks plain ws://"),
-    }
+    ws.get_ref().tcp()
 }
 
 fn connect(url: &str) -> Result<Socket, String> {
-    let (mut ws, _) = tungstenite::connect(url).map_err(|e| format!("connect {url}: {e}"))?;
+    let (mut ws, _) = tungstenite::client::client(url, Stream::connect(url)?).map_err(|e| format!("connect {url}: {e}"))?;
     tcp(&ws).set_nodelay(true).map_err(|e| e.to_string())?;
     let welcome = read_text(&mut ws)?;
     if !welcome.contains("\"welcome\"") {
@@ -41,8 +38,8 @@ fn connect(url: &str) -> Result<Socket, String> {
 
 /// A connection for the scale run: small buffers (it holds many), optionally from `source`.
 fn connect_idle(url: &str, source: Option<&str>) -> Result<Socket, String> {
-    let target = url.trim_start_matches("ws://").split('/').next().unwrap_or_default();
-    let target: std::net::SocketAddr = target.parse().map_err(|e| format!("{target}: {e}"))?;
+    let authority = url.split_once("://").map_or(url, |(_, rest)| rest).split('/').next().unwrap_or_default();
+    let target: std::net::SocketAddr = authority.parse().map_err(|e| format!("{authority}: {e}"))?;
     let stream = match source {
         None => TcpStream::connect(target).map_err(|e| format!("connect {target}: {e}"))?,
         Some(source) => connect_from(source, target)?,
@@ -51,7 +48,8 @@ fn connect_idle(url: &str, source: Option<&str>) -> Result<Socket, String> {
     // A server out of descriptors leaves connections unanswered in its backlog: do not hang.
     stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
     let config = tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
-    let (mut ws, _) = tungstenite::client::client_with_config(url, MaybeTlsStream::Plain(stream), Some(config)).map_err(|e| format!("handshake: {e}"))?;
+    let stream = Stream::over(stream, url.starts_with("wss://").then_some(authority))?;
+    let (mut ws, _) = tungstenite::client::client_with_config(url, stream, Some(config)).map_err(|e| format!("handshake: {e}"))?;
     let welcome = read_text(&mut ws)?;
     if !welcome.contains("\"welcome\"") {
         return Err(format!("expected welcome, got {welcome}"));

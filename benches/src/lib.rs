@@ -5,6 +5,7 @@ pub mod ferry_adapter;
 pub mod peers;
 pub mod probe;
 pub mod report;
+pub mod stream;
 
 use clap::ValueEnum;
 
