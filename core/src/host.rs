@@ -468,11 +468,13 @@ impl Host {
     }
 
     /// Takes `op`'s token from its connection's bucket (publishes and other ops apart; `hello`
-    /// and `ping` are free): the setting and the ns until one is there, if it is empty.
+    /// and `ping` are free, and so are `ack` and `nack`: they settle what the server sent, and
+    /// refusing one would only bring redeliveries, more load): the setting and the ns until
+    /// one is there, if it is empty.
     fn take_rate(&mut self, now_ns: u64, conn: ConnId, op: &ClientOp) -> Result<(), (&'static str, u64)> {
         let Some(session) = self.conns.get_mut(&conn) else { return Ok(()) };
         match op {
-            ClientOp::Hello { .. } | ClientOp::Ping { .. } => Ok(()),
+            ClientOp::Hello { .. } | ClientOp::Ping { .. } | ClientOp::Ack { .. } | ClientOp::Nack { .. } => Ok(()),
             ClientOp::Pub { .. } => session.publishes.take(self.config.publish_limit_per_connection(), now_ns).map_err(|wait| ("publish_rate_per_connection", wait)),
             _ => session.ops.take(self.config.op_limit_per_connection(), now_ns).map_err(|wait| ("op_rate_per_connection", wait)),
         }

@@ -41,6 +41,21 @@ fn other_ops_have_their_own_rate() {
     assert_eq!((refused[0]["code"].clone(), refused[0]["retry_after_ms"].clone()), (json!("overloaded"), json!(1000)), "{refused:?}");
     h.send_json(S, json!({"op": "ping", "req": 9}));
     assert_eq!(h.take_op(S, "pong").len(), 1, "ping is not rate limited");
+    // Settlements are free: a consumer over its op rate can still ack what it was sent.
+    h.send_json(S, json!({"op": "sub", "req": 10, "topic": "t", "group": "g", "from": "earliest"}));
+    assert_eq!(h.take_op(S, "error").len(), 1, "sub counts against the op rate");
+    h.advance_ms(1_000);
+    h.send_json(S, json!({"op": "sub", "req": 11, "topic": "t", "group": "g", "from": "earliest"}));
+    let delivered = h.take_op(S, "msg");
+    assert_eq!(delivered.len(), 1, "the one token went to sub");
+    h.send_json(S, json!({"op": "nack", "topic": "t", "group": "g", "ids": [delivered[0]["id"]]}));
+    let redelivered = h.take_op(S, "msg");
+    assert_eq!(redelivered.len(), 1, "the nack took effect: {redelivered:?}");
+    h.send_json(S, json!({"op": "ack", "topic": "t", "group": "g", "ids": [redelivered[0]["id"]]}));
+    let refused = h.take_op(S, "error");
+    assert!(refused.is_empty(), "ack and nack are not refused for rate: {refused:?}");
+    let in_flight = h.node.topics_view().iter().find(|t| t.name == "t").and_then(|t| t.groups.iter().find(|g| g.name == "g").map(|g| g.in_flight));
+    assert_eq!(in_flight, Some(0), "the ack settled it");
     assert_eq!(send_pub(&mut h, S, 4, "t")["op"], json!("puback"), "publishes are counted apart");
 }
 
