@@ -84,10 +84,14 @@ pub enum TestBug {
     RedeliveryUncounted,
     /// Check read rights at `sub` only, not at `pull` or `fetch`.
     ReadRightsCheckedAtSubOnly,
+    /// Keep serving a connection past its token's `exp`.
+    TokenExpiryIgnored,
+    /// Answer an op over its rate with `overloaded` but without the op's `req`.
+    RefusalWithoutReq,
 }
 
 impl TestBug {
-    pub const ALL: [TestBug; 21] = [
+    pub const ALL: [TestBug; 23] = [
         TestBug::PubackBeforeDurable,
         TestBug::ExpiryCountsAsAck,
         TestBug::DeadLetterOneAttemptLate,
@@ -109,6 +113,8 @@ impl TestBug {
         TestBug::FollowerDeliversUncommitted,
         TestBug::RedeliveryUncounted,
         TestBug::ReadRightsCheckedAtSubOnly,
+        TestBug::TokenExpiryIgnored,
+        TestBug::RefusalWithoutReq,
     ];
 
     pub fn name(self) -> String {

@@ -292,7 +292,8 @@ impl Host {
             }
             self.expiries.pop_first();
             // A later hello may have brought a token that lasts longer: only its own expiry counts.
-            if self.conns.get(&conn).is_some_and(|session| session.expires_at_ns == Some(at)) {
+            let ignored = self.config.test_bug == Some(TestBug::TokenExpiryIgnored);
+            if !ignored && self.conns.get(&conn).is_some_and(|session| session.expires_at_ns == Some(at)) {
                 self.close_for_policy(now_ns, conn, "the token expired: connect again with a fresh one, or send a hello with it before exp".into());
             }
         }
@@ -418,7 +419,8 @@ impl Host {
         if let Err((setting, wait_ns)) = self.take_rate(now_ns, conn, &op) {
             let retry_after_ms = wait_ns.div_ceil(NS_PER_MS);
             let message = format!("over {setting}: retry in {retry_after_ms} ms");
-            return self.send_error_retry(conn, req_of(&op).as_deref(), ErrorCode::Overloaded, &message, Some(retry_after_ms));
+            let req = req_of(&op).filter(|_| self.config.test_bug != Some(TestBug::RefusalWithoutReq));
+            return self.send_error_retry(conn, req.as_deref(), ErrorCode::Overloaded, &message, Some(retry_after_ms));
         }
         match op {
             ClientOp::Hello { token } => self.on_hello(conn, token),

@@ -11,6 +11,50 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub const MS: u64 = 1_000_000;
 
+/// Every answer names a request its client sent on that connection and has not had answered:
+/// a refused op (`forbidden`, `unauthorized`, `overloaded`, …) gets its error on its own `req`.
+pub const INV_OWN_REQ: &str = "answers-on-own-req";
+
+/// Requests sent on the current connection and not yet answered, by `req`.
+#[derive(Default)]
+struct Requests(BTreeMap<String, u32>);
+
+impl Requests {
+    fn sent(&mut self, req: &Value) {
+        *self.0.entry(req.to_string()).or_default() += 1;
+    }
+
+    /// Checks a frame from the node: an answer (one with a `req`, or any error) must name a
+    /// request still unanswered, which it answers. Some ops (`unsub`) have no answer but an
+    /// error: theirs stay counted until the connection ends.
+    fn check(&mut self, who: &str, frame: &Value, checker: &mut Checker) {
+        if frame.get("req").is_none() && frame["op"] != "error" {
+            return;
+        }
+        let req = frame["req"].to_string();
+        match self.0.get_mut(&req) {
+            Some(count) => {
+                *count -= 1;
+                if *count == 0 {
+                    self.0.remove(&req);
+                }
+            }
+            None => checker.violation(INV_OWN_REQ, format!("{who} got {frame}, which answers no request of its own")),
+        }
+    }
+
+    /// The connection ended: its answers died with it.
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// When to try again after `overloaded`: the node's `retry_after_ms`, else a short while.
+fn retry_at(frame: &Value, ctx: &mut Ctx<'_>) -> u64 {
+    let wait_ms = frame["retry_after_ms"].as_u64().unwrap_or_else(|| ctx.rng.gen_range(50..300));
+    ctx.now + wait_ms * MS
+}
+
 pub enum Action {
     Connect,
     /// Close the client's connection (to connect again, possibly to another node).
@@ -64,6 +108,7 @@ pub struct Publisher {
     puback_timeout: u64,
     /// Chance that a fresh publish is sent twice at once (the same `producer` and `seq`).
     pub duplicate_chance: f64,
+    requests: Requests,
 }
 
 impl Publisher {
@@ -81,6 +126,7 @@ impl Publisher {
             link: Link::Down,
             puback_timeout: 3_000 * MS,
             duplicate_chance: 0.0,
+            requests: Requests::default(),
         }
     }
 
@@ -118,8 +164,10 @@ impl Publisher {
             }
             ctx.checker.publish_sent(&self.producer, seq, key.as_deref(), ctx.now);
             if fresh && self.duplicate_chance > 0.0 && ctx.rng.gen_bool(self.duplicate_chance) {
+                self.requests.sent(&frame["req"]);
                 ctx.send(frame.clone());
             }
+            self.requests.sent(&frame["req"]);
             ctx.send(frame);
             self.in_flight.insert(seq, ctx.now);
         }
@@ -135,12 +183,14 @@ impl Publisher {
 
     pub fn on_disconnected(&mut self, ctx: &mut Ctx<'_>) {
         self.link = Link::Down;
+        self.requests.clear();
         self.retry.extend(std::mem::take(&mut self.in_flight).into_keys());
         let backoff = ctx.rng.gen_range(10..300) * MS;
         ctx.actions.push(Action::WakeAt(ctx.now + backoff));
     }
 
     pub fn on_frame(&mut self, frame: &Value, ctx: &mut Ctx<'_>) {
+        self.requests.check(&self.producer, frame, ctx.checker);
         let seq = frame["req"].as_u64();
         match (frame["op"].as_str(), seq) {
             (Some("welcome"), _) => {}
@@ -156,8 +206,11 @@ impl Publisher {
                 if self.in_flight.remove(&seq).is_some() {
                     self.retry.insert(seq);
                 }
-                ctx.actions.push(Action::WakeAt(ctx.now + ctx.rng.gen_range(50..300) * MS));
+                let at = retry_at(frame, ctx);
+                ctx.actions.push(Action::WakeAt(at));
             }
+            // Refused without naming its publish: `requests` reported it.
+            (Some("error"), None) => {}
             // In a cluster: this node cannot take it (not the leader); another one may.
             (Some("error"), Some(seq)) if frame["code"] == "unavailable" => {
                 if self.in_flight.remove(&seq).is_some() {
@@ -221,6 +274,7 @@ pub struct Subscriber {
     fetching: BTreeMap<u64, (u64, u64, u64)>,
     /// Ranges whose fetch was refused as `overloaded`: asked again on the next wake-up.
     fetch_later: Vec<(u64, u64)>,
+    requests: Requests,
 }
 
 impl Subscriber {
@@ -249,6 +303,7 @@ impl Subscriber {
             fetches: 0,
             fetching: BTreeMap::new(),
             fetch_later: Vec::new(),
+            requests: Requests::default(),
         }
     }
 
@@ -291,12 +346,23 @@ impl Subscriber {
         if let Some(prefix) = &self.filter {
             sub["filter"] = json!({"key_prefix": prefix});
         }
-        ctx.send(sub);
+        self.send(sub, ctx);
     }
 
     fn pull(&mut self, ctx: &mut Ctx<'_>) {
         let wait_ms = self.pull_wait_ms.unwrap_or(0);
-        ctx.send(json!({"op": "pull", "req": "p", "topic": self.topic, "group": self.group, "max": self.window, "wait_ms": wait_ms}));
+        self.send(json!({"op": "pull", "req": "p", "topic": self.topic, "group": self.group, "max": self.window, "wait_ms": wait_ms}), ctx);
+    }
+
+    fn unsub(&mut self, ctx: &mut Ctx<'_>) {
+        self.send(json!({"op": "unsub", "req": "u", "topic": self.topic, "group": self.group}), ctx);
+    }
+
+    fn send(&mut self, frame: Value, ctx: &mut Ctx<'_>) {
+        if let Some(req) = frame.get("req") {
+            self.requests.sent(req);
+        }
+        ctx.send(frame);
     }
 
     pub fn on_disconnected(&mut self, ctx: &mut Ctx<'_>) {
@@ -305,12 +371,14 @@ impl Subscriber {
         self.unacked.clear();
         self.resub_at = None;
         // Replies to these died with the connection; like the acks, the repairs are given up.
+        self.requests.clear();
         self.fetching.clear();
         self.fetch_later.clear();
         ctx.actions.push(Action::WakeAt(ctx.now + ctx.rng.gen_range(10..300) * MS));
     }
 
     pub fn on_frame(&mut self, frame: &Value, ctx: &mut Ctx<'_>) {
+        self.requests.check(&self.name, frame, ctx.checker);
         match frame["op"].as_str() {
             Some("welcome") => {}
             Some("suback") => {
@@ -319,7 +387,7 @@ impl Subscriber {
                 self.unacked.clear();
                 if self.pull_wait_ms.is_some() {
                     // From now on this member receives by pull only; in flight goes to others.
-                    ctx.send(json!({"op": "unsub", "req": "u", "topic": self.topic, "group": self.group}));
+                    self.unsub(ctx);
                     self.pull(ctx);
                 }
             }
@@ -327,6 +395,14 @@ impl Subscriber {
             Some("error") if frame["code"] == "unavailable" => ctx.actions.push(Action::Disconnect),
             // An unsub can overtake the sub it follows (the sub waits for the disk): harmless.
             Some("error") if frame["req"] == "u" && frame["code"] == "not_subscribed" => {}
+            // Over the op rate: join (or pull) again when the node says; an unsub refused
+            // leaves the member in its group, which only means more deliveries.
+            Some("error") if frame["code"] == "overloaded" && (frame["req"] == "s" || frame["req"] == "p") => {
+                let at = retry_at(frame, ctx);
+                self.resub_at = Some(self.resub_at.map_or(at, |earlier| earlier.min(at)));
+                ctx.actions.push(Action::WakeAt(at));
+            }
+            Some("error") if frame["code"] == "overloaded" && frame["req"] == "u" => {}
             // Too many fetches wait for the disk on this connection: ask again a little later.
             Some("error") if frame["code"] == "overloaded" && frame["req"].as_u64().is_some_and(|req| self.fetching.contains_key(&req)) => {
                 let (from, to, _) = self.fetching.remove(&frame["req"].as_u64().unwrap_or_default()).unwrap_or_default();
@@ -343,7 +419,7 @@ impl Subscriber {
     fn fetch(&mut self, from: u64, to: u64, ctx: &mut Ctx<'_>) {
         self.fetches += 1;
         self.fetching.insert(self.fetches, (from, to, ctx.now));
-        ctx.send(json!({"op": "fetch", "req": self.fetches, "topic": self.topic, "from": from, "to": to}));
+        self.send(json!({"op": "fetch", "req": self.fetches, "topic": self.topic, "from": from, "to": to}), ctx);
     }
 
     /// A `fetched` may end before `to` (cut at the frame size limit or `fetch_messages_max`):
@@ -387,7 +463,7 @@ impl Subscriber {
             if first_time && self.resub_at.is_none() && (self.processed.len() as u64).is_multiple_of(every) {
                 // Leave; what is still in flight goes to the other members. Acks may follow.
                 self.unacked.clear();
-                ctx.send(json!({"op": "unsub", "req": "u", "topic": self.topic, "group": self.group}));
+                self.unsub(ctx);
                 let at = ctx.now + ctx.rng.gen_range(10..500) * MS;
                 self.resub_at = Some(at);
                 ctx.actions.push(Action::WakeAt(at));

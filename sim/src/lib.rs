@@ -4,6 +4,7 @@
 pub mod checker;
 pub mod clients;
 pub mod disk;
+pub mod identity;
 pub mod misuse;
 pub mod world;
 

@@ -74,6 +74,8 @@ pub struct Misbehaver {
     pub tokens_required: bool,
     /// It says hello as the limited user and probes topics outside its rights.
     pub limited: bool,
+    /// Ops are rate limited: any op that counts against a rate may get `overloaded` instead.
+    pub rate_limited: bool,
     link: Link,
     expect: Option<Expect>,
     sent: u64,
@@ -82,7 +84,7 @@ pub struct Misbehaver {
 
 impl Misbehaver {
     pub fn new(name: String, total: u64) -> Misbehaver {
-        Misbehaver { name, cluster: false, tokens_required: false, limited: false, link: Link::Down, expect: None, sent: 0, total }
+        Misbehaver { name, cluster: false, tokens_required: false, limited: false, rate_limited: false, link: Link::Down, expect: None, sent: 0, total }
     }
 
     /// Waiting for a reply on a live connection.
@@ -135,7 +137,9 @@ impl Misbehaver {
                 let (misuse, codes) = misuse(*which, self.limited);
                 let code = frame["code"].as_str().unwrap_or_default();
                 let not_leading = self.cluster && code == "unavailable" && misuse.contains(r#""op":"fetch""#);
-                if !codes.contains(&code) && !not_leading {
+                // Rates are checked once an op has decoded and passed its rights check.
+                let over_rate = self.rate_limited && code == "overloaded" && ["pub", "sub", "pull", "fetch", "unsub"].iter().any(|op| misuse.contains(&format!(r#""op":"{op}""#)));
+                if !codes.contains(&code) && !not_leading && !over_rate {
                     ctx.checker.violation(INV_ERRORS, format!("{} sent {misuse} and got {frame}, not one of {codes:?}", self.name));
                 }
                 self.expect = Some(Expect::Pong);

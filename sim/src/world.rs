@@ -4,6 +4,7 @@
 
 use crate::checker::{self, Checker};
 use crate::clients::{AckStyle, Action, Client, Ctx, Publisher, Subscriber, MS};
+use crate::identity::Identities;
 use crate::misuse::Misbehaver;
 use crate::{FaultKind, Options, SeedReport};
 use ferry_core::node::{DiskError, Input};
@@ -162,6 +163,10 @@ enum Event {
         node: usize,
         peer: usize,
     },
+    /// Time to send a `hello` with a fresh token on this connection, before its token expires.
+    TokenRefresh {
+        conn: ConnId,
+    },
 }
 
 struct Conn {
@@ -170,6 +175,8 @@ struct Conn {
     node: usize,
     to_node_at: u64,
     to_client_at: u64,
+    /// The `exp` (ns) of the JWT in force on it at the node: of the last `hello` that arrived.
+    token_exp: Option<u64>,
 }
 
 /// FNV-1a over everything that happens: equal hashes mean equal runs.
@@ -218,6 +225,22 @@ pub struct World {
     /// What the nodes' processes counted (their `Stats`, as `/metrics` exports them) before
     /// they died: a process's counters start again at 0.
     counted_before_crashes: ferry_core::Stats,
+    identities: Identities,
+}
+
+/// Rate limits on every ninth seed (from the seed, so every seed keeps its draws): publishes
+/// and other ops per connection, publishes per topic, low enough that clients hit them.
+fn rate_limits_for_seed(seed: u64, config: &mut Config) {
+    if seed % 9 != 4 {
+        return;
+    }
+    let step = seed / 9;
+    config.publish_rate_per_connection = 200 + step % 8 * 100;
+    config.publish_burst_per_connection = 5 + step % 5 * 5;
+    config.op_rate_per_connection = 20 + step % 4 * 20;
+    config.op_burst_per_connection = 5 + step % 3 * 5;
+    config.publish_rate_per_topic = 2 * config.publish_rate_per_connection;
+    config.publish_burst_per_topic = 4 * config.publish_burst_per_connection;
 }
 
 impl World {
@@ -242,11 +265,6 @@ impl World {
             // Bodies and keys are about 50 bytes: a byte window of 1 to 80 of them binds as often as `window`.
             window_bytes_max: rng.gen_range(64..4_096),
             test_bug: options.bug,
-            // Taken from the seed, not the rng, so every seed keeps its draws.
-            tokens: if options.seed.is_multiple_of(5) { vec!["sim-token".into()] } else { Vec::new() },
-            // With tokens, a user with rights on topics no other client uses: the misbehaving
-            // client says hello with it and probes the others' topics (`misuse`).
-            users: if options.seed.is_multiple_of(5) { vec![crate::misuse::limited_user()] } else { Vec::new() },
             // Small, so that gap repairs are cut and subscribers must ask again from the last
             // id + 1 (taken from the seed, not the rng, so every seed keeps its draws).
             fetch_messages_max: 1 + (options.seed % 3) as u32,
@@ -263,6 +281,8 @@ impl World {
             shards: if nodes::peers_for(options.seed).is_empty() { 1 } else { 1 + (options.seed / 12 % 3) as u32 },
             ..Config::default()
         };
+        let identities = Identities::for_seed(options.seed, &mut config);
+        rate_limits_for_seed(options.seed, &mut config);
         if !config.peers.is_empty() && options.seed % 7 == 3 {
             // Clusters deleting by age roll small segments, so that retention deletes entries
             // a node down meanwhile lacks and it must take the leader's state (from the seed,
@@ -322,6 +342,7 @@ impl World {
             misbehaver.tokens_required = !config.tokens.is_empty();
             misbehaver.limited = !config.users.is_empty();
             misbehaver.cluster = !config.peers.is_empty();
+            misbehaver.rate_limited = config.op_rate_per_connection > 0 || config.publish_rate_per_connection > 0;
             clients.push(Client::Misbehaver(misbehaver));
         }
         for p in 0..swarm.publishers {
@@ -377,6 +398,7 @@ impl World {
             hash: TraceHash(0xcbf2_9ce4_8422_2325),
             faults: BTreeMap::new(),
             counted_before_crashes: ferry_core::Stats::default(),
+            identities,
             steps: 0,
             bitflipped: false,
             congested: BTreeSet::new(),
@@ -564,15 +586,13 @@ impl World {
                 if !alive {
                     return self.with_client(client, |c, ctx| c.on_disconnected(ctx));
                 }
-                self.conns.insert(conn, Conn { client, node, to_node_at: 0, to_client_at: 0 });
+                self.conns.insert(conn, Conn { client, node, to_node_at: 0, to_client_at: 0, token_exp: None });
                 self.client_conn[client] = Some(conn);
                 self.trace(|| format!("conn {conn} open for client {client}"));
                 self.node_input(node, Input::Connected { conn });
-                // With tokens configured, every client says hello first (frames keep their order);
-                // a limited misbehaver with its user's token.
-                let limited = matches!(&self.clients[client], Client::Misbehaver(m) if m.limited);
-                let token = if limited { Some(crate::misuse::LIMITED_TOKEN.to_string()) } else { self.config.tokens.first().cloned() };
-                let hello = token.map(|token| serde_json::json!({"op": "hello", "token": token}).to_string());
+                // With identities configured, every client says hello first (frames keep their
+                // order); a limited misbehaver with its user's token.
+                let hello = self.hello_on(conn);
                 self.with_client(client, |c, ctx| {
                     if let Some(hello) = hello {
                         ctx.actions.push(Action::Send(hello));
@@ -582,7 +602,10 @@ impl World {
             }
             Event::ConnFail { client } => self.with_client(client, |c, ctx| c.on_disconnected(ctx)),
             Event::ToNode { conn, text } => {
-                if self.conns.contains_key(&conn) {
+                if let Some(state) = self.conns.get_mut(&conn) {
+                    if let Some(exp) = self.identities.arrived(&text) {
+                        state.token_exp = Some(exp);
+                    }
                     self.hash.mix(text.as_bytes());
                     self.trace(|| format!("conn {conn} -> node {text}"));
                     self.observe_ack(&text);
@@ -642,7 +665,28 @@ impl World {
                 }
             }
             Event::PeerCongestionEnd { node, peer } => self.node_input(node, Input::PeerCongested { node: peer as u64 + 1, congested: false }),
+            Event::TokenRefresh { conn } => {
+                let Some(client) = self.conns.get(&conn).map(|c| c.client) else { return };
+                if let Some(hello) = self.hello_on(conn) {
+                    self.trace(|| format!("conn {conn}: refreshing its token"));
+                    self.with_client(client, |_, ctx| ctx.actions.push(Action::Send(hello)));
+                }
+            }
         }
+    }
+
+    /// The `hello` client `conn` says (on opening, or to refresh its token). A JWT is refreshed
+    /// a little before it expires on three connections in four; on the others it runs out and
+    /// the node must close the connection at its `exp`.
+    fn hello_on(&mut self, conn: ConnId) -> Option<String> {
+        let client = self.conns.get(&conn)?.client;
+        let limited = matches!(&self.clients[client], Client::Misbehaver(m) if m.limited);
+        let (hello, exp) = self.identities.hello(limited, self.now)?;
+        if let Some(exp) = exp.filter(|_| self.rng.gen_bool(0.75)) {
+            let early = self.rng.gen_range(100..800) * MS;
+            self.schedule(exp.saturating_sub(early).max(self.now), Event::TokenRefresh { conn });
+        }
+        Some(hello)
     }
 
     fn with_client(&mut self, client: usize, f: impl FnOnce(&mut Client, &mut Ctx<'_>)) {

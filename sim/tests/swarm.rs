@@ -92,6 +92,8 @@ fn expected_invariants(bug: TestBug) -> &'static [&'static str] {
         TestBug::UnknownOpAsBadFrame | TestBug::WrongTokenAccepted => &[ferry_sim::misuse::INV_ERRORS],
         TestBug::RedeliveryUncounted => &[INV_COUNTERS],
         TestBug::ReadRightsCheckedAtSubOnly => &[ferry_sim::misuse::INV_RIGHTS],
+        TestBug::TokenExpiryIgnored => &[ferry_sim::identity::INV_EXPIRY],
+        TestBug::RefusalWithoutReq => &[ferry_sim::clients::INV_OWN_REQ],
     }
 }
 

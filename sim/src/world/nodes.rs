@@ -4,6 +4,7 @@
 
 use super::{Event, World, MS};
 use crate::disk::SimDisk;
+use crate::identity::INV_EXPIRY;
 use ferry_core::node::{DiskError, DiskOp, Input, Output};
 use ferry_core::testkit::Completion;
 use ferry_core::{Config, ConnId, FsyncPolicy, Host};
@@ -155,12 +156,21 @@ impl World {
                 Output::Send { conn, frame } => {
                     let delay = self.latency();
                     let Some(state) = self.conns.get_mut(&conn) else { continue };
+                    if let Some(exp) = state.token_exp.filter(|exp| self.now > *exp) {
+                        let late_ms = (self.now - exp) / MS;
+                        self.checker.violation(INV_EXPIRY, format!("conn {conn} was sent {frame} {late_ms} ms after its token expired"));
+                    }
                     let at = (self.now + delay).max(state.to_client_at + 1);
                     state.to_client_at = at;
                     self.schedule(at, Event::ToClient { conn, text: frame });
                 }
-                Output::Close { conn, code, .. } => {
+                Output::Close { conn, code, reason } => {
                     self.trace(|| format!("node closes conn {conn} with {code}"));
+                    let token_exp = self.conns.get(&conn).and_then(|c| c.token_exp);
+                    if let Some(exp) = token_exp.filter(|exp| reason.contains("token expired") && self.now < *exp) {
+                        let early_ms = (exp - self.now) / MS;
+                        self.checker.violation(INV_EXPIRY, format!("conn {conn} was closed for an expired token {early_ms} ms before its token expired"));
+                    }
                     // One TCP stream: what the node sent before its close still arrives.
                     let Some(last_frame_at) = self.conns.get(&conn).map(|c| c.to_client_at) else { continue };
                     self.schedule(last_frame_at.max(self.now), Event::NodeClosed { conn });
