@@ -384,6 +384,7 @@ pub fn scale(args: &Args, idle: usize, _progress: &Arc<Progress>) -> Result<Repo
         latency_us: percentiles(latencies),
         connections_per_s,
         server_peak_rss_kib: None,
+        server_cpu_ms: None,
         notes: format!("all {idle} subscribers had the message {:.1} ms after publish; {per_connection}", latest.as_secs_f64() * 1e3),
     })
 }

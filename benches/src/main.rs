@@ -30,6 +30,7 @@ fn main() -> ExitCode {
             }
         };
     }
+    let cpu_before = args.pid.and_then(report::cpu_ms);
     let result = match (args.system, args.idle_subscribers) {
         (System::Ferry, Some(idle)) => ferry_adapter::scale(&args, idle, &progress),
         (System::Ferry, None) => ferry_adapter::run(&args, &progress),
@@ -41,7 +42,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(report) => {
-            let report = Report { server_peak_rss_kib: args.pid.and_then(report::peak_rss_kib), ..report };
+            let server_cpu_ms = cpu_before.zip(args.pid.and_then(report::cpu_ms)).map(|(before, after)| after.saturating_sub(before));
+            let report = Report { server_peak_rss_kib: args.pid.and_then(report::peak_rss_kib), server_cpu_ms, ..report };
             if args.json {
                 println!("{}", report.to_json());
             } else {

@@ -50,6 +50,8 @@ pub struct Report {
     pub latency_us: [f64; 5],
     pub connections_per_s: f64,
     pub server_peak_rss_kib: Option<u64>,
+    /// CPU time (user and system, all threads) the server spent during the run, with `--pid`.
+    pub server_cpu_ms: Option<u64>,
     pub notes: String,
 }
 
@@ -67,6 +69,17 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU time a process has used so far (user and system, every thread), in milliseconds.
+pub fn cpu_ms(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(ticks * 1_000 / per_s)
 }
 
 pub fn current_rss_kib(pid: u32) -> Option<u64> {
@@ -101,6 +114,7 @@ impl Report {
             latency_us: percentiles(latencies_us),
             connections_per_s,
             server_peak_rss_kib: None,
+            server_cpu_ms: None,
             notes,
         }
     }
@@ -108,8 +122,9 @@ impl Report {
     pub fn table(&self) -> String {
         let [p50, p90, p99, p999, max] = self.latency_us;
         let rss = self.server_peak_rss_kib.map_or("-".to_string(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+        let cpu = self.server_cpu_ms.map_or("-".to_string(), |ms| format!("{ms} ms"));
         let mut out = format!(
-            "system      {}\nworkload    {} msgs x {} B, {} publisher(s), {} subscriber(s)\nacked pub/s {:.0}\ndeliveries/s {:.0}\nlatency us  p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}\nconnect/s   {:.0}\nserver RSS  {rss} (peak)",
+            "system      {}\nworkload    {} msgs x {} B, {} publisher(s), {} subscriber(s)\nacked pub/s {:.0}\ndeliveries/s {:.0}\nlatency us  p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}\nconnect/s   {:.0}\nserver RSS  {rss} (peak)\nserver CPU  {cpu} (user + system, during the run)",
             self.system, self.messages, self.size, self.publishers, self.subscribers, self.acked_publishes_per_s, self.deliveries_per_s, p50, p90, p99, p999, max, self.connections_per_s
         );
         if !self.notes.is_empty() {
@@ -125,7 +140,7 @@ impl Report {
             "publishers": self.publishers, "subscribers": self.subscribers,
             "acked_publishes_per_s": self.acked_publishes_per_s, "deliveries_per_s": self.deliveries_per_s,
             "latency_us": {"p50": p50, "p90": p90, "p99": p99, "p99_9": p999, "max": max},
-            "connections_per_s": self.connections_per_s, "server_peak_rss_kib": self.server_peak_rss_kib, "notes": self.notes,
+            "connections_per_s": self.connections_per_s, "server_peak_rss_kib": self.server_peak_rss_kib, "server_cpu_ms": self.server_cpu_ms, "notes": self.notes,
         })
         .to_string()
     }

@@ -5,6 +5,7 @@ mod admin;
 mod admin_actions;
 mod client;
 mod connection;
+mod disk_worker;
 mod handshake;
 mod http;
 mod log;

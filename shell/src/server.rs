@@ -4,6 +4,7 @@
 
 use crate::accept::{self, Acceptor};
 use crate::connection::{drain, read_failure, Connection, Idle, Metered, ReadEnd, Socket, CLOSE_LINGER};
+use crate::disk_worker::DiskWorker;
 use crate::handshake::{self, RequestReader, Verdict};
 use crate::http;
 use crate::log::Throttle;
@@ -26,12 +27,14 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
 
 const LISTENER: Token = Token(usize::MAX);
+/// The disk thread has finished operations (see `DiskWorker`).
+const DISK_DONE: Token = Token(usize::MAX - 2);
 /// Frames read from one connection per loop turn, so one busy client cannot starve the rest.
 const READS_PER_TURN_MAX: usize = 1_024;
 const EVENTS_CAPACITY: usize = 1_024;
 const STATS_INTERVAL: Duration = Duration::from_secs(60);
 /// Exit status after a disk error the server cannot recover from (see `Output::Stop`).
-const STOP_EXIT_CODE: i32 = 3;
+pub const STOP_EXIT_CODE: i32 = 3;
 /// While all outboxes together are over `outbox_bytes_total_max`, connections with more than
 /// this queued are paused.
 const OUTBOX_TRIVIAL_BYTES: u64 = 64 << 10;
@@ -64,7 +67,10 @@ struct Server {
     poll: Poll,
     acceptor: Acceptor,
     node: Host,
-    store: Store,
+    /// The store, on its own thread.
+    disk: DiskWorker,
+    /// How long each fsync took (`/metrics`), filled in by the disk thread.
+    fsync_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Links to the other voters of a cluster; `None` on a single node.
     peers: Option<Peers>,
     clock: Clock,
@@ -147,6 +153,11 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
     tracing::info!("recovered {} segments, {} messages from {} in {} ms", report.segments, report.messages, options.data_dir.display(), started.elapsed().as_millis());
     let poll = Poll::new()?;
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    let fsync_seconds = store.fsync_seconds.clone();
+    // Room for everything the core can have in flight at once: a write and a truncate per
+    // shard, every waiting fetch's reads, and deletes.
+    let disk_queue_max = config.shards as usize * 4 + config.fetches_pending_max as usize + 64;
+    let disk = DiskWorker::start(store, mio::Waker::new(poll.registry(), DISK_DONE)?, disk_queue_max)?;
     let peers = Peers::open(&config, poll.registry(), config.rng_seed)?;
     tracing::info!("listening on {ws_scheme}://{local}/ws (fsync {:?}); console at {http_scheme}://{local}/", config.fsync);
     let ws_config = WebSocketConfig::default()
@@ -159,7 +170,8 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
         poll,
         acceptor: Acceptor::new(listener),
         node,
-        store,
+        disk,
+        fsync_seconds,
         peers,
         clock,
         conns: Slab::new(),
@@ -212,6 +224,8 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
+                    // Completions are taken every turn, below.
+                    DISK_DONE => {}
                     PEER_LISTENER => self.peers.as_mut().expect("a cluster node").accept_all(self.poll.registry()),
                     token if token.0 >= PEER_TOKEN_BASE => self.peers.as_mut().expect("a cluster node").ready(self.poll.registry(), token, &mut arrived),
                     Token(key) => {
@@ -227,6 +241,7 @@ impl Server {
             if self.acceptor.resume_at().is_some_and(|at| at <= Instant::now()) {
                 self.accept_all();
             }
+            self.take_completions();
             self.take_peer_frames(arrived);
             readable.sort_unstable();
             readable.dedup();
@@ -596,7 +611,7 @@ impl Server {
             Some(http::ConnectionInfo { peer, connected_ms: connection.accepted_at.elapsed().as_millis() as u64, outbox_bytes: connection.outbox() })
         };
         let peer_links = self.peers.as_ref().map(Peers::link_states).unwrap_or_default();
-        let mut context = http::Context { host: &mut self.node, now_ns: self.clock.now(), fsync_seconds: &self.store.fsync_seconds, connection_info: &connection_info, peer_links };
+        let mut context = http::Context { host: &mut self.node, now_ns: self.clock.now(), fsync_seconds: &self.fsync_seconds, connection_info: &connection_info, peer_links };
         http::answer(request, &mut context)
     }
 
@@ -606,15 +621,7 @@ impl Server {
             match output {
                 Output::Send { conn, frame } => self.send(conn, frame),
                 Output::Close { conn, code, reason } => self.close_conn(conn, code, reason),
-                Output::Disk(op) => match self.store.apply(op) {
-                    Some(Completion::Write { token, result }) => self.node.handle_input(self.clock.now(), Input::WriteDone { token, result }),
-                    Some(Completion::Read { token, result }) => {
-                        let result = result.as_deref().map_err(Clone::clone);
-                        self.node.handle_input(self.clock.now(), Input::ReadDone { token, result });
-                    }
-                    Some(Completion::Truncate { token, result }) => self.node.handle_input(self.clock.now(), Input::TruncateDone { token, result }),
-                    None => {}
-                },
+                Output::Disk(op) => self.disk.submit(op),
                 Output::Trace(trace) => log_trace(&trace),
                 Output::PeerSend { to_node, payload } => match self.peers.as_mut() {
                     Some(peers) => peers.send(to_node, &payload),
@@ -627,6 +634,24 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Hands the node what the disk thread has finished, in order, and carries out what
+    /// follows (pubacks, deliveries, the next write).
+    fn take_completions(&mut self) {
+        for completion in self.disk.completions() {
+            let now = self.clock.now();
+            match completion {
+                Completion::Write { token, result } => self.node.handle_input(now, Input::WriteDone { token, result }),
+                Completion::Read { token, result } => {
+                    let result = result.as_deref().map_err(Clone::clone);
+                    self.node.handle_input(now, Input::ReadDone { token, result });
+                }
+                Completion::Truncate { token, result } => self.node.handle_input(now, Input::TruncateDone { token, result }),
+            }
+            self.pass_sends();
+        }
+        self.drain_outputs();
     }
 
     /// Carries out the node's sends and closes now and keeps its other outputs, in order, for
