@@ -84,17 +84,33 @@ impl Socket {
 pub struct Metered {
     pub stream: Transport,
     pub written: u64,
+    /// A plain TCP read came back short: the socket was empty then, so the next read would only
+    /// say `WouldBlock`; it says so without the system call. Data arriving later raises a new
+    /// (edge-triggered) readable event, and every read turn starts with `may_have_more`. nginx
+    /// reads sockets the same way (`ngx_unix_recv`).
+    emptied: bool,
 }
 
 impl Metered {
     pub fn new(stream: Transport) -> Metered {
-        Metered { stream, written: 0 }
+        Metered { stream, written: 0, emptied: false }
+    }
+
+    /// A read turn starts: read from the socket again.
+    pub fn may_have_more(&mut self) {
+        self.emptied = false;
     }
 }
 
 impl io::Read for Metered {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.stream.read(buf)
+        if self.emptied {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = self.stream.read(buf)?;
+        // Under TLS a short read of plaintext says nothing of the socket.
+        self.emptied = n > 0 && n < buf.len() && matches!(self.stream, Transport::Plain(_));
+        Ok(n)
     }
 }
 

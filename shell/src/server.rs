@@ -487,6 +487,9 @@ impl Server {
         // Reading follows a readable event (or a turn cut short with bytes left): the client
         // has sent something, if only part of a frame.
         conn.heard(Instant::now());
+        if let Socket::Open(ws) = &mut conn.socket {
+            ws.get_mut().may_have_more();
+        }
         let id = conn.id;
         let mut end = ReadEnd::MoreToRead;
         for _ in 0..READS_PER_TURN_MAX {
