@@ -404,6 +404,7 @@ impl Node {
                 segment_unsynced: false,
                 cut_pending: None,
                 superseded_before: None,
+                batch_bytes_hint: 0,
             },
             read_cache: ReadCache::default(),
             trace_book: TraceBook::new(trace_bytes_max),

@@ -106,7 +106,14 @@ pub(super) struct Log {
     /// Cluster mode: a state installed from the leader begins this segment; the segments
     /// before it go once its snapshot is durable (`state_transfer`).
     pub(super) superseded_before: Option<u64>,
+    /// Bytes the next batch's buffer starts with: the last batch's size, so that a batch is
+    /// one allocation rather than one per doubling (the buffer goes to the disk with its write).
+    pub(super) batch_bytes_hint: usize,
 }
+
+/// Bounds of `Log::batch_bytes_hint`.
+const BATCH_BYTES_HINT_MIN: usize = 1 << 10;
+const BATCH_BYTES_HINT_MAX: usize = 256 << 10;
 
 impl Node {
     /// Bytes of the log not yet written: the open batch, batches queued behind the write in
@@ -150,6 +157,7 @@ impl Node {
     pub(super) fn open_batch_data(&mut self) -> &mut Vec<u8> {
         let open = &mut self.log.open;
         if open.data.is_empty() {
+            open.data.reserve(self.log.batch_bytes_hint.clamp(BATCH_BYTES_HINT_MIN, BATCH_BYTES_HINT_MAX));
             batch::begin(&mut open.data);
             open.started_at_ns = self.now_ns;
             self.log.segment_len += batch::HEADER_BYTES as u64;
@@ -256,6 +264,7 @@ impl Node {
         self.next_token += 1;
         batch.token = token;
         batch.len = batch.data.len() as u64;
+        self.log.batch_bytes_hint = batch.data.len();
         let data = std::mem::take(&mut batch.data);
         // Only what someone waits for needs an fsync; group positions alone may be lost to a
         // power cut (their messages are then delivered again), and the next fsync covers them.

@@ -72,7 +72,9 @@ impl DeliveryWaits {
 
 /// Builds the `msg` frame of a delivery of `message`.
 pub(super) fn msg_frame(topic: &str, group: &str, id: u64, prev: u64, attempt: u32, message: &StoredMessage) -> String {
-    let mut frame = String::with_capacity(96 + message.body.len());
+    // Field names and numbers take about 110 bytes; what is escaped may need a little more.
+    let key_len = message.key.as_deref().map_or(0, str::len);
+    let mut frame = String::with_capacity(128 + topic.len() + group.len() + key_len + message.body.len());
     let msg = MsgFrame { topic, group, id, prev, key: message.key.as_deref(), body: &message.body, attempt, ts_ms: message.ts_ms };
     protocol::encode_msg(&mut frame, &msg);
     frame
