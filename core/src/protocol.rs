@@ -68,8 +68,9 @@ impl ErrorCode {
     }
 }
 
-/// A request's `req` echoed back verbatim; clients may use numbers or strings.
-pub type Req = Option<Box<RawValue>>;
+/// A request's `req` echoed back verbatim; clients may use numbers or strings. Borrowed from
+/// the frame's text, like a publish's `body`: decoding copies neither.
+pub type Req<'a> = Option<&'a RawValue>;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Filter {
@@ -85,19 +86,19 @@ pub enum StartFrom {
 }
 
 #[derive(Debug)]
-pub enum ClientOp {
+pub enum ClientOp<'a> {
     Hello { token: Option<String> },
-    Pub { req: Req, topic: String, body: Box<RawValue>, key: Option<String>, producer: Option<String>, seq: Option<u64> },
-    Sub { req: Req, topic: String, group: String, from: StartFrom, window: Option<u32>, filter: Option<Filter> },
+    Pub { req: Req<'a>, topic: String, body: &'a RawValue, key: Option<String>, producer: Option<String>, seq: Option<u64> },
+    Sub { req: Req<'a>, topic: String, group: String, from: StartFrom, window: Option<u32>, filter: Option<Filter> },
     Ack { topic: String, group: String, ids: Vec<u64> },
     Nack { topic: String, group: String, ids: Vec<u64>, delay_ms: u64 },
-    Pull { req: Req, topic: String, group: String, max: u32, wait_ms: u64 },
-    Fetch { req: Req, topic: String, from: u64, to: u64 },
-    Unsub { req: Req, topic: String, group: String },
-    Ping { req: Req },
+    Pull { req: Req<'a>, topic: String, group: String, max: u32, wait_ms: u64 },
+    Fetch { req: Req<'a>, topic: String, from: u64, to: u64 },
+    Unsub { req: Req<'a>, topic: String, group: String },
+    Ping { req: Req<'a> },
 }
 
-impl ClientOp {
+impl ClientOp<'_> {
     /// The topic the op names (`hello` and `ping` name none).
     pub fn topic(&self) -> Option<&str> {
         match self {
@@ -121,14 +122,17 @@ pub struct DecodeError {
 }
 
 #[derive(Deserialize)]
-struct WireFrame {
-    op: String,
-    #[serde(default, deserialize_with = "present")]
-    req: Option<Box<RawValue>>,
+struct WireFrame<'a> {
+    /// Borrowed unless it holds escapes.
+    #[serde(borrow)]
+    op: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    req: Option<&'a RawValue>,
     token: Option<String>,
     topic: Option<String>,
     group: Option<String>,
-    body: Option<Box<RawValue>>,
+    #[serde(borrow)]
+    body: Option<&'a RawValue>,
     key: Option<String>,
     producer: Option<String>,
     seq: Option<u64>,
@@ -142,15 +146,15 @@ struct WireFrame {
     wait_ms: Option<u64>,
 }
 
-/// A field that is present, even as `null`: `Option<Box<RawValue>>` alone would read
+/// A field that is present, even as `null`: `Option<&RawValue>` alone would read
 /// `"req": null` as no `req`, and `null` is not a valid `req`.
-fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Box<RawValue>>, D::Error> {
-    Box::<RawValue>::deserialize(deserializer).map(Some)
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(deserializer).map(Some)
 }
 
 /// Decodes one text frame. Every failure carries the frame's `req` when it had a valid one.
 /// `json_depth_max` bounds nesting over the whole frame; the frame's own object is level 1.
-pub fn decode(text: &str, json_depth_max: u32) -> Result<ClientOp, DecodeError> {
+pub fn decode(text: &str, json_depth_max: u32) -> Result<ClientOp<'_>, DecodeError> {
     match check_shape(text.as_bytes(), json_depth_max) {
         Ok(()) => {}
         Err(Shape::NotObject) => return Err(bad_frame(None, "a frame must be a JSON object".into())),
@@ -159,17 +163,18 @@ pub fn decode(text: &str, json_depth_max: u32) -> Result<ClientOp, DecodeError> 
             return Err(bad_frame(req_of_unparsed(text), message));
         }
     }
-    let mut frame: WireFrame = match serde_json::from_str(text) {
+    let mut frame: WireFrame<'_> = match serde_json::from_str(text) {
         Ok(frame) => frame,
         Err(e) => return Err(bad_frame(req_of_unparsed(text), e.to_string())),
     };
     let req = match frame.req.take() {
         None => Ok(None),
-        Some(req) if valid_req(&req) => Ok(Some(req)),
+        Some(req) if valid_req(req) => Ok(Some(req)),
         Some(_) => Err((ErrorCode::BadFrame, format!("'req' must be a string or a number of at most {REQ_BYTES_MAX} bytes of JSON"))),
     };
-    let req_text = req.as_ref().ok().and_then(Option::as_ref).map(|r| r.get().to_string());
-    decode_fields(frame, req).map_err(|(code, message)| DecodeError { req: req_text, code, message })
+    // Echoed in an error only: copied then, not before.
+    let echo = req.as_ref().ok().copied().flatten();
+    decode_fields(frame, req).map_err(|(code, message)| DecodeError { req: echo.map(|r| r.get().to_string()), code, message })
 }
 
 fn bad_frame(req: Option<String>, message: String) -> DecodeError {
@@ -185,15 +190,15 @@ fn valid_req(req: &RawValue) -> bool {
 
 /// A frame that failed typed decoding may still be a JSON object with a usable `req`.
 /// A `req` as the text to echo back.
-pub fn req_text(req: &Req) -> Option<String> {
+pub fn req_text(req: &Req<'_>) -> Option<String> {
     req.as_ref().map(|r| r.get().to_string())
 }
 
 fn req_of_unparsed(text: &str) -> Option<String> {
     #[derive(Deserialize)]
-    struct OnlyReq {
-        #[serde(default, deserialize_with = "present")]
-        req: Option<Box<RawValue>>,
+    struct OnlyReq<'a> {
+        #[serde(default, borrow, deserialize_with = "present")]
+        req: Option<&'a RawValue>,
     }
     serde_json::from_str::<OnlyReq>(text).ok().and_then(|o| o.req).filter(|r| valid_req(r)).map(|r| r.get().to_string())
 }
@@ -256,8 +261,8 @@ fn need<T>(value: Option<T>, op: &str, field: &str) -> FieldResult<T> {
 
 /// `req` is checked here, per op: `hello`, `ack` and `nack` define no `req`, so for them it
 /// is an unknown field and ignored (a bad one is only never echoed).
-fn decode_fields(f: WireFrame, req: FieldResult<Req>) -> FieldResult<ClientOp> {
-    let op = f.op.as_str();
+fn decode_fields<'a>(f: WireFrame<'a>, req: FieldResult<Req<'a>>) -> FieldResult<ClientOp<'a>> {
+    let op = f.op.as_ref();
     Ok(match op {
         "hello" => ClientOp::Hello { token: f.token },
         "pub" => ClientOp::Pub { req: req?, topic: need(f.topic, op, "topic")?, body: need(f.body, op, "body")?, key: f.key, producer: f.producer, seq: f.seq },
@@ -507,7 +512,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    fn decode_default(text: &str) -> Result<ClientOp, DecodeError> {
+    fn decode_default(text: &str) -> Result<ClientOp<'_>, DecodeError> {
         decode(text, Config::default().json_depth_max)
     }
 
