@@ -89,11 +89,25 @@ pub struct Metered {
     /// (edge-triggered) readable event, and every read turn starts with `may_have_more`. nginx
     /// reads sockets the same way (`ngx_unix_recv`).
     emptied: bool,
+    /// Bytes one socket read brought beyond what the WebSocket asked for (it asks for a small
+    /// buffer's worth: see `READ_SCRATCH_BYTES`), handed out before the socket is read again.
+    /// Empty, it holds no memory. `unread_from` is where what is not handed out yet begins.
+    unread: Vec<u8>,
+    unread_from: usize,
+}
+
+/// Socket reads go into one scratch buffer of this size shared by every connection, so that a
+/// read takes many frames at once while each idle connection keeps only the WebSocket's small
+/// read buffer (`read_buffer_size`); what a read brings beyond that waits in `Metered::unread`.
+const READ_SCRATCH_BYTES: usize = 64 << 10;
+
+thread_local! {
+    static READ_SCRATCH: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; READ_SCRATCH_BYTES].into_boxed_slice());
 }
 
 impl Metered {
     pub fn new(stream: Transport) -> Metered {
-        Metered { stream, written: 0, emptied: false }
+        Metered { stream, written: 0, emptied: false, unread: Vec::new(), unread_from: 0 }
     }
 
     /// A read turn starts: read from the socket again.
@@ -104,13 +118,34 @@ impl Metered {
 
 impl io::Read for Metered {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.unread_from < self.unread.len() {
+            let left = &self.unread[self.unread_from..];
+            let n = buf.len().min(left.len());
+            buf[..n].copy_from_slice(&left[..n]);
+            self.unread_from += n;
+            if self.unread_from == self.unread.len() {
+                // An idle connection holds no read memory beyond the WebSocket's own.
+                self.unread = Vec::new();
+                self.unread_from = 0;
+            }
+            return Ok(n);
+        }
         if self.emptied {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        let n = self.stream.read(buf)?;
-        // Under TLS a short read of plaintext says nothing of the socket.
-        self.emptied = n > 0 && n < buf.len() && matches!(self.stream, Transport::Plain(_));
-        Ok(n)
+        let Transport::Plain(tcp) = &mut self.stream else {
+            // rustls reads the socket into buffers of its own.
+            return self.stream.read(buf);
+        };
+        READ_SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let n = tcp.read(&mut scratch)?;
+            self.emptied = n > 0 && n < scratch.len();
+            let given = n.min(buf.len());
+            buf[..given].copy_from_slice(&scratch[..given]);
+            self.unread.extend_from_slice(&scratch[given..n]);
+            Ok(given)
+        })
     }
 }
 

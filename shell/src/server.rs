@@ -161,7 +161,7 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
     let peers = Peers::open(&config, poll.registry(), config.rng_seed)?;
     tracing::info!("listening on {ws_scheme}://{local}/ws (fsync {:?}); console at {http_scheme}://{local}/", config.fsync);
     let ws_config = WebSocketConfig::default()
-        .read_buffer_size(4 << 10)
+        .read_buffer_size(1 << 10)
         .write_buffer_size(32 << 10)
         .max_write_buffer_size(config.connection_outbox_bytes_max)
         .max_message_size(Some(config.frame_bytes_max))
