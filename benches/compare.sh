@@ -59,6 +59,10 @@ wait_port "$FERRY_PORT"; wait_port "$MQTT_PORT"; wait_port "$NATS_PORT"
 
 run() { # system url pid label extra...
   local system=$1 url=$2 pid=$3 label=$4; shift 4
+  # Each run starts on a quiet disk: what the run before left for the kernel to write back
+  # (NATS's JetStream files, ferry's segments) would land in this run's fsyncs.
+  sync
+  sleep "${SETTLE_S:-3}"
   echo "== $system: $label" >&2
   "$BENCH" --system "$system" --url "$url" --pid "$pid" --size "$SIZE" --json "$@" >"$work/$system-$label.json"
 }
