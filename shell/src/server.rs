@@ -29,6 +29,9 @@ use tungstenite::{Message, WebSocket};
 const LISTENER: Token = Token(usize::MAX);
 /// The disk thread has finished operations (see `DiskWorker`).
 const DISK_DONE: Token = Token(usize::MAX - 2);
+/// A turn with at most this many connections to read is light: its disk ops are carried out
+/// by the loop itself when the disk thread has nothing queued (no wake-ups to pay for).
+const LIGHT_TURN_CONNECTIONS_MAX: usize = 2;
 /// Frames read from one connection per loop turn, so one busy client cannot starve the rest.
 const READS_PER_TURN_MAX: usize = 1_024;
 const EVENTS_CAPACITY: usize = 1_024;
@@ -71,6 +74,8 @@ struct Server {
     disk: DiskWorker,
     /// How long each fsync took (`/metrics`), filled in by the disk thread.
     fsync_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// This loop turn has little to do (see `LIGHT_TURN_CONNECTIONS_MAX`).
+    light_turn: bool,
     /// Links to the other voters of a cluster; `None` on a single node.
     peers: Option<Peers>,
     clock: Clock,
@@ -172,6 +177,7 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
         node,
         disk,
         fsync_seconds,
+        light_turn: true,
         peers,
         clock,
         conns: Slab::new(),
@@ -241,6 +247,7 @@ impl Server {
             if self.acceptor.resume_at().is_some_and(|at| at <= Instant::now()) {
                 self.accept_all();
             }
+            self.light_turn = readable.len() <= LIGHT_TURN_CONNECTIONS_MAX && arrived.is_empty();
             self.take_completions();
             self.take_peer_frames(arrived);
             readable.sort_unstable();
@@ -624,7 +631,11 @@ impl Server {
             match output {
                 Output::Send { conn, frame } => self.send(conn, frame),
                 Output::Close { conn, code, reason } => self.close_conn(conn, code, reason),
-                Output::Disk(op) => self.disk.submit(op),
+                Output::Disk(op) => {
+                    if let Some(completion) = self.disk.submit(op, self.light_turn) {
+                        self.complete(completion);
+                    }
+                }
                 Output::Trace(trace) => log_trace(&trace),
                 Output::PeerSend { to_node, payload } => match self.peers.as_mut() {
                     Some(peers) => peers.send(to_node, &payload),
@@ -643,18 +654,22 @@ impl Server {
     /// follows (pubacks, deliveries, the next write).
     fn take_completions(&mut self) {
         for completion in self.disk.completions() {
-            let now = self.clock.now();
-            match completion {
-                Completion::Write { token, result } => self.node.handle_input(now, Input::WriteDone { token, result }),
-                Completion::Read { token, result } => {
-                    let result = result.as_deref().map_err(Clone::clone);
-                    self.node.handle_input(now, Input::ReadDone { token, result });
-                }
-                Completion::Truncate { token, result } => self.node.handle_input(now, Input::TruncateDone { token, result }),
-            }
+            self.complete(completion);
             self.pass_sends();
         }
         self.drain_outputs();
+    }
+
+    fn complete(&mut self, completion: Completion) {
+        let now = self.clock.now();
+        match completion {
+            Completion::Write { token, result } => self.node.handle_input(now, Input::WriteDone { token, result }),
+            Completion::Read { token, result } => {
+                let result = result.as_deref().map_err(Clone::clone);
+                self.node.handle_input(now, Input::ReadDone { token, result });
+            }
+            Completion::Truncate { token, result } => self.node.handle_input(now, Input::TruncateDone { token, result }),
+        }
     }
 
     /// Carries out the node's sends and closes now and keeps its other outputs, in order, for
