@@ -1,6 +1,6 @@
 //! What the disk alone costs at a steady rate: pwrite + fdatasync of one 320-byte record at a
 //! time into a file filled ahead (as ferry's segments are), paced like ferry-bench's `--rate`,
-//! printing the mean and worst fsync and the process's CPU time. The floor under ferry's server
+//! printing the percentiles of pwrite + fdatasync and the process's CPU time. The floor under ferry's server
 //! CPU at a steady rate, which a broker that never fsyncs does not pay.
 //!
 //!   cargo run --release -p ferry-benches --bin fsync-floor -- [RATE] [COUNT] [PATH]
@@ -30,24 +30,21 @@ fn main() -> std::io::Result<()> {
     let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
     let cpu_before = cpu_time();
     let started = Instant::now();
-    let (mut total, mut worst) = (Duration::ZERO, Duration::ZERO);
+    let mut took_us = Vec::with_capacity(count as usize);
     for i in 0..count {
         let began = Instant::now();
         file.write_all_at(&record, i * RECORD_BYTES as u64)?;
         file.sync_data()?;
-        let took = began.elapsed();
-        total += took;
-        worst = worst.max(took);
+        took_us.push(began.elapsed().as_micros() as u64);
         let due = started + interval * (i as u32 + 1);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
     }
     let (user, system) = cpu_time() - cpu_before;
+    let [p50, _, p99, p999, max] = ferry_benches::report::percentiles(took_us);
     println!(
-        "{count} × pwrite({RECORD_BYTES} B) + fdatasync at {rate}/s: mean {} µs, worst {} µs; CPU user {} ms, system {} ms",
-        (total / count as u32).as_micros(),
-        worst.as_micros(),
+        "{count} × pwrite({RECORD_BYTES} B) + fdatasync at {rate}/s: p50 {p50} µs, p99 {p99} µs, p99.9 {p999} µs, max {max} µs; CPU user {} ms, system {} ms",
         user.as_millis(),
         system.as_millis()
     );
