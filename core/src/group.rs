@@ -9,7 +9,7 @@
 //! later ones of that key wait as `Blocked` until it is acked.
 
 use crate::protocol::Filter;
-use crate::record::GroupRecord;
+use crate::record::{GroupRecord, GroupRecordRef};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::ids::ConnId;
@@ -284,7 +284,7 @@ impl Group {
 
     pub fn to_record(&self, topic: &str) -> GroupRecord {
         let (floor, floor_prev) = self.floor();
-        let acked = self.outstanding.iter().filter(|(_, e)| e.state == EntryState::Acked).map(|(id, _)| *id).take(PERSISTED_ACKS_MAX).collect();
+        let acked = self.acked_ids().collect();
         GroupRecord {
             topic: topic.to_string(),
             group: self.name.clone(),
@@ -295,6 +295,21 @@ impl Group {
             acked,
             resets: self.resets,
         }
+    }
+
+    /// Acked ids above the floor, as many as a record keeps.
+    fn acked_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.outstanding.iter().filter(|(_, e)| e.state == EntryState::Acked).map(|(id, _)| *id).take(PERSISTED_ACKS_MAX)
+    }
+
+    /// Appends the group's position record to `out` (the bytes of `to_record`'s, without
+    /// copying names or ids); returns its size.
+    pub fn encode_record(&self, topic: &str, out: &mut Vec<u8>) -> usize {
+        let (floor, floor_prev) = self.floor();
+        let acked = AckedIds(self);
+        let record =
+            GroupRecordRef { topic, group: &self.name, filter: self.filter.as_ref().map(Filter::to_json), start_id: self.start_id, floor, floor_prev, acked, resets: self.resets };
+        crate::record::encode_control(out, crate::record::KIND_GROUP, &record)
     }
 
     pub fn passes(&self, key: Option<&str>, body: &str) -> bool {
@@ -545,6 +560,15 @@ impl Group {
     }
 }
 
+/// A group's acked ids above its floor, serialized as a sequence as they are read.
+struct AckedIds<'a>(&'a Group);
+
+impl serde::Serialize for AckedIds<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.acked_ids())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -578,6 +602,26 @@ mod tests {
         assert_eq!(g.ack(4), AckOutcome::Ignored);
         assert_eq!(g.ack(9), AckOutcome::Unknown);
         g.check_invariants();
+    }
+
+    #[test]
+    fn the_borrowed_position_record_has_the_bytes_of_the_owned_one() {
+        let filter = Filter::KeyPrefix("eu-".into());
+        for mut g in [group(), Group::new("billing".into(), Some(filter), 1, 1_000, 3)] {
+            for id in 1..=6 {
+                admit_and_dispatch(&mut g, id, None, 7);
+            }
+            g.ack(1);
+            g.ack(3);
+            g.ack(5);
+            g.resets = 2;
+            let (mut borrowed, mut owned) = (Vec::new(), Vec::new());
+            let size = g.encode_record("orders", &mut borrowed);
+            crate::record::encode_control(&mut owned, crate::record::KIND_GROUP, &g.to_record("orders"));
+            assert_eq!(size, borrowed.len());
+            assert_eq!(borrowed, owned, "{}", String::from_utf8_lossy(&owned));
+            assert!(!g.to_record("orders").acked.is_empty(), "acked ids above the floor are in it");
+        }
     }
 
     #[test]

@@ -66,6 +66,22 @@ fn is_zero(value: &u64) -> bool {
     *value == 0
 }
 
+/// A `GroupRecord` borrowed from its group: the same fields in the same order, so it
+/// serializes to the same bytes, without copying the names or collecting the acked ids
+/// (`acked` serializes as a sequence of ids).
+#[derive(Serialize)]
+pub struct GroupRecordRef<'a, A: Serialize> {
+    pub topic: &'a str,
+    pub group: &'a str,
+    pub filter: Option<serde_json::Value>,
+    pub start_id: u64,
+    pub floor: u64,
+    pub floor_prev: u64,
+    pub acked: A,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub resets: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProducerRecord {
     pub producer: String,

@@ -6,7 +6,6 @@ use crate::batch;
 use crate::config::{FsyncPolicy, TestBug};
 use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::protocol::{self, ErrorCode};
-use crate::record::{self};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub(super) enum Waiter {
@@ -140,8 +139,7 @@ impl Node {
         for (t, g) in std::mem::take(&mut self.dirty_groups) {
             self.open_batch_data();
             let topic = &self.state.topics[t];
-            let record = topic.groups[g].to_record(&topic.name);
-            self.log.segment_len += record::encode_control(&mut self.log.open.data, record::KIND_GROUP, &record) as u64;
+            self.log.segment_len += topic.groups[g].encode_record(&topic.name, &mut self.log.open.data) as u64;
         }
     }
 
