@@ -136,7 +136,8 @@ impl Node {
         if self.replication.is_some() {
             return self.propose_positions();
         }
-        for (t, g) in std::mem::take(&mut self.dirty_groups) {
+        // Popped one by one, not taken: the emptied set keeps its node for the next acks.
+        while let Some((t, g)) = self.dirty_groups.pop_first() {
             self.open_batch_data();
             let topic = &self.state.topics[t];
             self.log.segment_len += topic.groups[g].encode_record(&topic.name, &mut self.log.open.data) as u64;
