@@ -18,10 +18,10 @@ pub fn check_name(what: &str, name: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
-pub struct Publish {
-    pub topic: String,
-    pub key: Option<String>,
-    pub producer: Option<String>,
+pub struct Publish<'a> {
+    pub topic: crate::protocol::Name<'a>,
+    pub key: Option<crate::protocol::Name<'a>>,
+    pub producer: Option<crate::protocol::Name<'a>>,
     pub seq: Option<u64>,
 }
 
@@ -118,8 +118,8 @@ pub fn run(stages: &[Box<dyn Stage>], publish: &mut Publish, context: &PublishCo
 mod tests {
     use super::*;
 
-    fn publish(topic: &str) -> Publish {
-        Publish { topic: topic.into(), key: Some(String::new()), producer: None, seq: None }
+    fn publish(topic: &str) -> Publish<'_> {
+        Publish { topic: topic.into(), key: Some("".into()), producer: None, seq: None }
     }
 
     #[test]

@@ -85,16 +85,19 @@ pub enum StartFrom {
     Id(u64),
 }
 
+/// A name from a frame: borrowed from its text unless it holds escapes.
+pub type Name<'a> = std::borrow::Cow<'a, str>;
+
 #[derive(Debug)]
 pub enum ClientOp<'a> {
     Hello { token: Option<String> },
-    Pub { req: Req<'a>, topic: String, body: &'a RawValue, key: Option<String>, producer: Option<String>, seq: Option<u64> },
-    Sub { req: Req<'a>, topic: String, group: String, from: StartFrom, window: Option<u32>, filter: Option<Filter> },
-    Ack { topic: String, group: String, ids: Vec<u64> },
-    Nack { topic: String, group: String, ids: Vec<u64>, delay_ms: u64 },
-    Pull { req: Req<'a>, topic: String, group: String, max: u32, wait_ms: u64 },
-    Fetch { req: Req<'a>, topic: String, from: u64, to: u64 },
-    Unsub { req: Req<'a>, topic: String, group: String },
+    Pub { req: Req<'a>, topic: Name<'a>, body: &'a RawValue, key: Option<Name<'a>>, producer: Option<Name<'a>>, seq: Option<u64> },
+    Sub { req: Req<'a>, topic: Name<'a>, group: Name<'a>, from: StartFrom, window: Option<u32>, filter: Option<Filter> },
+    Ack { topic: Name<'a>, group: Name<'a>, ids: Vec<u64> },
+    Nack { topic: Name<'a>, group: Name<'a>, ids: Vec<u64>, delay_ms: u64 },
+    Pull { req: Req<'a>, topic: Name<'a>, group: Name<'a>, max: u32, wait_ms: u64 },
+    Fetch { req: Req<'a>, topic: Name<'a>, from: u64, to: u64 },
+    Unsub { req: Req<'a>, topic: Name<'a>, group: Name<'a> },
     Ping { req: Req<'a> },
 }
 
@@ -123,18 +126,22 @@ pub struct DecodeError {
 
 #[derive(Deserialize)]
 struct WireFrame<'a> {
-    /// Borrowed unless it holds escapes.
-    #[serde(borrow)]
-    op: std::borrow::Cow<'a, str>,
+    /// Borrowed unless it holds escapes; required (see `decode_fields`).
+    #[serde(default, borrow, deserialize_with = "borrowed_name")]
+    op: Option<Name<'a>>,
     #[serde(default, borrow, deserialize_with = "present")]
     req: Option<&'a RawValue>,
     token: Option<String>,
-    topic: Option<String>,
-    group: Option<String>,
+    #[serde(default, borrow, deserialize_with = "borrowed_name")]
+    topic: Option<Name<'a>>,
+    #[serde(default, borrow, deserialize_with = "borrowed_name")]
+    group: Option<Name<'a>>,
     #[serde(borrow)]
     body: Option<&'a RawValue>,
-    key: Option<String>,
-    producer: Option<String>,
+    #[serde(default, borrow, deserialize_with = "borrowed_name")]
+    key: Option<Name<'a>>,
+    #[serde(default, borrow, deserialize_with = "borrowed_name")]
+    producer: Option<Name<'a>>,
     seq: Option<u64>,
     from: Option<Value>,
     to: Option<u64>,
@@ -144,6 +151,37 @@ struct WireFrame<'a> {
     delay_ms: Option<u64>,
     max: Option<u32>,
     wait_ms: Option<u64>,
+}
+
+/// An optional name, borrowed from the text when it holds no escapes (serde's own `Cow`
+/// deserialization copies, and borrows only for a `Cow` field outside an `Option`).
+fn borrowed_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Name<'de>>, D::Error> {
+    struct NameVisitor;
+    impl<'de> serde::de::Visitor<'de> for NameVisitor {
+        type Value = Option<Name<'de>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Some(Name::Borrowed(v)))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(Name::Owned(v.to_owned())))
+        }
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Some(Name::Owned(v)))
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_str(self)
+        }
+    }
+    deserializer.deserialize_option(NameVisitor)
 }
 
 /// A field that is present, even as `null`: `Option<&RawValue>` alone would read
@@ -262,7 +300,7 @@ fn need<T>(value: Option<T>, op: &str, field: &str) -> FieldResult<T> {
 /// `req` is checked here, per op: `hello`, `ack` and `nack` define no `req`, so for them it
 /// is an unknown field and ignored (a bad one is only never echoed).
 fn decode_fields<'a>(f: WireFrame<'a>, req: FieldResult<Req<'a>>) -> FieldResult<ClientOp<'a>> {
-    let op = f.op.as_ref();
+    let Some(op) = f.op.as_deref() else { return Err((ErrorCode::BadFrame, "missing field `op`".into())) };
     Ok(match op {
         "hello" => ClientOp::Hello { token: f.token },
         "pub" => ClientOp::Pub { req: req?, topic: need(f.topic, op, "topic")?, body: need(f.body, op, "body")?, key: f.key, producer: f.producer, seq: f.seq },

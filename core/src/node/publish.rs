@@ -53,7 +53,7 @@ impl Node {
         }
         if self.replication.is_some() {
             // A topic is created when its first publish is applied: until then it has no limit.
-            if let Some(&t) = self.state.topic_index.get(&publish.topic) {
+            if let Some(&t) = self.state.topic_index.get(publish.topic.as_ref()) {
                 if !self.admit_to_topic(conn, &req, t) {
                     return;
                 }
@@ -67,7 +67,8 @@ impl Node {
         if !self.admit_to_topic(conn, &req, t) {
             return;
         }
-        let producer = publish.producer.zip(publish.seq);
+        // Kept with the waiter until the puback (idempotence), so owned.
+        let producer = publish.producer.map(std::borrow::Cow::into_owned).zip(publish.seq);
         let message = NewMessage { topic: t, key: publish.key.as_deref(), producer: producer.as_ref().map(|(name, seq)| (name.as_str(), *seq)), body };
         let id = self.append_message(message);
         self.stats.published += 1;

@@ -168,8 +168,8 @@ impl Node {
 fn reserved_for_redrives(op: &ClientOp) -> Option<(Option<String>, String)> {
     use super::admin::{REDRIVE_GROUP, REDRIVE_PRODUCER_PREFIX};
     let (req, group) = match op {
-        ClientOp::Sub { req, group, .. } | ClientOp::Pull { req, group, .. } | ClientOp::Unsub { req, group, .. } => (protocol::req_text(req), group.as_str()),
-        ClientOp::Ack { group, .. } | ClientOp::Nack { group, .. } => (None, group.as_str()),
+        ClientOp::Sub { req, group, .. } | ClientOp::Pull { req, group, .. } | ClientOp::Unsub { req, group, .. } => (protocol::req_text(req), group.as_ref()),
+        ClientOp::Ack { group, .. } | ClientOp::Nack { group, .. } => (None, group.as_ref()),
         ClientOp::Pub { req, producer: Some(producer), .. } if producer.starts_with(REDRIVE_PRODUCER_PREFIX) => {
             return Some((protocol::req_text(req), format!("producer names starting with '{REDRIVE_PRODUCER_PREFIX}' are reserved for redrives")));
         }
