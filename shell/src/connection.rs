@@ -434,6 +434,47 @@ mod tests {
     }
 
     #[test]
+    fn one_socket_read_serves_many_small_reads_and_an_emptied_socket_is_not_read_again_until_told() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_nonblocking(true).unwrap();
+        let mut metered = Metered::new(Transport::Plain(TcpStream::from_std(stream)));
+        let sent: Vec<u8> = (0..5_000u32).map(|i| i as u8).collect();
+        client.write_all(&sent).unwrap();
+        let read_some = |metered: &mut Metered| -> Option<Vec<u8>> {
+            let mut buf = [0u8; 1024];
+            match metered.read(&mut buf) {
+                Ok(n) => Some(buf[..n].to_vec()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got.len() < sent.len() {
+            assert!(Instant::now() < deadline, "{} of {} bytes read back", got.len(), sent.len());
+            match read_some(&mut metered) {
+                Some(bytes) => got.extend(bytes),
+                None => {
+                    // Not all of it had arrived: a new readable event would say so.
+                    std::thread::sleep(Duration::from_millis(5));
+                    metered.may_have_more();
+                }
+            }
+        }
+        assert_eq!(got, sent, "every byte, in order, 1 KiB at a time");
+        assert_eq!(metered.unread.capacity(), 0, "nothing held once all is handed out");
+        assert!(metered.emptied, "the last socket read came back short");
+        client.write_all(b"more").unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(read_some(&mut metered), None, "an emptied socket is not read until a new turn");
+        metered.may_have_more();
+        assert_eq!(read_some(&mut metered).as_deref(), Some(&b"more"[..]));
+    }
+
+    #[test]
     fn close_reasons_fit_a_control_frame_on_a_character_boundary() {
         let long = "é".repeat(100);
         let cut = close_reason(&long);

@@ -247,11 +247,11 @@ impl Server {
             if self.acceptor.resume_at().is_some_and(|at| at <= Instant::now()) {
                 self.accept_all();
             }
+            readable.sort_unstable();
+            readable.dedup();
             self.light_turn = readable.len() <= LIGHT_TURN_CONNECTIONS_MAX && arrived.is_empty();
             self.take_completions();
             self.take_peer_frames(arrived);
-            readable.sort_unstable();
-            readable.dedup();
             for key in readable {
                 self.read_from(key);
                 self.drain_outputs();
@@ -434,6 +434,8 @@ impl Server {
     fn read_from(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         if let Socket::Handshaking { stream, request } = &mut conn.socket {
+            // A client speaking plain HTTP to the TLS port is answered in plain HTTP.
+            let mut plain_on_tls = false;
             let (answer, upgrade) = match request.read(stream) {
                 Ok(Verdict::Incomplete) => return,
                 Ok(Verdict::Upgrade { answer, tail, bearer, origin }) => match admission(&self.node, self.clock.now(), origin.as_deref(), bearer.as_deref()) {
@@ -459,11 +461,9 @@ impl Server {
                     (self.answer_http(&request), None)
                 }
                 Err(e) if transport::is_plain_on_tls(&e) => {
-                    // Said in plain HTTP, the one language such a client reads.
                     tracing::debug!("connection {}: plain HTTP on the TLS port; answering 400", conn.id);
                     conn.closing_since = Some(Instant::now());
-                    let Socket::Handshaking { stream, .. } = std::mem::replace(&mut conn.socket, Socket::Moving) else { unreachable!() };
-                    conn.socket = Socket::Handshaking { stream: stream.into_plain(), request: RequestReader::default() };
+                    plain_on_tls = true;
                     (handshake::refusal(400, &[], "this port speaks TLS: use wss:// or https://"), None)
                 }
                 Err(e) => {
@@ -476,6 +476,7 @@ impl Server {
             };
             let Some(conn) = self.conns.get_mut(key) else { return };
             let Socket::Handshaking { stream, .. } = std::mem::replace(&mut conn.socket, Socket::Moving) else { unreachable!() };
+            let stream = if plain_on_tls { stream.into_plain() } else { stream };
             conn.socket = Socket::Answering { stream, answer, written: 0, upgrade };
             self.to_flush.push(key);
             return;

@@ -12,8 +12,17 @@ use std::sync::Arc;
 const TLS_PLAINTEXT_PER_WRITE_MAX: usize = 16 << 10;
 /// The first byte of every TLS connection: a handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
-/// The error a TLS port answers a client that speaks plain HTTP with (see `is_plain_on_tls`).
-const PLAIN_ON_TLS: &str = "plain HTTP on a TLS port";
+/// What reading a TLS connection fails with when the client speaks plain HTTP instead.
+#[derive(Debug)]
+struct PlainOnTls;
+
+impl std::fmt::Display for PlainOnTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("plain HTTP on a TLS port")
+    }
+}
+
+impl std::error::Error for PlainOnTls {}
 
 pub enum Transport {
     Plain(TcpStream),
@@ -68,7 +77,7 @@ impl Transport {
 
 /// Whether a read failed because a plain HTTP client (ws://, http://) reached a TLS port.
 pub fn is_plain_on_tls(error: &io::Error) -> bool {
-    error.kind() == io::ErrorKind::InvalidData && error.get_ref().is_some_and(|e| e.to_string() == PLAIN_ON_TLS)
+    error.get_ref().is_some_and(|e| e.is::<PlainOnTls>())
 }
 
 impl TlsStream {
@@ -94,7 +103,7 @@ impl TlsStream {
                 self.fresh = false;
                 Ok(())
             }
-            _ if first[0].is_ascii_alphabetic() => Err(io::Error::new(io::ErrorKind::InvalidData, PLAIN_ON_TLS)),
+            _ if first[0].is_ascii_alphabetic() => Err(io::Error::new(io::ErrorKind::InvalidData, PlainOnTls)),
             _ => {
                 // Neither: rustls answers with an alert.
                 self.fresh = false;
