@@ -37,7 +37,7 @@ fn connect(url: &str) -> Result<Socket, String> {
 }
 
 /// A connection for the scale run: small buffers (it holds many), optionally from `source`.
-fn connect_idle(url: &str, source: Option<&str>) -> Result<Socket, String> {
+fn connect_idle(url: &str, source: Option<&str>, wait_s: u64) -> Result<Socket, String> {
     let authority = url.split_once("://").map_or(url, |(_, rest)| rest).split('/').next().unwrap_or_default();
     let target: std::net::SocketAddr = authority.parse().map_err(|e| format!("{authority}: {e}"))?;
     let stream = match source {
@@ -54,7 +54,7 @@ fn connect_idle(url: &str, source: Option<&str>) -> Result<Socket, String> {
     if !welcome.contains("\"welcome\"") {
         return Err(format!("expected welcome, got {welcome}"));
     }
-    tcp(&ws).set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+    tcp(&ws).set_read_timeout(Some(Duration::from_secs(wait_s))).map_err(|e| e.to_string())?;
     Ok(ws)
 }
 
@@ -329,9 +329,15 @@ pub fn run(args: &Args, progress: &Arc<Progress>) -> Result<Report, String> {
     Ok(Report::from_run("ferry", args, started, last_ack, last_delivery, latencies, connections_per_s, notes))
 }
 
-/// Holds `idle` subscriber connections (each its own group), publishes one message, and
-/// measures the time until every subscriber has it and the server's memory per connection.
+/// Holds `idle` subscriber connections (each its own group), publishes one message (unless
+/// `--await-publish`: then another process does), and measures the time until every subscriber
+/// has it and the server's memory per connection. The message's body is the wall-clock time of
+/// its publish, so processes on one machine (one per node of a cluster: each holds at most a
+/// process's descriptors) measure from the same instant.
 pub fn scale(args: &Args, idle: usize, _progress: &Arc<Progress>) -> Result<Report, String> {
+    if idle == 0 && args.await_publish {
+        return Err("--await-publish needs --idle-subscribers above 0".into());
+    }
     raise_fd_limit(idle as u64 + 1024);
     let topic = args.topic.clone().unwrap_or_default();
     let rss_before = args.pid.and_then(report::current_rss_kib);
@@ -339,8 +345,9 @@ pub fn scale(args: &Args, idle: usize, _progress: &Arc<Progress>) -> Result<Repo
     let mut sockets = Vec::with_capacity(idle);
     for i in 0..idle {
         let source = (!args.source_addrs.is_empty()).then(|| args.source_addrs[i % args.source_addrs.len()].as_str());
-        let mut ws = connect_idle(args.url_for(i, 0), source)?;
-        let sub = json!({"op": "sub", "req": i, "topic": topic, "group": format!("s{i}"), "from": "latest", "window": 1});
+        let mut ws = connect_idle(args.url_for(i, 0), source, args.timeout_s)?;
+        let group = format!("{}{i}", args.group_prefix);
+        let sub = json!({"op": "sub", "req": i, "topic": topic, "group": group, "from": "latest", "window": 1});
         ws.send(Message::text(sub.to_string())).map_err(|e| e.to_string())?;
         sockets.push(ws);
         if (i + 1) % 1000 == 0 {
@@ -353,24 +360,28 @@ pub fn scale(args: &Args, idle: usize, _progress: &Arc<Progress>) -> Result<Repo
             return Err(format!("sub refused: {reply}"));
         }
     }
-    let connections_per_s = idle as f64 / connecting.elapsed().as_secs_f64();
-    eprintln!("\r{idle} idle subscribers connected ({connections_per_s:.0}/s)");
+    let connections_per_s = idle as f64 / connecting.elapsed().as_secs_f64().max(1e-9);
     let rss_after = args.pid.and_then(report::current_rss_kib);
-    let mut publisher = connect(args.url_for(0, 1))?;
-    let epoch = Instant::now();
-    publisher.send(Message::text(json!({"op": "pub", "req": 1, "topic": topic, "body": "fan-out"}).to_string())).map_err(|e| e.to_string())?;
-    let mut latest = Duration::ZERO;
+    if args.await_publish {
+        // The line a script waits for before it publishes.
+        eprintln!("\r{idle} idle subscribers ready ({connections_per_s:.0} connections/s)");
+    } else {
+        eprintln!("\r{idle} idle subscribers connected ({connections_per_s:.0}/s)");
+        publish_stamped(args.url_for(0, 1), &topic)?;
+    }
     let mut latencies = Vec::with_capacity(idle);
     for ws in &mut sockets {
         let text = read_text(ws)?;
-        if !text.contains("\"msg\"") {
-            return Err(format!("expected the message, got {text}"));
-        }
-        latest = epoch.elapsed();
-        latencies.push(latest.as_micros() as u64);
+        let stamp_ns = number_after(&text, STAMP).ok_or_else(|| format!("expected the stamped message, got {text}"))?;
+        latencies.push(unix_ns().saturating_sub(stamp_ns) / 1_000);
     }
+    if let Some(path) = &args.dump_latencies {
+        let text: String = latencies.iter().map(|us| format!("{us}\n")).collect();
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let latest_us = latencies.iter().copied().max().unwrap_or(0);
     let per_connection = match (rss_before, rss_after) {
-        (Some(b), Some(a)) => format!("{:.1} KiB server RSS per connection", (a.saturating_sub(b)) as f64 / idle as f64),
+        (Some(b), Some(a)) if idle > 0 => format!("{:.1} KiB server RSS per connection", (a.saturating_sub(b)) as f64 / idle as f64),
         _ => "pass --pid for RSS per connection".into(),
     };
     Ok(Report {
@@ -380,13 +391,33 @@ pub fn scale(args: &Args, idle: usize, _progress: &Arc<Progress>) -> Result<Repo
         publishers: 1,
         subscribers: idle,
         acked_publishes_per_s: 0.0,
-        deliveries_per_s: idle as f64 / latest.as_secs_f64(),
+        deliveries_per_s: idle as f64 / (latest_us.max(1) as f64 / 1e6),
         latency_us: percentiles(latencies),
         connections_per_s,
         server_peak_rss_kib: None,
         server_cpu_ms: None,
-        notes: format!("all {idle} subscribers had the message {:.1} ms after publish; {per_connection}", latest.as_secs_f64() * 1e3),
+        notes: format!("all {idle} subscribers had the message {:.1} ms after publish; {per_connection}", latest_us as f64 / 1e3),
     })
+}
+
+/// What the scale run's message body starts with; the wall-clock nanoseconds of its publish follow.
+const STAMP: &str = "stamp:";
+
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Publishes the scale run's one message, stamped with the wall-clock time, and waits for its puback.
+fn publish_stamped(url: &str, topic: &str) -> Result<(), String> {
+    let mut publisher = connect(url)?;
+    let body = format!("{STAMP}{}", unix_ns());
+    publisher.send(Message::text(json!({"op": "pub", "req": 1, "topic": topic, "body": body}).to_string())).map_err(|e| e.to_string())?;
+    let reply = read_text(&mut publisher)?;
+    if !reply.contains("\"puback\"") {
+        return Err(format!("expected puback, got {reply}"));
+    }
+    eprintln!("published at {body}");
+    Ok(())
 }
 
 fn raise_fd_limit(wanted: u64) {

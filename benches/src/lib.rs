@@ -70,6 +70,14 @@ pub struct Args {
     /// Scale scenario: hold this many idle subscribers, then publish one message to all.
     #[arg(long)]
     pub idle_subscribers: Option<usize>,
+    /// Scale scenario: connect and subscribe, then wait for a message another process
+    /// publishes (`--idle-subscribers 0` publishes it): one process per node of a cluster.
+    #[arg(long)]
+    pub await_publish: bool,
+    /// Scale scenario: the subscribers' groups are this prefix and a number (give each
+    /// process of a run its own).
+    #[arg(long, default_value = "s")]
+    pub group_prefix: String,
     /// Source addresses for the scale scenario's connections, e.g. 127.0.0.1,127.0.0.2.
     #[arg(long, value_delimiter = ',')]
     pub source_addrs: Vec<String>,

@@ -205,11 +205,14 @@ impl Replica {
         self.raw.raft.state == StateRole::Leader
     }
 
-    /// Leads, and its state holds everything committed, including an entry of its own term
-    /// (so everything an earlier leader committed): reads from it miss nothing acknowledged.
+    /// Leads, and has applied an entry of its own term, so everything earlier leaders
+    /// committed (the entry it appended on election comes after all of it): reads from it miss
+    /// nothing acknowledged. Entries of its own term committed but not applied yet (on its
+    /// followers' disks before its own) do not count against it: it proposed them, and what
+    /// they acknowledge is answered when they apply here.
     pub fn is_caught_up_leader(&self) -> bool {
         let log = &self.raw.raft.raft_log;
-        self.is_leader() && self.raw.raft.commit_to_current_term() && log.applied >= log.committed
+        self.is_leader() && log.term(log.applied).is_ok_and(|term| term == self.raw.raft.term)
     }
 
     /// The last entry applied.
