@@ -29,7 +29,7 @@ peers=$(for n in $(seq 1 "$NODES"); do printf '%s@127.0.0.1:%s,' "$n" "$(peer_po
 peers=${peers%,}
 declare -A node_pid
 for n in $(seq 1 "$NODES"); do
-  target/release/ferry serve --listen "127.0.0.1:$(client_port "$n")" --data-dir "$work/node$n" --fsync always --log-level warn \
+  target/release/ferry serve --listen "127.0.0.1:$(client_port "$n")" --data-dir "$work/node$n" --fsync always --log-level "${LOG_LEVEL:-info}" \
     --set node_id="$n" --set peer_listen="127.0.0.1:$(peer_port "$n")" --set peers="$peers" --set shards="$SHARDS" \
     --set groups_per_topic_max=$((NODES * PER_NODE + 1000)) --set idle_ping_ms=3600000 2>>"$work/node$n.log" &
   pids+=($!); node_pid[$n]=$!
@@ -44,6 +44,15 @@ for n in $(seq 1 "$NODES"); do
   done
 done
 
+# The nodes' and load tools' logs are kept in LOGS (the work directory goes at exit).
+LOGS=${LOGS:-/tmp/ferry-scale-logs}
+keep_logs() { rm -rf "$LOGS" && mkdir -p "$LOGS" && cp "$work"/*.log "$LOGS"/; }
+fail() {
+  echo "$1" >&2
+  keep_logs && echo "logs kept in $LOGS" >&2
+  exit 1
+}
+
 topic="scale-$(date +%s)"
 started=$(date +%s.%N)
 for n in $(seq 1 "$NODES"); do
@@ -54,7 +63,7 @@ done
 for n in $(seq 1 "$NODES"); do
   until grep -aqs "ready" "$work/bench$n.log"; do
     if ! kill -0 "${subscribers[$((n - 1))]}" 2>/dev/null; then
-      echo "node $n's load tool stopped:" >&2; tail -c 2000 "$work/bench$n.log" >&2; tail -20 "$work/node$n.log" >&2; exit 1
+      fail "node $n's load tool stopped: $(tail -c 300 "$work/bench$n.log")"
     fi
     sleep 0.5
   done
@@ -63,8 +72,19 @@ connected=$(date +%s.%N)
 echo "$((NODES * PER_NODE)) subscribers connected and subscribed in $(echo "$connected - $started" | bc) s" >&2
 rss_kib=()
 for n in $(seq 1 "$NODES"); do rss_kib+=("$(awk '/VmRSS/ {print $2}' "/proc/${node_pid[$n]}/status")"); done
-"$BENCH" --url "$(url 1)" --topic "$topic" --idle-subscribers 0 --json >"$work/publisher.json" 2>"$work/publisher.log"
-for pid in "${subscribers[@]}"; do wait "$pid"; done
+if [ -n "${PERF_OUT:-}" ]; then # a profile of every node from just before the publish
+  node_pids=$(IFS=,; echo "${node_pid[*]}")
+  perf record -F 2000 -g -p "$node_pids" -o "$PERF_OUT" -- sleep 3 2>/dev/null &
+  perf_pid=$!
+  sleep 0.3
+fi
+"$BENCH" --url "$(url 1)" --topic "$topic" --idle-subscribers 0 --json >"$work/publisher.json" 2>"$work/publisher.log" ||
+  fail "the publish failed: $(cat "$work/publisher.log")"
+for n in $(seq 1 "$NODES"); do
+  wait "${subscribers[$((n - 1))]}" || fail "node $n's load tool failed: $(tail -c 300 "$work/bench$n.log")"
+done
+[ -n "${perf_pid:-}" ] && wait "$perf_pid"
+keep_logs
 
 echo
 echo "### $((NODES * PER_NODE)) idle subscribers on a $NODES-node cluster ($PER_NODE per node, $SHARDS shard(s)), one message"

@@ -192,6 +192,9 @@ pub struct Config {
     pub groups: BTreeMap<String, GroupOverrides>,
     /// Unacked messages a group holds above its position before it stops taking new ones.
     pub group_outstanding_max: u32,
+    /// Groups of one topic a new message is offered to in one turn of the node; the rest go
+    /// on in the next turns, so a fan-out to very many groups does not hold up other work.
+    pub fan_out_groups_per_turn: u32,
     pub groups_per_topic_max: u32,
     pub topics_max: u32,
     pub segment_bytes_max: u64,
@@ -317,6 +320,7 @@ impl Default for Config {
             nack_delay_ms_max: 24 * 3600 * 1000,
             groups: BTreeMap::new(),
             group_outstanding_max: 100_000,
+            fan_out_groups_per_turn: 1_024,
             groups_per_topic_max: 1_000,
             topics_max: 10_000,
             segment_bytes_max: 64 << 20,
@@ -412,6 +416,7 @@ impl Config {
             ("ack_timeout_ms", self.ack_timeout_ms),
             ("max_attempts", self.max_attempts as u64),
             ("group_outstanding_max", self.group_outstanding_max as u64),
+            ("fan_out_groups_per_turn", self.fan_out_groups_per_turn as u64),
             ("segment_bytes_max", self.segment_bytes_max),
             ("fetch_messages_max", self.fetch_messages_max as u64),
             ("producer_seqs_max", self.producer_seqs_max as u64),

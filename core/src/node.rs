@@ -332,10 +332,29 @@ impl RecoveryReport {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    AckDeadline { topic: TopicIdx, group: GroupIdx, id: u64 },
-    NackDelay { topic: TopicIdx, group: GroupIdx, id: u64 },
-    PullEnd { conn: ConnId, topic: TopicIdx, group: GroupIdx },
-    Pump { topic: TopicIdx, group: GroupIdx },
+    AckDeadline {
+        topic: TopicIdx,
+        group: GroupIdx,
+        id: u64,
+    },
+    NackDelay {
+        topic: TopicIdx,
+        group: GroupIdx,
+        id: u64,
+    },
+    PullEnd {
+        conn: ConnId,
+        topic: TopicIdx,
+        group: GroupIdx,
+    },
+    Pump {
+        topic: TopicIdx,
+        group: GroupIdx,
+    },
+    /// A topic's groups not yet pumped since its newest message (`Node::sweeps`).
+    PumpGroups {
+        topic: TopicIdx,
+    },
     BatchFlush,
     DiskRetry,
     Retention,
@@ -357,6 +376,8 @@ pub struct Node {
     reading: BTreeSet<(TopicIdx, u64)>,
     fetches: Vec<PendingFetch>,
     timers: BTreeSet<(u64, Timer)>,
+    /// Topics with more groups than one turn pumps: the group each one's sweep goes on from.
+    sweeps: BTreeMap<TopicIdx, usize>,
     dirty_groups: BTreeSet<(TopicIdx, GroupIdx)>,
     groups_dirty_since_ns: u64,
     out: VecDeque<Output>,
@@ -414,6 +435,7 @@ impl Node {
             reading: BTreeSet::new(),
             fetches: Vec::new(),
             timers: BTreeSet::new(),
+            sweeps: BTreeMap::new(),
             dirty_groups: BTreeSet::new(),
             groups_dirty_since_ns: 0,
             out: VecDeque::new(),
@@ -617,6 +639,7 @@ impl Node {
             }
             Timer::PullEnd { conn, topic, group } => self.finish_pull(conn, topic, group),
             Timer::Pump { topic, group } => self.pump(topic, group),
+            Timer::PumpGroups { topic } => self.go_on_sweeping(topic),
             Timer::BatchFlush | Timer::DiskRetry => self.maybe_flush(),
             Timer::Retention => {
                 self.enforce_retention();

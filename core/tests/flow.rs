@@ -132,3 +132,35 @@ fn a_pull_is_bounded_by_the_byte_window_too() {
     assert_eq!(ids(&msgs(&mut h, S)), fresh[..2].to_vec());
     assert_eq!(h.take_op(S, "pulled")[0]["count"], 4);
 }
+
+/// A message for more groups than one turn pumps reaches the first ones at once and the rest
+/// in the next turns, due at once, so the node takes other input in between (in a cluster:
+/// raft's heartbeats) instead of holding its loop for the whole fan-out.
+#[test]
+fn a_message_for_more_groups_than_a_turn_takes_goes_out_over_several_turns() {
+    let members = 40u64;
+    let mut h = harness(Config { fan_out_groups_per_turn: 16, ..Config::default() });
+    let conns: Vec<ConnId> = (0..members).map(|i| ConnId(100 + i)).collect();
+    for (i, conn) in conns.iter().enumerate() {
+        h.connect(*conn);
+        subscribe(&mut h, *conn, "t", &format!("g{i}"), json!({}));
+    }
+    let mut got: Vec<Vec<u64>> = vec![Vec::new(); conns.len()];
+    let mut take_all = |h: &mut Harness| {
+        for (at, conn) in conns.iter().enumerate() {
+            got[at].extend(ids(&msgs(h, *conn)));
+        }
+        got.iter().filter(|ids| !ids.is_empty()).count()
+    };
+    let first = publish(&mut h, "t", None, json!("fan-out"));
+    let at_once = take_all(&mut h);
+    assert_eq!(at_once, 16, "of {members} groups, the first turn's had it at once");
+    assert_eq!(h.node.poll_timeout(), Some(h.now_ns), "the other groups are due at once");
+    // Between turns the node serves other input.
+    let second = publish(&mut h, "t", None, json!("next"));
+    h.advance_ms(0);
+    take_all(&mut h);
+    for (at, ids) in got.iter().enumerate() {
+        assert_eq!(ids, &vec![first, second], "group g{at}");
+    }
+}

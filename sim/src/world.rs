@@ -268,6 +268,9 @@ impl World {
             // Small, so that gap repairs are cut and subscribers must ask again from the last
             // id + 1 (taken from the seed, not the rng, so every seed keeps its draws).
             fetch_messages_max: 1 + (options.seed % 3) as u32,
+            // Every fifth seed offers a new message to one group per turn, so fan-outs spread
+            // over turns meet members leaving, groups dropped and crashes half-way (from the seed too).
+            fan_out_groups_per_turn: if options.seed % 5 == 2 { 1 } else { Config::default().fan_out_groups_per_turn },
             // Every fourth seed runs a cluster of 1, 3 or 5 nodes: publishes and group creations
             // go through raft and its log (from the seed too).
             peers: nodes::peers_for(options.seed),

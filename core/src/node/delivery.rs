@@ -290,9 +290,29 @@ impl Node {
         self.mark_group_dirty(t, g);
     }
 
+    /// Pumps every group of topic `t`, the first `fan_out_groups_per_turn` at once and the rest
+    /// in later turns: a message for 100,000 groups would otherwise hold the loop for a second,
+    /// while raft's heartbeats wait and followers give up on their leader. A sweep still under
+    /// way starts over: the groups it passed may have more to deliver now.
     pub(super) fn pump_topic(&mut self, t: TopicIdx) {
-        for g in 0..self.state.topics[t].groups.len() {
+        self.sweeps.remove(&t);
+        self.sweep_from(t, 0);
+    }
+
+    pub(super) fn go_on_sweeping(&mut self, t: TopicIdx) {
+        if let Some(first) = self.sweeps.remove(&t) {
+            self.sweep_from(t, first);
+        }
+    }
+
+    fn sweep_from(&mut self, t: TopicIdx, first: usize) {
+        let end = self.state.topics[t].groups.len().min(first + self.config.fan_out_groups_per_turn as usize);
+        for g in first..end {
             self.pump(t, GroupIdx(g));
+        }
+        if end < self.state.topics[t].groups.len() {
+            self.sweeps.insert(t, end);
+            self.timers.insert((self.now_ns, Timer::PumpGroups { topic: t }));
         }
     }
 }
