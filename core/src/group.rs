@@ -8,6 +8,7 @@
 //! Per-key order: at most one entry per key hash is deliverable (ready, delayed, in flight);
 //! later ones of that key wait as `Blocked` until it is acked.
 
+use crate::ack_deadlines::AckDeadlines;
 use crate::protocol::Filter;
 use crate::record::{GroupRecord, GroupRecordRef};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -129,6 +130,8 @@ pub struct Group {
     taken_over: bool,
     /// What happened to its messages since the process started (for metrics).
     pub counters: GroupCounters,
+    /// When what is in flight times out, earliest first.
+    pub ack_deadlines: AckDeadlines,
     /// An operator dropped it: its slot stays (indexes of later groups keep their meaning),
     /// empty, out of its topic's index, never written again; a restart forgets it.
     pub dropped: bool,
@@ -137,6 +140,15 @@ pub struct Group {
     /// An operator paused its deliveries (until resumed, on this node, while it runs): what is
     /// in flight may still be acked; nothing more is handed out.
     pub paused: bool,
+}
+
+/// What `Group::dispatch` tells the node.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Dispatched {
+    pub attempt: u32,
+    pub prev: u64,
+    /// The group had no other deadline pending: its timer is to be set for this one.
+    pub arm_timer: bool,
 }
 
 /// A group's counts since the process started.
@@ -173,6 +185,7 @@ impl Group {
             pre_acked: BTreeSet::new(),
             taken_over: false,
             counters: GroupCounters::default(),
+            ack_deadlines: AckDeadlines::default(),
         }
     }
 
@@ -367,13 +380,19 @@ impl Group {
 
     /// Hands a Ready entry of `bytes` bytes to `conn`; returns (attempt number of this
     /// delivery, prev).
-    pub fn dispatch(&mut self, id: u64, conn: ConnId, deadline_ns: u64, bytes: u32) -> (u32, u64) {
+    /// Puts `id` in flight to `conn` until `deadline_ns`: its attempt and `prev`, and whether
+    /// the deadline is the group's only one (its timer is to be set).
+    pub fn dispatch(&mut self, id: u64, conn: ConnId, deadline_ns: u64, bytes: u32) -> Dispatched {
         let entry = self.outstanding.get_mut(&id).expect("dispatch of an outstanding id");
         let EntryState::Ready { attempts } = entry.state else { panic!("dispatch of a non-ready entry {:?}", entry.state) };
         entry.state = EntryState::InFlight { conn, attempts: attempts + 1, deadline_ns };
         entry.bytes = bytes;
+        let (attempt, prev) = (attempts + 1, entry.prev);
         self.ready.remove(&id);
-        (attempts + 1, entry.prev)
+        let outstanding = &self.outstanding;
+        let in_flight = |id: u64, deadline_ns: u64| matches!(outstanding.get(&id).map(|e| e.state), Some(EntryState::InFlight { deadline_ns: d, .. }) if d == deadline_ns);
+        let arm_timer = self.ack_deadlines.push(deadline_ns, id, in_flight);
+        Dispatched { attempt, prev, arm_timer }
     }
 
     pub fn ack(&mut self, id: u64) -> AckOutcome {
@@ -452,18 +471,15 @@ impl Group {
     }
 
     /// Everything in flight to `conn` becomes ready for other members; returns their deadlines.
-    pub fn release_conn(&mut self, conn: ConnId) -> Vec<(u64, u64)> {
-        let mut released = Vec::new();
+    pub fn release_conn(&mut self, conn: ConnId) {
         for (id, entry) in self.outstanding.iter_mut() {
-            if let EntryState::InFlight { conn: c, attempts, deadline_ns } = entry.state {
+            if let EntryState::InFlight { conn: c, attempts, .. } = entry.state {
                 if c == conn {
                     entry.state = EntryState::Ready { attempts };
                     self.ready.insert(*id);
-                    released.push((*id, deadline_ns));
                 }
             }
         }
-        released
     }
 
     pub fn start_dead_letter(&mut self, id: u64) {
@@ -643,7 +659,8 @@ mod tests {
         assert_eq!(g.expire(1, 99), None, "stale deadline ignored");
         assert_eq!(g.expire(1, 100), Some((ConnId(1), 10)));
         assert_eq!(g.next_candidate(2, 100), Candidate::Ready { id: 1, attempts: 1 });
-        assert_eq!(g.dispatch(1, ConnId(2), 200, 30), (2, 0));
+        // The first deadline's entry is still queued (the test expired it directly): its timer comes first.
+        assert_eq!(g.dispatch(1, ConnId(2), 200, 30), Dispatched { attempt: 2, prev: 0, arm_timer: false });
         assert_eq!(g.nack(1, Some(500), ConnId(1)), None, "a nack from the earlier holder changes nothing");
         assert_eq!(g.nack(1, Some(500), ConnId(2)), Some(Released { conn: ConnId(2), deadline_ns: 200, bytes: 30 }));
         assert_eq!(g.next_candidate(2, 100), Candidate::Nothing);

@@ -1,6 +1,7 @@
 //! ferry's sans-IO core: everything that decides, nothing that waits. No sockets, files,
 //! clocks, threads or ambient randomness: the shell and the simulator drive the same code.
 
+pub mod ack_deadlines;
 pub mod admission;
 pub mod batch;
 pub mod bucket;

@@ -332,10 +332,10 @@ impl RecoveryReport {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
+    /// The group's earliest ack deadline (`Group::ack_deadlines`).
     AckDeadline {
         topic: TopicIdx,
         group: GroupIdx,
-        id: u64,
     },
     NackDelay {
         topic: TopicIdx,
@@ -619,17 +619,17 @@ impl Node {
 
     fn on_timer(&mut self, at: u64, timer: Timer) {
         match timer {
-            Timer::AckDeadline { topic, group, id } => {
-                if let Some((conn, bytes)) = self.state.topics[topic].groups[group].expire(id, at) {
-                    self.trace_book.push(self.now_ns, topic, id, Happening::TimedOut { group, conn });
-                    self.release_in_flight(conn, topic, group, bytes);
-                    if self.config.test_bug == Some(TestBug::ExpiryCountsAsAck) {
-                        self.ack_one(topic, group, id);
-                    }
-                    if self.config.test_bug == Some(TestBug::KeyReleasedOnExpiry) {
-                        self.state.topics[topic].groups[group].unblock_next_of_key(id);
-                    }
-                    self.pump(topic, group);
+            Timer::AckDeadline { topic, group } => {
+                let deadlines = &mut self.state.topics[topic].groups[group].ack_deadlines;
+                let mut due: Vec<(u64, u64)> = std::iter::from_fn(|| deadlines.take_due(at)).collect();
+                // Deadlines are queued in delivery order; they expire in id order, as they
+                // always have (a redelivery may have gone out after a higher id at one instant).
+                due.sort_unstable_by_key(|&(deadline_ns, id)| (deadline_ns, id));
+                for (deadline_ns, id) in due {
+                    self.expire_delivery(topic, group, id, deadline_ns);
+                }
+                if let Some(next_ns) = self.state.topics[topic].groups[group].ack_deadlines.next_ns() {
+                    self.timers.insert((next_ns, Timer::AckDeadline { topic, group }));
                 }
             }
             Timer::NackDelay { topic, group, id } => {
@@ -648,5 +648,20 @@ impl Node {
                 self.timers.insert((self.now_ns + RETENTION_CHECK_NS, Timer::Retention));
             }
         }
+    }
+
+    /// A message's ack deadline came: unless it was settled or sent again meanwhile, it is
+    /// ready for another delivery.
+    fn expire_delivery(&mut self, topic: TopicIdx, group: GroupIdx, id: u64, deadline_ns: u64) {
+        let Some((conn, bytes)) = self.state.topics[topic].groups[group].expire(id, deadline_ns) else { return };
+        self.trace_book.push(self.now_ns, topic, id, Happening::TimedOut { group, conn });
+        self.release_in_flight(conn, topic, group, bytes);
+        if self.config.test_bug == Some(TestBug::ExpiryCountsAsAck) {
+            self.ack_one(topic, group, id);
+        }
+        if self.config.test_bug == Some(TestBug::KeyReleasedOnExpiry) {
+            self.state.topics[topic].groups[group].unblock_next_of_key(id);
+        }
+        self.pump(topic, group);
     }
 }

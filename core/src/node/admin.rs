@@ -161,14 +161,12 @@ impl Node {
         start
     }
 
-    /// Cancels the timers of what a group held and frees the windows it took.
+    /// Cancels the timers of what a group held and frees the windows it took (ack deadlines
+    /// need no cancelling: one that comes finds its message no longer in flight).
     fn let_go_of(&mut self, t: TopicIdx, g: GroupIdx, held: Vec<(u64, EntryState, u32)>) {
         for (id, state, bytes) in held {
             match state {
-                EntryState::InFlight { conn, deadline_ns, .. } => {
-                    self.timers.remove(&(deadline_ns, Timer::AckDeadline { topic: t, group: g, id }));
-                    self.release_in_flight(conn, t, g, bytes);
-                }
+                EntryState::InFlight { conn, .. } => self.release_in_flight(conn, t, g, bytes),
                 EntryState::Delayed { until_ns, .. } => {
                     self.timers.remove(&(until_ns, Timer::NackDelay { topic: t, group: g, id }));
                 }

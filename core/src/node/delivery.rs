@@ -8,7 +8,7 @@ use super::state::NewMessage;
 use super::{Node, Output, Timer, Trace, NS_PER_MS};
 use crate::cluster::command::{Command, PublishCommand};
 use crate::config::TestBug;
-use crate::group::{key_hash, AckOutcome, Admit, Candidate, Released};
+use crate::group::{key_hash, AckOutcome, Admit, Candidate, Dispatched, Released};
 use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::protocol::ErrorCode;
 use crate::topic::{Lookup, StoredMessage};
@@ -51,8 +51,7 @@ impl Node {
         }
         match self.state.topics[t].groups[g].ack(id) {
             AckOutcome::Acked { released, delay_until } => {
-                if let Some(Released { conn, deadline_ns, bytes }) = released {
-                    self.timers.remove(&(deadline_ns, Timer::AckDeadline { topic: t, group: g, id }));
+                if let Some(Released { conn, bytes, .. }) = released {
                     self.release_in_flight(conn, t, g, bytes);
                 }
                 if let Some(until_ns) = delay_until {
@@ -76,11 +75,10 @@ impl Node {
         if id >= group.cursor() {
             return false;
         }
-        if let Some(Released { conn, deadline_ns, bytes }) = group.nack(id, until_ns, conn) {
+        if let Some(Released { conn, bytes, .. }) = group.nack(id, until_ns, conn) {
             group.counters.nacked += 1;
             self.stats.nacked += 1;
             self.trace_book.push(self.now_ns, t, id, Happening::Nacked { group: g, conn });
-            self.timers.remove(&(deadline_ns, Timer::AckDeadline { topic: t, group: g, id }));
             self.release_in_flight(conn, t, g, bytes);
             if let Some(until_ns) = until_ns {
                 self.timers.insert((until_ns, Timer::NackDelay { topic: t, group: g, id }));
@@ -192,9 +190,11 @@ impl Node {
         let group = &mut topic.groups[g];
         let deadline_ns = self.now_ns + group.ack_timeout_ns;
         let bytes = (message.body.len() + message.key.as_deref().map_or(0, str::len)) as u32;
-        let (attempt, prev) = group.dispatch(id, conn, deadline_ns, bytes);
+        let Dispatched { attempt, prev, arm_timer } = group.dispatch(id, conn, deadline_ns, bytes);
         let prev = if self.config.test_bug == Some(TestBug::PrevOffByOne) && id % 7 == 3 && prev > 0 { prev + 1 } else { prev };
-        self.timers.insert((deadline_ns, Timer::AckDeadline { topic: t, group: g, id }));
+        if arm_timer {
+            self.timers.insert((deadline_ns, Timer::AckDeadline { topic: t, group: g }));
+        }
         let by_reference = self.replication.is_some();
         let redrive = self.redrives.contains_key(&conn);
         if !redrive {

@@ -171,9 +171,7 @@ impl Node {
     pub(super) fn release_member(&mut self, conn: ConnId, t: TopicIdx, g: GroupIdx) {
         let group = &mut self.state.topics[t].groups[g];
         group.members.retain(|m| *m != conn);
-        for (id, deadline_ns) in group.release_conn(conn) {
-            self.timers.remove(&(deadline_ns, Timer::AckDeadline { topic: t, group: g, id }));
-        }
+        group.release_conn(conn);
         self.pump(t, g);
     }
 }
