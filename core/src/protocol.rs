@@ -417,8 +417,9 @@ pub fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+    // SAFETY: only ASCII digits were written into `digits[at..]`, which is valid UTF-8 (checking
+    // it took 2.5 % of a fan-out's server CPU).
+    out.push_str(unsafe { std::str::from_utf8_unchecked(&digits[at..]) });
 }
 
 pub fn write_json_str(out: &mut String, s: &str) {
