@@ -9,7 +9,7 @@ use ferry_core::ConnId;
 use mio::net::TcpStream;
 use std::io;
 use std::time::{Duration, Instant};
-use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::Frame;
 use tungstenite::{Message, WebSocket};
 
@@ -94,7 +94,20 @@ pub struct Metered {
     /// Empty, it holds no memory. `unread_from` is where what is not handed out yet begins.
     unread: Vec<u8>,
     unread_from: usize,
+    /// Bytes for the socket it has not taken yet, in order: text frames written straight here
+    /// (`Connection::write_text`: a frame is built once, with no copy through tungstenite's
+    /// buffer) and whatever tungstenite writes (its control frames). Everything tungstenite
+    /// writes is taken whole, so no frame of its can be cut by one of ours. `out_from` is where
+    /// what the socket has not taken begins.
+    out: Vec<u8>,
+    out_from: usize,
 }
+
+/// Queued bytes past which a frame written straight is followed by a write to the socket at
+/// once, instead of at the end of the loop's turn (tungstenite's own `write_buffer_size`).
+const EAGER_WRITE_BYTES: usize = 32 << 10;
+/// An emptied outgoing buffer keeps at most this much memory for the next frames.
+const OUT_KEPT_BYTES_MAX: usize = 64 << 10;
 
 /// Socket reads go into one scratch buffer of this size shared by every connection, so that a
 /// read takes many frames at once while each idle connection keeps only the WebSocket's small
@@ -107,7 +120,59 @@ thread_local! {
 
 impl Metered {
     pub fn new(stream: Transport) -> Metered {
-        Metered { stream, written: 0, emptied: false, unread: Vec::new(), unread_from: 0 }
+        Metered { stream, written: 0, emptied: false, unread: Vec::new(), unread_from: 0, out: Vec::new(), out_from: 0 }
+    }
+
+    /// Queues one whole unmasked (server to client) text frame carrying `payload`: its bytes.
+    fn push_text_frame(&mut self, payload: &[u8]) -> u64 {
+        if self.out_from > 0 && self.out_from >= self.out.len() / 2 {
+            // Most of what is queued went out: move the rest to the front, once in a while.
+            self.out.drain(..self.out_from);
+            self.out_from = 0;
+        }
+        let len = payload.len();
+        let start = self.out.len();
+        self.out.reserve(len + 10);
+        self.out.push(0x81); // FIN, text
+        if len < 126 {
+            self.out.push(len as u8);
+        } else if len <= 0xFFFF {
+            self.out.push(126);
+            self.out.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            self.out.push(127);
+            self.out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        self.out.extend_from_slice(payload);
+        let frame_bytes = (self.out.len() - start) as u64;
+        if self.out.len() - self.out_from >= EAGER_WRITE_BYTES {
+            // A full socket or a broken one shows again at the turn's flush.
+            let _ = self.write_out();
+        }
+        frame_bytes
+    }
+
+    /// Writes what is queued until all of it is out (Ok) or the socket takes no more
+    /// (`WouldBlock`).
+    fn write_out(&mut self) -> io::Result<()> {
+        while self.out_from < self.out.len() {
+            match io::Write::write(&mut self.stream, &self.out[self.out_from..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.out_from += n;
+                    self.written += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.out_from = 0;
+        if self.out.capacity() > OUT_KEPT_BYTES_MAX {
+            self.out = Vec::new();
+        } else {
+            self.out.clear();
+        }
+        Ok(())
     }
 
     /// A read turn starts: read from the socket again.
@@ -150,12 +215,28 @@ impl io::Read for Metered {
 }
 
 impl io::Write for Metered {
+    /// tungstenite's writes go to the socket when nothing is queued (its answer to a close must
+    /// be out when it says the connection is done); the rest queues behind the frames written
+    /// straight (see `out`). Always whole: a frame of tungstenite's is never cut by one of ours.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.stream.write(buf)?;
-        self.written += n as u64;
-        Ok(n)
+        let mut taken = 0;
+        if self.out_from == self.out.len() {
+            while taken < buf.len() {
+                match io::Write::write(&mut self.stream, &buf[taken..]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => taken += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            self.written += taken as u64;
+        }
+        self.out.extend_from_slice(&buf[taken..]);
+        Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
+        self.write_out()?;
         self.stream.flush()
     }
 }
@@ -225,9 +306,20 @@ impl Connection {
         }
     }
 
-    /// Queues a text frame; the bytes count in the outbox until the socket takes them.
+    /// Queues a text frame; the bytes count in the outbox until the socket takes them. A frame
+    /// that would take the outbox past `max_write_buffer_size` (connection_outbox_bytes_max)
+    /// is refused with `WriteBufferFull`, as tungstenite would.
     pub fn write_text(&mut self, text: String) -> Result<(), tungstenite::Error> {
-        self.write_frame(Frame::message(text.into_bytes(), OpCode::Data(Data::Text), true))
+        let outbox = self.outbox();
+        let Socket::Open(ws) = &mut self.socket else { return Ok(()) };
+        if !ws.can_write() {
+            return Err(tungstenite::Error::Protocol(tungstenite::error::ProtocolError::SendAfterClosing));
+        }
+        if outbox as usize + text.len() + 10 > ws.get_config().max_write_buffer_size {
+            return Err(tungstenite::Error::WriteBufferFull(Box::new(Message::text(text))));
+        }
+        self.queued += ws.get_mut().push_text_frame(text.as_bytes());
+        Ok(())
     }
 
     fn write_frame(&mut self, frame: Frame) -> Result<(), tungstenite::Error> {
@@ -285,6 +377,13 @@ impl Connection {
                 Idle::Ping
             }
             _ => Idle::Heard,
+        }
+    }
+
+    /// Writes what is queued as far as the socket takes it now, for a connection about to go.
+    pub fn write_queued_once(&mut self) {
+        if let Socket::Open(ws) = &mut self.socket {
+            let _ = io::Write::flush(ws.get_mut());
         }
     }
 
@@ -409,8 +508,12 @@ mod tests {
             })
             .sum::<u64>()
             + 2;
-        assert_eq!(conn.outbox(), expected, "nothing written yet (the buffer holds it all)");
-        assert!(!conn.drained());
+        // Past 32 KiB queued, frames go to the socket at once: the outbox is what it has not taken.
+        let Socket::Open(ws) = &conn.socket else { unreachable!() };
+        let taken = ws.get_ref().written;
+        assert!(taken > 0, "written eagerly");
+        assert_eq!(conn.outbox(), expected - taken, "queued less what the socket took");
+        assert!(conn.drained());
         let reader = std::thread::spawn(move || {
             let mut all = Vec::new();
             let mut buf = [0u8; 65_536];
@@ -429,8 +532,46 @@ mod tests {
             }
         }
         assert_eq!(conn.outbox(), 0, "the count matches the bytes on the wire");
-        assert!(conn.drained());
         assert_eq!(reader.join().unwrap(), expected);
+    }
+
+    #[test]
+    fn frames_written_straight_and_tungstenite_s_own_reach_a_client_whole_and_in_order() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_nonblocking(true).unwrap();
+        let config = tungstenite::protocol::WebSocketConfig::default().write_buffer_size(32 << 10).max_write_buffer_size(100_000);
+        let ws = WebSocket::from_raw_socket(Metered::new(Transport::Plain(TcpStream::from_std(stream))), tungstenite::protocol::Role::Server, Some(config));
+        let mut conn = Connection::new(ConnId(1), Socket::Open(ws), Instant::now());
+        let long = "b".repeat(70_000);
+        conn.write_text("first".into()).unwrap();
+        conn.ping().unwrap();
+        conn.write_text(long.clone()).unwrap();
+        conn.write_text("c".repeat(300)).unwrap();
+        assert!(matches!(conn.write_text("d".repeat(100_000)), Err(tungstenite::Error::WriteBufferFull(_))), "over max_write_buffer_size");
+        let reader = std::thread::spawn(move || {
+            let mut ws = WebSocket::from_raw_socket(client, tungstenite::protocol::Role::Client, None);
+            (0..4).map(|_| ws.read().unwrap()).collect::<Vec<_>>()
+        });
+        let Socket::Open(ws) = &mut conn.socket else { unreachable!() };
+        loop {
+            match ws.flush() {
+                Ok(()) => break,
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(1)),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let got = reader.join().unwrap();
+        let expected = [Message::text("first"), Message::text(long), Message::text("c".repeat(300)), Message::Ping(Vec::new().into())];
+        // The ping tungstenite wrote comes after the frames written straight before its flush.
+        let summary = |ms: &[Message]| {
+            ms.iter()
+                .map(|m| format!("{}:{}:{}", if m.is_ping() { "ping" } else { "text" }, m.len(), m.to_text().map_or(' ', |t| t.chars().next().unwrap_or(' '))))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(summary(&got), summary(&expected));
+        assert!(got == expected, "payloads arrive intact");
     }
 
     #[test]

@@ -858,6 +858,9 @@ impl Server {
         for key in drops {
             let Some(mut conn) = self.conns.try_remove(key) else { continue };
             any = true;
+            // What is still queued (an answer to the client's close behind our last frames)
+            // gets one try: the socket is not waited for.
+            conn.write_queued_once();
             self.outbox_total -= conn.counted;
             self.by_id.remove(&conn.id);
             self.more_to_read.retain(|k| *k != key);
