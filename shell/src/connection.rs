@@ -452,6 +452,28 @@ pub fn drain(stream: &mut Transport) -> ReadEnd {
 mod tests {
     use super::*;
 
+    /// An open server-side connection over loopback with `config`, and the client's socket.
+    fn open_pair(config: tungstenite::protocol::WebSocketConfig) -> (Connection, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_nonblocking(true).unwrap();
+        let ws = WebSocket::from_raw_socket(Metered::new(Transport::Plain(TcpStream::from_std(stream))), tungstenite::protocol::Role::Server, Some(config));
+        (Connection::new(ConnId(1), Socket::Open(ws), Instant::now()), client)
+    }
+
+    /// Flushes until everything queued is on the socket (a reader thread takes it).
+    fn flush_all(conn: &mut Connection) {
+        let Socket::Open(ws) = &mut conn.socket else { unreachable!() };
+        loop {
+            match ws.flush() {
+                Ok(()) => return,
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(1)),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
     #[test]
     fn silence_leads_to_one_ping_then_to_closing_and_any_bytes_reset_it() {
         let (listener, addr) = {
@@ -482,13 +504,7 @@ mod tests {
     #[test]
     fn the_outbox_counts_every_byte_of_every_frame_until_the_socket_takes_it() {
         use std::io::Read;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (stream, _) = listener.accept().unwrap();
-        stream.set_nonblocking(true).unwrap();
-        let config = tungstenite::protocol::WebSocketConfig::default().write_buffer_size(1 << 20);
-        let ws = WebSocket::from_raw_socket(Metered::new(Transport::Plain(TcpStream::from_std(stream))), tungstenite::protocol::Role::Server, Some(config));
-        let mut conn = Connection::new(ConnId(1), Socket::Open(ws), Instant::now());
+        let (mut conn, mut client) = open_pair(tungstenite::protocol::WebSocketConfig::default().write_buffer_size(1 << 20));
         // Every length class of the frame header: 7-bit, 16-bit and 64-bit payload lengths.
         let sizes = [0usize, 125, 126, 65_535, 65_536, 200_000];
         for n in sizes {
@@ -523,27 +539,14 @@ mod tests {
             }
             all.len() as u64
         });
-        let Socket::Open(ws) = &mut conn.socket else { unreachable!() };
-        loop {
-            match ws.flush() {
-                Ok(()) => break,
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(1)),
-                Err(e) => panic!("{e}"),
-            }
-        }
+        flush_all(&mut conn);
         assert_eq!(conn.outbox(), 0, "the count matches the bytes on the wire");
         assert_eq!(reader.join().unwrap(), expected);
     }
 
     #[test]
     fn frames_written_straight_and_tungstenite_s_own_reach_a_client_whole_and_in_order() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (stream, _) = listener.accept().unwrap();
-        stream.set_nonblocking(true).unwrap();
-        let config = tungstenite::protocol::WebSocketConfig::default().write_buffer_size(32 << 10).max_write_buffer_size(100_000);
-        let ws = WebSocket::from_raw_socket(Metered::new(Transport::Plain(TcpStream::from_std(stream))), tungstenite::protocol::Role::Server, Some(config));
-        let mut conn = Connection::new(ConnId(1), Socket::Open(ws), Instant::now());
+        let (mut conn, client) = open_pair(tungstenite::protocol::WebSocketConfig::default().write_buffer_size(32 << 10).max_write_buffer_size(100_000));
         let long = "b".repeat(70_000);
         conn.write_text("first".into()).unwrap();
         conn.ping().unwrap();
@@ -554,14 +557,7 @@ mod tests {
             let mut ws = WebSocket::from_raw_socket(client, tungstenite::protocol::Role::Client, None);
             (0..4).map(|_| ws.read().unwrap()).collect::<Vec<_>>()
         });
-        let Socket::Open(ws) = &mut conn.socket else { unreachable!() };
-        loop {
-            match ws.flush() {
-                Ok(()) => break,
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(1)),
-                Err(e) => panic!("{e}"),
-            }
-        }
+        flush_all(&mut conn);
         let got = reader.join().unwrap();
         let expected = [Message::text("first"), Message::text(long), Message::text("c".repeat(300)), Message::Ping(Vec::new().into())];
         // The ping tungstenite wrote comes after the frames written straight before its flush.
