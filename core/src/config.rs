@@ -244,6 +244,10 @@ pub struct Config {
     /// Bytes queued to all connections together past which every connection with more than a
     /// little queued is paused, until the total drains below half of this.
     pub outbox_bytes_total_max: u64,
+    /// Bytes read from sockets beyond what connections' WebSockets have taken yet, all
+    /// connections together (one read takes up to 64 KiB; a paused connection keeps what it
+    /// had); past it, reads take only what is asked for.
+    pub read_ahead_bytes_total_max: u64,
     /// Tokens with every right. With these or `users` set, every op before a `hello` with a
     /// known token gets `unauthorized`.
     pub tokens: Vec<String>,
@@ -348,6 +352,7 @@ impl Default for Config {
             slow_consumer_timeout_ms: 30_000,
             connection_outbox_bytes_max: 16 << 20,
             outbox_bytes_total_max: 256 << 20,
+            read_ahead_bytes_total_max: 64 << 20,
             tokens: Vec::new(),
             users: Vec::new(),
             hello_timeout_ms: 10_000,

@@ -4,6 +4,7 @@
 //! loop decides when each runs.
 
 use crate::handshake::RequestReader;
+use crate::read_ahead::{self, ReadAhead};
 use crate::transport::Transport;
 use ferry_core::ConnId;
 use mio::net::TcpStream;
@@ -91,9 +92,7 @@ pub struct Metered {
     emptied: bool,
     /// Bytes one socket read brought beyond what the WebSocket asked for (it asks for a small
     /// buffer's worth: see `READ_SCRATCH_BYTES`), handed out before the socket is read again.
-    /// Empty, it holds no memory. `unread_from` is where what is not handed out yet begins.
-    unread: Vec<u8>,
-    unread_from: usize,
+    unread: ReadAhead,
     /// Bytes for the socket it has not taken yet, in order: text frames written straight here
     /// (`Connection::write_text`: a frame is built once, with no copy through tungstenite's
     /// buffer) and whatever tungstenite writes (its control frames). Everything tungstenite
@@ -120,7 +119,7 @@ thread_local! {
 
 impl Metered {
     pub fn new(stream: Transport) -> Metered {
-        Metered { stream, written: 0, emptied: false, unread: Vec::new(), unread_from: 0, out: Vec::new(), out_from: 0 }
+        Metered { stream, written: 0, emptied: false, unread: ReadAhead::default(), out: Vec::new(), out_from: 0 }
     }
 
     /// Queues one whole unmasked (server to client) text frame carrying `payload`: its bytes.
@@ -183,17 +182,8 @@ impl Metered {
 
 impl io::Read for Metered {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.unread_from < self.unread.len() {
-            let left = &self.unread[self.unread_from..];
-            let n = buf.len().min(left.len());
-            buf[..n].copy_from_slice(&left[..n]);
-            self.unread_from += n;
-            if self.unread_from == self.unread.len() {
-                // An idle connection holds no read memory beyond the WebSocket's own.
-                self.unread = Vec::new();
-                self.unread_from = 0;
-            }
-            return Ok(n);
+        if !self.unread.is_empty() {
+            return Ok(self.unread.take(buf));
         }
         if self.emptied {
             return Err(io::ErrorKind::WouldBlock.into());
@@ -204,11 +194,14 @@ impl io::Read for Metered {
         };
         READ_SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            let n = tcp.read(&mut scratch)?;
-            self.emptied = n > 0 && n < scratch.len();
-            let given = n.min(buf.len());
+            // What the WebSocket asked for, and as much more as the node-wide budget allows.
+            let asked = buf.len().min(scratch.len());
+            let wanted = asked + read_ahead::room().min(scratch.len() - asked);
+            let n = tcp.read(&mut scratch[..wanted])?;
+            self.emptied = n > 0 && n < wanted;
+            let given = n.min(asked);
             buf[..given].copy_from_slice(&scratch[..given]);
-            self.unread.extend_from_slice(&scratch[given..n]);
+            self.unread.keep(&scratch[given..n]);
             Ok(given)
         })
     }
@@ -603,12 +596,44 @@ mod tests {
         }
         assert_eq!(got, sent, "every byte, in order, 1 KiB at a time");
         assert_eq!(metered.unread.capacity(), 0, "nothing held once all is handed out");
+        assert_eq!(read_ahead::kept_total(), 0);
         assert!(metered.emptied, "the last socket read came back short");
         client.write_all(b"more").unwrap();
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(read_some(&mut metered), None, "an emptied socket is not read until a new turn");
         metered.may_have_more();
         assert_eq!(read_some(&mut metered).as_deref(), Some(&b"more"[..]));
+    }
+
+    #[test]
+    fn bytes_read_ahead_stay_within_the_node_wide_budget() {
+        use std::io::{Read, Write};
+        read_ahead::set_budget(3000);
+        let (mut conn, mut client) = open_pair(tungstenite::protocol::WebSocketConfig::default());
+        let Socket::Open(ws) = &mut conn.socket else { unreachable!() };
+        let metered = ws.get_mut();
+        let sent: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        client.write_all(&sent).unwrap();
+        let mut got = Vec::new();
+        let mut kept_most = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got.len() < sent.len() {
+            assert!(Instant::now() < deadline, "{} of {} bytes read back", got.len(), sent.len());
+            let mut buf = [0u8; 1024];
+            match metered.read(&mut buf) {
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5));
+                    metered.may_have_more();
+                }
+                Err(e) => panic!("{e}"),
+            }
+            kept_most = kept_most.max(read_ahead::kept_total());
+        }
+        assert_eq!(got, sent, "every byte, in order");
+        assert!(kept_most > 0, "it did read ahead");
+        assert!(kept_most <= 3000, "{kept_most} bytes kept over a budget of 3000");
+        read_ahead::set_budget(usize::MAX);
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod http;
 mod log;
 mod metrics;
 mod peers;
+mod read_ahead;
 mod server;
 mod store;
 mod tls;

@@ -149,6 +149,7 @@ pub fn render(host: &Host, fsync_seconds: &Histogram, peer_links: &[(u64, bool)]
         ("unwritten_log", "Bytes of the log not yet written", memory.unwritten_log_bytes),
         ("raft_log_memory", "Bytes of raft entries held in memory (raft_log_memory_bytes)", host.raft_memory_bytes()),
         ("trace_memory", "Bytes of recent message events kept for traces (trace_bytes_max)", memory.trace_bytes),
+        ("read_ahead", "Bytes read from sockets that connections have not taken yet (read_ahead_bytes_total_max)", crate::read_ahead::kept_total() as u64),
     ];
     for (name, help, value) in gauges {
         registry.register_with_unit(name, help, Unit::Bytes, ConstGauge::new(value as i64));

@@ -165,6 +165,7 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
     let disk = DiskWorker::start(store, mio::Waker::new(poll.registry(), DISK_DONE)?, disk_queue_max)?;
     let peers = Peers::open(&config, poll.registry(), config.rng_seed)?;
     tracing::info!("listening on {ws_scheme}://{local}/ws (fsync {:?}); console at {http_scheme}://{local}/", config.fsync);
+    crate::read_ahead::set_budget(usize::try_from(config.read_ahead_bytes_total_max).unwrap_or(usize::MAX));
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(1 << 10)
         .write_buffer_size(32 << 10)
