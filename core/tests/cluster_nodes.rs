@@ -697,3 +697,23 @@ fn a_leader_whose_own_write_is_behind_its_followers_still_admits_members() {
     assert_eq!(c.nodes[leader].take_op(P, "puback").len(), 1);
     assert_eq!(ids(&msgs(&mut c.nodes[leader], S)), vec![1], "and given what was published before it");
 }
+
+/// A follower whose loop was busy for seconds (a fan-out to 20,000 clients, a slow disk) finds
+/// every raft tick of that time due at once. Taken all at once they would end its patience with
+/// the leader before it reads the heartbeats that came meanwhile: it would drop the leader and
+/// close every client it forwards. Like a Go ticker (etcd's), ticks missed are dropped.
+#[test]
+fn a_follower_whose_loop_stalled_keeps_its_leader() {
+    let mut c = Cluster::new();
+    let leader = c.leader();
+    let follower = (leader + 1) % 3;
+    c.run_ms(200);
+    let traces_before = c.nodes[follower].traces.len();
+    let h = &mut c.nodes[follower];
+    h.now_ns += 2_000_000_000; // four election timeouts
+    h.node.handle_timeout(h.now_ns);
+    h.drain();
+    c.run_ms(100);
+    let lost: Vec<_> = c.nodes[follower].traces[traces_before..].iter().filter(|t| matches!(t, ferry_core::Trace::LeaderChanged { .. })).collect();
+    assert!(lost.is_empty(), "the follower changed its mind about the leader: {lost:?}");
+}

@@ -265,10 +265,14 @@ impl Replica {
     }
 
     pub fn handle_timeout(&mut self, now_ns: u64) {
-        while self.next_tick_ns <= now_ns {
+        if self.next_tick_ns <= now_ns {
+            // One tick however late: like a Go ticker (etcd's), ticks missed while the loop
+            // was busy are dropped. Taken all at once they would run out an election timeout
+            // before the messages that came meanwhile (the leader's heartbeats) are read.
             self.raw.tick();
             self.ticks += 1;
-            self.next_tick_ns += self.rng.gen_range(self.tick_ns / 2..self.tick_ns * 3 / 2 + 1);
+            let interval = self.rng.gen_range(self.tick_ns / 2..self.tick_ns * 3 / 2 + 1);
+            self.next_tick_ns = (self.next_tick_ns + interval).max(now_ns + interval / 2);
         }
         self.hand_over_to_preferred();
         self.drain_ready();
