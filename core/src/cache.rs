@@ -62,7 +62,8 @@ impl ReadCache {
 /// by any topic is evicted first.
 pub struct CacheBudget {
     /// Every cached message in caching order; entries a topic evicted itself go stale and are
-    /// skipped (and compacted away now and then).
+    /// skipped, and compacted away once the queue is four times what the last compaction kept
+    /// (4/3 of a lookup per message; at twice, 2 lookups were 2.6 % of a publish in criterion).
     order: VecDeque<MessageKey>,
     bytes: u64,
     compact_at: usize,
@@ -100,7 +101,7 @@ impl CacheBudget {
         }
         if self.order.len() >= self.compact_at {
             self.order.retain(|(t, id)| topics[*t].cached(*id).is_some_and(|m| m.id == *id));
-            self.compact_at = (2 * self.order.len()).max(COMPACT_AT_MIN);
+            self.compact_at = (4 * self.order.len()).max(COMPACT_AT_MIN);
         }
     }
 
