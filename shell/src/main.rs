@@ -10,6 +10,7 @@ mod handshake;
 mod http;
 mod log;
 mod metrics;
+mod peer_outbox;
 mod peers;
 mod read_ahead;
 mod server;

@@ -20,6 +20,7 @@
 //! it too). Whenever a linked peer's connection ends, the node hears of it
 //! (`Input::PeerDown`): what was in flight on it is lost.
 
+use crate::peer_outbox::PeerOutbox;
 use ferry_core::Config;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
@@ -59,8 +60,7 @@ struct PeerSocket {
     nonce: [u8; NONCE_BYTES],
     proven: bool,
     inbuf: Vec<u8>,
-    outbuf: Vec<u8>,
-    written: usize,
+    outbox: PeerOutbox,
     /// Over `peer_outbox_bytes_max`: reset at the next flush.
     overflowed: bool,
     opened_at: Instant,
@@ -78,8 +78,7 @@ impl PeerSocket {
             nonce: [0; NONCE_BYTES],
             proven: false,
             inbuf: Vec::new(),
-            outbuf: Vec::new(),
-            written: 0,
+            outbox: PeerOutbox::default(),
             overflowed: false,
             opened_at: now,
             last_heard: now,
@@ -88,36 +87,32 @@ impl PeerSocket {
     }
 
     fn queued(&self) -> usize {
-        self.outbuf.len() - self.written
+        self.outbox.queued()
     }
 
+    /// Queues a frame; raft's go ahead of the others (`PeerOutbox`).
     fn push_frame(&mut self, payload: &[u8]) {
-        self.outbuf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        self.outbuf.extend_from_slice(payload);
+        self.outbox.push_frame(payload, ferry_core::cluster::mesh::is_raft(payload));
     }
 
     /// Writes what is queued until the socket would block.
     fn flush(&mut self, now: Instant) -> io::Result<()> {
-        while self.written < self.outbuf.len() {
-            match self.stream.write(&self.outbuf[self.written..]) {
+        loop {
+            let chunk = self.outbox.next_chunk();
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            match self.stream.write(chunk) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
-                    self.written += n;
+                    self.outbox.advance(n);
                     self.last_sent = now;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        if self.written == self.outbuf.len() {
-            self.outbuf.clear();
-            self.written = 0;
-        } else if self.written > READ_CHUNK && self.written * 2 > self.outbuf.len() {
-            self.outbuf.drain(..self.written);
-            self.written = 0;
-        }
-        Ok(())
     }
 }
 
@@ -302,7 +297,7 @@ impl Peers {
                         continue;
                     }
                     let mut socket = PeerSocket::new(stream, None, false, Instant::now());
-                    socket.outbuf.extend_from_slice(&hello);
+                    socket.outbox.push_first(&hello);
                     socket.nonce = nonce;
                     entry.insert(socket);
                 }
@@ -396,7 +391,7 @@ impl Peers {
                 Some(secret) => {
                     // Answer its challenge; the link is established once its answer to ours checks.
                     let proof = ring::hmac::sign(secret, &Peers::proof_message(&hello[HELLO_BYTES..], self.me, node));
-                    socket.outbuf.extend_from_slice(proof.as_ref());
+                    socket.outbox.push_first(proof.as_ref());
                 }
                 None => {
                     socket.proven = true;
@@ -554,7 +549,7 @@ impl Peers {
         }
         link.dialling = Some(entry.key());
         let mut socket = PeerSocket::new(stream, Some(node), true, now);
-        socket.outbuf.extend_from_slice(&hello);
+        socket.outbox.push_first(&hello);
         socket.nonce = nonce;
         entry.insert(socket);
     }

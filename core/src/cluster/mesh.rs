@@ -192,6 +192,11 @@ fn text(bytes: &[u8]) -> Result<String, String> {
     String::from_utf8(bytes.to_vec()).map_err(|_| "text is not UTF-8".to_string())
 }
 
+/// A raft message: the peer link sends these ahead of other frames.
+pub fn is_raft(bytes: &[u8]) -> bool {
+    bytes.get(SHARD_BYTES) == Some(&KIND_RAFT)
+}
+
 /// The shard a frame belongs to (the host routes it there).
 pub fn shard_of(bytes: &[u8]) -> Result<ShardId, String> {
     let (shard, _) = bytes.split_first_chunk::<SHARD_BYTES>().ok_or("peer frame cut before its shard")?;
