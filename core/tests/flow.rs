@@ -155,10 +155,17 @@ fn a_message_for_more_groups_than_a_turn_takes_goes_out_over_several_turns() {
     let first = publish(&mut h, "t", None, json!("fan-out"));
     let at_once = take_all(&mut h);
     assert_eq!(at_once, 16, "of {members} groups, the first turn's had it at once");
-    assert_eq!(h.node.poll_timeout(), Some(h.now_ns), "the other groups are due at once");
+    let due = h.node.poll_timeout().expect("the other groups are due");
+    assert!(due <= h.now_ns + 1_000, "the other groups are due at once, not {} ns later", due - h.now_ns);
+    // The next turn takes the next 16, not the rest: a timer set while timers run waits for
+    // the next turn.
+    h.now_ns = due;
+    h.node.handle_timeout(h.now_ns);
+    h.drain();
+    assert_eq!(take_all(&mut h), 32, "one more turn's worth");
     // Between turns the node serves other input.
     let second = publish(&mut h, "t", None, json!("next"));
-    h.advance_ms(0);
+    h.advance_ms(1);
     take_all(&mut h);
     for (at, ids) in got.iter().enumerate() {
         assert_eq!(ids, &vec![first, second], "group g{at}");

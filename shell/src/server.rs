@@ -32,6 +32,8 @@ const DISK_DONE: Token = Token(usize::MAX - 2);
 /// A turn with at most this many connections to read is light: its disk ops are carried out
 /// by the loop itself when the disk thread has nothing queued (no wake-ups to pay for).
 const LIGHT_TURN_CONNECTIONS_MAX: usize = 2;
+/// A turn of the loop this long is worth a log line: a raft election times out after 10 ticks.
+const LONG_TURN: Duration = Duration::from_millis(200);
 /// Frames read from one connection per loop turn, so one busy client cannot starve the rest.
 const READS_PER_TURN_MAX: usize = 1_024;
 const EVENTS_CAPACITY: usize = 1_024;
@@ -99,6 +101,8 @@ struct Server {
     more_to_read: Vec<usize>,
     /// For the line about clients refused at `connections_max`, which can come at any rate.
     full_log: Throttle,
+    /// Turns of the loop longer than `LONG_TURN` are logged at most every 10 s.
+    long_turn_log: Throttle,
     /// Flow control: a connection with more than `pause_bytes` queued is congested until it
     /// drains to half of that; one that drains nothing for `slow_consumer_timeout` meanwhile
     /// is cut off.
@@ -201,6 +205,7 @@ pub fn run(options: ServerOptions) -> io::Result<()> {
         to_drop: Vec::new(),
         more_to_read: Vec::new(),
         full_log: Throttle::new(Duration::from_secs(10)),
+        long_turn_log: Throttle::new(Duration::from_secs(10)),
         pause_bytes: config.connection_outbox_pause_bytes as u64,
         slow_consumer_timeout: Duration::from_millis(config.slow_consumer_timeout_ms),
         outbox_total: 0,
@@ -226,6 +231,7 @@ impl Server {
                 }
                 return Err(e);
             }
+            let turn_began = Instant::now();
             let mut readable = std::mem::take(&mut self.more_to_read);
             let mut arrived = Vec::new();
             for event in events.iter() {
@@ -251,6 +257,7 @@ impl Server {
             readable.sort_unstable();
             readable.dedup();
             self.light_turn = readable.len() <= LIGHT_TURN_CONNECTIONS_MAX && arrived.is_empty();
+            let (connections_read, peer_frames) = (readable.len(), arrived.len());
             self.take_completions();
             self.take_peer_frames(arrived);
             for key in readable {
@@ -260,6 +267,16 @@ impl Server {
             self.node.handle_timeout(self.clock.now());
             self.drain_outputs();
             self.flush_and_drop();
+            let took = turn_began.elapsed();
+            if took >= LONG_TURN {
+                if let Some(held_back) = self.long_turn_log.allow(Instant::now()) {
+                    let also = if held_back > 0 { format!(" ({held_back} more since the last such line)") } else { String::new() };
+                    tracing::warn!(
+                        "one turn of the event loop took {} ms ({connections_read} connections read, {peer_frames} peer frames): everything else waited meanwhile, raft's heartbeats included{also}",
+                        took.as_millis()
+                    );
+                }
+            }
             if let Some(peers) = self.peers.as_mut() {
                 peers.tick(self.poll.registry());
                 self.take_peer_changes();

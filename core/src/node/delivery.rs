@@ -19,6 +19,10 @@ const NO_DLQ_OF_A_DLQ: &str = "dead-letter topics have no dead-letter topic";
 /// Messages one pump call may look at before it yields to other work.
 const PUMP_STEPS_MAX: u32 = 4_096;
 
+/// Work left for the next turn is due this much later: a timer due `now` would run in the
+/// same `handle_timeout` that set it (it runs every timer due), and nothing would yield.
+const NEXT_TURN_NS: u64 = 1;
+
 impl Node {
     /// ack (`nack_delay_ms` None) or nack.
     pub(super) fn on_ack(&mut self, conn: ConnId, topic: &str, group: &str, ids: &[u64], nack_delay_ms: Option<u64>) {
@@ -181,7 +185,7 @@ impl Node {
             }
             self.dispatch(t, g, id, conn, &message);
         }
-        self.timers.insert((self.now_ns, Timer::Pump { topic: t, group: g }));
+        self.timers.insert((self.now_ns + NEXT_TURN_NS, Timer::Pump { topic: t, group: g }));
     }
 
     fn dispatch(&mut self, t: TopicIdx, g: GroupIdx, id: u64, conn: ConnId, message: &StoredMessage) {
@@ -312,7 +316,7 @@ impl Node {
         }
         if end < self.state.topics[t].groups.len() {
             self.sweeps.insert(t, end);
-            self.timers.insert((self.now_ns, Timer::PumpGroups { topic: t }));
+            self.timers.insert((self.now_ns + NEXT_TURN_NS, Timer::PumpGroups { topic: t }));
         }
     }
 }
