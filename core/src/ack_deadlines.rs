@@ -55,14 +55,6 @@ impl AckDeadlines {
         }
         self.queue.pop_front()
     }
-
-    pub fn len(&self) -> usize {
-        self.queue.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -90,7 +82,7 @@ mod tests {
         let mut longest = 0;
         for id in 0..100_000u64 {
             deadlines.push(id, id, in_flight(id));
-            longest = longest.max(deadlines.len());
+            longest = longest.max(deadlines.queue.len());
         }
         assert!(longest <= PRUNE_GROWTH * PRUNE_FLOOR, "the queue grew to {longest} with ten in flight");
         // Everything still in flight is kept.

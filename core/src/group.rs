@@ -34,12 +34,11 @@ struct Entry {
     bytes: u32,
 }
 
-/// What an ack or nack took off a connection: the message was in flight to `conn` until
-/// `deadline_ns`, counting `bytes` against its byte window.
+/// What an ack or nack took off a connection: the message was in flight to `conn`, counting
+/// `bytes` against its byte window (its ack deadline needs no cancelling: `AckDeadlines`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Released {
     pub conn: ConnId,
-    pub deadline_ns: u64,
     pub bytes: u32,
 }
 
@@ -409,7 +408,7 @@ impl Group {
         };
         let (released, delay_until) = match entry.state {
             EntryState::Acked | EntryState::Blocked => return AckOutcome::Ignored,
-            EntryState::InFlight { conn, deadline_ns, .. } => (Some(Released { conn, deadline_ns, bytes: entry.bytes }), None),
+            EntryState::InFlight { conn, .. } => (Some(Released { conn, bytes: entry.bytes }), None),
             EntryState::Ready { .. } => {
                 self.ready.remove(&id);
                 (None, None)
@@ -430,7 +429,7 @@ impl Group {
     /// earlier holder (whose delivery expired or was released) must not cancel the current one.
     pub fn nack(&mut self, id: u64, until_ns: Option<u64>, from: ConnId) -> Option<Released> {
         let entry = self.outstanding.get_mut(&id)?;
-        let EntryState::InFlight { conn, attempts, deadline_ns } = entry.state else { return None };
+        let EntryState::InFlight { conn, attempts, .. } = entry.state else { return None };
         if conn != from {
             return None;
         }
@@ -441,7 +440,7 @@ impl Group {
                 self.ready.insert(id);
             }
         }
-        Some(Released { conn, deadline_ns, bytes: entry.bytes })
+        Some(Released { conn, bytes: entry.bytes })
     }
 
     /// The ack deadline `deadline_ns` of `id` passed: it becomes ready for redelivery. Returns
@@ -608,7 +607,7 @@ mod tests {
             admit_and_dispatch(&mut g, id, None, 7);
         }
         assert_eq!(g.floor(), (0, 0));
-        assert!(matches!(g.ack(2), AckOutcome::Acked { released: Some(Released { conn: ConnId(7), deadline_ns: 100, bytes: 10 }), .. }));
+        assert!(matches!(g.ack(2), AckOutcome::Acked { released: Some(Released { conn: ConnId(7), bytes: 10 }), .. }));
         assert_eq!(g.floor(), (0, 0));
         g.ack(1);
         assert_eq!(g.floor(), (2, 2));
@@ -662,7 +661,7 @@ mod tests {
         // The first deadline's entry is still queued (the test expired it directly): its timer comes first.
         assert_eq!(g.dispatch(1, ConnId(2), 200, 30), Dispatched { attempt: 2, prev: 0, arm_timer: false });
         assert_eq!(g.nack(1, Some(500), ConnId(1)), None, "a nack from the earlier holder changes nothing");
-        assert_eq!(g.nack(1, Some(500), ConnId(2)), Some(Released { conn: ConnId(2), deadline_ns: 200, bytes: 30 }));
+        assert_eq!(g.nack(1, Some(500), ConnId(2)), Some(Released { conn: ConnId(2), bytes: 30 }));
         assert_eq!(g.next_candidate(2, 100), Candidate::Nothing);
         assert!(g.delay_over(1, 500));
         assert_eq!(g.next_candidate(2, 100), Candidate::Ready { id: 1, attempts: 2 });

@@ -10,8 +10,8 @@ use ferry_core::ConnId;
 use mio::net::TcpStream;
 use std::io;
 use std::time::{Duration, Instant};
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::frame::Frame;
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::frame::{Frame, FrameHeader};
 use tungstenite::{Message, WebSocket};
 
 /// How long a closing connection gets to take its last bytes (a close frame) and close its
@@ -102,6 +102,9 @@ pub struct Metered {
     out_from: usize,
 }
 
+/// The header of a whole unmasked (server to client) text frame; tungstenite formats it.
+const TEXT_FRAME: FrameHeader = FrameHeader { is_final: true, rsv1: false, rsv2: false, rsv3: false, opcode: OpCode::Data(Data::Text), mask: None };
+
 /// Queued bytes past which a frame written straight is followed by a write to the socket at
 /// once, instead of at the end of the loop's turn (tungstenite's own `write_buffer_size`).
 const EAGER_WRITE_BYTES: usize = 32 << 10;
@@ -129,31 +132,21 @@ impl Metered {
             self.out.drain(..self.out_from);
             self.out_from = 0;
         }
-        let len = payload.len();
         let start = self.out.len();
-        self.out.reserve(len + 10);
-        self.out.push(0x81); // FIN, text
-        if len < 126 {
-            self.out.push(len as u8);
-        } else if len <= 0xFFFF {
-            self.out.push(126);
-            self.out.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            self.out.push(127);
-            self.out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
+        self.out.reserve(payload.len() + 10);
+        TEXT_FRAME.format(payload.len() as u64, &mut self.out).expect("writing into a Vec cannot fail");
         self.out.extend_from_slice(payload);
         let frame_bytes = (self.out.len() - start) as u64;
         if self.out.len() - self.out_from >= EAGER_WRITE_BYTES {
             // A full socket or a broken one shows again at the turn's flush.
-            let _ = self.write_out();
+            let _ = self.write_queued();
         }
         frame_bytes
     }
 
-    /// Writes what is queued until all of it is out (Ok) or the socket takes no more
-    /// (`WouldBlock`).
-    fn write_out(&mut self) -> io::Result<()> {
+    /// Writes what is queued until all of it is out or the socket takes no more (Ok either
+    /// way: `queued_bytes` tells which).
+    fn write_queued(&mut self) -> io::Result<()> {
         while self.out_from < self.out.len() {
             match io::Write::write(&mut self.stream, &self.out[self.out_from..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -162,6 +155,7 @@ impl Metered {
                     self.written += n as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
             }
         }
@@ -172,6 +166,10 @@ impl Metered {
             self.out.clear();
         }
         Ok(())
+    }
+
+    fn queued_bytes(&self) -> usize {
+        self.out.len() - self.out_from
     }
 
     /// A read turn starts: read from the socket again.
@@ -212,24 +210,18 @@ impl io::Write for Metered {
     /// be out when it says the connection is done); the rest queues behind the frames written
     /// straight (see `out`). Always whole: a frame of tungstenite's is never cut by one of ours.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut taken = 0;
-        if self.out_from == self.out.len() {
-            while taken < buf.len() {
-                match io::Write::write(&mut self.stream, &buf[taken..]) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => taken += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e),
-                }
-            }
-            self.written += taken as u64;
+        let nothing_queued = self.queued_bytes() == 0;
+        self.out.extend_from_slice(buf);
+        if nothing_queued {
+            self.write_queued()?;
         }
-        self.out.extend_from_slice(&buf[taken..]);
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.write_out()?;
+        self.write_queued()?;
+        if self.queued_bytes() > 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         self.stream.flush()
     }
 }

@@ -46,6 +46,15 @@ impl Throttle {
     }
 }
 
+/// The end of a throttled line: how many like it were held back (`what` names them), or nothing.
+pub fn held_back_note(held_back: u64, what: &str) -> String {
+    if held_back > 0 {
+        format!(" ({held_back} more {what} since the last such line)")
+    } else {
+        String::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

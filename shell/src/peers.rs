@@ -410,7 +410,7 @@ impl Peers {
             if ring::hmac::verify(secret, &Peers::proof_message(&socket.nonce, node, self.me), answer).is_err() {
                 let why = format!("node {node} failed the cluster_secret challenge: a different secret, or not a peer");
                 if let Some(held_back) = self.refusals.allow(Instant::now()) {
-                    let also = if held_back > 0 { format!(" ({held_back} more refusals since the last such line)") } else { String::new() };
+                    let also = crate::log::held_back_note(held_back, "refusals");
                     tracing::warn!("refusing a peer connection: {why}{also}");
                 }
                 return Err(why);

@@ -270,7 +270,7 @@ impl Server {
             let took = turn_began.elapsed();
             if took >= LONG_TURN {
                 if let Some(held_back) = self.long_turn_log.allow(Instant::now()) {
-                    let also = if held_back > 0 { format!(" ({held_back} more since the last such line)") } else { String::new() };
+                    let also = crate::log::held_back_note(held_back, "such turns");
                     tracing::warn!(
                         "one turn of the event loop took {} ms ({connections_read} connections read, {peer_frames} peer frames): everything else waited meanwhile, raft's heartbeats included{also}",
                         took.as_millis()
@@ -405,7 +405,7 @@ impl Server {
         if self.conns.len() >= self.connections_max {
             accept::refuse_busy(&mut stream);
             if let Some(held_back) = self.full_log.allow(Instant::now()) {
-                let also = if held_back > 0 { format!(" ({held_back} more refused since the last such line)") } else { String::new() };
+                let also = crate::log::held_back_note(held_back, "refused");
                 tracing::warn!("refusing a connection with 503: connections_max ({}) reached{also}", self.connections_max);
             }
             return;
@@ -782,7 +782,7 @@ impl Server {
         self.all_paused = pause_all;
         if pause_all {
             if let Some(held_back) = self.total_log.allow(Instant::now()) {
-                let also = if held_back > 0 { format!(" ({held_back} more times since the last such line)") } else { String::new() };
+                let also = crate::log::held_back_note(held_back, "times");
                 tracing::warn!(
                     "{} bytes queued to clients, over outbox_bytes_total_max ({}): connections with more than {OUTBOX_TRIVIAL_BYTES} bytes queued are paused{also}",
                     self.outbox_total,

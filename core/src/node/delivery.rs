@@ -55,7 +55,7 @@ impl Node {
         }
         match self.state.topics[t].groups[g].ack(id) {
             AckOutcome::Acked { released, delay_until } => {
-                if let Some(Released { conn, bytes, .. }) = released {
+                if let Some(Released { conn, bytes }) = released {
                     self.release_in_flight(conn, t, g, bytes);
                 }
                 if let Some(until_ns) = delay_until {
@@ -79,7 +79,7 @@ impl Node {
         if id >= group.cursor() {
             return false;
         }
-        if let Some(Released { conn, bytes, .. }) = group.nack(id, until_ns, conn) {
+        if let Some(Released { conn, bytes }) = group.nack(id, until_ns, conn) {
             group.counters.nacked += 1;
             self.stats.nacked += 1;
             self.trace_book.push(self.now_ns, t, id, Happening::Nacked { group: g, conn });
