@@ -6,6 +6,8 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use std::fmt::Write as _;
 
+mod pub_frame;
+
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Longest `req` accepted, as JSON text (a string counts its quotes and escapes). A `req` is
@@ -68,9 +70,26 @@ impl ErrorCode {
     }
 }
 
+/// JSON text checked valid when its frame was decoded (a `req`, a publish's `body`), borrowed
+/// from the frame as the client wrote it, without surrounding whitespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawJson<'a>(&'a str);
+
+impl<'a> RawJson<'a> {
+    pub fn get(self) -> &'a str {
+        self.0
+    }
+}
+
+impl<'a> From<&'a RawValue> for RawJson<'a> {
+    fn from(raw: &'a RawValue) -> Self {
+        RawJson(raw.get())
+    }
+}
+
 /// A request's `req` echoed back verbatim; clients may use numbers or strings. Borrowed from
 /// the frame's text, like a publish's `body`: decoding copies neither.
-pub type Req<'a> = Option<&'a RawValue>;
+pub type Req<'a> = Option<RawJson<'a>>;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Filter {
@@ -88,10 +107,10 @@ pub enum StartFrom {
 /// A name from a frame: borrowed from its text unless it holds escapes.
 pub type Name<'a> = std::borrow::Cow<'a, str>;
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum ClientOp<'a> {
     Hello { token: Option<String> },
-    Pub { req: Req<'a>, topic: Name<'a>, body: &'a RawValue, key: Option<Name<'a>>, producer: Option<Name<'a>>, seq: Option<u64> },
+    Pub { req: Req<'a>, topic: Name<'a>, body: RawJson<'a>, key: Option<Name<'a>>, producer: Option<Name<'a>>, seq: Option<u64> },
     Sub { req: Req<'a>, topic: Name<'a>, group: Name<'a>, from: StartFrom, window: Option<u32>, filter: Option<Filter> },
     Ack { topic: Name<'a>, group: Name<'a>, ids: Vec<u64> },
     Nack { topic: Name<'a>, group: Name<'a>, ids: Vec<u64>, delay_ms: u64 },
@@ -193,6 +212,21 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<&'de Raw
 /// Decodes one text frame. Every failure carries the frame's `req` when it had a valid one.
 /// `json_depth_max` bounds nesting over the whole frame; the frame's own object is level 1.
 pub fn decode(text: &str, json_depth_max: u32) -> Result<ClientOp<'_>, DecodeError> {
+    check_frame_shape(text, json_depth_max)?;
+    match pub_frame::decode(text) {
+        Some(op) => Ok(op),
+        None => decode_with_serde(text),
+    }
+}
+
+/// `decode` without the hand-written `pub` reader: what that reader is tested against.
+#[doc(hidden)]
+pub fn decode_without_pub_reader(text: &str, json_depth_max: u32) -> Result<ClientOp<'_>, DecodeError> {
+    check_frame_shape(text, json_depth_max)?;
+    decode_with_serde(text)
+}
+
+fn check_frame_shape(text: &str, json_depth_max: u32) -> Result<(), DecodeError> {
     match check_shape(text.as_bytes(), json_depth_max) {
         Ok(()) => {}
         Err(Shape::NotObject) => return Err(bad_frame(None, "a frame must be a JSON object".into())),
@@ -201,13 +235,17 @@ pub fn decode(text: &str, json_depth_max: u32) -> Result<ClientOp<'_>, DecodeErr
             return Err(bad_frame(req_of_unparsed(text), message));
         }
     }
+    Ok(())
+}
+
+fn decode_with_serde(text: &str) -> Result<ClientOp<'_>, DecodeError> {
     let mut frame: WireFrame<'_> = match serde_json::from_str(text) {
         Ok(frame) => frame,
         Err(e) => return Err(bad_frame(req_of_unparsed(text), e.to_string())),
     };
     let req = match frame.req.take() {
         None => Ok(None),
-        Some(req) if valid_req(req) => Ok(Some(req)),
+        Some(req) if valid_req(req.get()) => Ok(Some(RawJson::from(req))),
         Some(_) => Err((ErrorCode::BadFrame, format!("'req' must be a string or a number of at most {REQ_BYTES_MAX} bytes of JSON"))),
     };
     // Echoed in an error only: copied then, not before.
@@ -219,10 +257,9 @@ fn bad_frame(req: Option<String>, message: String) -> DecodeError {
     DecodeError { req, code: ErrorCode::BadFrame, message }
 }
 
-/// A string or a number, short enough to echo. `RawValue` holds valid JSON without
-/// surrounding whitespace, so the first byte tells the type.
-fn valid_req(req: &RawValue) -> bool {
-    let text = req.get();
+/// A string or a number, short enough to echo. `text` is valid JSON without surrounding
+/// whitespace, so the first byte tells the type.
+fn valid_req(text: &str) -> bool {
     text.len() <= REQ_BYTES_MAX && matches!(text.as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'))
 }
 
@@ -238,7 +275,7 @@ fn req_of_unparsed(text: &str) -> Option<String> {
         #[serde(default, borrow, deserialize_with = "present")]
         req: Option<&'a RawValue>,
     }
-    serde_json::from_str::<OnlyReq>(text).ok().and_then(|o| o.req).filter(|r| valid_req(r)).map(|r| r.get().to_string())
+    serde_json::from_str::<OnlyReq>(text).ok().and_then(|o| o.req).map(RawValue::get).filter(|r| valid_req(r)).map(str::to_string)
 }
 
 /// `[` (0x5b) and `{` (0x7b) differ only in bit 0x20. Counted per chunk of at most 255 bytes
@@ -303,7 +340,7 @@ fn decode_fields<'a>(f: WireFrame<'a>, req: FieldResult<Req<'a>>) -> FieldResult
     let Some(op) = f.op.as_deref() else { return Err((ErrorCode::BadFrame, "missing field `op`".into())) };
     Ok(match op {
         "hello" => ClientOp::Hello { token: f.token },
-        "pub" => ClientOp::Pub { req: req?, topic: need(f.topic, op, "topic")?, body: need(f.body, op, "body")?, key: f.key, producer: f.producer, seq: f.seq },
+        "pub" => ClientOp::Pub { req: req?, topic: need(f.topic, op, "topic")?, body: need(f.body, op, "body")?.into(), key: f.key, producer: f.producer, seq: f.seq },
         "sub" => ClientOp::Sub {
             req: req?,
             topic: need(f.topic, op, "topic")?,

@@ -1,7 +1,8 @@
 //! Target `frame`: the protocol codec over arbitrary text. `protocol::decode` must never
-//! panic; whatever it accepts re-encodes to a frame that decodes to the same op (checked by
-//! encoding twice), nests within `json_depth_max`, and every error it gives encodes, with its
-//! echoed `req`, to valid JSON.
+//! panic and must answer as serde alone does (its hand-written `pub` reader included);
+//! whatever it accepts re-encodes to a frame that decodes to the same op (checked by encoding
+//! twice), nests within `json_depth_max`, and every error it gives encodes, with its echoed
+//! `req`, to valid JSON.
 //!
 //! Input: one byte for `json_depth_max`, one for the mode, then either the frame's bytes as
 //! they are (lossy UTF-8) or a description from which a near-valid frame is built, so that the
@@ -29,7 +30,9 @@ pub fn run(data: &[u8]) {
 
 /// Decodes `text` and checks what came out.
 pub fn check_frame(text: &str, depth_max: u32) {
-    match protocol::decode(text, depth_max) {
+    let decoded = protocol::decode(text, depth_max);
+    assert_eq!(decoded, protocol::decode_without_pub_reader(text, depth_max), "the pub reader and serde differ on {text:?}");
+    match decoded {
         Ok(op) => {
             serde_json::from_str::<Box<RawValue>>(text).unwrap_or_else(|e| panic!("decode accepted invalid JSON {text:?}: {e}"));
             let depth = nesting(text);
