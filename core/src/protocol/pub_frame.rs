@@ -75,8 +75,9 @@ impl<'a> Fields<'a> {
                 Some(())
             }
             "body" if self.body.is_none() => {
-                self.body = Some(RawJson(cursor.value(0)?));
-                Some(())
+                // serde reads a `null` body as none, which is an error: serde's to answer.
+                self.body = Some(RawJson(cursor.value(0)?)).filter(|body| body.get() != "null");
+                self.body.map(|_| ())
             }
             "key" if self.key.is_none() => {
                 self.key = Some(cursor.optional_plain_string()?.map(Cow::Borrowed));
@@ -343,6 +344,7 @@ mod tests {
             r#"{"op":"pub","topic":"t","body":1,"group":"g"}"#,
             r#"{"op":"pub","topic":"t\u0041","body":1}"#,
             r#"{"op":"pub","topic":null,"body":1}"#,
+            r#"{"op":"pub","topic":"t","body":null}"#,
             r#"{"op":"pub","topic":"t","body":01}"#,
             r#"{"op":"pub","topic":"t","body":1.}"#,
             r#"{"op":"pub","topic":"t","body":"\x"}"#,
