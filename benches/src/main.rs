@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(report) => {
-            let server_cpu_ms = cpu_before.zip(args.pid.and_then(report::cpu_ms)).map(|(before, after)| after.saturating_sub(before));
+            let server_cpu_ms = cpu_before.zip(args.pid.and_then(report::cpu_ms)).map(|(before, after)| after.since(before));
             let report = Report { server_peak_rss_kib: args.pid.and_then(report::peak_rss_kib), server_cpu_ms, ..report };
             if args.json {
                 println!("{}", report.to_json());

@@ -51,7 +51,7 @@ pub struct Report {
     pub connections_per_s: f64,
     pub server_peak_rss_kib: Option<u64>,
     /// CPU time (user and system, all threads) the server spent during the run, with `--pid`.
-    pub server_cpu_ms: Option<u64>,
+    pub server_cpu_ms: Option<CpuMs>,
     pub notes: String,
 }
 
@@ -71,15 +71,29 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// CPU time a process has used so far (user and system, every thread), in milliseconds.
-pub fn cpu_ms(pid: u32) -> Option<u64> {
+/// CPU time a process has used so far (every thread), in milliseconds.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuMs {
+    pub user: u64,
+    /// In the kernel on the process's behalf: system calls (socket reads and writes, fsync),
+    /// page faults.
+    pub system: u64,
+}
+
+impl CpuMs {
+    pub fn since(self, before: CpuMs) -> CpuMs {
+        CpuMs { user: self.user.saturating_sub(before.user), system: self.system.saturating_sub(before.system) }
+    }
+}
+
+pub fn cpu_ms(pid: u32) -> Option<CpuMs> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let (user_ticks, system_ticks) = (fields.get(11)?.parse::<u64>().ok()?, fields.get(12)?.parse::<u64>().ok()?);
     // SAFETY: sysconf only reads a system constant.
     let per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some(ticks * 1_000 / per_s)
+    Some(CpuMs { user: user_ticks * 1_000 / per_s, system: system_ticks * 1_000 / per_s })
 }
 
 pub fn current_rss_kib(pid: u32) -> Option<u64> {
@@ -122,9 +136,9 @@ impl Report {
     pub fn table(&self) -> String {
         let [p50, p90, p99, p999, max] = self.latency_us;
         let rss = self.server_peak_rss_kib.map_or("-".to_string(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
-        let cpu = self.server_cpu_ms.map_or("-".to_string(), |ms| format!("{ms} ms"));
+        let cpu = self.server_cpu_ms.map_or("-".to_string(), |ms| format!("{} ms ({} ms of it in the kernel)", ms.user + ms.system, ms.system));
         let mut out = format!(
-            "system      {}\nworkload    {} msgs x {} B, {} publisher(s), {} subscriber(s)\nacked pub/s {:.0}\ndeliveries/s {:.0}\nlatency us  p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}\nconnect/s   {:.0}\nserver RSS  {rss} (peak)\nserver CPU  {cpu} (user + system, during the run)",
+            "system      {}\nworkload    {} msgs x {} B, {} publisher(s), {} subscriber(s)\nacked pub/s {:.0}\ndeliveries/s {:.0}\nlatency us  p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}\nconnect/s   {:.0}\nserver RSS  {rss} (peak)\nserver CPU  {cpu}, during the run",
             self.system, self.messages, self.size, self.publishers, self.subscribers, self.acked_publishes_per_s, self.deliveries_per_s, p50, p90, p99, p999, max, self.connections_per_s
         );
         if !self.notes.is_empty() {
@@ -140,7 +154,8 @@ impl Report {
             "publishers": self.publishers, "subscribers": self.subscribers,
             "acked_publishes_per_s": self.acked_publishes_per_s, "deliveries_per_s": self.deliveries_per_s,
             "latency_us": {"p50": p50, "p90": p90, "p99": p99, "p99_9": p999, "max": max},
-            "connections_per_s": self.connections_per_s, "server_peak_rss_kib": self.server_peak_rss_kib, "server_cpu_ms": self.server_cpu_ms, "notes": self.notes,
+            "connections_per_s": self.connections_per_s, "server_peak_rss_kib": self.server_peak_rss_kib, "server_cpu_ms": self.server_cpu_ms.map(|ms| ms.user + ms.system),
+            "server_cpu_system_ms": self.server_cpu_ms.map(|ms| ms.system), "notes": self.notes,
         })
         .to_string()
     }
