@@ -6,7 +6,10 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use std::fmt::Write as _;
 
+mod client_side;
 mod pub_frame;
+
+pub use client_side::{decode_server_frame, encode_client_op, FetchedMessage, ServerFrame};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -155,7 +158,8 @@ struct WireFrame<'a> {
     topic: Option<Name<'a>>,
     #[serde(default, borrow, deserialize_with = "borrowed_name")]
     group: Option<Name<'a>>,
-    #[serde(borrow)]
+    /// Any JSON, `null` included (docs/PROTOCOL.md).
+    #[serde(default, borrow, deserialize_with = "present")]
     body: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "borrowed_name")]
     key: Option<Name<'a>>,

@@ -1,15 +1,15 @@
 //! Target `frame`: the protocol codec over arbitrary text. `protocol::decode` must never
 //! panic and must answer as serde alone does (its hand-written `pub` reader included);
-//! whatever it accepts re-encodes to a frame that decodes to the same op (checked by encoding
-//! twice), nests within `json_depth_max`, and every error it gives encodes, with its echoed
-//! `req`, to valid JSON.
+//! whatever it accepts the client-side encoder writes back to a frame that decodes to the same
+//! op, it nests within `json_depth_max`, and every frame the server would answer with (errors
+//! with their echoed `req` included) is JSON that the client-side decoder reads back.
 //!
 //! Input: one byte for `json_depth_max`, one for the mode, then either the frame's bytes as
 //! they are (lossy UTF-8) or a description from which a near-valid frame is built, so that the
 //! per-op field checks are reached without the fuzzer having to learn JSON first.
 
 use arbitrary::{Arbitrary, Result, Unstructured};
-use ferry_core::protocol::{self, ClientOp, Filter, StartFrom, JSON_DEPTH_MAX_LIMIT, REQ_BYTES_MAX};
+use ferry_core::protocol::{self, ClientOp, Filter, ServerFrame, JSON_DEPTH_MAX_LIMIT, REQ_BYTES_MAX};
 use serde_json::value::RawValue;
 
 pub fn run(data: &[u8]) {
@@ -40,6 +40,7 @@ pub fn check_frame(text: &str, depth_max: u32) {
             check_op(&op);
             let first = encode_op(&op);
             let again = protocol::decode(&first, JSON_DEPTH_MAX_LIMIT).unwrap_or_else(|e| panic!("re-encoded {first:?} (from {text:?}) does not decode: {e:?}"));
+            assert_eq!(again, op, "the client encoder's {first:?} decodes to another op (from {text:?})");
             let second = encode_op(&again);
             assert_eq!(first, second, "re-encoding is not stable (from {text:?})");
         }
@@ -60,6 +61,12 @@ pub fn check_frame(text: &str, depth_max: u32) {
             let frame: ErrorFrame = serde_json::from_str(&out).unwrap_or_else(|e| panic!("error frame {out:?} is not JSON: {e}"));
             assert_eq!((frame.op, frame.code), ("error", error.code.as_str()));
             assert_eq!(frame.req.map(RawValue::get), error.req.as_deref(), "req not echoed as given");
+            match protocol::decode_server_frame(&out) {
+                Ok(ServerFrame::Error { req, code, .. }) => {
+                    assert_eq!((req.map(|r| r.get()), code.as_ref()), (error.req.as_deref(), error.code.as_str()), "error read back from {out:?}")
+                }
+                other => panic!("error frame {out:?} read back as {other:?}"),
+            }
         }
     }
 }
@@ -112,6 +119,13 @@ fn check_op(op: &ClientOp) {
         let msg = protocol::MsgFrame { topic, group: "g", id: 2, prev: 1, key: key.as_deref(), body: body.get(), attempt: 1, ts_ms: 3 };
         protocol::encode_msg(&mut out, &msg);
         parse(&out);
+        // A client reads back what the server wrote.
+        match protocol::decode_server_frame(&out) {
+            Ok(ServerFrame::Msg { topic: read_topic, key: read_key, body: read_body, .. }) => {
+                assert_eq!((read_topic, read_key, read_body), (topic.clone(), key.clone(), *body), "msg read back from {out:?}")
+            }
+            other => panic!("msg {out:?} read back as {other:?}"),
+        }
         out.clear();
         protocol::encode_fetched_start(&mut out, req.as_ref().map(|r| r.get()), topic);
         protocol::encode_fetched_message(&mut out, true, 2, key.as_deref(), body.get(), 3);
@@ -130,103 +144,11 @@ fn parse(text: &str) {
     serde_json::from_str::<Box<RawValue>>(text).unwrap_or_else(|e| panic!("ferry would send invalid JSON {text:?}: {e}"));
 }
 
-/// Writes the op back as a client frame, fields in a fixed order.
+/// The op written back as a client frame, by the core's client-side encoder.
 pub fn encode_op(op: &ClientOp) -> String {
-    let mut f = Fields(String::from("{"));
-    let raw = |r: &protocol::Req| r.as_ref().map(|r| r.get().to_string());
-    match op {
-        ClientOp::Hello { token } => {
-            f.str("op", "hello");
-            if let Some(token) = token {
-                f.str("token", token);
-            }
-        }
-        ClientOp::Pub { req, topic, body, key, producer, seq } => {
-            f.str("op", "pub");
-            f.raw_opt("req", raw(req));
-            f.str("topic", topic);
-            f.raw("body", body.get());
-            if let Some(key) = key {
-                f.str("key", key);
-            }
-            if let Some(producer) = producer {
-                f.str("producer", producer);
-            }
-            f.raw_opt("seq", seq.map(|s| s.to_string()));
-        }
-        ClientOp::Sub { req, topic, group, from, window, filter } => {
-            f.str("op", "sub");
-            f.raw_opt("req", raw(req));
-            f.str("topic", topic);
-            f.str("group", group);
-            match from {
-                StartFrom::Latest => f.str("from", "latest"),
-                StartFrom::Earliest => f.str("from", "earliest"),
-                StartFrom::Id(id) => f.raw("from", &id.to_string()),
-            }
-            f.raw_opt("window", window.map(|w| w.to_string()));
-            f.raw_opt("filter", filter.as_ref().map(|filter| filter.to_json().to_string()));
-        }
-        ClientOp::Ack { topic, group, ids } | ClientOp::Nack { topic, group, ids, .. } => {
-            f.str("op", if matches!(op, ClientOp::Ack { .. }) { "ack" } else { "nack" });
-            f.str("topic", topic);
-            f.str("group", group);
-            f.raw("ids", &serde_json::to_string(ids).expect("ids serialize"));
-            if let ClientOp::Nack { delay_ms, .. } = op {
-                f.raw("delay_ms", &delay_ms.to_string());
-            }
-        }
-        ClientOp::Pull { req, topic, group, max, wait_ms } => {
-            f.str("op", "pull");
-            f.raw_opt("req", raw(req));
-            f.str("topic", topic);
-            f.str("group", group);
-            f.raw("max", &max.to_string());
-            f.raw("wait_ms", &wait_ms.to_string());
-        }
-        ClientOp::Fetch { req, topic, from, to } => {
-            f.str("op", "fetch");
-            f.raw_opt("req", raw(req));
-            f.str("topic", topic);
-            f.raw("from", &from.to_string());
-            f.raw("to", &to.to_string());
-        }
-        ClientOp::Unsub { req, topic, group } => {
-            f.str("op", "unsub");
-            f.raw_opt("req", raw(req));
-            f.str("topic", topic);
-            f.str("group", group);
-        }
-        ClientOp::Ping { req } => {
-            f.str("op", "ping");
-            f.raw_opt("req", raw(req));
-        }
-    }
-    f.0.push('}');
-    f.0
-}
-
-struct Fields(String);
-
-impl Fields {
-    fn raw(&mut self, name: &str, json: &str) {
-        if self.0.len() > 1 {
-            self.0.push(',');
-        }
-        protocol::write_json_str(&mut self.0, name);
-        self.0.push(':');
-        self.0.push_str(json);
-    }
-    fn raw_opt(&mut self, name: &str, json: Option<String>) {
-        if let Some(json) = json {
-            self.raw(name, &json);
-        }
-    }
-    fn str(&mut self, name: &str, value: &str) {
-        let mut json = String::new();
-        protocol::write_json_str(&mut json, value);
-        self.raw(name, &json);
-    }
+    let mut out = String::new();
+    protocol::encode_client_op(&mut out, op);
+    out
 }
 
 // ---- building near-valid frames from the input
