@@ -1,0 +1,368 @@
+//! A ferry client as a sans-IO state machine, the same four doors as the server's
+//! (`handle_input`, `handle_timeout`, `poll_output`, `poll_timeout`), time passed in and
+//! randomness drawn from a seed the caller gives. It keeps the protocol's promises for the
+//! application: it connects and reconnects (exponential backoff with full jitter, across the
+//! configured URLs), says hello with its token, pings a silent server and gives up on one that
+//! does not answer, and publishes idempotently, so that every publish call ends in exactly one
+//! outcome however often the connection drops. Whoever runs it (the simulator, the command
+//! line, the client library) only moves bytes and time.
+//!
+//! Issue 13 builds it in steps: this one holds the connection and publishing; subscriptions
+//! (resubscribe, `prev` gap repair, dedupe, batched acks) come next.
+
+mod backoff;
+mod publishing;
+
+pub use backoff::{Backoff, BackoffConfig};
+pub use publishing::{PublishId, PublishLimits, PublishOutcome};
+
+use crate::protocol::{decode_server_frame, encode_client_op, ClientOp, ErrorCode, RawJson, ServerFrame};
+use publishing::{is_retryable, Publishing};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::VecDeque;
+
+const NS_PER_MS: u64 = 1_000_000;
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Servers to connect to (`ws://host:port/ws`), tried in turn.
+    pub urls: Vec<String>,
+    /// Sent in a `hello` on every connection.
+    pub token: Option<String>,
+    /// The `producer` of this client's publishes; by default drawn from `rng_seed`. Two
+    /// clients must never share one while both publish.
+    pub producer: Option<String>,
+    pub rng_seed: u64,
+    pub backoff: BackoffConfig,
+    /// A connection silent this long gets a `ping`.
+    pub ping_interval_ms: u64,
+    /// A `ping` unanswered this long (no frame at all) ends the connection.
+    pub pong_timeout_ms: u64,
+    /// A connection not open after this long is given up.
+    pub connect_timeout_ms: u64,
+    pub publish: PublishLimits,
+}
+
+impl ClientConfig {
+    pub fn new(urls: Vec<String>, rng_seed: u64) -> ClientConfig {
+        ClientConfig {
+            urls,
+            token: None,
+            producer: None,
+            rng_seed,
+            backoff: BackoffConfig::default(),
+            ping_interval_ms: 15_000,
+            pong_timeout_ms: 10_000,
+            connect_timeout_ms: 10_000,
+            publish: PublishLimits::default(),
+        }
+    }
+}
+
+/// What the transport reports.
+#[derive(Debug)]
+pub enum ClientInput<'a> {
+    /// The connection asked for with `ClientOutput::Connect` is open.
+    Connected,
+    /// A text frame from the server.
+    Frame(&'a str),
+    /// The connection ended (close code and reason when the server sent them).
+    Disconnected { code: Option<u16>, reason: String },
+    /// The connection asked for could not be opened.
+    ConnectFailed { why: String },
+}
+
+/// What the client asks of its transport, and tells its application.
+#[derive(Debug, PartialEq)]
+pub enum ClientOutput {
+    /// Open a connection to `url` (after closing any other).
+    Connect {
+        url: String,
+    },
+    /// Send one text frame on the open connection.
+    Send(String),
+    /// Close the connection (the client reports no `Disconnected` for it: it knows).
+    Close,
+    Event(ClientEvent),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnState {
+    Disconnected,
+    Connecting,
+    Connected,
+    /// For good: `close` was called or the server refused the client's identity.
+    Closed,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum ClientEvent {
+    /// The connection's state changed; `why` tells what ended a connection.
+    State { state: ConnState, why: Option<String> },
+    /// A publish ended: each publish call gets exactly one of these.
+    Published { publish: PublishId, outcome: PublishOutcome },
+    /// An error the server sent that answers no request of this client (an ack's, a
+    /// group dropped by an operator).
+    ServerError { code: String, message: String },
+}
+
+/// Why a call was refused on the spot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientError {
+    BadBody(String),
+    /// The publish buffer is full (`PublishLimits`): wait for answers, then publish again.
+    BufferFull(String),
+    Closed,
+}
+
+enum State {
+    Disconnected { retry_at_ns: u64 },
+    Connecting { since_ns: u64 },
+    Connected { since_ns: u64, ping: Ping },
+    Closed,
+}
+
+#[derive(Clone, Copy)]
+enum Ping {
+    /// Nothing outstanding; the server was last heard then.
+    Heard {
+        at_ns: u64,
+    },
+    Sent {
+        at_ns: u64,
+    },
+}
+
+pub struct Client {
+    config: ClientConfig,
+    rng: ChaCha8Rng,
+    state: State,
+    backoff: Backoff,
+    next_url: usize,
+    publishing: Publishing,
+    pings: u64,
+    outputs: VecDeque<ClientOutput>,
+}
+
+impl Client {
+    /// A client that connects at once (the first `handle_timeout` asks for the connection).
+    pub fn new(config: ClientConfig, now_ns: u64) -> Client {
+        let mut rng = ChaCha8Rng::seed_from_u64(config.rng_seed);
+        let producer = config.producer.clone().unwrap_or_else(|| format!("client-{:016x}", rng.gen::<u64>()));
+        let publishing = Publishing::new(producer, config.publish);
+        Client {
+            backoff: Backoff::new(config.backoff),
+            config,
+            rng,
+            state: State::Disconnected { retry_at_ns: now_ns },
+            next_url: 0,
+            publishing,
+            pings: 0,
+            outputs: VecDeque::new(),
+        }
+    }
+
+    pub fn state(&self) -> ConnState {
+        match self.state {
+            State::Disconnected { .. } => ConnState::Disconnected,
+            State::Connecting { .. } => ConnState::Connecting,
+            State::Connected { .. } => ConnState::Connected,
+            State::Closed => ConnState::Closed,
+        }
+    }
+
+    pub fn producer(&self) -> &str {
+        self.publishing.producer()
+    }
+
+    /// Publishes waiting for their outcome.
+    pub fn unanswered_publishes(&self) -> usize {
+        self.publishing.unanswered()
+    }
+
+    /// Bytes of the publishes waiting for their outcome (bounded by `PublishLimits`).
+    pub fn buffered_publish_bytes(&self) -> usize {
+        self.publishing.buffered_bytes()
+    }
+
+    /// Publishes `body` (JSON text) to `topic`. Its outcome comes as `ClientEvent::Published`
+    /// with the returned id, once, whatever happens to connections meanwhile.
+    pub fn publish(&mut self, now_ns: u64, topic: &str, key: Option<&str>, body: &str) -> Result<PublishId, ClientError> {
+        if matches!(self.state, State::Closed) {
+            return Err(ClientError::Closed);
+        }
+        let id = self.publishing.add(topic, key, body)?;
+        self.pump(now_ns);
+        Ok(id)
+    }
+
+    /// Closes the connection for good.
+    pub fn close(&mut self) {
+        if !matches!(self.state, State::Closed) {
+            self.end_for_good("closed by the application".into());
+        }
+    }
+
+    pub fn handle_input(&mut self, now_ns: u64, input: ClientInput<'_>) {
+        match input {
+            ClientInput::Connected => {
+                if !matches!(self.state, State::Connecting { .. }) {
+                    return;
+                }
+                self.state = State::Connected { since_ns: now_ns, ping: Ping::Heard { at_ns: now_ns } };
+                self.event(ClientEvent::State { state: ConnState::Connected, why: None });
+                if let Some(token) = self.config.token.clone() {
+                    self.send_op(&ClientOp::Hello { token: Some(token) });
+                }
+                self.pump(now_ns);
+            }
+            ClientInput::Frame(text) => {
+                let State::Connected { ping, .. } = &mut self.state else { return };
+                *ping = Ping::Heard { at_ns: now_ns };
+                match decode_server_frame(text) {
+                    Ok(frame) => self.on_frame(now_ns, frame),
+                    Err(why) => {
+                        self.outputs.push_back(ClientOutput::Close);
+                        self.connection_lost(now_ns, format!("the server broke the protocol: {why}"));
+                    }
+                }
+            }
+            ClientInput::Disconnected { code, reason } => {
+                let why = match code {
+                    Some(code) => format!("closed by the server ({code}{}{reason})", if reason.is_empty() { "" } else { ": " }),
+                    None => format!("connection lost ({reason})"),
+                };
+                self.connection_lost(now_ns, why);
+            }
+            ClientInput::ConnectFailed { why } => self.connection_lost(now_ns, format!("could not connect: {why}")),
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now_ns: u64) {
+        match self.state {
+            State::Disconnected { retry_at_ns } if now_ns >= retry_at_ns => {
+                let url = self.config.urls[self.next_url % self.config.urls.len().max(1)].clone();
+                self.next_url = self.next_url.wrapping_add(1);
+                self.state = State::Connecting { since_ns: now_ns };
+                self.event(ClientEvent::State { state: ConnState::Connecting, why: None });
+                self.outputs.push_back(ClientOutput::Connect { url });
+            }
+            State::Connecting { since_ns } if now_ns >= since_ns + self.config.connect_timeout_ms * NS_PER_MS => {
+                self.outputs.push_back(ClientOutput::Close);
+                self.connection_lost(now_ns, format!("not connected within {} ms (connect_timeout_ms)", self.config.connect_timeout_ms));
+            }
+            State::Connected { ping: Ping::Heard { at_ns }, since_ns } if now_ns >= at_ns + self.config.ping_interval_ms * NS_PER_MS => {
+                self.state = State::Connected { since_ns, ping: Ping::Sent { at_ns: now_ns } };
+                self.pings += 1;
+                let req = format!("\"ping-{}\"", self.pings);
+                self.send_op(&ClientOp::Ping { req: RawJson::parse(&req).ok() });
+            }
+            State::Connected { ping: Ping::Sent { at_ns }, .. } if now_ns >= at_ns + self.config.pong_timeout_ms * NS_PER_MS => {
+                self.outputs.push_back(ClientOutput::Close);
+                self.connection_lost(now_ns, format!("no answer to a ping within {} ms (pong_timeout_ms)", self.config.pong_timeout_ms));
+            }
+            _ => {}
+        }
+        if matches!(self.state, State::Connected { .. }) {
+            self.pump(now_ns);
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<ClientOutput> {
+        self.outputs.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<u64> {
+        match self.state {
+            State::Disconnected { retry_at_ns } => Some(retry_at_ns),
+            State::Connecting { since_ns } => Some(since_ns + self.config.connect_timeout_ms * NS_PER_MS),
+            State::Connected { ping, .. } => {
+                let ping_due = match ping {
+                    Ping::Heard { at_ns } => at_ns + self.config.ping_interval_ms * NS_PER_MS,
+                    Ping::Sent { at_ns } => at_ns + self.config.pong_timeout_ms * NS_PER_MS,
+                };
+                Some(self.publishing.next_due_ns().map_or(ping_due, |due| due.min(ping_due)))
+            }
+            State::Closed => None,
+        }
+    }
+
+    fn on_frame(&mut self, now_ns: u64, frame: ServerFrame<'_>) {
+        match frame {
+            ServerFrame::Puback { req, topic, id } => {
+                if let Some(seq) = req.and_then(|r| r.get().parse::<u64>().ok()) {
+                    if let Some((publish, outcome)) = self.publishing.answered(seq, PublishOutcome::Stored { topic: topic.into_owned(), id }) {
+                        self.event(ClientEvent::Published { publish, outcome });
+                    }
+                }
+                self.pump(now_ns);
+            }
+            ServerFrame::Error { req, code, message, retry_after_ms } => {
+                let seq = req.and_then(|r| r.get().parse::<u64>().ok());
+                if ErrorCode::from_wire(&code) == Some(ErrorCode::Unauthorized) && seq.is_none() {
+                    // The token was refused: trying again with it cannot help.
+                    return self.end_for_good(format!("the server refused the token: {message}"));
+                }
+                match seq {
+                    Some(seq) if is_retryable(&code) => {
+                        let wait_ms = retry_after_ms.unwrap_or_else(|| self.rng.gen_range(50..=300));
+                        self.publishing.retry_later(seq, now_ns + wait_ms * NS_PER_MS);
+                    }
+                    Some(seq) => {
+                        let outcome = PublishOutcome::Refused { code: code.into_owned(), message: message.into_owned() };
+                        if let Some((publish, outcome)) = self.publishing.answered(seq, outcome) {
+                            self.event(ClientEvent::Published { publish, outcome });
+                        }
+                        self.pump(now_ns);
+                    }
+                    None => self.event(ClientEvent::ServerError { code: code.into_owned(), message: message.into_owned() }),
+                }
+            }
+            ServerFrame::Welcome { .. } | ServerFrame::Pong { .. } | ServerFrame::Other { .. } => {}
+            ServerFrame::Suback { .. } | ServerFrame::Msg { .. } | ServerFrame::Pulled { .. } | ServerFrame::Fetched { .. } => {}
+        }
+    }
+
+    /// Sends what publishing has ready, while connected.
+    fn pump(&mut self, now_ns: u64) {
+        if matches!(self.state, State::Connected { .. }) {
+            for frame in self.publishing.sendable(now_ns) {
+                self.outputs.push_back(ClientOutput::Send(frame));
+            }
+        }
+    }
+
+    fn connection_lost(&mut self, now_ns: u64, why: String) {
+        let lasted_ns = match self.state {
+            State::Connected { since_ns, .. } => now_ns.saturating_sub(since_ns),
+            State::Connecting { .. } | State::Disconnected { .. } => 0,
+            State::Closed => return,
+        };
+        self.publishing.connection_lost();
+        let delay_ms = self.backoff.next_delay_ms(lasted_ns / NS_PER_MS, &mut self.rng);
+        self.state = State::Disconnected { retry_at_ns: now_ns + delay_ms * NS_PER_MS };
+        self.event(ClientEvent::State { state: ConnState::Disconnected, why: Some(why) });
+    }
+
+    fn end_for_good(&mut self, why: String) {
+        if matches!(self.state, State::Connecting { .. } | State::Connected { .. }) {
+            self.outputs.push_back(ClientOutput::Close);
+        }
+        self.state = State::Closed;
+        for (publish, outcome) in self.publishing.abandon_all(&why) {
+            self.event(ClientEvent::Published { publish, outcome });
+        }
+        self.event(ClientEvent::State { state: ConnState::Closed, why: Some(why) });
+    }
+
+    fn send_op(&mut self, op: &ClientOp<'_>) {
+        let mut frame = String::new();
+        encode_client_op(&mut frame, op);
+        self.outputs.push_back(ClientOutput::Send(frame));
+    }
+
+    fn event(&mut self, event: ClientEvent) {
+        self.outputs.push_back(ClientOutput::Event(event));
+    }
+}
