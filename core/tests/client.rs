@@ -1,7 +1,10 @@
 //! The client state machine against a real node (`testkit::Harness`: the server's core on an
 //! in-memory disk), with the node killed and restarted from its disk under the client.
 
-use ferry_core::client::{BackoffConfig, Client, ClientConfig, ClientEvent, ClientInput, ClientOutput, ConnState, PublishId, PublishLimits, PublishOutcome};
+use ferry_core::client::{
+    BackoffConfig, Client, ClientConfig, ClientEvent, ClientInput, ClientOutput, ConnState, Delivery, PublishId, PublishLimits, PublishOutcome, SubscribeOptions,
+};
+use ferry_core::protocol::StartFrom;
 use ferry_core::testkit::Harness;
 use ferry_core::{Config, ConnId};
 use serde_json::{json, Value};
@@ -272,4 +275,233 @@ fn a_silent_server_is_pinged_then_left() {
     let ended: Vec<ClientOutput> = std::iter::from_fn(|| client.poll_output()).collect();
     assert_eq!(ended.first(), Some(&ClientOutput::Close), "{ended:?}");
     assert_eq!(client.state(), ConnState::Disconnected);
+}
+
+/// A second client on the same node: the subscriber, acking each message as its application
+/// would (all of them, or only those `acks` lets through).
+struct Subscriber {
+    client: Client,
+    conn: Option<ConnId>,
+    deliveries: Vec<Delivery>,
+    events: Vec<ClientEvent>,
+}
+
+impl Subscriber {
+    fn new(seed: u64, now_ns: u64, options: SubscribeOptions) -> Subscriber {
+        let mut client = Client::new(client_config(seed), now_ns);
+        client.subscribe(options).unwrap();
+        Subscriber { client, conn: None, deliveries: Vec::new(), events: Vec::new() }
+    }
+
+    /// One exchange with the node; true when anything moved.
+    fn exchange(&mut self, node: &mut Harness, next_conn: &mut u64, acks: &dyn Fn(&Delivery) -> bool) -> bool {
+        let mut moved = false;
+        while let Some(output) = self.client.poll_output() {
+            moved = true;
+            match output {
+                ClientOutput::Connect { .. } => {
+                    let conn = ConnId(*next_conn);
+                    *next_conn += 1;
+                    self.conn = Some(conn);
+                    let welcome = node.connect(conn);
+                    self.client.handle_input(node.now_ns, ClientInput::Connected);
+                    self.client.handle_input(node.now_ns, ClientInput::Frame(&welcome.to_string()));
+                }
+                ClientOutput::Send(text) => node.send(self.conn.expect("connected"), &text),
+                ClientOutput::Close => {
+                    if let Some(conn) = self.conn.take() {
+                        node.disconnect(conn);
+                    }
+                }
+                ClientOutput::Event(ClientEvent::Message(delivery)) => {
+                    if !delivery.repaired && acks(&delivery) {
+                        self.client.ack(node.now_ns, &delivery.topic, &delivery.group, delivery.id).unwrap();
+                    }
+                    self.deliveries.push(delivery);
+                }
+                ClientOutput::Event(event) => self.events.push(event),
+            }
+        }
+        if let Some(conn) = self.conn {
+            for frame in node.take(conn) {
+                moved = true;
+                self.client.handle_input(node.now_ns, ClientInput::Frame(&frame.to_string()));
+            }
+        }
+        if self.client.poll_timeout().is_some_and(|at| at <= node.now_ns) {
+            self.client.handle_timeout(node.now_ns);
+            moved = true;
+        }
+        moved
+    }
+
+    fn bodies(&self) -> Vec<u64> {
+        self.deliveries.iter().map(|d| serde_json::from_str::<Value>(&d.body).unwrap()["n"].as_u64().unwrap()).collect()
+    }
+}
+
+/// Runs a publisher (`wire`) and a subscriber on one node for `ms`, 1 ms at a time.
+fn run_both(wire: &mut Wire, sub: &mut Subscriber, ms: u64, acks: &dyn Fn(&Delivery) -> bool) {
+    for _ in 0..ms {
+        loop {
+            wire.settle();
+            if !sub.exchange(&mut wire.node, &mut wire.next_conn, acks) {
+                break;
+            }
+        }
+        wire.advance_ms(1);
+        sub.client.handle_timeout(wire.now());
+    }
+}
+
+fn earliest(topic: &str, group: &str) -> SubscribeOptions {
+    SubscribeOptions { from: StartFrom::Earliest, window: Some(16), ..SubscribeOptions::new(topic, group) }
+}
+
+#[test]
+fn a_subscriber_gets_every_message_once_in_order_across_two_crashes() {
+    let mut wire = Wire::new(Config::default(), client_config(10));
+    let mut sub = Subscriber::new(11, wire.now(), earliest("orders", "billing"));
+    wire.next_conn = 100;
+    for i in 0..200u64 {
+        wire.client.publish(wire.now(), "orders", Some(&format!("k{}", i % 5)), &json!({"n": i}).to_string()).unwrap();
+        if i % 10 == 0 {
+            run_both(&mut wire, &mut sub, 1, &|_| true);
+        }
+        if i == 70 || i == 140 {
+            wire.crash_and_restart();
+            if sub.conn.take().is_some() {
+                sub.client.handle_input(wire.now(), ClientInput::Disconnected { code: None, reason: "connection reset".into() });
+            }
+        }
+    }
+    run_both(&mut wire, &mut sub, 30_000, &|_| true);
+    assert_eq!(sub.bodies(), (0..200).collect::<Vec<_>>(), "each message once, in order");
+    let ids: Vec<u64> = sub.deliveries.iter().map(|d| d.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+    let subscribed = sub.events.iter().filter(|e| matches!(e, ClientEvent::Subscribed { .. })).count();
+    assert!(subscribed >= 2, "subscribed again after a crash ({subscribed} subacks)");
+}
+
+#[test]
+fn a_redelivery_is_not_handed_over_twice() {
+    let config = Config { ack_timeout_ms: 1_000, ..Config::default() };
+    let mut wire = Wire::new(config, client_config(12));
+    let mut sub = Subscriber::new(13, wire.now(), earliest("orders", "billing"));
+    wire.next_conn = 100;
+    for i in 0..10u64 {
+        wire.client.publish(wire.now(), "orders", None, &json!({"n": i}).to_string()).unwrap();
+    }
+    // The application holds on to the even ones: the server redelivers them at the ack timeout.
+    run_both(&mut wire, &mut sub, 3_500, &|d| d.id % 2 == 1);
+    assert_eq!(sub.bodies(), (0..10).collect::<Vec<_>>(), "redeliveries of unacked ids are not handed over again");
+    for d in sub.deliveries.clone().iter().filter(|d| d.id % 2 == 0) {
+        sub.client.ack(wire.now(), &d.topic, &d.group, d.id).unwrap();
+    }
+    run_both(&mut wire, &mut sub, 3_000, &|_| true);
+    assert_eq!(sub.deliveries.len(), 10, "acked at last: nothing more comes");
+    let stats = wire.node.node.stats();
+    assert!(stats.redelivered > 0, "the server did redeliver ({stats:?})");
+}
+
+/// A connected client subscribed to orders/billing, its outputs so far drained.
+fn subscribed_client(options: SubscribeOptions) -> Client {
+    let mut client = Client::new(client_config(20), 0);
+    client.subscribe(options).unwrap();
+    client.handle_timeout(0);
+    client.handle_input(0, ClientInput::Connected);
+    client.handle_input(0, ClientInput::Frame(r#"{"op":"suback","req":"s-1","topic":"orders","group":"billing"}"#));
+    drain(&mut client);
+    client
+}
+
+fn drain(client: &mut Client) -> Vec<ClientOutput> {
+    std::iter::from_fn(|| client.poll_output()).collect()
+}
+
+fn msg(id: u64, prev: u64, key: &str) -> String {
+    json!({"op": "msg", "topic": "orders", "group": "billing", "id": id, "prev": prev, "key": key, "body": {"n": id}, "attempt": 1, "ts": 5}).to_string()
+}
+
+fn handed(outputs: &[ClientOutput]) -> Vec<(u64, bool)> {
+    outputs.iter().filter_map(|o| if let ClientOutput::Event(ClientEvent::Message(d)) = o { Some((d.id, d.repaired)) } else { None }).collect()
+}
+
+fn sent(outputs: &[ClientOutput]) -> Vec<Value> {
+    outputs.iter().filter_map(|o| if let ClientOutput::Send(text) = o { Some(serde_json::from_str(text).unwrap()) } else { None }).collect()
+}
+
+#[test]
+fn a_gap_is_fetched_page_by_page_filtered_and_handed_over_before_what_waited() {
+    let options = SubscribeOptions { filter: Some(ferry_core::protocol::Filter::KeyPrefix("a".into())), ..SubscribeOptions::new("orders", "billing") };
+    let mut client = subscribed_client(options);
+    client.handle_input(1, ClientInput::Frame(&msg(5, 0, "a1")));
+    assert_eq!(handed(&drain(&mut client)), [(5, false)]);
+    // prev 9 > 5: ids 6..=9 were missed. 12 waits for them, and so does 13.
+    client.handle_input(2, ClientInput::Frame(&msg(12, 9, "a2")));
+    let out = drain(&mut client);
+    assert_eq!(handed(&out), []);
+    let fetch = sent(&out).into_iter().find(|f| f["op"] == "fetch").expect("a fetch for the gap");
+    assert_eq!((fetch["from"].as_u64(), fetch["to"].as_u64()), (Some(6), Some(9)));
+    let req = fetch["req"].clone();
+    client.handle_input(3, ClientInput::Frame(&msg(13, 12, "a3")));
+    assert_eq!(handed(&drain(&mut client)), []);
+    // First page: 6 (another key prefix: the group's filter leaves it out) and 7.
+    let page = json!({"op": "fetched", "req": req, "topic": "orders", "messages": [{"id": 6, "key": "b", "body": 1, "ts": 1}, {"id": 7, "key": "a7", "body": 2, "ts": 1}]});
+    client.handle_input(4, ClientInput::Frame(&page.to_string()));
+    let out = drain(&mut client);
+    assert_eq!(handed(&out), [(7, true)]);
+    let next = sent(&out).into_iter().find(|f| f["op"] == "fetch").expect("the next page");
+    assert_eq!((next["from"].as_u64(), next["to"].as_u64()), (Some(8), Some(9)));
+    // Nothing more is stored in the gap (retention took 8 and 9): the waiting messages go on.
+    let empty = json!({"op": "fetched", "req": next["req"], "topic": "orders", "messages": []});
+    client.handle_input(5, ClientInput::Frame(&empty.to_string()));
+    assert_eq!(handed(&drain(&mut client)), [(12, false), (13, false)]);
+}
+
+#[test]
+fn a_duplicate_of_an_acked_message_is_acked_again_and_acks_wait_for_a_connection() {
+    let mut client = subscribed_client(SubscribeOptions::new("orders", "billing"));
+    client.handle_input(1, ClientInput::Frame(&msg(1, 0, "k")));
+    client.handle_input(1, ClientInput::Frame(&msg(2, 1, "k")));
+    assert_eq!(handed(&drain(&mut client)), [(1, false), (2, false)]);
+    client.ack(1, "orders", "billing", 1).unwrap();
+    client.ack(1, "orders", "billing", 2).unwrap();
+    assert_eq!(client.poll_timeout(), Some(1), "acks go out at the end of the turn");
+    client.handle_timeout(1);
+    let acks = sent(&drain(&mut client));
+    assert_eq!(acks, [json!({"op": "ack", "topic": "orders", "group": "billing", "ids": [1, 2]})], "one frame for both");
+    // The ack of 2 was lost with the connection: 2 comes again, is not handed over, and is acked again.
+    client.handle_input(2, ClientInput::Frame(&msg(2, 1, "k")));
+    let out = drain(&mut client);
+    assert_eq!(handed(&out), []);
+    client.handle_timeout(2);
+    assert_eq!(sent(&drain(&mut client)), [json!({"op": "ack", "topic": "orders", "group": "billing", "ids": [2]})]);
+    // An ack made while disconnected goes out on the next connection, after the sub.
+    client.handle_input(3, ClientInput::Frame(&msg(3, 2, "k")));
+    drain(&mut client);
+    client.handle_input(4, ClientInput::Disconnected { code: Some(1013), reason: "leader changed".into() });
+    client.ack(4, "orders", "billing", 3).unwrap();
+    let retry_at = client.poll_timeout().unwrap();
+    client.handle_timeout(retry_at);
+    client.handle_input(retry_at, ClientInput::Connected);
+    let frames = sent(&drain(&mut client));
+    let ops: Vec<&str> = frames.iter().map(|f| f["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["sub", "ack"], "{frames:?}");
+    assert_eq!(frames[1]["ids"], json!([3]));
+    assert!(matches!(client.ack(5, "orders", "other", 3), Err(ferry_core::client::ClientError::NotSubscribed(_))));
+}
+
+#[test]
+fn a_group_reset_backwards_hands_its_messages_over_again() {
+    let mut client = subscribed_client(SubscribeOptions::new("orders", "billing"));
+    client.handle_input(1, ClientInput::Frame(&msg(1, 0, "k")));
+    client.handle_input(1, ClientInput::Frame(&msg(2, 1, "k")));
+    drain(&mut client);
+    client.ack(1, "orders", "billing", 1).unwrap();
+    client.ack(1, "orders", "billing", 2).unwrap();
+    // An operator reset the group to id 1: a new chain (prev 0) delivers 1 and 2 again.
+    client.handle_input(2, ClientInput::Frame(&msg(1, 0, "k")));
+    client.handle_input(2, ClientInput::Frame(&msg(2, 1, "k")));
+    assert_eq!(handed(&drain(&mut client)), [(1, false), (2, false)]);
 }

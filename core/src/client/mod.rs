@@ -7,20 +7,24 @@
 //! outcome however often the connection drops. Whoever runs it (the simulator, the command
 //! line, the client library) only moves bytes and time.
 //!
-//! Issue 13 builds it in steps: this one holds the connection and publishing; subscriptions
-//! (resubscribe, `prev` gap repair, dedupe, batched acks) come next.
+//! Subscriptions hand each message of a group to the application once, in order, with
+//! gaps repaired by `fetch` (subscriptions.rs).
 
 mod backoff;
 mod publishing;
+mod subscriptions;
 
 pub use backoff::{Backoff, BackoffConfig};
 pub use publishing::{PublishId, PublishLimits, PublishOutcome};
+pub use subscriptions::{Delivery, SubscribeOptions};
 
-use crate::protocol::{decode_server_frame, encode_client_op, ClientOp, ErrorCode, RawJson, ServerFrame};
+use crate::protocol::{decode_server_frame, encode_client_op, ClientOp, ErrorCode, RawJson, Req, ServerFrame};
 use publishing::{is_retryable, Publishing};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::borrow::Cow;
 use std::collections::VecDeque;
+use subscriptions::{Effects, Subscription};
 
 const NS_PER_MS: u64 = 1_000_000;
 
@@ -42,6 +46,10 @@ pub struct ClientConfig {
     /// A connection not open after this long is given up.
     pub connect_timeout_ms: u64,
     pub publish: PublishLimits,
+    /// Ids per group remembered as handed over, so that a redelivery is not handed again.
+    pub dedupe_window_ids: usize,
+    /// Acks waiting go out in one frame once this many wait (else at the end of the turn).
+    pub ack_batch_max: usize,
 }
 
 impl ClientConfig {
@@ -56,6 +64,8 @@ impl ClientConfig {
             pong_timeout_ms: 10_000,
             connect_timeout_ms: 10_000,
             publish: PublishLimits::default(),
+            dedupe_window_ids: 100_000,
+            ack_batch_max: 64,
         }
     }
 }
@@ -103,8 +113,15 @@ pub enum ClientEvent {
     /// A publish ended: each publish call gets exactly one of these.
     Published { publish: PublishId, outcome: PublishOutcome },
     /// An error the server sent that answers no request of this client (an ack's, a
-    /// group dropped by an operator).
+    /// group dropped by an operator), or that ended a gap's repair.
     ServerError { code: String, message: String },
+    /// The server took the subscription (on every connection).
+    Subscribed { topic: String, group: String },
+    /// The server refused the subscription for good (forbidden, conflict, bad_frame): it is dropped.
+    SubscribeFailed { topic: String, group: String, code: String, message: String },
+    /// A message for the application, once per group. Ack it with `Client::ack` unless it is
+    /// `repaired`.
+    Message(Delivery),
 }
 
 /// Why a call was refused on the spot.
@@ -114,6 +131,9 @@ pub enum ClientError {
     /// The publish buffer is full (`PublishLimits`): wait for answers, then publish again.
     BufferFull(String),
     Closed,
+    /// `ack`/`nack` for a group this client has not subscribed to, or a second `subscribe`.
+    NotSubscribed(String),
+    AlreadySubscribed(String),
 }
 
 enum State {
@@ -141,6 +161,11 @@ pub struct Client {
     backoff: Backoff,
     next_url: usize,
     publishing: Publishing,
+    subscriptions: Vec<Subscription>,
+    /// When waiting acks go out (the end of the turn that made them).
+    acks_due_ns: Option<u64>,
+    /// When subscriptions and repairs refused with a retryable error are asked again.
+    retry_subscriptions_ns: Option<u64>,
     pings: u64,
     outputs: VecDeque<ClientOutput>,
 }
@@ -158,6 +183,9 @@ impl Client {
             state: State::Disconnected { retry_at_ns: now_ns },
             next_url: 0,
             publishing,
+            subscriptions: Vec::new(),
+            acks_due_ns: None,
+            retry_subscriptions_ns: None,
             pings: 0,
             outputs: VecDeque::new(),
         }
@@ -197,6 +225,62 @@ impl Client {
         Ok(id)
     }
 
+    /// Subscribes, now and on every connection to come. Messages come as `ClientEvent::Message`.
+    pub fn subscribe(&mut self, options: SubscribeOptions) -> Result<(), ClientError> {
+        if matches!(self.state, State::Closed) {
+            return Err(ClientError::Closed);
+        }
+        if self.subscription(&options.topic, &options.group).is_some() {
+            return Err(ClientError::AlreadySubscribed(format!("already subscribed to '{}' as '{}'", options.topic, options.group)));
+        }
+        let req = format!("s-{}", self.subscriptions.len() + 1);
+        let mut subscription = Subscription::new(options, req);
+        if matches!(self.state, State::Connected { .. }) {
+            for frame in subscription.on_connected() {
+                self.outputs.push_back(ClientOutput::Send(frame));
+            }
+        }
+        self.subscriptions.push(subscription);
+        Ok(())
+    }
+
+    /// The application is done with message `id`: acks go out in batches, at the end of the
+    /// turn or once `ack_batch_max` wait. Acking a repaired or already acked id does nothing.
+    pub fn ack(&mut self, now_ns: u64, topic: &str, group: &str, id: u64) -> Result<(), ClientError> {
+        let batch_max = self.config.ack_batch_max.max(1);
+        let connected = matches!(self.state, State::Connected { .. });
+        let Some(s) = self.subscription_mut(topic, group) else { return Err(not_subscribed(topic, group)) };
+        if s.ack(id) {
+            if connected && s.pending_acks() >= batch_max {
+                let frame = s.pending_ack_frame();
+                self.outputs.extend(frame.map(ClientOutput::Send));
+            } else {
+                self.acks_due_ns = Some(self.acks_due_ns.map_or(now_ns, |due| due.min(now_ns)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives message `id` back to the group, to come again after `delay_ms` (and be handed
+    /// over again).
+    pub fn nack(&mut self, topic: &str, group: &str, id: u64, delay_ms: u64) -> Result<(), ClientError> {
+        let connected = matches!(self.state, State::Connected { .. });
+        let Some(s) = self.subscription_mut(topic, group) else { return Err(not_subscribed(topic, group)) };
+        // Not connected: the server redelivers it once its ack timeout passes anyway.
+        if let Some(frame) = s.nack(id, delay_ms).filter(|_| connected) {
+            self.outputs.push_back(ClientOutput::Send(frame));
+        }
+        Ok(())
+    }
+
+    fn subscription(&self, topic: &str, group: &str) -> Option<&Subscription> {
+        self.subscriptions.iter().find(|s| s.options.topic == topic && s.options.group == group)
+    }
+
+    fn subscription_mut(&mut self, topic: &str, group: &str) -> Option<&mut Subscription> {
+        self.subscriptions.iter_mut().find(|s| s.options.topic == topic && s.options.group == group)
+    }
+
     /// Closes the connection for good.
     pub fn close(&mut self) {
         if !matches!(self.state, State::Closed) {
@@ -214,6 +298,9 @@ impl Client {
                 self.event(ClientEvent::State { state: ConnState::Connected, why: None });
                 if let Some(token) = self.config.token.clone() {
                     self.send_op(&ClientOp::Hello { token: Some(token) });
+                }
+                for s in &mut self.subscriptions {
+                    self.outputs.extend(s.on_connected().into_iter().map(ClientOutput::Send));
                 }
                 self.pump(now_ns);
             }
@@ -265,6 +352,18 @@ impl Client {
             _ => {}
         }
         if matches!(self.state, State::Connected { .. }) {
+            if self.acks_due_ns.is_some_and(|due| due <= now_ns) {
+                self.acks_due_ns = None;
+                for s in &mut self.subscriptions {
+                    self.outputs.extend(s.pending_ack_frame().map(ClientOutput::Send));
+                }
+            }
+            if self.retry_subscriptions_ns.is_some_and(|due| due <= now_ns) {
+                self.retry_subscriptions_ns = None;
+                for s in &mut self.subscriptions {
+                    self.outputs.extend(s.retry_frames().into_iter().map(ClientOutput::Send));
+                }
+            }
             self.pump(now_ns);
         }
     }
@@ -282,7 +381,8 @@ impl Client {
                     Ping::Heard { at_ns } => at_ns + self.config.ping_interval_ms * NS_PER_MS,
                     Ping::Sent { at_ns } => at_ns + self.config.pong_timeout_ms * NS_PER_MS,
                 };
-                Some(self.publishing.next_due_ns().map_or(ping_due, |due| due.min(ping_due)))
+                let due = [Some(ping_due), self.publishing.next_due_ns(), self.acks_due_ns, self.retry_subscriptions_ns];
+                due.into_iter().flatten().min()
             }
             State::Closed => None,
         }
@@ -299,6 +399,9 @@ impl Client {
                 self.pump(now_ns);
             }
             ServerFrame::Error { req, code, message, retry_after_ms } => {
+                if let Some(text) = req_string(&req) {
+                    return self.on_request_error(now_ns, &text, &code, &message, retry_after_ms);
+                }
                 let seq = req.and_then(|r| r.get().parse::<u64>().ok());
                 if ErrorCode::from_wire(&code) == Some(ErrorCode::Unauthorized) && seq.is_none() {
                     // The token was refused: trying again with it cannot help.
@@ -319,8 +422,76 @@ impl Client {
                     None => self.event(ClientEvent::ServerError { code: code.into_owned(), message: message.into_owned() }),
                 }
             }
-            ServerFrame::Welcome { .. } | ServerFrame::Pong { .. } | ServerFrame::Other { .. } => {}
-            ServerFrame::Suback { .. } | ServerFrame::Msg { .. } | ServerFrame::Pulled { .. } | ServerFrame::Fetched { .. } => {}
+            ServerFrame::Suback { req, topic, group } => {
+                let Some(text) = req_string(&req) else { return };
+                if let Some(s) = self.subscriptions.iter_mut().find(|s| s.req == text) {
+                    s.joined = true;
+                    self.event(ClientEvent::Subscribed { topic: topic.into_owned(), group: group.into_owned() });
+                }
+            }
+            ServerFrame::Msg { topic, group, id, prev, key, body, attempt, ts_ms } => {
+                let window = self.config.dedupe_window_ids;
+                let Some(s) = self.subscription_mut(&topic, &group) else { return };
+                let delivery = Delivery {
+                    topic: topic.into_owned(),
+                    group: group.into_owned(),
+                    id,
+                    key: key.map(Cow::into_owned),
+                    body: body.get().to_string(),
+                    attempt,
+                    ts_ms,
+                    repaired: false,
+                };
+                let effects = s.on_msg(id, prev, delivery, window);
+                self.apply(now_ns, effects);
+            }
+            ServerFrame::Fetched { req, messages, .. } => {
+                let window = self.config.dedupe_window_ids;
+                let Some(text) = req_string(&req) else { return };
+                let Some(s) = self.subscriptions.iter_mut().find(|s| s.repair_req() == Some(text.as_str())) else { return };
+                let effects = s.on_fetched(&messages, window);
+                self.apply(now_ns, effects);
+            }
+            ServerFrame::Welcome { .. } | ServerFrame::Pong { .. } | ServerFrame::Pulled { .. } | ServerFrame::Other { .. } => {}
+        }
+    }
+
+    /// An error answering a subscription's `sub` or a repair's `fetch`.
+    fn on_request_error(&mut self, now_ns: u64, req: &str, code: &str, message: &str, retry_after_ms: Option<u64>) {
+        let window = self.config.dedupe_window_ids;
+        let retry_at_ns = now_ns + retry_after_ms.unwrap_or_else(|| self.rng.gen_range(50..=300)) * NS_PER_MS;
+        if let Some(at) = self.subscriptions.iter().position(|s| s.req == req) {
+            if is_retryable(code) {
+                self.subscriptions[at].retry_sub_later();
+                self.retry_subscriptions_ns = Some(self.retry_subscriptions_ns.map_or(retry_at_ns, |due| due.min(retry_at_ns)));
+            } else {
+                let s = self.subscriptions.remove(at);
+                self.event(ClientEvent::SubscribeFailed { topic: s.options.topic, group: s.options.group, code: code.into(), message: message.into() });
+            }
+        } else if let Some(s) = self.subscriptions.iter_mut().find(|s| s.repair_req() == Some(req)) {
+            if is_retryable(code) {
+                s.retry_repair_later();
+                self.retry_subscriptions_ns = Some(self.retry_subscriptions_ns.map_or(retry_at_ns, |due| due.min(retry_at_ns)));
+            } else {
+                // The gap cannot be read: what waited behind it goes on; the application hears why.
+                let mut effects = Effects::default();
+                s.end_repair(window, &mut effects);
+                self.event(ClientEvent::ServerError { code: code.into(), message: format!("a gap's repair failed: {message}") });
+                self.apply(now_ns, effects);
+            }
+        }
+    }
+
+    /// Hands deliveries to the application and sends what a subscription asked for.
+    fn apply(&mut self, now_ns: u64, effects: Effects) {
+        for frame in effects.frames {
+            self.outputs.push_back(ClientOutput::Send(frame));
+        }
+        for delivery in effects.deliveries {
+            self.event(ClientEvent::Message(delivery));
+        }
+        if self.subscriptions.iter().any(Subscription::has_pending_acks) {
+            self.acks_due_ns = Some(self.acks_due_ns.map_or(now_ns, |due| due.min(now_ns)));
         }
     }
 
@@ -340,6 +511,9 @@ impl Client {
             State::Closed => return,
         };
         self.publishing.connection_lost();
+        for s in &mut self.subscriptions {
+            s.on_disconnected();
+        }
         let delay_ms = self.backoff.next_delay_ms(lasted_ns / NS_PER_MS, &mut self.rng);
         self.state = State::Disconnected { retry_at_ns: now_ns + delay_ms * NS_PER_MS };
         self.event(ClientEvent::State { state: ConnState::Disconnected, why: Some(why) });
@@ -365,4 +539,13 @@ impl Client {
     fn event(&mut self, event: ClientEvent) {
         self.outputs.push_back(ClientOutput::Event(event));
     }
+}
+
+fn not_subscribed(topic: &str, group: &str) -> ClientError {
+    ClientError::NotSubscribed(format!("not subscribed to '{topic}' as '{group}'"))
+}
+
+/// A `req` this client wrote as a string (subscriptions', repairs', pings').
+fn req_string(req: &Req<'_>) -> Option<String> {
+    req.and_then(|r| serde_json::from_str::<String>(r.get()).ok())
 }
