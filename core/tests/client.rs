@@ -505,3 +505,91 @@ fn a_group_reset_backwards_hands_its_messages_over_again() {
     client.handle_input(2, ClientInput::Frame(&msg(2, 1, "k")));
     assert_eq!(handed(&drain(&mut client)), [(1, false), (2, false)]);
 }
+
+/// Random frames (well-formed and not), transport events, timeouts and application calls:
+/// the client never panics, never answers a publish twice, and never asks to be woken in the
+/// past (a driver would spin on such a timer).
+#[test]
+fn random_inputs_never_panic_double_answer_or_spin() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(99);
+    for round in 0..300 {
+        let mut config = client_config(round);
+        config.publish = PublishLimits { in_flight_max: 1 + rng.gen_range(0..4), buffered_max: 20, buffered_bytes_max: 1 << 16 };
+        config.dedupe_window_ids = 1 + rng.gen_range(0..8);
+        let mut client = Client::new(config, 0);
+        let mut now = 0u64;
+        let mut answered = std::collections::BTreeSet::new();
+        let _ = client.subscribe(SubscribeOptions { repair_gaps: rng.gen_bool(0.7), ..SubscribeOptions::new("orders", "billing") });
+        for _ in 0..300 {
+            now += rng.gen_range(0..3) * rng.gen_range(0..200) * MS;
+            let (id, prev) = (rng.gen_range(0..12u64), rng.gen_range(0..12u64));
+            let req = match rng.gen_range(0..4) {
+                0 => json!(rng.gen_range(0..25u64)),
+                1 => json!("s-1"),
+                2 => json!(format!("f-s-1-{}", rng.gen_range(0..12))),
+                _ => json!("x"),
+            };
+            match rng.gen_range(0..14) {
+                0 => client.handle_input(now, ClientInput::Connected),
+                1 => client.handle_input(now, ClientInput::Disconnected { code: Some(1013), reason: String::new() }),
+                2 => client.handle_input(now, ClientInput::ConnectFailed { why: "refused".into() }),
+                3 => client.handle_input(now, ClientInput::Frame(&msg(id, prev, "k"))),
+                4 => client.handle_input(now, ClientInput::Frame(&json!({"op": "puback", "req": req, "topic": "orders", "id": id}).to_string())),
+                5 => {
+                    let code = ["overloaded", "forbidden", "unavailable", "unauthorized", "not_subscribed"][rng.gen_range(0..5)];
+                    let frame = json!({"op": "error", "req": req, "code": code, "message": "m", "retry_after_ms": rng.gen_range(0..50)});
+                    client.handle_input(now, ClientInput::Frame(&frame.to_string()));
+                }
+                6 => {
+                    let messages: Vec<Value> = (0..rng.gen_range(0..4)).map(|i| json!({"id": id + i, "key": "k", "body": i, "ts": 1})).collect();
+                    client.handle_input(now, ClientInput::Frame(&json!({"op": "fetched", "req": req, "topic": "orders", "messages": messages}).to_string()));
+                }
+                7 => client.handle_input(
+                    now,
+                    ClientInput::Frame(["{", "[]", r#"{"op":"msg"}"#, r#"{"op":"suback","req":"s-1","topic":"orders","group":"billing"}"#][rng.gen_range(0..4)]),
+                ),
+                8 | 9 => {
+                    let _ = client.publish(now, "orders", None, "1");
+                }
+                10 => {
+                    let _ = client.ack(now, "orders", "billing", id);
+                }
+                11 => {
+                    let _ = client.nack("orders", "billing", id, 5);
+                }
+                12 if rng.gen_bool(0.05) => client.close(),
+                _ => {
+                    if let Some(at) = client.poll_timeout() {
+                        now = now.max(at);
+                    }
+                    client.handle_timeout(now);
+                }
+            }
+            let mut drain_checked = |client: &mut Client| {
+                let mut produced = 0;
+                while let Some(output) = client.poll_output() {
+                    produced += 1;
+                    if let ClientOutput::Event(ClientEvent::Published { publish, .. }) = output {
+                        assert!(answered.insert(publish), "round {round}: {publish:?} answered twice");
+                    }
+                }
+                produced
+            };
+            drain_checked(&mut client);
+            // A timer due now may fire once for nothing, but not stay due without doing
+            // anything: its driver would spin.
+            for _ in 0..3 {
+                match client.poll_timeout() {
+                    Some(at) if at <= now => {
+                        client.handle_timeout(now);
+                        let produced = drain_checked(&mut client);
+                        let still_due = client.poll_timeout().is_some_and(|again| again <= now);
+                        assert!(produced > 0 || !still_due, "round {round}: a timeout due at {at} (now {now}) stays due and does nothing");
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+}

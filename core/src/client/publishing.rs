@@ -100,7 +100,9 @@ impl Publishing {
         due.into_iter()
             .map(|seq| {
                 self.in_flight.insert(seq);
-                self.pending[&seq].frame.clone()
+                let pending = self.pending.get_mut(&seq).expect("chosen from pending");
+                pending.not_before_ns = 0;
+                pending.frame.clone()
             })
             .collect()
     }
@@ -110,8 +112,12 @@ impl Publishing {
         self.in_flight.clear();
     }
 
-    /// The earliest time a waiting publish may go out, if one waits for a time.
+    /// The earliest time a waiting publish may go out, if one waits for a time and there is
+    /// room to send it then (without room, an answer makes room and sends it).
     pub fn next_due_ns(&self) -> Option<u64> {
+        if self.in_flight.len() >= self.limits.in_flight_max {
+            return None;
+        }
         self.pending.iter().filter(|(seq, p)| !self.in_flight.contains(seq) && p.not_before_ns > 0).map(|(_, p)| p.not_before_ns).min()
     }
 
