@@ -1,7 +1,10 @@
-//! `ferry publish` and `ferry subscribe`: small blocking PROTOCOL.md clients.
+//! `ferry publish` and `ferry subscribe`, built on the client library (`ferry-client`): they
+//! reconnect across `--url`s, publish idempotently, and print each message once.
 
-use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use ferry_client::{ClientConfig, ClientError, ClientEvent, ConnState, FerryClient, Filter, PublishOutcome, StartFrom, SubscribeOptions};
+use ferry_core::protocol::{push_u64, write_json_str};
+use serde_json::Value;
+use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -10,36 +13,41 @@ use tungstenite::{Message, WebSocket};
 
 type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
 
-/// Publishes sent ahead of their pubacks.
+/// Publishes handed to the client ahead of their answers.
 const PUBLISH_AHEAD_MAX: usize = 1_000;
 
 #[derive(clap::Args)]
 pub struct PublishArgs {
-    /// A node's URL; several (repeated or comma-separated) are tried in turn when one fails.
-    /// With --producer, publishes not yet answered are sent again to the next node (stored
-    /// once); without it they are reported as failed (they may or may not be stored).
+    /// A node's URL; several (repeated or comma-separated) are tried in turn. Publishes not
+    /// yet answered when a connection ends are sent again on the next one, and stored once.
     #[arg(long, default_value = crate::DEFAULT_URL, value_delimiter = ',')]
     url: Vec<String>,
     #[arg(long)]
     topic: String,
     #[arg(long)]
     key: Option<String>,
-    /// Makes the publishes idempotent: seq counts up from --seq.
+    /// The publishes' producer name (idempotence); by default a new one for each run. A run
+    /// that goes on from an earlier one under the same name starts --seq above its last seq.
     #[arg(long)]
     producer: Option<String>,
     #[arg(long, default_value_t = 1)]
     seq: u64,
     #[arg(long)]
     token: Option<String>,
-    /// Message bodies; without any, stdin is read line by line.
+    /// Publishes still unanswered after this long without progress are given up (and named:
+    /// they may or may not be stored).
+    #[arg(long, default_value_t = 30_000)]
+    timeout_ms: u64,
+    /// Message bodies (JSON, or text sent as a JSON string); without any, stdin is read line
+    /// by line.
     bodies: Vec<String>,
 }
 
 #[derive(clap::Args)]
 pub struct SubscribeArgs {
     /// A node's URL; several (repeated or comma-separated) are tried in turn: when the
-    /// connection ends, the next one is joined and the group subscribed again, and each
-    /// message is printed once (redeliveries of the last ones printed are acked, not printed).
+    /// connection ends, the next one is joined and the group subscribed again. Each message is
+    /// printed once, as a line {"id","key","body"}, each key in order; gaps are fetched.
     #[arg(long, default_value = crate::DEFAULT_URL, value_delimiter = ',')]
     url: Vec<String>,
     #[arg(long)]
@@ -127,22 +135,6 @@ fn status_table(url: &str, welcome: &Value) -> String {
     out
 }
 
-fn connect(url: &str, token: Option<&str>) -> Result<Socket, String> {
-    let (mut ws, _) = tungstenite::connect(url).map_err(|e| format!("cannot connect to {url}: {e}"))?;
-    let welcome = read_json(&mut ws)?;
-    if welcome["op"] != "welcome" {
-        return Err(format!("expected welcome, got {welcome}"));
-    }
-    if let Some(token) = token {
-        send_json(&mut ws, &json!({"op": "hello", "token": token}))?;
-    }
-    Ok(ws)
-}
-
-fn send_json(ws: &mut Socket, value: &Value) -> Result<(), String> {
-    ws.send(Message::text(value.to_string())).map_err(|e| format!("send failed: {e}"))
-}
-
 fn read_json(ws: &mut Socket) -> Result<Value, String> {
     loop {
         match ws.read().map_err(|e| format!("connection lost: {e}"))? {
@@ -153,50 +145,52 @@ fn read_json(ws: &mut Socket) -> Result<Value, String> {
     }
 }
 
-fn parse_body(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
-}
-
-/// Longest wait between attempts to reach a node, and how many remembered message ids keep a
-/// subscriber from printing a redelivery twice.
-const RETRY_WAIT_MAX: Duration = Duration::from_secs(2);
-const PRINTED_IDS_MAX: usize = 100_000;
-
-/// Error codes that no other node or later attempt answers differently.
-fn is_terminal(code: &Value) -> bool {
-    !matches!(code.as_str(), Some("unavailable" | "overloaded" | "internal"))
-}
-
-/// Connects to the nodes of `urls` in turn, starting at `*at`, waiting longer after each
-/// failed round (up to `RETRY_WAIT_MAX`); gives up after `rounds` rounds.
-fn connect_any(urls: &[String], at: &mut usize, token: Option<&str>, rounds: u32) -> Result<Socket, String> {
-    let mut wait = Duration::from_millis(100);
-    let mut last = String::new();
-    for attempt in 0..rounds as usize * urls.len() {
-        let url = &urls[*at % urls.len()];
-        match connect(url, token) {
-            Ok(ws) => return Ok(ws),
-            Err(e) => last = e,
-        }
-        *at += 1;
-        if (attempt + 1) % urls.len() == 0 {
-            std::thread::sleep(wait);
-            wait = (wait * 2).min(RETRY_WAIT_MAX);
-        }
+/// A line of input as a body: JSON as it is, anything else as a JSON string.
+fn body_json(line: &str) -> String {
+    match serde_json::from_str::<&serde_json::value::RawValue>(line) {
+        Ok(raw) => raw.get().to_string(),
+        Err(_) => Value::String(line.to_string()).to_string(),
     }
-    Err(last)
 }
 
-/// The node in use failed (`why`): on to the next of `urls`, as `connect_any` finds one.
-fn move_on(urls: &[String], at: &mut usize, token: Option<&str>, why: &str) -> Result<Socket, String> {
-    *at += 1;
-    eprintln!("ferry: {why}; moving to {}", urls[*at % urls.len()]);
-    connect_any(urls, at, token, 10)
+/// One runtime thread for the client; the command's own thread may block on stdin meanwhile.
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(|e| format!("cannot start the client: {e}"))
 }
+
+fn client_config(urls: &[String], token: Option<&str>) -> ClientConfig {
+    // Each run draws its own producer name and jitter from this seed.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let mut config = ClientConfig::new(urls.to_vec(), nanos ^ u64::from(std::process::id()));
+    config.token = token.map(str::to_string);
+    config
+}
+
+/// Connection trouble, told on stderr as it happens.
+fn report(event: &ClientEvent) {
+    match event {
+        ClientEvent::State { state: ConnState::Disconnected, why: Some(why) } => eprintln!("ferry: {why}; connecting again"),
+        ClientEvent::State { state: ConnState::Closed, why: Some(why) } => eprintln!("ferry: {why}"),
+        ClientEvent::ServerError { code, message } => eprintln!("ferry: the server said {code}: {message}"),
+        _ => {}
+    }
+}
+
+type Answer = tokio::task::JoinHandle<Result<PublishOutcome, ClientError>>;
 
 pub fn publish(args: &PublishArgs) -> Result<(), String> {
-    let mut at = 0;
-    let mut ws = connect_any(&args.url, &mut at, args.token.as_deref(), 1)?;
+    let mut config = client_config(&args.url, args.token.as_deref());
+    config.producer = args.producer.clone();
+    config.first_seq = args.seq;
+    config.publish.buffered_max = PUBLISH_AHEAD_MAX;
+    let runtime = runtime()?;
+    let _inside = runtime.enter();
+    let (client, mut events) = FerryClient::start(config);
+    runtime.spawn(async move {
+        while let Some(event) = events.next().await {
+            report(&event);
+        }
+    });
     let mut bodies: Box<dyn Iterator<Item = Result<String, String>>> = if args.bodies.is_empty() {
         Box::new(std::io::stdin().lock().lines().map(|l| l.map_err(|e| format!("stdin: {e}"))))
     } else {
@@ -204,136 +198,142 @@ pub fn publish(args: &PublishArgs) -> Result<(), String> {
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    // Sent and not yet answered, by req: resent after a move when they are idempotent.
-    let mut pending: BTreeMap<u64, Value> = BTreeMap::new();
-    let (mut sent, mut failed) = (0u64, 0u64);
+    // Handed to the client and not yet answered, in order.
+    let mut waiting: VecDeque<(String, Answer)> = VecDeque::new();
+    let (mut total, mut failed) = (0usize, Vec::new());
+    let timeout = Duration::from_millis(args.timeout_ms);
     let mut input_done = false;
-    while !input_done || !pending.is_empty() {
-        if !input_done && pending.len() < PUBLISH_AHEAD_MAX {
+    while !input_done || !waiting.is_empty() {
+        if !input_done && waiting.len() < PUBLISH_AHEAD_MAX {
             match bodies.next() {
                 Some(line) => {
                     let line = line?;
-                    if line.trim().is_empty() {
-                        continue;
+                    if !line.trim().is_empty() {
+                        total += 1;
+                        let answer = runtime.spawn(client.publish(&args.topic, args.key.as_deref(), &body_json(&line)));
+                        waiting.push_back((line, answer));
                     }
-                    let mut frame = json!({"op": "pub", "req": sent, "topic": args.topic, "body": parse_body(&line)});
-                    if let Some(key) = &args.key {
-                        frame["key"] = json!(key);
-                    }
-                    if let Some(producer) = &args.producer {
-                        frame["producer"] = json!(producer);
-                        frame["seq"] = json!(args.seq + sent);
-                    }
-                    // A failed send shows as a lost connection at the next read.
-                    let _ = send_json(&mut ws, &frame);
-                    pending.insert(sent, frame);
-                    sent += 1;
                     continue;
                 }
                 None => input_done = true,
             }
         }
-        if pending.is_empty() {
-            continue;
-        }
-        let reply = match read_json(&mut ws) {
-            Ok(reply) => reply,
-            Err(e) if args.url.len() > 1 => {
-                ws = move_on(&args.url, &mut at, args.token.as_deref(), &e)?;
-                if args.producer.is_none() {
-                    // Without producer and seq a resend could store a message twice.
-                    for (req, _) in std::mem::take(&mut pending) {
-                        failed += 1;
-                        writeln!(out, "{}", json!({"op": "error", "req": req, "code": "unavailable", "message": "the connection ended before the answer: it may or may not be stored (use --producer to retry safely)"})).map_err(|e| format!("stdout: {e}"))?;
-                    }
+        let Some((line, answer)) = waiting.pop_front() else { continue };
+        let outcome = runtime.block_on(async {
+            let abort = answer.abort_handle();
+            match tokio::time::timeout(timeout, answer).await {
+                Ok(joined) => joined.unwrap_or(Err(ClientError::Closed)),
+                Err(_) => {
+                    // No answer for that long: stop, and let every waiting publish end.
+                    client.close();
+                    abort.abort();
+                    Ok(PublishOutcome::Abandoned { why: format!("no answer within {} ms (--timeout-ms)", args.timeout_ms) })
                 }
-                for frame in pending.values() {
-                    let _ = send_json(&mut ws, frame);
-                }
-                continue;
             }
-            Err(e) => return Err(e),
-        };
-        let Some(req) = reply["req"].as_u64() else { continue };
-        if !pending.contains_key(&req) {
-            continue;
+        });
+        match outcome {
+            Ok(PublishOutcome::Stored { topic, id }) => {
+                let mut text = String::from("{\"topic\":");
+                write_json_str(&mut text, &topic);
+                text.push_str(",\"id\":");
+                push_u64(&mut text, id);
+                text.push('}');
+                writeln!(out, "{text}").map_err(|e| format!("stdout: {e}"))?;
+            }
+            Ok(PublishOutcome::Refused { code, message }) => failed.push(format!("{line}: refused, {code}: {message}")),
+            Ok(PublishOutcome::Abandoned { why }) => failed.push(format!("{line}: {why}; it may or may not be stored")),
+            Err(e) => failed.push(format!("{line}: {e:?}; it may or may not be stored")),
         }
-        if reply["op"] == "error" && !is_terminal(&reply["code"]) && args.producer.is_some() && args.url.len() > 1 {
-            // Another node (or this one, later) may take it: the same seq is stored once.
-            std::thread::sleep(Duration::from_millis(100));
-            let _ = send_json(&mut ws, &pending[&req]);
-            continue;
-        }
-        if reply["op"] == "error" {
-            failed += 1;
-        }
-        pending.remove(&req);
-        writeln!(out, "{reply}").map_err(|e| format!("stdout: {e}"))?;
     }
-    let _ = ws.close(None);
-    if failed > 0 {
-        return Err(format!("{failed} of {sent} publishes failed"));
+    client.close();
+    if failed.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    Err(format!("{} of {total} publishes failed:\n  {}", failed.len(), failed.join("\n  ")))
+}
+
+fn start_from(text: &str) -> Result<StartFrom, String> {
+    match text {
+        "latest" => Ok(StartFrom::Latest),
+        "earliest" => Ok(StartFrom::Earliest),
+        id => id.parse().map(StartFrom::Id).map_err(|_| format!("--from must be latest, earliest or an id, not '{id}'")),
+    }
+}
+
+/// A delivery as the line `subscribe` prints: {"id","key","body"}.
+fn delivery_line(id: u64, key: Option<&str>, body: &str) -> String {
+    let mut line = String::from("{\"id\":");
+    push_u64(&mut line, id);
+    line.push_str(",\"key\":");
+    match key {
+        Some(key) => write_json_str(&mut line, key),
+        None => line.push_str("null"),
+    }
+    line.push_str(",\"body\":");
+    line.push_str(body);
+    line.push('}');
+    line
 }
 
 pub fn subscribe(args: &SubscribeArgs) -> Result<(), String> {
-    let from = match args.from.parse::<u64>() {
-        Ok(id) => json!(id),
-        Err(_) => json!(args.from),
-    };
-    let mut sub = json!({"op": "sub", "req": "sub", "topic": args.topic, "group": args.group, "from": from, "window": args.window});
-    if let Some(filter) = &args.filter {
-        sub["filter"] = serde_json::from_str(filter).map_err(|e| format!("--filter is not JSON: {e}"))?;
-    }
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let mut received = 0u64;
-    let mut printed: BTreeSet<u64> = BTreeSet::new();
-    let mut at = 0;
-    let mut ws = connect_any(&args.url, &mut at, args.token.as_deref(), 1)?;
-    send_json(&mut ws, &sub)?;
-    while args.count.is_none_or(|c| received < c) {
-        let frame = match read_json(&mut ws) {
-            Ok(frame) => frame,
-            Err(e) if args.url.len() > 1 => {
-                ws = move_on(&args.url, &mut at, args.token.as_deref(), &e)?;
-                send_json(&mut ws, &sub)?;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        match frame["op"].as_str() {
-            Some("msg") => {
-                let id = frame["id"].as_u64().unwrap_or(0);
-                // Acked before, but the ack was lost with a node: acked again, printed once.
-                if printed.insert(id) {
-                    if printed.len() > PRINTED_IDS_MAX {
-                        printed.pop_first();
-                    }
-                    writeln!(out, "{frame}").map_err(|e| format!("stdout: {e}"))?;
-                    out.flush().map_err(|e| format!("stdout: {e}"))?;
-                    received += 1;
-                }
-                let _ = send_json(&mut ws, &json!({"op": "ack", "topic": frame["topic"], "group": frame["group"], "ids": [frame["id"]]}));
-            }
-            Some("error") if !is_terminal(&frame["code"]) && args.url.len() > 1 => {
-                // No leader yet, say: the next node, after a pause.
-                std::thread::sleep(Duration::from_millis(200));
-                ws = move_on(&args.url, &mut at, args.token.as_deref(), &format!("the node answered {frame}"))?;
-                send_json(&mut ws, &sub)?;
-            }
-            Some("error") => return Err(format!("server refused: {frame}")),
-            _ => {}
+    let filter = match &args.filter {
+        Some(text) => {
+            let value: Value = serde_json::from_str(text).map_err(|e| format!("--filter is not JSON: {e}"))?;
+            Some(Filter::from_json(value).ok_or("--filter is no PROTOCOL.md filter: {\"key_prefix\"} or {\"field\",\"equals\"}")?)
         }
-    }
-    let _ = ws.close(None);
-    Ok(())
+        None => None,
+    };
+    let options = SubscribeOptions { from: start_from(&args.from)?, window: Some(args.window), filter, ..SubscribeOptions::new(&args.topic, &args.group) };
+    let config = client_config(&args.url, args.token.as_deref());
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let (client, mut events) = FerryClient::start(config);
+        client.subscribe(options).await.map_err(|e| format!("cannot subscribe: {e:?}"))?;
+        let stdout = std::io::stdout();
+        let mut printed = 0u64;
+        while args.count.is_none_or(|count| printed < count) {
+            match events.next().await {
+                Some(ClientEvent::Message(delivery)) => {
+                    let mut out = stdout.lock();
+                    writeln!(out, "{}", delivery_line(delivery.id, delivery.key.as_deref(), &delivery.body)).and_then(|()| out.flush()).map_err(|e| format!("stdout: {e}"))?;
+                    if !delivery.repaired {
+                        client.ack(&delivery).await.map_err(|e| format!("cannot ack: {e:?}"))?;
+                    }
+                    printed += 1;
+                }
+                Some(ClientEvent::SubscribeFailed { code, message, .. }) => return Err(format!("the server refused the subscription: {code}: {message}")),
+                Some(event @ ClientEvent::State { state: ConnState::Closed, .. }) => {
+                    report(&event);
+                    return Err("the client stopped".into());
+                }
+                Some(event) => report(&event),
+                None => return Err("the client stopped".into()),
+            }
+        }
+        client.close();
+        // The last acks go out before the connection closes (close flushes them); give the
+        // driver its turn.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(())
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn lines_and_bodies_are_json() {
+        assert_eq!(body_json("{\"a\": 1}"), "{\"a\": 1}");
+        assert_eq!(body_json("plain \"text\""), "\"plain \\\"text\\\"\"");
+        let line = delivery_line(7, Some("k\"1"), "[1,2]");
+        assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), json!({"id": 7, "key": "k\"1", "body": [1, 2]}));
+        assert_eq!(serde_json::from_str::<Value>(&delivery_line(8, None, "null")).unwrap(), json!({"id": 8, "key": null, "body": null}));
+        assert_eq!(start_from("earliest"), Ok(StartFrom::Earliest));
+        assert_eq!(start_from("12"), Ok(StartFrom::Id(12)));
+        assert!(start_from("soon").is_err());
+    }
 
     #[test]
     fn the_status_table_shows_each_node_with_its_role_and_lag() {

@@ -37,6 +37,10 @@ pub struct ClientConfig {
     /// The `producer` of this client's publishes; by default drawn from `rng_seed`. Two
     /// clients must never share one while both publish.
     pub producer: Option<String>,
+    /// The `seq` of the first publish. A program that publishes again under the same
+    /// `producer` must start above the seqs it used before: the server answers a seq it
+    /// remembers with the message stored under it, and stores nothing.
+    pub first_seq: u64,
     pub rng_seed: u64,
     pub backoff: BackoffConfig,
     /// A connection silent this long gets a `ping`.
@@ -58,6 +62,7 @@ impl ClientConfig {
             urls,
             token: None,
             producer: None,
+            first_seq: 1,
             rng_seed,
             backoff: BackoffConfig::default(),
             ping_interval_ms: 15_000,
@@ -175,7 +180,7 @@ impl Client {
     pub fn new(config: ClientConfig, now_ns: u64) -> Client {
         let mut rng = ChaCha8Rng::seed_from_u64(config.rng_seed);
         let producer = config.producer.clone().unwrap_or_else(|| format!("client-{:016x}", rng.gen::<u64>()));
-        let publishing = Publishing::new(producer, config.publish);
+        let publishing = Publishing::new(producer, config.first_seq, config.publish);
         Client {
             backoff: Backoff::new(config.backoff),
             config,
@@ -281,8 +286,13 @@ impl Client {
         self.subscriptions.iter_mut().find(|s| s.options.topic == topic && s.options.group == group)
     }
 
-    /// Closes the connection for good.
+    /// Closes the connection for good, after sending the acks still waiting.
     pub fn close(&mut self) {
+        if matches!(self.state, State::Connected { .. }) {
+            for s in &mut self.subscriptions {
+                self.outputs.extend(s.pending_ack_frame().map(ClientOutput::Send));
+            }
+        }
         if !matches!(self.state, State::Closed) {
             self.end_for_good("closed by the application".into());
         }

@@ -57,8 +57,8 @@ pub struct Publishing {
 }
 
 impl Publishing {
-    pub fn new(producer: String, limits: PublishLimits) -> Publishing {
-        Publishing { producer, limits, next_seq: 1, pending: BTreeMap::new(), in_flight: BTreeSet::new(), bytes: 0 }
+    pub fn new(producer: String, first_seq: u64, limits: PublishLimits) -> Publishing {
+        Publishing { producer, limits, next_seq: first_seq, pending: BTreeMap::new(), in_flight: BTreeSet::new(), bytes: 0 }
     }
 
     pub fn producer(&self) -> &str {

@@ -89,12 +89,19 @@ impl FerryClient {
         answer.await.unwrap_or(Err(ClientError::Closed))
     }
 
-    /// Publishes `body` (JSON text) and waits for its outcome: `Stored` once durable on the
-    /// server, `Refused` for good, `Abandoned` if the client closes first. Reconnections in
-    /// between are the client's business: the publish is stored once whatever happens.
-    pub async fn publish(&self, topic: &str, key: Option<&str>, body: &str) -> Result<PublishOutcome, ClientError> {
-        let (topic, key, body) = (topic.to_string(), key.map(str::to_string), body.to_string());
-        self.call(|reply| Command::Publish { topic, key, body, reply }).await
+    /// Publishes `body` (JSON text); the future resolves to its outcome: `Stored` once
+    /// durable on the server, `Refused` for good, `Abandoned` if the client closes first.
+    /// Reconnections in between are the client's business: the publish is stored once
+    /// whatever happens. Publishes go out in the order of these calls (the call hands the
+    /// publish over; awaiting only waits for the answer), so several may be awaited at once.
+    pub fn publish(&self, topic: &str, key: Option<&str>, body: &str) -> impl Future<Output = Result<PublishOutcome, ClientError>> + Send + 'static {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Publish { topic: topic.to_string(), key: key.map(str::to_string), body: body.to_string(), reply };
+        let handed_over = self.commands.send(command).map_err(|_| ClientError::Closed);
+        async move {
+            handed_over?;
+            answer.await.unwrap_or(Err(ClientError::Closed))
+        }
     }
 
     /// Subscribes now and on every later connection.
