@@ -593,3 +593,21 @@ fn random_inputs_never_panic_double_answer_or_spin() {
         }
     }
 }
+
+#[test]
+fn a_cluster_welcome_adds_its_nodes_to_the_urls_tried() {
+    let mut client = Client::new(ClientConfig::new(vec!["ws://a/ws".into()], 30), 0);
+    client.handle_timeout(0);
+    client.handle_input(0, ClientInput::Connected);
+    let welcome = json!({"op": "welcome", "server": "n1", "version": 1, "node": 1, "nodes": ["ws://a/ws", "ws://b/ws", "ws://c/ws"]});
+    client.handle_input(0, ClientInput::Frame(&welcome.to_string()));
+    let mut urls = Vec::new();
+    for _ in 0..4 {
+        client.handle_input(client.poll_timeout().unwrap(), ClientInput::ConnectFailed { why: "down".into() });
+        drain(&mut client);
+        let at = client.poll_timeout().unwrap();
+        client.handle_timeout(at);
+        urls.extend(drain(&mut client).into_iter().filter_map(|o| if let ClientOutput::Connect { url } = o { Some(url) } else { None }));
+    }
+    assert_eq!(urls, ["ws://b/ws", "ws://c/ws", "ws://a/ws", "ws://b/ws"]);
+}

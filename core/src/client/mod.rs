@@ -28,9 +28,13 @@ use subscriptions::{Effects, Subscription};
 
 const NS_PER_MS: u64 = 1_000_000;
 
+/// URLs kept, those configured and those cluster nodes named, at most.
+const URLS_MAX: usize = 64;
+
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// Servers to connect to (`ws://host:port/ws`), tried in turn.
+    /// Servers to connect to (`ws://host:port/ws`), tried in turn; a cluster node's
+    /// `welcome` adds the nodes it names.
     pub urls: Vec<String>,
     /// Sent in a `hello` on every connection.
     pub token: Option<String>,
@@ -462,7 +466,15 @@ impl Client {
                 let effects = s.on_fetched(&messages, window);
                 self.apply(now_ns, effects);
             }
-            ServerFrame::Welcome { .. } | ServerFrame::Pong { .. } | ServerFrame::Pulled { .. } | ServerFrame::Other { .. } => {}
+            ServerFrame::Welcome { nodes, .. } => {
+                // A cluster node names the others: when this one goes, any of them will do.
+                for url in nodes {
+                    if self.config.urls.len() < URLS_MAX && !self.config.urls.contains(&url) {
+                        self.config.urls.push(url);
+                    }
+                }
+            }
+            ServerFrame::Pong { .. } | ServerFrame::Pulled { .. } | ServerFrame::Other { .. } => {}
         }
     }
 
