@@ -22,13 +22,15 @@ struct Wire {
     server_up: bool,
     events: Vec<ClientEvent>,
     connects: Vec<(u64, String)>,
+    /// The application's answer to `TokenWanted`, if it answers.
+    token_answer: Option<String>,
 }
 
 impl Wire {
     fn new(config: Config, client: ClientConfig) -> Wire {
         let node = Harness::new(config);
         let client = Client::new(client, node.now_ns);
-        Wire { client, node, conn: None, next_conn: 1, server_up: true, events: Vec::new(), connects: Vec::new() }
+        Wire { client, node, conn: None, next_conn: 1, server_up: true, events: Vec::new(), connects: Vec::new(), token_answer: None }
     }
 
     fn now(&self) -> u64 {
@@ -70,7 +72,14 @@ impl Wire {
                             self.node.disconnect(conn);
                         }
                     }
-                    ClientOutput::Event(event) => self.events.push(event),
+                    ClientOutput::Event(event) => {
+                        if event == ClientEvent::TokenWanted {
+                            if let Some(token) = self.token_answer.clone() {
+                                self.client.set_token(self.node.now_ns, token);
+                            }
+                        }
+                        self.events.push(event);
+                    }
                 }
             }
             if let Some(conn) = self.conn.filter(|_| deliver_answers) {
@@ -610,4 +619,41 @@ fn a_cluster_welcome_adds_its_nodes_to_the_urls_tried() {
         urls.extend(drain(&mut client).into_iter().filter_map(|o| if let ClientOutput::Connect { url } = o { Some(url) } else { None }));
     }
     assert_eq!(urls, ["ws://b/ws", "ws://c/ws", "ws://a/ws", "ws://b/ws"]);
+}
+
+#[test]
+fn a_token_from_the_application_is_asked_for_each_connection_and_nothing_goes_before_it() {
+    let config = Config { tokens: vec!["fresh".into()], ..Config::default() };
+    let mut client = client_config(40);
+    client.token_from_application = true;
+    let mut wire = Wire::new(config, client);
+    // The application does not answer at first: the connection waits, sending nothing.
+    let waiting = wire.client.publish(wire.now(), "orders", None, "1").unwrap();
+    wire.advance_ms(5);
+    assert_eq!(wire.client.state(), ConnState::Connected);
+    assert!(wire.outcomes().is_empty());
+    assert_eq!(wire.node.node.stats().published, 0, "nothing published before the token");
+    wire.client.set_token(wire.now(), "fresh".into());
+    wire.advance_ms(5);
+    assert!(matches!(wire.outcomes()[&waiting].as_slice(), [PublishOutcome::Stored { .. }]), "{:?}", wire.outcomes());
+    // After a crash the next connection asks again; this time the application answers at once.
+    wire.token_answer = Some("fresh".into());
+    wire.crash_and_restart();
+    let again = wire.client.publish(wire.now(), "orders", None, "2").unwrap();
+    wire.advance_ms(2_000);
+    assert!(matches!(wire.outcomes()[&again].as_slice(), [PublishOutcome::Stored { .. }]));
+    assert_eq!(wire.events.iter().filter(|e| **e == ClientEvent::TokenWanted).count(), 2, "one request per connection");
+    assert!(!wire.events.iter().any(|e| matches!(e, ClientEvent::ServerError { .. } | ClientEvent::State { state: ConnState::Closed, .. })), "{:?}", wire.events);
+}
+
+#[test]
+fn a_connection_without_a_token_in_time_is_given_up_and_tried_again() {
+    let mut config = client_config(41);
+    config.token_from_application = true;
+    config.connect_timeout_ms = 1_000;
+    let mut wire = Wire::new(Config::default(), config);
+    wire.advance_ms(3_000);
+    let asked = wire.events.iter().filter(|e| **e == ClientEvent::TokenWanted).count();
+    assert!(asked >= 2, "asked again on the next connection ({asked} times)");
+    assert!(wire.events.iter().any(|e| matches!(e, ClientEvent::State { why: Some(why), .. } if why.contains("no token"))), "{:?}", wire.events);
 }

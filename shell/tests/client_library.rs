@@ -108,3 +108,42 @@ fn library_clients_keep_their_promises_across_two_kill_9s() {
     subscriber.close();
     server.kill();
 }
+
+#[test]
+fn a_token_source_is_asked_before_each_connection() {
+    let dir = temp_dir("client-library-token");
+    let mut server = Server::start(&dir, "127.0.0.1:0", &["--set", "tokens=[\"t-1\",\"t-2\"]"]);
+    let addr = server.addr.clone();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let asked = Arc::new(Mutex::new(0u32));
+    let counter = asked.clone();
+    let mut config = ClientConfig::new(vec![server.url()], 3);
+    config.backoff.initial_ms = 20;
+    // Each connection gets the next token; the first answer comes late, and nothing may go
+    // out before it (an op before the hello would be refused unauthorized).
+    let (client, _events) = runtime.block_on(async {
+        FerryClient::start_with_token_source(config, move || {
+            let n = {
+                let mut asked = counter.lock().unwrap();
+                *asked += 1;
+                *asked
+            };
+            async move {
+                if n == 1 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Ok(format!("t-{}", 1 + (n - 1) % 2))
+            }
+        })
+    });
+    let within = |call| runtime.block_on(async { tokio::time::timeout(Duration::from_secs(20), call).await.expect("no outcome within 20 s") });
+    let first = within(client.publish("orders", None, "1")).unwrap();
+    assert!(matches!(first, PublishOutcome::Stored { .. }), "{first:?}");
+    server.kill();
+    server = Server::start(&dir, &addr, &["--set", "tokens=[\"t-1\",\"t-2\"]"]);
+    let second = within(client.publish("orders", None, "2")).unwrap();
+    assert!(matches!(second, PublishOutcome::Stored { .. }), "{second:?}");
+    assert!(*asked.lock().unwrap() >= 2, "asked again for the new connection");
+    client.close();
+    server.kill();
+}

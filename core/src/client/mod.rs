@@ -38,6 +38,10 @@ pub struct ClientConfig {
     pub urls: Vec<String>,
     /// Sent in a `hello` on every connection.
     pub token: Option<String>,
+    /// Ask the application for a token before each connection (`ClientEvent::TokenWanted`,
+    /// answered with `Client::set_token`) instead of using `token` as it is: for tokens
+    /// that expire. Nothing is sent on a connection before its token.
+    pub token_from_application: bool,
     /// The `producer` of this client's publishes; by default drawn from `rng_seed`. Two
     /// clients must never share one while both publish.
     pub producer: Option<String>,
@@ -65,6 +69,7 @@ impl ClientConfig {
         ClientConfig {
             urls,
             token: None,
+            token_from_application: false,
             producer: None,
             first_seq: 1,
             rng_seed,
@@ -128,6 +133,9 @@ pub enum ClientEvent {
     Subscribed { topic: String, group: String },
     /// The server refused the subscription for good (forbidden, conflict, bad_frame): it is dropped.
     SubscribeFailed { topic: String, group: String, code: String, message: String },
+    /// A token is needed for the connection being opened: answer with `Client::set_token`
+    /// (only with `token_from_application`).
+    TokenWanted,
     /// A message for the application, once per group. Ack it with `Client::ack` unless it is
     /// `repaired`.
     Message(Delivery),
@@ -146,9 +154,18 @@ pub enum ClientError {
 }
 
 enum State {
-    Disconnected { retry_at_ns: u64 },
-    Connecting { since_ns: u64 },
-    Connected { since_ns: u64, ping: Ping },
+    Disconnected {
+        retry_at_ns: u64,
+    },
+    Connecting {
+        since_ns: u64,
+    },
+    /// `ready` once this connection's hello (if any) and subscriptions went out.
+    Connected {
+        since_ns: u64,
+        ping: Ping,
+        ready: bool,
+    },
     Closed,
 }
 
@@ -176,6 +193,8 @@ pub struct Client {
     /// When subscriptions and repairs refused with a retryable error are asked again.
     retry_subscriptions_ns: Option<u64>,
     pings: u64,
+    /// The application gave a token since the current connection was asked for.
+    token_fresh: bool,
     outputs: VecDeque<ClientOutput>,
 }
 
@@ -196,6 +215,7 @@ impl Client {
             acks_due_ns: None,
             retry_subscriptions_ns: None,
             pings: 0,
+            token_fresh: false,
             outputs: VecDeque::new(),
         }
     }
@@ -216,6 +236,36 @@ impl Client {
     /// Publishes waiting for their outcome.
     pub fn unanswered_publishes(&self) -> usize {
         self.publishing.unanswered()
+    }
+
+    fn is_ready(&self) -> bool {
+        matches!(self.state, State::Connected { ready: true, .. })
+    }
+
+    /// The connection is usable: hello, subscriptions, waiting acks and publishes go out.
+    fn start_session(&mut self, now_ns: u64) {
+        if let State::Connected { ready, .. } = &mut self.state {
+            *ready = true;
+        }
+        if let Some(token) = self.config.token.clone() {
+            self.send_op(&ClientOp::Hello { token: Some(token) });
+        }
+        for s in &mut self.subscriptions {
+            self.outputs.extend(s.on_connected().into_iter().map(ClientOutput::Send));
+        }
+        self.pump(now_ns);
+    }
+
+    /// The application's answer to `ClientEvent::TokenWanted` (or a newer token at any time):
+    /// used from now on; a connection waiting for it goes on, an open one says hello again.
+    pub fn set_token(&mut self, now_ns: u64, token: String) {
+        self.config.token = Some(token.clone());
+        self.token_fresh = true;
+        match self.state {
+            State::Connected { ready: false, .. } => self.start_session(now_ns),
+            State::Connected { ready: true, .. } => self.send_op(&ClientOp::Hello { token: Some(token) }),
+            _ => {}
+        }
     }
 
     /// Bytes of the publishes waiting for their outcome (bounded by `PublishLimits`).
@@ -244,7 +294,7 @@ impl Client {
         }
         let req = format!("s-{}", self.subscriptions.len() + 1);
         let mut subscription = Subscription::new(options, req);
-        if matches!(self.state, State::Connected { .. }) {
+        if self.is_ready() {
             for frame in subscription.on_connected() {
                 self.outputs.push_back(ClientOutput::Send(frame));
             }
@@ -257,7 +307,7 @@ impl Client {
     /// turn or once `ack_batch_max` wait. Acking a repaired or already acked id does nothing.
     pub fn ack(&mut self, now_ns: u64, topic: &str, group: &str, id: u64) -> Result<(), ClientError> {
         let batch_max = self.config.ack_batch_max.max(1);
-        let connected = matches!(self.state, State::Connected { .. });
+        let connected = self.is_ready();
         let Some(s) = self.subscription_mut(topic, group) else { return Err(not_subscribed(topic, group)) };
         if s.ack(id) {
             if connected && s.pending_acks() >= batch_max {
@@ -273,7 +323,7 @@ impl Client {
     /// Gives message `id` back to the group, to come again after `delay_ms` (and be handed
     /// over again).
     pub fn nack(&mut self, topic: &str, group: &str, id: u64, delay_ms: u64) -> Result<(), ClientError> {
-        let connected = matches!(self.state, State::Connected { .. });
+        let connected = self.is_ready();
         let Some(s) = self.subscription_mut(topic, group) else { return Err(not_subscribed(topic, group)) };
         // Not connected: the server redelivers it once its ack timeout passes anyway.
         if let Some(frame) = s.nack(id, delay_ms).filter(|_| connected) {
@@ -292,7 +342,7 @@ impl Client {
 
     /// Closes the connection for good, after sending the acks still waiting.
     pub fn close(&mut self) {
-        if matches!(self.state, State::Connected { .. }) {
+        if self.is_ready() {
             for s in &mut self.subscriptions {
                 self.outputs.extend(s.pending_ack_frame().map(ClientOutput::Send));
             }
@@ -308,15 +358,13 @@ impl Client {
                 if !matches!(self.state, State::Connecting { .. }) {
                     return;
                 }
-                self.state = State::Connected { since_ns: now_ns, ping: Ping::Heard { at_ns: now_ns } };
+                self.state = State::Connected { since_ns: now_ns, ping: Ping::Heard { at_ns: now_ns }, ready: false };
                 self.event(ClientEvent::State { state: ConnState::Connected, why: None });
-                if let Some(token) = self.config.token.clone() {
-                    self.send_op(&ClientOp::Hello { token: Some(token) });
+                // With tokens from the application, nothing goes out before this connection's
+                // token: ops before a hello would be refused `unauthorized`.
+                if !self.config.token_from_application || self.token_fresh {
+                    self.start_session(now_ns);
                 }
-                for s in &mut self.subscriptions {
-                    self.outputs.extend(s.on_connected().into_iter().map(ClientOutput::Send));
-                }
-                self.pump(now_ns);
             }
             ClientInput::Frame(text) => {
                 let State::Connected { ping, .. } = &mut self.state else { return };
@@ -347,14 +395,23 @@ impl Client {
                 self.next_url = self.next_url.wrapping_add(1);
                 self.state = State::Connecting { since_ns: now_ns };
                 self.event(ClientEvent::State { state: ConnState::Connecting, why: None });
+                if self.config.token_from_application {
+                    // Each connection gets a fresh token: the one before may have expired.
+                    self.token_fresh = false;
+                    self.event(ClientEvent::TokenWanted);
+                }
                 self.outputs.push_back(ClientOutput::Connect { url });
             }
             State::Connecting { since_ns } if now_ns >= since_ns + self.config.connect_timeout_ms * NS_PER_MS => {
                 self.outputs.push_back(ClientOutput::Close);
                 self.connection_lost(now_ns, format!("not connected within {} ms (connect_timeout_ms)", self.config.connect_timeout_ms));
             }
-            State::Connected { ping: Ping::Heard { at_ns }, since_ns } if now_ns >= at_ns + self.config.ping_interval_ms * NS_PER_MS => {
-                self.state = State::Connected { since_ns, ping: Ping::Sent { at_ns: now_ns } };
+            State::Connected { ready: false, since_ns, .. } if now_ns >= since_ns + self.config.connect_timeout_ms * NS_PER_MS => {
+                self.outputs.push_back(ClientOutput::Close);
+                self.connection_lost(now_ns, format!("no token from the application within {} ms (connect_timeout_ms)", self.config.connect_timeout_ms));
+            }
+            State::Connected { ping: Ping::Heard { at_ns }, since_ns, ready } if now_ns >= at_ns + self.config.ping_interval_ms * NS_PER_MS => {
+                self.state = State::Connected { since_ns, ping: Ping::Sent { at_ns: now_ns }, ready };
                 self.pings += 1;
                 let req = format!("\"ping-{}\"", self.pings);
                 self.send_op(&ClientOp::Ping { req: RawJson::parse(&req).ok() });
@@ -365,7 +422,7 @@ impl Client {
             }
             _ => {}
         }
-        if matches!(self.state, State::Connected { .. }) {
+        if self.is_ready() {
             if self.acks_due_ns.is_some_and(|due| due <= now_ns) {
                 self.acks_due_ns = None;
                 for s in &mut self.subscriptions {
@@ -390,12 +447,14 @@ impl Client {
         match self.state {
             State::Disconnected { retry_at_ns } => Some(retry_at_ns),
             State::Connecting { since_ns } => Some(since_ns + self.config.connect_timeout_ms * NS_PER_MS),
-            State::Connected { ping, .. } => {
+            State::Connected { ping, ready, since_ns } => {
                 let ping_due = match ping {
                     Ping::Heard { at_ns } => at_ns + self.config.ping_interval_ms * NS_PER_MS,
                     Ping::Sent { at_ns } => at_ns + self.config.pong_timeout_ms * NS_PER_MS,
                 };
-                let due = [Some(ping_due), self.publishing.next_due_ns(), self.acks_due_ns, self.retry_subscriptions_ns];
+                let token_due = (!ready).then_some(since_ns + self.config.connect_timeout_ms * NS_PER_MS);
+                let sending = [self.publishing.next_due_ns(), self.acks_due_ns, self.retry_subscriptions_ns].map(|due| due.filter(|_| ready));
+                let due = [Some(ping_due), token_due, sending[0], sending[1], sending[2]];
                 due.into_iter().flatten().min()
             }
             State::Closed => None,
@@ -519,7 +578,7 @@ impl Client {
 
     /// Sends what publishing has ready, while connected.
     fn pump(&mut self, now_ns: u64) {
-        if matches!(self.state, State::Connected { .. }) {
+        if self.is_ready() {
             for frame in self.publishing.sendable(now_ns) {
                 self.outputs.push_back(ClientOutput::Send(frame));
             }

@@ -44,12 +44,15 @@ pub const EVENTS_CAPACITY: usize = 1_024;
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Connecting = Pin<Box<dyn Future<Output = Result<Socket, String>> + Send>>;
 type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
+type TokenFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+type TokenSource = Box<dyn Fn() -> TokenFuture + Send>;
 
 enum Command {
     Publish { topic: String, key: Option<String>, body: String, reply: Reply<PublishOutcome> },
     Subscribe { options: SubscribeOptions, reply: Reply<()> },
     Ack { topic: String, group: String, id: u64, reply: Reply<()> },
     Nack { topic: String, group: String, id: u64, delay_ms: u64, reply: Reply<()> },
+    SetToken { token: String },
     Close,
 }
 
@@ -75,12 +78,36 @@ impl Events {
 impl FerryClient {
     /// Starts a client on the current tokio runtime; it connects at once.
     pub fn start(config: ClientConfig) -> (FerryClient, Events) {
+        Self::spawn(config, None)
+    }
+
+    /// Starts a client that asks `source` for a token before each connection (tokens that
+    /// expire: a JWT, say). Nothing is sent on a connection before its token; a token that
+    /// arrives after a newer one was asked for is dropped, so a slow refresh cannot put an old
+    /// token on a new connection. A source that fails is asked again on the next connection.
+    pub fn start_with_token_source<F, Fut>(mut config: ClientConfig, source: F) -> (FerryClient, Events)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<String, String>> + Send + 'static,
+    {
+        config.token_from_application = true;
+        Self::spawn(config, Some(Box::new(move || Box::pin(source()) as TokenFuture)))
+    }
+
+    fn spawn(config: ClientConfig, token_source: Option<TokenSource>) -> (FerryClient, Events) {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (event_tx, events) = mpsc::channel(EVENTS_CAPACITY);
         let epoch = Instant::now();
         let client = Client::new(config, 0);
-        tokio::spawn(Driver { client, epoch, socket: None, connecting: None, waiters: HashMap::new(), events: event_tx }.run(command_rx));
+        let driver = Driver { client, epoch, socket: None, connecting: None, token_source, token_request: None, waiters: HashMap::new(), events: event_tx };
+        tokio::spawn(driver.run(command_rx));
         (FerryClient { commands }, Events { events })
+    }
+
+    /// A token for the connections from now on (and a hello with it on the open one). With
+    /// `token_from_application` set and no token source, this answers `ClientEvent::TokenWanted`.
+    pub fn set_token(&self, token: &str) {
+        let _ = self.commands.send(Command::SetToken { token: token.to_string() });
     }
 
     async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, ClientError> {
@@ -132,6 +159,9 @@ struct Driver {
     epoch: Instant,
     socket: Option<Socket>,
     connecting: Option<Connecting>,
+    token_source: Option<TokenSource>,
+    /// The newest token asked of the source; an older request is dropped with it.
+    token_request: Option<TokenFuture>,
     waiters: HashMap<PublishId, Reply<PublishOutcome>>,
     events: mpsc::Sender<ClientEvent>,
 }
@@ -166,6 +196,15 @@ impl Driver {
                     }
                 },
                 message = async { self.socket.as_mut().expect("guarded").next().await }, if self.socket.is_some() => self.on_message(message),
+                token = async { self.token_request.as_mut().expect("guarded").await }, if self.token_request.is_some() => {
+                    self.token_request = None;
+                    // A failed source leaves the connection waiting: it times out and the
+                    // next one asks again.
+                    if let Ok(token) = token {
+                        let now_ns = self.now_ns();
+                        self.client.set_token(now_ns, token);
+                    }
+                },
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
                     let now_ns = self.now_ns();
                     self.client.handle_timeout(now_ns);
@@ -194,6 +233,7 @@ impl Driver {
             Command::Nack { topic, group, id, delay_ms, reply } => {
                 let _ = reply.send(self.client.nack(&topic, &group, id, delay_ms));
             }
+            Command::SetToken { token } => self.client.set_token(now_ns, token),
             Command::Close => self.client.close(),
         }
     }
@@ -244,6 +284,9 @@ impl Driver {
                     if let Some(reply) = self.waiters.remove(&publish) {
                         let _ = reply.send(Ok(outcome));
                     }
+                }
+                ClientOutput::Event(ClientEvent::TokenWanted) if self.token_source.is_some() => {
+                    self.token_request = self.token_source.as_ref().map(|source| source());
                 }
                 // Back-pressure: a full queue waits here, and the socket is not read meanwhile.
                 ClientOutput::Event(event) => {
