@@ -254,48 +254,37 @@ impl<'a> Cursor<'a> {
     }
 
     fn array(&mut self, depth: u32) -> Option<()> {
-        if depth > NESTING_MAX {
-            return None;
-        }
-        self.expect(b'[')?;
-        self.skip_whitespace();
-        if self.peek()? == b']' {
-            self.at += 1;
-            return Some(());
-        }
-        loop {
-            self.skip_whitespace();
-            self.value(depth)?;
-            self.skip_whitespace();
-            match self.next()? {
-                b',' => continue,
-                b']' => return Some(()),
-                _ => return None,
-            }
-        }
+        self.container(b'[', b']', depth, |cursor| cursor.value(depth).map(drop))
     }
 
     fn object(&mut self, depth: u32) -> Option<()> {
+        self.container(b'{', b'}', depth, |cursor| {
+            cursor.string()?;
+            cursor.skip_whitespace();
+            cursor.expect(b':')?;
+            cursor.skip_whitespace();
+            cursor.value(depth).map(drop)
+        })
+    }
+
+    /// `open`, items separated by commas (none trailing), `close`.
+    fn container(&mut self, open: u8, close: u8, depth: u32, item: impl Fn(&mut Self) -> Option<()>) -> Option<()> {
         if depth > NESTING_MAX {
             return None;
         }
-        self.expect(b'{')?;
+        self.expect(open)?;
         self.skip_whitespace();
-        if self.peek()? == b'}' {
+        if self.peek()? == close {
             self.at += 1;
             return Some(());
         }
         loop {
             self.skip_whitespace();
-            self.string()?;
-            self.skip_whitespace();
-            self.expect(b':')?;
-            self.skip_whitespace();
-            self.value(depth)?;
+            item(self)?;
             self.skip_whitespace();
             match self.next()? {
                 b',' => continue,
-                b'}' => return Some(()),
+                byte if byte == close => return Some(()),
                 _ => return None,
             }
         }
