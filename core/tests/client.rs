@@ -221,7 +221,7 @@ fn publishes_wait_while_the_server_is_down_and_backoff_grows() {
 #[test]
 fn the_buffer_is_bounded_and_bad_bodies_are_refused_on_the_call() {
     let mut config = client_config(3);
-    config.publish = PublishLimits { in_flight_max: 2, buffered_max: 3, buffered_bytes_max: 1 << 20 };
+    config.publish = PublishLimits { in_flight_max: 2, buffered_max: 3, buffered_bytes_max: 1 << 20, ..PublishLimits::default() };
     let mut wire = Wire::new(Config::default(), config);
     wire.server_up = false;
     for _ in 0..3 {
@@ -230,7 +230,7 @@ fn the_buffer_is_bounded_and_bad_bodies_are_refused_on_the_call() {
     assert!(matches!(wire.client.publish(wire.now(), "orders", None, "1"), Err(ferry_core::client::ClientError::BufferFull(_))));
     assert!(matches!(wire.client.publish(wire.now(), "orders", None, "{nope"), Err(ferry_core::client::ClientError::BadBody(_))));
     let mut small = client_config(4);
-    small.publish = PublishLimits { in_flight_max: 2, buffered_max: 100, buffered_bytes_max: 200 };
+    small.publish = PublishLimits { in_flight_max: 2, buffered_max: 100, buffered_bytes_max: 200, ..PublishLimits::default() };
     let mut client = Client::new(small, 0);
     client.publish(0, "orders", None, &json!("x".repeat(50)).to_string()).unwrap();
     let refused = client.publish(0, "orders", None, &json!("x".repeat(150)).to_string());
@@ -524,7 +524,7 @@ fn random_inputs_never_panic_double_answer_or_spin() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(99);
     for round in 0..300 {
         let mut config = client_config(round);
-        config.publish = PublishLimits { in_flight_max: 1 + rng.gen_range(0..4), buffered_max: 20, buffered_bytes_max: 1 << 16 };
+        config.publish = PublishLimits { in_flight_max: 1 + rng.gen_range(0..4), buffered_max: 20, buffered_bytes_max: 1 << 16, answer_timeout_ms: rng.gen_range(1..3_000) };
         config.dedupe_window_ids = 1 + rng.gen_range(0..8);
         let mut client = Client::new(config, 0);
         let mut now = 0u64;
@@ -656,4 +656,26 @@ fn a_connection_without_a_token_in_time_is_given_up_and_tried_again() {
     let asked = wire.events.iter().filter(|e| **e == ClientEvent::TokenWanted).count();
     assert!(asked >= 2, "asked again on the next connection ({asked} times)");
     assert!(wire.events.iter().any(|e| matches!(e, ClientEvent::State { why: Some(why), .. } if why.contains("no token"))), "{:?}", wire.events);
+}
+
+#[test]
+fn a_publish_unanswered_on_a_live_connection_is_sent_again() {
+    let mut config = client_config(50);
+    config.publish.answer_timeout_ms = 1_000;
+    let mut client = Client::new(config, 0);
+    client.handle_timeout(0);
+    client.handle_input(0, ClientInput::Connected);
+    drain(&mut client);
+    let id = client.publish(0, "orders", None, "1").unwrap();
+    let first = sent(&drain(&mut client));
+    assert_eq!(first.len(), 1);
+    // The answer never comes (the connection stays up, and answers pings).
+    client.handle_input(500 * MS, ClientInput::Frame(r#"{"op":"pong"}"#));
+    assert_eq!(client.poll_timeout(), Some(1_000 * MS), "due when the answer is late");
+    client.handle_timeout(1_000 * MS);
+    let again = sent(&drain(&mut client));
+    assert_eq!(again, first, "the very same frame again");
+    client.handle_input(1_100 * MS, ClientInput::Frame(&json!({"op": "puback", "req": id.0, "topic": "orders", "id": 7}).to_string()));
+    let answered = drain(&mut client);
+    assert!(answered.contains(&ClientOutput::Event(ClientEvent::Published { publish: id, outcome: PublishOutcome::Stored { topic: "orders".into(), id: 7 } })));
 }

@@ -429,6 +429,7 @@ impl Client {
                     self.outputs.extend(s.pending_ack_frame().map(ClientOutput::Send));
                 }
             }
+            self.publishing.expire(now_ns);
             if self.retry_subscriptions_ns.is_some_and(|due| due <= now_ns) {
                 self.retry_subscriptions_ns = None;
                 for s in &mut self.subscriptions {

@@ -7,7 +7,7 @@
 use super::ClientError;
 use crate::protocol::{encode_client_op, ClientOp, ErrorCode, RawJson};
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// A publish, as the application knows it until it is answered: its `seq`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -21,11 +21,15 @@ pub struct PublishLimits {
     pub buffered_max: usize,
     /// Their frames' bytes, at most.
     pub buffered_bytes_max: usize,
+    /// A publish unanswered this long on a live connection is sent again (the same frame:
+    /// stored once). Answers come within a disk write; this covers an answer lost on the way,
+    /// a forwarding cluster node that dropped it, say.
+    pub answer_timeout_ms: u64,
 }
 
 impl Default for PublishLimits {
     fn default() -> Self {
-        PublishLimits { in_flight_max: 64, buffered_max: 10_000, buffered_bytes_max: 16 << 20 }
+        PublishLimits { in_flight_max: 64, buffered_max: 10_000, buffered_bytes_max: 16 << 20, answer_timeout_ms: 30_000 }
     }
 }
 
@@ -52,13 +56,14 @@ pub struct Publishing {
     limits: PublishLimits,
     next_seq: u64,
     pending: BTreeMap<u64, Pending>,
-    in_flight: BTreeSet<u64>,
+    /// Sent on the current connection and not yet answered: seq → when sent.
+    in_flight: BTreeMap<u64, u64>,
     bytes: usize,
 }
 
 impl Publishing {
     pub fn new(producer: String, first_seq: u64, limits: PublishLimits) -> Publishing {
-        Publishing { producer, limits, next_seq: first_seq, pending: BTreeMap::new(), in_flight: BTreeSet::new(), bytes: 0 }
+        Publishing { producer, limits, next_seq: first_seq, pending: BTreeMap::new(), in_flight: BTreeMap::new(), bytes: 0 }
     }
 
     pub fn producer(&self) -> &str {
@@ -96,10 +101,10 @@ impl Publishing {
     /// Frames to send now, oldest first, as far as the in-flight limit allows.
     pub fn sendable(&mut self, now_ns: u64) -> Vec<String> {
         let room = self.limits.in_flight_max.saturating_sub(self.in_flight.len());
-        let due: Vec<u64> = self.pending.iter().filter(|(seq, p)| !self.in_flight.contains(seq) && p.not_before_ns <= now_ns).map(|(seq, _)| *seq).take(room).collect();
+        let due: Vec<u64> = self.pending.iter().filter(|(seq, p)| !self.in_flight.contains_key(seq) && p.not_before_ns <= now_ns).map(|(seq, _)| *seq).take(room).collect();
         due.into_iter()
             .map(|seq| {
-                self.in_flight.insert(seq);
+                self.in_flight.insert(seq, now_ns);
                 let pending = self.pending.get_mut(&seq).expect("chosen from pending");
                 pending.not_before_ns = 0;
                 pending.frame.clone()
@@ -112,13 +117,21 @@ impl Publishing {
         self.in_flight.clear();
     }
 
-    /// The earliest time a waiting publish may go out, if one waits for a time and there is
-    /// room to send it then (without room, an answer makes room and sends it).
+    /// The next time something is due: a waiting publish may go out (if there is room to send
+    /// it then: without room, an answer makes room and sends it), or one in flight has waited
+    /// `answer_timeout_ms`.
     pub fn next_due_ns(&self) -> Option<u64> {
-        if self.in_flight.len() >= self.limits.in_flight_max {
-            return None;
-        }
-        self.pending.iter().filter(|(seq, p)| !self.in_flight.contains(seq) && p.not_before_ns > 0).map(|(_, p)| p.not_before_ns).min()
+        let timeout_ns = self.limits.answer_timeout_ms.saturating_mul(1_000_000);
+        let answer_due = self.in_flight.values().min().map(|sent| sent.saturating_add(timeout_ns));
+        let has_room = self.in_flight.len() < self.limits.in_flight_max;
+        let send_due = self.pending.iter().filter(|(seq, p)| has_room && !self.in_flight.contains_key(seq) && p.not_before_ns > 0).map(|(_, p)| p.not_before_ns).min();
+        [answer_due, send_due].into_iter().flatten().min()
+    }
+
+    /// Publishes in flight past `answer_timeout_ms` go out again with the next `sendable`.
+    pub fn expire(&mut self, now_ns: u64) {
+        let timeout_ns = self.limits.answer_timeout_ms.saturating_mul(1_000_000);
+        self.in_flight.retain(|_, sent| sent.saturating_add(timeout_ns) > now_ns);
     }
 
     /// The answer to the publish whose `req` was `seq`, if it is one of ours.
