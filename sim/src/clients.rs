@@ -1,9 +1,10 @@
-//! Simulated clients that follow PROTOCOL.md: publishers that retry with (`producer`, `seq`),
-//! subscribers that dedupe by id, repair `prev` gaps with `fetch` (asking again from the
+//! Simulated clients that follow PROTOCOL.md: publishers that are the client library's state
+//! machine (`ferry_core::client`: reconnects, retries with `producer` and `seq`), subscribers that dedupe by id, repair `prev` gaps with `fetch` (asking again from the
 //! last id + 1 while a reply ends before its range), ack late or never.
 
 use crate::checker::{body_for, Checker};
 use crate::misuse::Misbehaver;
+use ferry_core::client::{BackoffConfig, Client as Library, ClientConfig, ClientEvent, ClientInput, ClientOutput, PublishLimits, PublishOutcome};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
@@ -94,18 +95,25 @@ impl Link {
     }
 }
 
+/// A publisher is the client library's state machine (`ferry_core::client::Client`) with an
+/// application that publishes `total` bodies: every seed drives the library's connection
+/// handling, retries and idempotent publishing. What crosses the wire is still checked here
+/// (each `pub` sent, each `puback`, every answer on its own request).
 pub struct Publisher {
     pub producer: String,
     pub topic: String,
     keys: u64,
     total: u64,
     window: usize,
-    next_seq: u64,
-    in_flight: BTreeMap<u64, u64>,
-    retry: BTreeSet<u64>,
+    /// Started at the first wake, seeded from the world's randomness.
+    client: Option<Library>,
+    /// Publishes handed to the library so far (seq = how many were handed before + 1).
+    handed: u64,
+    /// Seqs sent at least once: a first send may be doubled (`duplicate_chance`).
+    sent: BTreeSet<u64>,
+    /// The wake-up asked of the world for the library's timer.
+    wake_at: Option<u64>,
     pub acked: u64,
-    link: Link,
-    puback_timeout: u64,
     /// Chance that a fresh publish is sent twice at once (the same `producer` and `seq`).
     pub duplicate_chance: f64,
     requests: Requests,
@@ -119,12 +127,11 @@ impl Publisher {
             keys,
             total,
             window,
-            next_seq: 1,
-            in_flight: BTreeMap::new(),
-            retry: BTreeSet::new(),
+            client: None,
+            handed: 0,
+            sent: BTreeSet::new(),
+            wake_at: None,
             acked: 0,
-            link: Link::Down,
-            puback_timeout: 3_000 * MS,
             duplicate_chance: 0.0,
             requests: Requests::default(),
         }
@@ -134,91 +141,94 @@ impl Publisher {
         self.acked == self.total
     }
 
-    pub fn on_wake(&mut self, ctx: &mut Ctx<'_>) {
-        if !self.link.wake(ctx) {
-            return;
-        }
-        // A puback that never came: send the same (producer, seq) again.
-        let late: Vec<u64> = self.in_flight.iter().filter(|(_, at)| **at + self.puback_timeout <= ctx.now).map(|(s, _)| *s).collect();
-        for seq in late {
-            self.in_flight.remove(&seq);
-            self.retry.insert(seq);
-        }
-        self.pump(ctx);
+    fn client(&mut self, ctx: &mut Ctx<'_>) -> &mut Library {
+        let (producer, window, total) = (self.producer.clone(), self.window, self.total);
+        self.client.get_or_insert_with(|| {
+            let mut config = ClientConfig::new(vec!["sim://node".into()], ctx.rng.gen());
+            config.producer = Some(producer);
+            config.backoff = BackoffConfig { initial_ms: 10, max_ms: 1_000, healthy_after_ms: 5_000 };
+            config.publish = PublishLimits { in_flight_max: window, buffered_max: total as usize + 1, buffered_bytes_max: usize::MAX, answer_timeout_ms: 3_000 };
+            Library::new(config, ctx.now)
+        })
     }
 
-    fn pump(&mut self, ctx: &mut Ctx<'_>) {
-        while self.in_flight.len() < self.window {
-            let (seq, fresh) = match self.retry.pop_first() {
-                Some(seq) => (seq, false),
-                None if self.next_seq <= self.total => {
-                    self.next_seq += 1;
-                    (self.next_seq - 1, true)
-                }
-                None => break,
-            };
-            let mut frame = json!({"op": "pub", "req": seq, "topic": self.topic, "producer": self.producer, "seq": seq, "body": body_for(&self.producer, seq)});
+    pub fn on_wake(&mut self, ctx: &mut Ctx<'_>) {
+        let now = ctx.now;
+        self.client(ctx).handle_timeout(now);
+        while self.handed < self.total {
+            let seq = self.handed + 1;
             let key = (self.keys > 0).then(|| format!("k{}", seq % self.keys));
-            if let Some(key) = &key {
-                frame["key"] = json!(key);
+            let body = body_for(&self.producer, seq).to_string();
+            let topic = self.topic.clone();
+            match self.client(ctx).publish(now, &topic, key.as_deref(), &body) {
+                Ok(id) => debug_assert_eq!(id.0, seq, "the library numbers publishes from 1"),
+                Err(e) => ctx.checker.violation("protocol", format!("publisher {} could not publish: {e:?}", self.producer)),
             }
-            ctx.checker.publish_sent(&self.producer, seq, key.as_deref(), ctx.now);
-            if fresh && self.duplicate_chance > 0.0 && ctx.rng.gen_bool(self.duplicate_chance) {
-                self.requests.sent(&frame["req"]);
-                ctx.send(frame.clone());
-            }
-            self.requests.sent(&frame["req"]);
-            ctx.send(frame);
-            self.in_flight.insert(seq, ctx.now);
+            self.handed += 1;
         }
-        if let Some(oldest) = self.in_flight.values().min() {
-            ctx.actions.push(Action::WakeAt(oldest + self.puback_timeout));
-        }
+        self.carry_out(ctx);
     }
 
     pub fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
-        self.link = Link::Up;
-        self.pump(ctx);
+        let now = ctx.now;
+        self.client(ctx).handle_input(now, ClientInput::Connected);
+        self.carry_out(ctx);
     }
 
     pub fn on_disconnected(&mut self, ctx: &mut Ctx<'_>) {
-        self.link = Link::Down;
         self.requests.clear();
-        self.retry.extend(std::mem::take(&mut self.in_flight).into_keys());
-        let backoff = ctx.rng.gen_range(10..300) * MS;
-        ctx.actions.push(Action::WakeAt(ctx.now + backoff));
+        let now = ctx.now;
+        self.client(ctx).handle_input(now, ClientInput::Disconnected { code: None, reason: "the connection ended".into() });
+        self.carry_out(ctx);
     }
 
     pub fn on_frame(&mut self, frame: &Value, ctx: &mut Ctx<'_>) {
         self.requests.check(&self.producer, frame, ctx.checker);
-        let seq = frame["req"].as_u64();
-        match (frame["op"].as_str(), seq) {
-            (Some("welcome"), _) => {}
-            (Some("puback"), Some(seq)) => {
-                let id = frame["id"].as_u64().unwrap_or(0);
-                ctx.checker.pubacked(&self.producer, seq, &self.topic, id, ctx.now);
-                if self.in_flight.remove(&seq).is_some() || self.retry.remove(&seq) {
-                    self.acked += 1;
+        if let (Some("puback"), Some(seq)) = (frame["op"].as_str(), frame["req"].as_u64()) {
+            // Every puback on the wire, a second one for a doubled publish included.
+            ctx.checker.pubacked(&self.producer, seq, &self.topic, frame["id"].as_u64().unwrap_or(0), ctx.now);
+        }
+        let (now, text) = (ctx.now, frame.to_string());
+        self.client(ctx).handle_input(now, ClientInput::Frame(&text));
+        self.carry_out(ctx);
+    }
+
+    /// Turns what the library asked for into the world's actions, and its outcomes into counts.
+    fn carry_out(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(client) = self.client.as_mut() else { return };
+        while let Some(output) = client.poll_output() {
+            match output {
+                ClientOutput::Connect { .. } => ctx.actions.push(Action::Connect),
+                ClientOutput::Close => ctx.actions.push(Action::Disconnect),
+                ClientOutput::Send(text) => {
+                    let frame: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                    if let Some(req) = frame.get("req") {
+                        self.requests.sent(req);
+                    }
+                    if frame["op"] == "pub" {
+                        let seq = frame["seq"].as_u64().unwrap_or(0);
+                        ctx.checker.publish_sent(&self.producer, seq, frame["key"].as_str(), ctx.now);
+                        if self.sent.insert(seq) && self.duplicate_chance > 0.0 && ctx.rng.gen_bool(self.duplicate_chance) {
+                            self.requests.sent(&frame["req"]);
+                            ctx.actions.push(Action::Send(text.clone()));
+                        }
+                    }
+                    ctx.actions.push(Action::Send(text));
                 }
-                self.pump(ctx);
+                ClientOutput::Event(ClientEvent::Published { outcome: PublishOutcome::Stored { .. }, .. }) => self.acked += 1,
+                ClientOutput::Event(ClientEvent::Published { publish, outcome }) => {
+                    ctx.checker.violation("protocol", format!("publisher {}: publish {} ended {outcome:?}", self.producer, publish.0));
+                }
+                ClientOutput::Event(_) => {}
             }
-            (Some("error"), Some(seq)) if matches!(frame["code"].as_str(), Some("overloaded" | "internal")) => {
-                if self.in_flight.remove(&seq).is_some() {
-                    self.retry.insert(seq);
-                }
-                let at = retry_at(frame, ctx);
+        }
+        // One wake-up per timer: a wake asked for every frame would pile up in the world's
+        // queue (each firing asks for the next), and a busy seed would crawl.
+        if let Some(at) = client.poll_timeout() {
+            if self.wake_at.is_none_or(|scheduled| scheduled <= ctx.now || at < scheduled) {
+                self.wake_at = Some(at);
                 ctx.actions.push(Action::WakeAt(at));
             }
-            // Refused without naming its publish: `requests` reported it.
-            (Some("error"), None) => {}
-            // In a cluster: this node cannot take it (not the leader); another one may.
-            (Some("error"), Some(seq)) if frame["code"] == "unavailable" => {
-                if self.in_flight.remove(&seq).is_some() {
-                    self.retry.insert(seq);
-                }
-                ctx.actions.push(Action::Disconnect);
-            }
-            _ => ctx.checker.violation("protocol", format!("publisher {} got unexpected {frame}", self.producer)),
         }
     }
 }
@@ -510,6 +520,8 @@ impl Subscriber {
     }
 }
 
+// A world has a few dozen clients: their sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Client {
     Publisher(Publisher),
     Subscriber(Subscriber),
