@@ -1,6 +1,7 @@
 //! Simulated clients that follow PROTOCOL.md: publishers that are the client library's state
-//! machine (`ferry_core::client`: reconnects, retries with `producer` and `seq`), subscribers that dedupe by id, repair `prev` gaps with `fetch` (asking again from the
-//! last id + 1 while a reply ends before its range), ack late or never.
+//! machine (`ferry_core::client`: reconnects, retries with `producer` and `seq`), subscribers
+//! that dedupe by id, repair `prev` gaps with `fetch` (asking again from the last id + 1 while
+//! a reply ends before its range), ack late or never.
 
 use crate::checker::{body_for, Checker};
 use crate::misuse::Misbehaver;
