@@ -679,3 +679,33 @@ fn a_publish_unanswered_on_a_live_connection_is_sent_again() {
     let answered = drain(&mut client);
     assert!(answered.contains(&ClientOutput::Event(ClientEvent::Published { publish: id, outcome: PublishOutcome::Stored { topic: "orders".into(), id: 7 } })));
 }
+
+#[test]
+fn unavailable_moves_to_another_node_when_there_are_others() {
+    let mut client = Client::new(client_config(60), 0);
+    client.handle_timeout(0);
+    client.handle_input(0, ClientInput::Connected);
+    let id = client.publish(0, "orders", None, "1").unwrap();
+    drain(&mut client);
+    let refusal = json!({"op": "error", "req": id.0, "code": "unavailable", "message": "no leader known"});
+    client.handle_input(1, ClientInput::Frame(&refusal.to_string()));
+    let out = drain(&mut client);
+    assert_eq!(out.first(), Some(&ClientOutput::Close), "{out:?}");
+    assert_eq!(client.state(), ConnState::Disconnected);
+    let at = client.poll_timeout().unwrap();
+    client.handle_timeout(at);
+    assert!(drain(&mut client).contains(&ClientOutput::Connect { url: "ws://b/ws".into() }), "the next node");
+    // With a single node there is nowhere to go: the publish waits and is sent again there.
+    let mut single = Client::new(ClientConfig::new(vec!["ws://a/ws".into()], 61), 0);
+    single.handle_timeout(0);
+    single.handle_input(0, ClientInput::Connected);
+    let id = single.publish(0, "orders", None, "1").unwrap();
+    drain(&mut single);
+    let refusal = json!({"op": "error", "req": id.0, "code": "unavailable", "message": "no leader known"});
+    single.handle_input(1, ClientInput::Frame(&refusal.to_string()));
+    drain(&mut single);
+    assert_eq!(single.state(), ConnState::Connected);
+    let at = single.poll_timeout().unwrap();
+    single.handle_timeout(at);
+    assert_eq!(sent(&drain(&mut single)).len(), 1, "sent again on the same connection");
+}

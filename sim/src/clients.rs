@@ -114,6 +114,10 @@ pub struct Publisher {
     sent: BTreeSet<u64>,
     /// The wake-up asked of the world for the library's timer.
     wake_at: Option<u64>,
+    /// The library closed its connection and the world has not yet reported its end; a
+    /// connection asked for meanwhile is asked of the world once it has.
+    closing: bool,
+    connect_deferred: bool,
     pub acked: u64,
     /// Chance that a fresh publish is sent twice at once (the same `producer` and `seq`).
     pub duplicate_chance: f64,
@@ -132,6 +136,8 @@ impl Publisher {
             handed: 0,
             sent: BTreeSet::new(),
             wake_at: None,
+            closing: false,
+            connect_deferred: false,
             acked: 0,
             duplicate_chance: 0.0,
             requests: Requests::default(),
@@ -145,7 +151,9 @@ impl Publisher {
     fn client(&mut self, ctx: &mut Ctx<'_>) -> &mut Library {
         let (producer, window, total) = (self.producer.clone(), self.window, self.total);
         self.client.get_or_insert_with(|| {
-            let mut config = ClientConfig::new(vec!["sim://node".into()], ctx.rng.gen());
+            // The world picks the node of each connection; two names let the library move on
+            // from a node that answers `unavailable`, as it would between real nodes.
+            let mut config = ClientConfig::new(vec!["sim://a-node".into(), "sim://another-node".into()], ctx.rng.gen());
             config.producer = Some(producer);
             config.backoff = BackoffConfig { initial_ms: 10, max_ms: 1_000, healthy_after_ms: 5_000 };
             config.publish = PublishLimits { in_flight_max: window, buffered_max: total as usize + 1, buffered_bytes_max: usize::MAX, answer_timeout_ms: 3_000 };
@@ -178,6 +186,14 @@ impl Publisher {
 
     pub fn on_disconnected(&mut self, ctx: &mut Ctx<'_>) {
         self.requests.clear();
+        if std::mem::take(&mut self.closing) {
+            // The end of the connection the library closed itself: it knows (the library's
+            // contract); the connection it asked for meanwhile may open now.
+            if std::mem::take(&mut self.connect_deferred) {
+                ctx.actions.push(Action::Connect);
+            }
+            return;
+        }
         let now = ctx.now;
         self.client(ctx).handle_input(now, ClientInput::Disconnected { code: None, reason: "the connection ended".into() });
         self.carry_out(ctx);
@@ -199,8 +215,13 @@ impl Publisher {
         let Some(client) = self.client.as_mut() else { return };
         while let Some(output) = client.poll_output() {
             match output {
+                // The world reports a closed connection's end later: a new one waits for it.
+                ClientOutput::Connect { .. } if self.closing => self.connect_deferred = true,
                 ClientOutput::Connect { .. } => ctx.actions.push(Action::Connect),
-                ClientOutput::Close => ctx.actions.push(Action::Disconnect),
+                ClientOutput::Close => {
+                    self.closing = true;
+                    ctx.actions.push(Action::Disconnect);
+                }
                 ClientOutput::Send(text) => {
                     let frame: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                     if let Some(req) = frame.get("req") {

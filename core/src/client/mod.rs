@@ -485,6 +485,12 @@ impl Client {
                     Some(seq) if is_retryable(&code) => {
                         let wait_ms = retry_after_ms.unwrap_or_else(|| self.rng.gen_range(50..=300));
                         self.publishing.retry_later(seq, now_ns + wait_ms * NS_PER_MS);
+                        if ErrorCode::from_wire(&code) == Some(ErrorCode::Unavailable) && self.config.urls.len() > 1 {
+                            // This node has no leader for the topic (cut off, or an election):
+                            // another node may have one. Everything unanswered goes there.
+                            self.outputs.push_back(ClientOutput::Close);
+                            self.connection_lost(now_ns, format!("the node cannot serve now ({message}): trying another"));
+                        }
                     }
                     Some(seq) => {
                         let outcome = PublishOutcome::Refused { code: code.into_owned(), message: message.into_owned() };
