@@ -569,3 +569,90 @@ fn with_a_cluster_secret_the_nodes_join_and_a_node_without_it_cannot() {
     assert!(metrics.contains(&format!("ferry_peer_link_up{{node=\"{}\"}} 0", stranger + 1)), "{metrics}");
     assert_eq!(cluster.publish(2), 2, "the two with the secret go on");
 }
+
+/// The client library on a cluster: its subscriber's node dies, comes back, then the leader
+/// dies; a library publisher (20 in flight) and subscriber run throughout. Every publish
+/// resolves stored once, the application is handed every body once, each key in id order.
+#[test]
+fn library_clients_lose_nothing_when_a_node_and_then_the_leader_die() {
+    use ferry_client::{ClientConfig, ClientEvent, FerryClient, PublishOutcome, StartFrom, SubscribeOptions};
+    const MESSAGES: u64 = 240;
+    let mut cluster = Cluster::start("library", 3);
+    let leader = cluster.leader();
+    let follower = (leader + 1) % 3;
+    let urls_from = |first: usize| (0..3).map(|k| cluster.url((first + k) % 3)).collect::<Vec<_>>();
+    let config = |first: usize, seed: u64| {
+        let mut config = ClientConfig::new(urls_from(first), seed);
+        config.backoff.initial_ms = 20;
+        config.backoff.max_ms = 500;
+        config
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (subscriber, mut events) = runtime.block_on(async { FerryClient::start(config(follower, 1)) });
+    let (publisher, _publisher_events) = runtime.block_on(async { FerryClient::start(config(leader, 2)) });
+    let subscribe = SubscribeOptions { from: StartFrom::Earliest, window: Some(32), ..SubscribeOptions::new("lib", "g") };
+    runtime.block_on(subscriber.subscribe(subscribe)).unwrap();
+    let handed: Arc<Mutex<Vec<(String, u64, u64)>>> = Arc::default();
+    let (handed_by_app, acker) = (handed.clone(), subscriber.clone());
+    runtime.spawn(async move {
+        while let Some(event) = events.next().await {
+            if let ClientEvent::Message(delivery) = event {
+                let n = serde_json::from_str::<Value>(&delivery.body).unwrap()["n"].as_u64().unwrap();
+                handed_by_app.lock().unwrap().push((delivery.key.clone().unwrap_or_default(), delivery.id, n));
+                if !delivery.repaired {
+                    let _ = acker.ack(&delivery).await;
+                }
+            }
+        }
+    });
+    let outcomes: Arc<Mutex<BTreeMap<u64, Vec<PublishOutcome>>>> = Arc::default();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(20));
+    for n in 0..MESSAGES {
+        let (publisher, outcomes, in_flight) = (publisher.clone(), outcomes.clone(), in_flight.clone());
+        runtime.spawn(async move {
+            let _permit = in_flight.acquire().await.unwrap();
+            let outcome = publisher.publish("lib", Some(&format!("k{}", n % 4)), &json!({"n": n}).to_string()).await.unwrap();
+            outcomes.lock().unwrap().entry(n).or_default().push(outcome);
+        });
+    }
+    let answered = |outcomes: &Arc<Mutex<BTreeMap<u64, Vec<PublishOutcome>>>>| outcomes.lock().unwrap().len() as u64;
+    let wait_for = |count: u64| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while answered(&outcomes) < count {
+            assert!(Instant::now() < deadline, "publishes stalled at {}", answered(&outcomes));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    wait_for(MESSAGES / 4);
+    cluster.kill(follower);
+    wait_for(MESSAGES / 2);
+    cluster.restart(follower);
+    std::thread::sleep(Duration::from_millis(500));
+    wait_for(5 * MESSAGES / 8);
+    cluster.kill(leader);
+    wait_for(MESSAGES);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while handed.lock().unwrap().iter().map(|(_, _, n)| *n).collect::<BTreeSet<_>>().len() < MESSAGES as usize {
+        assert!(Instant::now() < deadline, "the subscriber got {} distinct messages", handed.lock().unwrap().len());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let outcomes = outcomes.lock().unwrap().clone();
+    let mut ids = BTreeSet::new();
+    for (n, outcome) in &outcomes {
+        match outcome.as_slice() {
+            [PublishOutcome::Stored { id, .. }] => assert!(ids.insert(*id), "id {id} answered two publishes"),
+            other => panic!("publish {n} ended {other:?}"),
+        }
+    }
+    let handed = handed.lock().unwrap().clone();
+    let mut bodies: Vec<u64> = handed.iter().map(|(_, _, n)| *n).collect();
+    bodies.sort_unstable();
+    assert_eq!(bodies, (0..MESSAGES).collect::<Vec<_>>(), "each body handed over exactly once");
+    for key in 0..4 {
+        let of_key: Vec<u64> = handed.iter().filter(|(k, _, _)| *k == format!("k{key}")).map(|(_, id, _)| *id).collect();
+        assert!(of_key.windows(2).all(|w| w[0] < w[1]), "key k{key} out of id order: {of_key:?}");
+    }
+    publisher.close();
+    subscriber.close();
+}
