@@ -680,9 +680,10 @@ fn a_publish_unanswered_on_a_live_connection_is_sent_again() {
     assert!(answered.contains(&ClientOutput::Event(ClientEvent::Published { publish: id, outcome: PublishOutcome::Stored { topic: "orders".into(), id: 7 } })));
 }
 
-#[test]
-fn unavailable_moves_to_another_node_when_there_are_others() {
-    let mut client = Client::new(client_config(60), 0);
+/// A client with `urls`, connected, whose one publish was answered `unavailable`; what it
+/// did about it.
+fn answered_unavailable(urls: &[&str], seed: u64) -> (Client, Vec<ClientOutput>) {
+    let mut client = Client::new(ClientConfig::new(urls.iter().map(|u| u.to_string()).collect(), seed), 0);
     client.handle_timeout(0);
     client.handle_input(0, ClientInput::Connected);
     let id = client.publish(0, "orders", None, "1").unwrap();
@@ -690,20 +691,19 @@ fn unavailable_moves_to_another_node_when_there_are_others() {
     let refusal = json!({"op": "error", "req": id.0, "code": "unavailable", "message": "no leader known"});
     client.handle_input(1, ClientInput::Frame(&refusal.to_string()));
     let out = drain(&mut client);
+    (client, out)
+}
+
+#[test]
+fn unavailable_moves_to_another_node_when_there_are_others() {
+    let (mut client, out) = answered_unavailable(&["ws://a/ws", "ws://b/ws"], 60);
     assert_eq!(out.first(), Some(&ClientOutput::Close), "{out:?}");
     assert_eq!(client.state(), ConnState::Disconnected);
     let at = client.poll_timeout().unwrap();
     client.handle_timeout(at);
     assert!(drain(&mut client).contains(&ClientOutput::Connect { url: "ws://b/ws".into() }), "the next node");
     // With a single node there is nowhere to go: the publish waits and is sent again there.
-    let mut single = Client::new(ClientConfig::new(vec!["ws://a/ws".into()], 61), 0);
-    single.handle_timeout(0);
-    single.handle_input(0, ClientInput::Connected);
-    let id = single.publish(0, "orders", None, "1").unwrap();
-    drain(&mut single);
-    let refusal = json!({"op": "error", "req": id.0, "code": "unavailable", "message": "no leader known"});
-    single.handle_input(1, ClientInput::Frame(&refusal.to_string()));
-    drain(&mut single);
+    let (mut single, _) = answered_unavailable(&["ws://a/ws"], 61);
     assert_eq!(single.state(), ConnState::Connected);
     let at = single.poll_timeout().unwrap();
     single.handle_timeout(at);
