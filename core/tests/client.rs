@@ -709,3 +709,28 @@ fn unavailable_moves_to_another_node_when_there_are_others() {
     single.handle_timeout(at);
     assert_eq!(sent(&drain(&mut single)).len(), 1, "sent again on the same connection");
 }
+
+#[test]
+fn unsubscribe_stops_deliveries_and_a_later_subscribe_goes_on_from_the_group() {
+    let mut wire = Wire::new(Config::default(), client_config(70));
+    let mut sub = Subscriber::new(71, wire.now(), earliest("orders", "billing"));
+    wire.next_conn = 100;
+    for i in 0..5u64 {
+        wire.client.publish(wire.now(), "orders", None, &json!({"n": i}).to_string()).unwrap();
+    }
+    run_both(&mut wire, &mut sub, 50, &|_| true);
+    assert_eq!(sub.bodies(), (0..5).collect::<Vec<_>>());
+    sub.client.unsubscribe("orders", "billing").unwrap();
+    assert!(matches!(sub.client.unsubscribe("orders", "billing"), Err(ferry_core::client::ClientError::NotSubscribed(_))));
+    for i in 5..10u64 {
+        wire.client.publish(wire.now(), "orders", None, &json!({"n": i}).to_string()).unwrap();
+    }
+    run_both(&mut wire, &mut sub, 50, &|_| true);
+    assert_eq!(sub.deliveries.len(), 5, "nothing handed over after unsubscribe");
+    // The group kept the rest: subscribing again hands it over, and nothing twice.
+    sub.client.subscribe(earliest("orders", "billing")).unwrap();
+    run_both(&mut wire, &mut sub, 50, &|_| true);
+    assert_eq!(sub.bodies(), (0..10).collect::<Vec<_>>());
+    let subscribed = sub.events.iter().filter(|e| matches!(e, ClientEvent::Subscribed { .. })).count();
+    assert_eq!(subscribed, 2, "each subscribe answered once (its req names one subscription)");
+}

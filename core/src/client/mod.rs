@@ -188,6 +188,7 @@ pub struct Client {
     next_url: usize,
     publishing: Publishing,
     subscriptions: Vec<Subscription>,
+    subscriptions_made: u64,
     /// When waiting acks go out (the end of the turn that made them).
     acks_due_ns: Option<u64>,
     /// When subscriptions and repairs refused with a retryable error are asked again.
@@ -212,6 +213,7 @@ impl Client {
             next_url: 0,
             publishing,
             subscriptions: Vec::new(),
+            subscriptions_made: 0,
             acks_due_ns: None,
             retry_subscriptions_ns: None,
             pings: 0,
@@ -292,7 +294,9 @@ impl Client {
         if self.subscription(&options.topic, &options.group).is_some() {
             return Err(ClientError::AlreadySubscribed(format!("already subscribed to '{}' as '{}'", options.topic, options.group)));
         }
-        let req = format!("s-{}", self.subscriptions.len() + 1);
+        // Numbered for the client's life: a req never names two subscriptions.
+        self.subscriptions_made += 1;
+        let req = format!("s-{}", self.subscriptions_made);
         let mut subscription = Subscription::new(options, req);
         if self.is_ready() {
             for frame in subscription.on_connected() {
@@ -328,6 +332,22 @@ impl Client {
         // Not connected: the server redelivers it once its ack timeout passes anyway.
         if let Some(frame) = s.nack(id, delay_ms).filter(|_| connected) {
             self.outputs.push_back(ClientOutput::Send(frame));
+        }
+        Ok(())
+    }
+
+    /// Leaves the group: nothing more is handed over from it. Acks still waiting go out
+    /// first; what the group has not delivered stays with it (for its other members, or a
+    /// later `subscribe`), and what was in flight to this client goes back to it.
+    pub fn unsubscribe(&mut self, topic: &str, group: &str) -> Result<(), ClientError> {
+        let Some(at) = self.subscriptions.iter().position(|s| s.options.topic == topic && s.options.group == group) else { return Err(not_subscribed(topic, group)) };
+        let mut subscription = self.subscriptions.remove(at);
+        if self.is_ready() {
+            self.outputs.extend(subscription.pending_ack_frame().map(ClientOutput::Send));
+            // Its req names no subscription: an error answering it (not_subscribed, when the
+            // server had dropped the group already) changes nothing.
+            let req = format!("\"u-{}\"", subscription.req);
+            self.send_op(&ClientOp::Unsub { req: RawJson::parse(&req).ok(), topic: Cow::Borrowed(topic), group: Cow::Borrowed(group) });
         }
         Ok(())
     }

@@ -50,6 +50,7 @@ type TokenSource = Box<dyn Fn() -> TokenFuture + Send>;
 enum Command {
     Publish { topic: String, key: Option<String>, body: String, reply: Reply<PublishOutcome> },
     Subscribe { options: SubscribeOptions, reply: Reply<()> },
+    Unsubscribe { topic: String, group: String, reply: Reply<()> },
     Ack { topic: String, group: String, id: u64, reply: Reply<()> },
     Nack { topic: String, group: String, id: u64, delay_ms: u64, reply: Reply<()> },
     SetToken { token: String },
@@ -134,6 +135,12 @@ impl FerryClient {
     /// Subscribes now and on every later connection.
     pub async fn subscribe(&self, options: SubscribeOptions) -> Result<(), ClientError> {
         self.call(|reply| Command::Subscribe { options, reply }).await
+    }
+
+    /// Leaves the group (acks still waiting go out first); nothing more is handed over from it.
+    pub async fn unsubscribe(&self, topic: &str, group: &str) -> Result<(), ClientError> {
+        let (topic, group) = (topic.to_string(), group.to_string());
+        self.call(|reply| Command::Unsubscribe { topic, group, reply }).await
     }
 
     /// The application is done with `delivery`.
@@ -226,6 +233,9 @@ impl Driver {
             },
             Command::Subscribe { options, reply } => {
                 let _ = reply.send(self.client.subscribe(options));
+            }
+            Command::Unsubscribe { topic, group, reply } => {
+                let _ = reply.send(self.client.unsubscribe(&topic, &group));
             }
             Command::Ack { topic, group, id, reply } => {
                 let _ = reply.send(self.client.ack(now_ns, &topic, &group, id));
