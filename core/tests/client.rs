@@ -367,11 +367,18 @@ fn earliest(topic: &str, group: &str) -> SubscribeOptions {
     SubscribeOptions { from: StartFrom::Earliest, window: Some(16), ..SubscribeOptions::new(topic, group) }
 }
 
+/// A publisher wired to a node of `config`, and a subscriber of orders/billing on it.
+fn publisher_and_subscriber(config: Config, seed: u64) -> (Wire, Subscriber) {
+    let mut wire = Wire::new(config, client_config(seed));
+    let sub = Subscriber::new(seed + 1, wire.now(), earliest("orders", "billing"));
+    // The subscriber's connections are numbered apart from the publisher's.
+    wire.next_conn = 100;
+    (wire, sub)
+}
+
 #[test]
 fn a_subscriber_gets_every_message_once_in_order_across_two_crashes() {
-    let mut wire = Wire::new(Config::default(), client_config(10));
-    let mut sub = Subscriber::new(11, wire.now(), earliest("orders", "billing"));
-    wire.next_conn = 100;
+    let (mut wire, mut sub) = publisher_and_subscriber(Config::default(), 10);
     for i in 0..200u64 {
         wire.client.publish(wire.now(), "orders", Some(&format!("k{}", i % 5)), &json!({"n": i}).to_string()).unwrap();
         if i % 10 == 0 {
@@ -395,9 +402,7 @@ fn a_subscriber_gets_every_message_once_in_order_across_two_crashes() {
 #[test]
 fn a_redelivery_is_not_handed_over_twice() {
     let config = Config { ack_timeout_ms: 1_000, ..Config::default() };
-    let mut wire = Wire::new(config, client_config(12));
-    let mut sub = Subscriber::new(13, wire.now(), earliest("orders", "billing"));
-    wire.next_conn = 100;
+    let (mut wire, mut sub) = publisher_and_subscriber(config, 12);
     for i in 0..10u64 {
         wire.client.publish(wire.now(), "orders", None, &json!({"n": i}).to_string()).unwrap();
     }
@@ -712,9 +717,7 @@ fn unavailable_moves_to_another_node_when_there_are_others() {
 
 #[test]
 fn unsubscribe_stops_deliveries_and_a_later_subscribe_goes_on_from_the_group() {
-    let mut wire = Wire::new(Config::default(), client_config(70));
-    let mut sub = Subscriber::new(71, wire.now(), earliest("orders", "billing"));
-    wire.next_conn = 100;
+    let (mut wire, mut sub) = publisher_and_subscriber(Config::default(), 70);
     for i in 0..5u64 {
         wire.client.publish(wire.now(), "orders", None, &json!({"n": i}).to_string()).unwrap();
     }
