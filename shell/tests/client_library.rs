@@ -17,7 +17,7 @@ const KEYS: u64 = 5;
 #[test]
 fn library_clients_keep_their_promises_across_two_kill_9s() {
     let dir = temp_dir("client-library");
-    let mut server = Server::start(&dir, "127.0.0.1:0", &[]);
+    let mut server = Server::start(&dir, &format!("127.0.0.1:{}", support::restartable_port()), &[]);
     let addr = server.addr.clone();
     let url = server.url();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -112,7 +112,7 @@ fn library_clients_keep_their_promises_across_two_kill_9s() {
 #[test]
 fn a_token_source_is_asked_before_each_connection() {
     let dir = temp_dir("client-library-token");
-    let mut server = Server::start(&dir, "127.0.0.1:0", &["--set", "tokens=[\"t-1\",\"t-2\"]"]);
+    let mut server = Server::start(&dir, &format!("127.0.0.1:{}", support::restartable_port()), &["--set", "tokens=[\"t-1\",\"t-2\"]"]);
     let addr = server.addr.clone();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let asked = Arc::new(Mutex::new(0u32));

@@ -8,7 +8,6 @@ mod support;
 
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,9 +26,9 @@ struct Cluster {
     extra: Vec<String>,
 }
 
-/// A port free now (the OS picks it; it stays free unless another process takes it first).
+/// Nodes are killed and restarted on their addresses: ports no client connection can take.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    support::restartable_port()
 }
 
 impl Cluster {

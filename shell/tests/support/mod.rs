@@ -18,6 +18,26 @@ pub struct Server {
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
+/// A port free now, for a server that a test restarts on the same address: taken below the
+/// kernel's ephemeral range, so that no client connection of the test (whose local ports come
+/// from that range) can hold it while the server is down.
+pub fn restartable_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    let ephemeral_low: u16 =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok().and_then(|range| range.split_whitespace().next()?.parse().ok()).unwrap_or(32_768);
+    // Spread by process, then walked: parallel tests and test binaries rarely meet.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let span = ephemeral_low.saturating_sub(10_000).max(1);
+    let start = (std::process::id() % u32::from(span)) as u16;
+    for _ in 0..span {
+        let port = 10_000 + (start + NEXT.fetch_add(1, Ordering::Relaxed) % span) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below {ephemeral_low}");
+}
+
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ferry-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
