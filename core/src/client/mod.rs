@@ -10,16 +10,18 @@
 //! Subscriptions hand each message of a group to the application once, in order, with
 //! gaps repaired by `fetch` (subscriptions.rs).
 
+mod api;
 mod backoff;
 mod publishing;
 mod subscriptions;
 
+pub use api::{ClientConfig, ClientError, ClientEvent, ClientInput, ClientOutput, ConnState};
 pub use backoff::{Backoff, BackoffConfig};
 pub use publishing::{PublishId, PublishLimits, PublishOutcome};
 pub use subscriptions::{Delivery, SubscribeOptions};
 
 use crate::protocol::{decode_server_frame, encode_client_op, ClientOp, ErrorCode, RawJson, Req, ServerFrame};
-use publishing::{is_retryable, Publishing};
+use publishing::Publishing;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::borrow::Cow;
@@ -30,128 +32,6 @@ const NS_PER_MS: u64 = 1_000_000;
 
 /// URLs kept, those configured and those cluster nodes named, at most.
 const URLS_MAX: usize = 64;
-
-#[derive(Clone, Debug)]
-pub struct ClientConfig {
-    /// Servers to connect to (`ws://host:port/ws`), tried in turn; a cluster node's
-    /// `welcome` adds the nodes it names.
-    pub urls: Vec<String>,
-    /// Sent in a `hello` on every connection.
-    pub token: Option<String>,
-    /// Ask the application for a token before each connection (`ClientEvent::TokenWanted`,
-    /// answered with `Client::set_token`) instead of using `token` as it is: for tokens
-    /// that expire. Nothing is sent on a connection before its token.
-    pub token_from_application: bool,
-    /// The `producer` of this client's publishes; by default drawn from `rng_seed`. Two
-    /// clients must never share one while both publish.
-    pub producer: Option<String>,
-    /// The `seq` of the first publish. A program that publishes again under the same
-    /// `producer` must start above the seqs it used before: the server answers a seq it
-    /// remembers with the message stored under it, and stores nothing.
-    pub first_seq: u64,
-    pub rng_seed: u64,
-    pub backoff: BackoffConfig,
-    /// A connection silent this long gets a `ping`.
-    pub ping_interval_ms: u64,
-    /// A `ping` unanswered this long (no frame at all) ends the connection.
-    pub pong_timeout_ms: u64,
-    /// A connection not open after this long is given up.
-    pub connect_timeout_ms: u64,
-    pub publish: PublishLimits,
-    /// Ids per group remembered as handed over, so that a redelivery is not handed again.
-    pub dedupe_window_ids: usize,
-    /// Acks waiting go out in one frame once this many wait (else at the end of the turn).
-    pub ack_batch_max: usize,
-}
-
-impl ClientConfig {
-    pub fn new(urls: Vec<String>, rng_seed: u64) -> ClientConfig {
-        ClientConfig {
-            urls,
-            token: None,
-            token_from_application: false,
-            producer: None,
-            first_seq: 1,
-            rng_seed,
-            backoff: BackoffConfig::default(),
-            ping_interval_ms: 15_000,
-            pong_timeout_ms: 10_000,
-            connect_timeout_ms: 10_000,
-            publish: PublishLimits::default(),
-            dedupe_window_ids: 100_000,
-            ack_batch_max: 64,
-        }
-    }
-}
-
-/// What the transport reports.
-#[derive(Debug)]
-pub enum ClientInput<'a> {
-    /// The connection asked for with `ClientOutput::Connect` is open.
-    Connected,
-    /// A text frame from the server.
-    Frame(&'a str),
-    /// The connection ended (close code and reason when the server sent them).
-    Disconnected { code: Option<u16>, reason: String },
-    /// The connection asked for could not be opened.
-    ConnectFailed { why: String },
-}
-
-/// What the client asks of its transport, and tells its application.
-#[derive(Debug, PartialEq)]
-pub enum ClientOutput {
-    /// Open a connection to `url` (after closing any other).
-    Connect {
-        url: String,
-    },
-    /// Send one text frame on the open connection.
-    Send(String),
-    /// Close the connection (the client reports no `Disconnected` for it: it knows).
-    Close,
-    Event(ClientEvent),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConnState {
-    Disconnected,
-    Connecting,
-    Connected,
-    /// For good: `close` was called or the server refused the client's identity.
-    Closed,
-}
-
-#[derive(Debug, PartialEq)]
-pub enum ClientEvent {
-    /// The connection's state changed; `why` tells what ended a connection.
-    State { state: ConnState, why: Option<String> },
-    /// A publish ended: each publish call gets exactly one of these.
-    Published { publish: PublishId, outcome: PublishOutcome },
-    /// An error the server sent that answers no request of this client (an ack's, a
-    /// group dropped by an operator), or that ended a gap's repair.
-    ServerError { code: String, message: String },
-    /// The server took the subscription (on every connection).
-    Subscribed { topic: String, group: String },
-    /// The server refused the subscription for good (forbidden, conflict, bad_frame): it is dropped.
-    SubscribeFailed { topic: String, group: String, code: String, message: String },
-    /// A token is needed for the connection being opened: answer with `Client::set_token`
-    /// (only with `token_from_application`).
-    TokenWanted,
-    /// A message for the application, once per group. Ack it with `Client::ack` unless it is
-    /// `repaired`.
-    Message(Delivery),
-}
-
-/// Why a call was refused on the spot.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ClientError {
-    BadBody(String),
-    /// The publish buffer is full (`PublishLimits`): wait for answers, then publish again.
-    BufferFull(String),
-    Closed,
-    /// `ack`/`nack` for a group this client has not subscribed to, or a second `subscribe`.
-    NotSubscribed(String),
-    AlreadySubscribed(String),
-}
 
 enum State {
     Disconnected {
@@ -318,7 +198,7 @@ impl Client {
                 let frame = s.pending_ack_frame();
                 self.outputs.extend(frame.map(ClientOutput::Send));
             } else {
-                self.acks_due_ns = Some(self.acks_due_ns.map_or(now_ns, |due| due.min(now_ns)));
+                due_by(&mut self.acks_due_ns, now_ns);
             }
         }
         Ok(())
@@ -571,7 +451,7 @@ impl Client {
         if let Some(at) = self.subscriptions.iter().position(|s| s.req == req) {
             if is_retryable(code) {
                 self.subscriptions[at].retry_sub_later();
-                self.retry_subscriptions_ns = Some(self.retry_subscriptions_ns.map_or(retry_at_ns, |due| due.min(retry_at_ns)));
+                due_by(&mut self.retry_subscriptions_ns, retry_at_ns);
             } else {
                 let s = self.subscriptions.remove(at);
                 self.event(ClientEvent::SubscribeFailed { topic: s.options.topic, group: s.options.group, code: code.into(), message: message.into() });
@@ -579,7 +459,7 @@ impl Client {
         } else if let Some(s) = self.subscriptions.iter_mut().find(|s| s.repair_req() == Some(req)) {
             if is_retryable(code) {
                 s.retry_repair_later();
-                self.retry_subscriptions_ns = Some(self.retry_subscriptions_ns.map_or(retry_at_ns, |due| due.min(retry_at_ns)));
+                due_by(&mut self.retry_subscriptions_ns, retry_at_ns);
             } else {
                 // The gap cannot be read: what waited behind it goes on; the application hears why.
                 let mut effects = Effects::default();
@@ -599,7 +479,7 @@ impl Client {
             self.event(ClientEvent::Message(delivery));
         }
         if self.subscriptions.iter().any(Subscription::has_pending_acks) {
-            self.acks_due_ns = Some(self.acks_due_ns.map_or(now_ns, |due| due.min(now_ns)));
+            due_by(&mut self.acks_due_ns, now_ns);
         }
     }
 
@@ -647,6 +527,16 @@ impl Client {
     fn event(&mut self, event: ClientEvent) {
         self.outputs.push_back(ClientOutput::Event(event));
     }
+}
+
+/// A timer made due at `at_ns`, or earlier if it already was.
+fn due_by(timer: &mut Option<u64>, at_ns: u64) {
+    *timer = Some(timer.map_or(at_ns, |due| due.min(at_ns)));
+}
+
+/// Whether an error answering a request is worth retrying (the same request, later or elsewhere).
+fn is_retryable(code: &str) -> bool {
+    matches!(ErrorCode::from_wire(code), Some(ErrorCode::Overloaded | ErrorCode::Internal | ErrorCode::Unavailable))
 }
 
 fn not_subscribed(topic: &str, group: &str) -> ClientError {

@@ -5,7 +5,7 @@
 //! connection is neither lost nor stored twice.
 
 use super::ClientError;
-use crate::protocol::{encode_client_op, ClientOp, ErrorCode, RawJson};
+use crate::protocol::{encode_client_op, ClientOp, RawJson};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
@@ -164,9 +164,4 @@ impl Publishing {
     pub fn buffered_bytes(&self) -> usize {
         self.bytes
     }
-}
-
-/// Whether an error answering a publish is worth retrying (the same publish, later or elsewhere).
-pub fn is_retryable(code: &str) -> bool {
-    matches!(ErrorCode::from_wire(code), Some(ErrorCode::Overloaded | ErrorCode::Internal | ErrorCode::Unavailable))
 }

@@ -172,11 +172,9 @@ impl<'a> Cursor<'a> {
     /// Digits only, no leading zero, within u64: what serde reads as the same u64.
     fn plain_u64(&mut self) -> Option<u64> {
         let start = self.at;
-        while matches!(self.peek(), Some(b'0'..=b'9')) {
-            self.at += 1;
-        }
+        self.digits()?;
         let digits = &self.text[start..self.at];
-        if digits.is_empty() || (digits.len() > 1 && digits.starts_with('0')) || matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
+        if (digits.len() > 1 && digits.starts_with('0')) || matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
             return None;
         }
         digits.parse().ok()

@@ -111,10 +111,18 @@ impl FerryClient {
         let _ = self.commands.send(Command::SetToken { token: token.to_string() });
     }
 
-    async fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, ClientError> {
+    /// Hands `command` over now (calls reach the client in the order they are made) and
+    /// returns the wait for its answer.
+    fn call<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> impl Future<Output = Result<T, ClientError>> + Send + 'static
+    where
+        T: Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
-        self.commands.send(command(reply)).map_err(|_| ClientError::Closed)?;
-        answer.await.unwrap_or(Err(ClientError::Closed))
+        let handed_over = self.commands.send(command(reply)).map_err(|_| ClientError::Closed);
+        async move {
+            handed_over?;
+            answer.await.unwrap_or(Err(ClientError::Closed))
+        }
     }
 
     /// Publishes `body` (JSON text); the future resolves to its outcome: `Stored` once
@@ -123,13 +131,8 @@ impl FerryClient {
     /// whatever happens. Publishes go out in the order of these calls (the call hands the
     /// publish over; awaiting only waits for the answer), so several may be awaited at once.
     pub fn publish(&self, topic: &str, key: Option<&str>, body: &str) -> impl Future<Output = Result<PublishOutcome, ClientError>> + Send + 'static {
-        let (reply, answer) = oneshot::channel();
-        let command = Command::Publish { topic: topic.to_string(), key: key.map(str::to_string), body: body.to_string(), reply };
-        let handed_over = self.commands.send(command).map_err(|_| ClientError::Closed);
-        async move {
-            handed_over?;
-            answer.await.unwrap_or(Err(ClientError::Closed))
-        }
+        let (topic, key, body) = (topic.to_string(), key.map(str::to_string), body.to_string());
+        self.call(|reply| Command::Publish { topic, key, body, reply })
     }
 
     /// Subscribes now and on every later connection.
