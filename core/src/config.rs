@@ -88,10 +88,18 @@ pub enum TestBug {
     TokenExpiryIgnored,
     /// Answer an op over its rate with `overloaded` but without the op's `req`.
     RefusalWithoutReq,
+    /// Client library: hand a redelivery of a message the application holds unacked over again.
+    ClientRedeliveryHandedAgain,
+    /// Client library: take every id at or below the highest handed over as a duplicate (a
+    /// redelivery of an earlier id, after a later one came, is acked unseen).
+    ClientDedupesByLastId,
+    /// Client library: repair `prev` gaps even when `repair_gaps` is off, handing over messages
+    /// the server holds back for their key.
+    ClientRepairAlwaysOn,
 }
 
 impl TestBug {
-    pub const ALL: [TestBug; 23] = [
+    pub const ALL: [TestBug; 26] = [
         TestBug::PubackBeforeDurable,
         TestBug::ExpiryCountsAsAck,
         TestBug::DeadLetterOneAttemptLate,
@@ -115,6 +123,9 @@ impl TestBug {
         TestBug::ReadRightsCheckedAtSubOnly,
         TestBug::TokenExpiryIgnored,
         TestBug::RefusalWithoutReq,
+        TestBug::ClientRedeliveryHandedAgain,
+        TestBug::ClientDedupesByLastId,
+        TestBug::ClientRepairAlwaysOn,
     ];
 
     pub fn name(self) -> String {

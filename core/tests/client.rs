@@ -446,8 +446,21 @@ fn sent(outputs: &[ClientOutput]) -> Vec<Value> {
 }
 
 #[test]
+fn without_repair_a_message_held_back_for_its_key_comes_in_its_turn() {
+    let mut client = subscribed_client(SubscribeOptions::new("orders", "billing"));
+    client.handle_input(1, ClientInput::Frame(&msg(1, 0, "a")));
+    // 2 (key b) waits at the server for an earlier b's ack; 3 names it as its prev.
+    client.handle_input(2, ClientInput::Frame(&msg(3, 2, "c")));
+    let out = drain(&mut client);
+    assert_eq!(handed(&out), [(1, false), (3, false)]);
+    assert!(sent(&out).iter().all(|f| f["op"] != "fetch"), "no repair asked for: {out:?}");
+    client.handle_input(3, ClientInput::Frame(&msg(2, 1, "b")));
+    assert_eq!(handed(&drain(&mut client)), [(2, false)], "handed over when the server delivers it");
+}
+
+#[test]
 fn a_gap_is_fetched_page_by_page_filtered_and_handed_over_before_what_waited() {
-    let options = SubscribeOptions { filter: Some(ferry_core::protocol::Filter::KeyPrefix("a".into())), ..SubscribeOptions::new("orders", "billing") };
+    let options = SubscribeOptions { filter: Some(ferry_core::protocol::Filter::KeyPrefix("a".into())), repair_gaps: true, ..SubscribeOptions::new("orders", "billing") };
     let mut client = subscribed_client(options);
     client.handle_input(1, ClientInput::Frame(&msg(5, 0, "a1")));
     assert_eq!(handed(&drain(&mut client)), [(5, false)]);
@@ -507,17 +520,37 @@ fn a_duplicate_of_an_acked_message_is_acked_again_and_acks_wait_for_a_connection
 }
 
 #[test]
-fn a_group_reset_backwards_hands_its_messages_over_again() {
+fn a_group_reset_backwards_is_not_handed_over_again_but_acked() {
     let mut client = subscribed_client(SubscribeOptions::new("orders", "billing"));
     client.handle_input(1, ClientInput::Frame(&msg(1, 0, "k")));
     client.handle_input(1, ClientInput::Frame(&msg(2, 1, "k")));
     drain(&mut client);
     client.ack(1, "orders", "billing", 1).unwrap();
     client.ack(1, "orders", "billing", 2).unwrap();
-    // An operator reset the group to id 1: a new chain (prev 0) delivers 1 and 2 again.
+    client.handle_timeout(1);
+    drain(&mut client);
+    // An operator reset the group to id 1: a new chain (prev 0) delivers 1 and 2 again. From
+    // the frames alone that is a redelivery after a crash: the application has them already.
     client.handle_input(2, ClientInput::Frame(&msg(1, 0, "k")));
     client.handle_input(2, ClientInput::Frame(&msg(2, 1, "k")));
+    client.handle_timeout(2);
+    let out = drain(&mut client);
+    assert_eq!(handed(&out), []);
+    assert_eq!(sent(&out), [json!({"op": "ack", "topic": "orders", "group": "billing", "ids": [1, 2]})], "acked, so the group moves on");
+}
+
+#[test]
+fn a_redelivery_of_the_first_message_of_the_chain_is_not_a_reset() {
+    let mut client = subscribed_client(SubscribeOptions::new("orders", "billing"));
+    client.handle_input(1, ClientInput::Frame(&msg(1, 0, "a")));
+    client.handle_input(1, ClientInput::Frame(&msg(2, 1, "b")));
     assert_eq!(handed(&drain(&mut client)), [(1, false), (2, false)]);
+    client.ack(1, "orders", "billing", 2).unwrap();
+    // 1 is not acked in time: it comes again with its prev 0 (it heads the chain), attempt 2.
+    let again = json!({"op": "msg", "topic": "orders", "group": "billing", "id": 1, "prev": 0, "key": "a", "body": {"n": 1}, "attempt": 2, "ts": 5});
+    client.handle_input(2, ClientInput::Frame(&again.to_string()));
+    client.handle_input(2, ClientInput::Frame(&msg(3, 2, "b")));
+    assert_eq!(handed(&drain(&mut client)), [(3, false)], "1 is held by the application already, 2 was handed over");
 }
 
 /// Random frames (well-formed and not), transport events, timeouts and application calls:

@@ -16,6 +16,13 @@ pub const INV_UNTIL_ACKED: &str = "redelivered-until-acked";
 pub const INV_ATTEMPTS: &str = "attempts-within-max";
 pub const INV_FETCH: &str = "fetch-covers-range";
 pub const INV_COUNTERS: &str = "counters-cover-what-clients-saw";
+/// What the client library hands to its application: each message once per subscription
+/// (again only after the application gave it back with a nack)...
+pub const INV_APP_ONCE: &str = "once-to-the-application";
+/// ...in key order (in each group, first handings)...
+pub const INV_APP_KEY_ORDER: &str = "key-order-to-the-application";
+/// ...and every pubacked message of a group reaches the application of one of its members.
+pub const INV_APP_LOST: &str = "every-message-to-the-application";
 
 fn checksum(producer: &str, seq: u64) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -41,6 +48,10 @@ pub struct Checker {
     owner: BTreeMap<TopicId, ProducerSeq>,
     key_of: BTreeMap<TopicId, Option<String>>,
     delivered: BTreeMap<(String, String), BTreeSet<u64>>,
+    /// Ids a member's application was handed (by the client library, or read by a puller).
+    handed_to_application: BTreeMap<(String, String), BTreeSet<u64>>,
+    /// Highest id of each key first handed to an application of the group.
+    last_first_handed: BTreeMap<(String, String, String), u64>,
     /// Ids the node received an ack for from a client of the group.
     completed: BTreeMap<(String, String), BTreeSet<u64>>,
     /// Copies read from `<topic>.dlq`, by the original's (topic, producer, seq): their ids there.
@@ -312,6 +323,29 @@ impl Checker {
         missing
     }
 
+    /// Pubacked messages of `topic` that no application of `group` was handed, with the
+    /// same exceptions as `missing`.
+    pub fn missing_in_application(&self, topic: &str, group: &str) -> Vec<u64> {
+        let mut missing = self.pubacked_not_in(topic, group, &self.handed_to_application);
+        missing.retain(|id| !self.dead_letter_seen(&(topic.to_string(), *id)));
+        missing
+    }
+
+    /// A member's application was handed `id`: the first handing of an id in its group must
+    /// not come after a later id of its key was first handed (a copy of a message the node may
+    /// have lost or deleted excepted). Only first handings count: a message processed already
+    /// may come again to another member (its ack lost in a crash).
+    pub fn handed_to_application(&mut self, topic: &str, group: &str, id: u64, key: Option<&str>) {
+        let first = self.handed_to_application.entry((topic.to_string(), group.to_string())).or_default().insert(id);
+        let Some(key) = key.filter(|_| first) else { return };
+        let last = self.last_first_handed.entry((topic.to_string(), group.to_string(), key.to_string())).or_default();
+        let before = *last;
+        *last = before.max(id);
+        if before > id && !self.excused(&(topic.to_string(), before)) && !self.excused(&(topic.to_string(), id)) {
+            self.violation(INV_APP_KEY_ORDER, format!("{topic}/{group} key {key}: id {id} handed to an application first after id {before}"));
+        }
+    }
+
     /// A client read the copy of this message from `<topic>.dlq`.
     fn dead_letter_seen(&self, tid: &TopicId) -> bool {
         self.owner.get(tid).is_some_and(|ps| self.dead_letter_copies.contains_key(&(tid.0.clone(), ps.clone())))
@@ -356,6 +390,11 @@ impl Checker {
             if !missing.is_empty() {
                 let shown: Vec<_> = missing.iter().take(10).collect();
                 self.violation(INV_LOST, format!("{topic}/{group} never received {} pubacked ids, e.g. {shown:?}", missing.len()));
+            }
+            let unseen = self.missing_in_application(topic, group);
+            if !unseen.is_empty() {
+                let shown: Vec<_> = unseen.iter().take(10).collect();
+                self.violation(INV_APP_LOST, format!("{topic}/{group}: no member's application was handed {} pubacked ids, e.g. {shown:?}", unseen.len()));
             }
 
             let Some(chain) = self.prev_of.get(&(topic.clone(), group.clone())) else { continue };
@@ -431,6 +470,8 @@ mod tests {
             }
             c.delivered("g", &msg("t", 1, 0, 1), 0);
             c.delivered("g", &msg("t", 3, 2, 3), 0);
+            c.handed_to_application("t", "g", 1, None);
+            c.handed_to_application("t", "g", 3, None);
             c.completed("t", "g", 1);
             c.completed("t", "g", 3);
             if dlq_copy_read {

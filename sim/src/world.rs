@@ -3,7 +3,7 @@
 //! ordered by (time, sequence number), so a seed replays bit for bit.
 
 use crate::checker::{self, Checker};
-use crate::clients::{AckStyle, Action, Client, Ctx, Publisher, Subscriber, MS};
+use crate::clients::{AckStyle, Action, Client, Ctx, Publisher, Puller, Subscriber, MS};
 use crate::identity::Identities;
 use crate::misuse::Misbehaver;
 use crate::{FaultKind, Options, SeedReport};
@@ -309,26 +309,33 @@ impl World {
                     };
                     let window = rng.gen_range(1..=16);
                     let name = format!("{topic}/{group}/m{m}");
-                    let mut subscriber = Subscriber::new(name, topic.clone(), group.clone(), window, style, swarm.members_per_group > 1);
+                    let shared = swarm.members_per_group > 1;
                     // Pull creates a group without a filter, so filtered groups subscribe.
-                    if filter.is_none() && rng.gen_bool(0.2) {
-                        subscriber.pull_wait_ms = Some(rng.gen_range(0..2_000));
-                    } else if rng.gen_bool(0.15) {
-                        subscriber.unsub_every = Some(rng.gen_range(5..40));
+                    let pull_wait_ms = (filter.is_none() && rng.gen_bool(0.2)).then(|| rng.gen_range(0..2_000));
+                    let unsub_every = (pull_wait_ms.is_none() && rng.gen_bool(0.15)).then(|| rng.gen_range(5..40));
+                    let mut audit_every = rng.gen_bool(0.3).then(|| rng.gen_range(3..20));
+                    // Retention seeds audit from the topic's start what retention keeps.
+                    let audit_from_start = config.retention_age_ms < u64::MAX / 4;
+                    if audit_from_start {
+                        audit_every.get_or_insert(10);
                     }
+                    if let Some(wait_ms) = pull_wait_ms {
+                        let mut puller = Puller::new(name, topic.clone(), group.clone(), window, style, shared, wait_ms);
+                        (puller.audit_every, puller.audit_from_start) = (audit_every, audit_from_start);
+                        clients.push(Client::Puller(puller));
+                        continue;
+                    }
+                    let mut subscriber = Subscriber::new(name, topic.clone(), group.clone(), window, style);
+                    // Gap repair hands over what the group may still hold back for its key.
+                    subscriber.repair_gaps = !shared && swarm.keys == 0;
+                    subscriber.unsub_every = unsub_every;
                     subscriber.filter = filter.clone();
                     // In a cluster a message may cross a peer link before the client's own link
                     // (its member's node is not the leader): two hops.
                     let hops = if nodes::voters_for(options.seed) > 1 { 2 } else { 1 };
                     let largest_delay_ns = hops * swarm.latency_max_us * 1_000 + MS;
                     subscriber.window_hold_ns = (config.ack_timeout_ms * MS).saturating_sub(largest_delay_ns);
-                    if rng.gen_bool(0.3) {
-                        subscriber.audit_every = Some(rng.gen_range(3..20));
-                    }
-                    if config.retention_age_ms < u64::MAX / 4 {
-                        subscriber.audit_from_start = true;
-                        subscriber.audit_every.get_or_insert(10);
-                    }
+                    (subscriber.audit_every, subscriber.audit_from_start) = (audit_every, audit_from_start);
                     clients.push(Client::Subscriber(subscriber));
                 }
             }
@@ -337,7 +344,7 @@ impl World {
         // its copy is seen there, never on the node's word.
         for t in 0..swarm.topics {
             let dlq = format!("t{t}.dlq");
-            clients.push(Client::Subscriber(Subscriber::new(format!("{dlq}/audit"), dlq, "audit".into(), 16, AckStyle::Prompt, false)));
+            clients.push(Client::Subscriber(Subscriber::new(format!("{dlq}/audit"), dlq, "audit".into(), 16, AckStyle::Prompt)));
         }
         // Now and then a client that misuses the protocol alongside the others.
         if rng.gen_bool(0.3) {
@@ -504,11 +511,11 @@ impl World {
     fn converged(&self) -> bool {
         let publishers_done = self.clients.iter().all(|c| match c {
             Client::Publisher(p) => p.done(),
-            Client::Subscriber(_) => true,
+            Client::Subscriber(_) | Client::Puller(_) => true,
             Client::Misbehaver(m) => !m.waiting(),
         });
         publishers_done
-            && self.groups.iter().all(|(t, g)| self.checker.missing(t, g).is_empty())
+            && self.groups.iter().all(|(t, g)| self.checker.missing(t, g).is_empty() && self.checker.missing_in_application(t, g).is_empty())
             && self.groups.iter().all(|(t, _)| self.checker.not_completed(t, &self.groups).is_empty())
     }
 
@@ -527,8 +534,10 @@ impl World {
             self.conn_input(conn, Input::Congested { conn, congested: false });
         }
         for client in &mut self.clients {
-            if let Client::Subscriber(s) = client {
-                s.heal();
+            match client {
+                Client::Subscriber(s) => s.heal(),
+                Client::Puller(p) => p.heal(),
+                _ => {}
             }
         }
     }
@@ -693,7 +702,7 @@ impl World {
     }
 
     fn with_client(&mut self, client: usize, f: impl FnOnce(&mut Client, &mut Ctx<'_>)) {
-        let mut ctx = Ctx { now: self.now, rng: &mut self.rng, checker: &mut self.checker, actions: Vec::new() };
+        let mut ctx = Ctx { now: self.now, rng: &mut self.rng, checker: &mut self.checker, actions: Vec::new(), test_bug: self.options.bug };
         f(&mut self.clients[client], &mut ctx);
         for action in ctx.actions {
             match action {

@@ -94,6 +94,9 @@ fn expected_invariants(bug: TestBug) -> &'static [&'static str] {
         TestBug::ReadRightsCheckedAtSubOnly => &[ferry_sim::misuse::INV_RIGHTS],
         TestBug::TokenExpiryIgnored => &[ferry_sim::identity::INV_EXPIRY],
         TestBug::RefusalWithoutReq => &[ferry_sim::clients::INV_OWN_REQ],
+        TestBug::ClientRedeliveryHandedAgain => &[INV_APP_ONCE],
+        TestBug::ClientDedupesByLastId => &[INV_APP_LOST],
+        TestBug::ClientRepairAlwaysOn => &[INV_APP_KEY_ORDER],
     }
 }
 

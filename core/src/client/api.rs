@@ -4,6 +4,7 @@
 use super::backoff::BackoffConfig;
 use super::publishing::{PublishId, PublishLimits, PublishOutcome};
 use super::subscriptions::Delivery;
+use crate::config::TestBug;
 
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -36,6 +37,8 @@ pub struct ClientConfig {
     pub dedupe_window_ids: usize,
     /// Acks waiting go out in one frame once this many wait (else at the end of the turn).
     pub ack_batch_max: usize,
+    /// A deliberate bug, for the simulator's checkers to catch (never set it otherwise).
+    pub test_bug: Option<TestBug>,
 }
 
 impl ClientConfig {
@@ -54,6 +57,7 @@ impl ClientConfig {
             publish: PublishLimits::default(),
             dedupe_window_ids: 100_000,
             ack_batch_max: 64,
+            test_bug: None,
         }
     }
 }

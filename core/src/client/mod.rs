@@ -177,7 +177,7 @@ impl Client {
         // Numbered for the client's life: a req never names two subscriptions.
         self.subscriptions_made += 1;
         let req = format!("s-{}", self.subscriptions_made);
-        let mut subscription = Subscription::new(options, req);
+        let mut subscription = Subscription::new(options, req, self.config.test_bug);
         if self.is_ready() {
             for frame in subscription.on_connected() {
                 self.outputs.push_back(ClientOutput::Send(frame));

@@ -1,10 +1,19 @@
 //! Subscriptions: each message of a group handed to the application once, in the group's
-//! order, gaps repaired. A subscription is sent again on every connection. A `msg` whose
-//! `prev` is above the last id handed over means messages were missed: they are fetched
-//! (page by page, the group's filter applied here, as `fetch` reads the whole topic) and
-//! handed over first, while later messages wait. Ids already handed over are not handed
-//! again (a bounded window of them per group), and acks go out in batches.
+//! order. A subscription is sent again on every connection. Ids already handed over are not
+//! handed again (a bounded window of them per group), and acks go out in batches.
+//!
+//! Gap repair is opt-in (`repair_gaps`). A `msg` whose `prev` is above the last id handed
+//! over says that the group has an earlier message this client did not get: the repair
+//! fetches the gap (page by page, the group's filter applied here, as `fetch` reads the whole
+//! topic) and hands it over first, while later messages wait. ferry needs no repair to lose
+//! nothing: a message stays with its group until acked (redelivered, or moved to
+//! `<topic>.dlq`). And `prev` names the group's previous message in id order, which the
+//! server may still hold back: its key waits for an earlier message's ack (strict key order),
+//! or its delivery was lost with a connection and awaits redelivery. Handed over from a fetch,
+//! such a message overtakes the earlier one of its key. Repair suits groups whose messages
+//! have no keys, or whose application does not need key order.
 
+use crate::config::TestBug;
 use crate::protocol::{encode_client_op, ClientOp, FetchedMessage, Filter, RawJson, StartFrom};
 use std::borrow::Cow;
 use std::collections::{BTreeSet, VecDeque};
@@ -17,14 +26,15 @@ pub struct SubscribeOptions {
     pub from: StartFrom,
     pub window: Option<u32>,
     pub filter: Option<Filter>,
-    /// Fetch what a `prev` says was missed. Off for a group shared by several members: the
-    /// messages the others get are gaps too.
+    /// Fetch and hand over what a `prev` says this client has not got (see the module's
+    /// notes: it can break key order). Off by default; never for a group shared by several
+    /// members (the messages the others get are gaps too).
     pub repair_gaps: bool,
 }
 
 impl SubscribeOptions {
     pub fn new(topic: &str, group: &str) -> SubscribeOptions {
-        SubscribeOptions { topic: topic.into(), group: group.into(), from: StartFrom::Latest, window: None, filter: None, repair_gaps: true }
+        SubscribeOptions { topic: topic.into(), group: group.into(), from: StartFrom::Latest, window: None, filter: None, repair_gaps: false }
     }
 }
 
@@ -76,6 +86,7 @@ pub struct Subscription {
     pending_acks: Vec<u64>,
     repair: Option<Repair>,
     held: VecDeque<Held>,
+    test_bug: Option<TestBug>,
 }
 
 /// What a subscription wants done after taking a frame.
@@ -86,7 +97,7 @@ pub struct Effects {
 }
 
 impl Subscription {
-    pub fn new(options: SubscribeOptions, req: String) -> Subscription {
+    pub fn new(options: SubscribeOptions, req: String, test_bug: Option<TestBug>) -> Subscription {
         Subscription {
             options,
             req,
@@ -99,6 +110,7 @@ impl Subscription {
             pending_acks: Vec::new(),
             repair: None,
             held: VecDeque::new(),
+            test_bug,
         }
     }
 
@@ -145,11 +157,9 @@ impl Subscription {
     /// A `msg` of this group.
     pub fn on_msg(&mut self, id: u64, prev: u64, delivery: Delivery, dedupe_window: usize) -> Effects {
         let mut effects = Effects::default();
-        if prev == 0 && id <= self.last_id && self.last_id > 0 {
-            // The group was reset backwards (an operator's doing): a new chain starts, and
-            // what it delivers again is meant to be processed again.
-            self.forget_handed();
-        }
+        // A `prev` of 0 on an id at or below the last one handed over is no sign of a reset:
+        // after a crash or a leader change a redelivery of the chain's first message looks
+        // just like that (attempt 1 included). Ids decide, whatever the chain says.
         if self.repair.is_some() {
             self.held.push_back(Held { id, prev, delivery });
             return effects;
@@ -159,7 +169,8 @@ impl Subscription {
     }
 
     fn take_msg(&mut self, id: u64, prev: u64, delivery: Delivery, dedupe_window: usize, effects: &mut Effects) {
-        if self.was_handed(id) {
+        let handed_again = self.test_bug == Some(TestBug::ClientRedeliveryHandedAgain) && self.unacked.contains(&id);
+        if self.was_handed(id) && !handed_again {
             // A redelivery: the application has it. If it acked it already, that ack was lost
             // with a connection: ack again.
             if !self.unacked.contains(&id) {
@@ -167,7 +178,8 @@ impl Subscription {
             }
             return;
         }
-        if self.options.repair_gaps && self.last_id > 0 && prev > self.last_id {
+        let repair_gaps = self.options.repair_gaps || self.test_bug == Some(TestBug::ClientRepairAlwaysOn);
+        if repair_gaps && self.last_id > 0 && prev > self.last_id {
             let req = format!("f-{}-{}", self.req, id);
             self.repair = Some(Repair { from: self.last_id + 1, to: prev, req, asked: false });
             self.held.push_back(Held { id, prev, delivery });
@@ -191,15 +203,7 @@ impl Subscription {
     }
 
     fn was_handed(&self, id: u64) -> bool {
-        id <= self.forgotten_up_to || self.handed.contains(&id)
-    }
-
-    fn forget_handed(&mut self) {
-        self.handed.clear();
-        self.forgotten_up_to = 0;
-        self.last_id = 0;
-        self.unacked.clear();
-        self.repair = None;
+        id <= self.forgotten_up_to || self.handed.contains(&id) || (self.test_bug == Some(TestBug::ClientDedupesByLastId) && id <= self.last_id)
     }
 
     fn ask_repair(&mut self) -> Option<String> {

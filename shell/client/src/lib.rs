@@ -1,7 +1,8 @@
 //! ferry's client library for Rust applications on tokio.
 //!
-//! The protocol's guarantees take client logic: reconnecting, subscribing again, repairing
-//! gaps with `fetch`, dropping redeliveries, resending unanswered publishes idempotently. All
+//! The protocol's guarantees take client logic: reconnecting, subscribing again, dropping
+//! redeliveries, resending unanswered publishes idempotently, repairing gaps with `fetch`
+//! where asked to (`SubscribeOptions::repair_gaps`). All
 //! of it lives in `ferry_core::client::Client`, a sans-IO state machine that the simulator
 //! drives through thousands of faults; this crate only runs it over a WebSocket
 //! (`tokio-tungstenite`) and a clock.
