@@ -1,0 +1,136 @@
+// The JavaScript client against a live server (node --experimental-websocket --test test/client.test.mjs).
+// FERRY_URL names it; it must run with `ack_timeout_ms` well under a second (the Rust test
+// shell/tests/js_client.rs starts one so and runs this file).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { FerryClient, FerryError } from "../ferry-client.js";
+
+const url = process.env.FERRY_URL;
+if (!url) throw new Error("FERRY_URL must name a running server (ws://host:port/ws)");
+const fast = { urls: url, backoff: { initialMs: 20, maxMs: 200 } };
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const unique = (name) => `${name}-${Date.now()}-${Math.floor(Math.random() * 1e6)}`;
+
+/** `promise`, or a failure naming `what` after `ms`. */
+function within(promise, ms, what) {
+  return Promise.race([promise, sleep(ms).then(() => Promise.reject(new Error(`timed out waiting for ${what}`)))]);
+}
+
+async function until(condition, what, ms = 10_000) {
+  const deadline = Date.now() + ms;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+test("every publish resolves with its id, and a subscriber gets each message once, in key order, acked", async () => {
+  const topic = unique("orders");
+  const client = new FerryClient(fast);
+  const seen = [];
+  await client.subscribe(topic, "billing", (m) => seen.push([m.key, m.body.n, m.id]), { from: "earliest" });
+  const answers = await Promise.all(Array.from({ length: 40 }, (_, n) => client.publish(topic, { n }, { key: `k${n % 3}` })));
+  assert.deepEqual(new Set(answers.map((a) => a.id)).size, 40, "forty ids");
+  await until(() => seen.length === 40, "forty messages");
+  assert.deepEqual(seen.map(([, n]) => n).sort((a, b) => a - b), Array.from({ length: 40 }, (_, n) => n));
+  for (const key of ["k0", "k1", "k2"]) {
+    const ids = seen.filter(([k]) => k === key).map(([, , id]) => id);
+    assert.deepEqual(ids, [...ids].sort((a, b) => a - b), `key ${key} in id order`);
+  }
+  client.close();
+  // All were acked: another member of the group gets nothing, even past the ack timeout.
+  const other = new FerryClient(fast);
+  const late = [];
+  await other.subscribe(topic, "billing", (m) => late.push(m.id));
+  await sleep(1_200);
+  other.close();
+  assert.deepEqual(late, []);
+});
+
+test("a refused publish rejects with the server's code; a body that is no JSON value is refused on the call", async () => {
+  const client = new FerryClient(fast);
+  await assert.rejects(client.publish("bad topic", 1), (e) => e instanceof FerryError && e.code === "bad_frame");
+  await assert.rejects(client.publish("fine", undefined), (e) => e.code === "bad_body");
+  const { id } = await client.publish(unique("fine"), 1);
+  assert.equal(id, 1, "the client goes on after a refusal");
+  client.close();
+});
+
+test("the publish buffer is bounded, and closing abandons what waits", async () => {
+  const client = new FerryClient({ urls: "ws://127.0.0.1:1/ws", publish: { bufferedMax: 2 } });
+  const first = client.publish("t", 1);
+  const second = client.publish("t", 2);
+  await assert.rejects(client.publish("t", 3), (e) => e.code === "buffer_full");
+  assert.equal(client.unansweredPublishes, 2);
+  client.close();
+  await assert.rejects(first, (e) => e.code === "abandoned");
+  await assert.rejects(second, (e) => e.code === "abandoned");
+  await assert.rejects(client.publish("t", 4), (e) => e.code === "closed");
+});
+
+test("a redelivery of a message the application holds is not handed over again", async () => {
+  const topic = unique("held");
+  const client = new FerryClient(fast);
+  const handed = [];
+  await client.subscribe(topic, "slow", (m) => handed.push(m), { from: "earliest", autoAck: false });
+  await client.publish(topic, { n: 1 });
+  await until(() => handed.length === 1, "the message");
+  await sleep(1_500); // three ack timeouts: the server redelivers it, the client drops it
+  assert.equal(handed.length, 1, "handed over once");
+  client.ack(handed[0]);
+  await sleep(800);
+  assert.equal(handed.length, 1, "acked: nothing more");
+  client.close();
+});
+
+test("a handler that throws gives the message back, and it comes again", async () => {
+  const topic = unique("retry");
+  const client = new FerryClient(fast);
+  const attempts = [];
+  await client.subscribe(topic, "g", (m) => {
+    attempts.push(m.attempt);
+    if (attempts.length === 1) throw new Error("not yet");
+  }, { from: "earliest" });
+  await client.publish(topic, "x");
+  await until(() => attempts.length === 2, "a second handing");
+  assert.deepEqual(attempts, [1, 2]);
+  client.close();
+});
+
+test("a subscription refused for good rejects the call", async () => {
+  const topic = unique("conflict");
+  const a = new FerryClient(fast);
+  await a.subscribe(topic, "g", () => {}, { filter: { key_prefix: "a" } });
+  const b = new FerryClient(fast);
+  await assert.rejects(b.subscribe(topic, "g", () => {}, { filter: { key_prefix: "b" } }), (e) => e.code === "conflict");
+  await assert.rejects(a.subscribe(topic, "g", () => {}), (e) => e.code === "already_subscribed");
+  a.close();
+  b.close();
+});
+
+test("a lost connection is reopened: subscriptions and unanswered publishes go on", async () => {
+  const topic = unique("reconnect");
+  const sockets = [];
+  // A WebSocket that remembers its instances, so the test can cut one.
+  class Recorded extends globalThis.WebSocket {
+    constructor(...args) {
+      super(...args);
+      sockets.push(this);
+    }
+  }
+  const client = new FerryClient({ ...fast, WebSocket: Recorded });
+  const states = [];
+  client.on("state", ({ state }) => states.push(state));
+  const seen = [];
+  await client.subscribe(topic, "g", (m) => seen.push(m.body), { from: "earliest" });
+  await client.publish(topic, 1);
+  // The publish goes out, then the connection closes: its answer cannot come back on it.
+  const second = client.publish(topic, 2);
+  sockets[0].close();
+  assert.equal((await within(second, 5_000, "the publish sent again on the new connection")).id, 2);
+  await until(() => seen.length === 2, "both messages");
+  assert.deepEqual(seen, [1, 2]);
+  assert.ok(sockets.length >= 2, "a second connection");
+  assert.deepEqual(states.slice(0, 4), ["connecting", "connected", "disconnected", "connecting"]);
+  client.close();
+});

@@ -1,0 +1,126 @@
+//! The JavaScript client library (shell/client-js) against the real server: its Node tests
+//! (node's test runner), and a publisher and a subscriber of it, in Node and in chromium,
+//! while the server is killed with SIGKILL twice: every publish call resolves with its own
+//! id, every body is handed to the application exactly once, each key in id order.
+//! .ci/run installs node, chromium and playwright-core; elsewhere a test skips, saying so.
+
+mod support;
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use support::{temp_dir, Server};
+
+const MESSAGES: u64 = 300;
+const KEYS: u64 = 5;
+
+fn client_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("client-js")
+}
+
+#[test]
+fn the_node_tests_of_the_javascript_client_pass() {
+    let Some(node) = support::required_tool("node") else { return };
+    let dir = temp_dir("js-client-node-tests");
+    // Redeliveries within the tests' patience: an ack timeout of half a second.
+    let server = Server::start(&dir, "127.0.0.1:0", &["--set", "ack_timeout_ms=500"]);
+    let output = Command::new(node)
+        .current_dir(client_dir())
+        .args(["--experimental-websocket", "--test", "test/client.test.mjs"])
+        .env("FERRY_URL", server.url())
+        .output()
+        .expect("node runs");
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{said}");
+    assert!(said.contains("# fail 0") && !said.contains("# pass 0"), "{said}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_javascript_client_in_node_keeps_its_promises_across_two_kill_9s() {
+    let Some(node) = support::required_tool("node") else { return };
+    let run = |url: &str| {
+        let mut command = Command::new(&node);
+        command.current_dir(client_dir()).args(["--experimental-websocket", "test/kill-run.mjs", url]);
+        command
+    };
+    kills_twice_and_checks("js-client-node", &run);
+}
+
+#[test]
+fn the_javascript_client_in_chromium_keeps_its_promises_across_two_kill_9s() {
+    let Some((node, chromium, browser_dir)) = support::browser_tools() else { return };
+    let run = |url: &str| {
+        let page = url.replace("ws://", "http://").replace("/ws", "/healthz");
+        let mut command = Command::new(&node);
+        command
+            .current_dir(&browser_dir)
+            .arg("js-client.mjs")
+            .args([&page, url])
+            .arg(client_dir().join("ferry-client.js"))
+            .arg(client_dir().join("test/kill-scenario.js"))
+            .arg(&chromium);
+        command
+    };
+    kills_twice_and_checks("js-client-chromium", &run);
+}
+
+/// Runs the kill scenario (shell/client-js/test/kill-scenario.js) under `runner`, killing the
+/// server with SIGKILL once a third and once two thirds of the publishes are answered and
+/// restarting it on its address, then checks what the application saw.
+fn kills_twice_and_checks(name: &str, runner: &dyn Fn(&str) -> Command) {
+    let dir = temp_dir(name);
+    let mut server = Server::start(&dir, &format!("127.0.0.1:{}", support::restartable_port()), &[]);
+    let addr = server.addr.clone();
+    let mut child = runner(&server.url()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("node runs");
+    let (lines_tx, lines) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut kills = vec![2 * MESSAGES / 3, MESSAGES / 3];
+    let mut result = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while result.is_none() && Instant::now() < deadline {
+        let Ok(line) = lines.recv_timeout(Duration::from_millis(100)) else { continue };
+        if let Some(answered) = line.strip_prefix("answered ").and_then(|n| n.parse::<u64>().ok()) {
+            if kills.last().is_some_and(|at| answered >= *at) {
+                kills.pop();
+                server.kill();
+                server = Server::start(&dir, &addr, &[]);
+            }
+        } else if let Some(json) = line.strip_prefix("result ") {
+            result = Some(serde_json::from_str::<Value>(json).unwrap_or_else(|e| panic!("{e}: {json}")));
+        }
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    let Some(result) = result else { panic!("no result within 120 s: {}", String::from_utf8_lossy(&output.stderr)) };
+    assert!(kills.is_empty(), "the server was killed twice");
+    let outcomes = result["outcomes"].as_object().expect("outcomes");
+    assert_eq!(outcomes.len() as u64, MESSAGES, "every publish call resolved");
+    let mut n_of_id = BTreeMap::new();
+    for (n, outcome) in outcomes {
+        let id = outcome["id"].as_u64().unwrap_or_else(|| panic!("publish {n} ended {outcome}"));
+        assert!(n_of_id.insert(id, n.parse::<u64>().unwrap()).is_none(), "id {id} answered two publishes");
+    }
+    let handed: Vec<(String, u64)> = result["handed"].as_array().unwrap().iter().map(|h| (h[0].as_str().unwrap().to_string(), h[1].as_u64().unwrap())).collect();
+    let mut bodies: Vec<u64> = handed.iter().map(|(_, n)| *n).collect();
+    bodies.sort_unstable();
+    assert_eq!(bodies, (0..MESSAGES).collect::<Vec<_>>(), "each body handed over exactly once");
+    let id_of: BTreeMap<u64, u64> = n_of_id.iter().map(|(id, n)| (*n, *id)).collect();
+    for key in 0..KEYS {
+        let of_key: Vec<u64> = handed.iter().filter(|(k, _)| *k == format!("k{key}")).map(|(_, n)| id_of[n]).collect();
+        assert!(of_key.windows(2).all(|w| w[0] < w[1]), "key k{key} handed over out of id order: {of_key:?}");
+    }
+    assert!(result["drops"].as_u64().unwrap_or(0) >= 2, "the publisher lost its connection to each kill: {}", result["drops"]);
+    server.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+}
