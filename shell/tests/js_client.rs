@@ -2,7 +2,9 @@
 //! (node's test runner), and a publisher and a subscriber of it, in Node and in chromium,
 //! while the server is killed with SIGKILL twice: every publish call resolves with its own
 //! id, every body is handed to the application exactly once, each key in id order.
-//! .ci/run installs node, chromium and playwright-core; elsewhere a test skips, saying so.
+//! Its TypeScript types compile against a usage of every call (tsc, from shell/tests/browser).
+//! .ci/run installs node, chromium, playwright-core and typescript; elsewhere a test skips,
+//! saying so.
 
 mod support;
 
@@ -39,6 +41,20 @@ fn the_node_tests_of_the_javascript_client_pass() {
     assert!(said.contains("# fail 0") && !said.contains("# pass 0"), "{said}");
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_typescript_types_of_the_javascript_client_compile() {
+    let Some((node, _, browser_dir)) = support::browser_tools() else { return };
+    let usage = client_dir().join("test/types.ts");
+    let output = Command::new(node)
+        .current_dir(&browser_dir)
+        .args(["node_modules/typescript/bin/tsc", "--noEmit", "--strict", "--target", "es2022", "--module", "nodenext", "--moduleResolution", "nodenext"])
+        .arg(usage)
+        .output()
+        .expect("node runs");
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "tsc: {said}");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 // FERRY_URL names it; it must run with `ack_timeout_ms` well under a second (the Rust test
 // shell/tests/js_client.rs starts one so and runs this file).
 import { test } from "node:test";
+import { readFileSync } from "node:fs";
 import assert from "node:assert/strict";
 import { FerryClient, FerryError } from "../ferry-client.js";
 
@@ -132,5 +133,15 @@ test("a lost connection is reopened: subscriptions and unanswered publishes go o
   assert.deepEqual(seen, [1, 2]);
   assert.ok(sockets.length >= 2, "a second connection");
   assert.deepEqual(states.slice(0, 4), ["connecting", "connected", "disconnected", "connecting"]);
+  client.close();
+});
+
+test("every method and property the TypeScript types declare exists", () => {
+  const types = readFileSync(new URL("../ferry-client.d.ts", import.meta.url), "utf8");
+  const body = types.slice(types.indexOf("export class FerryClient"));
+  const declared = [...body.matchAll(/^  (?:readonly )?([a-zA-Z]+)[(<:]/gm)].map((m) => m[1]);
+  assert.ok(declared.length >= 10, `declared: ${declared}`);
+  const client = new FerryClient({ urls: "ws://127.0.0.1:1/ws" });
+  for (const name of declared) assert.ok(name in client, `FerryClient has no ${name}`);
   client.close();
 });
