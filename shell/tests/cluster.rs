@@ -64,6 +64,13 @@ impl Cluster {
         server.kill();
     }
 
+    /// Stops node `i` (SIGSTOP: a hung process, its connections open and silent) or lets it
+    /// go on (SIGCONT).
+    fn signal(&self, i: usize, signal: &str) {
+        let pid = self.nodes[i].as_ref().expect("running").pid().to_string();
+        assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success(), "kill {signal} {pid}");
+    }
+
     fn running(&self) -> Vec<usize> {
         (0..self.nodes.len()).filter(|i| self.nodes[*i].is_some()).collect()
     }
@@ -569,26 +576,34 @@ fn with_a_cluster_secret_the_nodes_join_and_a_node_without_it_cannot() {
     assert_eq!(cluster.publish(2), 2, "the two with the secret go on");
 }
 
-/// The client library on a cluster: its subscriber's node dies, comes back, then the leader
-/// dies; a library publisher (20 in flight) and subscriber run throughout. Every publish
-/// resolves stored once, the application is handed every body once, each key in id order.
+/// The client library on a cluster: its publisher's node hangs (SIGSTOP) for 1.5 s, its
+/// subscriber's node dies and comes back, then the leader dies; a library publisher (40 in
+/// flight) and subscriber run throughout. Every publish resolves stored once, the
+/// application is handed every body once, each key in id order. (Without `producer` + `seq`
+/// the hang stores publishes twice: 8 runs of 9 failed so.)
 #[test]
-fn library_clients_lose_nothing_when_a_node_and_then_the_leader_die() {
+fn library_clients_lose_nothing_when_a_node_hangs_a_node_and_then_the_leader_die() {
     use ferry_client::{ClientConfig, ClientEvent, FerryClient, PublishOutcome, StartFrom, SubscribeOptions};
     const MESSAGES: u64 = 240;
     let mut cluster = Cluster::start("library", 3);
     let leader = cluster.leader();
     let follower = (leader + 1) % 3;
+    // The publisher's node is neither: its frames go to the leader, and the leader's death
+    // closes its connection (1013) with publishes whose entries may commit without an answer.
+    let other = (leader + 2) % 3;
     let urls_from = |first: usize| (0..3).map(|k| cluster.url((first + k) % 3)).collect::<Vec<_>>();
     let config = |first: usize, seed: u64| {
         let mut config = ClientConfig::new(urls_from(first), seed);
         config.backoff.initial_ms = 20;
         config.backoff.max_ms = 500;
+        // A node silent this long is left: 200 ms without a frame, then 300 ms after a ping.
+        config.ping_interval_ms = 200;
+        config.pong_timeout_ms = 300;
         config
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (subscriber, mut events) = runtime.block_on(async { FerryClient::start(config(follower, 1)) });
-    let (publisher, _publisher_events) = runtime.block_on(async { FerryClient::start(config(leader, 2)) });
+    let (publisher, _publisher_events) = runtime.block_on(async { FerryClient::start(config(other, 2)) });
     let subscribe = SubscribeOptions { from: StartFrom::Earliest, window: Some(32), ..SubscribeOptions::new("lib", "g") };
     runtime.block_on(subscriber.subscribe(subscribe)).unwrap();
     let handed: Arc<Mutex<Vec<(String, u64, u64)>>> = Arc::default();
@@ -605,7 +620,7 @@ fn library_clients_lose_nothing_when_a_node_and_then_the_leader_die() {
         }
     });
     let outcomes: Arc<Mutex<BTreeMap<u64, Vec<PublishOutcome>>>> = Arc::default();
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(20));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(40));
     for n in 0..MESSAGES {
         let (publisher, outcomes, in_flight) = (publisher.clone(), outcomes.clone(), in_flight.clone());
         runtime.spawn(async move {
@@ -622,6 +637,13 @@ fn library_clients_lose_nothing_when_a_node_and_then_the_leader_die() {
             std::thread::sleep(Duration::from_millis(2));
         }
     };
+    wait_for(MESSAGES / 8);
+    // The publisher's node hangs with publishes forwarded and committed but unanswered: the
+    // library leaves it and sends them again elsewhere, where only `producer` + `seq` keep
+    // them from being stored twice.
+    cluster.signal(other, "-STOP");
+    std::thread::sleep(Duration::from_millis(1_500));
+    cluster.signal(other, "-CONT");
     wait_for(MESSAGES / 4);
     cluster.kill(follower);
     wait_for(MESSAGES / 2);
