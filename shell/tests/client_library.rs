@@ -92,17 +92,7 @@ fn library_clients_keep_their_promises_across_two_kill_9s() {
             other => panic!("publish {n} ended {other:?}"),
         }
     }
-    let handed = handed.lock().unwrap().clone();
-    let mut seen: Vec<u64> = handed.iter().map(|(_, n)| *n).collect();
-    seen.sort_unstable();
-    assert_eq!(seen, (0..MESSAGES).collect::<Vec<_>>(), "each body handed over exactly once");
-    // Concurrent calls are stored in the order they reached the client: key order is the
-    // order of their ids.
-    let id_of: BTreeMap<u64, u64> = ids.iter().map(|(id, n)| (*n, *id)).collect();
-    for key in 0..KEYS {
-        let of_key: Vec<u64> = handed.iter().filter(|(k, _)| *k == format!("k{key}")).map(|(_, n)| id_of[n]).collect();
-        assert!(of_key.windows(2).all(|w| w[0] < w[1]), "key k{key} handed over out of id order: {of_key:?}");
-    }
+    support::assert_each_once_in_key_order(&handed.lock().unwrap(), &ids, MESSAGES);
     assert!(*publisher_drops.lock().unwrap() >= 2, "the publisher lost its connection to each kill");
     publisher.close();
     subscriber.close();

@@ -1,7 +1,8 @@
 // A publisher and a subscriber of the JavaScript client at work while the server is killed
 // (SIGKILL) and restarted twice by whoever runs this (shell/tests/js_client.rs): in Node
 // (kill-run.mjs) and in chromium (shell/tests/browser/js-client.mjs). `report(line)` tells
-// the runner how many publishes were answered, so that it kills at a third and two thirds.
+// the runner how many publishes were answered (for a person reading along: the runner kills
+// by what the server counts).
 // Resolves with every publish's outcome, what the application was handed, and the drops seen.
 // (A classic script body, not a module: the browser runner evaluates it as text.)
 async function killScenario(FerryClient, url, report, { messages = 300, keys = 5, inFlight = 20 } = {}) {

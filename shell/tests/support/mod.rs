@@ -590,3 +590,19 @@ pub fn browser_tools() -> Option<(PathBuf, PathBuf, PathBuf)> {
     }
     Some((node, chromium, browser_dir))
 }
+
+/// What an application was handed, as (key, body number) in the order it came, against the
+/// id each body was stored under (`n_of_id`, from the publish answers): every body of
+/// `0..messages` exactly once, and each key's bodies in id order (calls are stored in the
+/// order they reached the client, so key order is the order of their ids).
+pub fn assert_each_once_in_key_order(handed: &[(String, u64)], n_of_id: &std::collections::BTreeMap<u64, u64>, messages: u64) {
+    let mut bodies: Vec<u64> = handed.iter().map(|(_, n)| *n).collect();
+    bodies.sort_unstable();
+    assert_eq!(bodies, (0..messages).collect::<Vec<_>>(), "each body handed over exactly once");
+    let id_of: std::collections::BTreeMap<u64, u64> = n_of_id.iter().map(|(id, n)| (*n, *id)).collect();
+    let keys: std::collections::BTreeSet<&String> = handed.iter().map(|(k, _)| k).collect();
+    for key in keys {
+        let of_key: Vec<u64> = handed.iter().filter(|(k, _)| k == key).map(|(_, n)| id_of[n]).collect();
+        assert!(of_key.windows(2).all(|w| w[0] < w[1]), "key {key} handed over out of id order: {of_key:?}");
+    }
+}
