@@ -293,13 +293,15 @@ struct Subscriber {
     conn: Option<ConnId>,
     deliveries: Vec<Delivery>,
     events: Vec<ClientEvent>,
+    /// The op of every frame it sent.
+    ops_sent: Vec<String>,
 }
 
 impl Subscriber {
     fn new(seed: u64, now_ns: u64, options: SubscribeOptions) -> Subscriber {
         let mut client = Client::new(client_config(seed), now_ns);
         client.subscribe(options).unwrap();
-        Subscriber { client, conn: None, deliveries: Vec::new(), events: Vec::new() }
+        Subscriber { client, conn: None, deliveries: Vec::new(), events: Vec::new(), ops_sent: Vec::new() }
     }
 
     /// One exchange with the node; true when anything moved.
@@ -316,7 +318,10 @@ impl Subscriber {
                     self.client.handle_input(node.now_ns, ClientInput::Connected);
                     self.client.handle_input(node.now_ns, ClientInput::Frame(&welcome.to_string()));
                 }
-                ClientOutput::Send(text) => node.send(self.conn.expect("connected"), &text),
+                ClientOutput::Send(text) => {
+                    self.ops_sent.push(serde_json::from_str::<Value>(&text).unwrap()["op"].as_str().unwrap_or_default().to_string());
+                    node.send(self.conn.expect("connected"), &text);
+                }
                 ClientOutput::Close => {
                     if let Some(conn) = self.conn.take() {
                         node.disconnect(conn);
@@ -397,6 +402,32 @@ fn a_subscriber_gets_every_message_once_in_order_across_two_crashes() {
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
     let subscribed = sub.events.iter().filter(|e| matches!(e, ClientEvent::Subscribed { .. })).count();
     assert!(subscribed >= 2, "subscribed again after a crash ({subscribed} subacks)");
+}
+
+#[test]
+fn a_pulling_member_starts_its_group_at_earliest_and_gets_every_message_once_across_a_crash() {
+    let mut wire = Wire::new(Config::default(), client_config(80));
+    for i in 0..30u64 {
+        wire.client.publish(wire.now(), "orders", None, &json!({"n": i}).to_string()).unwrap();
+    }
+    wire.settle();
+    let options = SubscribeOptions { pull: Some(ferry_core::client::PullOptions { max: 4, wait_ms: 200 }), ..earliest("orders", "billing") };
+    let mut sub = Subscriber::new(81, wire.now(), options);
+    wire.next_conn = 100;
+    run_both(&mut wire, &mut sub, 300, &|_| true);
+    wire.crash_and_restart();
+    if sub.conn.take().is_some() {
+        sub.client.handle_input(wire.now(), ClientInput::Disconnected { code: None, reason: "connection reset".into() });
+    }
+    for i in 30..60u64 {
+        wire.client.publish(wire.now(), "orders", None, &json!({"n": i}).to_string()).unwrap();
+    }
+    run_both(&mut wire, &mut sub, 5_000, &|_| true);
+    assert_eq!(sub.bodies(), (0..60).collect::<Vec<_>>(), "each message once, in order, from the earliest");
+    let count = |op: &str| sub.ops_sent.iter().filter(|o| *o == op).count();
+    // Joined once with sub (then unsub), pulling since, after the crash too: 60 messages, 4 a pull.
+    assert_eq!((count("sub"), count("unsub")), (1, 1), "{:?}", sub.ops_sent);
+    assert!(count("pull") >= 15, "{:?}", sub.ops_sent);
 }
 
 #[test]

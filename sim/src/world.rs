@@ -3,10 +3,11 @@
 //! ordered by (time, sequence number), so a seed replays bit for bit.
 
 use crate::checker::{self, Checker};
-use crate::clients::{AckStyle, Action, Client, Ctx, Publisher, Puller, Subscriber, MS};
+use crate::clients::{AckStyle, Action, Client, Ctx, Publisher, Subscriber, MS};
 use crate::identity::Identities;
 use crate::misuse::Misbehaver;
 use crate::{FaultKind, Options, SeedReport};
+use ferry_core::client::PullOptions;
 use ferry_core::node::{DiskError, Input};
 use ferry_core::{Config, ConnId, FsyncPolicy};
 use nodes::SimNode;
@@ -319,16 +320,11 @@ impl World {
                     if audit_from_start {
                         audit_every.get_or_insert(10);
                     }
-                    if let Some(wait_ms) = pull_wait_ms {
-                        let mut puller = Puller::new(name, topic.clone(), group.clone(), window, style, shared, wait_ms);
-                        (puller.audit_every, puller.audit_from_start) = (audit_every, audit_from_start);
-                        clients.push(Client::Puller(puller));
-                        continue;
-                    }
                     let mut subscriber = Subscriber::new(name, topic.clone(), group.clone(), window, style);
                     // Gap repair hands over what the group may still hold back for its key.
                     subscriber.repair_gaps = !shared && swarm.keys == 0;
                     subscriber.unsub_every = unsub_every;
+                    subscriber.pull = pull_wait_ms.map(|wait_ms| PullOptions { max: window, wait_ms });
                     subscriber.filter = filter.clone();
                     // In a cluster a message may cross a peer link before the client's own link
                     // (its member's node is not the leader): two hops.
@@ -511,7 +507,7 @@ impl World {
     fn converged(&self) -> bool {
         let publishers_done = self.clients.iter().all(|c| match c {
             Client::Publisher(p) => p.done(),
-            Client::Subscriber(_) | Client::Puller(_) => true,
+            Client::Subscriber(_) => true,
             Client::Misbehaver(m) => !m.waiting(),
         });
         publishers_done
@@ -534,10 +530,8 @@ impl World {
             self.conn_input(conn, Input::Congested { conn, congested: false });
         }
         for client in &mut self.clients {
-            match client {
-                Client::Subscriber(s) => s.heal(),
-                Client::Puller(p) => p.heal(),
-                _ => {}
+            if let Client::Subscriber(s) = client {
+                s.heal();
             }
         }
     }

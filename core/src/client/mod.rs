@@ -18,7 +18,7 @@ mod subscriptions;
 pub use api::{ClientConfig, ClientError, ClientEvent, ClientInput, ClientOutput, ConnState};
 pub use backoff::{Backoff, BackoffConfig};
 pub use publishing::{PublishId, PublishLimits, PublishOutcome};
-pub use subscriptions::{Delivery, SubscribeOptions};
+pub use subscriptions::{Delivery, PullOptions, SubscribeOptions};
 
 use crate::protocol::{decode_server_frame, encode_client_op, ClientOp, ErrorCode, RawJson, Req, ServerFrame};
 use publishing::Publishing;
@@ -405,8 +405,16 @@ impl Client {
             ServerFrame::Suback { req, topic, group } => {
                 let Some(text) = req_string(&req) else { return };
                 if let Some(s) = self.subscriptions.iter_mut().find(|s| s.req == text) {
-                    s.joined = true;
+                    let frames = s.on_suback();
+                    self.outputs.extend(frames.into_iter().map(ClientOutput::Send));
                     self.event(ClientEvent::Subscribed { topic: topic.into_owned(), group: group.into_owned() });
+                }
+            }
+            ServerFrame::Pulled { req, .. } => {
+                let Some(text) = req_string(&req) else { return };
+                if let Some(s) = self.subscriptions.iter_mut().find(|s| s.pull_req() == text) {
+                    let frame = s.on_pulled();
+                    self.outputs.extend(frame.map(ClientOutput::Send));
                 }
             }
             ServerFrame::Msg { topic, group, id, prev, key, body, attempt, ts_ms } => {
@@ -440,7 +448,7 @@ impl Client {
                     }
                 }
             }
-            ServerFrame::Pong { .. } | ServerFrame::Pulled { .. } | ServerFrame::Other { .. } => {}
+            ServerFrame::Pong { .. } | ServerFrame::Other { .. } => {}
         }
     }
 
@@ -448,7 +456,7 @@ impl Client {
     fn on_request_error(&mut self, now_ns: u64, req: &str, code: &str, message: &str, retry_after_ms: Option<u64>) {
         let window = self.config.dedupe_window_ids;
         let retry_at_ns = now_ns + retry_after_ms.unwrap_or_else(|| self.rng.gen_range(50..=300)) * NS_PER_MS;
-        if let Some(at) = self.subscriptions.iter().position(|s| s.req == req) {
+        if let Some(at) = self.subscriptions.iter().position(|s| s.req == req || s.pull_req() == req) {
             if is_retryable(code) {
                 self.subscriptions[at].retry_sub_later();
                 due_by(&mut self.retry_subscriptions_ns, retry_at_ns);

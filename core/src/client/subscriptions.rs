@@ -30,11 +30,23 @@ pub struct SubscribeOptions {
     /// notes: it can break key order). Off by default; never for a group shared by several
     /// members (the messages the others get are gaps too).
     pub repair_gaps: bool,
+    /// Receive by `pull` (long-poll) instead of being pushed to.
+    pub pull: Option<PullOptions>,
+}
+
+/// A pulling member: the first time, it joins with `sub` (so that a new group starts where
+/// `from` says and with its `filter`; a `pull` would create it at the latest id, unfiltered)
+/// and leaves the push side with `unsub`; from then on it asks for up to `max` messages at a
+/// time, each `pull` waiting up to `wait_ms` for them, the next one sent when it is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PullOptions {
+    pub max: u32,
+    pub wait_ms: u64,
 }
 
 impl SubscribeOptions {
     pub fn new(topic: &str, group: &str) -> SubscribeOptions {
-        SubscribeOptions { topic: topic.into(), group: group.into(), from: StartFrom::Latest, window: None, filter: None, repair_gaps: false }
+        SubscribeOptions { topic: topic.into(), group: group.into(), from: StartFrom::Latest, window: None, filter: None, repair_gaps: false, pull: None }
     }
 }
 
@@ -73,6 +85,8 @@ pub struct Subscription {
     pub options: SubscribeOptions,
     pub req: String,
     pub joined: bool,
+    /// A pulling member joined with `sub` once (its group exists): it pulls from now on.
+    pull_joined: bool,
     /// The last `sub` met a retryable error: send it again.
     sub_refused: bool,
     /// Highest id handed over (0: none yet).
@@ -102,6 +116,7 @@ impl Subscription {
             options,
             req,
             joined: false,
+            pull_joined: false,
             sub_refused: false,
             last_id: 0,
             handed: BTreeSet::new(),
@@ -134,11 +149,52 @@ impl Subscription {
         Self::frame(&sub)
     }
 
-    /// The `sub` frame, acks that waited, and a repair's fetch again: what a new connection needs.
+    /// The `pull`'s `req`.
+    pub fn pull_req(&self) -> String {
+        format!("p-{}", self.req)
+    }
+
+    fn pull_frame(&self) -> Option<String> {
+        let pull = self.options.pull?;
+        let req = format!("\"{}\"", self.pull_req());
+        let o = &self.options;
+        Some(Self::frame(&ClientOp::Pull { req: RawJson::parse(&req).ok(), topic: Cow::Borrowed(&o.topic), group: Cow::Borrowed(&o.group), max: pull.max, wait_ms: pull.wait_ms }))
+    }
+
+    /// How this member asks for messages on a connection: `sub`, or once its group exists and
+    /// it pulls, `pull`.
+    fn join_frame(&self) -> String {
+        match self.pull_frame() {
+            Some(pull) if self.pull_joined => pull,
+            _ => self.sub_frame(),
+        }
+    }
+
+    /// The `sub` was answered: a pulling member leaves the push side (what came in flight
+    /// goes back to the group) and pulls.
+    pub fn on_suback(&mut self) -> Vec<String> {
+        self.joined = true;
+        if self.options.pull.is_none() {
+            return Vec::new();
+        }
+        self.pull_joined = true;
+        let req = format!("\"u-{}\"", self.req);
+        let o = &self.options;
+        let unsub = Self::frame(&ClientOp::Unsub { req: RawJson::parse(&req).ok(), topic: Cow::Borrowed(&o.topic), group: Cow::Borrowed(&o.group) });
+        vec![unsub].into_iter().chain(self.pull_frame()).collect()
+    }
+
+    /// A `pull` was answered: the next one.
+    pub fn on_pulled(&mut self) -> Option<String> {
+        self.pull_frame()
+    }
+
+    /// The `sub` frame (or `pull`), acks that waited, and a repair's fetch again: what a new
+    /// connection needs.
     pub fn on_connected(&mut self) -> Vec<String> {
         self.joined = false;
         self.sub_refused = false;
-        let mut frames = vec![self.sub_frame()];
+        let mut frames = vec![self.join_frame()];
         frames.extend(self.pending_ack_frame());
         if let Some(repair) = &mut self.repair {
             repair.asked = false;
@@ -305,7 +361,7 @@ impl Subscription {
     pub fn retry_frames(&mut self) -> Vec<String> {
         let mut frames = Vec::new();
         if std::mem::take(&mut self.sub_refused) {
-            frames.push(self.sub_frame());
+            frames.push(self.join_frame());
         }
         frames.extend(self.ask_repair());
         frames

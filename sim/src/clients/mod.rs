@@ -1,15 +1,13 @@
-//! Simulated clients that follow PROTOCOL.md. Publishers and subscribers are the client
-//! library's state machine (`ferry_core::client`) with a simulated application behind it
-//! (runner.rs carries its frames and timers); pulling members speak the protocol themselves
-//! (the library offers no `pull`); misbehavers (misuse.rs) break it on purpose.
+//! Simulated clients that follow PROTOCOL.md. Publishers and subscribers (pushed to or
+//! pulling) are the client library's state machine (`ferry_core::client`) with a simulated
+//! application behind it (runner.rs carries its frames and timers); misbehavers (misuse.rs)
+//! break the protocol on purpose.
 
 mod publisher;
-mod puller;
 mod runner;
 mod subscriber;
 
 pub use publisher::Publisher;
-pub use puller::Puller;
 pub use subscriber::Subscriber;
 
 use crate::checker::Checker;
@@ -61,12 +59,6 @@ impl Requests {
     }
 }
 
-/// When to try again after `overloaded`: the node's `retry_after_ms`, else a short while.
-fn retry_at(frame: &Value, ctx: &mut Ctx<'_>) -> u64 {
-    let wait_ms = frame["retry_after_ms"].as_u64().unwrap_or_else(|| ctx.rng.gen_range(50..300));
-    ctx.now + wait_ms * MS
-}
-
 pub enum Action {
     Connect,
     /// Close the client's connection (to connect again, possibly to another node).
@@ -82,12 +74,6 @@ pub struct Ctx<'a> {
     pub actions: Vec<Action>,
     /// The run's deliberate bug: the client library's are planted in the clients.
     pub test_bug: Option<TestBug>,
-}
-
-impl Ctx<'_> {
-    fn send(&mut self, frame: Value) {
-        self.actions.push(Action::Send(frame.to_string()));
-    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -153,7 +139,6 @@ pub enum AckStyle {
 pub enum Client {
     Publisher(Publisher),
     Subscriber(Subscriber),
-    Puller(Puller),
     Misbehaver(Misbehaver),
 }
 
@@ -162,7 +147,6 @@ impl Client {
         match self {
             Client::Publisher(p) => p.on_wake(ctx),
             Client::Subscriber(s) => s.on_wake(ctx),
-            Client::Puller(p) => p.on_wake(ctx),
             Client::Misbehaver(m) => m.on_wake(ctx),
         }
     }
@@ -170,7 +154,6 @@ impl Client {
         match self {
             Client::Publisher(p) => p.on_connected(ctx),
             Client::Subscriber(s) => s.on_connected(ctx),
-            Client::Puller(p) => p.on_connected(ctx),
             Client::Misbehaver(m) => m.on_connected(ctx),
         }
     }
@@ -178,7 +161,6 @@ impl Client {
         match self {
             Client::Publisher(p) => p.on_disconnected(ctx),
             Client::Subscriber(s) => s.on_disconnected(ctx),
-            Client::Puller(p) => p.on_disconnected(ctx),
             Client::Misbehaver(m) => m.on_disconnected(ctx),
         }
     }
@@ -186,7 +168,6 @@ impl Client {
         match self {
             Client::Publisher(p) => p.on_frame(frame, ctx),
             Client::Subscriber(s) => s.on_frame(frame, ctx),
-            Client::Puller(p) => p.on_frame(frame, ctx),
             Client::Misbehaver(m) => m.on_frame(frame, ctx),
         }
     }

@@ -7,12 +7,13 @@
 //!   the application gave it back); over the group's members (checker.rs), first handings in
 //!   key order and, at the end of the run, every pubacked message handed over.
 //!
-//! Audits are `fetch`es the application sends itself on the library's connection.
+//! Audits are `fetch`es the application sends itself on the library's connection. Some
+//! members receive by `pull` (the library joins with `sub` once, then pulls).
 
 use super::runner::{Out, Runner};
 use super::{check_fetched, library_config, AckStyle, Action, Ctx, MS};
 use crate::checker::{INV_APP_ONCE, INV_BOUNDS};
-use ferry_core::client::{Client as Library, ClientEvent, Delivery, SubscribeOptions};
+use ferry_core::client::{Client as Library, ClientEvent, Delivery, PullOptions, SubscribeOptions};
 use ferry_core::protocol::{Filter, StartFrom};
 use rand::Rng;
 use serde_json::{json, Value};
@@ -31,6 +32,8 @@ pub struct Subscriber {
     pub filter: Option<String>,
     /// Leave the group after every this many messages, and join again later.
     pub unsub_every: Option<u64>,
+    /// Receive by `pull` instead of being pushed to.
+    pub pull: Option<PullOptions>,
     /// After every this many messages, read the last few ids back with `fetch` (an audit of
     /// what the topic holds, checked for coverage).
     pub audit_every: Option<u64>,
@@ -91,6 +94,7 @@ impl Subscriber {
             repair_gaps: false,
             filter: None,
             unsub_every: None,
+            pull: None,
             audit_every: None,
             audit_from_start: false,
             window_hold_ns: 0,
@@ -107,6 +111,7 @@ impl Subscriber {
         options.window = Some(self.window);
         options.filter = self.filter.clone().map(Filter::KeyPrefix);
         options.repair_gaps = self.repair_gaps;
+        options.pull = self.pull;
         options
     }
 
@@ -184,7 +189,7 @@ impl Subscriber {
                     }
                 }
             }
-            Some("welcome" | "pong") => {}
+            Some("welcome" | "pong" | "pulled") => {}
             _ => ctx.checker.violation("protocol", format!("subscriber {} got unexpected {frame}", self.name)),
         }
         self.runner.on_frame(frame, ctx);
@@ -309,7 +314,8 @@ impl Subscriber {
     /// (an ack counts from when it is sent; a message counts until its deadline could have
     /// passed at the node), which can only undercount what the node holds.
     fn check_window(&mut self, id: u64, ctx: &mut Ctx<'_>) {
-        if self.window_hold_ns == 0 || self.wire.let_go.contains(&id) || self.resubscribe_at.is_some() {
+        // A pull's `max` bounds each pull, not what is held unacked.
+        if self.window_hold_ns == 0 || self.pull.is_some() || self.wire.let_go.contains(&id) || self.resubscribe_at.is_some() {
             return;
         }
         let now = ctx.now;
