@@ -72,6 +72,8 @@ export interface SubscribeOptions {
   /** Fetch and hand over what a `prev` says was not delivered to this client (false). Only
    * for messages without keys: see docs/CLIENTS.md. */
   repairGaps?: boolean;
+  /** Receive by long-poll: up to `max` messages a `pull`, each waiting up to `waitMs`. */
+  pull?: { max: number; waitMs: number };
 }
 
 export interface Message {

@@ -146,7 +146,9 @@ export class FerryClient {
    * application calls `ack(message)` / `nack(message)` itself. Resolves once the server took
    * the subscription; rejects if it refuses it for good (`forbidden`, `conflict`, `bad_frame`).
    * options: `from` ("latest" | "earliest" | id), `window`, `filter`, `autoAck` (true),
-   * `repairGaps` (false: see docs/CLIENTS.md before turning it on).
+   * `repairGaps` (false: see docs/CLIENTS.md before turning it on), `pull` ({ max, waitMs }:
+   * receive by long-poll; the first time it joins with `sub` so that a new group starts at
+   * `from` with its filter, then leaves the push side with `unsub` and pulls).
    */
   subscribe(topic, group, handler, options = {}) {
     if (this.#state === "closed") return Promise.reject(new FerryError("closed", "the client is closed"));
@@ -420,10 +422,16 @@ export class FerryClient {
       case "suback": {
         const sub = [...this.#subs.values()].find((s) => s.req === frame.req);
         if (sub) {
+          this.#sendAll(sub.onSuback());
           sub.answer?.resolve();
           sub.answer = null;
           this.#emit("subscribed", { topic: sub.topic, group: sub.group });
         }
+        break;
+      }
+      case "pulled": {
+        const sub = [...this.#subs.values()].find((s) => s.pullReq === frame.req);
+        if (sub) this.#sendAll([sub.joinFrame()]);
         break;
       }
       case "msg": {
@@ -441,7 +449,7 @@ export class FerryClient {
         for (const url of frame.nodes ?? []) if (this.#urls.length < URLS_MAX && !this.#urls.includes(url)) this.#urls.push(url);
         break;
       default:
-        break; // pong, pulled, and whatever a later server adds
+        break; // pong, and whatever a later server adds
     }
     this.#schedule();
   }
@@ -480,7 +488,7 @@ export class FerryClient {
   #onRequestError(frame) {
     const { req, code, message } = frame;
     const retryAt = Date.now() + (frame.retry_after_ms ?? randomBetween(50, 300));
-    const sub = [...this.#subs.values()].find((s) => s.req === req);
+    const sub = [...this.#subs.values()].find((s) => s.req === req || s.pullReq === req);
     if (sub) {
       if (RETRYABLE.has(code)) {
         sub.subRefused = true;
@@ -555,6 +563,10 @@ class Subscription {
     this.filter = options.filter;
     this.autoAck = options.autoAck ?? true;
     this.repairGaps = options.repairGaps ?? false;
+    this.pull = options.pull;
+    this.pullReq = `p-${req}`;
+    /** A pulling member joined with `sub` once (its group exists): it pulls from now on. */
+    this.pullJoined = false;
     this.answer = null;
     this.closed = false;
     this.subRefused = false;
@@ -579,10 +591,24 @@ class Subscription {
     return frame;
   }
 
-  /** The `sub`, acks that waited, a repair's fetch again: what a new connection needs. */
+  /** How this member asks for messages: `sub`, or once its group exists and it pulls, `pull`. */
+  joinFrame() {
+    if (!this.pull || !this.pullJoined) return this.subFrame();
+    return { op: "pull", req: this.pullReq, topic: this.topic, group: this.group, max: this.pull.max, wait_ms: this.pull.waitMs };
+  }
+
+  /** The `sub` was answered: a pulling member leaves the push side (what came in flight goes
+   * back to the group) and pulls. */
+  onSuback() {
+    if (!this.pull) return [];
+    this.pullJoined = true;
+    return [{ op: "unsub", req: `u-${this.req}`, topic: this.topic, group: this.group }, this.joinFrame()];
+  }
+
+  /** The `sub` (or `pull`), acks that waited, a repair's fetch again: what a new connection needs. */
   onConnected() {
     this.subRefused = false;
-    const frames = [this.subFrame(), ...this.ackFrames()];
+    const frames = [this.joinFrame(), ...this.ackFrames()];
     if (this.repair) this.repair.asked = false;
     frames.push(...this.askRepair());
     return frames;
@@ -596,7 +622,7 @@ class Subscription {
     const frames = [];
     if (this.subRefused) {
       this.subRefused = false;
-      frames.push(this.subFrame());
+      frames.push(this.joinFrame());
     }
     frames.push(...this.askRepair());
     return frames;

@@ -98,6 +98,31 @@ test("a handler that throws gives the message back, and it comes again", async (
   client.close();
 });
 
+test("a pulling member starts its group at the earliest id and gets each message once", async () => {
+  const topic = unique("pull");
+  const publisher = new FerryClient(fast);
+  for (let n = 0; n < 12; n++) await publisher.publish(topic, { n });
+  const sent = [];
+  // A WebSocket that notes the op of every frame sent.
+  class Noting extends globalThis.WebSocket {
+    send(text) {
+      sent.push(JSON.parse(text).op);
+      super.send(text);
+    }
+  }
+  const client = new FerryClient({ ...fast, WebSocket: Noting });
+  const seen = [];
+  await client.subscribe(topic, "pulling", (m) => seen.push(m.body.n), { from: "earliest", pull: { max: 3, waitMs: 200 } });
+  for (let n = 12; n < 20; n++) await publisher.publish(topic, { n });
+  await until(() => seen.length === 20, "twenty messages");
+  await sleep(300);
+  assert.deepEqual(seen, Array.from({ length: 20 }, (_, n) => n));
+  assert.equal(sent.filter((op) => op === "sub").length, 1, `${sent}`);
+  assert.ok(sent.filter((op) => op === "pull").length >= 3, `${sent}`);
+  client.close();
+  publisher.close();
+});
+
 test("a subscription refused for good rejects the call", async () => {
   const topic = unique("conflict");
   const a = new FerryClient(fast);

@@ -25,7 +25,7 @@
 //! ```
 
 use ferry_core::client::Client;
-pub use ferry_core::client::{BackoffConfig, ClientConfig, ClientError, ClientEvent, ConnState, Delivery, PublishId, PublishLimits, PublishOutcome, SubscribeOptions};
+pub use ferry_core::client::{BackoffConfig, ClientConfig, ClientError, ClientEvent, ConnState, Delivery, PublishId, PublishLimits, PublishOutcome, PullOptions, SubscribeOptions};
 use ferry_core::client::{ClientInput, ClientOutput};
 pub use ferry_core::protocol::{Filter, StartFrom};
 use futures_util::{SinkExt, StreamExt};
