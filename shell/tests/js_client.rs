@@ -17,7 +17,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use support::{temp_dir, Server};
 
-const MESSAGES: u64 = 300;
+/// Publishes of the kill scenario (kill-scenario.js's default).
+const MESSAGES: u64 = 600;
 
 fn client_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("client-js")
@@ -86,7 +87,7 @@ fn the_javascript_client_in_chromium_keeps_its_promises_across_two_kill_9s() {
 }
 
 /// Runs the kill scenario (shell/client-js/test/kill-scenario.js) under `runner`, killing the
-/// server with SIGKILL at a third and at two thirds of the publishes stored and restarting it
+/// server with SIGKILL twice while it publishes (see the thresholds below) and restarting it
 /// on its address, then checks what the application saw.
 fn kills_twice_and_checks(name: &str, runner: &dyn Fn(&str) -> Command) {
     let dir = temp_dir(name);
@@ -101,8 +102,9 @@ fn kills_twice_and_checks(name: &str, runner: &dyn Fn(&str) -> Command) {
         }
     });
     // Killed by what the server counts, live (the runner's lines can lag behind the page):
-    // once a third of the publishes are stored, and once a third more are stored after the
-    // restart, with the publisher at full speed each time.
+    // once a quarter of the publishes are stored, and once a sixth more are stored after the
+    // restart (the first kill may land late on a loaded machine: a third would be left),
+    // with the publisher at full speed each time.
     let published = |addr: &str| {
         let (_, metrics) = support::http_get(addr, "/metrics");
         metrics.lines().find_map(|line| line.strip_prefix("ferry_published_total ")?.parse::<u64>().ok()).unwrap_or(0)
@@ -116,7 +118,8 @@ fn kills_twice_and_checks(name: &str, runner: &dyn Fn(&str) -> Command) {
                 result = Some(serde_json::from_str::<Value>(json).unwrap_or_else(|e| panic!("{e}: {json}")));
             }
         }
-        if kills < 2 && published(&addr) >= MESSAGES / 3 {
+        let threshold = if kills == 0 { MESSAGES / 4 } else { MESSAGES / 6 };
+        if kills < 2 && published(&addr) >= threshold {
             kills += 1;
             server.kill();
             server = Server::start(&dir, &addr, &[]);

@@ -5,7 +5,7 @@
 // by what the server counts).
 // Resolves with every publish's outcome, what the application was handed, and the drops seen.
 // (A classic script body, not a module: the browser runner evaluates it as text.)
-async function killScenario(FerryClient, url, report, { messages = 300, keys = 5, inFlight = 20 } = {}) {
+async function killScenario(FerryClient, url, report, { messages = 600, keys = 5, inFlight = 20 } = {}) {
   const fast = { urls: url, backoff: { initialMs: 20, maxMs: 500 } };
   const subscriber = new FerryClient(fast);
   const publisher = new FerryClient(fast);
