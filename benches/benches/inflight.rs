@@ -1,0 +1,110 @@
+//! Ack tracking at scale (issue 14): one group holding 1 M and 10 M messages in flight.
+//! Reported: the heap bytes each in-flight message costs (live bytes counted by this bench's
+//! allocator, over the messages put in flight), and the time of the operations at that size:
+//! a fresh message dispatched and the oldest one acked (in flight stays at N), and an ack
+//! deadline expiring with the message dispatched again.
+//!
+//!     cargo bench -p ferry-benches --bench inflight
+//!
+//! Setting up 10 M in flight takes about 1.5 GiB and a few seconds; `-- "in flight 1M"` times
+//! only the smaller size (both are set up, for their bytes per message).
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use ferry_core::group::{Candidate, Group};
+use ferry_core::ConnId;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Instant;
+
+/// Live heap bytes of the whole process.
+static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
+
+struct Counting;
+
+// SAFETY: every call is passed on to the system allocator unchanged; only a counter moves.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const ACK_TIMEOUT_NS: u64 = 30_000_000_000;
+const CONN: ConnId = ConnId(1);
+const BODY_BYTES: u32 = 256;
+
+/// A group with `n` messages in flight (ids 1..=n, no keys), the clock at `n` ns.
+struct Loaded {
+    group: Group,
+    now_ns: u64,
+    /// The oldest id in flight, and the next fresh one.
+    oldest: u64,
+    next: u64,
+}
+
+impl Loaded {
+    fn new(n: u64) -> Loaded {
+        let mut loaded = Loaded { group: Group::new("g".into(), None, 1, ACK_TIMEOUT_NS, 16), now_ns: 0, oldest: 1, next: 1 };
+        for _ in 0..n {
+            loaded.dispatch_fresh();
+        }
+        loaded
+    }
+
+    fn dispatch_fresh(&mut self) {
+        let id = self.next;
+        self.next += 1;
+        self.now_ns += 1;
+        self.group.admit_fresh(id, true, None);
+        black_box(self.group.dispatch(id, CONN, self.now_ns + ACK_TIMEOUT_NS, BODY_BYTES));
+    }
+
+    /// A fresh message in flight, the oldest acked.
+    fn dispatch_and_ack(&mut self) {
+        self.dispatch_fresh();
+        black_box(self.group.ack(self.oldest));
+        self.oldest += 1;
+    }
+
+    /// The earliest ack deadline passes: the message is ready again and dispatched again.
+    fn expire_and_redispatch(&mut self) {
+        let due_ns = self.group.ack_deadlines.next_ns().expect("a deadline");
+        self.now_ns = self.now_ns.max(due_ns);
+        let (deadline_ns, id) = self.group.ack_deadlines.take_due(self.now_ns).expect("due");
+        if self.group.expire(id, deadline_ns).is_none() {
+            return; // acked meanwhile: nothing to redeliver
+        }
+        let Candidate::Ready { id, .. } = self.group.next_candidate(0, usize::MAX) else { panic!("the expired message is ready") };
+        black_box(self.group.dispatch(id, CONN, self.now_ns + ACK_TIMEOUT_NS, BODY_BYTES));
+    }
+}
+
+fn in_flight(c: &mut Criterion) {
+    for (name, n) in [("1M", 1_000_000u64), ("10M", 10_000_000)] {
+        let before = LIVE_BYTES.load(Ordering::Relaxed);
+        let started = Instant::now();
+        let mut loaded = Loaded::new(n);
+        let bytes = LIVE_BYTES.load(Ordering::Relaxed) - before;
+        println!("in flight {name}: {:.1} bytes per message ({bytes} bytes for {n}), set up in {:.1} s", bytes as f64 / n as f64, started.elapsed().as_secs_f64());
+        let mut group = c.benchmark_group(format!("in flight {name}"));
+        group.bench_function("dispatch a fresh message + ack the oldest", |b| b.iter(|| loaded.dispatch_and_ack()));
+        group.bench_function("ack deadline expires + dispatch again", |b| b.iter(|| loaded.expire_and_redispatch()));
+        group.finish();
+        assert_eq!(loaded.group.in_flight_count() as u64, n, "in flight stays at {n}");
+    }
+}
+
+criterion_group!(benches, in_flight);
+criterion_main!(benches);
