@@ -9,6 +9,7 @@
 //! later ones of that key wait as `Blocked` until it is acked.
 
 use crate::ack_deadlines::AckDeadlines;
+use crate::outstanding::Outstanding;
 use crate::protocol::Filter;
 use crate::record::{GroupRecord, GroupRecordRef};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -110,7 +111,7 @@ pub struct Group {
     pub max_attempts: u32,
     cursor: u64,
     last_passed: u64,
-    outstanding: BTreeMap<u64, Entry>,
+    outstanding: Outstanding<Entry>,
     ready: BTreeSet<u64>,
     keys_busy: BTreeMap<u64, u32>,
     blocked: BTreeMap<u64, VecDeque<u64>>,
@@ -174,7 +175,7 @@ impl Group {
             dropped: false,
             resets: 0,
             paused: false,
-            outstanding: BTreeMap::new(),
+            outstanding: Outstanding::default(),
             ready: BTreeSet::new(),
             keys_busy: BTreeMap::new(),
             blocked: BTreeMap::new(),
@@ -203,7 +204,7 @@ impl Group {
     /// list), in order: the caller acks each, so what is in flight is released.
     pub fn settled_by(&self, record: &GroupRecord) -> Vec<u64> {
         let acked: BTreeSet<u64> = record.acked.iter().copied().collect();
-        self.outstanding.iter().filter(|(id, e)| e.state != EntryState::Acked && (**id <= record.floor || acked.contains(id))).map(|(id, _)| *id).collect()
+        self.outstanding.iter().filter(|(id, e)| e.state != EntryState::Acked && (*id <= record.floor || acked.contains(id))).map(|(id, _)| id).collect()
     }
 
     /// Takes a replicated position's ids not yet walked: the cursor moves past its floor, and
@@ -247,7 +248,7 @@ impl Group {
     /// The lowest id of the topic (below `next_id`) the group has not acked: held unacked, or
     /// the next it reaches.
     pub fn oldest_unacked(&self, next_id: u64) -> Option<u64> {
-        let held = self.outstanding.iter().find(|(_, e)| e.state != EntryState::Acked).map(|(id, _)| *id);
+        let held = self.outstanding.iter().find(|(_, e)| e.state != EntryState::Acked).map(|(id, _)| id);
         held.or((self.cursor < next_id).then_some(self.cursor))
     }
 
@@ -255,7 +256,7 @@ impl Group {
     /// held is let go of, and returned (id, state, bytes) so the caller can cancel timers and
     /// free windows. The first delivery after it carries `prev` 0: the chain starts again.
     pub fn reset(&mut self, start_id: u64) -> Vec<(u64, EntryState, u32)> {
-        let held = std::mem::take(&mut self.outstanding).into_iter().map(|(id, e)| (id, e.state, e.bytes)).collect();
+        let held = self.outstanding.take_all().map(|(id, e)| (id, e.state, e.bytes)).collect();
         self.ready.clear();
         self.keys_busy.clear();
         self.blocked.clear();
@@ -275,7 +276,7 @@ impl Group {
         if id >= self.cursor {
             return IdPosition::NotReached;
         }
-        match self.outstanding.get(&id).map(|e| e.state) {
+        match self.outstanding.get(id).map(|e| e.state) {
             None | Some(EntryState::Acked) => IdPosition::Settled,
             Some(state) => IdPosition::Held(state),
         }
@@ -288,7 +289,7 @@ impl Group {
 
     /// (floor, prev at floor): everything filter-passing at or below `floor` is acked.
     pub fn floor(&self) -> (u64, u64) {
-        match self.outstanding.first_key_value() {
+        match self.outstanding.first() {
             Some((id, entry)) => (id - 1, entry.prev),
             None => (self.cursor - 1, self.last_passed),
         }
@@ -311,7 +312,7 @@ impl Group {
 
     /// Acked ids above the floor, as many as a record keeps.
     fn acked_ids(&self) -> impl Iterator<Item = u64> + '_ {
-        self.outstanding.iter().filter(|(_, e)| e.state == EntryState::Acked).map(|(id, _)| *id).take(PERSISTED_ACKS_MAX)
+        self.outstanding.iter().filter(|(_, e)| e.state == EntryState::Acked).map(|(id, _)| id).take(PERSISTED_ACKS_MAX)
     }
 
     /// Appends the group's position record to `out` (the bytes of `to_record`'s, without
@@ -332,7 +333,7 @@ impl Group {
     /// `outstanding_max` unacked entries.
     pub fn next_candidate(&self, durable_next_id: u64, outstanding_max: usize) -> Candidate {
         if let Some(&id) = self.ready.first() {
-            if let Some(Entry { state: EntryState::Ready { attempts }, .. }) = self.outstanding.get(&id) {
+            if let Some(Entry { state: EntryState::Ready { attempts }, .. }) = self.outstanding.get(id) {
                 return Candidate::Ready { id, attempts: *attempts };
             }
             unreachable!("ready set holds only Ready entries");
@@ -367,11 +368,11 @@ impl Group {
         };
         if busy {
             let k = key_hash.unwrap_or_default();
-            self.outstanding.insert(id, Entry { prev, key_hash, state: EntryState::Blocked, bytes: 0 });
+            self.outstanding.push(id, Entry { prev, key_hash, state: EntryState::Blocked, bytes: 0 });
             self.blocked.entry(k).or_default().push_back(id);
             Admit::Blocked
         } else {
-            self.outstanding.insert(id, Entry { prev, key_hash, state: EntryState::Ready { attempts: 0 }, bytes: 0 });
+            self.outstanding.push(id, Entry { prev, key_hash, state: EntryState::Ready { attempts: 0 }, bytes: 0 });
             self.ready.insert(id);
             Admit::Deliverable
         }
@@ -382,20 +383,20 @@ impl Group {
     /// Puts `id` in flight to `conn` until `deadline_ns`: its attempt and `prev`, and whether
     /// the deadline is the group's only one (its timer is to be set).
     pub fn dispatch(&mut self, id: u64, conn: ConnId, deadline_ns: u64, bytes: u32) -> Dispatched {
-        let entry = self.outstanding.get_mut(&id).expect("dispatch of an outstanding id");
+        let entry = self.outstanding.get_mut(id).expect("dispatch of an outstanding id");
         let EntryState::Ready { attempts } = entry.state else { panic!("dispatch of a non-ready entry {:?}", entry.state) };
         entry.state = EntryState::InFlight { conn, attempts: attempts + 1, deadline_ns };
         entry.bytes = bytes;
         let (attempt, prev) = (attempts + 1, entry.prev);
         self.ready.remove(&id);
         let outstanding = &self.outstanding;
-        let in_flight = |id: u64, deadline_ns: u64| matches!(outstanding.get(&id).map(|e| e.state), Some(EntryState::InFlight { deadline_ns: d, .. }) if d == deadline_ns);
+        let in_flight = |id: u64, deadline_ns: u64| matches!(outstanding.get(id).map(|e| e.state), Some(EntryState::InFlight { deadline_ns: d, .. }) if d == deadline_ns);
         let arm_timer = self.ack_deadlines.push(deadline_ns, id, in_flight);
         Dispatched { attempt, prev, arm_timer }
     }
 
     pub fn ack(&mut self, id: u64) -> AckOutcome {
-        let Some(entry) = self.outstanding.get_mut(&id) else {
+        let Some(entry) = self.outstanding.get_mut(id) else {
             if id < self.cursor || self.pre_acked.contains(&id) {
                 return AckOutcome::Ignored;
             }
@@ -428,7 +429,7 @@ impl Group {
     /// Only the connection the message is in flight to can give it back: a nack from an
     /// earlier holder (whose delivery expired or was released) must not cancel the current one.
     pub fn nack(&mut self, id: u64, until_ns: Option<u64>, from: ConnId) -> Option<Released> {
-        let entry = self.outstanding.get_mut(&id)?;
+        let entry = self.outstanding.get_mut(id)?;
         let EntryState::InFlight { conn, attempts, .. } = entry.state else { return None };
         if conn != from {
             return None;
@@ -446,7 +447,7 @@ impl Group {
     /// The ack deadline `deadline_ns` of `id` passed: it becomes ready for redelivery. Returns
     /// the connection it was in flight to and its bytes.
     pub fn expire(&mut self, id: u64, deadline_ns: u64) -> Option<(ConnId, u32)> {
-        let entry = self.outstanding.get_mut(&id)?;
+        let entry = self.outstanding.get_mut(id)?;
         match entry.state {
             EntryState::InFlight { conn, attempts, deadline_ns: d } if d == deadline_ns => {
                 entry.state = EntryState::Ready { attempts };
@@ -458,7 +459,7 @@ impl Group {
     }
 
     pub fn delay_over(&mut self, id: u64, until_ns: u64) -> bool {
-        let Some(entry) = self.outstanding.get_mut(&id) else { return false };
+        let Some(entry) = self.outstanding.get_mut(id) else { return false };
         match entry.state {
             EntryState::Delayed { attempts, until_ns: u } if u == until_ns => {
                 entry.state = EntryState::Ready { attempts };
@@ -475,14 +476,14 @@ impl Group {
             if let EntryState::InFlight { conn: c, attempts, .. } = entry.state {
                 if c == conn {
                     entry.state = EntryState::Ready { attempts };
-                    self.ready.insert(*id);
+                    self.ready.insert(id);
                 }
             }
         }
     }
 
     pub fn start_dead_letter(&mut self, id: u64) {
-        let entry = self.outstanding.get_mut(&id).expect("dead-letter of an outstanding id");
+        let entry = self.outstanding.get_mut(id).expect("dead-letter of an outstanding id");
         let EntryState::Ready { attempts } = entry.state else { panic!("dead-letter of a non-ready entry") };
         entry.state = EntryState::DeadLettering { attempts };
         self.ready.remove(&id);
@@ -490,7 +491,7 @@ impl Group {
 
     /// The dead-letter copy is durable (`stored`), or its write failed and the entry goes back.
     pub fn finish_dead_letter(&mut self, id: u64, stored: bool) {
-        let Some(entry) = self.outstanding.get_mut(&id) else { return };
+        let Some(entry) = self.outstanding.get_mut(id) else { return };
         let EntryState::DeadLettering { attempts } = entry.state else { return };
         if stored {
             self.ack(id);
@@ -512,7 +513,7 @@ impl Group {
         if queue.is_empty() {
             self.blocked.remove(&k);
         }
-        let entry = self.outstanding.get_mut(&next).expect("blocked id is outstanding");
+        let entry = self.outstanding.get_mut(next).expect("blocked id is outstanding");
         debug_assert_eq!(entry.state, EntryState::Blocked);
         entry.state = EntryState::Ready { attempts: 0 };
         self.ready.insert(next);
@@ -521,30 +522,27 @@ impl Group {
     /// The planted bug `KeyReleasedOnExpiry`: lets the next message of `id`'s key go while `id`
     /// still waits for its redelivery (the busy count stays, so nothing else breaks).
     pub fn unblock_next_of_key(&mut self, id: u64) {
-        let Some(k) = self.outstanding.get(&id).and_then(|e| e.key_hash) else { return };
+        let Some(k) = self.outstanding.get(id).and_then(|e| e.key_hash) else { return };
         let Some(queue) = self.blocked.get_mut(&k) else { return };
         let Some(next) = queue.pop_front() else { return };
         if queue.is_empty() {
             self.blocked.remove(&k);
         }
-        if let Some(entry) = self.outstanding.get_mut(&next) {
+        if let Some(entry) = self.outstanding.get_mut(next) {
             entry.state = EntryState::Ready { attempts: 0 };
             self.ready.insert(next);
         }
     }
 
     fn advance_floor(&mut self) {
-        while let Some(entry) = self.outstanding.first_entry() {
-            if entry.get().state != EntryState::Acked {
-                break;
-            }
-            entry.remove();
+        while self.outstanding.first().is_some_and(|(_, entry)| entry.state == EntryState::Acked) {
+            self.outstanding.pop_first();
         }
     }
 
     /// Where `id` is in flight: (connection, attempt, prev).
     pub fn in_flight(&self, id: u64) -> Option<(ConnId, u32, u64)> {
-        match self.outstanding.get(&id)? {
+        match self.outstanding.get(id)? {
             Entry { state: EntryState::InFlight { conn, attempts, .. }, prev, .. } => Some((*conn, *attempts, *prev)),
             _ => None,
         }
@@ -563,11 +561,11 @@ impl Group {
     /// Debug check of the structural invariants.
     pub fn check_invariants(&self) {
         let mut deliverable_keys = BTreeSet::new();
-        for (id, entry) in &self.outstanding {
-            assert!(*id < self.cursor, "outstanding id {id} at or past cursor {}", self.cursor);
-            assert!(entry.prev < *id);
+        for (id, entry) in self.outstanding.iter() {
+            assert!(id < self.cursor, "outstanding id {id} at or past cursor {}", self.cursor);
+            assert!(entry.prev < id);
             let is_ready = matches!(entry.state, EntryState::Ready { .. });
-            assert_eq!(is_ready, self.ready.contains(id), "ready set out of step for {id}");
+            assert_eq!(is_ready, self.ready.contains(&id), "ready set out of step for {id}");
             if let (Some(k), EntryState::Ready { .. } | EntryState::Delayed { .. } | EntryState::InFlight { .. }) = (entry.key_hash, entry.state) {
                 assert!(deliverable_keys.insert(k), "two deliverable entries share a key (id {id})");
             }

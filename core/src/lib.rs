@@ -15,6 +15,7 @@ pub mod ids;
 pub mod jwt;
 pub mod latency;
 pub mod node;
+pub mod outstanding;
 pub mod pipeline;
 pub mod protocol;
 pub mod record;
