@@ -26,13 +26,23 @@ pub enum EntryState {
     Acked,
 }
 
+/// One outstanding message: 40 bytes (with its id, 48 in `Outstanding`). Its `prev` is not
+/// kept: it is the id kept before it (every filter-passing id from the floor up is kept, acked
+/// or not), or for the first, `Group::first_prev`.
 #[derive(Clone, Copy, Debug)]
 struct Entry {
-    prev: u64,
-    key_hash: Option<u64>,
+    /// `key_hash` of its key, `NO_KEY` without one.
+    key: u64,
     state: EntryState,
     /// Bytes the message counts against the window of the connection it is in flight to.
     bytes: u32,
+}
+
+/// `Entry::key` of a message without a key (a key that hashes to it is taken as 1).
+const NO_KEY: u64 = 0;
+
+fn key_of(key_hash: Option<u64>) -> u64 {
+    key_hash.map_or(NO_KEY, |hash| hash.max(1))
 }
 
 /// What an ack or nack took off a connection: the message was in flight to `conn`, counting
@@ -112,6 +122,8 @@ pub struct Group {
     cursor: u64,
     last_passed: u64,
     outstanding: Outstanding<Entry>,
+    /// The `prev` of the first outstanding entry: the filter-passing id before it.
+    first_prev: u64,
     ready: BTreeSet<u64>,
     keys_busy: BTreeMap<u64, u32>,
     blocked: BTreeMap<u64, VecDeque<u64>>,
@@ -176,6 +188,7 @@ impl Group {
             resets: 0,
             paused: false,
             outstanding: Outstanding::default(),
+            first_prev: 0,
             ready: BTreeSet::new(),
             keys_busy: BTreeMap::new(),
             blocked: BTreeMap::new(),
@@ -290,7 +303,7 @@ impl Group {
     /// (floor, prev at floor): everything filter-passing at or below `floor` is acked.
     pub fn floor(&self) -> (u64, u64) {
         match self.outstanding.first() {
-            Some((id, entry)) => (id - 1, entry.prev),
+            Some((id, _)) => (id - 1, self.first_prev),
             None => (self.cursor - 1, self.last_passed),
         }
     }
@@ -358,36 +371,35 @@ impl Group {
         }
         let prev = self.last_passed;
         self.last_passed = id;
-        let busy = match key_hash {
-            Some(k) => {
-                let count = self.keys_busy.entry(k).or_insert(0);
-                *count += 1;
-                *count > 1
-            }
-            None => false,
+        if self.outstanding.is_empty() {
+            self.first_prev = prev;
+        }
+        let key = key_of(key_hash);
+        let busy = key != NO_KEY && {
+            let count = self.keys_busy.entry(key).or_insert(0);
+            *count += 1;
+            *count > 1
         };
         if busy {
-            let k = key_hash.unwrap_or_default();
-            self.outstanding.push(id, Entry { prev, key_hash, state: EntryState::Blocked, bytes: 0 });
-            self.blocked.entry(k).or_default().push_back(id);
+            self.outstanding.push(id, Entry { key, state: EntryState::Blocked, bytes: 0 });
+            self.blocked.entry(key).or_default().push_back(id);
             Admit::Blocked
         } else {
-            self.outstanding.push(id, Entry { prev, key_hash, state: EntryState::Ready { attempts: 0 }, bytes: 0 });
+            self.outstanding.push(id, Entry { key, state: EntryState::Ready { attempts: 0 }, bytes: 0 });
             self.ready.insert(id);
             Admit::Deliverable
         }
     }
 
-    /// Hands a Ready entry of `bytes` bytes to `conn`; returns (attempt number of this
-    /// delivery, prev).
     /// Puts `id` in flight to `conn` until `deadline_ns`: its attempt and `prev`, and whether
     /// the deadline is the group's only one (its timer is to be set).
     pub fn dispatch(&mut self, id: u64, conn: ConnId, deadline_ns: u64, bytes: u32) -> Dispatched {
-        let entry = self.outstanding.get_mut(id).expect("dispatch of an outstanding id");
+        let (entry, previous) = self.outstanding.get_mut_with_previous(id).expect("dispatch of an outstanding id");
+        let prev = previous.unwrap_or(self.first_prev);
         let EntryState::Ready { attempts } = entry.state else { panic!("dispatch of a non-ready entry {:?}", entry.state) };
         entry.state = EntryState::InFlight { conn, attempts: attempts + 1, deadline_ns };
         entry.bytes = bytes;
-        let (attempt, prev) = (attempts + 1, entry.prev);
+        let attempt = attempts + 1;
         self.ready.remove(&id);
         let outstanding = &self.outstanding;
         let in_flight = |id: u64, deadline_ns: u64| matches!(outstanding.get(id).map(|e| e.state), Some(EntryState::InFlight { deadline_ns: d, .. }) if d == deadline_ns);
@@ -418,8 +430,8 @@ impl Group {
             EntryState::DeadLettering { .. } => (None, None),
         };
         entry.state = EntryState::Acked;
-        let key_hash = entry.key_hash;
-        self.release_key(key_hash);
+        let key = entry.key;
+        self.release_key(key);
         self.advance_floor();
         AckOutcome::Acked { released, delay_until }
     }
@@ -501,8 +513,10 @@ impl Group {
         }
     }
 
-    fn release_key(&mut self, key_hash: Option<u64>) {
-        let Some(k) = key_hash else { return };
+    fn release_key(&mut self, k: u64) {
+        if k == NO_KEY {
+            return;
+        }
         let count = self.keys_busy.get_mut(&k).expect("key of an unacked entry is busy");
         *count -= 1;
         if *count == 0 {
@@ -522,7 +536,7 @@ impl Group {
     /// The planted bug `KeyReleasedOnExpiry`: lets the next message of `id`'s key go while `id`
     /// still waits for its redelivery (the busy count stays, so nothing else breaks).
     pub fn unblock_next_of_key(&mut self, id: u64) {
-        let Some(k) = self.outstanding.get(id).and_then(|e| e.key_hash) else { return };
+        let Some(k) = self.outstanding.get(id).map(|e| e.key).filter(|k| *k != NO_KEY) else { return };
         let Some(queue) = self.blocked.get_mut(&k) else { return };
         let Some(next) = queue.pop_front() else { return };
         if queue.is_empty() {
@@ -536,14 +550,24 @@ impl Group {
 
     fn advance_floor(&mut self) {
         while self.outstanding.first().is_some_and(|(_, entry)| entry.state == EntryState::Acked) {
-            self.outstanding.pop_first();
+            if let Some((id, _)) = self.outstanding.pop_first() {
+                self.first_prev = id;
+            }
+        }
+    }
+
+    /// The `prev` of an outstanding `id`: the filter-passing id before it.
+    fn prev_of(&self, id: u64) -> u64 {
+        match self.outstanding.get_with_previous(id) {
+            Some((_, Some(previous))) => previous,
+            _ => self.first_prev,
         }
     }
 
     /// Where `id` is in flight: (connection, attempt, prev).
     pub fn in_flight(&self, id: u64) -> Option<(ConnId, u32, u64)> {
         match self.outstanding.get(id)? {
-            Entry { state: EntryState::InFlight { conn, attempts, .. }, prev, .. } => Some((*conn, *attempts, *prev)),
+            Entry { state: EntryState::InFlight { conn, attempts, .. }, .. } => Some((*conn, *attempts, self.prev_of(id))),
             _ => None,
         }
     }
@@ -563,10 +587,13 @@ impl Group {
         let mut deliverable_keys = BTreeSet::new();
         for (id, entry) in self.outstanding.iter() {
             assert!(id < self.cursor, "outstanding id {id} at or past cursor {}", self.cursor);
-            assert!(entry.prev < id);
+            assert!(self.prev_of(id) < id);
             let is_ready = matches!(entry.state, EntryState::Ready { .. });
             assert_eq!(is_ready, self.ready.contains(&id), "ready set out of step for {id}");
-            if let (Some(k), EntryState::Ready { .. } | EntryState::Delayed { .. } | EntryState::InFlight { .. }) = (entry.key_hash, entry.state) {
+            if let (k, EntryState::Ready { .. } | EntryState::Delayed { .. } | EntryState::InFlight { .. }) = (entry.key, entry.state) {
+                if k == NO_KEY {
+                    continue;
+                }
                 assert!(deliverable_keys.insert(k), "two deliverable entries share a key (id {id})");
             }
         }

@@ -83,6 +83,20 @@ impl<E> Outstanding<E> {
         self.at(at).map(|(_, e)| e)
     }
 
+    /// The entry kept under `id`, and the id kept before it (`None` for the first).
+    pub fn get_with_previous(&self, id: u64) -> Option<(&E, Option<u64>)> {
+        let at = self.position(id)?;
+        let previous = at.checked_sub(1).and_then(|before| self.at(before)).map(|(id, _)| *id);
+        self.at(at).map(|(_, e)| (e, previous))
+    }
+
+    /// `get_mut`, with the id kept before it (`None` for the first).
+    pub fn get_mut_with_previous(&mut self, id: u64) -> Option<(&mut E, Option<u64>)> {
+        let at = self.position(id)?;
+        let previous = at.checked_sub(1).and_then(|before| self.at(before)).map(|(id, _)| *id);
+        self.at_mut(at).map(|(_, e)| (e, previous))
+    }
+
     pub fn get_mut(&mut self, id: u64) -> Option<&mut E> {
         let at = self.position(id)?;
         self.at_mut(at).map(|(_, e)| e)
@@ -161,7 +175,9 @@ mod tests {
                     4 => assert_eq!(kept.pop_first(), model.pop_first()),
                     5 => {
                         let id = rng.gen_range(0..next + 5);
-                        if let (Some(a), Some(b)) = (kept.get_mut(id), model.get_mut(&id)) {
+                        let previous = model.range(..id).next_back().map(|(before, _)| *before);
+                        if let (Some((a, before)), Some(b)) = (kept.get_mut_with_previous(id), model.get_mut(&id)) {
+                            assert_eq!(before, previous, "id {id}");
                             *a += 1;
                             *b += 1;
                         }
@@ -169,6 +185,8 @@ mod tests {
                     _ => {
                         let id = rng.gen_range(0..next + 5);
                         assert_eq!(kept.get(id), model.get(&id), "id {id}");
+                        let previous = model.range(..id).next_back().map(|(before, _)| *before);
+                        assert_eq!(kept.get_with_previous(id), model.get(&id).map(|v| (v, previous)), "id {id}");
                     }
                 }
                 assert_eq!(kept.len(), model.len());
