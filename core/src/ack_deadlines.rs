@@ -12,7 +12,7 @@
 //! group has in flight (plus a few), 16 bytes each, at an amortized cost of 4/3 of a lookup
 //! per deadline (a factor of two cost 2 lookups: 4 % of a fan-out's server CPU).
 
-use std::collections::VecDeque;
+use crate::chunked::ChunkedDeque;
 
 /// Entries a queue may hold before it is first pruned.
 const PRUNE_FLOOR: usize = 64;
@@ -22,8 +22,9 @@ const PRUNE_GROWTH: usize = 4;
 
 #[derive(Debug, Default)]
 pub struct AckDeadlines {
-    /// (deadline in ns, message id), deadlines never decreasing.
-    queue: VecDeque<(u64, u64)>,
+    /// (deadline in ns, message id), deadlines never decreasing; chunked, as a group may have
+    /// millions in flight.
+    queue: ChunkedDeque<(u64, u64)>,
     /// The length past which the queue is pruned next.
     prune_at: usize,
 }

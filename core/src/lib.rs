@@ -6,6 +6,7 @@ pub mod admission;
 pub mod batch;
 pub mod bucket;
 pub mod cache;
+pub mod chunked;
 pub mod client;
 pub mod cluster;
 pub mod config;

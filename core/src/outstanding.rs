@@ -5,68 +5,45 @@
 //! single probe where ids are dense (no filter skipping some). Before, a `BTreeMap` spent
 //! about 90 bytes of node space per entry (nodes about 70 % full) and a tree walk per lookup.
 //!
-//! The deque is kept in chunks of `CHUNK` entries, each allocated at its size: one deque of
-//! 10 M entries would sit in a buffer of 16.7 M (capacities double), 68 % more than it holds.
-//! The first chunk grows from nothing, so a group holding few messages holds little.
+//! The deque is a `ChunkedDeque` (no doubling slack at millions of entries).
 
-use std::collections::VecDeque;
-
-/// Entries per chunk: 4,096 of 64 bytes (a group's entry and its id) are 256 KiB.
-const CHUNK: usize = 4_096;
+use crate::chunked::ChunkedDeque;
 
 #[derive(Debug)]
 pub struct Outstanding<E> {
-    /// (id, entry), ids strictly increasing over the chunks in order. Every chunk but the
-    /// first and the last is full; only a lone chunk is ever empty (kept, so that a group
-    /// holding a message or two does not allocate and free a chunk for each).
-    chunks: VecDeque<VecDeque<(u64, E)>>,
-    len: usize,
+    /// (id, entry), ids strictly increasing.
+    entries: ChunkedDeque<(u64, E)>,
 }
 
 impl<E> Default for Outstanding<E> {
     fn default() -> Self {
-        Outstanding { chunks: VecDeque::new(), len: 0 }
+        Outstanding { entries: ChunkedDeque::default() }
     }
 }
 
 impl<E> Outstanding<E> {
     pub fn len(&self) -> usize {
-        self.len
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.entries.is_empty()
     }
 
-    /// The entry at `index` in id order.
     fn at(&self, index: usize) -> Option<&(u64, E)> {
-        let first = self.chunks.front()?;
-        if index < first.len() {
-            return first.get(index);
-        }
-        let rest = index - first.len();
-        self.chunks.get(1 + rest / CHUNK)?.get(rest % CHUNK)
-    }
-
-    fn at_mut(&mut self, index: usize) -> Option<&mut (u64, E)> {
-        let first_len = self.chunks.front()?.len();
-        if index < first_len {
-            return self.chunks[0].get_mut(index);
-        }
-        let rest = index - first_len;
-        self.chunks.get_mut(1 + rest / CHUNK)?.get_mut(rest % CHUNK)
+        self.entries.get(index)
     }
 
     /// Where `id` is, if it is kept.
     fn position(&self, id: u64) -> Option<usize> {
-        let &(first, _) = self.at(0)?;
+        let &(first, _) = self.entries.front()?;
         // Dense ids: the entry sits at its distance from the first.
         let guess = usize::try_from(id.checked_sub(first)?).ok()?;
         if self.at(guess).is_some_and(|(at, _)| *at == id) {
             return Some(guess);
         }
         // Else a binary search over the positions (ids increase with them).
-        let (mut low, mut high) = (0, self.len);
+        let (mut low, mut high) = (0, self.entries.len());
         while low < high {
             let mid = low + (high - low) / 2;
             if self.at(mid).is_some_and(|(kept, _)| *kept < id) {
@@ -94,48 +71,34 @@ impl<E> Outstanding<E> {
     pub fn get_mut_with_previous(&mut self, id: u64) -> Option<(&mut E, Option<u64>)> {
         let at = self.position(id)?;
         let previous = at.checked_sub(1).and_then(|before| self.at(before)).map(|(id, _)| *id);
-        self.at_mut(at).map(|(_, e)| (e, previous))
+        self.entries.get_mut(at).map(|(_, e)| (e, previous))
     }
 
     pub fn get_mut(&mut self, id: u64) -> Option<&mut E> {
         let at = self.position(id)?;
-        self.at_mut(at).map(|(_, e)| e)
+        self.entries.get_mut(at).map(|(_, e)| e)
     }
 
     /// Keeps `entry` under `id`, above every id kept (the group's cursor only moves forward).
     pub fn push(&mut self, id: u64, entry: E) {
-        let last = self.chunks.back().and_then(|chunk| chunk.back());
-        assert!(last.is_none_or(|(last, _)| *last < id), "outstanding ids are taken in increasing order");
-        if self.chunks.back().is_none_or(|chunk| chunk.len() == CHUNK) {
-            // The first chunk grows as needed (most groups hold a few messages); later ones
-            // are allocated whole.
-            let chunk = if self.chunks.is_empty() { VecDeque::new() } else { VecDeque::with_capacity(CHUNK) };
-            self.chunks.push_back(chunk);
-        }
-        self.chunks.back_mut().expect("a chunk with room").push_back((id, entry));
-        self.len += 1;
+        assert!(self.entries.back().is_none_or(|(last, _)| *last < id), "outstanding ids are taken in increasing order");
+        self.entries.push_back((id, entry));
     }
 
     pub fn first(&self) -> Option<(u64, &E)> {
-        self.at(0).map(|(id, e)| (*id, e))
+        self.entries.front().map(|(id, e)| (*id, e))
     }
 
     pub fn pop_first(&mut self) -> Option<(u64, E)> {
-        let first = self.chunks.front_mut()?;
-        let popped = first.pop_front();
-        if first.is_empty() && self.chunks.len() > 1 {
-            self.chunks.pop_front();
-        }
-        self.len -= usize::from(popped.is_some());
-        popped
+        self.entries.pop_front()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (u64, &E)> {
-        self.chunks.iter().flatten().map(|(id, e)| (*id, e))
+        self.entries.iter().map(|(id, e)| (*id, e))
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (u64, &mut E)> {
-        self.chunks.iter_mut().flatten().map(|(id, e)| (*id, e))
+        self.entries.iter_mut().map(|(id, e)| (*id, e))
     }
 
     pub fn values(&self) -> impl Iterator<Item = &E> {
@@ -144,8 +107,7 @@ impl<E> Outstanding<E> {
 
     /// Every entry, in id order, leaving none.
     pub fn take_all(&mut self) -> impl Iterator<Item = (u64, E)> {
-        self.len = 0;
-        std::mem::take(&mut self.chunks).into_iter().flatten()
+        self.entries.take_all()
     }
 }
 
