@@ -566,8 +566,8 @@ impl Group {
 
     /// Where `id` is in flight: (connection, attempt, prev).
     pub fn in_flight(&self, id: u64) -> Option<(ConnId, u32, u64)> {
-        match self.outstanding.get(id)? {
-            Entry { state: EntryState::InFlight { conn, attempts, .. }, .. } => Some((*conn, *attempts, self.prev_of(id))),
+        match self.outstanding.get_with_previous(id)? {
+            (Entry { state: EntryState::InFlight { conn, attempts, .. }, .. }, previous) => Some((*conn, *attempts, previous.unwrap_or(self.first_prev))),
             _ => None,
         }
     }

@@ -60,17 +60,22 @@ impl<E> Outstanding<E> {
         self.at(at).map(|(_, e)| e)
     }
 
+    /// The id kept before the entry at `at` (`None` for the first).
+    fn id_before(&self, at: usize) -> Option<u64> {
+        at.checked_sub(1).and_then(|before| self.at(before)).map(|(id, _)| *id)
+    }
+
     /// The entry kept under `id`, and the id kept before it (`None` for the first).
     pub fn get_with_previous(&self, id: u64) -> Option<(&E, Option<u64>)> {
         let at = self.position(id)?;
-        let previous = at.checked_sub(1).and_then(|before| self.at(before)).map(|(id, _)| *id);
+        let previous = self.id_before(at);
         self.at(at).map(|(_, e)| (e, previous))
     }
 
     /// `get_mut`, with the id kept before it (`None` for the first).
     pub fn get_mut_with_previous(&mut self, id: u64) -> Option<(&mut E, Option<u64>)> {
         let at = self.position(id)?;
-        let previous = at.checked_sub(1).and_then(|before| self.at(before)).map(|(id, _)| *id);
+        let previous = self.id_before(at);
         self.entries.get_mut(at).map(|(_, e)| (e, previous))
     }
 

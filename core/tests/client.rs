@@ -460,6 +460,15 @@ fn subscribed_client(options: SubscribeOptions) -> Client {
     client
 }
 
+/// A subscribed client that handed over ids 1 and 2 (of these keys), unacked.
+fn handed_one_and_two(keys: [&str; 2]) -> Client {
+    let mut client = subscribed_client(SubscribeOptions::new("orders", "billing"));
+    client.handle_input(1, ClientInput::Frame(&msg(1, 0, keys[0])));
+    client.handle_input(1, ClientInput::Frame(&msg(2, 1, keys[1])));
+    assert_eq!(handed(&drain(&mut client)), [(1, false), (2, false)]);
+    client
+}
+
 fn drain(client: &mut Client) -> Vec<ClientOutput> {
     std::iter::from_fn(|| client.poll_output()).collect()
 }
@@ -519,10 +528,7 @@ fn a_gap_is_fetched_page_by_page_filtered_and_handed_over_before_what_waited() {
 
 #[test]
 fn a_duplicate_of_an_acked_message_is_acked_again_and_acks_wait_for_a_connection() {
-    let mut client = subscribed_client(SubscribeOptions::new("orders", "billing"));
-    client.handle_input(1, ClientInput::Frame(&msg(1, 0, "k")));
-    client.handle_input(1, ClientInput::Frame(&msg(2, 1, "k")));
-    assert_eq!(handed(&drain(&mut client)), [(1, false), (2, false)]);
+    let mut client = handed_one_and_two(["k", "k"]);
     client.ack(1, "orders", "billing", 1).unwrap();
     client.ack(1, "orders", "billing", 2).unwrap();
     assert_eq!(client.poll_timeout(), Some(1), "acks go out at the end of the turn");
@@ -552,10 +558,7 @@ fn a_duplicate_of_an_acked_message_is_acked_again_and_acks_wait_for_a_connection
 
 #[test]
 fn a_group_reset_backwards_is_not_handed_over_again_but_acked() {
-    let mut client = subscribed_client(SubscribeOptions::new("orders", "billing"));
-    client.handle_input(1, ClientInput::Frame(&msg(1, 0, "k")));
-    client.handle_input(1, ClientInput::Frame(&msg(2, 1, "k")));
-    drain(&mut client);
+    let mut client = handed_one_and_two(["k", "k"]);
     client.ack(1, "orders", "billing", 1).unwrap();
     client.ack(1, "orders", "billing", 2).unwrap();
     client.handle_timeout(1);
@@ -572,10 +575,7 @@ fn a_group_reset_backwards_is_not_handed_over_again_but_acked() {
 
 #[test]
 fn a_redelivery_of_the_first_message_of_the_chain_is_not_a_reset() {
-    let mut client = subscribed_client(SubscribeOptions::new("orders", "billing"));
-    client.handle_input(1, ClientInput::Frame(&msg(1, 0, "a")));
-    client.handle_input(1, ClientInput::Frame(&msg(2, 1, "b")));
-    assert_eq!(handed(&drain(&mut client)), [(1, false), (2, false)]);
+    let mut client = handed_one_and_two(["a", "b"]);
     client.ack(1, "orders", "billing", 2).unwrap();
     // 1 is not acked in time: it comes again with its prev 0 (it heads the chain), attempt 2.
     let again = json!({"op": "msg", "topic": "orders", "group": "billing", "id": 1, "prev": 0, "key": "a", "body": {"n": 1}, "attempt": 2, "ts": 5});

@@ -2,7 +2,7 @@
 //! must get the error the protocol names, on a connection that stays usable (a `ping` after
 //! each must get its `pong`), while every other client goes on unaffected.
 
-use crate::clients::{Action, Ctx, Link, MS};
+use crate::clients::{Action, Ctx, MS};
 use rand::Rng;
 use serde_json::Value;
 
@@ -154,5 +154,23 @@ impl Misbehaver {
             }
             _ => ctx.checker.violation(INV_ERRORS, format!("{} got an unexpected {frame}", self.name)),
         }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Link {
+    Down,
+    Connecting,
+    Up,
+}
+
+impl Link {
+    /// On a wake-up: a client without a connection asks for one; true when connected.
+    fn wake(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        if *self == Link::Down {
+            *self = Link::Connecting;
+            ctx.actions.push(Action::Connect);
+        }
+        *self == Link::Up
     }
 }

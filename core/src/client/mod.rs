@@ -224,10 +224,7 @@ impl Client {
         let mut subscription = self.subscriptions.remove(at);
         if self.is_ready() {
             self.outputs.extend(subscription.pending_ack_frame().map(ClientOutput::Send));
-            // Its req names no subscription: an error answering it (not_subscribed, when the
-            // server had dropped the group already) changes nothing.
-            let req = format!("\"u-{}\"", subscription.req);
-            self.send_op(&ClientOp::Unsub { req: RawJson::parse(&req).ok(), topic: Cow::Borrowed(topic), group: Cow::Borrowed(group) });
+            self.outputs.push_back(ClientOutput::Send(subscription.unsub_frame()));
         }
         Ok(())
     }

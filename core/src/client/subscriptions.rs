@@ -84,7 +84,6 @@ struct Repair {
 pub struct Subscription {
     pub options: SubscribeOptions,
     pub req: String,
-    pub joined: bool,
     /// A pulling member joined with `sub` once (its group exists): it pulls from now on.
     pull_joined: bool,
     /// The last `sub` met a retryable error: send it again.
@@ -115,7 +114,6 @@ impl Subscription {
         Subscription {
             options,
             req,
-            joined: false,
             pull_joined: false,
             sub_refused: false,
             last_id: 0,
@@ -173,15 +171,19 @@ impl Subscription {
     /// The `sub` was answered: a pulling member leaves the push side (what came in flight
     /// goes back to the group) and pulls.
     pub fn on_suback(&mut self) -> Vec<String> {
-        self.joined = true;
         if self.options.pull.is_none() {
             return Vec::new();
         }
         self.pull_joined = true;
+        vec![self.unsub_frame()].into_iter().chain(self.pull_frame()).collect()
+    }
+
+    /// The `unsub` leaving the group (its req names no subscription: an error answering it,
+    /// `not_subscribed` when the server had dropped the group already, changes nothing).
+    pub fn unsub_frame(&self) -> String {
         let req = format!("\"u-{}\"", self.req);
         let o = &self.options;
-        let unsub = Self::frame(&ClientOp::Unsub { req: RawJson::parse(&req).ok(), topic: Cow::Borrowed(&o.topic), group: Cow::Borrowed(&o.group) });
-        vec![unsub].into_iter().chain(self.pull_frame()).collect()
+        Self::frame(&ClientOp::Unsub { req: RawJson::parse(&req).ok(), topic: Cow::Borrowed(&o.topic), group: Cow::Borrowed(&o.group) })
     }
 
     /// A `pull` was answered: the next one.
@@ -192,7 +194,6 @@ impl Subscription {
     /// The `sub` frame (or `pull`), acks that waited, and a repair's fetch again: what a new
     /// connection needs.
     pub fn on_connected(&mut self) -> Vec<String> {
-        self.joined = false;
         self.sub_refused = false;
         let mut frames = vec![self.join_frame()];
         frames.extend(self.pending_ack_frame());
@@ -204,7 +205,6 @@ impl Subscription {
     }
 
     pub fn on_disconnected(&mut self) {
-        self.joined = false;
         if let Some(repair) = &mut self.repair {
             repair.asked = false;
         }

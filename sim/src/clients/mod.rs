@@ -17,47 +17,12 @@ use ferry_core::config::TestBug;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
-use std::collections::BTreeMap;
 
 pub const MS: u64 = 1_000_000;
 
 /// Every answer names a request its client sent on that connection and has not had answered:
 /// a refused op (`forbidden`, `unauthorized`, `overloaded`, …) gets its error on its own `req`.
 pub const INV_OWN_REQ: &str = "answers-on-own-req";
-
-/// Requests sent on the current connection and not yet answered, by `req`.
-#[derive(Default)]
-struct Requests(BTreeMap<String, u32>);
-
-impl Requests {
-    fn sent(&mut self, req: &Value) {
-        *self.0.entry(req.to_string()).or_default() += 1;
-    }
-
-    /// Checks a frame from the node: an answer (one with a `req`, or any error) must name a
-    /// request still unanswered, which it answers. Some ops (`unsub`) have no answer but an
-    /// error: theirs stay counted until the connection ends.
-    fn check(&mut self, who: &str, frame: &Value, checker: &mut Checker) {
-        if frame.get("req").is_none() && frame["op"] != "error" {
-            return;
-        }
-        let req = frame["req"].to_string();
-        match self.0.get_mut(&req) {
-            Some(count) => {
-                *count -= 1;
-                if *count == 0 {
-                    self.0.remove(&req);
-                }
-            }
-            None => checker.violation(INV_OWN_REQ, format!("{who} got {frame}, which answers no request of its own")),
-        }
-    }
-
-    /// The connection ended: its answers died with it.
-    fn clear(&mut self) {
-        self.0.clear();
-    }
-}
 
 pub enum Action {
     Connect,
@@ -76,24 +41,6 @@ pub struct Ctx<'a> {
     pub test_bug: Option<TestBug>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Link {
-    Down,
-    Connecting,
-    Up,
-}
-
-impl Link {
-    /// On a wake-up: a client without a connection asks for one; true when connected.
-    pub(crate) fn wake(&mut self, ctx: &mut Ctx<'_>) -> bool {
-        if *self == Link::Down {
-            *self = Link::Connecting;
-            ctx.actions.push(Action::Connect);
-        }
-        *self == Link::Up
-    }
-}
-
 /// The library's settings in the simulated world: fast reconnects, seeded from the world.
 fn library_config(ctx: &mut Ctx<'_>) -> ClientConfig {
     // The world picks the node of each connection; two names let the library move on from a
@@ -102,25 +49,6 @@ fn library_config(ctx: &mut Ctx<'_>) -> ClientConfig {
     config.backoff = BackoffConfig { initial_ms: 10, max_ms: 1_000, healthy_after_ms: 5_000 };
     config.test_bug = ctx.test_bug;
     config
-}
-
-/// Checks a `fetched` answering `from..=to`, asked at `asked_at`: ids inside the range and
-/// increasing, each body one that was published, nothing pubacked before the ask left out.
-/// Returns the last id of the reply.
-fn check_fetched(who: &str, topic: &str, from: u64, to: u64, asked_at: u64, frame: &Value, ctx: &mut Ctx<'_>) -> Option<u64> {
-    let messages = frame["messages"].as_array().map(Vec::as_slice).unwrap_or_default();
-    let mut last = None;
-    for m in messages {
-        let id = m["id"].as_u64().unwrap_or(0);
-        if id < from || id > to || last.is_some_and(|last| id <= last) {
-            ctx.checker.violation("protocol", format!("{who} asked for {from}..={to} and got id {id} after {last:?}"));
-        }
-        last = Some(id);
-        ctx.checker.fetched(topic, m);
-    }
-    let ids: Vec<u64> = messages.iter().filter_map(|m| m["id"].as_u64()).collect();
-    ctx.checker.fetch_reply(topic, from, to, asked_at, &ids);
-    last
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -3,9 +3,11 @@
 //! carried both ways, one wake-up per library timer. Every frame the library sends is
 //! recorded, so that every answer can be checked against the requests of its connection.
 
-use super::{Action, Ctx, Requests};
+use super::{Action, Ctx, INV_OWN_REQ};
+use crate::checker::Checker;
 use ferry_core::client::{Client as Library, ClientEvent, ClientInput, ClientOutput};
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 /// What the library wants its application (or the wire checks) to see: its frames, parsed,
 /// on their way out, and its events.
@@ -134,5 +136,39 @@ impl Runner {
             self.wake_at = Some(at);
             ctx.actions.push(Action::WakeAt(at));
         }
+    }
+}
+
+/// Requests sent on the current connection and not yet answered, by `req`.
+#[derive(Default)]
+struct Requests(BTreeMap<String, u32>);
+
+impl Requests {
+    fn sent(&mut self, req: &Value) {
+        *self.0.entry(req.to_string()).or_default() += 1;
+    }
+
+    /// Checks a frame from the node: an answer (one with a `req`, or any error) must name a
+    /// request still unanswered, which it answers. Some ops (`unsub`) have no answer but an
+    /// error: theirs stay counted until the connection ends.
+    fn check(&mut self, who: &str, frame: &Value, checker: &mut Checker) {
+        if frame.get("req").is_none() && frame["op"] != "error" {
+            return;
+        }
+        let req = frame["req"].to_string();
+        match self.0.get_mut(&req) {
+            Some(count) => {
+                *count -= 1;
+                if *count == 0 {
+                    self.0.remove(&req);
+                }
+            }
+            None => checker.violation(INV_OWN_REQ, format!("{who} got {frame}, which answers no request of its own")),
+        }
+    }
+
+    /// The connection ended: its answers died with it.
+    fn clear(&mut self) {
+        self.0.clear();
     }
 }

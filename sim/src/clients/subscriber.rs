@@ -11,7 +11,7 @@
 //! members receive by `pull` (the library joins with `sub` once, then pulls).
 
 use super::runner::{Out, Runner};
-use super::{check_fetched, library_config, AckStyle, Action, Ctx, MS};
+use super::{library_config, AckStyle, Action, Ctx, MS};
 use crate::checker::{INV_APP_ONCE, INV_BOUNDS};
 use ferry_core::client::{Client as Library, ClientEvent, Delivery, PullOptions, SubscribeOptions};
 use ferry_core::protocol::{Filter, StartFrom};
@@ -331,4 +331,23 @@ impl Subscriber {
             ctx.checker.violation(INV_BOUNDS, format!("{} holds {held:?} unacked, over its window {}", self.name, self.window));
         }
     }
+}
+
+/// Checks a `fetched` answering `from..=to`, asked at `asked_at`: ids inside the range and
+/// increasing, each body one that was published, nothing pubacked before the ask left out.
+/// Returns the last id of the reply.
+fn check_fetched(who: &str, topic: &str, from: u64, to: u64, asked_at: u64, frame: &Value, ctx: &mut Ctx<'_>) -> Option<u64> {
+    let messages = frame["messages"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let mut last = None;
+    for m in messages {
+        let id = m["id"].as_u64().unwrap_or(0);
+        if id < from || id > to || last.is_some_and(|last| id <= last) {
+            ctx.checker.violation("protocol", format!("{who} asked for {from}..={to} and got id {id} after {last:?}"));
+        }
+        last = Some(id);
+        ctx.checker.fetched(topic, m);
+    }
+    let ids: Vec<u64> = messages.iter().filter_map(|m| m["id"].as_u64()).collect();
+    ctx.checker.fetch_reply(topic, from, to, asked_at, &ids);
+    last
 }
