@@ -8,11 +8,14 @@
 //! Per-key order: at most one entry per key hash is deliverable (ready, delayed, in flight);
 //! later ones of that key wait as `Blocked` until it is acked.
 
+mod key_order;
+
 use crate::ack_deadlines::AckDeadlines;
 use crate::outstanding::Outstanding;
 use crate::protocol::Filter;
 use crate::record::{GroupRecord, GroupRecordRef};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use key_order::KeyOrder;
+use std::collections::BTreeSet;
 
 use crate::ids::ConnId;
 
@@ -125,8 +128,7 @@ pub struct Group {
     /// The `prev` of the first outstanding entry: the filter-passing id before it.
     first_prev: u64,
     ready: BTreeSet<u64>,
-    keys_busy: BTreeMap<u64, u32>,
-    blocked: BTreeMap<u64, VecDeque<u64>>,
+    keys: KeyOrder,
     /// Connections that may receive: subscribed, or with a pull open. Order is join order.
     pub members: Vec<ConnId>,
     pub next_member: usize,
@@ -190,8 +192,7 @@ impl Group {
             outstanding: Outstanding::default(),
             first_prev: 0,
             ready: BTreeSet::new(),
-            keys_busy: BTreeMap::new(),
-            blocked: BTreeMap::new(),
+            keys: KeyOrder::default(),
             members: Vec::new(),
             next_member: 0,
             durable: false,
@@ -271,8 +272,7 @@ impl Group {
     pub fn reset(&mut self, start_id: u64) -> Vec<(u64, EntryState, u32)> {
         let held = self.outstanding.take_all().map(|(id, e)| (id, e.state, e.bytes)).collect();
         self.ready.clear();
-        self.keys_busy.clear();
-        self.blocked.clear();
+        self.keys.clear();
         self.pre_acked.clear();
         self.start_id = start_id.max(1);
         self.cursor = self.start_id;
@@ -375,19 +375,13 @@ impl Group {
             self.first_prev = prev;
         }
         let key = key_of(key_hash);
-        let busy = key != NO_KEY && {
-            let count = self.keys_busy.entry(key).or_insert(0);
-            *count += 1;
-            *count > 1
-        };
-        if busy {
-            self.outstanding.push(id, Entry { key, state: EntryState::Blocked, bytes: 0 });
-            self.blocked.entry(key).or_default().push_back(id);
-            Admit::Blocked
-        } else {
+        if key == NO_KEY || self.keys.admit(key, id) {
             self.outstanding.push(id, Entry { key, state: EntryState::Ready { attempts: 0 }, bytes: 0 });
             self.ready.insert(id);
             Admit::Deliverable
+        } else {
+            self.outstanding.push(id, Entry { key, state: EntryState::Blocked, bytes: 0 });
+            Admit::Blocked
         }
     }
 
@@ -517,35 +511,25 @@ impl Group {
         if k == NO_KEY {
             return;
         }
-        let count = self.keys_busy.get_mut(&k).expect("key of an unacked entry is busy");
-        *count -= 1;
-        if *count == 0 {
-            self.keys_busy.remove(&k);
+        if let Some(next) = self.keys.release(k) {
+            self.make_ready_unblocked(next);
         }
-        let Some(queue) = self.blocked.get_mut(&k) else { return };
-        let next = queue.pop_front().expect("blocked queues are never empty");
-        if queue.is_empty() {
-            self.blocked.remove(&k);
-        }
-        let entry = self.outstanding.get_mut(next).expect("blocked id is outstanding");
-        debug_assert_eq!(entry.state, EntryState::Blocked);
-        entry.state = EntryState::Ready { attempts: 0 };
-        self.ready.insert(next);
     }
 
     /// The planted bug `KeyReleasedOnExpiry`: lets the next message of `id`'s key go while `id`
-    /// still waits for its redelivery (the busy count stays, so nothing else breaks).
+    /// still waits for its redelivery.
     pub fn unblock_next_of_key(&mut self, id: u64) {
         let Some(k) = self.outstanding.get(id).map(|e| e.key).filter(|k| *k != NO_KEY) else { return };
-        let Some(queue) = self.blocked.get_mut(&k) else { return };
-        let Some(next) = queue.pop_front() else { return };
-        if queue.is_empty() {
-            self.blocked.remove(&k);
+        if let Some(next) = self.keys.take_next_waiting(k) {
+            self.make_ready_unblocked(next);
         }
-        if let Some(entry) = self.outstanding.get_mut(next) {
-            entry.state = EntryState::Ready { attempts: 0 };
-            self.ready.insert(next);
-        }
+    }
+
+    fn make_ready_unblocked(&mut self, id: u64) {
+        let entry = self.outstanding.get_mut(id).expect("a waiting id is outstanding");
+        debug_assert_eq!(entry.state, EntryState::Blocked);
+        entry.state = EntryState::Ready { attempts: 0 };
+        self.ready.insert(id);
     }
 
     fn advance_floor(&mut self) {
