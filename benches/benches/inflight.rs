@@ -10,7 +10,7 @@
 //! only the smaller size (both are set up, for their bytes per message).
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use ferry_core::group::{Candidate, Group};
+use ferry_core::group::{Candidate, Group, GroupTerms};
 use ferry_core::ConnId;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -56,7 +56,7 @@ struct Loaded {
 
 impl Loaded {
     fn new(n: u64) -> Loaded {
-        let mut loaded = Loaded { group: Group::new("g".into(), None, 1, ACK_TIMEOUT_NS, 16), now_ns: 0, oldest: 1, next: 1 };
+        let mut loaded = Loaded { group: Group::new("g".into(), GroupTerms::default(), 1, ACK_TIMEOUT_NS, 16), now_ns: 0, oldest: 1, next: 1 };
         for _ in 0..n {
             loaded.dispatch_fresh();
         }
@@ -67,7 +67,7 @@ impl Loaded {
         let id = self.next;
         self.next += 1;
         self.now_ns += 1;
-        self.group.admit_fresh(id, true, None);
+        self.group.admit_fresh(id, true, None, 0, None);
         black_box(self.group.dispatch(id, CONN, self.now_ns + ACK_TIMEOUT_NS, BODY_BYTES));
     }
 

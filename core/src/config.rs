@@ -96,10 +96,19 @@ pub enum TestBug {
     /// Client library: repair `prev` gaps even when `repair_gaps` is off, handing over messages
     /// the server holds back for their key.
     ClientRepairAlwaysOn,
+    /// Coalescing: settle every older waiting message of the key, however long before the
+    /// newer one it was stored.
+    CoalesceIgnoresWindow,
+    /// Coalescing: settle the newer message in place of the older ones waiting (keep the
+    /// first change instead of the last).
+    CoalesceKeepsOldest,
+    /// Coalescing: the older waiting messages go back to wait behind the newer one instead of
+    /// being settled.
+    CoalescedDeliveredAfterNewer,
 }
 
 impl TestBug {
-    pub const ALL: [TestBug; 26] = [
+    pub const ALL: [TestBug; 29] = [
         TestBug::PubackBeforeDurable,
         TestBug::ExpiryCountsAsAck,
         TestBug::DeadLetterOneAttemptLate,
@@ -126,6 +135,9 @@ impl TestBug {
         TestBug::ClientRedeliveryHandedAgain,
         TestBug::ClientDedupesByLastId,
         TestBug::ClientRepairAlwaysOn,
+        TestBug::CoalesceIgnoresWindow,
+        TestBug::CoalesceKeepsOldest,
+        TestBug::CoalescedDeliveredAfterNewer,
     ];
 
     pub fn name(self) -> String {
@@ -199,6 +211,8 @@ pub struct Config {
     pub ack_timeout_ms: u64,
     pub max_attempts: u32,
     pub nack_delay_ms_max: u64,
+    /// Longest coalescing window a `sub` may ask for (`coalesce_ms`).
+    pub coalesce_ms_max: u64,
     /// Per-group settings by group name.
     pub groups: BTreeMap<String, GroupOverrides>,
     /// Unacked messages a group holds above its position before it stops taking new ones.
@@ -333,6 +347,7 @@ impl Default for Config {
             ack_timeout_ms: 30_000,
             max_attempts: 16,
             nack_delay_ms_max: 24 * 3600 * 1000,
+            coalesce_ms_max: 24 * 3600 * 1000,
             groups: BTreeMap::new(),
             group_outstanding_max: 100_000,
             fan_out_groups_per_turn: 1_024,
@@ -430,6 +445,7 @@ impl Config {
             ("frame_bytes_max", self.frame_bytes_max as u64),
             ("window_default", self.window_default as u64),
             ("ack_timeout_ms", self.ack_timeout_ms),
+            ("coalesce_ms_max", self.coalesce_ms_max),
             ("max_attempts", self.max_attempts as u64),
             ("group_outstanding_max", self.group_outstanding_max as u64),
             ("fan_out_groups_per_turn", self.fan_out_groups_per_turn as u64),

@@ -244,6 +244,8 @@ pub struct Stats {
     /// Messages given back by a member (`nack`).
     pub nacked: u64,
     pub dead_lettered: u64,
+    /// Messages settled unseen by a newer one of their key (coalescing groups).
+    pub coalesced: u64,
     pub flushes: u64,
     pub flushed_bytes: u64,
     /// `error` frames sent, per code (in the order of `ErrorCode::ALL`).
@@ -267,6 +269,7 @@ impl Stats {
             acked: self.acked + other.acked,
             nacked: self.nacked + other.nacked,
             dead_lettered: self.dead_lettered + other.dead_lettered,
+            coalesced: self.coalesced + other.coalesced,
             flushes: self.flushes + other.flushes,
             flushed_bytes: self.flushed_bytes + other.flushed_bytes,
             errors: std::array::from_fn(|at| self.errors[at] + other.errors[at]),

@@ -60,6 +60,9 @@ pub struct GroupRecord {
     /// after it must not move the group back). Absent in records older than resets: 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub resets: u64,
+    /// Its coalescing window (`GroupTerms`); absent when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coalesce_ms: Option<u64>,
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -80,6 +83,8 @@ pub struct GroupRecordRef<'a, A: Serialize> {
     pub acked: A,
     #[serde(skip_serializing_if = "is_zero")]
     pub resets: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coalesce_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -432,7 +437,7 @@ mod tests {
     fn a_flipped_bit_or_a_cut_is_caught() {
         let mut out = Vec::new();
         encode_message(&mut out, &sample(1));
-        let group = GroupRecord { topic: "orders".into(), group: "g".into(), filter: None, start_id: 1, floor: 2, floor_prev: 2, acked: vec![], resets: 0 };
+        let group = GroupRecord { topic: "orders".into(), group: "g".into(), filter: None, start_id: 1, floor: 2, floor_prev: 2, acked: vec![], resets: 0, coalesce_ms: None };
         let control_at = out.len();
         encode_control(&mut out, KIND_GROUP, &group);
         assert_eq!(decode_record(&out[control_at..]).unwrap().0, RecordRef::Group(group));

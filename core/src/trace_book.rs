@@ -37,6 +37,11 @@ pub enum Happening {
         group: GroupIdx,
         copy_id: Option<u64>,
     },
+    /// Settled unseen in a coalescing group: message `by`, newer, of its key came.
+    Coalesced {
+        group: GroupIdx,
+        by: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -63,6 +63,7 @@ impl Setup {
             window_default: 1 + u32::from(self.window % 4),
             window_max: 8,
             nack_delay_ms_max: 2_000,
+            coalesce_ms_max: 2_000,
             ..Config::default()
         };
         c.groups.insert("g2".into(), ferry_core::config::GroupOverrides { ack_timeout_ms: Some(50), max_attempts: Some(1) });

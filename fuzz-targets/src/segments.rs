@@ -195,8 +195,19 @@ fn encode(out: &mut Vec<u8>, rec: &Rec) {
             let mut acked: Vec<u64> = acked.iter().map(|id| id.value()).filter(|id| *id > floor).collect();
             acked.sort_unstable();
             acked.dedup();
-            let record =
-                GroupRecord { topic: topic.text(), group: group.text(), filter, start_id: start_id.value(), floor, floor_prev: floor_prev.value().min(floor), acked, resets: 0 };
+            // Some groups coalesce, so recovery's replay coalesces too.
+            let coalesce_ms = (floor % 3 == 1).then_some(50);
+            let record = GroupRecord {
+                topic: topic.text(),
+                group: group.text(),
+                filter,
+                start_id: start_id.value(),
+                floor,
+                floor_prev: floor_prev.value().min(floor),
+                acked,
+                resets: 0,
+                coalesce_ms,
+            };
             record::encode_control(out, record::KIND_GROUP, &record);
         }
         Rec::Producer { producer, seqs } => {

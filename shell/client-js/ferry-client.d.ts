@@ -67,6 +67,9 @@ export interface SubscribeOptions {
   /** Messages unacked in flight to this connection, at most (the server's default 64). */
   window?: number;
   filter?: Filter;
+  /** The new group coalesces: a message of a key settles the older ones of its key still
+   * waiting that were stored at most this many ms before it (docs/PROTOCOL.md). */
+  coalesceMs?: number;
   /** Ack when the handler returns, give back (nack) when it throws (true). */
   autoAck?: boolean;
   /** Fetch and hand over what a `prev` says was not delivered to this client (false). Only

@@ -145,7 +145,8 @@ export class FerryClient {
    * that throws gives it back (`nack`), so it comes again. With `autoAck: false` the
    * application calls `ack(message)` / `nack(message)` itself. Resolves once the server took
    * the subscription; rejects if it refuses it for good (`forbidden`, `conflict`, `bad_frame`).
-   * options: `from` ("latest" | "earliest" | id), `window`, `filter`, `autoAck` (true),
+   * options: `from` ("latest" | "earliest" | id), `window`, `filter`, `coalesceMs` (the new
+   * group's coalescing window: see docs/PROTOCOL.md), `autoAck` (true),
    * `repairGaps` (false: see docs/CLIENTS.md before turning it on), `pull` ({ max, waitMs }:
    * receive by long-poll; the first time it joins with `sub` so that a new group starts at
    * `from` with its filter, then leaves the push side with `unsub` and pulls).
@@ -561,6 +562,7 @@ class Subscription {
     this.from = options.from ?? "latest";
     this.window = options.window;
     this.filter = options.filter;
+    this.coalesceMs = options.coalesceMs;
     this.autoAck = options.autoAck ?? true;
     this.repairGaps = options.repairGaps ?? false;
     this.pull = options.pull;
@@ -588,6 +590,7 @@ class Subscription {
     const frame = { op: "sub", req: this.req, topic: this.topic, group: this.group, from: this.from };
     if (this.window !== undefined) frame.window = this.window;
     if (this.filter !== undefined) frame.filter = this.filter;
+    if (this.coalesceMs !== undefined) frame.coalesce_ms = this.coalesceMs;
     return frame;
   }
 

@@ -100,9 +100,10 @@ fn group_json(group: &GroupView) -> Value {
     json!({
         "group": group.name, "members": group.members, "backlog": group.backlog, "in_flight": group.in_flight,
         "oldest_unacked_id": group.oldest_unacked_id, "oldest_unacked_age_ms": group.oldest_unacked_age_ms,
-        "filter": group.filter.as_deref().and_then(|f| serde_json::from_str::<Value>(f).ok()),
+        "filter": group.filter.as_deref().and_then(|f| serde_json::from_str::<Value>(f).ok()), "coalesce_ms": group.coalesce_ms,
         "ack_timeout_ms": group.ack_timeout_ms, "max_attempts": group.max_attempts, "paused": group.paused,
         "delivered": c.delivered, "redelivered": c.redelivered, "acked": c.acked, "dead_lettered": c.dead_lettered,
+        "coalesced": c.coalesced,
     })
 }
 
@@ -177,7 +178,7 @@ fn overview(context: &Context<'_>) -> Value {
         "cluster": leaders,
         "counters": {
             "published": stats.published, "deduplicated": stats.deduplicated, "delivered": stats.delivered, "redelivered": stats.redelivered,
-            "acked": stats.acked, "dead_lettered": stats.dead_lettered, "log_writes": stats.flushes, "log_written_bytes": stats.flushed_bytes,
+            "acked": stats.acked, "dead_lettered": stats.dead_lettered, "coalesced": stats.coalesced, "log_writes": stats.flushes, "log_written_bytes": stats.flushed_bytes,
             "segments_deleted": stats.segments_deleted,
         },
         "errors": errors,
@@ -214,6 +215,7 @@ fn trace_json(request: &Request, host: &Host) -> Result<Value, (u16, String)> {
                 ("attempt", line.attempt.map(|a| json!(a))),
                 ("segment", line.segment.map(|s| json!(s))),
                 ("copy_id", line.copy_id.map(|c| json!(c))),
+                ("coalesced_by", line.coalesced_by.map(|c| json!(c))),
             ];
             for (name, value) in fields {
                 if let Some(value) = value {

@@ -417,7 +417,7 @@ fn trace_text(trace: &Value) -> String {
     out += if events.is_empty() { "no recent events on this node\n" } else { "recent events (this node; time after the first):\n" };
     for event in &events {
         let ms = event["at_ms"].as_u64().unwrap_or(0) - first_ms;
-        let detail: Vec<String> = ["group", "conn", "attempt", "segment", "copy_id"]
+        let detail: Vec<String> = ["group", "conn", "attempt", "segment", "copy_id", "coalesced_by"]
             .iter()
             .filter(|k| !event[**k].is_null())
             .map(|k| format!("{k} {}", event[*k].to_string().trim_matches('"')))

@@ -64,12 +64,13 @@ impl EncodeMetric for CoreHistogram {
 /// Per topic and per group: what was published, delivered, acked, and each group's backlog.
 fn register_topics(registry: &mut Registry, host: &Host) {
     let published: Family<Labels, Counter> = Family::default();
-    let group_counters: [(&str, &str, Family<Labels, Counter>); 5] = [
+    let group_counters: [(&str, &str, Family<Labels, Counter>); 6] = [
         ("group_delivered", "msg frames handed to the group's members, redeliveries included", Family::default()),
         ("group_redelivered", "Deliveries to the group past a message's first attempt", Family::default()),
         ("group_acked", "Messages the group acked", Family::default()),
         ("group_nacked", "Messages the group's members gave back (nack)", Family::default()),
         ("group_dead_lettered", "Messages of the group copied to the dead-letter topic", Family::default()),
+        ("group_coalesced", "Messages of the group settled unseen by a newer one of their key (coalescing)", Family::default()),
     ];
     let backlog: Family<Labels, Gauge> = Family::default();
     let members: Family<Labels, Gauge> = Family::default();
@@ -83,7 +84,7 @@ fn register_topics(registry: &mut Registry, host: &Host) {
         for group in &topic.groups {
             let labels = vec![("topic".to_string(), topic.name.clone()), ("group".to_string(), group.name.clone())];
             let c = &group.counters;
-            let counts = [c.delivered, c.redelivered, c.acked, c.nacked, c.dead_lettered];
+            let counts = [c.delivered, c.redelivered, c.acked, c.nacked, c.dead_lettered, c.coalesced];
             for ((_, _, family), count) in group_counters.iter().zip(counts) {
                 family.get_or_create(&labels).inc_by(count);
             }
@@ -124,6 +125,7 @@ pub fn render(host: &Host, fsync_seconds: &Histogram, peer_links: &[(u64, bool)]
         ("acked", "Messages acked by a member", stats.acked),
         ("nacked", "Messages given back by a member (nack)", stats.nacked),
         ("dead_lettered", "Messages past their attempts, copied to their dead-letter topic", stats.dead_lettered),
+        ("coalesced", "Messages settled unseen by a newer one of their key in a coalescing group", stats.coalesced),
         ("log_writes", "Writes of the log (each fsynced as the fsync policy says)", stats.flushes),
     ];
     for (name, help, value) in counters {

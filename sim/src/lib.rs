@@ -61,6 +61,8 @@ pub struct SeedReport {
     pub pubacked: u64,
     pub deliveries: u64,
     pub redeliveries: u64,
+    /// Messages the nodes settled unseen in coalescing groups (their own count).
+    pub coalesced: u64,
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
     pub latency_max_ms: f64,
@@ -89,6 +91,7 @@ pub fn run_seed(options: &Options) -> SeedReport {
             pubacked: 0,
             deliveries: 0,
             redeliveries: 0,
+            coalesced: 0,
             latency_p50_ms: 0.0,
             latency_p99_ms: 0.0,
             latency_max_ms: 0.0,

@@ -76,7 +76,7 @@ fn run(cli: Cli) -> Result<bool, String> {
     println!("  virtual time     {} ms ({} ms of it healing)", report.virtual_ms, report.heal_ms);
     println!("  wall time        {:.1} ms ({:.0}x faster than real time)", wall.as_secs_f64() * 1e3, report.virtual_ms as f64 / 1e3 / wall.as_secs_f64());
     println!("  pubacked         {}", report.pubacked);
-    println!("  deliveries       {} ({} redeliveries)", report.deliveries, report.redeliveries);
+    println!("  deliveries       {} ({} redeliveries; {} coalesced)", report.deliveries, report.redeliveries, report.coalesced);
     println!("  latency (virt.)  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms", report.latency_p50_ms, report.latency_p99_ms, report.latency_max_ms);
     println!("  faults           {:?}", report.faults);
     println!("  trace hash       {:016x}", report.trace_hash);

@@ -112,6 +112,8 @@ enum Event {
     ToClient {
         conn: ConnId,
         text: String,
+        /// When it left the node.
+        sent_at: u64,
     },
     /// The node closed the connection; the frames it sent before have arrived.
     NodeClosed {
@@ -301,6 +303,10 @@ impl World {
                 let group = format!("g{g}");
                 groups.push((topic.clone(), group.clone()));
                 let filter = (swarm.keys > 1 && rng.gen_bool(0.25)).then(|| format!("k{}", rng.gen_range(0..swarm.keys)));
+                // Every third group with keys coalesces, its window from the seed (so the draws
+                // keep their order): from a few ms, below the publishers' spacing, to a second.
+                let (tg, seed) = ((t + g) as u64, options.seed);
+                let coalesce_ms = (swarm.keys > 0 && (seed + tg) % 3 == 0).then(|| [3, 20, 100, 1_000][((seed / 3 + tg) % 4) as usize]);
                 for m in 0..swarm.members_per_group {
                     let style = match rng.gen_range(0..12) {
                         0..=5 => AckStyle::Prompt,
@@ -326,6 +332,7 @@ impl World {
                     subscriber.unsub_every = unsub_every;
                     subscriber.pull = pull_wait_ms.map(|wait_ms| PullOptions { max: window, wait_ms });
                     subscriber.filter = filter.clone();
+                    subscriber.coalesce_ms = coalesce_ms;
                     // In a cluster a message may cross a peer link before the client's own link
                     // (its member's node is not the leader): two hops.
                     let hops = if nodes::voters_for(options.seed) > 1 { 2 } else { 1 };
@@ -375,6 +382,9 @@ impl World {
             if let Client::Subscriber(s) = client {
                 if let Some(prefix) = &s.filter {
                     checker.group_filter(&s.topic, &s.group, prefix);
+                }
+                if let Some(window_ms) = s.coalesce_ms {
+                    checker.group_coalesces(&s.topic, &s.group, window_ms);
                 }
             }
         }
@@ -574,6 +584,7 @@ impl World {
             pubacked: self.checker.pubacked_count() as u64,
             deliveries: self.checker.deliveries,
             redeliveries: self.checker.redeliveries,
+            coalesced: counted.coalesced,
             latency_p50_ms: pct(0.5),
             latency_p99_ms: pct(0.99),
             latency_max_ms: latencies.last().copied().unwrap_or(0.0),
@@ -618,7 +629,7 @@ impl World {
                     self.conn_input(conn, Input::Frame { conn, text: &text });
                 }
             }
-            Event::ToClient { conn, text } => {
+            Event::ToClient { conn, text, sent_at } => {
                 let Some(client) = self.conns.get(&conn).map(|c| c.client) else { return };
                 self.hash.mix(text.as_bytes());
                 self.trace(|| format!("conn {conn} -> client {client} {text}"));
@@ -626,7 +637,7 @@ impl World {
                     Ok(v) => v,
                     Err(e) => return self.checker.violation("protocol", format!("node sent invalid JSON ({e}): {text}")),
                 };
-                self.with_client(client, |c, ctx| c.on_frame(&frame, ctx));
+                self.with_client_at(client, sent_at, |c, ctx| c.on_frame(&frame, ctx));
             }
             Event::NodeClosed { conn } => self.drop_conn(conn, false),
             Event::ClientLost { client, conn } => {
@@ -696,7 +707,12 @@ impl World {
     }
 
     fn with_client(&mut self, client: usize, f: impl FnOnce(&mut Client, &mut Ctx<'_>)) {
-        let mut ctx = Ctx { now: self.now, rng: &mut self.rng, checker: &mut self.checker, actions: Vec::new(), test_bug: self.options.bug };
+        self.with_client_at(client, self.now, f);
+    }
+
+    /// `with_client` for a frame that left the node at `sent_at`.
+    fn with_client_at(&mut self, client: usize, sent_at: u64, f: impl FnOnce(&mut Client, &mut Ctx<'_>)) {
+        let mut ctx = Ctx { now: self.now, sent_at, rng: &mut self.rng, checker: &mut self.checker, actions: Vec::new(), test_bug: self.options.bug };
         f(&mut self.clients[client], &mut ctx);
         for action in ctx.actions {
             match action {

@@ -97,6 +97,9 @@ fn expected_invariants(bug: TestBug) -> &'static [&'static str] {
         TestBug::ClientRedeliveryHandedAgain => &[INV_APP_ONCE],
         TestBug::ClientDedupesByLastId => &[INV_APP_LOST],
         TestBug::ClientRepairAlwaysOn => &[INV_APP_KEY_ORDER],
+        TestBug::CoalesceIgnoresWindow => &[INV_LOST, INV_APP_LOST],
+        TestBug::CoalesceKeepsOldest => &[INV_NEWEST, INV_LOST],
+        TestBug::CoalescedDeliveredAfterNewer => &[INV_KEY_ORDER, INV_APP_KEY_ORDER],
     }
 }
 

@@ -26,6 +26,8 @@ pub struct SubscribeOptions {
     pub from: StartFrom,
     pub window: Option<u32>,
     pub filter: Option<Filter>,
+    /// Ask the group, when this creates it, to coalesce (see the protocol's `sub`).
+    pub coalesce_ms: Option<u64>,
     /// Fetch and hand over what a `prev` says this client has not got (see the module's
     /// notes: it can break key order). Off by default; never for a group shared by several
     /// members (the messages the others get are gaps too).
@@ -46,7 +48,7 @@ pub struct PullOptions {
 
 impl SubscribeOptions {
     pub fn new(topic: &str, group: &str) -> SubscribeOptions {
-        SubscribeOptions { topic: topic.into(), group: group.into(), from: StartFrom::Latest, window: None, filter: None, repair_gaps: false, pull: None }
+        SubscribeOptions { topic: topic.into(), group: group.into(), from: StartFrom::Latest, window: None, filter: None, coalesce_ms: None, repair_gaps: false, pull: None }
     }
 }
 
@@ -143,6 +145,7 @@ impl Subscription {
             from: o.from,
             window: o.window,
             filter: o.filter.clone(),
+            coalesce_ms: o.coalesce_ms,
         };
         Self::frame(&sub)
     }

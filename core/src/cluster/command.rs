@@ -81,6 +81,9 @@ pub struct CreateGroupCommand {
     pub from: GroupStart,
     /// The group's filter in its protocol form.
     pub filter: Option<serde_json::Value>,
+    /// Its coalescing window (`GroupTerms`); absent in entries older than coalescing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coalesce_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,8 +180,24 @@ mod tests {
     fn every_command_reads_back_as_written() {
         roundtrip(Command::Publish(PublishCommand { ts_ms: 7, topic: "orders", key: Some("k1"), producer: Some(("shop", 42)), body: "{\"n\":1}" }));
         roundtrip(Command::Publish(PublishCommand { ts_ms: 0, topic: "t", key: None, producer: None, body: "" }));
-        roundtrip(Command::CreateGroup(CreateGroupCommand { topic: "t".into(), group: "g".into(), from: GroupStart::Id(9), filter: Some(serde_json::json!({"key_prefix": "a"})) }));
-        roundtrip(Command::Position(GroupRecord { topic: "t".into(), group: "g".into(), filter: None, start_id: 1, floor: 4, floor_prev: 3, acked: vec![6], resets: 2 }));
+        roundtrip(Command::CreateGroup(CreateGroupCommand {
+            topic: "t".into(),
+            group: "g".into(),
+            from: GroupStart::Id(9),
+            filter: Some(serde_json::json!({"key_prefix": "a"})),
+            coalesce_ms: Some(500),
+        }));
+        roundtrip(Command::Position(GroupRecord {
+            topic: "t".into(),
+            group: "g".into(),
+            filter: None,
+            start_id: 1,
+            floor: 4,
+            floor_prev: 3,
+            acked: vec![6],
+            resets: 2,
+            coalesce_ms: Some(500),
+        }));
         roundtrip(Command::DeadLetter(DeadLetterCommand { topic: "t".into(), group: "g".into(), id: 5 }));
         roundtrip(Command::ResetGroup(ResetGroupCommand { topic: "t".into(), group: "g".into(), to: GroupStart::Earliest }));
         roundtrip(Command::DropGroup(DropGroupCommand { topic: "t".into(), group: "g".into() }));

@@ -59,6 +59,23 @@ impl KeyOrder {
         Some(next)
     }
 
+    /// The newest message of `key` waiting behind its deliverable one.
+    pub fn newest_waiting(&self, key: u64) -> Option<u64> {
+        self.keys.get(&key)?.waiting.back().copied()
+    }
+
+    /// Coalescing: the newest waiting message of `key` is settled without being delivered.
+    pub fn drop_newest_waiting(&mut self, key: u64) {
+        let queue = self.keys.get_mut(&key).expect("a key with waiting messages is held");
+        queue.waiting.pop_back().expect("a waiting message to drop");
+        queue.unacked -= 1;
+    }
+
+    /// The message of `key` that may be delivered, when none waits behind it.
+    pub fn deliverable_alone(&self, key: u64) -> Option<u64> {
+        self.keys.get(&key).filter(|queue| queue.waiting.is_empty()).map(|queue| queue.deliverable)
+    }
+
     pub fn clear(&mut self) {
         self.keys.clear();
     }
@@ -80,5 +97,22 @@ mod tests {
         assert_eq!(order.release(7), None);
         assert!(order.admit(7, 5), "a key with nothing unacked is free again");
         assert_eq!(order.release(8), None);
+    }
+
+    #[test]
+    fn dropping_the_newest_waiting_leaves_the_rest_in_order() {
+        let mut order = KeyOrder::default();
+        for id in 1..=4 {
+            order.admit(7, id);
+        }
+        assert_eq!(order.deliverable_alone(7), None, "3 wait behind 1");
+        assert_eq!(order.newest_waiting(7), Some(4));
+        order.drop_newest_waiting(7);
+        order.drop_newest_waiting(7);
+        assert_eq!(order.newest_waiting(7), Some(2));
+        assert_eq!(order.release(7), Some(2));
+        assert_eq!(order.deliverable_alone(7), Some(2));
+        assert_eq!(order.release(7), None, "3 and 4 were dropped: the key is free");
+        assert!(order.admit(7, 5));
     }
 }

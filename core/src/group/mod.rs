@@ -8,14 +8,19 @@
 //! Per-key order: at most one entry per key hash is deliverable (ready, delayed, in flight);
 //! later ones of that key wait as `Blocked` until it is acked.
 
+mod coalescing;
 mod key_order;
+mod terms;
+
+pub use terms::GroupTerms;
 
 use crate::ack_deadlines::AckDeadlines;
+use crate::config::TestBug;
 use crate::outstanding::Outstanding;
 use crate::protocol::Filter;
 use crate::record::{GroupRecord, GroupRecordRef};
 use key_order::KeyOrder;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ids::ConnId;
 
@@ -118,7 +123,7 @@ pub fn key_hash(key: &str) -> u64 {
 #[derive(Debug)]
 pub struct Group {
     pub name: String,
-    pub filter: Option<Filter>,
+    pub terms: GroupTerms,
     pub start_id: u64,
     pub ack_timeout_ns: u64,
     pub max_attempts: u32,
@@ -129,6 +134,10 @@ pub struct Group {
     first_prev: u64,
     ready: BTreeSet<u64>,
     keys: KeyOrder,
+    /// Coalescing groups: when each unacked message with a key was stored (ms).
+    stored_ms: BTreeMap<u64, u64>,
+    /// Messages coalesced since the node last took them (`take_coalesced`).
+    coalesced: Vec<Coalesced>,
     /// Connections that may receive: subscribed, or with a pull open. Order is join order.
     pub members: Vec<ConnId>,
     pub next_member: usize,
@@ -156,6 +165,14 @@ pub struct Group {
     pub paused: bool,
 }
 
+/// A message a newer one of its key settled (coalescing); it was delayed by a nack until
+/// `delay_until` (its timer is to be cancelled).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Coalesced {
+    pub id: u64,
+    pub delay_until: Option<u64>,
+}
+
 /// What `Group::dispatch` tells the node.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Dispatched {
@@ -173,14 +190,17 @@ pub struct GroupCounters {
     pub acked: u64,
     pub nacked: u64,
     pub dead_lettered: u64,
+    pub coalesced: u64,
 }
 
 impl Group {
-    pub fn new(name: String, filter: Option<Filter>, start_id: u64, ack_timeout_ns: u64, max_attempts: u32) -> Group {
+    pub fn new(name: String, terms: GroupTerms, start_id: u64, ack_timeout_ns: u64, max_attempts: u32) -> Group {
         assert!(start_id >= 1, "ids start at 1");
         Group {
             name,
-            filter,
+            terms,
+            stored_ms: BTreeMap::new(),
+            coalesced: Vec::new(),
             start_id,
             ack_timeout_ns,
             max_attempts,
@@ -205,8 +225,8 @@ impl Group {
 
     /// Restores the persisted position; the caller then replays ids up to the highest acked one.
     pub fn restore(record: &GroupRecord, ack_timeout_ns: u64, max_attempts: u32) -> Group {
-        let filter = record.filter.clone().and_then(Filter::from_json);
-        let mut group = Group::new(record.group.clone(), filter, record.start_id.max(1), ack_timeout_ns, max_attempts);
+        let terms = GroupTerms { filter: record.filter.clone().and_then(Filter::from_json), coalesce_ms: record.coalesce_ms };
+        let mut group = Group::new(record.group.clone(), terms, record.start_id.max(1), ack_timeout_ns, max_attempts);
         group.cursor = (record.floor + 1).max(group.start_id);
         group.last_passed = record.floor_prev;
         group.durable = true;
@@ -273,6 +293,7 @@ impl Group {
         let held = self.outstanding.take_all().map(|(id, e)| (id, e.state, e.bytes)).collect();
         self.ready.clear();
         self.keys.clear();
+        self.stored_ms.clear();
         self.pre_acked.clear();
         self.start_id = start_id.max(1);
         self.cursor = self.start_id;
@@ -314,12 +335,13 @@ impl Group {
         GroupRecord {
             topic: topic.to_string(),
             group: self.name.clone(),
-            filter: self.filter.as_ref().map(Filter::to_json),
+            filter: self.terms.filter.as_ref().map(Filter::to_json),
             start_id: self.start_id,
             floor,
             floor_prev,
             acked,
             resets: self.resets,
+            coalesce_ms: self.terms.coalesce_ms,
         }
     }
 
@@ -333,13 +355,22 @@ impl Group {
     pub fn encode_record(&self, topic: &str, out: &mut Vec<u8>) -> usize {
         let (floor, floor_prev) = self.floor();
         let acked = AckedIds(self);
-        let record =
-            GroupRecordRef { topic, group: &self.name, filter: self.filter.as_ref().map(Filter::to_json), start_id: self.start_id, floor, floor_prev, acked, resets: self.resets };
+        let record = GroupRecordRef {
+            topic,
+            group: &self.name,
+            filter: self.terms.filter.as_ref().map(Filter::to_json),
+            start_id: self.start_id,
+            floor,
+            floor_prev,
+            acked,
+            resets: self.resets,
+            coalesce_ms: self.terms.coalesce_ms,
+        };
         crate::record::encode_control(out, crate::record::KIND_GROUP, &record)
     }
 
     pub fn passes(&self, key: Option<&str>, body: &str) -> bool {
-        self.filter.as_ref().is_none_or(|f| f.matches(key, body))
+        self.terms.filter.as_ref().is_none_or(|f| f.matches(key, body))
     }
 
     /// What to deliver next. Fresh ids stop at `durable_next_id` and when the group holds
@@ -362,27 +393,52 @@ impl Group {
         self.cursor = self.cursor.max(first_existing_id).max(self.cursor + 1);
     }
 
-    /// Takes the cursor's message into the group. `Deliverable` leaves it Ready for `dispatch`.
-    pub fn admit_fresh(&mut self, id: u64, passes: bool, key_hash: Option<u64>) -> Admit {
+    /// Takes the cursor's message, stored at `stored_ms`, into the group. `Deliverable` leaves
+    /// it Ready for `dispatch`. In a coalescing group it first settles the older messages of
+    /// its key it coalesces (`take_coalesced` lists them).
+    pub fn admit_fresh(&mut self, id: u64, passes: bool, key_hash: Option<u64>, stored_ms: u64, test_bug: Option<TestBug>) -> Admit {
         assert_eq!(id, self.cursor, "fresh ids are admitted in order");
         self.cursor += 1;
         if !passes {
             return Admit::Filtered;
         }
+        let key = key_of(key_hash);
+        let mut requeue = Vec::new();
+        if let Some(window_ms) = self.terms.coalesce_ms.filter(|_| key != NO_KEY) {
+            let since_ms = if test_bug == Some(TestBug::CoalesceIgnoresWindow) { 0 } else { stored_ms.saturating_sub(window_ms) };
+            if test_bug == Some(TestBug::CoalesceKeepsOldest) && self.waits_within(key, since_ms) {
+                return self.admit_settled(id, key);
+            }
+            requeue = self.coalesce_older(key, since_ms, test_bug);
+            self.stored_ms.insert(id, stored_ms);
+        }
+        let admit = self.admit_passing(id, key);
+        for older in requeue {
+            // The planted bug: the older ones wait behind the newest instead of being settled.
+            self.keys.admit(key, older);
+        }
+        admit
+    }
+
+    fn admit_passing(&mut self, id: u64, key: u64) -> Admit {
+        if key == NO_KEY || self.keys.admit(key, id) {
+            self.keep(id, Entry { key, state: EntryState::Ready { attempts: 0 }, bytes: 0 });
+            self.ready.insert(id);
+            Admit::Deliverable
+        } else {
+            self.keep(id, Entry { key, state: EntryState::Blocked, bytes: 0 });
+            Admit::Blocked
+        }
+    }
+
+    /// Keeps filter-passing `id` (the newest): its `prev` is the one kept before it.
+    fn keep(&mut self, id: u64, entry: Entry) {
         let prev = self.last_passed;
         self.last_passed = id;
         if self.outstanding.is_empty() {
             self.first_prev = prev;
         }
-        let key = key_of(key_hash);
-        if key == NO_KEY || self.keys.admit(key, id) {
-            self.outstanding.push(id, Entry { key, state: EntryState::Ready { attempts: 0 }, bytes: 0 });
-            self.ready.insert(id);
-            Admit::Deliverable
-        } else {
-            self.outstanding.push(id, Entry { key, state: EntryState::Blocked, bytes: 0 });
-            Admit::Blocked
-        }
+        self.outstanding.push(id, entry);
     }
 
     /// Puts `id` in flight to `conn` until `deadline_ns`: its attempt and `prev`, and whether
@@ -425,6 +481,9 @@ impl Group {
         };
         entry.state = EntryState::Acked;
         let key = entry.key;
+        if !self.stored_ms.is_empty() {
+            self.stored_ms.remove(&id);
+        }
         self.release_key(key);
         self.advance_floor();
         AckOutcome::Acked { released, delay_until }
@@ -598,11 +657,11 @@ mod tests {
     use super::*;
 
     fn group() -> Group {
-        Group::new("g".into(), None, 1, 1_000, 3)
+        Group::new("g".into(), GroupTerms::default(), 1, 1_000, 3)
     }
 
     fn admit_and_dispatch(g: &mut Group, id: u64, key: Option<&str>, conn: u64) -> Admit {
-        let admit = g.admit_fresh(id, true, key.map(key_hash));
+        let admit = g.admit_fresh(id, true, key.map(key_hash), 0, None);
         if admit == Admit::Deliverable {
             g.dispatch(id, ConnId(conn), 100, 10);
         }
@@ -631,7 +690,7 @@ mod tests {
     #[test]
     fn the_borrowed_position_record_has_the_bytes_of_the_owned_one() {
         let filter = Filter::KeyPrefix("eu-".into());
-        for mut g in [group(), Group::new("billing".into(), Some(filter), 1, 1_000, 3)] {
+        for mut g in [group(), Group::new("billing".into(), GroupTerms { filter: Some(filter), coalesce_ms: Some(9) }, 1, 1_000, 3)] {
             for id in 1..=6 {
                 admit_and_dispatch(&mut g, id, None, 7);
             }

@@ -18,7 +18,7 @@ use super::replication::Proposal;
 use super::state::NewMessage;
 use super::{Node, Timer};
 use crate::cluster::command::{Command, CreateGroupCommand, DropGroupCommand, GroupStart, PublishCommand, ResetGroupCommand};
-use crate::group::EntryState;
+use crate::group::{EntryState, GroupTerms};
 use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::protocol::{ErrorCode, StartFrom};
 use crate::record::{self, GroupDroppedRecord};
@@ -225,13 +225,13 @@ impl Node {
             None if self.replication.is_some() => {
                 // The group is created by an entry like any group; the redrive can start once
                 // it is applied here.
-                let create = CreateGroupCommand { topic: dlq_name, group: REDRIVE_GROUP.into(), from: GroupStart::Earliest, filter: None };
+                let create = CreateGroupCommand { topic: dlq_name, group: REDRIVE_GROUP.into(), from: GroupStart::Earliest, filter: None, coalesce_ms: None };
                 self.propose_admin(&Command::CreateGroup(create))?;
                 return Err(AdminRefusal::Unavailable(format!("the redrive group of '{topic}' is being created: ask again in a moment")));
             }
             None => {
                 let (ack_timeout_ns, max_attempts) = (self.config.ack_timeout_ms_for(REDRIVE_GROUP) * super::NS_PER_MS, self.config.max_attempts_for(REDRIVE_GROUP));
-                let g = self.state.apply_create_group(dlq, REDRIVE_GROUP, StartFrom::Earliest, None, ack_timeout_ns, max_attempts);
+                let g = self.state.apply_create_group(dlq, REDRIVE_GROUP, StartFrom::Earliest, GroupTerms::default(), ack_timeout_ns, max_attempts);
                 self.state.topics[dlq].groups[g].durable = true;
                 self.mark_group_dirty(dlq, g);
                 g

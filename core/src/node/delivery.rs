@@ -8,7 +8,7 @@ use super::state::NewMessage;
 use super::{Node, Output, Timer, Trace, NS_PER_MS};
 use crate::cluster::command::{Command, PublishCommand};
 use crate::config::TestBug;
-use crate::group::{key_hash, AckOutcome, Admit, Candidate, Dispatched, Released};
+use crate::group::{key_hash, AckOutcome, Admit, Candidate, Coalesced, Dispatched, Released};
 use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::protocol::ErrorCode;
 use crate::topic::{Lookup, StoredMessage};
@@ -125,6 +125,10 @@ impl Node {
 
     /// Delivers what group `g` of topic `t` can deliver now.
     pub(super) fn pump(&mut self, t: TopicIdx, g: GroupIdx) {
+        let group = &self.state.topics[t].groups[g];
+        if group.terms.coalesce_ms.is_some() && !group.members.is_empty() && !group.paused && !self.admit_ahead(t, g) {
+            return;
+        }
         for _ in 0..PUMP_STEPS_MAX {
             let group = &self.state.topics[t].groups[g];
             if group.members.is_empty() || group.paused {
@@ -160,19 +164,12 @@ impl Node {
                     continue;
                 }
             };
-            let group = &mut self.state.topics[t].groups[g];
+            if matches!(candidate, Candidate::Fresh { .. }) && !self.admit(t, g, &message) {
+                continue;
+            }
+            let max_attempts = self.state.topics[t].groups[g].max_attempts;
             match candidate {
-                Candidate::Fresh { id } => {
-                    let passes = group.passes(message.key.as_deref(), &message.body) || self.config.test_bug == Some(TestBug::FilterIgnored);
-                    if group.admit_fresh(id, passes, message.key.as_deref().map(key_hash)) != Admit::Deliverable {
-                        continue;
-                    }
-                    if group.take_pre_acked(id) {
-                        self.ack_one(t, g, id);
-                        continue;
-                    }
-                }
-                Candidate::Ready { attempts, .. } if attempts >= group.max_attempts + u32::from(self.config.test_bug == Some(TestBug::DeadLetterOneAttemptLate)) => {
+                Candidate::Ready { attempts, .. } if attempts >= max_attempts + u32::from(self.config.test_bug == Some(TestBug::DeadLetterOneAttemptLate)) => {
                     if self.replication.is_none() {
                         self.dead_letter(t, g, id, &message);
                     } else if !self.propose_dead_letter(t, g, id, &message) {
@@ -186,6 +183,61 @@ impl Node {
             self.dispatch(t, g, id, conn, &message);
         }
         self.timers.insert((self.now_ns + NEXT_TURN_NS, Timer::Pump { topic: t, group: g }));
+    }
+
+    /// Takes the group's next message in: true if it is to be delivered now (not filtered out,
+    /// waiting for its key, coalesced or settled by a replicated position).
+    fn admit(&mut self, t: TopicIdx, g: GroupIdx, message: &StoredMessage) -> bool {
+        let group = &mut self.state.topics[t].groups[g];
+        let passes = group.passes(message.key.as_deref(), &message.body) || self.config.test_bug == Some(TestBug::FilterIgnored);
+        let admit = group.admit_fresh(message.id, passes, message.key.as_deref().map(key_hash), message.ts_ms, self.config.test_bug);
+        for Coalesced { id, delay_until } in group.take_coalesced() {
+            if let Some(until_ns) = delay_until {
+                self.timers.remove(&(until_ns, Timer::NackDelay { topic: t, group: g, id }));
+            }
+            self.trace_book.push(self.now_ns, t, id, Happening::Coalesced { group: g, by: message.id });
+            self.stats.coalesced += 1;
+            self.mark_group_dirty(t, g);
+        }
+        if admit != Admit::Deliverable {
+            return false;
+        }
+        if self.state.topics[t].groups[g].take_pre_acked(message.id) {
+            self.ack_one(t, g, message.id);
+            return false;
+        }
+        true
+    }
+
+    /// A coalescing group takes in everything stored (up to `group_outstanding_max`) before
+    /// it delivers, so that newer messages of a key settle the older ones while they wait: a
+    /// lagging member is handed the latest of each key, not every change, and after a restart
+    /// (in flight is waiting again) nothing older is delivered before the newer one that had
+    /// coalesced it. False while it has not caught up (a read or the next turn continues it).
+    fn admit_ahead(&mut self, t: TopicIdx, g: GroupIdx) -> bool {
+        for _ in 0..PUMP_STEPS_MAX {
+            let topic = &self.state.topics[t];
+            let group = &topic.groups[g];
+            let id = group.cursor();
+            if id >= topic.durable_next_id || group.outstanding_len() >= self.config.group_outstanding_max as usize {
+                return true;
+            }
+            match topic.lookup(id, &self.read_cache, t) {
+                Lookup::Found(message) => {
+                    self.admit(t, g, &message);
+                }
+                Lookup::OnDisk(loc) => {
+                    self.request_read(t, id, loc);
+                    return false;
+                }
+                Lookup::Gone => {
+                    let first_id = topic.first_id();
+                    self.state.topics[t].groups[g].skip_missing(first_id);
+                }
+            }
+        }
+        self.timers.insert((self.now_ns + NEXT_TURN_NS, Timer::Pump { topic: t, group: g }));
+        false
     }
 
     fn dispatch(&mut self, t: TopicIdx, g: GroupIdx, id: u64, conn: ConnId, message: &StoredMessage) {

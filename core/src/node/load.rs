@@ -279,17 +279,19 @@ impl Node {
             let message = topic.loc(id).and_then(|loc| {
                 let bytes = segments.iter().find(|(s, _)| *s == loc.segment)?.1;
                 let start = loc.offset as usize;
-                stored_message(bytes.get(start..start + loc.len as usize)?, &topic.name, id).ok().map(|m| (m.key, m.body))
+                stored_message(bytes.get(start..start + loc.len as usize)?, &topic.name, id).ok().map(|m| (m.key, m.body, m.ts_ms))
             });
-            let Some((key, body)) = message else {
+            let Some((key, body, stored_ms)) = message else {
                 group.skip_missing(topic.first_id());
                 continue;
             };
             let passes = group.passes(key, body);
-            if group.admit_fresh(id, passes, key.map(key_hash)) == Admit::Deliverable && acked.contains(&id) {
+            if group.admit_fresh(id, passes, key.map(key_hash), stored_ms, self.config.test_bug) == Admit::Deliverable && acked.contains(&id) {
                 group.ack(id);
             }
         }
+        // Coalesced again as before the restart (no timers to cancel yet, not counted again).
+        group.take_coalesced();
         let topic = &mut self.state.topics[t];
         let g = GroupIdx(topic.groups.len());
         topic.group_index.insert(record.group.clone(), g);

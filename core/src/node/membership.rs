@@ -6,30 +6,35 @@ use super::replication::{PendingJoin, Proposal};
 use super::session::Pull;
 use super::{Node, Timer, NS_PER_MS};
 use crate::cluster::command::{Command, CreateGroupCommand};
+use crate::group::GroupTerms;
 use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::pipeline::{self, check_name, GROUP_BYTES_MAX};
 use crate::protocol::{self, ErrorCode, Filter, StartFrom};
 
 impl Node {
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn on_sub(&mut self, conn: ConnId, req: Option<String>, topic: &str, group: &str, from: StartFrom, window: Option<u32>, filter: Option<Filter>) {
+    pub(super) fn on_sub(&mut self, conn: ConnId, req: Option<String>, topic: &str, group: &str, from: StartFrom, window: Option<u32>, terms: GroupTerms) {
         let window = window.unwrap_or(self.config.window_default);
         if window == 0 || window > self.config.window_max {
             let message = format!("window must be 1..={} (window_max)", self.config.window_max);
             return self.send_error(conn, req.as_deref(), ErrorCode::BadFrame, &message);
         }
-        self.join_group(topic, group, from, filter, PendingJoin { conn, req, window, pull: None });
+        if terms.coalesce_ms.is_some_and(|ms| ms == 0 || ms > self.config.coalesce_ms_max) {
+            let message = format!("coalesce_ms must be 1..={} (coalesce_ms_max)", self.config.coalesce_ms_max);
+            return self.send_error(conn, req.as_deref(), ErrorCode::BadFrame, &message);
+        }
+        self.join_group(topic, group, from, terms, PendingJoin { conn, req, window, pull: None });
     }
 
     /// Joins `join` to the group, found or created. A new group's record joins the open
     /// batch, so members are admitted only once the group is durable (a restart must not move
     /// it to "latest"); in cluster mode its creation is an entry, and they join once it applies.
-    fn join_group(&mut self, topic: &str, group: &str, from: StartFrom, filter: Option<Filter>, join: PendingJoin) {
+    fn join_group(&mut self, topic: &str, group: &str, from: StartFrom, terms: GroupTerms, join: PendingJoin) {
         let (conn, req) = (join.conn, join.req.clone());
         let joined = if self.replication.is_some() {
-            self.join_replicated_group(topic, group, from, filter, join)
+            self.join_replicated_group(topic, group, from, terms, join)
         } else {
-            self.find_or_create_group(topic, group, from, filter).map(|(t, g)| {
+            self.find_or_create_group(topic, group, from, terms).map(|(t, g)| {
                 let PendingJoin { conn, req, window, pull } = join;
                 self.join_when_durable(Waiter::Join { conn, req, topic: t, group: g, window, pull });
             })
@@ -41,28 +46,34 @@ impl Node {
 
     /// Cluster mode: an existing group is joined at once (it exists because its creation was
     /// applied); a new one is proposed, and created (with its topic) when that applies.
-    fn join_replicated_group(&mut self, topic: &str, group: &str, from: StartFrom, filter: Option<Filter>, join: PendingJoin) -> Result<(), (ErrorCode, String)> {
+    fn join_replicated_group(&mut self, topic: &str, group: &str, from: StartFrom, terms: GroupTerms, join: PendingJoin) -> Result<(), (ErrorCode, String)> {
         check_names(topic, group)?;
         // Delivery runs on the shard's leader (members on other nodes come with the mesh).
         self.check_leading()?;
         if let Ok((t, g)) = self.state.group_of(topic, group) {
-            if self.state.topics[t].groups[g].filter != filter {
-                return Err((ErrorCode::Conflict, format!("group '{group}' exists with a different filter")));
+            if let Some(conflict) = self.state.topics[t].groups[g].terms.conflict(group, &terms) {
+                return Err((ErrorCode::Conflict, conflict));
             }
             self.admit_member(join.conn, join.req, t, g, join.window, join.pull);
             return Ok(());
         }
-        let create = CreateGroupCommand { topic: topic.to_string(), group: group.to_string(), from: from.into(), filter: filter.as_ref().map(Filter::to_json) };
+        let create = CreateGroupCommand {
+            topic: topic.to_string(),
+            group: group.to_string(),
+            from: from.into(),
+            filter: terms.filter.as_ref().map(Filter::to_json),
+            coalesce_ms: terms.coalesce_ms,
+        };
         self.propose(&Command::CreateGroup(create), Proposal::Join(join))
     }
 
     /// Finds or creates the group.
-    fn find_or_create_group(&mut self, topic: &str, group: &str, from: StartFrom, filter: Option<Filter>) -> Result<(TopicIdx, GroupIdx), (ErrorCode, String)> {
+    fn find_or_create_group(&mut self, topic: &str, group: &str, from: StartFrom, terms: GroupTerms) -> Result<(TopicIdx, GroupIdx), (ErrorCode, String)> {
         check_names(topic, group)?;
         let t = self.state.topic_for(topic).map_err(|m| (ErrorCode::Overloaded, m))?;
         if let Some(&g) = self.state.topics[t].group_index.get(group) {
-            if self.state.topics[t].groups[g].filter != filter {
-                return Err((ErrorCode::Conflict, format!("group '{group}' exists with a different filter")));
+            if let Some(conflict) = self.state.topics[t].groups[g].terms.conflict(group, &terms) {
+                return Err((ErrorCode::Conflict, conflict));
             }
             return Ok((t, g));
         }
@@ -70,7 +81,7 @@ impl Node {
             return Err((ErrorCode::Overloaded, format!("group limit reached (groups_per_topic_max = {})", self.config.groups_per_topic_max)));
         }
         let ack_timeout_ns = self.config.ack_timeout_ms_for(group) * NS_PER_MS;
-        let g = self.state.apply_create_group(t, group, from, filter, ack_timeout_ns, self.config.max_attempts_for(group));
+        let g = self.state.apply_create_group(t, group, from, terms, ack_timeout_ns, self.config.max_attempts_for(group));
         self.mark_group_dirty(t, g);
         Ok((t, g))
     }
@@ -137,7 +148,7 @@ impl Node {
             // in memory may not be durable yet (its record may have hit a full disk), and a
             // restart must not forget a group that has delivered.
             Ok((t, g)) => self.join_when_durable(Waiter::Join { conn, req, topic: t, group: g, window, pull }),
-            Err(_) => self.join_group(topic, group, StartFrom::Latest, None, PendingJoin { conn, req, window, pull }),
+            Err(_) => self.join_group(topic, group, StartFrom::Latest, GroupTerms::default(), PendingJoin { conn, req, window, pull }),
         }
     }
 

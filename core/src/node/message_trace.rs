@@ -22,13 +22,15 @@ pub enum Storage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceLine {
     pub at_ms: u64,
-    /// stored, delivered, acked, nacked, timed_out, dead_lettered.
+    /// stored, delivered, acked, nacked, timed_out, dead_lettered, coalesced.
     pub event: &'static str,
     pub group: Option<String>,
     pub conn: Option<u64>,
     pub attempt: Option<u32>,
     pub segment: Option<u64>,
     pub copy_id: Option<u64>,
+    /// The newer message of its key that coalesced it.
+    pub coalesced_by: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +75,7 @@ impl Node {
         // A group index the ring kept may be gone (a state installed since is cleared with
         // the ring, but be safe): the event is shown without its group's name.
         let group_name = |g: GroupIdx| self.state.topics.get(t.0).and_then(|topic| topic.groups.get(g.0)).map(|group| group.name.clone());
-        let mut line = TraceLine { at_ms: event.at_ns / NS_PER_MS, event: "", group: None, conn: None, attempt: None, segment: None, copy_id: None };
+        let mut line = TraceLine { at_ms: event.at_ns / NS_PER_MS, event: "", group: None, conn: None, attempt: None, segment: None, copy_id: None, coalesced_by: None };
         match event.what {
             Happening::Stored { segment } => (line.event, line.segment) = ("stored", Some(segment)),
             Happening::Delivered { group, conn, attempt } => (line.event, line.group, line.conn, line.attempt) = ("delivered", group_name(group), Some(conn.0), Some(attempt)),
@@ -81,6 +83,7 @@ impl Node {
             Happening::Nacked { group, conn } => (line.event, line.group, line.conn) = ("nacked", group_name(group), Some(conn.0)),
             Happening::TimedOut { group, conn } => (line.event, line.group, line.conn) = ("timed_out", group_name(group), Some(conn.0)),
             Happening::DeadLettered { group, copy_id } => (line.event, line.group, line.copy_id) = ("dead_lettered", group_name(group), copy_id),
+            Happening::Coalesced { group, by } => (line.event, line.group, line.coalesced_by) = ("coalesced", group_name(group), Some(by)),
         }
         line
     }

@@ -38,6 +38,8 @@ pub struct GroupView {
     pub oldest_unacked_age_ms: Option<u64>,
     /// Its filter as the client gave it (JSON), if any.
     pub filter: Option<String>,
+    /// Its coalescing window, if it coalesces.
+    pub coalesce_ms: Option<u64>,
     pub ack_timeout_ms: u64,
     pub max_attempts: u32,
     /// An operator paused its deliveries.
@@ -87,7 +89,8 @@ impl Node {
                             in_flight: group.in_flight_count(),
                             oldest_unacked_id,
                             oldest_unacked_age_ms: oldest_unacked_id.and_then(|id| topic.stored_at_ms(id)).map(|stored_ms| now_ms.saturating_sub(stored_ms)),
-                            filter: group.filter.as_ref().map(|f| f.to_json().to_string()),
+                            filter: group.terms.filter.as_ref().map(|f| f.to_json().to_string()),
+                            coalesce_ms: group.terms.coalesce_ms,
                             ack_timeout_ms: group.ack_timeout_ns / NS_PER_MS,
                             max_attempts: group.max_attempts,
                             paused: group.paused,

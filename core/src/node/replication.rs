@@ -17,6 +17,7 @@ use crate::cluster::replica::{ProposeError, Replica, ReplicaConfig, ReplicaInput
 use crate::cluster::storage::Wanted;
 use crate::cluster::NodeId;
 use crate::config::{Config, TestBug};
+use crate::group::GroupTerms;
 use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::protocol::{self, ErrorCode, Filter};
 use crate::record::{self, AppliedRecord, RaftEntryRef, RaftStateRecord};
@@ -504,14 +505,13 @@ impl Node {
             Ok(t) => t,
             Err(message) => return self.answer_unapplied(proposal, ErrorCode::Overloaded, &message),
         };
-        let filter = create.filter.and_then(Filter::from_json);
+        let terms = GroupTerms { filter: create.filter.and_then(Filter::from_json), coalesce_ms: create.coalesce_ms };
         let g = match self.state.topics[t].group_index.get(&create.group) {
             // Created by an earlier entry (two first members at once): join it if it matches.
-            Some(&g) if self.state.topics[t].groups[g].filter != filter => {
-                let message = format!("group '{}' exists with a different filter", create.group);
-                return self.answer_unapplied(proposal, ErrorCode::Conflict, &message);
-            }
-            Some(&g) => g,
+            Some(&g) => match self.state.topics[t].groups[g].terms.conflict(&create.group, &terms) {
+                Some(conflict) => return self.answer_unapplied(proposal, ErrorCode::Conflict, &conflict),
+                None => g,
+            },
             None if self.state.topics[t].group_index.len() >= self.config.groups_per_topic_max as usize => {
                 let message = format!("group limit reached (groups_per_topic_max = {})", self.config.groups_per_topic_max);
                 return self.answer_unapplied(proposal, ErrorCode::Overloaded, &message);
@@ -519,7 +519,7 @@ impl Node {
             None => {
                 let ack_timeout_ns = self.config.ack_timeout_ms_for(&create.group) * NS_PER_MS;
                 let max_attempts = self.config.max_attempts_for(&create.group);
-                let g = self.state.apply_create_group(t, &create.group, create.from.into(), filter, ack_timeout_ns, max_attempts);
+                let g = self.state.apply_create_group(t, &create.group, create.from.into(), terms, ack_timeout_ns, max_attempts);
                 self.state.topics[t].groups[g].durable = true;
                 self.mark_group_dirty(t, g);
                 g

@@ -4,6 +4,7 @@
 use super::{Node, Output};
 use crate::cluster::mesh::PeerFrame;
 use crate::cluster::NodeId;
+use crate::group::GroupTerms;
 use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::pipeline::Publish;
 use crate::protocol::{self, ClientOp, ErrorCode};
@@ -120,7 +121,9 @@ impl Node {
                 let publish = Publish { topic, key, producer, seq };
                 self.on_publish(conn, req, publish, body.get(), authenticated);
             }
-            ClientOp::Sub { req, topic, group, from, window, filter } => self.on_sub(conn, req_of(&req), &topic, &group, from, window, filter),
+            ClientOp::Sub { req, topic, group, from, window, filter, coalesce_ms } => {
+                self.on_sub(conn, req_of(&req), &topic, &group, from, window, GroupTerms { filter, coalesce_ms })
+            }
             ClientOp::Ack { topic, group, ids } => self.on_ack(conn, &topic, &group, &ids, None),
             ClientOp::Nack { topic, group, ids, delay_ms } => self.on_ack(conn, &topic, &group, &ids, Some(delay_ms)),
             ClientOp::Pull { req, topic, group, max, wait_ms } => self.on_pull(conn, req_of(&req), &topic, &group, max, wait_ms),

@@ -3,9 +3,9 @@
 //! (`producer`, `seq`)s. It is what a snapshot records and what a cluster replicates.
 
 use crate::config::Config;
-use crate::group::Group;
+use crate::group::{Group, GroupTerms};
 use crate::ids::{GroupIdx, TopicIdx};
-use crate::protocol::{ErrorCode, Filter, StartFrom};
+use crate::protocol::{ErrorCode, StartFrom};
 use crate::record::{self, AppliedRecord, NewTopicsRecord, ProducerRecord, SalvagedRecord, TopicRecord};
 use crate::topic::{Loc, Topic};
 use std::collections::{BTreeMap, BTreeSet};
@@ -104,7 +104,7 @@ impl State {
 
     /// Creates group `name` of topic `t`; where it starts is decided here, from the topic as
     /// it stands when the creation is applied.
-    pub(super) fn apply_create_group(&mut self, t: TopicIdx, name: &str, from: StartFrom, filter: Option<Filter>, ack_timeout_ns: u64, max_attempts: u32) -> GroupIdx {
+    pub(super) fn apply_create_group(&mut self, t: TopicIdx, name: &str, from: StartFrom, terms: GroupTerms, ack_timeout_ns: u64, max_attempts: u32) -> GroupIdx {
         let topic = &mut self.topics[t];
         let start_id = match from {
             StartFrom::Latest => topic.next_id,
@@ -112,7 +112,7 @@ impl State {
             StartFrom::Id(id) => id.max(topic.first_id()).max(1),
         };
         let g = GroupIdx(topic.groups.len());
-        topic.groups.push(Group::new(name.to_string(), filter, start_id, ack_timeout_ns, max_attempts));
+        topic.groups.push(Group::new(name.to_string(), terms, start_id, ack_timeout_ns, max_attempts));
         topic.group_index.insert(name.to_string(), g);
         g
     }

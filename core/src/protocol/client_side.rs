@@ -84,7 +84,7 @@ pub fn encode_client_op(out: &mut String, op: &ClientOp<'_>) {
             out.push_str(",\"body\":");
             out.push_str(body.get());
         }
-        ClientOp::Sub { req, topic, group, from, window, filter } => {
+        ClientOp::Sub { req, topic, group, from, window, filter, coalesce_ms } => {
             write_req(out, req);
             write_name(out, "topic", topic);
             write_name(out, "group", group);
@@ -99,6 +99,9 @@ pub fn encode_client_op(out: &mut String, op: &ClientOp<'_>) {
             if let Some(filter) = filter {
                 out.push_str(",\"filter\":");
                 out.push_str(&filter.to_json().to_string());
+            }
+            if let Some(coalesce_ms) = coalesce_ms {
+                write_u64(out, "coalesce_ms", *coalesce_ms);
             }
         }
         ClientOp::Ack { topic, group, ids } | ClientOp::Nack { topic, group, ids, .. } => {
@@ -309,9 +312,9 @@ mod tests {
             ClientOp::Hello { token: Some("t\"ok\\en".into()) },
             ClientOp::Pub { req: req("7"), topic: name("orders"), body, key: Some(name("k\n1")), producer: Some(name("p")), seq: Some(u64::MAX) },
             ClientOp::Pub { req: None, topic: name("orders"), body: RawJson::parse("null").unwrap(), key: None, producer: None, seq: None },
-            ClientOp::Sub { req: req("\"s\""), topic: name("t"), group: name("g"), from: StartFrom::Earliest, window: Some(64), filter: Some(filter) },
-            ClientOp::Sub { req: None, topic: name("t"), group: name("g"), from: StartFrom::Id(12), window: None, filter: Some(Filter::KeyPrefix("k-".into())) },
-            ClientOp::Sub { req: req("-1.5e3"), topic: name("t"), group: name("g"), from: StartFrom::Latest, window: None, filter: None },
+            ClientOp::Sub { req: req("\"s\""), topic: name("t"), group: name("g"), from: StartFrom::Earliest, window: Some(64), filter: Some(filter), coalesce_ms: Some(250) },
+            ClientOp::Sub { req: None, topic: name("t"), group: name("g"), from: StartFrom::Id(12), window: None, filter: Some(Filter::KeyPrefix("k-".into())), coalesce_ms: None },
+            ClientOp::Sub { req: req("-1.5e3"), topic: name("t"), group: name("g"), from: StartFrom::Latest, window: None, filter: None, coalesce_ms: None },
             ClientOp::Ack { topic: name("t"), group: name("g"), ids: vec![1, 2, u64::MAX] },
             ClientOp::Ack { topic: name("t"), group: name("g"), ids: vec![] },
             ClientOp::Nack { topic: name("t"), group: name("g"), ids: vec![3], delay_ms: 250 },

@@ -9,7 +9,7 @@ async function example(): Promise<number> {
   await ferry.subscribe("orders", "billing", async (m: Message) => {
     const order = m.body as { order: number };
     if (m.attempt > 3 || m.repaired) console.log(m.id, m.key, order.order, m.ts);
-  }, { from: "earliest", window: 16, filter: { key_prefix: "customer-" }, autoAck: false });
+  }, { from: "earliest", window: 16, filter: { key_prefix: "customer-" }, coalesceMs: 500, autoAck: false });
   await ferry.subscribe("orders", "pulling", () => {}, { pull: { max: 10, waitMs: 5_000 } });
   const { id, topic } = await ferry.publish("orders", { order: 1, lines: [1, 2] }, { key: "customer-7" });
   try {

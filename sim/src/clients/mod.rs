@@ -34,6 +34,9 @@ pub enum Action {
 
 pub struct Ctx<'a> {
     pub now: u64,
+    /// When the frame being handled left the node (`now` outside `on_frame`): the node's
+    /// order of deliveries, which the links between it and different clients may change.
+    pub sent_at: u64,
     pub rng: &'a mut ChaCha8Rng,
     pub checker: &'a mut Checker,
     pub actions: Vec<Action>,

@@ -30,6 +30,8 @@ pub struct Subscriber {
     pub repair_gaps: bool,
     /// The group's `key_prefix` filter, if any.
     pub filter: Option<String>,
+    /// The group's coalescing window, if it coalesces.
+    pub coalesce_ms: Option<u64>,
     /// Leave the group after every this many messages, and join again later.
     pub unsub_every: Option<u64>,
     /// Receive by `pull` instead of being pushed to.
@@ -93,6 +95,7 @@ impl Subscriber {
             style,
             repair_gaps: false,
             filter: None,
+            coalesce_ms: None,
             unsub_every: None,
             pull: None,
             audit_every: None,
@@ -110,6 +113,7 @@ impl Subscriber {
         options.from = StartFrom::Earliest;
         options.window = Some(self.window);
         options.filter = self.filter.clone().map(Filter::KeyPrefix);
+        options.coalesce_ms = self.coalesce_ms;
         options.repair_gaps = self.repair_gaps;
         options.pull = self.pull;
         options
@@ -174,7 +178,7 @@ impl Subscriber {
     pub fn on_frame(&mut self, frame: &Value, ctx: &mut Ctx<'_>) {
         match frame["op"].as_str() {
             Some("msg") => {
-                ctx.checker.delivered(&self.group, frame, ctx.now);
+                ctx.checker.delivered(&self.group, frame, ctx.now, ctx.sent_at);
                 self.check_window(frame["id"].as_u64().unwrap_or(0), ctx);
             }
             // What came before the suback belongs to an earlier membership.

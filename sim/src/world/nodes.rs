@@ -162,7 +162,7 @@ impl World {
                     }
                     let at = (self.now + delay).max(state.to_client_at + 1);
                     state.to_client_at = at;
-                    self.schedule(at, Event::ToClient { conn, text: frame });
+                    self.schedule(at, Event::ToClient { conn, text: frame, sent_at: self.now });
                 }
                 Output::Close { conn, code, reason } => {
                     self.trace(|| format!("node closes conn {conn} with {code}"));

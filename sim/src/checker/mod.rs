@@ -1,6 +1,9 @@
 //! Invariants over everything the clients observed. One canonical history: which (producer,
 //! seq) each stored id carries; any observation that contradicts it is a violation.
 
+mod coalescing;
+
+pub use coalescing::INV_NEWEST;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -61,9 +64,13 @@ pub struct Checker {
     /// Deliveries beyond this attempt break the dead-letter promise.
     max_attempts: u64,
     prev_of: BTreeMap<(String, String), BTreeMap<u64, u64>>,
-    last_first_seen: BTreeMap<(String, String, String), u64>,
+    /// When each delivered id of a key first left the node for one of the group's members,
+    /// by (topic, group, key): the group's order of first deliveries (a link may reorder them).
+    first_sent_to_group: BTreeMap<(String, String, String), BTreeMap<u64, u64>>,
     sent_key: BTreeMap<ProducerSeq, Option<String>>,
     filters: BTreeMap<(String, String), String>,
+    /// Coalescing groups' windows (ms).
+    coalesce_ms: BTreeMap<(String, String), u64>,
     last_nack: BTreeMap<(String, String, u64), u64>,
     /// Highest attempt each group's clients saw per id: at `max_attempts` the node may move it
     /// to the dead-letter topic, which then frees its key.
@@ -201,7 +208,8 @@ impl Checker {
         self.observe(topic, id, m["key"].as_str(), &m["body"]);
     }
 
-    pub fn delivered(&mut self, group: &str, frame: &Value, now: u64) {
+    /// A member of `group` received `frame` (a `msg`) at `now`; it left the node at `sent_at`.
+    pub fn delivered(&mut self, group: &str, frame: &Value, now: u64, sent_at: u64) {
         let topic = frame["topic"].as_str().unwrap_or_default().to_string();
         let id = frame["id"].as_u64().unwrap_or(0);
         let prev = frame["prev"].as_u64().unwrap_or(0);
@@ -245,22 +253,38 @@ impl Checker {
                 }
             }
         }
-        let first_time = self.delivered.entry(tg).or_default().insert(id);
-        if !first_time {
-            return;
+        if let Some(key) = key {
+            let first_sent = self.first_sent_to_group.entry((topic.clone(), group.to_string(), key.to_string())).or_default().entry(id).or_insert(sent_at);
+            *first_sent = (*first_sent).min(sent_at);
         }
-        if let Some(sent) = self.first_sent.get(&ps) {
+        let first_time = self.delivered.entry(tg).or_default().insert(id);
+        if let Some(sent) = self.first_sent.get(&ps).filter(|_| first_time) {
             self.latencies_ms.push((now.saturating_sub(*sent)) as f64 / 1e6);
         }
-        if let Some(key) = key {
-            let slot = self.last_first_seen.entry((topic.clone(), group.to_string(), key.to_string())).or_insert(0);
-            let before = *slot;
-            *slot = before.max(id);
-            // Retention may have settled `id` for the group (deleted while waiting for its key),
-            // letting later ones of its key go while an older copy of it was still on the wire.
-            if before > id && !self.sacrificed.contains(&(topic.clone(), before)) && !self.retained_away(&(topic.clone(), id)) {
-                self.violation(INV_KEY_ORDER, format!("{topic}/{group} key {key}: id {id} first delivered after id {before}"));
+    }
+
+    /// End of run: in each group, the first deliveries of a key left the node in id order
+    /// (whatever order the links to different members brought them in).
+    fn check_first_deliveries_in_key_order(&mut self) {
+        let mut found = Vec::new();
+        for ((topic, group, key), first_sent) in &self.first_sent_to_group {
+            // The latest first delivery among the smaller ids of the key so far: (its id, when).
+            let mut latest: Option<(u64, u64)> = None;
+            for (&id, &sent) in first_sent {
+                match latest {
+                    // Retention may have settled `older` for the group (deleted while waiting for
+                    // its key), letting later ones of its key go before a copy of it.
+                    Some((older, older_sent)) if older_sent > sent => {
+                        if !self.sacrificed.contains(&(topic.clone(), id)) && !self.retained_away(&(topic.clone(), older)) {
+                            found.push(format!("{topic}/{group} key {key}: id {older} first delivered after id {id}"));
+                        }
+                    }
+                    _ => latest = Some((id, sent)),
+                }
             }
+        }
+        for detail in found.into_iter().take(5) {
+            self.violation(INV_KEY_ORDER, detail);
         }
     }
 
@@ -380,6 +404,7 @@ impl Checker {
             .filter(|(ps, _)| prefix.is_none_or(|p| self.sent_key.get(*ps).and_then(Option::as_deref).is_some_and(|k| k.starts_with(p.as_str()))))
             .filter(|(_, (_, id))| !seen.is_some_and(|d| d.contains(id)))
             .map(|(_, (_, id))| *id)
+            .filter(|id| !self.coalescable(topic, group, *id))
             .collect()
     }
 
@@ -403,7 +428,9 @@ impl Checker {
             for (id, prev) in chain {
                 // Dead letters a client of this group never saw (each delivery lost with its
                 // connection) are skipped too: their copies were read from `<topic>.dlq`.
-                let skipped_dead_letters = expected < *prev && (expected + 1..=*prev).all(|skipped| self.dead_letter_seen(&(topic.clone(), skipped)));
+                let skipped_dead_letters = expected < *prev
+                    && (expected + 1..=*prev)
+                        .all(|skipped| self.dead_letter_seen(&(topic.clone(), skipped)) || self.coalescable(topic, group, skipped) || !self.passes_filter(topic, group, skipped));
                 let skipped_sacrificed = self.sacrificed.contains(&(topic.clone(), *prev)) || self.sacrificed_between(topic, (*prev).min(expected), *id) || skipped_dead_letters;
                 if *prev != expected && !skipped_sacrificed && broken.is_none() {
                     broken = Some(format!("{topic}/{group}: id {id} has prev {prev}, but the group's previous message is {expected}"));
@@ -414,11 +441,13 @@ impl Checker {
                 self.violation(INV_PREV, detail);
             }
         }
+        self.check_newest_delivered(groups);
+        self.check_first_deliveries_in_key_order();
         let suspects = std::mem::take(&mut self.key_order_suspects);
         for (topic, group, before, id) in suspects {
             let dead_lettered = self.owner.get(&(topic.clone(), before)).is_some_and(|ps| self.dead_letter_copies.contains_key(&(topic.clone(), ps.clone())))
                 || self.last_attempt.get(&(topic.clone(), group.clone(), before)).is_some_and(|a| *a >= self.max_attempts);
-            if !dead_lettered && !self.excused(&(topic.clone(), before)) {
+            if !dead_lettered && !self.excused(&(topic.clone(), before)) && !self.coalescable(&topic, &group, before) {
                 self.violation(INV_KEY_ORDER, format!("{topic}/{group}: id {id} delivered while id {before} of its key was not acked"));
                 break;
             }
@@ -468,14 +497,14 @@ mod tests {
                 c.publish_sent("p", seq, None, 0);
                 c.pubacked("p", seq, "t", seq, 0);
             }
-            c.delivered("g", &msg("t", 1, 0, 1), 0);
-            c.delivered("g", &msg("t", 3, 2, 3), 0);
+            c.delivered("g", &msg("t", 1, 0, 1), 0, 0);
+            c.delivered("g", &msg("t", 3, 2, 3), 0, 0);
             c.handed_to_application("t", "g", 1, None);
             c.handed_to_application("t", "g", 3, None);
             c.completed("t", "g", 1);
             c.completed("t", "g", 3);
             if dlq_copy_read {
-                c.delivered("audit", &msg("t.dlq", 1, 0, 2), 0);
+                c.delivered("audit", &msg("t.dlq", 1, 0, 2), 0, 0);
             }
             c.finish(&groups);
             c.violations.iter().map(|(invariant, _)| *invariant).collect::<Vec<_>>()
