@@ -105,10 +105,13 @@ pub enum TestBug {
     /// Coalescing: the older waiting messages go back to wait behind the newer one instead of
     /// being settled.
     CoalescedDeliveredAfterNewer,
+    /// Retention deletes a segment without copying the newest messages of keys in it: after
+    /// a restart `latest` no longer knows those keys.
+    LatestNotCopiedOnRetention,
 }
 
 impl TestBug {
-    pub const ALL: [TestBug; 29] = [
+    pub const ALL: [TestBug; 30] = [
         TestBug::PubackBeforeDurable,
         TestBug::ExpiryCountsAsAck,
         TestBug::DeadLetterOneAttemptLate,
@@ -138,6 +141,7 @@ impl TestBug {
         TestBug::CoalesceIgnoresWindow,
         TestBug::CoalesceKeepsOldest,
         TestBug::CoalescedDeliveredAfterNewer,
+        TestBug::LatestNotCopiedOnRetention,
     ];
 
     pub fn name(self) -> String {
@@ -213,6 +217,10 @@ pub struct Config {
     pub nack_delay_ms_max: u64,
     /// Longest coalescing window a `sub` may ask for (`coalesce_ms`).
     pub coalesce_ms_max: u64,
+    /// Bytes (keys, bodies and bookkeeping) of the newest message of every key of every topic,
+    /// kept for `latest`; past it new keys are left out and `latest` answers `overloaded` for
+    /// their topics.
+    pub latest_index_bytes_max: u64,
     /// Per-group settings by group name.
     pub groups: BTreeMap<String, GroupOverrides>,
     /// Unacked messages a group holds above its position before it stops taking new ones.
@@ -348,6 +356,7 @@ impl Default for Config {
             max_attempts: 16,
             nack_delay_ms_max: 24 * 3600 * 1000,
             coalesce_ms_max: 24 * 3600 * 1000,
+            latest_index_bytes_max: 64 << 20,
             groups: BTreeMap::new(),
             group_outstanding_max: 100_000,
             fan_out_groups_per_turn: 1_024,

@@ -517,7 +517,7 @@ fn refused_by(rights: &Rights, op: &ClientOp) -> Option<String> {
         | ClientOp::Unsub { topic, group, .. }
         | ClientOp::Ack { topic, group, .. }
         | ClientOp::Nack { topic, group, .. } => (!rights.may_read(topic, Some(group))).then(|| format!("no right to read '{topic}' in group '{group}'")),
-        ClientOp::Fetch { topic, .. } => (!rights.may_read(topic, None)).then(|| format!("no right to read '{topic}'")),
+        ClientOp::Fetch { topic, .. } | ClientOp::Latest { topic, .. } => (!rights.may_read(topic, None)).then(|| format!("no right to read '{topic}'")),
         ClientOp::Hello { .. } | ClientOp::Ping { .. } => None,
     }
 }
@@ -525,9 +525,13 @@ fn refused_by(rights: &Rights, op: &ClientOp) -> Option<String> {
 /// The `req` of an op that has one, as it is echoed.
 fn req_of(op: &ClientOp) -> Option<String> {
     match op {
-        ClientOp::Pub { req, .. } | ClientOp::Sub { req, .. } | ClientOp::Pull { req, .. } | ClientOp::Fetch { req, .. } | ClientOp::Unsub { req, .. } | ClientOp::Ping { req } => {
-            protocol::req_text(req)
-        }
+        ClientOp::Pub { req, .. }
+        | ClientOp::Sub { req, .. }
+        | ClientOp::Pull { req, .. }
+        | ClientOp::Fetch { req, .. }
+        | ClientOp::Latest { req, .. }
+        | ClientOp::Unsub { req, .. }
+        | ClientOp::Ping { req } => protocol::req_text(req),
         ClientOp::Ack { .. } | ClientOp::Nack { .. } | ClientOp::Hello { .. } => None,
     }
 }

@@ -15,6 +15,7 @@ pub mod host;
 pub mod ids;
 pub mod jwt;
 pub mod latency;
+pub mod latest;
 pub mod node;
 pub mod outstanding;
 pub mod pipeline;

@@ -28,6 +28,7 @@ mod cluster_load;
 mod cluster_status;
 mod delivery;
 mod forwarding;
+mod latest;
 mod load;
 mod log;
 mod membership;
@@ -290,6 +291,9 @@ pub struct MemoryUse {
     pub pending_fetches: usize,
     /// Recent message events kept for traces (`trace_bytes_max`).
     pub trace_bytes: u64,
+    /// The newest message of every key, for `latest` (`latest_index_bytes_max`), and the keys.
+    pub latest_index_bytes: u64,
+    pub latest_index_keys: u64,
 }
 
 impl MemoryUse {
@@ -302,6 +306,8 @@ impl MemoryUse {
             pending_publishes: self.pending_publishes + other.pending_publishes,
             pending_fetches: self.pending_fetches + other.pending_fetches,
             trace_bytes: self.trace_bytes + other.trace_bytes,
+            latest_index_bytes: self.latest_index_bytes + other.latest_index_bytes,
+            latest_index_keys: self.latest_index_keys + other.latest_index_keys,
         }
     }
 }
@@ -537,6 +543,8 @@ impl Node {
             pending_publishes: self.pending_publishes,
             pending_fetches: self.fetches.len(),
             trace_bytes: self.trace_book.bytes(),
+            latest_index_bytes: self.state.latest_bytes,
+            latest_index_keys: self.state.topics.iter().map(|t| t.latest.keys() as u64).sum(),
         }
     }
 

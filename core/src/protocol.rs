@@ -112,15 +112,65 @@ pub type Name<'a> = std::borrow::Cow<'a, str>;
 
 #[derive(Debug, PartialEq)]
 pub enum ClientOp<'a> {
-    Hello { token: Option<String> },
-    Pub { req: Req<'a>, topic: Name<'a>, body: RawJson<'a>, key: Option<Name<'a>>, producer: Option<Name<'a>>, seq: Option<u64> },
-    Sub { req: Req<'a>, topic: Name<'a>, group: Name<'a>, from: StartFrom, window: Option<u32>, filter: Option<Filter>, coalesce_ms: Option<u64> },
-    Ack { topic: Name<'a>, group: Name<'a>, ids: Vec<u64> },
-    Nack { topic: Name<'a>, group: Name<'a>, ids: Vec<u64>, delay_ms: u64 },
-    Pull { req: Req<'a>, topic: Name<'a>, group: Name<'a>, max: u32, wait_ms: u64 },
-    Fetch { req: Req<'a>, topic: Name<'a>, from: u64, to: u64 },
-    Unsub { req: Req<'a>, topic: Name<'a>, group: Name<'a> },
-    Ping { req: Req<'a> },
+    Hello {
+        token: Option<String>,
+    },
+    Pub {
+        req: Req<'a>,
+        topic: Name<'a>,
+        body: RawJson<'a>,
+        key: Option<Name<'a>>,
+        producer: Option<Name<'a>>,
+        seq: Option<u64>,
+    },
+    Sub {
+        req: Req<'a>,
+        topic: Name<'a>,
+        group: Name<'a>,
+        from: StartFrom,
+        window: Option<u32>,
+        filter: Option<Filter>,
+        coalesce_ms: Option<u64>,
+    },
+    Ack {
+        topic: Name<'a>,
+        group: Name<'a>,
+        ids: Vec<u64>,
+    },
+    Nack {
+        topic: Name<'a>,
+        group: Name<'a>,
+        ids: Vec<u64>,
+        delay_ms: u64,
+    },
+    Pull {
+        req: Req<'a>,
+        topic: Name<'a>,
+        group: Name<'a>,
+        max: u32,
+        wait_ms: u64,
+    },
+    Fetch {
+        req: Req<'a>,
+        topic: Name<'a>,
+        from: u64,
+        to: u64,
+    },
+    /// The newest stored message of each key (of `keys`, or all) with an id above `since`.
+    Latest {
+        req: Req<'a>,
+        topic: Name<'a>,
+        keys: Option<Vec<String>>,
+        since: u64,
+    },
+    Unsub {
+        req: Req<'a>,
+        topic: Name<'a>,
+        group: Name<'a>,
+    },
+    Ping {
+        req: Req<'a>,
+    },
 }
 
 impl ClientOp<'_> {
@@ -133,6 +183,7 @@ impl ClientOp<'_> {
             | ClientOp::Nack { topic, .. }
             | ClientOp::Pull { topic, .. }
             | ClientOp::Fetch { topic, .. }
+            | ClientOp::Latest { topic, .. }
             | ClientOp::Unsub { topic, .. } => Some(topic),
             ClientOp::Hello { .. } | ClientOp::Ping { .. } => None,
         }
@@ -175,6 +226,8 @@ struct WireFrame<'a> {
     delay_ms: Option<u64>,
     max: Option<u32>,
     wait_ms: Option<u64>,
+    keys: Option<Vec<String>>,
+    since: Option<u64>,
 }
 
 /// An optional name, borrowed from the text when it holds no escapes (serde's own `Cow`
@@ -372,6 +425,7 @@ fn decode_fields<'a>(f: WireFrame<'a>, req: FieldResult<Req<'a>>) -> FieldResult
             };
             ClientOp::Fetch { req, topic: need(f.topic, op, "topic")?, from, to: need(f.to, op, "to")? }
         }
+        "latest" => ClientOp::Latest { req: req?, topic: need(f.topic, op, "topic")?, keys: f.keys, since: f.since.unwrap_or(0) },
         "unsub" => ClientOp::Unsub { req: req?, topic: need(f.topic, op, "topic")?, group: need(f.group, op, "group")? },
         "ping" => ClientOp::Ping { req: req? },
         other => return Err((ErrorCode::UnknownOp, format!("unknown op '{}'", truncate_for_message(other)))),
@@ -559,7 +613,18 @@ pub fn encode_pulled(out: &mut String, req: Option<&str>, count: u32) {
 }
 
 pub fn encode_fetched_start(out: &mut String, req: Option<&str>, topic: &str) {
-    out.push_str("{\"op\":\"fetched\",");
+    encode_messages_start(out, "fetched", req, topic);
+}
+
+/// The start of a `latest` answer; its messages as `fetched`'s, then `encode_fetched_end`.
+pub fn encode_latest_start(out: &mut String, req: Option<&str>, topic: &str) {
+    encode_messages_start(out, "latest", req, topic);
+}
+
+fn encode_messages_start(out: &mut String, op: &str, req: Option<&str>, topic: &str) {
+    out.push_str("{\"op\":\"");
+    out.push_str(op);
+    out.push_str("\",");
     write_req(out, req);
     out.push_str("\"topic\":");
     write_json_str(out, topic);

@@ -6,6 +6,7 @@
 //! control = JSON (topic, group and producer state; rare, so readability wins)
 //! raft entry = index:u64 term:u64 entry_type:u8 data:bytes32        (a cluster shard's log)
 //! raft state = term:u64 vote:u64 commit:u64                         (its hard state)
+//! latest copy = as a message                  (retention's copy of the newest of a key)
 //! ```
 //! The message's own id is inside its CRC'd bytes so a misdirected read or write is caught.
 
@@ -23,6 +24,9 @@ pub const KIND_RAFT_STATE: u8 = 8;
 pub const KIND_APPLIED: u8 = 9;
 /// An operator dropped a group: a restart forgets its earlier records.
 pub const KIND_GROUP_DROPPED: u8 = 10;
+/// Retention is deleting the segment holding the newest message of a key: a copy of it, so
+/// the key's latest message survives (`latest`); the topic does not hold the id again.
+pub const KIND_LATEST_COPY: u8 = 11;
 /// Bounds `len` so a corrupt length field cannot make recovery allocate or skip wildly.
 pub const RECORD_BYTES_MAX: usize = 64 << 20;
 
@@ -41,6 +45,14 @@ pub struct MessageRef<'a> {
 pub struct TopicRecord {
     pub topic: String,
     pub next_id: u64,
+    /// Its latest-per-key index left keys out (`latest_index_bytes_max` was reached): a
+    /// restart must not take it for complete. Absent: false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub latest_incomplete: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,6 +182,7 @@ pub enum RecordRef<'a> {
     RaftState(RaftStateRecord),
     Applied(AppliedRecord),
     GroupDropped(GroupDroppedRecord),
+    LatestCopy(MessageRef<'a>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,7 +227,16 @@ fn finish(out: &mut [u8], start: usize) -> usize {
 
 /// Appends one message record; returns its size in bytes.
 pub fn encode_message(out: &mut Vec<u8>, m: &MessageRef<'_>) -> usize {
-    let start = begin(out, KIND_MESSAGE);
+    encode_message_as(out, KIND_MESSAGE, m)
+}
+
+/// Appends retention's copy of the newest message of a key; returns its size in bytes.
+pub fn encode_latest_copy(out: &mut Vec<u8>, m: &MessageRef<'_>) -> usize {
+    encode_message_as(out, KIND_LATEST_COPY, m)
+}
+
+fn encode_message_as(out: &mut Vec<u8>, kind: u8, m: &MessageRef<'_>) -> usize {
+    let start = begin(out, kind);
     out.extend_from_slice(&m.id.to_le_bytes());
     put_message_fields(out, &MessageFields { ts_ms: m.ts_ms, topic: m.topic, key: m.key, producer: m.producer, seq: m.seq, body: m.body });
     finish(out, start)
@@ -407,6 +429,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<(RecordRef<'_>, usize), RecordError
         KIND_RAFT_ENTRY => RecordRef::RaftEntry(decode_raft_entry(payload).ok_or(RecordError::Malformed("raft entry"))?),
         KIND_RAFT_STATE => RecordRef::RaftState(decode_raft_state(payload).ok_or(RecordError::Malformed("raft state"))?),
         KIND_APPLIED => RecordRef::Applied(serde_json::from_slice(payload).map_err(|_| RecordError::Malformed("applied"))?),
+        KIND_LATEST_COPY => RecordRef::LatestCopy(decode_message(payload).ok_or(RecordError::Malformed("latest copy"))?),
         KIND_GROUP_DROPPED => RecordRef::GroupDropped(serde_json::from_slice(payload).map_err(|_| RecordError::Malformed("group dropped"))?),
         _ => return Err(RecordError::Malformed("kind")),
     };

@@ -64,6 +64,11 @@ pub struct Topic {
     pub publish_bucket: crate::bucket::Bucket,
     /// An operator refuses publishes to it (until switched back, on this node, while it runs).
     pub publishes_refused: bool,
+    /// The newest durable message of each key (`latest`).
+    pub latest: crate::latest::LatestIndex,
+    /// `latest` left keys out of it (`latest_index_bytes_max` reached): its answers would be
+    /// incomplete.
+    pub latest_incomplete: bool,
 }
 
 impl Topic {
@@ -85,6 +90,8 @@ impl Topic {
             published: 0,
             publish_bucket: crate::bucket::Bucket::default(),
             publishes_refused: false,
+            latest: crate::latest::LatestIndex::default(),
+            latest_incomplete: false,
         }
     }
 

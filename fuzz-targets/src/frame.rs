@@ -103,7 +103,12 @@ fn check_op(op: &ClientOp) {
             serde_json::from_str::<Box<RawValue>>(body.get()).unwrap_or_else(|e| panic!("body {:?} is not JSON: {e}", body.get()));
             req
         }
-        ClientOp::Sub { req, .. } | ClientOp::Pull { req, .. } | ClientOp::Fetch { req, .. } | ClientOp::Unsub { req, .. } | ClientOp::Ping { req } => req,
+        ClientOp::Sub { req, .. }
+        | ClientOp::Pull { req, .. }
+        | ClientOp::Fetch { req, .. }
+        | ClientOp::Latest { req, .. }
+        | ClientOp::Unsub { req, .. }
+        | ClientOp::Ping { req } => req,
         ClientOp::Hello { .. } | ClientOp::Ack { .. } | ClientOp::Nack { .. } => &None,
     };
     if let Some(req) = req {

@@ -767,9 +767,14 @@ fn garbage_is_safe(text: &str, depth_max: u32) -> bool {
     match protocol::decode(text, depth_max) {
         // Publishes only from the driver (it tracks their answers).
         Ok(ClientOp::Pub { .. }) => false,
-        Ok(ClientOp::Fetch { req, .. } | ClientOp::Unsub { req, .. } | ClientOp::Ping { req } | ClientOp::Sub { req, .. } | ClientOp::Pull { req, .. }) => {
-            !ours(req.as_ref().map(|r| r.get()))
-        }
+        Ok(
+            ClientOp::Fetch { req, .. }
+            | ClientOp::Latest { req, .. }
+            | ClientOp::Unsub { req, .. }
+            | ClientOp::Ping { req }
+            | ClientOp::Sub { req, .. }
+            | ClientOp::Pull { req, .. },
+        ) => !ours(req.as_ref().map(|r| r.get())),
         Ok(_) => true,
         Err(e) => !ours(e.req.as_deref()),
     }

@@ -59,9 +59,17 @@ enum Rec {
         producer: Option<(Name, u8)>,
         body: Body,
     },
+    /// Retention's copy of the newest message of a key (any id, any key, even none).
+    LatestCopy {
+        topic: Name,
+        id: Id,
+        key: Option<Name>,
+        body: Body,
+    },
     Topic {
         topic: Name,
         next_id: Id,
+        latest_incomplete: bool,
     },
     Group {
         topic: Name,
@@ -140,6 +148,17 @@ enum Body {
     Invalid(String),
 }
 
+impl Body {
+    fn text(&self) -> String {
+        match self {
+            Body::Number(n) => n.to_string(),
+            Body::Text(s) => serde_json::to_string(s).expect("string serializes"),
+            Body::Object { n, c } => json!({"n": n, "c": if *c { "red" } else { "blue" }}).to_string(),
+            Body::Invalid(s) => s.clone(),
+        }
+    }
+}
+
 #[derive(Arbitrary, Debug)]
 enum FilterSpec {
     None,
@@ -157,6 +176,14 @@ enum Damage {
 
 fn encode(out: &mut Vec<u8>, rec: &Rec) {
     match rec {
+        Rec::LatestCopy { topic, id, key, body } => {
+            let (topic, key, body) = (topic.text(), key.as_ref().map(Name::text), body.text());
+            if topic.len() >= u16::MAX as usize || key.as_ref().is_some_and(|k| k.len() >= u16::MAX as usize - 1) {
+                return;
+            }
+            let m = MessageRef { id: id.value(), ts_ms: 1_700_000_000_000, topic: &topic, key: key.as_deref(), producer: None, seq: 0, body: &body };
+            record::encode_latest_copy(out, &m);
+        }
         Rec::Message { topic, id, key, producer, body } => {
             let topic = topic.text();
             let key = key.as_ref().map(Name::text);
@@ -164,12 +191,7 @@ fn encode(out: &mut Vec<u8>, rec: &Rec) {
                 Some((name, seq)) => (Some(name.text()), u64::from(*seq)),
                 None => (None, 0),
             };
-            let body = match body {
-                Body::Number(n) => n.to_string(),
-                Body::Text(s) => serde_json::to_string(s).expect("string serializes"),
-                Body::Object { n, c } => json!({"n": n, "c": if *c { "red" } else { "blue" }}).to_string(),
-                Body::Invalid(s) => s.clone(),
-            };
+            let body = body.text();
             if topic.len() >= u16::MAX as usize
                 || key.as_ref().is_some_and(|k| k.len() >= u16::MAX as usize - 1)
                 || producer.as_ref().is_some_and(|p| p.len() >= u16::MAX as usize - 1)
@@ -179,8 +201,9 @@ fn encode(out: &mut Vec<u8>, rec: &Rec) {
             let m = MessageRef { id: id.value(), ts_ms: 1_700_000_000_000, topic: &topic, key: key.as_deref(), producer: producer.as_deref(), seq, body: &body };
             record::encode_message(out, &m);
         }
-        Rec::Topic { topic, next_id } => {
-            record::encode_control(out, record::KIND_TOPIC, &TopicRecord { topic: topic.text(), next_id: next_id.value() });
+        Rec::Topic { topic, next_id, latest_incomplete } => {
+            let record = TopicRecord { topic: topic.text(), next_id: next_id.value(), latest_incomplete: *latest_incomplete };
+            record::encode_control(out, record::KIND_TOPIC, &record);
         }
         Rec::Group { topic, group, filter, start_id, floor, floor_prev, acked } => {
             let filter = match filter {

@@ -151,12 +151,14 @@ pub fn render(host: &Host, fsync_seconds: &Histogram, peer_links: &[(u64, bool)]
         ("unwritten_log", "Bytes of the log not yet written", memory.unwritten_log_bytes),
         ("raft_log_memory", "Bytes of raft entries held in memory (raft_log_memory_bytes)", host.raft_memory_bytes()),
         ("trace_memory", "Bytes of recent message events kept for traces (trace_bytes_max)", memory.trace_bytes),
+        ("latest_index", "Bytes of the newest message of every key, kept for latest (latest_index_bytes_max)", memory.latest_index_bytes),
         ("read_ahead", "Bytes read from sockets that connections have not taken yet (read_ahead_bytes_total_max)", crate::read_ahead::kept_total() as u64),
     ];
     for (name, help, value) in gauges {
         registry.register_with_unit(name, help, Unit::Bytes, ConstGauge::new(value as i64));
     }
     registry.register("pending_publishes", "Publishes waiting for the disk or for commit (pending_publishes_max)", ConstGauge::new(i64::from(memory.pending_publishes)));
+    registry.register("latest_index_keys", "Keys whose newest message is kept for latest", ConstGauge::new(memory.latest_index_keys as i64));
     registry.register("pending_fetches", "Fetches waiting for disk reads (fetches_pending_max)", ConstGauge::new(memory.pending_fetches as i64));
     register_topics(&mut registry, host);
     if host.shards().iter().any(|shard| shard.cluster_view().is_some()) {

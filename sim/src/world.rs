@@ -333,6 +333,10 @@ impl World {
                     subscriber.pull = pull_wait_ms.map(|wait_ms| PullOptions { max: window, wait_ms });
                     subscriber.filter = filter.clone();
                     subscriber.coalesce_ms = coalesce_ms;
+                    // Some members reconcile with `latest` now and then (from the seed: the draws
+                    // keep their order).
+                    let m_seed = seed + tg + m as u64;
+                    subscriber.latest.every = (swarm.keys > 0 && m_seed % 3 == 1).then_some(4 + m_seed % 9);
                     // In a cluster a message may cross a peer link before the client's own link
                     // (its member's node is not the leader): two hops.
                     let hops = if nodes::voters_for(options.seed) > 1 { 2 } else { 1 };
@@ -378,6 +382,9 @@ impl World {
         let n = clients.len();
         let retention_age_ns = (config.retention_age_ms < u64::MAX / 4).then(|| config.retention_age_ms * MS);
         let mut checker = Checker::new(config.max_attempts as u64, retention_age_ns);
+        if !config.peers.is_empty() {
+            checker.latest_lost_with_retention();
+        }
         for client in &clients {
             if let Client::Subscriber(s) = client {
                 if let Some(prefix) = &s.filter {

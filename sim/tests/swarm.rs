@@ -100,6 +100,7 @@ fn expected_invariants(bug: TestBug) -> &'static [&'static str] {
         TestBug::CoalesceIgnoresWindow => &[INV_LOST, INV_APP_LOST],
         TestBug::CoalesceKeepsOldest => &[INV_NEWEST, INV_LOST],
         TestBug::CoalescedDeliveredAfterNewer => &[INV_KEY_ORDER, INV_APP_KEY_ORDER],
+        TestBug::LatestNotCopiedOnRetention => &[INV_LATEST],
     }
 }
 
@@ -112,6 +113,9 @@ fn seeds_for(bug: TestBug) -> Vec<u64> {
     let cluster_only = matches!(bug, TestBug::RaftPersistedEarly | TestBug::PubackOnLeaderFsync | TestBug::IdsAssignedAtPropose | TestBug::FollowerDeliversUncommitted);
     if cluster_only {
         (2..).step_by(4).take(BUG_SEED_BUDGET).collect()
+    } else if bug == TestBug::LatestNotCopiedOnRetention {
+        // Only seeds deleting old segments (every seventh) delete what `latest` must keep.
+        (3..).step_by(7).take(BUG_SEED_BUDGET).collect()
     } else {
         (1..).take(BUG_SEED_BUDGET).collect()
     }

@@ -67,6 +67,7 @@ impl Node {
                         if let Ok(t) = self.state.topic_for(&r.topic) {
                             let topic = &mut self.state.topics[t];
                             topic.next_id = topic.next_id.max(r.next_id);
+                            topic.latest_incomplete |= r.latest_incomplete;
                             last_topic_record.insert(t, ((*segment, offset), r.next_id));
                             if position == 0 && *segment > 1 && offset < snapshot_end && found == Found::Intact {
                                 retained_from.entry(t).or_insert(r.next_id);
@@ -78,6 +79,11 @@ impl Node {
                     }
                     RecordRef::GroupDropped(r) => {
                         group_records.remove(&(r.topic, r.group));
+                    }
+                    RecordRef::LatestCopy(m) => {
+                        if let (Ok(t), Some(key)) = (self.state.topic_for(m.topic), m.key) {
+                            self.state.record_latest(t, m.id, key, m.ts_ms, m.body, *segment);
+                        }
                     }
                     RecordRef::Producer(r) => {
                         for (seq, topic, id) in r.seqs {
@@ -260,6 +266,9 @@ impl Node {
         }
         topic.index_push(m.id, Loc { segment, offset, len: size as u32 }, m.ts_ms);
         topic.next_id = topic.next_id.max(m.id + 1);
+        if let Some(key) = m.key {
+            self.state.record_latest(t, m.id, key, m.ts_ms, m.body, segment);
+        }
         if let Some(producer) = m.producer {
             self.state.remember_seq(producer, m.seq, SeenSeq { topic: t, id: m.id, durable: true });
         }

@@ -6,7 +6,9 @@ use crate::batch;
 use crate::config::{FsyncPolicy, TestBug};
 use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::protocol::{self, ErrorCode};
+use crate::topic::StoredMessage;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::rc::Rc;
 
 pub(super) enum Waiter {
     Puback {
@@ -60,11 +62,29 @@ pub(super) struct Batch {
     pub(super) token: u64,
     /// Written with an fsync: once done, everything in its segment up to its end is durable.
     pub(super) sync: bool,
+    /// Its messages with a key: once durable, each may be the newest of its key (`latest`).
+    pub(super) keyed: Vec<(TopicIdx, Rc<StoredMessage>, u64)>,
+    /// Retention's copies of the newest message of keys in it: (topic, id, the segment its
+    /// record was in before), put back should the batch fail.
+    pub(super) latest_copies: Vec<(TopicIdx, u64, u64)>,
 }
 
 impl Batch {
     pub(super) fn new(segment: u64, offset: u64, create: bool) -> Batch {
-        Batch { segment, offset, data: Vec::new(), len: 0, create, waiters: Vec::new(), marks: BTreeMap::new(), started_at_ns: 0, token: 0, sync: false }
+        Batch {
+            segment,
+            offset,
+            data: Vec::new(),
+            len: 0,
+            create,
+            waiters: Vec::new(),
+            marks: BTreeMap::new(),
+            started_at_ns: 0,
+            token: 0,
+            sync: false,
+            keyed: Vec::new(),
+            latest_copies: Vec::new(),
+        }
     }
 }
 
@@ -311,6 +331,10 @@ impl Node {
             let topic = &mut self.state.topics[*t];
             topic.durable_next_id = topic.durable_next_id.max(*next_id);
         }
+        for (t, message, segment) in &batch.keyed {
+            let key = message.key.as_deref().expect("only messages with a key are listed");
+            self.state.record_latest(*t, message.id, key, message.ts_ms, &message.body, *segment);
+        }
         for waiter in batch.waiters {
             match waiter {
                 Waiter::Puback { conn, req, topic, id, producer, received_ns } => {
@@ -380,6 +404,11 @@ impl Node {
         let mut rejoin = Vec::new();
         let mut dropped_again = Vec::new();
         let mut to_pump = BTreeSet::new();
+        // Retention's copies are lost too: their keys' newest records are where they were, and
+        // retention copies them again before it deletes that segment.
+        for (t, id, segment) in lost.iter().flat_map(|b| &b.latest_copies) {
+            self.state.topics[*t].latest.moved(*id, *segment);
+        }
         for waiter in lost.into_iter().flat_map(|b| b.waiters) {
             match waiter {
                 Waiter::Puback { conn, req, producer, .. } => {
@@ -493,6 +522,7 @@ impl Node {
         let waiters = std::mem::take(&mut self.log.open.waiters);
         let marks = std::mem::take(&mut self.log.open.marks);
         assert!(self.log.open.data.is_empty(), "open batch data would be written to the wrong segment");
+        debug_assert!(self.log.open.keyed.is_empty() && self.log.open.latest_copies.is_empty(), "their records are in the data");
         self.log.segment = segment;
         self.log.segment_len = offset;
         self.log.segment_unsynced = false;
@@ -544,6 +574,9 @@ impl Node {
             let age_ms = if self.config.test_bug == Some(TestBug::RetentionTooEarly) { self.config.retention_age_ms / 4 } else { self.config.retention_age_ms };
             let too_old = newest_of_unit.last_write_ms + age_ms < now_ms;
             if !too_big && !too_old {
+                return;
+            }
+            if !self.latest_copied_before(newest_of_unit.id) {
                 return;
             }
             for _ in 0..unit {

@@ -172,9 +172,12 @@ impl Node {
         let written = record::encode_message(&mut self.log.open.data, &record) as u64;
         debug_assert_eq!(written, size);
         self.log.segment_len += written;
-        let stored = StoredMessage { id, ts_ms, stored_ns: self.now_ns, key: message.key.map(Into::into), body: message.body.into(), raft_index: 0 };
+        let stored = Rc::new(StoredMessage { id, ts_ms, stored_ns: self.now_ns, key: message.key.map(Into::into), body: message.body.into(), raft_index: 0 });
+        if message.key.is_some() {
+            self.log.open.keyed.push((t, stored.clone(), loc.segment));
+        }
         let (topic_max, total_max) = (self.config.topic_cache_bytes, self.config.cache_bytes_total);
-        self.cache_budget.push(&mut self.state.topics, t, Rc::new(stored), topic_max, total_max);
+        self.cache_budget.push(&mut self.state.topics, t, stored, topic_max, total_max);
         self.log.open.marks.insert(t, id + 1);
         self.trace_book.push(self.now_ns, t, id, Happening::Stored { segment: loc.segment });
         id

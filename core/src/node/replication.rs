@@ -484,6 +484,9 @@ impl Node {
         let loc = *self.replication.as_ref().and_then(|r| r.entry_locs.get(&index)).expect("an entry is written before it is applied");
         let message = NewMessage { topic: t, key: publish.key, producer: publish.producer, body: publish.body };
         let id = self.state.apply_publish(&message, loc, publish.ts_ms);
+        if let Some(key) = publish.key {
+            self.state.record_latest(t, id, key, publish.ts_ms, publish.body, loc.segment);
+        }
         if let Some((producer, seq)) = publish.producer {
             // Committed: a retry from now on is answered at once.
             self.state.remember_seq(producer, seq, SeenSeq { topic: t, id, durable: true });

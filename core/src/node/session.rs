@@ -128,6 +128,7 @@ impl Node {
             ClientOp::Nack { topic, group, ids, delay_ms } => self.on_ack(conn, &topic, &group, &ids, Some(delay_ms)),
             ClientOp::Pull { req, topic, group, max, wait_ms } => self.on_pull(conn, req_of(&req), &topic, &group, max, wait_ms),
             ClientOp::Fetch { req, topic, from, to } => self.on_fetch(conn, req_of(&req), &topic, from, to),
+            ClientOp::Latest { req, topic, keys, since } => self.on_latest(conn, req_of(&req), &topic, keys.as_deref(), since),
             ClientOp::Unsub { req, topic, group } => self.on_unsub(conn, req_of(&req), &topic, &group),
             ClientOp::Hello { .. } | ClientOp::Ping { .. } => unreachable!("the host answers hello and ping"),
         }

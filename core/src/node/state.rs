@@ -42,6 +42,9 @@ pub(super) struct State {
     topics_max: u32,
     producer_seqs_max: u32,
     producers_max: u32,
+    /// Bytes of every topic's latest-per-key index, and their bound.
+    pub(super) latest_bytes: u64,
+    latest_bytes_max: u64,
 }
 
 impl State {
@@ -54,6 +57,8 @@ impl State {
             use_counter: 0,
             new_topic_first_id: 1,
             applied: None,
+            latest_bytes: 0,
+            latest_bytes_max: config.latest_index_bytes_max,
             topics_max: config.topics_max,
             producer_seqs_max: config.producer_seqs_max,
             producers_max: config.producers_max,
@@ -102,6 +107,21 @@ impl State {
         id
     }
 
+    /// Message `id` of topic `t`, with `key`, is durable (its newest record in `segment`): the
+    /// topic's latest-per-key index takes it. A key new to the index only while all of them
+    /// stay within `latest_index_bytes_max`; past it the topic's index is incomplete.
+    pub(super) fn record_latest(&mut self, t: TopicIdx, id: u64, key: &str, ts_ms: u64, body: &str, segment: u64) {
+        let topic = &mut self.topics[t];
+        let cost = crate::latest::ENTRY_OVERHEAD_BYTES + (key.len() + body.len()) as u64;
+        if !topic.latest.has_key(key) && self.latest_bytes + cost > self.latest_bytes_max {
+            topic.latest_incomplete = true;
+            return;
+        }
+        if let crate::latest::Recorded::Taken(grown) = topic.latest.record(id, key, ts_ms, body, segment) {
+            self.latest_bytes = self.latest_bytes.saturating_add_signed(grown);
+        }
+    }
+
     /// Creates group `name` of topic `t`; where it starts is decided here, from the topic as
     /// it stands when the creation is applied.
     pub(super) fn apply_create_group(&mut self, t: TopicIdx, name: &str, from: StartFrom, terms: GroupTerms, ack_timeout_ns: u64, max_attempts: u32) -> GroupIdx {
@@ -137,7 +157,7 @@ impl State {
     /// the raft entry applied last.
     pub(super) fn encode_snapshot(&self, data: &mut Vec<u8>, salvaged: &[SalvagedRecord]) {
         for topic in &self.topics {
-            record::encode_control(data, record::KIND_TOPIC, &TopicRecord { topic: topic.name.clone(), next_id: topic.next_id });
+            record::encode_control(data, record::KIND_TOPIC, &TopicRecord { topic: topic.name.clone(), next_id: topic.next_id, latest_incomplete: topic.latest_incomplete });
         }
         for topic in &self.topics {
             for group in topic.groups.iter().filter(|g| !g.dropped) {

@@ -57,6 +57,7 @@ pub fn encode_client_op(out: &mut String, op: &ClientOp<'_>) {
         ClientOp::Nack { .. } => "nack",
         ClientOp::Pull { .. } => "pull",
         ClientOp::Fetch { .. } => "fetch",
+        ClientOp::Latest { .. } => "latest",
         ClientOp::Unsub { .. } => "unsub",
         ClientOp::Ping { .. } => "ping",
     };
@@ -131,6 +132,15 @@ pub fn encode_client_op(out: &mut String, op: &ClientOp<'_>) {
             write_name(out, "topic", topic);
             write_u64(out, "from", *from);
             write_u64(out, "to", *to);
+        }
+        ClientOp::Latest { req, topic, keys, since } => {
+            write_req(out, req);
+            write_name(out, "topic", topic);
+            if let Some(keys) = keys {
+                out.push_str(",\"keys\":");
+                out.push_str(&serde_json::to_string(keys).expect("strings serialize"));
+            }
+            write_u64(out, "since", *since);
         }
         ClientOp::Unsub { req, topic, group } => {
             write_req(out, req);
@@ -320,6 +330,8 @@ mod tests {
             ClientOp::Nack { topic: name("t"), group: name("g"), ids: vec![3], delay_ms: 250 },
             ClientOp::Pull { req: req("1"), topic: name("t"), group: name("g"), max: 10, wait_ms: 5_000 },
             ClientOp::Fetch { req: req("2"), topic: name("t"), from: 1, to: 99 },
+            ClientOp::Latest { req: req("3"), topic: name("t"), keys: Some(vec!["a\"b".into(), "c".into()]), since: 7 },
+            ClientOp::Latest { req: req("4"), topic: name("t"), keys: None, since: 0 },
             ClientOp::Unsub { req: req("3"), topic: name("t"), group: name("g") },
             ClientOp::Ping { req: req("4") },
             ClientOp::Ping { req: None },

@@ -2,8 +2,10 @@
 //! seq) each stored id carries; any observation that contradicts it is a violation.
 
 mod coalescing;
+mod latest;
 
 pub use coalescing::INV_NEWEST;
+pub use latest::INV_LATEST;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -71,6 +73,8 @@ pub struct Checker {
     filters: BTreeMap<(String, String), String>,
     /// Coalescing groups' windows (ms).
     coalesce_ms: BTreeMap<(String, String), u64>,
+    /// The nodes' `latest` may forget keys whose records retention deleted (cluster mode).
+    latest_lost_with_retention: bool,
     last_nack: BTreeMap<(String, String, u64), u64>,
     /// Highest attempt each group's clients saw per id: at `max_attempts` the node may move it
     /// to the dead-letter topic, which then frees its key.

@@ -3,6 +3,7 @@
 //! application behind it (runner.rs carries its frames and timers); misbehavers (misuse.rs)
 //! break the protocol on purpose.
 
+mod latest_reads;
 mod publisher;
 mod runner;
 mod subscriber;

@@ -47,7 +47,9 @@ impl Publisher {
         let now = ctx.now;
         while self.handed < self.total {
             let seq = self.handed + 1;
-            let key = (self.keys > 0).then(|| format!("k{}", seq % self.keys));
+            // The first few keys are used once: their messages stay the newest of their keys
+            // while retention deletes the segments they are in (`latest` must keep them).
+            let key = (self.keys > 0).then(|| if seq <= 3 { format!("{}-once-{seq}", self.producer) } else { format!("k{}", seq % self.keys) });
             let body = body_for(&self.producer, seq).to_string();
             match self.runner.library().publish(now, &self.topic, key.as_deref(), &body) {
                 Ok(id) => debug_assert_eq!(id.0, seq, "the library numbers publishes from 1"),

@@ -10,6 +10,7 @@
 //! Audits are `fetch`es the application sends itself on the library's connection. Some
 //! members receive by `pull` (the library joins with `sub` once, then pulls).
 
+use super::latest_reads::LatestReads;
 use super::runner::{Out, Runner};
 use super::{library_config, AckStyle, Action, Ctx, MS};
 use crate::checker::{INV_APP_ONCE, INV_BOUNDS};
@@ -44,6 +45,8 @@ pub struct Subscriber {
     pub audit_from_start: bool,
     /// The group's ack timeout less the largest one-way delay (0: no window check).
     pub window_hold_ns: u64,
+    /// Reads of the newest message of every key (`latest`), checked.
+    pub latest: LatestReads,
     runner: Runner,
     /// The world reports a connection open (audits go out only then).
     connected: bool,
@@ -101,6 +104,7 @@ impl Subscriber {
             audit_every: None,
             audit_from_start: false,
             window_hold_ns: 0,
+            latest: LatestReads::default(),
             connected: false,
             resubscribe_at: None,
             app: Application::default(),
@@ -149,6 +153,9 @@ impl Subscriber {
         for (from, to) in std::mem::take(&mut self.wire.audit_later) {
             self.audit(from, to, ctx);
         }
+        if self.connected {
+            self.latest.due_again(&self.topic, &mut self.runner, ctx);
+        }
         self.carry_out(ctx);
     }
 
@@ -157,6 +164,7 @@ impl Subscriber {
     pub fn heal(&mut self) {
         self.style = AckStyle::Prompt;
         self.app.due_acks.extend(self.app.skipped.drain(..).map(|id| (0, id)));
+        self.latest.read_soon();
     }
 
     pub fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
@@ -171,6 +179,7 @@ impl Subscriber {
         self.wire.fetching.clear();
         self.wire.audit_later.clear();
         self.wire.unacked.clear();
+        self.latest.drop_read();
         self.runner.on_disconnected(ctx);
         self.carry_out(ctx);
     }
@@ -184,6 +193,8 @@ impl Subscriber {
             // What came before the suback belongs to an earlier membership.
             Some("suback") => self.wire.unacked.clear(),
             Some("fetched") => self.on_fetched(frame, ctx),
+            Some("latest") => self.latest.on_answer(&self.topic, frame, &mut self.runner, ctx),
+            Some("error") if self.latest.on_error(frame, ctx) => {}
             Some("error") => {
                 if let Some((from, to, _, audit)) = self.wire.fetching.remove(&frame["req"].to_string()) {
                     // Too many fetches wait for the disk on this connection: ask again a little later.
@@ -301,6 +312,9 @@ impl Subscriber {
         if self.audit_every.is_some_and(|every| self.app.processed.is_multiple_of(every)) {
             let from = if self.audit_from_start { 1 } else { id.saturating_sub(8).max(1) };
             self.audit(from, id, ctx);
+        }
+        if self.connected {
+            self.latest.after_processing(self.app.processed, &self.topic, &mut self.runner, ctx);
         }
         if self.unsub_every.is_some_and(|every| self.resubscribe_at.is_none() && self.app.processed.is_multiple_of(every)) {
             // Leave; what is still in flight goes to the other members.

@@ -1,0 +1,154 @@
+//! The newest durable message of each key of a topic, for `latest` (reconciliation reads).
+//!
+//! Kept whole in memory (key, id, body, stored time), so `latest` never waits for the disk,
+//! and bounded in bytes over all topics by the node (`latest_index_bytes_max`). Rebuilt at a
+//! restart from the log: message records, and the copies retention writes of what is still the
+//! newest of its key in a segment it deletes (`segment` says where each one's record is).
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+/// Bytes an entry costs besides its key and body: its two map entries and fields.
+pub const ENTRY_OVERHEAD_BYTES: u64 = 112;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LatestMessage {
+    pub key: Rc<str>,
+    pub ts_ms: u64,
+    pub body: Rc<str>,
+    /// The segment holding its newest record (the message's own, or retention's copy).
+    pub segment: u64,
+}
+
+impl LatestMessage {
+    fn bytes(&self) -> u64 {
+        ENTRY_OVERHEAD_BYTES + self.key.len() as u64 + self.body.len() as u64
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct LatestIndex {
+    by_id: BTreeMap<u64, LatestMessage>,
+    by_key: BTreeMap<Rc<str>, u64>,
+    bytes: u64,
+}
+
+/// What `LatestIndex::record` did to the index's size.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// The key's entry now is `id` (or already was, and moved to a newer segment); its bytes
+    /// grew by this much (negative: shrank).
+    Taken(i64),
+    /// The key already has a newer message: nothing changed.
+    Older,
+}
+
+impl LatestIndex {
+    /// Message `id` of `key` is durable in `segment`: it becomes the key's entry unless the key
+    /// has a newer one. (The same id again, from retention's copy, moves it to `segment`.)
+    pub fn record(&mut self, id: u64, key: &str, ts_ms: u64, body: &str, segment: u64) -> Recorded {
+        let before = match self.by_key.get(key) {
+            Some(&current) if current > id => return Recorded::Older,
+            Some(&current) => {
+                let old = self.by_id.remove(&current).expect("by_key and by_id agree");
+                if current == id {
+                    let moved = LatestMessage { segment: segment.max(old.segment), ..old };
+                    self.by_id.insert(id, moved);
+                    return Recorded::Taken(0);
+                }
+                old.bytes()
+            }
+            None => 0,
+        };
+        let key: Rc<str> = self.by_key.get_key_value(key).map_or_else(|| Rc::from(key), |(k, _)| k.clone());
+        let message = LatestMessage { key: key.clone(), ts_ms, body: Rc::from(body), segment };
+        let after = message.bytes();
+        self.by_id.insert(id, message);
+        self.by_key.insert(key, id);
+        self.bytes = self.bytes + after - before;
+        Recorded::Taken(after as i64 - before as i64)
+    }
+
+    /// Entries with ids above `since`, in id order; only those of `keys` when given.
+    pub fn since<'a>(&'a self, since: u64, keys: Option<&'a [String]>) -> Box<dyn Iterator<Item = (u64, &'a LatestMessage)> + 'a> {
+        match keys {
+            None => Box::new(self.by_id.range(since.saturating_add(1)..).map(|(id, m)| (*id, m))),
+            Some(keys) => {
+                let mut ids: Vec<u64> = keys.iter().filter_map(|key| self.by_key.get(key.as_str()).copied()).filter(|id| *id > since).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                Box::new(ids.into_iter().map(|id| (id, &self.by_id[&id])))
+            }
+        }
+    }
+
+    /// The ids whose newest record is in `segment` or an older one (retention is about to
+    /// delete those segments: they need a copy first).
+    pub fn in_segments_through(&self, segment: u64) -> Vec<u64> {
+        self.by_id.iter().filter(|(_, m)| m.segment <= segment).map(|(id, _)| *id).collect()
+    }
+
+    pub fn has_key(&self, key: &str) -> bool {
+        self.by_key.contains_key(key)
+    }
+
+    pub fn get(&self, id: u64) -> Option<&LatestMessage> {
+        self.by_id.get(&id)
+    }
+
+    /// Its entry's record was copied into `segment`.
+    pub fn moved(&mut self, id: u64, segment: u64) {
+        if let Some(message) = self.by_id.get_mut(&id) {
+            message.segment = segment;
+        }
+    }
+
+    pub fn keys(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Forgets everything (a state installed from a cluster's leader replaces the topic's).
+    pub fn clear(&mut self) -> u64 {
+        let bytes = self.bytes;
+        *self = LatestIndex::default();
+        bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_key_keeps_its_newest_message_and_pages_by_id() {
+        let mut index = LatestIndex::default();
+        assert!(matches!(index.record(1, "a", 10, "\"a1\"", 1), Recorded::Taken(_)));
+        index.record(2, "b", 11, "\"b2\"", 1);
+        index.record(4, "a", 12, "\"a4\"", 2);
+        assert_eq!(index.record(3, "a", 13, "\"a3\"", 3), Recorded::Older, "an older message of a key is not its latest");
+        let all: Vec<(u64, &str)> = index.since(0, None).map(|(id, m)| (id, &*m.body)).collect();
+        assert_eq!(all, vec![(2, "\"b2\""), (4, "\"a4\"")]);
+        assert_eq!(index.since(2, None).map(|(id, _)| id).collect::<Vec<_>>(), vec![4]);
+        let keys = ["a".to_string(), "zz".to_string()];
+        assert_eq!(index.since(0, Some(&keys)).map(|(id, _)| id).collect::<Vec<_>>(), vec![4]);
+        assert_eq!(index.keys(), 2);
+        assert_eq!(index.bytes(), 2 * ENTRY_OVERHEAD_BYTES + 2 + 8, "keys a and b, bodies of 4 bytes");
+    }
+
+    #[test]
+    fn a_copy_moves_an_entry_to_its_segment_and_retention_finds_what_needs_one() {
+        let mut index = LatestIndex::default();
+        index.record(1, "a", 10, "1", 1);
+        index.record(2, "b", 10, "2", 2);
+        index.record(3, "c", 10, "3", 3);
+        assert_eq!(index.in_segments_through(2), vec![1, 2]);
+        assert_eq!(index.record(1, "a", 10, "1", 5), Recorded::Taken(0));
+        index.moved(2, 5);
+        assert_eq!(index.in_segments_through(2), Vec::<u64>::new());
+        assert_eq!(index.get(1).map(|m| m.segment), Some(5));
+    }
+}
