@@ -47,6 +47,15 @@ impl LatestIndex {
     /// Message `id` of `key` is durable in `segment`: it becomes the key's entry unless the key
     /// has a newer one. (The same id again, from retention's copy, moves it to `segment`.)
     pub fn record(&mut self, id: u64, key: &str, ts_ms: u64, body: &str, segment: u64) -> Recorded {
+        // An id names one message: recorded under another key (only a damaged or crafted log
+        // says so), the other key's entry goes.
+        let mut freed = 0;
+        if let Some(other) = self.by_id.get(&id).filter(|m| &*m.key != key) {
+            let other = other.key.clone();
+            self.by_key.remove(&other);
+            freed = self.by_id.remove(&id).map_or(0, |m| m.bytes());
+            self.bytes -= freed;
+        }
         let before = match self.by_key.get(key) {
             Some(&current) if current > id => return Recorded::Older,
             Some(&current) => {
@@ -54,7 +63,7 @@ impl LatestIndex {
                 if current == id {
                     let moved = LatestMessage { segment: segment.max(old.segment), ..old };
                     self.by_id.insert(id, moved);
-                    return Recorded::Taken(0);
+                    return Recorded::Taken(-(freed as i64));
                 }
                 old.bytes()
             }
@@ -66,7 +75,7 @@ impl LatestIndex {
         self.by_id.insert(id, message);
         self.by_key.insert(key, id);
         self.bytes = self.bytes + after - before;
-        Recorded::Taken(after as i64 - before as i64)
+        Recorded::Taken(after as i64 - before as i64 - freed as i64)
     }
 
     /// Entries with ids above `since`, in id order; only those of `keys` when given.
@@ -150,5 +159,19 @@ mod tests {
         index.moved(2, 5);
         assert_eq!(index.in_segments_through(2), Vec::<u64>::new());
         assert_eq!(index.get(1).map(|m| m.segment), Some(5));
+    }
+
+    /// A damaged or crafted log may name one id under two keys: the index stays whole.
+    #[test]
+    fn an_id_recorded_under_another_key_replaces_that_keys_entry() {
+        let mut index = LatestIndex::default();
+        index.record(5, "a", 10, "1", 1);
+        let Recorded::Taken(grown) = index.record(5, "b", 10, "22", 1) else { panic!("taken") };
+        assert_eq!(grown, 1, "one byte more of body; the same key length");
+        assert_eq!(index.since(0, None).map(|(id, m)| (id, m.key.to_string())).collect::<Vec<_>>(), vec![(5, "b".to_string())]);
+        assert!(!index.has_key("a"));
+        assert_eq!(index.bytes(), ENTRY_OVERHEAD_BYTES + 1 + 2);
+        index.record(6, "a", 10, "3", 1);
+        assert_eq!(index.keys(), 2);
     }
 }
