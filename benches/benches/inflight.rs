@@ -6,13 +6,19 @@
 //!
 //!     cargo bench -p ferry-benches --bench inflight
 //!
+//! Also the node's nack-delay timers at 1 M and 10 M armed (delays of up to a minute): bytes
+//! per timer and the time to arm one and expire the earliest, in the timing wheel and, for
+//! comparison, in a sorted set (what the node used before).
+//!
 //! Setting up 10 M in flight takes about 1.5 GiB and a few seconds; `-- "in flight 1M"` times
 //! only the smaller size (both are set up, for their bytes per message).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use ferry_core::group::{Candidate, Group, GroupTerms};
+use ferry_core::timer_wheel::TimerWheel;
 use ferry_core::ConnId;
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::BTreeSet;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
@@ -106,5 +112,64 @@ fn in_flight(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, in_flight);
+/// What a nack-delay timer names: (topic, group, id).
+type Delayed = (u32, u32, u64);
+
+/// Delays of up to a minute, spread by a fixed sequence.
+fn delay_ns(n: u64) -> u64 {
+    n.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407) % 60_000_000_000
+}
+
+trait Timers {
+    fn arm(&mut self, due_ns: u64, what: Delayed);
+    /// Moves the clock to the earliest timer and takes it.
+    fn expire_earliest(&mut self, now_ns: &mut u64);
+}
+
+impl Timers for TimerWheel<Delayed> {
+    fn arm(&mut self, due_ns: u64, what: Delayed) {
+        self.insert(due_ns, what);
+    }
+    fn expire_earliest(&mut self, now_ns: &mut u64) {
+        *now_ns = (*now_ns).max(self.next_due().expect("armed"));
+        black_box(self.pop_due(*now_ns).expect("due"));
+    }
+}
+
+impl Timers for BTreeSet<(u64, Delayed)> {
+    fn arm(&mut self, due_ns: u64, what: Delayed) {
+        self.insert((due_ns, what));
+    }
+    fn expire_earliest(&mut self, now_ns: &mut u64) {
+        let (due, what) = self.pop_first().expect("armed");
+        *now_ns = (*now_ns).max(due);
+        black_box(what);
+    }
+}
+
+fn nack_delays(c: &mut Criterion) {
+    fn bench<T: Timers>(c: &mut Criterion, name: &str, kind: &str, n: u64, mut timers: T) {
+        let before = LIVE_BYTES.load(Ordering::Relaxed);
+        let mut now_ns = 0;
+        for id in 0..n {
+            timers.arm(now_ns + delay_ns(id), (1, 2, id));
+        }
+        let bytes = LIVE_BYTES.load(Ordering::Relaxed) - before;
+        println!("nack delays {name} in {kind}: {:.1} bytes per timer", bytes as f64 / n as f64);
+        let mut id = n;
+        c.bench_function(&format!("nack delays {name}/{kind}: arm one + expire the earliest"), |b| {
+            b.iter(|| {
+                id += 1;
+                timers.arm(now_ns + delay_ns(id), (1, 2, id));
+                timers.expire_earliest(&mut now_ns);
+            })
+        });
+    }
+    for (name, n) in [("1M", 1_000_000u64), ("10M", 10_000_000)] {
+        bench(c, name, "timing wheel", n, TimerWheel::<Delayed>::default());
+        bench(c, name, "sorted set", n, BTreeSet::<(u64, Delayed)>::new());
+    }
+}
+
+criterion_group!(benches, in_flight, nack_delays);
 criterion_main!(benches);

@@ -13,16 +13,16 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 use tungstenite::{Message, WebSocket};
 
-type Socket = WebSocket<Stream>;
+pub(crate) type Socket = WebSocket<Stream>;
 
 /// Acks are sent in frames of up to this many ids, or when the socket goes quiet.
 const ACK_BATCH: usize = 64;
 
-fn tcp(ws: &Socket) -> &TcpStream {
+pub(crate) fn tcp(ws: &Socket) -> &TcpStream {
     ws.get_ref().tcp()
 }
 
-fn connect(url: &str) -> Result<Socket, String> {
+pub(crate) fn connect(url: &str) -> Result<Socket, String> {
     let (mut ws, _) = tungstenite::client::client(url, Stream::connect(url)?).map_err(|e| format!("connect {url}: {e}"))?;
     tcp(&ws).set_nodelay(true).map_err(|e| e.to_string())?;
     let welcome = read_text(&mut ws)?;
@@ -91,7 +91,7 @@ fn connect_from(source: &str, target: std::net::SocketAddr) -> Result<TcpStream,
     }
 }
 
-fn read_text(ws: &mut Socket) -> Result<String, String> {
+pub(crate) fn read_text(ws: &mut Socket) -> Result<String, String> {
     loop {
         match ws.read() {
             Ok(Message::Text(t)) => return Ok(t.as_str().to_string()),
@@ -102,7 +102,7 @@ fn read_text(ws: &mut Socket) -> Result<String, String> {
     }
 }
 
-fn number_after(text: &str, field: &str) -> Option<u64> {
+pub(crate) fn number_after(text: &str, field: &str) -> Option<u64> {
     let start = text.find(field)? + field.len();
     let digits = &text[start..];
     let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());

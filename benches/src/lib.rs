@@ -1,6 +1,7 @@
 //! The load tool's parts, as a library so tests can drive it against a real server.
 
 pub mod ferry_adapter;
+pub mod peak_sync;
 #[cfg(feature = "peers")]
 pub mod peers;
 pub mod probe;
@@ -94,4 +95,15 @@ pub struct Args {
     /// silence, and report the longest time without a puback (kill a node meanwhile).
     #[arg(long)]
     pub probe_ms: Option<u64>,
+    /// Peak sync scenario: `--count` changes of this many orders (one key each) from
+    /// `--publishers` into a coalescing group (`--coalesce-ms`) consumed at `--consume-rate`;
+    /// reports the deliveries coalescing saved and how far behind the consumer fell.
+    #[arg(long)]
+    pub peak_sync_keys: Option<u64>,
+    /// Peak sync: acks per second of its consumer (default a tenth of `--rate`, or 1,000).
+    #[arg(long)]
+    pub consume_rate: Option<u64>,
+    /// Peak sync: the group's coalescing window.
+    #[arg(long, default_value_t = 60_000)]
+    pub coalesce_ms: u64,
 }

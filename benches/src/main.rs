@@ -30,6 +30,22 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(keys) = args.peak_sync_keys {
+        return match ferry_benches::peak_sync::run(&args, keys, &progress) {
+            Ok(result) if args.json => {
+                println!("{}", result.to_json());
+                ExitCode::SUCCESS
+            }
+            Ok(result) => {
+                println!("{}", result.table());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ferry-bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cpu_before = args.pid.and_then(report::cpu_ms);
     let result = match (args.system, args.idle_subscribers) {
         (System::Ferry, Some(idle)) => ferry_adapter::scale(&args, idle, &progress),

@@ -25,6 +25,7 @@ pub mod recovery;
 pub mod rights;
 pub mod testkit;
 pub mod timeline;
+pub mod timer_wheel;
 pub mod topic;
 pub mod trace_book;
 

@@ -19,6 +19,7 @@ use crate::pipeline::{self, Stage};
 use crate::protocol::ErrorCode;
 use crate::record::SalvagedRecord;
 use crate::recovery::{Damage, RecoveryError};
+use crate::timer_wheel::TimerWheel;
 use crate::trace_book::{Happening, TraceBook};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -346,11 +347,6 @@ enum Timer {
         topic: TopicIdx,
         group: GroupIdx,
     },
-    NackDelay {
-        topic: TopicIdx,
-        group: GroupIdx,
-        id: u64,
-    },
     PullEnd {
         conn: ConnId,
         topic: TopicIdx,
@@ -385,6 +381,9 @@ pub struct Node {
     reading: BTreeSet<(TopicIdx, u64)>,
     fetches: Vec<PendingFetch>,
     timers: BTreeSet<(u64, Timer)>,
+    /// Messages given back with a `nack` delay, one timer each (there may be millions): when
+    /// each is ready again. Not cancelled: one that fires finds its message no longer delayed.
+    nack_delays: TimerWheel<(TopicIdx, GroupIdx, u64)>,
     /// Topics with more groups than one turn pumps: the group each one's sweep goes on from.
     sweeps: BTreeMap<TopicIdx, usize>,
     dirty_groups: BTreeSet<(TopicIdx, GroupIdx)>,
@@ -444,6 +443,7 @@ impl Node {
             reading: BTreeSet::new(),
             fetches: Vec::new(),
             timers: BTreeSet::new(),
+            nack_delays: TimerWheel::default(),
             sweeps: BTreeMap::new(),
             dirty_groups: BTreeSet::new(),
             groups_dirty_since_ns: 0,
@@ -595,11 +595,15 @@ impl Node {
         if self.stopped {
             return;
         }
-        while let Some(&(at, timer)) = self.timers.first() {
-            if at > now_ns {
-                break;
+        loop {
+            let timer_at = self.timers.first().map(|(at, _)| *at).filter(|at| *at <= now_ns);
+            let delay_at = self.nack_delays.next_due().filter(|at| *at <= now_ns);
+            if delay_at.is_some_and(|delay| timer_at.is_none_or(|timer| delay < timer)) {
+                let Some((until_ns, (t, g, id))) = self.nack_delays.pop_due(now_ns) else { break };
+                self.nack_delay_over(until_ns, t, g, id);
+                continue;
             }
-            self.timers.pop_first();
+            let Some((at, timer)) = timer_at.and_then(|_| self.timers.pop_first()) else { break };
             self.on_timer(at, timer);
         }
         self.replica_timeout();
@@ -615,7 +619,7 @@ impl Node {
             return None;
         }
         let replica = self.replication.as_ref().and_then(Replication::poll_timeout);
-        self.timers.first().map(|(at, _)| *at).into_iter().chain(replica).min()
+        self.timers.first().map(|(at, _)| *at).into_iter().chain(self.nack_delays.next_due()).chain(replica).min()
     }
 
     /// True once the node has asked to stop (`Output::Stop`); it takes no more input.
@@ -626,6 +630,15 @@ impl Node {
     fn advance_clock(&mut self, now_ns: u64) {
         debug_assert!(now_ns >= self.now_ns, "time went backwards: {} -> {now_ns}", self.now_ns);
         self.now_ns = self.now_ns.max(now_ns);
+    }
+
+    /// A nack delay of message `id` ended at `until_ns`: it is ready again, unless it was
+    /// settled, delayed anew, or its group replaced meanwhile (the timer was never cancelled).
+    fn nack_delay_over(&mut self, until_ns: u64, t: TopicIdx, g: GroupIdx, id: u64) {
+        let Some(group) = self.state.topics.get_mut(t.0).and_then(|topic| topic.groups.get_mut(g.0)) else { return };
+        if group.delay_over(id, until_ns) {
+            self.pump(t, g);
+        }
     }
 
     fn on_timer(&mut self, at: u64, timer: Timer) {
@@ -641,11 +654,6 @@ impl Node {
                 }
                 if let Some(next_ns) = self.state.topics[topic].groups[group].ack_deadlines.next_ns() {
                     self.timers.insert((next_ns, Timer::AckDeadline { topic, group }));
-                }
-            }
-            Timer::NackDelay { topic, group, id } => {
-                if self.state.topics[topic].groups[group].delay_over(id, at) {
-                    self.pump(topic, group);
                 }
             }
             Timer::PullEnd { conn, topic, group } => self.finish_pull(conn, topic, group),

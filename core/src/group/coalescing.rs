@@ -5,7 +5,7 @@
 //! coalesced. Only what waits is merged, so key order holds for what is delivered, and the
 //! newest message of a key is never settled by this.
 
-use super::{Admit, Coalesced, Entry, EntryState, Group};
+use super::{Admit, Entry, EntryState, Group};
 use crate::config::TestBug;
 
 impl Group {
@@ -13,7 +13,8 @@ impl Group {
     /// older ones of its key.
     pub(super) fn admit_settled(&mut self, id: u64, key: u64) -> Admit {
         self.keep(id, Entry { key, state: EntryState::Acked, bytes: 0 });
-        self.coalesced.push(Coalesced { id, delay_until: None });
+        self.acked_held += 1;
+        self.coalesced.push(id);
         self.counters.coalesced += 1;
         Admit::Filtered
     }
@@ -42,34 +43,34 @@ impl Group {
                 requeue.insert(0, newest);
                 continue;
             }
-            self.settle_coalesced(newest, None);
+            self.settle_coalesced(newest);
         }
         if !requeue.is_empty() {
             return requeue;
         }
         let Some(deliverable) = self.keys.deliverable_alone(key).filter(|id| within(self, *id)) else { return requeue };
-        let delay_until = match self.outstanding.get(deliverable).map(|e| e.state) {
-            Some(EntryState::Ready { .. }) => None,
-            Some(EntryState::Delayed { until_ns, .. }) => Some(until_ns),
-            _ => return requeue,
-        };
+        if !self.is_waiting(deliverable) {
+            return requeue;
+        }
         self.ready.remove(&deliverable);
-        self.settle_coalesced(deliverable, delay_until);
+        self.settle_coalesced(deliverable);
         self.release_key(key);
         requeue
     }
 
-    fn settle_coalesced(&mut self, id: u64, delay_until: Option<u64>) {
+    /// A nack delay it had is not cancelled: its timer finds it settled.
+    fn settle_coalesced(&mut self, id: u64) {
         let entry = self.outstanding.get_mut(id).expect("a coalesced id is outstanding");
         entry.state = EntryState::Acked;
+        self.acked_held += 1;
         self.stored_ms.remove(&id);
-        self.coalesced.push(Coalesced { id, delay_until });
+        self.coalesced.push(id);
         self.counters.coalesced += 1;
         self.advance_floor();
     }
 
     /// The messages coalesced since the last call (for traces and timers).
-    pub fn take_coalesced(&mut self) -> Vec<Coalesced> {
+    pub fn take_coalesced(&mut self) -> Vec<u64> {
         std::mem::take(&mut self.coalesced)
     }
 }
@@ -92,7 +93,7 @@ mod tests {
     }
 
     fn coalesced_ids(g: &mut Group) -> Vec<u64> {
-        g.take_coalesced().into_iter().map(|c| c.id).collect()
+        g.take_coalesced()
     }
 
     #[test]
@@ -108,7 +109,7 @@ mod tests {
         assert_eq!(coalesced_ids(&mut g), vec![2], "2 waited; 1 is in flight; 4 and 6 have no key");
         assert_eq!(admit(&mut g, Some("a"), 60), Admit::Blocked);
         assert_eq!(coalesced_ids(&mut g), vec![5]);
-        assert_eq!(g.ack(1), AckOutcome::Acked { released: Some(super::super::Released { conn: ConnId(1), bytes: 10 }), delay_until: None });
+        assert_eq!(g.ack(1), AckOutcome::Acked { released: Some(super::super::Released { conn: ConnId(1), bytes: 10 }) });
         assert_eq!(g.next_candidate(8, 100), Candidate::Ready { id: 3, attempts: 0 });
         assert_eq!(g.position_of(7), super::super::IdPosition::Held(EntryState::Ready { attempts: 0 }), "the newest of 'a' is next");
         assert_eq!(g.position_of(2), super::super::IdPosition::Settled);
@@ -138,12 +139,12 @@ mod tests {
         let mut g = coalescing();
         admit(&mut g, Some("a"), 0);
         admit(&mut g, Some("a"), 5);
-        assert_eq!(g.take_coalesced(), vec![Coalesced { id: 1, delay_until: None }]);
+        assert_eq!(g.take_coalesced(), vec![1]);
         assert_eq!(g.next_candidate(3, 100), Candidate::Ready { id: 2, attempts: 0 }, "the newer one takes its key at once");
         g.dispatch(2, ConnId(1), 100, 10);
         g.nack(2, Some(700), ConnId(1));
         admit(&mut g, Some("a"), 10);
-        assert_eq!(g.take_coalesced(), vec![Coalesced { id: 2, delay_until: Some(700) }], "its delay timer is the node's to cancel");
+        assert_eq!(g.take_coalesced(), vec![2], "delayed by a nack, it waits too");
         assert_eq!(g.floor(), (2, 2));
         assert_eq!(g.next_candidate(4, 100), Candidate::Ready { id: 3, attempts: 0 });
         g.check_invariants();

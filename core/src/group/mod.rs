@@ -96,10 +96,8 @@ pub enum Admit {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum AckOutcome {
-    Acked {
-        released: Option<Released>,
-        delay_until: Option<u64>,
-    },
+    /// It was in flight when `released` says so (its connection's window has room again).
+    Acked { released: Option<Released> },
     /// Already acked, filtered out, or never deliverable: nothing to do.
     Ignored,
     /// The id was never handed out by this group.
@@ -137,7 +135,11 @@ pub struct Group {
     /// Coalescing groups: when each unacked message with a key was stored (ms).
     stored_ms: BTreeMap<u64, u64>,
     /// Messages coalesced since the node last took them (`take_coalesced`).
-    coalesced: Vec<Coalesced>,
+    coalesced: Vec<u64>,
+    /// Entries in flight, and entries acked but kept (above the floor): counted as they change,
+    /// so metrics and position records need not walk ten million entries.
+    in_flight: usize,
+    acked_held: usize,
     /// Connections that may receive: subscribed, or with a pull open. Order is join order.
     pub members: Vec<ConnId>,
     pub next_member: usize,
@@ -163,14 +165,6 @@ pub struct Group {
     /// An operator paused its deliveries (until resumed, on this node, while it runs): what is
     /// in flight may still be acked; nothing more is handed out.
     pub paused: bool,
-}
-
-/// A message a newer one of its key settled (coalescing); it was delayed by a nack until
-/// `delay_until` (its timer is to be cancelled).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Coalesced {
-    pub id: u64,
-    pub delay_until: Option<u64>,
 }
 
 /// What `Group::dispatch` tells the node.
@@ -201,6 +195,8 @@ impl Group {
             terms,
             stored_ms: BTreeMap::new(),
             coalesced: Vec::new(),
+            in_flight: 0,
+            acked_held: 0,
             start_id,
             ack_timeout_ns,
             max_attempts,
@@ -275,7 +271,7 @@ impl Group {
     /// Messages of the topic (ids below `next_id`) not yet acked by the group: those it holds
     /// unacked and those it has not reached. (Ids its filter skips count until reached.)
     pub fn backlog(&self, next_id: u64) -> u64 {
-        let unacked = self.outstanding.values().filter(|e| e.state != EntryState::Acked).count() as u64;
+        let unacked = (self.outstanding.len() - self.acked_held) as u64;
         unacked + next_id.saturating_sub(self.cursor)
     }
 
@@ -291,6 +287,7 @@ impl Group {
     /// free windows. The first delivery after it carries `prev` 0: the chain starts again.
     pub fn reset(&mut self, start_id: u64) -> Vec<(u64, EntryState, u32)> {
         let held = self.outstanding.take_all().map(|(id, e)| (id, e.state, e.bytes)).collect();
+        (self.in_flight, self.acked_held) = (0, 0);
         self.ready.clear();
         self.keys.clear();
         self.stored_ms.clear();
@@ -318,7 +315,7 @@ impl Group {
 
     /// Messages in flight to its members (delivered, waiting for an ack).
     pub fn in_flight_count(&self) -> usize {
-        self.outstanding.values().filter(|e| matches!(e.state, EntryState::InFlight { .. })).count()
+        self.in_flight
     }
 
     /// (floor, prev at floor): everything filter-passing at or below `floor` is acked.
@@ -347,7 +344,8 @@ impl Group {
 
     /// Acked ids above the floor, as many as a record keeps.
     fn acked_ids(&self) -> impl Iterator<Item = u64> + '_ {
-        self.outstanding.iter().filter(|(_, e)| e.state == EntryState::Acked).map(|(id, _)| id).take(PERSISTED_ACKS_MAX)
+        // Taking no more than are held stops the walk at the last of them.
+        self.outstanding.iter().filter(|(_, e)| e.state == EntryState::Acked).map(|(id, _)| id).take(self.acked_held.min(PERSISTED_ACKS_MAX))
     }
 
     /// Appends the group's position record to `out` (the bytes of `to_record`'s, without
@@ -448,6 +446,7 @@ impl Group {
         let prev = previous.unwrap_or(self.first_prev);
         let EntryState::Ready { attempts } = entry.state else { panic!("dispatch of a non-ready entry {:?}", entry.state) };
         entry.state = EntryState::InFlight { conn, attempts: attempts + 1, deadline_ns };
+        self.in_flight += 1;
         entry.bytes = bytes;
         let attempt = attempts + 1;
         self.ready.remove(&id);
@@ -469,24 +468,28 @@ impl Group {
             }
             return AckOutcome::Unknown;
         };
-        let (released, delay_until) = match entry.state {
+        let released = match entry.state {
             EntryState::Acked | EntryState::Blocked => return AckOutcome::Ignored,
-            EntryState::InFlight { conn, .. } => (Some(Released { conn, bytes: entry.bytes }), None),
+            EntryState::InFlight { conn, .. } => {
+                self.in_flight -= 1;
+                Some(Released { conn, bytes: entry.bytes })
+            }
             EntryState::Ready { .. } => {
                 self.ready.remove(&id);
-                (None, None)
+                None
             }
-            EntryState::Delayed { until_ns, .. } => (None, Some(until_ns)),
-            EntryState::DeadLettering { .. } => (None, None),
+            // A nack delay's timer is not cancelled: it finds the message acked.
+            EntryState::Delayed { .. } | EntryState::DeadLettering { .. } => None,
         };
         entry.state = EntryState::Acked;
+        self.acked_held += 1;
         let key = entry.key;
         if !self.stored_ms.is_empty() {
             self.stored_ms.remove(&id);
         }
         self.release_key(key);
         self.advance_floor();
-        AckOutcome::Acked { released, delay_until }
+        AckOutcome::Acked { released }
     }
 
     /// Gives an in-flight message back: Ready now, or Delayed until `until_ns`.
@@ -499,6 +502,7 @@ impl Group {
         if conn != from {
             return None;
         }
+        self.in_flight -= 1;
         match until_ns {
             Some(until_ns) => entry.state = EntryState::Delayed { attempts, until_ns },
             None => {
@@ -516,6 +520,7 @@ impl Group {
         match entry.state {
             EntryState::InFlight { conn, attempts, deadline_ns: d } if d == deadline_ns => {
                 entry.state = EntryState::Ready { attempts };
+                self.in_flight -= 1;
                 self.ready.insert(id);
                 Some((conn, entry.bytes))
             }
@@ -541,6 +546,7 @@ impl Group {
             if let EntryState::InFlight { conn: c, attempts, .. } = entry.state {
                 if c == conn {
                     entry.state = EntryState::Ready { attempts };
+                    self.in_flight -= 1;
                     self.ready.insert(id);
                 }
             }
@@ -595,6 +601,7 @@ impl Group {
         while self.outstanding.first().is_some_and(|(_, entry)| entry.state == EntryState::Acked) {
             if let Some((id, _)) = self.outstanding.pop_first() {
                 self.first_prev = id;
+                self.acked_held -= 1;
             }
         }
     }
@@ -627,6 +634,9 @@ impl Group {
 
     /// Debug check of the structural invariants.
     pub fn check_invariants(&self) {
+        let in_flight = self.outstanding.values().filter(|e| matches!(e.state, EntryState::InFlight { .. })).count();
+        let acked = self.outstanding.values().filter(|e| e.state == EntryState::Acked).count();
+        assert_eq!((self.in_flight, self.acked_held), (in_flight, acked), "counts of in flight and acked entries out of step");
         let mut deliverable_keys = BTreeSet::new();
         for (id, entry) in self.outstanding.iter() {
             assert!(id < self.cursor, "outstanding id {id} at or past cursor {}", self.cursor);

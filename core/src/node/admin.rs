@@ -16,7 +16,7 @@
 use super::log::Waiter;
 use super::replication::Proposal;
 use super::state::NewMessage;
-use super::{Node, Timer};
+use super::Node;
 use crate::cluster::command::{Command, CreateGroupCommand, DropGroupCommand, GroupStart, PublishCommand, ResetGroupCommand};
 use crate::group::{EntryState, GroupTerms};
 use crate::ids::{ConnId, GroupIdx, TopicIdx};
@@ -161,16 +161,12 @@ impl Node {
         start
     }
 
-    /// Cancels the timers of what a group held and frees the windows it took (ack deadlines
-    /// need no cancelling: one that comes finds its message no longer in flight).
+    /// Frees the windows what a group held in flight took (its timers need no cancelling: an
+    /// ack deadline or nack delay that comes finds its message let go of).
     fn let_go_of(&mut self, t: TopicIdx, g: GroupIdx, held: Vec<(u64, EntryState, u32)>) {
-        for (id, state, bytes) in held {
-            match state {
-                EntryState::InFlight { conn, .. } => self.release_in_flight(conn, t, g, bytes),
-                EntryState::Delayed { until_ns, .. } => {
-                    self.timers.remove(&(until_ns, Timer::NackDelay { topic: t, group: g, id }));
-                }
-                _ => {}
+        for (_, state, bytes) in held {
+            if let EntryState::InFlight { conn, .. } = state {
+                self.release_in_flight(conn, t, g, bytes);
             }
         }
     }

@@ -8,7 +8,7 @@ use super::state::NewMessage;
 use super::{Node, Output, Timer, Trace, NS_PER_MS};
 use crate::cluster::command::{Command, PublishCommand};
 use crate::config::TestBug;
-use crate::group::{key_hash, AckOutcome, Admit, Candidate, Coalesced, Dispatched, Released};
+use crate::group::{key_hash, AckOutcome, Admit, Candidate, Dispatched, Released};
 use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::protocol::ErrorCode;
 use crate::topic::{Lookup, StoredMessage};
@@ -54,12 +54,9 @@ impl Node {
             return false;
         }
         match self.state.topics[t].groups[g].ack(id) {
-            AckOutcome::Acked { released, delay_until } => {
+            AckOutcome::Acked { released } => {
                 if let Some(Released { conn, bytes }) = released {
                     self.release_in_flight(conn, t, g, bytes);
-                }
-                if let Some(until_ns) = delay_until {
-                    self.timers.remove(&(until_ns, Timer::NackDelay { topic: t, group: g, id }));
                 }
                 self.trace_book.push(self.now_ns, t, id, Happening::Acked { group: g });
                 self.stats.acked += 1;
@@ -85,7 +82,7 @@ impl Node {
             self.trace_book.push(self.now_ns, t, id, Happening::Nacked { group: g, conn });
             self.release_in_flight(conn, t, g, bytes);
             if let Some(until_ns) = until_ns {
-                self.timers.insert((until_ns, Timer::NackDelay { topic: t, group: g, id }));
+                self.nack_delays.insert(until_ns, (t, g, id));
             }
         }
         true
@@ -191,10 +188,7 @@ impl Node {
         let group = &mut self.state.topics[t].groups[g];
         let passes = group.passes(message.key.as_deref(), &message.body) || self.config.test_bug == Some(TestBug::FilterIgnored);
         let admit = group.admit_fresh(message.id, passes, message.key.as_deref().map(key_hash), message.ts_ms, self.config.test_bug);
-        for Coalesced { id, delay_until } in group.take_coalesced() {
-            if let Some(until_ns) = delay_until {
-                self.timers.remove(&(until_ns, Timer::NackDelay { topic: t, group: g, id }));
-            }
+        for id in group.take_coalesced() {
             self.trace_book.push(self.now_ns, t, id, Happening::Coalesced { group: g, by: message.id });
             self.stats.coalesced += 1;
             self.mark_group_dirty(t, g);

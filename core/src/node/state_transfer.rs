@@ -98,6 +98,7 @@ impl Node {
         self.fetches.clear();
         self.forget_reads();
         self.state = State::new(&self.config);
+        self.nack_delays = crate::timer_wheel::TimerWheel::default();
         self.read_cache = ReadCache::default();
         self.cache_budget = CacheBudget::default();
         self.dirty_groups.clear();
