@@ -103,7 +103,7 @@ pub struct Args {
     /// Peak sync: acks per second of its consumer (default a tenth of `--rate`, or 1,000).
     #[arg(long)]
     pub consume_rate: Option<u64>,
-    /// Peak sync: the group's coalescing window.
+    /// Peak sync: the group's coalescing window (0: a group that does not coalesce, to compare).
     #[arg(long, default_value_t = 60_000)]
     pub coalesce_ms: u64,
 }

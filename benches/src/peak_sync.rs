@@ -70,7 +70,10 @@ pub fn run(args: &Args, keys: u64, progress: &Arc<Progress>) -> Result<PeakSync,
     let consume_rate = args.consume_rate.unwrap_or(if args.rate > 0 { (args.rate / 10).max(1) } else { 1_000 });
     let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
     let mut consumer = connect(args.url_for(0, 0))?;
-    let sub = json!({"op": "sub", "req": 1, "topic": topic, "group": "sync", "from": "latest", "window": args.window, "coalesce_ms": args.coalesce_ms});
+    let mut sub = json!({"op": "sub", "req": 1, "topic": topic, "group": "sync", "from": "latest", "window": args.window});
+    if args.coalesce_ms > 0 {
+        sub["coalesce_ms"] = json!(args.coalesce_ms);
+    }
     consumer.send(Message::text(sub.to_string())).map_err(|e| e.to_string())?;
     let reply = read_text(&mut consumer)?;
     if !reply.contains("\"suback\"") {
