@@ -801,3 +801,38 @@ fn unsubscribe_stops_deliveries_and_a_later_subscribe_goes_on_from_the_group() {
     let subscribed = sub.events.iter().filter(|e| matches!(e, ClientEvent::Subscribed { .. })).count();
     assert_eq!(subscribed, 2, "each subscribe answered once (its req names one subscription)");
 }
+
+/// `read_latest` pages through the newest message of every key (a small page size), asks the
+/// page lost with a crash again on the next connection, and ends with an empty page.
+#[test]
+fn read_latest_pages_through_the_newest_of_each_key_across_a_crash() {
+    let config = Config { fetch_messages_max: 3, ..Config::default() };
+    let mut wire = Wire::new(config, client_config(90));
+    let mut newest = BTreeMap::new();
+    for i in 0..40u64 {
+        let key = format!("order-{}", i % 8);
+        wire.client.publish(wire.now(), "orders", Some(&key), &json!({"n": i}).to_string()).unwrap();
+        wire.advance_ms(1);
+        newest.insert(key, i);
+    }
+    wire.advance_ms(100);
+    let read = wire.client.read_latest(wire.now(), "orders", None).unwrap();
+    // The first page's answer never reaches the client: the server dies with it.
+    wire.exchange(false);
+    wire.crash_and_restart();
+    wire.advance_ms(5_000);
+    let pages: Vec<(Vec<(String, u64)>, bool)> = wire
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Latest { read: r, messages, done } if *r == read => {
+                Some((messages.iter().map(|m| (m.key.clone(), serde_json::from_str::<Value>(&m.body).unwrap()["n"].as_u64().unwrap())).collect(), *done))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(pages.len() >= 4, "8 keys, 3 a page, then the empty one: {pages:?}");
+    assert!(pages[..pages.len() - 1].iter().all(|(page, done)| !page.is_empty() && !done) && pages.last().is_some_and(|(page, done)| page.is_empty() && *done), "{pages:?}");
+    let got: BTreeMap<String, u64> = pages.into_iter().flat_map(|(page, _)| page).collect();
+    assert_eq!(got, newest);
+}

@@ -2,6 +2,7 @@
 //! it tells the application, and the errors of its calls.
 
 use super::backoff::BackoffConfig;
+use super::latest_reads::ReadId;
 use super::publishing::{PublishId, PublishLimits, PublishOutcome};
 use super::subscriptions::Delivery;
 use crate::config::TestBug;
@@ -117,6 +118,22 @@ pub enum ClientEvent {
     /// A message for the application, once per group. Ack it with `Client::ack` unless it is
     /// `repaired`.
     Message(Delivery),
+    /// A page of a `Client::read_latest`: the newest message of keys, in id order (a key that
+    /// changed while the read went on may come again, newer). `done`: the read is over (this
+    /// page is empty).
+    Latest { read: ReadId, messages: Vec<LatestMessage>, done: bool },
+    /// The server refused a read for good (`forbidden`, `no_such_topic`, …): it is dropped.
+    LatestFailed { read: ReadId, code: String, message: String },
+}
+
+/// The newest message of a key, as `latest` returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LatestMessage {
+    pub id: u64,
+    pub key: String,
+    /// The body's JSON text.
+    pub body: String,
+    pub ts_ms: u64,
 }
 
 /// Why a call was refused on the spot.

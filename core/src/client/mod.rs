@@ -12,15 +12,18 @@
 
 mod api;
 mod backoff;
+mod latest_reads;
 mod publishing;
 mod subscriptions;
 
-pub use api::{ClientConfig, ClientError, ClientEvent, ClientInput, ClientOutput, ConnState};
+pub use api::{ClientConfig, ClientError, ClientEvent, ClientInput, ClientOutput, ConnState, LatestMessage};
 pub use backoff::{Backoff, BackoffConfig};
+pub use latest_reads::ReadId;
 pub use publishing::{PublishId, PublishLimits, PublishOutcome};
 pub use subscriptions::{Delivery, PullOptions, SubscribeOptions};
 
 use crate::protocol::{decode_server_frame, encode_client_op, ClientOp, ErrorCode, RawJson, Req, ServerFrame};
+use latest_reads::{LatestReads, ReadOutcome};
 use publishing::Publishing;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -69,6 +72,7 @@ pub struct Client {
     publishing: Publishing,
     subscriptions: Vec<Subscription>,
     subscriptions_made: u64,
+    latest_reads: LatestReads,
     /// When waiting acks go out (the end of the turn that made them).
     acks_due_ns: Option<u64>,
     /// When subscriptions and repairs refused with a retryable error are asked again.
@@ -94,6 +98,7 @@ impl Client {
             publishing,
             subscriptions: Vec::new(),
             subscriptions_made: 0,
+            latest_reads: LatestReads::default(),
             acks_due_ns: None,
             retry_subscriptions_ns: None,
             pings: 0,
@@ -136,6 +141,20 @@ impl Client {
             self.outputs.extend(s.on_connected().into_iter().map(ClientOutput::Send));
         }
         self.pump(now_ns);
+    }
+
+    /// Reads the newest message of each key of `topic` (only of `keys`, when given) with
+    /// `latest`, page by page, each page an event `ClientEvent::Latest`, the last one empty and
+    /// `done`. A page lost with its connection is asked again on the next.
+    pub fn read_latest(&mut self, now_ns: u64, topic: &str, keys: Option<Vec<String>>) -> Result<ReadId, ClientError> {
+        if matches!(self.state, State::Closed) {
+            return Err(ClientError::Closed);
+        }
+        let read = self.latest_reads.start(topic, keys);
+        if self.is_ready() {
+            self.outputs.extend(self.latest_reads.frames_due(now_ns).into_iter().map(ClientOutput::Send));
+        }
+        Ok(read)
     }
 
     /// The application's answer to `ClientEvent::TokenWanted` (or a newer token at any time):
@@ -327,6 +346,7 @@ impl Client {
                 }
             }
             self.publishing.expire(now_ns);
+            self.outputs.extend(self.latest_reads.frames_due(now_ns).into_iter().map(ClientOutput::Send));
             if self.retry_subscriptions_ns.is_some_and(|due| due <= now_ns) {
                 self.retry_subscriptions_ns = None;
                 for s in &mut self.subscriptions {
@@ -351,8 +371,8 @@ impl Client {
                     Ping::Sent { at_ns } => at_ns + self.config.pong_timeout_ms * NS_PER_MS,
                 };
                 let token_due = (!ready).then_some(since_ns + self.config.connect_timeout_ms * NS_PER_MS);
-                let sending = [self.publishing.next_due_ns(), self.acks_due_ns, self.retry_subscriptions_ns].map(|due| due.filter(|_| ready));
-                let due = [Some(ping_due), token_due, sending[0], sending[1], sending[2]];
+                let sending = [self.publishing.next_due_ns(), self.acks_due_ns, self.retry_subscriptions_ns, self.latest_reads.next_retry_ns()].map(|due| due.filter(|_| ready));
+                let due = [Some(ping_due), token_due, sending[0], sending[1], sending[2], sending[3]];
                 due.into_iter().flatten().min()
             }
             State::Closed => None,
@@ -437,6 +457,14 @@ impl Client {
                 let effects = s.on_fetched(&messages, window);
                 self.apply(now_ns, effects);
             }
+            ServerFrame::Latest { req, messages, .. } => {
+                let Some(text) = req_string(&req) else { return };
+                let Some(outcome) = self.latest_reads.on_answer(&text, &messages) else { return };
+                if let ReadOutcome::Page { read, messages, done } = outcome {
+                    self.event(ClientEvent::Latest { read, messages, done });
+                }
+                self.outputs.extend(self.latest_reads.frames_due(now_ns).into_iter().map(ClientOutput::Send));
+            }
             ServerFrame::Welcome { nodes, .. } => {
                 // A cluster node names the others: when this one goes, any of them will do.
                 for url in nodes {
@@ -453,6 +481,11 @@ impl Client {
     fn on_request_error(&mut self, now_ns: u64, req: &str, code: &str, message: &str, retry_after_ms: Option<u64>) {
         let window = self.config.dedupe_window_ids;
         let retry_at_ns = now_ns + retry_after_ms.unwrap_or_else(|| self.rng.gen_range(50..=300)) * NS_PER_MS;
+        match self.latest_reads.on_error(req, is_retryable(code), retry_at_ns) {
+            Some(ReadOutcome::Failed { read }) => return self.event(ClientEvent::LatestFailed { read, code: code.into(), message: message.into() }),
+            Some(_) => return,
+            None => {}
+        }
         if let Some(at) = self.subscriptions.iter().position(|s| s.req == req || s.pull_req() == req) {
             if is_retryable(code) {
                 self.subscriptions[at].retry_sub_later();
@@ -504,6 +537,7 @@ impl Client {
             State::Closed => return,
         };
         self.publishing.connection_lost();
+        self.latest_reads.connection_lost();
         for s in &mut self.subscriptions {
             s.on_disconnected();
         }

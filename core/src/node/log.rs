@@ -294,7 +294,10 @@ impl Node {
         // A snapshot is fsynced whatever the policy (once per segment or restart): retention
         // waits for it, and under `never` nothing else would make it durable before the roll.
         let snapshot_pending = self.log.segments.iter().rev().find(|s| s.id == batch.segment).is_some_and(|s| !s.snapshot_durable);
-        let sync = (self.config.fsync != FsyncPolicy::Never && promised) || last_of_segment || snapshot_pending;
+        // So are retention's copies of the newest messages of keys: the segment holding the
+        // originals goes once they are written, and a power cut must not take both.
+        let copies = !batch.latest_copies.is_empty();
+        let sync = (self.config.fsync != FsyncPolicy::Never && promised) || last_of_segment || snapshot_pending || copies;
         batch.sync = sync;
         if !last_of_segment {
             self.log.segment_unsynced = !sync;

@@ -200,6 +200,12 @@ pub enum ServerFrame<'a> {
         topic: Name<'a>,
         messages: Vec<FetchedMessage<'a>>,
     },
+    /// The answer to `latest`: its messages as `fetched`'s.
+    Latest {
+        req: Req<'a>,
+        topic: Name<'a>,
+        messages: Vec<FetchedMessage<'a>>,
+    },
     Pong {
         req: Req<'a>,
     },
@@ -284,11 +290,14 @@ pub fn decode_server_frame(text: &str) -> Result<ServerFrame<'_>, String> {
             ts_ms: field(f.ts, op, "ts")?,
         },
         "pulled" => ServerFrame::Pulled { req, count: field(f.count, op, "count")? },
-        "fetched" => ServerFrame::Fetched {
-            req,
-            topic: field(f.topic, op, "topic")?,
-            messages: field(f.messages, op, "messages")?.into_iter().map(|m| FetchedMessage { id: m.id, key: m.key, body: m.body.into(), ts_ms: m.ts }).collect(),
-        },
+        "fetched" | "latest" => {
+            let topic = field(f.topic, op, "topic")?;
+            let messages = field(f.messages, op, "messages")?.into_iter().map(|m| FetchedMessage { id: m.id, key: m.key, body: m.body.into(), ts_ms: m.ts }).collect();
+            match op {
+                "fetched" => ServerFrame::Fetched { req, topic, messages },
+                _ => ServerFrame::Latest { req, topic, messages },
+            }
+        }
         "pong" => ServerFrame::Pong { req },
         "error" => ServerFrame::Error { req, code: field(f.code, op, "code")?, message: field(f.message, op, "message")?, retry_after_ms: f.retry_after_ms },
         _ => ServerFrame::Other { op: f.op },

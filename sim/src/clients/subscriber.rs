@@ -153,9 +153,7 @@ impl Subscriber {
         for (from, to) in std::mem::take(&mut self.wire.audit_later) {
             self.audit(from, to, ctx);
         }
-        if self.connected {
-            self.latest.due_again(&self.topic, &mut self.runner, ctx);
-        }
+        self.latest.on_wake(&self.topic, &mut self.runner, ctx);
         self.carry_out(ctx);
     }
 
@@ -179,7 +177,6 @@ impl Subscriber {
         self.wire.fetching.clear();
         self.wire.audit_later.clear();
         self.wire.unacked.clear();
-        self.latest.drop_read();
         self.runner.on_disconnected(ctx);
         self.carry_out(ctx);
     }
@@ -193,8 +190,7 @@ impl Subscriber {
             // What came before the suback belongs to an earlier membership.
             Some("suback") => self.wire.unacked.clear(),
             Some("fetched") => self.on_fetched(frame, ctx),
-            Some("latest") => self.latest.on_answer(&self.topic, frame, &mut self.runner, ctx),
-            Some("error") if self.latest.on_error(frame, ctx) => {}
+            Some("latest") => {}
             Some("error") => {
                 if let Some((from, to, _, audit)) = self.wire.fetching.remove(&frame["req"].to_string()) {
                     // Too many fetches wait for the disk on this connection: ask again a little later.
@@ -248,6 +244,8 @@ impl Subscriber {
                         ctx.actions.push(Action::Send(text));
                     }
                     Out::Event(ClientEvent::Message(delivery)) => self.take(delivery, ctx),
+                    Out::Event(ClientEvent::Latest { read, messages, done }) => self.latest.on_page(&self.topic, read, &messages, done, ctx),
+                    Out::Event(ClientEvent::LatestFailed { read, .. }) => self.latest.on_failed(read),
                     Out::Event(ClientEvent::SubscribeFailed { code, message, .. }) => {
                         ctx.checker.violation("protocol", format!("subscriber {}: subscription refused, {code}: {message}", self.name));
                     }
@@ -313,9 +311,7 @@ impl Subscriber {
             let from = if self.audit_from_start { 1 } else { id.saturating_sub(8).max(1) };
             self.audit(from, id, ctx);
         }
-        if self.connected {
-            self.latest.after_processing(self.app.processed, &self.topic, &mut self.runner, ctx);
-        }
+        self.latest.after_processing(self.app.processed, &self.topic, &mut self.runner, ctx);
         if self.unsub_every.is_some_and(|every| self.resubscribe_at.is_none() && self.app.processed.is_multiple_of(every)) {
             // Leave; what is still in flight goes to the other members.
             let _ = self.runner.library().unsubscribe(&self.topic, &self.group);
