@@ -836,3 +836,13 @@ fn read_latest_pages_through_the_newest_of_each_key_across_a_crash() {
     let got: BTreeMap<String, u64> = pages.into_iter().flat_map(|(page, _)| page).collect();
     assert_eq!(got, newest);
 }
+
+#[test]
+fn a_read_started_before_connecting_goes_out_as_the_connection_opens() {
+    let mut client = Client::new(client_config(21), 0);
+    client.read_latest(0, "orders", Some(vec!["order-1".into()])).unwrap();
+    client.handle_timeout(0);
+    client.handle_input(0, ClientInput::Connected);
+    let frames = sent(&drain(&mut client));
+    assert!(frames.iter().any(|f| f["op"] == "latest" && f["since"] == 0 && f["keys"] == json!(["order-1"])), "{frames:?}");
+}

@@ -8,6 +8,28 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use support::{Client, Server};
 
+/// The Rust library's `read_latest`: its pages (until the `done` one) as (key, (id, body)).
+fn read_with_library(url: &str) -> BTreeMap<String, (u64, Value)> {
+    use ferry_client::{ClientConfig, ClientEvent, FerryClient};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (client, mut events) = FerryClient::start(ClientConfig::new(vec![url.to_string()], 7));
+        let read = client.read_latest("orders", None).await.unwrap();
+        let mut got = BTreeMap::new();
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(20), events.next()).await.expect("a page within 20 s").expect("events go on");
+            if let ClientEvent::Latest { read: r, messages, done } = event {
+                assert_eq!(r, read);
+                got.extend(messages.into_iter().map(|m| (m.key, (m.id, serde_json::from_str(&m.body).unwrap()))));
+                if done {
+                    client.close();
+                    return got;
+                }
+            }
+        }
+    })
+}
+
 /// Every message `latest` returns for `topic` (of `keys`, if given), asking again from the last
 /// id until an answer is empty; checks the ids ascend.
 fn latest_all(c: &mut Client, topic: &str, keys: Option<&[&str]>) -> Vec<Value> {
@@ -64,6 +86,7 @@ fn latest_answers_the_newest_message_of_each_key_after_publishing_and_after_a_re
     let all = latest_all(&mut c, "orders", None);
     assert_eq!(all.len(), 40, "one message per key, none without a key");
     assert_eq!(by_key(&all), newest);
+    assert_eq!(read_with_library(&server.url()), newest, "the Rust library reads the same, page by page");
     assert!(all.iter().all(|m| m["ts"].as_u64().is_some_and(|ts| ts > 1_600_000_000_000)), "{all:?}");
     let some = latest_all(&mut c, "orders", Some(&["order-3", "order-17", "no-such-order"]));
     assert_eq!(by_key(&some), newest.iter().filter(|(k, _)| *k == "order-3" || *k == "order-17").map(|(k, v)| (k.clone(), v.clone())).collect());

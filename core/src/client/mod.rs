@@ -140,6 +140,7 @@ impl Client {
         for s in &mut self.subscriptions {
             self.outputs.extend(s.on_connected().into_iter().map(ClientOutput::Send));
         }
+        self.outputs.extend(self.latest_reads.frames_due(now_ns).into_iter().map(ClientOutput::Send));
         self.pump(now_ns);
     }
 

@@ -25,7 +25,9 @@
 //! ```
 
 use ferry_core::client::Client;
-pub use ferry_core::client::{BackoffConfig, ClientConfig, ClientError, ClientEvent, ConnState, Delivery, PublishId, PublishLimits, PublishOutcome, PullOptions, SubscribeOptions};
+pub use ferry_core::client::{
+    BackoffConfig, ClientConfig, ClientError, ClientEvent, ConnState, Delivery, LatestMessage, PublishId, PublishLimits, PublishOutcome, PullOptions, ReadId, SubscribeOptions,
+};
 use ferry_core::client::{ClientInput, ClientOutput};
 pub use ferry_core::protocol::{Filter, StartFrom};
 use futures_util::{SinkExt, StreamExt};
@@ -52,6 +54,7 @@ enum Command {
     Publish { topic: String, key: Option<String>, body: String, reply: Reply<PublishOutcome> },
     Subscribe { options: SubscribeOptions, reply: Reply<()> },
     Unsubscribe { topic: String, group: String, reply: Reply<()> },
+    ReadLatest { topic: String, keys: Option<Vec<String>>, reply: Reply<ReadId> },
     Ack { topic: String, group: String, id: u64, reply: Reply<()> },
     Nack { topic: String, group: String, id: u64, delay_ms: u64, reply: Reply<()> },
     SetToken { token: String },
@@ -147,6 +150,13 @@ impl FerryClient {
         self.call(|reply| Command::Unsubscribe { topic, group, reply }).await
     }
 
+    /// Starts reading the newest message of each key of `topic` (of `keys`, if given): its
+    /// pages come as `ClientEvent::Latest` events with the returned id, the last one `done`.
+    pub async fn read_latest(&self, topic: &str, keys: Option<Vec<String>>) -> Result<ReadId, ClientError> {
+        let topic = topic.to_string();
+        self.call(|reply| Command::ReadLatest { topic, keys, reply }).await
+    }
+
     /// The application is done with `delivery`.
     pub async fn ack(&self, delivery: &Delivery) -> Result<(), ClientError> {
         let (topic, group, id) = (delivery.topic.clone(), delivery.group.clone(), delivery.id);
@@ -240,6 +250,9 @@ impl Driver {
             }
             Command::Unsubscribe { topic, group, reply } => {
                 let _ = reply.send(self.client.unsubscribe(&topic, &group));
+            }
+            Command::ReadLatest { topic, keys, reply } => {
+                let _ = reply.send(self.client.read_latest(now_ns, &topic, keys));
             }
             Command::Ack { topic, group, id, reply } => {
                 let _ = reply.send(self.client.ack(now_ns, &topic, &group, id));
