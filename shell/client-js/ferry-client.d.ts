@@ -79,6 +79,22 @@ export interface SubscribeOptions {
   pull?: { max: number; waitMs: number };
 }
 
+/** The newest message of a key, as `readLatest` gives it. */
+export interface LatestMessage {
+  id: number;
+  key: string;
+  body: Json;
+  /** When stored, ms since the epoch. */
+  ts: number;
+}
+
+export interface ReadLatestOptions {
+  /** Only these keys (all keys of the topic when left out). */
+  keys?: string[];
+  /** Each page's messages, in id order, as they come (then the promise resolves with nothing). */
+  onPage?: (messages: LatestMessage[]) => void;
+}
+
 export interface Message {
   topic: string;
   group: string;
@@ -110,6 +126,9 @@ export class FerryClient {
   publish(topic: string, body: Json, options?: { key?: string }): Promise<{ topic: string; id: number }>;
   subscribe(topic: string, group: string, handler: (message: Message) => void | Promise<void>, options?: SubscribeOptions): Promise<void>;
   unsubscribe(topic: string, group: string): void;
+  /** The newest message of each key of `topic`, read page by page with `latest`. */
+  readLatest(topic: string, options?: ReadLatestOptions & { onPage?: undefined }): Promise<LatestMessage[]>;
+  readLatest(topic: string, options: ReadLatestOptions & { onPage: (messages: LatestMessage[]) => void }): Promise<void>;
   ack(message: Message): void;
   nack(message: Message, delayMs?: number): void;
   setToken(token: string): void;

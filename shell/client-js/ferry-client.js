@@ -74,6 +74,9 @@ export class FerryClient {
   #subsMade = 0;
   #acksDue = false;
   #retrySubsAt = null;
+  /** `latest` reads under way: req of the page asked -> read (see `readLatest`). */
+  #reads = new Set();
+  #readsMade = 0;
 
   /** Starts connecting at once. `options.urls`: one or more `ws://host:port/ws`. */
   constructor(options) {
@@ -161,6 +164,49 @@ export class FerryClient {
     const answered = new Promise((resolve, reject) => (sub.answer = { resolve, reject }));
     if (this.#ready) this.#sendAll(sub.onConnected());
     return answered;
+  }
+
+  /**
+   * Reads the newest message of each key of `topic` (only of `options.keys`, when given) with
+   * `latest`, page by page from the last id of the one before; a page lost with its connection
+   * is asked again on the next, one refused for now after a pause. With `options.onPage`, each
+   * page's messages go to it and the promise resolves when the read is over; without, it
+   * resolves with the newest message of each key read ({ id, key, body, ts }, in id order).
+   * Rejects when the server refuses the read for good (`forbidden`, ...) or the client closes.
+   */
+  readLatest(topic, options = {}) {
+    if (this.#state === "closed") return Promise.reject(new FerryError("closed", "the client is closed"));
+    this.#readsMade += 1;
+    const read = { topic, keys: options.keys, onPage: options.onPage, since: 0, req: null, pages: 0, retryAt: 0, id: this.#readsMade, newest: new Map() };
+    const done = new Promise((resolve, reject) => Object.assign(read, { resolve, reject }));
+    this.#reads.add(read);
+    if (this.#ready) this.#askPage(read);
+    this.#schedule();
+    return done;
+  }
+
+  #askPage(read) {
+    read.pages += 1;
+    read.req = `latest-${read.id}-${read.pages}`;
+    const frame = { op: "latest", req: read.req, topic: read.topic, since: read.since };
+    if (read.keys !== undefined) frame.keys = read.keys;
+    this.#send(frame);
+  }
+
+  #onLatest(frame) {
+    const read = [...this.#reads].find((r) => r.req === frame.req);
+    if (!read) return;
+    read.req = null;
+    const messages = (frame.messages ?? []).map((m) => ({ id: m.id, key: m.key, body: m.body, ts: m.ts }));
+    if (messages.length === 0) {
+      this.#reads.delete(read);
+      read.resolve(read.onPage ? undefined : [...read.newest.values()].sort((a, b) => a.id - b.id));
+      return;
+    }
+    read.since = messages[messages.length - 1].id;
+    if (read.onPage) read.onPage(messages);
+    else for (const m of messages) read.newest.set(m.key, m);
+    this.#askPage(read);
   }
 
   /** Leaves the group: acks still waiting go out first; nothing more is handed over. */
@@ -259,6 +305,7 @@ export class FerryClient {
     this.#ready = true;
     if (this.#token !== undefined) this.#send({ op: "hello", token: this.#token });
     for (const sub of this.#subs.values()) this.#sendAll(sub.onConnected());
+    for (const read of this.#reads) if (read.retryAt <= Date.now()) this.#askPage(read);
     this.#pump();
     this.#schedule();
   }
@@ -281,6 +328,7 @@ export class FerryClient {
     this.#ready = false;
     for (const p of this.#publishes.values()) p.sent = false;
     for (const sub of this.#subs.values()) sub.onDisconnected();
+    for (const read of this.#reads) read.req = null;
     const { initialMs, maxMs, healthyAfterMs } = this.#o.backoff;
     if (lastedMs >= healthyAfterMs) this.#attempt = 0;
     const capMs = Math.min(maxMs, initialMs * 2 ** Math.min(this.#attempt, 30));
@@ -303,6 +351,8 @@ export class FerryClient {
       sub.closed = true;
       sub.answer?.reject(new FerryError("closed", why));
     }
+    for (const read of this.#reads) read.reject(new FerryError("closed", why));
+    this.#reads.clear();
     this.#emit("state", { state: "closed", why });
   }
 
@@ -335,6 +385,7 @@ export class FerryClient {
         else {
           if (this.#acksDue) due.push(0);
           if (this.#retrySubsAt !== null) due.push(this.#retrySubsAt);
+          for (const read of this.#reads) if (read.req === null) due.push(read.retryAt);
           const inFlight = [...this.#publishes.values()].filter((p) => p.sent).length;
           for (const p of this.#publishes.values()) {
             if (p.sent) due.push(p.answerBy);
@@ -369,6 +420,7 @@ export class FerryClient {
         this.#retrySubsAt = null;
         for (const sub of this.#subs.values()) this.#sendAll(sub.retryFrames());
       }
+      for (const read of this.#reads) if (read.req === null && now >= read.retryAt) this.#askPage(read);
       // A publish unanswered this long on a live connection is sent again (same seq: stored once).
       for (const p of this.#publishes.values()) if (p.sent && now >= p.answerBy) p.sent = false;
       this.#pump();
@@ -440,6 +492,9 @@ export class FerryClient {
         if (sub) this.#apply(sub.onMsg(frame, this.#o.dedupeWindowIds));
         break;
       }
+      case "latest":
+        this.#onLatest(frame);
+        break;
       case "fetched": {
         const sub = [...this.#subs.values()].find((s) => s.repair?.req === frame.req);
         if (sub) this.#apply(sub.onFetched(frame.messages ?? [], this.#o.dedupeWindowIds));
@@ -489,6 +544,16 @@ export class FerryClient {
   #onRequestError(frame) {
     const { req, code, message } = frame;
     const retryAt = Date.now() + (frame.retry_after_ms ?? randomBetween(50, 300));
+    const read = [...this.#reads].find((r) => r.req === req);
+    if (read) {
+      read.req = null;
+      if (RETRYABLE.has(code)) read.retryAt = retryAt;
+      else {
+        this.#reads.delete(read);
+        read.reject(new FerryError(code, message));
+      }
+      return;
+    }
     const sub = [...this.#subs.values()].find((s) => s.req === req || s.pullReq === req);
     if (sub) {
       if (RETRYABLE.has(code)) {

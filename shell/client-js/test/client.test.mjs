@@ -161,6 +161,25 @@ test("a lost connection is reopened: subscriptions and unanswered publishes go o
   client.close();
 });
 
+test("readLatest pages through the newest message of each key, and refuses an unknown topic", async () => {
+  const topic = unique("orders");
+  const client = new FerryClient(fast);
+  const newest = new Map();
+  for (let n = 0; n < 60; n += 1) {
+    const { id } = await client.publish(topic, { n }, { key: `order-${n % 12}` });
+    newest.set(`order-${n % 12}`, { id, n });
+    if (n % 7 === 0) await client.publish(topic, { n, without: "key" });
+  }
+  const latest = await within(client.readLatest(topic), 10_000, "readLatest");
+  assert.deepEqual(new Map(latest.map((m) => [m.key, { id: m.id, n: m.body.n }])), newest);
+  assert.deepEqual(latest.map((m) => m.id), [...latest.map((m) => m.id)].sort((a, b) => a - b), "in id order");
+  const pages = [];
+  await within(client.readLatest(topic, { keys: ["order-3", "order-4", "nope"], onPage: (messages) => pages.push(messages) }), 10_000, "readLatest of keys");
+  assert.deepEqual(pages.flat().map((m) => m.key).sort(), ["order-3", "order-4"]);
+  await assert.rejects(client.readLatest(unique("nothing")), (e) => e instanceof FerryError && e.code === "no_such_topic");
+  client.close();
+});
+
 test("every method and property the TypeScript types declare exists", () => {
   const types = readFileSync(new URL("../ferry-client.d.ts", import.meta.url), "utf8");
   const body = types.slice(types.indexOf("export class FerryClient"));

@@ -17,6 +17,9 @@ async function example(): Promise<number> {
   } catch (e) {
     if (e instanceof FerryError && e.code === "buffer_full") console.log(e.message);
   }
+  const latest = await ferry.readLatest("orders", { keys: ["customer-7"] });
+  console.log(latest.map((m) => [m.id, m.key, m.body, m.ts]));
+  await ferry.readLatest("orders", { onPage: (page) => console.log(page.length) });
   off();
   ferry.unsubscribe("orders", "billing");
   ferry.setToken("fresh");
