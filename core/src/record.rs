@@ -99,6 +99,22 @@ pub struct GroupRecordRef<'a, A: Serialize> {
     pub coalesce_ms: Option<u64>,
 }
 
+impl From<GroupRecordRef<'_, Vec<u64>>> for GroupRecord {
+    fn from(r: GroupRecordRef<'_, Vec<u64>>) -> GroupRecord {
+        GroupRecord {
+            topic: r.topic.to_string(),
+            group: r.group.to_string(),
+            filter: r.filter,
+            start_id: r.start_id,
+            floor: r.floor,
+            floor_prev: r.floor_prev,
+            acked: r.acked,
+            resets: r.resets,
+            coalesce_ms: r.coalesce_ms,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProducerRecord {
     pub producer: String,

@@ -327,11 +327,15 @@ impl Group {
     }
 
     pub fn to_record(&self, topic: &str) -> GroupRecord {
+        GroupRecord::from(self.record_ref(topic, self.acked_ids().collect()))
+    }
+
+    /// The group's position record, borrowed, with `acked` as its acked ids.
+    fn record_ref<'a, A: serde::Serialize>(&'a self, topic: &'a str, acked: A) -> GroupRecordRef<'a, A> {
         let (floor, floor_prev) = self.floor();
-        let acked = self.acked_ids().collect();
-        GroupRecord {
-            topic: topic.to_string(),
-            group: self.name.clone(),
+        GroupRecordRef {
+            topic,
+            group: &self.name,
             filter: self.terms.filter.as_ref().map(Filter::to_json),
             start_id: self.start_id,
             floor,
@@ -351,20 +355,7 @@ impl Group {
     /// Appends the group's position record to `out` (the bytes of `to_record`'s, without
     /// copying names or ids); returns its size.
     pub fn encode_record(&self, topic: &str, out: &mut Vec<u8>) -> usize {
-        let (floor, floor_prev) = self.floor();
-        let acked = AckedIds(self);
-        let record = GroupRecordRef {
-            topic,
-            group: &self.name,
-            filter: self.terms.filter.as_ref().map(Filter::to_json),
-            start_id: self.start_id,
-            floor,
-            floor_prev,
-            acked,
-            resets: self.resets,
-            coalesce_ms: self.terms.coalesce_ms,
-        };
-        crate::record::encode_control(out, crate::record::KIND_GROUP, &record)
+        crate::record::encode_control(out, crate::record::KIND_GROUP, &self.record_ref(topic, AckedIds(self)))
     }
 
     pub fn passes(&self, key: Option<&str>, body: &str) -> bool {
