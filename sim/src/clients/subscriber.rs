@@ -162,7 +162,6 @@ impl Subscriber {
     pub fn heal(&mut self) {
         self.style = AckStyle::Prompt;
         self.app.due_acks.extend(self.app.skipped.drain(..).map(|id| (0, id)));
-        self.latest.read_soon();
     }
 
     pub fn on_connected(&mut self, ctx: &mut Ctx<'_>) {
