@@ -44,6 +44,10 @@ impl AckDeadlines {
     }
 
     /// The earliest deadline set and not yet taken.
+    pub fn heap_bytes(&self) -> usize {
+        self.queue.heap_bytes()
+    }
+
     pub fn next_ns(&self) -> Option<u64> {
         self.queue.front().map(|(deadline_ns, _)| *deadline_ns)
     }

@@ -28,6 +28,12 @@ impl<T> ChunkedDeque<T> {
         self.len
     }
 
+    /// Heap bytes it holds: its chunks at their capacity, and the list of them.
+    pub fn heap_bytes(&self) -> usize {
+        let items: usize = self.chunks.iter().map(VecDeque::capacity).sum();
+        items * std::mem::size_of::<T>() + self.chunks.capacity() * std::mem::size_of::<VecDeque<T>>()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -294,6 +294,8 @@ pub struct MemoryUse {
     pub trace_bytes: u64,
     /// The newest message of every key, for `latest` (`latest_index_bytes_max`), and the keys.
     pub latest_index_bytes: u64,
+    /// What the groups track of their messages (outstanding entries, ack deadlines, sets).
+    pub group_state_bytes: u64,
     pub latest_index_keys: u64,
 }
 
@@ -309,6 +311,7 @@ impl MemoryUse {
             trace_bytes: self.trace_bytes + other.trace_bytes,
             latest_index_bytes: self.latest_index_bytes + other.latest_index_bytes,
             latest_index_keys: self.latest_index_keys + other.latest_index_keys,
+            group_state_bytes: self.group_state_bytes + other.group_state_bytes,
         }
     }
 }
@@ -545,6 +548,7 @@ impl Node {
             trace_bytes: self.trace_book.bytes(),
             latest_index_bytes: self.state.latest_bytes,
             latest_index_keys: self.state.topics.iter().map(|t| t.latest.keys() as u64).sum(),
+            group_state_bytes: self.state.topics.iter().flat_map(|t| &t.groups).map(|g| g.state_bytes() as u64).sum(),
         }
     }
 

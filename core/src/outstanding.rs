@@ -22,6 +22,10 @@ impl<E> Default for Outstanding<E> {
 }
 
 impl<E> Outstanding<E> {
+    pub fn heap_bytes(&self) -> usize {
+        self.entries.heap_bytes()
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -188,6 +188,7 @@ fn overview(context: &Context<'_>) -> Value {
             "topic_cache_bytes": memory.topic_cache_bytes, "read_cache_bytes": memory.read_cache_bytes, "unwritten_log_bytes": memory.unwritten_log_bytes,
             "raft_log_memory_bytes": host.raft_memory_bytes(), "pending_publishes": memory.pending_publishes, "pending_fetches": memory.pending_fetches, "trace_bytes": memory.trace_bytes,
             "latest_index_bytes": memory.latest_index_bytes, "latest_index_keys": memory.latest_index_keys,
+            "group_state_bytes": memory.group_state_bytes,
         },
         "disk": { "segments": disk.segments, "bytes": disk.bytes },
     })

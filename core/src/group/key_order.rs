@@ -76,6 +76,11 @@ impl KeyOrder {
         self.keys.get(&key).filter(|queue| queue.waiting.is_empty()).map(|queue| queue.deliverable)
     }
 
+    /// Keys with unacked messages.
+    pub fn keys_held(&self) -> usize {
+        self.keys.len()
+    }
+
     pub fn clear(&mut self) {
         self.keys.clear();
     }

@@ -108,6 +108,10 @@ pub enum AckOutcome {
 /// (at-least-once: those messages may be redelivered after a restart).
 pub const PERSISTED_ACKS_MAX: usize = 4096;
 
+/// An entry of a B-tree set or map of small keys, with its share of the tree's nodes (an
+/// estimate: nodes are 2/3 full on average).
+const SET_ENTRY_BYTES: usize = 32;
+
 pub fn key_hash(key: &str) -> u64 {
     // FNV-1a: fixed, so a replayed seed hashes the same; collisions only add ordering.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -266,6 +270,14 @@ impl Group {
 
     pub fn outstanding_len(&self) -> usize {
         self.outstanding.len()
+    }
+
+    /// Heap bytes of what it tracks of its messages: entries and ack deadlines exactly, its
+    /// sets and maps (ready ids, keys, coalescing times, ids settled ahead) at
+    /// `SET_ENTRY_BYTES` an entry. What a budget of in-flight memory would bound.
+    pub fn state_bytes(&self) -> usize {
+        let set_entries = self.ready.len() + self.keys.keys_held() + self.stored_ms.len() + self.pre_acked.len();
+        self.outstanding.heap_bytes() + self.ack_deadlines.heap_bytes() + set_entries * SET_ENTRY_BYTES
     }
 
     /// Messages of the topic (ids below `next_id`) not yet acked by the group: those it holds
@@ -706,6 +718,23 @@ mod tests {
             assert_eq!(borrowed, owned, "{}", String::from_utf8_lossy(&owned));
             assert!(!g.to_record("orders").acked.is_empty(), "acked ids above the floor are in it");
         }
+    }
+
+    /// 40,960 in flight fill ten chunks of entries (48 bytes with their ids) and ten of ack
+    /// deadlines (16 bytes): 64 bytes a message, and nothing in the sets.
+    #[test]
+    fn state_bytes_count_the_chunks_held() {
+        let mut g = group();
+        assert_eq!(g.state_bytes(), 0);
+        for id in 1..=40_960 {
+            admit_and_dispatch(&mut g, id, None, 7);
+        }
+        let per_message = g.state_bytes() as f64 / 40_960.0;
+        assert!((64.0..64.1).contains(&per_message), "{per_message} bytes a message");
+        admit_and_dispatch(&mut g, 40_961, Some("k"), 7);
+        g.ack(40_961);
+        g.admit_fresh(40_962, true, Some(key_hash("k")), 0, None);
+        assert!(g.state_bytes() as f64 / 40_962.0 > 64.0, "a new chunk each, a ready id and a key held");
     }
 
     #[test]
