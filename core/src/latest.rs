@@ -41,12 +41,20 @@ pub enum Recorded {
     Taken(i64),
     /// The key already has a newer message: nothing changed.
     Older,
+    /// The key is new and its entry would not fit in the room given: nothing changed.
+    NoRoom,
 }
 
 impl LatestIndex {
     /// Message `id` of `key` is durable in `segment`: it becomes the key's entry unless the key
-    /// has a newer one. (The same id again, from retention's copy, moves it to `segment`.)
-    pub fn record(&mut self, id: u64, key: &str, ts_ms: u64, body: &str, segment: u64) -> Recorded {
+    /// has a newer one, or is new and its entry needs more than `room_bytes`. (The same id
+    /// again, from retention's copy, moves it to `segment`.)
+    pub fn record(&mut self, id: u64, key: &str, ts_ms: u64, body: &str, segment: u64, room_bytes: u64) -> Recorded {
+        match self.by_key.get(key) {
+            Some(&current) if current > id => return Recorded::Older,
+            None if ENTRY_OVERHEAD_BYTES + (key.len() + body.len()) as u64 > room_bytes => return Recorded::NoRoom,
+            _ => {}
+        }
         // An id names one message: recorded under another key (only a damaged or crafted log
         // says so), the other key's entry goes.
         let mut freed = 0;
@@ -57,7 +65,6 @@ impl LatestIndex {
             self.bytes -= freed;
         }
         let before = match self.by_key.get(key) {
-            Some(&current) if current > id => return Recorded::Older,
             Some(&current) => {
                 let old = self.by_id.remove(&current).expect("by_key and by_id agree");
                 if current == id {
@@ -97,10 +104,6 @@ impl LatestIndex {
         self.by_id.iter().filter(|(_, m)| m.segment <= segment).map(|(id, _)| *id).collect()
     }
 
-    pub fn has_key(&self, key: &str) -> bool {
-        self.by_key.contains_key(key)
-    }
-
     pub fn get(&self, id: u64) -> Option<&LatestMessage> {
         self.by_id.get(&id)
     }
@@ -119,13 +122,6 @@ impl LatestIndex {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
-
-    /// Forgets everything (a state installed from a cluster's leader replaces the topic's).
-    pub fn clear(&mut self) -> u64 {
-        let bytes = self.bytes;
-        *self = LatestIndex::default();
-        bytes
-    }
 }
 
 #[cfg(test)]
@@ -135,13 +131,15 @@ mod tests {
     #[test]
     fn each_key_keeps_its_newest_message_and_pages_by_id() {
         let mut index = LatestIndex::default();
-        assert!(matches!(index.record(1, "a", 10, "\"a1\"", 1), Recorded::Taken(_)));
-        index.record(2, "b", 11, "\"b2\"", 1);
-        index.record(4, "a", 12, "\"a4\"", 2);
-        assert_eq!(index.record(3, "a", 13, "\"a3\"", 3), Recorded::Older, "an older message of a key is not its latest");
+        assert!(matches!(index.record(1, "a", 10, "\"a1\"", 1, u64::MAX), Recorded::Taken(_)));
+        index.record(2, "b", 11, "\"b2\"", 1, u64::MAX);
+        index.record(4, "a", 12, "\"a4\"", 2, u64::MAX);
+        assert_eq!(index.record(3, "a", 13, "\"a3\"", 3, u64::MAX), Recorded::Older, "an older message of a key is not its latest");
+        assert_eq!(index.record(5, "c", 14, "1", 3, ENTRY_OVERHEAD_BYTES + 1), Recorded::NoRoom, "a new key that does not fit");
+        assert!(matches!(index.record(6, "b", 14, "\"b6\"", 3, 0), Recorded::Taken(0)), "a key held takes its newer message, room or not");
         let all: Vec<(u64, &str)> = index.since(0, None).map(|(id, m)| (id, &*m.body)).collect();
-        assert_eq!(all, vec![(2, "\"b2\""), (4, "\"a4\"")]);
-        assert_eq!(index.since(2, None).map(|(id, _)| id).collect::<Vec<_>>(), vec![4]);
+        assert_eq!(all, vec![(4, "\"a4\""), (6, "\"b6\"")]);
+        assert_eq!(index.since(4, None).map(|(id, _)| id).collect::<Vec<_>>(), vec![6]);
         let keys = ["a".to_string(), "zz".to_string()];
         assert_eq!(index.since(0, Some(&keys)).map(|(id, _)| id).collect::<Vec<_>>(), vec![4]);
         assert_eq!(index.keys(), 2);
@@ -151,11 +149,11 @@ mod tests {
     #[test]
     fn a_copy_moves_an_entry_to_its_segment_and_retention_finds_what_needs_one() {
         let mut index = LatestIndex::default();
-        index.record(1, "a", 10, "1", 1);
-        index.record(2, "b", 10, "2", 2);
-        index.record(3, "c", 10, "3", 3);
+        index.record(1, "a", 10, "1", 1, u64::MAX);
+        index.record(2, "b", 10, "2", 2, u64::MAX);
+        index.record(3, "c", 10, "3", 3, u64::MAX);
         assert_eq!(index.in_segments_through(2), vec![1, 2]);
-        assert_eq!(index.record(1, "a", 10, "1", 5), Recorded::Taken(0));
+        assert_eq!(index.record(1, "a", 10, "1", 5, u64::MAX), Recorded::Taken(0));
         index.moved(2, 5);
         assert_eq!(index.in_segments_through(2), Vec::<u64>::new());
         assert_eq!(index.get(1).map(|m| m.segment), Some(5));
@@ -165,13 +163,13 @@ mod tests {
     #[test]
     fn an_id_recorded_under_another_key_replaces_that_keys_entry() {
         let mut index = LatestIndex::default();
-        index.record(5, "a", 10, "1", 1);
-        let Recorded::Taken(grown) = index.record(5, "b", 10, "22", 1) else { panic!("taken") };
+        index.record(5, "a", 10, "1", 1, u64::MAX);
+        let Recorded::Taken(grown) = index.record(5, "b", 10, "22", 1, u64::MAX) else { panic!("taken") };
         assert_eq!(grown, 1, "one byte more of body; the same key length");
         assert_eq!(index.since(0, None).map(|(id, m)| (id, m.key.to_string())).collect::<Vec<_>>(), vec![(5, "b".to_string())]);
-        assert!(!index.has_key("a"));
+        assert_eq!(index.since(0, Some(&["a".to_string()])).count(), 0, "key a is gone");
         assert_eq!(index.bytes(), ENTRY_OVERHEAD_BYTES + 1 + 2);
-        index.record(6, "a", 10, "3", 1);
+        index.record(6, "a", 10, "3", 1, u64::MAX);
         assert_eq!(index.keys(), 2);
     }
 }

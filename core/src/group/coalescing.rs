@@ -160,7 +160,7 @@ mod tests {
     }
 
     #[test]
-    fn coalesced_ids_are_in_the_position_record_and_a_restored_group_coalesces_the_same() {
+    fn coalesced_ids_are_in_the_position_record_and_a_restored_group_keeps_the_window() {
         let mut g = coalescing();
         admit(&mut g, Some("a"), 0);
         g.dispatch(1, ConnId(1), 100, 10);

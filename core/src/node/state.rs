@@ -5,6 +5,7 @@
 use crate::config::Config;
 use crate::group::{Group, GroupTerms};
 use crate::ids::{GroupIdx, TopicIdx};
+use crate::latest::Recorded;
 use crate::protocol::{ErrorCode, StartFrom};
 use crate::record::{self, AppliedRecord, NewTopicsRecord, ProducerRecord, SalvagedRecord, TopicRecord};
 use crate::topic::{Loc, Topic};
@@ -112,13 +113,10 @@ impl State {
     /// stay within `latest_index_bytes_max`; past it the topic's index is incomplete.
     pub(super) fn record_latest(&mut self, t: TopicIdx, id: u64, key: &str, ts_ms: u64, body: &str, segment: u64) {
         let topic = &mut self.topics[t];
-        let cost = crate::latest::ENTRY_OVERHEAD_BYTES + (key.len() + body.len()) as u64;
-        if !topic.latest.has_key(key) && self.latest_bytes + cost > self.latest_bytes_max {
-            topic.latest_incomplete = true;
-            return;
-        }
-        if let crate::latest::Recorded::Taken(grown) = topic.latest.record(id, key, ts_ms, body, segment) {
-            self.latest_bytes = self.latest_bytes.saturating_add_signed(grown);
+        match topic.latest.record(id, key, ts_ms, body, segment, self.latest_bytes_max.saturating_sub(self.latest_bytes)) {
+            Recorded::Taken(grown) => self.latest_bytes = self.latest_bytes.saturating_add_signed(grown),
+            Recorded::NoRoom => topic.latest_incomplete = true,
+            Recorded::Older => {}
         }
     }
 
