@@ -52,6 +52,11 @@ impl AckDeadlines {
         self.queue.front().map(|(deadline_ns, _)| *deadline_ns)
     }
 
+    /// The id of the earliest entry, if it is due at `now_ns`.
+    pub fn due_id(&self, now_ns: u64) -> Option<u64> {
+        self.queue.front().filter(|(deadline_ns, _)| *deadline_ns <= now_ns).map(|(_, id)| *id)
+    }
+
     /// Takes the earliest entry if it is due at `now_ns`: (deadline, id).
     pub fn take_due(&mut self, now_ns: u64) -> Option<(u64, u64)> {
         let &(deadline_ns, _) = self.queue.front()?;

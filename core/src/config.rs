@@ -225,6 +225,13 @@ pub struct Config {
     pub groups: BTreeMap<String, GroupOverrides>,
     /// Unacked messages a group holds above its position before it stops taking new ones.
     pub group_outstanding_max: u32,
+    /// Heap bytes of all groups' in-flight state (`ferry_group_state_bytes`) past which the
+    /// oldest chunks of it are spilled to a scratch file until needed (0: never). A single
+    /// node's; a cluster node does not spill.
+    pub group_state_bytes_max: u64,
+    /// Entries of a group's in-flight state per chunk (a power of two, 8 to 65,536): what is
+    /// spilled and brought back at once.
+    pub group_state_chunk_entries: u32,
     /// Groups of one topic a new message is offered to in one turn of the node; the rest go
     /// on in the next turns, so a fan-out to very many groups does not hold up other work.
     pub fan_out_groups_per_turn: u32,
@@ -359,6 +366,8 @@ impl Default for Config {
             latest_index_bytes_max: 64 << 20,
             groups: BTreeMap::new(),
             group_outstanding_max: 100_000,
+            group_state_bytes_max: 1 << 30,
+            group_state_chunk_entries: crate::outstanding::CHUNK_ENTRIES as u32,
             fan_out_groups_per_turn: 1_024,
             groups_per_topic_max: 1_000,
             topics_max: 10_000,
@@ -483,6 +492,9 @@ impl Config {
         // every frame ferry sends back parseable by common JSON parsers (see the constant).
         if !(2..=JSON_DEPTH_MAX_LIMIT).contains(&self.json_depth_max) {
             return Err(format!("json_depth_max must be 2 to {JSON_DEPTH_MAX_LIMIT}"));
+        }
+        if !(8..=65_536).contains(&self.group_state_chunk_entries) || !self.group_state_chunk_entries.is_power_of_two() {
+            return Err("group_state_chunk_entries must be a power of two from 8 to 65536".into());
         }
         if self.window_default > self.window_max {
             return Err(format!("window_default ({}) exceeds window_max ({})", self.window_default, self.window_max));

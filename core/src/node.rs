@@ -41,6 +41,7 @@ mod reads;
 mod remote_delivery;
 mod replication;
 mod session;
+mod spill;
 mod state;
 mod state_transfer;
 
@@ -153,6 +154,21 @@ pub enum DiskOp {
         offset: u64,
         len: u32,
     },
+    /// Writes `data` at `offset` of shard `shard`'s scratch spill file (`node/spill.rs`): no
+    /// fsync, as nothing in it outlives the process. Completes as a `WriteDone`.
+    SpillWrite {
+        token: u64,
+        shard: u32,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    /// Reads `len` bytes at `offset` of shard `shard`'s spill file. Completes as a `ReadDone`.
+    SpillRead {
+        token: u64,
+        shard: u32,
+        offset: u64,
+        len: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,6 +224,11 @@ pub enum Trace {
     StateInstalled {
         shard: u32,
         index: u64,
+    },
+    /// A write to the in-flight spill file failed: the chunk stays in memory, and spilling
+    /// pauses a second.
+    SpillFailed {
+        error: DiskError,
     },
 }
 
@@ -296,6 +317,9 @@ pub struct MemoryUse {
     pub latest_index_bytes: u64,
     /// What the groups track of their messages (outstanding entries, ack deadlines, sets).
     pub group_state_bytes: u64,
+    /// Bytes of groups' in-flight state spilled to disk (`group_state_bytes_max`), in slots of
+    /// the spill file in use.
+    pub group_state_spilled_bytes: u64,
     pub latest_index_keys: u64,
 }
 
@@ -312,6 +336,7 @@ impl MemoryUse {
             latest_index_bytes: self.latest_index_bytes + other.latest_index_bytes,
             latest_index_keys: self.latest_index_keys + other.latest_index_keys,
             group_state_bytes: self.group_state_bytes + other.group_state_bytes,
+            group_state_spilled_bytes: self.group_state_spilled_bytes + other.group_state_spilled_bytes,
         }
     }
 }
@@ -366,6 +391,8 @@ enum Timer {
     BatchFlush,
     DiskRetry,
     Retention,
+    /// Groups' state against `group_state_bytes_max` (`node/spill.rs`).
+    SpillCheck,
 }
 
 pub struct Node {
@@ -403,6 +430,8 @@ pub struct Node {
     salvaged_regions: Vec<SalvagedRecord>,
     /// Cluster mode (`peers` set): the shard's replica and what this node proposed.
     replication: Option<Replication>,
+    /// Chunks of groups' in-flight state out on disk (`node/spill.rs`).
+    spills: spill::Spills,
     now_ns: u64,
     pub stats: Stats,
 }
@@ -458,6 +487,7 @@ impl Node {
             stopped: false,
             salvaged_regions: Vec::new(),
             replication: None,
+            spills: spill::Spills::default(),
             now_ns,
             stats: Stats::default(),
         };
@@ -482,6 +512,9 @@ impl Node {
             report
         };
         node.timers.insert((now_ns + RETENTION_CHECK_NS, Timer::Retention));
+        if node.spilling() {
+            node.timers.insert((now_ns + spill::SPILL_CHECK_NS, Timer::SpillCheck));
+        }
         node.drain_replica();
         node.maybe_flush();
         Ok((node, report))
@@ -549,6 +582,7 @@ impl Node {
             latest_index_bytes: self.state.latest_bytes,
             latest_index_keys: self.state.topics.iter().map(|t| t.latest.keys() as u64).sum(),
             group_state_bytes: self.state.topics.iter().flat_map(|t| &t.groups).map(|g| g.state_bytes() as u64).sum(),
+            group_state_spilled_bytes: self.spilled_bytes(),
         }
     }
 
@@ -585,8 +619,16 @@ impl Node {
             Input::Frame { .. } | Input::Rejected { .. } | Input::Token { .. } => unreachable!("the host takes client frames"),
             Input::Disconnected { conn } => self.on_disconnected(conn),
             Input::Congested { conn, congested } => self.on_congested(conn, congested),
-            Input::WriteDone { token, result } => self.on_write_done(token, result),
-            Input::ReadDone { token, result } => self.on_read_done(token, result),
+            Input::WriteDone { token, result } => {
+                if !self.on_spill_written(token, &result) {
+                    self.on_write_done(token, result);
+                }
+            }
+            Input::ReadDone { token, result } => {
+                if !self.on_spill_read(token, &result) {
+                    self.on_read_done(token, result);
+                }
+            }
             Input::TruncateDone { token, result } => self.on_truncate_done(token, result),
             Input::PeerMessage { from_node, payload } => self.on_peer_frame(from_node, payload),
             Input::PeerDown { node } => self.on_peer_down(node),
@@ -648,19 +690,20 @@ impl Node {
     fn on_timer(&mut self, at: u64, timer: Timer) {
         match timer {
             Timer::AckDeadline { topic, group } => {
-                let deadlines = &mut self.state.topics[topic].groups[group].ack_deadlines;
-                let mut due: Vec<(u64, u64)> = std::iter::from_fn(|| deadlines.take_due(at)).collect();
-                // Deadlines are queued in delivery order; they expire in id order, as they
-                // always have (a redelivery may have gone out after a higher id at one instant).
-                due.sort_unstable_by_key(|&(deadline_ns, id)| (deadline_ns, id));
-                for (deadline_ns, id) in due {
-                    self.expire_delivery(topic, group, id, deadline_ns);
+                let mut due: Vec<(u64, u64)> = Vec::new();
+                while let Some(id) = self.state.topics[topic].groups[group].ack_deadlines.due_id(at) {
+                    let serial = self.state.topics[topic].groups[group].spill_of(id);
+                    // A spilled message's deadline waits for its chunk; so do the later ones
+                    // (the timer is set again when the chunk is back).
+                    if serial.is_some_and(|serial| !self.load_spill(topic, group, serial)) {
+                        return self.expire_all(topic, group, due, false);
+                    }
+                    due.extend(self.state.topics[topic].groups[group].ack_deadlines.take_due(at));
                 }
-                if let Some(next_ns) = self.state.topics[topic].groups[group].ack_deadlines.next_ns() {
-                    self.timers.insert((next_ns, Timer::AckDeadline { topic, group }));
-                }
+                self.expire_all(topic, group, due, true);
             }
             Timer::PullEnd { conn, topic, group } => self.finish_pull(conn, topic, group),
+            Timer::SpillCheck => self.on_spill_check(),
             Timer::Pump { topic, group } => self.pump(topic, group),
             Timer::PumpGroups { topic } => self.go_on_sweeping(topic),
             Timer::BatchFlush | Timer::DiskRetry => self.maybe_flush(),
@@ -670,6 +713,20 @@ impl Node {
                 self.tell_peers_about_me();
                 self.timers.insert((self.now_ns + RETENTION_CHECK_NS, Timer::Retention));
             }
+        }
+    }
+
+    /// Expires the deadlines `due` of group `group`, and sets its timer for the next one unless
+    /// it waits for a spilled chunk (`rearm` false).
+    fn expire_all(&mut self, topic: TopicIdx, group: GroupIdx, mut due: Vec<(u64, u64)>, rearm: bool) {
+        // Deadlines are queued in delivery order; they expire in id order, as they always
+        // have (a redelivery may have gone out after a higher id at one instant).
+        due.sort_unstable_by_key(|&(deadline_ns, id)| (deadline_ns, id));
+        for (deadline_ns, id) in due {
+            self.expire_delivery(topic, group, id, deadline_ns);
+        }
+        if let Some(next_ns) = self.state.topics[topic].groups[group].ack_deadlines.next_ns().filter(|_| rearm) {
+            self.timers.insert((next_ns, Timer::AckDeadline { topic, group }));
         }
     }
 

@@ -19,6 +19,8 @@ pub const EPOCH_NS: u64 = 1_700_000_000_000 * NS_PER_MS;
 pub struct MemDisk {
     pub files: BTreeMap<u64, Vec<u8>>,
     durable_len: BTreeMap<u64, usize>,
+    /// Each shard's scratch spill file (nothing in it outlives a process).
+    pub spill: BTreeMap<u32, Vec<u8>>,
 }
 
 pub enum Completion {
@@ -49,6 +51,19 @@ impl MemDisk {
             }
             DiskOp::Read { token, segment, offset, len } => {
                 let bytes = self.files.get(segment).and_then(|f| f.get(*offset as usize..(*offset + *len as u64) as usize)).map(<[u8]>::to_vec);
+                Some(Completion::Read { token: *token, bytes })
+            }
+            DiskOp::SpillWrite { token, shard, offset, data } => {
+                let file = self.spill.entry(*shard).or_default();
+                let end = *offset as usize + data.len();
+                if file.len() < end {
+                    file.resize(end, 0);
+                }
+                file[*offset as usize..end].copy_from_slice(data);
+                Some(Completion::Write { token: *token, result: Ok(()) })
+            }
+            DiskOp::SpillRead { token, shard, offset, len } => {
+                let bytes = self.spill.get(shard).and_then(|f| f.get(*offset as usize..(*offset + *len as u64) as usize)).map(<[u8]>::to_vec);
                 Some(Completion::Read { token: *token, bytes })
             }
         }

@@ -188,7 +188,7 @@ fn overview(context: &Context<'_>) -> Value {
             "topic_cache_bytes": memory.topic_cache_bytes, "read_cache_bytes": memory.read_cache_bytes, "unwritten_log_bytes": memory.unwritten_log_bytes,
             "raft_log_memory_bytes": host.raft_memory_bytes(), "pending_publishes": memory.pending_publishes, "pending_fetches": memory.pending_fetches, "trace_bytes": memory.trace_bytes,
             "latest_index_bytes": memory.latest_index_bytes, "latest_index_keys": memory.latest_index_keys,
-            "group_state_bytes": memory.group_state_bytes,
+            "group_state_bytes": memory.group_state_bytes, "group_state_spilled_bytes": memory.group_state_spilled_bytes,
         },
         "disk": { "segments": disk.segments, "bytes": disk.bytes },
     })
@@ -239,6 +239,7 @@ fn position_json(position: &IdPosition) -> Value {
         IdPosition::BeforeStart => json!({"state": "before_start"}),
         IdPosition::NotReached => json!({"state": "not_reached"}),
         IdPosition::Settled => json!({"state": "settled", "why": "acked, filtered out, or dead-lettered"}),
+        IdPosition::Spilled => json!({"state": "spilled", "why": "in flight or acked; its state is in the spill file until needed (group_state_bytes_max)"}),
         IdPosition::Held(state) => match *state {
             EntryState::Blocked => json!({"state": "blocked", "why": "an earlier message of its key is unacked"}),
             EntryState::Ready { attempts } => json!({"state": "ready", "attempts": attempts}),

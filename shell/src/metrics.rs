@@ -153,6 +153,7 @@ pub fn render(host: &Host, fsync_seconds: &Histogram, peer_links: &[(u64, bool)]
         ("trace_memory", "Bytes of recent message events kept for traces (trace_bytes_max)", memory.trace_bytes),
         ("latest_index", "Bytes of the newest message of every key, kept for latest (latest_index_bytes_max)", memory.latest_index_bytes),
         ("group_state", "Bytes the groups hold of their messages' state: outstanding entries, ack deadlines, sets", memory.group_state_bytes),
+        ("group_state_spilled", "Bytes of the groups' in-flight state spilled to disk past group_state_bytes_max", memory.group_state_spilled_bytes),
         ("read_ahead", "Bytes read from sockets that connections have not taken yet (read_ahead_bytes_total_max)", crate::read_ahead::kept_total() as u64),
     ];
     for (name, help, value) in gauges {

@@ -917,6 +917,7 @@ fn admission(host: &Host, now_ns: u64, origin: Option<&str>, bearer: Option<&str
 fn log_trace(trace: &Trace) {
     match trace {
         Trace::StoreFailed { .. } | Trace::UnreadableRecord { .. } => tracing::error!("{trace:?}"),
+        Trace::SpillFailed { error } => tracing::error!("a write of in-flight state to the spill file failed ({error:?}): it stays in memory; spilling pauses 1 s"),
         Trace::DeadLettered { .. } | Trace::DeadLetterDropped { .. } | Trace::PeerMessageIgnored { .. } | Trace::PeerFrameRefused { .. } => tracing::warn!("{trace:?}"),
         Trace::SegmentRolled { .. } | Trace::SegmentDeleted { .. } => tracing::debug!("{trace:?}"),
         Trace::LeaderChanged { shard, leader: Some(leader), term } => tracing::info!("shard {shard} leader: node {leader} (term {term})"),

@@ -35,6 +35,8 @@ pub struct Store {
     last_created: Option<Instant>,
     /// How long each fsync of the log took (`/metrics`).
     pub fsync_seconds: Histogram,
+    /// Each shard's scratch file of spilled in-flight state, opened on first use.
+    spill_files: BTreeMap<u32, File>,
 }
 
 /// fsync durations from 25 µs to about 0.4 s, doubling.
@@ -179,7 +181,8 @@ impl Store {
             let name = name.to_string_lossy();
             if let Some(id) = name.strip_suffix(".seg").and_then(|n| n.parse::<u64>().ok()) {
                 ids.push(id);
-            } else if name.ends_with(".seg.prep") {
+            } else if name.ends_with(".seg.prep") || name.ends_with(".spill") {
+                // An unfinished segment, or in-flight state of a run that is over.
                 std::fs::remove_file(dir.join(name.as_ref()))?;
             }
         }
@@ -223,7 +226,17 @@ impl Store {
             Err(e) => tracing::warn!("cannot prepare segment {first} ({e}); it will be appended to instead"),
         }
         Ok((
-            Store { fsync_seconds: fsync_histogram(), dir: dir.to_path_buf(), _lock: lock, active: BTreeMap::new(), sealed, preparer, segment_bytes, last_created: None },
+            Store {
+                fsync_seconds: fsync_histogram(),
+                dir: dir.to_path_buf(),
+                _lock: lock,
+                active: BTreeMap::new(),
+                sealed,
+                preparer,
+                segment_bytes,
+                last_created: None,
+                spill_files: BTreeMap::new(),
+            },
             node,
             report,
         ))
@@ -252,7 +265,26 @@ impl Store {
                 let result = self.read(segment, offset, len).map_err(|e| disk_error(&e));
                 Some(Completion::Read { token, result })
             }
+            DiskOp::SpillWrite { token, shard, offset, data } => {
+                let result = self.spill_file(shard).and_then(|file| file.write_all_at(&data, offset)).map_err(|e| disk_error(&e));
+                Some(Completion::Write { token, result })
+            }
+            DiskOp::SpillRead { token, shard, offset, len } => {
+                let mut buf = vec![0u8; len as usize];
+                let result = self.spill_file(shard).and_then(|file| file.read_exact_at(&mut buf, offset)).map(|()| buf).map_err(|e| disk_error(&e));
+                Some(Completion::Read { token, result })
+            }
         }
+    }
+
+    /// Shard `shard`'s spill file (`shard-N.spill`, removed at every start: never synced).
+    fn spill_file(&mut self, shard: u32) -> io::Result<&File> {
+        if !self.spill_files.contains_key(&shard) {
+            let path = self.dir.join(format!("shard-{shard}.spill"));
+            let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+            self.spill_files.insert(shard, file);
+        }
+        Ok(&self.spill_files[&shard])
     }
 
     /// `segment` is no longer written through its shard's open file.

@@ -10,8 +10,10 @@
 
 mod coalescing;
 mod key_order;
+mod spill;
 mod terms;
 
+pub use spill::{spilled_chunk_bytes, LetGo, Loaded, SpillStub};
 pub use terms::GroupTerms;
 
 use crate::ack_deadlines::AckDeadlines;
@@ -72,6 +74,8 @@ pub enum IdPosition {
     Held(EntryState),
     /// Done with: acked, filtered out, or dead-lettered.
     Settled,
+    /// In flight or acked, its state spilled to disk (`spill`).
+    Spilled,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -100,6 +104,8 @@ pub enum AckOutcome {
     Acked { released: Option<Released> },
     /// Already acked, filtered out, or never deliverable: nothing to do.
     Ignored,
+    /// Its entry is spilled (`serial`): the ack is noted, and done when the chunk is back.
+    Spilled { serial: u64 },
     /// The id was never handed out by this group.
     Unknown,
 }
@@ -131,7 +137,12 @@ pub struct Group {
     pub max_attempts: u32,
     cursor: u64,
     last_passed: u64,
-    outstanding: Outstanding<Entry>,
+    outstanding: Outstanding<Entry, SpillStub>,
+    /// Acked entries in spilled chunks (of `acked_held`).
+    acked_spilled: usize,
+    /// Chunks brought back from disk (by first id) and when they may be spilled again: not
+    /// within an ack timeout, so acks to one chunk do not send it back and forth.
+    spill_cooldown: BTreeMap<u64, u64>,
     /// The `prev` of the first outstanding entry: the filter-passing id before it.
     first_prev: u64,
     ready: BTreeSet<u64>,
@@ -201,6 +212,8 @@ impl Group {
             coalesced: Vec::new(),
             in_flight: 0,
             acked_held: 0,
+            acked_spilled: 0,
+            spill_cooldown: BTreeMap::new(),
             start_id,
             ack_timeout_ns,
             max_attempts,
@@ -276,8 +289,8 @@ impl Group {
     /// sets and maps (ready ids, keys, coalescing times, ids settled ahead) at
     /// `SET_ENTRY_BYTES` an entry. What a budget of in-flight memory would bound.
     pub fn state_bytes(&self) -> usize {
-        let set_entries = self.ready.len() + self.keys.keys_held() + self.stored_ms.len() + self.pre_acked.len();
-        self.outstanding.heap_bytes() + self.ack_deadlines.heap_bytes() + set_entries * SET_ENTRY_BYTES
+        let set_entries = self.ready.len() + self.keys.keys_held() + self.stored_ms.len() + self.pre_acked.len() + self.spill_cooldown.len();
+        self.outstanding.heap_bytes() + self.ack_deadlines.heap_bytes() + set_entries * SET_ENTRY_BYTES + self.stubs_bytes()
     }
 
     /// Messages of the topic (ids below `next_id`) not yet acked by the group: those it holds
@@ -291,15 +304,39 @@ impl Group {
     /// the next it reaches.
     pub fn oldest_unacked(&self, next_id: u64) -> Option<u64> {
         let held = self.outstanding.iter().find(|(_, e)| e.state != EntryState::Acked).map(|(id, _)| id);
-        held.or((self.cursor < next_id).then_some(self.cursor))
+        // A spilled chunk has one in flight at least: its first id is near enough.
+        let spilled = self.outstanding.stubs().next().map(|(first, _)| first);
+        let oldest = match (held, spilled) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        oldest.or((self.cursor < next_id).then_some(self.cursor))
     }
 
     /// Moves the group to `start_id` as if it began there (an operator's reset): everything it
-    /// held is let go of, and returned (id, state, bytes) so the caller can cancel timers and
-    /// free windows. The first delivery after it carries `prev` 0: the chain starts again.
-    pub fn reset(&mut self, start_id: u64) -> Vec<(u64, EntryState, u32)> {
-        let held = self.outstanding.take_all().map(|(id, e)| (id, e.state, e.bytes)).collect();
-        (self.in_flight, self.acked_held) = (0, 0);
+    /// held is let go of, and what was in flight to whom returned, so the caller can free
+    /// windows (and the spills' file space). The first delivery after it carries `prev` 0: the
+    /// chain starts again.
+    pub fn reset(&mut self, start_id: u64) -> LetGo {
+        let (held, stubs) = self.outstanding.take_all();
+        let mut let_go = LetGo::default();
+        let mut add = |conn: ConnId, count: u32, bytes: u64| match let_go.in_flight.iter_mut().find(|(c, ..)| *c == conn) {
+            Some((_, n, b)) => (*n, *b) = (*n + count, *b + bytes),
+            None => let_go.in_flight.push((conn, count, bytes)),
+        };
+        for (_, entry) in held {
+            if let EntryState::InFlight { conn, .. } = entry.state {
+                add(conn, 1, u64::from(entry.bytes));
+            }
+        }
+        for stub in &stubs {
+            for (conn, count, bytes) in stub.in_flight_to() {
+                add(conn, count, bytes);
+            }
+        }
+        let_go.spills = stubs.iter().map(|stub| stub.serial).collect();
+        (self.in_flight, self.acked_held, self.acked_spilled) = (0, 0, 0);
+        self.spill_cooldown.clear();
         self.ready.clear();
         self.keys.clear();
         self.stored_ms.clear();
@@ -308,7 +345,7 @@ impl Group {
         self.cursor = self.start_id;
         self.last_passed = 0;
         self.resets += 1;
-        held
+        let_go
     }
 
     /// Where message `id` stands in this group.
@@ -318,6 +355,9 @@ impl Group {
         }
         if id >= self.cursor {
             return IdPosition::NotReached;
+        }
+        if self.outstanding.is_spilled(id) {
+            return IdPosition::Spilled;
         }
         match self.outstanding.get(id).map(|e| e.state) {
             None | Some(EntryState::Acked) => IdPosition::Settled,
@@ -332,8 +372,8 @@ impl Group {
 
     /// (floor, prev at floor): everything filter-passing at or below `floor` is acked.
     pub fn floor(&self) -> (u64, u64) {
-        match self.outstanding.first() {
-            Some((id, _)) => (id - 1, self.first_prev),
+        match self.outstanding.first_id() {
+            Some(id) => (id - 1, self.first_prev),
             None => (self.cursor - 1, self.last_passed),
         }
     }
@@ -361,7 +401,7 @@ impl Group {
     /// Acked ids above the floor, as many as a record keeps.
     fn acked_ids(&self) -> impl Iterator<Item = u64> + '_ {
         // Taking no more than are held stops the walk at the last of them.
-        self.outstanding.iter().filter(|(_, e)| e.state == EntryState::Acked).map(|(id, _)| id).take(self.acked_held.min(PERSISTED_ACKS_MAX))
+        self.outstanding.iter().filter(|(_, e)| e.state == EntryState::Acked).map(|(id, _)| id).take((self.acked_held - self.acked_spilled).min(PERSISTED_ACKS_MAX))
     }
 
     /// Appends the group's position record to `out` (the bytes of `to_record`'s, without
@@ -461,6 +501,9 @@ impl Group {
 
     pub fn ack(&mut self, id: u64) -> AckOutcome {
         let Some(entry) = self.outstanding.get_mut(id) else {
+            if self.outstanding.is_spilled(id) {
+                return self.ack_spilled(id);
+            }
             if id < self.cursor || self.pre_acked.contains(&id) {
                 return AckOutcome::Ignored;
             }
@@ -543,8 +586,9 @@ impl Group {
         }
     }
 
-    /// Everything in flight to `conn` becomes ready for other members; returns their deadlines.
-    pub fn release_conn(&mut self, conn: ConnId) {
+    /// Everything in flight to `conn` becomes ready for other members (in spilled chunks, once
+    /// they are back: their serials are returned, to be brought back).
+    pub fn release_conn(&mut self, conn: ConnId) -> Vec<u64> {
         for (id, entry) in self.outstanding.iter_mut() {
             if let EntryState::InFlight { conn: c, attempts, .. } = entry.state {
                 if c == conn {
@@ -554,6 +598,7 @@ impl Group {
                 }
             }
         }
+        self.release_conn_spilled(conn)
     }
 
     pub fn start_dead_letter(&mut self, id: u64) {
@@ -625,20 +670,24 @@ impl Group {
         }
     }
 
-    /// Number of entries in flight to `conn` (for checks; O(outstanding)).
+    /// Number of entries in flight to `conn`, held or spilled (for checks; O(outstanding)).
     pub fn in_flight_to(&self, conn: ConnId) -> usize {
-        self.outstanding.values().filter(|e| matches!(e.state, EntryState::InFlight { conn: c, .. } if c == conn)).count()
+        let held = self.outstanding.values().filter(|e| matches!(e.state, EntryState::InFlight { conn: c, .. } if c == conn)).count();
+        held + self.spilled_to(conn).0
     }
 
-    /// Bytes in flight to `conn` (for checks; O(outstanding)).
+    /// Bytes in flight to `conn`, held or spilled (for checks; O(outstanding)).
     pub fn in_flight_bytes_to(&self, conn: ConnId) -> u64 {
-        self.outstanding.values().filter(|e| matches!(e.state, EntryState::InFlight { conn: c, .. } if c == conn)).map(|e| e.bytes as u64).sum()
+        let held: u64 = self.outstanding.values().filter(|e| matches!(e.state, EntryState::InFlight { conn: c, .. } if c == conn)).map(|e| e.bytes as u64).sum();
+        held + self.spilled_to(conn).1
     }
 
     /// Debug check of the structural invariants.
     pub fn check_invariants(&self) {
-        let in_flight = self.outstanding.values().filter(|e| matches!(e.state, EntryState::InFlight { .. })).count();
-        let acked = self.outstanding.values().filter(|e| e.state == EntryState::Acked).count();
+        let (spilled_in_flight, spilled_acked) = self.spilled_counts();
+        assert_eq!(spilled_acked, self.acked_spilled, "acked entries spilled out of step");
+        let in_flight = self.outstanding.values().filter(|e| matches!(e.state, EntryState::InFlight { .. })).count() + spilled_in_flight;
+        let acked = self.outstanding.values().filter(|e| e.state == EntryState::Acked).count() + spilled_acked;
         assert_eq!((self.in_flight, self.acked_held), (in_flight, acked), "counts of in flight and acked entries out of step");
         let mut deliverable_keys = BTreeSet::new();
         for (id, entry) in self.outstanding.iter() {

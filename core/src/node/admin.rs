@@ -18,7 +18,7 @@ use super::replication::Proposal;
 use super::state::NewMessage;
 use super::Node;
 use crate::cluster::command::{Command, CreateGroupCommand, DropGroupCommand, GroupStart, PublishCommand, ResetGroupCommand};
-use crate::group::{EntryState, GroupTerms};
+use crate::group::{GroupTerms, LetGo};
 use crate::ids::{ConnId, GroupIdx, TopicIdx};
 use crate::protocol::{ErrorCode, StartFrom};
 use crate::record::{self, GroupDroppedRecord};
@@ -163,11 +163,12 @@ impl Node {
 
     /// Frees the windows what a group held in flight took (its timers need no cancelling: an
     /// ack deadline or nack delay that comes finds its message let go of).
-    fn let_go_of(&mut self, t: TopicIdx, g: GroupIdx, held: Vec<(u64, EntryState, u32)>) {
-        for (_, state, bytes) in held {
-            if let EntryState::InFlight { conn, .. } = state {
-                self.release_in_flight(conn, t, g, bytes);
-            }
+    fn let_go_of(&mut self, t: TopicIdx, g: GroupIdx, held: LetGo) {
+        for (conn, count, bytes) in held.in_flight {
+            self.release_in_flight_n(conn, t, g, count, bytes);
+        }
+        for serial in held.spills {
+            self.free_spill_slot(serial);
         }
     }
 

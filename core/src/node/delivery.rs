@@ -65,6 +65,14 @@ impl Node {
                 self.maybe_flush();
                 true
             }
+            AckOutcome::Spilled { serial } => {
+                // Counted now; its window opens when the chunk is back.
+                self.trace_book.push(self.now_ns, t, id, Happening::Acked { group: g });
+                self.stats.acked += 1;
+                self.state.topics[t].groups[g].counters.acked += 1;
+                self.load_spill(t, g, serial);
+                true
+            }
             AckOutcome::Ignored => true,
             AckOutcome::Unknown => false,
         }
@@ -90,10 +98,15 @@ impl Node {
 
     /// One message (of `bytes`) in flight to `conn` is no longer: its window has room again.
     pub(super) fn release_in_flight(&mut self, conn: ConnId, t: TopicIdx, g: GroupIdx, bytes: u32) {
+        self.release_in_flight_n(conn, t, g, 1, u64::from(bytes));
+    }
+
+    /// `count` messages of `bytes` in all, in flight to `conn`, are no longer.
+    pub(super) fn release_in_flight_n(&mut self, conn: ConnId, t: TopicIdx, g: GroupIdx, count: u32, bytes: u64) {
         let Some(state) = self.conns.get_mut(&conn) else { return };
         let Some(sub) = state.subs.get_mut(&(t, g)) else { return };
-        sub.in_flight -= 1;
-        sub.in_flight_bytes -= bytes as u64;
+        sub.in_flight -= count;
+        sub.in_flight_bytes -= bytes;
         sub.over_window &= sub.in_flight > sub.window;
         if !sub.subscribed && sub.pull.is_none() && sub.in_flight == 0 {
             state.subs.remove(&(t, g));

@@ -280,6 +280,7 @@ impl Node {
         let Ok(t) = self.state.topic_for(&record.topic) else { return };
         let ack_timeout_ns = self.config.ack_timeout_ms_for(&record.group) * NS_PER_MS;
         let mut group = Group::restore(record, ack_timeout_ns, self.config.max_attempts_for(&record.group));
+        group.use_chunk_entries(self.config.group_state_chunk_entries as usize);
         let acked: BTreeSet<u64> = record.acked.iter().copied().filter(|id| *id > record.floor).collect();
         let last_acked = acked.last().copied().unwrap_or(0);
         let topic = &self.state.topics[t];

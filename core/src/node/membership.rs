@@ -182,7 +182,9 @@ impl Node {
     pub(super) fn release_member(&mut self, conn: ConnId, t: TopicIdx, g: GroupIdx) {
         let group = &mut self.state.topics[t].groups[g];
         group.members.retain(|m| *m != conn);
-        group.release_conn(conn);
+        for serial in group.release_conn(conn) {
+            self.load_spill(t, g, serial);
+        }
         self.pump(t, g);
     }
 }

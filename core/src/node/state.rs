@@ -46,6 +46,8 @@ pub(super) struct State {
     /// Bytes of every topic's latest-per-key index, and their bound.
     pub(super) latest_bytes: u64,
     latest_bytes_max: u64,
+    /// Entries per chunk of a group's in-flight state (`group_state_chunk_entries`).
+    chunk_entries: usize,
 }
 
 impl State {
@@ -60,6 +62,7 @@ impl State {
             applied: None,
             latest_bytes: 0,
             latest_bytes_max: config.latest_index_bytes_max,
+            chunk_entries: config.group_state_chunk_entries as usize,
             topics_max: config.topics_max,
             producer_seqs_max: config.producer_seqs_max,
             producers_max: config.producers_max,
@@ -130,7 +133,9 @@ impl State {
             StartFrom::Id(id) => id.max(topic.first_id()).max(1),
         };
         let g = GroupIdx(topic.groups.len());
-        topic.groups.push(Group::new(name.to_string(), terms, start_id, ack_timeout_ns, max_attempts));
+        let mut group = Group::new(name.to_string(), terms, start_id, ack_timeout_ns, max_attempts);
+        group.use_chunk_entries(self.chunk_entries);
+        topic.groups.push(group);
         topic.group_index.insert(name.to_string(), g);
         g
     }

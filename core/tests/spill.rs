@@ -1,0 +1,82 @@
+//! Groups' in-flight state past `group_state_bytes_max`: chunks of it go to the spill file
+//! and come back when an ack, an ack deadline or a member leaving needs them, with every
+//! message delivered, acked, redelivered and ordered as if they had stayed in memory.
+
+use ferry_core::testkit::Harness;
+use ferry_core::{Config, ConnId};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+mod common;
+
+use common::*;
+
+const T: ConnId = ConnId(3);
+
+/// A budget of one byte and chunks of 8: everything that can go, goes.
+fn spilling() -> Config {
+    Config { group_state_bytes_max: 1, group_state_chunk_entries: 8, ack_timeout_ms: 1_000, ..Config::default() }
+}
+
+fn spilled_bytes(h: &Harness) -> u64 {
+    h.node.memory().group_state_spilled_bytes
+}
+
+/// 40 messages, three of key "a" (each waits for the one before it: chunks with one waiting
+/// stay in memory), the rest keyless, delivered to S with a window for all: returns them by
+/// id with their `prev`.
+fn deliver_and_spill(h: &mut Harness) -> BTreeMap<u64, Value> {
+    subscribe(h, S, "t", "g", json!({"window": 100}));
+    for n in 0..40 {
+        publish(h, "t", [0, 17, 34].contains(&n).then_some("a"), json!(n));
+    }
+    let first: BTreeMap<u64, Value> = msgs(h, S).into_iter().map(|m| (m["id"].as_u64().unwrap(), m)).collect();
+    assert_eq!(first.len(), 38, "the keyless ones and the first of 'a'");
+    assert_eq!(spilled_bytes(h), 0);
+    h.advance_ms(150);
+    assert!(spilled_bytes(h) > 0, "nothing spilled past a budget of one byte");
+    first
+}
+
+#[test]
+fn acks_of_spilled_messages_settle_them_and_free_their_key_and_window() {
+    let mut h = harness(spilling());
+    let first = deliver_and_spill(&mut h);
+    let mut seen: Vec<u64> = first.keys().copied().collect();
+    let mut to_ack = seen.clone();
+    // Acking brings the chunks back, which lets each next message of 'a' go.
+    while !to_ack.is_empty() {
+        ack(&mut h, S, "t", "g", &to_ack);
+        to_ack = ids(&msgs(&mut h, S));
+        seen.extend(&to_ack);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=40).collect::<Vec<u64>>(), "every message once");
+    assert_eq!(h.node.group_outstanding("t", "g"), Some(0));
+    assert_eq!(h.node.in_flight_to(S, "t", "g"), Some(0));
+    assert_eq!(spilled_bytes(&h), 0, "every slot freed");
+}
+
+#[test]
+fn spilled_messages_are_redelivered_at_their_ack_deadline_with_the_same_prev() {
+    let mut h = harness(spilling());
+    let first = deliver_and_spill(&mut h);
+    h.advance_ms(1_000);
+    let again: BTreeMap<u64, Value> = msgs(&mut h, S).into_iter().map(|m| (m["id"].as_u64().unwrap(), m)).collect();
+    assert_eq!(again.keys().collect::<Vec<_>>(), first.keys().collect::<Vec<_>>(), "every one came again");
+    for (id, m) in &again {
+        assert_eq!(m["prev"], first[id]["prev"], "prev of {id}");
+        assert_eq!(m["attempt"], json!(2), "attempt of {id}");
+    }
+}
+
+#[test]
+fn what_was_in_flight_to_a_member_that_left_goes_to_another_once_back() {
+    let mut h = harness(spilling());
+    let first = deliver_and_spill(&mut h);
+    h.disconnect(S);
+    h.connect(T);
+    subscribe(&mut h, T, "t", "g", json!({"window": 100}));
+    let to_t = ids(&msgs(&mut h, T));
+    assert_eq!(to_t, first.keys().copied().collect::<Vec<u64>>(), "the new member gets all of it, in id order");
+}
