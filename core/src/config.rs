@@ -108,10 +108,12 @@ pub enum TestBug {
     /// Retention deletes a segment without copying the newest messages of keys in it: after
     /// a restart `latest` no longer knows those keys.
     LatestNotCopiedOnRetention,
+    /// A spilled chunk brought back takes what it had in flight as acked.
+    SpillLoadCountsAsAck,
 }
 
 impl TestBug {
-    pub const ALL: [TestBug; 30] = [
+    pub const ALL: [TestBug; 31] = [
         TestBug::PubackBeforeDurable,
         TestBug::ExpiryCountsAsAck,
         TestBug::DeadLetterOneAttemptLate,
@@ -142,6 +144,7 @@ impl TestBug {
         TestBug::CoalesceKeepsOldest,
         TestBug::CoalescedDeliveredAfterNewer,
         TestBug::LatestNotCopiedOnRetention,
+        TestBug::SpillLoadCountsAsAck,
     ];
 
     pub fn name(self) -> String {

@@ -80,3 +80,19 @@ fn what_was_in_flight_to_a_member_that_left_goes_to_another_once_back() {
     let to_t = ids(&msgs(&mut h, T));
     assert_eq!(to_t, first.keys().copied().collect::<Vec<u64>>(), "the new member gets all of it, in id order");
 }
+
+/// The group's queue of ack deadlines is pruned of entries no longer in flight as it grows:
+/// a spilled message's deadline must stay in it (its entry is not in memory to ask).
+#[test]
+fn spilled_deadlines_outlive_the_pruning_of_the_deadline_queue() {
+    let mut h = harness(spilling());
+    let first = deliver_and_spill(&mut h);
+    for n in 0..200 {
+        let id = publish(&mut h, "t", None, json!(n));
+        assert_eq!(ids(&msgs(&mut h, S)), vec![id]);
+        ack(&mut h, S, "t", "g", &[id]);
+    }
+    h.advance_ms(1_000);
+    let again = ids(&msgs(&mut h, S));
+    assert_eq!(again, first.keys().copied().collect::<Vec<u64>>(), "every spilled one came again at its deadline");
+}

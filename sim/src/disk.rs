@@ -29,6 +29,17 @@ impl SimDisk {
                 return Some(Completion::Truncate { token: *token, result: Err(DiskError::Io("simulated EIO on truncate".into())) });
             }
         }
+        match op {
+            DiskOp::SpillWrite { token, .. } if self.full || (self.eio_chance > 0.0 && rng.gen_bool(self.eio_chance)) => {
+                let error = if self.full { DiskError::NoSpace } else { DiskError::Io("simulated EIO on a spill write".into()) };
+                return Some(Completion::Write { token: *token, result: Err(error) });
+            }
+            DiskOp::SpillRead { token, .. } if self.eio_chance > 0.0 && rng.gen_bool(self.eio_chance) => {
+                // The node stops (and restarts): what was in flight is rebuilt from the log.
+                return Some(Completion::Read { token: *token, bytes: None });
+            }
+            _ => {}
+        }
         let DiskOp::Write { token, segment, offset, data, sync, .. } = op else { return self.disk.apply(op) };
         if self.full {
             return Some(Completion::Write { token: *token, result: Err(DiskError::NoSpace) });

@@ -494,7 +494,12 @@ impl Group {
         let attempt = attempts + 1;
         self.ready.remove(&id);
         let outstanding = &self.outstanding;
-        let in_flight = |id: u64, deadline_ns: u64| matches!(outstanding.get(id).map(|e| e.state), Some(EntryState::InFlight { deadline_ns: d, .. }) if d == deadline_ns);
+        // A spilled entry's deadline is kept: its chunk comes back for it.
+        let in_flight = |id: u64, deadline_ns: u64| match outstanding.get(id).map(|e| e.state) {
+            Some(EntryState::InFlight { deadline_ns: d, .. }) => d == deadline_ns,
+            Some(_) => false,
+            None => outstanding.is_spilled(id),
+        };
         let arm_timer = self.ack_deadlines.push(deadline_ns, id, in_flight);
         Dispatched { attempt, prev, arm_timer }
     }

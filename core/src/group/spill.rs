@@ -17,6 +17,7 @@
 //! fixed-size entries and a CRC32, checked when read: damage is an error that names it.
 
 use super::{AckOutcome, Entry, EntryState, Group, Released};
+use crate::config::TestBug;
 use crate::ids::ConnId;
 use std::collections::BTreeSet;
 
@@ -217,7 +218,7 @@ impl Group {
     /// Brings back spill `serial` from `bytes` (read from disk, or the stub's own copy): its
     /// entries are in memory again and what was noted while it was out is done. `Ok(None)`:
     /// the group no longer has it (a reset). An error names the damage.
-    pub fn load_spill(&mut self, serial: u64, bytes: &[u8], now_ns: u64) -> Result<Option<Loaded>, String> {
+    pub fn load_spill(&mut self, serial: u64, bytes: &[u8], now_ns: u64, test_bug: Option<TestBug>) -> Result<Option<Loaded>, String> {
         let Some(stub) = self.spill_stub_mut(serial) else { return Ok(None) };
         let mut entries = decode(bytes)?;
         let (released, acks, acked) = (stub.released.clone(), std::mem::take(&mut stub.acks), stub.acked);
@@ -233,6 +234,12 @@ impl Group {
                         made_ready.push(*id);
                     }
                 }
+            }
+        }
+        if test_bug == Some(TestBug::SpillLoadCountsAsAck) {
+            for (_, entry) in entries.iter_mut().filter(|(_, e)| matches!(e.state, EntryState::InFlight { .. })) {
+                entry.state = EntryState::Acked;
+                (self.in_flight, self.acked_held) = (self.in_flight - 1, self.acked_held + 1);
             }
         }
         let first = entries[0].0;

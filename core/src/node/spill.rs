@@ -151,7 +151,7 @@ impl Node {
     /// Spill `serial` of group `g` is read (or taken from its copy): its group takes it back,
     /// the windows its noted acks free open, and the group's expiries go on.
     fn finish_load(&mut self, t: TopicIdx, g: GroupIdx, serial: u64, bytes: &[u8]) {
-        let outcome = self.state.topics[t].groups[g].load_spill(serial, bytes, self.now_ns);
+        let outcome = self.state.topics[t].groups[g].load_spill(serial, bytes, self.now_ns, self.config.test_bug);
         let slot = self.spills.slots.get(&serial).copied().unwrap_or_default();
         self.free_spill_slot(serial);
         let loaded = match outcome {
