@@ -22,9 +22,8 @@ fn spilled_bytes(h: &Harness) -> u64 {
     h.node.memory().group_state_spilled_bytes
 }
 
-/// 40 messages, three of key "a" (each waits for the one before it: chunks with one waiting
-/// stay in memory), the rest keyless, delivered to S with a window for all: returns them by
-/// id with their `prev`.
+/// 40 messages, three of key "a" (each waits for the one before it), the rest keyless,
+/// delivered to S with a window for all: returns them by id with their `prev`.
 fn deliver_and_spill(h: &mut Harness) -> BTreeMap<u64, Value> {
     subscribe(h, S, "t", "g", json!({"window": 100}));
     for n in 0..40 {
@@ -95,4 +94,28 @@ fn spilled_deadlines_outlive_the_pruning_of_the_deadline_queue() {
     h.advance_ms(1_000);
     let again = ids(&msgs(&mut h, S));
     assert_eq!(again, first.keys().copied().collect::<Vec<u64>>(), "every spilled one came again at its deadline");
+}
+
+/// A key's messages wait for the one before it to be acked: chunks of waiting messages are
+/// spilled too, and each is ready in its turn once its chunk is back.
+#[test]
+fn messages_waiting_for_their_key_are_spilled_and_delivered_in_their_turn() {
+    let mut h = harness(spilling());
+    subscribe(&mut h, S, "t", "g", json!({"window": 100}));
+    let published: Vec<u64> = (0..40).map(|n| publish(&mut h, "t", Some("a"), json!(n))).collect();
+    let mut handed = ids(&msgs(&mut h, S));
+    assert_eq!(handed, vec![published[0]], "one at a time");
+    h.advance_ms(150);
+    assert!(spilled_bytes(&h) > 0, "the waiting ones were not spilled");
+    while handed.len() < published.len() {
+        ack(&mut h, S, "t", "g", &[*handed.last().unwrap()]);
+        let next = ids(&msgs(&mut h, S));
+        assert_eq!(next.len(), 1, "after {handed:?}");
+        handed.extend(next);
+        h.advance_ms(150);
+    }
+    assert_eq!(handed, published, "in key order");
+    ack(&mut h, S, "t", "g", &[*handed.last().unwrap()]);
+    assert_eq!(h.node.group_outstanding("t", "g"), Some(0));
+    assert_eq!(spilled_bytes(&h), 0, "every slot freed");
 }

@@ -143,6 +143,8 @@ pub struct Group {
     /// Chunks brought back from disk (by first id) and when they may be spilled again: not
     /// within an ack timeout, so acks to one chunk do not send it back and forth.
     spill_cooldown: BTreeMap<u64, u64>,
+    /// Spills something noted on needs back (`take_wanted_spills`).
+    wanted_spills: Vec<u64>,
     /// The `prev` of the first outstanding entry: the filter-passing id before it.
     first_prev: u64,
     ready: BTreeSet<u64>,
@@ -214,6 +216,7 @@ impl Group {
             acked_held: 0,
             acked_spilled: 0,
             spill_cooldown: BTreeMap::new(),
+            wanted_spills: Vec::new(),
             start_id,
             ack_timeout_ns,
             max_attempts,
@@ -644,6 +647,9 @@ impl Group {
     }
 
     fn make_ready_unblocked(&mut self, id: u64) {
+        if self.unblock_spilled(id) {
+            return;
+        }
         let entry = self.outstanding.get_mut(id).expect("a waiting id is outstanding");
         debug_assert_eq!(entry.state, EntryState::Blocked);
         entry.state = EntryState::Ready { attempts: 0 };

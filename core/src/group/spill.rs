@@ -1,14 +1,16 @@
 //! Spilling a group's in-flight state to disk past a memory budget (`group_state_bytes_max`).
 //!
 //! The unit is a full chunk of outstanding entries (`Outstanding`), the oldest first, whose
-//! entries are all in flight or acked: nothing but an ack, a nack, an expiry, a member leaving
-//! or a reset touches those, so the chunk can leave memory and a stub (`SpillStub`) stand in
-//! for it. The stub answers what must be known at once (how many are in flight and to whom,
+//! entries are all in flight, acked, or (but in coalescing groups, which settle them) waiting
+//! behind an earlier message of their key: nothing but an ack, a nack, an expiry, a member
+//! leaving, their key's turn or a reset touches those, so the chunk can leave memory and a
+//! stub (`SpillStub`) stand in for it. The stub answers what must be known at once (how many are in flight and to whom,
 //! for windows and checks); what needs the entries waits until they are back:
 //! - an ack of a spilled id is noted on the stub and asks for the chunk (the window it frees
 //!   opens when the chunk is back: one disk read later);
 //! - an ack deadline of a spilled id asks for the chunk, and the group's expiries wait for it;
 //! - a member leaving is noted (its entries become ready when the chunk is back);
+//! - a waiting message whose key's turn comes is noted, and ready when the chunk is back;
 //! - a nack of a spilled id is ignored: the message comes again at its ack deadline;
 //! - a reset drops the stub, freeing what its connections had in flight.
 //!
@@ -36,6 +38,8 @@ pub struct SpillStub {
     released: Vec<ConnId>,
     /// Ids acked while it was out (at most a chunk's worth), applied when it is back.
     acks: BTreeSet<u64>,
+    /// Waiting ids whose key's turn came while it was out: ready when it is back.
+    unblocked: Vec<u64>,
     /// The encoded entries until their write is done: a load meanwhile takes them from here,
     /// and a failed write puts them back.
     pub unwritten: Option<Vec<u8>>,
@@ -43,10 +47,11 @@ pub struct SpillStub {
     pub loading: bool,
 }
 
-/// The stub of `entries` (a full held chunk) if they can be spilled: every one in flight or
-/// acked, and at least one in flight.
-fn stub_for(entries: &std::collections::VecDeque<(u64, Entry)>, serial: u64) -> Option<SpillStub> {
-    let mut stub = SpillStub { serial, in_flight: 0, acked: 0, conns: Vec::new(), released: Vec::new(), acks: BTreeSet::new(), unwritten: None, loading: false };
+/// The stub of `entries` (a full held chunk) if they can be spilled: every one in flight,
+/// acked, or waiting for its key's turn (when `waiting_may_go`), and not all acked.
+fn stub_for(entries: &std::collections::VecDeque<(u64, Entry)>, serial: u64, waiting_may_go: bool) -> Option<SpillStub> {
+    let mut stub =
+        SpillStub { serial, in_flight: 0, acked: 0, conns: Vec::new(), released: Vec::new(), acks: BTreeSet::new(), unblocked: Vec::new(), unwritten: None, loading: false };
     for (_, entry) in entries {
         match entry.state {
             EntryState::InFlight { conn, .. } => {
@@ -57,10 +62,12 @@ fn stub_for(entries: &std::collections::VecDeque<(u64, Entry)>, serial: u64) -> 
                 }
             }
             EntryState::Acked => stub.acked += 1,
+            EntryState::Blocked if waiting_may_go => {}
             _ => return None,
         }
     }
-    (stub.in_flight > 0).then_some(stub)
+    // An all-acked chunk goes when the floor passes it: not worth a write.
+    ((stub.acked as usize) < entries.len()).then_some(stub)
 }
 
 impl SpillStub {
@@ -73,6 +80,7 @@ impl SpillStub {
         self.conns.capacity() * std::mem::size_of::<(ConnId, u32, u64)>()
             + self.released.capacity() * std::mem::size_of::<ConnId>()
             + self.acks.len() * super::SET_ENTRY_BYTES
+            + self.unblocked.capacity() * std::mem::size_of::<u64>()
             + self.unwritten.as_ref().map_or(0, Vec::capacity)
     }
 }
@@ -90,6 +98,7 @@ pub const SPILLED_ENTRY_BYTES: usize = 8 + 8 + 1 + 8 + 4 + 8 + 4;
 
 const TAG_ACKED: u8 = 0;
 const TAG_IN_FLIGHT: u8 = 1;
+const TAG_BLOCKED: u8 = 2;
 
 /// Bytes of a spilled chunk of `chunk_entries` entries on disk (its entries and a CRC32).
 pub fn spilled_chunk_bytes(chunk_entries: usize) -> usize {
@@ -102,6 +111,7 @@ fn encode(entries: &[(u64, Entry)]) -> Vec<u8> {
         let (tag, conn, attempts, deadline_ns) = match entry.state {
             EntryState::InFlight { conn, attempts, deadline_ns } => (TAG_IN_FLIGHT, conn.0, attempts, deadline_ns),
             EntryState::Acked => (TAG_ACKED, 0, 0, 0),
+            EntryState::Blocked => (TAG_BLOCKED, 0, 0, 0),
             other => unreachable!("a spilled entry is in flight or acked, not {other:?}"),
         };
         out.extend_from_slice(&id.to_le_bytes());
@@ -129,6 +139,7 @@ fn decode(bytes: &[u8]) -> Result<Vec<(u64, Entry)>, String> {
             let state = match b[16] {
                 TAG_IN_FLIGHT => EntryState::InFlight { conn: ConnId(u64_at(b, 17)), attempts: u32_at(b, 25), deadline_ns: u64_at(b, 29) },
                 TAG_ACKED => EntryState::Acked,
+                TAG_BLOCKED => EntryState::Blocked,
                 tag => return Err(format!("an entry of state tag {tag}")),
             };
             Ok((u64_at(b, 0), Entry { key: u64_at(b, 8), state, bytes: u32_at(b, 37) }))
@@ -151,15 +162,18 @@ impl Group {
         self.outstanding = crate::outstanding::Outstanding::with_chunk_entries(chunk_entries);
     }
 
-    /// Spills its oldest chunk that can go (full, every entry in flight or acked, at least
-    /// one in flight, not brought back within an ack timeout of `now_ns`): returns its
-    /// encoding, to be written under `serial` (the stub keeps a copy until `spill_written`).
+    /// Spills its oldest chunk that can go (full, every entry in flight, acked or waiting for
+    /// its key's turn, not all acked, not brought back within an ack timeout of `now_ns`):
+    /// returns its encoding, to be written under `serial` (the stub keeps a copy until
+    /// `spill_written`).
     pub fn spill_one(&mut self, serial: u64, now_ns: u64) -> Option<Vec<u8>> {
         self.spill_cooldown.retain(|_, until_ns| *until_ns > now_ns);
         let cooldown = &self.spill_cooldown;
+        // A coalescing group settles waiting messages when a newer one of their key comes.
+        let waiting_may_go = self.terms.coalesce_ms.is_none();
         let (chunk, stub) = self.outstanding.full_held_chunks().find_map(|(at, entries)| {
             let first = entries.front().map(|(id, _)| *id)?;
-            let stub = (!cooldown.contains_key(&first)).then(|| stub_for(entries, serial))??;
+            let stub = (!cooldown.contains_key(&first)).then(|| stub_for(entries, serial, waiting_may_go))??;
             Some((at, stub))
         })?;
         self.acked_spilled += stub.acked as usize;
@@ -187,6 +201,20 @@ impl Group {
     /// The serial of the spill `id` is in.
     pub fn spill_of(&mut self, id: u64) -> Option<u64> {
         self.outstanding.spilled_stub_mut(id).map(|stub| stub.serial)
+    }
+
+    /// Waiting `id`'s key's turn came: if it is spilled, that is noted (it is ready once its
+    /// chunk is back, which is wanted) and true returned.
+    pub(super) fn unblock_spilled(&mut self, id: u64) -> bool {
+        let Some(stub) = self.outstanding.spilled_stub_mut(id) else { return false };
+        stub.unblocked.push(id);
+        self.wanted_spills.push(stub.serial);
+        true
+    }
+
+    /// Spills that something noted on them needs back (a waiting message's turn came).
+    pub fn take_wanted_spills(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.wanted_spills)
     }
 
     /// An ack of `id`, which is spilled: noted until the chunk is back.
@@ -222,17 +250,25 @@ impl Group {
         let Some(stub) = self.spill_stub_mut(serial) else { return Ok(None) };
         let mut entries = decode(bytes)?;
         let (released, acks, acked) = (stub.released.clone(), std::mem::take(&mut stub.acks), stub.acked);
+        let unblocked = std::mem::take(&mut stub.unblocked);
         let mut loaded = Loaded::default();
         // Releases first: an ack noted after its connection left frees no window of a later
         // subscription of that connection.
         let mut made_ready = Vec::new();
-        if !released.is_empty() {
+        let mut in_flight_released = 0;
+        if !released.is_empty() || !unblocked.is_empty() {
             for (id, entry) in &mut entries {
-                if let EntryState::InFlight { conn, attempts, .. } = entry.state {
-                    if released.contains(&conn) {
+                match entry.state {
+                    EntryState::InFlight { conn, attempts, .. } if released.contains(&conn) => {
                         entry.state = EntryState::Ready { attempts };
                         made_ready.push(*id);
+                        in_flight_released += 1;
                     }
+                    EntryState::Blocked if unblocked.contains(id) => {
+                        entry.state = EntryState::Ready { attempts: 0 };
+                        made_ready.push(*id);
+                    }
+                    _ => {}
                 }
             }
         }
@@ -247,7 +283,7 @@ impl Group {
             return Ok(None);
         }
         self.acked_spilled -= acked as usize;
-        self.in_flight -= made_ready.len();
+        self.in_flight -= in_flight_released;
         loaded.ready = made_ready.len();
         self.ready.extend(made_ready);
         self.spill_cooldown.insert(first, now_ns + self.ack_timeout_ns);

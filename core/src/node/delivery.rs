@@ -135,6 +135,10 @@ impl Node {
 
     /// Delivers what group `g` of topic `t` can deliver now.
     pub(super) fn pump(&mut self, t: TopicIdx, g: GroupIdx) {
+        // A waiting message whose key's turn came is ready once its spilled chunk is back.
+        for serial in self.state.topics[t].groups[g].take_wanted_spills() {
+            self.load_spill(t, g, serial);
+        }
         let group = &self.state.topics[t].groups[g];
         if group.terms.coalesce_ms.is_some() && !group.members.is_empty() && !group.paused && !self.admit_ahead(t, g) {
             return;
