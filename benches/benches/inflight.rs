@@ -114,7 +114,39 @@ fn in_flight(c: &mut Criterion) {
         group.bench_function("ack deadline expires + dispatch again", |b| b.iter(|| loaded.expire_and_redispatch()));
         group.finish();
         assert_eq!(loaded.group.in_flight_count() as u64, n, "in flight stays at {n}");
+        spill_and_load(name, n, &mut loaded);
     }
+}
+
+/// Past `group_state_bytes_max` the node spills every chunk that can go: what stays in memory
+/// per message, and the time to spill (encode) and load (decode, put back) a chunk, its write
+/// and read left out (a `Vec` stands for the file).
+fn spill_and_load(name: &str, n: u64, loaded: &mut Loaded) {
+    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let mut file: Vec<(u64, Vec<u8>)> = Vec::new();
+    while let Some(data) = loaded.group.spill_one(file.len() as u64, loaded.now_ns) {
+        loaded.group.spill_written(file.len() as u64);
+        file.push((file.len() as u64, data));
+    }
+    let spill_ns = started.elapsed().as_nanos() as f64 / file.len() as f64;
+    let file_bytes: usize = file.iter().map(|(_, data)| data.capacity()).sum();
+    let freed = before - (LIVE_BYTES.load(Ordering::Relaxed) - file_bytes as i64);
+    let resident = loaded.group.state_bytes() as f64 / n as f64;
+    let started = Instant::now();
+    let chunks = file.len();
+    for (serial, data) in file.drain(..) {
+        black_box(loaded.group.load_spill(serial, &data, loaded.now_ns, None).expect("read back"));
+    }
+    let load_ns = started.elapsed().as_nanos() as f64 / chunks as f64;
+    println!(
+        "in flight {name}, spilled: {chunks} chunks out, {resident:.1} bytes per message left in memory (the group's count; {:.1} freed by the allocator's), {:.1} bytes per message on disk; spill {:.0} us a chunk, load {:.0} us a chunk",
+        freed as f64 / n as f64,
+        file_bytes as f64 / n as f64,
+        spill_ns / 1e3,
+        load_ns / 1e3
+    );
+    assert_eq!(loaded.group.in_flight_count() as u64, n, "in flight stays at {n}");
 }
 
 /// What a nack-delay timer names: (topic, group, id).

@@ -20,11 +20,13 @@ pub const CHUNK_ENTRIES: usize = 4_096;
 enum Chunk<E, S> {
     Held(VecDeque<(u64, E)>),
     /// `len` entries with ids `first..=last` (every id of that range when `len` covers it).
+    /// The stub is boxed: a chunk in the list stays as small as a held one's deque header, so
+    /// lookups walking the list touch little memory.
     Spilled {
         first: u64,
         last: u64,
         len: usize,
-        stub: S,
+        stub: Box<S>,
     },
 }
 
@@ -169,7 +171,11 @@ impl<E, S> Outstanding<E, S> {
     }
 
     pub fn get_mut(&mut self, id: u64) -> Option<&mut E> {
-        self.get_mut_with_previous(id).map(|(e, _)| e)
+        let Place::Held { chunk, offset } = self.place(id)? else { return None };
+        match &mut self.chunks[chunk] {
+            Chunk::Held(items) => items.get_mut(offset).map(|(_, e)| e),
+            Chunk::Spilled { .. } => None,
+        }
     }
 
     /// The id kept before the entry at (chunk, offset) (`None` for the first).
@@ -267,14 +273,14 @@ impl<E, S> Outstanding<E, S> {
     /// The stubs of the spilled chunks, oldest first, with each chunk's first id.
     pub fn stubs(&self) -> impl Iterator<Item = (u64, &S)> {
         self.chunks.iter().filter_map(|chunk| match chunk {
-            Chunk::Spilled { first, stub, .. } => Some((*first, stub)),
+            Chunk::Spilled { first, stub, .. } => Some((*first, &**stub)),
             Chunk::Held(_) => None,
         })
     }
 
     pub fn stubs_mut(&mut self) -> impl Iterator<Item = &mut S> {
         self.chunks.iter_mut().filter_map(|chunk| match chunk {
-            Chunk::Spilled { stub, .. } => Some(stub),
+            Chunk::Spilled { stub, .. } => Some(&mut **stub),
             Chunk::Held(_) => None,
         })
     }
@@ -286,7 +292,7 @@ impl<E, S> Outstanding<E, S> {
         for chunk in std::mem::take(&mut self.chunks) {
             match chunk {
                 Chunk::Held(items) => held.extend(items),
-                Chunk::Spilled { stub, .. } => stubs.push(stub),
+                Chunk::Spilled { stub, .. } => stubs.push(*stub),
             }
         }
         (held, stubs)
@@ -309,7 +315,7 @@ impl<E, S> Outstanding<E, S> {
         let slot = &mut self.chunks[chunk];
         assert!(matches!(slot, Chunk::Held(items) if items.len() == full), "only a full held chunk is spilled");
         let (first, last) = (slot.first_id().expect("a full chunk"), slot.last_id().expect("a full chunk"));
-        let Chunk::Held(items) = std::mem::replace(slot, Chunk::Spilled { first, last, len: full, stub }) else { unreachable!() };
+        let Chunk::Held(items) = std::mem::replace(slot, Chunk::Spilled { first, last, len: full, stub: Box::new(stub) }) else { unreachable!() };
         items.into()
     }
 
@@ -324,7 +330,7 @@ impl<E, S> Outstanding<E, S> {
             return Err(format!("a spilled chunk of ids {first}..={last} ({len} entries) read back as {} entries", entries.len()));
         }
         let Chunk::Spilled { stub, .. } = std::mem::replace(&mut self.chunks[at], Chunk::Held(entries.into())) else { unreachable!() };
-        Ok(Some(stub))
+        Ok(Some(*stub))
     }
 }
 
