@@ -12,7 +12,7 @@
 //! segments, retention) and `load` (recovery).
 
 use crate::cache::{CacheBudget, ReadCache};
-use crate::config::{Config, TestBug};
+use crate::config::Config;
 use crate::ids::{ConnId, GroupIdx, ShardId, TopicIdx};
 use crate::latency::LatencyHistogram;
 use crate::pipeline::{self, Stage};
@@ -20,7 +20,7 @@ use crate::protocol::ErrorCode;
 use crate::record::SalvagedRecord;
 use crate::recovery::{Damage, RecoveryError};
 use crate::timer_wheel::TimerWheel;
-use crate::trace_book::{Happening, TraceBook};
+use crate::trace_book::TraceBook;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub mod admin;
@@ -689,19 +689,7 @@ impl Node {
 
     fn on_timer(&mut self, at: u64, timer: Timer) {
         match timer {
-            Timer::AckDeadline { topic, group } => {
-                let mut due: Vec<(u64, u64)> = Vec::new();
-                while let Some(id) = self.state.topics[topic].groups[group].ack_deadlines.due_id(at) {
-                    let serial = self.state.topics[topic].groups[group].spill_of(id);
-                    // A spilled message's deadline waits for its chunk; so do the later ones
-                    // (the timer is set again when the chunk is back).
-                    if serial.is_some_and(|serial| !self.load_spill(topic, group, serial)) {
-                        return self.expire_all(topic, group, due, false);
-                    }
-                    due.extend(self.state.topics[topic].groups[group].ack_deadlines.take_due(at));
-                }
-                self.expire_all(topic, group, due, true);
-            }
+            Timer::AckDeadline { topic, group } => self.on_ack_deadlines(at, topic, group),
             Timer::PullEnd { conn, topic, group } => self.finish_pull(conn, topic, group),
             Timer::SpillCheck => self.on_spill_check(),
             Timer::Pump { topic, group } => self.pump(topic, group),
@@ -714,34 +702,5 @@ impl Node {
                 self.timers.insert((self.now_ns + RETENTION_CHECK_NS, Timer::Retention));
             }
         }
-    }
-
-    /// Expires the deadlines `due` of group `group`, and sets its timer for the next one unless
-    /// it waits for a spilled chunk (`rearm` false).
-    fn expire_all(&mut self, topic: TopicIdx, group: GroupIdx, mut due: Vec<(u64, u64)>, rearm: bool) {
-        // Deadlines are queued in delivery order; they expire in id order, as they always
-        // have (a redelivery may have gone out after a higher id at one instant).
-        due.sort_unstable_by_key(|&(deadline_ns, id)| (deadline_ns, id));
-        for (deadline_ns, id) in due {
-            self.expire_delivery(topic, group, id, deadline_ns);
-        }
-        if let Some(next_ns) = self.state.topics[topic].groups[group].ack_deadlines.next_ns().filter(|_| rearm) {
-            self.timers.insert((next_ns, Timer::AckDeadline { topic, group }));
-        }
-    }
-
-    /// A message's ack deadline came: unless it was settled or sent again meanwhile, it is
-    /// ready for another delivery.
-    fn expire_delivery(&mut self, topic: TopicIdx, group: GroupIdx, id: u64, deadline_ns: u64) {
-        let Some((conn, bytes)) = self.state.topics[topic].groups[group].expire(id, deadline_ns) else { return };
-        self.trace_book.push(self.now_ns, topic, id, Happening::TimedOut { group, conn });
-        self.release_in_flight(conn, topic, group, bytes);
-        if self.config.test_bug == Some(TestBug::ExpiryCountsAsAck) {
-            self.ack_one(topic, group, id);
-        }
-        if self.config.test_bug == Some(TestBug::KeyReleasedOnExpiry) {
-            self.state.topics[topic].groups[group].unblock_next_of_key(id);
-        }
-        self.pump(topic, group);
     }
 }

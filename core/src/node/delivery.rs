@@ -382,4 +382,47 @@ impl Node {
             self.timers.insert((self.now_ns + NEXT_TURN_NS, Timer::PumpGroups { topic: t }));
         }
     }
+
+    /// The ack deadlines of group `group` due at `at` expire; a spilled message's deadline
+    /// waits for its chunk, and so do the later ones (the timer is set again when it is back).
+    pub(super) fn on_ack_deadlines(&mut self, at: u64, topic: TopicIdx, group: GroupIdx) {
+        let mut due: Vec<(u64, u64)> = Vec::new();
+        while let Some(id) = self.state.topics[topic].groups[group].ack_deadlines.due_id(at) {
+            let serial = self.state.topics[topic].groups[group].spill_of(id);
+            if serial.is_some_and(|serial| !self.load_spill(topic, group, serial)) {
+                return self.expire_all(topic, group, due, false);
+            }
+            due.extend(self.state.topics[topic].groups[group].ack_deadlines.take_due(at));
+        }
+        self.expire_all(topic, group, due, true);
+    }
+
+    /// Expires the deadlines `due` of group `group`, and sets its timer for the next one unless
+    /// it waits for a spilled chunk (`rearm` false).
+    fn expire_all(&mut self, topic: TopicIdx, group: GroupIdx, mut due: Vec<(u64, u64)>, rearm: bool) {
+        // Deadlines are queued in delivery order; they expire in id order, as they always
+        // have (a redelivery may have gone out after a higher id at one instant).
+        due.sort_unstable_by_key(|&(deadline_ns, id)| (deadline_ns, id));
+        for (deadline_ns, id) in due {
+            self.expire_delivery(topic, group, id, deadline_ns);
+        }
+        if let Some(next_ns) = self.state.topics[topic].groups[group].ack_deadlines.next_ns().filter(|_| rearm) {
+            self.timers.insert((next_ns, Timer::AckDeadline { topic, group }));
+        }
+    }
+
+    /// A message's ack deadline came: unless it was settled or sent again meanwhile, it is
+    /// ready for another delivery.
+    fn expire_delivery(&mut self, topic: TopicIdx, group: GroupIdx, id: u64, deadline_ns: u64) {
+        let Some((conn, bytes)) = self.state.topics[topic].groups[group].expire(id, deadline_ns) else { return };
+        self.trace_book.push(self.now_ns, topic, id, Happening::TimedOut { group, conn });
+        self.release_in_flight(conn, topic, group, bytes);
+        if self.config.test_bug == Some(TestBug::ExpiryCountsAsAck) {
+            self.ack_one(topic, group, id);
+        }
+        if self.config.test_bug == Some(TestBug::KeyReleasedOnExpiry) {
+            self.state.topics[topic].groups[group].unblock_next_of_key(id);
+        }
+        self.pump(topic, group);
+    }
 }
