@@ -110,10 +110,13 @@ pub enum TestBug {
     LatestNotCopiedOnRetention,
     /// A spilled chunk brought back takes what it had in flight as acked.
     SpillLoadCountsAsAck,
+    /// Cluster mode: segments' snapshots leave out the newest message of each key, so a
+    /// restart after retention deleted its entry forgets it.
+    LatestLeftOutOfSnapshots,
 }
 
 impl TestBug {
-    pub const ALL: [TestBug; 31] = [
+    pub const ALL: [TestBug; 32] = [
         TestBug::PubackBeforeDurable,
         TestBug::ExpiryCountsAsAck,
         TestBug::DeadLetterOneAttemptLate,
@@ -145,6 +148,7 @@ impl TestBug {
         TestBug::CoalescedDeliveredAfterNewer,
         TestBug::LatestNotCopiedOnRetention,
         TestBug::SpillLoadCountsAsAck,
+        TestBug::LatestLeftOutOfSnapshots,
     ];
 
     pub fn name(self) -> String {

@@ -717,3 +717,43 @@ fn a_follower_whose_loop_stalled_keeps_its_leader() {
     let lost: Vec<_> = c.nodes[follower].traces[traces_before..].iter().filter(|t| matches!(t, ferry_core::Trace::LeaderChanged { .. })).collect();
     assert!(lost.is_empty(), "the follower changed its mind about the leader: {lost:?}");
 }
+
+/// `latest` outlives retention in a cluster too: each segment's snapshot carries the newest
+/// message of every key, so a restart of every node after retention deleted the entries that
+/// stored them still answers with them.
+#[test]
+fn latest_keeps_the_newest_of_each_key_after_retention_and_a_restart_of_every_node() {
+    use std::collections::BTreeMap;
+    let config = Config { segment_bytes_max: 8_192, frame_bytes_max: 4_096, retention_age_ms: 300, raft_log_memory_bytes: 512, ..Config::default() };
+    let mut c = Cluster::with(config);
+    let leader = c.leader();
+    let mut newest = BTreeMap::new();
+    for n in 0..30 {
+        let key = format!("order-{}", n % 10);
+        c.nodes[leader].send_json(P, json!({"op": "pub", "req": n, "topic": "t", "key": key, "body": {"change": n}}));
+        c.run_ms(20);
+        let puback = c.nodes[leader].take_op(P, "puback");
+        newest.insert(key, puback[0]["id"].as_u64().unwrap());
+    }
+    for n in 0..120 {
+        assert_eq!(c.publish(leader, json!({"n": n, "pad": "x".repeat(200)}))["op"], json!("puback"));
+    }
+    // The keyed messages' entries age out of every node's log.
+    c.run_ms(2_000);
+    let fetch = json!({"op": "fetch", "req": "f", "topic": "t", "from": 1, "to": u64::MAX});
+    c.nodes[leader].send_json(P, fetch.clone());
+    c.run_ms(50);
+    let first = c.nodes[leader].take_op(P, "fetched")[0]["messages"][0]["id"].as_u64().unwrap();
+    assert!(first > 30, "retention deleted the keyed messages (first id {first})");
+    for at in 0..3 {
+        c.nodes[at].restart(false);
+    }
+    c.run_ms(1_000);
+    let leader = c.leader();
+    c.nodes[leader].connect(T);
+    c.nodes[leader].send_json(T, json!({"op": "latest", "req": "l", "topic": "t"}));
+    c.run_ms(50);
+    let answer = c.nodes[leader].take_op(T, "latest");
+    let got: BTreeMap<String, u64> = answer[0]["messages"].as_array().unwrap().iter().map(|m| (m["key"].as_str().unwrap().to_string(), m["id"].as_u64().unwrap())).collect();
+    assert_eq!(got, newest, "the newest of every key, after retention and a restart");
+}

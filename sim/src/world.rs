@@ -390,9 +390,6 @@ impl World {
         let n = clients.len();
         let retention_age_ns = (config.retention_age_ms < u64::MAX / 4).then(|| config.retention_age_ms * MS);
         let mut checker = Checker::new(config.max_attempts as u64, retention_age_ns);
-        if !config.peers.is_empty() {
-            checker.latest_lost_with_retention();
-        }
         for client in &clients {
             if let Client::Subscriber(s) = client {
                 if let Some(prefix) = &s.filter {
@@ -559,13 +556,21 @@ impl World {
                 s.heal();
             }
         }
-        if self.config.retention_age_ms < u64::MAX / 4 && self.nodes.len() == 1 {
-            // A single node deleting by age restarts once more, after retention has deleted
-            // what it would: `latest` must know the newest message of every key from its log.
-            self.crash_a_node();
+        let mut restarted_within = 0;
+        if self.config.retention_age_ms < u64::MAX / 4 {
+            // A node deleting by age restarts once more (every node of a cluster), after
+            // retention has deleted what it would: `latest` must know the newest message of
+            // every key from its log (a cluster: from its segments' snapshots).
+            if self.nodes.len() == 1 {
+                self.crash_a_node();
+                restarted_within = 2;
+            } else {
+                self.crash_every_node();
+                restarted_within = 6;
+            }
         }
-        // Reconcilers read once more after that restart (it is back within 2 s).
-        self.schedule(self.now + 3 * SEC, Event::Reconcile);
+        // Reconcilers read once more after that restart (and, in a cluster, an election).
+        self.schedule(self.now + (restarted_within + 1) * SEC, Event::Reconcile);
     }
 
     fn finish(mut self, safety_end: u64) -> SeedReport {

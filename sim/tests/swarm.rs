@@ -104,6 +104,7 @@ fn expected_invariants(bug: TestBug) -> &'static [&'static str] {
         TestBug::CoalescedDeliveredAfterNewer => &[INV_KEY_ORDER, INV_APP_KEY_ORDER],
         TestBug::LatestNotCopiedOnRetention => &[INV_LATEST],
         TestBug::SpillLoadCountsAsAck => &[INV_LOST, INV_APP_LOST],
+        TestBug::LatestLeftOutOfSnapshots => &[INV_LATEST],
     }
 }
 
@@ -119,6 +120,9 @@ fn seeds_for(bug: TestBug) -> Vec<u64> {
     } else if bug == TestBug::LatestNotCopiedOnRetention {
         // Only seeds deleting old segments (every seventh) delete what `latest` must keep.
         (3..).step_by(7).take(BUG_SEED_BUDGET).collect()
+    } else if bug == TestBug::LatestLeftOutOfSnapshots {
+        // Clusters (every fourth seed) deleting by age (every seventh).
+        (10..).step_by(28).take(BUG_SEED_BUDGET).collect()
     } else if bug == TestBug::SpillLoadCountsAsAck {
         // Only the single-node seeds with a tiny in-flight budget spill.
         (4..).step_by(6).filter(|seed| seed % 4 != 2).take(BUG_SEED_BUDGET).collect()

@@ -21,14 +21,15 @@ use raft::eraftpb::Entry;
 use std::collections::BTreeMap;
 
 impl Node {
-    /// A topic's next id, a producer's seqs or the first id of new topics, as a snapshot
-    /// records them (groups go last, through `restore_group`, once every topic is known).
+    /// A topic's next id, a producer's seqs, the first id of new topics or the newest message
+    /// of a key, as a snapshot records them (groups go last, through `restore_group`, once every topic is known).
     pub(super) fn take_snapshot_record(&mut self, record: RecordRef<'_>) {
         match record {
             RecordRef::Topic(r) => {
                 if let Ok(t) = self.state.topic_for(&r.topic) {
                     let topic = &mut self.state.topics[t];
                     (topic.next_id, topic.durable_next_id) = (r.next_id, r.next_id);
+                    topic.latest_incomplete |= r.latest_incomplete;
                     topic.forget_segments_through(0);
                 }
             }
@@ -40,6 +41,12 @@ impl Node {
                 }
             }
             RecordRef::NewTopics(r) => self.state.new_topic_first_id = r.first_id,
+            RecordRef::LatestCopy(m) => {
+                if let (Ok(t), Some(key)) = (self.state.topic_for(m.topic), m.key) {
+                    // Segment 0: a cluster does not copy by segment (the snapshots carry them).
+                    self.state.record_latest(t, m.id, key, m.ts_ms, m.body, 0);
+                }
+            }
             _ => {}
         }
     }
@@ -83,7 +90,7 @@ impl Node {
                     }
                 }
                 RecordRef::Group(r) if snapshot => snapshot_groups.push(r),
-                record @ (RecordRef::Topic(_) | RecordRef::Producer(_) | RecordRef::NewTopics(_)) if snapshot => self.take_snapshot_record(record),
+                record @ (RecordRef::Topic(_) | RecordRef::Producer(_) | RecordRef::NewTopics(_) | RecordRef::LatestCopy(_)) if snapshot => self.take_snapshot_record(record),
                 RecordRef::Message(_) => {
                     single_node_record.get_or_insert((segment, offset));
                 }

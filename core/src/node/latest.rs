@@ -24,7 +24,7 @@ impl Node {
         let topic = &self.state.topics[t];
         if topic.latest_incomplete {
             let message = format!(
-                "the latest-per-key index of '{}' left keys out when it reached latest_index_bytes_max ({} bytes): raise it and restart the server",
+                "the latest-per-key index of '{}' left keys out: it reached latest_index_bytes_max ({} bytes; raise it and restart the server), or, in a cluster, this node took the leader's state without it (it did not fit in one peer frame)",
                 topic.name, self.config.latest_index_bytes_max
             );
             return self.send_error(conn, req.as_deref(), ErrorCode::Overloaded, &message);
@@ -56,7 +56,7 @@ impl Node {
             return false;
         }
         if self.replication.is_some() || self.config.test_bug == Some(TestBug::LatestNotCopiedOnRetention) {
-            // A cluster's copies would have to be entries of its log: not yet (docs/PROTOCOL.md).
+            // A cluster's copies are in every segment's snapshot (`State::encode_snapshot`).
             return true;
         }
         let mut copied = false;

@@ -535,7 +535,8 @@ impl Node {
         self.log.open.started_at_ns = self.now_ns;
         let mut snapshot = Vec::new();
         batch::begin(&mut snapshot);
-        self.state.encode_snapshot(&mut snapshot, &self.salvaged_regions);
+        let with_latest = self.config.test_bug != Some(TestBug::LatestLeftOutOfSnapshots);
+        self.state.encode_snapshot(&mut snapshot, &self.salvaged_regions, with_latest);
         if let (Some(applied), 0) = (self.state.applied, offset) {
             let info = self.log.segments.back_mut().expect("the segment is listed");
             info.snapshot_applied_index = applied.index;

@@ -158,7 +158,9 @@ impl State {
     /// every topic's next id, every group's position, the durable seqs of every producer,
     /// the `salvaged` regions still on disk, the first id of new topics and, in cluster mode,
     /// the raft entry applied last.
-    pub(super) fn encode_snapshot(&self, data: &mut Vec<u8>, salvaged: &[SalvagedRecord]) {
+    /// The state's records (a segment's snapshot); `with_latest` false only for the planted
+    /// bug `LatestLeftOutOfSnapshots`.
+    pub(super) fn encode_snapshot(&self, data: &mut Vec<u8>, salvaged: &[SalvagedRecord], with_latest: bool) {
         for topic in &self.topics {
             record::encode_control(data, record::KIND_TOPIC, &TopicRecord { topic: topic.name.clone(), next_id: topic.next_id, latest_incomplete: topic.latest_incomplete });
         }
@@ -176,6 +178,17 @@ impl State {
         }
         if self.new_topic_first_id > 1 {
             record::encode_control(data, record::KIND_NEW_TOPICS, &NewTopicsRecord { first_id: self.new_topic_first_id });
+        }
+        if self.applied.is_some() && with_latest {
+            // A cluster node starts again from its oldest segment's snapshot (or a follower
+            // from the leader's): the newest message of every key goes in it, as retention
+            // deletes the entries that carried them (a single node copies them when it deletes).
+            for topic in &self.topics {
+                for (id, m) in topic.latest.since(0, None) {
+                    let copy = record::MessageRef { id, ts_ms: m.ts_ms, topic: &topic.name, key: Some(&m.key), producer: None, seq: 0, body: &m.body };
+                    record::encode_latest_copy(data, &copy);
+                }
+            }
         }
         if let Some(applied) = &self.applied {
             // Last: a cluster node's recovery reads its oldest segment's snapshot up to here.

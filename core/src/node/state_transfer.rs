@@ -33,6 +33,31 @@ fn check_snapshot(data: &[u8], index: u64) -> Result<Vec<RecordRef<'_>>, String>
     }
 }
 
+/// The state as a follower is sent it: the snapshot's own bytes, or, when they would not fit
+/// in `bytes_max` (one peer frame carries them), without its copies of the newest message of
+/// each key, the topics that had some marked `latest_incomplete` (their `latest` then answers
+/// `overloaded` on the follower rather than leave keys out unsaid).
+fn state_for_transfer(data: &[u8], records: &[RecordRef<'_>], bytes_max: usize) -> Vec<u8> {
+    if data.len() <= bytes_max {
+        return data.to_vec();
+    }
+    let trimmed: std::collections::BTreeSet<&str> = records.iter().filter_map(|r| if let RecordRef::LatestCopy(m) = r { Some(m.topic) } else { None }).collect();
+    let mut out = Vec::new();
+    let mut at = 0;
+    for record in records {
+        let size = record::decode_record(&data[at..]).map(|(_, size)| size).expect("checked by check_snapshot");
+        match record {
+            RecordRef::LatestCopy(_) => {}
+            RecordRef::Topic(r) if trimmed.contains(r.topic.as_str()) => {
+                record::encode_control(&mut out, record::KIND_TOPIC, &record::TopicRecord { latest_incomplete: true, ..r.clone() });
+            }
+            _ => out.extend_from_slice(&data[at..at + size]),
+        }
+        at += size;
+    }
+    out
+}
+
 impl Node {
     /// Leader: followers behind the log's first entry need the state as of the entry before
     /// it; reads it back (once) for raft to send, and says which followers get it.
@@ -65,7 +90,8 @@ impl Node {
         let Some(replication) = self.replication.as_mut() else { return false };
         let Some((_, index)) = replication.snapshot_read.take_if(|(t, _)| *t == token) else { return false };
         let checked = match result {
-            Ok(bytes) => check_snapshot(bytes, index).map(|_| bytes.to_vec()),
+            // Half a raft message: the frame carrying it has room for its own fields.
+            Ok(bytes) => check_snapshot(bytes, index).map(|records| state_for_transfer(bytes, &records, crate::cluster::RAFT_MESSAGE_BYTES / 2)),
             Err(e) => Err(format!("{e:?}")),
         };
         match checked {
@@ -133,5 +159,36 @@ impl Node {
             let segment = self.log.segments.pop_front().expect("checked above").id;
             self.delete_segment(segment);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{MessageRef, TopicRecord};
+
+    fn snapshot() -> Vec<u8> {
+        let mut data = Vec::new();
+        for topic in ["orders", "payments"] {
+            record::encode_control(&mut data, record::KIND_TOPIC, &TopicRecord { topic: topic.into(), next_id: 40, latest_incomplete: false });
+        }
+        for id in [3, 7] {
+            let copy = MessageRef { id, ts_ms: 1, topic: "orders", key: Some("order-1"), producer: None, seq: 0, body: "{}" };
+            record::encode_latest_copy(&mut data, &copy);
+        }
+        record::encode_control(&mut data, record::KIND_APPLIED, &AppliedRecord { index: 9, term: 2, installed: false, shards: 1 });
+        data
+    }
+
+    #[test]
+    fn a_state_too_large_for_a_frame_goes_without_its_latest_copies_and_says_so() {
+        let data = snapshot();
+        let records = check_snapshot(&data, 9).unwrap();
+        assert_eq!(state_for_transfer(&data, &records, data.len()), data, "sent as it is when it fits");
+        let trimmed = state_for_transfer(&data, &records, data.len() - 1);
+        let records = check_snapshot(&trimmed, 9).expect("still a state as of entry 9");
+        assert!(!records.iter().any(|r| matches!(r, RecordRef::LatestCopy(_))), "no copies");
+        let incomplete: Vec<(&str, bool)> = records.iter().filter_map(|r| if let RecordRef::Topic(t) = r { Some((t.topic.as_str(), t.latest_incomplete)) } else { None }).collect();
+        assert_eq!(incomplete, vec![("orders", true), ("payments", false)], "the topic whose copies were left out is marked");
     }
 }

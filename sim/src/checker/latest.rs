@@ -10,12 +10,6 @@ use std::collections::BTreeSet;
 pub const INV_LATEST: &str = "latest-agrees-with-published";
 
 impl Checker {
-    /// A node may have lost the newest messages of keys whose records retention deleted
-    /// (cluster mode: `latest` outlives retention only on a single node, docs/PROTOCOL.md).
-    pub fn latest_lost_with_retention(&mut self) {
-        self.latest_lost_with_retention = true;
-    }
-
     /// One page of a `latest` read of `topic` that began at `started_at`.
     pub fn latest_page(&mut self, topic: &str, started_at: u64, messages: &[Value]) {
         for m in messages {
@@ -54,13 +48,12 @@ impl Checker {
         ids.iter().rev().copied().find(|id| self.pubacked_at.get(&(topic.to_string(), *id)).is_some_and(|acked| *acked < at))
     }
 
-    /// A message of `key` above `id` may be gone from the node: destroyed by a bit flip, or
-    /// (where `latest` does not outlive retention) deleted by it.
+    /// A message of `key` above `id` may be gone from the node: destroyed by a bit flip.
     fn latest_excused(&self, topic: &str, key: &str, id: u64) -> bool {
         let Some(ids) = self.ids_by_key.get(&(topic.to_string(), key.to_string())) else { return false };
         ids.range(id + 1..).any(|newer| {
             let tid: TopicId = (topic.to_string(), *newer);
-            self.sacrificed.contains(&tid) || (self.latest_lost_with_retention && self.retained_away(&tid))
+            self.sacrificed.contains(&tid)
         })
     }
 }

@@ -73,8 +73,6 @@ pub struct Checker {
     filters: BTreeMap<(String, String), String>,
     /// Coalescing groups' windows (ms).
     coalesce_ms: BTreeMap<(String, String), u64>,
-    /// The nodes' `latest` may forget keys whose records retention deleted (cluster mode).
-    latest_lost_with_retention: bool,
     last_nack: BTreeMap<(String, String, u64), u64>,
     /// Highest attempt each group's clients saw per id: at `max_attempts` the node may move it
     /// to the dead-letter topic, which then frees its key.

@@ -351,6 +351,13 @@ impl World {
         self.crash_node_as(node, power_loss);
     }
 
+    /// Every node's process dies at once (no power loss); each restarts within 6 s.
+    pub(super) fn crash_every_node(&mut self) {
+        for node in 0..self.nodes.len() {
+            self.crash_node_as(node, false);
+        }
+    }
+
     /// The node's process dies (a crash, or a stop it asked for); with `power_loss` the
     /// machine loses what was not fsynced as well.
     fn crash_node_as(&mut self, node: usize, power_loss: bool) {
