@@ -270,6 +270,14 @@ impl<E, S> Outstanding<E, S> {
         self.iter().map(|(_, e)| e)
     }
 
+    /// Every chunk in id order: its held entries, or its stub.
+    pub fn chunks(&self) -> impl Iterator<Item = Result<&VecDeque<(u64, E)>, &S>> {
+        self.chunks.iter().map(|chunk| match chunk {
+            Chunk::Held(items) => Ok(items),
+            Chunk::Spilled { stub, .. } => Err(&**stub),
+        })
+    }
+
     /// The stubs of the spilled chunks, oldest first, with each chunk's first id.
     pub fn stubs(&self) -> impl Iterator<Item = (u64, &S)> {
         self.chunks.iter().filter_map(|chunk| match chunk {

@@ -191,7 +191,7 @@ impl Harness {
                 Output::Disk(op) => {
                     let hold = match op {
                         DiskOp::Write { .. } => self.hold_writes,
-                        DiskOp::Read { .. } => self.hold_reads,
+                        DiskOp::Read { .. } | DiskOp::SpillRead { .. } => self.hold_reads,
                         _ => false,
                     };
                     if hold {

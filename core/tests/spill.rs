@@ -119,3 +119,64 @@ fn messages_waiting_for_their_key_are_spilled_and_delivered_in_their_turn() {
     assert_eq!(h.node.group_outstanding("t", "g"), Some(0));
     assert_eq!(spilled_bytes(&h), 0, "every slot freed");
 }
+
+/// A reset while a spilled chunk is being read for an expiry: the read finds nothing to bring
+/// back, and the group's expiries must still go on (its timer was waiting for that read).
+#[test]
+fn a_reset_during_a_spill_read_leaves_the_group_s_expiries_going() {
+    let mut h = harness(spilling());
+    deliver_and_spill(&mut h);
+    h.hold_reads = true;
+    h.advance_ms(1_000);
+    assert!(msgs(&mut h, S).is_empty(), "the expiry waits for the chunk");
+    let reset = ferry_core::node::admin::AdminAction::ResetGroup { topic: "t".into(), group: "g".into(), to: ferry_core::protocol::StartFrom::Latest };
+    h.node.admin(h.now_ns, &reset).unwrap();
+    h.drain();
+    h.hold_reads = false;
+    h.complete_writes();
+    let late = publish(&mut h, "t", None, json!("after the reset"));
+    assert_eq!(ids(&msgs(&mut h, S)), vec![late]);
+    h.advance_ms(1_500);
+    assert_eq!(ids(&msgs(&mut h, S)), vec![late], "redelivered at its ack deadline");
+}
+
+/// A key's message is settled inside a pump (here a dead letter dropped: no room for the
+/// `.dlq` topic): the next of its key, spilled while waiting, is brought back for its turn
+/// then, not at the next unrelated event.
+#[test]
+fn a_key_s_next_message_spilled_comes_when_a_pump_settles_the_one_before() {
+    let mut h = harness(Config { max_attempts: 1, topics_max: 1, ..spilling() });
+    subscribe(&mut h, S, "t", "g", json!({"window": 100}));
+    let published: Vec<u64> = (0..16).map(|n| publish(&mut h, "t", (n >= 7).then_some("a"), json!(n))).collect();
+    let first = ids(&msgs(&mut h, S));
+    assert_eq!(first, published[..8].to_vec(), "the keyless ones and the first of 'a'");
+    h.advance_ms(150);
+    assert!(spilled_bytes(&h) > 0);
+    ack(&mut h, S, "t", "g", &first[..7]);
+    // The first of 'a' times out on its only attempt and is dropped: the next of 'a' is due.
+    h.advance_ms(1_000);
+    assert_eq!(ids(&msgs(&mut h, S)), vec![published[8]]);
+}
+
+/// The group's position record keeps the acked ids of spilled chunks (acked before they were
+/// spilled, or noted while they are out): a restart does not deliver them again.
+#[test]
+fn acks_in_spilled_chunks_are_kept_in_the_position_across_a_restart() {
+    let mut h = harness(spilling());
+    subscribe(&mut h, S, "t", "g", json!({"window": 100}));
+    let published: Vec<u64> = (0..16).map(|n| publish(&mut h, "t", None, json!(n))).collect();
+    assert_eq!(ids(&msgs(&mut h, S)), published);
+    let acked: Vec<u64> = published.iter().copied().filter(|id| *id != published[0] && *id != published[8]).collect();
+    ack(&mut h, S, "t", "g", &acked);
+    h.advance_ms(150);
+    assert!(spilled_bytes(&h) > 0);
+    // An ack noted while its chunk is out (the read is held): the record is written meanwhile.
+    h.hold_reads = true;
+    ack(&mut h, S, "t", "g", &[published[8]]);
+    h.advance_ms(50);
+    h.hold_reads = false;
+    h.restart(false);
+    h.connect(S);
+    subscribe(&mut h, S, "t", "g", json!({"window": 100}));
+    assert_eq!(ids(&msgs(&mut h, S)), vec![published[0]], "only the unacked one comes again");
+}

@@ -401,10 +401,16 @@ impl Group {
         }
     }
 
-    /// Acked ids above the floor, as many as a record keeps.
+    /// Acked ids above the floor (in spilled chunks too: acked when spilled, or since), as
+    /// many as a record keeps.
     fn acked_ids(&self) -> impl Iterator<Item = u64> + '_ {
-        // Taking no more than are held stops the walk at the last of them.
-        self.outstanding.iter().filter(|(_, e)| e.state == EntryState::Acked).map(|(id, _)| id).take((self.acked_held - self.acked_spilled).min(PERSISTED_ACKS_MAX))
+        // Taking no more than there are stops the walk at the last of them.
+        let noted = if self.acked_spilled > 0 || self.outstanding.stubs().next().is_some() { self.noted_acks() } else { 0 };
+        let acked = self.outstanding.chunks().flat_map(|chunk| match chunk {
+            Ok(held) => spill::OneOf::Held(held.iter().filter(|(_, e)| e.state == EntryState::Acked).map(|(id, _)| *id)),
+            Err(stub) => spill::OneOf::Spilled(Group::stub_acked_ids(stub)),
+        });
+        acked.take((self.acked_held + noted).min(PERSISTED_ACKS_MAX))
     }
 
     /// Appends the group's position record to `out` (the bytes of `to_record`'s, without

@@ -31,6 +31,9 @@ pub struct SpillStub {
     /// Entries in flight and acked when it was spilled (both unchanged until it is back).
     in_flight: u32,
     acked: u32,
+    /// The ids acked when it was spilled, in order: the group's position record keeps them,
+    /// and a repeated ack of one is known for what it is.
+    acked_ids: Vec<u64>,
     /// What is in flight to each connection (entries, bytes); a connection released while the
     /// chunk is out is taken off (and listed in `released`).
     conns: Vec<(ConnId, u32, u64)>,
@@ -50,9 +53,19 @@ pub struct SpillStub {
 /// The stub of `entries` (a full held chunk) if they can be spilled: every one in flight,
 /// acked, or waiting for its key's turn (when `waiting_may_go`), and not all acked.
 fn stub_for(entries: &std::collections::VecDeque<(u64, Entry)>, serial: u64, waiting_may_go: bool) -> Option<SpillStub> {
-    let mut stub =
-        SpillStub { serial, in_flight: 0, acked: 0, conns: Vec::new(), released: Vec::new(), acks: BTreeSet::new(), unblocked: Vec::new(), unwritten: None, loading: false };
-    for (_, entry) in entries {
+    let mut stub = SpillStub {
+        serial,
+        in_flight: 0,
+        acked: 0,
+        acked_ids: Vec::new(),
+        conns: Vec::new(),
+        released: Vec::new(),
+        acks: BTreeSet::new(),
+        unblocked: Vec::new(),
+        unwritten: None,
+        loading: false,
+    };
+    for (id, entry) in entries {
         match entry.state {
             EntryState::InFlight { conn, .. } => {
                 stub.in_flight += 1;
@@ -61,7 +74,10 @@ fn stub_for(entries: &std::collections::VecDeque<(u64, Entry)>, serial: u64, wai
                     None => stub.conns.push((conn, 1, u64::from(entry.bytes))),
                 }
             }
-            EntryState::Acked => stub.acked += 1,
+            EntryState::Acked => {
+                stub.acked += 1;
+                stub.acked_ids.push(*id);
+            }
             EntryState::Blocked if waiting_may_go => {}
             _ => return None,
         }
@@ -80,6 +96,7 @@ impl SpillStub {
         self.conns.capacity() * std::mem::size_of::<(ConnId, u32, u64)>()
             + self.released.capacity() * std::mem::size_of::<ConnId>()
             + self.acks.len() * super::SET_ENTRY_BYTES
+            + self.acked_ids.capacity() * std::mem::size_of::<u64>()
             + self.unblocked.capacity() * std::mem::size_of::<u64>()
             + self.unwritten.as_ref().map_or(0, Vec::capacity)
     }
@@ -145,6 +162,23 @@ fn decode(bytes: &[u8]) -> Result<Vec<(u64, Entry)>, String> {
             Ok((u64_at(b, 0), Entry { key: u64_at(b, 8), state, bytes: u32_at(b, 37) }))
         })
         .collect()
+}
+
+/// One of two iterators of ids, for a chunk held or spilled (without boxing either).
+pub(super) enum OneOf<H, S> {
+    Held(H),
+    Spilled(S),
+}
+
+impl<H: Iterator<Item = u64>, S: Iterator<Item = u64>> Iterator for OneOf<H, S> {
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        match self {
+            OneOf::Held(ids) => ids.next(),
+            OneOf::Spilled(ids) => ids.next(),
+        }
+    }
 }
 
 /// What a chunk brought back did: windows freed by the acks noted while it was out.
@@ -223,7 +257,7 @@ impl Group {
         let Some(stub) = self.outstanding.spilled_stub_mut(id) else { return AckOutcome::Unknown };
         // A chunk has at most `chunk_entries` ids: past that, the acks are repeats or of ids
         // a sparse chunk does not have.
-        if stub.acks.len() >= chunk_entries || !stub.acks.insert(id) {
+        if stub.acked_ids.binary_search(&id).is_ok() || stub.acks.len() >= chunk_entries || !stub.acks.insert(id) {
             return AckOutcome::Ignored;
         }
         AckOutcome::Spilled { serial: stub.serial }
@@ -305,6 +339,22 @@ impl Group {
     /// Heap bytes of its stubs' own data (their place in the chunk list is the list's).
     pub(super) fn stubs_bytes(&self) -> usize {
         self.outstanding.stubs().map(|(_, stub)| stub.heap_bytes()).sum()
+    }
+
+    /// The ids acked in spilled chunk `stub`, when spilled or since, in order.
+    pub(super) fn stub_acked_ids(stub: &SpillStub) -> impl Iterator<Item = u64> + '_ {
+        let (mut at_spill, mut noted) = (stub.acked_ids.iter().copied().peekable(), stub.acks.iter().copied().peekable());
+        std::iter::from_fn(move || match (at_spill.peek(), noted.peek()) {
+            (Some(a), Some(b)) if a <= b => at_spill.next(),
+            (Some(_), None) => at_spill.next(),
+            (_, Some(_)) => noted.next(),
+            (None, None) => None,
+        })
+    }
+
+    /// Acks noted on stubs, not yet done.
+    pub(super) fn noted_acks(&self) -> usize {
+        self.outstanding.stubs().map(|(_, stub)| stub.acks.len()).sum()
     }
 
     /// (in flight, acked) over its stubs, as when they were spilled.

@@ -70,7 +70,10 @@ impl Node {
                 self.trace_book.push(self.now_ns, t, id, Happening::Acked { group: g });
                 self.stats.acked += 1;
                 self.state.topics[t].groups[g].counters.acked += 1;
+                // The position record keeps acks noted on a spilled chunk too.
+                self.mark_group_dirty(t, g);
                 self.load_spill(t, g, serial);
+                self.maybe_flush();
                 true
             }
             AckOutcome::Ignored => true,
@@ -135,10 +138,22 @@ impl Node {
 
     /// Delivers what group `g` of topic `t` can deliver now.
     pub(super) fn pump(&mut self, t: TopicIdx, g: GroupIdx) {
-        // A waiting message whose key's turn came is ready once its spilled chunk is back.
+        self.load_wanted_spills(t, g);
+        self.pump_steps(t, g);
+        // What the steps settled (a message gone, a dead letter dropped) may have given a
+        // spilled message its key's turn.
+        self.load_wanted_spills(t, g);
+    }
+
+    /// A waiting message whose key's turn came is ready once its spilled chunk is back (which
+    /// pumps the group again).
+    fn load_wanted_spills(&mut self, t: TopicIdx, g: GroupIdx) {
         for serial in self.state.topics[t].groups[g].take_wanted_spills() {
             self.load_spill(t, g, serial);
         }
+    }
+
+    fn pump_steps(&mut self, t: TopicIdx, g: GroupIdx) {
         let group = &self.state.topics[t].groups[g];
         if group.terms.coalesce_ms.is_some() && !group.members.is_empty() && !group.paused && !self.admit_ahead(t, g) {
             return;

@@ -154,18 +154,20 @@ impl Node {
         let outcome = self.state.topics[t].groups[g].load_spill(serial, bytes, self.now_ns, self.config.test_bug);
         let slot = self.spills.slots.get(&serial).copied().unwrap_or_default();
         self.free_spill_slot(serial);
-        let loaded = match outcome {
-            Ok(Some(loaded)) => loaded,
-            Ok(None) => return,
+        match outcome {
+            Ok(Some(loaded)) => {
+                self.spills.loaded += 1;
+                for Released { conn, bytes } in loaded.released {
+                    self.release_in_flight(conn, t, g, bytes);
+                }
+                self.mark_group_dirty(t, g);
+            }
+            // A reset or drop let go of it meanwhile: the expiries that waited for it go on.
+            Ok(None) => {}
             Err(why) => {
                 return self.stop(format!("the in-flight spill file is damaged (slot {slot}): {why}; a restart rebuilds what was in flight from the log"));
             }
-        };
-        self.spills.loaded += 1;
-        for Released { conn, bytes } in loaded.released {
-            self.release_in_flight(conn, t, g, bytes);
         }
-        self.mark_group_dirty(t, g);
         if let Some(next_ns) = self.state.topics[t].groups[g].ack_deadlines.next_ns() {
             self.timers.insert((next_ns.max(self.now_ns), Timer::AckDeadline { topic: t, group: g }));
         }
