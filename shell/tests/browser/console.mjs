@@ -24,6 +24,8 @@ try {
   await page.waitForFunction((seen) => Number(document.getElementById("published-total").textContent.replace(/,/g, "")) > seen, before, { timeout: 15000 });
   const after = await total();
   const rate = await page.textContent("#published-rate");
+  const inFlight = await page.textContent("#in-flight-state");
+  if (!/\d/.test(inFlight)) fail("the in-flight state card shows no bytes: " + inFlight);
   const groups = await page.textContent("#groups tbody");
   if (!groups.includes("console-group")) fail("the groups table does not list console-group: " + groups);
   await page.fill("#trace-topic", topic);
