@@ -73,6 +73,8 @@ pub struct Outstanding<E, S = ()> {
     chunks: VecDeque<Chunk<E, S>>,
     len: usize,
     chunk_shift: u32,
+    /// Chunks spilled: while none is, lookups never ask whether an id was.
+    spilled: usize,
 }
 
 impl<E, S> Default for Outstanding<E, S> {
@@ -84,7 +86,7 @@ impl<E, S> Default for Outstanding<E, S> {
 impl<E, S> Outstanding<E, S> {
     /// Chunks of `chunk_entries` (rounded up to a power of two).
     pub fn with_chunk_entries(chunk_entries: usize) -> Self {
-        Outstanding { chunks: VecDeque::new(), len: 0, chunk_shift: chunk_entries.max(1).next_power_of_two().trailing_zeros() }
+        Outstanding { chunks: VecDeque::new(), len: 0, chunk_shift: chunk_entries.max(1).next_power_of_two().trailing_zeros(), spilled: 0 }
     }
 
     pub fn chunk_entries(&self) -> usize {
@@ -148,14 +150,36 @@ impl<E, S> Outstanding<E, S> {
         }
     }
 
+    /// Chunks spilled now.
+    pub fn spilled_chunks(&self) -> usize {
+        self.spilled
+    }
+
+    /// The spilled chunk `id` falls in, if it does.
+    fn spilled_place(&self, id: u64) -> Option<usize> {
+        if self.spilled == 0 {
+            return None;
+        }
+        let Some(Place::Spilled { chunk }) = self.place(id) else { return None };
+        Some(chunk)
+    }
+
     /// True if `id` falls in a spilled chunk (its entry, if it has one, is not in memory).
     pub fn is_spilled(&self, id: u64) -> bool {
-        matches!(self.place(id), Some(Place::Spilled { .. }))
+        self.spilled_place(id).is_some()
     }
 
     /// The stub of the spilled chunk `id` falls in.
+    pub fn spilled_stub(&self, id: u64) -> Option<&S> {
+        match &self.chunks[self.spilled_place(id)?] {
+            Chunk::Spilled { stub, .. } => Some(stub),
+            Chunk::Held(_) => None,
+        }
+    }
+
+    /// `spilled_stub`, to change.
     pub fn spilled_stub_mut(&mut self, id: u64) -> Option<&mut S> {
-        let Some(Place::Spilled { chunk }) = self.place(id) else { return None };
+        let chunk = self.spilled_place(id)?;
         match &mut self.chunks[chunk] {
             Chunk::Spilled { stub, .. } => Some(stub),
             Chunk::Held(_) => None,
@@ -295,7 +319,7 @@ impl<E, S> Outstanding<E, S> {
 
     /// Every held entry in id order and every stub, leaving none.
     pub fn take_all(&mut self) -> (Vec<(u64, E)>, Vec<S>) {
-        self.len = 0;
+        (self.len, self.spilled) = (0, 0);
         let (mut held, mut stubs) = (Vec::new(), Vec::new());
         for chunk in std::mem::take(&mut self.chunks) {
             match chunk {
@@ -324,6 +348,7 @@ impl<E, S> Outstanding<E, S> {
         assert!(matches!(slot, Chunk::Held(items) if items.len() == full), "only a full held chunk is spilled");
         let (first, last) = (slot.first_id().expect("a full chunk"), slot.last_id().expect("a full chunk"));
         let Chunk::Held(items) = std::mem::replace(slot, Chunk::Spilled { first, last, len: full, stub: Box::new(stub) }) else { unreachable!() };
+        self.spilled += 1;
         items.into()
     }
 
@@ -338,6 +363,7 @@ impl<E, S> Outstanding<E, S> {
             return Err(format!("a spilled chunk of ids {first}..={last} ({len} entries) read back as {} entries", entries.len()));
         }
         let Chunk::Spilled { stub, .. } = std::mem::replace(&mut self.chunks[at], Chunk::Held(entries.into())) else { unreachable!() };
+        self.spilled -= 1;
         Ok(Some(*stub))
     }
 }

@@ -13,7 +13,7 @@ mod key_order;
 mod spill;
 mod terms;
 
-pub use spill::{spilled_chunk_bytes, LetGo, Loaded, SpillStub};
+pub use spill::{spilled_chunk_bytes, LetGo, SpillStub};
 pub use terms::GroupTerms;
 
 use crate::ack_deadlines::AckDeadlines;
@@ -138,8 +138,6 @@ pub struct Group {
     cursor: u64,
     last_passed: u64,
     outstanding: Outstanding<Entry, SpillStub>,
-    /// Acked entries in spilled chunks (of `acked_held`).
-    acked_spilled: usize,
     /// Chunks brought back from disk (by first id) and when they may be spilled again: not
     /// within an ack timeout, so acks to one chunk do not send it back and forth.
     spill_cooldown: BTreeMap<u64, u64>,
@@ -214,7 +212,6 @@ impl Group {
             coalesced: Vec::new(),
             in_flight: 0,
             acked_held: 0,
-            acked_spilled: 0,
             spill_cooldown: BTreeMap::new(),
             wanted_spills: Vec::new(),
             start_id,
@@ -338,7 +335,7 @@ impl Group {
             }
         }
         let_go.spills = stubs.iter().map(|stub| stub.serial).collect();
-        (self.in_flight, self.acked_held, self.acked_spilled) = (0, 0, 0);
+        (self.in_flight, self.acked_held) = (0, 0);
         self.spill_cooldown.clear();
         self.ready.clear();
         self.keys.clear();
@@ -405,7 +402,7 @@ impl Group {
     /// many as a record keeps.
     fn acked_ids(&self) -> impl Iterator<Item = u64> + '_ {
         // Taking no more than there are stops the walk at the last of them.
-        let noted = if self.acked_spilled > 0 || self.outstanding.stubs().next().is_some() { self.noted_acks() } else { 0 };
+        let noted = if self.outstanding.spilled_chunks() > 0 { self.noted_acks() } else { 0 };
         let acked = self.outstanding.chunks().flat_map(|chunk| match chunk {
             Ok(held) => spill::OneOf::Held(held.iter().filter(|(_, e)| e.state == EntryState::Acked).map(|(id, _)| *id)),
             Err(stub) => spill::OneOf::Spilled(Group::stub_acked_ids(stub)),
@@ -707,7 +704,6 @@ impl Group {
     /// Debug check of the structural invariants.
     pub fn check_invariants(&self) {
         let (spilled_in_flight, spilled_acked) = self.spilled_counts();
-        assert_eq!(spilled_acked, self.acked_spilled, "acked entries spilled out of step");
         let in_flight = self.outstanding.values().filter(|e| matches!(e.state, EntryState::InFlight { .. })).count() + spilled_in_flight;
         let acked = self.outstanding.values().filter(|e| e.state == EntryState::Acked).count() + spilled_acked;
         assert_eq!((self.in_flight, self.acked_held), (in_flight, acked), "counts of in flight and acked entries out of step");

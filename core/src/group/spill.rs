@@ -28,11 +28,11 @@ use std::collections::BTreeSet;
 pub struct SpillStub {
     /// Names this spill (unique within the node): its disk operations carry it.
     pub serial: u64,
-    /// Entries in flight and acked when it was spilled (both unchanged until it is back).
+    /// Entries in flight when it was spilled (unchanged until it is back).
     in_flight: u32,
-    acked: u32,
     /// The ids acked when it was spilled, in order: the group's position record keeps them,
-    /// and a repeated ack of one is known for what it is.
+    /// a repeated ack of one is known for what it is, and the group's count of acked entries
+    /// holds them.
     acked_ids: Vec<u64>,
     /// What is in flight to each connection (entries, bytes); a connection released while the
     /// chunk is out is taken off (and listed in `released`).
@@ -56,7 +56,6 @@ fn stub_for(entries: &std::collections::VecDeque<(u64, Entry)>, serial: u64, wai
     let mut stub = SpillStub {
         serial,
         in_flight: 0,
-        acked: 0,
         acked_ids: Vec::new(),
         conns: Vec::new(),
         released: Vec::new(),
@@ -75,7 +74,6 @@ fn stub_for(entries: &std::collections::VecDeque<(u64, Entry)>, serial: u64, wai
                 }
             }
             EntryState::Acked => {
-                stub.acked += 1;
                 stub.acked_ids.push(*id);
             }
             EntryState::Blocked if waiting_may_go => {}
@@ -83,7 +81,7 @@ fn stub_for(entries: &std::collections::VecDeque<(u64, Entry)>, serial: u64, wai
         }
     }
     // An all-acked chunk goes when the floor passes it: not worth a write.
-    ((stub.acked as usize) < entries.len()).then_some(stub)
+    (stub.acked_ids.len() < entries.len()).then_some(stub)
 }
 
 impl SpillStub {
@@ -181,14 +179,6 @@ impl<H: Iterator<Item = u64>, S: Iterator<Item = u64>> Iterator for OneOf<H, S> 
     }
 }
 
-/// What a chunk brought back did: windows freed by the acks noted while it was out.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Loaded {
-    pub released: Vec<Released>,
-    /// Entries it made ready (in flight to connections released meanwhile): to be pumped.
-    pub ready: usize,
-}
-
 impl Group {
     /// Chunks of `chunk_entries` entries (spilled whole); only while it holds none.
     pub fn use_chunk_entries(&mut self, chunk_entries: usize) {
@@ -210,7 +200,6 @@ impl Group {
             let stub = (!cooldown.contains_key(&first)).then(|| stub_for(entries, serial, waiting_may_go))??;
             Some((at, stub))
         })?;
-        self.acked_spilled += stub.acked as usize;
         let entries = self.outstanding.spill(chunk, stub);
         let encoded = encode(&entries);
         self.outstanding.spilled_stub_mut(entries[0].0).expect("the chunk just spilled").unwritten = Some(encoded.clone());
@@ -222,19 +211,9 @@ impl Group {
         self.outstanding.stubs_mut().find(|stub| stub.serial == serial)
     }
 
-    /// Spills it holds (serials).
-    pub fn spills(&self) -> impl Iterator<Item = u64> + '_ {
-        self.outstanding.stubs().map(|(_, stub)| stub.serial)
-    }
-
-    /// True if `id` is in a spilled chunk (its ack deadline waits for the chunk to be back).
-    pub fn is_spilled(&self, id: u64) -> bool {
-        self.outstanding.is_spilled(id)
-    }
-
-    /// The serial of the spill `id` is in.
-    pub fn spill_of(&mut self, id: u64) -> Option<u64> {
-        self.outstanding.spilled_stub_mut(id).map(|stub| stub.serial)
+    /// The serial of the spill `id` is in (its ack deadline waits for the chunk to be back).
+    pub fn spill_of(&self, id: u64) -> Option<u64> {
+        self.outstanding.spilled_stub(id).map(|stub| stub.serial)
     }
 
     /// Waiting `id`'s key's turn came: if it is spilled, that is noted (it is ready once its
@@ -278,14 +257,14 @@ impl Group {
     }
 
     /// Brings back spill `serial` from `bytes` (read from disk, or the stub's own copy): its
-    /// entries are in memory again and what was noted while it was out is done. `Ok(None)`:
-    /// the group no longer has it (a reset). An error names the damage.
-    pub fn load_spill(&mut self, serial: u64, bytes: &[u8], now_ns: u64, test_bug: Option<TestBug>) -> Result<Option<Loaded>, String> {
+    /// entries are in memory again and what was noted while it was out is done; returns the
+    /// windows its noted acks free. `Ok(None)`: the group no longer has it (a reset). An
+    /// error names the damage.
+    pub fn load_spill(&mut self, serial: u64, bytes: &[u8], now_ns: u64, test_bug: Option<TestBug>) -> Result<Option<Vec<Released>>, String> {
         let Some(stub) = self.spill_stub_mut(serial) else { return Ok(None) };
         let mut entries = decode(bytes)?;
-        let (released, acks, acked) = (stub.released.clone(), std::mem::take(&mut stub.acks), stub.acked);
-        let unblocked = std::mem::take(&mut stub.unblocked);
-        let mut loaded = Loaded::default();
+        let (released, acks, mut unblocked) = (std::mem::take(&mut stub.released), std::mem::take(&mut stub.acks), std::mem::take(&mut stub.unblocked));
+        unblocked.sort_unstable();
         // Releases first: an ack noted after its connection left frees no window of a later
         // subscription of that connection.
         let mut made_ready = Vec::new();
@@ -298,7 +277,7 @@ impl Group {
                         made_ready.push(*id);
                         in_flight_released += 1;
                     }
-                    EntryState::Blocked if unblocked.contains(id) => {
+                    EntryState::Blocked if unblocked.binary_search(id).is_ok() => {
                         entry.state = EntryState::Ready { attempts: 0 };
                         made_ready.push(*id);
                     }
@@ -313,27 +292,21 @@ impl Group {
             }
         }
         let first = entries[0].0;
-        if self.outstanding.unspill(|stub| stub.serial == serial, entries)?.is_none() {
-            return Ok(None);
-        }
-        self.acked_spilled -= acked as usize;
+        self.outstanding.unspill(|stub| stub.serial == serial, entries)?.expect("the stub found above");
         self.in_flight -= in_flight_released;
-        loaded.ready = made_ready.len();
         self.ready.extend(made_ready);
         self.spill_cooldown.insert(first, now_ns + self.ack_timeout_ns);
-        for id in acks {
-            if let AckOutcome::Acked { released: Some(released) } = self.ack(id) {
-                loaded.released.push(released);
-            }
-        }
-        Ok(Some(loaded))
+        let windows = acks.into_iter().filter_map(|id| match self.ack(id) {
+            AckOutcome::Acked { released } => released,
+            _ => None,
+        });
+        Ok(Some(windows.collect()))
     }
 
-    /// The write of spill `serial` is done: its copy in memory goes.
-    pub fn spill_written(&mut self, serial: u64) {
-        if let Some(stub) = self.spill_stub_mut(serial) {
-            stub.unwritten = None;
-        }
+    /// The write of spill `serial` is done: its copy in memory goes. False if the group no
+    /// longer has it (brought back from that copy, or let go of by a reset, meanwhile).
+    pub fn spill_written(&mut self, serial: u64) -> bool {
+        self.spill_stub_mut(serial).map(|stub| stub.unwritten = None).is_some()
     }
 
     /// Heap bytes of its stubs' own data (their place in the chunk list is the list's).
@@ -359,7 +332,7 @@ impl Group {
 
     /// (in flight, acked) over its stubs, as when they were spilled.
     pub(super) fn spilled_counts(&self) -> (usize, usize) {
-        self.outstanding.stubs().fold((0, 0), |(f, a), (_, stub)| (f + stub.in_flight as usize, a + stub.acked as usize))
+        self.outstanding.stubs().fold((0, 0), |(f, a), (_, stub)| (f + stub.in_flight as usize, a + stub.acked_ids.len()))
     }
 
     /// (entries, bytes) its stubs have in flight to `conn`.

@@ -53,32 +53,26 @@ impl Node {
             // Never stored: never delivered.
             return false;
         }
-        match self.state.topics[t].groups[g].ack(id) {
-            AckOutcome::Acked { released } => {
-                if let Some(Released { conn, bytes }) = released {
-                    self.release_in_flight(conn, t, g, bytes);
-                }
-                self.trace_book.push(self.now_ns, t, id, Happening::Acked { group: g });
-                self.stats.acked += 1;
-                self.state.topics[t].groups[g].counters.acked += 1;
-                self.mark_group_dirty(t, g);
-                self.maybe_flush();
-                true
-            }
-            AckOutcome::Spilled { serial } => {
-                // Counted now; its window opens when the chunk is back.
-                self.trace_book.push(self.now_ns, t, id, Happening::Acked { group: g });
-                self.stats.acked += 1;
-                self.state.topics[t].groups[g].counters.acked += 1;
-                // The position record keeps acks noted on a spilled chunk too.
-                self.mark_group_dirty(t, g);
-                self.load_spill(t, g, serial);
-                self.maybe_flush();
-                true
-            }
-            AckOutcome::Ignored => true,
-            AckOutcome::Unknown => false,
+        let (released, spilled) = match self.state.topics[t].groups[g].ack(id) {
+            AckOutcome::Acked { released } => (released, None),
+            // Noted on its spilled chunk (the position record keeps it); the window it frees
+            // opens when the chunk is back.
+            AckOutcome::Spilled { serial } => (None, Some(serial)),
+            AckOutcome::Ignored => return true,
+            AckOutcome::Unknown => return false,
+        };
+        if let Some(Released { conn, bytes }) = released {
+            self.release_in_flight(conn, t, g, bytes);
         }
+        self.trace_book.push(self.now_ns, t, id, Happening::Acked { group: g });
+        self.stats.acked += 1;
+        self.state.topics[t].groups[g].counters.acked += 1;
+        self.mark_group_dirty(t, g);
+        if let Some(serial) = spilled {
+            self.load_spill(t, g, serial);
+        }
+        self.maybe_flush();
+        true
     }
 
     fn nack_one(&mut self, conn: ConnId, t: TopicIdx, g: GroupIdx, id: u64, delay_ms: u64) -> bool {

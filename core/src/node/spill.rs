@@ -31,9 +31,6 @@ pub(super) struct Spills {
     writes: BTreeMap<u64, (TopicIdx, GroupIdx, u64)>,
     reads: BTreeMap<u64, (TopicIdx, GroupIdx, u64)>,
     paused_until_ns: u64,
-    /// Chunks spilled and brought back since the process started (for metrics).
-    pub(super) spilled: u64,
-    pub(super) loaded: u64,
 }
 
 impl Node {
@@ -73,7 +70,6 @@ impl Node {
         for (_, t, g) in by_size {
             if let Some(data) = self.state.topics[t].groups[g].spill_one(serial, self.now_ns) {
                 self.spills.next_serial += 1;
-                self.spills.spilled += 1;
                 let slot = self.spills.free_slots.pop_first().unwrap_or_else(|| {
                     self.spills.next_slot += 1;
                     self.spills.next_slot - 1
@@ -94,10 +90,8 @@ impl Node {
         let Some((t, g, serial)) = self.spills.writes.remove(&token) else { return false };
         match result {
             Ok(()) => {
-                match self.state.topics[t].groups[g].spill_stub_mut(serial) {
-                    Some(stub) => stub.unwritten = None,
-                    // Brought back from its copy, or let go of by a reset, meanwhile.
-                    None => self.free_spill_slot(serial),
+                if !self.state.topics[t].groups[g].spill_written(serial) {
+                    self.free_spill_slot(serial);
                 }
                 self.maybe_spill();
             }
@@ -155,9 +149,8 @@ impl Node {
         let slot = self.spills.slots.get(&serial).copied().unwrap_or_default();
         self.free_spill_slot(serial);
         match outcome {
-            Ok(Some(loaded)) => {
-                self.spills.loaded += 1;
-                for Released { conn, bytes } in loaded.released {
+            Ok(Some(windows)) => {
+                for Released { conn, bytes } in windows {
                     self.release_in_flight(conn, t, g, bytes);
                 }
                 self.mark_group_dirty(t, g);
